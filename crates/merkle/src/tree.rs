@@ -1,0 +1,160 @@
+//! An in-memory Merkle tree that answers roots and proofs for any earlier size.
+
+use crate::hasher::{Hash, TreeHasher};
+
+/// Why a tree could not answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError {
+    #[error("tree size {asked} is larger than the {have} leaves held")]
+    SizeTooLarge { asked: u64, have: u64 },
+    #[error("leaf index {index} is not below tree size {size}")]
+    IndexOutOfRange { index: u64, size: u64 },
+    #[error("first size {first} is larger than second size {second}")]
+    SizesOutOfOrder { first: u64, second: u64 },
+}
+
+/// Holds every full subtree hash: `levels[k][i]` covers leaves `[i·2^k, (i+1)·2^k)`.
+///
+/// Memory is about two hashes per leaf. Any subtree the RFC 9162 recursion asks for is either one
+/// stored node or a right edge built from O(log n) stored nodes, so a proof costs O(log² n) hashes
+/// at worst and usually far fewer.
+#[derive(Clone, Debug)]
+pub struct MemoryTree<H> {
+    hasher: H,
+    levels: Vec<Vec<Hash>>,
+}
+
+fn split_point(n: u64) -> u64 {
+    // Largest power of two strictly smaller than n (n >= 2).
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+impl<H: TreeHasher> MemoryTree<H> {
+    pub fn new(hasher: H) -> Self {
+        MemoryTree {
+            hasher,
+            levels: vec![Vec::new()],
+        }
+    }
+
+    pub fn hasher(&self) -> &H {
+        &self.hasher
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.levels[0].len() as u64
+    }
+
+    /// Leaf hash at `index`, if present.
+    pub fn leaf(&self, index: u64) -> Option<&Hash> {
+        self.levels[0].get(usize::try_from(index).ok()?)
+    }
+
+    /// Appends a leaf hash (already hashed with [`TreeHasher::leaf`]).
+    pub fn push(&mut self, leaf_hash: Hash) {
+        self.levels[0].push(leaf_hash);
+        let mut level = 0;
+        while self.levels[level].len() % 2 == 0 {
+            let len = self.levels[level].len();
+            let parent = self
+                .hasher
+                .node(&self.levels[level][len - 2], &self.levels[level][len - 1]);
+            if self.levels.len() == level + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.levels[level + 1].push(parent);
+            level += 1;
+        }
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), TreeError> {
+        if size > self.size() {
+            return Err(TreeError::SizeTooLarge {
+                asked: size,
+                have: self.size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// MTH(D[start:end]) for a range the RFC recursion produces (start aligned to the split).
+    fn subtree(&self, start: u64, end: u64) -> Hash {
+        let n = end - start;
+        if n.is_power_of_two() && start % n == 0 {
+            let level = n.trailing_zeros() as usize;
+            return self.levels[level][(start >> level) as usize];
+        }
+        let k = split_point(n);
+        let left = self.subtree(start, start + k);
+        let right = self.subtree(start + k, end);
+        self.hasher.node(&left, &right)
+    }
+
+    /// Root of the tree made of the first `size` leaves.
+    pub fn root(&self, size: u64) -> Result<Hash, TreeError> {
+        self.check_size(size)?;
+        if size == 0 {
+            return Ok(self.hasher.empty());
+        }
+        Ok(self.subtree(0, size))
+    }
+
+    /// RFC 9162 §2.1.3.1 inclusion path of leaf `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(size)?;
+        if index >= size {
+            return Err(TreeError::IndexOutOfRange { index, size });
+        }
+        let mut path = Vec::with_capacity(64 - size.leading_zeros() as usize);
+        self.path(index, 0, size, &mut path);
+        Ok(path)
+    }
+
+    fn path(&self, m: u64, start: u64, end: u64, out: &mut Vec<Hash>) {
+        let n = end - start;
+        if n <= 1 {
+            return;
+        }
+        let k = split_point(n);
+        if m < k {
+            self.path(m, start, start + k, out);
+            out.push(self.subtree(start + k, end));
+        } else {
+            self.path(m - k, start + k, end, out);
+            out.push(self.subtree(start, start + k));
+        }
+    }
+
+    /// RFC 9162 §2.1.4.1 consistency proof between the trees of `first` and `second` leaves.
+    pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(second)?;
+        if first > second {
+            return Err(TreeError::SizesOutOfOrder { first, second });
+        }
+        let mut out = Vec::new();
+        if first == 0 || first == second {
+            return Ok(out);
+        }
+        self.subproof(first, 0, second, true, &mut out);
+        Ok(out)
+    }
+
+    fn subproof(&self, m: u64, start: u64, end: u64, whole: bool, out: &mut Vec<Hash>) {
+        let n = end - start;
+        if m == n {
+            if !whole {
+                out.push(self.subtree(start, end));
+            }
+            return;
+        }
+        let k = split_point(n);
+        if m <= k {
+            self.subproof(m, start, start + k, whole, out);
+            out.push(self.subtree(start + k, end));
+        } else {
+            self.subproof(m - k, start + k, end, false, out);
+            out.push(self.subtree(start, start + k));
+        }
+    }
+}
