@@ -1,1 +1,289 @@
-fn main(){}
+//! The medanchor command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use medanchor::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "medanchor",
+    version,
+    about = "Seal HL7v2 records, anchor them in a signed Merkle log, verify them offline.",
+    long_about = "medanchor sits beside an EHR: it takes HL7v2 over MLLP, seals each message (SHA3-256 commitment, \
+AES-256-GCM under a per-patient key) into an embedded vault, anchors the commitments in an append-only \
+Merkle log with Ed25519-signed checkpoints, and lets anyone verify a record offline with a proof.\n\n\
+Configuration: --config FILE (TOML) layered under MEDANCHOR__SECTION__KEY environment variables, \
+e.g. MEDANCHOR__MLLP__LISTEN=127.0.0.1:0."
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "MEDANCHOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (MLLP and HTTP listeners) on the configured or default settings.
+    Serve,
+    /// Send HL7v2 files (single messages or batches) to an MLLP listener and print each ACK.
+    Send {
+        /// MLLP address of the gateway.
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        to: SocketAddr,
+        /// Print one JSON line per message: file, control id, ACK code, record id, commitment.
+        #[arg(long)]
+        json: bool,
+        /// Send bytes as they are (default: segment terminators normalized to CR).
+        #[arg(long)]
+        raw: bool,
+        /// Seconds to wait for each ACK.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Verify offline: one proof bundle, or (--all) a whole data directory.
+    Verify {
+        /// Proof bundle written by `medanchor proof` or GET /v1/records/ID/proof.
+        proof: Option<PathBuf>,
+        /// Check every record, leaf and checkpoint in the data directory (gateway stopped).
+        #[arg(long, conflicts_with = "proof")]
+        all: bool,
+        /// Data directory (overrides data_dir from the configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Trust only this log key (`name+hash+base64`, printed at start-up) for a bundle.
+        #[arg(long)]
+        key: Option<String>,
+        /// One JSON line as output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the proof bundle of a record (data directory of a stopped gateway).
+    Proof {
+        record_id: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Output file (default: standard output).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Manage keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Inspect and replay refused input.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a new master key and re-wrap every data key under it (gateway stopped).
+    Rotate,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined input: id, time, origin, size and reason (never content).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a quarantined input through the pipeline again (gateway stopped).
+    Replay { id: String },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Drive an MLLP listener and report msgs/s, ACK latency and the gateway's peak RSS.
+    Mllp {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// Frames in flight per connection (1: wait for each ACK before sending the next).
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Total messages per second to pace at (default: as fast as ACKs return).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Gateway process id for peak RSS (default: the process listening on --to's port).
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> Result<Config> {
+    let mut cfg = Config::load(config.map(|p| p.as_path()))?;
+    if let Some(d) = data_dir {
+        cfg.data_dir = d;
+    }
+    Ok(cfg)
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let cfg_path = cli.config.as_ref();
+    match cli.command {
+        Command::Serve => {
+            let cfg = load(cfg_path, None)?;
+            medanchor::serve::run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            to,
+            json,
+            raw,
+            timeout,
+            files,
+        } => {
+            let ok = medanchor::cli::client::send_files(
+                to,
+                &files,
+                json,
+                raw,
+                Duration::from_secs(timeout),
+            )
+            .await?;
+            if !ok && !json {
+                eprintln!("some messages were not accepted (see the ACK codes above)");
+            }
+            Ok(exit(ok))
+        }
+        Command::Verify {
+            proof,
+            all,
+            data_dir,
+            key,
+            json,
+        } => {
+            if all {
+                let cfg = load(cfg_path, data_dir)?;
+                Ok(exit(medanchor::cli::verify_all(&cfg, json)?))
+            } else {
+                let proof = proof.context("give a proof bundle file, or --all with --data-dir")?;
+                Ok(exit(medanchor::cli::verify_bundle(
+                    &proof,
+                    key.as_deref(),
+                    json,
+                )?))
+            }
+        }
+        Command::Proof {
+            record_id,
+            data_dir,
+            out,
+        } => {
+            let cfg = load(cfg_path, data_dir)?;
+            medanchor::cli::proof(&cfg, &record_id, out.as_ref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+            data_dir,
+        } => {
+            medanchor::cli::keys_rotate(&load(cfg_path, data_dir)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Quarantine { command, data_dir } => {
+            let cfg = load(cfg_path, data_dir)?;
+            match command {
+                QuarantineCommand::List { json } => {
+                    medanchor::cli::quarantine_list(&cfg, json)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                QuarantineCommand::Replay { id } => {
+                    Ok(exit(medanchor::cli::quarantine_replay(&cfg, &id).await?))
+                }
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Mllp {
+                    to,
+                    connections,
+                    count,
+                    window,
+                    rate,
+                    pid,
+                    json,
+                },
+        } => {
+            let r =
+                medanchor::cli::bench::run(to, connections.max(1), count, window.max(1), rate, pid)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} messages ({} not AA) in {:.0} msgs/s; ACK latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; gateway peak RSS {}",
+                    r.messages,
+                    r.errors,
+                    r.msgs_per_s,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.max_ms,
+                    r.peak_rss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "unknown".into())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs go to stderr; stdout carries the listening addresses and command output.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEDANCHOR_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

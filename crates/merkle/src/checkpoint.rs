@@ -59,7 +59,9 @@ impl Checkpoint {
     fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
         let lines: Vec<&str> = body
             .strip_suffix('\n')
-            .ok_or(CheckpointError::Malformed("body does not end with a newline"))?
+            .ok_or(CheckpointError::Malformed(
+                "body does not end with a newline",
+            ))?
             .split('\n')
             .collect();
         if lines.len() != 4 {
@@ -161,7 +163,8 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     pub fn parse(vkey: &str) -> Result<Self, CheckpointError> {
         let mut parts = vkey.trim().splitn(3, '+');
-        let (Some(name), Some(hash_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        let (Some(name), Some(hash_hex), Some(key_b64)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(CheckpointError::BadKey("expected name+hash+key"));
         };
@@ -176,7 +179,9 @@ impl NoteVerifier {
             .map_err(|_| CheckpointError::BadKey("key is not a valid Ed25519 point"))?;
         let expect = key_hash(name, &key);
         if hex::encode(expect) != hash_hex {
-            return Err(CheckpointError::BadKey("key hash does not match name and key"));
+            return Err(CheckpointError::BadKey(
+                "key hash does not match name and key",
+            ));
         }
         Ok(NoteVerifier {
             name: name.to_string(),
@@ -212,7 +217,10 @@ pub struct SignedCheckpoint {
 impl SignedCheckpoint {
     /// Parses `text` strictly and checks that `verifier` signed it. Any byte outside the grammar
     /// (trailing data, a missing newline, an unknown line) is an error, not something to skip.
-    pub fn verify(text: &str, verifier: &NoteVerifier) -> Result<SignedCheckpoint, CheckpointError> {
+    pub fn verify(
+        text: &str,
+        verifier: &NoteVerifier,
+    ) -> Result<SignedCheckpoint, CheckpointError> {
         let split = text
             .find("\n\n")
             .ok_or(CheckpointError::Malformed("no blank line after the body"))?;
@@ -220,16 +228,20 @@ impl SignedCheckpoint {
         let sigs = &text[split + 2..];
         let checkpoint = Checkpoint::parse_body(body)?;
         if !sigs.ends_with('\n') {
-            return Err(CheckpointError::Malformed("signature block does not end with a newline"));
+            return Err(CheckpointError::Malformed(
+                "signature block does not end with a newline",
+            ));
         }
         let mut found = false;
         for line in sigs[..sigs.len() - 1].split('\n') {
             let rest = line
                 .strip_prefix(SIG_PREFIX)
-                .ok_or(CheckpointError::Malformed("signature line without the em dash"))?;
-            let (name, b64) = rest
-                .split_once(' ')
-                .ok_or(CheckpointError::Malformed("signature line without a key name"))?;
+                .ok_or(CheckpointError::Malformed(
+                    "signature line without the em dash",
+                ))?;
+            let (name, b64) = rest.split_once(' ').ok_or(CheckpointError::Malformed(
+                "signature line without a key name",
+            ))?;
             let blob = B64
                 .decode(b64)
                 .map_err(|_| CheckpointError::Malformed("signature is not base64"))?;

@@ -17,11 +17,13 @@
 //! verify_inclusion(&hasher, 3, 10, &hasher.leaf(&[3]), &path, &root).unwrap();
 //! ```
 
+mod bundle;
 mod checkpoint;
 mod hasher;
 mod proof;
 mod tree;
 
+pub use bundle::{record_leaf, BundleError, ProofBundle, BUNDLE_FORMAT, LEAF_RECORD_STORED};
 pub use checkpoint::{
     key_hash, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, SignedCheckpoint,
 };

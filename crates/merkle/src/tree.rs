@@ -51,6 +51,13 @@ impl<H: TreeHasher> MemoryTree<H> {
         self.levels[0].get(usize::try_from(index).ok()?)
     }
 
+    /// Drops every leaf from `size` on (to undo appends whose storage commit failed).
+    pub fn truncate(&mut self, size: u64) {
+        for (k, level) in self.levels.iter_mut().enumerate() {
+            level.truncate((size >> k) as usize);
+        }
+    }
+
     /// Appends a leaf hash (already hashed with [`TreeHasher::leaf`]).
     pub fn push(&mut self, leaf_hash: Hash) {
         self.levels[0].push(leaf_hash);

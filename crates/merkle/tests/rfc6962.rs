@@ -46,7 +46,11 @@ fn reference_tree() -> MemoryTree<Sha256Hasher> {
 fn roots_match_rfc6962_for_every_size() {
     let tree = reference_tree();
     for (size, want) in ROOTS.iter().enumerate() {
-        assert_eq!(hex::encode(tree.root(size as u64).unwrap()), *want, "size {size}");
+        assert_eq!(
+            hex::encode(tree.root(size as u64).unwrap()),
+            *want,
+            "size {size}"
+        );
     }
 }
 

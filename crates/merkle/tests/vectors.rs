@@ -18,7 +18,10 @@ fn hx(h: &Hash) -> String {
     hex::encode(h)
 }
 fn unhx(v: &Value) -> Hash {
-    hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+    hex::decode(v.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 fn path_of(v: &Value) -> Vec<Hash> {
     v.as_array().unwrap().iter().map(unhx).collect()
@@ -27,7 +30,9 @@ fn path_of(v: &Value) -> Vec<Hash> {
 fn generate() -> Value {
     let hr = Sha3Hasher::default();
     let mut tree = MemoryTree::new(hr);
-    let entries: Vec<Vec<u8>> = (0..13u8).map(|i| vec![0x01, i, i.wrapping_mul(31)]).collect();
+    let entries: Vec<Vec<u8>> = (0..13u8)
+        .map(|i| vec![0x01, i, i.wrapping_mul(31)])
+        .collect();
     for e in &entries {
         tree.push(hr.leaf(e));
     }
@@ -47,13 +52,37 @@ fn generate() -> Value {
     wrong_root[31] ^= 0x80;
     let inclusion = vec![
         inc("valid", index, size, leaf, &path, root, true),
-        inc("wrong_leaf", index, size, hr.leaf(&entries[7]), &path, root, false),
+        inc(
+            "wrong_leaf",
+            index,
+            size,
+            hr.leaf(&entries[7]),
+            &path,
+            root,
+            false,
+        ),
         inc("wrong_index", index + 1, size, leaf, &path, root, false),
         inc("index_beyond_size", size, size, leaf, &path, root, false),
         inc("wrong_size", index, size + 4, leaf, &path, root, false),
-        inc("truncated_path", index, size, leaf, &path[..path.len() - 1], root, false),
+        inc(
+            "truncated_path",
+            index,
+            size,
+            leaf,
+            &path[..path.len() - 1],
+            root,
+            false,
+        ),
         inc("extra_hash", index, size, leaf, &extended, root, false),
-        inc("flipped_path_byte", index, size, leaf, &flipped, root, false),
+        inc(
+            "flipped_path_byte",
+            index,
+            size,
+            leaf,
+            &flipped,
+            root,
+            false,
+        ),
         inc("wrong_root", index, size, leaf, &path, wrong_root, false),
         inc("empty_path", index, size, leaf, &[], root, false),
     ];
@@ -69,18 +98,63 @@ fn generate() -> Value {
     cext.push(cpath[0]);
     let consistency = vec![
         con("valid", first, second, r1, root, &cpath, true),
-        con("truncated_path", first, second, r1, root, &cpath[..cpath.len() - 1], false),
+        con(
+            "truncated_path",
+            first,
+            second,
+            r1,
+            root,
+            &cpath[..cpath.len() - 1],
+            false,
+        ),
         con("extra_hash", first, second, r1, root, &cext, false),
-        con("wrong_first_root", first, second, wrong_root, root, &cpath, false),
-        con("wrong_second_root", first, second, r1, wrong_root, &cpath, false),
+        con(
+            "wrong_first_root",
+            first,
+            second,
+            wrong_root,
+            root,
+            &cpath,
+            false,
+        ),
+        con(
+            "wrong_second_root",
+            first,
+            second,
+            r1,
+            wrong_root,
+            &cpath,
+            false,
+        ),
         con("sizes_swapped", second, first, root, r1, &cpath, false),
-        con("wrong_first_size", first + 1, second, r1, root, &cpath, false),
+        con(
+            "wrong_first_size",
+            first + 1,
+            second,
+            r1,
+            root,
+            &cpath,
+            false,
+        ),
     ];
 
-    let signer = NoteSigner::new("vectors.medanchor.test/log", SigningKey::from_bytes(&[7; 32])).unwrap();
-    let cp = Checkpoint { origin: "vectors.medanchor.test/log".into(), size, root, timestamp_ms: 1_763_856_000_000 };
+    let signer = NoteSigner::new(
+        "vectors.medanchor.test/log",
+        SigningKey::from_bytes(&[7; 32]),
+    )
+    .unwrap();
+    let cp = Checkpoint {
+        origin: "vectors.medanchor.test/log".into(),
+        size,
+        root,
+        timestamp_ms: 1_763_856_000_000,
+    };
     let text = signer.sign(&cp).text;
-    let other = NoteSigner::new("vectors.medanchor.test/log", SigningKey::from_bytes(&[8; 32])).unwrap();
+    let other = NoteSigner::new(
+        "vectors.medanchor.test/log",
+        SigningKey::from_bytes(&[8; 32]),
+    )
+    .unwrap();
     let sig_line_start = text.rfind('\u{2014}').unwrap();
     let sig_b64 = text[sig_line_start..].split(' ').nth(2).unwrap().trim_end();
     let mut sig = B64.decode(sig_b64).unwrap();
@@ -93,11 +167,31 @@ fn generate() -> Value {
         ck("trailing_bytes", format!("{text}x"), false),
         ck("extra_line_after_signature", format!("{text}\n"), false),
         ck("size_changed", text.replacen("\n13\n", "\n14\n", 1), false),
-        ck("root_changed", text.replace(&B64.encode(root), &B64.encode(wrong_root)), false),
-        ck("timestamp_changed", text.replace("1763856000000", "1763856000001"), false),
-        ck("origin_changed", text.replacen("vectors.medanchor.test/log\n", "vectors.medanchor.test/lot\n", 1), false),
+        ck(
+            "root_changed",
+            text.replace(&B64.encode(root), &B64.encode(wrong_root)),
+            false,
+        ),
+        ck(
+            "timestamp_changed",
+            text.replace("1763856000000", "1763856000001"),
+            false,
+        ),
+        ck(
+            "origin_changed",
+            text.replacen(
+                "vectors.medanchor.test/log\n",
+                "vectors.medanchor.test/lot\n",
+                1,
+            ),
+            false,
+        ),
         ck("signed_by_other_key", other.sign(&cp).text, false),
-        ck("missing_final_newline", text[..text.len() - 1].to_string(), false),
+        ck(
+            "missing_final_newline",
+            text[..text.len() - 1].to_string(),
+            false,
+        ),
         ck("no_signature", cp.body() + "\n", false),
     ];
     json!({
@@ -112,7 +206,11 @@ fn generate() -> Value {
 #[test]
 fn vectors_verify_and_every_named_corruption_fails() {
     if std::env::var_os("MEDANCHOR_REGEN_VECTORS").is_some() {
-        std::fs::write(PATH, serde_json::to_string_pretty(&generate()).unwrap() + "\n").unwrap();
+        std::fs::write(
+            PATH,
+            serde_json::to_string_pretty(&generate()).unwrap() + "\n",
+        )
+        .unwrap();
     }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
     let hr = Sha3Hasher::default();
@@ -126,7 +224,12 @@ fn vectors_verify_and_every_named_corruption_fails() {
             &path_of(&c["path"]),
             &unhx(&c["root"]),
         );
-        assert_eq!(r.is_ok(), c["valid"].as_bool().unwrap(), "inclusion {}: {r:?}", c["name"]);
+        assert_eq!(
+            r.is_ok(),
+            c["valid"].as_bool().unwrap(),
+            "inclusion {}: {r:?}",
+            c["name"]
+        );
         checked += 1;
     }
     for c in v["consistency"].as_array().unwrap() {
@@ -138,13 +241,23 @@ fn vectors_verify_and_every_named_corruption_fails() {
             &unhx(&c["second_root"]),
             &path_of(&c["path"]),
         );
-        assert_eq!(r.is_ok(), c["valid"].as_bool().unwrap(), "consistency {}: {r:?}", c["name"]);
+        assert_eq!(
+            r.is_ok(),
+            c["valid"].as_bool().unwrap(),
+            "consistency {}: {r:?}",
+            c["name"]
+        );
         checked += 1;
     }
     let verifier = NoteVerifier::parse(v["verifier_key"].as_str().unwrap()).unwrap();
     for c in v["checkpoints"].as_array().unwrap() {
         let r = SignedCheckpoint::verify(c["text"].as_str().unwrap(), &verifier);
-        assert_eq!(r.is_ok(), c["valid"].as_bool().unwrap(), "checkpoint {}: {r:?}", c["name"]);
+        assert_eq!(
+            r.is_ok(),
+            c["valid"].as_bool().unwrap(),
+            "checkpoint {}: {r:?}",
+            c["name"]
+        );
         checked += 1;
     }
     assert_eq!(checked, 28, "every vector in the file was exercised");

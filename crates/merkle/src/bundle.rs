@@ -1,0 +1,104 @@
+//! The proof bundle: everything needed to check one record offline.
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointError, NoteVerifier, SignedCheckpoint};
+use crate::hasher::{Hash, Sha3Hasher, TreeHasher};
+use crate::proof::{verify_inclusion, ProofError};
+
+pub const BUNDLE_FORMAT: &str = "medanchor-proof/1";
+
+/// Leaf kinds: every ledger event is a typed leaf `kind || 32-byte commitment`.
+pub const LEAF_RECORD_STORED: u8 = 0x01;
+
+/// The leaf entry for a stored record.
+pub fn record_leaf(commitment: &Hash) -> [u8; 33] {
+    let mut e = [0u8; 33];
+    e[0] = LEAF_RECORD_STORED;
+    e[1..].copy_from_slice(commitment);
+    e
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofBundle {
+    pub format: String,
+    pub record_id: String,
+    /// Hex SHA3-256 record commitment.
+    pub commitment: String,
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    /// Hex hashes, leaf to root.
+    pub inclusion: Vec<String>,
+    /// Signed checkpoint text (C2SP signed note).
+    pub checkpoint: String,
+    /// Verifier key of the log (`name+hash+base64`).
+    pub public_key: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleError {
+    #[error("unknown proof format {0:?}")]
+    Format(String),
+    #[error("field {0} is not valid hex of 32 bytes")]
+    Hex(&'static str),
+    #[error("public key: {0}")]
+    Key(CheckpointError),
+    #[error("public key {0} is not the pinned key {1}")]
+    UnpinnedKey(String, String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(CheckpointError),
+    #[error("tree size {0} in the bundle is not the checkpoint's {1}")]
+    SizeMismatch(u64, u64),
+    #[error("inclusion proof: {0}")]
+    Inclusion(ProofError),
+}
+
+fn hash_hex(s: &str, field: &'static str) -> Result<Hash, BundleError> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or(BundleError::Hex(field))
+}
+
+impl ProofBundle {
+    /// Checks the checkpoint signature and the inclusion of the record's leaf. With `pinned`, the
+    /// bundle's own key must be that key; without it, the bundle's key is trusted as given and
+    /// the caller should show which key that was.
+    pub fn verify(&self, pinned: Option<&NoteVerifier>) -> Result<SignedCheckpoint, BundleError> {
+        if self.format != BUNDLE_FORMAT {
+            return Err(BundleError::Format(self.format.clone()));
+        }
+        let key = NoteVerifier::parse(&self.public_key).map_err(BundleError::Key)?;
+        if let Some(p) = pinned {
+            if p != &key {
+                return Err(BundleError::UnpinnedKey(key.key_id(), p.key_id()));
+            }
+        }
+        let cp =
+            SignedCheckpoint::verify(&self.checkpoint, &key).map_err(BundleError::Checkpoint)?;
+        if cp.checkpoint.size != self.tree_size {
+            return Err(BundleError::SizeMismatch(
+                self.tree_size,
+                cp.checkpoint.size,
+            ));
+        }
+        let commitment = hash_hex(&self.commitment, "commitment")?;
+        let path = self
+            .inclusion
+            .iter()
+            .map(|h| hash_hex(h, "inclusion"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hasher = Sha3Hasher::default();
+        verify_inclusion(
+            &hasher,
+            self.leaf_index,
+            self.tree_size,
+            &hasher.leaf(&record_leaf(&commitment)),
+            &path,
+            &cp.checkpoint.root,
+        )
+        .map_err(BundleError::Inclusion)?;
+        Ok(cp)
+    }
+}

@@ -1,0 +1,202 @@
+//! `medanchor bench mllp`: a load generator. N connections send the built-in corpus mix with
+//! fresh control ids (so nothing is a duplicate), each with up to `window` frames in flight, and
+//! optionally paced to a total rate. Prints msgs/s, ACK latency p50/p99/max and the gateway's
+//! peak RSS (VmHWM of the process listening on the port, or of `--pid`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::client::{messages_of, parse_ack, MllpClient};
+
+/// A mix of real messages (Microsoft FHIR-Converter samples, MIT; see tests/fixtures/SOURCES.md).
+const MIX: &[&[u8]] = &[
+    include_bytes!("../../tests/fixtures/hl7/microsoft/ADT-A01-01.hl7"),
+    include_bytes!("../../tests/fixtures/hl7/microsoft/ORU-R01-01.hl7"),
+    include_bytes!("../../tests/fixtures/hl7/microsoft/ORM-O01-01.hl7"),
+    include_bytes!("../../tests/fixtures/hl7/microsoft/VXU-V04-01.hl7"),
+    include_bytes!("../../tests/fixtures/hl7/microsoft/SIU-S12-01.hl7"),
+    include_bytes!("../../tests/fixtures/hl7/microsoft/MDM-T02-01.hl7"),
+];
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub messages: u64,
+    pub errors: u64,
+    pub msgs_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub peak_rss_mb: Option<f64>,
+    pub mean_bytes: f64,
+}
+
+/// Templates with MSH-10 cut out: (before, after).
+fn templates() -> Vec<(Vec<u8>, Vec<u8>)> {
+    MIX.iter()
+        .flat_map(|m| messages_of(m, false))
+        .filter_map(|m| {
+            let fs = *m.get(3)?;
+            let mut seps = m
+                .iter()
+                .enumerate()
+                .filter(|(_, &b)| b == fs)
+                .map(|(i, _)| i);
+            // MSH-10 sits between the 9th and 10th field separators.
+            let start = seps.nth(8)? + 1;
+            let end = start + m[start..].iter().position(|&b| b == fs || b == b'\r')?;
+            Some((m[..start].to_vec(), m[end..].to_vec()))
+        })
+        .collect()
+}
+
+pub async fn run(
+    to: SocketAddr,
+    connections: usize,
+    count: u64,
+    window: usize,
+    rate: Option<f64>,
+    pid: Option<u32>,
+) -> Result<BenchReport> {
+    let templates = Arc::new(templates());
+    if templates.is_empty() {
+        bail!("no usable messages in the built-in mix");
+    }
+    let run_id = crate::envelope::now_ms();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let per_conn = count / connections as u64;
+    let extra = count % connections as u64;
+    let mean_bytes = templates
+        .iter()
+        .map(|(a, b)| (a.len() + b.len() + 20) as f64)
+        .sum::<f64>()
+        / templates.len() as f64;
+    for c in 0..connections {
+        let n = per_conn + u64::from((c as u64) < extra);
+        let templates = templates.clone();
+        let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+        tasks.push(tokio::spawn(async move {
+            let mut client = MllpClient::connect(to, Duration::from_secs(30)).await?;
+            let mut lat = Vec::with_capacity(n as usize);
+            let mut errors = 0u64;
+            let mut inflight = std::collections::VecDeque::new();
+            let t0 = Instant::now();
+            let mut sent = 0u64;
+            while sent < n || !inflight.is_empty() {
+                if sent < n && inflight.len() < window {
+                    if let Some(iv) = interval {
+                        let due = t0 + iv.mul_f64(sent as f64);
+                        if inflight.is_empty() || Instant::now() >= due {
+                            tokio::time::sleep_until(due.into()).await;
+                        } else {
+                            let ack = client.read().await?;
+                            let s = parse_ack(&ack);
+                            errors += u64::from(s.code != "AA" && s.code != "CA");
+                            lat.push(
+                                inflight
+                                    .pop_front()
+                                    .map(|t: Instant| t.elapsed())
+                                    .unwrap_or_default(),
+                            );
+                            continue;
+                        }
+                    }
+                    let (a, b) = &templates[(sent as usize + c) % templates.len()];
+                    let mut msg = a.clone();
+                    msg.extend_from_slice(format!("B{run_id}-{c}-{sent}").as_bytes());
+                    msg.extend_from_slice(b);
+                    inflight.push_back(Instant::now());
+                    client.write(&msg).await?;
+                    sent += 1;
+                } else {
+                    let ack = client.read().await?;
+                    let s = parse_ack(&ack);
+                    errors += u64::from(s.code != "AA" && s.code != "CA");
+                    lat.push(
+                        inflight
+                            .pop_front()
+                            .map(|t| t.elapsed())
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            Ok::<_, anyhow::Error>((lat, errors))
+        }));
+    }
+    let mut lat = Vec::with_capacity(count as usize);
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.context("bench task")??;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let pid = pid.or_else(|| listening_pid(to.port()));
+    Ok(BenchReport {
+        messages: lat.len() as u64,
+        errors,
+        msgs_per_s: lat.len() as f64 / elapsed,
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        peak_rss_mb: pid.and_then(peak_rss_mb),
+        mean_bytes,
+    })
+}
+
+/// VmHWM (peak resident set) of a process, in MiB.
+pub fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The process with a listening TCP socket on `port` (Linux /proc), if visible to us.
+fn listening_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9
+                && cols[3] == "0A"
+                && cols[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+            {
+                inodes.push(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                if inodes.iter().any(|i| target.to_string_lossy() == *i) {
+                    return Some(pid);
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,172 @@
+//! `medanchor send`: an MLLP client, so a newcomer can try the gateway without other tools.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::hl7::mllp::MllpCodec;
+use crate::hl7::{split_batch, Message};
+
+pub struct MllpClient {
+    framed: Framed<TcpStream, MllpCodec>,
+    timeout: Duration,
+}
+
+impl MllpClient {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<MllpClient> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .with_context(|| format!("connecting to {addr}: timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(MllpClient {
+            framed: Framed::new(stream, MllpCodec::new(16 << 20)),
+            timeout,
+        })
+    }
+
+    pub async fn write(&mut self, payload: &[u8]) -> Result<()> {
+        self.framed.send(payload).await.context("sending frame")
+    }
+
+    pub async fn read(&mut self) -> Result<Bytes> {
+        match tokio::time::timeout(self.timeout, self.framed.next()).await {
+            Err(_) => anyhow::bail!("no ACK within {:?}", self.timeout),
+            Ok(None) => anyhow::bail!("connection closed before the ACK"),
+            Ok(Some(r)) => r.context("reading ACK"),
+        }
+    }
+
+    pub async fn send(&mut self, payload: &[u8]) -> Result<Bytes> {
+        self.write(payload).await?;
+        self.read().await
+    }
+}
+
+/// What an ACK said.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct AckSummary {
+    /// MSA-1 (AA, AE, AR, CA, CE, CR), or BATCH for a batch acknowledgement.
+    pub code: String,
+    /// MSA-2: the control id acknowledged.
+    pub control_id: String,
+    /// MSA-3: the reason, on errors.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub record_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub commitment: String,
+}
+
+pub fn parse_ack(ack: &[u8]) -> AckSummary {
+    let mut s = AckSummary::default();
+    let start = memchr::memmem::find(ack, b"MSH").unwrap_or(0);
+    let Ok(msg) = Message::parse(&ack[start..]) else {
+        s.code = "unreadable".into();
+        return s;
+    };
+    let text = |f: crate::hl7::Field<'_>| {
+        msg.text(f.raw())
+            .map(|c| c.into_owned())
+            .unwrap_or_default()
+    };
+    if let Some(msa) = msg.segment(b"MSA") {
+        s.code = text(msa.field(1));
+        s.control_id = text(msa.field(2));
+        s.text = text(msa.field(3));
+    }
+    if let Some(zrc) = msg.segment(b"ZRC") {
+        s.record_id = text(zrc.field(1));
+        s.commitment = text(zrc.field(2));
+    }
+    s
+}
+
+/// The messages of a file: batches split, segment terminators normalized to CR (as MLLP senders
+/// do) unless `raw`.
+pub fn messages_of(bytes: &[u8], raw: bool) -> Vec<Vec<u8>> {
+    let parts: Vec<&[u8]> = split_batch(bytes).unwrap_or_else(|_| vec![bytes]);
+    parts
+        .into_iter()
+        .map(|p| {
+            if raw {
+                return p.to_vec();
+            }
+            let mut out = Vec::with_capacity(p.len());
+            let mut i = 0;
+            while i < p.len() {
+                match p[i] {
+                    b'\r' if p.get(i + 1) == Some(&b'\n') => {
+                        out.push(b'\r');
+                        i += 1;
+                    }
+                    b'\n' => out.push(b'\r'),
+                    b => out.push(b),
+                }
+                i += 1;
+            }
+            while out.last() == Some(&b'\r') && out.len() > 1 && out[out.len() - 2] == b'\r' {
+                out.pop();
+            }
+            if out.last() != Some(&b'\r') {
+                out.push(b'\r');
+            }
+            out
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct SendLine<'a> {
+    file: String,
+    #[serde(flatten)]
+    ack: &'a AckSummary,
+}
+
+/// Sends every message of every file; prints each ACK. Returns whether all were accepted.
+pub async fn send_files(
+    to: SocketAddr,
+    files: &[PathBuf],
+    json: bool,
+    raw: bool,
+    timeout: Duration,
+) -> Result<bool> {
+    let mut work = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        for m in messages_of(&bytes, raw) {
+            work.push((f.display().to_string(), m));
+        }
+    }
+    let pb = super::progress(work.len() as u64, "sending");
+    let mut client = MllpClient::connect(to, timeout).await?;
+    let mut all_ok = true;
+    for (file, msg) in work {
+        let ack = client.send(&msg).await.with_context(|| format!("{file}"))?;
+        let s = parse_ack(&ack);
+        all_ok &= s.code == "AA" || s.code == "CA";
+        pb.inc(1);
+        if json {
+            println!("{}", serde_json::to_string(&SendLine { file, ack: &s })?);
+        } else {
+            pb.suspend(|| {
+                let detail = if s.record_id.is_empty() {
+                    s.text.clone()
+                } else {
+                    format!("record {} commitment {}", s.record_id, s.commitment)
+                };
+                println!("{file}  {}  {}  {detail}", s.control_id, s.code);
+            });
+        }
+    }
+    pb.finish_and_clear();
+    Ok(all_ok)
+}

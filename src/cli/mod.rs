@@ -1,0 +1,220 @@
+//! Command implementations behind `main.rs` (the CLI edge: errors here are `anyhow`).
+
+pub mod bench;
+pub mod client;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use medanchor_merkle::{NoteVerifier, ProofBundle};
+
+use crate::config::Config;
+use crate::envelope::{now_ms, AckToken, Envelope, FormatHint, Origin, Outcome};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Stores};
+use crate::vault::Vault;
+
+/// A progress bar on a terminal, nothing otherwise.
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Opens a data directory that no gateway is running on.
+pub fn open_offline(cfg: &Config) -> Result<Stores> {
+    Stores::open(cfg, false).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("lock") || text.contains("already open") {
+            anyhow::anyhow!(
+                "{text}\nthe data directory {} is in use by a running gateway: stop it first, or use its HTTP API (GET /v1/records/ID/proof)",
+                cfg.data_dir.display()
+            )
+        } else {
+            anyhow::anyhow!("opening data directory {}: {text}", cfg.data_dir.display())
+        }
+    })
+}
+
+pub fn verify_bundle(path: &Path, key: Option<&str>, json: bool) -> Result<bool> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bundle: ProofBundle = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a proof bundle", path.display()))?;
+    let pinned = key
+        .map(NoteVerifier::parse)
+        .transpose()
+        .context("--key is not a verifier key")?;
+    let result = bundle.verify(pinned.as_ref());
+    let ok = result.is_ok();
+    if json {
+        let mut v = serde_json::json!({"record_id": bundle.record_id, "leaf_index": bundle.leaf_index, "tree_size": bundle.tree_size, "ok": ok});
+        if let Err(e) = &result {
+            v["error"] = e.to_string().into();
+        }
+        println!("{v}");
+    } else {
+        match &result {
+            Ok(cp) => {
+                let key = NoteVerifier::parse(&bundle.public_key)
+                    .map(|k| k.key_id())
+                    .unwrap_or_default();
+                println!(
+                    "ok: record {} is leaf {} of {} (tree size {}), checkpoint signed by {}{}",
+                    bundle.record_id,
+                    bundle.leaf_index,
+                    cp.checkpoint.origin,
+                    cp.checkpoint.size,
+                    key,
+                    if pinned.is_some() {
+                        " (pinned)"
+                    } else {
+                        " (key taken from the bundle; pin it with --key)"
+                    }
+                );
+            }
+            Err(e) => eprintln!("FAILED: record {}: {e}", bundle.record_id),
+        }
+    }
+    Ok(ok)
+}
+
+pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
+    let stores = open_offline(cfg)?;
+    let total = stores.vault.record_count().unwrap_or(0) + stores.ledger.size();
+    let pb = progress(total, "verifying");
+    let report = crate::verify::verify_all(&stores, &|done, _| pb.set_position(done));
+    pb.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for f in &report.failures {
+            eprintln!("FAILED: {f}");
+        }
+        println!(
+            "{}: {} records, {} leaves, {} checkpoints",
+            if report.ok { "ok" } else { "FAILED" },
+            report.records,
+            report.leaves,
+            report.checkpoints
+        );
+    }
+    Ok(report.ok)
+}
+
+pub fn proof(cfg: &Config, record_id: &str, out: Option<&PathBuf>) -> Result<()> {
+    let id =
+        crate::envelope::RecordId::parse(record_id).context("a record id is 32 hex characters")?;
+    let stores = open_offline(cfg)?;
+    let bundle = stores.ledger.proof(&id)?;
+    let text = serde_json::to_string_pretty(&bundle)? + "\n";
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+pub fn keys_rotate(cfg: &Config) -> Result<()> {
+    let keyring = crate::seal::Keyring::open(&cfg.data_dir.join("keys"), false)?;
+    let (id, n) = keyring.rotate_master()?;
+    println!("master key {id} created; {n} data keys re-wrapped under it");
+    println!("older master-*.key files are no longer needed once you have a backup of the new one");
+    Ok(())
+}
+
+pub fn quarantine_list(cfg: &Config, json: bool) -> Result<()> {
+    let stores = open_offline(cfg)?;
+    let entries = stores.vault.quarantine_list()?;
+    for e in &entries {
+        if json {
+            println!("{}", serde_json::to_string(e)?);
+        } else {
+            println!(
+                "{}  {}  {}  {} bytes  {}",
+                e.id,
+                crate::hl7::ack::hl7_timestamp(e.received_ms),
+                e.origin,
+                e.size,
+                e.reason
+            );
+        }
+    }
+    if !json {
+        eprintln!("{} quarantined", entries.len());
+    }
+    Ok(())
+}
+
+/// Decrypts a quarantined input and runs it through the pipeline again (offline, in-process),
+/// e.g. after an acceptance rule was changed. The quarantine entry stays for the audit trail.
+pub async fn quarantine_replay(cfg: &Config, id: &str) -> Result<bool> {
+    let stores = open_offline(cfg)?;
+    let (entry, sealed) = stores
+        .vault
+        .quarantine_get(id)?
+        .with_context(|| format!("no quarantine entry {id}"))?;
+    let rid = crate::envelope::RecordId::parse(&entry.id).context("quarantine id")?;
+    let key = stores.keyring.get(crate::seal::keyring::GATEWAY_KEY_ID)?;
+    let opened = crate::seal::open(&sealed, rid, &key)?;
+    if opened.record.raw.is_empty() {
+        bail!(
+            "quarantine entry {id} kept no payload ({}); ask the sender to resend",
+            entry.reason
+        );
+    }
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let (pipeline, running) = Pipeline::start(cfg, &stores, metrics)?;
+    let (token, rx) = AckToken::new();
+    pipeline
+        .submit(Envelope {
+            payload: opened.record.raw.clone(),
+            origin: Origin::Replay {
+                quarantine_id: entry.id.clone(),
+            },
+            format: FormatHint::Hl7v2,
+            received_ms: now_ms(),
+            token,
+        })
+        .await;
+    let outcome = rx.await.unwrap_or(Outcome::Retry {
+        reason: "pipeline stopped".into(),
+    });
+    drop(pipeline);
+    let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
+    let _ = running.batcher.await;
+    Ok(match outcome {
+        Outcome::Stored { receipt, duplicate } => {
+            println!(
+                "{} record {} commitment {}",
+                if duplicate { "duplicate of" } else { "stored" },
+                receipt.record_id,
+                receipt.commitment
+            );
+            true
+        }
+        Outcome::Rejected(r) => {
+            println!(
+                "rejected again: {} (new quarantine id {})",
+                r.reason,
+                r.quarantine_id.unwrap_or_default()
+            );
+            false
+        }
+        Outcome::Retry { reason } => {
+            println!("not stored: {reason}");
+            false
+        }
+    })
+}

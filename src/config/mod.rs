@@ -1,0 +1,210 @@
+//! Typed configuration: a TOML file (`--config FILE`) layered under environment variables
+//! `MEDANCHOR__SECTION__KEY` (e.g. `MEDANCHOR__MLLP__LISTEN=127.0.0.1:0`). Unknown keys and bad
+//! values are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::AcceptRules;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the vault, the ledger and the keys live.
+    pub data_dir: PathBuf,
+    /// Log origin: the first line of every checkpoint and the signing key's name.
+    pub origin: String,
+    pub mllp: MllpConfig,
+    pub http: HttpConfig,
+    pub vault: VaultConfig,
+    pub ledger: LedgerConfig,
+    pub accept: AcceptRules,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MllpConfig {
+    pub listen: SocketAddr,
+    /// Largest frame payload accepted; a larger frame gets an AR and the connection is closed.
+    pub max_frame_bytes: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Add the ZRC segment (record id and commitment) to ACKs.
+    pub receipt_segment: bool,
+    /// Messages read ahead per connection while earlier ones are still being stored.
+    pub max_in_flight_per_connection: usize,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Most records in one group commit.
+    pub max_batch: usize,
+    /// redb page cache.
+    pub cache_mb: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Close a checkpoint after this many leaves…
+    pub batch_leaves: usize,
+    /// …or this long after the first waiting leaf.
+    pub batch_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Decode/seal threads (0: one per core).
+    pub workers: usize,
+    /// Messages inside the gateway at once; beyond it, sources stop reading.
+    pub max_in_flight: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./medanchor-data"),
+            origin: "medanchor.local/log".into(),
+            mllp: MllpConfig::default(),
+            http: HttpConfig::default(),
+            vault: VaultConfig::default(),
+            ledger: LedgerConfig::default(),
+            accept: AcceptRules::default(),
+            pipeline: PipelineConfig::default(),
+        }
+    }
+}
+impl Default for MllpConfig {
+    fn default() -> Self {
+        MllpConfig {
+            listen: "127.0.0.1:2575".parse().expect("address"),
+            max_frame_bytes: 1024 * 1024,
+            idle_timeout_secs: 300,
+            receipt_segment: true,
+            max_in_flight_per_connection: 64,
+            tls: None,
+        }
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".parse().expect("address"),
+        }
+    }
+}
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            max_batch: 1024,
+            cache_mb: 64,
+        }
+    }
+}
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            batch_leaves: 1000,
+            batch_ms: 200,
+        }
+    }
+}
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            workers: 0,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then `MEDANCHOR__…` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Load(format!(
+                    "file {} does not exist",
+                    f.display()
+                )));
+            }
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("MEDANCHOR")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.origin.is_empty()
+            || self.origin.contains(char::is_whitespace)
+            || self.origin.contains('+')
+        {
+            return bad("origin", "must be non-empty, without spaces or '+'");
+        }
+        if self.mllp.max_frame_bytes < 64 {
+            return bad("mllp.max_frame_bytes", "must be at least 64");
+        }
+        if self.mllp.max_in_flight_per_connection == 0 {
+            return bad("mllp.max_in_flight_per_connection", "must be at least 1");
+        }
+        if self.vault.max_batch == 0 {
+            return bad("vault.max_batch", "must be at least 1");
+        }
+        if self.ledger.batch_leaves == 0 {
+            return bad("ledger.batch_leaves", "must be at least 1");
+        }
+        if self.pipeline.max_in_flight == 0 {
+            return bad("pipeline.max_in_flight", "must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! HL7v2: a zero-copy tokenizer, escape and character-set decoding, batch splitting, the ACK
+//! builder and the MLLP frame codec.
+//!
+//! Nothing here allocates per field on the hot path: a [`Message`] records where its segments are
+//! and hands out borrowed slices; text is decoded only when someone asks for it.
+
+pub mod ack;
+pub mod batch;
+mod charset;
+mod escape;
+pub mod mllp;
+mod tokenizer;
+
+pub use ack::{AckCode, AckMode, AckRequest};
+pub use batch::{split_batch, BatchError};
+pub use charset::Charset;
+pub use escape::decode_escapes;
+pub use tokenizer::{Delimiters, Field, Message, ParseError, Segment};

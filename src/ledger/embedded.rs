@@ -1,0 +1,243 @@
+//! Embedded ledger on redb (`<data_dir>/ledger.redb`).
+//!
+//! Tables: `leaves` (index → entry[33] || record id[16]), `by_record` (record id → index),
+//! `checkpoints` (tree size → signed note text). Leaf hashes are rebuilt into a
+//! [`MemoryTree`] on open (about two hashes per leaf), which answers proofs for any size.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use medanchor_merkle::{
+    record_leaf, Checkpoint, MemoryTree, NoteSigner, NoteVerifier, ProofBundle, Sha3Hasher,
+    SignedCheckpoint, TreeHasher, BUNDLE_FORMAT,
+};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Ledger, LedgerError, StoredLeaf};
+use crate::envelope::RecordId;
+
+const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
+const BY_RECORD: TableDefinition<&[u8], u64> = TableDefinition::new("by_record");
+const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
+
+fn err(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Storage(e.to_string())
+}
+
+pub struct EmbeddedLedger {
+    db: redb::Database,
+    origin: String,
+    signer: NoteSigner,
+    tree: Mutex<MemoryTree<Sha3Hasher>>,
+}
+
+/// Splits a stored leaf value into entry and record id.
+pub fn parse_leaf(index: u64, v: &[u8]) -> Result<StoredLeaf, LedgerError> {
+    if v.len() != 33 + 16 {
+        return Err(LedgerError::Corrupt(format!("leaf {index}")));
+    }
+    Ok(StoredLeaf {
+        index,
+        entry: v[..33].to_vec(),
+        record_id: RecordId(v[33..].try_into().expect("16")),
+    })
+}
+
+impl EmbeddedLedger {
+    pub fn open(
+        path: &Path,
+        origin: &str,
+        signer: NoteSigner,
+        create: bool,
+    ) -> Result<Self, LedgerError> {
+        let db = if create {
+            redb::Database::create(path)
+        } else {
+            redb::Database::open(path)
+        }
+        .map_err(err)?;
+        let w = db.begin_write().map_err(err)?;
+        w.open_table(LEAVES).map_err(err)?;
+        w.open_table(BY_RECORD).map_err(err)?;
+        w.open_table(CHECKPOINTS).map_err(err)?;
+        w.commit().map_err(err)?;
+        let hasher = Sha3Hasher::default();
+        let mut tree = MemoryTree::new(hasher);
+        {
+            let r = db.begin_read().map_err(err)?;
+            let t = r.open_table(LEAVES).map_err(err)?;
+            for (expect, e) in t.iter().map_err(err)?.enumerate() {
+                let (k, v) = e.map_err(err)?;
+                if k.value() != expect as u64 {
+                    return Err(LedgerError::Corrupt(format!(
+                        "leaf index {} out of sequence",
+                        k.value()
+                    )));
+                }
+                let leaf = parse_leaf(k.value(), v.value())?;
+                tree.push(hasher.leaf(&leaf.entry));
+            }
+        }
+        Ok(EmbeddedLedger {
+            db,
+            origin: origin.to_string(),
+            signer,
+            tree: Mutex::new(tree),
+        })
+    }
+
+    /// Every leaf in index order (for `verify --all`).
+    pub fn for_each_leaf(
+        &self,
+        f: &mut dyn FnMut(StoredLeaf) -> Result<(), LedgerError>,
+    ) -> Result<(), LedgerError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(LEAVES).map_err(err)?;
+        for e in t.iter().map_err(err)? {
+            let (k, v) = e.map_err(err)?;
+            f(parse_leaf(k.value(), v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Every checkpoint text in size order.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>, LedgerError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(CHECKPOINTS).map_err(err)?;
+        t.iter()
+            .map_err(err)?
+            .map(|e| {
+                e.map(|(k, v)| (k.value(), v.value().to_string()))
+                    .map_err(err)
+            })
+            .collect()
+    }
+
+    /// The tree as rebuilt from storage (for consistency proofs between checkpoints).
+    pub fn with_tree<T>(&self, f: impl FnOnce(&MemoryTree<Sha3Hasher>) -> T) -> T {
+        f(&self.tree.lock().expect("lock"))
+    }
+
+    pub fn leaf_index(&self, id: &RecordId) -> Result<Option<u64>, LedgerError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(BY_RECORD).map_err(err)?;
+        Ok(t.get(id.0.as_slice()).map_err(err)?.map(|v| v.value()))
+    }
+}
+
+impl Ledger for EmbeddedLedger {
+    fn append_records(
+        &self,
+        records: &[(RecordId, [u8; 32])],
+        now_ms: u64,
+    ) -> Result<Option<SignedCheckpoint>, LedgerError> {
+        let mut tree = self.tree.lock().expect("lock");
+        let before = tree.size();
+        let hasher = *tree.hasher();
+        let mut w = self.db.begin_write().map_err(err)?;
+        w.set_durability(Durability::Immediate).map_err(err)?;
+        let result = (|| {
+            let mut leaves = w.open_table(LEAVES).map_err(err)?;
+            let mut by_record = w.open_table(BY_RECORD).map_err(err)?;
+            let mut value = Vec::with_capacity(49);
+            for (id, commitment) in records {
+                if by_record.get(id.0.as_slice()).map_err(err)?.is_some() {
+                    continue;
+                }
+                let index = tree.size();
+                let entry = record_leaf(commitment);
+                value.clear();
+                value.extend_from_slice(&entry);
+                value.extend_from_slice(&id.0);
+                leaves.insert(index, value.as_slice()).map_err(err)?;
+                by_record.insert(id.0.as_slice(), index).map_err(err)?;
+                tree.push(hasher.leaf(&entry));
+            }
+            if tree.size() == before {
+                return Ok(None);
+            }
+            let cp = Checkpoint {
+                origin: self.origin.clone(),
+                size: tree.size(),
+                root: tree.root(tree.size())?,
+                timestamp_ms: now_ms,
+            };
+            let signed = self.signer.sign(&cp);
+            w.open_table(CHECKPOINTS)
+                .map_err(err)?
+                .insert(cp.size, signed.text.as_str())
+                .map_err(err)?;
+            Ok(Some(signed))
+        })();
+        match result {
+            Ok(Some(signed)) => match w.commit() {
+                Ok(()) => Ok(Some(signed)),
+                Err(e) => {
+                    tree.truncate(before);
+                    Err(err(e))
+                }
+            },
+            Ok(None) => Ok(None),
+            Err(e) => {
+                tree.truncate(before);
+                Err(e)
+            }
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.tree.lock().expect("lock").size()
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, LedgerError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(CHECKPOINTS).map_err(err)?;
+        let Some(last) = t.last().map_err(err)? else {
+            return Ok(None);
+        };
+        let text = last.1.value().to_string();
+        SignedCheckpoint::verify(&text, &self.verifier())
+            .map(Some)
+            .map_err(|e| LedgerError::Corrupt(format!("checkpoint {}: {e}", last.0.value())))
+    }
+
+    fn proof(&self, id: &RecordId) -> Result<ProofBundle, LedgerError> {
+        let index = self
+            .leaf_index(id)?
+            .ok_or_else(|| LedgerError::NotAnchored(id.to_string()))?;
+        let cp = self
+            .latest_checkpoint()?
+            .ok_or(LedgerError::NoCheckpoint(index))?;
+        let size = cp.checkpoint.size;
+        if index >= size {
+            return Err(LedgerError::NoCheckpoint(index));
+        }
+        let r = self.db.begin_read().map_err(err)?;
+        let leaf = r
+            .open_table(LEAVES)
+            .map_err(err)?
+            .get(index)
+            .map_err(err)?
+            .ok_or_else(|| LedgerError::Corrupt(format!("leaf {index} missing")))?;
+        let leaf = parse_leaf(index, leaf.value())?;
+        let path = self
+            .tree
+            .lock()
+            .expect("lock")
+            .inclusion_proof(index, size)?;
+        Ok(ProofBundle {
+            format: BUNDLE_FORMAT.into(),
+            record_id: id.to_string(),
+            commitment: hex::encode(&leaf.entry[1..]),
+            leaf_index: index,
+            tree_size: size,
+            inclusion: path.iter().map(hex::encode).collect(),
+            checkpoint: cp.text,
+            public_key: self.verifier().to_vkey(),
+        })
+    }
+
+    fn verifier(&self) -> NoteVerifier {
+        self.signer.verifier()
+    }
+}

@@ -1,0 +1,48 @@
+//! The ledger: one append-only Merkle log per gateway (RFC 9162 hashing with SHA3-256), closed into
+//! Ed25519-signed checkpoints. The tree math lives in `medanchor-merkle`, shared with auditors.
+
+pub mod batcher;
+mod embedded;
+
+pub use embedded::EmbeddedLedger;
+
+use medanchor_merkle::{NoteVerifier, ProofBundle, SignedCheckpoint};
+
+use crate::envelope::RecordId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger storage: {0}")]
+    Storage(String),
+    #[error("record {0} is not in the log yet")]
+    NotAnchored(String),
+    #[error("no checkpoint covers leaf {0} yet")]
+    NoCheckpoint(u64),
+    #[error("ledger entry {0} is malformed")]
+    Corrupt(String),
+    #[error("tree: {0}")]
+    Tree(#[from] medanchor_merkle::TreeError),
+}
+
+/// One leaf as stored: its index, entry bytes and the record it anchors.
+#[derive(Debug, Clone)]
+pub struct StoredLeaf {
+    pub index: u64,
+    pub entry: Vec<u8>,
+    pub record_id: RecordId,
+}
+
+pub trait Ledger: Send + Sync + 'static {
+    /// Appends the records not already in the log and signs a checkpoint over the new size.
+    /// Returns the checkpoint, or `None` when every record was already present.
+    fn append_records(
+        &self,
+        records: &[(RecordId, [u8; 32])],
+        now_ms: u64,
+    ) -> Result<Option<SignedCheckpoint>, LedgerError>;
+    fn size(&self) -> u64;
+    fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, LedgerError>;
+    /// Inclusion proof of a record against the latest checkpoint.
+    fn proof(&self, id: &RecordId) -> Result<ProofBundle, LedgerError>;
+    fn verifier(&self) -> NoteVerifier;
+}

@@ -1,0 +1,239 @@
+//! Internal metrics, named `medanchor_<component>_<what>_<unit>`. Labels are fixed,
+//! low-cardinality names: never addresses, control ids or anything from a message body, except the
+//! message type, which is capped (see [`Metrics::type_label`]).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
+
+const MAX_TYPE_LABELS: usize = 64;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub received: IntCounterVec,
+    pub received_bytes: IntCounterVec,
+    pub acked: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub skipped_bytes: IntCounter,
+    pub oversize_frames: IntCounter,
+    pub duplicates: IntCounter,
+    pub control_id_conflicts: IntCounter,
+    pub quarantined: IntCounter,
+    pub store_failures: IntCounter,
+    pub anchor_failures: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounter,
+    pub connection_errors: IntCounterVec,
+    pub parse_seconds: Histogram,
+    pub seal_seconds: Histogram,
+    pub store_seconds: Histogram,
+    pub anchor_seconds: Histogram,
+    pub ack_seconds: Histogram,
+    pub time_to_anchor_seconds: Histogram,
+    pub vault_batch_size: Histogram,
+    pub checkpoint_leaves: Histogram,
+    pub checkpoints: IntCounter,
+    pub log_size: IntGauge,
+    seen_types: Mutex<HashSet<String>>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let secs = || exponential_buckets(0.000_05, 2.0, 18).expect("buckets");
+        let sizes = || exponential_buckets(1.0, 2.0, 14).expect("buckets");
+        Metrics {
+            received: counter_vec(
+                &r,
+                "medanchor_messages_received_total",
+                "Messages received, by source and message type",
+                &["source", "type"],
+            ),
+            received_bytes: counter_vec(
+                &r,
+                "medanchor_received_bytes_total",
+                "Payload bytes received, by source",
+                &["source"],
+            ),
+            acked: counter_vec(
+                &r,
+                "medanchor_messages_acked_total",
+                "Acknowledgements sent, by source and code (AA, AE, AR, CA, CE, CR)",
+                &["source", "code"],
+            ),
+            rejected: counter_vec(
+                &r,
+                "medanchor_messages_rejected_total",
+                "Messages rejected, by source and reason",
+                &["source", "reason"],
+            ),
+            skipped_bytes: counter(
+                &r,
+                "medanchor_mllp_skipped_bytes_total",
+                "Bytes outside MLLP frames that were skipped",
+            ),
+            oversize_frames: counter(
+                &r,
+                "medanchor_mllp_oversize_frames_total",
+                "MLLP frames over the size limit",
+            ),
+            duplicates: counter(
+                &r,
+                "medanchor_vault_duplicates_total",
+                "Messages already stored (same sender, control id and bytes)",
+            ),
+            control_id_conflicts: counter(
+                &r,
+                "medanchor_vault_control_id_conflicts_total",
+                "New bytes under a control id the sender already used",
+            ),
+            quarantined: counter(
+                &r,
+                "medanchor_quarantine_entries_total",
+                "Inputs kept in quarantine",
+            ),
+            store_failures: counter(
+                &r,
+                "medanchor_vault_commit_failures_total",
+                "Vault transactions that failed",
+            ),
+            anchor_failures: counter(
+                &r,
+                "medanchor_ledger_append_failures_total",
+                "Log appends that failed",
+            ),
+            connections_open: gauge(
+                &r,
+                "medanchor_mllp_connections_open",
+                "Open MLLP connections",
+            ),
+            connections_total: counter(
+                &r,
+                "medanchor_mllp_connections_total",
+                "MLLP connections accepted",
+            ),
+            connection_errors: counter_vec(
+                &r,
+                "medanchor_mllp_connection_errors_total",
+                "MLLP connections ended by an error, by kind",
+                &["kind"],
+            ),
+            parse_seconds: histogram(
+                &r,
+                "medanchor_parse_seconds",
+                "Time to tokenize a message and read its metadata",
+                secs(),
+            ),
+            seal_seconds: histogram(
+                &r,
+                "medanchor_seal_seconds",
+                "Time to commit to and encrypt a record",
+                secs(),
+            ),
+            store_seconds: histogram(
+                &r,
+                "medanchor_vault_commit_seconds",
+                "Time of one vault group commit",
+                secs(),
+            ),
+            anchor_seconds: histogram(
+                &r,
+                "medanchor_ledger_append_seconds",
+                "Time to append a batch and sign its checkpoint",
+                secs(),
+            ),
+            ack_seconds: histogram(
+                &r,
+                "medanchor_ack_seconds",
+                "Time from a frame's arrival to its ACK",
+                secs(),
+            ),
+            time_to_anchor_seconds: histogram(
+                &r,
+                "medanchor_time_to_anchor_seconds",
+                "Time from durable storage to a signed checkpoint",
+                secs(),
+            ),
+            vault_batch_size: histogram(
+                &r,
+                "medanchor_vault_commit_batch_size",
+                "Records per vault group commit",
+                sizes(),
+            ),
+            checkpoint_leaves: histogram(
+                &r,
+                "medanchor_ledger_batch_leaves",
+                "Leaves per checkpoint",
+                sizes(),
+            ),
+            checkpoints: counter(
+                &r,
+                "medanchor_ledger_checkpoints_total",
+                "Checkpoints signed",
+            ),
+            log_size: gauge(&r, "medanchor_ledger_tree_size", "Leaves in the log"),
+            seen_types: Mutex::new(HashSet::new()),
+            registry: r,
+        }
+    }
+
+    /// A message type as a label: three upper-case letters or digits, and only the first
+    /// 64 distinct values; anything else is `other`, so a sender cannot blow up cardinality.
+    pub fn type_label(&self, message_type: &str) -> String {
+        let valid = message_type.len() == 3
+            && message_type
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !valid {
+            return "other".into();
+        }
+        let mut seen = self.seen_types.lock().expect("lock");
+        if seen.contains(message_type) || seen.len() < MAX_TYPE_LABELS {
+            seen.insert(message_type.to_string());
+            message_type.to_string()
+        } else {
+            "other".into()
+        }
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,357 @@
+//! Wiring: decode → seal on a CPU pool, then the vault's group commit, then the ledger's batcher.
+//! This is the only module that knows all the parts.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::Config;
+use crate::envelope::{AckToken, Envelope, Origin, Outcome, RecordId, Rejection};
+use crate::hl7::Message;
+use crate::ledger::{batcher, EmbeddedLedger, Ledger};
+use crate::metrics::Metrics;
+use crate::record::{parse_rejection, AcceptRules, Record, RecordMeta};
+use crate::seal::{self, keyring::GATEWAY_KEY_ID, Keyring};
+use crate::vault::writer::{self, WriteOp};
+use crate::vault::{EmbeddedVault, PutRecord, QuarantineEntry, Vault};
+
+/// Everything that stays open while the gateway runs.
+pub struct Stores {
+    pub keyring: Arc<Keyring>,
+    pub vault: Arc<EmbeddedVault>,
+    pub ledger: Arc<EmbeddedLedger>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Keys(#[from] seal::KeyringError),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("signing key: {0}")]
+    Signing(String),
+    #[error("data directory {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Stores {
+    /// Opens (or with `create`, initializes) the data directory.
+    pub fn open(cfg: &Config, create: bool) -> Result<Stores, OpenError> {
+        let dir = &cfg.data_dir;
+        if create {
+            std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        } else if !dir.is_dir() {
+            return Err(OpenError::Dir {
+                path: dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such data directory"),
+            });
+        }
+        let keys_dir = dir.join("keys");
+        let keyring = Arc::new(Keyring::open(&keys_dir, create)?);
+        let seed = seal::keyring::load_secret(&keys_dir.join("log-signing.key"), create)?;
+        let signer = medanchor_merkle::NoteSigner::new(
+            cfg.origin.clone(),
+            ed25519_dalek::SigningKey::from_bytes(&seed),
+        )
+        .map_err(|e| OpenError::Signing(e.to_string()))?;
+        let vault = Arc::new(EmbeddedVault::open(
+            &dir.join("vault.redb"),
+            cfg.vault.cache_mb << 20,
+            create,
+        )?);
+        let ledger = Arc::new(EmbeddedLedger::open(
+            &dir.join("ledger.redb"),
+            &cfg.origin,
+            signer,
+            create,
+        )?);
+        Ok(Stores {
+            keyring,
+            vault,
+            ledger,
+        })
+    }
+}
+
+/// The running pipeline that sources submit to.
+pub struct Pipeline {
+    keyring: Arc<Keyring>,
+    writer: mpsc::Sender<WriteOp>,
+    pool: rayon::ThreadPool,
+    rules: AcceptRules,
+    pub metrics: Arc<Metrics>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Handles to wait on at shutdown, in order.
+pub struct Running {
+    pub writer_thread: std::thread::JoinHandle<()>,
+    pub batcher: tokio::task::JoinHandle<()>,
+}
+
+impl Pipeline {
+    /// Anchors whatever a crash left stored but not logged, then starts the writer and batcher.
+    pub fn start(
+        cfg: &Config,
+        stores: &Stores,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Pipeline>, Running), OpenError> {
+        let pending = stores.vault.unanchored()?;
+        if !pending.is_empty() {
+            stores
+                .ledger
+                .append_records(&pending, crate::envelope::now_ms())?;
+            let ids: Vec<_> = pending.iter().map(|(id, _)| *id).collect();
+            stores.vault.mark_anchored(&ids)?;
+            tracing::info!(
+                records = pending.len(),
+                "anchored records left unanchored by the last run"
+            );
+        }
+        metrics.log_size.set(stores.ledger.size() as i64);
+        let (wtx, wrx) = mpsc::channel(cfg.vault.max_batch * 2);
+        let (atx, arx) = mpsc::channel(cfg.ledger.batch_leaves.max(1024) * 4);
+        let vault: Arc<dyn Vault> = stores.vault.clone();
+        let ledger: Arc<dyn Ledger> = stores.ledger.clone();
+        let writer_thread = writer::spawn(
+            vault.clone(),
+            cfg.vault.max_batch,
+            wrx,
+            atx,
+            metrics.clone(),
+        );
+        let batcher = tokio::spawn(batcher::run(
+            ledger,
+            vault,
+            arx,
+            cfg.ledger.batch_leaves,
+            cfg.ledger.batch_ms,
+            metrics.clone(),
+        ));
+        let workers = if cfg.pipeline.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            cfg.pipeline.workers
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("seal-{i}"))
+            .build()
+            .expect("build CPU pool");
+        let pipeline = Arc::new(Pipeline {
+            keyring: stores.keyring.clone(),
+            writer: wtx,
+            pool,
+            rules: cfg.accept.clone(),
+            metrics,
+            in_flight: Arc::new(Semaphore::new(cfg.pipeline.max_in_flight)),
+        });
+        Ok((
+            pipeline,
+            Running {
+                writer_thread,
+                batcher,
+            },
+        ))
+    }
+
+    /// Hands one message to the pipeline. Waits (backpressure) while the pipeline is full; the
+    /// outcome arrives on the envelope's token.
+    pub async fn submit(self: &Arc<Self>, env: Envelope) {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return; // closed: the token's drop asks for a resend
+        };
+        let this = self.clone();
+        self.pool.spawn(move || {
+            let op = this.decode_and_seal(env);
+            drop(permit);
+            if let Some(op) = op {
+                // A closed writer drops the op, and its token asks the sender to resend.
+                let _ = this.writer.blocking_send(op);
+            }
+        });
+    }
+
+    /// Refuses input that a source could not even split into messages (bad frame or batch).
+    pub async fn reject(
+        self: &Arc<Self>,
+        payload: Bytes,
+        origin: Origin,
+        received_ms: u64,
+        rejection: Rejection,
+        token: AckToken,
+    ) {
+        let this = self.clone();
+        let op = tokio::task::spawn_blocking(move || {
+            this.quarantine_op(payload, origin, received_ms, rejection, token)
+        })
+        .await;
+        if let Ok(Some(op)) = op {
+            let _ = self.writer.send(op).await;
+        }
+    }
+
+    fn decode_and_seal(&self, env: Envelope) -> Option<WriteOp> {
+        let started = Instant::now();
+        let source = env.origin.kind();
+        self.metrics
+            .received_bytes
+            .with_label_values(&[source])
+            .inc_by(env.payload.len() as u64);
+        let decoded = decode(&env.payload, &env.origin, env.received_ms, &self.rules);
+        self.metrics
+            .parse_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let record = match decoded {
+            Ok(r) => r,
+            Err(rejection) => {
+                self.metrics
+                    .received
+                    .with_label_values(&[source, "unparsed"])
+                    .inc();
+                return self.quarantine_op(
+                    env.payload,
+                    env.origin,
+                    env.received_ms,
+                    rejection,
+                    env.token,
+                );
+            }
+        };
+        self.metrics
+            .received
+            .with_label_values(&[source, &self.metrics.type_label(&record.meta.message_type)])
+            .inc();
+        let sealing = Instant::now();
+        let key_id = self.keyring.key_id_for(record.patient_key_identity());
+        let key = match self.keyring.get_or_create(&key_id) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "data key unavailable");
+                env.token.resolve(Outcome::Retry {
+                    reason: "key store unavailable; send the message again".into(),
+                });
+                return None;
+            }
+        };
+        let sealed = seal::seal(&record, RecordId::generate(env.received_ms), &key);
+        let m = &record.meta;
+        let dedup_key = self.keyring.index_hash(
+            "dedup",
+            &[m.sender.as_bytes(), m.control_id.as_bytes(), &record.raw],
+        );
+        let control_key = self
+            .keyring
+            .index_hash("control", &[m.sender.as_bytes(), m.control_id.as_bytes()]);
+        self.metrics
+            .seal_seconds
+            .observe(sealing.elapsed().as_secs_f64());
+        Some(WriteOp::Put {
+            put: PutRecord {
+                sealed,
+                dedup_key,
+                control_key,
+            },
+            token: env.token,
+        })
+    }
+
+    fn quarantine_op(
+        &self,
+        payload: Bytes,
+        origin: Origin,
+        received_ms: u64,
+        rejection: Rejection,
+        token: AckToken,
+    ) -> Option<WriteOp> {
+        self.metrics
+            .rejected
+            .with_label_values(&[origin.kind(), rejection.label])
+            .inc();
+        let key = match self.keyring.get_or_create(GATEWAY_KEY_ID) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "gateway key unavailable");
+                token.resolve(Outcome::Retry {
+                    reason: "key store unavailable; send the message again".into(),
+                });
+                return None;
+            }
+        };
+        let entry_origin = origin_label(&origin);
+        let record = Record {
+            meta: RecordMeta {
+                sender: String::new(),
+                message_type: String::new(),
+                trigger: String::new(),
+                control_id: String::new(),
+                patient_ids: Vec::new(),
+                received_ms,
+                origin,
+                format: "quarantine".into(),
+            },
+            raw: payload,
+        };
+        let id = RecordId::generate(received_ms);
+        let sealed = seal::seal(&record, id, &key);
+        let entry = QuarantineEntry {
+            id: id.to_string(),
+            reason: rejection.reason.clone(),
+            label: rejection.label.to_string(),
+            received_ms,
+            origin: entry_origin,
+            size: record.raw.len(),
+        };
+        Some(WriteOp::Quarantine {
+            entry,
+            sealed,
+            rejection,
+            token,
+        })
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+}
+
+/// Where an input came from, for operators (addresses are not patient data).
+fn origin_label(origin: &Origin) -> String {
+    match origin {
+        Origin::Mllp { peer, .. } => format!("mllp {peer}"),
+        Origin::Replay { quarantine_id } => format!("replay {quarantine_id}"),
+        Origin::Local { name } => format!("local {name}"),
+    }
+}
+
+/// Decode: a pure function of the bytes and the acceptance rules.
+pub fn decode(
+    payload: &Bytes,
+    origin: &Origin,
+    received_ms: u64,
+    rules: &AcceptRules,
+) -> Result<Record, Rejection> {
+    let msg = Message::parse(payload).map_err(|e| parse_rejection(&e))?;
+    if msg.charset().needs_transcoding() {
+        // Trail bytes of this set can look like delimiters: read the metadata from a UTF-8 copy;
+        // the sealed record keeps the original bytes.
+        let utf8 = msg.charset().transcode(payload);
+        let msg = Message::parse(&utf8)
+            .map_err(|e| parse_rejection(&e))?
+            .with_charset(crate::hl7::Charset::Utf8);
+        return Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules);
+    }
+    Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules)
+}

@@ -1,0 +1,186 @@
+//! Sealing: the salted commitment and the encrypted payload of a record.
+//!
+//! ```text
+//! commitment = SHA3-256("medanchor/record/v1" 0x00 || salt[32] || record encoding)
+//! sealed     = header || AES-256-GCM(subkey, nonce[12..24], salt || record encoding,
+//!                                    aad = header || record id)
+//! header     = "MAS" 0x01 || key id length (u8) || key id || nonce[24] || salt length (u8 = 32)
+//! subkey     = SHA3-256("medanchor/seal/subkey/v1" 0x00 || data key || nonce[0..12])
+//! ```
+//!
+//! The salt is inside the ciphertext: once a patient's key is destroyed, the anchored commitment
+//! cannot be linked to any guess of the record. Every record is encrypted under its own subkey
+//! derived from a fresh 96-bit value, so no GCM key ever sees more than one message and the
+//! SP 800-38D limit of 2^32 random nonces per key cannot be reached however many records a patient
+//! has (the same construction as XAES-256-GCM, with SHA3 as the derivation function).
+
+pub mod keyring;
+
+use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
+use sha3::{Digest, Sha3_256};
+use zeroize::Zeroizing;
+
+use crate::envelope::RecordId;
+use crate::record::Record;
+pub use keyring::{DataKey, Keyring, KeyringError};
+
+pub const MAGIC: &[u8; 4] = b"MAS\x01";
+pub const SALT_LEN: usize = 32;
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+const COMMIT_DOMAIN: &[u8] = b"medanchor/record/v1\x00";
+const SUBKEY_DOMAIN: &[u8] = b"medanchor/seal/subkey/v1\x00";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("sealed record header is malformed")]
+    BadHeader,
+    #[error(
+        "sealed record does not decrypt under key {0}: ciphertext, header or record id altered"
+    )]
+    Decrypt(String),
+    #[error("decrypted payload is not a valid record encoding")]
+    BadRecord,
+    #[error(transparent)]
+    Key(#[from] KeyringError),
+}
+
+/// A sealed record, ready for the vault.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub record_id: RecordId,
+    pub commitment: [u8; 32],
+    pub key_id: String,
+    /// Header and ciphertext with tag.
+    pub bytes: Vec<u8>,
+}
+
+/// The commitment over a salt and a record encoding.
+pub fn commitment(salt: &[u8; SALT_LEN], encoded: &[u8]) -> [u8; 32] {
+    let mut h = Sha3_256::new();
+    h.update(COMMIT_DOMAIN);
+    h.update(salt);
+    h.update(encoded);
+    h.finalize().into()
+}
+
+fn subkey(key: &DataKey, nonce: &[u8; NONCE_LEN]) -> Aes256Gcm {
+    let mut h = Sha3_256::new();
+    h.update(SUBKEY_DOMAIN);
+    h.update(key.secret());
+    h.update(&nonce[..12]);
+    let k: Zeroizing<[u8; 32]> = Zeroizing::new(h.finalize().into());
+    Aes256Gcm::new((&*k).into())
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    b
+}
+
+/// Seals `record` under `key`. The record bytes are copied once into the output buffer, hashed
+/// once for the commitment and encrypted in place.
+pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Sealed {
+    let salt: [u8; SALT_LEN] = random();
+    let nonce: [u8; NONCE_LEN] = random();
+    let origin_json = serde_json::to_vec(&record.meta.origin).unwrap_or_default();
+    let key_id = key.id().as_bytes();
+    let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
+    let mut out =
+        Vec::with_capacity(header_len + SALT_LEN + record.encoded_len(&origin_json) + TAG_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id);
+    out.extend_from_slice(&nonce);
+    out.push(SALT_LEN as u8);
+    out.extend_from_slice(&salt);
+    record.encode_into(&mut out);
+    let commitment = commitment(&salt, &out[header_len + SALT_LEN..]);
+
+    let mut aad = Vec::with_capacity(header_len + 16);
+    aad.extend_from_slice(&out[..header_len]);
+    aad.extend_from_slice(&record_id.0);
+    let cipher = subkey(key, &nonce);
+    let tag = cipher
+        .encrypt_inout_detached(
+            (&nonce[12..]).try_into().expect("12 bytes"),
+            &aad,
+            out[header_len..].as_mut().into(),
+        )
+        .expect("AES-GCM accepts messages far larger than a record");
+    out.extend_from_slice(&tag);
+    Sealed {
+        record_id,
+        commitment,
+        key_id: key.id().to_string(),
+        bytes: out,
+    }
+}
+
+/// The parsed header of a sealed record.
+pub struct Header<'a> {
+    pub key_id: &'a str,
+    pub nonce: [u8; NONCE_LEN],
+    pub len: usize,
+}
+
+pub fn parse_header(bytes: &[u8]) -> Result<Header<'_>, SealError> {
+    if bytes.len() < 5 || &bytes[..4] != MAGIC {
+        return Err(SealError::BadHeader);
+    }
+    let kl = bytes[4] as usize;
+    let len = 5 + kl + NONCE_LEN + 1;
+    if kl == 0 || bytes.len() < len + SALT_LEN + TAG_LEN {
+        return Err(SealError::BadHeader);
+    }
+    let key_id = std::str::from_utf8(&bytes[5..5 + kl]).map_err(|_| SealError::BadHeader)?;
+    let nonce = bytes[5 + kl..5 + kl + NONCE_LEN]
+        .try_into()
+        .expect("length checked");
+    if bytes[len - 1] as usize != SALT_LEN {
+        return Err(SealError::BadHeader);
+    }
+    Ok(Header { key_id, nonce, len })
+}
+
+/// An opened record: the record, its salt and the recomputed commitment.
+pub struct Opened {
+    pub record: Record,
+    pub salt: [u8; SALT_LEN],
+    pub commitment: [u8; 32],
+}
+
+/// Decrypts and checks a sealed record.
+pub fn open(bytes: &[u8], record_id: RecordId, key: &DataKey) -> Result<Opened, SealError> {
+    let header = parse_header(bytes)?;
+    if header.key_id != key.id() {
+        return Err(SealError::Decrypt(header.key_id.to_string()));
+    }
+    let (head, rest) = bytes.split_at(header.len);
+    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut aad = head.to_vec();
+    aad.extend_from_slice(&record_id.0);
+    let mut plain = Zeroizing::new(ct.to_vec());
+    subkey(key, &header.nonce)
+        .decrypt_inout_detached(
+            (&header.nonce[12..]).try_into().expect("12 bytes"),
+            &aad,
+            plain.as_mut_slice().into(),
+            tag.try_into().expect("16 bytes"),
+        )
+        .map_err(|_| SealError::Decrypt(key.id().to_string()))?;
+    let salt: [u8; SALT_LEN] = plain[..SALT_LEN].try_into().expect("length checked");
+    let encoded = &plain[SALT_LEN..];
+    let record = Record::decode(encoded).ok_or(SealError::BadRecord)?;
+    Ok(Opened {
+        commitment: commitment(&salt, encoded),
+        record,
+        salt,
+    })
+}
+
+/// SHA3-256 of arbitrary bytes (certificate fingerprints and the like).
+pub fn fingerprint(bytes: &[u8]) -> [u8; 32] {
+    Sha3_256::digest(bytes).into()
+}

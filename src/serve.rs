@@ -1,0 +1,142 @@
+//! `medanchor serve`: open the stores, start the pipeline and the listeners, stop gracefully.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::{OpenError, Pipeline, Stores};
+use crate::sources::mllp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] mllp::TlsError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
+/// commit, and close the open batch with a checkpoint.
+pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    let stores = Stores::open(&cfg, true)?;
+    let metrics = Arc::new(Metrics::new());
+    let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
+    let tls = cfg.mllp.tls.as_ref().map(mllp::load_tls).transpose()?;
+
+    let mllp_listener =
+        TcpListener::bind(cfg.mllp.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "mllp.listen",
+                addr: cfg.mllp.listen,
+                source,
+            })?;
+    let http_listener =
+        TcpListener::bind(cfg.http.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: "http.listen",
+                addr: cfg.http.listen,
+                source,
+            })?;
+    let mllp_addr = mllp_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "mllp.listen",
+            addr: cfg.mllp.listen,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "http.listen",
+            addr: cfg.http.listen,
+            source,
+        })?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "mllp listening on {mllp_addr}{}",
+            if tls.is_some() { " (tls)" } else { "" }
+        );
+        let _ = writeln!(out, "http listening on {http_addr}");
+        let _ = out.flush();
+    }
+    tracing::info!(%mllp_addr, %http_addr, data_dir = %cfg.data_dir.display(), key = %stores.ledger_key(), "medanchor started");
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = api::router(ApiState {
+        metrics: metrics.clone(),
+        ledger: stores.ledger.clone(),
+        ready: ready.clone(),
+    });
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let mllp_task = tokio::spawn(mllp::serve(
+        mllp_listener,
+        cfg.mllp.clone(),
+        tls,
+        pipeline.clone(),
+        stop_rx,
+    ));
+
+    wait_for_signal().await.map_err(ServeError::Signal)?;
+    tracing::info!("shutting down: finishing in-flight messages");
+    ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = mllp_task.await;
+    // Last reference: dropping it closes the writer's queue, which closes the batcher's.
+    drop(pipeline);
+    let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
+    let _ = running.batcher.await;
+    let _ = http.await;
+    tracing::info!(
+        tree_size = stores.ledger_size(),
+        "stopped; last batch anchored"
+    );
+    Ok(())
+}
+
+impl Stores {
+    fn ledger_key(&self) -> String {
+        use crate::ledger::Ledger;
+        self.ledger.verifier().to_vkey()
+    }
+    fn ledger_size(&self) -> u64 {
+        use crate::ledger::Ledger;
+        self.ledger.size()
+    }
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

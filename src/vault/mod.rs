@@ -1,0 +1,82 @@
+//! The vault: sealed records, durably. The [`Vault`] trait is what the pipeline needs; the
+//! embedded redb implementation is the default. The group-commit [`writer`] turns many producers'
+//! puts into one transaction (one fsync) and only then resolves their tokens.
+
+mod embedded;
+pub mod writer;
+
+pub use embedded::EmbeddedVault;
+
+use crate::envelope::RecordId;
+use crate::seal::Sealed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("vault storage: {0}")]
+    Storage(String),
+    #[error("vault entry {0} is malformed")]
+    Corrupt(String),
+}
+
+/// A record to store, with its keyed dedup keys (see `docs/FORMATS.md`).
+#[derive(Debug)]
+pub struct PutRecord {
+    pub sealed: Sealed,
+    /// Keyed hash of (sender, control id, raw bytes).
+    pub dedup_key: [u8; 32],
+    /// Keyed hash of (sender, control id).
+    pub control_key: [u8; 32],
+}
+
+/// What happened to a put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutResult {
+    Stored,
+    /// Same sender, control id and bytes as an earlier record: its id and commitment.
+    Duplicate {
+        record_id: RecordId,
+        commitment: [u8; 32],
+    },
+    /// New bytes under a control id this sender already used; stored as a new record.
+    StoredConflict,
+}
+
+/// Input kept for inspection with the reason it was refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuarantineEntry {
+    pub id: String,
+    pub reason: String,
+    pub label: String,
+    pub received_ms: u64,
+    pub origin: String,
+    pub size: usize,
+}
+
+/// A stored record as read back.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub record_id: RecordId,
+    pub commitment: [u8; 32],
+    pub sealed: Vec<u8>,
+}
+
+pub trait Vault: Send + Sync + 'static {
+    /// Stores records and quarantine entries in one durable transaction.
+    fn commit(
+        &self,
+        puts: &[PutRecord],
+        quarantine: &[(QuarantineEntry, Sealed)],
+    ) -> Result<Vec<PutResult>, VaultError>;
+    fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>, VaultError>;
+    /// Every stored record, in id order.
+    fn for_each_record(
+        &self,
+        f: &mut dyn FnMut(StoredRecord) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError>;
+    fn record_count(&self) -> Result<u64, VaultError>;
+    /// Records stored but not yet confirmed in the log.
+    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32])>, VaultError>;
+    fn mark_anchored(&self, ids: &[RecordId]) -> Result<(), VaultError>;
+    fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError>;
+    fn quarantine_get(&self, id: &str) -> Result<Option<(QuarantineEntry, Vec<u8>)>, VaultError>;
+}

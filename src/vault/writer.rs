@@ -1,0 +1,142 @@
+//! Group commit: one thread drains the queue of sealed records into a single vault transaction,
+//! then resolves every token in it. While one transaction commits, the next batch queues up, so
+//! the fsync cost is shared by everything that arrived meanwhile.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::{PutRecord, PutResult, QuarantineEntry, Vault};
+use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
+use crate::metrics::Metrics;
+use crate::seal::Sealed;
+
+pub enum WriteOp {
+    Put {
+        put: PutRecord,
+        token: AckToken,
+    },
+    Quarantine {
+        entry: QuarantineEntry,
+        sealed: Sealed,
+        rejection: Rejection,
+        token: AckToken,
+    },
+}
+
+/// A committed record on its way to the log.
+pub type ToAnchor = (RecordId, [u8; 32], Instant);
+
+pub fn spawn(
+    vault: Arc<dyn Vault>,
+    max_batch: usize,
+    mut rx: mpsc::Receiver<WriteOp>,
+    anchor: mpsc::Sender<ToAnchor>,
+    metrics: Arc<Metrics>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("vault-writer".into())
+        .spawn(move || {
+            let mut ops = Vec::with_capacity(max_batch);
+            while let Some(first) = rx.blocking_recv() {
+                ops.push(first);
+                while ops.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(op) => ops.push(op),
+                        Err(_) => break,
+                    }
+                }
+                commit_batch(&*vault, &mut ops, &anchor, &metrics);
+            }
+        })
+        .expect("spawn vault writer thread")
+}
+
+fn commit_batch(
+    vault: &dyn Vault,
+    ops: &mut Vec<WriteOp>,
+    anchor: &mpsc::Sender<ToAnchor>,
+    metrics: &Metrics,
+) {
+    let mut puts = Vec::new();
+    let mut put_tokens = Vec::new();
+    let mut quarantine = Vec::new();
+    let mut q_tokens = Vec::new();
+    for op in ops.drain(..) {
+        match op {
+            WriteOp::Put { put, token } => {
+                puts.push(put);
+                put_tokens.push(token);
+            }
+            WriteOp::Quarantine {
+                entry,
+                sealed,
+                rejection,
+                token,
+            } => {
+                quarantine.push((entry, sealed));
+                q_tokens.push((rejection, token));
+            }
+        }
+    }
+    let started = Instant::now();
+    let result = vault.commit(&puts, &quarantine);
+    metrics
+        .store_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .vault_batch_size
+        .observe((puts.len() + quarantine.len()) as f64);
+    let committed = Instant::now();
+    match result {
+        Ok(results) => {
+            for ((put, token), result) in puts.into_iter().zip(put_tokens).zip(results) {
+                let (receipt, duplicate) = match result {
+                    PutResult::Duplicate {
+                        record_id,
+                        commitment,
+                    } => {
+                        metrics.duplicates.inc();
+                        (receipt(record_id, &commitment), true)
+                    }
+                    PutResult::Stored | PutResult::StoredConflict => {
+                        if result == PutResult::StoredConflict {
+                            metrics.control_id_conflicts.inc();
+                        }
+                        let s = &put.sealed;
+                        // The ledger is behind us in the flow: waiting for it here is backpressure.
+                        let _ = anchor.blocking_send((s.record_id, s.commitment, committed));
+                        (receipt(s.record_id, &s.commitment), false)
+                    }
+                };
+                token.resolve(Outcome::Stored { receipt, duplicate });
+            }
+            for ((entry, _), (mut rejection, token)) in quarantine.into_iter().zip(q_tokens) {
+                metrics.quarantined.inc();
+                rejection.quarantine_id = Some(entry.id);
+                token.resolve(Outcome::Rejected(rejection));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "vault commit failed; senders will be asked to resend");
+            metrics.store_failures.inc();
+            for token in put_tokens
+                .into_iter()
+                .chain(q_tokens.into_iter().map(|(_, t)| t))
+            {
+                token.resolve(Outcome::Retry {
+                    reason: "temporary storage failure; send the message again".into(),
+                });
+            }
+        }
+    }
+}
+
+pub fn receipt(id: RecordId, commitment: &[u8; 32]) -> Receipt {
+    Receipt {
+        record_id: id.to_string(),
+        commitment: hex::encode(commitment),
+        log_index: None,
+    }
+}

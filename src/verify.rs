@@ -1,0 +1,175 @@
+//! Offline verification of a whole data directory (`medanchor verify --all`).
+
+use std::collections::HashMap;
+
+use medanchor_merkle::{verify_consistency, SignedCheckpoint};
+use serde::Serialize;
+
+use crate::envelope::RecordId;
+use crate::ledger::Ledger;
+use crate::pipeline::Stores;
+use crate::seal;
+use crate::vault::{Vault, VaultError};
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub records: u64,
+    pub leaves: u64,
+    pub checkpoints: u64,
+    pub ok: bool,
+    pub failures: Vec<String>,
+}
+
+const MAX_REPORTED: usize = 100;
+
+impl Report {
+    fn fail(&mut self, what: String) {
+        if self.failures.len() < MAX_REPORTED {
+            self.failures.push(what);
+        }
+        self.ok = false;
+    }
+}
+
+/// Re-hashes every record, checks every leaf against its record and every checkpoint's signature,
+/// root and consistency with the one before. `progress` is told each step.
+pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
+    let mut report = Report {
+        ok: true,
+        ..Default::default()
+    };
+    // Leaves first: record id → (index, commitment in the leaf).
+    let mut by_record: HashMap<RecordId, (u64, [u8; 32])> = HashMap::new();
+    let leaves = stores.ledger.for_each_leaf(&mut |leaf| {
+        report.leaves += 1;
+        if leaf.entry[0] != medanchor_merkle::LEAF_RECORD_STORED {
+            report.fail(format!(
+                "leaf {}: unknown leaf kind {}",
+                leaf.index, leaf.entry[0]
+            ));
+        }
+        let c: [u8; 32] = leaf.entry[1..].try_into().expect("33-byte entry");
+        if by_record.insert(leaf.record_id, (leaf.index, c)).is_some() {
+            report.fail(format!(
+                "leaf {}: record {} is in the log twice",
+                leaf.index, leaf.record_id
+            ));
+        }
+        Ok(())
+    });
+    if let Err(e) = leaves {
+        report.fail(format!("ledger: {e}"));
+    }
+    let total = stores.vault.record_count().unwrap_or(0) + report.leaves;
+    let mut done = 0u64;
+    let mut seen: HashMap<RecordId, ()> = HashMap::with_capacity(by_record.len());
+    let records = stores.vault.for_each_record(&mut |rec| {
+        report.records += 1;
+        done += 1;
+        if done % 256 == 0 {
+            progress(done, total);
+        }
+        let id = rec.record_id;
+        seen.insert(id, ());
+        let opened = seal::parse_header(&rec.sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|h| stores.keyring.get(h.key_id).map_err(|e| e.to_string()))
+            .and_then(|key| seal::open(&rec.sealed, id, &key).map_err(|e| e.to_string()));
+        match opened {
+            Err(e) => report.fail(format!("record {id}: {e}")),
+            Ok(o) if o.commitment != rec.commitment => report.fail(format!(
+                "record {id}: stored commitment does not match the re-hashed record"
+            )),
+            Ok(_) => match by_record.get(&id) {
+                None => report.fail(format!(
+                    "record {id}: not in the log (start the gateway once to anchor it)"
+                )),
+                Some((index, c)) if *c != rec.commitment => report.fail(format!(
+                    "leaf {index}: commitment does not match record {id}"
+                )),
+                Some(_) => {}
+            },
+        }
+        Ok::<(), VaultError>(())
+    });
+    if let Err(e) = records {
+        report.fail(format!("vault: {e}"));
+    }
+    for (id, (index, _)) in &by_record {
+        if !seen.contains_key(id) {
+            report.fail(format!("leaf {index}: record {id} is not in the vault"));
+        }
+    }
+
+    let verifier = stores.ledger.verifier();
+    let checkpoints = match stores.ledger.checkpoints() {
+        Ok(c) => c,
+        Err(e) => {
+            report.fail(format!("ledger checkpoints: {e}"));
+            Vec::new()
+        }
+    };
+    let mut previous: Option<SignedCheckpoint> = None;
+    stores.ledger.with_tree(|tree| {
+        for (size, text) in &checkpoints {
+            report.checkpoints += 1;
+            done += 1;
+            let cp = match SignedCheckpoint::verify(text, &verifier) {
+                Ok(cp) => cp,
+                Err(e) => {
+                    report.fail(format!("checkpoint {size}: {e}"));
+                    continue;
+                }
+            };
+            let c = &cp.checkpoint;
+            if c.size != *size {
+                report.fail(format!(
+                    "checkpoint {size}: signed size {} differs from its index",
+                    c.size
+                ));
+                continue;
+            }
+            match tree.root(c.size) {
+                Ok(root) if root == c.root => {}
+                Ok(_) => report.fail(format!(
+                    "checkpoint {size}: root does not match the stored leaves"
+                )),
+                Err(e) => report.fail(format!("checkpoint {size}: {e}")),
+            }
+            if let Some(prev) = &previous {
+                let p = &prev.checkpoint;
+                if c.timestamp_ms < p.timestamp_ms {
+                    report.fail(format!(
+                        "checkpoint {size}: timestamp earlier than checkpoint {}",
+                        p.size
+                    ));
+                }
+                let proof = tree.consistency_proof(p.size, c.size);
+                let consistent = proof.map_err(|e| e.to_string()).and_then(|path| {
+                    verify_consistency(tree.hasher(), p.size, c.size, &p.root, &c.root, &path)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(e) = consistent {
+                    report.fail(format!(
+                        "checkpoint {size}: not consistent with checkpoint {}: {e}",
+                        p.size
+                    ));
+                }
+            }
+            previous = Some(cp);
+        }
+        if let Some(last) = &previous {
+            if last.checkpoint.size != tree.size() {
+                report.fail(format!(
+                    "log: {} leaves but the latest checkpoint covers {}",
+                    tree.size(),
+                    last.checkpoint.size
+                ));
+            }
+        } else if tree.size() > 0 {
+            report.fail("log: leaves but no checkpoint".into());
+        }
+    });
+    progress(total, total);
+    report
+}
