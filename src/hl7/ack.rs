@@ -336,7 +336,7 @@ mod tests {
     #[test]
     fn ack_mirrors_inbound_and_escapes_reason() {
         let raw =
-            b"MSH|^~\\&|LAB|HOSP|GW|MA|20240101||ORU^R01|CTRL1|P|2.5.1|||||UNICODE UTF-8\rPID|1";
+            b"MSH|^~\\&|LAB|HOSP|GW|MA|20240101||ORU^R01|CTRL1|P|2.5.1||||||UNICODE UTF-8\rPID|1";
         let msg = Message::parse(raw).unwrap();
         let req = AckRequest::from_message(&msg);
         let ack = req.build(

@@ -18,7 +18,9 @@ use crate::envelope::RecordId;
 
 const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
 const BY_RECORD: TableDefinition<&[u8], u64> = TableDefinition::new("by_record");
-const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("checkpoints");
+// Values are bytes, not &str: a damaged file must give an error from our parser, never a
+// panic inside the storage engine.
+const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Storage(e.to_string())
@@ -165,7 +167,7 @@ impl Ledger for EmbeddedLedger {
             let signed = self.signer.sign(&cp);
             w.open_table(CHECKPOINTS)
                 .map_err(err)?
-                .insert(cp.size, signed.text.as_str())
+                .insert(cp.size, signed.text.as_bytes())
                 .map_err(err)?;
             Ok(Some(signed))
         })();
@@ -195,7 +197,7 @@ impl Ledger for EmbeddedLedger {
         let Some(last) = t.last().map_err(err)? else {
             return Ok(None);
         };
-        let text = last.1.value().to_string();
+        let text = String::from_utf8_lossy(last.1.value()).into_owned();
         SignedCheckpoint::verify(&text, &self.verifier())
             .map(Some)
             .map_err(|e| LedgerError::Corrupt(format!("checkpoint {}: {e}", last.0.value())))

@@ -18,7 +18,7 @@ use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use zeroize::Zeroizing;
 
-const DATA_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_keys");
+const DATA_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data_keys");
 pub const GATEWAY_KEY_ID: &str = "gateway";
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +280,7 @@ impl Keyring {
     fn load(&self, key_id: &str) -> Result<Option<Arc<DataKey>>, KeyringError> {
         let r = self.db.begin_read().map_err(db_err)?;
         let t = r.open_table(DATA_KEYS).map_err(db_err)?;
-        let Some(v) = t.get(key_id).map_err(db_err)? else {
+        let Some(v) = t.get(key_id.as_bytes()).map_err(db_err)? else {
             return Ok(None);
         };
         let key = Arc::new(DataKey {
@@ -318,7 +318,7 @@ impl Keyring {
         let w = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;
-            t.insert(key_id, wrapped.as_slice()).map_err(db_err)?;
+            t.insert(key_id.as_bytes(), wrapped.as_slice()).map_err(db_err)?;
         }
         w.commit().map_err(db_err)?;
         let key = Arc::new(DataKey {
@@ -350,7 +350,7 @@ impl Keyring {
             let entries: Vec<(String, Vec<u8>)> = t
                 .iter()
                 .map_err(db_err)?
-                .map(|e| e.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+                .map(|e| e.map(|(k, v)| (String::from_utf8_lossy(k.value()).into_owned(), v.value().to_vec())))
                 .collect::<Result<_, _>>()
                 .map_err(db_err)?;
             let unwrapped = entries
@@ -359,7 +359,7 @@ impl Keyring {
                 .collect::<Result<Vec<_>, KeyringError>>()?;
             self.masters.write().expect("lock").push((next, secret));
             for (id, secret) in unwrapped {
-                t.insert(id.as_str(), self.wrap(&id, &secret).as_slice())
+                t.insert(id.as_bytes(), self.wrap(&id, &secret).as_slice())
                     .map_err(db_err)?;
                 count += 1;
             }
