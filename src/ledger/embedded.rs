@@ -109,7 +109,7 @@ impl EmbeddedLedger {
         t.iter()
             .map_err(err)?
             .map(|e| {
-                e.map(|(k, v)| (k.value(), v.value().to_string()))
+                e.map(|(k, v)| (k.value(), String::from_utf8_lossy(v.value()).into_owned()))
                     .map_err(err)
             })
             .collect()
