@@ -1,0 +1,132 @@
+//! Runs the real `medanchor` binary on port 0 with its own data directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_medanchor");
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7")
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub mllp: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Gateway {
+        let log = data_dir.with_extension("log");
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
+            .env("MEDANCHOR__HTTP__LISTEN", "127.0.0.1:0")
+            .env("MEDANCHOR__DATA_DIR", data_dir)
+            .env("MEDANCHOR__LEDGER__BATCH_MS", "50")
+            .env("MEDANCHOR_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(logf);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = |prefix: &str| -> SocketAddr {
+            let line = lines.next().expect("gateway printed its address").unwrap();
+            let rest = line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let mllp = addr("mllp listening on ");
+        let http = addr("http listening on ");
+        Gateway { child, mllp, http, data_dir: data_dir.into(), log }
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    /// SIGKILL: the crash path.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path)
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Runs the binary and returns (success, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Sends one MLLP frame on a raw socket and reads one reply frame.
+pub fn mllp_exchange(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    s.write_all(&frame).unwrap();
+    read_frame(&mut s)
+}
+
+pub fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = s.read(&mut byte).unwrap();
+        assert!(n == 1, "connection closed before a full reply");
+        buf.push(byte[0]);
+        if buf.ends_with(&[0x1c, 0x0d]) {
+            let start = buf.iter().position(|&b| b == 0x0b).unwrap();
+            return buf[start + 1..buf.len() - 2].to_vec();
+        }
+    }
+}
+
+pub fn msa(ack: &[u8]) -> (String, String, String) {
+    let text = String::from_utf8_lossy(ack);
+    let line = text.split('\r').find(|l| l.starts_with("MSA")).unwrap_or("").to_string();
+    let f: Vec<&str> = line.split('|').collect();
+    (f.get(1).unwrap_or(&"").to_string(), f.get(2).unwrap_or(&"").to_string(), f.get(3).unwrap_or(&"").to_string())
+}
