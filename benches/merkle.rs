@@ -1,1 +1,49 @@
-fn main() {}
+//! Log appends and inclusion proofs (generate + verify) on a 1M-leaf tree.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use medanchor_merkle::{verify_inclusion, MemoryTree, Sha3Hasher, TreeHasher};
+
+const N: u64 = 1 << 20;
+
+fn bench(c: &mut Criterion) {
+    let hr = Sha3Hasher::default();
+    let leaves: Vec<[u8; 32]> = (0..N).map(|i| hr.leaf(&i.to_be_bytes())).collect();
+    let mut g = c.benchmark_group("merkle");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("append_1M_leaf_hashes", |b| {
+        b.iter_batched(
+            || MemoryTree::new(hr),
+            |mut t| {
+                for l in &leaves {
+                    t.push(*l);
+                }
+                t
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let mut tree = MemoryTree::new(hr);
+    for l in &leaves {
+        tree.push(*l);
+    }
+    let size = N - 12_345; // not a power of two: right edges need recomputation
+    let root = tree.root(size).unwrap();
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("inclusion_proof_generate_and_verify", |b| {
+        b.iter(|| {
+            i = (i * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407) % size;
+            let p = tree.inclusion_proof(black_box(i), size).unwrap();
+            verify_inclusion(&hr, i, size, tree.leaf(i).unwrap(), &p, &root).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -66,7 +66,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     let records = stores.vault.for_each_record(&mut |rec| {
         report.records += 1;
         done += 1;
-        if done % 256 == 0 {
+        if done.is_multiple_of(256) {
             progress(done, total);
         }
         let id = rec.record_id;

@@ -150,7 +150,7 @@ pub async fn send_files(
     let mut client = MllpClient::connect(to, timeout).await?;
     let mut all_ok = true;
     for (file, msg) in work {
-        let ack = client.send(&msg).await.with_context(|| format!("{file}"))?;
+        let ack = client.send(&msg).await.with_context(|| file.clone())?;
         let s = parse_ack(&ack);
         all_ok &= s.code == "AA" || s.code == "CA";
         pb.inc(1);

@@ -62,7 +62,7 @@ impl<H: TreeHasher> MemoryTree<H> {
     pub fn push(&mut self, leaf_hash: Hash) {
         self.levels[0].push(leaf_hash);
         let mut level = 0;
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let len = self.levels[level].len();
             let parent = self
                 .hasher
@@ -88,7 +88,7 @@ impl<H: TreeHasher> MemoryTree<H> {
     /// MTH(D[start:end]) for a range the RFC recursion produces (start aligned to the split).
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let n = end - start;
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(start >> level) as usize];
         }
