@@ -195,8 +195,8 @@ impl Record {
     }
 
     /// Canonical encoding, version 1: every string and the raw bytes length-prefixed (u32 BE).
-    pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let origin_json = serde_json::to_vec(&self.meta.origin).unwrap_or_default();
+    /// `origin_json` is `serde_json::to_vec(&self.meta.origin)`, computed once by the caller.
+    pub fn encode_into(&self, origin_json: &[u8], out: &mut Vec<u8>) {
         let m = &self.meta;
         let put = |out: &mut Vec<u8>, b: &[u8]| {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
@@ -212,7 +212,7 @@ impl Record {
             put(out, p.as_bytes());
         }
         out.extend_from_slice(&m.received_ms.to_be_bytes());
-        put(out, &origin_json);
+        put(out, origin_json);
         put(out, m.format.as_bytes());
         put(out, &self.raw);
     }

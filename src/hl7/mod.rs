@@ -15,4 +15,4 @@ pub use ack::{AckCode, AckMode, AckRequest};
 pub use batch::{split_batch, BatchError};
 pub use charset::Charset;
 pub use escape::decode_escapes;
-pub use tokenizer::{Delimiters, Field, Message, ParseError, Segment};
+pub use tokenizer::{Delimiters, Field, Message, ParseError, Parts, Segment};

@@ -241,10 +241,12 @@ impl<'a> Segment<'a> {
     }
 
     /// All fields after the segment id; for MSH the first one yielded is MSH-2.
-    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'a {
-        let delims = self.delims;
-        let body = self.raw.get(4..).unwrap_or(&[]);
-        split(body, delims.field).map(move |raw| Field { raw, delims })
+    pub fn fields(&self) -> Parts<'a> {
+        Parts {
+            rest: Some(self.raw.get(4..).unwrap_or(&[])),
+            sep: Some(self.delims.field),
+            delims: self.delims,
+        }
     }
 
     /// Field `n` (1-based, HL7 numbering). MSH-1 is the separator and MSH-2 the encoding
@@ -283,22 +285,20 @@ impl<'a> Field<'a> {
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()
     }
-    fn children(&self, sep: Option<u8>) -> impl Iterator<Item = Field<'a>> + 'a {
-        let delims = self.delims;
-        let raw = self.raw;
-        let parts: Box<dyn Iterator<Item = &'a [u8]>> = match sep {
-            Some(sep) => Box::new(split(raw, sep)),
-            None => Box::new(std::iter::once(raw)),
-        };
-        parts.map(move |raw| Field { raw, delims })
+    fn children(&self, sep: Option<u8>) -> Parts<'a> {
+        Parts {
+            rest: Some(self.raw),
+            sep,
+            delims: self.delims,
+        }
     }
-    pub fn repetitions(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+    pub fn repetitions(&self) -> Parts<'a> {
         self.children(Some(self.delims.repetition))
     }
-    pub fn components(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+    pub fn components(&self) -> Parts<'a> {
         self.children(Some(self.delims.component))
     }
-    pub fn subcomponents(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+    pub fn subcomponents(&self) -> Parts<'a> {
         self.children(self.delims.subcomponent)
     }
     /// Component `n` (1-based) of the first repetition.
@@ -312,6 +312,37 @@ impl<'a> Field<'a> {
                 .unwrap_or(&[]),
             delims: self.delims,
         }
+    }
+}
+
+/// The parts of a field split on one delimiter (none: the whole field once).
+#[derive(Debug, Clone)]
+pub struct Parts<'a> {
+    rest: Option<&'a [u8]>,
+    sep: Option<u8>,
+    delims: Delimiters,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = Field<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Field<'a>> {
+        let r = self.rest?;
+        let raw = match self.sep.and_then(|sep| memchr::memchr(sep, r)) {
+            Some(i) => {
+                self.rest = Some(&r[i + 1..]);
+                &r[..i]
+            }
+            None => {
+                self.rest = None;
+                r
+            }
+        };
+        Some(Field {
+            raw,
+            delims: self.delims,
+        })
     }
 }
 

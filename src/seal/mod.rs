@@ -82,8 +82,10 @@ fn random<const N: usize>() -> [u8; N] {
 /// Seals `record` under `key`. The record bytes are copied once into the output buffer, hashed
 /// once for the commitment and encrypted in place.
 pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Sealed {
-    let salt: [u8; SALT_LEN] = random();
-    let nonce: [u8; NONCE_LEN] = random();
+    // One system call for both.
+    let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
+    let salt: [u8; SALT_LEN] = fresh[..SALT_LEN].try_into().expect("32");
+    let nonce: [u8; NONCE_LEN] = fresh[SALT_LEN..].try_into().expect("24");
     let origin_json = serde_json::to_vec(&record.meta.origin).unwrap_or_default();
     let key_id = key.id().as_bytes();
     let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
@@ -95,7 +97,7 @@ pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Sealed {
     out.extend_from_slice(&nonce);
     out.push(SALT_LEN as u8);
     out.extend_from_slice(&salt);
-    record.encode_into(&mut out);
+    record.encode_into(&origin_json, &mut out);
     let commitment = commitment(&salt, &out[header_len + SALT_LEN..]);
 
     let mut aad = Vec::with_capacity(header_len + 16);
