@@ -12,7 +12,9 @@ use medanchor::seal::{seal, DataKey};
 use sha3::{Digest, Sha3_256};
 
 fn bench(c: &mut Criterion) {
-    let mut raw = b"MSH|^~\\&|LAB|HOSP|GW|HOSP|20240101||ORU^R01|C1|P|2.5\rPID|1||12345^^^H^MR||Doe^Jane\r".to_vec();
+    let mut raw =
+        b"MSH|^~\\&|LAB|HOSP|GW|HOSP|20240101||ORU^R01|C1|P|2.5\rPID|1||12345^^^H^MR||Doe^Jane\r"
+            .to_vec();
     while raw.len() < 1500 {
         raw.extend_from_slice(b"OBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L|3.9-5.5|N|||F\r");
     }
@@ -25,7 +27,9 @@ fn bench(c: &mut Criterion) {
             control_id: "C1".into(),
             patient_ids: vec!["12345^H^MR".into()],
             received_ms: 1,
-            origin: Origin::Local { name: "bench".into() },
+            origin: Origin::Local {
+                name: "bench".into(),
+            },
             format: "hl7v2".into(),
         },
         raw: Bytes::from(raw.clone()),
@@ -35,12 +39,16 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("seal_1500B");
     g.throughput(Throughput::Bytes(1500));
     g.measurement_time(Duration::from_secs(4));
-    g.bench_function("medanchor_seal", |b| b.iter(|| seal(black_box(&record), RecordId([1; 16]), &key)));
+    g.bench_function("medanchor_seal", |b| {
+        b.iter(|| seal(black_box(&record), RecordId([1; 16]), &key))
+    });
     g.bench_function("standalone_sha3_aes_gcm", |b| {
         b.iter(|| {
             let h: [u8; 32] = Sha3_256::digest(black_box(&raw)).into();
             let mut buf = raw.clone();
-            let tag = cipher.encrypt_inout_detached((&[0u8; 12]).into(), b"", buf.as_mut_slice().into()).unwrap();
+            let tag = cipher
+                .encrypt_inout_detached((&[0u8; 12]).into(), b"", buf.as_mut_slice().into())
+                .unwrap();
             (h, tag, buf)
         })
     });

@@ -16,10 +16,14 @@ fn corpus() -> Vec<String> {
         .map(|p| {
             let raw = std::fs::read(p).unwrap();
             let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw).to_vec();
-            let s = String::from_utf8_lossy(&raw).replace("\r\n", "\r").replace('\n', "\r");
+            let s = String::from_utf8_lossy(&raw)
+                .replace("\r\n", "\r")
+                .replace('\n', "\r");
             s.trim_end_matches('\r').to_string()
         })
-        .filter(|s| std::panic::catch_unwind(|| hl7_parser::parse_message(s).is_ok()).unwrap_or(false))
+        .filter(|s| {
+            std::panic::catch_unwind(|| hl7_parser::parse_message(s).is_ok()).unwrap_or(false)
+        })
         .collect();
     v.sort();
     v
@@ -59,7 +63,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0;
             for m in &msgs {
-                n += hl7_parser::parse_message(black_box(m)).unwrap().segments.len();
+                n += hl7_parser::parse_message(black_box(m))
+                    .unwrap()
+                    .segments
+                    .len();
             }
             n
         })

@@ -26,7 +26,9 @@ fn send_json(g: &Gateway, files: &[String]) -> Vec<Value> {
     args.extend(files.iter().map(|s| s.as_str()));
     let (_, out, err) = run(&args);
     assert!(err.is_empty() || !err.contains("error:"), "{err}");
-    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -50,12 +52,22 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
     assert!(aa >= 128, "original-mode samples get AA: {aa}");
 
     // python-hl7's malformed batches: AR with the reason in MSA-3 and ERR.
-    for bad in ["sample_bad_batch", "sample_bad_batch1", "sample_bad_file", "sample_bad_file1", "sample_bad_file2", "sample_bad_file3"] {
+    for bad in [
+        "sample_bad_batch",
+        "sample_bad_batch1",
+        "sample_bad_file",
+        "sample_bad_file1",
+        "sample_bad_file2",
+        "sample_bad_file3",
+    ] {
         let raw = std::fs::read(fixtures().join(format!("python-hl7/{bad}.hl7"))).unwrap();
         let ack = mllp_exchange(g.mllp, &raw);
         let (code, _, text) = msa(&ack);
         assert_eq!(code, "AR", "{bad}");
-        assert!(text.contains("batch rejected") && text.contains("quarantine id"), "{bad}: {text}");
+        assert!(
+            text.contains("batch rejected") && text.contains("quarantine id"),
+            "{bad}: {text}"
+        );
         assert!(String::from_utf8_lossy(&ack).contains("\rERR|"), "{bad}");
     }
     // A good batch over MLLP: a batch ACK with one MSA per message.
@@ -68,7 +80,10 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
     let (code, _, text) = msa(&mllp_exchange(g.mllp, b"hello there"));
     assert_eq!(code, "AR");
     assert!(text.contains("MSH"), "{text}");
-    let (code, _, text) = msa(&mllp_exchange(g.mllp, b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01||P|2.5\rPID|1||42^^^H^MR\r"));
+    let (code, _, text) = msa(&mllp_exchange(
+        g.mllp,
+        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01||P|2.5\rPID|1||42^^^H^MR\r",
+    ));
     assert_eq!(code, "AE");
     assert!(text.contains("MSH-10"), "{text}");
 
@@ -86,8 +101,14 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
     let other = send_json(&g, &[changed_path.display().to_string()]);
     assert_ne!(other[0]["record_id"], acks[0]["record_id"]);
     assert_eq!(g.metric("medanchor_vault_duplicates_total"), 1.0);
-    assert_eq!(g.metric("medanchor_vault_control_id_conflicts_total"), conflicts_before + 1.0);
-    assert_eq!(g.metric("medanchor_messages_rejected_total{reason=\"bad_batch\",source=\"mllp\"}"), 6.0);
+    assert_eq!(
+        g.metric("medanchor_vault_control_id_conflicts_total"),
+        conflicts_before + 1.0
+    );
+    assert_eq!(
+        g.metric("medanchor_messages_rejected_total{reason=\"bad_batch\",source=\"mllp\"}"),
+        6.0
+    );
     assert!(g.metric("medanchor_messages_acked_total{code=\"AA\",source=\"mllp\"}") >= 128.0);
 
     // The proof endpoint and readiness.
@@ -113,12 +134,24 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
 
     // A proof bundle verifies offline, pinned or not, and a doctored one does not.
     let proof = dir.path().join("proof.json");
-    let (ok, _, err) = run(&["proof", "--data-dir", &d, id, "--out", proof.to_str().unwrap()]);
+    let (ok, _, err) = run(&[
+        "proof",
+        "--data-dir",
+        &d,
+        id,
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let (ok, out, _) = run(&["verify", proof.to_str().unwrap()]);
     assert!(ok && out.starts_with("ok: record"), "{out}");
     let bundle: Value = serde_json::from_str(&std::fs::read_to_string(&proof).unwrap()).unwrap();
-    let (ok, _, _) = run(&["verify", proof.to_str().unwrap(), "--key", bundle["public_key"].as_str().unwrap()]);
+    let (ok, _, _) = run(&[
+        "verify",
+        proof.to_str().unwrap(),
+        "--key",
+        bundle["public_key"].as_str().unwrap(),
+    ]);
     assert!(ok);
     let mut bad = bundle.clone();
     bad["leaf_index"] = (bundle["leaf_index"].as_u64().unwrap() + 1).into();
@@ -141,22 +174,34 @@ fn patient_data_never_reaches_the_logs() {
     let msg = format!("MSH|^~\\&|LAB|H|GW|H|20240101||ORU^R01|C{marker}|P|2.5\rPID|1||{marker}^^^H^MR||{marker}^Jane\rOBX|1|ST|X||{marker}\r");
     assert_eq!(msa(&mllp_exchange(g.mllp, msg.as_bytes())).0, "AA");
     // And in a rejected one (bad PID line) and a non-HL7 frame.
-    let _ = mllp_exchange(g.mllp, format!("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\r{marker}|x\r").as_bytes());
+    let _ = mllp_exchange(
+        g.mllp,
+        format!("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\r{marker}|x\r").as_bytes(),
+    );
     let _ = mllp_exchange(g.mllp, marker.as_bytes());
     let (_, metrics) = g.http_get("/metrics");
     let log = g.log.clone();
     assert!(g.stop().success());
     let logs = std::fs::read_to_string(log).unwrap();
-    assert!(logs.contains("medanchor started"), "logging works at debug level");
+    assert!(
+        logs.contains("medanchor started"),
+        "logging works at debug level"
+    );
     assert!(!logs.contains(&marker), "patient data leaked into the logs");
-    assert!(!metrics.contains(&marker), "patient data leaked into metrics");
+    assert!(
+        !metrics.contains(&marker),
+        "patient data leaked into metrics"
+    );
 }
 
 #[test]
 fn a_crash_leaves_stored_records_that_the_next_start_anchors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let slow = [("MEDANCHOR__LEDGER__BATCH_MS", "600000"), ("MEDANCHOR__LEDGER__BATCH_LEAVES", "100000")];
+    let slow = [
+        ("MEDANCHOR__LEDGER__BATCH_MS", "600000"),
+        ("MEDANCHOR__LEDGER__BATCH_LEAVES", "100000"),
+    ];
     let g = Gateway::start(&data, &slow);
     let files: Vec<String> = microsoft_files().into_iter().take(5).collect();
     let acks = send_json(&g, &files);
@@ -164,7 +209,10 @@ fn a_crash_leaves_stored_records_that_the_next_start_anchors() {
     g.kill();
     let d = data.display().to_string();
     let (ok, out, _) = run(&["verify", "--all", "--json", "--data-dir", &d]);
-    assert!(!ok, "acknowledged but unanchored records must be reported: {out}");
+    assert!(
+        !ok,
+        "acknowledged but unanchored records must be reported: {out}"
+    );
     assert!(out.contains("not in the log"));
     let g = Gateway::start(&data, &[]);
     assert!(g.stop().success());
@@ -178,7 +226,10 @@ fn a_crash_leaves_stored_records_that_the_next_start_anchors() {
 #[test]
 fn oversize_frames_and_noise_do_not_affect_other_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let g = Gateway::start(&dir.path().join("data"), &[("MEDANCHOR__MLLP__MAX_FRAME_BYTES", "4096")]);
+    let g = Gateway::start(
+        &dir.path().join("data"),
+        &[("MEDANCHOR__MLLP__MAX_FRAME_BYTES", "4096")],
+    );
     let mut big = TcpStream::connect(g.mllp).unwrap();
     big.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     // A well-behaved connection opened alongside.
@@ -206,7 +257,11 @@ fn configuration_errors_name_the_key() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listne"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listne"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = std::process::Command::new(BIN)
         .arg("serve")
         .env("MEDANCHOR__MLLP__LISTEN", "not-an-address")
@@ -214,7 +269,11 @@ fn configuration_errors_name_the_key() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (ok, out, _) = run(&["--help"]);
     assert!(ok && out.contains("serve") && out.contains("verify"));
 }
@@ -223,7 +282,10 @@ fn configuration_errors_name_the_key() {
 fn python_mllp_send_is_a_real_peer() {
     let tool = std::env::var("MLLP_SEND").unwrap_or_else(|_| {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/mllp_send");
-        assert!(p.exists(), "mllp_send not found: run the README's test command (scripts/test), which installs it");
+        assert!(
+            p.exists(),
+            "mllp_send not found: run the README's test command (scripts/test), which installs it"
+        );
         p.display().to_string()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -237,12 +299,27 @@ fn python_mllp_send_is_a_real_peer() {
     let mut n = 0;
     for f in &files {
         let out = std::process::Command::new(&tool)
-            .args(["--loose", "--file", f, "-p", &g.mllp.port().to_string(), "127.0.0.1"])
+            .args([
+                "--loose",
+                "--file",
+                f,
+                "-p",
+                &g.mllp.port().to_string(),
+                "127.0.0.1",
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (code, _, _) = msa(&out.stdout);
-        assert!(code == "AA" || code == "CA", "{f}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            code == "AA" || code == "CA",
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         n += 1;
     }
     assert_eq!(n, 20);

@@ -7,7 +7,12 @@ use medanchor::hl7::{decode_escapes, split_batch, Charset, Delimiters, Message};
 use serde_json::Value;
 
 fn fixture(p: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7").join(p)).unwrap()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/hl7")
+            .join(p),
+    )
+    .unwrap()
 }
 
 fn delims_of(spec: &str) -> Delimiters {
@@ -46,19 +51,31 @@ fn escape_vectors_decode_as_listed() {
 #[test]
 fn escapes_in_multibyte_text_and_charsets() {
     let d = Delimiters::default();
-    assert_eq!(decode_escapes("Zoë \\T\\ 日本\\F\\語", &d, Charset::Utf8), "Zoë & 日本|語");
-    assert_eq!(decode_escapes("\\XC3A9\\t\\.br\\x", &d, Charset::Utf8), "ét\nx");
+    assert_eq!(
+        decode_escapes("Zoë \\T\\ 日本\\F\\語", &d, Charset::Utf8),
+        "Zoë & 日本|語"
+    );
+    assert_eq!(
+        decode_escapes("\\XC3A9\\t\\.br\\x", &d, Charset::Utf8),
+        "ét\nx"
+    );
     // A message in UTF-8 with an escape right after non-ASCII text.
-    let raw = "MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rNTE|1||Müller\\T\\Søn\\E\\x".as_bytes();
+    let raw =
+        "MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rNTE|1||Müller\\T\\Søn\\E\\x"
+            .as_bytes();
     let m = Message::parse(raw).unwrap();
     let nte = m.segment(b"NTE").unwrap();
     assert_eq!(m.text(nte.field(3).raw()).unwrap(), "Müller&Søn\\x");
     // 8859/1: byte 0xE9 is é.
     let raw = b"MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||8859/1\rPID|1||1||Ren\xe9e\\S\\X";
     let m = Message::parse(raw).unwrap();
-    assert_eq!(m.text(m.segment(b"PID").unwrap().field(5).raw()).unwrap(), "Renée^X");
+    assert_eq!(
+        m.text(m.segment(b"PID").unwrap().field(5).raw()).unwrap(),
+        "Renée^X"
+    );
     // GB 18030: a trail byte equal to '|' must not split the field once transcoded.
-    let (gb, _, _) = encoding_rs::GB18030.encode("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||GB 18030-2000\rPID|1||1||丨乇乊\r");
+    let (gb, _, _) = encoding_rs::GB18030
+        .encode("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5||||||GB 18030-2000\rPID|1||1||丨乇乊\r");
     assert!(Message::parse(&gb).unwrap().charset().needs_transcoding());
     let rec = medanchor::pipeline::decode(
         &bytes::Bytes::from(gb.into_owned()),
@@ -77,7 +94,10 @@ fn delimiters_line_endings_bom_and_truncation_character() {
     let raw = b"\xEF\xBB\xBFMSH$%~\\&#$A$B\r\nPID$1$$123%%%HOSP%MR\n\nOBX$1\r";
     let m = Message::parse(raw).unwrap();
     let d = m.delimiters();
-    assert_eq!((d.field, d.component, d.truncation), (b'$', b'%', Some(b'#')));
+    assert_eq!(
+        (d.field, d.component, d.truncation),
+        (b'$', b'%', Some(b'#'))
+    );
     assert_eq!(m.segment_count(), 3);
     let pid = m.segment(b"PID").unwrap();
     assert_eq!(pid.field(3).component(1).raw(), b"123");
@@ -92,8 +112,22 @@ fn delimiters_line_endings_bom_and_truncation_character() {
 
 #[test]
 fn malformed_input_is_an_error_not_a_panic() {
-    for bad in [&b""[..], b"   ", b"PID|1", b"MSH", b"MSH|", b"MSH|^^\r", b"MSH|^~\\&\rpid|1", b"MSH|^~\\&\rPI", b"MSHa^~"] {
-        assert!(Message::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+    for bad in [
+        &b""[..],
+        b"   ",
+        b"PID|1",
+        b"MSH",
+        b"MSH|",
+        b"MSH|^^\r",
+        b"MSH|^~\\&\rpid|1",
+        b"MSH|^~\\&\rPI",
+        b"MSHa^~",
+    ] {
+        assert!(
+            Message::parse(bad).is_err(),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
 }
 
@@ -102,8 +136,13 @@ fn python_hl7_batches_split_or_fail_as_upstream_expects() {
     let index: Value = serde_json::from_slice(&fixture("python-hl7/index.json")).unwrap();
     let mut checked = 0;
     for e in index.as_array().unwrap() {
-        let file = e["file"].as_str().unwrap().trim_start_matches("_extracted/");
-        let Some(expected) = e["expected"].as_str() else { continue };
+        let file = e["file"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("_extracted/");
+        let Some(expected) = e["expected"].as_str() else {
+            continue;
+        };
         let bytes = fixture(&format!("python-hl7/{file}"));
         let result = split_batch(&bytes);
         if expected.starts_with("ParseException") {
@@ -112,7 +151,12 @@ fn python_hl7_batches_split_or_fail_as_upstream_expects() {
             checked += 1;
         } else if expected.contains("message") || expected.contains("batch") {
             let msgs = result.unwrap_or_else(|e| panic!("{file}: {e}"));
-            let want = e["segments"].as_array().unwrap().iter().filter(|s| *s == "MSH").count();
+            let want = e["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| *s == "MSH")
+                .count();
             assert_eq!(msgs.len(), want, "{file}");
             for m in msgs {
                 assert!(m.starts_with(b"MSH"));
@@ -130,7 +174,12 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -145,17 +194,27 @@ fn every_microsoft_sample_parses_and_matches_hl7_parser() {
         let m = Message::parse(raw).unwrap_or_else(|e| panic!("{name}: {e}"));
         // Oracle: hl7-parser (it panics on some inputs, so it runs under catch_unwind and
         // only on the BOM-less text it accepts).
-        let text = String::from_utf8_lossy(raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw)).replace("\r\n", "\r").replace('\n', "\r");
+        let text = String::from_utf8_lossy(raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw))
+            .replace("\r\n", "\r")
+            .replace('\n', "\r");
         let text = text.trim_end_matches('\r').to_string();
-        let oracle = std::panic::catch_unwind(|| hl7_parser::parse_message(&text).ok().map(|o| {
-            o.segments.iter().map(|s| (s.name.to_string(), s.fields.len())).collect::<Vec<_>>()
-        }));
+        let oracle = std::panic::catch_unwind(|| {
+            hl7_parser::parse_message(&text).ok().map(|o| {
+                o.segments
+                    .iter()
+                    .map(|s| (s.name.to_string(), s.fields.len()))
+                    .collect::<Vec<_>>()
+            })
+        });
         let Ok(Some(theirs)) = oracle else { continue };
         let ours: Vec<(String, usize)> = m
             .segments()
             .map(|s| {
                 let n = s.fields().count();
-                (String::from_utf8_lossy(s.id()).into_owned(), if s.id() == b"MSH" { n + 1 } else { n })
+                (
+                    String::from_utf8_lossy(s.id()).into_owned(),
+                    if s.id() == b"MSH" { n + 1 } else { n },
+                )
             })
             .collect();
         assert_eq!(ours.len(), theirs.len(), "{name}: segment count");

@@ -12,7 +12,10 @@ use medanchor::pipeline::Stores;
 use medanchor::vault::Vault;
 
 fn config(data: &Path) -> Config {
-    Config { data_dir: data.to_path_buf(), ..Config::default() }
+    Config {
+        data_dir: data.to_path_buf(),
+        ..Config::default()
+    }
 }
 
 fn occurrences(hay: &[u8], needle: &[u8]) -> Vec<usize> {
@@ -20,7 +23,13 @@ fn occurrences(hay: &[u8], needle: &[u8]) -> Vec<usize> {
 }
 
 /// Flips byte `i` of `needle` wherever it occurs in `file`, runs the verifier, restores the file.
-fn check_every_byte(data: &Path, file: &str, needle: &[u8], what: &str, expect_in_failure: &[&str]) {
+fn check_every_byte(
+    data: &Path,
+    file: &str,
+    needle: &[u8],
+    what: &str,
+    expect_in_failure: &[&str],
+) {
     let path = data.join(file);
     let original = std::fs::read(&path).unwrap();
     let at = occurrences(&original, needle);
@@ -49,7 +58,10 @@ fn check_every_byte(data: &Path, file: &str, needle: &[u8], what: &str, expect_i
         std::fs::write(&path, &original).unwrap();
     }
     let stores = Stores::open(&config(data), false).unwrap();
-    assert!(medanchor::verify::verify_all(&stores, &|_, _| {}).ok, "restored file verifies again");
+    assert!(
+        medanchor::verify::verify_all(&stores, &|_, _| {}).ok,
+        "restored file verifies again"
+    );
 }
 
 #[test]
@@ -89,9 +101,27 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
         let cp = stores.ledger.latest_checkpoint().unwrap().unwrap();
         (value, leaf_value, cp.text)
     };
-    check_every_byte(&data, "vault.redb", &record_value, "sealed record", &["record "]);
-    check_every_byte(&data, "ledger.redb", &leaf_value, "leaf", &["leaf ", "record ", "checkpoint "]);
-    check_every_byte(&data, "ledger.redb", checkpoint.as_bytes(), "checkpoint", &["checkpoint "]);
+    check_every_byte(
+        &data,
+        "vault.redb",
+        &record_value,
+        "sealed record",
+        &["record "],
+    );
+    check_every_byte(
+        &data,
+        "ledger.redb",
+        &leaf_value,
+        "leaf",
+        &["leaf ", "record ", "checkpoint "],
+    );
+    check_every_byte(
+        &data,
+        "ledger.redb",
+        checkpoint.as_bytes(),
+        "checkpoint",
+        &["checkpoint "],
+    );
 
     // And through the binary: exit status and the failure on stderr.
     let path = data.join("vault.redb");
@@ -101,5 +131,8 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
     std::fs::write(&path, &bytes).unwrap();
     let (ok, out, err) = run(&["verify", "--all", "--data-dir", data.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("FAILED: record") && out.starts_with("FAILED"), "{out}{err}");
+    assert!(
+        err.contains("FAILED: record") && out.starts_with("FAILED"),
+        "{out}{err}"
+    );
 }

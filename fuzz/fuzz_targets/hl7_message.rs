@@ -26,10 +26,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let payload = Bytes::copy_from_slice(data);
-    let origin = Origin::Local { name: "fuzz".into() };
+    let origin = Origin::Local {
+        name: "fuzz".into(),
+    };
     let _ = medanchor::pipeline::decode(&payload, &origin, 0, &Default::default());
     let req = AckRequest::from_message(&m);
-    let ack = req.build(AckCode::Error, "X", "20240101", Some((100, "reason | with ^ delimiters")), Some(("id", "c")));
+    let ack = req.build(
+        AckCode::Error,
+        "X",
+        "20240101",
+        Some((100, "reason | with ^ delimiters")),
+        Some(("id", "c")),
+    );
     // Our own ACK must always be a message we can read back.
     Message::parse(&ack).expect("ACK parses");
 });

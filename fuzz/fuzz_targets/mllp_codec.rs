@@ -8,7 +8,9 @@ use medanchor::hl7::mllp::MllpCodec;
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, input)) = data.split_first() else { return };
+    let Some((&cut, input)) = data.split_first() else {
+        return;
+    };
     let max = 64;
     let mut codec = MllpCodec::new(max);
     let mut buf = BytesMut::new();

@@ -318,7 +318,8 @@ impl Keyring {
         let w = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;
-            t.insert(key_id.as_bytes(), wrapped.as_slice()).map_err(db_err)?;
+            t.insert(key_id.as_bytes(), wrapped.as_slice())
+                .map_err(db_err)?;
         }
         w.commit().map_err(db_err)?;
         let key = Arc::new(DataKey {
@@ -350,7 +351,14 @@ impl Keyring {
             let entries: Vec<(String, Vec<u8>)> = t
                 .iter()
                 .map_err(db_err)?
-                .map(|e| e.map(|(k, v)| (String::from_utf8_lossy(k.value()).into_owned(), v.value().to_vec())))
+                .map(|e| {
+                    e.map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(k.value()).into_owned(),
+                            v.value().to_vec(),
+                        )
+                    })
+                })
                 .collect::<Result<_, _>>()
                 .map_err(db_err)?;
             let unwrapped = entries

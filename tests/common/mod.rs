@@ -24,7 +24,11 @@ pub struct Gateway {
 impl Gateway {
     pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Gateway {
         let log = data_dir.with_extension("log");
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
@@ -41,17 +45,29 @@ impl Gateway {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addr = |prefix: &str| -> SocketAddr {
             let line = lines.next().expect("gateway printed its address").unwrap();
-            let rest = line.strip_prefix(prefix).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+            let rest = line
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"));
             rest.split_whitespace().next().unwrap().parse().unwrap()
         };
         let mllp = addr("mllp listening on ");
         let http = addr("http listening on ");
-        Gateway { child, mllp, http, data_dir: data_dir.into(), log }
+        Gateway {
+            child,
+            mllp,
+            http,
+            data_dir: data_dir.into(),
+            log,
+        }
     }
 
     /// SIGTERM and wait: the graceful path.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         self.child.wait().unwrap()
     }
 
@@ -85,18 +101,29 @@ impl Drop for Gateway {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
 /// Runs the binary and returns (success, stdout, stderr).
 pub fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Sends one MLLP frame on a raw socket and reads one reply frame.
@@ -126,7 +153,15 @@ pub fn read_frame(s: &mut TcpStream) -> Vec<u8> {
 
 pub fn msa(ack: &[u8]) -> (String, String, String) {
     let text = String::from_utf8_lossy(ack);
-    let line = text.split('\r').find(|l| l.starts_with("MSA")).unwrap_or("").to_string();
+    let line = text
+        .split('\r')
+        .find(|l| l.starts_with("MSA"))
+        .unwrap_or("")
+        .to_string();
     let f: Vec<&str> = line.split('|').collect();
-    (f.get(1).unwrap_or(&"").to_string(), f.get(2).unwrap_or(&"").to_string(), f.get(3).unwrap_or(&"").to_string())
+    (
+        f.get(1).unwrap_or(&"").to_string(),
+        f.get(2).unwrap_or(&"").to_string(),
+        f.get(3).unwrap_or(&"").to_string(),
+    )
 }
