@@ -71,6 +71,10 @@ impl Decoder for MllpCodec {
         let from = self.scanned.saturating_sub(1).max(1);
         if let Some(i) = memchr::memmem::find(&buf[from..], &END) {
             let end = from + i;
+            if end - 1 > self.max_frame {
+                // A whole oversize frame can arrive in one read: the limit holds for it too.
+                return Err(MllpError::FrameTooLarge(self.max_frame));
+            }
             let mut frame = buf.split_to(end + 2);
             frame.advance(1);
             frame.truncate(frame.len() - 2);
@@ -166,6 +170,17 @@ mod tests {
         ok.extend(std::iter::repeat_n(b'x', 50));
         ok.extend_from_slice(&END);
         assert_eq!(frames(&ok, 3, 50).0.len(), 1);
+    }
+
+    #[test]
+    fn oversize_frame_arriving_whole_in_one_read_is_refused() {
+        // Found by cargo-fuzz (mllp_codec): the limit was only applied to incomplete frames.
+        let mut input = vec![START];
+        input.extend(std::iter::repeat_n(b'x', 100));
+        input.extend_from_slice(&END);
+        let (f, _, err) = frames(&input, input.len(), 50);
+        assert!(f.is_empty());
+        assert!(err.unwrap().contains("exceeds"));
     }
 
     #[test]
