@@ -324,3 +324,63 @@ fn python_mllp_send_is_a_real_peer() {
     }
     assert_eq!(n, 20);
 }
+
+#[test]
+fn graceful_stop_closes_the_open_batch_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Batches would not close on their own for ten minutes.
+    let g = Gateway::start(
+        &data,
+        &[
+            ("MEDANCHOR__LEDGER__BATCH_MS", "600000"),
+            ("MEDANCHOR__LEDGER__BATCH_LEAVES", "100000"),
+        ],
+    );
+    let files: Vec<String> = microsoft_files().into_iter().skip(10).take(7).collect();
+    let acks = send_json(&g, &files);
+    assert_eq!(acks.len(), 7);
+    assert_eq!(
+        g.http_get("/v1/checkpoint").0,
+        404,
+        "nothing anchored before the stop"
+    );
+    assert!(g.stop().success());
+    let (ok, out, _) = run(&[
+        "verify",
+        "--all",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(ok, "{report}");
+    assert_eq!(
+        (
+            report["records"].as_u64(),
+            report["leaves"].as_u64(),
+            report["checkpoints"].as_u64()
+        ),
+        (Some(7), Some(7), Some(1))
+    );
+}
+
+#[test]
+fn idle_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(
+        &dir.path().join("data"),
+        &[("MEDANCHOR__MLLP__IDLE_TIMEOUT_SECS", "1")],
+    );
+    let mut s = TcpStream::connect(g.mllp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+    assert_eq!(n, 0, "the gateway closed the idle connection");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        g.metric("medanchor_mllp_connection_errors_total{kind=\"idle_timeout\"}"),
+        1.0
+    );
+}
