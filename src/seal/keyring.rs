@@ -49,21 +49,26 @@ fn db_err(e: impl std::fmt::Display) -> KeyringError {
 /// A data key: one per patient, plus the gateway key for records without a patient.
 pub struct DataKey {
     id: String,
-    secret: Zeroizing<[u8; 32]>,
+    /// Only the key schedule is kept (zeroized on drop by the aes crate's `zeroize` feature).
+    xaes: super::XaesKey,
 }
 
 impl DataKey {
     pub fn id(&self) -> &str {
         &self.id
     }
-    pub(crate) fn secret(&self) -> &[u8; 32] {
-        &self.secret
+    pub(crate) fn xaes(&self) -> &super::XaesKey {
+        &self.xaes
     }
     /// A data key from raw material (tests, benchmarks and key import).
     pub fn new(id: &str, secret: [u8; 32]) -> DataKey {
+        DataKey::from_secret(id.to_string(), Zeroizing::new(secret))
+    }
+
+    fn from_secret(id: String, secret: Zeroizing<[u8; 32]>) -> DataKey {
         DataKey {
-            id: id.into(),
-            secret: Zeroizing::new(secret),
+            xaes: super::XaesKey::new(&secret),
+            id,
         }
     }
 }
@@ -283,10 +288,10 @@ impl Keyring {
         let Some(v) = t.get(key_id.as_bytes()).map_err(db_err)? else {
             return Ok(None);
         };
-        let key = Arc::new(DataKey {
-            id: key_id.to_string(),
-            secret: self.unwrap(key_id, v.value())?,
-        });
+        let key = Arc::new(DataKey::from_secret(
+            key_id.to_string(),
+            self.unwrap(key_id, v.value())?,
+        ));
         self.cache
             .write()
             .expect("lock")
@@ -322,10 +327,7 @@ impl Keyring {
                 .map_err(db_err)?;
         }
         w.commit().map_err(db_err)?;
-        let key = Arc::new(DataKey {
-            id: key_id.to_string(),
-            secret,
-        });
+        let key = Arc::new(DataKey::from_secret(key_id.to_string(), secret));
         self.cache
             .write()
             .expect("lock")

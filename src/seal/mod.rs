@@ -5,16 +5,19 @@
 //! sealed     = header || AES-256-GCM(subkey, nonce[12..24], salt || record encoding,
 //!                                    aad = header || record id)
 //! header     = "MAS" 0x01 || key id length (u8) || key id || nonce[24] || salt length (u8 = 32)
-//! subkey     = SHA3-256("medanchor/seal/subkey/v1" 0x00 || data key || nonce[0..12])
+//! subkey     = XAES-256-GCM key derivation (C2SP) from the data key and nonce[0..12]
 //! ```
 //!
 //! The salt is inside the ciphertext: once a patient's key is destroyed, the anchored commitment
 //! cannot be linked to any guess of the record. Every record is encrypted under its own subkey
 //! derived from a fresh 96-bit value, so no GCM key ever sees more than one message and the
 //! SP 800-38D limit of 2^32 random nonces per key cannot be reached however many records a patient
-//! has (the same construction as XAES-256-GCM, with SHA3 as the derivation function).
+//! has: this is XAES-256-GCM (C2SP), tested against its published vectors.
 
 pub mod keyring;
+mod xaes;
+
+pub use xaes::XaesKey;
 
 use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
 use sha3::{Digest, Sha3_256};
@@ -29,7 +32,6 @@ pub const SALT_LEN: usize = 32;
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 const COMMIT_DOMAIN: &[u8] = b"medanchor/record/v1\x00";
-const SUBKEY_DOMAIN: &[u8] = b"medanchor/seal/subkey/v1\x00";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
@@ -65,11 +67,7 @@ pub fn commitment(salt: &[u8; SALT_LEN], encoded: &[u8]) -> [u8; 32] {
 }
 
 fn subkey(key: &DataKey, nonce: &[u8; NONCE_LEN]) -> Aes256Gcm {
-    let mut h = Sha3_256::new();
-    h.update(SUBKEY_DOMAIN);
-    h.update(key.secret());
-    h.update(&nonce[..12]);
-    let k: Zeroizing<[u8; 32]> = Zeroizing::new(h.finalize().into());
+    let k = key.xaes().derive(nonce);
     Aes256Gcm::new((&*k).into())
 }
 
