@@ -98,6 +98,24 @@ pub struct Rejection {
     pub quarantine_id: Option<String>,
 }
 
+impl Rejection {
+    /// A rejection not yet quarantined (the vault writer fills in the quarantine id).
+    pub fn new(
+        kind: RejectKind,
+        code: u16,
+        label: &'static str,
+        reason: impl Into<String>,
+    ) -> Rejection {
+        Rejection {
+            kind,
+            code,
+            reason: reason.into(),
+            label,
+            quarantine_id: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectKind {
     /// The bytes are not a readable HL7 message (AR).

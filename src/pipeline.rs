@@ -321,10 +321,6 @@ impl Pipeline {
             token,
         })
     }
-
-    pub fn keyring(&self) -> &Keyring {
-        &self.keyring
-    }
 }
 
 /// Where an input came from, for operators (addresses are not patient data).
@@ -344,14 +340,14 @@ pub fn decode(
     rules: &AcceptRules,
 ) -> Result<Record, Rejection> {
     let msg = Message::parse(payload).map_err(|e| parse_rejection(&e))?;
-    if msg.charset().needs_transcoding() {
-        // Trail bytes of this set can look like delimiters: read the metadata from a UTF-8 copy;
-        // the sealed record keeps the original bytes.
-        let utf8 = msg.charset().transcode(payload);
-        let msg = Message::parse(&utf8)
-            .map_err(|e| parse_rejection(&e))?
-            .with_charset(crate::hl7::Charset::Utf8);
+    if !msg.charset().needs_transcoding() {
         return Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules);
     }
+    // Trail bytes of this set can look like delimiters: read the metadata from a UTF-8 copy; the
+    // sealed record keeps the original bytes.
+    let utf8 = msg.charset().transcode(payload);
+    let msg = Message::parse(&utf8)
+        .map_err(|e| parse_rejection(&e))?
+        .with_charset(crate::hl7::Charset::Utf8);
     Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules)
 }

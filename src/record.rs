@@ -42,21 +42,6 @@ pub struct AcceptRules {
     pub require_patient_id: bool,
 }
 
-fn reject(
-    kind: RejectKind,
-    code: u16,
-    label: &'static str,
-    reason: impl Into<String>,
-) -> Rejection {
-    Rejection {
-        kind,
-        code,
-        reason: reason.into(),
-        label,
-        quarantine_id: None,
-    }
-}
-
 /// Maps a tokenizer error to a rejection (AR: the bytes are not a message we can read).
 pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
     let label = match e {
@@ -68,7 +53,7 @@ pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
         hl7::ParseError::UnsupportedCharset(_) => 203,
         _ => 100,
     };
-    reject(RejectKind::NotHl7, code, label, e.to_string())
+    Rejection::new(RejectKind::NotHl7, code, label, e.to_string())
 }
 
 impl Record {
@@ -87,7 +72,7 @@ impl Record {
         let trigger = t(msh.field(9).component(2))?;
         let control_id = t(msh.field(10))?;
         if message_type.trim().is_empty() {
-            return Err(reject(
+            return Err(Rejection::new(
                 RejectKind::Unacceptable,
                 101,
                 "missing_msh9",
@@ -95,7 +80,7 @@ impl Record {
             ));
         }
         if control_id.trim().is_empty() {
-            return Err(reject(
+            return Err(Rejection::new(
                 RejectKind::Unacceptable,
                 101,
                 "missing_msh10",
@@ -103,7 +88,7 @@ impl Record {
             ));
         }
         if !rules.message_types.is_empty() && !rules.message_types.contains(&message_type) {
-            return Err(reject(
+            return Err(Rejection::new(
                 RejectKind::Unacceptable,
                 200,
                 "type_not_accepted",
@@ -112,7 +97,7 @@ impl Record {
         }
         let processing = t(msh.field(11).component(1))?;
         if !rules.processing_ids.is_empty() && !rules.processing_ids.contains(&processing) {
-            return Err(reject(
+            return Err(Rejection::new(
                 RejectKind::Unacceptable,
                 202,
                 "processing_id_not_accepted",
@@ -145,7 +130,7 @@ impl Record {
             }
         }
         if rules.require_patient_id && patient_ids.is_empty() {
-            return Err(reject(
+            return Err(Rejection::new(
                 RejectKind::Unacceptable,
                 101,
                 "missing_patient_id",

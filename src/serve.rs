@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::pipeline::{OpenError, Pipeline, Stores};
 use crate::sources::mllp;
@@ -37,36 +38,8 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
     let tls = cfg.mllp.tls.as_ref().map(mllp::load_tls).transpose()?;
 
-    let mllp_listener =
-        TcpListener::bind(cfg.mllp.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                what: "mllp.listen",
-                addr: cfg.mllp.listen,
-                source,
-            })?;
-    let http_listener =
-        TcpListener::bind(cfg.http.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                what: "http.listen",
-                addr: cfg.http.listen,
-                source,
-            })?;
-    let mllp_addr = mllp_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "mllp.listen",
-            addr: cfg.mllp.listen,
-            source,
-        })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "http.listen",
-            addr: cfg.http.listen,
-            source,
-        })?;
+    let (mllp_listener, mllp_addr) = bind("mllp.listen", cfg.mllp.listen).await?;
+    let (http_listener, http_addr) = bind("http.listen", cfg.http.listen).await?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
@@ -77,7 +50,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         let _ = writeln!(out, "http listening on {http_addr}");
         let _ = out.flush();
     }
-    tracing::info!(%mllp_addr, %http_addr, data_dir = %cfg.data_dir.display(), key = %stores.ledger_key(), "medanchor started");
+    tracing::info!(%mllp_addr, %http_addr, data_dir = %cfg.data_dir.display(), key = %stores.ledger.verifier().to_vkey(), "medanchor started");
 
     let ready = Arc::new(AtomicBool::new(true));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -113,21 +86,21 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let _ = running.batcher.await;
     let _ = http.await;
     tracing::info!(
-        tree_size = stores.ledger_size(),
+        tree_size = stores.ledger.size(),
         "stopped; last batch anchored"
     );
     Ok(())
 }
 
-impl Stores {
-    fn ledger_key(&self) -> String {
-        use crate::ledger::Ledger;
-        self.ledger.verifier().to_vkey()
-    }
-    fn ledger_size(&self) -> u64 {
-        use crate::ledger::Ledger;
-        self.ledger.size()
-    }
+/// Binds `addr` (port 0 picks one) and reports the bound address; errors name the config key.
+async fn bind(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

@@ -1,6 +1,6 @@
 //! Offline verification of a whole data directory (`medanchor verify --all`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use medanchor_merkle::{verify_consistency, SignedCheckpoint};
 use serde::Serialize;
@@ -62,7 +62,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     }
     let total = stores.vault.record_count().unwrap_or(0) + report.leaves;
     let mut done = 0u64;
-    let mut seen: HashMap<RecordId, ()> = HashMap::with_capacity(by_record.len());
+    let mut seen: HashSet<RecordId> = HashSet::with_capacity(by_record.len());
     let records = stores.vault.for_each_record(&mut |rec| {
         report.records += 1;
         done += 1;
@@ -70,7 +70,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
             progress(done, total);
         }
         let id = rec.record_id;
-        seen.insert(id, ());
+        seen.insert(id);
         let opened = seal::parse_header(&rec.sealed)
             .map_err(|e| e.to_string())
             .and_then(|h| stores.keyring.get(h.key_id).map_err(|e| e.to_string()))
@@ -96,7 +96,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
         report.fail(format!("vault: {e}"));
     }
     for (id, (index, _)) in &by_record {
-        if !seen.contains_key(id) {
+        if !seen.contains(id) {
             report.fail(format!("leaf {index}: record {id} is not in the vault"));
         }
     }

@@ -87,23 +87,12 @@ pub async fn run(
             let t0 = Instant::now();
             let mut sent = 0u64;
             while sent < n || !inflight.is_empty() {
-                if sent < n && inflight.len() < window {
-                    if let Some(iv) = interval {
-                        let due = t0 + iv.mul_f64(sent as f64);
-                        if inflight.is_empty() || Instant::now() >= due {
-                            tokio::time::sleep_until(due.into()).await;
-                        } else {
-                            let ack = client.read().await?;
-                            let s = parse_ack(&ack);
-                            errors += u64::from(s.code != "AA" && s.code != "CA");
-                            lat.push(
-                                inflight
-                                    .pop_front()
-                                    .map(|t: Instant| t.elapsed())
-                                    .unwrap_or_default(),
-                            );
-                            continue;
-                        }
+                let due = interval.map(|iv| t0 + iv.mul_f64(sent as f64));
+                let early = due.is_some_and(|d| Instant::now() < d);
+                // Send when the window has room and the pace allows (or nothing else to wait for).
+                if sent < n && inflight.len() < window && (!early || inflight.is_empty()) {
+                    if let Some(d) = due {
+                        tokio::time::sleep_until(d.into()).await;
                     }
                     let (a, b) = &templates[(sent as usize + c) % templates.len()];
                     let mut msg = a.clone();
@@ -113,13 +102,12 @@ pub async fn run(
                     client.write(&msg).await?;
                     sent += 1;
                 } else {
-                    let ack = client.read().await?;
-                    let s = parse_ack(&ack);
+                    let s = parse_ack(&client.read().await?);
                     errors += u64::from(s.code != "AA" && s.code != "CA");
                     lat.push(
                         inflight
                             .pop_front()
-                            .map(|t| t.elapsed())
+                            .map(|t: Instant| t.elapsed())
                             .unwrap_or_default(),
                     );
                 }

@@ -138,13 +138,7 @@ impl MllpSource {
                         Some(Ok(frame)) => pending.push_back(self.clone().handle_frame(frame, origin.clone())),
                         Some(Err(MllpError::FrameTooLarge(limit))) => {
                             metrics.oversize_frames.inc();
-                            let rejection = Rejection {
-                                kind: RejectKind::NotHl7,
-                                code: 100,
-                                reason: format!("MLLP frame exceeds the limit of {limit} bytes; connection closed"),
-                                label: "frame_too_large",
-                                quarantine_id: None,
-                            };
+                            let rejection = Rejection::new(RejectKind::NotHl7, 100, "frame_too_large", format!("MLLP frame exceeds the limit of {limit} bytes; connection closed"));
                             // The frame is not kept whole (that would defeat the limit): quarantine
                             // records the refusal and its origin with an empty payload.
                             pending.push_back(self.clone().refuse(Bytes::new(), origin.clone(), rejection, AckRequest::fallback()));
@@ -184,13 +178,12 @@ impl MllpSource {
             } else {
                 match split_batch(&frame) {
                     Err(e) => {
-                        let rejection = Rejection {
-                            kind: RejectKind::NotHl7,
-                            code: 100,
-                            reason: format!("batch rejected: {e}"),
-                            label: "bad_batch",
-                            quarantine_id: None,
-                        };
+                        let rejection = Rejection::new(
+                            RejectKind::NotHl7,
+                            100,
+                            "bad_batch",
+                            format!("batch rejected: {e}"),
+                        );
                         self.clone()
                             .refuse(frame, origin, rejection, AckRequest::fallback())
                             .await
