@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use medanchor_merkle::{
-    record_leaf, Checkpoint, MemoryTree, NoteSigner, NoteVerifier, ProofBundle, Sha3Hasher,
-    SignedCheckpoint, TreeHasher, BUNDLE_FORMAT,
+    record_leaf, Checkpoint, MemoryTree, NoteSigner, NoteVerifier, ProofBundle, RightEdge,
+    Sha3Hasher, SignedCheckpoint, TreeHasher, BUNDLE_FORMAT,
 };
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -30,7 +30,24 @@ pub struct EmbeddedLedger {
     db: redb::Database,
     origin: String,
     signer: NoteSigner,
-    tree: Mutex<MemoryTree<Sha3Hasher>>,
+    log: Mutex<Log>,
+}
+
+/// The in-memory tree and the right edge of the latest checkpoint, computed when it is signed so
+/// that proofs against it cost lookups only.
+struct Log {
+    tree: MemoryTree<Sha3Hasher>,
+    edge: Option<RightEdge>,
+}
+
+impl Log {
+    fn inclusion_proof(&mut self, index: u64, size: u64) -> Result<Vec<[u8; 32]>, LedgerError> {
+        let edge = match &self.edge {
+            Some(edge) if edge.size() == size => edge,
+            _ => self.edge.insert(self.tree.right_edge(size)?),
+        };
+        Ok(self.tree.inclusion_proof_at(edge, index)?)
+    }
 }
 
 /// Splits a stored leaf value into entry and record id.
@@ -84,7 +101,7 @@ impl EmbeddedLedger {
             db,
             origin: origin.to_string(),
             signer,
-            tree: Mutex::new(tree),
+            log: Mutex::new(Log { tree, edge: None }),
         })
     }
 
@@ -117,7 +134,7 @@ impl EmbeddedLedger {
 
     /// The tree as rebuilt from storage (for consistency proofs between checkpoints).
     pub fn with_tree<T>(&self, f: impl FnOnce(&MemoryTree<Sha3Hasher>) -> T) -> T {
-        f(&self.tree.lock().expect("lock"))
+        f(&self.log.lock().expect("lock").tree)
     }
 
     pub fn leaf_index(&self, id: &RecordId) -> Result<Option<u64>, LedgerError> {
@@ -133,7 +150,9 @@ impl Ledger for EmbeddedLedger {
         records: &[(RecordId, [u8; 32])],
         now_ms: u64,
     ) -> Result<Option<SignedCheckpoint>, LedgerError> {
-        let mut tree = self.tree.lock().expect("lock");
+        let mut log = self.log.lock().expect("lock");
+        let log = &mut *log;
+        let tree = &mut log.tree;
         let before = tree.size();
         let hasher = *tree.hasher();
         let mut w = self.db.begin_write().map_err(err)?;
@@ -158,10 +177,11 @@ impl Ledger for EmbeddedLedger {
             if tree.size() == before {
                 return Ok(None);
             }
+            let edge = tree.right_edge(tree.size())?;
             let cp = Checkpoint {
                 origin: self.origin.clone(),
                 size: tree.size(),
-                root: tree.root(tree.size())?,
+                root: tree.edge_root(&edge),
                 timestamp_ms: now_ms,
             };
             let signed = self.signer.sign(&cp);
@@ -169,11 +189,14 @@ impl Ledger for EmbeddedLedger {
                 .map_err(err)?
                 .insert(cp.size, signed.text.as_bytes())
                 .map_err(err)?;
-            Ok(Some(signed))
+            Ok(Some((signed, edge)))
         })();
         match result {
-            Ok(Some(signed)) => match w.commit() {
-                Ok(()) => Ok(Some(signed)),
+            Ok(Some((signed, edge))) => match w.commit() {
+                Ok(()) => {
+                    log.edge = Some(edge);
+                    Ok(Some(signed))
+                }
                 Err(e) => {
                     tree.truncate(before);
                     Err(err(e))
@@ -188,7 +211,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn size(&self) -> u64 {
-        self.tree.lock().expect("lock").size()
+        self.log.lock().expect("lock").tree.size()
     }
 
     fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, LedgerError> {
@@ -223,7 +246,7 @@ impl Ledger for EmbeddedLedger {
             .ok_or_else(|| LedgerError::Corrupt(format!("leaf {index} missing")))?;
         let leaf = parse_leaf(index, leaf.value())?;
         let path = self
-            .tree
+            .log
             .lock()
             .expect("lock")
             .inclusion_proof(index, size)?;

@@ -24,6 +24,21 @@ pub struct MemoryTree<H> {
     levels: Vec<Vec<Hash>>,
 }
 
+/// The hashes of the partial subtrees along the right edge of the tree of one size
+/// (see [`MemoryTree::right_edge`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RightEdge {
+    size: u64,
+    edge: Vec<Hash>,
+}
+
+impl RightEdge {
+    /// The tree size this edge belongs to.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 fn split_point(n: u64) -> u64 {
     // Largest power of two strictly smaller than n (n >= 2).
     1 << (63 - (n - 1).leading_zeros())
@@ -85,57 +100,97 @@ impl<H: TreeHasher> MemoryTree<H> {
         Ok(())
     }
 
-    /// MTH(D[start:end]) for a range the RFC recursion produces (start aligned to the split).
-    fn subtree(&self, start: u64, end: u64) -> Hash {
+    /// Precomputes the right edge of the tree of the first `size` leaves: the O(log n) subtree
+    /// hashes that are not stored because their range ends at `size` inside a subtree that is not
+    /// full yet. Proofs against that size then cost lookups only, so a log serving proofs for its
+    /// latest checkpoint computes this once per checkpoint rather than once per proof.
+    pub fn right_edge(&self, size: u64) -> Result<RightEdge, TreeError> {
+        self.check_size(size)?;
+        // The ranges [s_i, size) the RFC recursion asks for start at s_i = `size` with all but
+        // its top i set bits cleared; only those that are not a single full subtree are stored,
+        // and edge[i] holds the i-th, so a range's slot is the popcount of its start.
+        let parts = size.count_ones() as usize;
+        let mut edge = vec![[0u8; 32]; parts.saturating_sub(1)];
+        if parts >= 2 {
+            // Walk from the smallest full subtree at the right end back to the left.
+            let lowest = size.trailing_zeros() as usize;
+            let mut acc = self.levels[lowest][((size >> lowest) - 1) as usize];
+            let mut bits = size & (size - 1);
+            for i in (0..parts - 1).rev() {
+                let level = bits.trailing_zeros() as usize;
+                let start = bits & (bits - 1);
+                acc = self
+                    .hasher
+                    .node(&self.levels[level][(start >> level) as usize], &acc);
+                edge[i] = acc;
+                bits = start;
+            }
+        }
+        Ok(RightEdge { size, edge })
+    }
+
+    /// MTH(D[start:end]) for a range the RFC recursion produces within the tree of `edge`.
+    fn subtree(&self, edge: &RightEdge, start: u64, end: u64) -> Hash {
         let n = end - start;
         if n.is_power_of_two() && start.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(start >> level) as usize];
         }
-        let k = split_point(n);
-        let left = self.subtree(start, start + k);
-        let right = self.subtree(start + k, end);
-        self.hasher.node(&left, &right)
+        debug_assert_eq!(end, edge.size, "only the right edge holds partial subtrees");
+        edge.edge[start.count_ones() as usize]
     }
 
     /// Root of the tree made of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, TreeError> {
-        self.check_size(size)?;
-        if size == 0 {
-            return Ok(self.hasher.empty());
+        let edge = self.right_edge(size)?;
+        Ok(self.edge_root(&edge))
+    }
+
+    /// Root of the tree `edge` was computed for.
+    pub fn edge_root(&self, edge: &RightEdge) -> Hash {
+        if edge.size == 0 {
+            return self.hasher.empty();
         }
-        Ok(self.subtree(0, size))
+        self.subtree(edge, 0, edge.size)
     }
 
     /// RFC 9162 §2.1.3.1 inclusion path of leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
-        self.check_size(size)?;
+        let edge = self.right_edge(size)?;
+        self.inclusion_proof_at(&edge, index)
+    }
+
+    /// Inclusion path of leaf `index` in the tree `edge` was computed for; no hashing.
+    pub fn inclusion_proof_at(&self, edge: &RightEdge, index: u64) -> Result<Vec<Hash>, TreeError> {
+        // A truncated tree would make the edge stale.
+        self.check_size(edge.size)?;
+        let size = edge.size;
         if index >= size {
             return Err(TreeError::IndexOutOfRange { index, size });
         }
         let mut path = Vec::with_capacity(64 - size.leading_zeros() as usize);
-        self.path(index, 0, size, &mut path);
+        self.path(edge, index, 0, size, &mut path);
         Ok(path)
     }
 
-    fn path(&self, m: u64, start: u64, end: u64, out: &mut Vec<Hash>) {
+    fn path(&self, edge: &RightEdge, m: u64, start: u64, end: u64, out: &mut Vec<Hash>) {
         let n = end - start;
         if n <= 1 {
             return;
         }
         let k = split_point(n);
         if m < k {
-            self.path(m, start, start + k, out);
-            out.push(self.subtree(start + k, end));
+            self.path(edge, m, start, start + k, out);
+            out.push(self.subtree(edge, start + k, end));
         } else {
-            self.path(m - k, start + k, end, out);
-            out.push(self.subtree(start, start + k));
+            self.path(edge, m - k, start + k, end, out);
+            out.push(self.subtree(edge, start, start + k));
         }
     }
 
     /// RFC 9162 §2.1.4.1 consistency proof between the trees of `first` and `second` leaves.
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, TreeError> {
-        self.check_size(second)?;
+        let edge = self.right_edge(second)?;
         if first > second {
             return Err(TreeError::SizesOutOfOrder { first, second });
         }
@@ -143,25 +198,33 @@ impl<H: TreeHasher> MemoryTree<H> {
         if first == 0 || first == second {
             return Ok(out);
         }
-        self.subproof(first, 0, second, true, &mut out);
+        self.subproof(&edge, first, 0, second, true, &mut out);
         Ok(out)
     }
 
-    fn subproof(&self, m: u64, start: u64, end: u64, whole: bool, out: &mut Vec<Hash>) {
+    fn subproof(
+        &self,
+        edge: &RightEdge,
+        m: u64,
+        start: u64,
+        end: u64,
+        whole: bool,
+        out: &mut Vec<Hash>,
+    ) {
         let n = end - start;
         if m == n {
             if !whole {
-                out.push(self.subtree(start, end));
+                out.push(self.subtree(edge, start, end));
             }
             return;
         }
         let k = split_point(n);
         if m <= k {
-            self.subproof(m, start, start + k, whole, out);
-            out.push(self.subtree(start + k, end));
+            self.subproof(edge, m, start, start + k, whole, out);
+            out.push(self.subtree(edge, start + k, end));
         } else {
-            self.subproof(m - k, start + k, end, false, out);
-            out.push(self.subtree(start, start + k));
+            self.subproof(edge, m - k, start + k, end, false, out);
+            out.push(self.subtree(edge, start, start + k));
         }
     }
 }

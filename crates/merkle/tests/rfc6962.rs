@@ -208,6 +208,38 @@ fn every_shape_up_to_48_agrees_with_the_rfc_definition_and_verifies() {
 }
 
 #[test]
+fn a_right_edge_keeps_answering_for_its_size_while_the_tree_grows() {
+    // The ledger computes the edge when it signs a checkpoint and serves proofs from it while
+    // later leaves arrive.
+    let hr = Sha3Hasher::default();
+    let leaves: Vec<Hash> = (0..300u32).map(|i| hr.leaf(&i.to_be_bytes())).collect();
+    let mut tree = MemoryTree::new(hr);
+    let mut edges = Vec::new();
+    for (i, l) in leaves.iter().enumerate() {
+        tree.push(*l);
+        let size = i as u64 + 1;
+        if size.count_ones() >= 2 || size.is_multiple_of(37) {
+            edges.push(tree.right_edge(size).unwrap());
+        }
+    }
+    assert!(edges.len() > 200);
+    for edge in &edges {
+        let n = edge.size() as usize;
+        let root = mth(&hr, &leaves[..n]);
+        assert_eq!(tree.edge_root(edge), root, "root {n}");
+        for m in [0, n / 3, n / 2, n - 1] {
+            let p = tree.inclusion_proof_at(edge, m as u64).unwrap();
+            assert_eq!(p, path_ref(&hr, m, &leaves[..n]), "path {m}/{n}");
+        }
+        assert!(tree.inclusion_proof_at(edge, n as u64).is_err());
+    }
+    // An edge for a size the tree no longer holds is refused rather than answered from stale data.
+    let last = edges.last().unwrap().clone();
+    tree.truncate(last.size() - 1);
+    assert!(tree.inclusion_proof_at(&last, 0).is_err());
+}
+
+#[test]
 fn out_of_range_requests_are_errors_not_panics() {
     let tree = reference_tree();
     assert!(tree.root(9).is_err());
