@@ -97,13 +97,157 @@ impl Delimiters {
     }
 }
 
-/// A parsed HL7v2 message: the bytes, the delimiters and the segment boundaries.
+/// A parsed HL7v2 message: the bytes, the delimiters, the segment boundaries and a bitmap of
+/// where every field, component, repetition and subcomponent delimiter is.
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     bytes: &'a [u8],
     delims: Delimiters,
     segments: Vec<(u32, u32)>,
     charset: Charset,
+    index: DelimiterIndex<'a>,
+}
+
+// Delimiter kinds, in the order their bitmaps are interleaved in a `DelimiterIndex` word group.
+const FIELD: usize = 0;
+const COMPONENT: usize = 1;
+const REPETITION: usize = 2;
+const SUBCOMPONENT: usize = 3;
+/// Any delimiter below the field separator: a part without one needs no further splitting.
+const BELOW_FIELD: usize = 4;
+const KINDS: usize = 5;
+
+/// One bit per message byte and delimiter kind: `bits[w * KINDS + k]` bit `j` is set when byte
+/// `64·w + j` is the kind-`k` delimiter.
+///
+/// Built in one pass over the message (eight bytes at a time), so splitting a part afterwards is
+/// a bit scan of usually one word instead of a search through bytes; a full walk down to
+/// subcomponents touches each byte once rather than once per level.
+#[derive(Debug, Clone)]
+struct DelimiterIndex<'a> {
+    bytes: &'a [u8],
+    bits: Vec<u64>,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// High bit of each byte of `word` that equals `c` (exact: no false positives across bytes).
+#[inline(always)]
+fn eq_bytes(word: u64, c: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(c));
+    !(((x & !HIGHS) + !HIGHS) | x) & HIGHS
+}
+
+/// Gathers the high bit of each byte into the low eight bits (byte `i` → bit `i`).
+#[inline(always)]
+fn gather(highs: u64) -> u64 {
+    ((highs >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// ORs into `group[k]` the bits of the bytes of `block` equal to `kinds[k]`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn block_masks(block: &[u8; 64], kinds: &[u8; 4], group: &mut [u64]) {
+    // SAFETY: this function only exists when the compilation target enables SSE2 (the cfg
+    // above; it is part of the x86_64 baseline), so every CPU this code runs on has it, which is
+    // the one requirement of calling a `#[target_feature(enable = "sse2")]` function.
+    unsafe { block_masks_sse2(block, kinds, group) }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+fn block_masks_sse2(block: &[u8; 64], kinds: &[u8; 4], group: &mut [u64]) {
+    // The vector is built from the array by value (no raw-pointer load), which LLVM turns into
+    // one unaligned load; inside an SSE2 function these intrinsics are safe to call.
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_movemask_epi8, _mm_set1_epi8, _mm_setr_epi8};
+    for (i, b) in block.chunks_exact(16).enumerate() {
+        let v = _mm_setr_epi8(
+            b[0] as i8,
+            b[1] as i8,
+            b[2] as i8,
+            b[3] as i8,
+            b[4] as i8,
+            b[5] as i8,
+            b[6] as i8,
+            b[7] as i8,
+            b[8] as i8,
+            b[9] as i8,
+            b[10] as i8,
+            b[11] as i8,
+            b[12] as i8,
+            b[13] as i8,
+            b[14] as i8,
+            b[15] as i8,
+        );
+        for (k, &c) in kinds.iter().enumerate() {
+            let m = _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8))) as u16;
+            group[k] |= u64::from(m) << (16 * i);
+        }
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+fn block_masks(block: &[u8; 64], kinds: &[u8; 4], group: &mut [u64]) {
+    block_masks_portable(block, kinds, group)
+}
+
+/// Portable version: eight bytes at a time in a u64.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+fn block_masks_portable(block: &[u8; 64], kinds: &[u8; 4], group: &mut [u64]) {
+    for (i, chunk) in block.chunks_exact(8).enumerate() {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        for (k, &c) in kinds.iter().enumerate() {
+            group[k] |= gather(eq_bytes(word, c)) << (8 * i);
+        }
+    }
+}
+
+impl<'a> DelimiterIndex<'a> {
+    fn build(bytes: &'a [u8], d: &Delimiters) -> Self {
+        // A kind the message does not declare gets the field separator's value: its bits are
+        // never consulted because no split on it is asked for.
+        let kinds = [
+            d.field,
+            d.component,
+            d.repetition,
+            d.subcomponent.unwrap_or(d.field),
+        ];
+        let words = bytes.len().div_ceil(64);
+        let mut bits = vec![0u64; words * KINDS];
+        for (group, block) in bits.chunks_exact_mut(KINDS).zip(bytes.chunks(64)) {
+            let mut lane = [0u8; 64];
+            lane[..block.len()].copy_from_slice(block);
+            block_masks(&lane, &kinds, group);
+        }
+        for group in bits.chunks_exact_mut(KINDS) {
+            if d.subcomponent.is_none() {
+                group[SUBCOMPONENT] = 0;
+            }
+            group[BELOW_FIELD] = group[COMPONENT] | group[REPETITION] | group[SUBCOMPONENT];
+        }
+        DelimiterIndex { bytes, bits }
+    }
+
+    /// Position of the first kind-`k` delimiter in `[from, end)`, or `end`.
+    #[inline]
+    fn next(&self, k: usize, from: usize, end: usize) -> usize {
+        if from >= end {
+            return end;
+        }
+        let mut w = from / 64;
+        let mut word = self.bits[w * KINDS + k] & (!0u64 << (from % 64));
+        loop {
+            if word != 0 {
+                return (w * 64 + word.trailing_zeros() as usize).min(end);
+            }
+            w += 1;
+            if w * 64 >= end {
+                return end;
+            }
+            word = self.bits[w * KINDS + k];
+        }
+    }
 }
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -159,6 +303,7 @@ impl<'a> Message<'a> {
             delims,
             segments,
             charset: Charset::Ascii,
+            index: DelimiterIndex::build(bytes, &delims),
         };
         let declared = msg.msh().field(18);
         let first = declared
@@ -191,30 +336,34 @@ impl<'a> Message<'a> {
         self.segments.len()
     }
 
-    pub fn segments(&self) -> impl Iterator<Item = Segment<'a>> + '_ {
-        self.segments.iter().map(move |&(s, e)| Segment {
-            raw: &self.bytes[s as usize..e as usize],
-            delims: self.delims,
-        })
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> + '_ {
+        self.segments
+            .iter()
+            .map(move |&(s, e)| self.segment_at(s, e))
     }
 
-    /// The MSH segment (always the first).
-    pub fn msh(&self) -> Segment<'a> {
-        let (s, e) = self.segments[0];
+    fn segment_at(&self, start: u32, end: u32) -> Segment<'_> {
         Segment {
-            raw: &self.bytes[s as usize..e as usize],
-            delims: self.delims,
+            index: &self.index,
+            start,
+            end,
         }
     }
 
+    /// The MSH segment (always the first).
+    pub fn msh(&self) -> Segment<'_> {
+        let (s, e) = self.segments[0];
+        self.segment_at(s, e)
+    }
+
     /// First segment with this id.
-    pub fn segment(&self, id: &[u8; 3]) -> Option<Segment<'a>> {
+    pub fn segment(&self, id: &[u8; 3]) -> Option<Segment<'_>> {
         self.segments().find(|s| s.id() == id)
     }
 
     /// Decodes a field, component or subcomponent into text: character set first (so multi-byte
     /// text cannot be mistaken for delimiters), then escape sequences.
-    pub fn text(&self, raw: &'a [u8]) -> Result<Cow<'a, str>, ParseError> {
+    pub fn text<'r>(&self, raw: &'r [u8]) -> Result<Cow<'r, str>, ParseError> {
         let decoded = self.charset.decode(raw);
         Ok(match self.delims.escape {
             Some(esc) if decoded.as_bytes().contains(&esc) => {
@@ -227,139 +376,284 @@ impl<'a> Message<'a> {
 
 /// One segment: its raw bytes without the terminator.
 #[derive(Debug, Clone, Copy)]
-pub struct Segment<'a> {
-    raw: &'a [u8],
-    delims: Delimiters,
+pub struct Segment<'m> {
+    index: &'m DelimiterIndex<'m>,
+    start: u32,
+    end: u32,
 }
 
-impl<'a> Segment<'a> {
-    pub fn raw(&self) -> &'a [u8] {
-        self.raw
+impl<'m> Segment<'m> {
+    pub fn raw(&self) -> &'m [u8] {
+        &self.index.bytes[self.start as usize..self.end as usize]
     }
-    pub fn id(&self) -> &'a [u8] {
-        &self.raw[..3]
+    pub fn id(&self) -> &'m [u8] {
+        &self.raw()[..3]
+    }
+
+    /// The bytes `[from, to)` of the segment as one part (not known to be flat).
+    #[inline]
+    fn part(&self, from: u32, to: u32) -> Field<'m> {
+        Field {
+            index: self.index,
+            start: self.start + from,
+            end: self.start + to,
+            flat: false,
+        }
     }
 
     /// All fields after the segment id; for MSH the first one yielded is MSH-2.
-    pub fn fields(&self) -> Parts<'a> {
-        Parts {
-            rest: Some(self.raw.get(4..).unwrap_or(&[])),
-            sep: Some(self.delims.field),
-            delims: self.delims,
-        }
+    #[inline]
+    pub fn fields(&self) -> Parts<'m> {
+        let len = self.end - self.start;
+        self.part(4.min(len), len).split(FIELD)
     }
 
     /// Field `n` (1-based, HL7 numbering). MSH-1 is the separator and MSH-2 the encoding
     /// characters, so MSH field numbers line up with the standard's. Missing fields are empty.
-    pub fn field(&self, n: usize) -> Field<'a> {
+    pub fn field(&self, n: usize) -> Field<'m> {
         let is_msh = self.id() == b"MSH";
-        let empty = Field {
-            raw: &[],
-            delims: self.delims,
-        };
+        let empty = self.part(0, 0);
         if n == 0 {
             return empty;
         }
         if is_msh && n == 1 {
-            return Field {
-                raw: &self.raw[3..4],
-                delims: self.delims,
-            };
+            return self.part(3, 4);
         }
         let skip = if is_msh { n - 2 } else { n - 1 };
         self.fields().nth(skip).unwrap_or(empty)
     }
 }
 
-/// A field, repetition, component or subcomponent: raw bytes plus the delimiters to split further.
+/// A field, repetition, component or subcomponent: where its bytes are in the message.
 #[derive(Debug, Clone, Copy)]
-pub struct Field<'a> {
-    raw: &'a [u8],
-    delims: Delimiters,
+pub struct Field<'m> {
+    index: &'m DelimiterIndex<'m>,
+    start: u32,
+    end: u32,
+    /// Holds no delimiter below the field separator, so every split of it is itself: most
+    /// fields and components are like that, and their walk then costs no lookups.
+    flat: bool,
 }
 
-impl<'a> Field<'a> {
-    pub fn raw(&self) -> &'a [u8] {
-        self.raw
+impl<'m> Field<'m> {
+    #[inline]
+    pub fn raw(&self) -> &'m [u8] {
+        &self.index.bytes[self.start as usize..self.end as usize]
     }
     pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
+        self.start == self.end
     }
-    fn children(&self, sep: Option<u8>) -> Parts<'a> {
+    #[inline]
+    fn split(&self, kind: usize) -> Parts<'m> {
+        let kind = if self.flat { WHOLE } else { kind };
+        let at = self.start / 64;
+        let word = if kind == WHOLE || self.start >= self.end {
+            0
+        } else {
+            self.index.bits[at as usize * KINDS + kind] & (!0u64 << (self.start % 64))
+        };
         Parts {
-            rest: Some(self.raw),
-            sep,
-            delims: self.delims,
+            index: self.index,
+            pos: self.start,
+            end: self.end,
+            kind,
+            flat: self.flat,
+            done: false,
+            at,
+            word,
         }
     }
-    pub fn repetitions(&self) -> Parts<'a> {
-        self.children(Some(self.delims.repetition))
+    #[inline]
+    pub fn repetitions(&self) -> Parts<'m> {
+        self.split(REPETITION)
     }
-    pub fn components(&self) -> Parts<'a> {
-        self.children(Some(self.delims.component))
+    #[inline]
+    pub fn components(&self) -> Parts<'m> {
+        self.split(COMPONENT)
     }
-    pub fn subcomponents(&self) -> Parts<'a> {
-        self.children(self.delims.subcomponent)
+    /// Without a declared subcomponent delimiter its bitmap is empty: the whole comes back.
+    #[inline]
+    pub fn subcomponents(&self) -> Parts<'m> {
+        self.split(SUBCOMPONENT)
     }
     /// Component `n` (1-based) of the first repetition.
-    pub fn component(&self, n: usize) -> Field<'a> {
-        let first = split(self.raw, self.delims.repetition)
-            .next()
-            .unwrap_or(&[]);
-        Field {
-            raw: split(first, self.delims.component)
-                .nth(n.saturating_sub(1))
-                .unwrap_or(&[]),
-            delims: self.delims,
+    pub fn component(&self, n: usize) -> Field<'m> {
+        let first = self.repetitions().next().unwrap_or(*self);
+        first
+            .components()
+            .nth(n.saturating_sub(1))
+            .unwrap_or(Field {
+                end: first.start,
+                ..first
+            })
+    }
+}
+
+/// Not a delimiter kind: yield the whole once.
+const WHOLE: usize = usize::MAX;
+
+/// The parts of a field split on one delimiter kind. An empty field yields one empty part, as
+/// HL7 expects.
+#[derive(Debug, Clone)]
+pub struct Parts<'m> {
+    index: &'m DelimiterIndex<'m>,
+    /// Where the next part starts, in message offsets.
+    pos: u32,
+    end: u32,
+    kind: usize,
+    /// Whether the whole is flat (handed on when it is yielded whole).
+    flat: bool,
+    done: bool,
+    /// The bitmap word being consumed (`at`, in words) with the delimiters already passed
+    /// cleared: finding the next part is then a bit clear, not a dependent load, so the parts of
+    /// one field come out without waiting on memory.
+    at: u32,
+    word: u64,
+}
+
+impl Parts<'_> {
+    /// Offset of the next kind delimiter before `end`, or `end`.
+    #[inline(always)]
+    fn next_delimiter(&mut self) -> usize {
+        let end = self.end as usize;
+        loop {
+            if self.word != 0 {
+                let p = self.at as usize * 64 + self.word.trailing_zeros() as usize;
+                self.word &= self.word - 1;
+                return p.min(end);
+            }
+            self.at += 1;
+            if self.at as usize * 64 >= end {
+                return end;
+            }
+            self.word = self.index.bits[self.at as usize * KINDS + self.kind];
         }
     }
 }
 
-/// The parts of a field split on one delimiter (none: the whole field once).
-#[derive(Debug, Clone)]
-pub struct Parts<'a> {
-    rest: Option<&'a [u8]>,
-    sep: Option<u8>,
-    delims: Delimiters,
-}
+impl<'m> Iterator for Parts<'m> {
+    type Item = Field<'m>;
 
-impl<'a> Iterator for Parts<'a> {
-    type Item = Field<'a>;
-
-    #[inline]
-    fn next(&mut self) -> Option<Field<'a>> {
-        let r = self.rest?;
-        let raw = match self.sep.and_then(|sep| memchr::memchr(sep, r)) {
-            Some(i) => {
-                self.rest = Some(&r[i + 1..]);
-                &r[..i]
-            }
-            None => {
-                self.rest = None;
-                r
+    #[inline(always)]
+    fn next(&mut self) -> Option<Field<'m>> {
+        if self.done {
+            return None;
+        }
+        let (from, all) = (self.pos as usize, self.end as usize);
+        let (end, flat) = match self.kind {
+            WHOLE => (all, self.flat),
+            SUBCOMPONENT => (self.next_delimiter(), true),
+            _ => {
+                let end = self.next_delimiter();
+                (end, self.index.next(BELOW_FIELD, from, end) == end)
             }
         };
+        if end == all {
+            self.done = true;
+        } else {
+            self.pos = end as u32 + 1;
+        }
         Some(Field {
-            raw,
-            delims: self.delims,
+            index: self.index,
+            start: from as u32,
+            end: end as u32,
+            flat,
         })
     }
 }
 
-/// Splits on one delimiter; an empty input yields one empty part, as HL7 expects.
-fn split(bytes: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(bytes);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match memchr::memchr(sep, r) {
-            Some(i) => {
-                rest = Some(&r[i + 1..]);
-                Some(&r[..i])
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that stress the bit tricks: every delimiter, its neighbours in value, high bytes
+    /// whose low seven bits equal a delimiter, and runs of delimiters across 8/16/64 boundaries.
+    fn tricky_block(seed: u64) -> [u8; 64] {
+        let palette = [
+            b'|',
+            b'^',
+            b'~',
+            b'&',
+            b'\\',
+            b'{',
+            b'}',
+            b'}' + 1,
+            b'|' | 0x80,
+            b'^' | 0x80,
+            b'&' | 0x80,
+            0x00,
+            0xFF,
+            0x7F,
+            0x80,
+            b'A',
+            b'\r',
+        ];
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut block = [0u8; 64];
+        for b in &mut block {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = palette[(x % palette.len() as u64) as usize];
+        }
+        block
+    }
+
+    #[test]
+    fn block_masks_match_a_byte_by_byte_scan() {
+        let kinds = *b"|^~&";
+        for seed in 0..2_000u64 {
+            let block = tricky_block(seed);
+            let mut expected = [0u64; 4];
+            for (j, &b) in block.iter().enumerate() {
+                for (k, &c) in kinds.iter().enumerate() {
+                    expected[k] |= u64::from(b == c) << j;
+                }
             }
-            None => {
-                rest = None;
-                Some(r)
+            let mut fast = [0u64; 4];
+            block_masks(&block, &kinds, &mut fast);
+            let mut portable = [0u64; 4];
+            block_masks_portable(&block, &kinds, &mut portable);
+            assert_eq!(fast, expected, "seed {seed}");
+            assert_eq!(portable, expected, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn parts_agree_with_splitting_bytes_across_word_boundaries() {
+        // Fields long enough that delimiters fall on both sides of 64-byte words.
+        let mut msg = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|".to_vec();
+        for i in 0..90 {
+            msg.extend_from_slice(if i % 7 == 0 { b"x^y&z~" } else { b"ab^" });
+            if i % 5 == 0 {
+                msg.push(b'|');
             }
         }
-    })
+        let m = Message::parse(&msg).unwrap();
+        let pid = m.segment(b"PID").unwrap();
+        let want: Vec<&[u8]> = pid.raw()[4..].split(|&b| b == b'|').collect();
+        let got: Vec<&[u8]> = pid.fields().map(|f| f.raw()).collect();
+        assert_eq!(got, want);
+        for f in pid.fields() {
+            let reps: Vec<&[u8]> = f.repetitions().map(|r| r.raw()).collect();
+            assert_eq!(reps, f.raw().split(|&b| b == b'~').collect::<Vec<_>>());
+            for r in f.repetitions() {
+                let comps: Vec<&[u8]> = r.components().map(|c| c.raw()).collect();
+                assert_eq!(comps, r.raw().split(|&b| b == b'^').collect::<Vec<_>>());
+                for c in r.components() {
+                    let subs: Vec<&[u8]> = c.subcomponents().map(|s| s.raw()).collect();
+                    assert_eq!(subs, c.raw().split(|&b| b == b'&').collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_subcomponent_delimiter_ampersands_are_text() {
+        let m = Message::parse(b"MSH|^~\\|A|B\rPID|1||a&b^c").unwrap();
+        let pid = m.segment(b"PID").unwrap();
+        let c = pid.field(3).component(1);
+        assert_eq!(c.raw(), b"a&b");
+        assert_eq!(c.subcomponents().count(), 1);
+    }
 }
