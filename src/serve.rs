@@ -33,6 +33,9 @@ pub enum ServeError {
 /// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
 /// commit, and close the open batch with a checkpoint.
 pub async fn run(cfg: Config) -> Result<(), ServeError> {
+    // Installed before anything is announced: a SIGTERM that arrives right after the
+    // "listening" lines must stop the gateway gracefully, not kill it.
+    let stop_signal = StopSignal::install().map_err(ServeError::Signal)?;
     let stores = Stores::open(&cfg, true)?;
     let metrics = Arc::new(Metrics::new());
     let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
@@ -75,7 +78,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         stop_rx,
     ));
 
-    wait_for_signal().await.map_err(ServeError::Signal)?;
+    stop_signal.wait().await;
     tracing::info!("shutting down: finishing in-flight messages");
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
@@ -103,13 +106,25 @@ async fn bind(
     Ok((listener, bound))
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM or SIGINT, caught from the moment it is installed.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+    }
 }
