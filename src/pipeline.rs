@@ -66,6 +66,7 @@ impl Stores {
         .map_err(|e| OpenError::Signing(e.to_string()))?;
         let vault = Arc::new(EmbeddedVault::open(
             &dir.join("vault.redb"),
+            &dir.join("segments"),
             cfg.vault.cache_mb << 20,
             create,
         )?);

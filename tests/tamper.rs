@@ -73,7 +73,7 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
     assert_eq!(msa(&mllp_exchange(g.mllp, msg)).0, "AA");
     assert!(g.stop().success());
 
-    let (record_value, leaf_value, checkpoint) = {
+    let (record, leaf_value, checkpoint) = {
         let stores = Stores::open(&config(&data), false).unwrap();
         assert!(medanchor::verify::verify_all(&stores, &|_, _| {}).ok);
         let mut rec = None;
@@ -85,8 +85,6 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
             })
             .unwrap();
         let rec = rec.unwrap();
-        let mut value = rec.commitment.to_vec();
-        value.extend_from_slice(&rec.sealed);
         let mut leaf = None;
         stores
             .ledger
@@ -99,13 +97,25 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
         let mut leaf_value = leaf.entry.clone();
         leaf_value.extend_from_slice(&leaf.record_id.0);
         let cp = stores.ledger.latest_checkpoint().unwrap().unwrap();
-        (value, leaf_value, cp.text)
+        (rec, leaf_value, cp.text)
     };
+    // The sealed bytes with their entry header (length and record id) in the segment file, and
+    // the commitment in the vault's index.
+    let mut entry = (record.sealed.len() as u32).to_be_bytes().to_vec();
+    entry.extend_from_slice(&record.record_id.0);
+    entry.extend_from_slice(&record.sealed);
+    check_every_byte(
+        &data,
+        "segments/00000000.seg",
+        &entry,
+        "sealed record",
+        &["record "],
+    );
     check_every_byte(
         &data,
         "vault.redb",
-        &record_value,
-        "sealed record",
+        &record.commitment,
+        "record commitment",
         &["record "],
     );
     check_every_byte(
@@ -124,10 +134,10 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
     );
 
     // And through the binary: exit status and the failure on stderr.
-    let path = data.join("vault.redb");
+    let path = data.join("segments/00000000.seg");
     let mut bytes = std::fs::read(&path).unwrap();
-    let o = occurrences(&bytes, &record_value)[0];
-    bytes[o + record_value.len() - 1] ^= 0x80;
+    let o = occurrences(&bytes, &entry)[0];
+    bytes[o + entry.len() - 1] ^= 0x80;
     std::fs::write(&path, &bytes).unwrap();
     let (ok, out, err) = run(&["verify", "--all", "--data-dir", data.to_str().unwrap()]);
     assert!(!ok);

@@ -1,13 +1,17 @@
-//! Embedded vault on redb (`<data_dir>/vault.redb`).
+//! Embedded vault: an index on redb (`<data_dir>/vault.redb`) and the sealed bytes in segment
+//! files (`<data_dir>/segments/`, see [`super::segments`]).
 //!
-//! Tables: `records` (record id → commitment[32] || sealed bytes), `dedup` (dedup key → record
-//! id), `control_ids` (control key → ()), `unanchored` (record id → commitment), `quarantine`
-//! (id → u32 metadata length || metadata JSON || sealed input).
+//! Tables: `records` (record id → commitment[32] ‖ segment u32 ‖ offset u64 ‖ length u32),
+//! `dedup` (dedup key → record id), `control_ids` (control key → ()), `unanchored` (record id →
+//! commitment), `quarantine` (id → u32 metadata length ‖ metadata JSON ‖ sealed input), `meta`
+//! (`format` → u32, `segment_tail` → segment u32 ‖ length u64).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::segments::{Location, SegmentLog, Staged, Tail};
 use super::{PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
@@ -17,6 +21,13 @@ const DEDUP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup");
 const CONTROL_IDS: TableDefinition<&[u8], ()> = TableDefinition::new("control_ids");
 const UNANCHORED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("unanchored");
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Layout version of the index; 2 = sealed bytes in segment files.
+const FORMAT: u32 = 2;
+const SEGMENT_TAIL: &str = "segment_tail";
+/// A new segment file starts once the current one would pass this size.
+const MAX_SEGMENT_BYTES: u64 = 256 << 20;
 
 fn err(e: impl std::fmt::Display) -> VaultError {
     VaultError::Storage(e.to_string())
@@ -24,6 +35,7 @@ fn err(e: impl std::fmt::Display) -> VaultError {
 
 pub struct EmbeddedVault {
     db: redb::Database,
+    segments: SegmentLog,
 }
 
 fn record_id(bytes: &[u8]) -> Result<RecordId, VaultError> {
@@ -34,30 +46,96 @@ fn record_id(bytes: &[u8]) -> Result<RecordId, VaultError> {
     ))
 }
 
-fn split_record(id: RecordId, v: &[u8]) -> Result<StoredRecord, VaultError> {
-    if v.len() < 32 {
-        return Err(VaultError::Corrupt(id.to_string()));
-    }
-    Ok(StoredRecord {
-        record_id: id,
-        commitment: v[..32].try_into().expect("32"),
-        sealed: v[32..].to_vec(),
-    })
+const ROW: usize = 32 + 4 + 8 + 4;
+
+fn record_row(commitment: &[u8; 32], at: Location) -> [u8; ROW] {
+    let mut row = [0u8; ROW];
+    row[..32].copy_from_slice(commitment);
+    row[32..36].copy_from_slice(&at.segment.to_be_bytes());
+    row[36..44].copy_from_slice(&at.offset.to_be_bytes());
+    row[44..].copy_from_slice(&at.len.to_be_bytes());
+    row
+}
+
+fn parse_row(id: RecordId, v: &[u8]) -> Result<([u8; 32], Location), VaultError> {
+    let v: &[u8; ROW] = v
+        .try_into()
+        .map_err(|_| VaultError::Corrupt(id.to_string()))?;
+    let (commitment, at) = v.split_at(32);
+    Ok((
+        commitment.try_into().expect("32"),
+        Location {
+            segment: u32::from_be_bytes(at[..4].try_into().expect("4")),
+            offset: u64::from_be_bytes(at[4..12].try_into().expect("8")),
+            len: u32::from_be_bytes(at[12..].try_into().expect("4")),
+        },
+    ))
 }
 
 impl EmbeddedVault {
-    pub fn open(path: &Path, cache_bytes: usize, create: bool) -> Result<Self, VaultError> {
+    /// Opens (or with `create`, creates) the index at `path` and the segments in `segments`.
+    pub fn open(
+        path: &Path,
+        segments: &Path,
+        cache_bytes: usize,
+        create: bool,
+    ) -> Result<Self, VaultError> {
         let mut b = redb::Builder::new();
         b.set_cache_size(cache_bytes);
         let db = if create { b.create(path) } else { b.open(path) }.map_err(err)?;
         let w = db.begin_write().map_err(err)?;
-        w.open_table(RECORDS).map_err(err)?;
-        w.open_table(DEDUP).map_err(err)?;
-        w.open_table(CONTROL_IDS).map_err(err)?;
-        w.open_table(UNANCHORED).map_err(err)?;
-        w.open_table(QUARANTINE).map_err(err)?;
+        let tail = {
+            let records = w.open_table(RECORDS).map_err(err)?;
+            w.open_table(DEDUP).map_err(err)?;
+            w.open_table(CONTROL_IDS).map_err(err)?;
+            w.open_table(UNANCHORED).map_err(err)?;
+            w.open_table(QUARANTINE).map_err(err)?;
+            let mut meta = w.open_table(META).map_err(err)?;
+            let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
+            match format {
+                Some(v) if v == FORMAT.to_be_bytes() => {}
+                Some(v) => {
+                    return Err(VaultError::Storage(format!(
+                        "vault format {} is not supported by this build (expects {FORMAT})",
+                        hex::encode(v)
+                    )))
+                }
+                None if records.is_empty().map_err(err)? => {
+                    meta.insert("format", FORMAT.to_be_bytes().as_slice())
+                        .map_err(err)?;
+                }
+                None => {
+                    return Err(VaultError::Storage(
+                        "vault.redb was written by a development build that kept sealed bytes \
+                         inside it; this build cannot read it"
+                            .into(),
+                    ))
+                }
+            }
+            let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
+                Some(v) => Tail::from_bytes(v.value())
+                    .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
+                None => Tail::default(),
+            };
+            tail
+        };
         w.commit().map_err(err)?;
-        Ok(EmbeddedVault { db })
+        let segments = SegmentLog::open(segments, tail, MAX_SEGMENT_BYTES, create)
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+        Ok(EmbeddedVault { db, segments })
+    }
+
+    fn read(&self, id: RecordId, row: &[u8]) -> Result<StoredRecord, VaultError> {
+        let (commitment, at) = parse_row(id, row)?;
+        let sealed = self
+            .segments
+            .read(&id, at)
+            .map_err(|e| VaultError::Corrupt(format!("{id}: {e}")))?;
+        Ok(StoredRecord {
+            record_id: id,
+            commitment,
+            sealed,
+        })
     }
 }
 
@@ -70,23 +148,33 @@ impl Vault for EmbeddedVault {
         let mut w = self.db.begin_write().map_err(err)?;
         w.set_durability(Durability::Immediate).map_err(err)?;
         let mut results = Vec::with_capacity(puts.len());
+        let mut tail = None;
         {
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut dedup = w.open_table(DEDUP).map_err(err)?;
             let mut controls = w.open_table(CONTROL_IDS).map_err(err)?;
             let mut unanchored = w.open_table(UNANCHORED).map_err(err)?;
-            let mut value = Vec::new();
+            let mut staged = Staged::default();
+            // Records new in this batch: a duplicate of one of them finds its commitment here,
+            // as its index row is written only after the segment append.
+            let mut fresh: HashMap<RecordId, [u8; 32]> = HashMap::new();
+            let mut placed = Vec::with_capacity(puts.len());
             for p in puts {
                 if let Some(first) = dedup.get(p.dedup_key.as_slice()).map_err(err)? {
                     let id = record_id(first.value())?;
-                    let stored = records
-                        .get(id.0.as_slice())
-                        .map_err(err)?
-                        .ok_or_else(|| VaultError::Corrupt(id.to_string()))?;
-                    let rec = split_record(id, stored.value())?;
+                    let commitment = match fresh.get(&id) {
+                        Some(c) => *c,
+                        None => {
+                            let row = records
+                                .get(id.0.as_slice())
+                                .map_err(err)?
+                                .ok_or_else(|| VaultError::Corrupt(id.to_string()))?;
+                            parse_row(id, row.value())?.0
+                        }
+                    };
                     results.push(PutResult::Duplicate {
                         record_id: id,
-                        commitment: rec.commitment,
+                        commitment,
                     });
                     continue;
                 }
@@ -94,26 +182,50 @@ impl Vault for EmbeddedVault {
                     .insert(p.control_key.as_slice(), ())
                     .map_err(err)?
                     .is_some();
-                let id = p.sealed.record_id.0;
-                value.clear();
-                value.extend_from_slice(&p.sealed.commitment);
-                value.extend_from_slice(&p.sealed.bytes);
-                records
-                    .insert(id.as_slice(), value.as_slice())
-                    .map_err(err)?;
+                let s = &p.sealed;
+                let id = s.record_id;
                 dedup
-                    .insert(p.dedup_key.as_slice(), id.as_slice())
+                    .insert(p.dedup_key.as_slice(), id.0.as_slice())
                     .map_err(err)?;
                 unanchored
-                    .insert(id.as_slice(), p.sealed.commitment.as_slice())
+                    .insert(id.0.as_slice(), s.commitment.as_slice())
                     .map_err(err)?;
+                fresh.insert(id, s.commitment);
+                placed.push((
+                    id,
+                    s.commitment,
+                    SegmentLog::stage(&mut staged, &id, &s.bytes),
+                ));
                 results.push(if conflict {
                     PutResult::StoredConflict
                 } else {
                     PutResult::Stored
                 });
             }
+            if !placed.is_empty() {
+                // Durable in the segment before the index that points at it commits.
+                let (segment, base, new_tail) = self
+                    .segments
+                    .append(&staged)
+                    .map_err(|e| VaultError::Storage(e.to_string()))?;
+                for (id, commitment, (offset, len)) in placed {
+                    let at = Location {
+                        segment,
+                        offset: base + offset,
+                        len,
+                    };
+                    records
+                        .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
+                        .map_err(err)?;
+                }
+                w.open_table(META)
+                    .map_err(err)?
+                    .insert(SEGMENT_TAIL, new_tail.to_bytes().as_slice())
+                    .map_err(err)?;
+                tail = Some(new_tail);
+            }
             let mut q = w.open_table(QUARANTINE).map_err(err)?;
+            let mut value = Vec::new();
             for (entry, sealed) in quarantine {
                 let meta = serde_json::to_vec(entry).map_err(err)?;
                 value.clear();
@@ -125,6 +237,9 @@ impl Vault for EmbeddedVault {
             }
         }
         w.commit().map_err(err)?;
+        if let Some(tail) = tail {
+            self.segments.committed(tail);
+        }
         Ok(results)
     }
 
@@ -133,7 +248,7 @@ impl Vault for EmbeddedVault {
         let t = r.open_table(RECORDS).map_err(err)?;
         t.get(id.0.as_slice())
             .map_err(err)?
-            .map(|v| split_record(*id, v.value()))
+            .map(|v| self.read(*id, v.value()))
             .transpose()
     }
 
@@ -145,7 +260,7 @@ impl Vault for EmbeddedVault {
         let t = r.open_table(RECORDS).map_err(err)?;
         for e in t.iter().map_err(err)? {
             let (k, v) = e.map_err(err)?;
-            f(split_record(record_id(k.value())?, v.value())?)?;
+            f(self.read(record_id(k.value())?, v.value())?)?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! puts into one transaction (one fsync) and only then resolves their tokens.
 
 mod embedded;
+pub mod segments;
 pub mod writer;
 
 pub use embedded::EmbeddedVault;
