@@ -109,11 +109,12 @@ impl Pipeline {
     ) -> Result<(Arc<Pipeline>, Running), OpenError> {
         let pending = stores.vault.unanchored()?;
         if !pending.is_empty() {
+            let records: Vec<_> = pending.iter().map(|(id, c, _)| (*id, *c)).collect();
             stores
                 .ledger
-                .append_records(&pending, crate::envelope::now_ms())?;
-            let ids: Vec<_> = pending.iter().map(|(id, _)| *id).collect();
-            stores.vault.mark_anchored(&ids)?;
+                .append_records(&records, crate::envelope::now_ms())?;
+            let through = pending.iter().map(|(_, _, p)| *p).max().unwrap_or(0);
+            stores.vault.mark_anchored(through)?;
             tracing::info!(
                 records = pending.len(),
                 "anchored records left unanchored by the last run"

@@ -384,3 +384,57 @@ fn idle_connections_are_closed() {
         1.0
     );
 }
+
+#[test]
+fn a_torn_segment_tail_is_cut_off_and_lost_acknowledged_bytes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.display().to_string();
+    let files: Vec<String> = microsoft_files().into_iter().take(5).collect();
+    let g = Gateway::start(&data, &[]);
+    let acks = send_json(&g, &files[..3]);
+    assert!(acks.iter().all(|a| a["code"] == "AA" || a["code"] == "CA"));
+    assert!(g.stop().success());
+
+    // What a crash between the segment write and the index commit leaves: bytes past the
+    // committed end that no sender was acknowledged for.
+    let segment = data.join("segments/00000000.seg");
+    let committed = std::fs::metadata(&segment).unwrap().len();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    f.write_all(&[0xA5; 3000]).unwrap();
+    drop(f);
+    let g = Gateway::start(&data, &[]);
+    let acks = send_json(&g, &files[3..]);
+    assert!(acks.iter().all(|a| a["code"] == "AA" || a["code"] == "CA"));
+    assert!(g.stop().success());
+    let (ok, out, _) = run(&["verify", "--all", "--json", "--data-dir", &d]);
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(ok, "{report}");
+    assert_eq!(report["records"], 5);
+    assert_eq!(report["leaves"], 5);
+    assert!(std::fs::read(&segment).unwrap()[committed as usize..]
+        .windows(16)
+        .all(|w| w != [0xA5; 16]));
+
+    // Acknowledged bytes missing from the file: the gateway must refuse to start, saying so.
+    let len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("serve")
+        .env("MEDANCHOR__DATA_DIR", &data)
+        .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
+        .env("MEDANCHOR__HTTP__LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("acknowledged records are missing"), "{err}");
+}

@@ -99,10 +99,11 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
         let cp = stores.ledger.latest_checkpoint().unwrap().unwrap();
         (rec, leaf_value, cp.text)
     };
-    // The sealed bytes with their entry header (length and record id) in the segment file, and
-    // the commitment in the vault's index.
+    // The sealed bytes with their entry header (length, record id, commitment) in the segment
+    // file, and the commitment in the vault's index.
     let mut entry = (record.sealed.len() as u32).to_be_bytes().to_vec();
     entry.extend_from_slice(&record.record_id.0);
+    entry.extend_from_slice(&record.commitment);
     entry.extend_from_slice(&record.sealed);
     check_every_byte(
         &data,

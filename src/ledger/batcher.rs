@@ -22,6 +22,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<ToAnchor> = Vec::with_capacity(batch_leaves);
+    // Set once a batch fails to anchor: the watermark stays where it was for the rest of the run.
+    let mut held_back = false;
     loop {
         let Some(first) = rx.recv().await else { break };
         batch.push(first);
@@ -37,18 +39,19 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        anchor(&ledger, &vault, &mut batch, &metrics).await;
+        anchor(&ledger, &vault, &mut batch, &mut held_back, &metrics).await;
         if closed {
             break;
         }
     }
-    anchor(&ledger, &vault, &mut batch, &metrics).await;
+    anchor(&ledger, &vault, &mut batch, &mut held_back, &metrics).await;
 }
 
 async fn anchor(
     ledger: &Arc<dyn Ledger>,
     vault: &Arc<dyn Vault>,
     batch: &mut Vec<ToAnchor>,
+    held_back: &mut bool,
     metrics: &Metrics,
 ) {
     if batch.is_empty() {
@@ -58,13 +61,18 @@ async fn anchor(
     let ledger = ledger.clone();
     let vault = vault.clone();
     let started = Instant::now();
+    let hold = *held_back;
     let res = tokio::task::spawn_blocking(move || {
-        let records: Vec<_> = items.iter().map(|(id, c, _)| (*id, *c)).collect();
+        let records: Vec<_> = items.iter().map(|(id, c, _, _)| (*id, *c)).collect();
         let cp = ledger.append_records(&records, now_ms())?;
-        let ids: Vec<_> = items.iter().map(|(id, _, _)| *id).collect();
-        if let Err(e) = vault.mark_anchored(&ids) {
-            // Harmless: the ids are offered again at the next start and skipped by the ledger.
-            tracing::warn!(error = %e, "could not clear the anchoring queue");
+        // After a failed batch the watermark must stay below it, so those records are offered
+        // again at the next start (the ones anchored since are skipped by the ledger then).
+        if !hold {
+            let through = items.iter().map(|(_, _, p, _)| *p).max().unwrap_or(0);
+            if let Err(e) = vault.mark_anchored(through) {
+                // Harmless: the records are offered again at the next start and skipped.
+                tracing::warn!(error = %e, "could not move the anchored watermark");
+            }
         }
         Ok::<_, super::LedgerError>((cp, items))
     })
@@ -75,7 +83,7 @@ async fn anchor(
                 .anchor_seconds
                 .observe(started.elapsed().as_secs_f64());
             metrics.checkpoint_leaves.observe(items.len() as f64);
-            for (_, _, stored_at) in &items {
+            for (_, _, _, stored_at) in &items {
                 metrics
                     .time_to_anchor_seconds
                     .observe(stored_at.elapsed().as_secs_f64());
@@ -91,10 +99,12 @@ async fn anchor(
             }
         }
         Ok(Err(e)) => {
+            *held_back = true;
             metrics.anchor_failures.inc();
             tracing::error!(error = %e, "anchoring failed; the records stay queued and are anchored at the next start");
         }
         Err(e) => {
+            *held_back = true;
             metrics.anchor_failures.inc();
             tracing::error!(error = %e, "anchoring task failed");
         }

@@ -2,30 +2,33 @@
 //! files (`<data_dir>/segments/`, see [`super::segments`]).
 //!
 //! Tables: `records` (record id → commitment[32] ‖ segment u32 ‖ offset u64 ‖ length u32),
-//! `dedup` (dedup key → record id), `control_ids` (control key → ()), `unanchored` (record id →
-//! commitment), `quarantine` (id → u32 metadata length ‖ metadata JSON ‖ sealed input), `meta`
-//! (`format` → u32, `segment_tail` → segment u32 ‖ length u64).
+//! `controls` (control key → one or more dedup key[32] ‖ record id[16]), `quarantine` (id → u32
+//! metadata length ‖ metadata JSON ‖ sealed input), `meta` (`format` → u32 BE, `segment_tail` →
+//! segment u32 ‖ length u64, `anchored_through` → position u64).
+//!
+//! Per record a commit writes one row keyed by time (`records`, an append at the B-tree's end)
+//! and one keyed by hash (`controls`); the records awaiting the log are not listed anywhere but
+//! found by scanning the segments after the `anchored_through` watermark.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::segments::{Location, SegmentLog, Staged, Tail};
-use super::{PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
+use super::segments::{Location, SegmentLog, Staged, Tail, ENTRY_HEADER};
+use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
-const DEDUP: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dedup");
-const CONTROL_IDS: TableDefinition<&[u8], ()> = TableDefinition::new("control_ids");
-const UNANCHORED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("unanchored");
+const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("controls");
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// Layout version of the index; 2 = sealed bytes in segment files.
-const FORMAT: u32 = 2;
+/// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key.
+const FORMAT: u32 = 3;
 const SEGMENT_TAIL: &str = "segment_tail";
+const ANCHORED_THROUGH: &str = "anchored_through";
 /// A new segment file starts once the current one would pass this size.
 const MAX_SEGMENT_BYTES: u64 = 256 << 20;
 
@@ -47,6 +50,8 @@ fn record_id(bytes: &[u8]) -> Result<RecordId, VaultError> {
 }
 
 const ROW: usize = 32 + 4 + 8 + 4;
+/// One record under a control key: dedup key ‖ record id.
+const CONTROL_ENTRY: usize = 32 + 16;
 
 fn record_row(commitment: &[u8; 32], at: Location) -> [u8; ROW] {
     let mut row = [0u8; ROW];
@@ -86,9 +91,7 @@ impl EmbeddedVault {
         let w = db.begin_write().map_err(err)?;
         let tail = {
             let records = w.open_table(RECORDS).map_err(err)?;
-            w.open_table(DEDUP).map_err(err)?;
-            w.open_table(CONTROL_IDS).map_err(err)?;
-            w.open_table(UNANCHORED).map_err(err)?;
+            w.open_table(CONTROLS).map_err(err)?;
             w.open_table(QUARANTINE).map_err(err)?;
             let mut meta = w.open_table(META).map_err(err)?;
             let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
@@ -129,7 +132,7 @@ impl EmbeddedVault {
         let (commitment, at) = parse_row(id, row)?;
         let sealed = self
             .segments
-            .read(&id, at)
+            .read(&id, &commitment, at)
             .map_err(|e| VaultError::Corrupt(format!("{id}: {e}")))?;
         Ok(StoredRecord {
             record_id: id,
@@ -151,17 +154,26 @@ impl Vault for EmbeddedVault {
         let mut tail = None;
         {
             let mut records = w.open_table(RECORDS).map_err(err)?;
-            let mut dedup = w.open_table(DEDUP).map_err(err)?;
-            let mut controls = w.open_table(CONTROL_IDS).map_err(err)?;
-            let mut unanchored = w.open_table(UNANCHORED).map_err(err)?;
+            let mut controls = w.open_table(CONTROLS).map_err(err)?;
             let mut staged = Staged::default();
             // Records new in this batch: a duplicate of one of them finds its commitment here,
             // as its index row is written only after the segment append.
             let mut fresh: HashMap<RecordId, [u8; 32]> = HashMap::new();
             let mut placed = Vec::with_capacity(puts.len());
+            let mut entries = Vec::new();
             for p in puts {
-                if let Some(first) = dedup.get(p.dedup_key.as_slice()).map_err(err)? {
-                    let id = record_id(first.value())?;
+                entries.clear();
+                if let Some(v) = controls.get(p.control_key.as_slice()).map_err(err)? {
+                    entries.extend_from_slice(v.value());
+                }
+                if entries.len() % CONTROL_ENTRY != 0 {
+                    return Err(VaultError::Corrupt(hex::encode(p.control_key)));
+                }
+                let first = entries
+                    .chunks_exact(CONTROL_ENTRY)
+                    .find(|e| e[..32] == p.dedup_key);
+                if let Some(e) = first {
+                    let id = record_id(&e[32..])?;
                     let commitment = match fresh.get(&id) {
                         Some(c) => *c,
                         None => {
@@ -178,28 +190,22 @@ impl Vault for EmbeddedVault {
                     });
                     continue;
                 }
-                let conflict = controls
-                    .insert(p.control_key.as_slice(), ())
-                    .map_err(err)?
-                    .is_some();
+                let conflict = !entries.is_empty();
                 let s = &p.sealed;
                 let id = s.record_id;
-                dedup
-                    .insert(p.dedup_key.as_slice(), id.0.as_slice())
-                    .map_err(err)?;
-                unanchored
-                    .insert(id.0.as_slice(), s.commitment.as_slice())
+                entries.extend_from_slice(&p.dedup_key);
+                entries.extend_from_slice(&id.0);
+                controls
+                    .insert(p.control_key.as_slice(), entries.as_slice())
                     .map_err(err)?;
                 fresh.insert(id, s.commitment);
-                placed.push((
-                    id,
-                    s.commitment,
-                    SegmentLog::stage(&mut staged, &id, &s.bytes),
-                ));
+                let (offset, len) = SegmentLog::stage(&mut staged, &id, &s.commitment, &s.bytes);
+                placed.push((id, s.commitment, offset, len, results.len()));
+                // The position is filled in once the append says where the batch went.
                 results.push(if conflict {
-                    PutResult::StoredConflict
+                    PutResult::StoredConflict { position: 0 }
                 } else {
-                    PutResult::Stored
+                    PutResult::Stored { position: 0 }
                 });
             }
             if !placed.is_empty() {
@@ -208,7 +214,7 @@ impl Vault for EmbeddedVault {
                     .segments
                     .append(&staged)
                     .map_err(|e| VaultError::Storage(e.to_string()))?;
-                for (id, commitment, (offset, len)) in placed {
+                for (id, commitment, offset, len, slot) in placed {
                     let at = Location {
                         segment,
                         offset: base + offset,
@@ -217,6 +223,16 @@ impl Vault for EmbeddedVault {
                     records
                         .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
                         .map_err(err)?;
+                    let end = Tail {
+                        segment,
+                        len: at.offset + (ENTRY_HEADER as u64) + u64::from(len),
+                    };
+                    match &mut results[slot] {
+                        PutResult::Stored { position } | PutResult::StoredConflict { position } => {
+                            *position = end.position()
+                        }
+                        PutResult::Duplicate { .. } => unreachable!("slot of a stored record"),
+                    }
                 }
                 w.open_table(META)
                     .map_err(err)?
@@ -270,31 +286,46 @@ impl Vault for EmbeddedVault {
         r.open_table(RECORDS).map_err(err)?.len().map_err(err)
     }
 
-    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32])>, VaultError> {
+    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
-        let t = r.open_table(UNANCHORED).map_err(err)?;
+        let meta = r.open_table(META).map_err(err)?;
+        let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
+            Some(v) => Tail::from_bytes(v.value())
+                .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
+            None => return Ok(Vec::new()),
+        };
+        let from = match meta.get(ANCHORED_THROUGH).map_err(err)? {
+            Some(v) => Tail::from_position(u64::from_be_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| VaultError::Corrupt(ANCHORED_THROUGH.into()))?,
+            )),
+            None => Tail::default(),
+        };
         let mut out = Vec::new();
-        for e in t.iter().map_err(err)? {
-            let (k, v) = e.map_err(err)?;
-            let id = record_id(k.value())?;
-            let c: [u8; 32] = v
-                .value()
-                .try_into()
-                .map_err(|_| VaultError::Corrupt(id.to_string()))?;
-            out.push((id, c));
-        }
+        self.segments
+            .scan(from, tail, &mut |id, commitment, end| {
+                out.push((id, commitment, end.position()))
+            })
+            .map_err(|e| VaultError::Corrupt(e.to_string()))?;
         Ok(out)
     }
 
-    fn mark_anchored(&self, ids: &[RecordId]) -> Result<(), VaultError> {
-        // Losing this on a crash only means the ids are offered to the ledger again, which skips
-        // ids it already holds; so no fsync is needed here.
+    fn mark_anchored(&self, through: Position) -> Result<(), VaultError> {
+        // Losing this on a crash only means records are offered to the ledger again, which skips
+        // the ones it holds; so no fsync is needed here.
         let mut w = self.db.begin_write().map_err(err)?;
         w.set_durability(Durability::None).map_err(err)?;
         {
-            let mut t = w.open_table(UNANCHORED).map_err(err)?;
-            for id in ids {
-                t.remove(id.0.as_slice()).map_err(err)?;
+            let mut meta = w.open_table(META).map_err(err)?;
+            let current = meta
+                .get(ANCHORED_THROUGH)
+                .map_err(err)?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            if through > current {
+                meta.insert(ANCHORED_THROUGH, through.to_be_bytes().as_slice())
+                    .map_err(err)?;
             }
         }
         w.commit().map_err(err)

@@ -29,17 +29,25 @@ pub struct PutRecord {
     pub control_key: [u8; 32],
 }
 
+/// A record's place in the vault's commit order: a later commit has a larger position. The
+/// ledger anchors records in this order, so one watermark says which are anchored.
+pub type Position = u64;
+
 /// What happened to a put.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutResult {
-    Stored,
+    Stored {
+        position: Position,
+    },
     /// Same sender, control id and bytes as an earlier record: its id and commitment.
     Duplicate {
         record_id: RecordId,
         commitment: [u8; 32],
     },
     /// New bytes under a control id this sender already used; stored as a new record.
-    StoredConflict,
+    StoredConflict {
+        position: Position,
+    },
 }
 
 /// Input kept for inspection with the reason it was refused.
@@ -75,9 +83,11 @@ pub trait Vault: Send + Sync + 'static {
         f: &mut dyn FnMut(StoredRecord) -> Result<(), VaultError>,
     ) -> Result<(), VaultError>;
     fn record_count(&self) -> Result<u64, VaultError>;
-    /// Records stored but not yet confirmed in the log.
-    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32])>, VaultError>;
-    fn mark_anchored(&self, ids: &[RecordId]) -> Result<(), VaultError>;
+    /// Records stored after the anchored watermark, in commit order.
+    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError>;
+    /// Moves the watermark: every record up to `through` is in the log. It need not be durable
+    /// at once: records offered again are skipped by the ledger.
+    fn mark_anchored(&self, through: Position) -> Result<(), VaultError>;
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError>;
     fn quarantine_get(&self, id: &str) -> Result<Option<(QuarantineEntry, Vec<u8>)>, VaultError>;
 }

@@ -4,10 +4,11 @@
 //! written, go here as one sequential write and one `fdatasync` per group commit. A B-tree that
 //! copies 5 KB values through its pages on every commit spent half the gateway's core on that.
 //!
-//! Entry layout (see `docs/FORMATS.md`): `u32 BE length of sealed` ‖ `record id[16]` ‖ `sealed`.
-//! The index row of a record names segment, offset and length; a read checks that the entry there
-//! carries the same id and length, so an index and a file that disagree are reported, never
-//! served.
+//! Entry layout (see `docs/FORMATS.md`): `u32 BE length of sealed` ‖ `record id[16]` ‖
+//! `commitment[32]` ‖ `sealed`. The index row of a record names segment, offset and length; a
+//! read checks that the entry there carries the same length, id and commitment, so an index and a
+//! file that disagree are reported, never served. The headers alone list the records in commit
+//! order, which is how the records not yet anchored are found after a crash.
 //!
 //! Crash consistency: a commit appends and syncs the segment first and only then commits the
 //! index with the new tail (segment number and length). Bytes past the committed tail belong to
@@ -24,7 +25,7 @@ use std::sync::Mutex;
 use crate::envelope::RecordId;
 
 /// Bytes before the sealed record in an entry.
-pub const ENTRY_HEADER: usize = 4 + 16;
+pub const ENTRY_HEADER: usize = 4 + 16 + 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -66,6 +67,17 @@ pub struct Tail {
 }
 
 impl Tail {
+    /// The tail as one number that grows with commit order (segment in the top 24 bits; a
+    /// segment is far smaller than the 2^40 bytes left for the offset).
+    pub fn position(self) -> u64 {
+        (u64::from(self.segment) << 40) | self.len
+    }
+    pub fn from_position(p: u64) -> Tail {
+        Tail {
+            segment: (p >> 40) as u32,
+            len: p & ((1 << 40) - 1),
+        }
+    }
     pub fn to_bytes(self) -> [u8; 12] {
         let mut b = [0u8; 12];
         b[..4].copy_from_slice(&self.segment.to_be_bytes());
@@ -157,12 +169,18 @@ impl SegmentLog {
 
     /// Adds an entry to `staged` and returns where it will be once `staged` is appended at
     /// `base` (the tail [`SegmentLog::append`] reports).
-    pub fn stage(staged: &mut Staged, id: &RecordId, sealed: &[u8]) -> (u64, u32) {
+    pub fn stage(
+        staged: &mut Staged,
+        id: &RecordId,
+        commitment: &[u8; 32],
+        sealed: &[u8],
+    ) -> (u64, u32) {
         let offset = staged.buf.len() as u64;
         let len =
             u32::try_from(sealed.len()).expect("sealed records are bounded by the frame limit");
         staged.buf.extend_from_slice(&len.to_be_bytes());
         staged.buf.extend_from_slice(&id.0);
+        staged.buf.extend_from_slice(commitment);
         staged.buf.extend_from_slice(sealed);
         (offset, len)
     }
@@ -197,6 +215,11 @@ impl SegmentLog {
     }
 
     fn roll(&self, a: &mut Active) -> Result<(), SegmentError> {
+        // A failed commit may have left bytes past the committed tail; a finished segment must
+        // end at its last committed entry, because scans read it to its end.
+        let old = Self::path(&self.dir, a.tail.segment);
+        a.file.set_len(a.tail.len).map_err(Self::io(&old))?;
+        a.file.sync_all().map_err(Self::io(&old))?;
         let next = a.tail.segment + 1;
         let path = Self::path(&self.dir, next);
         let file = OpenOptions::new()
@@ -230,7 +253,12 @@ impl SegmentLog {
     }
 
     /// The sealed bytes at `at`, after checking the entry header against the index.
-    pub fn read(&self, id: &RecordId, at: Location) -> Result<Vec<u8>, SegmentError> {
+    pub fn read(
+        &self,
+        id: &RecordId,
+        commitment: &[u8; 32],
+        at: Location,
+    ) -> Result<Vec<u8>, SegmentError> {
         let file = self.reader(at.segment)?;
         let mut buf = vec![0u8; ENTRY_HEADER + at.len as usize];
         let path = Self::path(&self.dir, at.segment);
@@ -244,11 +272,55 @@ impl SegmentLog {
         if buf[..4] != at.len.to_be_bytes() {
             return Err(mismatch("length"));
         }
-        if buf[4..ENTRY_HEADER] != id.0 {
+        if buf[4..20] != id.0 {
             return Err(mismatch("record id"));
+        }
+        if buf[20..ENTRY_HEADER] != commitment[..] {
+            return Err(mismatch("commitment"));
         }
         buf.drain(..ENTRY_HEADER);
         Ok(buf)
+    }
+
+    /// Every entry after `from` up to the committed `to`, in commit order: its id, commitment
+    /// and the tail just after it. Reads headers only.
+    pub fn scan(
+        &self,
+        from: Tail,
+        to: Tail,
+        f: &mut dyn FnMut(RecordId, [u8; 32], Tail),
+    ) -> Result<(), SegmentError> {
+        for segment in from.segment..=to.segment {
+            let path = Self::path(&self.dir, segment);
+            let file = self.reader(segment)?;
+            let end = if segment == to.segment {
+                to.len
+            } else {
+                file.metadata().map_err(Self::io(&path))?.len()
+            };
+            let mut at = if segment == from.segment { from.len } else { 0 };
+            let mut header = [0u8; ENTRY_HEADER];
+            while at < end {
+                file.read_exact_at(&mut header, at)
+                    .map_err(Self::io(&path))?;
+                let len = u32::from_be_bytes(header[..4].try_into().expect("4"));
+                let next = at + (ENTRY_HEADER as u64) + u64::from(len);
+                if next > end {
+                    return Err(SegmentError::Mismatch {
+                        segment,
+                        offset: at,
+                        what: "entry runs past the committed end",
+                    });
+                }
+                f(
+                    RecordId(header[4..20].try_into().expect("16")),
+                    header[20..].try_into().expect("32"),
+                    Tail { segment, len: next },
+                );
+                at = next;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -265,7 +337,7 @@ mod tests {
         let mut staged = Staged::default();
         let offs: Vec<(u64, u32)> = ids
             .iter()
-            .map(|&i| SegmentLog::stage(&mut staged, &id(i), &vec![i; n]))
+            .map(|&i| SegmentLog::stage(&mut staged, &id(i), &[i; 32], &vec![i; n]))
             .collect();
         let (segment, base, tail) = log.append(&staged).unwrap();
         log.committed(tail);
@@ -291,8 +363,26 @@ mod tests {
         drop(log);
         let log = SegmentLog::open(dir.path(), tail, 1000, false).unwrap();
         for (i, at) in [1u8, 2, 3, 4, 5, 6].iter().zip(a.iter().chain(&b)) {
-            assert_eq!(log.read(&id(*i), *at).unwrap(), vec![*i; 200]);
+            assert_eq!(log.read(&id(*i), &[*i; 32], *at).unwrap(), vec![*i; 200]);
         }
+        // The headers list every record in commit order, from any committed point.
+        let mut seen = Vec::new();
+        log.scan(Tail::default(), tail, &mut |rid, c, t| {
+            assert_eq!(c, [rid.0[0]; 32]);
+            seen.push((rid.0[0], t));
+        })
+        .unwrap();
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        let mut rest = Vec::new();
+        log.scan(seen[1].1, tail, &mut |rid, _, _| rest.push(rid.0[0]))
+            .unwrap();
+        assert_eq!(rest, [3, 4, 5, 6]);
+        assert_eq!(seen[5].1, tail);
+        assert!(Tail::from_position(seen[3].1.position()) == seen[3].1);
+        assert!(seen[2].1.position() < seen[3].1.position());
     }
 
     #[test]
@@ -302,17 +392,37 @@ mod tests {
         let (at, tail) = put(&log, &[1], 100);
         // Appended and synced, but the index never committed the new tail: a crash here.
         let mut staged = Staged::default();
-        SegmentLog::stage(&mut staged, &id(2), &[2; 100]);
+        SegmentLog::stage(&mut staged, &id(2), &[2; 32], &[2; 100]);
         log.append(&staged).unwrap();
         drop(log);
         let path = dir.path().join("00000000.seg");
         assert!(std::fs::metadata(&path).unwrap().len() > tail.len);
         let log = SegmentLog::open(dir.path(), tail, 1 << 20, false).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), tail.len);
-        assert_eq!(log.read(&id(1), at[0]).unwrap(), vec![1; 100]);
+        assert_eq!(log.read(&id(1), &[1; 32], at[0]).unwrap(), vec![1; 100]);
         // The next commit goes where the discarded bytes were.
         let (at2, _) = put(&log, &[3], 10);
         assert_eq!(at2[0].offset, tail.len);
+    }
+
+    #[test]
+    fn a_failed_commit_before_a_roll_leaves_nothing_behind_in_the_old_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), Tail::default(), 400, true).unwrap();
+        let (_, first) = put(&log, &[1], 100);
+        // Appended, but the index commit failed: the tail does not move.
+        let mut staged = Staged::default();
+        SegmentLog::stage(&mut staged, &id(2), &[2; 32], &[2; 100]);
+        log.append(&staged).unwrap();
+        // Too big for the rest of segment 0: the next commit rolls to segment 1.
+        let (at, tail) = put(&log, &[3], 300);
+        assert_eq!(at[0].segment, 1);
+        let old = dir.path().join("00000000.seg");
+        assert_eq!(std::fs::metadata(old).unwrap().len(), first.len);
+        let mut seen = Vec::new();
+        log.scan(Tail::default(), tail, &mut |rid, _, _| seen.push(rid.0[0]))
+            .unwrap();
+        assert_eq!(seen, [1, 3], "the uncommitted entry must not be listed");
     }
 
     #[test]
@@ -336,15 +446,22 @@ mod tests {
         let log = SegmentLog::open(dir.path(), Tail::default(), 1 << 20, true).unwrap();
         let (at, _) = put(&log, &[1, 2], 100);
         assert!(matches!(
-            log.read(&id(2), at[0]),
+            log.read(&id(2), &[1; 32], at[0]),
             Err(SegmentError::Mismatch {
                 what: "record id",
                 ..
             })
         ));
+        assert!(matches!(
+            log.read(&id(1), &[2; 32], at[0]),
+            Err(SegmentError::Mismatch {
+                what: "commitment",
+                ..
+            })
+        ));
         let wrong_len = Location { len: 99, ..at[0] };
         assert!(matches!(
-            log.read(&id(1), wrong_len),
+            log.read(&id(1), &[1; 32], wrong_len),
             Err(SegmentError::Mismatch { what: "length", .. })
         ));
         let past_end = Location {
@@ -352,7 +469,7 @@ mod tests {
             ..at[0]
         };
         assert!(matches!(
-            log.read(&id(1), past_end),
+            log.read(&id(1), &[1; 32], past_end),
             Err(SegmentError::Io { .. })
         ));
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{PutRecord, PutResult, QuarantineEntry, Vault};
+use super::{Position, PutRecord, PutResult, QuarantineEntry, Vault};
 use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
 use crate::metrics::Metrics;
 use crate::seal::Sealed;
@@ -25,8 +25,8 @@ pub enum WriteOp {
     },
 }
 
-/// A committed record on its way to the log.
-pub type ToAnchor = (RecordId, [u8; 32], Instant);
+/// A committed record on its way to the log, with its place in the vault's commit order.
+pub type ToAnchor = (RecordId, [u8; 32], Position, Instant);
 
 pub fn spawn(
     vault: Arc<dyn Vault>,
@@ -100,13 +100,15 @@ fn commit_batch(
                         metrics.duplicates.inc();
                         (receipt(record_id, &commitment), true)
                     }
-                    PutResult::Stored | PutResult::StoredConflict => {
-                        if result == PutResult::StoredConflict {
+                    PutResult::Stored { position } | PutResult::StoredConflict { position } => {
+                        if matches!(result, PutResult::StoredConflict { .. }) {
                             metrics.control_id_conflicts.inc();
                         }
                         let s = &put.sealed;
                         // The ledger is behind us in the flow: waiting for it here is backpressure.
-                        let _ = anchor.blocking_send((s.record_id, s.commitment, committed));
+                        // Sent in commit order, which the anchored watermark relies on.
+                        let _ =
+                            anchor.blocking_send((s.record_id, s.commitment, position, committed));
                         (receipt(s.record_id, &s.commitment), false)
                     }
                 };
