@@ -49,7 +49,7 @@ impl RecordId {
     pub fn generate(unix_ms: u64) -> RecordId {
         let mut id = [0u8; 16];
         id[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
-        getrandom::fill(&mut id[6..]).expect("the operating system's random source failed");
+        id[6..].copy_from_slice(&crate::seal::random::<10>());
         RecordId(id)
     }
     pub fn parse(s: &str) -> Option<RecordId> {

@@ -71,16 +71,20 @@ fn subkey(key: &DataKey, nonce: &[u8; NONCE_LEN]) -> Aes256Gcm {
     Aes256Gcm::new((&*k).into())
 }
 
-fn random<const N: usize>() -> [u8; N] {
+/// Per-record randomness (salts, nonces, record ids) from the thread's CSPRNG: ChaCha12 seeded
+/// and periodically reseeded from the operating system, so the hot path makes no system call per
+/// record. Keys still come straight from the operating system (see `keyring`).
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
     let mut b = [0u8; N];
-    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    rand::rng().fill_bytes(&mut b);
     b
 }
 
 /// Seals `record` under `key`. The record bytes are copied once into the output buffer, hashed
 /// once for the commitment and encrypted in place.
 pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Sealed {
-    // One system call for both.
+    // One draw for both.
     let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
     let salt: [u8; SALT_LEN] = fresh[..SALT_LEN].try_into().expect("32");
     let nonce: [u8; NONCE_LEN] = fresh[SALT_LEN..].try_into().expect("24");
