@@ -63,14 +63,20 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     let total = stores.vault.record_count().unwrap_or(0) + report.leaves;
     let mut done = 0u64;
     let mut seen: HashSet<RecordId> = HashSet::with_capacity(by_record.len());
-    let records = stores.vault.for_each_record(&mut |rec| {
+    let records = stores.vault.for_each_record(&mut |id, rec| {
         report.records += 1;
         done += 1;
         if done.is_multiple_of(256) {
             progress(done, total);
         }
-        let id = rec.record_id;
         seen.insert(id);
+        let rec = match rec {
+            Ok(rec) => rec,
+            Err(e) => {
+                report.fail(format!("record {id}: {e}"));
+                return Ok(());
+            }
+        };
         let opened = seal::parse_header(&rec.sealed)
             .map_err(|e| e.to_string())
             .and_then(|h| stores.keyring.get(h.key_id).map_err(|e| e.to_string()))

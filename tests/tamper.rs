@@ -79,8 +79,8 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
         let mut rec = None;
         stores
             .vault
-            .for_each_record(&mut |r| {
-                rec = Some(r);
+            .for_each_record(&mut |_, r| {
+                rec = Some(r.unwrap());
                 Ok(())
             })
             .unwrap();
@@ -99,19 +99,19 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
         let cp = stores.ledger.latest_checkpoint().unwrap().unwrap();
         (rec, leaf_value, cp.text)
     };
-    // The sealed bytes with their entry header (length, record id, commitment) in the segment
-    // file, and the commitment in the vault's index.
-    let mut entry = (record.sealed.len() as u32).to_be_bytes().to_vec();
-    entry.extend_from_slice(&record.record_id.0);
-    entry.extend_from_slice(&record.commitment);
-    entry.extend_from_slice(&record.sealed);
+    // In the segment file: the sealed bytes, and the entry header's record id and commitment
+    // (its checksum covers the rest); in the vault's index: the commitment.
+    let segment = "segments/00000000.seg";
     check_every_byte(
         &data,
-        "segments/00000000.seg",
-        &entry,
+        segment,
+        &record.sealed,
         "sealed record",
         &["record "],
     );
+    let mut header = record.record_id.0.to_vec();
+    header.extend_from_slice(&record.commitment);
+    check_every_byte(&data, segment, &header, "entry header", &["record "]);
     check_every_byte(
         &data,
         "vault.redb",
@@ -135,10 +135,10 @@ fn every_byte_of_a_record_a_leaf_and_a_checkpoint_is_protected() {
     );
 
     // And through the binary: exit status and the failure on stderr.
-    let path = data.join("segments/00000000.seg");
+    let path = data.join(segment);
     let mut bytes = std::fs::read(&path).unwrap();
-    let o = occurrences(&bytes, &entry)[0];
-    bytes[o + entry.len() - 1] ^= 0x80;
+    let o = occurrences(&bytes, &record.sealed)[0];
+    bytes[o + record.sealed.len() - 1] ^= 0x80;
     std::fs::write(&path, &bytes).unwrap();
     let (ok, out, err) = run(&["verify", "--all", "--data-dir", data.to_str().unwrap()]);
     assert!(!ok);

@@ -12,10 +12,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::segments::{Location, SegmentLog, Staged, Tail, ENTRY_HEADER};
+use super::segments::{EntryHeader, Location, SegmentLog, Staged, Tail};
 use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
@@ -39,7 +41,13 @@ fn err(e: impl std::fmt::Display) -> VaultError {
 pub struct EmbeddedVault {
     db: redb::Database,
     segments: SegmentLog,
+    /// When an index commit was last made durable.
+    last_sync: Mutex<Instant>,
 }
+
+/// How often the index is made durable: it bounds what a restart after a crash re-indexes
+/// from the segments (about this many seconds of records).
+const INDEX_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 fn record_id(bytes: &[u8]) -> Result<RecordId, VaultError> {
     Ok(RecordId(
@@ -123,9 +131,59 @@ impl EmbeddedVault {
             tail
         };
         w.commit().map_err(err)?;
-        let segments = SegmentLog::open(segments, tail, MAX_SEGMENT_BYTES, create)
+        // Index commits are not synced one by one: what a crash took from the index is read back
+        // from the segments, which were synced before anything was acknowledged.
+        let mut lost = Vec::new();
+        let segments =
+            SegmentLog::recover(segments, tail, MAX_SEGMENT_BYTES, create, &mut |h, at| {
+                lost.push((*h, at))
+            })
             .map_err(|e| VaultError::Storage(e.to_string()))?;
-        Ok(EmbeddedVault { db, segments })
+        let mut w = db.begin_write().map_err(err)?;
+        w.set_durability(Durability::Immediate).map_err(err)?;
+        {
+            let mut records = w.open_table(RECORDS).map_err(err)?;
+            let mut controls = w.open_table(CONTROLS).map_err(err)?;
+            let mut entries = Vec::new();
+            for (h, at) in &lost {
+                entries.clear();
+                if let Some(v) = controls.get(h.control_key.as_slice()).map_err(err)? {
+                    entries.extend_from_slice(v.value());
+                }
+                let known = entries
+                    .chunks_exact(CONTROL_ENTRY)
+                    .any(|e| e[32..] == h.record_id.0);
+                if !known {
+                    entries.extend_from_slice(&h.dedup_key);
+                    entries.extend_from_slice(&h.record_id.0);
+                    controls
+                        .insert(h.control_key.as_slice(), entries.as_slice())
+                        .map_err(err)?;
+                }
+                records
+                    .insert(
+                        h.record_id.0.as_slice(),
+                        record_row(&h.commitment, *at).as_slice(),
+                    )
+                    .map_err(err)?;
+            }
+            w.open_table(META)
+                .map_err(err)?
+                .insert(SEGMENT_TAIL, segments.tail().to_bytes().as_slice())
+                .map_err(err)?;
+        }
+        w.commit().map_err(err)?;
+        if !lost.is_empty() {
+            tracing::info!(
+                records = lost.len(),
+                "re-indexed records the last run stored after its last index sync"
+            );
+        }
+        Ok(EmbeddedVault {
+            db,
+            segments,
+            last_sync: Mutex::new(Instant::now()),
+        })
     }
 
     fn read(&self, id: RecordId, row: &[u8]) -> Result<StoredRecord, VaultError> {
@@ -133,7 +191,7 @@ impl EmbeddedVault {
         let sealed = self
             .segments
             .read(&id, &commitment, at)
-            .map_err(|e| VaultError::Corrupt(format!("{id}: {e}")))?;
+            .map_err(|e| VaultError::Unreadable(e.to_string()))?;
         Ok(StoredRecord {
             record_id: id,
             commitment,
@@ -149,10 +207,20 @@ impl Vault for EmbeddedVault {
         quarantine: &[(QuarantineEntry, Sealed)],
     ) -> Result<Vec<PutResult>, VaultError> {
         let mut w = self.db.begin_write().map_err(err)?;
-        w.set_durability(Durability::Immediate).map_err(err)?;
-        let mut results = Vec::with_capacity(puts.len());
-        let mut tail = None;
-        {
+        // Records are durable in their segment before this commit; the index is synced only
+        // every INDEX_SYNC_INTERVAL (a crash loses nothing: the segments are re-read). Quarantine
+        // entries live only in the index, so a commit holding one is synced at once.
+        let sync = !quarantine.is_empty()
+            || self.last_sync.lock().expect("lock").elapsed() >= INDEX_SYNC_INTERVAL;
+        w.set_durability(if sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(err)?;
+        let mut appended = None;
+        let result = (|| {
+            let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
             let mut staged = Staged::default();
@@ -199,7 +267,13 @@ impl Vault for EmbeddedVault {
                     .insert(p.control_key.as_slice(), entries.as_slice())
                     .map_err(err)?;
                 fresh.insert(id, s.commitment);
-                let (offset, len) = SegmentLog::stage(&mut staged, &id, &s.commitment, &s.bytes);
+                let header = EntryHeader {
+                    record_id: id,
+                    commitment: s.commitment,
+                    dedup_key: p.dedup_key,
+                    control_key: p.control_key,
+                };
+                let (offset, len) = SegmentLog::stage(&mut staged, &header, &s.bytes);
                 placed.push((id, s.commitment, offset, len, results.len()));
                 // The position is filled in once the append says where the batch went.
                 results.push(if conflict {
@@ -210,10 +284,11 @@ impl Vault for EmbeddedVault {
             }
             if !placed.is_empty() {
                 // Durable in the segment before the index that points at it commits.
-                let (segment, base, new_tail) = self
+                let (segment, base) = self
                     .segments
                     .append(&staged)
                     .map_err(|e| VaultError::Storage(e.to_string()))?;
+                appended = Some((segment, base));
                 for (id, commitment, offset, len, slot) in placed {
                     let at = Location {
                         segment,
@@ -223,22 +298,17 @@ impl Vault for EmbeddedVault {
                     records
                         .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
                         .map_err(err)?;
-                    let end = Tail {
-                        segment,
-                        len: at.offset + (ENTRY_HEADER as u64) + u64::from(len),
-                    };
                     match &mut results[slot] {
                         PutResult::Stored { position } | PutResult::StoredConflict { position } => {
-                            *position = end.position()
+                            *position = at.end().position()
                         }
                         PutResult::Duplicate { .. } => unreachable!("slot of a stored record"),
                     }
                 }
                 w.open_table(META)
                     .map_err(err)?
-                    .insert(SEGMENT_TAIL, new_tail.to_bytes().as_slice())
+                    .insert(SEGMENT_TAIL, self.segments.tail().to_bytes().as_slice())
                     .map_err(err)?;
-                tail = Some(new_tail);
             }
             let mut q = w.open_table(QUARANTINE).map_err(err)?;
             let mut value = Vec::new();
@@ -251,12 +321,32 @@ impl Vault for EmbeddedVault {
                 q.insert(sealed.record_id.0.as_slice(), value.as_slice())
                     .map_err(err)?;
             }
+            Ok(results)
+        })();
+        let committed = result.and_then(|results| {
+            w.commit().map_err(err)?;
+            Ok(results)
+        });
+        match (&committed, appended) {
+            (Ok(_), _) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
+            // The senders are told to resend, so the appended entries must not come back as
+            // records at the next start.
+            (Err(_), Some((segment, base))) => {
+                if let Err(e) = self.segments.undo(segment, base) {
+                    tracing::error!(error = %e, "could not take back a failed commit's entries");
+                }
+            }
+            _ => {}
         }
+        committed
+    }
+
+    fn sync(&self) -> Result<(), VaultError> {
+        let mut w = self.db.begin_write().map_err(err)?;
+        w.set_durability(Durability::Immediate).map_err(err)?;
         w.commit().map_err(err)?;
-        if let Some(tail) = tail {
-            self.segments.committed(tail);
-        }
-        Ok(results)
+        *self.last_sync.lock().expect("lock") = Instant::now();
+        Ok(())
     }
 
     fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>, VaultError> {
@@ -270,13 +360,14 @@ impl Vault for EmbeddedVault {
 
     fn for_each_record(
         &self,
-        f: &mut dyn FnMut(StoredRecord) -> Result<(), VaultError>,
+        f: &mut dyn FnMut(RecordId, Result<StoredRecord, VaultError>) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
         let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         for e in t.iter().map_err(err)? {
             let (k, v) = e.map_err(err)?;
-            f(self.read(record_id(k.value())?, v.value())?)?;
+            let id = record_id(k.value())?;
+            f(id, self.read(id, v.value()))?;
         }
         Ok(())
     }
@@ -289,11 +380,7 @@ impl Vault for EmbeddedVault {
     fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
         let meta = r.open_table(META).map_err(err)?;
-        let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
-            Some(v) => Tail::from_bytes(v.value())
-                .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
-            None => return Ok(Vec::new()),
-        };
+        let tail = self.segments.tail();
         let from = match meta.get(ANCHORED_THROUGH).map_err(err)? {
             Some(v) => Tail::from_position(u64::from_be_bytes(
                 v.value()
@@ -304,8 +391,8 @@ impl Vault for EmbeddedVault {
         };
         let mut out = Vec::new();
         self.segments
-            .scan(from, tail, &mut |id, commitment, end| {
-                out.push((id, commitment, end.position()))
+            .scan(from, tail, &mut |h, end| {
+                out.push((h.record_id, h.commitment, end.position()))
             })
             .map_err(|e| VaultError::Corrupt(e.to_string()))?;
         Ok(out)

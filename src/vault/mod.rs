@@ -17,6 +17,9 @@ pub enum VaultError {
     Storage(String),
     #[error("vault entry {0} is malformed")]
     Corrupt(String),
+    /// A record's stored bytes could not be read back intact (the reason names where).
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 /// A record to store, with its keyed dedup keys (see `docs/FORMATS.md`).
@@ -76,11 +79,15 @@ pub trait Vault: Send + Sync + 'static {
         puts: &[PutRecord],
         quarantine: &[(QuarantineEntry, Sealed)],
     ) -> Result<Vec<PutResult>, VaultError>;
+    /// Makes everything committed so far durable in the index too (at shutdown, so the next
+    /// start has nothing to re-index).
+    fn sync(&self) -> Result<(), VaultError>;
     fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>, VaultError>;
-    /// Every stored record, in id order.
+    /// Every stored record, in id order. A record that cannot be read is handed over as its
+    /// error, so one damaged record does not hide the others.
     fn for_each_record(
         &self,
-        f: &mut dyn FnMut(StoredRecord) -> Result<(), VaultError>,
+        f: &mut dyn FnMut(RecordId, Result<StoredRecord, VaultError>) -> Result<(), VaultError>,
     ) -> Result<(), VaultError>;
     fn record_count(&self) -> Result<u64, VaultError>;
     /// Records stored after the anchored watermark, in commit order.

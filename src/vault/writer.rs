@@ -49,6 +49,9 @@ pub fn spawn(
                 }
                 commit_batch(&*vault, &mut ops, &anchor, &metrics);
             }
+            if let Err(e) = vault.sync() {
+                tracing::warn!(error = %e, "index not synced at shutdown; the next start re-indexes");
+            }
         })
         .expect("spawn vault writer thread")
 }
