@@ -47,7 +47,7 @@ pub struct EmbeddedVault {
 
 /// How often the index is made durable: it bounds what a restart after a crash re-indexes
 /// from the segments (about this many seconds of records).
-const INDEX_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+const INDEX_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 fn record_id(bytes: &[u8]) -> Result<RecordId, VaultError> {
     Ok(RecordId(
