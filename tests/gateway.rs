@@ -31,6 +31,15 @@ fn send_json(g: &Gateway, files: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// `verify --all` passes and counts `n` records, each with its leaf.
+fn assert_everything_verifies(data_dir: &str, n: u64) {
+    let (ok, out, _) = run(&["verify", "--all", "--json", "--data-dir", data_dir]);
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(ok, "{report}");
+    assert_eq!(report["records"], n);
+    assert_eq!(report["leaves"], n);
+}
+
 #[test]
 fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,11 +241,7 @@ fn a_crash_leaves_stored_records_that_the_next_start_anchors() {
     assert_eq!(report["records"], 5, "{report}");
     let g = Gateway::start(&data, &[]);
     assert!(g.stop().success());
-    let (ok, out, _) = run(&["verify", "--all", "--json", "--data-dir", &d]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(ok, "{report}");
-    assert_eq!(report["records"], 5);
-    assert_eq!(report["leaves"], 5);
+    assert_everything_verifies(&d, 5);
 }
 
 #[test]
@@ -426,11 +431,7 @@ fn a_torn_segment_tail_is_cut_off_and_lost_acknowledged_bytes_are_refused() {
     let acks = send_json(&g, &files[3..]);
     assert!(acks.iter().all(|a| a["code"] == "AA" || a["code"] == "CA"));
     assert!(g.stop().success());
-    let (ok, out, _) = run(&["verify", "--all", "--json", "--data-dir", &d]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(ok, "{report}");
-    assert_eq!(report["records"], 5);
-    assert_eq!(report["leaves"], 5);
+    assert_everything_verifies(&d, 5);
     assert!(std::fs::read(&segment).unwrap()[committed as usize..]
         .windows(16)
         .all(|w| w != [0xA5; 16]));
