@@ -16,6 +16,12 @@ pub enum Origin {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tls_client: Option<String>,
     },
+    /// A NATS JetStream message: the stream sequence identifies it within the stream.
+    Nats {
+        stream: String,
+        subject: String,
+        sequence: u64,
+    },
     /// Re-submitted from quarantine by an operator.
     Replay { quarantine_id: String },
     /// Anything a test or tool injects directly.
@@ -27,6 +33,7 @@ impl Origin {
     pub fn kind(&self) -> &'static str {
         match self {
             Origin::Mllp { .. } => "mllp",
+            Origin::Nats { .. } => "nats",
             Origin::Replay { .. } => "replay",
             Origin::Local { .. } => "local",
         }

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 const MAX_TYPE_LABELS: usize = 64;
@@ -38,6 +38,14 @@ pub struct Metrics {
     pub checkpoint_leaves: Histogram,
     pub checkpoints: IntCounter,
     pub log_size: IntGauge,
+    /// Per broker source (label `source` = its configured name): `event` is consumed, stored,
+    /// duplicate, rejected, dead_lettered, redelivered or nak.
+    pub source_messages: IntCounterVec,
+    pub source_in_flight: IntGaugeVec,
+    /// Messages the broker still holds for this consumer (JetStream pending).
+    pub source_pending: IntGaugeVec,
+    /// From the broker's timestamp of a message to its record being stored.
+    pub source_to_stored_seconds: HistogramVec,
     seen_types: Mutex<HashSet<String>>,
 }
 
@@ -58,6 +66,24 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 }
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("valid metric");
     r.register(Box::new(h.clone())).expect("unique metric");
     h
@@ -204,6 +230,31 @@ impl Metrics {
                 "Checkpoints signed",
             ),
             log_size: gauge(&r, "medanchor_ledger_tree_size", "Leaves in the log"),
+            source_messages: counter_vec(
+                &r,
+                "medanchor_source_messages_total",
+                "Broker messages by source and what happened to them",
+                &["source", "event"],
+            ),
+            source_in_flight: gauge_vec(
+                &r,
+                "medanchor_source_in_flight",
+                "Broker messages handed to the pipeline and not yet acknowledged",
+                &["source"],
+            ),
+            source_pending: gauge_vec(
+                &r,
+                "medanchor_source_pending",
+                "Messages the broker still holds for this consumer",
+                &["source"],
+            ),
+            source_to_stored_seconds: histogram_vec(
+                &r,
+                "medanchor_source_to_stored_seconds",
+                "From the broker's timestamp of a message to its record stored",
+                &["source"],
+                exponential_buckets(0.001, 2.0, 18).expect("buckets"),
+            ),
             seen_types: Mutex::new(HashSet::new()),
             registry: r,
         }

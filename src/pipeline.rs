@@ -336,6 +336,9 @@ impl Pipeline {
 fn origin_label(origin: &Origin) -> String {
     match origin {
         Origin::Mllp { peer, .. } => format!("mllp {peer}"),
+        Origin::Nats {
+            stream, sequence, ..
+        } => format!("nats {stream}#{sequence}"),
         Origin::Replay { quarantine_id } => format!("replay {quarantine_id}"),
         Origin::Local { name } => format!("local {name}"),
     }

@@ -12,7 +12,8 @@ use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::pipeline::{OpenError, Pipeline, Stores};
-use crate::sources::mllp;
+use crate::sources::{mllp, nats, Health, SourceConfig};
+use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -28,6 +29,8 @@ pub enum ServeError {
     Tls(#[from] mllp::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Nats(#[from] crate::sources::nats::NatsError),
 }
 
 /// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
@@ -41,6 +44,29 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
     let tls = cfg.mllp.tls.as_ref().map(mllp::load_tls).transpose()?;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Broker sources bind their consumers before the gateway says it is listening, so a
+    // configuration the broker refuses stops the start with the reason.
+    let health = Health::default();
+    // Broker sources: acknowledgements go out from these tasks, after the records are stored.
+    let settling = TaskTracker::new();
+    let mut pulling = Vec::new();
+    for source in &cfg.sources {
+        let up = health.register(source.name());
+        match source {
+            SourceConfig::Nats(c) => pulling.push(
+                nats::run(
+                    c.clone(),
+                    pipeline.clone(),
+                    metrics.clone(),
+                    up,
+                    settling.clone(),
+                    stop_rx.clone(),
+                )
+                .await?,
+            ),
+        }
+    }
     let (mllp_listener, mllp_addr) = bind("mllp.listen", cfg.mllp.listen).await?;
     let (http_listener, http_addr) = bind("http.listen", cfg.http.listen).await?;
     {
@@ -56,11 +82,11 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     tracing::info!(%mllp_addr, %http_addr, data_dir = %cfg.data_dir.display(), key = %stores.ledger.verifier().to_vkey(), "medanchor started");
 
     let ready = Arc::new(AtomicBool::new(true));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let app = api::router(ApiState {
         metrics: metrics.clone(),
         ledger: stores.ledger.clone(),
         ready: ready.clone(),
+        health,
     });
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
@@ -83,10 +109,21 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = mllp_task.await;
+    for task in pulling {
+        let _ = task.await;
+    }
     // Last reference: dropping it closes the writer's queue, which closes the batcher's.
     drop(pipeline);
     let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
     let _ = running.batcher.await;
+    // Every token has resolved by now; let the broker acknowledgements go out.
+    settling.close();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), settling.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some broker acknowledgements did not finish; those messages will be redelivered and recognised as duplicates");
+    }
     let _ = http.await;
     tracing::info!(
         tree_size = stores.ledger.size(),

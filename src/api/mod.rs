@@ -20,6 +20,8 @@ pub struct ApiState {
     pub ledger: Arc<EmbeddedLedger>,
     /// False until the pipeline runs, and again once shutdown starts.
     pub ready: Arc<AtomicBool>,
+    /// Broker sources that cannot reach their broker make the gateway not ready.
+    pub health: crate::sources::Health,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -51,6 +53,14 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 }
 
 async fn ready(State(s): State<ApiState>) -> Response {
+    let down = s.health.down();
+    if !down.is_empty() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready",
+            &format!("source(s) cannot reach their broker: {}", down.join(", ")),
+        );
+    }
     if s.ready.load(Ordering::Relaxed) {
         "ready\n".into_response()
     } else {

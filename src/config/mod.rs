@@ -15,6 +15,12 @@ pub enum ConfigError {
     Load(String),
     #[error("configuration key {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("configuration key sources[{index}].{key}: {reason}")]
+    InvalidSource {
+        index: usize,
+        key: &'static str,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +36,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub accept: AcceptRules,
     pub pipeline: PipelineConfig,
+    /// Sources besides the MLLP listener (`[[sources]]` with a `type`).
+    pub sources: Vec<crate::sources::SourceConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +111,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             accept: AcceptRules::default(),
             pipeline: PipelineConfig::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -204,6 +213,16 @@ impl Config {
         }
         if self.pipeline.max_in_flight == 0 {
             return bad("pipeline.max_in_flight", "must be at least 1");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, source) in self.sources.iter().enumerate() {
+            let invalid = |(key, reason)| ConfigError::InvalidSource { index, key, reason };
+            match source {
+                crate::sources::SourceConfig::Nats(c) => c.validate().map_err(invalid)?,
+            }
+            if !names.insert(source.name()) {
+                return Err(invalid(("name", "another source has this name".into())));
+            }
         }
         Ok(())
     }

@@ -1,0 +1,277 @@
+//! The NATS JetStream source against a real nats-server with JetStream (the machine's, or the one
+//! `MEDANCHOR_TEST_NATS_URL` names; `.ci/run` starts one when none is reachable). Each test uses
+//! its own stream.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use common::*;
+use serde_json::Value;
+
+fn nats_url() -> String {
+    std::env::var("MEDANCHOR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// The Microsoft samples, CR-separated, with MSH-10 made unique per copy so that `n` messages
+/// are `n` distinct records.
+fn messages(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    let mut samples: Vec<String> = std::fs::read_dir(fixtures().join("microsoft"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .map(|p| {
+            let raw = std::fs::read(p).unwrap();
+            let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw).to_vec();
+            String::from_utf8_lossy(&raw)
+                .replace("\r\n", "\r")
+                .replace('\n', "\r")
+                .trim_end_matches('\r')
+                .to_string()
+        })
+        .collect();
+    samples.sort();
+    (0..n)
+        .map(|i| {
+            let s = &samples[i % samples.len()];
+            let (msh, rest) = s.split_once('\r').unwrap_or((s, ""));
+            let mut fields: Vec<String> = msh.split('|').map(str::to_string).collect();
+            fields[9] = format!("{tag}-{i}");
+            format!("{}\r{rest}\r", fields.join("|")).into_bytes()
+        })
+        .collect()
+}
+
+struct Broker {
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+    dead: String,
+}
+
+impl Broker {
+    /// A fresh stream for this test, and one that keeps its dead letters.
+    async fn new(tag: &str) -> Broker {
+        let client = async_nats::connect(nats_url())
+            .await
+            .expect("a nats-server with JetStream (see .ci/run)");
+        let js = jetstream::new(client);
+        let unique = format!("{tag}{}", std::process::id());
+        let stream = format!("MA_{unique}");
+        let subject = format!("ma.{unique}.in");
+        let dead = format!("ma.{unique}.dead");
+        for (name, subj) in [(&stream, &subject), (&format!("{stream}_DEAD"), &dead)] {
+            let _ = js.delete_stream(name).await;
+            js.create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subj.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        Broker {
+            js,
+            stream,
+            subject,
+            dead,
+        }
+    }
+
+    async fn publish(&self, msgs: &[Vec<u8>]) {
+        let mut acks = Vec::new();
+        for m in msgs {
+            acks.push(
+                self.js
+                    .publish(self.subject.clone(), m.clone().into())
+                    .await
+                    .unwrap(),
+            );
+            if acks.len() >= 256 {
+                for a in acks.drain(..) {
+                    a.await.unwrap();
+                }
+            }
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    }
+
+    fn config(&self, dir: &Path, max_deliver: i64) -> std::path::PathBuf {
+        let path = dir.join("medanchor.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[sources]]\ntype = \"nats\"\nname = \"feed\"\nurl = \"{}\"\nstream = \"{}\"\n\
+                 consumer = \"gw\"\nmax_deliver = {max_deliver}\ndead_letter_subject = \"{}\"\n\
+                 ack_wait_secs = 10\n",
+                nats_url(),
+                self.stream,
+                self.dead
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Messages of the consumer not yet delivered plus those delivered but not acknowledged.
+    async fn outstanding(&self) -> u64 {
+        let mut c: jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .unwrap()
+            .get_consumer("gw")
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        info.num_pending + info.num_ack_pending as u64
+    }
+
+    async fn dead_letters(&self) -> Vec<async_nats::HeaderMap> {
+        let s = self
+            .js
+            .get_stream(format!("{}_DEAD", self.stream))
+            .await
+            .unwrap();
+        let n = s.get_info().await.unwrap().state.messages;
+        let mut out = Vec::new();
+        for seq in 1..=n {
+            let m = s.get_raw_message(seq).await.unwrap();
+            out.push(m.headers);
+        }
+        out
+    }
+
+    async fn wait_drained(&self, within: Duration) {
+        let start = Instant::now();
+        while self.outstanding().await > 0 {
+            assert!(
+                start.elapsed() < within,
+                "consumer not drained in {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn verify(data: &Path) -> Value {
+    let (ok, out, _) = run(&[
+        "verify",
+        "--all",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(ok, "{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() {
+    let broker = Broker::new("poison").await;
+    let mut msgs = messages(300, "P");
+    // Poison in the middle of the stream: not HL7 at all, and HL7 without MSH-10 (never
+    // acceptable). The messages behind them must not wait for them.
+    msgs.insert(100, b"this is not an HL7 message".to_vec());
+    msgs.insert(
+        200,
+        b"MSH|^~\\&|LAB|H|GW|H|20240101||ORU^R01||P|2.5\rPID|1||7^^^H^MR\r".to_vec(),
+    );
+    broker.publish(&msgs).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = broker.config(dir.path(), 3);
+    let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
+    broker.wait_drained(Duration::from_secs(60)).await;
+    assert_eq!(
+        g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}"),
+        300.0
+    );
+    assert_eq!(
+        g.metric("medanchor_source_messages_total{event=\"dead_lettered\",source=\"feed\"}"),
+        2.0
+    );
+    let (status, _) = g.http_get("/readyz");
+    assert_eq!(status, 200);
+    assert!(g.stop().success());
+
+    let dead = broker.dead_letters().await;
+    assert_eq!(dead.len(), 2);
+    let labels: Vec<String> = dead
+        .iter()
+        .map(|h| h.get("Medanchor-Reason-Label").unwrap().to_string())
+        .collect();
+    assert_eq!(labels, ["not_hl7", "missing_msh10"], "{dead:?}");
+    for h in &dead {
+        assert!(!h.get("Medanchor-Reason").unwrap().as_str().is_empty());
+        assert_eq!(
+            h.get("Medanchor-Original-Subject").unwrap().as_str(),
+            broker.subject
+        );
+        assert!(h.get("Medanchor-Stream-Sequence").is_some());
+        assert!(h.get("Medanchor-Quarantine-Id").is_some());
+    }
+    let report = verify(&data);
+    assert_eq!(report["records"], 300);
+    assert_eq!(report["leaves"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_while_consuming_loses_nothing_and_stores_nothing_twice() {
+    const N: usize = 10_000;
+    let broker = Broker::new("crash").await;
+    broker.publish(&messages(N, "C")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = broker.config(dir.path(), 5);
+    let env = [("MEDANCHOR_CONFIG", config.to_str().unwrap())];
+
+    let g = Gateway::start(&data, &env);
+    let start = Instant::now();
+    while g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}")
+        < (N / 4) as f64
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g.kill();
+    assert!(
+        broker.outstanding().await > 0,
+        "the crash must happen mid-stream"
+    );
+
+    let g = Gateway::start(&data, &env);
+    broker.wait_drained(Duration::from_secs(120)).await;
+    assert!(g.stop().success());
+    let report = verify(&data);
+    assert_eq!(report["records"], N as u64, "exactly the published set");
+    assert_eq!(report["leaves"], N as u64);
+}
+
+#[test]
+fn core_nats_without_a_stream_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("medanchor.toml");
+    std::fs::write(
+        &path,
+        "[[sources]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("MEDANCHOR__DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sources[0].stream") && err.contains("core NATS has no acknowledgement"),
+        "{err}"
+    );
+}
