@@ -45,6 +45,7 @@ fn messages(n: usize, tag: &str) -> Vec<Vec<u8>> {
 }
 
 struct Broker {
+    url: String,
     js: jetstream::Context,
     stream: String,
     subject: String,
@@ -53,8 +54,8 @@ struct Broker {
 
 impl Broker {
     /// A fresh stream for this test, and one that keeps its dead letters.
-    async fn new(tag: &str) -> Broker {
-        let client = async_nats::connect(nats_url())
+    async fn new(tag: &str, url: String) -> Broker {
+        let client = async_nats::connect(&url)
             .await
             .expect("a nats-server with JetStream (see .ci/run)");
         let js = jetstream::new(client);
@@ -73,10 +74,23 @@ impl Broker {
             .unwrap();
         }
         Broker {
+            url,
             js,
             stream,
             subject,
             dead,
+        }
+    }
+
+    /// The same stream through a new connection (after a server restart).
+    async fn new_existing(b: &Broker) -> Broker {
+        let client = async_nats::connect(&b.url).await.unwrap();
+        Broker {
+            url: b.url.clone(),
+            js: jetstream::new(client),
+            stream: b.stream.clone(),
+            subject: b.subject.clone(),
+            dead: b.dead.clone(),
         }
     }
 
@@ -108,9 +122,7 @@ impl Broker {
                 "[[sources]]\ntype = \"nats\"\nname = \"feed\"\nurl = \"{}\"\nstream = \"{}\"\n\
                  consumer = \"gw\"\nmax_deliver = {max_deliver}\ndead_letter_subject = \"{}\"\n\
                  ack_wait_secs = 10\n",
-                nats_url(),
-                self.stream,
-                self.dead
+                self.url, self.stream, self.dead
             ),
         )
         .unwrap();
@@ -173,7 +185,7 @@ fn verify(data: &Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() {
-    let broker = Broker::new("poison").await;
+    let broker = Broker::new("poison", nats_url()).await;
     let mut msgs = messages(300, "P");
     // Poison in the middle of the stream: not HL7 at all, and HL7 without MSH-10 (never
     // acceptable). The messages behind them must not wait for them.
@@ -225,7 +237,7 @@ async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_while_consuming_loses_nothing_and_stores_nothing_twice() {
     const N: usize = 10_000;
-    let broker = Broker::new("crash").await;
+    let broker = Broker::new("crash", nats_url()).await;
     broker.publish(&messages(N, "C")).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -274,4 +286,117 @@ fn core_nats_without_a_stream_is_refused_with_the_reason() {
         err.contains("sources[0].stream") && err.contains("core NATS has no acknowledgement"),
         "{err}"
     );
+}
+
+/// A nats-server of the test's own, on a free port with its own store, that can be restarted.
+struct OwnServer {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = OwnServer {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (scripts/test installs it)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_nothing_and_readyz_shows_the_outage() {
+    const N: usize = 3_000;
+    let mut server = OwnServer::start();
+    let broker = Broker::new("restart", server.url()).await;
+    broker.publish(&messages(N, "R")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = broker.config(dir.path(), 5);
+    let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
+    let stored = || g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}");
+    let start = Instant::now();
+    while stored() < (N / 5) as f64 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.down();
+    let start = Instant::now();
+    loop {
+        let (status, body) = g.http_get("/readyz");
+        if status == 503 && body.contains("feed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/readyz must report the broker outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.up();
+    // The gateway reconnects by itself.
+    let start = Instant::now();
+    while g.http_get("/readyz").0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "no reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let broker = Broker::new_existing(&broker).await;
+    broker.wait_drained(Duration::from_secs(120)).await;
+    assert!(g.stop().success());
+    let report = verify(&data);
+    assert_eq!(report["records"], N as u64, "no loss, no duplicates");
 }
