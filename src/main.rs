@@ -115,6 +115,30 @@ enum QuarantineCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Publish to a JetStream stream the gateway consumes and wait until every message is
+    /// stored and acknowledged; report msgs/s (and the broker's publish rate beside it),
+    /// broker-to-stored latency p50/p99 from the gateway's metrics, and its peak RSS.
+    Nats {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        subject: String,
+        /// The gateway's durable consumer (its `consumer` setting).
+        #[arg(long, default_value = "medanchor")]
+        consumer: String,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        /// The gateway's HTTP address, for the latency histogram.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Gateway process id, for its peak RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive an MLLP listener and report msgs/s, ACK latency and the gateway's peak RSS.
     Mllp {
         #[arg(long)]
@@ -227,6 +251,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(exit(medanchor::cli::quarantine_replay(&cfg, &id).await?))
                 }
             }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Nats {
+                    url,
+                    stream,
+                    subject,
+                    consumer,
+                    count,
+                    http,
+                    pid,
+                    json,
+                },
+        } => {
+            let r =
+                medanchor::cli::bench::nats(&url, &stream, &subject, &consumer, count, http, pid)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} messages stored in {:.0} msgs/s (broker took the publishes at {:.0} msgs/s); broker-to-stored p50 {} ms, p99 {} ms; gateway peak RSS {}",
+                    r.messages,
+                    r.msgs_per_s,
+                    r.publish_msgs_per_s,
+                    r.p50_ms.map_or("?".into(), |v| format!("{v:.1}")),
+                    r.p99_ms.map_or("?".into(), |v| format!("{v:.1}")),
+                    r.peak_rss_mb.map_or("?".into(), |v| format!("{v:.0} MB")),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             command:

@@ -188,3 +188,149 @@ fn listening_pid(port: u16) -> Option<u32> {
     }
     None
 }
+
+/// What `bench nats` reports.
+#[derive(Debug, Serialize)]
+pub struct BrokerBenchReport {
+    pub messages: u64,
+    /// Published and then all stored and acknowledged, end to end.
+    pub msgs_per_s: f64,
+    /// The broker's own figure in the same run: how fast it took the publishes alone.
+    pub publish_msgs_per_s: f64,
+    /// Broker timestamp → record stored, from the gateway's histogram (bucket-interpolated).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    pub mean_bytes: f64,
+}
+
+/// `medanchor bench nats`: publishes `count` messages of the mix (fresh control ids) to
+/// `subject` of `stream` (created if missing), then waits until the gateway's consumer has
+/// acknowledged all of them, i.e. until every record is stored.
+pub async fn nats(
+    url: &str,
+    stream: &str,
+    subject: &str,
+    consumer: &str,
+    count: u64,
+    http: Option<SocketAddr>,
+    pid: Option<u32>,
+) -> Result<BrokerBenchReport> {
+    use async_nats::jetstream;
+    let templates = templates();
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let js = jetstream::new(client);
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: stream.to_string(),
+        subjects: vec![subject.to_string()],
+        ..Default::default()
+    })
+    .await
+    .context("stream")?;
+    let run_id = crate::envelope::now_ms();
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    let mut acks = std::collections::VecDeque::new();
+    for i in 0..count {
+        let (a, b) = &templates[i as usize % templates.len()];
+        let mut msg = a.clone();
+        msg.extend_from_slice(format!("N{run_id}-{i}").as_bytes());
+        msg.extend_from_slice(b);
+        bytes += msg.len();
+        acks.push_back(js.publish(subject.to_string(), msg.into()).await?);
+        if acks.len() >= 1024 {
+            acks.pop_front().expect("non-empty").await?;
+        }
+    }
+    for a in acks {
+        a.await?;
+    }
+    let published = started.elapsed().as_secs_f64();
+    let mut c: jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer(consumer)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("consumer {consumer:?}: {e}: is the gateway consuming {stream}?")
+        })?;
+    loop {
+        let info = c.info().await?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (p50_ms, p99_ms) = match http {
+        Some(addr) => source_latency(addr).await.unwrap_or((None, None)),
+        None => (None, None),
+    };
+    Ok(BrokerBenchReport {
+        messages: count,
+        msgs_per_s: count as f64 / elapsed,
+        publish_msgs_per_s: count as f64 / published,
+        p50_ms,
+        p99_ms,
+        peak_rss_mb: pid.and_then(peak_rss_mb),
+        mean_bytes: bytes as f64 / count.max(1) as f64,
+    })
+}
+
+/// p50/p99 of `medanchor_source_to_stored_seconds` (all sources), read from `/metrics`.
+async fn source_latency(addr: SocketAddr) -> Result<(Option<f64>, Option<f64>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("medanchor_source_to_stored_seconds_bucket{") else {
+            continue;
+        };
+        let le = rest
+            .split("le=\"")
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::INFINITY);
+        let n: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some(entry) => entry.1 += n,
+            None => buckets.push((le, n)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    if total == 0.0 {
+        return Ok((None, None));
+    }
+    let q = |p: f64| {
+        let target = total * p;
+        let mut prev = (0.0, 0.0);
+        for &(le, n) in &buckets {
+            if n >= target {
+                if le.is_infinite() {
+                    return Some(prev.0 * 1000.0);
+                }
+                let frac = if n > prev.1 {
+                    (target - prev.1) / (n - prev.1)
+                } else {
+                    1.0
+                };
+                return Some((prev.0 + (le - prev.0) * frac) * 1000.0);
+            }
+            prev = (le, n);
+        }
+        None
+    };
+    Ok((q(0.5), q(0.99)))
+}
