@@ -22,6 +22,8 @@ pub enum Origin {
         subject: String,
         sequence: u64,
     },
+    /// `POST /v1/ingest`.
+    Http { peer: SocketAddr },
     /// Re-submitted from quarantine by an operator.
     Replay { quarantine_id: String },
     /// Anything a test or tool injects directly.
@@ -34,6 +36,7 @@ impl Origin {
         match self {
             Origin::Mllp { .. } => "mllp",
             Origin::Nats { .. } => "nats",
+            Origin::Http { .. } => "http",
             Origin::Replay { .. } => "replay",
             Origin::Local { .. } => "local",
         }
@@ -46,6 +49,22 @@ impl Origin {
 pub enum FormatHint {
     #[default]
     Hl7v2,
+    /// FHIR R4 JSON: one resource or a Bundle.
+    Fhir,
+    /// FHIR when the payload is a JSON object, else HL7v2.
+    Auto,
+}
+
+impl FormatHint {
+    /// From a source's `format` setting.
+    pub fn parse(s: &str) -> Option<FormatHint> {
+        match s {
+            "hl7v2" => Some(FormatHint::Hl7v2),
+            "fhir" => Some(FormatHint::Fhir),
+            "auto" => Some(FormatHint::Auto),
+            _ => None,
+        }
+    }
 }
 
 /// A record id: 16 bytes, the first six a millisecond timestamp so ids sort by arrival.

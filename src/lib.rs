@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod fhir;
 pub mod hl7;
 pub mod ledger;
 pub mod metrics;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
-use crate::envelope::{AckToken, Envelope, Origin, Outcome, RecordId, Rejection};
+use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
 use crate::hl7::Message;
 use crate::ledger::{batcher, EmbeddedLedger, Ledger};
 use crate::metrics::Metrics;
@@ -212,7 +212,13 @@ impl Pipeline {
             .received_bytes
             .with_label_values(&[source])
             .inc_by(env.payload.len() as u64);
-        let decoded = decode(&env.payload, &env.origin, env.received_ms, &self.rules);
+        let decoded = decode(
+            &env.payload,
+            env.format,
+            &env.origin,
+            env.received_ms,
+            &self.rules,
+        );
         self.metrics
             .parse_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -339,18 +345,29 @@ fn origin_label(origin: &Origin) -> String {
         Origin::Nats {
             stream, sequence, ..
         } => format!("nats {stream}#{sequence}"),
+        Origin::Http { peer } => format!("http {peer}"),
         Origin::Replay { quarantine_id } => format!("replay {quarantine_id}"),
         Origin::Local { name } => format!("local {name}"),
     }
 }
 
-/// Decode: a pure function of the bytes and the acceptance rules.
+/// Decode: a pure function of the bytes, their format and the acceptance rules.
 pub fn decode(
     payload: &Bytes,
+    format: FormatHint,
     origin: &Origin,
     received_ms: u64,
     rules: &AcceptRules,
 ) -> Result<Record, Rejection> {
+    let fhir = match format {
+        FormatHint::Hl7v2 => false,
+        FormatHint::Fhir => true,
+        FormatHint::Auto => crate::fhir::looks_like_json(payload),
+    };
+    if fhir {
+        let sender = origin.kind();
+        return Record::from_fhir(payload.clone(), sender, origin.clone(), received_ms, rules);
+    }
     let msg = Message::parse(payload).map_err(|e| parse_rejection(&e))?;
     if !msg.charset().needs_transcoding() {
         return Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules);

@@ -57,6 +57,56 @@ pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
 }
 
 impl Record {
+    /// Reads the metadata out of a FHIR JSON resource or Bundle. `sender` names who sent it
+    /// (FHIR has no MSH-3/4). A resource without id or Bundle identifier gets a control id made
+    /// from its bytes, so re-sending it is still recognised and never counted as a conflict.
+    pub fn from_fhir(
+        raw: Bytes,
+        sender: &str,
+        origin: Origin,
+        received_ms: u64,
+        rules: &AcceptRules,
+    ) -> Result<Record, Rejection> {
+        let m = crate::fhir::read(&raw)?;
+        if !rules.message_types.is_empty() && !rules.message_types.contains(&m.resource_type) {
+            return Err(Rejection::new(
+                RejectKind::Unacceptable,
+                200,
+                "type_not_accepted",
+                format!(
+                    "resource type {} is not accepted by this gateway (accept.message_types)",
+                    m.resource_type
+                ),
+            ));
+        }
+        if rules.require_patient_id && m.patient_ids.is_empty() {
+            return Err(Rejection::new(
+                RejectKind::Unacceptable,
+                101,
+                "missing_patient_id",
+                "no Patient identifier or Patient reference (accept.require_patient_id)",
+            ));
+        }
+        let control_id = if m.id.trim().is_empty() {
+            format!("bytes:{}", &blake3::hash(&raw).to_hex()[..32])
+        } else {
+            m.id
+        };
+        Ok(Record {
+            meta: RecordMeta {
+                sender: sender.to_string(),
+                message_type: m.resource_type,
+                trigger: m.kind,
+                control_id,
+                patient_ids: m.patient_ids,
+                received_ms,
+                origin,
+                format: "fhir".into(),
+            },
+            raw,
+        })
+    }
+
     /// Reads the metadata out of an HL7v2 message and applies the acceptance rules.
     pub fn from_hl7(
         msg: &Message<'_>,

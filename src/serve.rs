@@ -87,9 +87,15 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         ledger: stores.ledger.clone(),
         ready: ready.clone(),
         health,
+        ingest: cfg.http.ingest_token.as_ref().map(|t| api::ingest::Ingest {
+            pipeline: pipeline.clone(),
+            token: t.as_str().into(),
+            max_body_bytes: cfg.http.max_body_bytes,
+        }),
     });
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let _ = axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
@@ -112,6 +118,8 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     for task in pulling {
         let _ = task.await;
     }
+    // The HTTP server holds the pipeline for ingest: it must be gone before the writer can end.
+    let _ = http.await;
     // Last reference: dropping it closes the writer's queue, which closes the batcher's.
     drop(pipeline);
     let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
@@ -124,7 +132,6 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     {
         tracing::warn!("some broker acknowledgements did not finish; those messages will be redelivered and recognised as duplicates");
     }
-    let _ = http.await;
     tracing::info!(
         tree_size = stores.ledger.size(),
         "stopped; last batch anchored"

@@ -79,6 +79,7 @@ fn escapes_in_multibyte_text_and_charsets() {
     assert!(Message::parse(&gb).unwrap().charset().needs_transcoding());
     let rec = medanchor::pipeline::decode(
         &bytes::Bytes::from(gb.into_owned()),
+        medanchor::envelope::FormatHint::Hl7v2,
         &medanchor::envelope::Origin::Local { name: "t".into() },
         0,
         &Default::default(),

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+
+pub mod ingest;
 
 use crate::envelope::RecordId;
 use crate::ledger::{EmbeddedLedger, Ledger, LedgerError};
@@ -22,6 +24,8 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Broker sources that cannot reach their broker make the gateway not ready.
     pub health: crate::sources::Health,
+    /// `POST /v1/ingest`, when a token is configured.
+    pub ingest: Option<ingest::Ingest>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -31,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(ready))
         .route("/v1/checkpoint", get(checkpoint))
         .route("/v1/records/{id}/proof", get(proof))
+        .route("/v1/ingest", post(ingest::ingest))
         .with_state(state)
 }
 

@@ -71,6 +71,11 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Bearer token for `POST /v1/ingest`; unset: ingest is off. Prefer the environment
+    /// (`MEDANCHOR__HTTP__INGEST_TOKEN`) to a file.
+    pub ingest_token: Option<String>,
+    /// Largest ingest body; a larger one gets 413.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,6 +136,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("address"),
+            ingest_token: None,
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -204,6 +211,14 @@ impl Config {
         }
         if self.mllp.max_in_flight_per_connection == 0 {
             return bad("mllp.max_in_flight_per_connection", "must be at least 1");
+        }
+        if self
+            .http
+            .ingest_token
+            .as_deref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            return bad("http.ingest_token", "must be at least 16 characters");
         }
         if self.vault.max_batch == 0 {
             return bad("vault.max_batch", "must be at least 1");

@@ -33,7 +33,8 @@ pub struct NatsConfig {
     /// Only messages on these subjects (default: the whole stream).
     #[serde(default)]
     pub filter_subject: Option<String>,
-    /// Payload format: `hl7v2` (FHIR comes with FHIR normalization).
+    /// Payload format: `hl7v2`, `fhir` (R4 JSON resource or Bundle) or `auto` (FHIR when the
+    /// payload is a JSON object).
     #[serde(default = "default_format")]
     pub format: String,
     /// How long the server waits for an ack before redelivering; in-progress acks are sent at

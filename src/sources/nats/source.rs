@@ -198,7 +198,7 @@ async fn accept(
             subject: msg.subject.to_string(),
             sequence,
         },
-        format: FormatHint::Hl7v2,
+        format: FormatHint::parse(&cfg.format).unwrap_or_default(),
         received_ms: now_ms(),
         token,
     };

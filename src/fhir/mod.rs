@@ -1,0 +1,188 @@
+//! FHIR R4 JSON input: what medanchor reads out of a resource or Bundle to seal it (type, id,
+//! patient identifiers). The resource itself is kept byte for byte; normalization of HL7v2 into
+//! FHIR is a separate step.
+
+use serde_json::Value;
+
+use crate::envelope::{RejectKind, Rejection};
+
+/// Metadata of a FHIR resource or Bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FhirMeta {
+    pub resource_type: String,
+    /// `Bundle.type` for a Bundle, else empty.
+    pub kind: String,
+    /// `Bundle.identifier.value`, else the resource id; empty when there is neither.
+    pub id: String,
+    /// `value^system^type-code` of every Patient identifier found (the resource itself when it
+    /// is a Patient, or the Patients in a Bundle), then `Patient/<id>` references of the
+    /// resource's `subject`/`patient` when there is no Patient.
+    pub patient_ids: Vec<String>,
+}
+
+fn bad(label: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection::new(RejectKind::NotHl7, 100, label, reason)
+}
+
+/// Reads the metadata of a FHIR JSON resource. Errors name the problem, never content.
+pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        bad(
+            "not_json",
+            format!(
+                "not valid JSON at line {} column {} ({:?})",
+                e.line(),
+                e.column(),
+                e.classify()
+            ),
+        )
+    })?;
+    let Some(obj) = v.as_object() else {
+        return Err(bad("not_fhir", "a FHIR resource must be a JSON object"));
+    };
+    let resource_type = obj
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric()))
+        .ok_or_else(|| {
+            bad(
+                "not_fhir",
+                "resourceType is missing or not a FHIR type name",
+            )
+        })?
+        .to_string();
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let mut meta = FhirMeta {
+        kind: if resource_type == "Bundle" {
+            text(obj.get("type"))
+        } else {
+            String::new()
+        },
+        id: obj
+            .get("identifier")
+            .filter(|_| resource_type == "Bundle")
+            .and_then(|i| i.get("value"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| text(obj.get("id"))),
+        resource_type,
+        patient_ids: Vec::new(),
+    };
+    if meta.resource_type == "Bundle" {
+        let entries = obj.get("entry").and_then(Value::as_array);
+        for resource in entries
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("resource"))
+        {
+            collect_patient(resource, &mut meta.patient_ids);
+        }
+        if meta.patient_ids.is_empty() {
+            for resource in entries
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.get("resource"))
+            {
+                collect_reference(resource, &mut meta.patient_ids);
+            }
+        }
+    } else {
+        collect_patient(&v, &mut meta.patient_ids);
+        if meta.patient_ids.is_empty() {
+            collect_reference(&v, &mut meta.patient_ids);
+        }
+    }
+    meta.patient_ids.dedup();
+    Ok(meta)
+}
+
+fn collect_patient(resource: &Value, out: &mut Vec<String>) {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("Patient") {
+        return;
+    }
+    let identifiers = resource.get("identifier").and_then(Value::as_array);
+    for i in identifiers.into_iter().flatten() {
+        let value = i.get("value").and_then(Value::as_str).unwrap_or("").trim();
+        if value.is_empty() {
+            continue;
+        }
+        let system = i.get("system").and_then(Value::as_str).unwrap_or("").trim();
+        let code = i
+            .pointer("/type/coding/0/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim();
+        out.push(format!("{value}^{system}^{code}"));
+    }
+}
+
+fn collect_reference(resource: &Value, out: &mut Vec<String>) {
+    for field in ["subject", "patient"] {
+        if let Some(r) = resource
+            .get(field)
+            .and_then(|s| s.get("reference"))
+            .and_then(Value::as_str)
+            .filter(|r| r.starts_with("Patient/"))
+        {
+            out.push(format!("{r}^^REF"));
+        }
+    }
+}
+
+/// Whether `bytes` look like FHIR JSON rather than HL7v2 (format `auto`): a JSON object.
+pub fn looks_like_json(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patient_gives_its_identifiers() {
+        let m = read(br#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:oid:1.2.3","value":"12345","type":{"coding":[{"code":"MR"}]}},{"value":" "}]}"#).unwrap();
+        assert_eq!(m.resource_type, "Patient");
+        assert_eq!(m.id, "p1");
+        assert_eq!(m.patient_ids, ["12345^urn:oid:1.2.3^MR"]);
+    }
+
+    #[test]
+    fn a_bundle_gives_its_type_identifier_and_patients() {
+        let m = read(br#"{"resourceType":"Bundle","type":"transaction","identifier":{"value":"B-9"},
+            "entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/7"}}},
+                     {"resource":{"resourceType":"Patient","identifier":[{"system":"s","value":"v"}]}}]}"#).unwrap();
+        assert_eq!((m.kind.as_str(), m.id.as_str()), ("transaction", "B-9"));
+        assert_eq!(m.patient_ids, ["v^s^"]);
+    }
+
+    #[test]
+    fn a_resource_without_patient_falls_back_to_its_subject_reference() {
+        let m =
+            read(br#"{"resourceType":"Observation","subject":{"reference":"Patient/7"}}"#).unwrap();
+        assert_eq!(m.patient_ids, ["Patient/7^^REF"]);
+    }
+
+    #[test]
+    fn bad_input_is_named_without_content() {
+        for (input, label) in [
+            (&b"{\"resourceType\":\"Pat"[..], "not_json"),
+            (b"[1,2]", "not_fhir"),
+            (b"{\"id\":\"secret-123\"}", "not_fhir"),
+            (b"{\"resourceType\":\"../etc\"}", "not_fhir"),
+        ] {
+            let e = read(input).unwrap_err();
+            assert_eq!(e.label, label);
+            assert!(!e.reason.contains("secret"));
+        }
+    }
+
+    #[test]
+    fn auto_detection() {
+        assert!(looks_like_json(b"\xEF\xBB\xBF \n{\"a\":1}"));
+        assert!(!looks_like_json(b"MSH|^~\\&|"));
+    }
+}
