@@ -24,6 +24,8 @@ pub enum Origin {
     },
     /// `POST /v1/ingest`.
     Http { peer: SocketAddr },
+    /// `medanchor import`: the file and the message's position in it.
+    Import { file: String, index: u64 },
     /// Re-submitted from quarantine by an operator.
     Replay { quarantine_id: String },
     /// Anything a test or tool injects directly.
@@ -37,6 +39,7 @@ impl Origin {
             Origin::Mllp { .. } => "mllp",
             Origin::Nats { .. } => "nats",
             Origin::Http { .. } => "http",
+            Origin::Import { .. } => "import",
             Origin::Replay { .. } => "replay",
             Origin::Local { .. } => "local",
         }

@@ -89,6 +89,19 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Bulk-load files and directories of HL7v2 (messages, batch files) and FHIR JSON/NDJSON
+    /// through the pipeline (gateway stopped). Safe to re-run: stored messages count as duplicates.
+    Import {
+        paths: Vec<PathBuf>,
+        /// hl7v2, fhir, or auto (JSON object = FHIR).
+        #[arg(long, default_value = "auto")]
+        format: String,
+        /// One JSON summary line instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -251,6 +264,38 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(exit(medanchor::cli::quarantine_replay(&cfg, &id).await?))
                 }
             }
+        }
+        Command::Import {
+            paths,
+            format,
+            json,
+            data_dir,
+        } => {
+            let cfg = load(cfg_path, data_dir)?;
+            let format = medanchor::envelope::FormatHint::parse(&format)
+                .with_context(|| format!("--format {format:?}: use hl7v2, fhir or auto"))?;
+            let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let s = medanchor::cli::import::run(&cfg, &paths, format, progress).await?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!(
+                    "{} files, {} messages: {} stored, {} duplicate, {} rejected, {} to retry",
+                    s.files, s.messages, s.stored, s.duplicate, s.rejected, s.retry
+                );
+                for (reason, n) in &s.rejected_by_reason {
+                    println!("  rejected {reason}: {n} (see `medanchor quarantine list`)");
+                }
+                for u in &s.unreadable {
+                    println!("  unreadable: {u}");
+                }
+            }
+            let clean = s.retry == 0 && s.unreadable.is_empty() && s.rejected == 0;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Bench {
             command:

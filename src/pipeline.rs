@@ -346,6 +346,8 @@ fn origin_label(origin: &Origin) -> String {
             stream, sequence, ..
         } => format!("nats {stream}#{sequence}"),
         Origin::Http { peer } => format!("http {peer}"),
+        // File names can carry patient names: the sealed record has the file, the label not.
+        Origin::Import { index, .. } => format!("import #{index}"),
         Origin::Replay { quarantine_id } => format!("replay {quarantine_id}"),
         Origin::Local { name } => format!("local {name}"),
     }

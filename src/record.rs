@@ -87,10 +87,11 @@ impl Record {
                 "no Patient identifier or Patient reference (accept.require_patient_id)",
             ));
         }
+        // FHIR ids are unique per resource type, so the type is part of the control id.
         let control_id = if m.id.trim().is_empty() {
             format!("bytes:{}", &blake3::hash(&raw).to_hex()[..32])
         } else {
-            m.id
+            format!("{}/{}", m.resource_type, m.id)
         };
         Ok(Record {
             meta: RecordMeta {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod import;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -183,7 +184,8 @@ pub async fn quarantine_replay(cfg: &Config, id: &str) -> Result<bool> {
             origin: Origin::Replay {
                 quarantine_id: entry.id.clone(),
             },
-            format: FormatHint::Hl7v2,
+            // Quarantine does not record what format the input was meant to be.
+            format: FormatHint::Auto,
             received_ms: now_ms(),
             token,
         })
