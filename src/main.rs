@@ -143,6 +143,10 @@ enum BenchCommand {
         consumer: String,
         #[arg(long, default_value_t = 100_000)]
         count: u64,
+        /// Messages per second to publish at (default: as fast as the broker takes them); a
+        /// long paced run is the memory soak.
+        #[arg(long)]
+        rate: Option<f64>,
         /// The gateway's HTTP address, for the latency histogram.
         #[arg(long)]
         http: Option<SocketAddr>,
@@ -305,14 +309,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     subject,
                     consumer,
                     count,
+                    rate,
                     http,
                     pid,
                     json,
                 },
         } => {
-            let r =
-                medanchor::cli::bench::nats(&url, &stream, &subject, &consumer, count, http, pid)
-                    .await?;
+            let r = medanchor::cli::bench::nats(&medanchor::cli::bench::NatsBench {
+                url,
+                stream,
+                subject,
+                consumer,
+                count,
+                rate,
+                http,
+                pid,
+            })
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -204,19 +204,44 @@ pub struct BrokerBenchReport {
     pub mean_bytes: f64,
 }
 
+/// What `bench nats` drives: the broker, the stream the gateway consumes, and the load.
+pub struct NatsBench {
+    pub url: String,
+    pub stream: String,
+    pub subject: String,
+    /// The gateway's durable consumer.
+    pub consumer: String,
+    pub count: u64,
+    pub rate: Option<f64>,
+    /// The gateway's HTTP address, for the latency histogram.
+    pub http: Option<SocketAddr>,
+    /// The gateway's pid, for its peak RSS.
+    pub pid: Option<u32>,
+}
+
 /// `medanchor bench nats`: publishes `count` messages of the mix (fresh control ids) to
-/// `subject` of `stream` (created if missing), then waits until the gateway's consumer has
-/// acknowledged all of them, i.e. until every record is stored.
-pub async fn nats(
-    url: &str,
-    stream: &str,
-    subject: &str,
-    consumer: &str,
-    count: u64,
-    http: Option<SocketAddr>,
-    pid: Option<u32>,
-) -> Result<BrokerBenchReport> {
+/// `subject` of `stream` (created if missing; work-queue retention, so acknowledged messages
+/// leave the broker), optionally paced to `rate` per second, then waits until the gateway's
+/// consumer has acknowledged all of them, i.e. until every record is stored.
+pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     use async_nats::jetstream;
+    let NatsBench {
+        url,
+        stream,
+        subject,
+        consumer,
+        count,
+        rate,
+        http,
+        pid,
+    } = b;
+    let (url, stream, subject, consumer) = (
+        url.as_str(),
+        stream.as_str(),
+        subject.as_str(),
+        consumer.as_str(),
+    );
+    let (count, rate, http, pid) = (*count, *rate, *http, *pid);
     let templates = templates();
     let client = async_nats::connect(url)
         .await
@@ -225,6 +250,7 @@ pub async fn nats(
     js.get_or_create_stream(jetstream::stream::Config {
         name: stream.to_string(),
         subjects: vec![subject.to_string()],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
         ..Default::default()
     })
     .await
@@ -234,6 +260,10 @@ pub async fn nats(
     let started = Instant::now();
     let mut acks = std::collections::VecDeque::new();
     for i in 0..count {
+        if let Some(r) = rate {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
+                .await;
+        }
         let (a, b) = &templates[i as usize % templates.len()];
         let mut msg = a.clone();
         msg.extend_from_slice(format!("N{run_id}-{i}").as_bytes());
