@@ -22,6 +22,8 @@ const BY_RECORD: TableDefinition<&[u8], u64> = TableDefinition::new("by_record")
 // panic inside the storage engine.
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 
+const LEDGER_CACHE_BYTES: usize = 16 << 20;
+
 fn err(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Storage(e.to_string())
 }
@@ -69,12 +71,11 @@ impl EmbeddedLedger {
         signer: NoteSigner,
         create: bool,
     ) -> Result<Self, LedgerError> {
-        let db = if create {
-            redb::Database::create(path)
-        } else {
-            redb::Database::open(path)
-        }
-        .map_err(err)?;
+        // redb's default cache is 1 GiB; the log is written once and read for proofs, so a small
+        // cache keeps the gateway's memory flat as the log grows.
+        let mut b = redb::Builder::new();
+        b.set_cache_size(LEDGER_CACHE_BYTES);
+        let db = if create { b.create(path) } else { b.open(path) }.map_err(err)?;
         let w = db.begin_write().map_err(err)?;
         w.open_table(LEAVES).map_err(err)?;
         w.open_table(BY_RECORD).map_err(err)?;
