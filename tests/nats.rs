@@ -82,6 +82,12 @@ impl Broker {
         }
     }
 
+    /// Deletes the test's streams (the machine's server is shared with later runs).
+    async fn remove(&self) {
+        let _ = self.js.delete_stream(&self.stream).await;
+        let _ = self.js.delete_stream(format!("{}_DEAD", self.stream)).await;
+    }
+
     /// The same stream through a new connection (after a server restart).
     async fn new_existing(b: &Broker) -> Broker {
         let client = async_nats::connect(&b.url).await.unwrap();
@@ -229,6 +235,7 @@ async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() 
         assert!(h.get("Medanchor-Stream-Sequence").is_some());
         assert!(h.get("Medanchor-Quarantine-Id").is_some());
     }
+    broker.remove().await;
     let report = verify(&data);
     assert_eq!(report["records"], 300);
     assert_eq!(report["leaves"], 300);
@@ -261,6 +268,7 @@ async fn a_gateway_killed_while_consuming_loses_nothing_and_stores_nothing_twice
     let g = Gateway::start(&data, &env);
     broker.wait_drained(Duration::from_secs(120)).await;
     assert!(g.stop().success());
+    broker.remove().await;
     let report = verify(&data);
     assert_eq!(report["records"], N as u64, "exactly the published set");
     assert_eq!(report["leaves"], N as u64);
