@@ -132,27 +132,8 @@ enum BenchCommand {
     /// stored and acknowledged; report msgs/s (and the broker's publish rate beside it),
     /// broker-to-stored latency p50/p99 from the gateway's metrics, and its peak RSS.
     Nats {
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        url: String,
-        #[arg(long)]
-        stream: String,
-        #[arg(long)]
-        subject: String,
-        /// The gateway's durable consumer (its `consumer` setting).
-        #[arg(long, default_value = "medanchor")]
-        consumer: String,
-        #[arg(long, default_value_t = 100_000)]
-        count: u64,
-        /// Messages per second to publish at (default: as fast as the broker takes them); a
-        /// long paced run is the memory soak.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// The gateway's HTTP address, for the latency histogram.
-        #[arg(long)]
-        http: Option<SocketAddr>,
-        /// Gateway process id, for its peak RSS.
-        #[arg(long)]
-        pid: Option<u32>,
+        #[command(flatten)]
+        load: medanchor::cli::bench::NatsBench,
         #[arg(long)]
         json: bool,
     },
@@ -302,30 +283,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Bench {
-            command:
-                BenchCommand::Nats {
-                    url,
-                    stream,
-                    subject,
-                    consumer,
-                    count,
-                    rate,
-                    http,
-                    pid,
-                    json,
-                },
+            command: BenchCommand::Nats { load, json },
         } => {
-            let r = medanchor::cli::bench::nats(&medanchor::cli::bench::NatsBench {
-                url,
-                stream,
-                subject,
-                consumer,
-                count,
-                rate,
-                http,
-                pid,
-            })
-            .await?;
+            let r = medanchor::cli::bench::nats(&load).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -42,6 +42,34 @@ pub struct AcceptRules {
     pub require_patient_id: bool,
 }
 
+impl AcceptRules {
+    /// `accept.message_types`; `what` names the kind of type in the reason.
+    fn check_type(&self, what: &str, message_type: &str) -> Result<(), Rejection> {
+        if self.message_types.is_empty() || self.message_types.iter().any(|t| t == message_type) {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            RejectKind::Unacceptable,
+            200,
+            "type_not_accepted",
+            format!("{what} {message_type} is not accepted by this gateway (accept.message_types)"),
+        ))
+    }
+
+    /// `accept.require_patient_id`; `missing` says what was not found.
+    fn check_patient(&self, patient_ids: &[String], missing: &str) -> Result<(), Rejection> {
+        if !self.require_patient_id || !patient_ids.is_empty() {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            RejectKind::Unacceptable,
+            101,
+            "missing_patient_id",
+            format!("{missing} (accept.require_patient_id)"),
+        ))
+    }
+}
+
 /// Maps a tokenizer error to a rejection (AR: the bytes are not a message we can read).
 pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
     let label = match e {
@@ -68,25 +96,8 @@ impl Record {
         rules: &AcceptRules,
     ) -> Result<Record, Rejection> {
         let m = crate::fhir::read(&raw)?;
-        if !rules.message_types.is_empty() && !rules.message_types.contains(&m.resource_type) {
-            return Err(Rejection::new(
-                RejectKind::Unacceptable,
-                200,
-                "type_not_accepted",
-                format!(
-                    "resource type {} is not accepted by this gateway (accept.message_types)",
-                    m.resource_type
-                ),
-            ));
-        }
-        if rules.require_patient_id && m.patient_ids.is_empty() {
-            return Err(Rejection::new(
-                RejectKind::Unacceptable,
-                101,
-                "missing_patient_id",
-                "no Patient identifier or Patient reference (accept.require_patient_id)",
-            ));
-        }
+        rules.check_type("resource type", &m.resource_type)?;
+        rules.check_patient(&m.patient_ids, "no Patient identifier or Patient reference")?;
         // FHIR ids are unique per resource type, so the type is part of the control id.
         let control_id = if m.id.trim().is_empty() {
             format!("bytes:{}", &blake3::hash(&raw).to_hex()[..32])
@@ -138,14 +149,7 @@ impl Record {
                 "required field MSH-10 (message control id) is empty",
             ));
         }
-        if !rules.message_types.is_empty() && !rules.message_types.contains(&message_type) {
-            return Err(Rejection::new(
-                RejectKind::Unacceptable,
-                200,
-                "type_not_accepted",
-                format!("message type {message_type} is not accepted by this gateway (accept.message_types)"),
-            ));
-        }
+        rules.check_type("message type", &message_type)?;
         let processing = t(msh.field(11).component(1))?;
         if !rules.processing_ids.is_empty() && !rules.processing_ids.contains(&processing) {
             return Err(Rejection::new(
@@ -180,14 +184,10 @@ impl Record {
                 ));
             }
         }
-        if rules.require_patient_id && patient_ids.is_empty() {
-            return Err(Rejection::new(
-                RejectKind::Unacceptable,
-                101,
-                "missing_patient_id",
-                "required field PID-3 (patient identifier) is empty (accept.require_patient_id)",
-            ));
-        }
+        rules.check_patient(
+            &patient_ids,
+            "required field PID-3 (patient identifier) is empty",
+        )?;
         Ok(Record {
             meta: RecordMeta {
                 sender,

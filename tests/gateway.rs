@@ -31,15 +31,6 @@ fn send_json(g: &Gateway, files: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// `verify --all` passes and counts `n` records, each with its leaf.
-fn assert_everything_verifies(data_dir: &str, n: u64) {
-    let (ok, out, _) = run(&["verify", "--all", "--json", "--data-dir", data_dir]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(ok, "{report}");
-    assert_eq!(report["records"], n);
-    assert_eq!(report["leaves"], n);
-}
-
 #[test]
 fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,9 +125,7 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
 
     // Offline: the whole directory verifies; 139 + changed + 2 batch messages stored.
     let d = data.display().to_string();
-    let (ok, out, err) = run(&["verify", "--all", "--json", "--data-dir", &d]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{err}"));
-    assert!(ok, "{report}");
+    let report = verify_all(&data);
     assert_eq!(report["records"], 142);
     assert_eq!(report["leaves"], 142);
     assert_eq!(report["ok"], true);
@@ -241,7 +230,7 @@ fn a_crash_leaves_stored_records_that_the_next_start_anchors() {
     assert_eq!(report["records"], 5, "{report}");
     let g = Gateway::start(&data, &[]);
     assert!(g.stop().success());
-    assert_everything_verifies(&d, 5);
+    assert_everything_verifies(&data, 5);
 }
 
 #[test]
@@ -367,15 +356,7 @@ fn graceful_stop_closes_the_open_batch_with_a_checkpoint() {
         "nothing anchored before the stop"
     );
     assert!(g.stop().success());
-    let (ok, out, _) = run(&[
-        "verify",
-        "--all",
-        "--json",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(ok, "{report}");
+    let report = verify_all(&data);
     assert_eq!(
         (
             report["records"].as_u64(),
@@ -410,7 +391,6 @@ fn idle_connections_are_closed() {
 fn a_torn_segment_tail_is_cut_off_and_lost_acknowledged_bytes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let d = data.display().to_string();
     let files: Vec<String> = microsoft_files().into_iter().take(5).collect();
     let g = Gateway::start(&data, &[]);
     let acks = send_json(&g, &files[..3]);
@@ -431,7 +411,7 @@ fn a_torn_segment_tail_is_cut_off_and_lost_acknowledged_bytes_are_refused() {
     let acks = send_json(&g, &files[3..]);
     assert!(acks.iter().all(|a| a["code"] == "AA" || a["code"] == "CA"));
     assert!(g.stop().success());
-    assert_everything_verifies(&d, 5);
+    assert_everything_verifies(&data, 5);
     assert!(std::fs::read(&segment).unwrap()[committed as usize..]
         .windows(16)
         .all(|w| w != [0xA5; 16]));

@@ -85,15 +85,5 @@ fn an_archive_is_imported_once_with_a_summary_and_verifies() {
     assert_eq!(again["stored"], 0, "{again}");
     assert_eq!(again["duplicate"], expected, "{again}");
 
-    let (ok, out, _) = run(&[
-        "verify",
-        "--all",
-        "--json",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(ok, "{report}");
-    assert_eq!(report["records"], expected);
-    assert_eq!(report["leaves"], expected);
+    assert_everything_verifies(&data, expected);
 }

@@ -59,16 +59,7 @@ fn hl7_and_fhir_are_stored_with_receipts_and_duplicates_get_the_first_one() {
     );
     assert!(g.stop().success());
 
-    let d = dir.path().join("data");
-    let (ok, out, _) = run(&[
-        "verify",
-        "--all",
-        "--json",
-        "--data-dir",
-        d.to_str().unwrap(),
-    ]);
-    let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert!(ok, "{report}");
+    let report = verify_all(&dir.path().join("data"));
     assert_eq!(report["records"], 3);
 }
 

@@ -53,6 +53,15 @@ fn templates() -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// A template with `control_id` as its MSH-10.
+fn with_control_id((before, after): &(Vec<u8>, Vec<u8>), control_id: &str) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(before.len() + control_id.len() + after.len());
+    msg.extend_from_slice(before);
+    msg.extend_from_slice(control_id.as_bytes());
+    msg.extend_from_slice(after);
+    msg
+}
+
 pub async fn run(
     to: SocketAddr,
     connections: usize,
@@ -94,10 +103,8 @@ pub async fn run(
                     if let Some(d) = due {
                         tokio::time::sleep_until(d.into()).await;
                     }
-                    let (a, b) = &templates[(sent as usize + c) % templates.len()];
-                    let mut msg = a.clone();
-                    msg.extend_from_slice(format!("B{run_id}-{c}-{sent}").as_bytes());
-                    msg.extend_from_slice(b);
+                    let template = &templates[(sent as usize + c) % templates.len()];
+                    let msg = with_control_id(template, &format!("B{run_id}-{c}-{sent}"));
                     inflight.push_back(Instant::now());
                     client.write(&msg).await?;
                     sent += 1;
@@ -205,17 +212,28 @@ pub struct BrokerBenchReport {
 }
 
 /// What `bench nats` drives: the broker, the stream the gateway consumes, and the load.
+#[derive(Debug, clap::Args)]
 pub struct NatsBench {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
     pub url: String,
+    #[arg(long)]
     pub stream: String,
+    #[arg(long)]
     pub subject: String,
-    /// The gateway's durable consumer.
+    /// The gateway's durable consumer (its `consumer` setting).
+    #[arg(long, default_value = "medanchor")]
     pub consumer: String,
+    #[arg(long, default_value_t = 100_000)]
     pub count: u64,
+    /// Messages per second to publish at (default: as fast as the broker takes them); a
+    /// long paced run is the memory soak.
+    #[arg(long)]
     pub rate: Option<f64>,
     /// The gateway's HTTP address, for the latency histogram.
+    #[arg(long)]
     pub http: Option<SocketAddr>,
-    /// The gateway's pid, for its peak RSS.
+    /// Gateway process id, for its peak RSS.
+    #[arg(long)]
     pub pid: Option<u32>,
 }
 
@@ -225,23 +243,7 @@ pub struct NatsBench {
 /// consumer has acknowledged all of them, i.e. until every record is stored.
 pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     use async_nats::jetstream;
-    let NatsBench {
-        url,
-        stream,
-        subject,
-        consumer,
-        count,
-        rate,
-        http,
-        pid,
-    } = b;
-    let (url, stream, subject, consumer) = (
-        url.as_str(),
-        stream.as_str(),
-        subject.as_str(),
-        consumer.as_str(),
-    );
-    let (count, rate, http, pid) = (*count, *rate, *http, *pid);
+    let (url, stream, subject, count) = (&b.url, &b.stream, &b.subject, b.count);
     let templates = templates();
     let client = async_nats::connect(url)
         .await
@@ -260,14 +262,14 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     let started = Instant::now();
     let mut acks = std::collections::VecDeque::new();
     for i in 0..count {
-        if let Some(r) = rate {
+        if let Some(r) = b.rate {
             tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
                 .await;
         }
-        let (a, b) = &templates[i as usize % templates.len()];
-        let mut msg = a.clone();
-        msg.extend_from_slice(format!("N{run_id}-{i}").as_bytes());
-        msg.extend_from_slice(b);
+        let msg = with_control_id(
+            &templates[i as usize % templates.len()],
+            &format!("N{run_id}-{i}"),
+        );
         bytes += msg.len();
         acks.push_back(js.publish(subject.to_string(), msg.into()).await?);
         if acks.len() >= 1024 {
@@ -281,9 +283,10 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     let mut c: jetstream::consumer::PullConsumer = js
         .get_stream(stream)
         .await?
-        .get_consumer(consumer)
+        .get_consumer(&b.consumer)
         .await
         .map_err(|e| {
+            let consumer = &b.consumer;
             anyhow::anyhow!("consumer {consumer:?}: {e}: is the gateway consuming {stream}?")
         })?;
     loop {
@@ -294,7 +297,7 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (p50_ms, p99_ms) = match http {
+    let (p50_ms, p99_ms) = match b.http {
         Some(addr) => source_latency(addr).await.unwrap_or((None, None)),
         None => (None, None),
     };
@@ -304,7 +307,7 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
         publish_msgs_per_s: count as f64 / published,
         p50_ms,
         p99_ms,
-        peak_rss_mb: pid.and_then(peak_rss_mb),
+        peak_rss_mb: b.pid.and_then(peak_rss_mb),
         mean_bytes: bytes as f64 / count.max(1) as f64,
     })
 }

@@ -85,6 +85,35 @@ fn parse_row(id: RecordId, v: &[u8]) -> Result<([u8; 32], Location), VaultError>
     ))
 }
 
+type Controls<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+/// The (dedup key ‖ record id) entries stored under a control key, into `entries`.
+fn read_controls(
+    controls: &Controls<'_>,
+    key: &[u8; 32],
+    entries: &mut Vec<u8>,
+) -> Result<(), VaultError> {
+    entries.clear();
+    if let Some(v) = controls.get(key.as_slice()).map_err(err)? {
+        entries.extend_from_slice(v.value());
+    }
+    Ok(())
+}
+
+/// Adds a record to the `entries` read for its control key and stores them.
+fn add_control(
+    controls: &mut Controls<'_>,
+    h: &EntryHeader,
+    entries: &mut Vec<u8>,
+) -> Result<(), VaultError> {
+    entries.extend_from_slice(&h.dedup_key);
+    entries.extend_from_slice(&h.record_id.0);
+    controls
+        .insert(h.control_key.as_slice(), entries.as_slice())
+        .map_err(err)?;
+    Ok(())
+}
+
 impl EmbeddedVault {
     /// Opens (or with `create`, creates) the index at `path` and the segments in `segments`.
     pub fn open(
@@ -146,19 +175,12 @@ impl EmbeddedVault {
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
             let mut entries = Vec::new();
             for (h, at) in &lost {
-                entries.clear();
-                if let Some(v) = controls.get(h.control_key.as_slice()).map_err(err)? {
-                    entries.extend_from_slice(v.value());
-                }
+                read_controls(&controls, &h.control_key, &mut entries)?;
                 let known = entries
                     .chunks_exact(CONTROL_ENTRY)
                     .any(|e| e[32..] == h.record_id.0);
                 if !known {
-                    entries.extend_from_slice(&h.dedup_key);
-                    entries.extend_from_slice(&h.record_id.0);
-                    controls
-                        .insert(h.control_key.as_slice(), entries.as_slice())
-                        .map_err(err)?;
+                    add_control(&mut controls, h, &mut entries)?;
                 }
                 records
                     .insert(
@@ -230,10 +252,7 @@ impl Vault for EmbeddedVault {
             let mut placed = Vec::with_capacity(puts.len());
             let mut entries = Vec::new();
             for p in puts {
-                entries.clear();
-                if let Some(v) = controls.get(p.control_key.as_slice()).map_err(err)? {
-                    entries.extend_from_slice(v.value());
-                }
+                read_controls(&controls, &p.control_key, &mut entries)?;
                 if entries.len() % CONTROL_ENTRY != 0 {
                     return Err(VaultError::Corrupt(hex::encode(p.control_key)));
                 }
@@ -261,18 +280,14 @@ impl Vault for EmbeddedVault {
                 let conflict = !entries.is_empty();
                 let s = &p.sealed;
                 let id = s.record_id;
-                entries.extend_from_slice(&p.dedup_key);
-                entries.extend_from_slice(&id.0);
-                controls
-                    .insert(p.control_key.as_slice(), entries.as_slice())
-                    .map_err(err)?;
-                fresh.insert(id, s.commitment);
                 let header = EntryHeader {
                     record_id: id,
                     commitment: s.commitment,
                     dedup_key: p.dedup_key,
                     control_key: p.control_key,
                 };
+                add_control(&mut controls, &header, &mut entries)?;
+                fresh.insert(id, s.commitment);
                 let (offset, len) = SegmentLog::stage(&mut staged, &header, &s.bytes);
                 placed.push((id, s.commitment, offset, len, results.len()));
                 // The position is filled in once the append says where the batch went.

@@ -145,6 +145,28 @@ pub fn http_request(
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
+/// `verify --all --json` on a data directory: asserts that it passes and returns the report.
+pub fn verify_all(data_dir: &Path) -> serde_json::Value {
+    let (ok, out, err) = run(&[
+        "verify",
+        "--all",
+        "--json",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(ok, "{report}");
+    report
+}
+
+/// `verify --all` passes and counts `n` records, each with its leaf.
+pub fn assert_everything_verifies(data_dir: &Path, n: u64) {
+    let report = verify_all(data_dir);
+    assert_eq!(report["records"], n);
+    assert_eq!(report["leaves"], n);
+}
+
 /// Runs the binary and returns (success, stdout, stderr).
 pub fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN).args(args).output().unwrap();

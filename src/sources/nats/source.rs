@@ -162,24 +162,24 @@ async fn accept(
 ) {
     let name = cfg.name.as_str();
     let (stream, sequence, delivered, published_ns) = match msg.info() {
-        Ok(i) => (
-            i.stream.to_string(),
-            i.stream_sequence,
-            i.delivered,
-            i.published.unix_timestamp_nanos(),
-        ),
+        Ok(i) => {
+            metrics
+                .source_pending
+                .with_label_values(&[name])
+                .set(i.pending as i64);
+            (
+                i.stream.to_string(),
+                i.stream_sequence,
+                i.delivered,
+                i.published.unix_timestamp_nanos(),
+            )
+        }
         Err(_) => {
             // Not a JetStream delivery: nothing to acknowledge it with.
             tracing::warn!(source = %name, "message without JetStream metadata ignored");
             return;
         }
     };
-    if let Ok(i) = msg.info() {
-        metrics
-            .source_pending
-            .with_label_values(&[name])
-            .set(i.pending as i64);
-    }
     metrics
         .source_messages
         .with_label_values(&[name, "consumed"])
@@ -234,6 +234,13 @@ struct Settle<'a> {
 }
 
 impl Settle<'_> {
+    fn count(&self, event: &str) {
+        self.metrics
+            .source_messages
+            .with_label_values(&[&self.cfg.name, event])
+            .inc();
+    }
+
     async fn run(&self, mut outcome: tokio::sync::oneshot::Receiver<Outcome>, published_ns: i128) {
         let name = self.cfg.name.as_str();
         // Keep the server from redelivering while the pipeline works on it.
@@ -247,15 +254,9 @@ impl Settle<'_> {
                 }
             }
         };
-        let count = |event: &str| {
-            self.metrics
-                .source_messages
-                .with_label_values(&[name, event])
-                .inc()
-        };
         match outcome {
             Some(Outcome::Stored { duplicate, .. }) => {
-                count(if duplicate { "duplicate" } else { "stored" });
+                self.count(if duplicate { "duplicate" } else { "stored" });
                 let age = now_ms() as i128 * 1_000_000 - published_ns;
                 self.metrics
                     .source_to_stored_seconds
@@ -264,7 +265,7 @@ impl Settle<'_> {
                 self.ack().await;
             }
             Some(Outcome::Rejected(rejection)) => {
-                count("rejected");
+                self.count("rejected");
                 self.dead_letter(
                     &rejection.reason,
                     rejection.label,
@@ -307,10 +308,7 @@ impl Settle<'_> {
             .await;
             return;
         }
-        self.metrics
-            .source_messages
-            .with_label_values(&[&self.cfg.name, "nak"])
-            .inc();
+        self.count("nak");
         let delay = Duration::from_millis(500u64 << self.delivered.clamp(0, 6));
         let _ = self.msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
@@ -343,10 +341,7 @@ impl Settle<'_> {
         };
         match published {
             Ok(()) => {
-                self.metrics
-                    .source_messages
-                    .with_label_values(&[&self.cfg.name, "dead_lettered"])
-                    .inc();
+                self.count("dead_lettered");
                 let _ = self.msg.ack_with(AckKind::Term).await;
             }
             Err(e) => {
