@@ -22,6 +22,12 @@ pub enum Origin {
         subject: String,
         sequence: u64,
     },
+    /// A Kafka message: topic, partition and offset identify it.
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
     /// `POST /v1/ingest`.
     Http { peer: SocketAddr },
     /// `medanchor import`: the file and the message's position in it.
@@ -38,6 +44,7 @@ impl Origin {
         match self {
             Origin::Mllp { .. } => "mllp",
             Origin::Nats { .. } => "nats",
+            Origin::Kafka { .. } => "kafka",
             Origin::Http { .. } => "http",
             Origin::Import { .. } => "import",
             Origin::Replay { .. } => "replay",

@@ -39,11 +39,14 @@ pub struct Metrics {
     pub checkpoints: IntCounter,
     pub log_size: IntGauge,
     /// Per broker source (label `source` = its configured name): `event` is consumed, stored,
-    /// duplicate, rejected, dead_lettered, redelivered or nak.
+    /// duplicate, rejected, dead_lettered, redelivered (NATS: delivered again by the server; Kafka:
+    /// submitted again after a temporary failure) or nak.
     pub source_messages: IntCounterVec,
     pub source_in_flight: IntGaugeVec,
     /// Messages the broker still holds for this consumer (JetStream pending).
     pub source_pending: IntGaugeVec,
+    /// Kafka consumer lag per partition: the partition's end offset minus the committed one.
+    pub source_partition_lag: IntGaugeVec,
     /// From the broker's timestamp of a message to its record being stored.
     pub source_to_stored_seconds: HistogramVec,
     seen_types: Mutex<HashSet<String>>,
@@ -247,6 +250,12 @@ impl Metrics {
                 "medanchor_source_pending",
                 "Messages the broker still holds for this consumer",
                 &["source"],
+            ),
+            source_partition_lag: gauge_vec(
+                &r,
+                "medanchor_source_partition_lag",
+                "Messages in a Kafka partition past this group's committed offset",
+                &["source", "topic", "partition"],
             ),
             source_to_stored_seconds: histogram_vec(
                 &r,

@@ -345,6 +345,11 @@ fn origin_label(origin: &Origin) -> String {
         Origin::Nats {
             stream, sequence, ..
         } => format!("nats {stream}#{sequence}"),
+        Origin::Kafka {
+            topic,
+            partition,
+            offset,
+        } => format!("kafka {topic}/{partition}@{offset}"),
         Origin::Http { peer } => format!("http {peer}"),
         // File names can carry patient names: the sealed record has the file, the label not.
         Origin::Import { index, .. } => format!("import #{index}"),

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::pipeline::{OpenError, Pipeline, Stores};
-use crate::sources::{mllp, nats, Health, SourceConfig};
+use crate::sources::{kafka, mllp, nats, Health, SourceConfig};
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum ServeError {
     Signal(std::io::Error),
     #[error(transparent)]
     Nats(#[from] crate::sources::nats::NatsError),
+    #[error(transparent)]
+    Kafka(#[from] crate::sources::kafka::KafkaError),
 }
 
 /// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
@@ -56,6 +58,17 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         match source {
             SourceConfig::Nats(c) => pulling.push(
                 nats::run(
+                    c.clone(),
+                    pipeline.clone(),
+                    metrics.clone(),
+                    up,
+                    settling.clone(),
+                    stop_rx.clone(),
+                )
+                .await?,
+            ),
+            SourceConfig::Kafka(c) => pulling.push(
+                kafka::run(
                     c.clone(),
                     pipeline.clone(),
                     metrics.clone(),

@@ -14,32 +14,6 @@ fn nats_url() -> String {
     std::env::var("MEDANCHOR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// The Microsoft samples, CR-separated, with MSH-10 made unique per copy so that `n` messages
-/// are `n` distinct records.
-fn messages(n: usize, tag: &str) -> Vec<Vec<u8>> {
-    let mut files: Vec<_> = std::fs::read_dir(fixtures().join("microsoft"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
-    files.sort();
-    // As `medanchor send` frames them: BOM gone, segments ending in CR.
-    let samples: Vec<String> = files
-        .iter()
-        .flat_map(|p| medanchor::cli::client::messages_of(&std::fs::read(p).unwrap(), false))
-        .map(|m| String::from_utf8_lossy(&m).into_owned())
-        .collect();
-    (0..n)
-        .map(|i| {
-            let s = &samples[i % samples.len()];
-            let (msh, rest) = s.split_once('\r').unwrap_or((s, ""));
-            let mut fields: Vec<String> = msh.split('|').map(str::to_string).collect();
-            fields[9] = format!("{tag}-{i}");
-            format!("{}\r{rest}", fields.join("|")).into_bytes()
-        })
-        .collect()
-}
-
 struct Broker {
     url: String,
     js: jetstream::Context,
@@ -175,7 +149,7 @@ impl Broker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() {
     let broker = Broker::new("poison", nats_url()).await;
-    let mut msgs = messages(300, "P");
+    let mut msgs = hl7_messages(300, "P");
     // Poison in the middle of the stream: not HL7 at all, and HL7 without MSH-10 (never
     // acceptable). The messages behind them must not wait for them.
     msgs.insert(100, b"this is not an HL7 message".to_vec());
@@ -228,7 +202,7 @@ async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() 
 async fn a_gateway_killed_while_consuming_loses_nothing_and_stores_nothing_twice() {
     const N: usize = 10_000;
     let broker = Broker::new("crash", nats_url()).await;
-    broker.publish(&messages(N, "C")).await;
+    broker.publish(&hl7_messages(N, "C")).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = broker.config(dir.path(), 5);
@@ -353,7 +327,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_readyz_shows_the_outage()
     const N: usize = 3_000;
     let mut server = OwnServer::start();
     let broker = Broker::new("restart", server.url()).await;
-    broker.publish(&messages(N, "R")).await;
+    broker.publish(&hl7_messages(N, "R")).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = broker.config(dir.path(), 5);

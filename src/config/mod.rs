@@ -232,9 +232,7 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (index, source) in self.sources.iter().enumerate() {
             let invalid = |(key, reason)| ConfigError::InvalidSource { index, key, reason };
-            match source {
-                crate::sources::SourceConfig::Nats(c) => c.validate().map_err(invalid)?,
-            }
+            source.validate().map_err(invalid)?;
             if !names.insert(source.name()) {
                 return Err(invalid(("name", "another source has this name".into())));
             }

@@ -1,6 +1,7 @@
 //! Sources: one folder each. A source turns its protocol into [`Envelope`](crate::envelope::Envelope)s
 //! and turns each [`Outcome`](crate::envelope::Outcome) back into its protocol's acknowledgement.
 
+pub mod kafka;
 pub mod mllp;
 pub mod nats;
 
@@ -15,14 +16,43 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceConfig {
     Nats(nats::NatsConfig),
+    Kafka(kafka::KafkaConfig),
 }
 
 impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Nats(c) => &c.name,
+            SourceConfig::Kafka(c) => &c.name,
         }
     }
+
+    /// Checks what the broker cannot check for us; `Err((key, reason))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            SourceConfig::Nats(c) => c.validate(),
+            SourceConfig::Kafka(c) => c.validate(),
+        }
+    }
+}
+
+/// Header names of dead letters, the same for every broker (values never carry message content).
+/// A dead letter is the original payload with these headers.
+pub mod dead_letter {
+    /// Why the message was not accepted: names fields, never their content.
+    pub const REASON: &str = "Medanchor-Reason";
+    /// A fixed, low-cardinality name for the reason (as in the `reason` metric label).
+    pub const LABEL: &str = "Medanchor-Reason-Label";
+    /// Where the gateway keeps its own sealed copy of the input, for `medanchor quarantine`.
+    pub const QUARANTINE_ID: &str = "Medanchor-Quarantine-Id";
+    /// Deliveries (NATS) or attempts (Kafka) before the message was given up.
+    pub const DELIVERY_COUNT: &str = "Medanchor-Delivery-Count";
+    pub const NATS_SUBJECT: &str = "Medanchor-Original-Subject";
+    pub const NATS_STREAM: &str = "Medanchor-Original-Stream";
+    pub const NATS_SEQUENCE: &str = "Medanchor-Stream-Sequence";
+    pub const KAFKA_TOPIC: &str = "Medanchor-Original-Topic";
+    pub const KAFKA_PARTITION: &str = "Medanchor-Original-Partition";
+    pub const KAFKA_OFFSET: &str = "Medanchor-Original-Offset";
 }
 
 /// A source's name and whether it can reach its upstream now.

@@ -216,3 +216,53 @@ pub fn msa(ack: &[u8]) -> (String, String, String) {
         f.get(3).unwrap_or(&"").to_string(),
     )
 }
+
+/// The control ids (MSH-10) of every record in a stopped gateway's data directory, opened with
+/// its keys: what a test compares with the set it published.
+pub fn control_ids(data_dir: &Path) -> Vec<String> {
+    let cfg = medanchor::config::Config {
+        data_dir: data_dir.into(),
+        ..Default::default()
+    };
+    let stores = medanchor::pipeline::Stores::open(&cfg, false).unwrap();
+    let mut ids = Vec::new();
+    use medanchor::vault::Vault;
+    stores
+        .vault
+        .for_each_record(&mut |id, rec| {
+            let rec = rec.unwrap();
+            let header = medanchor::seal::parse_header(&rec.sealed).unwrap();
+            let key = stores.keyring.get(header.key_id).unwrap();
+            let opened = medanchor::seal::open(&rec.sealed, id, &key).unwrap();
+            ids.push(opened.record.meta.control_id);
+            Ok::<(), medanchor::vault::VaultError>(())
+        })
+        .unwrap();
+    ids
+}
+
+/// The Microsoft samples, CR-separated, with MSH-10 made unique per copy so that `n` messages
+/// are `n` distinct records.
+pub fn hl7_messages(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(fixtures().join("microsoft"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    files.sort();
+    // As `medanchor send` frames them: BOM gone, segments ending in CR.
+    let samples: Vec<String> = files
+        .iter()
+        .flat_map(|p| medanchor::cli::client::messages_of(&std::fs::read(p).unwrap(), false))
+        .map(|m| String::from_utf8_lossy(&m).into_owned())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let s = &samples[i % samples.len()];
+            let (msh, rest) = s.split_once('\r').unwrap_or((s, ""));
+            let mut fields: Vec<String> = msh.split('|').map(str::to_string).collect();
+            fields[9] = format!("{tag}-{i}");
+            format!("{}\r{rest}", fields.join("|")).into_bytes()
+        })
+        .collect()
+}

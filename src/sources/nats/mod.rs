@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::FormatHint;
+
 pub use source::{run, NatsError};
 
 /// `[[sources]]` entry with `type = "nats"`.
@@ -35,8 +37,8 @@ pub struct NatsConfig {
     pub filter_subject: Option<String>,
     /// Payload format: `hl7v2`, `fhir` (R4 JSON resource or Bundle) or `auto` (FHIR when the
     /// payload is a JSON object).
-    #[serde(default = "default_format")]
-    pub format: String,
+    #[serde(default)]
+    pub format: FormatHint,
     /// How long the server waits for an ack before redelivering; in-progress acks are sent at
     /// half this interval while a message is in the pipeline.
     #[serde(default = "default_ack_wait")]
@@ -62,9 +64,6 @@ fn default_url() -> String {
 fn default_consumer() -> String {
     "medanchor".into()
 }
-fn default_format() -> String {
-    "hl7v2".into()
-}
 fn default_ack_wait() -> u64 {
     30
 }
@@ -88,15 +87,6 @@ impl NatsConfig {
                  has no acknowledgement and a message lost between delivery and storage could \
                  not be sent again"
                     .into(),
-            ));
-        }
-        if self.format != "hl7v2" {
-            return Err((
-                "format",
-                format!(
-                    "{:?} is not supported by this source yet (only \"hl7v2\")",
-                    self.format
-                ),
             ));
         }
         if self.ack_wait_secs < 2 {

@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::NatsConfig;
-use crate::envelope::{now_ms, AckToken, Envelope, FormatHint, Origin, Outcome};
+use crate::envelope::{now_ms, AckToken, Envelope, Origin, Outcome};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::sources::dead_letter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -36,15 +37,6 @@ pub enum NatsError {
         reason: String,
     },
 }
-
-/// Dead-letter headers (values never carry message content).
-pub const HEADER_REASON: &str = "Medanchor-Reason";
-pub const HEADER_LABEL: &str = "Medanchor-Reason-Label";
-pub const HEADER_SUBJECT: &str = "Medanchor-Original-Subject";
-pub const HEADER_STREAM: &str = "Medanchor-Original-Stream";
-pub const HEADER_SEQUENCE: &str = "Medanchor-Stream-Sequence";
-pub const HEADER_DELIVERIES: &str = "Medanchor-Delivery-Count";
-pub const HEADER_QUARANTINE: &str = "Medanchor-Quarantine-Id";
 
 /// Connects, binds the durable consumer and consumes until `stop`. Configuration problems (no
 /// such stream, JetStream off) are returned at once; a broker that goes away later is waited for,
@@ -198,7 +190,7 @@ async fn accept(
             subject: msg.subject.to_string(),
             sequence,
         },
-        format: FormatHint::parse(&cfg.format).unwrap_or_default(),
+        format: cfg.format,
         received_ms: now_ms(),
         token,
     };
@@ -318,14 +310,20 @@ impl Settle<'_> {
     /// nothing is lost.
     async fn dead_letter(&self, reason: &str, label: &str, quarantine_id: Option<&str>) {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_REASON, reason);
-        headers.insert(HEADER_LABEL, label);
-        headers.insert(HEADER_SUBJECT, self.msg.subject.as_str());
-        headers.insert(HEADER_STREAM, self.stream);
-        headers.insert(HEADER_SEQUENCE, self.sequence.to_string().as_str());
-        headers.insert(HEADER_DELIVERIES, self.delivered.to_string().as_str());
+        headers.insert(dead_letter::REASON, reason);
+        headers.insert(dead_letter::LABEL, label);
+        headers.insert(dead_letter::NATS_SUBJECT, self.msg.subject.as_str());
+        headers.insert(dead_letter::NATS_STREAM, self.stream);
+        headers.insert(
+            dead_letter::NATS_SEQUENCE,
+            self.sequence.to_string().as_str(),
+        );
+        headers.insert(
+            dead_letter::DELIVERY_COUNT,
+            self.delivered.to_string().as_str(),
+        );
         if let Some(q) = quarantine_id {
-            headers.insert(HEADER_QUARANTINE, q);
+            headers.insert(dead_letter::QUARANTINE_ID, q);
         }
         let published = match self
             .js

@@ -1,0 +1,670 @@
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::{oneshot, watch};
+use tokio_util::task::TaskTracker;
+
+use super::offsets::{Offsets, Partition};
+use super::KafkaConfig;
+use crate::envelope::{now_ms, AckToken, Envelope, Origin, Outcome};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::sources::dead_letter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("source {source_name}: cannot create the Kafka {what}: {reason}")]
+    Client {
+        source_name: String,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("source {source_name}: cannot reach the brokers {brokers}: {reason}")]
+    Connect {
+        source_name: String,
+        brokers: String,
+        reason: String,
+    },
+    #[error(
+        "source {source_name}: topic {topic:?} ({key}) is not on the brokers; create it first"
+    )]
+    MissingTopic {
+        source_name: String,
+        topic: String,
+        key: &'static str,
+    },
+    #[error("source {source_name}: cannot subscribe: {reason}")]
+    Subscribe { source_name: String, reason: String },
+}
+
+/// State shared by the consumer thread, its rebalance callbacks and the settling tasks.
+struct Shared {
+    name: String,
+    offsets: Mutex<Offsets>,
+    /// Signalled whenever a message finishes or a settling task ends.
+    changed: Condvar,
+    /// Settling tasks not yet ended (finished or given up at stop).
+    in_flight: AtomicUsize,
+    paused: AtomicBool,
+    /// Stopping: nothing more will finish, give partitions up without waiting.
+    closing: AtomicBool,
+    drain_timeout: Duration,
+    up: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn offsets(&self) -> MutexGuard<'_, Offsets> {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn begin(&self, topic: &str, partition: i32, offset: i64) {
+        self.offsets().begin(topic, partition, offset);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .source_in_flight
+            .with_label_values(&[&self.name])
+            .inc();
+    }
+
+    /// A settling task ended; `done` when its message's offset may be committed.
+    fn end(&self, topic: &str, partition: i32, offset: i64, done: bool) {
+        let mut offsets = self.offsets();
+        if done {
+            offsets.finish(topic, partition, offset);
+        }
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .source_in_flight
+            .with_label_values(&[&self.name])
+            .dec();
+        drop(offsets);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `settled` holds or `timeout` passes; false on timeout.
+    fn wait(&self, timeout: Duration, settled: impl Fn(&Offsets) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut offsets = self.offsets();
+        while !settled(&offsets) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            offsets = self
+                .changed
+                .wait_timeout(offsets, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Hands the offsets that moved to librdkafka for the next auto-commit.
+    fn store_moved(&self, consumer: &BaseConsumer<SourceContext>) {
+        let moved = self.offsets().take_committable();
+        if moved.is_empty() {
+            return;
+        }
+        // Fails for partitions no longer assigned; those were committed when they were revoked.
+        if let Err(e) = consumer.store_offsets(&partition_list(&moved)) {
+            tracing::debug!(source = %self.name, error = %e, "offsets not stored");
+        }
+    }
+
+    /// Before `gone` is given up: wait for its messages, commit, forget.
+    fn release(&self, consumer: &BaseConsumer<SourceContext>, gone: &[Partition]) {
+        let timeout = if self.closing.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            self.drain_timeout
+        };
+        if !self.wait(timeout, |o| o.in_flight(Some(gone)) == 0) {
+            let left = self.offsets().in_flight(Some(gone));
+            if left > 0 && !self.closing.load(Ordering::Relaxed) {
+                tracing::warn!(source = %self.name, messages = left, "partitions given up with messages still in the pipeline; their next owner reads them again");
+            }
+        }
+        let commit = {
+            let mut offsets = self.offsets();
+            let commit = offsets.committable_of(gone);
+            offsets.forget(gone);
+            commit
+        };
+        if !commit.is_empty() {
+            match consumer.commit(&partition_list(&commit), CommitMode::Sync) {
+                Ok(()) => {
+                    tracing::info!(source = %self.name, partitions = commit.len(), "partitions drained and committed before release")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)")
+                }
+            }
+        }
+        for (topic, partition) in gone {
+            let _ = self.metrics.source_partition_lag.remove_label_values(&[
+                &self.name,
+                topic,
+                &partition.to_string(),
+            ]);
+        }
+    }
+}
+
+fn partition_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for ((topic, partition), offset) in offsets {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+/// librdkafka callbacks: statistics (lag, broker state), errors and rebalances.
+struct SourceContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let s = &self.shared;
+        s.up.store(
+            stats.brokers.values().any(|b| b.state == "UP"),
+            Ordering::Relaxed,
+        );
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    s.metrics
+                        .source_partition_lag
+                        .with_label_values(&[&s.name, topic, &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: ClientError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.shared.up.store(false, Ordering::Relaxed);
+        }
+        tracing::warn!(source = %self.shared.name, error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.shared.release(consumer, &partitions_of(tpl));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(source = %self.shared.name, partitions = tpl.count(), "partitions assigned");
+            if self.shared.paused.load(Ordering::Relaxed) {
+                let _ = consumer.pause(tpl);
+            }
+        }
+    }
+}
+
+/// Builds the consumer and the dead-letter producer, checks the topics and the brokers'
+/// settings, subscribes, and consumes on a thread of its own until `stop`. Configuration
+/// problems (brokers unreachable, a topic missing) are returned at once.
+pub async fn run(
+    cfg: KafkaConfig,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    up: Arc<AtomicBool>,
+    settling: TaskTracker,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
+    let name = cfg.name.clone();
+    let client_err = |what| {
+        let name = name.clone();
+        move |e: ClientError| KafkaError::Client {
+            source_name: name,
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let mut common = ClientConfig::new();
+    common.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in &cfg.options {
+        common.set(k, v);
+    }
+    let mut consumer_cfg = common.clone();
+    consumer_cfg
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.commit.interval.ms",
+            cfg.commit_interval_ms.to_string(),
+        );
+    for (k, v) in [
+        // A new group starts at the beginning: nothing on the topic is skipped.
+        ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "1000"),
+        // Bounds what librdkafka prefetches (its default is 64 MiB per consumer).
+        ("queued.max.messages.kbytes", "16384"),
+    ] {
+        if !cfg.options.contains_key(k) {
+            consumer_cfg.set(k, v);
+        }
+    }
+    let shared = Arc::new(Shared {
+        name: name.clone(),
+        offsets: Mutex::new(Offsets::default()),
+        changed: Condvar::new(),
+        in_flight: AtomicUsize::new(0),
+        paused: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+        drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
+        up: up.clone(),
+        metrics: metrics.clone(),
+    });
+    let consumer: BaseConsumer<SourceContext> = consumer_cfg
+        .create_with_context(SourceContext {
+            shared: shared.clone(),
+        })
+        .map_err(client_err("consumer"))?;
+    let producer: FutureProducer = common
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .map_err(client_err("dead-letter producer"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        common.create().map_err(client_err("admin client"))?;
+
+    let cfg = Arc::new(cfg);
+    let consumer = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || check_topics(&consumer, &cfg).map(|()| consumer))
+            .await
+            .expect("topic check panicked")?
+    };
+    warn_unsafe_settings(&admin, &cfg).await;
+    up.store(true, Ordering::Relaxed);
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| KafkaError::Subscribe {
+            source_name: name.clone(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(source = %name, topics = ?cfg.topics, group = %cfg.group_id, "kafka source consuming");
+
+    let settler = Settler {
+        cfg: cfg.clone(),
+        pipeline: pipeline.clone(),
+        producer,
+        shared,
+        stop: stop.clone(),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    Ok(tokio::task::spawn_blocking(move || {
+        consume(consumer, settler, settling, stop, runtime)
+    }))
+}
+
+/// The consumed topics and the dead-letter topic must exist: a consumer would wait for a missing
+/// topic silently, and a dead letter with nowhere to go would hold its partition up.
+fn check_topics(
+    consumer: &BaseConsumer<SourceContext>,
+    cfg: &KafkaConfig,
+) -> Result<(), KafkaError> {
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| KafkaError::Connect {
+            source_name: cfg.name.clone(),
+            brokers: cfg.brokers.clone(),
+            reason: e.to_string(),
+        })?;
+    let wanted = cfg
+        .topics
+        .iter()
+        .map(|t| (t, "topics"))
+        .chain([(&cfg.dead_letter_topic, "dead_letter_topic")]);
+    for (topic, key) in wanted {
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        let Some(found) = found else {
+            return Err(KafkaError::MissingTopic {
+                source_name: cfg.name.clone(),
+                topic: topic.clone(),
+                key,
+            });
+        };
+        let replicas = found
+            .partitions()
+            .iter()
+            .map(|p| p.replicas().len())
+            .min()
+            .unwrap_or(0);
+        if replicas < 2 {
+            tracing::warn!(source = %cfg.name, topic = %topic, replicas, "topic has a single replica: losing that broker loses messages the EHR was told were delivered; use replication factor 3 in production");
+        }
+    }
+    Ok(())
+}
+
+/// Warns about topic settings under which an acknowledged message can be lost. Brokers that do
+/// not answer DescribeConfigs get one warning saying the check was skipped.
+async fn warn_unsafe_settings(admin: &AdminClient<DefaultClientContext>, cfg: &KafkaConfig) {
+    let topics: Vec<_> = cfg
+        .topics
+        .iter()
+        .chain([&cfg.dead_letter_topic])
+        .map(|t| ResourceSpecifier::Topic(t))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let described = match admin.describe_configs(&topics, &opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(source = %cfg.name, error = %e, "could not read the topics' settings; unsafe settings were not checked");
+            return;
+        }
+    };
+    for (spec, result) in topics.iter().zip(described) {
+        let ResourceSpecifier::Topic(topic) = spec else {
+            continue;
+        };
+        let Ok(resource) = result else {
+            tracing::warn!(source = %cfg.name, topic, "could not read the topic's settings; unsafe settings were not checked");
+            continue;
+        };
+        let value = |k: &str| resource.get(k).and_then(|e| e.value.clone());
+        if value("unclean.leader.election.enable").as_deref() == Some("true") {
+            tracing::warn!(source = %cfg.name, topic, "unclean.leader.election.enable=true: an out-of-date replica can become leader and drop acknowledged messages");
+        }
+        if let Some(n) = value("min.insync.replicas").and_then(|v| v.parse::<u32>().ok()) {
+            if n < 2 {
+                tracing::warn!(source = %cfg.name, topic, min_insync_replicas = n, "min.insync.replicas below 2: a write acknowledged by one broker is lost with it");
+            }
+        }
+    }
+}
+
+/// The consumer thread: polls, hands messages to the pipeline, stores offsets that moved,
+/// pauses while the pipeline holds `max_in_flight` of this source's messages.
+fn consume(
+    consumer: BaseConsumer<SourceContext>,
+    settler: Settler,
+    settling: TaskTracker,
+    stop: watch::Receiver<bool>,
+    runtime: tokio::runtime::Handle,
+) {
+    let shared = settler.shared.clone();
+    let cfg = settler.cfg.clone();
+    let name = cfg.name.as_str();
+    let max = cfg.max_in_flight;
+    while !*stop.borrow() {
+        let in_flight = shared.in_flight.load(Ordering::Relaxed);
+        let paused = shared.paused.load(Ordering::Relaxed);
+        if !paused && in_flight >= max || paused && in_flight <= max / 2 {
+            if let Ok(assignment) = consumer.assignment() {
+                let done = if paused {
+                    consumer.resume(&assignment)
+                } else {
+                    consumer.pause(&assignment)
+                };
+                if done.is_ok() {
+                    shared.paused.store(!paused, Ordering::Relaxed);
+                }
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => {
+                tracing::warn!(source = %name, error = %e, "consume error");
+            }
+            Some(Ok(message)) => {
+                let job = Arc::new(Job::from_message(&message));
+                drop(message);
+                shared.begin(&job.topic, job.partition, job.offset);
+                settler.count("consumed");
+                let (env, outcome) = job.envelope(&cfg);
+                runtime.block_on(settler.pipeline.submit(env));
+                settling.spawn(settler.clone().run(job, outcome));
+            }
+        }
+        shared.store_moved(&consumer);
+    }
+    // Stopping: nothing new is read; what is in the pipeline finishes (the pipeline stays open
+    // until this thread ends), then the finished prefix is committed.
+    if !shared.wait(shared.drain_timeout, |_| {
+        shared.in_flight.load(Ordering::Relaxed) == 0
+    }) {
+        tracing::warn!(source = %name, messages = shared.in_flight.load(Ordering::Relaxed), "stopping with messages still in the pipeline; they are read again at the next start");
+    }
+    shared.closing.store(true, Ordering::Relaxed);
+    if let Ok(assignment) = consumer.assignment() {
+        shared.release(&consumer, &partitions_of(&assignment));
+    }
+    drop(consumer); // leaves the group
+    tracing::info!(source = %name, "kafka source stopped");
+}
+
+/// What is kept of a message while its record is in the pipeline.
+struct Job {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Bytes>,
+    payload: Bytes,
+    headers: Vec<(String, Option<Bytes>)>,
+    timestamp_ms: Option<i64>,
+}
+
+impl Job {
+    fn from_message(m: &BorrowedMessage<'_>) -> Job {
+        Job {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(Bytes::copy_from_slice),
+            payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.map(Bytes::copy_from_slice)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
+    fn envelope(&self, cfg: &KafkaConfig) -> (Envelope, oneshot::Receiver<Outcome>) {
+        let (token, outcome) = AckToken::new();
+        let env = Envelope {
+            payload: self.payload.clone(),
+            origin: Origin::Kafka {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset: self.offset,
+            },
+            format: cfg.format,
+            received_ms: now_ms(),
+            token,
+        };
+        (env, outcome)
+    }
+}
+
+/// Turns each message's outcome into its offset's fate: done once stored or dead-lettered,
+/// re-submitted after a temporary failure, left undone if the gateway stops first.
+#[derive(Clone)]
+struct Settler {
+    cfg: Arc<KafkaConfig>,
+    pipeline: Arc<Pipeline>,
+    producer: FutureProducer,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Settler {
+    fn count(&self, event: &str) {
+        self.shared
+            .metrics
+            .source_messages
+            .with_label_values(&[&self.cfg.name, event])
+            .inc();
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps unless the gateway stops first (then false).
+    async fn pause(&self, d: Duration) -> bool {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    async fn run(self, job: Arc<Job>, mut outcome: oneshot::Receiver<Outcome>) {
+        let mut attempt = 1u32;
+        let done = loop {
+            match outcome.await {
+                Ok(Outcome::Stored { duplicate, .. }) => {
+                    self.count(if duplicate { "duplicate" } else { "stored" });
+                    if let Some(ts) = job.timestamp_ms {
+                        let age = now_ms() as i64 - ts;
+                        self.shared
+                            .metrics
+                            .source_to_stored_seconds
+                            .with_label_values(&[&self.cfg.name])
+                            .observe(age.max(0) as f64 / 1e3);
+                    }
+                    break true;
+                }
+                Ok(Outcome::Rejected(r)) => {
+                    self.count("rejected");
+                    break self
+                        .dead_letter(
+                            &job,
+                            &r.reason,
+                            r.label,
+                            r.quarantine_id.as_deref(),
+                            attempt,
+                        )
+                        .await;
+                }
+                Ok(Outcome::Retry { reason }) => {
+                    // A stopping gateway answers everything with Retry: leave the offset
+                    // uncommitted, the message is read again at the next start.
+                    if self.stopping() {
+                        break false;
+                    }
+                    if attempt >= self.cfg.max_deliver {
+                        let reason = format!("still failing after {attempt} attempts: {reason}");
+                        break self
+                            .dead_letter(&job, &reason, "max_deliver", None, attempt)
+                            .await;
+                    }
+                    self.count("redelivered");
+                    if !self
+                        .pause(Duration::from_millis(500 << attempt.min(6)))
+                        .await
+                    {
+                        break false;
+                    }
+                    attempt += 1;
+                    let (env, next) = job.envelope(&self.cfg);
+                    self.pipeline.submit(env).await;
+                    outcome = next;
+                }
+                Err(_) => break false, // unreachable: a dropped token answers Retry
+            }
+        };
+        self.shared.end(&job.topic, job.partition, job.offset, done);
+    }
+
+    /// Produces the message to the dead-letter topic (idempotent, `acks=all`) and waits for the
+    /// brokers' acknowledgement; until then its offset is not done, so a dead letter that cannot
+    /// be written holds its partition's commit point (not its other messages) and is retried.
+    async fn dead_letter(
+        &self,
+        job: &Job,
+        reason: &str,
+        label: &str,
+        quarantine_id: Option<&str>,
+        attempts: u32,
+    ) -> bool {
+        let mut headers = OwnedHeaders::new_with_capacity(job.headers.len() + 7);
+        for (k, v) in &job.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let (partition, offset, attempts) = (
+            job.partition.to_string(),
+            job.offset.to_string(),
+            attempts.to_string(),
+        );
+        for (k, v) in [
+            (dead_letter::REASON, reason),
+            (dead_letter::LABEL, label),
+            (dead_letter::KAFKA_TOPIC, job.topic.as_str()),
+            (dead_letter::KAFKA_PARTITION, partition.as_str()),
+            (dead_letter::KAFKA_OFFSET, offset.as_str()),
+            (dead_letter::DELIVERY_COUNT, attempts.as_str()),
+        ]
+        .into_iter()
+        .chain(quarantine_id.map(|q| (dead_letter::QUARANTINE_ID, q)))
+        {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        loop {
+            let mut record = FutureRecord::to(&self.cfg.dead_letter_topic)
+                .payload(&job.payload[..])
+                .headers(headers.clone());
+            if let Some(key) = &job.key {
+                record = record.key(&key[..]);
+            }
+            match self.producer.send(record, Duration::from_secs(5)).await {
+                Ok(_) => {
+                    self.count("dead_lettered");
+                    return true;
+                }
+                Err((e, _)) => {
+                    tracing::error!(source = %self.cfg.name, topic = %self.cfg.dead_letter_topic, error = %e, "dead letter not written; retrying, the partition's commit point waits");
+                    if !self.pause(Duration::from_secs(5)).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The Kafka source against librdkafka's mock cluster (in this process, on a real socket) and
+//! against a real Kafka-API broker, tansu (started by each test on its own port; `scripts/test`
+//! installs it, or `MEDANCHOR_TEST_TANSU` names the binary).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const TOPIC: &str = "hl7.in";
+const DEAD: &str = "hl7.dead";
+const GROUP: &str = "gw";
+
+/// A Kafka-API broker for one test.
+enum Cluster {
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    Tansu(Tansu),
+}
+
+impl Cluster {
+    fn mock(partitions: i32) -> Cluster {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic(TOPIC, partitions, 1).unwrap();
+        mock.create_topic(DEAD, 1, 1).unwrap();
+        Cluster::Mock(mock)
+    }
+
+    async fn tansu(partitions: i32) -> Cluster {
+        let c = Cluster::Tansu(Tansu::start());
+        let admin: AdminClient<DefaultClientContext> = c.client().create().unwrap();
+        let topics = [
+            NewTopic::new(TOPIC, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(DEAD, 1, TopicReplication::Fixed(1)),
+        ];
+        for r in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+        c
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Cluster::Mock(m) => m.bootstrap_servers(),
+            Cluster::Tansu(t) => format!("127.0.0.1:{}", t.port),
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap());
+        c
+    }
+
+    /// Produces `msgs` round-robin over the partitions, idempotently, waiting for every ack.
+    async fn produce(&self, msgs: &[Vec<u8>], partitions: i32) {
+        let producer: FutureProducer = self
+            .client()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        for chunk in msgs.chunks(500).enumerate() {
+            let (c, chunk) = chunk;
+            let sends = chunk.iter().enumerate().map(|(i, m)| {
+                let p = ((c * 500 + i) as i32) % partitions;
+                producer.send(
+                    FutureRecord::<(), _>::to(TOPIC)
+                        .payload(&m[..])
+                        .partition(p)
+                        .headers(rdkafka::message::OwnedHeaders::new().insert(
+                            rdkafka::message::Header {
+                                key: "traceparent",
+                                value: Some("00-abc-def-01"),
+                            },
+                        )),
+                    Duration::from_secs(10),
+                )
+            });
+            for r in futures::future::join_all(sends).await {
+                r.unwrap();
+            }
+        }
+    }
+
+    /// Writes the gateway's configuration for this cluster.
+    fn config(&self, dir: &Path, extra: &str) -> PathBuf {
+        let path = dir.join("medanchor.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[sources]]\ntype = \"kafka\"\nname = \"feed\"\nbrokers = \"{}\"\n\
+                 topics = [\"{TOPIC}\"]\ngroup_id = \"{GROUP}\"\ndead_letter_topic = \"{DEAD}\"\n\
+                 commit_interval_ms = 200\n{extra}",
+                self.bootstrap()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Per partition: (group's committed offset, end offset).
+    fn progress(&self, partitions: i32) -> Vec<(i64, i64)> {
+        let c: BaseConsumer = self.client().set("group.id", GROUP).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(TOPIC, p);
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = c
+                    .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+                    .unwrap();
+                let done = match committed.find_partition(TOPIC, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => 0,
+                };
+                (done, high)
+            })
+            .collect()
+    }
+
+    /// Waits until the group has committed every partition to its end.
+    fn wait_committed(&self, partitions: i32, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let p = self.progress(partitions);
+            if p.iter().all(|(done, high)| done == high) {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "not committed in {within:?}: {p:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every dead letter: its headers and payload.
+    fn dead_letters(&self, expect: usize) -> Vec<(HashMap<String, String>, Vec<u8>)> {
+        let c: BaseConsumer = self
+            .client()
+            .set("group.id", "test-reader")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(DEAD, 0, Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while out.len() < expect && start.elapsed() < Duration::from_secs(20) {
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.unwrap();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((headers, m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+        // Nothing more than expected arrives.
+        assert!(c.poll(Duration::from_millis(500)).is_none());
+        out
+    }
+}
+
+/// A tansu broker with in-memory storage on a free port; killed on drop.
+struct Tansu {
+    port: u16,
+    child: Child,
+}
+
+impl Tansu {
+    fn binary() -> PathBuf {
+        if let Ok(p) = std::env::var("MEDANCHOR_TEST_TANSU") {
+            return p.into();
+        }
+        let home = std::env::var("HOME").unwrap_or_default();
+        let installed = Path::new(&home).join(".cargo/bin/tansu");
+        if installed.exists() {
+            return installed;
+        }
+        panic!(
+            "tansu not found: `cargo install tansu --locked --features dynostore` (scripts/test does) \
+             or set MEDANCHOR_TEST_TANSU"
+        )
+    }
+
+    fn start() -> Tansu {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(Self::binary())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .args([
+                "--prometheus-listener-url",
+                &format!("tcp://127.0.0.1:{}", free_port()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "tansu did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { port, child }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stored(g: &Gateway) -> f64 {
+    g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}")
+}
+
+/// 300 good messages over 3 partitions with two poison messages among them: the good ones are
+/// stored, the poison ends in the dead-letter topic with its reason and origin, and every
+/// partition's offset is committed to its end (nothing held up behind the poison).
+async fn poison_goes_to_the_dead_letter_topic(cluster: Cluster) {
+    let mut msgs = hl7_messages(300, "P");
+    msgs.insert(100, b"this is not an HL7 message".to_vec());
+    msgs.insert(
+        200,
+        b"MSH|^~\\&|LAB|H|GW|H|20240101||ORU^R01||P|2.5\rPID|1||7^^^H^MR\r".to_vec(),
+    );
+    cluster.produce(&msgs, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A small in-flight bound: partitions are paused and resumed many times on the way.
+    let config = cluster.config(dir.path(), "max_in_flight = 16\n");
+    let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
+    cluster.wait_committed(3, Duration::from_secs(90));
+    assert_eq!(stored(&g), 300.0);
+    assert_eq!(
+        g.metric("medanchor_source_messages_total{event=\"dead_lettered\",source=\"feed\"}"),
+        2.0
+    );
+    // Consumer lag per partition, from librdkafka's statistics (every second).
+    let start = Instant::now();
+    for p in 0..3 {
+        let lag = format!(
+            "medanchor_source_partition_lag{{partition=\"{p}\",source=\"feed\",topic=\"{TOPIC}\"}}"
+        );
+        while !g.http_get("/metrics").1.contains(&lag) {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {lag}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(g.http_get("/readyz").0, 200);
+    assert!(g.stop().success());
+
+    let mut dead = cluster.dead_letters(2);
+    dead.sort_by_key(|(h, _)| h["Medanchor-Original-Offset"].parse::<i64>().unwrap());
+    let labels: BTreeSet<&str> = dead
+        .iter()
+        .map(|(h, _)| h["Medanchor-Reason-Label"].as_str())
+        .collect();
+    assert_eq!(labels, BTreeSet::from(["not_hl7", "missing_msh10"]));
+    for (h, payload) in &dead {
+        assert_eq!(h["Medanchor-Original-Topic"], TOPIC);
+        let partition: i32 = h["Medanchor-Original-Partition"].parse().unwrap();
+        // Produced round-robin: message i went to partition i % 3 at offset i / 3.
+        let i = if payload.starts_with(b"this") {
+            100
+        } else {
+            200
+        };
+        assert_eq!(partition, i % 3);
+        assert_eq!(h["Medanchor-Original-Offset"], (i / 3).to_string());
+        assert!(!h["Medanchor-Reason"].is_empty());
+        assert!(!h["Medanchor-Quarantine-Id"].is_empty());
+        assert_eq!(h["Medanchor-Delivery-Count"], "1");
+        assert_eq!(h["traceparent"], "00-abc-def-01", "original headers kept");
+        assert_eq!(payload, &msgs[i]);
+    }
+    assert_everything_verifies(&data, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_cluster_poison_goes_to_the_dead_letter_topic() {
+    poison_goes_to_the_dead_letter_topic(Cluster::mock(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_poison_goes_to_the_dead_letter_topic() {
+    poison_goes_to_the_dead_letter_topic(Cluster::tansu(3).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_or_an_option_medanchor_owns_is_refused_with_the_reason() {
+    let cluster = Cluster::mock(1);
+    let dir = tempfile::tempdir().unwrap();
+    let refuse = |extra: &str, expect: &[&str]| {
+        let config = cluster.config(dir.path(), extra);
+        let out = Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("MEDANCHOR__DATA_DIR", dir.path().join("data"))
+            .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
+            .env("MEDANCHOR__HTTP__LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        for e in expect {
+            assert!(err.contains(e), "{e:?} not in {err}");
+        }
+    };
+    refuse(
+        "[sources.options]\n\"enable.auto.commit\" = \"true\"\n",
+        &["sources[0].options", "enable.auto.commit"],
+    );
+    refuse("max_in_flight = 0\n", &["sources[0].max_in_flight"]);
+    std::fs::write(
+        dir.path().join("missing.toml"),
+        format!(
+            "[[sources]]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"nope\"]\n\
+             dead_letter_topic = \"{DEAD}\"\n",
+            cluster.bootstrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .env("MEDANCHOR__DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("topic \"nope\" (topics) is not on the brokers"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_gateway_killed_while_consuming_loses_nothing_and_stores_nothing_twice() {
+    const N: usize = 10_000;
+    let cluster = Cluster::tansu(4).await;
+    let msgs = hl7_messages(N, "C");
+    cluster.produce(&msgs, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = cluster.config(dir.path(), "");
+    let env = [("MEDANCHOR_CONFIG", config.to_str().unwrap())];
+
+    let g = Gateway::start(&data, &env);
+    let start = Instant::now();
+    while stored(&g) < (N / 4) as f64 {
+        assert!(start.elapsed() < Duration::from_secs(90), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g.kill();
+    let p = cluster.progress(4);
+    assert!(
+        p.iter().any(|(done, high)| done < high),
+        "the crash must happen mid-stream: {p:?}"
+    );
+
+    let g = Gateway::start(&data, &env);
+    cluster.wait_committed(4, Duration::from_secs(180));
+    assert!(g.stop().success());
+    assert_everything_verifies(&data, N as u64);
+    let ids = control_ids(&data);
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message stored twice");
+    let published: BTreeSet<String> = (0..N).map(|i| format!("C-{i}")).collect();
+    assert_eq!(
+        unique,
+        published.iter().collect(),
+        "exactly the published set"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_two_gateways_in_one_group_share_the_partitions_without_duplicates() {
+    const N: usize = 10_000;
+    let cluster = Cluster::tansu(4).await;
+    cluster.produce(&hl7_messages(N, "G"), 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster.config(dir.path(), "");
+    let env = [("MEDANCHOR_CONFIG", config.to_str().unwrap())];
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+
+    let a = Gateway::start(&data_a, &env);
+    let start = Instant::now();
+    while stored(&a) < (N / 5) as f64 {
+        assert!(start.elapsed() < Duration::from_secs(90), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Mid-stream: the group rebalances; A drains and commits what it gives up.
+    let b = Gateway::start(&data_b, &env);
+    cluster.wait_committed(4, Duration::from_secs(180));
+    let stored_b = stored(&b);
+    assert!(a.stop().success());
+    assert!(b.stop().success());
+
+    let (ids_a, ids_b) = (control_ids(&data_a), control_ids(&data_b));
+    let set_a: BTreeSet<&String> = ids_a.iter().collect();
+    let set_b: BTreeSet<&String> = ids_b.iter().collect();
+    let duplicates = ids_a.len() + ids_b.len() - set_a.union(&set_b).count();
+    eprintln!(
+        "two instances: A stored {}, B stored {}, duplicates across them {duplicates}",
+        ids_a.len(),
+        ids_b.len()
+    );
+    assert!(stored_b > 0.0, "the second instance got partitions");
+    assert_eq!(duplicates, 0, "records stored by both instances");
+    let published: BTreeSet<String> = (0..N).map(|i| format!("G-{i}")).collect();
+    let union: BTreeSet<&String> = set_a.union(&set_b).copied().collect();
+    assert_eq!(
+        union,
+        published.iter().collect(),
+        "exactly the published set"
+    );
+    assert_everything_verifies(&data_a, ids_a.len() as u64);
+    assert_everything_verifies(&data_b, ids_b.len() as u64);
+}
