@@ -137,6 +137,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Produce to a Kafka topic the gateway consumes (or to a mock cluster hosted by the bench)
+    /// and wait until every message is stored; report msgs/s (and the broker's produce rate
+    /// beside it), broker-to-stored latency p50/p99 from the gateway's metrics, and its peak RSS.
+    Kafka {
+        #[command(flatten)]
+        load: medanchor::cli::bench::KafkaBench,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive an MLLP listener and report msgs/s, ACK latency and the gateway's peak RSS.
     Mllp {
         #[arg(long)]
@@ -284,23 +293,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench {
             command: BenchCommand::Nats { load, json },
-        } => {
-            let r = medanchor::cli::bench::nats(&load).await?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!(
-                    "{} messages stored in {:.0} msgs/s (broker took the publishes at {:.0} msgs/s); broker-to-stored p50 {} ms, p99 {} ms; gateway peak RSS {}",
-                    r.messages,
-                    r.msgs_per_s,
-                    r.publish_msgs_per_s,
-                    r.p50_ms.map_or("?".into(), |v| format!("{v:.1}")),
-                    r.p99_ms.map_or("?".into(), |v| format!("{v:.1}")),
-                    r.peak_rss_mb.map_or("?".into(), |v| format!("{v:.0} MB")),
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => print_broker_bench(medanchor::cli::bench::nats(&load).await?, json),
+        Command::Bench {
+            command: BenchCommand::Kafka { load, json },
+        } => print_broker_bench(medanchor::cli::bench::kafka(&load).await?, json),
         Command::Bench {
             command:
                 BenchCommand::Mllp {
@@ -359,4 +355,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints a broker bench report as text or (`--json`) one JSON line.
+fn print_broker_bench(r: medanchor::cli::bench::BrokerBenchReport, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} messages stored in {:.0} msgs/s (broker took the publishes at {:.0} msgs/s); broker-to-stored p50 {} ms, p99 {} ms; gateway peak RSS {}",
+            r.messages,
+            r.msgs_per_s,
+            r.publish_msgs_per_s,
+            r.p50_ms.map_or("?".into(), |v| format!("{v:.1}")),
+            r.p99_ms.map_or("?".into(), |v| format!("{v:.1}")),
+            r.peak_rss_mb.map_or("?".into(), |v| format!("{v:.0} MB")),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -312,14 +312,20 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     })
 }
 
-/// p50/p99 of `medanchor_source_to_stored_seconds` (all sources), read from `/metrics`.
-async fn source_latency(addr: SocketAddr) -> Result<(Option<f64>, Option<f64>)> {
+/// The gateway's `/metrics` text.
+async fn fetch_metrics(addr: SocketAddr) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+/// p50/p99 of `medanchor_source_to_stored_seconds` (all sources), read from `/metrics`.
+async fn source_latency(addr: SocketAddr) -> Result<(Option<f64>, Option<f64>)> {
+    let body = fetch_metrics(addr).await?;
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in body.lines() {
         let Some(rest) = line.strip_prefix("medanchor_source_to_stored_seconds_bucket{") else {
@@ -366,4 +372,176 @@ async fn source_latency(addr: SocketAddr) -> Result<(Option<f64>, Option<f64>)> 
         None
     };
     Ok((q(0.5), q(0.99)))
+}
+
+/// What `bench kafka` drives: a broker (or a mock cluster of its own), the topic the gateway
+/// consumes, and the load.
+#[derive(Debug, clap::Args)]
+pub struct KafkaBench {
+    /// `bootstrap.servers` of the broker the gateway consumes from.
+    #[arg(long, required_unless_present = "mock")]
+    pub brokers: Option<String>,
+    /// Host librdkafka's mock cluster in this process instead: its address is printed first
+    /// (`mock cluster: BOOTSTRAP`); start the gateway on it, publishing begins once the
+    /// gateway's group has joined.
+    #[arg(long)]
+    pub mock: bool,
+    #[arg(long, default_value = "medanchor.bench")]
+    pub topic: String,
+    /// Partitions of the topic when the bench creates it.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// The gateway's consumer group (its `group_id`), waited for with `--mock`.
+    #[arg(long, default_value = "medanchor")]
+    pub group: String,
+    /// Dead-letter topic created beside the topic (the gateway requires it).
+    #[arg(long, default_value = "medanchor.dead")]
+    pub dead_letter_topic: String,
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Messages per second to publish at (default: as fast as the broker takes them).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// The gateway's HTTP address: its metrics say when every message is stored.
+    #[arg(long)]
+    pub http: SocketAddr,
+    /// Gateway process id, for its peak RSS (default: the process listening on --http's port).
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+/// Sum of `medanchor_source_messages_total` over the events that end a message.
+async fn settled_messages(addr: SocketAddr) -> Result<f64> {
+    let body = fetch_metrics(addr).await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("medanchor_source_messages_total{"))
+        .filter(|l| {
+            ["stored", "duplicate", "dead_lettered"]
+                .iter()
+                .any(|e| l.contains(&format!("event=\"{e}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// `medanchor bench kafka`: creates the topic (and the dead-letter topic) if missing, produces
+/// `count` messages of the mix with fresh control ids through an idempotent producer
+/// (`acks=all`), optionally paced, and waits until the gateway's metrics count every one
+/// stored. msgs/s is end to end from the first publish; the broker's own figure (how fast it
+/// took the publishes alone) is reported beside it.
+pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let mock = if b.mock {
+        let m = rdkafka::mocking::MockCluster::new(1).context("mock cluster")?;
+        for (topic, partitions) in [(&b.topic, b.partitions), (&b.dead_letter_topic, 1)] {
+            m.create_topic(topic, partitions, 1)
+                .with_context(|| format!("creating {topic}"))?;
+        }
+        println!("mock cluster: {}", m.bootstrap_servers());
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        Some(m)
+    } else {
+        None
+    };
+    let brokers = match (&mock, &b.brokers) {
+        (Some(m), _) => m.bootstrap_servers(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => bail!("--brokers or --mock"),
+    };
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &brokers);
+    if mock.is_none() {
+        let admin: AdminClient<DefaultClientContext> = client.create()?;
+        let topics = [
+            NewTopic::new(&b.topic, b.partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&b.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+        ];
+        for r in admin.create_topics(&topics, &AdminOptions::new()).await? {
+            match r {
+                Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => bail!("creating topic {t}: {e}"),
+            }
+        }
+    } else {
+        // Wait for the gateway: started on the printed address, it joins the group.
+        let consumer: rdkafka::consumer::BaseConsumer = client.create()?;
+        let group = b.group.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            use rdkafka::consumer::Consumer;
+            let started = Instant::now();
+            loop {
+                let joined = consumer
+                    .fetch_group_list(Some(&group), Duration::from_secs(5))
+                    .map(|l| l.groups().iter().any(|g| !g.members().is_empty()))
+                    .unwrap_or(false);
+                if joined {
+                    return Ok(());
+                }
+                if started.elapsed() > Duration::from_secs(600) {
+                    bail!("no gateway joined group {group:?} within 10 minutes");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await??;
+    }
+    let producer: FutureProducer = client
+        .clone()
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let baseline = settled_messages(b.http)
+        .await
+        .context("reading the gateway's metrics (--http)")?;
+    let templates = templates();
+    let run_id = crate::envelope::now_ms();
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    let mut acks = std::collections::VecDeque::new();
+    for i in 0..b.count {
+        if let Some(r) = b.rate {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
+                .await;
+        }
+        let msg = with_control_id(
+            &templates[i as usize % templates.len()],
+            &format!("K{run_id}-{i}"),
+        );
+        bytes += msg.len();
+        let delivery = producer
+            .send_result(FutureRecord::<(), _>::to(&b.topic).payload(&msg))
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        acks.push_back(delivery);
+        if acks.len() >= 8192 {
+            let r = acks.pop_front().expect("non-empty").await;
+            r?.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        }
+    }
+    for a in acks {
+        a.await?.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+    }
+    let published = started.elapsed().as_secs_f64();
+    while settled_messages(b.http).await? - baseline < b.count as f64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (p50_ms, p99_ms) = source_latency(b.http).await.unwrap_or((None, None));
+    Ok(BrokerBenchReport {
+        messages: b.count,
+        msgs_per_s: b.count as f64 / elapsed,
+        publish_msgs_per_s: b.count as f64 / published,
+        p50_ms,
+        p99_ms,
+        peak_rss_mb: b
+            .pid
+            .or_else(|| listening_pid(b.http.port()))
+            .and_then(peak_rss_mb),
+        mean_bytes: bytes as f64 / b.count.max(1) as f64,
+    })
 }
