@@ -47,6 +47,8 @@ pub struct Metrics {
     pub source_pending: IntGaugeVec,
     /// Kafka consumer lag per partition: the partition's end offset minus the committed one.
     pub source_partition_lag: IntGaugeVec,
+    /// Kafka partitions this gateway owns now (how a consumer group spread the work).
+    pub source_partitions: IntGaugeVec,
     /// From the broker's timestamp of a message to its record being stored.
     pub source_to_stored_seconds: HistogramVec,
     seen_types: Mutex<HashSet<String>>,
@@ -256,6 +258,12 @@ impl Metrics {
                 "medanchor_source_partition_lag",
                 "Messages in a Kafka partition past this group's committed offset",
                 &["source", "topic", "partition"],
+            ),
+            source_partitions: gauge_vec(
+                &r,
+                "medanchor_source_partitions_assigned",
+                "Kafka partitions assigned to this gateway",
+                &["source"],
             ),
             source_to_stored_seconds: histogram_vec(
                 &r,

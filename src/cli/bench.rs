@@ -383,7 +383,7 @@ pub struct KafkaBench {
     pub brokers: Option<String>,
     /// Host librdkafka's mock cluster in this process instead: its address is printed first
     /// (`mock cluster: BOOTSTRAP`); start the gateway on it, publishing begins once the
-    /// gateway's group has joined.
+    /// gateway reports partitions assigned (its metrics on --http).
     #[arg(long)]
     pub mock: bool,
     #[arg(long, default_value = "medanchor.bench")]
@@ -391,9 +391,6 @@ pub struct KafkaBench {
     /// Partitions of the topic when the bench creates it.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// The gateway's consumer group (its `group_id`), waited for with `--mock`.
-    #[arg(long, default_value = "medanchor")]
-    pub group: String,
     /// Dead-letter topic created beside the topic (the gateway requires it).
     #[arg(long, default_value = "medanchor.dead")]
     pub dead_letter_topic: String,
@@ -469,27 +466,21 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
             }
         }
     } else {
-        // Wait for the gateway: started on the printed address, it joins the group.
-        let consumer: rdkafka::consumer::BaseConsumer = client.create()?;
-        let group = b.group.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            use rdkafka::consumer::Consumer;
-            let started = Instant::now();
-            loop {
-                let joined = consumer
-                    .fetch_group_list(Some(&group), Duration::from_secs(5))
-                    .map(|l| l.groups().iter().any(|g| !g.members().is_empty()))
-                    .unwrap_or(false);
-                if joined {
-                    return Ok(());
-                }
-                if started.elapsed() > Duration::from_secs(600) {
-                    bail!("no gateway joined group {group:?} within 10 minutes");
-                }
-                std::thread::sleep(Duration::from_millis(200));
+        // Wait for the gateway, started on the printed address, to own partitions.
+        let started = Instant::now();
+        while !fetch_metrics(b.http).await.is_ok_and(|m| {
+            m.lines().any(|l| {
+                l.starts_with("medanchor_source_partitions_assigned{") && !l.ends_with(" 0")
+            })
+        }) {
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "no gateway on {} consumed the mock cluster within 10 minutes",
+                    b.http
+                );
             }
-        })
-        .await??;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let producer: FutureProducer = client
         .clone()

@@ -145,7 +145,8 @@ impl Shared {
         if !commit.is_empty() {
             match consumer.commit(&partition_list(&commit), CommitMode::Sync) {
                 Ok(()) => {
-                    tracing::info!(source = %self.name, partitions = commit.len(), "partitions drained and committed before release")
+                    tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), "partitions drained and committed before release");
+                    self.check_committed(consumer, &commit);
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.name, error = %e, "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)")
@@ -162,12 +163,44 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Reads the group's offsets back after a commit: a broker that acknowledges a commit and
+    /// then does not keep it (seen with tansu 0.6.0 while its group rebalances) makes the next
+    /// owner re-read messages this gateway stored, and that must show in the log.
+    fn check_committed(&self, consumer: &BaseConsumer<SourceContext>, commit: &[(Partition, i64)]) {
+        let Ok(kept) = consumer.committed_offsets(partition_list(commit), Duration::from_secs(5))
+        else {
+            return;
+        };
+        for ((topic, partition), offset) in commit {
+            let found = kept.find_partition(topic, *partition).map(|e| e.offset());
+            if found != Some(Offset::Offset(*offset)) {
+                tracing::warn!(source = %self.name, topic = %topic, partition, committed = offset, broker_has = ?found, "the broker did not keep a committed offset; the next owner of this partition re-reads from where the broker says");
+            }
+        }
+    }
+}
+
 fn partition_list(offsets: &[(Partition, i64)]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(offsets.len());
     for ((topic, partition), offset) in offsets {
         let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
     }
     tpl
+}
+
+/// `topic/partition` list for logs (topic names and numbers are not patient data).
+fn describe(partitions: &[Partition]) -> String {
+    let parts: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+    parts.join(",")
+}
+
+fn describe_offsets(offsets: &[(Partition, i64)]) -> String {
+    let parts: Vec<String> = offsets
+        .iter()
+        .map(|((t, p), o)| format!("{t}/{p}@{o}"))
+        .collect();
+    parts.join(",")
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
@@ -211,6 +244,27 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// Auto-commits and the commits before a release report here: a failing commit means a
+    /// crash or rebalance re-reads more (duplicates within one data directory are recognised;
+    /// across gateways they are not), so it must be seen.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset) {
+                return; // nothing to commit
+            }
+            tracing::warn!(source = %self.shared.name, error = %e, partitions = %describe(&partitions_of(offsets)), "offset commit failed");
+            self.shared
+                .metrics
+                .source_messages
+                .with_label_values(&[&self.shared.name, "commit_failed"])
+                .inc();
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.shared.release(consumer, &partitions_of(tpl));
@@ -219,10 +273,17 @@ impl ConsumerContext for SourceContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            tracing::info!(source = %self.shared.name, partitions = tpl.count(), "partitions assigned");
+            tracing::info!(source = %self.shared.name, partitions = %describe(&partitions_of(tpl)), "partitions assigned");
             if self.shared.paused.load(Ordering::Relaxed) {
                 let _ = consumer.pause(tpl);
             }
+        }
+        if let Ok(assignment) = consumer.assignment() {
+            self.shared
+                .metrics
+                .source_partitions
+                .with_label_values(&[&self.shared.name])
+                .set(assignment.count() as i64);
         }
     }
 }
@@ -267,6 +328,10 @@ pub async fn run(
         ("statistics.interval.ms", "1000"),
         // Bounds what librdkafka prefetches (its default is 64 MiB per consumer).
         ("queued.max.messages.kbytes", "16384"),
+        // Incremental rebalancing: a member gives up only the partitions that move, after the
+        // group has settled, so its commit before the release is accepted (in an eager
+        // rebalance every partition stops at once and brokers may refuse commits meanwhile).
+        ("partition.assignment.strategy", "cooperative-sticky"),
     ] {
         if !cfg.options.contains_key(k) {
             consumer_cfg.set(k, v);
