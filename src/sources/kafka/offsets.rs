@@ -77,7 +77,7 @@ impl Offsets {
     }
 
     /// Messages still in the pipeline, over all partitions or over `only`.
-    pub fn in_flight<'a>(&self, only: Option<&'a [Partition]>) -> usize {
+    pub fn in_flight(&self, only: Option<&[Partition]>) -> usize {
         self.partitions
             .iter()
             .filter(|(k, _)| only.is_none_or(|o| o.contains(k)))
