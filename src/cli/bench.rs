@@ -405,6 +405,17 @@ pub struct KafkaBench {
     /// Gateway process id, for its peak RSS (default: the process listening on --http's port).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// librdkafka setting for the bench's producer, `KEY=VALUE`, repeatable (e.g.
+    /// `linger.ms=50` for bigger batches; `batch.num.messages=1` for tansu 0.6.0, which cannot
+    /// fetch from inside a batch).
+    #[arg(long = "producer-option", value_parser = key_value)]
+    pub producer_options: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
 /// Sum of `medanchor_source_messages_total` over the events that end a message.
@@ -482,11 +493,17 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let producer: FutureProducer = client
-        .clone()
+    let mut producer = client.clone();
+    producer
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .create()?;
+        // Keyless messages spread evenly over the partitions (not in sticky runs): the mock
+        // cluster drops a partition's oldest messages beyond ~5 MB.
+        .set("sticky.partitioning.linger.ms", "0");
+    for (k, v) in &b.producer_options {
+        producer.set(k, v);
+    }
+    let producer: FutureProducer = producer.create()?;
     let baseline = settled_messages(b.http)
         .await
         .context("reading the gateway's metrics (--http)")?;
@@ -518,7 +535,19 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
         a.await?.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
     }
     let published = started.elapsed().as_secs_f64();
-    while settled_messages(b.http).await? - baseline < b.count as f64 {
+    // A broker that dropped messages before they were read (the mock cluster keeps ~5 MB per
+    // partition) would leave this waiting forever: give up after 30 s without progress.
+    let (mut last, mut last_change) = (0.0, Instant::now());
+    loop {
+        let settled = settled_messages(b.http).await? - baseline;
+        if settled >= b.count as f64 {
+            break;
+        }
+        if settled > last {
+            (last, last_change) = (settled, Instant::now());
+        } else if last_change.elapsed() > Duration::from_secs(30) {
+            bail!("stalled at {settled} of {} messages stored", b.count);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();

@@ -237,7 +237,11 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: ClientError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.shared.up.store(false, Ordering::Relaxed);
+            // Repeated while the brokers stay away: said once, then /readyz tells.
+            if !self.shared.up.swap(false, Ordering::Relaxed) {
+                tracing::debug!(source = %self.shared.name, reason, "brokers still down");
+                return;
+            }
         }
         tracing::warn!(source = %self.shared.name, error = %error, reason, "kafka client error");
     }
