@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::pipeline::{OpenError, Pipeline, Stores};
-use crate::sources::{kafka, mllp, nats, Health, SourceConfig};
+use crate::sources::{mllp, Health};
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +30,7 @@ pub enum ServeError {
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
-    Nats(#[from] crate::sources::nats::NatsError),
-    #[error(transparent)]
-    Kafka(#[from] crate::sources::kafka::KafkaError),
+    Source(#[from] crate::sources::SourceError),
 }
 
 /// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
@@ -55,30 +53,16 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let mut pulling = Vec::new();
     for source in &cfg.sources {
         let up = health.register(source.name());
-        match source {
-            SourceConfig::Nats(c) => pulling.push(
-                nats::run(
-                    c.clone(),
-                    pipeline.clone(),
-                    metrics.clone(),
-                    up,
-                    settling.clone(),
-                    stop_rx.clone(),
-                )
-                .await?,
-            ),
-            SourceConfig::Kafka(c) => pulling.push(
-                kafka::run(
-                    c.clone(),
-                    pipeline.clone(),
-                    metrics.clone(),
-                    up,
-                    settling.clone(),
-                    stop_rx.clone(),
-                )
-                .await?,
-            ),
-        }
+        let started = source
+            .start(
+                pipeline.clone(),
+                metrics.clone(),
+                up,
+                settling.clone(),
+                stop_rx.clone(),
+            )
+            .await?;
+        pulling.push(started);
     }
     let (mllp_listener, mllp_addr) = bind("mllp.listen", cfg.mllp.listen).await?;
     let (http_listener, http_addr) = bind("http.listen", cfg.http.listen).await?;

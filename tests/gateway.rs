@@ -424,14 +424,6 @@ fn a_torn_segment_tail_is_cut_off_and_lost_acknowledged_bytes_are_refused() {
         .unwrap()
         .set_len(len - 10)
         .unwrap();
-    let out = std::process::Command::new(BIN)
-        .arg("serve")
-        .env("MEDANCHOR__DATA_DIR", &data)
-        .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
-        .env("MEDANCHOR__HTTP__LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(None, &data);
     assert!(err.contains("acknowledged records are missing"), "{err}");
 }

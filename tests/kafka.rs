@@ -360,15 +360,7 @@ async fn a_missing_topic_or_an_option_medanchor_owns_is_refused_with_the_reason(
     let dir = tempfile::tempdir().unwrap();
     let refuse = |extra: &str, expect: &[&str]| {
         let config = cluster.config(dir.path(), extra);
-        let out = Command::new(BIN)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("MEDANCHOR__DATA_DIR", dir.path().join("data"))
-            .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
-            .env("MEDANCHOR__HTTP__LISTEN", "127.0.0.1:0")
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_start(Some(&config), &dir.path().join("data"));
         for e in expect {
             assert!(err.contains(e), "{e:?} not in {err}");
         }
@@ -387,14 +379,10 @@ async fn a_missing_topic_or_an_option_medanchor_owns_is_refused_with_the_reason(
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.path().join("missing.toml"))
-        .env("MEDANCHOR__DATA_DIR", dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(
+        Some(&dir.path().join("missing.toml")),
+        &dir.path().join("data"),
+    );
     assert!(
         err.contains("topic \"nope\" (topics) is not on the brokers"),
         "{err}"

@@ -240,13 +240,7 @@ fn core_nats_without_a_stream_is_refused_with_the_reason() {
         "[[sources]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("MEDANCHOR__DATA_DIR", dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(Some(&path), &dir.path().join("data"));
     assert!(
         err.contains("sources[0].stream") && err.contains("core NATS has no acknowledgement"),
         "{err}"

@@ -9,6 +9,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+
+/// A broker source that could not start: configuration the broker refuses, or no broker.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Nats(#[from] nats::NatsError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaError),
+}
 
 /// One `[[sources]]` entry. (The MLLP listener keeps its own `[mllp]` table, so that
 /// `MEDANCHOR__MLLP__LISTEN` and the defaults work without a file.)
@@ -25,6 +40,26 @@ impl SourceConfig {
             SourceConfig::Nats(c) => &c.name,
             SourceConfig::Kafka(c) => &c.name,
         }
+    }
+
+    /// Connects and binds the consumer (problems are returned before the gateway says it is
+    /// listening), then consumes until `stop`; acknowledgements go out from tasks on `settling`.
+    pub async fn start(
+        &self,
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
+        up: Arc<AtomicBool>,
+        settling: TaskTracker,
+        stop: watch::Receiver<bool>,
+    ) -> Result<JoinHandle<()>, SourceError> {
+        Ok(match self {
+            SourceConfig::Nats(c) => {
+                nats::run(c.clone(), pipeline, metrics, up, settling, stop).await?
+            }
+            SourceConfig::Kafka(c) => {
+                kafka::run(c.clone(), pipeline, metrics, up, settling, stop).await?
+            }
+        })
     }
 
     /// Checks what the broker cannot check for us; `Err((key, reason))`.

@@ -266,3 +266,19 @@ pub fn hl7_messages(n: usize, tag: &str) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// Runs `serve` (ports 0, this data directory, optionally this config) expecting it to refuse to
+/// start; returns its stderr.
+pub fn refused_start(config: Option<&Path>, data_dir: &Path) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .env("MEDANCHOR__DATA_DIR", data_dir)
+        .env("MEDANCHOR__MLLP__LISTEN", "127.0.0.1:0")
+        .env("MEDANCHOR__HTTP__LISTEN", "127.0.0.1:0");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
