@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError as ClientError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -216,6 +216,30 @@ struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
+    /// librdkafka's own log lines, through tracing as usual; one kind is also counted: an offset
+    /// reset after "offset not available" means the brokers deleted messages (retention) that
+    /// this group had not read, so they were never stored.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "OFFSET"
+            && log_message.contains("offset reset")
+            && matches!(
+                level,
+                RDKafkaLogLevel::Warning
+                    | RDKafkaLogLevel::Error
+                    | RDKafkaLogLevel::Critical
+                    | RDKafkaLogLevel::Alert
+                    | RDKafkaLogLevel::Emerg
+            )
+        {
+            self.shared
+                .metrics
+                .source_messages
+                .with_label_values(&[&self.shared.name, "offset_reset"])
+                .inc();
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+
     fn stats(&self, stats: Statistics) {
         let s = &self.shared;
         s.up.store(
