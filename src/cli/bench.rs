@@ -196,6 +196,35 @@ fn listening_pid(port: u16) -> Option<u32> {
     None
 }
 
+/// The broker benches' load: message `i` of the mix with a control id unique to this run,
+/// released no earlier than `i / rate` seconds after the start when paced.
+struct PacedMix<'a> {
+    templates: &'a [(Vec<u8>, Vec<u8>)],
+    prefix: String,
+    rate: Option<f64>,
+    started: Instant,
+}
+
+impl<'a> PacedMix<'a> {
+    fn new(templates: &'a [(Vec<u8>, Vec<u8>)], tag: &str, rate: Option<f64>) -> Self {
+        PacedMix {
+            templates,
+            prefix: format!("{tag}{}-", crate::envelope::now_ms()),
+            rate,
+            started: Instant::now(),
+        }
+    }
+
+    async fn message(&self, i: u64) -> Vec<u8> {
+        if let Some(r) = self.rate {
+            let due = self.started + Duration::from_secs_f64(i as f64 / r);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let template = &self.templates[i as usize % self.templates.len()];
+        with_control_id(template, &format!("{}{i}", self.prefix))
+    }
+}
+
 /// What `bench nats` reports.
 #[derive(Debug, Serialize)]
 pub struct BrokerBenchReport {
@@ -257,19 +286,12 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     })
     .await
     .context("stream")?;
-    let run_id = crate::envelope::now_ms();
+    let load = PacedMix::new(&templates, "N", b.rate);
     let mut bytes = 0usize;
-    let started = Instant::now();
+    let started = load.started;
     let mut acks = std::collections::VecDeque::new();
     for i in 0..count {
-        if let Some(r) = b.rate {
-            tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
-                .await;
-        }
-        let msg = with_control_id(
-            &templates[i as usize % templates.len()],
-            &format!("N{run_id}-{i}"),
-        );
+        let msg = load.message(i).await;
         bytes += msg.len();
         acks.push_back(js.publish(subject.to_string(), msg.into()).await?);
         if acks.len() >= 1024 {
@@ -508,19 +530,12 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
         .await
         .context("reading the gateway's metrics (--http)")?;
     let templates = templates();
-    let run_id = crate::envelope::now_ms();
+    let load = PacedMix::new(&templates, "K", b.rate);
     let mut bytes = 0usize;
-    let started = Instant::now();
+    let started = load.started;
     let mut acks = std::collections::VecDeque::new();
     for i in 0..b.count {
-        if let Some(r) = b.rate {
-            tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / r)).into())
-                .await;
-        }
-        let msg = with_control_id(
-            &templates[i as usize % templates.len()],
-            &format!("K{run_id}-{i}"),
-        );
+        let msg = load.message(i).await;
         bytes += msg.len();
         let delivery = producer
             .send_result(FutureRecord::<(), _>::to(&b.topic).payload(&msg))

@@ -514,6 +514,10 @@ fn consume(
     let cfg = settler.cfg.clone();
     let name = cfg.name.as_str();
     let max = cfg.max_in_flight;
+    // Offsets are handed to librdkafka a few times per commit interval, not after every
+    // message: each hand-over walks the partitions and crosses into C.
+    let store_every = Duration::from_millis((cfg.commit_interval_ms / 2).clamp(5, 100));
+    let mut stored_at = Instant::now();
     while !*stop.borrow() {
         let in_flight = shared.in_flight.load(Ordering::Relaxed);
         let paused = shared.paused.load(Ordering::Relaxed);
@@ -535,7 +539,7 @@ fn consume(
                 tracing::warn!(source = %name, error = %e, "consume error");
             }
             Some(Ok(message)) => {
-                let job = Arc::new(Job::from_message(&message));
+                let job = Job::from_message(&message);
                 drop(message);
                 shared.begin(&job.topic, job.partition, job.offset);
                 settler.count("consumed");
@@ -544,7 +548,10 @@ fn consume(
                 settling.spawn(settler.clone().run(job, outcome));
             }
         }
-        shared.store_moved(&consumer);
+        if stored_at.elapsed() >= store_every {
+            shared.store_moved(&consumer);
+            stored_at = Instant::now();
+        }
     }
     // Stopping: nothing new is read; what is in the pipeline finishes (the pipeline stays open
     // until this thread ends), then the finished prefix is committed.
@@ -642,7 +649,7 @@ impl Settler {
         }
     }
 
-    async fn run(self, job: Arc<Job>, mut outcome: oneshot::Receiver<Outcome>) {
+    async fn run(self, job: Job, mut outcome: oneshot::Receiver<Outcome>) {
         let mut attempt = 1u32;
         let done = loop {
             match outcome.await {
