@@ -1,4 +1,9 @@
-//! An in-memory Merkle tree that answers roots and proofs for any earlier size.
+//! Merkle trees that answer roots and proofs for any earlier size.
+//!
+//! [`MemoryTree`] holds every full subtree hash. [`TiledTree`] holds only the hashes above
+//! fixed-height tiles of leaves, plus the tile being filled, and reads a tile's leaf hashes back
+//! from the caller's storage (a [`LeafSource`]) when a proof reaches into it, so a log's memory
+//! stays flat as it grows. Both run the same RFC 9162 recursion over [`Nodes`].
 
 use crate::hasher::{Hash, TreeHasher};
 
@@ -11,17 +16,14 @@ pub enum TreeError {
     IndexOutOfRange { index: u64, size: u64 },
     #[error("first size {first} is larger than second size {second}")]
     SizesOutOfOrder { first: u64, second: u64 },
-}
-
-/// Holds every full subtree hash: `levels[k][i]` covers leaves `[i·2^k, (i+1)·2^k)`.
-///
-/// Memory is about two hashes per leaf. Any subtree the RFC 9162 recursion asks for is either one
-/// stored node or a right edge built from O(log n) stored nodes, so a proof costs O(log² n) hashes
-/// at worst and usually far fewer.
-#[derive(Clone, Debug)]
-pub struct MemoryTree<H> {
-    hasher: H,
-    levels: Vec<Vec<Hash>>,
+    #[error("reading leaves {start}..{end}: {reason}")]
+    Source {
+        start: u64,
+        end: u64,
+        reason: String,
+    },
+    #[error("the stored leaves of tile {tile} do not hash to the tile's root held in memory")]
+    TileMismatch { tile: u64 },
 }
 
 /// The hashes of the partial subtrees along the right edge of the tree of one size
@@ -39,9 +41,175 @@ impl RightEdge {
     }
 }
 
+/// Where the RFC 9162 recursion finds the hash of a full subtree.
+trait Nodes {
+    type Hasher: TreeHasher;
+    fn hasher(&self) -> &Self::Hasher;
+    fn size(&self) -> u64;
+    /// MTH of leaves `[index·2^level, (index+1)·2^level)`, a range below `size()`.
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, TreeError>;
+}
+
 fn split_point(n: u64) -> u64 {
     // Largest power of two strictly smaller than n (n >= 2).
     1 << (63 - (n - 1).leading_zeros())
+}
+
+fn check_size(have: u64, asked: u64) -> Result<(), TreeError> {
+    if asked > have {
+        return Err(TreeError::SizeTooLarge { asked, have });
+    }
+    Ok(())
+}
+
+/// See [`MemoryTree::right_edge`].
+fn right_edge<N: Nodes>(nodes: &mut N, size: u64) -> Result<RightEdge, TreeError> {
+    check_size(nodes.size(), size)?;
+    // The ranges [s_i, size) the RFC recursion asks for start at s_i = `size` with all but
+    // its top i set bits cleared; only those that are not a single full subtree are kept,
+    // and edge[i] holds the i-th, so a range's slot is the popcount of its start.
+    let parts = size.count_ones() as usize;
+    let mut edge = vec![[0u8; 32]; parts.saturating_sub(1)];
+    if parts >= 2 {
+        // Walk from the smallest full subtree at the right end back to the left.
+        let lowest = size.trailing_zeros();
+        let mut acc = nodes.node(lowest, (size >> lowest) - 1)?;
+        let mut bits = size & (size - 1);
+        for i in (0..parts - 1).rev() {
+            let level = bits.trailing_zeros();
+            let start = bits & (bits - 1);
+            let left = nodes.node(level, start >> level)?;
+            acc = nodes.hasher().node(&left, &acc);
+            edge[i] = acc;
+            bits = start;
+        }
+    }
+    Ok(RightEdge { size, edge })
+}
+
+/// MTH(D[start:end]) for a range the RFC recursion produces within the tree of `edge`.
+fn subtree<N: Nodes>(
+    nodes: &mut N,
+    edge: &RightEdge,
+    start: u64,
+    end: u64,
+) -> Result<Hash, TreeError> {
+    let n = end - start;
+    if n.is_power_of_two() && start.is_multiple_of(n) {
+        let level = n.trailing_zeros();
+        return nodes.node(level, start >> level);
+    }
+    debug_assert_eq!(end, edge.size, "only the right edge holds partial subtrees");
+    Ok(edge.edge[start.count_ones() as usize])
+}
+
+fn edge_root<N: Nodes>(nodes: &mut N, edge: &RightEdge) -> Result<Hash, TreeError> {
+    // A truncated tree would make the edge stale.
+    check_size(nodes.size(), edge.size)?;
+    if edge.size == 0 {
+        return Ok(nodes.hasher().empty());
+    }
+    subtree(nodes, edge, 0, edge.size)
+}
+
+fn inclusion_proof_at<N: Nodes>(
+    nodes: &mut N,
+    edge: &RightEdge,
+    index: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    check_size(nodes.size(), edge.size)?;
+    let size = edge.size;
+    if index >= size {
+        return Err(TreeError::IndexOutOfRange { index, size });
+    }
+    let mut path = Vec::with_capacity(64 - size.leading_zeros() as usize);
+    // RFC 9162 §2.1.3.1, walked top-down; the siblings are pushed bottom-up.
+    let mut levels = Vec::with_capacity(path.capacity());
+    let (mut m, mut start, mut end) = (index, 0, size);
+    while end - start > 1 {
+        let k = split_point(end - start);
+        if m < k {
+            levels.push((start + k, end));
+            end = start + k;
+        } else {
+            levels.push((start, start + k));
+            m -= k;
+            start += k;
+        }
+    }
+    for (s, e) in levels.into_iter().rev() {
+        path.push(subtree(nodes, edge, s, e)?);
+    }
+    Ok(path)
+}
+
+fn consistency_proof<N: Nodes>(
+    nodes: &mut N,
+    first: u64,
+    second: u64,
+) -> Result<Vec<Hash>, TreeError> {
+    let edge = right_edge(nodes, second)?;
+    if first > second {
+        return Err(TreeError::SizesOutOfOrder { first, second });
+    }
+    let mut out = Vec::new();
+    if first == 0 || first == second {
+        return Ok(out);
+    }
+    // RFC 9162 §2.1.4.1 SUBPROOF, walked top-down; the hashes are pushed bottom-up.
+    let mut ranges = Vec::new();
+    let (mut m, mut start, end, mut whole) = (first, 0, second, true);
+    let mut end = end;
+    loop {
+        let n = end - start;
+        if m == n {
+            if !whole {
+                ranges.push((start, end));
+            }
+            break;
+        }
+        let k = split_point(n);
+        if m <= k {
+            ranges.push((start + k, end));
+            end = start + k;
+        } else {
+            ranges.push((start, start + k));
+            m -= k;
+            start += k;
+            whole = false;
+        }
+    }
+    for (s, e) in ranges.into_iter().rev() {
+        out.push(subtree(nodes, &edge, s, e)?);
+    }
+    Ok(out)
+}
+
+/// Holds every full subtree hash: `levels[k][i]` covers leaves `[i·2^k, (i+1)·2^k)`.
+///
+/// Memory is about two hashes per leaf. Any subtree the RFC 9162 recursion asks for is either one
+/// stored node or a right edge built from O(log n) stored nodes, so a proof costs O(log² n) hashes
+/// at worst and usually far fewer.
+#[derive(Clone, Debug)]
+pub struct MemoryTree<H> {
+    hasher: H,
+    levels: Vec<Vec<Hash>>,
+}
+
+/// A [`MemoryTree`] as [`Nodes`]: every lookup is an index.
+struct Held<'a, H>(&'a MemoryTree<H>);
+
+impl<H: TreeHasher> Nodes for Held<'_, H> {
+    type Hasher = H;
+    fn hasher(&self) -> &H {
+        &self.0.hasher
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, TreeError> {
+        Ok(self.0.levels[level as usize][index as usize])
+    }
 }
 
 impl<H: TreeHasher> MemoryTree<H> {
@@ -90,68 +258,23 @@ impl<H: TreeHasher> MemoryTree<H> {
         }
     }
 
-    fn check_size(&self, size: u64) -> Result<(), TreeError> {
-        if size > self.size() {
-            return Err(TreeError::SizeTooLarge {
-                asked: size,
-                have: self.size(),
-            });
-        }
-        Ok(())
-    }
-
     /// Precomputes the right edge of the tree of the first `size` leaves: the O(log n) subtree
     /// hashes that are not stored because their range ends at `size` inside a subtree that is not
     /// full yet. Proofs against that size then cost lookups only, so a log serving proofs for its
     /// latest checkpoint computes this once per checkpoint rather than once per proof.
     pub fn right_edge(&self, size: u64) -> Result<RightEdge, TreeError> {
-        self.check_size(size)?;
-        // The ranges [s_i, size) the RFC recursion asks for start at s_i = `size` with all but
-        // its top i set bits cleared; only those that are not a single full subtree are stored,
-        // and edge[i] holds the i-th, so a range's slot is the popcount of its start.
-        let parts = size.count_ones() as usize;
-        let mut edge = vec![[0u8; 32]; parts.saturating_sub(1)];
-        if parts >= 2 {
-            // Walk from the smallest full subtree at the right end back to the left.
-            let lowest = size.trailing_zeros() as usize;
-            let mut acc = self.levels[lowest][((size >> lowest) - 1) as usize];
-            let mut bits = size & (size - 1);
-            for i in (0..parts - 1).rev() {
-                let level = bits.trailing_zeros() as usize;
-                let start = bits & (bits - 1);
-                acc = self
-                    .hasher
-                    .node(&self.levels[level][(start >> level) as usize], &acc);
-                edge[i] = acc;
-                bits = start;
-            }
-        }
-        Ok(RightEdge { size, edge })
-    }
-
-    /// MTH(D[start:end]) for a range the RFC recursion produces within the tree of `edge`.
-    fn subtree(&self, edge: &RightEdge, start: u64, end: u64) -> Hash {
-        let n = end - start;
-        if n.is_power_of_two() && start.is_multiple_of(n) {
-            let level = n.trailing_zeros() as usize;
-            return self.levels[level][(start >> level) as usize];
-        }
-        debug_assert_eq!(end, edge.size, "only the right edge holds partial subtrees");
-        edge.edge[start.count_ones() as usize]
+        right_edge(&mut Held(self), size)
     }
 
     /// Root of the tree made of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, TreeError> {
         let edge = self.right_edge(size)?;
-        Ok(self.edge_root(&edge))
+        self.edge_root(&edge)
     }
 
     /// Root of the tree `edge` was computed for.
-    pub fn edge_root(&self, edge: &RightEdge) -> Hash {
-        if edge.size == 0 {
-            return self.hasher.empty();
-        }
-        self.subtree(edge, 0, edge.size)
+    pub fn edge_root(&self, edge: &RightEdge) -> Result<Hash, TreeError> {
+        edge_root(&mut Held(self), edge)
     }
 
     /// RFC 9162 §2.1.3.1 inclusion path of leaf `index` in the tree of `size` leaves.
@@ -162,69 +285,206 @@ impl<H: TreeHasher> MemoryTree<H> {
 
     /// Inclusion path of leaf `index` in the tree `edge` was computed for; no hashing.
     pub fn inclusion_proof_at(&self, edge: &RightEdge, index: u64) -> Result<Vec<Hash>, TreeError> {
-        // A truncated tree would make the edge stale.
-        self.check_size(edge.size)?;
-        let size = edge.size;
-        if index >= size {
-            return Err(TreeError::IndexOutOfRange { index, size });
-        }
-        let mut path = Vec::with_capacity(64 - size.leading_zeros() as usize);
-        self.path(edge, index, 0, size, &mut path);
-        Ok(path)
-    }
-
-    fn path(&self, edge: &RightEdge, m: u64, start: u64, end: u64, out: &mut Vec<Hash>) {
-        let n = end - start;
-        if n <= 1 {
-            return;
-        }
-        let k = split_point(n);
-        if m < k {
-            self.path(edge, m, start, start + k, out);
-            out.push(self.subtree(edge, start + k, end));
-        } else {
-            self.path(edge, m - k, start + k, end, out);
-            out.push(self.subtree(edge, start, start + k));
-        }
+        inclusion_proof_at(&mut Held(self), edge, index)
     }
 
     /// RFC 9162 §2.1.4.1 consistency proof between the trees of `first` and `second` leaves.
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, TreeError> {
-        let edge = self.right_edge(second)?;
-        if first > second {
-            return Err(TreeError::SizesOutOfOrder { first, second });
-        }
-        let mut out = Vec::new();
-        if first == 0 || first == second {
-            return Ok(out);
-        }
-        self.subproof(&edge, first, 0, second, true, &mut out);
-        Ok(out)
+        consistency_proof(&mut Held(self), first, second)
     }
 
-    fn subproof(
+    /// The root of a full tree of `2^level` leaves.
+    fn full_root(&self, level: u32) -> Hash {
+        self.levels[level as usize][0]
+    }
+}
+
+/// Reads leaf hashes back from wherever the log keeps its leaves.
+pub trait LeafSource {
+    /// The leaf hashes of `[start, end)`, every one below the tree's size, in index order.
+    fn leaf_hashes(&mut self, start: u64, end: u64) -> Result<Vec<Hash>, String>;
+}
+
+/// A tree that keeps in memory only the nodes at or above `height`: the roots of full tiles of
+/// `2^height` leaves and the subtrees above them, plus every node of the tile being filled.
+///
+/// Memory is about two hashes per tile (0.25 bytes per leaf at height 8). A node below `height`
+/// in a full tile is rebuilt by reading that tile's leaf hashes from a [`LeafSource`], which is
+/// checked against the tile root held here, so damaged storage gives
+/// [`TreeError::TileMismatch`] instead of a wrong proof. An inclusion proof against the tree's
+/// own size reads at most the one tile of its leaf; any proof or root for an older size reads
+/// at most two.
+#[derive(Clone, Debug)]
+pub struct TiledTree<H> {
+    height: u32,
+    /// A tree whose leaves are the roots of the full tiles.
+    tiles: MemoryTree<H>,
+    /// The tile being filled.
+    tail: MemoryTree<H>,
+}
+
+/// A [`TiledTree`] with its storage as [`Nodes`]; keeps the one tile read last.
+struct Tiled<'a, H, S: ?Sized> {
+    tree: &'a TiledTree<H>,
+    source: &'a mut S,
+    tile: Option<(u64, MemoryTree<H>)>,
+}
+
+impl<H: TreeHasher, S: LeafSource + ?Sized> Nodes for Tiled<'_, H, S> {
+    type Hasher = H;
+    fn hasher(&self) -> &H {
+        self.tree.hasher()
+    }
+    fn size(&self) -> u64 {
+        self.tree.size()
+    }
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, TreeError> {
+        let height = self.tree.height;
+        if level >= height {
+            return Held(&self.tree.tiles).node(level - height, index);
+        }
+        let tile = index >> (height - level);
+        let within = index - (tile << (height - level));
+        if tile == self.tree.tiles.size() {
+            return Held(&self.tree.tail).node(level, within);
+        }
+        if !matches!(&self.tile, Some((t, _)) if *t == tile) {
+            let start = tile << height;
+            let end = start + (1 << height);
+            let leaves = self
+                .source
+                .leaf_hashes(start, end)
+                .map_err(|reason| TreeError::Source { start, end, reason })?;
+            let mut rebuilt = MemoryTree::new(*self.tree.hasher());
+            for leaf in &leaves {
+                rebuilt.push(*leaf);
+            }
+            if rebuilt.size() != 1 << height
+                || rebuilt.full_root(height) != Held(&self.tree.tiles).node(0, tile)?
+            {
+                return Err(TreeError::TileMismatch { tile });
+            }
+            self.tile = Some((tile, rebuilt));
+        }
+        let (_, rebuilt) = self.tile.as_ref().expect("just read");
+        Held(rebuilt).node(level, within)
+    }
+}
+
+impl<H: TreeHasher> TiledTree<H> {
+    /// A tree with tiles of `2^height` leaves (at most 2^32).
+    pub fn new(hasher: H, height: u32) -> Self {
+        assert!(height <= 32, "tile height {height} is above 32");
+        TiledTree {
+            height,
+            tiles: MemoryTree::new(hasher),
+            tail: MemoryTree::new(hasher),
+        }
+    }
+
+    pub fn hasher(&self) -> &H {
+        self.tiles.hasher()
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        (self.tiles.size() << self.height) + self.tail.size()
+    }
+
+    /// Appends a leaf hash (already hashed with [`TreeHasher::leaf`]).
+    pub fn push(&mut self, leaf_hash: Hash) {
+        self.tail.push(leaf_hash);
+        if self.tail.size() == 1 << self.height {
+            self.tiles.push(self.tail.full_root(self.height));
+            self.tail.truncate(0);
+        }
+    }
+
+    /// Drops every leaf from `size` on (to undo appends whose storage commit failed). When `size`
+    /// falls in a full tile, that tile's first leaves are read back from `source`.
+    pub fn truncate<S: LeafSource + ?Sized>(
+        &mut self,
+        size: u64,
+        source: &mut S,
+    ) -> Result<(), TreeError> {
+        if size >= self.size() {
+            return Ok(());
+        }
+        let tile = size >> self.height;
+        let start = tile << self.height;
+        if tile < self.tiles.size() {
+            let leaves = source
+                .leaf_hashes(start, size)
+                .map_err(|reason| TreeError::Source {
+                    start,
+                    end: size,
+                    reason,
+                })?;
+            self.tiles.truncate(tile);
+            self.tail.truncate(0);
+            for leaf in leaves {
+                self.tail.push(leaf);
+            }
+        } else {
+            self.tail.truncate(size - start);
+        }
+        Ok(())
+    }
+
+    fn nodes<'a, S: LeafSource + ?Sized>(&'a self, source: &'a mut S) -> Tiled<'a, H, S> {
+        Tiled {
+            tree: self,
+            source,
+            tile: None,
+        }
+    }
+
+    /// See [`MemoryTree::right_edge`].
+    pub fn right_edge<S: LeafSource + ?Sized>(
+        &self,
+        size: u64,
+        source: &mut S,
+    ) -> Result<RightEdge, TreeError> {
+        right_edge(&mut self.nodes(source), size)
+    }
+
+    /// Root of the tree made of the first `size` leaves.
+    pub fn root<S: LeafSource + ?Sized>(
+        &self,
+        size: u64,
+        source: &mut S,
+    ) -> Result<Hash, TreeError> {
+        let mut nodes = self.nodes(source);
+        let edge = right_edge(&mut nodes, size)?;
+        edge_root(&mut nodes, &edge)
+    }
+
+    /// Root of the tree `edge` was computed for.
+    pub fn edge_root<S: LeafSource + ?Sized>(
         &self,
         edge: &RightEdge,
-        m: u64,
-        start: u64,
-        end: u64,
-        whole: bool,
-        out: &mut Vec<Hash>,
-    ) {
-        let n = end - start;
-        if m == n {
-            if !whole {
-                out.push(self.subtree(edge, start, end));
-            }
-            return;
-        }
-        let k = split_point(n);
-        if m <= k {
-            self.subproof(edge, m, start, start + k, whole, out);
-            out.push(self.subtree(edge, start + k, end));
-        } else {
-            self.subproof(edge, m - k, start + k, end, false, out);
-            out.push(self.subtree(edge, start, start + k));
-        }
+        source: &mut S,
+    ) -> Result<Hash, TreeError> {
+        edge_root(&mut self.nodes(source), edge)
+    }
+
+    /// Inclusion path of leaf `index` in the tree `edge` was computed for.
+    pub fn inclusion_proof_at<S: LeafSource + ?Sized>(
+        &self,
+        edge: &RightEdge,
+        index: u64,
+        source: &mut S,
+    ) -> Result<Vec<Hash>, TreeError> {
+        inclusion_proof_at(&mut self.nodes(source), edge, index)
+    }
+
+    /// RFC 9162 §2.1.4.1 consistency proof between the trees of `first` and `second` leaves.
+    pub fn consistency_proof<S: LeafSource + ?Sized>(
+        &self,
+        first: u64,
+        second: u64,
+        source: &mut S,
+    ) -> Result<Vec<Hash>, TreeError> {
+        consistency_proof(&mut self.nodes(source), first, second)
     }
 }
