@@ -143,7 +143,15 @@ impl Shared {
             commit
         };
         if !commit.is_empty() {
-            match consumer.commit(&partition_list(&commit), CommitMode::Sync) {
+            let list = partition_list(&commit);
+            // When librdkafka takes a partition away it commits that partition's *stored* offset
+            // once more (enable.auto.commit, rdkafka_assignment.c). Stored lags this commit by up
+            // to one store interval, so that second commit would move the group back and the
+            // next owner would re-read what this gateway stored. Storing first makes both equal.
+            if let Err(e) = consumer.store_offsets(&list) {
+                tracing::debug!(source = %self.name, error = %e, "offsets not stored before release");
+            }
+            match consumer.commit(&list, CommitMode::Sync) {
                 Ok(()) => {
                     tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), "partitions drained and committed before release");
                     self.check_committed(consumer, &commit);
