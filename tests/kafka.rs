@@ -513,13 +513,11 @@ async fn mock_cluster_two_gateways_in_one_group_store_nothing_twice() {
     assert_eq!(duplicates, 0, "messages stored by both gateways");
 }
 
-/// Against tansu 0.6.0 the same handover re-reads part of a released partition: tansu
-/// acknowledges the releasing member's commit (and returns it to that member) but hands the new
-/// owner an older offset (seen: committed 1233, new owner started at 424). The gateway side is
-/// the same as with the mock cluster, where duplicates are 0; here the test holds the guarantee
-/// that does not depend on the broker's offset store: nothing is lost.
+/// The same handover against a real Kafka-API broker. (Before the gateway stored its offsets
+/// ahead of the release commit, tansu runs showed hundreds of duplicates here, 396 in the last
+/// one; that was librdkafka re-committing the stale stored offsets, not tansu.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tansu_two_gateways_in_one_group_lose_nothing() {
+async fn tansu_two_gateways_in_one_group_store_nothing_twice() {
     let duplicates = two_gateways_in_one_group(Cluster::tansu(4).await).await;
-    eprintln!("tansu: {duplicates} messages stored by both gateways");
+    assert_eq!(duplicates, 0, "messages stored by both gateways");
 }
