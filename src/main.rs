@@ -371,6 +371,12 @@ fn print_broker_bench(r: medanchor::cli::bench::BrokerBenchReport, json: bool) -
             r.p99_ms.map_or("?".into(), |v| format!("{v:.1}")),
             r.peak_rss_mb.map_or("?".into(), |v| format!("{v:.0} MB")),
         );
+        if let Some(read) = r.broker_read_msgs_per_s {
+            println!(
+                "the broker served the same messages to a plain consumer at {read:.0} msgs/s: the gateway reached {:.0}% of that",
+                100.0 * r.msgs_per_s / read
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

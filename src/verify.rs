@@ -176,6 +176,12 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
             report.fail("log: leaves but no checkpoint".into());
         }
     });
+    let repaired = stores.ledger.repaired_tiles();
+    if repaired > 0 {
+        report.fail(format!(
+            "ledger: {repaired} tile rows did not match the leaves (rewritten from them at open)"
+        ));
+    }
     progress(total, total);
     report
 }

@@ -238,6 +238,9 @@ pub struct BrokerBenchReport {
     pub p99_ms: Option<f64>,
     pub peak_rss_mb: Option<f64>,
     pub mean_bytes: f64,
+    /// The broker's other own figure (Kafka): how fast it serves the same messages to one plain
+    /// consumer that does nothing with them, read after the gateway's run.
+    pub broker_read_msgs_per_s: Option<f64>,
 }
 
 /// What `bench nats` drives: the broker, the stream the gateway consumes, and the load.
@@ -331,6 +334,7 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
         p99_ms,
         peak_rss_mb: b.pid.and_then(peak_rss_mb),
         mean_bytes: bytes as f64 / count.max(1) as f64,
+        broker_read_msgs_per_s: None,
     })
 }
 
@@ -567,16 +571,63 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (p50_ms, p99_ms) = source_latency(b.http).await.unwrap_or((None, None));
+    let peak_rss_mb = b
+        .pid
+        .or_else(|| listening_pid(b.http.port()))
+        .and_then(peak_rss_mb);
+    let reader = client.clone();
+    let (topic, count) = (b.topic.clone(), b.count);
+    let broker_read_msgs_per_s =
+        tokio::task::spawn_blocking(move || kafka_read_rate(reader, &topic, count)).await??;
     Ok(BrokerBenchReport {
         messages: b.count,
         msgs_per_s: b.count as f64 / elapsed,
         publish_msgs_per_s: b.count as f64 / published,
         p50_ms,
         p99_ms,
-        peak_rss_mb: b
-            .pid
-            .or_else(|| listening_pid(b.http.port()))
-            .and_then(peak_rss_mb),
+        peak_rss_mb,
         mean_bytes: bytes as f64 / b.count.max(1) as f64,
+        broker_read_msgs_per_s: Some(broker_read_msgs_per_s),
     })
+}
+
+/// Reads `count` messages of `topic` from the start of every partition with a plain consumer
+/// (no group, no commits, payloads dropped): the rate the broker serves a consumer at, to set
+/// beside the gateway's.
+fn kafka_read_rate(
+    mut client: rdkafka::config::ClientConfig,
+    topic: &str,
+    count: u64,
+) -> Result<f64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = client
+        .set("group.id", "medanchor-bench-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut read, mut last) = (0u64, Instant::now());
+    while read < count {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                read += 1;
+                last = Instant::now();
+            }
+            Some(Err(e)) => bail!("reading {topic} back: {e}"),
+            None if last.elapsed() > Duration::from_secs(30) => {
+                bail!("reading {topic} back stalled at {read} of {count}")
+            }
+            None => {}
+        }
+    }
+    Ok(read as f64 / started.elapsed().as_secs_f64())
 }

@@ -1,16 +1,18 @@
 //! Embedded ledger on redb (`<data_dir>/ledger.redb`).
 //!
 //! Tables: `leaves` (index → entry[33] || record id[16]), `by_record` (record id → index),
-//! `checkpoints` (tree size → signed note text). Leaf hashes are rebuilt into a [`TiledTree`] on
-//! open: memory holds the nodes above tiles of 256 leaves (about 0.25 bytes per leaf) and the tile
-//! being filled; a proof into an older tile reads that tile's 256 leaves back from `leaves`.
+//! `checkpoints` (tree size → signed note text), `tiles` (tile index → the 511 node hashes of a
+//! full tile of 256 leaves). Leaf hashes are rebuilt into a [`TiledTree`] on open: memory holds
+//! the nodes above the tiles (about 0.25 bytes per leaf) and the tile being filled; a proof into
+//! an older tile reads that tile's row. Tile rows are derived from the leaves: open writes the
+//! missing ones (logs from before tiles) and rewrites any that do not match the leaves.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use medanchor_merkle::{
-    record_leaf, Checkpoint, Hash, LeafSource, NoteSigner, NoteVerifier, ProofBundle, RightEdge,
-    Sha3Hasher, SignedCheckpoint, TiledTree, TreeHasher, BUNDLE_FORMAT,
+    record_leaf, Checkpoint, Hash, NoteSigner, NoteVerifier, ProofBundle, RightEdge, Sha3Hasher,
+    SignedCheckpoint, TileNodes, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT,
 };
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -22,12 +24,16 @@ const BY_RECORD: TableDefinition<&[u8], u64> = TableDefinition::new("by_record")
 // Values are bytes, not &str: a damaged file must give an error from our parser, never a
 // panic inside the storage engine.
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+const TILES: TableDefinition<u64, &[u8]> = TableDefinition::new("tiles");
 
 const LEDGER_CACHE_BYTES: usize = 16 << 20;
 
-/// Tiles of 2^8 leaves: memory grows by 64 bytes per 256 leaves, and a proof into an old tile
-/// reads and hashes 256 leaves (about 0.1 ms).
+/// Tiles of 2^8 leaves: memory grows by 64 bytes per 256 leaves; each full tile is a 16 KiB row
+/// on disk (64 bytes per leaf), and a proof into an old tile reads one row and hashes nothing.
 const TILE_HEIGHT: u32 = 8;
+
+/// Rows written per transaction when open fills in missing tiles.
+const TILE_REPAIR_BATCH: usize = 64;
 
 fn err(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Storage(e.to_string())
@@ -38,6 +44,23 @@ pub struct EmbeddedLedger {
     origin: String,
     signer: NoteSigner,
     log: Mutex<Log>,
+    /// Tile rows found not matching the leaves at open (and rewritten).
+    repaired_tiles: u64,
+}
+
+/// Writes (and drains) tile rows in one transaction.
+fn write_tiles(db: &redb::Database, rows: &mut Vec<(u64, Vec<u8>)>) -> Result<(), LedgerError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let w = db.begin_write().map_err(err)?;
+    {
+        let mut t = w.open_table(TILES).map_err(err)?;
+        for (index, row) in rows.drain(..) {
+            t.insert(index, row.as_slice()).map_err(err)?;
+        }
+    }
+    w.commit().map_err(err)
 }
 
 /// The tree and the right edge of the latest checkpoint, computed when it is signed so that
@@ -55,41 +78,49 @@ impl Log {
         &mut self,
         index: u64,
         size: u64,
-        leaves: &mut StoredLeaves,
+        tiles: &mut StoredTiles,
     ) -> Result<Vec<Hash>, LedgerError> {
         if let Some(why) = &self.broken {
             return Err(LedgerError::Storage(why.clone()));
         }
         let edge = match &self.edge {
             Some(edge) if edge.size() == size => edge,
-            _ => self.edge.insert(self.tree.right_edge(size, leaves)?),
+            _ => self.edge.insert(self.tree.right_edge(size, tiles)?),
         };
-        Ok(self.tree.inclusion_proof_at(edge, index, leaves)?)
+        Ok(self.tree.inclusion_proof_at(edge, index, tiles)?)
     }
 }
 
-/// The `leaves` table as the tree's [`LeafSource`]: each read is its own read transaction, so it
-/// sees only committed leaves.
-pub struct StoredLeaves<'a> {
+/// The `tiles` table as the tree's [`TileSource`]: each read is its own read transaction, so it
+/// sees only committed tiles.
+pub struct StoredTiles<'a> {
     db: &'a redb::Database,
 }
 
-impl LeafSource for StoredLeaves<'_> {
-    fn leaf_hashes(&mut self, start: u64, end: u64) -> Result<Vec<Hash>, String> {
-        let hasher = Sha3Hasher::default();
+impl TileSource for StoredTiles<'_> {
+    fn tile(&mut self, index: u64) -> Result<TileNodes, String> {
         let r = self.db.begin_read().map_err(|e| e.to_string())?;
-        let t = r.open_table(LEAVES).map_err(|e| e.to_string())?;
-        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
-        for e in t.range(start..end).map_err(|e| e.to_string())? {
-            let (k, v) = e.map_err(|e| e.to_string())?;
-            let leaf = parse_leaf(k.value(), v.value()).map_err(|e| e.to_string())?;
-            if leaf.index != start + out.len() as u64 {
-                return Err(format!("leaf {} is missing", start + out.len() as u64));
-            }
-            out.push(hasher.leaf(&leaf.entry));
-        }
-        Ok(out)
+        let t = r.open_table(TILES).map_err(|e| e.to_string())?;
+        let row = t
+            .get(index)
+            .map_err(|e| e.to_string())?
+            .ok_or("no such row")?;
+        decode_tile(row.value())
     }
+}
+
+fn encode_tile(nodes: &[Hash]) -> Vec<u8> {
+    nodes.concat()
+}
+
+fn decode_tile(row: &[u8]) -> Result<TileNodes, String> {
+    if !row.len().is_multiple_of(32) {
+        return Err(format!("row of {} bytes is not whole hashes", row.len()));
+    }
+    Ok(row
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32"))
+        .collect())
 }
 
 /// Splits a stored leaf value into entry and record id.
@@ -120,12 +151,16 @@ impl EmbeddedLedger {
         w.open_table(LEAVES).map_err(err)?;
         w.open_table(BY_RECORD).map_err(err)?;
         w.open_table(CHECKPOINTS).map_err(err)?;
+        w.open_table(TILES).map_err(err)?;
         w.commit().map_err(err)?;
         let hasher = Sha3Hasher::default();
         let mut tree = TiledTree::new(hasher, TILE_HEIGHT);
+        let mut repaired_tiles = 0;
         {
             let r = db.begin_read().map_err(err)?;
             let t = r.open_table(LEAVES).map_err(err)?;
+            let stored_tiles = r.open_table(TILES).map_err(err)?;
+            let mut missing: Vec<(u64, Vec<u8>)> = Vec::new();
             for (expect, e) in t.iter().map_err(err)?.enumerate() {
                 let (k, v) = e.map_err(err)?;
                 if k.value() != expect as u64 {
@@ -135,8 +170,27 @@ impl EmbeddedLedger {
                     )));
                 }
                 let leaf = parse_leaf(k.value(), v.value())?;
-                tree.push(hasher.leaf(&leaf.entry));
+                let Some((index, nodes)) = tree.push(hasher.leaf(&leaf.entry)) else {
+                    continue;
+                };
+                let row = encode_tile(&nodes);
+                match stored_tiles.get(index).map_err(err)? {
+                    Some(stored) if stored.value() == row.as_slice() => continue,
+                    Some(_) => {
+                        tracing::warn!(
+                            tile = index,
+                            "ledger tile row did not match the leaves; rebuilt from them"
+                        );
+                        repaired_tiles += 1;
+                    }
+                    None => {}
+                }
+                missing.push((index, row));
+                if missing.len() >= TILE_REPAIR_BATCH {
+                    write_tiles(&db, &mut missing)?;
+                }
             }
+            write_tiles(&db, &mut missing)?;
         }
         Ok(EmbeddedLedger {
             db,
@@ -147,6 +201,7 @@ impl EmbeddedLedger {
                 edge: None,
                 broken: None,
             }),
+            repaired_tiles,
         })
     }
 
@@ -179,24 +234,27 @@ impl EmbeddedLedger {
 
     /// The tree as rebuilt from storage and its leaves (for roots and consistency proofs of every
     /// checkpoint).
-    pub fn with_tree<T>(
-        &self,
-        f: impl FnOnce(&TiledTree<Sha3Hasher>, &mut StoredLeaves) -> T,
-    ) -> T {
-        f(&self.log.lock().expect("lock").tree, &mut self.leaves())
+    pub fn with_tree<T>(&self, f: impl FnOnce(&TiledTree<Sha3Hasher>, &mut StoredTiles) -> T) -> T {
+        f(&self.log.lock().expect("lock").tree, &mut self.tiles())
+    }
+
+    /// How many tile rows did not match the leaves when the ledger was opened (they were
+    /// rewritten from the leaves; nonzero means the file was damaged or altered).
+    pub fn repaired_tiles(&self) -> u64 {
+        self.repaired_tiles
     }
 
     /// Takes the leaves of a batch that did not commit back out of the tree.
     fn undo(&self, log: &mut Log, before: u64) {
-        if let Err(e) = log.tree.truncate(before, &mut self.leaves()) {
+        if let Err(e) = log.tree.truncate(before, &mut self.tiles()) {
             log.broken = Some(format!(
                 "the log could not undo a failed append ({e}); restart to rebuild it from storage"
             ));
         }
     }
 
-    fn leaves(&self) -> StoredLeaves<'_> {
-        StoredLeaves { db: &self.db }
+    fn tiles(&self) -> StoredTiles<'_> {
+        StoredTiles { db: &self.db }
     }
 
     pub fn leaf_index(&self, id: &RecordId) -> Result<Option<u64>, LedgerError> {
@@ -225,6 +283,7 @@ impl Ledger for EmbeddedLedger {
         let result = (|| {
             let mut leaves = w.open_table(LEAVES).map_err(err)?;
             let mut by_record = w.open_table(BY_RECORD).map_err(err)?;
+            let mut tiles = w.open_table(TILES).map_err(err)?;
             let mut value = Vec::with_capacity(49);
             for (id, commitment) in records {
                 if by_record.get(id.0.as_slice()).map_err(err)?.is_some() {
@@ -237,18 +296,22 @@ impl Ledger for EmbeddedLedger {
                 value.extend_from_slice(&id.0);
                 leaves.insert(index, value.as_slice()).map_err(err)?;
                 by_record.insert(id.0.as_slice(), index).map_err(err)?;
-                tree.push(hasher.leaf(&entry));
+                if let Some((tile, nodes)) = tree.push(hasher.leaf(&entry)) {
+                    tiles
+                        .insert(tile, encode_tile(&nodes).as_slice())
+                        .map_err(err)?;
+                }
             }
             if tree.size() == before {
                 return Ok(None);
             }
             // The new size's right edge lies in the tile being filled (or is empty when the size
-            // ends a tile): nothing is read from storage, which does not hold these leaves yet.
-            let edge = tree.right_edge(tree.size(), &mut self.leaves())?;
+            // ends a tile): nothing is read from storage, where this batch is not committed yet.
+            let edge = tree.right_edge(tree.size(), &mut self.tiles())?;
             let cp = Checkpoint {
                 origin: self.origin.clone(),
                 size: tree.size(),
-                root: tree.edge_root(&edge, &mut self.leaves())?,
+                root: tree.edge_root(&edge, &mut self.tiles())?,
                 timestamp_ms: now_ms,
             };
             let signed = self.signer.sign(&cp);
@@ -316,7 +379,7 @@ impl Ledger for EmbeddedLedger {
             self.log
                 .lock()
                 .expect("lock")
-                .inclusion_proof(index, size, &mut self.leaves())?;
+                .inclusion_proof(index, size, &mut self.tiles())?;
         Ok(ProofBundle {
             format: BUNDLE_FORMAT.into(),
             record_id: id.to_string(),
@@ -337,6 +400,7 @@ impl Ledger for EmbeddedLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::ReadableTableMetadata;
 
     fn open(path: &Path, create: bool) -> EmbeddedLedger {
         let signer = NoteSigner::new(
@@ -400,5 +464,38 @@ mod tests {
         ledger.append_records(&[record(1_000)], 100).unwrap();
         assert_proves(&ledger, 1_000);
         assert_proves(&ledger, 5);
+    }
+
+    #[test]
+    fn open_writes_missing_tile_rows_and_rewrites_altered_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let ledger = open(&path, true);
+        let all: Vec<_> = (0..800).map(record).collect();
+        ledger.append_records(&all, 1).unwrap();
+        drop(ledger);
+        {
+            // A log from before tiles has no rows; a damaged one has a wrong row.
+            let db = redb::Database::open(&path).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(TILES).unwrap();
+                assert_eq!(t.len().unwrap(), 3, "800 leaves fill three tiles of 256");
+                t.remove(1).unwrap();
+                t.insert(2, [0u8; 511 * 32].as_slice()).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let ledger = open(&path, false);
+        assert_eq!(ledger.repaired_tiles(), 1, "the altered row is counted");
+        for i in [300, 600, 799] {
+            assert_proves(&ledger, i);
+        }
+        drop(ledger);
+        assert_eq!(
+            open(&path, false).repaired_tiles(),
+            0,
+            "rows are whole again"
+        );
     }
 }

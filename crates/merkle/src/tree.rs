@@ -1,9 +1,9 @@
 //! Merkle trees that answer roots and proofs for any earlier size.
 //!
 //! [`MemoryTree`] holds every full subtree hash. [`TiledTree`] holds only the hashes above
-//! fixed-height tiles of leaves, plus the tile being filled, and reads a tile's leaf hashes back
-//! from the caller's storage (a [`LeafSource`]) when a proof reaches into it, so a log's memory
-//! stays flat as it grows. Both run the same RFC 9162 recursion over [`Nodes`].
+//! fixed-height tiles of leaves, plus the tile being filled; each full tile's hashes are handed to
+//! the caller to store once and read back (a [`TileSource`]) when a proof reaches into it, so a
+//! log's memory stays flat as it grows. Both run the same RFC 9162 recursion over [`Nodes`].
 
 use crate::hasher::{Hash, TreeHasher};
 
@@ -16,13 +16,9 @@ pub enum TreeError {
     IndexOutOfRange { index: u64, size: u64 },
     #[error("first size {first} is larger than second size {second}")]
     SizesOutOfOrder { first: u64, second: u64 },
-    #[error("reading leaves {start}..{end}: {reason}")]
-    Source {
-        start: u64,
-        end: u64,
-        reason: String,
-    },
-    #[error("the stored leaves of tile {tile} do not hash to the tile's root held in memory")]
+    #[error("reading tile {tile}: {reason}")]
+    Source { tile: u64, reason: String },
+    #[error("stored tile {tile} is malformed or does not end in the tile root held in memory")]
     TileMismatch { tile: u64 },
 }
 
@@ -297,23 +293,37 @@ impl<H: TreeHasher> MemoryTree<H> {
     fn full_root(&self, level: u32) -> Hash {
         self.levels[level as usize][0]
     }
+
+    /// Every node of a full tree of `2^height` leaves, level by level from the leaves up to the
+    /// root (`2^(height+1) - 1` hashes): the stored form of a tile.
+    fn tile_nodes(&self, height: u32) -> Vec<Hash> {
+        self.levels[..=height as usize].concat()
+    }
 }
 
-/// Reads leaf hashes back from wherever the log keeps its leaves.
-pub trait LeafSource {
-    /// The leaf hashes of `[start, end)`, every one below the tree's size, in index order.
-    fn leaf_hashes(&mut self, start: u64, end: u64) -> Result<Vec<Hash>, String>;
+/// A full tile as stored: its `2^(h+1) - 1` node hashes, level by level from the leaves up to
+/// the tile root (h = the tree's tile height). Level `l` starts at `2^(h+1) - 2^(h+1-l)`.
+pub type TileNodes = Vec<Hash>;
+
+/// Reads back the tiles a [`TiledTree`] handed out as they filled.
+pub trait TileSource {
+    /// The nodes of full tile `index`, exactly as [`TiledTree::push`] returned them.
+    fn tile(&mut self, index: u64) -> Result<TileNodes, String>;
+}
+
+/// Offset of level `level`'s first node in [`TileNodes`] of a tile of `height`.
+fn level_offset(height: u32, level: u32) -> usize {
+    (1usize << (height + 1)) - (1usize << (height + 1 - level))
 }
 
 /// A tree that keeps in memory only the nodes at or above `height`: the roots of full tiles of
 /// `2^height` leaves and the subtrees above them, plus every node of the tile being filled.
 ///
-/// Memory is about two hashes per tile (0.25 bytes per leaf at height 8). A node below `height`
-/// in a full tile is rebuilt by reading that tile's leaf hashes from a [`LeafSource`], which is
-/// checked against the tile root held here, so damaged storage gives
-/// [`TreeError::TileMismatch`] instead of a wrong proof. An inclusion proof against the tree's
-/// own size reads at most the one tile of its leaf; any proof or root for an older size reads
-/// at most two.
+/// Memory is about two hashes per tile (0.25 bytes per leaf at height 8). When a tile fills,
+/// [`TiledTree::push`] returns its nodes for the caller to store; a node below `height` in a full
+/// tile is then one lookup in that tile, read back through a [`TileSource`] and checked for
+/// length and root, so a proof reads at most one tile (two for an older tree size) and hashes
+/// nothing.
 #[derive(Clone, Debug)]
 pub struct TiledTree<H> {
     height: u32,
@@ -323,14 +333,33 @@ pub struct TiledTree<H> {
     tail: MemoryTree<H>,
 }
 
-/// A [`TiledTree`] with its storage as [`Nodes`]; keeps the one tile read last.
+/// A [`TiledTree`] with its stored tiles as [`Nodes`]; keeps the one tile read last.
 struct Tiled<'a, H, S: ?Sized> {
     tree: &'a TiledTree<H>,
     source: &'a mut S,
-    tile: Option<(u64, MemoryTree<H>)>,
+    tile: Option<(u64, TileNodes)>,
 }
 
-impl<H: TreeHasher, S: LeafSource + ?Sized> Nodes for Tiled<'_, H, S> {
+impl<H: TreeHasher, S: TileSource + ?Sized> Tiled<'_, H, S> {
+    fn load(&mut self, tile: u64) -> Result<&TileNodes, TreeError> {
+        if !matches!(&self.tile, Some((t, _)) if *t == tile) {
+            let nodes = self
+                .source
+                .tile(tile)
+                .map_err(|reason| TreeError::Source { tile, reason })?;
+            let height = self.tree.height;
+            if nodes.len() != level_offset(height, height) + 1
+                || nodes.last() != Some(&Held(&self.tree.tiles).node(0, tile)?)
+            {
+                return Err(TreeError::TileMismatch { tile });
+            }
+            self.tile = Some((tile, nodes));
+        }
+        Ok(&self.tile.as_ref().expect("just read").1)
+    }
+}
+
+impl<H: TreeHasher, S: TileSource + ?Sized> Nodes for Tiled<'_, H, S> {
     type Hasher = H;
     fn hasher(&self) -> &H {
         self.tree.hasher()
@@ -348,33 +377,15 @@ impl<H: TreeHasher, S: LeafSource + ?Sized> Nodes for Tiled<'_, H, S> {
         if tile == self.tree.tiles.size() {
             return Held(&self.tree.tail).node(level, within);
         }
-        if !matches!(&self.tile, Some((t, _)) if *t == tile) {
-            let start = tile << height;
-            let end = start + (1 << height);
-            let leaves = self
-                .source
-                .leaf_hashes(start, end)
-                .map_err(|reason| TreeError::Source { start, end, reason })?;
-            let mut rebuilt = MemoryTree::new(*self.tree.hasher());
-            for leaf in &leaves {
-                rebuilt.push(*leaf);
-            }
-            if rebuilt.size() != 1 << height
-                || rebuilt.full_root(height) != Held(&self.tree.tiles).node(0, tile)?
-            {
-                return Err(TreeError::TileMismatch { tile });
-            }
-            self.tile = Some((tile, rebuilt));
-        }
-        let (_, rebuilt) = self.tile.as_ref().expect("just read");
-        Held(rebuilt).node(level, within)
+        Ok(self.load(tile)?[level_offset(height, level) + within as usize])
     }
 }
 
 impl<H: TreeHasher> TiledTree<H> {
-    /// A tree with tiles of `2^height` leaves (at most 2^32).
+    /// A tree with tiles of `2^height` leaves (height at most 16: a stored tile is
+    /// `2^(height+1) - 1` hashes).
     pub fn new(hasher: H, height: u32) -> Self {
-        assert!(height <= 32, "tile height {height} is above 32");
+        assert!(height <= 16, "tile height {height} is above 16");
         TiledTree {
             height,
             tiles: MemoryTree::new(hasher),
@@ -391,18 +402,23 @@ impl<H: TreeHasher> TiledTree<H> {
         (self.tiles.size() << self.height) + self.tail.size()
     }
 
-    /// Appends a leaf hash (already hashed with [`TreeHasher::leaf`]).
-    pub fn push(&mut self, leaf_hash: Hash) {
+    /// Appends a leaf hash (already hashed with [`TreeHasher::leaf`]). When this leaf fills a
+    /// tile, returns the tile's index and nodes: the caller stores them for its [`TileSource`].
+    pub fn push(&mut self, leaf_hash: Hash) -> Option<(u64, TileNodes)> {
         self.tail.push(leaf_hash);
-        if self.tail.size() == 1 << self.height {
-            self.tiles.push(self.tail.full_root(self.height));
-            self.tail.truncate(0);
+        if self.tail.size() < 1 << self.height {
+            return None;
         }
+        let nodes = self.tail.tile_nodes(self.height);
+        let index = self.tiles.size();
+        self.tiles.push(self.tail.full_root(self.height));
+        self.tail.truncate(0);
+        Some((index, nodes))
     }
 
     /// Drops every leaf from `size` on (to undo appends whose storage commit failed). When `size`
-    /// falls in a full tile, that tile's first leaves are read back from `source`.
-    pub fn truncate<S: LeafSource + ?Sized>(
+    /// falls in a full tile, that tile's leaves are read back from `source`.
+    pub fn truncate<S: TileSource + ?Sized>(
         &mut self,
         size: u64,
         source: &mut S,
@@ -411,27 +427,22 @@ impl<H: TreeHasher> TiledTree<H> {
             return Ok(());
         }
         let tile = size >> self.height;
-        let start = tile << self.height;
+        let keep = (size - (tile << self.height)) as usize;
         if tile < self.tiles.size() {
-            let leaves = source
-                .leaf_hashes(start, size)
-                .map_err(|reason| TreeError::Source {
-                    start,
-                    end: size,
-                    reason,
-                })?;
+            let mut nodes = self.nodes(source);
+            let leaves = nodes.load(tile)?[..keep].to_vec();
             self.tiles.truncate(tile);
             self.tail.truncate(0);
             for leaf in leaves {
                 self.tail.push(leaf);
             }
         } else {
-            self.tail.truncate(size - start);
+            self.tail.truncate(keep as u64);
         }
         Ok(())
     }
 
-    fn nodes<'a, S: LeafSource + ?Sized>(&'a self, source: &'a mut S) -> Tiled<'a, H, S> {
+    fn nodes<'a, S: TileSource + ?Sized>(&'a self, source: &'a mut S) -> Tiled<'a, H, S> {
         Tiled {
             tree: self,
             source,
@@ -440,7 +451,7 @@ impl<H: TreeHasher> TiledTree<H> {
     }
 
     /// See [`MemoryTree::right_edge`].
-    pub fn right_edge<S: LeafSource + ?Sized>(
+    pub fn right_edge<S: TileSource + ?Sized>(
         &self,
         size: u64,
         source: &mut S,
@@ -449,7 +460,7 @@ impl<H: TreeHasher> TiledTree<H> {
     }
 
     /// Root of the tree made of the first `size` leaves.
-    pub fn root<S: LeafSource + ?Sized>(
+    pub fn root<S: TileSource + ?Sized>(
         &self,
         size: u64,
         source: &mut S,
@@ -460,7 +471,7 @@ impl<H: TreeHasher> TiledTree<H> {
     }
 
     /// Root of the tree `edge` was computed for.
-    pub fn edge_root<S: LeafSource + ?Sized>(
+    pub fn edge_root<S: TileSource + ?Sized>(
         &self,
         edge: &RightEdge,
         source: &mut S,
@@ -469,7 +480,7 @@ impl<H: TreeHasher> TiledTree<H> {
     }
 
     /// Inclusion path of leaf `index` in the tree `edge` was computed for.
-    pub fn inclusion_proof_at<S: LeafSource + ?Sized>(
+    pub fn inclusion_proof_at<S: TileSource + ?Sized>(
         &self,
         edge: &RightEdge,
         index: u64,
@@ -479,7 +490,7 @@ impl<H: TreeHasher> TiledTree<H> {
     }
 
     /// RFC 9162 §2.1.4.1 consistency proof between the trees of `first` and `second` leaves.
-    pub fn consistency_proof<S: LeafSource + ?Sized>(
+    pub fn consistency_proof<S: TileSource + ?Sized>(
         &self,
         first: u64,
         second: u64,

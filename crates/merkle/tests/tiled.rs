@@ -2,23 +2,25 @@
 //! every size and tile height, and must refuse (not mis-answer) when its storage is damaged.
 
 use medanchor_merkle::{
-    verify_inclusion, Hash, LeafSource, MemoryTree, Sha3Hasher, TiledTree, TreeError, TreeHasher,
+    verify_inclusion, Hash, MemoryTree, Sha3Hasher, TileNodes, TileSource, TiledTree, TreeError,
+    TreeHasher,
 };
 
-/// Leaf storage as a vector; counts reads so tests can see how much a proof costs.
+/// Tile storage as a vector; counts reads so tests can see how much a proof costs.
+#[derive(Default)]
 struct Stored {
-    leaves: Vec<Hash>,
+    tiles: Vec<TileNodes>,
     reads: usize,
     fail: bool,
 }
 
-impl LeafSource for Stored {
-    fn leaf_hashes(&mut self, start: u64, end: u64) -> Result<Vec<Hash>, String> {
+impl TileSource for Stored {
+    fn tile(&mut self, index: u64) -> Result<TileNodes, String> {
         if self.fail {
             return Err("disk on fire".into());
         }
         self.reads += 1;
-        Ok(self.leaves[start as usize..end as usize].to_vec())
+        Ok(self.tiles[index as usize].clone())
     }
 }
 
@@ -27,27 +29,28 @@ fn leaves(n: u32) -> Vec<Hash> {
     (0..n).map(|i| hr.leaf(&i.to_be_bytes())).collect()
 }
 
-fn both(leaves: &[Hash], height: u32) -> (MemoryTree<Sha3Hasher>, TiledTree<Sha3Hasher>) {
+/// The same leaves in a memory tree and a tiled tree, with the tiles the latter handed out.
+fn both(leaves: &[Hash], height: u32) -> (MemoryTree<Sha3Hasher>, TiledTree<Sha3Hasher>, Stored) {
     let hr = Sha3Hasher::default();
     let mut memory = MemoryTree::new(hr);
     let mut tiled = TiledTree::new(hr, height);
+    let mut stored = Stored::default();
     for l in leaves {
         memory.push(*l);
-        tiled.push(*l);
+        if let Some((index, nodes)) = tiled.push(*l) {
+            assert_eq!(index as usize, stored.tiles.len(), "tiles come in order");
+            assert_eq!(nodes.len(), (1 << (height + 1)) - 1);
+            stored.tiles.push(nodes);
+        }
     }
-    (memory, tiled)
+    (memory, tiled, stored)
 }
 
 #[test]
 fn every_size_and_height_answers_like_the_memory_tree() {
     let all = leaves(48);
     for height in [0, 1, 2, 3, 5] {
-        let (memory, tiled) = both(&all, height);
-        let mut store = Stored {
-            leaves: all.clone(),
-            reads: 0,
-            fail: false,
-        };
+        let (memory, tiled, mut store) = both(&all, height);
         assert_eq!(tiled.size(), 48);
         for n in 1..=48u64 {
             let root = memory.root(n).unwrap();
@@ -84,12 +87,7 @@ fn every_size_and_height_answers_like_the_memory_tree() {
 #[test]
 fn proofs_for_the_latest_size_of_a_large_tree_read_one_tile() {
     let all = leaves(10_000);
-    let (memory, tiled) = both(&all, 8);
-    let mut store = Stored {
-        leaves: all.clone(),
-        reads: 0,
-        fail: false,
-    };
+    let (memory, tiled, mut store) = both(&all, 8);
     let edge = tiled.right_edge(10_000, &mut store).unwrap();
     // The right edge of the newest size lies in the tile being filled: no reads.
     assert_eq!(store.reads, 0);
@@ -105,11 +103,6 @@ fn proofs_for_the_latest_size_of_a_large_tree_read_one_tile() {
 #[test]
 fn truncate_back_into_a_full_tile_reads_it_back() {
     let all = leaves(100);
-    let mut store = Stored {
-        leaves: all.clone(),
-        reads: 0,
-        fail: false,
-    };
     for (from, to) in [
         (100, 97),
         (100, 64),
@@ -119,15 +112,18 @@ fn truncate_back_into_a_full_tile_reads_it_back() {
         (64, 60),
         (17, 16),
     ] {
-        let (_, mut tiled) = both(&all[..from], 4);
+        let (_, mut tiled, mut store) = both(&all[..from], 4);
         tiled.truncate(to as u64, &mut store).unwrap();
         assert_eq!(tiled.size(), to as u64);
-        let (memory, _) = both(&all[..to], 4);
-        // Grow both again and compare every root: the rebuilt tail must be the real one.
-        let (mut memory, mut tiled) = (memory, tiled);
+        // Grow both again and compare every root: the rebuilt tail must be the real one, and
+        // the tiles it fills again must be the ones stored before.
+        let (mut memory, _, _) = both(&all[..to], 4);
         for l in &all[to..] {
             memory.push(*l);
-            tiled.push(*l);
+            if let Some((index, nodes)) = tiled.push(*l) {
+                store.tiles.truncate(index as usize);
+                store.tiles.push(nodes);
+            }
         }
         for n in 0..=100 {
             assert_eq!(
@@ -137,7 +133,7 @@ fn truncate_back_into_a_full_tile_reads_it_back() {
             );
         }
     }
-    let (_, mut tiled) = both(&all, 4);
+    let (_, mut tiled, mut store) = both(&all, 4);
     tiled.truncate(200, &mut store).unwrap();
     assert_eq!(
         tiled.size(),
@@ -147,58 +143,44 @@ fn truncate_back_into_a_full_tile_reads_it_back() {
 }
 
 #[test]
-fn damaged_or_failing_storage_is_an_error_never_a_wrong_proof() {
+fn damaged_or_failing_storage_is_an_error_never_a_panic() {
     let all = leaves(40);
-    let (_, tiled) = both(&all, 3);
-    let edge = {
-        let mut ok = Stored {
-            leaves: all.clone(),
-            reads: 0,
-            fail: false,
-        };
-        tiled.right_edge(40, &mut ok).unwrap()
-    };
-    // Wrong leaf: one stored leaf hash in tile 2 (leaves 16..24) differs.
-    let mut wrong = all.clone();
-    wrong[19][0] ^= 1;
-    let mut damaged = Stored {
-        leaves: wrong,
-        reads: 0,
-        fail: false,
-    };
-    assert_eq!(
-        tiled.inclusion_proof_at(&edge, 17, &mut damaged),
-        Err(TreeError::TileMismatch { tile: 2 })
-    );
-    // Leaves in other tiles still prove: the damage is confined to its tile.
-    tiled.inclusion_proof_at(&edge, 3, &mut damaged).unwrap();
-    // Truncated storage: the tile comes back short.
-    struct Short(Vec<Hash>);
-    impl LeafSource for Short {
-        fn leaf_hashes(&mut self, start: u64, end: u64) -> Result<Vec<Hash>, String> {
-            Ok(self.0[start as usize..end as usize - 1].to_vec())
-        }
+    let (_, tiled, mut store) = both(&all, 3);
+    let edge = tiled.right_edge(40, &mut store).unwrap();
+    // Tile 2 (leaves 16..24) comes back with a different root, truncated, or with trailing
+    // bytes: refused for that tile, while other tiles still prove.
+    let good = store.tiles[2].clone();
+    for (name, damaged) in [
+        ("wrong root", {
+            let mut t = good.clone();
+            t.last_mut().unwrap()[0] ^= 1;
+            t
+        }),
+        ("truncated", good[..good.len() - 1].to_vec()),
+        ("trailing", {
+            let mut t = good.clone();
+            t.push([0; 32]);
+            t
+        }),
+        ("empty", Vec::new()),
+    ] {
+        store.tiles[2] = damaged;
+        assert_eq!(
+            tiled.inclusion_proof_at(&edge, 17, &mut store),
+            Err(TreeError::TileMismatch { tile: 2 }),
+            "{name}"
+        );
+        tiled.inclusion_proof_at(&edge, 3, &mut store).unwrap();
     }
-    assert_eq!(
-        tiled.inclusion_proof_at(&edge, 9, &mut Short(all.clone())),
-        Err(TreeError::TileMismatch { tile: 1 })
-    );
-    let mut failing = Stored {
-        leaves: all,
-        reads: 0,
-        fail: true,
-    };
+    store.tiles[2] = good;
+    store.fail = true;
     assert!(matches!(
-        tiled.inclusion_proof_at(&edge, 9, &mut failing),
-        Err(TreeError::Source {
-            start: 8,
-            end: 16,
-            ..
-        })
+        tiled.inclusion_proof_at(&edge, 9, &mut store),
+        Err(TreeError::Source { tile: 1, .. })
     ));
     // Sizes beyond the tree are refused as by the memory tree.
     assert!(matches!(
-        tiled.root(41, &mut failing),
+        tiled.root(41, &mut store),
         Err(TreeError::SizeTooLarge {
             asked: 41,
             have: 40
