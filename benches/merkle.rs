@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use medanchor_merkle::{
-    verify_inclusion, MemoryTree, Sha3Hasher, TileNodes, TileSource, TiledTree, TreeHasher,
+    verify_inclusion, MemoryTree, Sha3Hasher, TileSource, TiledTree, TreeHasher,
 };
 
 const N: u64 = 1 << 20;
@@ -72,11 +72,13 @@ fn bench(c: &mut Criterion) {
         })
     });
     // The ledger's tree: nodes above tiles of 256 leaves in memory, each proof into a full tile
-    // one lookup of that tile's stored nodes (from memory here; the ledger reads a redb row).
-    struct Tiles(Vec<TileNodes>);
-    impl TileSource for Tiles {
-        fn tile(&mut self, index: u64) -> Result<TileNodes, String> {
-            Ok(self.0[index as usize].clone())
+    // one lookup in that tile's stored bytes (borrowed from memory here, as the ledger borrows
+    // a redb row; the ledger adds the row lookup).
+    struct Tiles(Vec<Vec<u8>>);
+    impl<'a> TileSource for &'a Tiles {
+        type Tile = &'a [u8];
+        fn tile(&mut self, index: u64) -> Result<&'a [u8], String> {
+            Ok(&self.0[index as usize])
         }
     }
     let mut tiled = TiledTree::new(hr, 8);
@@ -86,6 +88,7 @@ fn bench(c: &mut Criterion) {
             tiles.0.push(nodes);
         }
     }
+    let mut tiles = &tiles;
     let tiled_edge = tiled.right_edge(size, &mut tiles).unwrap();
     g.bench_function("inclusion_proof_generate_and_verify_tiled_h8", |b| {
         b.iter(|| {

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use medanchor_merkle::{
     record_leaf, Checkpoint, Hash, NoteSigner, NoteVerifier, ProofBundle, RightEdge, Sha3Hasher,
-    SignedCheckpoint, TileNodes, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT,
+    SignedCheckpoint, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT,
 };
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -98,29 +98,25 @@ pub struct StoredTiles<'a> {
 }
 
 impl TileSource for StoredTiles<'_> {
-    fn tile(&mut self, index: u64) -> Result<TileNodes, String> {
+    type Tile = TileRow;
+    fn tile(&mut self, index: u64) -> Result<TileRow, String> {
         let r = self.db.begin_read().map_err(|e| e.to_string())?;
         let t = r.open_table(TILES).map_err(|e| e.to_string())?;
         let row = t
             .get(index)
             .map_err(|e| e.to_string())?
             .ok_or("no such row")?;
-        decode_tile(row.value())
+        Ok(TileRow(row))
     }
 }
 
-fn encode_tile(nodes: &[Hash]) -> Vec<u8> {
-    nodes.concat()
-}
+/// A tile row borrowed from redb's pages: a proof reads its hashes without copying the row.
+pub struct TileRow(redb::AccessGuard<'static, &'static [u8]>);
 
-fn decode_tile(row: &[u8]) -> Result<TileNodes, String> {
-    if !row.len().is_multiple_of(32) {
-        return Err(format!("row of {} bytes is not whole hashes", row.len()));
+impl AsRef<[u8]> for TileRow {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value()
     }
-    Ok(row
-        .chunks_exact(32)
-        .map(|c| c.try_into().expect("32"))
-        .collect())
 }
 
 /// Splits a stored leaf value into entry and record id.
@@ -173,7 +169,7 @@ impl EmbeddedLedger {
                 let Some((index, nodes)) = tree.push(hasher.leaf(&leaf.entry)) else {
                     continue;
                 };
-                let row = encode_tile(&nodes);
+                let row = nodes;
                 match stored_tiles.get(index).map_err(err)? {
                     Some(stored) if stored.value() == row.as_slice() => continue,
                     Some(_) => {
@@ -297,9 +293,7 @@ impl Ledger for EmbeddedLedger {
                 leaves.insert(index, value.as_slice()).map_err(err)?;
                 by_record.insert(id.0.as_slice(), index).map_err(err)?;
                 if let Some((tile, nodes)) = tree.push(hasher.leaf(&entry)) {
-                    tiles
-                        .insert(tile, encode_tile(&nodes).as_slice())
-                        .map_err(err)?;
+                    tiles.insert(tile, nodes.as_slice()).map_err(err)?;
                 }
             }
             if tree.size() == before {

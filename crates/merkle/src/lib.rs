@@ -29,4 +29,4 @@ pub use checkpoint::{
 };
 pub use hasher::{Hash, Rfc9162, Sha256Hasher, Sha3Hasher, TreeHasher};
 pub use proof::{verify_consistency, verify_inclusion, ProofError};
-pub use tree::{MemoryTree, RightEdge, TileNodes, TileSource, TiledTree, TreeError};
+pub use tree::{MemoryTree, RightEdge, TileSource, TiledTree, TreeError};

@@ -295,23 +295,25 @@ impl<H: TreeHasher> MemoryTree<H> {
     }
 
     /// Every node of a full tree of `2^height` leaves, level by level from the leaves up to the
-    /// root (`2^(height+1) - 1` hashes): the stored form of a tile.
-    fn tile_nodes(&self, height: u32) -> Vec<Hash> {
-        self.levels[..=height as usize].concat()
+    /// root (`2^(height+1) - 1` hashes), concatenated: the stored form of a tile.
+    fn tile_bytes(&self, height: u32) -> Vec<u8> {
+        self.levels[..=height as usize].concat().concat()
     }
 }
 
-/// A full tile as stored: its `2^(h+1) - 1` node hashes, level by level from the leaves up to
-/// the tile root (h = the tree's tile height). Level `l` starts at `2^(h+1) - 2^(h+1-l)`.
-pub type TileNodes = Vec<Hash>;
-
 /// Reads back the tiles a [`TiledTree`] handed out as they filled.
+///
+/// A stored tile is the concatenation of its `2^(h+1) - 1` node hashes, level by level from the
+/// leaves up to the tile root (h = the tree's tile height); level `l` starts at hash
+/// `2^(h+1) - 2^(h+1-l)`.
 pub trait TileSource {
-    /// The nodes of full tile `index`, exactly as [`TiledTree::push`] returned them.
-    fn tile(&mut self, index: u64) -> Result<TileNodes, String>;
+    /// A tile's bytes; a borrowed view of storage where it has one, so a proof copies nothing.
+    type Tile: AsRef<[u8]>;
+    /// Full tile `index`, exactly as [`TiledTree::push`] returned it.
+    fn tile(&mut self, index: u64) -> Result<Self::Tile, String>;
 }
 
-/// Offset of level `level`'s first node in [`TileNodes`] of a tile of `height`.
+/// Offset (in hashes) of level `level`'s first node in a stored tile of `height`.
 fn level_offset(height: u32, level: u32) -> usize {
     (1usize << (height + 1)) - (1usize << (height + 1 - level))
 }
@@ -320,7 +322,7 @@ fn level_offset(height: u32, level: u32) -> usize {
 /// `2^height` leaves and the subtrees above them, plus every node of the tile being filled.
 ///
 /// Memory is about two hashes per tile (0.25 bytes per leaf at height 8). When a tile fills,
-/// [`TiledTree::push`] returns its nodes for the caller to store; a node below `height` in a full
+/// [`TiledTree::push`] returns its bytes for the caller to store; a node below `height` in a full
 /// tile is then one lookup in that tile, read back through a [`TileSource`] and checked for
 /// length and root, so a proof reads at most one tile (two for an older tree size) and hashes
 /// nothing.
@@ -334,28 +336,30 @@ pub struct TiledTree<H> {
 }
 
 /// A [`TiledTree`] with its stored tiles as [`Nodes`]; keeps the one tile read last.
-struct Tiled<'a, H, S: ?Sized> {
+struct Tiled<'a, H, S: TileSource + ?Sized> {
     tree: &'a TiledTree<H>,
     source: &'a mut S,
-    tile: Option<(u64, TileNodes)>,
+    tile: Option<(u64, S::Tile)>,
 }
 
 impl<H: TreeHasher, S: TileSource + ?Sized> Tiled<'_, H, S> {
-    fn load(&mut self, tile: u64) -> Result<&TileNodes, TreeError> {
+    /// Tile `tile` as stored, checked for length and root.
+    fn load(&mut self, tile: u64) -> Result<&[u8], TreeError> {
         if !matches!(&self.tile, Some((t, _)) if *t == tile) {
             let nodes = self
                 .source
                 .tile(tile)
                 .map_err(|reason| TreeError::Source { tile, reason })?;
-            let height = self.tree.height;
-            if nodes.len() != level_offset(height, height) + 1
-                || nodes.last() != Some(&Held(&self.tree.tiles).node(0, tile)?)
+            let root_at = level_offset(self.tree.height, self.tree.height) * 32;
+            let bytes = nodes.as_ref();
+            if bytes.len() != root_at + 32
+                || bytes[root_at..] != Held(&self.tree.tiles).node(0, tile)?
             {
                 return Err(TreeError::TileMismatch { tile });
             }
             self.tile = Some((tile, nodes));
         }
-        Ok(&self.tile.as_ref().expect("just read").1)
+        Ok(self.tile.as_ref().expect("just read").1.as_ref())
     }
 }
 
@@ -377,7 +381,9 @@ impl<H: TreeHasher, S: TileSource + ?Sized> Nodes for Tiled<'_, H, S> {
         if tile == self.tree.tiles.size() {
             return Held(&self.tree.tail).node(level, within);
         }
-        Ok(self.load(tile)?[level_offset(height, level) + within as usize])
+        let at = (level_offset(height, level) + within as usize) * 32;
+        let bytes = self.load(tile)?;
+        Ok(bytes[at..at + 32].try_into().expect("32 bytes"))
     }
 }
 
@@ -403,13 +409,13 @@ impl<H: TreeHasher> TiledTree<H> {
     }
 
     /// Appends a leaf hash (already hashed with [`TreeHasher::leaf`]). When this leaf fills a
-    /// tile, returns the tile's index and nodes: the caller stores them for its [`TileSource`].
-    pub fn push(&mut self, leaf_hash: Hash) -> Option<(u64, TileNodes)> {
+    /// tile, returns the tile's index and bytes: the caller stores them for its [`TileSource`].
+    pub fn push(&mut self, leaf_hash: Hash) -> Option<(u64, Vec<u8>)> {
         self.tail.push(leaf_hash);
         if self.tail.size() < 1 << self.height {
             return None;
         }
-        let nodes = self.tail.tile_nodes(self.height);
+        let nodes = self.tail.tile_bytes(self.height);
         let index = self.tiles.size();
         self.tiles.push(self.tail.full_root(self.height));
         self.tail.truncate(0);
@@ -430,11 +436,11 @@ impl<H: TreeHasher> TiledTree<H> {
         let keep = (size - (tile << self.height)) as usize;
         if tile < self.tiles.size() {
             let mut nodes = self.nodes(source);
-            let leaves = nodes.load(tile)?[..keep].to_vec();
+            let leaves = nodes.load(tile)?[..keep * 32].to_vec();
             self.tiles.truncate(tile);
             self.tail.truncate(0);
-            for leaf in leaves {
-                self.tail.push(leaf);
+            for leaf in leaves.chunks_exact(32) {
+                self.tail.push(leaf.try_into().expect("32 bytes"));
             }
         } else {
             self.tail.truncate(keep as u64);
