@@ -294,7 +294,7 @@ async fn poison_goes_to_the_dead_letter_topic(cluster: Cluster) {
     let ends = cluster.produce(&msgs, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // A small in-flight bound: partitions are paused and resumed on the way.
+    // A small in-flight bound: reading waits for the pipeline on the way.
     let config = cluster.config(dir.path(), "max_in_flight = 64\n");
     let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
     cluster.wait_committed(&ends, Duration::from_secs(90));
@@ -520,4 +520,52 @@ async fn mock_cluster_two_gateways_in_one_group_store_nothing_twice() {
 async fn tansu_two_gateways_in_one_group_store_nothing_twice() {
     let duplicates = two_gateways_in_one_group(Cluster::tansu(4).await).await;
     assert_eq!(duplicates, 0, "messages stored by both gateways");
+}
+
+/// SIGTERM while every broker is gone: the stop must not wait forever for a coordinator to
+/// answer the release commit. What was stored stays stored (and verifies); the uncommitted
+/// offsets only mean the next start re-reads, recognised as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_with_the_brokers_gone_finishes() {
+    let cluster = Cluster::mock(2);
+    cluster.produce(&small_messages(0, 200, "D"), 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster.config(dir.path(), "");
+    let data = dir.path().join("data");
+    let mut g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
+    let start = Instant::now();
+    while stored(&g) < 200.0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(cluster);
+    // /readyz notices (librdkafka reports all brokers down within a few seconds).
+    let start = Instant::now();
+    while g.http_get("/readyz").0 != 503 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "readyz still 200"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &g.child.id().to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = g.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the gateway is still stopping after 30 s (a Kubernetes grace period) with the brokers gone"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("stopped in {:?} with the brokers gone", start.elapsed());
+    assert!(status.success(), "{status}");
+    let ids = control_ids(&data);
+    assert_eq!(ids.len(), 200);
+    assert_everything_verifies(&data, 200);
 }

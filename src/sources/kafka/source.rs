@@ -142,7 +142,15 @@ impl Shared {
             offsets.forget(gone);
             commit
         };
-        if !commit.is_empty() {
+        if !commit.is_empty() && !self.up.load(Ordering::Relaxed) {
+            // A synchronous commit waits for a coordinator without a time limit; with every
+            // broker down that would hang the stop. Not committing only means re-reading.
+            tracing::warn!(source = %self.name, offsets = %describe_offsets(&commit), "brokers down: partitions released without a commit; their next owner re-reads from the last commit");
+            self.metrics
+                .source_messages
+                .with_label_values(&[&self.name, "commit_failed"])
+                .inc();
+        } else if !commit.is_empty() {
             let list = partition_list(&commit);
             // When librdkafka takes a partition away it commits that partition's *stored* offset
             // once more (enable.auto.commit, rdkafka_assignment.c). Stored lags this commit by up
@@ -509,8 +517,14 @@ async fn warn_unsafe_settings(admin: &AdminClient<DefaultClientContext>, cfg: &K
     }
 }
 
+/// How long a stop waits for the consumer to leave its group.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the pipeline may stay full before the source pauses its partitions.
+const FULL_BEFORE_PAUSE: Duration = Duration::from_secs(1);
+
 /// The consumer thread: polls, hands messages to the pipeline, stores offsets that moved,
-/// pauses while the pipeline holds `max_in_flight` of this source's messages.
+/// waits while the pipeline holds `max_in_flight` of this source's messages.
 fn consume(
     consumer: BaseConsumer<SourceContext>,
     settler: Settler,
@@ -526,9 +540,25 @@ fn consume(
     // message: each hand-over walks the partitions and crosses into C.
     let store_every = Duration::from_millis((cfg.commit_interval_ms / 2).clamp(5, 100));
     let mut stored_at = Instant::now();
+    let mut full_since: Option<Instant> = None;
     while !*stop.borrow() {
+        // A full pipeline drains in milliseconds: wait for it without polling (librdkafka keeps
+        // prefetching, up to queued.max.messages.kbytes). Pausing the partitions would throw
+        // their prefetched messages away, to be fetched again on resume. Only a pipeline that
+        // stays full (storage down) pauses them, so the poll loop can go on serving the group.
         let in_flight = shared.in_flight.load(Ordering::Relaxed);
         let paused = shared.paused.load(Ordering::Relaxed);
+        if in_flight >= max && !paused {
+            let since = *full_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < FULL_BEFORE_PAUSE {
+                shared.wait(Duration::from_millis(20), |_| {
+                    shared.in_flight.load(Ordering::Relaxed) < max
+                });
+                continue;
+            }
+        } else if in_flight < max {
+            full_since = None;
+        }
         if !paused && in_flight >= max || paused && in_flight <= max / 2 {
             if let Ok(assignment) = consumer.assignment() {
                 let done = if paused {
@@ -572,7 +602,17 @@ fn consume(
     if let Ok(assignment) = consumer.assignment() {
         shared.release(&consumer, &partitions_of(&assignment));
     }
-    drop(consumer); // leaves the group
+    // Dropping the consumer leaves the group. With the brokers gone librdkafka waits out the
+    // session timeout (45 s by default) first; nothing is left to commit by then, so the stop
+    // does not wait for it beyond a few seconds.
+    let (left, leaving) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(consumer);
+        let _ = left.send(());
+    });
+    if leaving.recv_timeout(LEAVE_TIMEOUT).is_err() {
+        tracing::warn!(source = %name, "the group did not confirm our leaving (brokers unreachable?); stopping without waiting for it");
+    }
     tracing::info!(source = %name, "kafka source stopped");
 }
 
