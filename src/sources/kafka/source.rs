@@ -372,6 +372,10 @@ pub async fn run(
         ("statistics.interval.ms", "1000"),
         // Bounds what librdkafka prefetches (its default is 64 MiB per consumer).
         ("queued.max.messages.kbytes", "16384"),
+        // When a partition's prefetch queue is over its threshold librdkafka waits this long
+        // before fetching it again (default 1 s): the pipeline empties the queue in far less,
+        // and then sat idle (mock bench, 64 partitions: 5,010 msgs/s at 1 s, 13,296 at 5 ms).
+        ("fetch.queue.backoff.ms", "10"),
         // Incremental rebalancing: a member gives up only the partitions that move, after the
         // group has settled, so its commit before the release is accepted (in an eager
         // rebalance every partition stops at once and brokers may refuse commits meanwhile).
