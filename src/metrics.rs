@@ -12,6 +12,21 @@ use prometheus::{
 
 const MAX_TYPE_LABELS: usize = 64;
 
+/// The events every broker source counts for each message, resolved by [`Metrics::source`].
+/// Events of one source type (`nak`, `commit_failed`, `offset_reset`) are rare and looked up
+/// where they happen.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    pub consumed: IntCounter,
+    pub stored: IntCounter,
+    pub duplicate: IntCounter,
+    pub rejected: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub redelivered: IntCounter,
+    pub in_flight: IntGauge,
+    pub to_stored_seconds: Histogram,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub received: IntCounterVec,
@@ -274,6 +289,24 @@ impl Metrics {
             ),
             seen_types: Mutex::new(HashSet::new()),
             registry: r,
+        }
+    }
+
+    /// `source`'s per-message metrics with their labels resolved once: a label lookup hashes
+    /// and locks, and a broker source counts several events per message. Resolving them also
+    /// exports each at 0 from the start, so rates and alerts see the series before the first
+    /// event.
+    pub fn source(&self, source: &str) -> SourceMetrics {
+        let event = |e: &str| self.source_messages.with_label_values(&[source, e]);
+        SourceMetrics {
+            consumed: event("consumed"),
+            stored: event("stored"),
+            duplicate: event("duplicate"),
+            rejected: event("rejected"),
+            dead_lettered: event("dead_lettered"),
+            redelivered: event("redelivered"),
+            in_flight: self.source_in_flight.with_label_values(&[source]),
+            to_stored_seconds: self.source_to_stored_seconds.with_label_values(&[source]),
         }
     }
 

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::offsets::{Offsets, Partition};
 use super::KafkaConfig;
 use crate::envelope::{now_ms, AckToken, Envelope, Origin, Outcome};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SourceMetrics};
 use crate::pipeline::Pipeline;
 use crate::sources::dead_letter;
 
@@ -62,6 +62,8 @@ struct Shared {
     drain_timeout: Duration,
     up: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// The per-message metrics, labels resolved once.
+    each: SourceMetrics,
 }
 
 impl Shared {
@@ -72,10 +74,7 @@ impl Shared {
     fn begin(&self, topic: &str, partition: i32, offset: i64) {
         self.offsets().begin(topic, partition, offset);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .source_in_flight
-            .with_label_values(&[&self.name])
-            .inc();
+        self.each.in_flight.inc();
     }
 
     /// A settling task ended; `done` when its message's offset may be committed.
@@ -85,10 +84,7 @@ impl Shared {
             offsets.finish(topic, partition, offset);
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.metrics
-            .source_in_flight
-            .with_label_values(&[&self.name])
-            .dec();
+        self.each.in_flight.dec();
         drop(offsets);
         self.changed.notify_all();
     }
@@ -394,6 +390,7 @@ pub async fn run(
         closing: AtomicBool::new(false),
         drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
         up: up.clone(),
+        each: metrics.source(&cfg.name),
         metrics: metrics.clone(),
     });
     let consumer: BaseConsumer<SourceContext> = consumer_cfg
@@ -546,6 +543,10 @@ fn consume(
     let mut stored_at = Instant::now();
     let mut full_since: Option<Instant> = None;
     while !*stop.borrow() {
+        if stored_at.elapsed() >= store_every {
+            shared.store_moved(&consumer);
+            stored_at = Instant::now();
+        }
         // A full pipeline drains in milliseconds: wait for it without polling (librdkafka keeps
         // prefetching, up to queued.max.messages.kbytes). Pausing the partitions would throw
         // their prefetched messages away, to be fetched again on resume. Only a pipeline that
@@ -584,15 +585,11 @@ fn consume(
                 let job = Job::from_message(&message);
                 drop(message);
                 shared.begin(&job.topic, job.partition, job.offset);
-                settler.count("consumed");
+                shared.each.consumed.inc();
                 let (env, outcome) = job.envelope(&cfg);
                 runtime.block_on(settler.pipeline.submit(env));
                 settling.spawn(settler.clone().run(job, outcome));
             }
-        }
-        if stored_at.elapsed() >= store_every {
-            shared.store_moved(&consumer);
-            stored_at = Instant::now();
         }
     }
     // Stopping: nothing new is read; what is in the pipeline finishes (the pipeline stays open
@@ -680,14 +677,6 @@ struct Settler {
 }
 
 impl Settler {
-    fn count(&self, event: &str) {
-        self.shared
-            .metrics
-            .source_messages
-            .with_label_values(&[&self.cfg.name, event])
-            .inc();
-    }
-
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
@@ -706,19 +695,21 @@ impl Settler {
         let done = loop {
             match outcome.await {
                 Ok(Outcome::Stored { duplicate, .. }) => {
-                    self.count(if duplicate { "duplicate" } else { "stored" });
+                    let each = &self.shared.each;
+                    if duplicate {
+                        &each.duplicate
+                    } else {
+                        &each.stored
+                    }
+                    .inc();
                     if let Some(ts) = job.timestamp_ms {
                         let age = now_ms() as i64 - ts;
-                        self.shared
-                            .metrics
-                            .source_to_stored_seconds
-                            .with_label_values(&[&self.cfg.name])
-                            .observe(age.max(0) as f64 / 1e3);
+                        each.to_stored_seconds.observe(age.max(0) as f64 / 1e3);
                     }
                     break true;
                 }
                 Ok(Outcome::Rejected(r)) => {
-                    self.count("rejected");
+                    self.shared.each.rejected.inc();
                     break self
                         .dead_letter(
                             &job,
@@ -741,7 +732,7 @@ impl Settler {
                             .dead_letter(&job, &reason, "max_deliver", None, attempt)
                             .await;
                     }
-                    self.count("redelivered");
+                    self.shared.each.redelivered.inc();
                     if !self
                         .pause(Duration::from_millis(500 << attempt.min(6)))
                         .await
@@ -807,7 +798,7 @@ impl Settler {
             }
             match self.producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => {
-                    self.count("dead_lettered");
+                    self.shared.each.dead_lettered.inc();
                     return true;
                 }
                 Err((e, _)) => {

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::NatsConfig;
 use crate::envelope::{now_ms, AckToken, Envelope, Origin, Outcome};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SourceMetrics};
 use crate::pipeline::Pipeline;
 use crate::sources::dead_letter;
 
@@ -107,6 +107,11 @@ pub async fn run(
     tracing::info!(source = %name, stream = %stream_name, consumer = %cfg.consumer, "nats source consuming");
 
     let cfg = Arc::new(cfg);
+    let metrics = Arc::new(NatsMetrics {
+        each: metrics.source(&name),
+        pending: metrics.source_pending.with_label_values(&[&name]),
+        nak: metrics.source_messages.with_label_values(&[&name, "nak"]),
+    });
     Ok(tokio::spawn(async move {
         loop {
             if *stop.borrow() {
@@ -143,22 +148,26 @@ pub async fn run(
     }))
 }
 
+/// This source's metrics, labels resolved once.
+struct NatsMetrics {
+    each: SourceMetrics,
+    pending: prometheus::IntGauge,
+    nak: prometheus::IntCounter,
+}
+
 /// Hands one message to the pipeline (waiting while it is full) and settles it in the background.
 async fn accept(
     cfg: &Arc<NatsConfig>,
     js: &jetstream::Context,
     pipeline: &Arc<Pipeline>,
-    metrics: &Arc<Metrics>,
+    metrics: &Arc<NatsMetrics>,
     settling: &TaskTracker,
     msg: jetstream::Message,
 ) {
     let name = cfg.name.as_str();
     let (stream, sequence, delivered, published_ns) = match msg.info() {
         Ok(i) => {
-            metrics
-                .source_pending
-                .with_label_values(&[name])
-                .set(i.pending as i64);
+            metrics.pending.set(i.pending as i64);
             (
                 i.stream.to_string(),
                 i.stream_sequence,
@@ -172,15 +181,9 @@ async fn accept(
             return;
         }
     };
-    metrics
-        .source_messages
-        .with_label_values(&[name, "consumed"])
-        .inc();
+    metrics.each.consumed.inc();
     if delivered > 1 {
-        metrics
-            .source_messages
-            .with_label_values(&[name, "redelivered"])
-            .inc();
+        metrics.each.redelivered.inc();
     }
     let (token, outcome) = AckToken::new();
     let env = Envelope {
@@ -195,7 +198,7 @@ async fn accept(
         token,
     };
     pipeline.submit(env).await;
-    metrics.source_in_flight.with_label_values(&[name]).inc();
+    metrics.each.in_flight.inc();
     let (cfg, js, metrics) = (cfg.clone(), js.clone(), metrics.clone());
     settling.spawn(async move {
         let settled = Settle {
@@ -208,17 +211,14 @@ async fn accept(
             delivered,
         };
         settled.run(outcome, published_ns).await;
-        metrics
-            .source_in_flight
-            .with_label_values(&[&cfg.name])
-            .dec();
+        metrics.each.in_flight.dec();
     });
 }
 
 struct Settle<'a> {
     cfg: &'a NatsConfig,
     js: &'a jetstream::Context,
-    metrics: &'a Metrics,
+    metrics: &'a NatsMetrics,
     msg: &'a jetstream::Message,
     stream: &'a str,
     sequence: u64,
@@ -226,15 +226,7 @@ struct Settle<'a> {
 }
 
 impl Settle<'_> {
-    fn count(&self, event: &str) {
-        self.metrics
-            .source_messages
-            .with_label_values(&[&self.cfg.name, event])
-            .inc();
-    }
-
     async fn run(&self, mut outcome: tokio::sync::oneshot::Receiver<Outcome>, published_ns: i128) {
-        let name = self.cfg.name.as_str();
         // Keep the server from redelivering while the pipeline works on it.
         let mut progress = tokio::time::interval(self.cfg.ack_wait() / 2);
         progress.tick().await;
@@ -248,16 +240,19 @@ impl Settle<'_> {
         };
         match outcome {
             Some(Outcome::Stored { duplicate, .. }) => {
-                self.count(if duplicate { "duplicate" } else { "stored" });
+                let each = &self.metrics.each;
+                if duplicate {
+                    &each.duplicate
+                } else {
+                    &each.stored
+                }
+                .inc();
                 let age = now_ms() as i128 * 1_000_000 - published_ns;
-                self.metrics
-                    .source_to_stored_seconds
-                    .with_label_values(&[name])
-                    .observe(age.max(0) as f64 / 1e9);
+                each.to_stored_seconds.observe(age.max(0) as f64 / 1e9);
                 self.ack().await;
             }
             Some(Outcome::Rejected(rejection)) => {
-                self.count("rejected");
+                self.metrics.each.rejected.inc();
                 self.dead_letter(
                     &rejection.reason,
                     rejection.label,
@@ -300,7 +295,7 @@ impl Settle<'_> {
             .await;
             return;
         }
-        self.count("nak");
+        self.metrics.nak.inc();
         let delay = Duration::from_millis(500u64 << self.delivered.clamp(0, 6));
         let _ = self.msg.ack_with(AckKind::Nak(Some(delay))).await;
     }
@@ -339,7 +334,7 @@ impl Settle<'_> {
         };
         match published {
             Ok(()) => {
-                self.count("dead_lettered");
+                self.metrics.each.dead_lettered.inc();
                 let _ = self.msg.ack_with(AckKind::Term).await;
             }
             Err(e) => {
