@@ -569,3 +569,64 @@ async fn graceful_stop_with_the_brokers_gone_finishes() {
     assert_eq!(ids.len(), 200);
     assert_everything_verifies(&data, 200);
 }
+
+/// Producers compress batches with whatever codec their team chose; every codec Kafka defines
+/// must be read (a consumer built without one fails those batches with "not implemented").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_every_compression_codec_are_read() {
+    let cluster = Cluster::mock(2);
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for (c, codec) in codecs.iter().enumerate() {
+        let producer: FutureProducer = cluster
+            .client()
+            .set("compression.type", *codec)
+            .set("linger.ms", "20")
+            .create()
+            .unwrap();
+        let sends = small_messages(c * 40, 40, "Z")
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let producer = producer.clone();
+                async move {
+                    producer
+                        .send(
+                            FutureRecord::<(), _>::to(TOPIC)
+                                .payload(&m)
+                                .partition((i % 2) as i32),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                }
+            });
+        for r in futures::future::join_all(sends).await {
+            r.unwrap_or_else(|(e, _)| panic!("{codec}: {e}"));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster.config(dir.path(), "");
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
+    let n = 40 * codecs.len();
+    let start = Instant::now();
+    while stored(&g) < n as f64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "stored {} of {n}; the log says: {}",
+            stored(&g),
+            std::fs::read_to_string(&g.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ecompress") || l.contains("consume error"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(g.stop().success());
+    let ids = control_ids(&data);
+    let set: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), n, "none stored twice");
+    assert_exactly_published(&set, n, "Z");
+}
