@@ -27,6 +27,22 @@ pub struct SourceMetrics {
     pub to_stored_seconds: Histogram,
 }
 
+impl SourceMetrics {
+    /// A message's record is stored (or was already): counted, with the time since the broker's
+    /// timestamp of the message when it has one (clock skew below zero counts as zero).
+    pub fn stored(&self, duplicate: bool, since_broker_seconds: Option<f64>) {
+        if duplicate {
+            &self.duplicate
+        } else {
+            &self.stored
+        }
+        .inc();
+        if let Some(age) = since_broker_seconds {
+            self.to_stored_seconds.observe(age.max(0.0));
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub received: IntCounterVec,

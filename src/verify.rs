@@ -116,7 +116,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
         }
     };
     let mut previous: Option<SignedCheckpoint> = None;
-    stores.ledger.with_tree(|tree, leaves| {
+    stores.ledger.with_tree(|tree, tiles| {
         for (size, text) in &checkpoints {
             report.checkpoints += 1;
             done += 1;
@@ -135,7 +135,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
                 ));
                 continue;
             }
-            match tree.root(c.size, leaves) {
+            match tree.root(c.size, tiles) {
                 Ok(root) if root == c.root => {}
                 Ok(_) => report.fail(format!(
                     "checkpoint {size}: root does not match the stored leaves"
@@ -150,7 +150,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
                         p.size
                     ));
                 }
-                let proof = tree.consistency_proof(p.size, c.size, leaves);
+                let proof = tree.consistency_proof(p.size, c.size, tiles);
                 let consistent = proof.map_err(|e| e.to_string()).and_then(|path| {
                     verify_consistency(tree.hasher(), p.size, c.size, &p.root, &c.root, &path)
                         .map_err(|e| e.to_string())

@@ -159,7 +159,7 @@ impl EmbeddedLedger {
             let r = db.begin_read().map_err(err)?;
             let t = r.open_table(LEAVES).map_err(err)?;
             let stored_tiles = r.open_table(TILES).map_err(err)?;
-            let mut missing: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut to_write: Vec<(u64, Vec<u8>)> = Vec::new();
             for (expect, e) in t.iter().map_err(err)?.enumerate() {
                 let (k, v) = e.map_err(err)?;
                 if k.value() != expect as u64 {
@@ -172,9 +172,8 @@ impl EmbeddedLedger {
                 let Some((index, nodes)) = tree.push(hasher.leaf(&leaf.entry)) else {
                     continue;
                 };
-                let row = nodes;
                 match stored_tiles.get(index).map_err(err)? {
-                    Some(stored) if stored.value() == row.as_slice() => continue,
+                    Some(stored) if stored.value() == nodes.as_slice() => continue,
                     Some(_) => {
                         tracing::warn!(
                             tile = index,
@@ -184,12 +183,12 @@ impl EmbeddedLedger {
                     }
                     None => {}
                 }
-                missing.push((index, row));
-                if missing.len() >= TILE_REPAIR_BATCH {
-                    write_tiles(&db, &mut missing)?;
+                to_write.push((index, nodes));
+                if to_write.len() >= TILE_REPAIR_BATCH {
+                    write_tiles(&db, &mut to_write)?;
                 }
             }
-            write_tiles(&db, &mut missing)?;
+            write_tiles(&db, &mut to_write)?;
         }
         Ok(EmbeddedLedger {
             db,
@@ -232,8 +231,8 @@ impl EmbeddedLedger {
             .collect()
     }
 
-    /// The tree as rebuilt from storage and its leaves (for roots and consistency proofs of every
-    /// checkpoint).
+    /// The tree as rebuilt from storage, with its stored tiles (for roots and consistency proofs of
+    /// every checkpoint).
     pub fn with_tree<T>(&self, f: impl FnOnce(&TiledTree<Sha3Hasher>, &mut StoredTiles) -> T) -> T {
         f(&self.log.lock().expect("lock").tree, &mut self.tiles())
     }
@@ -457,11 +456,11 @@ mod tests {
         // Every checkpoint's root is reproduced from the tiles and stored leaves.
         let checkpoints = ledger.checkpoints().unwrap();
         assert_eq!(checkpoints.len(), 1_000usize.div_ceil(37));
-        ledger.with_tree(|tree, leaves| {
+        ledger.with_tree(|tree, tiles| {
             for (size, text) in &checkpoints {
                 let cp = SignedCheckpoint::verify(text, &ledger.verifier()).unwrap();
                 assert_eq!(
-                    tree.root(*size, leaves).unwrap(),
+                    tree.root(*size, tiles).unwrap(),
                     cp.checkpoint.root,
                     "{size}"
                 );

@@ -118,9 +118,8 @@ fn inclusion_proof_at<N: Nodes>(
     if index >= size {
         return Err(TreeError::IndexOutOfRange { index, size });
     }
-    let mut path = Vec::with_capacity(64 - size.leading_zeros() as usize);
-    // RFC 9162 §2.1.3.1, walked top-down; the siblings are pushed bottom-up.
-    let mut levels = Vec::with_capacity(path.capacity());
+    // RFC 9162 §2.1.3.1, walked top-down; the path lists the siblings bottom-up.
+    let mut levels = Vec::with_capacity(64 - size.leading_zeros() as usize);
     let (mut m, mut start, mut end) = (index, 0, size);
     while end - start > 1 {
         let k = split_point(end - start);
@@ -133,10 +132,11 @@ fn inclusion_proof_at<N: Nodes>(
             start += k;
         }
     }
-    for (s, e) in levels.into_iter().rev() {
-        path.push(subtree(nodes, edge, s, e)?);
-    }
-    Ok(path)
+    levels
+        .into_iter()
+        .rev()
+        .map(|(s, e)| subtree(nodes, edge, s, e))
+        .collect()
 }
 
 fn consistency_proof<N: Nodes>(
@@ -148,14 +148,12 @@ fn consistency_proof<N: Nodes>(
     if first > second {
         return Err(TreeError::SizesOutOfOrder { first, second });
     }
-    let mut out = Vec::new();
     if first == 0 || first == second {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    // RFC 9162 §2.1.4.1 SUBPROOF, walked top-down; the hashes are pushed bottom-up.
+    // RFC 9162 §2.1.4.1 SUBPROOF, walked top-down; the proof lists the hashes bottom-up.
     let mut ranges = Vec::new();
-    let (mut m, mut start, end, mut whole) = (first, 0, second, true);
-    let mut end = end;
+    let (mut m, mut start, mut end, mut whole) = (first, 0, second, true);
     loop {
         let n = end - start;
         if m == n {
@@ -175,10 +173,11 @@ fn consistency_proof<N: Nodes>(
             whole = false;
         }
     }
-    for (s, e) in ranges.into_iter().rev() {
-        out.push(subtree(nodes, &edge, s, e)?);
-    }
-    Ok(out)
+    ranges
+        .into_iter()
+        .rev()
+        .map(|(s, e)| subtree(nodes, &edge, s, e))
+        .collect()
 }
 
 /// Holds every full subtree hash: `levels[k][i]` covers leaves `[i·2^k, (i+1)·2^k)`.

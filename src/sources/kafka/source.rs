@@ -138,7 +138,8 @@ impl Shared {
             offsets.forget(gone);
             commit
         };
-        if !commit.is_empty() && !self.up.load(Ordering::Relaxed) {
+        if commit.is_empty() {
+        } else if !self.up.load(Ordering::Relaxed) {
             // A synchronous commit waits for a coordinator without a time limit; with every
             // broker down that would hang the stop. Not committing only means re-reading.
             tracing::warn!(source = %self.name, offsets = %describe_offsets(&commit), "brokers down: partitions released without a commit; their next owner re-reads from the last commit");
@@ -146,7 +147,7 @@ impl Shared {
                 .source_messages
                 .with_label_values(&[&self.name, "commit_failed"])
                 .inc();
-        } else if !commit.is_empty() {
+        } else {
             let list = partition_list(&commit);
             // When librdkafka takes a partition away it commits that partition's *stored* offset
             // once more (enable.auto.commit, rdkafka_assignment.c). Stored lags this commit by up
@@ -158,7 +159,6 @@ impl Shared {
             match consumer.commit(&list, CommitMode::Sync) {
                 Ok(()) => {
                     tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), "partitions drained and committed before release");
-                    self.check_committed(consumer, &commit);
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.name, error = %e, "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)")
@@ -171,24 +171,6 @@ impl Shared {
                 topic,
                 &partition.to_string(),
             ]);
-        }
-    }
-}
-
-impl Shared {
-    /// Reads the group's offsets back after a commit: a broker that acknowledges a commit and
-    /// then does not keep it (seen with tansu 0.6.0 while its group rebalances) makes the next
-    /// owner re-read messages this gateway stored, and that must show in the log.
-    fn check_committed(&self, consumer: &BaseConsumer<SourceContext>, commit: &[(Partition, i64)]) {
-        let Ok(kept) = consumer.committed_offsets(partition_list(commit), Duration::from_secs(5))
-        else {
-            return;
-        };
-        for ((topic, partition), offset) in commit {
-            let found = kept.find_partition(topic, *partition).map(|e| e.offset());
-            if found != Some(Offset::Offset(*offset)) {
-                tracing::warn!(source = %self.name, topic = %topic, partition, committed = offset, broker_has = ?found, "the broker did not keep a committed offset; the next owner of this partition re-reads from where the broker says");
-            }
         }
     }
 }
@@ -370,7 +352,8 @@ pub async fn run(
         ("queued.max.messages.kbytes", "16384"),
         // When a partition's prefetch queue is over its threshold librdkafka waits this long
         // before fetching it again (default 1 s): the pipeline empties the queue in far less,
-        // and then sat idle (mock bench, 64 partitions: 5,010 msgs/s at 1 s, 13,296 at 5 ms).
+        // and then sat idle (mock bench, 64 partitions: 5,010 msgs/s at 1 s, 12,570-13,740 at
+        // 10 ms).
         ("fetch.queue.backoff.ms", "10"),
         // Incremental rebalancing: a member gives up only the partitions that move, after the
         // group has settled, so its commit before the release is accepted (in an eager
@@ -695,17 +678,10 @@ impl Settler {
         let done = loop {
             match outcome.await {
                 Ok(Outcome::Stored { duplicate, .. }) => {
-                    let each = &self.shared.each;
-                    if duplicate {
-                        &each.duplicate
-                    } else {
-                        &each.stored
-                    }
-                    .inc();
-                    if let Some(ts) = job.timestamp_ms {
-                        let age = now_ms() as i64 - ts;
-                        each.to_stored_seconds.observe(age.max(0) as f64 / 1e3);
-                    }
+                    let age = job
+                        .timestamp_ms
+                        .map(|ts| (now_ms() as i64 - ts) as f64 / 1e3);
+                    self.shared.each.stored(duplicate, age);
                     break true;
                 }
                 Ok(Outcome::Rejected(r)) => {

@@ -240,15 +240,8 @@ impl Settle<'_> {
         };
         match outcome {
             Some(Outcome::Stored { duplicate, .. }) => {
-                let each = &self.metrics.each;
-                if duplicate {
-                    &each.duplicate
-                } else {
-                    &each.stored
-                }
-                .inc();
-                let age = now_ms() as i128 * 1_000_000 - published_ns;
-                each.to_stored_seconds.observe(age.max(0) as f64 / 1e9);
+                let age = (now_ms() as i128 * 1_000_000 - published_ns) as f64 / 1e9;
+                self.metrics.each.stored(duplicate, Some(age));
                 self.ack().await;
             }
             Some(Outcome::Rejected(rejection)) => {
