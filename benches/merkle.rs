@@ -11,7 +11,7 @@ use medanchor_merkle::{
 const N: u64 = 1 << 20;
 
 fn bench(c: &mut Criterion) {
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     let leaves: Vec<[u8; 32]> = (0..N).map(|i| hr.leaf(&i.to_be_bytes())).collect();
     let mut g = c.benchmark_group("merkle");
     g.sample_size(10);

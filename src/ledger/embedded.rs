@@ -152,7 +152,7 @@ impl EmbeddedLedger {
         w.open_table(CHECKPOINTS).map_err(err)?;
         w.open_table(TILES).map_err(err)?;
         w.commit().map_err(err)?;
-        let hasher = Sha3Hasher::default();
+        let hasher = Sha3Hasher;
         let mut tree = TiledTree::new(hasher, TILE_HEIGHT);
         let mut repaired_tiles = 0;
         {

@@ -20,12 +20,12 @@ mod xaes;
 pub use xaes::XaesKey;
 
 use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
-use sha3::{Digest, Sha3_256};
 use zeroize::Zeroizing;
 
 use crate::envelope::RecordId;
 use crate::record::Record;
 pub use keyring::{DataKey, Keyring, KeyringError};
+use medanchor_sha3::Sha3_256;
 
 pub const MAGIC: &[u8; 4] = b"MAS\x01";
 pub const SALT_LEN: usize = 32;
@@ -63,7 +63,7 @@ pub fn commitment(salt: &[u8; SALT_LEN], encoded: &[u8]) -> [u8; 32] {
     h.update(COMMIT_DOMAIN);
     h.update(salt);
     h.update(encoded);
-    h.finalize().into()
+    h.finalize()
 }
 
 fn subkey(key: &DataKey, nonce: &[u8; NONCE_LEN]) -> Aes256Gcm {
@@ -186,5 +186,5 @@ pub fn open(bytes: &[u8], record_id: RecordId, key: &DataKey) -> Result<Opened, 
 
 /// SHA3-256 of arbitrary bytes (certificate fingerprints and the like).
 pub fn fingerprint(bytes: &[u8]) -> [u8; 32] {
-    Sha3_256::digest(bytes).into()
+    Sha3_256::digest(bytes)
 }

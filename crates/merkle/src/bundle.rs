@@ -89,7 +89,7 @@ impl ProofBundle {
             .iter()
             .map(|h| hash_hex(h, "inclusion"))
             .collect::<Result<Vec<_>, _>>()?;
-        let hasher = Sha3Hasher::default();
+        let hasher = Sha3Hasher;
         verify_inclusion(
             &hasher,
             self.leaf_index,

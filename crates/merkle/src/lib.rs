@@ -7,7 +7,7 @@
 //! ```
 //! use medanchor_merkle::{MemoryTree, Sha3Hasher, TreeHasher, verify_inclusion};
 //!
-//! let hasher = Sha3Hasher::default();
+//! let hasher = Sha3Hasher;
 //! let mut tree = MemoryTree::new(hasher);
 //! for i in 0u8..10 {
 //!     tree.push(hasher.leaf(&[i]));

@@ -168,7 +168,7 @@ fn subproof_ref<H: TreeHasher>(hr: &H, m: usize, d: &[Hash], b: bool) -> Vec<Has
 
 #[test]
 fn every_shape_up_to_48_agrees_with_the_rfc_definition_and_verifies() {
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     let leaves: Vec<Hash> = (0..48u32).map(|i| hr.leaf(&i.to_be_bytes())).collect();
     let mut tree = MemoryTree::new(hr);
     for l in &leaves {
@@ -211,7 +211,7 @@ fn every_shape_up_to_48_agrees_with_the_rfc_definition_and_verifies() {
 fn a_right_edge_keeps_answering_for_its_size_while_the_tree_grows() {
     // The ledger computes the edge when it signs a checkpoint and serves proofs from it while
     // later leaves arrive.
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     let leaves: Vec<Hash> = (0..300u32).map(|i| hr.leaf(&i.to_be_bytes())).collect();
     let mut tree = MemoryTree::new(hr);
     let mut edges = Vec::new();

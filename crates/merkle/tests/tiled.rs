@@ -25,13 +25,13 @@ impl TileSource for Stored {
 }
 
 fn leaves(n: u32) -> Vec<Hash> {
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     (0..n).map(|i| hr.leaf(&i.to_be_bytes())).collect()
 }
 
 /// The same leaves in a memory tree and a tiled tree, with the tiles the latter handed out.
 fn both(leaves: &[Hash], height: u32) -> (MemoryTree<Sha3Hasher>, TiledTree<Sha3Hasher>, Stored) {
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     let mut memory = MemoryTree::new(hr);
     let mut tiled = TiledTree::new(hr, height);
     let mut stored = Stored::default();

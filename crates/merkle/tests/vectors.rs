@@ -28,7 +28,7 @@ fn path_of(v: &Value) -> Vec<Hash> {
 }
 
 fn generate() -> Value {
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     let mut tree = MemoryTree::new(hr);
     let entries: Vec<Vec<u8>> = (0..13u8)
         .map(|i| vec![0x01, i, i.wrapping_mul(31)])
@@ -213,7 +213,7 @@ fn vectors_verify_and_every_named_corruption_fails() {
         .unwrap();
     }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-    let hr = Sha3Hasher::default();
+    let hr = Sha3Hasher;
     let mut checked = 0;
     for c in v["inclusion"].as_array().unwrap() {
         let r = verify_inclusion(

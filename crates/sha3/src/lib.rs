@@ -1,0 +1,376 @@
+//! SHA3-256 (FIPS 202) for medanchor's record commitments and Merkle log, with Keccak-f[1600] on
+//! AVX-512 where the CPU has it.
+//!
+//! ```
+//! let digest = medanchor_sha3::Sha3_256::digest(b"abc");
+//! assert_eq!(digest[..4], [0x3a, 0x98, 0x5d, 0xa7]);
+//! ```
+//!
+//! The commitment hashes every byte of every record, and with the portable permutation
+//! (RustCrypto's `keccak`, which the `sha3` crate uses) that was about a quarter of the gateway's
+//! core at full load. AVX-512 has a three-input logic instruction (`vpternlogq`) and a 64-bit
+//! rotate (`vprolq`): with one lane per 128-bit register, theta's column parities take two
+//! instructions per column instead of four, chi one per lane instead of three, and the 25 lanes
+//! stay in registers (there are 32). Only 128-bit registers are used, which do not lower the
+//! clock of the CPUs that throttle on wide AVX-512 work. Other CPUs get the portable permutation.
+//! The sponge (absorb, pad, squeeze) is shared; tests check both permutations against the
+//! `sha3` crate and FIPS 202 vectors.
+
+/// SHA3-256's rate: 1600 - 2 × 256 bits.
+const RATE: usize = 136;
+
+/// Round constants of Keccak-f[1600] (FIPS 202, 3.2.5).
+const RC: [u64; 24] = [
+    0x0000000000000001,
+    0x0000000000008082,
+    0x800000000000808a,
+    0x8000000080008000,
+    0x000000000000808b,
+    0x0000000080000001,
+    0x8000000080008081,
+    0x8000000000008009,
+    0x000000000000008a,
+    0x0000000000000088,
+    0x0000000080008009,
+    0x000000008000000a,
+    0x000000008000808b,
+    0x800000000000008b,
+    0x8000000000008089,
+    0x8000000000008003,
+    0x8000000000008002,
+    0x8000000000000080,
+    0x000000000000800a,
+    0x800000008000000a,
+    0x8000000080008081,
+    0x8000000000008080,
+    0x0000000080000001,
+    0x8000000080008008,
+];
+
+/// Which permutation absorbs blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// RustCrypto's portable Keccak-f[1600].
+    Portable,
+    /// One lane per 128-bit register with AVX-512F/VL instructions.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Backend {
+    /// The fastest permutation this CPU runs.
+    pub fn detect() -> Backend {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Backend::Avx512;
+        }
+        Backend::Portable
+    }
+
+    /// XORs each whole block of `blocks` into the state and permutes.
+    fn absorb(self, state: &mut [u64; 25], blocks: &[u8]) {
+        debug_assert_eq!(blocks.len() % RATE, 0);
+        match self {
+            Backend::Portable => {
+                let keccak = keccak::Keccak::new();
+                for block in blocks.chunks_exact(RATE) {
+                    xor_block(state, block);
+                    keccak.with_f1600(|f1600| f1600(state));
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `avx512::absorb` is safe code whose only requirement is that the CPU
+            // executes AVX-512F and AVX-512VL instructions. A hasher holds this variant only from
+            // `new`, which takes it from `detect` after `is_x86_feature_detected!` found both
+            // (which also checks that the operating system saves the AVX-512 registers), or from
+            // `with_backend`, which asserts the same.
+            Backend::Avx512 => unsafe { avx512::absorb(state, blocks) },
+        }
+    }
+}
+
+fn xor_block(state: &mut [u64; 25], block: &[u8]) {
+    for (lane, bytes) in state.iter_mut().zip(block.chunks_exact(8)) {
+        *lane ^= u64::from_le_bytes(bytes.try_into().expect("8-byte chunk"));
+    }
+}
+
+/// A SHA3-256 computation.
+#[derive(Clone)]
+pub struct Sha3_256 {
+    backend: Backend,
+    state: [u64; 25],
+    /// The part of a block not yet absorbed.
+    pending: [u8; RATE],
+    pending_len: usize,
+}
+
+impl Default for Sha3_256 {
+    fn default() -> Self {
+        Sha3_256::new()
+    }
+}
+
+impl Sha3_256 {
+    pub fn new() -> Sha3_256 {
+        static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+        Sha3_256::unchecked(*BACKEND.get_or_init(Backend::detect))
+    }
+
+    /// With a given permutation (tests compare them). Panics if this CPU cannot run it.
+    pub fn with_backend(backend: Backend) -> Sha3_256 {
+        #[cfg(target_arch = "x86_64")]
+        if backend == Backend::Avx512 {
+            assert_eq!(
+                Backend::detect(),
+                Backend::Avx512,
+                "this CPU has no AVX-512F/VL"
+            );
+        }
+        Sha3_256::unchecked(backend)
+    }
+
+    /// `backend` must be one `detect` returned: `new` checks once per process, not per hash.
+    fn unchecked(backend: Backend) -> Sha3_256 {
+        Sha3_256 {
+            backend,
+            state: [0; 25],
+            pending: [0; RATE],
+            pending_len: 0,
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        if self.pending_len > 0 {
+            let take = data.len().min(RATE - self.pending_len);
+            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&data[..take]);
+            self.pending_len += take;
+            data = &data[take..];
+            if self.pending_len < RATE {
+                return;
+            }
+            self.backend.absorb(&mut self.state, &self.pending);
+            self.pending_len = 0;
+        }
+        let whole = data.len() - data.len() % RATE;
+        if whole > 0 {
+            self.backend.absorb(&mut self.state, &data[..whole]);
+        }
+        let rest = &data[whole..];
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.pending_len = rest.len();
+    }
+
+    pub fn finalize(mut self) -> [u8; 32] {
+        // SHA-3 domain bits 01, then pad10*1 (FIPS 202, B.2).
+        self.pending[self.pending_len..].fill(0);
+        self.pending[self.pending_len] ^= 0x06;
+        self.pending[RATE - 1] ^= 0x80;
+        self.backend.absorb(&mut self.state, &self.pending);
+        let mut out = [0u8; 32];
+        for (bytes, lane) in out.chunks_exact_mut(8).zip(self.state) {
+            bytes.copy_from_slice(&lane.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn digest(data: &[u8]) -> [u8; 32] {
+        let mut h = Sha3_256::new();
+        h.update(data);
+        h.finalize()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{RATE, RC};
+    use std::arch::x86_64::*;
+
+    /// Lane `x + 5y` goes to lane `y + 5((2x + 3y) mod 5)` rotated left by its rho offset:
+    /// (from, to, rotation), rho and pi of FIPS 202 3.2.2–3.2.3 in one table.
+    macro_rules! rho_pi {
+        ($a:ident, $d:ident, $b:ident, $(($from:literal, $to:literal, $rot:literal)),* $(,)?) => {
+            $( $b[$to] = _mm_rol_epi64::<$rot>(_mm_xor_si128($a[$from], $d[$from % 5])); )*
+        };
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub(super) fn absorb(state: &mut [u64; 25], blocks: &[u8]) {
+        let mut a = [_mm_setzero_si128(); 25];
+        for (reg, lane) in a.iter_mut().zip(state.iter()) {
+            *reg = _mm_cvtsi64_si128(*lane as i64);
+        }
+        for block in blocks.chunks_exact(RATE) {
+            for (reg, bytes) in a.iter_mut().zip(block.chunks_exact(8)) {
+                let lane = i64::from_le_bytes(bytes.try_into().expect("8-byte chunk"));
+                *reg = _mm_xor_si128(*reg, _mm_cvtsi64_si128(lane));
+            }
+            for rc in RC {
+                round(&mut a, rc);
+            }
+        }
+        for (lane, reg) in state.iter_mut().zip(a) {
+            *lane = _mm_cvtsi128_si64(reg) as u64;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vl")]
+    #[inline]
+    fn round(a: &mut [__m128i; 25], rc: u64) {
+        // Theta: column parities (0x96: three-way XOR), then each column's correction.
+        let mut c = [_mm_setzero_si128(); 5];
+        for x in 0..5 {
+            c[x] = _mm_ternarylogic_epi64::<0x96>(
+                _mm_ternarylogic_epi64::<0x96>(a[x], a[x + 5], a[x + 10]),
+                a[x + 15],
+                a[x + 20],
+            );
+        }
+        let mut d = [_mm_setzero_si128(); 5];
+        for x in 0..5 {
+            d[x] = _mm_xor_si128(c[(x + 4) % 5], _mm_rol_epi64::<1>(c[(x + 1) % 5]));
+        }
+        let mut b = [_mm_setzero_si128(); 25];
+        rho_pi!(
+            a,
+            d,
+            b,
+            (0, 0, 0),
+            (1, 10, 1),
+            (2, 20, 62),
+            (3, 5, 28),
+            (4, 15, 27),
+            (5, 16, 36),
+            (6, 1, 44),
+            (7, 11, 6),
+            (8, 21, 55),
+            (9, 6, 20),
+            (10, 7, 3),
+            (11, 17, 10),
+            (12, 2, 43),
+            (13, 12, 25),
+            (14, 22, 39),
+            (15, 23, 41),
+            (16, 8, 45),
+            (17, 18, 15),
+            (18, 3, 21),
+            (19, 13, 8),
+            (20, 14, 18),
+            (21, 24, 2),
+            (22, 9, 61),
+            (23, 19, 56),
+            (24, 4, 14),
+        );
+        // Chi: a ^ (!b & c) is truth table 0xd2.
+        for y in 0..5 {
+            for x in 0..5 {
+                a[x + 5 * y] = _mm_ternarylogic_epi64::<0xd2>(
+                    b[x + 5 * y],
+                    b[(x + 1) % 5 + 5 * y],
+                    b[(x + 2) % 5 + 5 * y],
+                );
+            }
+        }
+        // Iota.
+        a[0] = _mm_xor_si128(a[0], _mm_cvtsi64_si128(rc as i64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::sha3::Digest;
+
+    fn backends() -> Vec<Backend> {
+        let mut all = vec![Backend::Portable];
+        if Backend::detect() != Backend::Portable {
+            all.push(Backend::detect());
+        } else {
+            eprintln!("this CPU has only the portable permutation; AVX-512 not tested here");
+        }
+        all
+    }
+
+    fn hash(backend: Backend, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = Sha3_256::with_backend(backend);
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize()
+    }
+
+    #[test]
+    fn fips_202_vectors() {
+        let million_a = vec![b'a'; 1_000_000];
+        let vectors: [(&[u8], &str); 4] = [
+            (
+                b"",
+                "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a",
+            ),
+            (
+                b"abc",
+                "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532",
+            ),
+            (
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+                "41c0dba2a9d6240849100376a8235e2c82e1b9998a999e21db32dd97496d3376",
+            ),
+            (
+                &million_a,
+                "5c8875ae474a3634ba4fd55ec85bffd661f32aca75c6d699d0cdcb6c115891c1",
+            ),
+        ];
+        for backend in backends() {
+            for (input, expected) in vectors {
+                assert_eq!(
+                    hex::encode(hash(backend, &[input])),
+                    expected,
+                    "{backend:?}, {} bytes",
+                    input.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_length_and_split_matches_the_sha3_crate() {
+        let data: Vec<u8> = (0..3 * RATE as u32 + 7)
+            .map(|i| (i.wrapping_mul(131) + 17) as u8)
+            .collect();
+        for backend in backends() {
+            for len in 0..data.len() {
+                let input = &data[..len];
+                let expected: [u8; 32] = ::sha3::Sha3_256::digest(input).into();
+                assert_eq!(
+                    hash(backend, &[input]),
+                    expected,
+                    "{backend:?}, {len} bytes"
+                );
+                // Splits around the block boundaries exercise the pending buffer.
+                for split in [1, RATE - 1, RATE, RATE + 1, len / 2] {
+                    let split = split.min(len);
+                    let (head, tail) = input.split_at(split);
+                    assert_eq!(
+                        hash(backend, &[head, tail]),
+                        expected,
+                        "{backend:?}, {len} bytes split at {split}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_matches_one_call() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        for backend in backends() {
+            let mut h = Sha3_256::with_backend(backend);
+            for b in &data {
+                h.update(std::slice::from_ref(b));
+            }
+            assert_eq!(h.finalize(), hash(backend, &[&data]), "{backend:?}");
+        }
+    }
+}
