@@ -43,6 +43,8 @@ pub struct EmbeddedVault {
     segments: SegmentLog,
     /// When an index commit was last made durable.
     last_sync: Mutex<Instant>,
+    /// The segment bytes of the commit being made (commits are serialised by redb's write lock).
+    staged: Mutex<Staged>,
 }
 
 /// How often the index is made durable: it bounds what a restart after a crash re-indexes
@@ -205,6 +207,7 @@ impl EmbeddedVault {
             db,
             segments,
             last_sync: Mutex::new(Instant::now()),
+            staged: Mutex::new(Staged::default()),
         })
     }
 
@@ -245,7 +248,8 @@ impl Vault for EmbeddedVault {
             let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
-            let mut staged = Staged::default();
+            let mut staged = self.staged.lock().expect("lock");
+            staged.clear();
             // Records new in this batch: a duplicate of one of them finds its commitment here,
             // as its index row is written only after the segment append.
             let mut fresh: HashMap<RecordId, [u8; 32]> = HashMap::new();

@@ -142,10 +142,26 @@ struct Active {
     file: File,
 }
 
-/// Entries staged for one commit.
+/// Entries staged for one commit. The vault keeps one and reuses it: a fresh buffer per commit
+/// (megabytes at full load) grew by doubling, copying what it held at every step, and went back
+/// to the allocator after each commit.
 #[derive(Default)]
 pub struct Staged {
     buf: Vec<u8>,
+}
+
+/// The most a reused `Staged` keeps between commits; a burst of large records can need more
+/// for one commit, but the memory goes back afterwards.
+const STAGED_KEEP: usize = 32 << 20;
+
+impl Staged {
+    /// Empties the buffer for the next commit.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        if self.buf.capacity() > STAGED_KEEP {
+            self.buf.shrink_to(STAGED_KEEP);
+        }
+    }
 }
 
 fn path_of(dir: &Path, segment: u32) -> PathBuf {
