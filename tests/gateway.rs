@@ -427,3 +427,43 @@ fn a_torn_segment_tail_is_cut_off_and_lost_acknowledged_bytes_are_refused() {
     let err = refused_start(None, &data);
     assert!(err.contains("acknowledged records are missing"), "{err}");
 }
+
+#[test]
+fn pipelined_messages_are_answered_in_order_one_ack_each() {
+    // The listener writes every ACK that is already due in one write: many ACKs then arrive in
+    // one read, and they must still be one per message, in the order sent.
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(&dir.path().join("data"), &[]);
+    let messages = hl7_messages(300, "PIPE");
+    let mut s = TcpStream::connect(g.mllp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut expected = Vec::new();
+    let mut all = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        all.push(0x0b);
+        if i % 50 == 49 {
+            all.extend_from_slice(b"not an HL7 message");
+            expected.push(("AR", String::new()));
+        } else {
+            all.extend_from_slice(m);
+            expected.push(("AA", format!("PIPE-{i}")));
+        }
+        all.extend_from_slice(&[0x1c, 0x0d]);
+    }
+    let mut writer = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&all).unwrap());
+    for (i, (code, control_id)) in expected.iter().enumerate() {
+        let (got_code, got_id, text) = msa(&read_frame(&mut s));
+        // Messages asking for enhanced acknowledgement get CA (commit accept) instead of AA.
+        let got_code = if got_code == "CA" { "AA" } else { &got_code };
+        assert_eq!(
+            (got_code, got_id.as_str()),
+            (*code, control_id.as_str()),
+            "ACK {i}: {text}"
+        );
+    }
+    sender.join().unwrap();
+    drop(s);
+    g.stop();
+    assert_eq!(control_ids(&dir.path().join("data")).len(), 294);
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -121,11 +121,20 @@ impl MllpSource {
                 biased;
                 Some(ack) = pending.next(), if !pending.is_empty() => {
                     last_activity = tokio::time::Instant::now();
-                    if let Some(ack) = ack {
-                        if writer.send(ack).await.is_err() {
-                            metrics.connection_errors.with_label_values(&["write"]).inc();
-                            break;
+                    // ACKs that are already due (a group commit settles many at once) go out in
+                    // the same write: one system call and one wakeup of the peer per group
+                    // instead of per message. Nothing waits for an ACK that is not due.
+                    let mut written = Ok(());
+                    let mut next = Some(ack);
+                    while let (Ok(()), Some(ack)) = (&written, next) {
+                        if let Some(ack) = ack {
+                            written = writer.feed(ack).await;
                         }
+                        next = pending.next().now_or_never().flatten();
+                    }
+                    if written.is_err() || SinkExt::<Vec<u8>>::flush(&mut writer).await.is_err() {
+                        metrics.connection_errors.with_label_values(&["write"]).inc();
+                        break;
                     }
                 }
                 frame = reader.next(), if can_read => {
