@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -73,7 +74,7 @@ pub async fn run(
             reason: e.to_string(),
         })?;
     up.store(true, Ordering::Relaxed);
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let stream_name = cfg.stream.clone().unwrap_or_default();
     let stream = js
         .get_stream(&stream_name)
@@ -107,6 +108,7 @@ pub async fn run(
     tracing::info!(source = %name, stream = %stream_name, consumer = %cfg.consumer, "nats source consuming");
 
     let cfg = Arc::new(cfg);
+    let link = Arc::new(Link { js, client });
     let metrics = Arc::new(NatsMetrics {
         each: metrics.source(&name),
         pending: metrics.source_pending.with_label_values(&[&name]),
@@ -133,7 +135,7 @@ pub async fn run(
                     _ = stop.wait_for(|s| *s) => None,
                 };
                 match next {
-                    Some(Ok(msg)) => accept(&cfg, &js, &pipeline, &metrics, &settling, msg).await,
+                    Some(Ok(msg)) => accept(&cfg, &link, &pipeline, &metrics, &settling, msg).await,
                     Some(Err(e)) => {
                         // Missed heartbeats and the like: the stream is rebuilt, nothing is lost
                         // (unacknowledged messages come back after ack_wait).
@@ -148,6 +150,14 @@ pub async fn run(
     }))
 }
 
+/// The connection, shared by every message's settling task (one reference count each, where
+/// cloning the JetStream context and then its client per message cloned a handful).
+struct Link {
+    js: jetstream::Context,
+    /// Acks are requests on the plain client (`Settle::ack`).
+    client: async_nats::Client,
+}
+
 /// This source's metrics, labels resolved once.
 struct NatsMetrics {
     each: SourceMetrics,
@@ -158,7 +168,7 @@ struct NatsMetrics {
 /// Hands one message to the pipeline (waiting while it is full) and settles it in the background.
 async fn accept(
     cfg: &Arc<NatsConfig>,
-    js: &jetstream::Context,
+    link: &Arc<Link>,
     pipeline: &Arc<Pipeline>,
     metrics: &Arc<NatsMetrics>,
     settling: &TaskTracker,
@@ -199,11 +209,11 @@ async fn accept(
     };
     pipeline.submit(env).await;
     metrics.each.in_flight.inc();
-    let (cfg, js, metrics) = (cfg.clone(), js.clone(), metrics.clone());
+    let (cfg, link, metrics) = (cfg.clone(), link.clone(), metrics.clone());
     settling.spawn(async move {
         let settled = Settle {
             cfg: &cfg,
-            js: &js,
+            link: &link,
             metrics: &metrics,
             msg: &msg,
             stream: &stream,
@@ -215,9 +225,12 @@ async fn accept(
     });
 }
 
+/// The acknowledgement body JetStream expects (`AckKind::Ack`).
+const ACK: &[u8] = b"+ACK";
+
 struct Settle<'a> {
     cfg: &'a NatsConfig,
-    js: &'a jetstream::Context,
+    link: &'a Link,
     metrics: &'a NatsMetrics,
     msg: &'a jetstream::Message,
     stream: &'a str,
@@ -263,10 +276,22 @@ impl Settle<'_> {
 
     /// Double ack: the server confirms it, so a stored message is not delivered again. If even
     /// that fails, it comes back after ack_wait and is recognised as a duplicate.
+    ///
+    /// Sent as a request through the client's one shared reply subscription: async-nats's own
+    /// `double_ack` subscribes a fresh inbox for every ack and unsubscribes it afterwards, three
+    /// protocol operations and a server-side subscription per message where this is one publish.
     async fn ack(&self) {
+        let Some(reply) = self.msg.reply.clone() else {
+            return; // not a JetStream delivery; `accept` does not let these through
+        };
         for attempt in 0..3 {
-            match self.msg.double_ack().await {
-                Ok(()) => return,
+            let confirmed = self
+                .link
+                .client
+                .request(reply.clone(), Bytes::from_static(ACK))
+                .await;
+            match confirmed {
+                Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(source = %self.cfg.name, sequence = self.sequence, attempt, error = %e, "ack not confirmed");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -314,6 +339,7 @@ impl Settle<'_> {
             headers.insert(dead_letter::QUARANTINE_ID, q);
         }
         let published = match self
+            .link
             .js
             .publish_with_headers(
                 self.cfg.dead_letter_subject.clone(),
