@@ -229,11 +229,13 @@ impl<'a> PacedMix<'a> {
 #[derive(Debug, Serialize)]
 pub struct BrokerBenchReport {
     pub messages: u64,
-    /// Published and then all stored and acknowledged, end to end.
+    /// Published and then all stored and acknowledged, end to end; with `--prefill`, from the
+    /// gateway's first delivery to the last one stored (the drain).
     pub msgs_per_s: f64,
     /// The broker's own figure in the same run: how fast it took the publishes alone.
     pub publish_msgs_per_s: f64,
-    /// Broker timestamp → record stored, from the gateway's histogram (bucket-interpolated).
+    /// Broker timestamp → record stored, from the gateway's histogram (bucket-interpolated); not
+    /// with `--prefill`, where messages wait in the broker by design.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub peak_rss_mb: Option<f64>,
@@ -267,6 +269,11 @@ pub struct NatsBench {
     /// Gateway process id, for its peak RSS.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Publish everything before the gateway consumes, then time the drain: start the gateway
+    /// (fresh, on a stream/topic of its own) once the bench prints `published`. On a small
+    /// machine this keeps the publisher's and the broker's ingest work off the gateway's core.
+    #[arg(long, conflicts_with = "rate")]
+    pub prefill: bool,
 }
 
 /// `medanchor bench nats`: publishes `count` messages of the mix (fresh control ids) to
@@ -305,12 +312,30 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
         a.await?;
     }
     let published = started.elapsed().as_secs_f64();
-    let mut c: jetstream::consumer::PullConsumer = js
-        .get_stream(stream)
-        .await?
-        .get_consumer(&b.consumer)
-        .await
-        .map_err(|e| {
+    let stream_handle = js.get_stream(stream).await?;
+    let drain_started = if b.prefill {
+        announce_published(count)?;
+        let waiting = Instant::now();
+        loop {
+            // Fetching the consumer fetches its info: one request per look.
+            if let Ok(c) = stream_handle
+                .get_consumer::<jetstream::consumer::pull::Config>(&b.consumer)
+                .await
+            {
+                if c.cached_info().delivered.consumer_sequence > 0 {
+                    break Some(Instant::now());
+                }
+            }
+            if waiting.elapsed() > Duration::from_secs(600) {
+                bail!("no gateway consumed {stream} within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    } else {
+        None
+    };
+    let mut c: jetstream::consumer::PullConsumer =
+        stream_handle.get_consumer(&b.consumer).await.map_err(|e| {
             let consumer = &b.consumer;
             anyhow::anyhow!("consumer {consumer:?}: {e}: is the gateway consuming {stream}?")
         })?;
@@ -321,10 +346,10 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = drain_started.unwrap_or(started).elapsed().as_secs_f64();
     let (p50_ms, p99_ms) = match b.http {
-        Some(addr) => source_latency(addr).await.unwrap_or((None, None)),
-        None => (None, None),
+        Some(addr) if !b.prefill => source_latency(addr).await.unwrap_or((None, None)),
+        _ => (None, None),
     };
     Ok(BrokerBenchReport {
         messages: count,
@@ -336,6 +361,14 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
         mean_bytes: bytes as f64 / count.max(1) as f64,
         broker_read_msgs_per_s: None,
     })
+}
+
+/// Tells whoever runs a `--prefill` bench that the gateway may start now.
+fn announce_published(count: u64) -> Result<()> {
+    use std::io::Write;
+    println!("published {count}; start the gateway");
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 /// The gateway's `/metrics` text.
@@ -436,6 +469,11 @@ pub struct KafkaBench {
     /// fetch from inside a batch).
     #[arg(long = "producer-option", value_parser = key_value)]
     pub producer_options: Vec<(String, String)>,
+    /// Publish everything before the gateway consumes, then time the drain: start the gateway
+    /// (fresh, on a stream/topic of its own) once the bench prints `published`. On a small
+    /// machine this keeps the publisher's and the broker's ingest work off the gateway's core.
+    #[arg(long, conflicts_with = "rate")]
+    pub prefill: bool,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -502,7 +540,7 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
                 Err((t, e)) => bail!("creating topic {t}: {e}"),
             }
         }
-    } else {
+    } else if !b.prefill {
         // Wait for the gateway, started on the printed address, to own partitions.
         let started = Instant::now();
         while !fetch_metrics(b.http).await.is_ok_and(|m| {
@@ -530,9 +568,14 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
         producer.set(k, v);
     }
     let producer: FutureProducer = producer.create()?;
-    let baseline = settled_messages(b.http)
-        .await
-        .context("reading the gateway's metrics (--http)")?;
+    // With --prefill the gateway starts after publishing, fresh: nothing stored before.
+    let baseline = if b.prefill {
+        0.0
+    } else {
+        settled_messages(b.http)
+            .await
+            .context("reading the gateway's metrics (--http)")?
+    };
     let templates = templates();
     let load = PacedMix::new(&templates, "K", b.rate);
     let mut bytes = 0usize;
@@ -554,6 +597,19 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
         a.await?.map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
     }
     let published = started.elapsed().as_secs_f64();
+    let drain_started = if b.prefill {
+        announce_published(b.count)?;
+        let waiting = Instant::now();
+        while !settled_messages(b.http).await.is_ok_and(|n| n > 0.0) {
+            if waiting.elapsed() > Duration::from_secs(600) {
+                bail!("no gateway on {} consumed within 10 minutes", b.http);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Some(Instant::now())
+    } else {
+        None
+    };
     // A broker that dropped messages before they were read (the mock cluster keeps ~5 MB per
     // partition) would leave this waiting forever: give up after 30 s without progress.
     let (mut last, mut last_change) = (0.0, Instant::now());
@@ -567,10 +623,16 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
         } else if last_change.elapsed() > Duration::from_secs(30) {
             bail!("stalled at {settled} of {} messages stored", b.count);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Rendering /metrics costs the gateway's core: ask often only near the end.
+        let near_end = settled >= 0.95 * b.count as f64;
+        tokio::time::sleep(Duration::from_millis(if near_end { 5 } else { 100 })).await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let (p50_ms, p99_ms) = source_latency(b.http).await.unwrap_or((None, None));
+    let elapsed = drain_started.unwrap_or(started).elapsed().as_secs_f64();
+    let (p50_ms, p99_ms) = if b.prefill {
+        (None, None)
+    } else {
+        source_latency(b.http).await.unwrap_or((None, None))
+    };
     let peak_rss_mb = b
         .pid
         .or_else(|| listening_pid(b.http.port()))
