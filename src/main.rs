@@ -339,9 +339,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; stdout carries the listening addresses and command output.
+    // Logs go to stderr; stdout carries the listening addresses and command output. Colours
+    // only on a terminal: escape codes in a log file or journald hinder grep.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MEDANCHOR_LOG")
                 .unwrap_or_else(|_| "info".into()),

@@ -81,6 +81,12 @@ impl Gateway {
         http_get(self.http, path)
     }
 
+    /// The last `n` lines of its log above DEBUG, for a failing assertion to show what the
+    /// gateway saw (the log lives in a temporary directory that is gone after the test).
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tail(&self.log, n)
+    }
+
     pub fn metric(&self, name_and_labels: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");
         body.lines()
@@ -96,6 +102,16 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The last `n` lines of a gateway log above DEBUG (tracing's INFO, WARN and ERROR lines).
+pub fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" INFO ") || l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
