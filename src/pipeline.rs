@@ -1,11 +1,13 @@
 //! Wiring: decode → seal on a CPU pool, then the vault's group commit, then the ledger's batcher.
 //! This is the only module that knows all the parts.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
@@ -92,7 +94,31 @@ pub struct Pipeline {
     rules: AcceptRules,
     pub metrics: Arc<Metrics>,
     in_flight: Arc<Semaphore>,
+    /// Envelopes waiting for a sealing job, each with its place in `in_flight`.
+    queued: Mutex<VecDeque<(Envelope, OwnedSemaphorePermit)>>,
+    /// Sealing jobs on the pool, at most `workers`.
+    jobs: AtomicUsize,
+    workers: usize,
 }
+
+/// What decoding made of an envelope.
+enum Decoded {
+    Record(ToSeal),
+    /// Its write (a quarantine entry), or none: its token was answered already.
+    Settled(Option<WriteOp>),
+}
+
+/// A decoded record and its patient's key, to be sealed.
+struct ToSeal {
+    record: Record,
+    key: Arc<seal::DataKey>,
+    token: AckToken,
+    received_ms: u64,
+}
+
+/// Most envelopes one sealing job takes at a time: their commitments are hashed together, four
+/// at a time on AVX2 (`seal::seal_many`).
+const SEAL_BATCH: usize = 16;
 
 /// Handles to wait on at shutdown, in order.
 pub struct Running {
@@ -159,6 +185,9 @@ impl Pipeline {
             rules: cfg.accept.clone(),
             metrics,
             in_flight: Arc::new(Semaphore::new(cfg.pipeline.max_in_flight)),
+            queued: Mutex::new(VecDeque::new()),
+            jobs: AtomicUsize::new(0),
+            workers,
         });
         Ok((
             pipeline,
@@ -175,15 +204,59 @@ impl Pipeline {
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
             return; // closed: the token's drop asks for a resend
         };
-        let this = self.clone();
-        self.pool.spawn(move || {
-            let op = this.decode_and_seal(env);
-            drop(permit);
-            if let Some(op) = op {
-                // A closed writer drops the op, and its token asks the sender to resend.
-                let _ = this.writer.blocking_send(op);
+        self.queue().push_back((env, permit));
+        if self.take_job_slot() {
+            let this = self.clone();
+            self.pool.spawn(move || this.seal_queued());
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(Envelope, OwnedSemaphorePermit)>> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one more sealing job unless `workers` run already (they will see what was queued:
+    /// a job ends only after finding the queue empty).
+    fn take_job_slot(&self) -> bool {
+        let mut jobs = self.jobs.load(Ordering::SeqCst);
+        while jobs < self.workers {
+            match self
+                .jobs
+                .compare_exchange(jobs, jobs + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => jobs = now,
             }
-        });
+        }
+        false
+    }
+
+    /// A sealing job: seals what is queued, a batch at a time, until the queue is empty. One job
+    /// per batch rather than per message: under load the pool's threads are woken once per batch.
+    fn seal_queued(&self) {
+        loop {
+            let batch: Vec<(Envelope, OwnedSemaphorePermit)> = {
+                let mut q = self.queue();
+                let n = q.len().min(SEAL_BATCH);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                self.jobs.fetch_sub(1, Ordering::SeqCst);
+                // Something queued since the take above may have found every job slot taken.
+                if self.queue().is_empty() || !self.take_job_slot() {
+                    return;
+                }
+                continue;
+            }
+            let (envelopes, permits): (Vec<Envelope>, Vec<OwnedSemaphorePermit>) =
+                batch.into_iter().unzip();
+            let ops = self.decode_and_seal(envelopes);
+            drop(permits);
+            for op in ops {
+                // A closed writer drops the op, and its token asks the sender to resend.
+                let _ = self.writer.blocking_send(op);
+            }
+        }
     }
 
     /// Refuses input that a source could not even split into messages (bad frame or batch).
@@ -205,7 +278,64 @@ impl Pipeline {
         }
     }
 
-    fn decode_and_seal(&self, env: Envelope) -> Option<WriteOp> {
+    /// The write for each envelope: its sealed record, its quarantine entry, or none (the token
+    /// was answered Retry).
+    fn decode_and_seal(&self, envelopes: Vec<Envelope>) -> Vec<WriteOp> {
+        let mut ops = Vec::with_capacity(envelopes.len());
+        let mut decoded = Vec::with_capacity(envelopes.len());
+        for env in envelopes {
+            match self.decode_one(env) {
+                Decoded::Record(r) => decoded.push(r),
+                Decoded::Settled(op) => ops.extend(op),
+            }
+        }
+        if decoded.is_empty() {
+            return ops;
+        }
+        let sealing = Instant::now();
+        let items: Vec<(&Record, RecordId, &seal::DataKey)> = decoded
+            .iter()
+            .map(|d| (&d.record, RecordId::generate(d.received_ms), &*d.key))
+            .collect();
+        let sealed = seal::seal_many(&items);
+        let n = decoded.len();
+        for (sealed, ToSeal { record, token, .. }) in sealed.into_iter().zip(decoded) {
+            let m = &record.meta;
+            // The message is hashed on its own first: starting at a chunk boundary lets BLAKE3
+            // hash its chunks in parallel lanes, where behind the short prefix it went one block
+            // at a time.
+            let raw_digest = blake3::hash(&record.raw);
+            let dedup_key = self.keyring.index_hash(
+                "dedup",
+                &[
+                    m.sender.as_bytes(),
+                    m.control_id.as_bytes(),
+                    raw_digest.as_bytes(),
+                ],
+            );
+            let control_key = self
+                .keyring
+                .index_hash("control", &[m.sender.as_bytes(), m.control_id.as_bytes()]);
+            ops.push(WriteOp::Put {
+                put: PutRecord {
+                    sealed,
+                    dedup_key,
+                    control_key,
+                },
+                token,
+            });
+        }
+        // Per record: its share of the batch.
+        let each = sealing.elapsed().as_secs_f64() / n as f64;
+        for _ in 0..n {
+            self.metrics.seal_seconds.observe(each);
+        }
+        ops
+    }
+
+    /// Decodes one envelope and finds its patient's key; a rejection becomes its quarantine
+    /// write, an unavailable key a Retry (no write).
+    fn decode_one(&self, env: Envelope) -> Decoded {
         let started = Instant::now();
         let source = env.origin.kind();
         self.metrics
@@ -229,58 +359,35 @@ impl Pipeline {
                     .received
                     .with_label_values(&[source, "unparsed"])
                     .inc();
-                return self.quarantine_op(
+                return Decoded::Settled(self.quarantine_op(
                     env.payload,
                     env.origin,
                     env.received_ms,
                     rejection,
                     env.token,
-                );
+                ));
             }
         };
         self.metrics
             .received
             .with_label_values(&[source, &self.metrics.type_label(&record.meta.message_type)])
             .inc();
-        let sealing = Instant::now();
         let key_id = self.keyring.key_id_for(record.patient_key_identity());
-        let key = match self.keyring.get_or_create(&key_id) {
-            Ok(k) => k,
+        match self.keyring.get_or_create(&key_id) {
+            Ok(key) => Decoded::Record(ToSeal {
+                record,
+                key,
+                token: env.token,
+                received_ms: env.received_ms,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, "data key unavailable");
                 env.token.resolve(Outcome::Retry {
                     reason: "key store unavailable; send the message again".into(),
                 });
-                return None;
+                Decoded::Settled(None)
             }
-        };
-        let sealed = seal::seal(&record, RecordId::generate(env.received_ms), &key);
-        let m = &record.meta;
-        // The message is hashed on its own first: starting at a chunk boundary lets BLAKE3 hash
-        // its chunks in parallel lanes, where behind the short prefix it went one block at a time.
-        let raw_digest = blake3::hash(&record.raw);
-        let dedup_key = self.keyring.index_hash(
-            "dedup",
-            &[
-                m.sender.as_bytes(),
-                m.control_id.as_bytes(),
-                raw_digest.as_bytes(),
-            ],
-        );
-        let control_key = self
-            .keyring
-            .index_hash("control", &[m.sender.as_bytes(), m.control_id.as_bytes()]);
-        self.metrics
-            .seal_seconds
-            .observe(sealing.elapsed().as_secs_f64());
-        Some(WriteOp::Put {
-            put: PutRecord {
-                sealed,
-                dedup_key,
-                control_key,
-            },
-            token: env.token,
-        })
+        }
     }
 
     fn quarantine_op(

@@ -60,10 +60,15 @@ pub struct Sealed {
 /// The commitment over a salt and a record encoding.
 pub fn commitment(salt: &[u8; SALT_LEN], encoded: &[u8]) -> [u8; 32] {
     let mut h = Sha3_256::new();
-    h.update(COMMIT_DOMAIN);
-    h.update(salt);
-    h.update(encoded);
+    for part in commitment_input(salt, encoded) {
+        h.update(part);
+    }
     h.finalize()
+}
+
+/// What the commitment hashes, in order.
+fn commitment_input<'a>(salt: &'a [u8; SALT_LEN], encoded: &'a [u8]) -> [&'a [u8]; 3] {
+    [COMMIT_DOMAIN, salt, encoded]
 }
 
 fn subkey(key: &DataKey, nonce: &[u8; NONCE_LEN]) -> Aes256Gcm {
@@ -84,41 +89,97 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 /// Seals `record` under `key`. The record bytes are copied once into the output buffer, hashed
 /// once for the commitment and encrypted in place.
 pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Sealed {
-    // One draw for both.
-    let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
-    let salt: [u8; SALT_LEN] = fresh[..SALT_LEN].try_into().expect("32");
-    let nonce: [u8; NONCE_LEN] = fresh[SALT_LEN..].try_into().expect("24");
-    let origin_json = serde_json::to_vec(&record.meta.origin).unwrap_or_default();
-    let key_id = key.id().as_bytes();
-    let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
-    let mut out =
-        Vec::with_capacity(header_len + SALT_LEN + record.encoded_len(&origin_json) + TAG_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(key_id.len() as u8);
-    out.extend_from_slice(key_id);
-    out.extend_from_slice(&nonce);
-    out.push(SALT_LEN as u8);
-    out.extend_from_slice(&salt);
-    record.encode_into(&origin_json, &mut out);
-    let commitment = commitment(&salt, &out[header_len + SALT_LEN..]);
+    seal_many(&[(record, record_id, key)])
+        .pop()
+        .expect("one sealed per record")
+}
 
-    let mut aad = Vec::with_capacity(header_len + 16);
-    aad.extend_from_slice(&out[..header_len]);
-    aad.extend_from_slice(&record_id.0);
-    let cipher = subkey(key, &nonce);
-    let tag = cipher
-        .encrypt_inout_detached(
-            (&nonce[12..]).try_into().expect("12 bytes"),
-            &aad,
-            out[header_len..].as_mut().into(),
-        )
-        .expect("AES-GCM accepts messages far larger than a record");
-    out.extend_from_slice(&tag);
-    Sealed {
-        record_id,
-        commitment,
-        key_id: key.id().to_string(),
-        bytes: out,
+/// [`seal`] for several records at once: their commitments are hashed together
+/// (`Sha3_256::digest_many`, four at a time on AVX2), which is most of the work of sealing.
+pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Sealed> {
+    let prepared: Vec<Prepared> = records
+        .iter()
+        .map(|(record, _, key)| Prepared::new(record, key))
+        .collect();
+    let parts: Vec<[&[u8]; 3]> = prepared
+        .iter()
+        .map(|p| commitment_input(&p.salt, p.encoded()))
+        .collect();
+    let inputs: Vec<&[&[u8]]> = parts.iter().map(|p| &p[..]).collect();
+    let commitments = Sha3_256::digest_many(&inputs);
+    prepared
+        .into_iter()
+        .zip(commitments)
+        .zip(records)
+        .map(|((p, commitment), (_, record_id, key))| p.finish(commitment, *record_id, key))
+        .collect()
+}
+
+/// A record's sealed form before its commitment and encryption: header, salt, encoding.
+struct Prepared {
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+    header_len: usize,
+    out: Vec<u8>,
+}
+
+impl Prepared {
+    fn new(record: &Record, key: &DataKey) -> Prepared {
+        // One draw for both.
+        let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
+        let salt: [u8; SALT_LEN] = fresh[..SALT_LEN].try_into().expect("32");
+        let nonce: [u8; NONCE_LEN] = fresh[SALT_LEN..].try_into().expect("24");
+        let origin_json = serde_json::to_vec(&record.meta.origin).unwrap_or_default();
+        let key_id = key.id().as_bytes();
+        let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
+        let mut out =
+            Vec::with_capacity(header_len + SALT_LEN + record.encoded_len(&origin_json) + TAG_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(key_id.len() as u8);
+        out.extend_from_slice(key_id);
+        out.extend_from_slice(&nonce);
+        out.push(SALT_LEN as u8);
+        out.extend_from_slice(&salt);
+        record.encode_into(&origin_json, &mut out);
+        Prepared {
+            salt,
+            nonce,
+            header_len,
+            out,
+        }
+    }
+
+    /// The record encoding the commitment covers.
+    fn encoded(&self) -> &[u8] {
+        &self.out[self.header_len + SALT_LEN..]
+    }
+
+    /// Encrypts salt and encoding in place and appends the tag.
+    fn finish(self, commitment: [u8; 32], record_id: RecordId, key: &DataKey) -> Sealed {
+        let Prepared {
+            nonce,
+            header_len,
+            mut out,
+            ..
+        } = self;
+        let mut aad = Vec::with_capacity(header_len + 16);
+        aad.extend_from_slice(&out[..header_len]);
+        aad.extend_from_slice(&record_id.0);
+        let cipher = subkey(key, &nonce);
+        let tag = cipher
+            .encrypt_inout_detached(
+                (&nonce[12..]).try_into().expect("12 bytes"),
+                &aad,
+                out[header_len..].as_mut().into(),
+            )
+            .expect("AES-GCM accepts messages far larger than a record");
+        out.extend_from_slice(&tag);
+        Sealed {
+            record_id,
+            commitment,
+            key_id: key.id().to_string(),
+            bytes: out,
+        }
     }
 }
 
@@ -187,4 +248,58 @@ pub fn open(bytes: &[u8], record_id: RecordId, key: &DataKey) -> Result<Opened, 
 /// SHA3-256 of arbitrary bytes (certificate fingerprints and the like).
 pub fn fingerprint(bytes: &[u8]) -> [u8; 32] {
     Sha3_256::digest(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Origin;
+    use crate::record::RecordMeta;
+
+    fn record(i: usize, len: usize) -> Record {
+        Record {
+            meta: RecordMeta {
+                sender: "LAB|HOSP".into(),
+                message_type: "ORU".into(),
+                trigger: "R01".into(),
+                control_id: format!("C{i}"),
+                patient_ids: vec![format!("{i}^^^H^MR")],
+                received_ms: i as u64,
+                origin: Origin::Local {
+                    name: "test".into(),
+                },
+                format: "hl7v2".into(),
+            },
+            raw: (0..len).map(|b| (b * 7 + i) as u8).collect::<Vec<u8>>().into(),
+        }
+    }
+
+    /// Records sealed together (commitments hashed four at a time where the CPU can) open under
+    /// their own keys to the same record, and carry the commitment `open` recomputes from the
+    /// salt and encoding, as records sealed one at a time do.
+    #[test]
+    fn sealed_together_open_alone() {
+        let keys: Vec<DataKey> = (0..3)
+            .map(|k| DataKey::new(&format!("p-{k}"), [k as u8 + 1; 32]))
+            .collect();
+        let records: Vec<Record> = (0..9).map(|i| record(i, 100 + i * 700)).collect();
+        let items: Vec<(&Record, RecordId, &DataKey)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r, RecordId([i as u8; 16]), &keys[i % 3]))
+            .collect();
+        let mut sealed = seal_many(&items);
+        sealed.push(seal(&records[0], RecordId([0; 16]), &keys[0]));
+        assert_eq!(sealed.len(), 10);
+        for (i, s) in sealed.iter().enumerate() {
+            let i = i % 9;
+            let opened = open(&s.bytes, RecordId([i as u8; 16]), &keys[i % 3]).unwrap();
+            assert_eq!(opened.record.raw, records[i].raw);
+            assert_eq!(opened.record.meta.control_id, records[i].meta.control_id);
+            assert_eq!(s.commitment, opened.commitment, "record {i}");
+            assert!(open(&s.bytes, RecordId([i as u8; 16]), &keys[(i + 1) % 3]).is_err());
+        }
+        // Fresh salt per record: the same record sealed twice commits differently.
+        assert_ne!(sealed[0].commitment, sealed[9].commitment);
+    }
 }
