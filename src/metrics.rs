@@ -221,7 +221,7 @@ impl Metrics {
             seal_seconds: histogram(
                 &r,
                 "medanchor_seal_seconds",
-                "Time to commit to and encrypt a record",
+                "Time to commit to and encrypt a record (records sealed together: each its share of the batch)",
                 secs(),
             ),
             store_seconds: histogram(

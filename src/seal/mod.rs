@@ -270,7 +270,10 @@ mod tests {
                 },
                 format: "hl7v2".into(),
             },
-            raw: (0..len).map(|b| (b * 7 + i) as u8).collect::<Vec<u8>>().into(),
+            raw: (0..len)
+                .map(|b| (b * 7 + i) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
         }
     }
 
