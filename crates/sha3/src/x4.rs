@@ -115,14 +115,6 @@ macro_rules! rol {
     };
 }
 
-/// Lane `x + 5y` goes to lane `y + 5((2x + 3y) mod 5)` rotated left by its rho offset:
-/// (from, to, rotation), rho and pi of FIPS 202 3.2.2–3.2.3 in one table.
-macro_rules! rho_pi {
-    ($a:ident, $d:ident, $b:ident, $(($from:literal, $to:literal, $rot:literal)),* $(,)?) => {
-        $( $b[$to] = rol!(_mm256_xor_si256($a[$from], $d[$from % 5]), $rot); )*
-    };
-}
-
 #[target_feature(enable = "avx2")]
 #[inline]
 fn round(a: &mut [__m256i; 25], rc: u64) {
@@ -137,35 +129,12 @@ fn round(a: &mut [__m256i; 25], rc: u64) {
     }
     let mut b = [_mm256_setzero_si256(); 25];
     b[0] = x(a[0], d[0]);
-    rho_pi!(
-        a,
-        d,
-        b,
-        (1, 10, 1),
-        (2, 20, 62),
-        (3, 5, 28),
-        (4, 15, 27),
-        (5, 16, 36),
-        (6, 1, 44),
-        (7, 11, 6),
-        (8, 21, 55),
-        (9, 6, 20),
-        (10, 7, 3),
-        (11, 17, 10),
-        (12, 2, 43),
-        (13, 12, 25),
-        (14, 22, 39),
-        (15, 23, 41),
-        (16, 8, 45),
-        (17, 18, 15),
-        (18, 3, 21),
-        (19, 13, 8),
-        (20, 14, 18),
-        (21, 24, 2),
-        (22, 9, 61),
-        (23, 19, 56),
-        (24, 4, 14),
-    );
+    macro_rules! step {
+        ($from:literal, $to:literal, $rot:literal) => {
+            b[$to] = rol!(x(a[$from], d[$from % 5]), $rot);
+        };
+    }
+    for_each_rho_pi!(step);
     // Chi: a = b ^ (!b[x+1] & b[x+2]).
     for y in 0..5 {
         for i in 0..5 {
