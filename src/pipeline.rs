@@ -231,8 +231,8 @@ impl Pipeline {
         false
     }
 
-    /// A sealing job: seals what is queued, a batch at a time, until the queue is empty. One job
-    /// per batch rather than per message: under load the pool's threads are woken once per batch.
+    /// A sealing job: seals what is queued, a batch at a time, until the queue is empty. Under
+    /// load a pool thread is woken once for many messages instead of once per message.
     fn seal_queued(&self) {
         loop {
             let batch: Vec<(Envelope, OwnedSemaphorePermit)> = {
