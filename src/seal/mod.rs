@@ -59,11 +59,7 @@ pub struct Sealed {
 
 /// The commitment over a salt and a record encoding.
 pub fn commitment(salt: &[u8; SALT_LEN], encoded: &[u8]) -> [u8; 32] {
-    let mut h = Sha3_256::new();
-    for part in commitment_input(salt, encoded) {
-        h.update(part);
-    }
-    h.finalize()
+    Sha3_256::digest_parts(&commitment_input(salt, encoded))
 }
 
 /// What the commitment hashes, in order.

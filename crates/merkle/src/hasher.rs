@@ -78,24 +78,16 @@ where
     }
 }
 
-fn sha3_parts(parts: &[&[u8]]) -> Hash {
-    let mut d = medanchor_sha3::Sha3_256::new();
-    for p in parts {
-        d.update(p);
-    }
-    d.finalize()
-}
-
 impl TreeHasher for Sha3Hasher {
     fn empty(&self) -> Hash {
-        sha3_parts(&[])
+        medanchor_sha3::Sha3_256::digest_parts(&[])
     }
 
     fn leaf(&self, entry: &[u8]) -> Hash {
-        rfc9162_leaf(sha3_parts, entry)
+        rfc9162_leaf(medanchor_sha3::Sha3_256::digest_parts, entry)
     }
 
     fn node(&self, left: &Hash, right: &Hash) -> Hash {
-        rfc9162_node(sha3_parts, left, right)
+        rfc9162_node(medanchor_sha3::Sha3_256::digest_parts, left, right)
     }
 }

@@ -168,10 +168,7 @@ impl Sha3_256 {
     }
 
     pub fn finalize(mut self) -> [u8; 32] {
-        // SHA-3 domain bits 01, then pad10*1 (FIPS 202, B.2).
-        self.pending[self.pending_len..].fill(0);
-        self.pending[self.pending_len] ^= 0x06;
-        self.pending[RATE - 1] ^= 0x80;
+        pad(&mut self.pending, self.pending_len);
         self.backend.absorb(&mut self.state, &self.pending);
         let mut out = [0u8; 32];
         for (bytes, lane) in out.chunks_exact_mut(8).zip(self.state) {
@@ -181,8 +178,15 @@ impl Sha3_256 {
     }
 
     pub fn digest(data: &[u8]) -> [u8; 32] {
+        Self::digest_parts(&[data])
+    }
+
+    /// The digest of the concatenation of `parts`.
+    pub fn digest_parts(parts: &[&[u8]]) -> [u8; 32] {
         let mut h = Sha3_256::new();
-        h.update(data);
+        for p in parts {
+            h.update(p);
+        }
         h.finalize()
     }
 
@@ -217,15 +221,17 @@ impl Sha3_256 {
     fn digest_each(inputs: &[&[&[u8]]]) -> Vec<[u8; 32]> {
         inputs
             .iter()
-            .map(|parts| {
-                let mut h = Sha3_256::new();
-                for p in *parts {
-                    h.update(p);
-                }
-                h.finalize()
-            })
+            .map(|parts| Self::digest_parts(parts))
             .collect()
     }
+}
+
+/// Pads the last block, whose first `len` bytes are message: SHA-3's domain bits 01, then
+/// pad10*1 (FIPS 202, B.2).
+fn pad(block: &mut [u8; RATE], len: usize) {
+    block[len..].fill(0);
+    block[len] ^= 0x06;
+    block[RATE - 1] ^= 0x80;
 }
 
 /// Rho and pi of FIPS 202 3.2.2–3.2.3 in one table: lane `x + 5y` goes to lane

@@ -3,7 +3,7 @@
 //! A slot whose message is done takes the next message of the batch, so slots stay busy over
 //! messages of different lengths until the batch's last few.
 
-use super::{RATE, RC};
+use super::{pad, RATE, RC};
 use std::arch::x86_64::*;
 
 /// Where one message of the batch is read from.
@@ -57,10 +57,7 @@ pub(super) fn digest_many(inputs: &[&[&[u8]]]) -> Vec<[u8; 32]> {
             let Some(slot) = slot else { continue };
             let n = slot.fill(&mut block);
             if n < RATE {
-                // SHA-3 domain bits 01, then pad10*1 (FIPS 202, B.2).
-                block[n..].fill(0);
-                block[n] ^= 0x06;
-                block[RATE - 1] ^= 0x80;
+                pad(&mut block, n);
                 last[s] = true;
             }
             for (lane, bytes) in lanes.iter_mut().zip(block.chunks_exact(8)) {
