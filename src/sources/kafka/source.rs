@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ struct Shared {
     paused: AtomicBool,
     /// Stopping: nothing more will finish, give partitions up without waiting.
     closing: AtomicBool,
+    /// Revocations so far: a poll that ran one may have taken partitions away from messages
+    /// polled before it but not yet begun (`consume`'s bursts).
+    revocations: AtomicU64,
     drain_timeout: Duration,
     up: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -289,6 +292,7 @@ impl ConsumerContext for SourceContext {
 
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            self.shared.revocations.fetch_add(1, Ordering::SeqCst);
             self.shared.release(consumer, &partitions_of(tpl));
         }
     }
@@ -371,6 +375,7 @@ pub async fn run(
         in_flight: AtomicUsize::new(0),
         paused: AtomicBool::new(false),
         closing: AtomicBool::new(false),
+        revocations: AtomicU64::new(0),
         drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
         up: up.clone(),
         each: metrics.source(&cfg.name),
@@ -584,6 +589,7 @@ fn consume(
                 // and one settling task for all of them. A task spawned from this thread wakes
                 // a runtime worker; per message, the runtime's threads spent much of their time
                 // switching and waking (perf under the Kafka bench).
+                let revocations = shared.revocations.load(Ordering::SeqCst);
                 while burst.len() < BURST {
                     match consumer.poll(Duration::ZERO) {
                         Some(Ok(m)) => burst.push(Job::from_message(&m)),
@@ -592,6 +598,19 @@ fn consume(
                             break;
                         }
                         None => break,
+                    }
+                }
+                // A poll above may have released partitions (drained, committed, forgotten)
+                // while messages of theirs waited here unbegun: storing them now would store
+                // what the next owner reads again from the commit. They are left to it.
+                // (Only messages of partitions known to be gone: one of a partition still owned
+                // is past librdkafka's fetch position and would not come again.)
+                if shared.revocations.load(Ordering::SeqCst) != revocations {
+                    if let Ok(owned) = consumer.assignment() {
+                        burst.retain(|j| owned.find_partition(&j.topic, j.partition).is_some());
+                    }
+                    if burst.is_empty() {
+                        continue;
                     }
                 }
                 let mut envelopes = Vec::with_capacity(burst.len());
