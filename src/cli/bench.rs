@@ -229,8 +229,9 @@ impl<'a> PacedMix<'a> {
 #[derive(Debug, Serialize)]
 pub struct BrokerBenchReport {
     pub messages: u64,
-    /// Published and then all stored and acknowledged, end to end; with `--prefill`, from the
-    /// gateway's first delivery to the last one stored (the drain).
+    /// Published and then all stored and acknowledged, end to end; with `--prefill`, the drain:
+    /// from the gateway's first message (NATS: the consumer's first delivery; Kafka: the first
+    /// record stored) to the last one stored.
     pub msgs_per_s: f64,
     /// The broker's own figure in the same run: how fast it took the publishes alone.
     pub publish_msgs_per_s: f64,
