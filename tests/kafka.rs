@@ -516,6 +516,7 @@ async fn two_gateways_in_one_group(cluster: Cluster) -> usize {
     }
     cluster.wait_committed(&ends, Duration::from_secs(180), &[&a, &b]);
     let stored_b = stored(&b);
+    let (a_log, b_log) = (a.log.clone(), b.log.clone());
     assert!(a.stop().success());
     assert!(b.stop().success());
 
@@ -530,6 +531,14 @@ async fn two_gateways_in_one_group(cluster: Cluster) -> usize {
         ids_a.len(),
         ids_b.len()
     );
+    if duplicates > 0 {
+        // What the handover looked like, for the failing assertion's output.
+        eprintln!(
+            "A:\n{}\n----\nB:\n{}",
+            log_tail(&a_log, 60),
+            log_tail(&b_log, 60)
+        );
+    }
     assert!(stored_b > 0.0, "the second instance got partitions");
     assert_exactly_published(&union, published, "G");
     assert_everything_verifies(&data_a, ids_a.len() as u64);
