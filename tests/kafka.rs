@@ -479,10 +479,15 @@ async fn two_gateways_in_one_group(cluster: Cluster) -> usize {
     let mut published = 1_000;
     let mut ends = cluster.produce(&small_messages(0, published, "G"), 4).await;
     let dir = tempfile::tempdir().unwrap();
-    // A member that leaves or stalls is noticed in seconds, not the default 45 s.
+    // A member that leaves or stalls is noticed in seconds, not the default 45 s. Few messages
+    // in flight keep the drain before a release short: with the default 2,048, in a debug build
+    // on the loaded 2-core machine, the mock coordinator refused A's commit before release
+    // (RebalanceInProgress, logged: the next owner re-reads) and 168 and 192 messages were stored
+    // twice, in 2 of ~12 full-suite runs. A drain that outlasts the group's patience is that
+    // documented case, not the handover this test is about.
     let config = cluster.config(
         dir.path(),
-        "[sources.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+        "max_in_flight = 256\n[sources.options]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
     );
     let env = [("MEDANCHOR_CONFIG", config.to_str().unwrap())];
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
