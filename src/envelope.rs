@@ -1,6 +1,8 @@
 //! What sources hand to the pipeline, and what the pipeline hands back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -162,16 +164,48 @@ pub enum RejectKind {
 
 /// Resolves exactly once with the message's [`Outcome`]. Dropping it unresolved tells the source
 /// to have the message sent again.
+///
+/// A source that may give a message up before it is stored (a Kafka partition handed to another
+/// gateway) makes the token [`withdrawable`](AckToken::withdrawable): once the source raises the
+/// flag, a message that has not yet started sealing is not stored but answered
+/// [`WITHDRAWN`](AckToken::WITHDRAWN), and its next reader stores it instead.
 #[derive(Debug)]
-pub struct AckToken(Option<oneshot::Sender<Outcome>>);
+pub struct AckToken {
+    tx: Option<oneshot::Sender<Outcome>>,
+    withdrawn: Option<Arc<AtomicBool>>,
+}
 
 impl AckToken {
+    /// The [`Outcome::Retry`] reason of a withdrawn message.
+    pub const WITHDRAWN: &'static str = "withdrawn by its source before it was sealed";
+
     pub fn new() -> (AckToken, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
-        (AckToken(Some(tx)), rx)
+        (
+            AckToken {
+                tx: Some(tx),
+                withdrawn: None,
+            },
+            rx,
+        )
     }
+
+    /// A token whose message is withdrawn once `flag` is raised.
+    pub fn withdrawable(flag: Arc<AtomicBool>) -> (AckToken, oneshot::Receiver<Outcome>) {
+        let (mut token, rx) = AckToken::new();
+        token.withdrawn = Some(flag);
+        (token, rx)
+    }
+
+    /// The source gave the message up: it must not be stored from here on.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
     pub fn resolve(mut self, outcome: Outcome) {
-        if let Some(tx) = self.0.take() {
+        if let Some(tx) = self.tx.take() {
             let _ = tx.send(outcome);
         }
     }
@@ -179,7 +213,7 @@ impl AckToken {
 
 impl Drop for AckToken {
     fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
+        if let Some(tx) = self.tx.take() {
             let _ = tx.send(Outcome::Retry {
                 reason: "message was dropped inside the gateway before it was stored".into(),
             });

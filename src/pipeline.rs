@@ -235,17 +235,42 @@ impl Pipeline {
     /// load a pool thread is woken once for many messages instead of once per message.
     fn seal_queued(&self) {
         loop {
-            let batch: Vec<(Envelope, OwnedSemaphorePermit)> = {
+            let mut withdrawn = Vec::new();
+            let (taken, batch): (usize, Vec<(Envelope, OwnedSemaphorePermit)>) = {
                 let mut q = self.queue();
-                let n = q.len().min(SEAL_BATCH);
-                q.drain(..n).collect()
+                let taken = q.len().min(SEAL_BATCH);
+                // Checked under the queue's lock, which hands envelopes out in the order they
+                // came: once a source withdraws a partition's messages, none taken after that
+                // is stored, and every one taken before it is. The stored ones are then a
+                // prefix of what the source submitted, which is what a Kafka offset commit
+                // can express.
+                let batch = q
+                    .drain(..taken)
+                    .filter_map(|(env, permit)| {
+                        if env.token.is_withdrawn() {
+                            withdrawn.push(env);
+                            None
+                        } else {
+                            Some((env, permit))
+                        }
+                    })
+                    .collect();
+                (taken, batch)
             };
-            if batch.is_empty() {
+            for env in withdrawn {
+                env.token.resolve(Outcome::Retry {
+                    reason: AckToken::WITHDRAWN.into(),
+                });
+            }
+            if taken == 0 {
                 self.jobs.fetch_sub(1, Ordering::SeqCst);
                 // Something queued since the take above may have found every job slot taken.
                 if self.queue().is_empty() || !self.take_job_slot() {
                     return;
                 }
+                continue;
+            }
+            if batch.is_empty() {
                 continue;
             }
             let (envelopes, permits): (Vec<Envelope>, Vec<OwnedSemaphorePermit>) =
@@ -493,4 +518,135 @@ pub fn decode(
         .map_err(|e| parse_rejection(&e))?
         .with_charset(crate::hl7::Charset::Utf8);
     Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    const ADT: &[u8] = include_bytes!("../tests/fixtures/hl7/microsoft/ADT-A01-01.hl7");
+    const ORU: &[u8] = include_bytes!("../tests/fixtures/hl7/microsoft/ORU-R01-01.hl7");
+
+    fn envelope(payload: &'static [u8], token: AckToken) -> Envelope {
+        Envelope {
+            payload: Bytes::from_static(payload),
+            origin: Origin::Local {
+                name: "test".into(),
+            },
+            format: FormatHint::Hl7v2,
+            received_ms: crate::envelope::now_ms(),
+            token,
+        }
+    }
+
+    fn start(dir: &std::path::Path) -> (Stores, Arc<Pipeline>, Running) {
+        let cfg = Config {
+            data_dir: dir.join("data"),
+            ..Config::default()
+        };
+        let stores = Stores::open(&cfg, true).expect("open stores");
+        let (pipeline, running) =
+            Pipeline::start(&cfg, &stores, Arc::new(Metrics::new())).expect("start");
+        (stores, pipeline, running)
+    }
+
+    async fn stop(pipeline: Arc<Pipeline>, running: Running) {
+        drop(pipeline);
+        tokio::task::spawn_blocking(move || running.writer_thread.join())
+            .await
+            .expect("join")
+            .expect("writer thread");
+        running.batcher.await.expect("batcher");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_withdrawn_message_is_answered_retry_and_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, pipeline, running) = start(dir.path());
+        let (token, withdrawn) = AckToken::withdrawable(Arc::new(AtomicBool::new(true)));
+        pipeline.submit(envelope(ADT, token)).await;
+        let (token, kept) = AckToken::withdrawable(Arc::new(AtomicBool::new(false)));
+        pipeline.submit(envelope(ORU, token)).await;
+        assert_eq!(
+            withdrawn.await.unwrap(),
+            Outcome::Retry {
+                reason: AckToken::WITHDRAWN.into()
+            }
+        );
+        assert!(matches!(
+            kept.await.unwrap(),
+            Outcome::Stored {
+                duplicate: false,
+                ..
+            }
+        ));
+        assert_eq!(stores.vault.record_count().unwrap(), 1);
+        // Its next reader stores it: nothing of it was kept.
+        let (token, again) = AckToken::new();
+        pipeline.submit(envelope(ADT, token)).await;
+        assert!(matches!(
+            again.await.unwrap(),
+            Outcome::Stored {
+                duplicate: false,
+                ..
+            }
+        ));
+        assert_eq!(stores.vault.record_count().unwrap(), 2);
+        stop(pipeline, running).await;
+    }
+
+    /// What a Kafka offset commit needs: when the flag rises while messages of one partition are
+    /// in the pipeline, the stored ones are a prefix of the submitted order and the withdrawn
+    /// ones the rest, however sealing jobs interleave.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn withdrawal_mid_stream_stores_a_prefix_and_withdraws_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_stores, pipeline, running) = start(dir.path());
+        let (mut stored_total, mut withdrawn_total) = (0, 0);
+        for round in 0..5 {
+            let flag = Arc::new(AtomicBool::new(false));
+            let mut outcomes = Vec::new();
+            for i in 0..400 {
+                if i == 200 {
+                    flag.store(true, Ordering::SeqCst);
+                }
+                let (token, outcome) = AckToken::withdrawable(flag.clone());
+                pipeline
+                    .submit(envelope(if i % 2 == 0 { ADT } else { ORU }, token))
+                    .await;
+                outcomes.push(outcome);
+                // Lets sealing jobs take some as they come, so the flag rises mid-stream.
+                if i % 8 == 7 {
+                    tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+                }
+            }
+            let mut stored = Vec::new();
+            for outcome in outcomes {
+                stored.push(match outcome.await.unwrap() {
+                    Outcome::Stored { .. } => true,
+                    Outcome::Retry { reason } if reason == AckToken::WITHDRAWN => false,
+                    other => panic!("round {round}: unexpected {other:?}"),
+                });
+            }
+            let prefix = stored.iter().take_while(|s| **s).count();
+            assert!(
+                stored[prefix..].iter().all(|s| !s),
+                "round {round}: a message stored after a withdrawn one: {stored:?}"
+            );
+            assert!(
+                prefix <= 200,
+                "round {round}: messages submitted after the flag rose were stored ({prefix})"
+            );
+            stored_total += prefix;
+            withdrawn_total += stored.len() - prefix;
+        }
+        // Not vacuous: messages were both stored and withdrawn.
+        assert!(
+            stored_total > 0 && withdrawn_total > 0,
+            "stored {stored_total}, withdrawn {withdrawn_total}"
+        );
+        stop(pipeline, running).await;
+    }
 }

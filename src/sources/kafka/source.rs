@@ -74,18 +74,18 @@ impl Shared {
         self.offsets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn begin(&self, topic: &str, partition: i32, offset: i64) {
-        self.offsets().begin(topic, partition, offset);
+    /// Returns the flag that withdraws the message if its partition is given up first.
+    fn begin(&self, topic: &str, partition: i32, offset: i64) -> Arc<AtomicBool> {
+        let released = self.offsets().begin(topic, partition, offset);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.each.in_flight.inc();
+        released
     }
 
     /// A settling task ended; `done` when its message's offset may be committed.
-    fn end(&self, topic: &str, partition: i32, offset: i64, done: bool) {
+    fn end(&self, job: &Job, done: bool) {
         let mut offsets = self.offsets();
-        if done {
-            offsets.finish(topic, partition, offset);
-        }
+        offsets.end(&job.topic, job.partition, job.offset, done, &job.released);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.each.in_flight.dec();
         drop(offsets);
@@ -122,16 +122,30 @@ impl Shared {
         }
     }
 
-    /// Before `gone` is given up: wait for its messages, commit, forget.
+    /// Before `gone` is given up: withdraw its messages that have not started sealing, commit
+    /// what is done, wait for the ones sealing, commit again, forget.
+    ///
+    /// Withdrawing keeps the wait to the messages already sealing (one batch and one vault
+    /// commit, milliseconds) instead of everything in flight: a long wait can outlast the
+    /// group's patience, and a commit the coordinator then refuses would let the next owner
+    /// re-read, and store a second time, what this gateway stored. The first commit bounds what
+    /// such a refusal costs to the messages sealing at the revocation.
     fn release(&self, consumer: &BaseConsumer<SourceContext>, gone: &[Partition]) {
-        let timeout = if self.closing.load(Ordering::Relaxed) {
+        let closing = self.closing.load(Ordering::Relaxed);
+        let (settling, first) = {
+            let mut offsets = self.offsets();
+            (offsets.withdraw(gone), offsets.committable_of(gone))
+        };
+        let first_committed =
+            settling > 0 && !closing && self.commit_before_release(consumer, &first);
+        let timeout = if closing {
             Duration::ZERO
         } else {
             self.drain_timeout
         };
-        if !self.wait(timeout, |o| o.in_flight(Some(gone)) == 0) {
-            let left = self.offsets().in_flight(Some(gone));
-            if left > 0 && !self.closing.load(Ordering::Relaxed) {
+        if !self.wait(timeout, |o| o.settling(Some(gone)) == 0) {
+            let left = self.offsets().settling(Some(gone));
+            if left > 0 && !closing {
                 tracing::warn!(source = %self.name, messages = left, "partitions given up with messages still in the pipeline; their next owner reads them again");
             }
         }
@@ -141,32 +155,8 @@ impl Shared {
             offsets.forget(gone);
             commit
         };
-        if commit.is_empty() {
-        } else if !self.up.load(Ordering::Relaxed) {
-            // A synchronous commit waits for a coordinator without a time limit; with every
-            // broker down that would hang the stop. Not committing only means re-reading.
-            tracing::warn!(source = %self.name, offsets = %describe_offsets(&commit), "brokers down: partitions released without a commit; their next owner re-reads from the last commit");
-            self.metrics
-                .source_messages
-                .with_label_values(&[&self.name, "commit_failed"])
-                .inc();
-        } else {
-            let list = partition_list(&commit);
-            // When librdkafka takes a partition away it commits that partition's *stored* offset
-            // once more (enable.auto.commit, rdkafka_assignment.c). Stored lags this commit by up
-            // to one store interval, so that second commit would move the group back and the
-            // next owner would re-read what this gateway stored. Storing first makes both equal.
-            if let Err(e) = consumer.store_offsets(&list) {
-                tracing::debug!(source = %self.name, error = %e, "offsets not stored before release");
-            }
-            match consumer.commit(&list, CommitMode::Sync) {
-                Ok(()) => {
-                    tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), "partitions drained and committed before release");
-                }
-                Err(e) => {
-                    tracing::warn!(source = %self.name, error = %e, "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)")
-                }
-            }
+        if !(first_committed && commit == first) && self.commit_before_release(consumer, &commit) {
+            tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), in_flight_at_revocation = settling, "partitions drained and committed before release");
         }
         for (topic, partition) in gone {
             let _ = self.metrics.source_partition_lag.remove_label_values(&[
@@ -174,6 +164,42 @@ impl Shared {
                 topic,
                 &partition.to_string(),
             ]);
+        }
+    }
+
+    /// Commits `offsets` synchronously; false when nothing was committed.
+    fn commit_before_release(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        offsets: &[(Partition, i64)],
+    ) -> bool {
+        if offsets.is_empty() {
+            return false;
+        }
+        if !self.up.load(Ordering::Relaxed) {
+            // A synchronous commit waits for a coordinator without a time limit; with every
+            // broker down that would hang the stop. Not committing only means re-reading.
+            tracing::warn!(source = %self.name, offsets = %describe_offsets(offsets), "brokers down: partitions released without a commit; their next owner re-reads from the last commit");
+            self.metrics
+                .source_messages
+                .with_label_values(&[&self.name, "commit_failed"])
+                .inc();
+            return false;
+        }
+        let list = partition_list(offsets);
+        // When librdkafka takes a partition away it commits that partition's *stored* offset
+        // once more (enable.auto.commit, rdkafka_assignment.c). Stored lags this commit by up
+        // to one store interval, so that second commit would move the group back and the next
+        // owner would re-read what this gateway stored. Storing first makes both equal.
+        if let Err(e) = consumer.store_offsets(&list) {
+            tracing::debug!(source = %self.name, error = %e, "offsets not stored before release");
+        }
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(source = %self.name, error = %e, offsets = %describe_offsets(offsets), "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)");
+                false
+            }
         }
     }
 }
@@ -615,8 +641,8 @@ fn consume(
                 }
                 let mut envelopes = Vec::with_capacity(burst.len());
                 let mut settle = Vec::with_capacity(burst.len());
-                for job in burst {
-                    shared.begin(&job.topic, job.partition, job.offset);
+                for mut job in burst {
+                    job.released = shared.begin(&job.topic, job.partition, job.offset);
                     shared.each.consumed.inc();
                     let (env, outcome) = job.envelope(&cfg);
                     envelopes.push(env);
@@ -675,6 +701,9 @@ struct Job {
     payload: Bytes,
     headers: Vec<(String, Option<Bytes>)>,
     timestamp_ms: Option<i64>,
+    /// Raised when the partition is given up before the message is stored
+    /// ([`Offsets::begin`]).
+    released: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -694,11 +723,12 @@ impl Job {
                 })
                 .unwrap_or_default(),
             timestamp_ms: m.timestamp().to_millis(),
+            released: Arc::default(),
         }
     }
 
     fn envelope(&self, cfg: &KafkaConfig) -> (Envelope, oneshot::Receiver<Outcome>) {
-        let (token, outcome) = AckToken::new();
+        let (token, outcome) = AckToken::withdrawable(self.released.clone());
         let env = Envelope {
             payload: self.payload.clone(),
             origin: Origin::Kafka {
@@ -747,12 +777,20 @@ impl Settler {
         *self.stop.borrow()
     }
 
-    /// Sleeps unless the gateway stops first (then false).
-    async fn pause(&self, d: Duration) -> bool {
+    /// Sleeps unless the gateway stops or the job's partition is given up first (then false):
+    /// a release waits for the partition's messages, and a backoff of up to half a minute
+    /// must not hold it.
+    async fn pause(&self, d: Duration, job: &Job) -> bool {
         let mut stop = self.stop.clone();
+        let released = async {
+            while !job.released.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(d) => true,
             _ = stop.wait_for(|s| *s) => false,
+            _ = released => false,
         }
     }
 
@@ -780,6 +818,16 @@ impl Settler {
                         .await;
                 }
                 Ok(Outcome::Retry { reason }) => {
+                    // Withdrawn, or failed after its partition was given up: the message is
+                    // its next owner's, which reads it from the commit.
+                    if job.released.load(Ordering::SeqCst) {
+                        self.shared
+                            .metrics
+                            .source_messages
+                            .with_label_values(&[&self.cfg.name, "withdrawn"])
+                            .inc();
+                        break false;
+                    }
                     // A stopping gateway answers everything with Retry: leave the offset
                     // uncommitted, the message is read again at the next start.
                     if self.stopping() {
@@ -793,7 +841,7 @@ impl Settler {
                     }
                     self.shared.each.redelivered.inc();
                     if !self
-                        .pause(Duration::from_millis(500 << attempt.min(6)))
+                        .pause(Duration::from_millis(500 << attempt.min(6)), &job)
                         .await
                     {
                         break false;
@@ -806,7 +854,7 @@ impl Settler {
                 Err(_) => break false, // unreachable: a dropped token answers Retry
             }
         };
-        self.shared.end(&job.topic, job.partition, job.offset, done);
+        self.shared.end(&job, done);
     }
 
     /// Produces the message to the dead-letter topic (idempotent, `acks=all`) and waits for the
@@ -869,7 +917,7 @@ impl Settler {
                 }
                 Err(e) => {
                     tracing::error!(source = %self.cfg.name, topic = %self.cfg.dead_letter_topic, error = %e, "dead letter not written; retrying, the partition's commit point waits");
-                    if !self.pause(Duration::from_secs(5)).await {
+                    if !self.pause(Duration::from_secs(5), job).await {
                         return false;
                     }
                 }
