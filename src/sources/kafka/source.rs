@@ -122,28 +122,26 @@ impl Shared {
         }
     }
 
-    /// Before `gone` is given up: withdraw its messages that have not started sealing, commit
-    /// what is done, wait for the ones sealing, commit again, forget.
+    /// Before `gone` is given up: withdraw its messages that have not started sealing, wait for
+    /// the ones sealing, commit what is done, forget.
     ///
-    /// Withdrawing keeps the wait to the messages already sealing (one batch and one vault
-    /// commit, milliseconds) instead of everything in flight: a long wait can outlast the
-    /// group's patience, and a commit the coordinator then refuses would let the next owner
-    /// re-read, and store a second time, what this gateway stored. The first commit bounds what
-    /// such a refusal costs to the messages sealing at the revocation.
+    /// Withdrawing keeps the wait to the messages already sealing (a batch and a vault commit)
+    /// instead of everything in flight, and the commit is retried while the coordinator answers
+    /// that a rebalance is in progress: a refused commit would let the next owner re-read, and
+    /// store a second time, what this gateway stored. Both end at `drain_timeout`.
     fn release(&self, consumer: &BaseConsumer<SourceContext>, gone: &[Partition]) {
         let closing = self.closing.load(Ordering::Relaxed);
-        let (settling, first) = {
-            let mut offsets = self.offsets();
-            (offsets.withdraw(gone), offsets.committable_of(gone))
-        };
-        let first_committed =
-            settling > 0 && !closing && self.commit_before_release(consumer, &first);
-        let timeout = if closing {
-            Duration::ZERO
-        } else {
-            self.drain_timeout
-        };
-        if !self.wait(timeout, |o| o.settling(Some(gone)) == 0) {
+        let deadline = Instant::now()
+            + if closing {
+                Duration::ZERO
+            } else {
+                self.drain_timeout
+            };
+        let settling = self.offsets().withdraw(gone);
+        let waited = self.wait(deadline.saturating_duration_since(Instant::now()), |o| {
+            o.settling(Some(gone)) == 0
+        });
+        if !waited {
             let left = self.offsets().settling(Some(gone));
             if left > 0 && !closing {
                 tracing::warn!(source = %self.name, messages = left, "partitions given up with messages still in the pipeline; their next owner reads them again");
@@ -155,7 +153,7 @@ impl Shared {
             offsets.forget(gone);
             commit
         };
-        if !(first_committed && commit == first) && self.commit_before_release(consumer, &commit) {
+        if self.commit_before_release(consumer, &commit, deadline) {
             tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), in_flight_at_revocation = settling, "partitions drained and committed before release");
         }
         for (topic, partition) in gone {
@@ -167,11 +165,20 @@ impl Shared {
         }
     }
 
-    /// Commits `offsets` synchronously; false when nothing was committed.
+    /// Commits `offsets` synchronously, again while the coordinator says a rebalance is in
+    /// progress and `deadline` has not passed; false when nothing was committed.
+    ///
+    /// Retrying is safe because the partitions are still ours: under the cooperative protocol
+    /// the group moves them only after this member rejoins without them, which it does once the
+    /// release returns. A member the group has dropped meanwhile is refused for its generation
+    /// (not retried), so a late commit never moves a new owner's offsets back. (Apache Kafka
+    /// accepts a current member's commits while a rebalance is being prepared; librdkafka's mock
+    /// coordinator refuses them until the group is stable again, seconds later.)
     fn commit_before_release(
         &self,
         consumer: &BaseConsumer<SourceContext>,
         offsets: &[(Partition, i64)],
+        deadline: Instant,
     ) -> bool {
         if offsets.is_empty() {
             return false;
@@ -194,11 +201,26 @@ impl Shared {
         if let Err(e) = consumer.store_offsets(&list) {
             tracing::debug!(source = %self.name, error = %e, "offsets not stored before release");
         }
-        match consumer.commit(&list, CommitMode::Sync) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(source = %self.name, error = %e, offsets = %describe_offsets(offsets), "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)");
-                false
+        let mut refused = 0u32;
+        loop {
+            match consumer.commit(&list, CommitMode::Sync) {
+                Ok(()) => {
+                    if refused > 0 {
+                        tracing::info!(source = %self.name, refused, "commit before release accepted once the group's rebalance let it");
+                    }
+                    return true;
+                }
+                Err(e)
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress)
+                        && Instant::now() + RELEASE_COMMIT_RETRY < deadline =>
+                {
+                    refused += 1;
+                    std::thread::sleep(RELEASE_COMMIT_RETRY);
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, refused, offsets = %describe_offsets(offsets), "commit before release failed; the next owner re-reads from the last commit (duplicates are recognised only within one data directory)");
+                    return false;
+                }
             }
         }
     }
@@ -541,6 +563,10 @@ async fn warn_unsafe_settings(admin: &AdminClient<DefaultClientContext>, cfg: &K
         }
     }
 }
+
+/// How long a release waits before committing again after the coordinator refused its commit
+/// for a rebalance in progress.
+const RELEASE_COMMIT_RETRY: Duration = Duration::from_millis(200);
 
 /// How long a stop waits for the consumer to leave its group.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
