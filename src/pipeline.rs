@@ -211,6 +211,33 @@ impl Pipeline {
         }
     }
 
+    /// Answers the queued envelopes whose source withdrew them now, instead of when a sealing
+    /// job reaches them behind everything queued before: a source giving a partition up waits
+    /// for its messages to end. What stays queued keeps its order.
+    pub fn sweep_withdrawn(&self) -> usize {
+        let withdrawn: Vec<Envelope> = {
+            let mut q = self.queue();
+            let mut withdrawn = Vec::new();
+            let mut kept = VecDeque::with_capacity(q.len());
+            for (env, permit) in q.drain(..) {
+                if env.token.is_withdrawn() {
+                    withdrawn.push(env);
+                } else {
+                    kept.push_back((env, permit));
+                }
+            }
+            *q = kept;
+            withdrawn
+        };
+        let n = withdrawn.len();
+        for env in withdrawn {
+            env.token.resolve(Outcome::Retry {
+                reason: AckToken::WITHDRAWN.into(),
+            });
+        }
+        n
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(Envelope, OwnedSemaphorePermit)>> {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -611,6 +638,10 @@ mod tests {
             for i in 0..400 {
                 if i == 200 {
                     flag.store(true, Ordering::SeqCst);
+                    // As a Kafka release does, in some rounds: what is queued ends at once.
+                    if round % 2 == 1 {
+                        pipeline.sweep_withdrawn();
+                    }
                 }
                 let (token, outcome) = AckToken::withdrawable(flag.clone());
                 pipeline

@@ -63,6 +63,8 @@ struct Shared {
     /// polled before it but not yet begun (`consume`'s bursts).
     revocations: AtomicU64,
     drain_timeout: Duration,
+    /// Where a release sweeps its withdrawn messages out of the seal queue.
+    pipeline: Arc<Pipeline>,
     up: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     /// The per-message metrics, labels resolved once.
@@ -125,19 +127,24 @@ impl Shared {
     /// Before `gone` is given up: withdraw its messages that have not started sealing, wait for
     /// the ones sealing, commit what is done, forget.
     ///
-    /// Withdrawing keeps the wait to the messages already sealing (a batch and a vault commit)
-    /// instead of everything in flight, and the commit is retried while the coordinator answers
-    /// that a rebalance is in progress: a refused commit would let the next owner re-read, and
-    /// store a second time, what this gateway stored. Both end at `drain_timeout`.
+    /// Withdrawing (and sweeping the withdrawn out of the seal queue) keeps the wait to the
+    /// messages already sealing, a batch and a vault commit, instead of everything in flight;
+    /// the commit is retried while the coordinator answers that a rebalance is in progress. A
+    /// refused commit would let the next owner re-read, and store a second time, what this
+    /// gateway stored. Both end at `drain_timeout`.
     fn release(&self, consumer: &BaseConsumer<SourceContext>, gone: &[Partition]) {
         let closing = self.closing.load(Ordering::Relaxed);
-        let deadline = Instant::now()
+        let began = Instant::now();
+        let deadline = began
             + if closing {
                 Duration::ZERO
             } else {
                 self.drain_timeout
             };
         let settling = self.offsets().withdraw(gone);
+        if settling > 0 {
+            self.pipeline.sweep_withdrawn();
+        }
         let waited = self.wait(deadline.saturating_duration_since(Instant::now()), |o| {
             o.settling(Some(gone)) == 0
         });
@@ -154,7 +161,7 @@ impl Shared {
             commit
         };
         if self.commit_before_release(consumer, &commit, deadline) {
-            tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), in_flight_at_revocation = settling, "partitions drained and committed before release");
+            tracing::info!(source = %self.name, offsets = %describe_offsets(&commit), in_flight_at_revocation = settling, took_ms = began.elapsed().as_millis() as u64, "partitions drained and committed before release");
         }
         for (topic, partition) in gone {
             let _ = self.metrics.source_partition_lag.remove_label_values(&[
@@ -425,6 +432,7 @@ pub async fn run(
         closing: AtomicBool::new(false),
         revocations: AtomicU64::new(0),
         drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
+        pipeline: pipeline.clone(),
         up: up.clone(),
         each: metrics.source(&cfg.name),
         metrics: metrics.clone(),
