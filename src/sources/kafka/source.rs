@@ -63,8 +63,10 @@ struct Shared {
     /// polled before it but not yet begun (`consume`'s bursts).
     revocations: AtomicU64,
     drain_timeout: Duration,
-    /// Where a release sweeps its withdrawn messages out of the seal queue.
-    pipeline: Arc<Pipeline>,
+    /// Where a release sweeps its withdrawn messages out of the seal queue. Weak: the consumer
+    /// holds this state and, with the brokers gone, may outlive the stop in a thread of its own
+    /// (see `consume`); the pipeline closes only when its last strong handle is gone.
+    pipeline: std::sync::Weak<Pipeline>,
     up: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     /// The per-message metrics, labels resolved once.
@@ -142,8 +144,8 @@ impl Shared {
                 self.drain_timeout
             };
         let settling = self.offsets().withdraw(gone);
-        if settling > 0 {
-            self.pipeline.sweep_withdrawn();
+        if let Some(pipeline) = self.pipeline.upgrade().filter(|_| settling > 0) {
+            pipeline.sweep_withdrawn();
         }
         let waited = self.wait(deadline.saturating_duration_since(Instant::now()), |o| {
             o.settling(Some(gone)) == 0
@@ -432,7 +434,7 @@ pub async fn run(
         closing: AtomicBool::new(false),
         revocations: AtomicU64::new(0),
         drain_timeout: Duration::from_secs(cfg.drain_timeout_secs),
-        pipeline: pipeline.clone(),
+        pipeline: Arc::downgrade(&pipeline),
         up: up.clone(),
         each: metrics.source(&cfg.name),
         metrics: metrics.clone(),
