@@ -230,11 +230,7 @@ impl Pipeline {
             withdrawn
         };
         let n = withdrawn.len();
-        for env in withdrawn {
-            env.token.resolve(Outcome::Retry {
-                reason: AckToken::WITHDRAWN.into(),
-            });
-        }
+        answer_withdrawn(withdrawn);
         n
     }
 
@@ -284,11 +280,7 @@ impl Pipeline {
                     .collect();
                 (taken, batch)
             };
-            for env in withdrawn {
-                env.token.resolve(Outcome::Retry {
-                    reason: AckToken::WITHDRAWN.into(),
-                });
-            }
+            answer_withdrawn(withdrawn);
             if taken == 0 {
                 self.jobs.fetch_sub(1, Ordering::SeqCst);
                 // Something queued since the take above may have found every job slot taken.
@@ -498,6 +490,15 @@ impl Pipeline {
 }
 
 /// Where an input came from, for operators (addresses are not patient data).
+/// Tells the sources of withdrawn envelopes that they were not stored (outside the queue's lock).
+fn answer_withdrawn(withdrawn: Vec<Envelope>) {
+    for env in withdrawn {
+        env.token.resolve(Outcome::Retry {
+            reason: AckToken::WITHDRAWN.into(),
+        });
+    }
+}
+
 fn origin_label(origin: &Origin) -> String {
     match origin {
         Origin::Mllp { peer, .. } => format!("mllp {peer}"),
