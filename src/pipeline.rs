@@ -126,6 +126,20 @@ pub struct Running {
     pub batcher: tokio::task::JoinHandle<()>,
 }
 
+impl Running {
+    /// Waits for the vault writer, then the batcher, to end; they do once the last handle on the
+    /// [`Pipeline`] is dropped. False when either panicked.
+    pub async fn finish(self) -> bool {
+        let writer = self.writer_thread;
+        let wrote = matches!(
+            tokio::task::spawn_blocking(move || writer.join()).await,
+            Ok(Ok(()))
+        );
+        let anchored = self.batcher.await.is_ok();
+        wrote && anchored
+    }
+}
+
 impl Pipeline {
     /// Anchors whatever a crash left stored but not logged, then starts the writer and batcher.
     pub fn start(
@@ -214,24 +228,14 @@ impl Pipeline {
     /// Answers the queued envelopes whose source withdrew them now, instead of when a sealing
     /// job reaches them behind everything queued before: a source giving a partition up waits
     /// for its messages to end. What stays queued keeps its order.
-    pub fn sweep_withdrawn(&self) -> usize {
-        let withdrawn: Vec<Envelope> = {
+    pub fn sweep_withdrawn(&self) {
+        let mut withdrawn = Vec::new();
+        {
             let mut q = self.queue();
-            let mut withdrawn = Vec::new();
-            let mut kept = VecDeque::with_capacity(q.len());
-            for (env, permit) in q.drain(..) {
-                if env.token.is_withdrawn() {
-                    withdrawn.push(env);
-                } else {
-                    kept.push_back((env, permit));
-                }
-            }
-            *q = kept;
-            withdrawn
-        };
-        let n = withdrawn.len();
+            let queued = std::mem::take(&mut *q);
+            *q = set_withdrawn_aside(queued.into_iter(), &mut withdrawn);
+        }
         answer_withdrawn(withdrawn);
-        n
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(Envelope, OwnedSemaphorePermit)>> {
@@ -267,17 +271,7 @@ impl Pipeline {
                 // is stored, and every one taken before it is. The stored ones are then a
                 // prefix of what the source submitted, which is what a Kafka offset commit
                 // can express.
-                let batch = q
-                    .drain(..taken)
-                    .filter_map(|(env, permit)| {
-                        if env.token.is_withdrawn() {
-                            withdrawn.push(env);
-                            None
-                        } else {
-                            Some((env, permit))
-                        }
-                    })
-                    .collect();
+                let batch = set_withdrawn_aside(q.drain(..taken), &mut withdrawn);
                 (taken, batch)
             };
             answer_withdrawn(withdrawn);
@@ -489,8 +483,26 @@ impl Pipeline {
     }
 }
 
-/// Where an input came from, for operators (addresses are not patient data).
-/// Tells the sources of withdrawn envelopes that they were not stored (outside the queue's lock).
+/// Takes the envelopes whose source withdrew them out of `queued` into `withdrawn`, keeping the
+/// rest in order. Called under the queue's lock; their answers go out after it
+/// ([`answer_withdrawn`]).
+fn set_withdrawn_aside<C: FromIterator<(Envelope, OwnedSemaphorePermit)>>(
+    queued: impl Iterator<Item = (Envelope, OwnedSemaphorePermit)>,
+    withdrawn: &mut Vec<Envelope>,
+) -> C {
+    queued
+        .filter_map(|(env, permit)| {
+            if env.token.is_withdrawn() {
+                withdrawn.push(env);
+                None
+            } else {
+                Some((env, permit))
+            }
+        })
+        .collect()
+}
+
+/// Tells the sources of withdrawn envelopes that they were not stored.
 fn answer_withdrawn(withdrawn: Vec<Envelope>) {
     for env in withdrawn {
         env.token.resolve(Outcome::Retry {
@@ -499,6 +511,7 @@ fn answer_withdrawn(withdrawn: Vec<Envelope>) {
     }
 }
 
+/// Where an input came from, for operators (addresses are not patient data).
 fn origin_label(origin: &Origin) -> String {
     match origin {
         Origin::Mllp { peer, .. } => format!("mllp {peer}"),
@@ -582,11 +595,10 @@ mod tests {
 
     async fn stop(pipeline: Arc<Pipeline>, running: Running) {
         drop(pipeline);
-        tokio::task::spawn_blocking(move || running.writer_thread.join())
-            .await
-            .expect("join")
-            .expect("writer thread");
-        running.batcher.await.expect("batcher");
+        assert!(
+            running.finish().await,
+            "the writer and the batcher end cleanly"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,8 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let _ = http.await;
     // Last reference: dropping it closes the writer's queue, which closes the batcher's.
     drop(pipeline);
-    let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
-    let _ = running.batcher.await;
+    running.finish().await;
     // Every token has resolved by now; let the broker acknowledgements go out.
     settling.close();
     if tokio::time::timeout(std::time::Duration::from_secs(10), settling.wait())

@@ -499,8 +499,9 @@ async fn two_gateways_in_one_group(cluster: Cluster, backlog: usize) -> usize {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // A backlog that A cannot store at once keeps its pipeline full when B joins, so the
-    // release has many messages in flight. Then keep the stream going until B owns partitions and for
-    // 2 s after: A's partitions are revoked while it consumes, and B takes over a live stream.
+    // release has many messages in flight. Then keep the stream going until B owns partitions
+    // and for 2 s after: A's partitions are revoked while it consumes, and B takes over a live
+    // stream.
     let backlog = small_messages(published, backlog, "G");
     published += backlog.len();
     for (end, more) in ends.iter_mut().zip(cluster.produce(&backlog, 4).await) {
@@ -522,10 +523,6 @@ async fn two_gateways_in_one_group(cluster: Cluster, backlog: usize) -> usize {
             && b.metric("medanchor_source_partitions_assigned{source=\"feed\"}") > 0.0
         {
             b_owns_since = Some(Instant::now());
-            eprintln!(
-                "B owns partitions; A has {} messages in flight",
-                a.metric("medanchor_source_in_flight{source=\"feed\"}")
-            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -569,7 +566,8 @@ async fn two_gateways_in_one_group(cluster: Cluster, backlog: usize) -> usize {
 /// the next owner starts right after it: no message is stored by both.
 ///
 /// No backlog on the mock cluster: its coordinator refuses every commit while a join is in
-/// progress (Apache Kafka accepts a current member's commits until the group's sync), and with
+/// progress (Apache Kafka's GroupCoordinator code accepts a current member's commits until the
+/// group's sync; not run here), and with
 /// A's pipeline full, a join that overlapped the release left A unable to commit at all: one of
 /// four runs of the suite stored 1,250 messages twice (`IllegalGeneration` after 18 refusals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,8 +129,7 @@ pub async fn run(
     }
     bar.finish_and_clear();
     drop(pipeline);
-    let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
-    let _ = running.batcher.await;
+    running.finish().await;
     Ok(summary)
 }
 

@@ -194,8 +194,7 @@ pub async fn quarantine_replay(cfg: &Config, id: &str) -> Result<bool> {
         reason: "pipeline stopped".into(),
     });
     drop(pipeline);
-    let _ = tokio::task::spawn_blocking(move || running.writer_thread.join()).await;
-    let _ = running.batcher.await;
+    running.finish().await;
     Ok(match outcome {
         Outcome::Stored { receipt, duplicate } => {
             println!(
