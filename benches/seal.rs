@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(1500));
     g.measurement_time(Duration::from_secs(4));
     g.bench_function("medanchor_seal", |b| {
-        b.iter(|| seal(black_box(&record), RecordId([1; 16]), &key))
+        b.iter(|| seal(black_box(&record), RecordId([1; 16]), &key).unwrap())
     });
     g.bench_function("standalone_sha3_aes_gcm", |b| {
         b.iter(|| {

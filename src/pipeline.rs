@@ -338,6 +338,21 @@ impl Pipeline {
         let sealed = seal::seal_many(&items);
         let n = decoded.len();
         for (sealed, ToSeal { record, token, .. }) in sealed.into_iter().zip(decoded) {
+            // Unreachable after decode's check_encodable; kept so nothing is sealed inexactly.
+            let sealed = match sealed {
+                Ok(s) => s,
+                Err(e) => {
+                    let Record { meta, raw } = record;
+                    ops.extend(self.quarantine_op(
+                        raw,
+                        meta.origin,
+                        meta.received_ms,
+                        e.rejection(),
+                        token,
+                    ));
+                    continue;
+                }
+            };
             let m = &record.meta;
             // The message is hashed on its own first: starting at a chunk boundary lets BLAKE3
             // hash its chunks in parallel lanes, where behind the short prefix it went one block
@@ -465,7 +480,17 @@ impl Pipeline {
             raw: payload,
         };
         let id = RecordId::generate(received_ms);
-        let sealed = seal::seal(&record, id, &key);
+        let sealed = match seal::seal(&record, id, &key) {
+            Ok(s) => s,
+            Err(e) => {
+                // Input too large to keep even as quarantine: answered, not kept.
+                let mut rejection = rejection;
+                rejection.reason =
+                    format!("{}; the input could not be kept: {e}", rejection.reason);
+                token.resolve(Outcome::Rejected(rejection));
+                return None;
+            }
+        };
         let entry = QuarantineEntry {
             id: id.to_string(),
             reason: rejection.reason.clone(),
@@ -544,10 +569,22 @@ pub fn decode(
         FormatHint::Fhir => true,
         FormatHint::Auto => crate::fhir::looks_like_json(payload),
     };
-    if fhir {
+    let record = if fhir {
         let sender = origin.kind();
-        return Record::from_fhir(payload.clone(), sender, origin.clone(), received_ms, rules);
-    }
+        Record::from_fhir(payload.clone(), sender, origin.clone(), received_ms, rules)?
+    } else {
+        decode_hl7(payload, origin, received_ms, rules)?
+    };
+    record.check_encodable()?;
+    Ok(record)
+}
+
+fn decode_hl7(
+    payload: &Bytes,
+    origin: &Origin,
+    received_ms: u64,
+    rules: &AcceptRules,
+) -> Result<Record, Rejection> {
     let msg = Message::parse(payload).map_err(|e| parse_rejection(&e))?;
     if !msg.charset().needs_transcoding() {
         return Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules);
@@ -566,6 +603,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     use super::*;
+    use crate::envelope::RejectKind;
 
     const ADT: &[u8] = include_bytes!("../tests/fixtures/hl7/microsoft/ADT-A01-01.hl7");
     const ORU: &[u8] = include_bytes!("../tests/fixtures/hl7/microsoft/ORU-R01-01.hl7");
@@ -599,6 +637,71 @@ mod tests {
             running.finish().await,
             "the writer and the batcher end cleanly"
         );
+    }
+
+    /// An ADT whose PID-3 has `reps` repetitions, the first `first`.
+    fn many_patient_ids(reps: usize, first: &str) -> Bytes {
+        let mut pid3 = String::from(first);
+        for i in 1..reps {
+            pid3.push('~');
+            pid3.push_str(&(i % 10).to_string());
+        }
+        Bytes::from(format!(
+            "MSH|^~\\&|APP|FAC|GW|GW|20250101000000||ADT^A01|CTRL-{reps}|P|2.5\rPID|1||{pid3}||DOE^JOHN\r"
+        ))
+    }
+
+    async fn submit_bytes(pipeline: &Arc<Pipeline>, payload: Bytes) -> Outcome {
+        let (token, rx) = AckToken::new();
+        pipeline
+            .submit(Envelope {
+                payload,
+                origin: Origin::Local {
+                    name: "test".into(),
+                },
+                format: FormatHint::Hl7v2,
+                received_ms: crate::envelope::now_ms(),
+                token,
+            })
+            .await;
+        rx.await.unwrap()
+    }
+
+    /// The patient-identifier count is a u16: 65,536 repetitions once wrapped to 0 and the
+    /// identifiers' bytes were read back as the fields after it, a record other than the one sent
+    /// (forged origin, time, format and raw), acknowledged and verifying. Now refused with a
+    /// reason before anything is stored; 65,535 (the most the count holds) is stored and reads
+    /// back with every identifier.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patient_id_count_beyond_the_encoding_is_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, pipeline, running) = start(dir.path());
+        // What the forgery put first: bytes shaped as length-prefixed fields.
+        let forged = "\u{0}\u{0}\u{0}\u{5}FORGE";
+        let outcome = submit_bytes(&pipeline, many_patient_ids(65_536, forged)).await;
+        let Outcome::Rejected(r) = outcome else {
+            panic!("65,536 identifiers must be refused, got {outcome:?}")
+        };
+        assert_eq!(r.label, "too_many_patient_ids");
+        assert_eq!(r.kind, RejectKind::Unacceptable, "answered AE");
+        assert!(r.reason.contains("PID-3"), "{}", r.reason);
+        assert!(!r.reason.contains("FORGE"), "no content in the reason");
+        assert_eq!(stores.vault.record_count().unwrap(), 0, "nothing stored");
+        assert_eq!(stores.vault.quarantine_list().unwrap().len(), 1, "kept");
+
+        let outcome = submit_bytes(&pipeline, many_patient_ids(65_535, "MRN1")).await;
+        let Outcome::Stored { receipt, .. } = outcome else {
+            panic!("65,535 identifiers fit, got {outcome:?}")
+        };
+        let id = RecordId::parse(&receipt.record_id).unwrap();
+        let rec = stores.vault.get(&id).unwrap().unwrap();
+        let h = seal::parse_header(&rec.sealed).unwrap();
+        let key = stores.keyring.get(h.key_id).unwrap();
+        let opened = seal::open(&rec.sealed, id, &key).unwrap();
+        assert_eq!(opened.record.meta.patient_ids.len(), 65_535);
+        assert_eq!(opened.record.meta.patient_ids[0], "MRN1^^");
+        assert_eq!(opened.commitment, rec.commitment);
+        stop(pipeline, running).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,42 @@ pub struct Record {
     pub raw: Bytes,
 }
 
+/// The most patient identifiers a record encoding holds (its count is a u16).
+pub const MAX_PATIENT_IDS: usize = u16::MAX as usize;
+
+/// The longest record encoding: its sealed form (header, salt and tag added) must still fit the
+/// segment entry's u32 length.
+pub const MAX_ENCODED_LEN: usize = u32::MAX as usize - 4096;
+
+/// Why a record cannot be encoded exactly. Names fields, never their content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{0} patient identifiers (PID-3 repetitions) exceed the limit of {MAX_PATIENT_IDS}")]
+    TooManyPatientIds(usize),
+    #[error("field {field} is {len} bytes, more than a record encoding can hold")]
+    TooLong { field: &'static str, len: usize },
+}
+
+impl EncodeError {
+    pub fn rejection(&self) -> Rejection {
+        let label = match self {
+            EncodeError::TooManyPatientIds(_) => "too_many_patient_ids",
+            EncodeError::TooLong { .. } => "too_large",
+        };
+        // HL7 table 0357: 102 = data type error (a field beyond what it may hold).
+        Rejection::new(RejectKind::Unacceptable, 102, label, self.to_string())
+    }
+}
+
+/// Adds a length-prefixed field to a running total, refusing what the encoding cannot hold.
+fn add_field(total: usize, field: &'static str, len: usize) -> Result<usize, EncodeError> {
+    let total = total.saturating_add(len);
+    if len > u32::MAX as usize || total > MAX_ENCODED_LEN {
+        return Err(EncodeError::TooLong { field, len });
+    }
+    Ok(total)
+}
+
 /// Rules an integration engineer can put on what is accepted (config `[accept]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,7 +88,7 @@ impl AcceptRules {
             RejectKind::Unacceptable,
             200,
             "type_not_accepted",
-            format!("{what} {message_type} is not accepted by this gateway (accept.message_types)"),
+            format!("{what} is not accepted by this gateway (accept.message_types)"),
         ))
     }
 
@@ -73,12 +109,12 @@ impl AcceptRules {
 /// Maps a tokenizer error to a rejection (AR: the bytes are not a message we can read).
 pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
     let label = match e {
-        hl7::ParseError::UnsupportedCharset(_) => "unsupported_charset",
+        hl7::ParseError::UnsupportedCharset => "unsupported_charset",
         hl7::ParseError::Empty => "empty",
         _ => "not_hl7",
     };
     let code = match e {
-        hl7::ParseError::UnsupportedCharset(_) => 203,
+        hl7::ParseError::UnsupportedCharset => 203,
         _ => 100,
     };
     Rejection::new(RejectKind::NotHl7, code, label, e.to_string())
@@ -96,7 +132,7 @@ impl Record {
         rules: &AcceptRules,
     ) -> Result<Record, Rejection> {
         let m = crate::fhir::read(&raw)?;
-        rules.check_type("resource type", &m.resource_type)?;
+        rules.check_type("resourceType", &m.resource_type)?;
         rules.check_patient(&m.patient_ids, "no Patient identifier or Patient reference")?;
         // FHIR ids are unique per resource type, so the type is part of the control id.
         let control_id = if m.id.trim().is_empty() {
@@ -149,7 +185,7 @@ impl Record {
                 "required field MSH-10 (message control id) is empty",
             ));
         }
-        rules.check_type("message type", &message_type)?;
+        rules.check_type("MSH-9 message type", &message_type)?;
         let processing = t(msh.field(11).component(1))?;
         if !rules.processing_ids.is_empty() && !rules.processing_ids.contains(&processing) {
             return Err(Rejection::new(
@@ -214,26 +250,41 @@ impl Record {
             .map(|s| s.as_str())
     }
 
-    /// Length of [`encode_into`](Self::encode_into)'s output.
-    pub fn encoded_len(&self, origin_json: &[u8]) -> usize {
+    /// Length of [`encode_into`](Self::encode_into)'s output, after checking that every count
+    /// and length fits its field: the encoding must never wrap a count and read back as another
+    /// record (a u16 count of 65,536 identifiers once did).
+    pub fn encoded_len(&self, origin_json: &[u8]) -> Result<usize, EncodeError> {
         let m = &self.meta;
-        1 + 4 * 7
-            + m.sender.len()
-            + m.message_type.len()
-            + m.trigger.len()
-            + m.control_id.len()
-            + origin_json.len()
-            + m.format.len()
-            + 2
-            + m.patient_ids.iter().map(|p| 4 + p.len()).sum::<usize>()
-            + 8
-            + self.raw.len()
+        if m.patient_ids.len() > MAX_PATIENT_IDS {
+            return Err(EncodeError::TooManyPatientIds(m.patient_ids.len()));
+        }
+        let fields: [(&'static str, usize); 7] = [
+            ("sender", m.sender.len()),
+            ("message_type", m.message_type.len()),
+            ("trigger", m.trigger.len()),
+            ("control_id", m.control_id.len()),
+            ("origin", origin_json.len()),
+            ("format", m.format.len()),
+            ("raw", self.raw.len()),
+        ];
+        let mut total = 1 + 4 * fields.len() + 2 + 8;
+        for (field, len) in fields {
+            total = add_field(total, field, len)?;
+        }
+        for p in &m.patient_ids {
+            total = add_field(total + 4, "patient_ids", p.len())?;
+        }
+        Ok(total)
     }
 
-    /// Canonical encoding, version 1: every string and the raw bytes length-prefixed (u32 BE).
-    /// `origin_json` is `serde_json::to_vec(&self.meta.origin)`, computed once by the caller.
-    pub fn encode_into(&self, origin_json: &[u8], out: &mut Vec<u8>) {
+    /// Canonical encoding, version 1: every string and the raw bytes length-prefixed (u32 BE),
+    /// the patient-identifier count a u16. `origin_json` is `serde_json::to_vec(&meta.origin)`,
+    /// computed once by the caller. Refuses (writing nothing) what cannot be encoded exactly.
+    pub fn encode_into(&self, origin_json: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let len = self.encoded_len(origin_json)?;
+        out.reserve(len);
         let m = &self.meta;
+        // Lengths were checked by encoded_len: the casts below cannot truncate.
         let put = |out: &mut Vec<u8>, b: &[u8]| {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(b);
@@ -251,6 +302,16 @@ impl Record {
         put(out, origin_json);
         put(out, m.format.as_bytes());
         put(out, &self.raw);
+        Ok(())
+    }
+
+    /// Whether this record can be encoded, as a rejection a sender can act on (checked before
+    /// anything is acknowledged).
+    pub fn check_encodable(&self) -> Result<(), Rejection> {
+        let origin_json = serde_json::to_vec(&self.meta.origin).unwrap_or_default();
+        self.encoded_len(&origin_json)
+            .map(|_| ())
+            .map_err(|e| e.rejection())
     }
 
     /// Inverse of [`encode_into`](Self::encode_into); `None` for anything that is not exactly one
@@ -270,7 +331,13 @@ impl Record {
             patient_ids.push(r.string()?);
         }
         let received_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
-        let origin = serde_json::from_slice(r.bytes()?).ok()?;
+        let origin_json = r.bytes()?;
+        let origin: Origin = serde_json::from_slice(origin_json).ok()?;
+        // Only the one encoding the writer makes: other spellings of the same JSON (spaces, key
+        // order, escapes) would give two byte strings for one record.
+        if serde_json::to_vec(&origin).ok()? != origin_json {
+            return None;
+        }
         let format = r.string()?;
         let raw = Bytes::copy_from_slice(r.bytes()?);
         if !r.0.is_empty() {
@@ -311,5 +378,157 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn origin() -> impl Strategy<Value = Origin> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".*")).prop_map(
+                |(ip, port, tls_client)| Origin::Mllp {
+                    peer: (std::net::Ipv4Addr::from(ip), port).into(),
+                    tls_client
+                }
+            ),
+            (".*", ".*", any::<u64>()).prop_map(|(stream, subject, sequence)| Origin::Nats {
+                stream,
+                subject,
+                sequence
+            }),
+            (".*", any::<i32>(), any::<i64>()).prop_map(|(topic, partition, offset)| {
+                Origin::Kafka {
+                    topic,
+                    partition,
+                    offset,
+                }
+            }),
+            (".*", any::<u64>()).prop_map(|(file, index)| Origin::Import { file, index }),
+            ".*".prop_map(|name| Origin::Local { name }),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        (
+            (".*", ".*", ".*", ".*"),
+            proptest::collection::vec(".*", 0..40),
+            any::<u64>(),
+            origin(),
+            ".*",
+            proptest::collection::vec(any::<u8>(), 0..2000),
+        )
+            .prop_map(
+                |(
+                    (sender, message_type, trigger, control_id),
+                    patient_ids,
+                    received_ms,
+                    origin,
+                    format,
+                    raw,
+                )| {
+                    Record {
+                        meta: RecordMeta {
+                            sender,
+                            message_type,
+                            trigger,
+                            control_id,
+                            patient_ids,
+                            received_ms,
+                            origin,
+                            format,
+                        },
+                        raw: raw.into(),
+                    }
+                },
+            )
+    }
+
+    fn encode(r: &Record) -> Result<Vec<u8>, EncodeError> {
+        let origin = serde_json::to_vec(&r.meta.origin).unwrap();
+        let mut out = Vec::new();
+        r.encode_into(&origin, &mut out)?;
+        assert_eq!(out.len(), r.encoded_len(&origin)?);
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Every record that can be encoded decodes to itself.
+        #[test]
+        fn every_encodable_record_decodes_to_itself(r in record()) {
+            let bytes = encode(&r).unwrap();
+            prop_assert_eq!(Record::decode(&bytes), Some(r));
+        }
+
+        /// The other direction: bytes that decode at all are the one encoding of their record,
+        /// so no two byte strings (and no two commitments) stand for one record. Mutations of a
+        /// real encoding reach the interesting cases far more often than random bytes.
+        #[test]
+        fn whatever_decodes_is_the_encoding_of_what_it_decodes_to(
+            r in record(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut bytes = encode(&r).unwrap();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            if let Some(d) = Record::decode(&bytes) {
+                prop_assert_eq!(encode(&d).unwrap(), bytes);
+            }
+        }
+    }
+
+    fn with_ids(n: usize) -> Record {
+        Record {
+            meta: RecordMeta {
+                sender: "APP|FAC".into(),
+                message_type: "ADT".into(),
+                trigger: "A01".into(),
+                control_id: "1".into(),
+                patient_ids: vec!["1".into(); n],
+                received_ms: 1,
+                origin: Origin::Local { name: "t".into() },
+                format: "hl7v2".into(),
+            },
+            raw: Bytes::from_static(b"MSH|"),
+        }
+    }
+
+    #[test]
+    fn the_identifier_count_holds_65535_and_refuses_one_more() {
+        let r = with_ids(MAX_PATIENT_IDS);
+        assert_eq!(Record::decode(&encode(&r).unwrap()), Some(r));
+        let r = with_ids(MAX_PATIENT_IDS + 1);
+        assert_eq!(encode(&r), Err(EncodeError::TooManyPatientIds(65_536)));
+        let mut out = Vec::new();
+        assert!(r.encode_into(b"{}", &mut out).is_err());
+        assert!(out.is_empty(), "nothing written for a refused record");
+        let rej = r.check_encodable().unwrap_err();
+        assert_eq!(rej.label, "too_many_patient_ids");
+        assert_eq!(rej.kind, RejectKind::Unacceptable);
+    }
+
+    #[test]
+    fn an_origin_spelled_another_way_does_not_decode() {
+        let r = with_ids(1);
+        let bytes = encode(&r).unwrap();
+        let canonical = br#"{"source":"local","name":"t"}"#;
+        let at = memchr::memmem::find(&bytes, canonical).expect("origin in the encoding");
+        let spaced = br#"{"source":"local", "name":"t"}"#;
+        let mut other = bytes[..at - 4].to_vec();
+        other.extend_from_slice(&(spaced.len() as u32).to_be_bytes());
+        other.extend_from_slice(spaced);
+        other.extend_from_slice(&bytes[at + canonical.len()..]);
+        assert_eq!(Record::decode(&other), None);
     }
 }

@@ -87,3 +87,29 @@ fn an_archive_is_imported_once_with_a_summary_and_verifies() {
 
     assert_everything_verifies(&data, expected);
 }
+
+/// `medanchor import` refuses what the record encoding cannot hold (it once exited 0 having
+/// stored a record that could never be opened), names the reason and stores the rest.
+#[test]
+fn a_message_beyond_the_record_encoding_is_a_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pid3 = String::from("MRN");
+    for i in 1..65_536 {
+        pid3.push_str(&format!("~{}", i % 10));
+    }
+    let file = dir.path().join("many.hl7");
+    std::fs::write(
+        &file,
+        format!("MSH|^~\\&|APP|FAC|GW|GW|20250101000000||ADT^A01|C1|P|2.5\rPID|1||{pid3}\r"),
+    )
+    .unwrap();
+    let ok_file = dir.path().join("ok.hl7");
+    std::fs::copy(fixtures().join("microsoft/ADT-A01-01.hl7"), &ok_file).unwrap();
+    let data = dir.path().join("data");
+    let (ok, s) = import(&data, &[&file, &ok_file]);
+    assert!(!ok, "{s}");
+    assert_eq!(s["stored"], 1, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["rejected_by_reason"]["too_many_patient_ids"], 1, "{s}");
+    assert_everything_verifies(&data, 1);
+}

@@ -126,3 +126,44 @@ fn without_a_token_ingest_is_off() {
     assert_eq!(status, 404);
     assert!(body["detail"].as_str().unwrap().contains("ingest_token"));
 }
+
+/// A FHIR Patient with one identifier more than the record encoding's u16 count holds was
+/// answered 201 and could then never be opened: now 422 with a reason, nothing stored.
+#[test]
+fn more_patient_identifiers_than_the_encoding_holds_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(
+        &dir.path().join("data"),
+        &[
+            ("MEDANCHOR__HTTP__INGEST_TOKEN", TOKEN),
+            ("MEDANCHOR__HTTP__MAX_BODY_BYTES", "4194304"),
+        ],
+    );
+    let patient = |n: usize| {
+        let ids: Vec<String> = (0..n)
+            .map(|i| format!("{{\"system\":\"s\",\"value\":\"{i}\"}}"))
+            .collect();
+        format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"p{n}\",\"identifier\":[{}]}}",
+            ids.join(",")
+        )
+    };
+    let (status, _, body) = post(
+        &g,
+        "application/fhir+json",
+        Some(TOKEN),
+        patient(65_536).as_bytes(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["reason"], "too_many_patient_ids");
+    assert!(body["quarantine_id"].is_string(), "{body}");
+    let (status, _, body) = post(
+        &g,
+        "application/fhir+json",
+        Some(TOKEN),
+        patient(65_535).as_bytes(),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(g.stop().success());
+    assert_everything_verifies(&dir.path().join("data"), 1);
+}

@@ -23,7 +23,7 @@ use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::envelope::RecordId;
-use crate::record::Record;
+use crate::record::{EncodeError, Record};
 pub use keyring::{DataKey, Keyring, KeyringError};
 use medanchor_sha3::Sha3_256;
 
@@ -83,31 +83,39 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 }
 
 /// Seals `record` under `key`. The record bytes are copied once into the output buffer, hashed
-/// once for the commitment and encrypted in place.
-pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Sealed {
+/// once for the commitment and encrypted in place. A record that cannot be encoded exactly is
+/// refused (the pipeline checks this before sealing, with a rejection the sender sees).
+pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Result<Sealed, EncodeError> {
     seal_many(&[(record, record_id, key)])
         .pop()
-        .expect("one sealed per record")
+        .expect("one result per record")
 }
 
 /// [`seal`] for several records at once: their commitments are hashed together
 /// (`Sha3_256::digest_many`, four at a time on AVX2), which is most of the work of sealing.
-pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Sealed> {
-    let prepared: Vec<Prepared> = records
+/// One result per record, in order.
+pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
+    let prepared: Vec<Result<Prepared, EncodeError>> = records
         .iter()
         .map(|(record, _, key)| Prepared::new(record, key))
         .collect();
     let parts: Vec<[&[u8]; 3]> = prepared
         .iter()
+        .flatten()
         .map(|p| commitment_input(&p.salt, p.encoded()))
         .collect();
     let inputs: Vec<&[&[u8]]> = parts.iter().map(|p| &p[..]).collect();
-    let commitments = Sha3_256::digest_many(&inputs);
+    let mut commitments = Sha3_256::digest_many(&inputs).into_iter();
     prepared
         .into_iter()
-        .zip(commitments)
         .zip(records)
-        .map(|((p, commitment), (_, record_id, key))| p.finish(commitment, *record_id, key))
+        .map(|(p, (_, record_id, key))| {
+            let p = p?;
+            let commitment = commitments
+                .next()
+                .expect("one commitment per prepared record");
+            Ok(p.finish(commitment, *record_id, key))
+        })
         .collect()
 }
 
@@ -120,7 +128,7 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(record: &Record, key: &DataKey) -> Prepared {
+    fn new(record: &Record, key: &DataKey) -> Result<Prepared, EncodeError> {
         // One draw for both.
         let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
         let salt: [u8; SALT_LEN] = fresh[..SALT_LEN].try_into().expect("32");
@@ -129,20 +137,20 @@ impl Prepared {
         let key_id = key.id().as_bytes();
         let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
         let mut out =
-            Vec::with_capacity(header_len + SALT_LEN + record.encoded_len(&origin_json) + TAG_LEN);
+            Vec::with_capacity(header_len + SALT_LEN + record.encoded_len(&origin_json)? + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(key_id.len() as u8);
         out.extend_from_slice(key_id);
         out.extend_from_slice(&nonce);
         out.push(SALT_LEN as u8);
         out.extend_from_slice(&salt);
-        record.encode_into(&origin_json, &mut out);
-        Prepared {
+        record.encode_into(&origin_json, &mut out)?;
+        Ok(Prepared {
             salt,
             nonce,
             header_len,
             out,
-        }
+        })
     }
 
     /// The record encoding the commitment covers.
@@ -287,8 +295,8 @@ mod tests {
             .enumerate()
             .map(|(i, r)| (r, RecordId([i as u8; 16]), &keys[i % 3]))
             .collect();
-        let mut sealed = seal_many(&items);
-        sealed.push(seal(&records[0], RecordId([0; 16]), &keys[0]));
+        let mut sealed: Vec<Sealed> = seal_many(&items).into_iter().map(Result::unwrap).collect();
+        sealed.push(seal(&records[0], RecordId([0; 16]), &keys[0]).unwrap());
         assert_eq!(sealed.len(), 10);
         for (i, s) in sealed.iter().enumerate() {
             let i = i % 9;
