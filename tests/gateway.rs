@@ -177,9 +177,39 @@ fn patient_data_never_reaches_the_logs() {
         format!("MSH|^~\\&|A|B|C|D|1||ADT^A01|1|P|2.5\r{marker}|x\r").as_bytes(),
     );
     let _ = mllp_exchange(g.mllp, marker.as_bytes());
+    // An unsupported MSH-18 value was echoed in the AR, in `quarantine list` and in plaintext in
+    // vault.redb's quarantine metadata.
+    let ar = mllp_exchange(
+        g.mllp,
+        format!("MSH|^~\\&|A|B|C|D|1||ADT^A01|2|P|2.5||||||{marker}\rPID|1||7^^^H^MR\r").as_bytes(),
+    );
+    assert_eq!(msa(&ar).0, "AR");
+    assert!(String::from_utf8_lossy(&ar).contains("MSH-18"));
+    assert!(
+        !String::from_utf8_lossy(&ar).contains(&marker),
+        "echoed in the AR"
+    );
     let (_, metrics) = g.http_get("/metrics");
     let log = g.log.clone();
     assert!(g.stop().success());
+    let data = dir.path().join("data");
+    let (ok, listed, _) = run(&[
+        "quarantine",
+        "list",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    assert!(listed.contains("unsupported_charset"), "{listed}");
+    assert!(!listed.contains(&marker), "echoed in quarantine list");
+    for file in ["vault.redb", "ledger.redb", "segments/00000000.seg"] {
+        let bytes = std::fs::read(data.join(file)).unwrap();
+        assert!(
+            memchr::memmem::find(&bytes, marker.as_bytes()).is_none(),
+            "plaintext patient data in {file}"
+        );
+    }
     let logs = std::fs::read_to_string(log).unwrap();
     assert!(
         logs.contains("medanchor started"),

@@ -46,11 +46,7 @@ impl Charset {
             "GB 18030-2000" => Charset::Other(encoding_rs::GB18030),
             "KS X 1001" => Charset::Other(encoding_rs::EUC_KR),
             "BIG-5" => Charset::Other(encoding_rs::BIG5),
-            other => {
-                return Err(ParseError::UnsupportedCharset(
-                    other.chars().take(32).collect(),
-                ))
-            }
+            _ => return Err(ParseError::UnsupportedCharset),
         })
     }
 

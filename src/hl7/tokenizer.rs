@@ -18,8 +18,9 @@ pub enum ParseError {
     BadEncodingCharacters,
     #[error("segment {0} does not start with a three-character segment id")]
     BadSegmentId(usize),
-    #[error("MSH-18 character set {0:?} is not supported")]
-    UnsupportedCharset(String),
+    /// The value is not kept: reasons name fields, never what a sender put in them.
+    #[error("MSH-18 character set is not one this gateway supports (see docs/sources/mllp.md)")]
+    UnsupportedCharset,
     #[error("text is not valid in the declared character set {0}")]
     BadText(&'static str),
 }
