@@ -92,8 +92,8 @@ pub trait Vault: Send + Sync + 'static {
     fn record_count(&self) -> Result<u64, VaultError>;
     /// Records stored after the anchored watermark, in commit order.
     fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError>;
-    /// Moves the watermark: every record up to `through` is in the log. It need not be durable
-    /// at once: records offered again are skipped by the ledger.
+    /// Moves the watermark: every record up to `through` is in the log. Durable when it returns,
+    /// so a restart offers the log only what it has not anchored.
     fn mark_anchored(&self, through: Position) -> Result<(), VaultError>;
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError>;
     fn quarantine_get(&self, id: &str) -> Result<Option<(QuarantineEntry, Vec<u8>)>, VaultError>;
