@@ -50,7 +50,51 @@ pub enum SegmentError {
         offset: u64,
         what: &'static str,
     },
+    /// A damaged entry with intact entries after it: not the torn end of an unacknowledged
+    /// write but acknowledged data, which nothing may cut off.
+    #[error(
+        "segment {segment} at offset {offset}: the entry (record {record} as its header reads) \
+         fails its checksum, and intact entries follow it at offset {next_valid} of segment \
+         {next_segment}, so it is not the torn end of an unacknowledged write. Nothing was \
+         changed. Stop here and keep a copy of the data directory; `medanchor repair` sets the \
+         damaged entry aside (its bytes kept under segments/damaged/) and keeps every entry \
+         after it"
+    )]
+    Damaged {
+        segment: u32,
+        offset: u64,
+        record: RecordId,
+        next_segment: u32,
+        next_valid: u64,
+    },
+    #[error("segment {segment}: {what}")]
+    Layout { segment: u32, what: &'static str },
 }
+
+/// What a survey of the log found past the point it started from, besides intact entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Bytes after the last intact entry of the last segment, with no intact entry after them:
+    /// the torn end of a group commit whose sync never returned, so no sender was acknowledged
+    /// for it.
+    TornTail { segment: u32, offset: u64, len: u64 },
+}
+
+/// An entry that `repair` replaced with padding, its bytes kept in `kept`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u64,
+    /// The record id as the damaged header reads (it may itself be damaged).
+    pub record: RecordId,
+    pub kept: PathBuf,
+}
+
+/// The record id of padding entries: `repair` writes one in place of a damaged entry so that
+/// every entry after it keeps its offset. Record ids start with a millisecond timestamp, so no
+/// record has this one.
+pub const PADDING_ID: RecordId = RecordId([0; 16]);
 
 /// Where a record's entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,17 +245,142 @@ fn scan_file(
         if checksum(&header[8..], &body) != crc {
             break;
         }
-        f(
-            &h,
-            Location {
-                segment,
-                offset: at,
-                len,
-            },
-        );
+        if h.record_id != PADDING_ID {
+            f(
+                &h,
+                Location {
+                    segment,
+                    offset: at,
+                    len,
+                },
+            );
+        }
         at = next;
     }
     Ok(at)
+}
+
+/// The offset of the first intact entry that starts after `from` (exclusive) in the file, if
+/// any. Entries are found by the sealed-record magic at the start of their body and confirmed by
+/// length and checksum, so a damaged length field does not hide what follows it.
+fn next_intact(file: &File, path: &Path, from: u64) -> Result<Option<u64>, SegmentError> {
+    let end = file.metadata().map_err(io(path))?.len();
+    let start = from + 1;
+    if start >= end {
+        return Ok(None);
+    }
+    // Only on a damaged log, so reading the rest of one segment (at most its size) is fine.
+    let mut rest = vec![0u8; (end - start) as usize];
+    file.read_exact_at(&mut rest, start).map_err(io(path))?;
+    for pos in memchr::memmem::find_iter(&rest, crate::seal::MAGIC) {
+        let Some(at) = pos.checked_sub(ENTRY_HEADER) else {
+            continue;
+        };
+        let header: &[u8; ENTRY_HEADER] = rest[at..pos].try_into().expect("sized");
+        let (len, crc, _) = EntryHeader::parse(header);
+        let Some(body) = rest.get(pos..pos + len as usize) else {
+            continue;
+        };
+        if checksum(&header[8..], body) == crc {
+            return Ok(Some(start + at as u64));
+        }
+    }
+    Ok(None)
+}
+
+/// Where the intact prefix of the log from `from` on ends, and what lies after it. Reads only.
+struct Survey {
+    tail: Tail,
+    finding: Option<Finding>,
+}
+
+/// Walks the segments from `from`, handing every intact entry to `f`. Damage followed by an
+/// intact entry (in the same segment or a later one) is an error: only the end of the last
+/// segment can be torn.
+fn survey(
+    dir: &Path,
+    from: Tail,
+    f: &mut dyn FnMut(&EntryHeader, Location),
+) -> Result<Survey, SegmentError> {
+    let mut segment = from.segment;
+    let mut at = from.len;
+    loop {
+        let path = path_of(dir, segment);
+        let file = File::open(&path).map_err(io(&path))?;
+        let actual = file.metadata().map_err(io(&path))?.len();
+        if actual < at {
+            return Err(SegmentError::Truncated {
+                segment,
+                committed: at,
+                actual,
+            });
+        }
+        let good = scan_file(&file, &path, at, f, segment)?;
+        let later = path_of(dir, segment + 1).exists();
+        if good < actual {
+            // Either intact entries follow in this file, or a later file exists (this one was
+            // finished before it was started): acknowledged data either way.
+            let next = match next_intact(&file, &path, good)? {
+                Some(o) => Some((segment, o)),
+                None if later => Some((segment + 1, 0)),
+                None => None,
+            };
+            if let Some((next_segment, next_valid)) = next {
+                let mut header = [0u8; ENTRY_HEADER];
+                let n = (actual - good).min(ENTRY_HEADER as u64) as usize;
+                file.read_exact_at(&mut header[..n], good)
+                    .map_err(io(&path))?;
+                return Err(SegmentError::Damaged {
+                    segment,
+                    offset: good,
+                    record: EntryHeader::parse(&header).2.record_id,
+                    next_segment,
+                    next_valid,
+                });
+            }
+            return Ok(Survey {
+                tail: Tail { segment, len: good },
+                finding: Some(Finding::TornTail {
+                    segment,
+                    offset: good,
+                    len: actual - good,
+                }),
+            });
+        }
+        if !later {
+            return Ok(Survey {
+                tail: Tail { segment, len: good },
+                finding: None,
+            });
+        }
+        segment += 1;
+        at = 0;
+    }
+}
+
+/// Copies `len` bytes at `offset` of a segment to a new file under `segments/<what>/` and syncs
+/// it, so that what recovery or repair removes from a segment is kept for inspection.
+fn keep_aside(
+    dir: &Path,
+    what: &str,
+    file: &File,
+    segment: u32,
+    offset: u64,
+    len: u64,
+) -> Result<PathBuf, SegmentError> {
+    let aside = dir.join(what);
+    std::fs::create_dir_all(&aside).map_err(io(&aside))?;
+    let path = aside.join(format!("{segment:08}-{offset:012}.bin"));
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, offset)
+        .map_err(io(&path_of(dir, segment)))?;
+    std::fs::write(&path, &bytes).map_err(io(&path))?;
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| File::open(&aside))
+        .and_then(|d| d.sync_all())
+        .map_err(io(&path))?;
+    Ok(path)
 }
 
 fn checksum(header_rest: &[u8], sealed: &[u8]) -> u32 {
@@ -222,12 +391,15 @@ fn checksum(header_rest: &[u8], sealed: &[u8]) -> u32 {
 }
 
 impl SegmentLog {
-    /// Finds the true end of the log after `indexed` (the index's durable tail): every complete
+    /// Finds the true end of the log after `indexed` (the index's durable tail): every intact
     /// entry past it is handed to `f` to be indexed again, and the torn end of an unfinished
-    /// write, if any, is cut off. The log is then opened at that end.
+    /// write, if any, is moved to `segments/torn/` and cut off. The log is then opened at that
+    /// end.
     ///
     /// Entries before `indexed` must all be there: a file shorter than that means acknowledged
-    /// records are gone, which is an error, never silently repaired.
+    /// records are gone, which is an error, never silently repaired. So is a damaged entry with
+    /// intact ones after it ([`SegmentError::Damaged`]): it is no torn end, and `repair` is the
+    /// explicit way past it.
     pub fn recover(
         dir: &Path,
         indexed: Tail,
@@ -237,53 +409,133 @@ impl SegmentLog {
     ) -> Result<Self, SegmentError> {
         if create {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let first = path_of(dir, indexed.segment);
+            if !first.exists() {
+                File::create(&first).map_err(io(&first))?;
+            }
         }
-        let mut segment = indexed.segment;
-        let mut from = indexed.len;
-        loop {
-            let path = path_of(dir, segment);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(create || segment > indexed.segment)
-                .truncate(false)
-                .open(&path)
-                .map_err(io(&path))?;
-            let actual = file.metadata().map_err(io(&path))?.len();
-            if actual < from {
-                return Err(SegmentError::Truncated {
-                    segment,
-                    committed: from,
-                    actual,
-                });
-            }
-            let good = scan_file(&file, &path, from, f, segment)?;
-            let next = path_of(dir, segment + 1);
-            // A later segment exists only if this one was finished, so it ends at `good`.
-            if good == actual && next.exists() {
-                segment += 1;
-                from = 0;
-                continue;
-            }
-            if good < actual {
-                tracing::warn!(
-                    segment,
-                    bytes = actual - good,
-                    "discarding the torn end of a write that was never acknowledged"
-                );
-                file.set_len(good).map_err(io(&path))?;
-                file.sync_all().map_err(io(&path))?;
-            }
-            return Ok(SegmentLog {
+        let survey = survey(dir, indexed, f)?;
+        let tail = survey.tail;
+        let path = path_of(dir, tail.segment);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        if let Some(Finding::TornTail {
+            segment,
+            offset,
+            len,
+        }) = survey.finding
+        {
+            let kept = keep_aside(dir, "torn", &file, segment, offset, len)?;
+            tracing::warn!(
+                segment,
+                offset,
+                bytes = len,
+                kept = %kept.display(),
+                "cut off the torn end of a write that was never acknowledged"
+            );
+            file.set_len(offset).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        Ok(SegmentLog {
+            dir: dir.to_path_buf(),
+            max_segment_bytes,
+            active: Mutex::new(Active { tail, file }),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens the log for reading only, changing nothing: the intact entries past `indexed` go to
+    /// `f` (what the next start would index again) and the finding says what it would cut off.
+    pub fn open_read_only(
+        dir: &Path,
+        indexed: Tail,
+        f: &mut dyn FnMut(&EntryHeader, Location),
+    ) -> Result<(Self, Option<Finding>), SegmentError> {
+        let survey = survey(dir, indexed, f)?;
+        let path = path_of(dir, survey.tail.segment);
+        let file = File::open(&path).map_err(io(&path))?;
+        Ok((
+            SegmentLog {
                 dir: dir.to_path_buf(),
-                max_segment_bytes,
+                max_segment_bytes: 0,
                 active: Mutex::new(Active {
-                    tail: Tail { segment, len: good },
+                    tail: survey.tail,
                     file,
                 }),
                 readers: Mutex::new(HashMap::new()),
-            });
+            },
+            survey.finding,
+        ))
+    }
+
+    /// Replaces every damaged entry in every segment with a padding entry of the same size,
+    /// after copying its bytes to `segments/damaged/`, so that the entries after it keep their
+    /// offsets and the log opens again. A damaged end of the last segment with nothing intact
+    /// after it is left to `recover` (it is a torn write). For a stopped gateway only.
+    pub fn repair(dir: &Path) -> Result<Vec<SetAside>, SegmentError> {
+        let mut done = Vec::new();
+        let mut segment = 0;
+        loop {
+            let path = path_of(dir, segment);
+            if !path.exists() {
+                break;
+            }
+            let later = path_of(dir, segment + 1).exists();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            let end = file.metadata().map_err(io(&path))?.len();
+            let mut at = 0;
+            loop {
+                at = scan_file(&file, &path, at, &mut |_, _| {}, segment)?;
+                if at >= end {
+                    break;
+                }
+                let next = match next_intact(&file, &path, at)? {
+                    Some(n) => n,
+                    None if later => end,
+                    None => break,
+                };
+                let len = next - at;
+                if len < ENTRY_HEADER as u64 {
+                    return Err(SegmentError::Layout {
+                        segment,
+                        what: "a damaged span is shorter than an entry header",
+                    });
+                }
+                let mut header = [0u8; ENTRY_HEADER];
+                file.read_exact_at(&mut header, at).map_err(io(&path))?;
+                let record = EntryHeader::parse(&header).2.record_id;
+                let kept = keep_aside(dir, "damaged", &file, segment, at, len)?;
+                let mut staged = Staged::default();
+                let body = vec![0u8; (len - ENTRY_HEADER as u64) as usize];
+                let padding = EntryHeader {
+                    record_id: PADDING_ID,
+                    commitment: [0; 32],
+                    dedup_key: [0; 32],
+                    control_key: [0; 32],
+                };
+                SegmentLog::stage(&mut staged, &padding, &body);
+                file.write_all_at(&staged.buf, at).map_err(io(&path))?;
+                file.sync_data().map_err(io(&path))?;
+                tracing::warn!(segment, offset = at, bytes = len, kept = %kept.display(), "damaged entry set aside");
+                done.push(SetAside {
+                    segment,
+                    offset: at,
+                    len,
+                    record,
+                    kept,
+                });
+                at = next;
+            }
+            segment += 1;
         }
+        Ok(done)
     }
 
     /// Adds an entry to `staged`; returns its offset within `staged` and the sealed length.
@@ -410,9 +662,34 @@ impl SegmentLog {
         Ok(buf)
     }
 
+    /// Every entry from the start of the log up to `to`, padding included (flagged), with the
+    /// tail just after it: for checks that must see every entry.
+    pub fn scan_all(
+        &self,
+        to: Tail,
+        f: &mut dyn FnMut(&EntryHeader, Tail, bool),
+    ) -> Result<(), SegmentError> {
+        self.walk(Tail::default(), to, &mut |h, end| {
+            f(h, end, h.record_id == PADDING_ID)
+        })
+    }
+
     /// Every entry after `from` up to `to`, in commit order, with the tail just after it.
     /// Reads headers only (the entries were checked when they were recovered or written).
     pub fn scan(
+        &self,
+        from: Tail,
+        to: Tail,
+        f: &mut dyn FnMut(&EntryHeader, Tail),
+    ) -> Result<(), SegmentError> {
+        self.walk(from, to, &mut |h, end| {
+            if h.record_id != PADDING_ID {
+                f(h, end)
+            }
+        })
+    }
+
+    fn walk(
         &self,
         from: Tail,
         to: Tail,
@@ -470,12 +747,19 @@ mod tests {
         (log, seen)
     }
 
-    /// Appends entries `ids`, each `n` bytes of its own id value.
+    /// A sealed record's stand-in: the sealed-record magic, then its id value up to `n` bytes.
+    fn body(i: u8, n: usize) -> Vec<u8> {
+        let mut b = crate::seal::MAGIC.to_vec();
+        b.resize(n, i);
+        b
+    }
+
+    /// Appends entries `ids`, each [`body`] of `n` bytes.
     fn put(log: &SegmentLog, ids: &[u8], n: usize) -> Vec<Location> {
         let mut staged = Staged::default();
         let offs: Vec<(u64, u32)> = ids
             .iter()
-            .map(|&i| SegmentLog::stage(&mut staged, &header(i), &vec![i; n]))
+            .map(|&i| SegmentLog::stage(&mut staged, &header(i), &body(i, n)))
             .collect();
         let (segment, base) = log.append(&staged).unwrap();
         offs.into_iter()
@@ -504,7 +788,7 @@ mod tests {
         for (i, at) in [1u8, 2, 3, 4, 5, 6].iter().zip(a.iter().chain(&b)) {
             assert_eq!(
                 log.read(&RecordId([*i; 16]), &[*i; 32], *at).unwrap(),
-                vec![*i; 200]
+                body(*i, 200)
             );
         }
         // The headers list every record in commit order, from any point.
@@ -552,7 +836,8 @@ mod tests {
         drop(log);
         let path = dir.path().join("00000000.seg");
         let good = std::fs::metadata(&path).unwrap().len();
-        // A write cut short: a whole header but half the body, then one with a bad checksum.
+        // The end of a write that never finished: a first entry with a bad checksum and bytes
+        // after it that hold no intact sealed entry (no sealed-record magic to resync on).
         let mut staged = Staged::default();
         SegmentLog::stage(&mut staged, &header(3), &[3; 100]);
         SegmentLog::stage(&mut staged, &header(4), &[4; 100]);
@@ -567,6 +852,12 @@ mod tests {
             "a damaged entry and what follows it are not records"
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        let kept = dir.path().join(format!("torn/00000000-{good:012}.bin"));
+        assert_eq!(
+            std::fs::read(kept).unwrap(),
+            torn,
+            "the torn bytes are kept aside"
+        );
         // The next append goes where the torn bytes were.
         let b = put(&log, &[5], 10);
         assert_eq!(b[0].offset, good);
@@ -578,6 +869,123 @@ mod tests {
         let (_, seen) = open(dir.path(), b[0].end(), 1 << 20);
         assert!(seen.is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), b[0].end().len);
+    }
+
+    /// Fifty acknowledged entries, a crash before the index knew any, one byte flipped inside
+    /// entry 10: recovery once took it for a torn end and cut off entries 10 to 49. Now it
+    /// refuses, changing nothing, naming segment, offset and record; `repair` sets the one
+    /// entry aside and keeps the 49 others.
+    #[test]
+    fn a_damaged_entry_with_intact_ones_after_it_is_refused_then_repaired() {
+        for flip in [ENTRY_HEADER + 30, 2 /* in the length field */] {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, _) = open(dir.path(), Tail::default(), 1 << 20);
+            let at: Vec<Location> = (1..=50u8).flat_map(|i| put(&log, &[i], 200)).collect();
+            drop(log);
+            let path = dir.path().join("00000000.seg");
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[at[9].offset as usize + flip] ^= 0x04;
+            std::fs::write(&path, &bytes).unwrap();
+            let e =
+                SegmentLog::recover(dir.path(), Tail::default(), 1 << 20, false, &mut |_, _| {})
+                    .err()
+                    .expect("acknowledged entries follow the damage");
+            match &e {
+                SegmentError::Damaged {
+                    segment,
+                    offset,
+                    record,
+                    next_valid,
+                    ..
+                } => {
+                    assert_eq!((*segment, *offset), (0, at[9].offset));
+                    assert_eq!(*next_valid, at[10].offset, "found past a bad length too");
+                    if flip > 24 {
+                        assert_eq!(*record, RecordId([10; 16]));
+                    }
+                }
+                other => panic!("{other}"),
+            }
+            assert!(e.to_string().contains("medanchor repair"), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing changed");
+            // The read-only open refuses the same way.
+            assert!(matches!(
+                SegmentLog::open_read_only(dir.path(), Tail::default(), &mut |_, _| {}),
+                Err(SegmentError::Damaged { .. })
+            ));
+
+            let aside = SegmentLog::repair(dir.path()).unwrap();
+            assert_eq!(aside.len(), 1);
+            assert_eq!(
+                (aside[0].offset, aside[0].len),
+                (at[9].offset, at[10].offset - at[9].offset)
+            );
+            assert_eq!(
+                std::fs::read(&aside[0].kept).unwrap(),
+                bytes[at[9].offset as usize..at[10].offset as usize],
+                "the damaged bytes are kept"
+            );
+            let (log, seen) = open_any(dir.path());
+            let ids: Vec<u8> = seen.iter().map(|s| s.0).collect();
+            let expected: Vec<u8> = (1..=50).filter(|&i| i != 10).collect();
+            assert_eq!(ids, expected, "every other entry, at its old offset");
+            for (i, loc) in &seen {
+                assert_eq!(*loc, at[*i as usize - 1]);
+            }
+            assert_eq!(log.tail(), at[49].end());
+            let mut scanned = Vec::new();
+            log.scan(Tail::default(), log.tail(), &mut |h, _| {
+                scanned.push(h.record_id.0[0])
+            })
+            .unwrap();
+            assert_eq!(scanned, expected, "padding is not a record");
+            assert!(
+                SegmentLog::repair(dir.path()).unwrap().is_empty(),
+                "idempotent"
+            );
+        }
+    }
+
+    /// A segment is finished before the next one starts: damage at its end is never a torn
+    /// write, even with nothing intact after it in the same file.
+    #[test]
+    fn damage_at_the_end_of_a_finished_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path(), Tail::default(), 1000);
+        let a = put(&log, &[1, 2, 3], 200);
+        let b = put(&log, &[4], 200);
+        assert_eq!(b[0].segment, 1);
+        drop(log);
+        let path = dir.path().join("00000000.seg");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[a[2].offset as usize + ENTRY_HEADER + 1] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = SegmentLog::recover(dir.path(), Tail::default(), 1000, false, &mut |_, _| {})
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                e,
+                SegmentError::Damaged {
+                    next_segment: 1,
+                    next_valid: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(SegmentLog::repair(dir.path()).unwrap().len(), 1);
+        let (_, seen) = open_any(dir.path());
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 4]);
+    }
+
+    fn open_any(dir: &Path) -> (SegmentLog, Vec<(u8, Location)>) {
+        let mut seen = Vec::new();
+        let log = SegmentLog::recover(dir, Tail::default(), 1 << 20, false, &mut |h, at| {
+            seen.push((h.record_id.0[0], at))
+        })
+        .unwrap();
+        (log, seen)
     }
 
     #[test]
