@@ -14,5 +14,6 @@ pub mod record;
 pub mod seal;
 pub mod serve;
 pub mod sources;
+pub mod storage;
 pub mod vault;
 pub mod verify;

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub control_id_conflicts: IntCounter,
     pub quarantined: IntCounter,
     pub store_failures: IntCounter,
+    pub index_damage: IntCounter,
     pub anchor_failures: IntCounter,
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
@@ -190,6 +191,11 @@ impl Metrics {
                 &r,
                 "medanchor_vault_commit_failures_total",
                 "Vault transactions that failed",
+            ),
+            index_damage: counter(
+                &r,
+                "medanchor_vault_index_damaged_total",
+                "Messages answered Retry because the index entries they need are damaged (run `medanchor verify --all`, then `medanchor repair`)",
             ),
             anchor_failures: counter(
                 &r,

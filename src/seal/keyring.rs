@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::storage::Db;
 use zeroize::Zeroizing;
 
 const DATA_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data_keys");
@@ -30,6 +32,10 @@ pub enum KeyringError {
     },
     #[error("key file {0} does not hold 32 hex-encoded bytes")]
     BadKeyFile(PathBuf),
+    #[error(
+        "key file {0} is damaged: the key does not match its check line (restore it from a backup)"
+    )]
+    DamagedKeyFile(PathBuf),
     #[error("no master key in {0}")]
     NoMaster(PathBuf),
     #[error("master key {0} needed to unwrap a data key is missing")]
@@ -81,38 +87,105 @@ impl std::fmt::Debug for DataKey {
     }
 }
 
-/// Reads a 32-byte secret stored as hex, creating it (mode 0600) if `create` and it is missing.
-pub fn load_secret(path: &Path, create: bool) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
+/// The check line of a key file: a short hash of the key, so one damaged character is refused
+/// by name instead of silently becoming another key (a flipped `index.key` once made every
+/// re-send a new record).
+fn check_line(secret: &[u8; 32]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"medanchor key file check\0");
+    h.update(secret);
+    format!("check {}", hex::encode(&h.finalize().as_bytes()[..8]))
+}
+
+/// The file text for a secret: hex, then its check line.
+fn key_file_text(secret: &[u8; 32]) -> Zeroizing<String> {
+    Zeroizing::new(format!("{}\n{}\n", hex::encode(secret), check_line(secret)))
+}
+
+/// A key file as read: the secret and whether it carried a check line (files written before
+/// check lines have none; the gateway adds one at its next start).
+pub struct KeyFile {
+    pub secret: Zeroizing<[u8; 32]>,
+    pub checked: bool,
+}
+
+/// Reads a key file: 32 bytes as hex, then (files written by this version on) a check line
+/// that must match.
+pub fn read_key_file(path: &Path) -> Result<KeyFile, KeyringError> {
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KeyringError::File {
+                path: path.to_path_buf(),
+                source,
+            })?,
+        );
+    let bad = || KeyringError::BadKeyFile(path.into());
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let bytes = Zeroizing::new(hex::decode(lines.next().ok_or_else(bad)?).map_err(|_| bad())?);
+    let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
+    let secret = Zeroizing::new(secret);
+    let checked = match lines.next() {
+        None => false,
+        Some(line) if line == check_line(&secret) => true,
+        Some(_) => return Err(KeyringError::DamagedKeyFile(path.into())),
+    };
+    if lines.next().is_some() {
+        return Err(bad());
+    }
+    Ok(KeyFile { secret, checked })
+}
+
+/// Writes a key file (mode 0600) that must not exist yet, and syncs it and its directory.
+fn write_key_file(path: &Path, secret: &[u8; 32], replace: bool) -> Result<(), KeyringError> {
     let file_err = |source| KeyringError::File {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let bytes = Zeroizing::new(
-                hex::decode(text.trim()).map_err(|_| KeyringError::BadKeyFile(path.into()))?,
-            );
-            let arr: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| KeyringError::BadKeyFile(path.into()))?;
-            Ok(Zeroizing::new(arr))
+    let target = if replace {
+        path.with_extension("key.new")
+    } else {
+        path.to_path_buf()
+    };
+    let _ = replace.then(|| std::fs::remove_file(&target));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&target)
+        .map_err(file_err)?;
+    f.write_all(key_file_text(secret).as_bytes())
+        .map_err(file_err)?;
+    f.sync_all().map_err(file_err)?;
+    if replace {
+        std::fs::rename(&target, path).map_err(file_err)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(file_err)?;
+    }
+    Ok(())
+}
+
+/// Reads a 32-byte secret stored as hex, creating it (mode 0600) if `create` and it is missing.
+/// With `create` (the gateway's start), a file without a check line gets one.
+pub fn load_secret(path: &Path, create: bool) -> Result<Zeroizing<[u8; 32]>, KeyringError> {
+    match read_key_file(path) {
+        Ok(k) => {
+            if create && !k.checked {
+                write_key_file(path, &k.secret, true)?;
+            }
+            Ok(k.secret)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+        Err(KeyringError::File { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && create =>
+        {
             let mut secret = Zeroizing::new([0u8; 32]);
             getrandom::fill(secret.as_mut()).expect("the operating system's random source failed");
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(file_err)?;
-            let text = Zeroizing::new(hex::encode(secret.as_ref()) + "\n");
-            f.write_all(text.as_bytes()).map_err(file_err)?;
-            f.sync_all().map_err(file_err)?;
+            write_key_file(path, &secret, false)?;
             Ok(secret)
         }
-        Err(e) => Err(file_err(e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -120,7 +193,7 @@ pub struct Keyring {
     dir: PathBuf,
     masters: RwLock<Vec<(u32, Zeroizing<[u8; 32]>)>>,
     index_key: Zeroizing<[u8; 32]>,
-    db: redb::Database,
+    db: Db,
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
     create_lock: Mutex<()>,
 }
@@ -201,10 +274,52 @@ impl Keyring {
             dir: dir.into(),
             masters: RwLock::new(masters),
             index_key,
-            db,
+            db: Db::Writable(db),
             cache: RwLock::new(HashMap::new()),
             create_lock: Mutex::new(()),
         })
+    }
+
+    /// Opens the keyring for reading only (the verifier): no key file is created or rewritten
+    /// and keyring.redb is not written (read through a repaired copy if it was not closed
+    /// cleanly). Returns the key files that have no check line yet.
+    pub fn open_read_only(dir: &Path) -> Result<(Keyring, Vec<PathBuf>), KeyringError> {
+        let mut unchecked = Vec::new();
+        let mut read = |path: PathBuf| -> Result<Zeroizing<[u8; 32]>, KeyringError> {
+            let k = read_key_file(&path)?;
+            if !k.checked {
+                unchecked.push(path);
+            }
+            Ok(k.secret)
+        };
+        let ids = master_ids(dir)?;
+        if ids.is_empty() {
+            return Err(KeyringError::NoMaster(dir.into()));
+        }
+        let masters = ids
+            .iter()
+            .map(|&id| Ok((id, read(dir.join(format!("master-{id}.key")))?)))
+            .collect::<Result<Vec<_>, KeyringError>>()?;
+        let index_key = read(dir.join("index.key"))?;
+        read(dir.join("log-signing.key"))?;
+        let db = Db::open_read_only(&dir.join("keyring.redb"), 4 << 20).map_err(db_err)?;
+        Ok((
+            Keyring {
+                dir: dir.into(),
+                masters: RwLock::new(masters),
+                index_key,
+                db,
+                cache: RwLock::new(HashMap::new()),
+                create_lock: Mutex::new(()),
+            },
+            unchecked,
+        ))
+    }
+
+    fn writable(&self) -> Result<&redb::Database, KeyringError> {
+        self.db
+            .writable()
+            .ok_or_else(|| KeyringError::Db("the keyring was opened read-only".into()))
     }
 
     pub fn dir(&self) -> &Path {
@@ -320,7 +435,7 @@ impl Keyring {
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut()).expect("the operating system's random source failed");
         let wrapped = self.wrap(key_id, &secret);
-        let w = self.db.begin_write().map_err(db_err)?;
+        let w = self.writable()?.begin_write().map_err(db_err)?;
         {
             let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;
             t.insert(key_id.as_bytes(), wrapped.as_slice())
@@ -345,8 +460,9 @@ impl Keyring {
             .last()
             .map(|(id, _)| id + 1)
             .unwrap_or(1);
+        let db = self.writable()?;
         let secret = load_secret(&self.dir.join(format!("master-{next}.key")), true)?;
-        let w = self.db.begin_write().map_err(db_err)?;
+        let w = db.begin_write().map_err(db_err)?;
         let mut count = 0;
         {
             let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;
@@ -376,5 +492,156 @@ impl Keyring {
         }
         w.commit().map_err(db_err)?;
         Ok((next, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Origin, RecordId};
+    use crate::record::{Record, RecordMeta};
+
+    fn record() -> Record {
+        Record {
+            meta: RecordMeta {
+                sender: "A|B".into(),
+                message_type: "ADT".into(),
+                trigger: "A01".into(),
+                control_id: "1".into(),
+                patient_ids: vec!["7^H^MR".into()],
+                received_ms: 1,
+                origin: Origin::Local { name: "t".into() },
+                format: "hl7v2".into(),
+            },
+            raw: bytes::Bytes::from_static(b"MSH|^~\\&|A|B"),
+        }
+    }
+
+    /// A record sealed under `key_id` from `k`.
+    fn sealed_by(k: &Keyring, key_id: &str) -> Vec<u8> {
+        let key = k.get(key_id).unwrap();
+        crate::seal::seal(&record(), RecordId([3; 16]), &key)
+            .unwrap()
+            .bytes
+    }
+
+    /// Whether `sealed` opens under `key_id` from `k`.
+    fn opens(k: &Keyring, key_id: &str, sealed: &[u8]) -> Result<(), String> {
+        let key = k.get(key_id).map_err(|e| e.to_string())?;
+        crate::seal::open(sealed, RecordId([3; 16]), &key)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn data_keys_unwrap_after_a_reopen_and_after_rotation_without_the_old_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let a = Keyring::open(&keys, true).unwrap();
+        let id = a.key_id_for(Some("7^H^MR"));
+        assert!(id.starts_with("p-") && id.len() == 34, "{id}");
+        a.get_or_create(&id).unwrap();
+        a.get_or_create(GATEWAY_KEY_ID).unwrap();
+        let (patient, gateway) = (sealed_by(&a, &id), sealed_by(&a, GATEWAY_KEY_ID));
+        drop(a);
+        let b = Keyring::open(&keys, false).unwrap();
+        opens(&b, &id, &patient).unwrap();
+        assert!(opens(&b, GATEWAY_KEY_ID, &patient).is_err(), "another key");
+        assert!(matches!(
+            b.get("p-unknown"),
+            Err(KeyringError::UnknownKey(_))
+        ));
+
+        let (next, n) = b.rotate_master().unwrap();
+        assert_eq!((next, n), (2, 2));
+        drop(b);
+        // Once re-wrapped, the old master is not needed.
+        std::fs::rename(keys.join("master-1.key"), dir.path().join("master-1.bak")).unwrap();
+        let after = Keyring::open(&keys, false).unwrap();
+        opens(&after, &id, &patient).unwrap();
+        opens(&after, GATEWAY_KEY_ID, &gateway).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_master_key_does_not_unwrap_and_a_damaged_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let a = Keyring::open(&keys, true).unwrap();
+        a.get_or_create("p-0123").unwrap();
+        drop(a);
+        let master = keys.join("master-1.key");
+        let original = std::fs::read_to_string(&master).unwrap();
+
+        // Another valid key in its place: the data key does not unwrap, and says which.
+        std::fs::remove_file(&master).unwrap();
+        write_key_file(&master, &[9; 32], false).unwrap();
+        let k = Keyring::open(&keys, false).unwrap();
+        match k.get("p-0123") {
+            Err(KeyringError::Unwrap(id)) => assert_eq!(id, "p-0123"),
+            other => panic!("{other:?}"),
+        }
+
+        // One character of the original changed: refused at open, naming the file.
+        let mut damaged = original.clone().into_bytes();
+        damaged[5] = if damaged[5] == b'a' { b'b' } else { b'a' };
+        std::fs::write(&master, &damaged).unwrap();
+        match Keyring::open(&keys, false) {
+            Err(KeyringError::DamagedKeyFile(p)) => assert_eq!(p, master),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a damaged master key opened"),
+        }
+        // Not hex, or not 32 bytes.
+        std::fs::write(&master, "zz\n").unwrap();
+        assert!(matches!(
+            Keyring::open(&keys, false),
+            Err(KeyringError::BadKeyFile(_))
+        ));
+    }
+
+    #[test]
+    fn key_files_without_a_check_line_are_read_and_get_one_at_the_gateway_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        drop(Keyring::open(&keys, true).unwrap());
+        load_secret(&keys.join("log-signing.key"), true).unwrap();
+        let index = keys.join("index.key");
+        let text = std::fs::read_to_string(&index).unwrap();
+        let old_format = format!("{}\n", text.lines().next().unwrap());
+        std::fs::write(&index, &old_format).unwrap();
+        // Read-only: accepted, reported, not rewritten.
+        let (_, unchecked) = Keyring::open_read_only(&keys).unwrap();
+        assert_eq!(unchecked, vec![index.clone()]);
+        assert_eq!(std::fs::read_to_string(&index).unwrap(), old_format);
+        // The gateway's start adds the check line, keeping the key.
+        drop(Keyring::open(&keys, true).unwrap());
+        assert_eq!(std::fs::read_to_string(&index).unwrap(), text);
+    }
+
+    #[test]
+    fn a_read_only_open_changes_no_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let a = Keyring::open(&keys, true).unwrap();
+        load_secret(&keys.join("log-signing.key"), true).unwrap();
+        a.get_or_create("p-1").unwrap();
+        drop(a);
+        let before = files(&keys);
+        let (k, unchecked) = Keyring::open_read_only(&keys).unwrap();
+        assert!(unchecked.is_empty());
+        k.get("p-1").unwrap();
+        assert!(k.get_or_create("p-2").is_err(), "read-only");
+        assert!(k.rotate_master().is_err(), "read-only");
+        drop(k);
+        assert_eq!(files(&keys), before);
     }
 }

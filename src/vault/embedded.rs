@@ -15,12 +15,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::segments::{EntryHeader, Location, SegmentLog, Staged, Tail};
+use super::segments::{EntryHeader, Finding, Location, SegmentLog, SetAside, Staged, Tail};
 use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
+use crate::storage::Db;
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("controls");
@@ -38,8 +39,31 @@ fn err(e: impl std::fmt::Display) -> VaultError {
     VaultError::Storage(e.to_string())
 }
 
+/// What a read-only open saw that a writable open would have acted on.
+#[derive(Debug, Default)]
+pub struct ReadOnlyOpen {
+    /// Intact entries past the index's durable tail (the next start indexes them).
+    pub unindexed: usize,
+    /// Bytes the next start would cut off as the torn end of an unacknowledged write.
+    pub torn_tail: Option<Finding>,
+    /// vault.redb was not closed cleanly: a repaired copy was read.
+    pub repaired_copy: bool,
+}
+
+/// What `repair` did.
+#[derive(Debug, Default)]
+pub struct Repaired {
+    /// Damaged segment entries replaced with padding, their bytes kept.
+    pub set_aside: Vec<SetAside>,
+    /// Records indexed again from the segments.
+    pub reindexed: usize,
+}
+
 pub struct EmbeddedVault {
-    db: redb::Database,
+    db: Db,
+    /// Read-only opens only: intact entries past the index's durable tail, which the next start
+    /// indexes again (a read-only open cannot), served from here meanwhile.
+    pending: HashMap<RecordId, (EntryHeader, Location)>,
     segments: SegmentLog,
     /// When an index commit was last made durable.
     last_sync: Mutex<Instant>,
@@ -204,15 +228,259 @@ impl EmbeddedVault {
             );
         }
         Ok(EmbeddedVault {
-            db,
+            db: Db::Writable(db),
+            pending: HashMap::new(),
             segments,
             last_sync: Mutex::new(Instant::now()),
             staged: Mutex::new(Staged::default()),
         })
     }
 
+    /// Opens the vault for reading only: no byte of vault.redb or the segments changes (a file
+    /// not closed cleanly is read through a repaired copy). Damage that a writable open refuses
+    /// is refused here too.
+    pub fn open_read_only(
+        path: &Path,
+        segments: &Path,
+        cache_bytes: usize,
+    ) -> Result<(Self, ReadOnlyOpen), VaultError> {
+        let db = Db::open_read_only(path, cache_bytes).map_err(err)?;
+        let tail = {
+            let r = db.begin_read().map_err(err)?;
+            let meta = r.open_table(META).map_err(err)?;
+            match meta.get("format").map_err(err)? {
+                Some(v) if v.value() == FORMAT.to_be_bytes() => {}
+                _ => {
+                    return Err(VaultError::Storage(
+                        "vault.redb: unknown or missing format".into(),
+                    ))
+                }
+            }
+            let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
+                Some(v) => Tail::from_bytes(v.value())
+                    .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
+                None => Tail::default(),
+            };
+            tail
+        };
+        let mut pending = HashMap::new();
+        let (segments, torn_tail) = SegmentLog::open_read_only(segments, tail, &mut |h, at| {
+            pending.insert(h.record_id, (*h, at));
+        })
+        .map_err(|e| VaultError::Storage(e.to_string()))?;
+        let opened = ReadOnlyOpen {
+            unindexed: pending.len(),
+            torn_tail,
+            repaired_copy: db.is_repaired_copy(),
+        };
+        Ok((
+            EmbeddedVault {
+                db,
+                pending,
+                segments,
+                last_sync: Mutex::new(Instant::now()),
+                staged: Mutex::new(Staged::default()),
+            },
+            opened,
+        ))
+    }
+
+    /// For a stopped gateway: sets damaged segment entries aside (see [`SegmentLog::repair`])
+    /// and rebuilds the index's records and controls from the segments, which hold everything
+    /// the index does (quarantine entries, kept only in the index, stay as they are). The
+    /// anchored watermark starts again from zero: the next start offers every record to the
+    /// log, which skips the ones it holds.
+    pub fn repair(
+        path: &Path,
+        segments: &Path,
+        cache_bytes: usize,
+    ) -> Result<Repaired, VaultError> {
+        let set_aside =
+            SegmentLog::repair(segments).map_err(|e| VaultError::Storage(e.to_string()))?;
+        {
+            let mut b = redb::Builder::new();
+            b.set_cache_size(cache_bytes);
+            let db = b.open(path).map_err(err)?;
+            let mut w = db.begin_write().map_err(err)?;
+            w.set_durability(Durability::Immediate).map_err(err)?;
+            w.delete_table(RECORDS).map_err(err)?;
+            w.delete_table(CONTROLS).map_err(err)?;
+            {
+                let mut meta = w.open_table(META).map_err(err)?;
+                meta.remove(SEGMENT_TAIL).map_err(err)?;
+                meta.remove(ANCHORED_THROUGH).map_err(err)?;
+            }
+            w.commit().map_err(err)?;
+        }
+        let vault = EmbeddedVault::open(path, segments, cache_bytes, false)?;
+        Ok(Repaired {
+            set_aside,
+            reindexed: vault.record_count()? as usize,
+        })
+    }
+
+    /// Checks every index entry against the segments, which are the truth: each record row
+    /// points at an intact entry of that id and commitment; every entry is indexed; every
+    /// control entry names a record whose entry carries that control and dedup key, and every
+    /// record is under its control key; the durable tail and the anchored watermark lie on
+    /// entry boundaries within the log. Each problem goes to `fail`, named by where it is.
+    /// Returns every record's entry header (for the caller to check the keys against the
+    /// decrypted records).
+    pub fn check_index(
+        &self,
+        fail: &mut dyn FnMut(String),
+    ) -> Result<HashMap<RecordId, EntryHeader>, VaultError> {
+        let tail = self.segments.tail();
+        let mut entries: HashMap<RecordId, (EntryHeader, Tail)> = HashMap::new();
+        let mut ends = std::collections::HashSet::from([
+            0u64,
+            Tail {
+                segment: tail.segment,
+                len: 0,
+            }
+            .position(),
+        ]);
+        let mut padding = Vec::new();
+        self.segments
+            .scan_all(tail, &mut |h, end, is_padding| {
+                ends.insert(end.position());
+                if is_padding {
+                    padding.push(end);
+                } else if entries.insert(h.record_id, (*h, end)).is_some() {
+                    fail(format!(
+                        "segment {} before offset {}: record {} has a second entry",
+                        end.segment, end.len, h.record_id
+                    ));
+                }
+            })
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
+        for end in padding {
+            fail(format!(
+                "segment {} before offset {}: a damaged entry was set aside by repair (its bytes are under segments/damaged/)",
+                end.segment, end.len
+            ));
+        }
+        let r = self.db.begin_read().map_err(err)?;
+        let records = r.open_table(RECORDS).map_err(err)?;
+        let mut indexed = std::collections::HashSet::with_capacity(entries.len());
+        for row in records.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let Ok(id) = record_id(k.value()) else {
+                fail(format!(
+                    "index: records key {} is not a record id",
+                    hex::encode(k.value())
+                ));
+                continue;
+            };
+            indexed.insert(id);
+            let Ok((commitment, at)) = parse_row(id, v.value()) else {
+                fail(format!("index: record {id}: row is malformed"));
+                continue;
+            };
+            match entries.get(&id) {
+                None => fail(format!(
+                    "index: record {id} points to segment {} offset {}, where no entry of it is",
+                    at.segment, at.offset
+                )),
+                Some((h, end)) if *end != at.end() || h.commitment != commitment => fail(format!(
+                    "index: record {id}: row (segment {} offset {}) disagrees with its entry in segment {} before offset {}",
+                    at.segment, at.offset, end.segment, end.len
+                )),
+                Some(_) => {}
+            }
+        }
+        for (id, (_, end)) in &entries {
+            if !indexed.contains(id) && !self.pending.contains_key(id) {
+                fail(format!(
+                    "index: record {id} (segment {} before offset {}) is not indexed",
+                    end.segment, end.len
+                ));
+            }
+        }
+        let controls = r.open_table(CONTROLS).map_err(err)?;
+        let mut under_control = std::collections::HashSet::with_capacity(entries.len());
+        for row in controls.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let key = hex::encode(k.value());
+            if v.value().len() % CONTROL_ENTRY != 0 || v.value().is_empty() {
+                fail(format!("index: control entry {key} is malformed"));
+            }
+            for e in v.value().chunks_exact(CONTROL_ENTRY) {
+                let id = record_id(&e[32..])?;
+                match entries.get(&id) {
+                    Some((h, _)) if h.control_key[..] == *k.value() && h.dedup_key[..] == e[..32] => {
+                        under_control.insert(id);
+                    }
+                    Some(_) => fail(format!(
+                        "index: control entry {key} lists record {id} with keys its entry does not carry"
+                    )),
+                    None => fail(format!(
+                        "index: control entry {key} lists record {id}, which is in no segment"
+                    )),
+                }
+            }
+        }
+        for id in entries.keys() {
+            if !under_control.contains(id) && !self.pending.contains_key(id) {
+                fail(format!(
+                    "index: record {id} is under no control entry (a re-send would be stored again)"
+                ));
+            }
+        }
+        let meta = r.open_table(META).map_err(err)?;
+        for name in [SEGMENT_TAIL, ANCHORED_THROUGH] {
+            let Some(v) = meta.get(name).map_err(err)? else {
+                continue;
+            };
+            let position = match name {
+                SEGMENT_TAIL => Tail::from_bytes(v.value()).map(Tail::position),
+                _ => v.value().try_into().ok().map(u64::from_be_bytes),
+            };
+            match position {
+                Some(p) if p <= tail.position() && ends.contains(&p) => {}
+                Some(p) => fail(format!(
+                    "index: {name} (segment {} offset {}) is not the end of an entry in the log",
+                    Tail::from_position(p).segment,
+                    Tail::from_position(p).len
+                )),
+                None => fail(format!("index: {name} is malformed")),
+            }
+        }
+        Ok(entries.into_iter().map(|(id, (h, _))| (id, h)).collect())
+    }
+
+    /// The anchored watermark: records at or before it are in the log.
+    pub fn anchored_through(&self) -> Result<Position, VaultError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let meta = r.open_table(META).map_err(err)?;
+        Ok(match meta.get(ANCHORED_THROUGH).map_err(err)? {
+            Some(v) => u64::from_be_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| VaultError::Corrupt(ANCHORED_THROUGH.into()))?,
+            ),
+            None => 0,
+        })
+    }
+
+    fn writable(&self) -> Result<&redb::Database, VaultError> {
+        self.db
+            .writable()
+            .ok_or_else(|| VaultError::Storage("the vault was opened read-only".into()))
+    }
+
     fn read(&self, id: RecordId, row: &[u8]) -> Result<StoredRecord, VaultError> {
         let (commitment, at) = parse_row(id, row)?;
+        self.read_at(id, &commitment, at)
+    }
+
+    fn read_at(
+        &self,
+        id: RecordId,
+        commitment: &[u8; 32],
+        at: Location,
+    ) -> Result<StoredRecord, VaultError> {
+        let commitment = *commitment;
         let sealed = self
             .segments
             .read(&id, &commitment, at)
@@ -231,7 +499,7 @@ impl Vault for EmbeddedVault {
         puts: &[PutRecord],
         quarantine: &[(QuarantineEntry, Sealed)],
     ) -> Result<Vec<PutResult>, VaultError> {
-        let mut w = self.db.begin_write().map_err(err)?;
+        let mut w = self.writable()?.begin_write().map_err(err)?;
         // Records are durable in their segment before this commit; the index is synced only
         // every INDEX_SYNC_INTERVAL (a crash loses nothing: the segments are re-read). Quarantine
         // entries live only in the index, so a commit holding one is synced at once.
@@ -257,27 +525,31 @@ impl Vault for EmbeddedVault {
             let mut entries = Vec::new();
             for p in puts {
                 read_controls(&controls, &p.control_key, &mut entries)?;
+                // A damaged index entry answers its own message, never the rest of the commit
+                // (one bad control entry once failed 276 of 720 unrelated messages).
                 if entries.len() % CONTROL_ENTRY != 0 {
-                    return Err(VaultError::Corrupt(hex::encode(p.control_key)));
+                    results.push(PutResult::IndexDamaged);
+                    continue;
                 }
                 let first = entries
                     .chunks_exact(CONTROL_ENTRY)
                     .find(|e| e[..32] == p.dedup_key);
                 if let Some(e) = first {
-                    let id = record_id(&e[32..])?;
+                    let id = RecordId(e[32..].try_into().expect("48-byte chunk"));
                     let commitment = match fresh.get(&id) {
-                        Some(c) => *c,
-                        None => {
-                            let row = records
-                                .get(id.0.as_slice())
-                                .map_err(err)?
-                                .ok_or_else(|| VaultError::Corrupt(id.to_string()))?;
-                            parse_row(id, row.value())?.0
-                        }
+                        Some(c) => Some(*c),
+                        None => records
+                            .get(id.0.as_slice())
+                            .map_err(err)?
+                            .and_then(|row| parse_row(id, row.value()).ok())
+                            .map(|(c, _)| c),
                     };
-                    results.push(PutResult::Duplicate {
-                        record_id: id,
-                        commitment,
+                    results.push(match commitment {
+                        Some(commitment) => PutResult::Duplicate {
+                            record_id: id,
+                            commitment,
+                        },
+                        None => PutResult::IndexDamaged,
                     });
                     continue;
                 }
@@ -321,7 +593,9 @@ impl Vault for EmbeddedVault {
                         PutResult::Stored { position } | PutResult::StoredConflict { position } => {
                             *position = at.end().position()
                         }
-                        PutResult::Duplicate { .. } => unreachable!("slot of a stored record"),
+                        PutResult::Duplicate { .. } | PutResult::IndexDamaged => {
+                            unreachable!("slot of a stored record")
+                        }
                     }
                 }
                 w.open_table(META)
@@ -361,7 +635,7 @@ impl Vault for EmbeddedVault {
     }
 
     fn sync(&self) -> Result<(), VaultError> {
-        let mut w = self.db.begin_write().map_err(err)?;
+        let mut w = self.writable()?.begin_write().map_err(err)?;
         w.set_durability(Durability::Immediate).map_err(err)?;
         w.commit().map_err(err)?;
         *self.last_sync.lock().expect("lock") = Instant::now();
@@ -371,9 +645,12 @@ impl Vault for EmbeddedVault {
     fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
-        t.get(id.0.as_slice())
-            .map_err(err)?
-            .map(|v| self.read(*id, v.value()))
+        if let Some(v) = t.get(id.0.as_slice()).map_err(err)? {
+            return self.read(*id, v.value()).map(Some);
+        }
+        self.pending
+            .get(id)
+            .map(|(h, at)| self.read_at(*id, &h.commitment, *at))
             .transpose()
     }
 
@@ -388,12 +665,26 @@ impl Vault for EmbeddedVault {
             let id = record_id(k.value())?;
             f(id, self.read(id, v.value()))?;
         }
+        let mut pending: Vec<_> = self.pending.iter().collect();
+        pending.sort_by_key(|(id, _)| **id);
+        for (id, (h, at)) in pending {
+            if t.get(id.0.as_slice()).map_err(err)?.is_none() {
+                f(*id, self.read_at(*id, &h.commitment, *at))?;
+            }
+        }
         Ok(())
     }
 
     fn record_count(&self) -> Result<u64, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
-        r.open_table(RECORDS).map_err(err)?.len().map_err(err)
+        let t = r.open_table(RECORDS).map_err(err)?;
+        let mut n = t.len().map_err(err)?;
+        for id in self.pending.keys() {
+            if t.get(id.0.as_slice()).map_err(err)?.is_none() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
@@ -421,7 +712,7 @@ impl Vault for EmbeddedVault {
         // Durable with the anchoring it records: left to the periodic index sync, every restart
         // after a short run re-offered every record to the log (271,803 in one case) and re-read
         // them all from the segments. One sync per anchored batch, not per record.
-        let mut w = self.db.begin_write().map_err(err)?;
+        let mut w = self.writable()?.begin_write().map_err(err)?;
         w.set_durability(Durability::Immediate).map_err(err)?;
         {
             let mut meta = w.open_table(META).map_err(err)?;

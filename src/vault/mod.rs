@@ -51,6 +51,10 @@ pub enum PutResult {
     StoredConflict {
         position: Position,
     },
+    /// The index entries this message needs are damaged: it is neither stored nor known as a
+    /// duplicate until `medanchor repair` rebuilds the index (the rest of the commit is not
+    /// affected). `medanchor verify --all` names the damage.
+    IndexDamaged,
 }
 
 /// Input kept for inspection with the reason it was refused.

@@ -96,6 +96,13 @@ fn commit_batch(
         Ok(results) => {
             for ((put, token), result) in puts.into_iter().zip(put_tokens).zip(results) {
                 let (receipt, duplicate) = match result {
+                    PutResult::IndexDamaged => {
+                        metrics.index_damage.inc();
+                        token.resolve(Outcome::Retry {
+                            reason: "the gateway's index is damaged for this message; an operator must run `medanchor verify --all` and `medanchor repair`".into(),
+                        });
+                        continue;
+                    }
                     PutResult::Duplicate {
                         record_id,
                         commitment,
