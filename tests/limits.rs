@@ -143,9 +143,11 @@ fn a_slow_http_header_is_cut_off_at_the_header_read_timeout_however_it_trickles(
             ("MEDANCHOR__HTTP__IDLE_TIMEOUT_SECS", "60"),
         ],
     );
-    // Half a request line, then one byte of a header every 200 ms: never a whole head.
+    // A request line, then a header value growing by one byte every 200 ms: never a whole
+    // head, and every byte valid, so only the timeout can end it.
     let mut s = connect(g.http);
-    s.write_all(b"GET /healthz HT").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let start = Instant::now();
@@ -164,7 +166,7 @@ fn a_slow_http_header_is_cut_off_at_the_header_read_timeout_however_it_trickles(
                 break;
             }
         }
-        if s.write_all(b"X").is_err() {
+        if s.write_all(b"a").is_err() {
             closed = true;
             break;
         }
