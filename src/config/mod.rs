@@ -49,8 +49,8 @@ pub struct MllpConfig {
     pub max_connections: usize,
     /// Largest frame payload accepted; a larger frame gets an AR and the connection is closed.
     /// Also the most a connection buffers of a frame still arriving (bytes outside a frame are
-    /// dropped as they arrive), so memory for partial frames is at most about
-    /// `max_connections × max_frame_bytes`.
+    /// dropped as they arrive), so partial frames hold at most about
+    /// `max_connections × max_frame_bytes`, twice that at worst as read buffers grow by doubling.
     pub max_frame_bytes: usize,
     /// A connection is closed when, for this long, no whole frame has arrived and no ACK was
     /// due: an idle connection, or one that sent part of a frame and stalled (a frame must arrive
