@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod fhir;
 pub mod hl7;
 pub mod ledger;
+pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

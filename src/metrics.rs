@@ -60,6 +60,15 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
     pub connection_errors: IntCounterVec,
+    /// Per listener (`mllp`, `http`): see [`crate::listener`].
+    pub listener_connections: IntGaugeVec,
+    pub listener_max_connections: IntGaugeVec,
+    pub listener_accepted: IntCounterVec,
+    pub listener_accept_errors: IntCounterVec,
+    pub listener_limit_reached: IntCounterVec,
+    /// HTTP connections the gateway closed, by kind (`header_timeout`, `idle_timeout`,
+    /// `bad_request`, `io`).
+    pub http_connection_errors: IntCounterVec,
     pub parse_seconds: Histogram,
     pub seal_seconds: Histogram,
     pub store_seconds: Histogram,
@@ -216,6 +225,42 @@ impl Metrics {
                 &r,
                 "medanchor_mllp_connection_errors_total",
                 "MLLP connections ended by an error, by kind",
+                &["kind"],
+            ),
+            listener_connections: gauge_vec(
+                &r,
+                "medanchor_listener_connections",
+                "Open connections, by listener",
+                &["listener"],
+            ),
+            listener_max_connections: gauge_vec(
+                &r,
+                "medanchor_listener_max_connections",
+                "Configured connection limit, by listener",
+                &["listener"],
+            ),
+            listener_accepted: counter_vec(
+                &r,
+                "medanchor_listener_accepted_total",
+                "Connections accepted, by listener",
+                &["listener"],
+            ),
+            listener_accept_errors: counter_vec(
+                &r,
+                "medanchor_listener_accept_errors_total",
+                "Failed accepts (e.g. out of file descriptors), by listener",
+                &["listener"],
+            ),
+            listener_limit_reached: counter_vec(
+                &r,
+                "medanchor_listener_limit_reached_total",
+                "Times a listener stopped accepting because its connections were at the limit",
+                &["listener"],
+            ),
+            http_connection_errors: counter_vec(
+                &r,
+                "medanchor_http_connection_errors_total",
+                "HTTP connections ended by a timeout or an error, by kind",
                 &["kind"],
             ),
             parse_seconds: histogram(

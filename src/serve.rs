@@ -64,6 +64,14 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             .await?;
         pulling.push(started);
     }
+    crate::listener::fit_open_files(
+        u64::try_from(
+            cfg.mllp
+                .max_connections
+                .saturating_add(cfg.http.max_connections),
+        )
+        .unwrap_or(u64::MAX),
+    );
     let (mllp_listener, mllp_addr) = bind("mllp.listen", cfg.mllp.listen).await?;
     let (http_listener, http_addr) = bind("http.listen", cfg.http.listen).await?;
     {
@@ -88,16 +96,14 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             pipeline: pipeline.clone(),
             token: t.as_str().into(),
             max_body_bytes: cfg.http.max_body_bytes,
+            body_read_timeout: std::time::Duration::from_secs(cfg.http.body_read_timeout_secs),
         }),
     });
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let _ = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await;
+    let http = tokio::spawn({
+        let cfg = cfg.http.clone();
+        let metrics = metrics.clone();
+        let stop = stop_rx.clone();
+        async move { api::server::serve(http_listener, app, &cfg, metrics, stop).await }
     });
     let mllp_task = tokio::spawn(mllp::serve(
         mllp_listener,

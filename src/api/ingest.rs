@@ -21,6 +21,8 @@ pub struct Ingest {
     pub pipeline: Arc<Pipeline>,
     pub token: Arc<str>,
     pub max_body_bytes: usize,
+    /// The body must arrive whole within this long (`http.body_read_timeout_secs`).
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Compares without stopping at the first difference, so response time says nothing about how
@@ -92,7 +94,22 @@ pub async fn ingest(
     if declared.is_some_and(|n| n > ingest.max_body_bytes) {
         return too_large();
     }
-    let payload = match axum::body::to_bytes(body, ingest.max_body_bytes).await {
+    let read = axum::body::to_bytes(body, ingest.max_body_bytes);
+    let Ok(read) = tokio::time::timeout(ingest.body_read_timeout, read).await else {
+        let mut r = problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "body too slow",
+            &format!(
+                "the body did not arrive within {} s (http.body_read_timeout_secs)",
+                ingest.body_read_timeout.as_secs()
+            ),
+        );
+        // The rest of the body is not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, "close".parse().expect("header"));
+        return r;
+    };
+    let payload = match read {
         Ok(b) => b,
         Err(e) => {
             let length_limit = std::error::Error::source(&e)

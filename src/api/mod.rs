@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 pub mod ingest;
+pub mod server;
 
 use crate::envelope::RecordId;
 use crate::ledger::{EmbeddedLedger, Ledger, LedgerError};

@@ -44,9 +44,17 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct MllpConfig {
     pub listen: SocketAddr,
+    /// Open connections at most. At the limit the listener stops accepting: new connections
+    /// wait in the kernel's backlog until one closes (see `crate::listener`).
+    pub max_connections: usize,
     /// Largest frame payload accepted; a larger frame gets an AR and the connection is closed.
+    /// Also the most a connection buffers of a frame still arriving (bytes outside a frame are
+    /// dropped as they arrive), so partial frames hold at most about
+    /// `max_connections × max_frame_bytes`, twice that at worst as read buffers grow by doubling.
     pub max_frame_bytes: usize,
-    /// A connection with no traffic for this long is closed.
+    /// A connection is closed when, for this long, no whole frame has arrived and no ACK was
+    /// due: an idle connection, or one that sent part of a frame and stalled (a frame must arrive
+    /// whole within this time).
     pub idle_timeout_secs: u64,
     /// Add the ZRC segment (record id and commitment) to ACKs.
     pub receipt_segment: bool,
@@ -76,6 +84,22 @@ pub struct HttpConfig {
     pub ingest_token: Option<String>,
     /// Largest ingest body; a larger one gets 413.
     pub max_body_bytes: usize,
+    /// An ingest body must arrive whole within this many seconds of the request's head;
+    /// else 408 and the connection is closed.
+    pub body_read_timeout_secs: u64,
+    /// Open connections at most. At the limit the listener stops accepting: new connections
+    /// wait in the kernel's backlog until one closes (see `crate::listener`).
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive whole within this many seconds
+    /// of the connection being accepted or, on a kept-alive connection, of the request's first
+    /// byte; else the connection is closed. Bytes trickling in do not extend it.
+    pub header_read_timeout_secs: u64,
+    /// A kept-alive connection with no request in flight and no byte read or written for this
+    /// many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Largest request head, and the read buffer a connection holds; a larger head gets 431.
+    /// At least 8192.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -124,6 +148,7 @@ impl Default for MllpConfig {
     fn default() -> Self {
         MllpConfig {
             listen: "127.0.0.1:2575".parse().expect("address"),
+            max_connections: 1024,
             max_frame_bytes: 1024 * 1024,
             idle_timeout_secs: 300,
             receipt_segment: true,
@@ -138,6 +163,11 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".parse().expect("address"),
             ingest_token: None,
             max_body_bytes: 1 << 20,
+            body_read_timeout_secs: 30,
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -208,6 +238,33 @@ impl Config {
         }
         if self.mllp.max_frame_bytes < 64 {
             return bad("mllp.max_frame_bytes", "must be at least 64");
+        }
+        if self.mllp.max_connections == 0 {
+            return bad("mllp.max_connections", "must be at least 1");
+        }
+        if self.mllp.idle_timeout_secs == 0 {
+            return bad("mllp.idle_timeout_secs", "must be at least 1");
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections", "must be at least 1");
+        }
+        for (key, secs) in [
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
+            (
+                "http.body_read_timeout_secs",
+                self.http.body_read_timeout_secs,
+            ),
+        ] {
+            if secs == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if self.http.max_header_bytes < 8192 {
+            return bad("http.max_header_bytes", "must be at least 8192");
         }
         if self.mllp.max_in_flight_per_connection == 0 {
             return bad("mllp.max_in_flight_per_connection", "must be at least 1");

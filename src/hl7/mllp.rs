@@ -2,7 +2,8 @@
 //!
 //! The decoder never holds more than `max_frame` payload bytes: a frame that grows past the limit
 //! is reported once as [`MllpError::FrameTooLarge`] and the connection is expected to close.
-//! Bytes outside a frame are skipped and counted, so a confused peer is visible in metrics.
+//! Bytes outside a frame are dropped as they arrive (never buffered) and counted, so a confused
+//! peer is visible in metrics.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -86,7 +87,9 @@ impl Decoder for MllpCodec {
         if buf.len() > self.max_frame + 2 {
             return Err(MllpError::FrameTooLarge(self.max_frame));
         }
-        buf.reserve((self.max_frame + 3).min(64 * 1024));
+        // Room to read more grows with what has arrived (at most 64 KiB more per read), so a
+        // connection that sent a few bytes of a frame holds a few KiB, not the read size.
+        buf.reserve(buf.len().clamp(1, 64 * 1024));
         Ok(None)
     }
 
@@ -181,6 +184,41 @@ mod tests {
         let (f, _, err) = frames(&input, input.len(), 50);
         assert!(f.is_empty());
         assert!(err.unwrap().contains("exceeds"));
+    }
+
+    #[test]
+    fn bytes_outside_a_frame_are_not_buffered_and_a_partial_frame_stays_under_the_limit() {
+        let mut codec = MllpCodec::new(4096);
+        let mut buf = BytesMut::new();
+        // A megabyte of noise, no start byte: nothing is kept.
+        for _ in 0..256 {
+            buf.extend_from_slice(&[b'n'; 4096]);
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            assert!(buf.is_empty());
+        }
+        assert_eq!(codec.take_skipped(), 1 << 20);
+        // A frame that starts and trickles: a few bytes do not reserve the read size…
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"\x0bMSH|");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() < 1024, "{}", buf.capacity());
+        // …and it never grows past the limit.
+        let mut err = None;
+        for _ in 0..10 {
+            buf.extend_from_slice(&[b'x'; 1000]);
+            match codec.decode(&mut buf) {
+                Ok(None) => assert!(buf.len() <= 4096 + 2),
+                Ok(Some(_)) => unreachable!("no end marker was sent"),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(err, Some(MllpError::FrameTooLarge(4096))),
+            "{err:?}"
+        );
     }
 
     #[test]

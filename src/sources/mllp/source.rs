@@ -20,6 +20,7 @@ use crate::hl7::ack::{hl7_timestamp, wrap_batch};
 use crate::hl7::batch::is_batch;
 use crate::hl7::mllp::{MllpCodec, MllpError};
 use crate::hl7::{split_batch, AckRequest, Message};
+use crate::listener::Listener;
 use crate::pipeline::Pipeline;
 
 /// Shared state of the listener's connections.
@@ -30,7 +31,8 @@ pub struct MllpSource {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// Accepts connections until `shutdown` turns true, then waits for every connection to finish
+/// Accepts connections (at most `max_connections` open, see [`crate::listener`]) until
+/// `shutdown` turns true, then waits for every connection to finish
 /// the messages it has already read.
 pub async fn serve(
     listener: TcpListener,
@@ -45,19 +47,17 @@ pub async fn serve(
         seq: AtomicU64::new(0),
         tls,
     });
+    let mut listener = Listener::new(
+        listener,
+        "mllp",
+        source.cfg.max_connections,
+        &source.pipeline.metrics,
+    );
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer, slot) = listener.accept() => {
                 let _ = stream.set_nodelay(true);
                 let source = source.clone();
                 let shutdown = shutdown.clone();
@@ -82,6 +82,7 @@ pub async fn serve(
                         }
                     }
                     m.connections_open.dec();
+                    drop(slot);
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
