@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use medanchor_merkle::{verify_consistency, SignedCheckpoint};
+use medanchor_merkle::{verify_consistency, Sha3Hasher, SignedCheckpoint};
 use serde::Serialize;
 
 use crate::envelope::RecordId;
@@ -150,9 +150,12 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
                         p.size
                     ));
                 }
+                // Checked with the reference SHA3-256 (`medanchor-merkle`'s), not the hasher the
+                // tree was written with: a wrong hash in the writer then fails here instead of
+                // agreeing with itself.
                 let proof = tree.consistency_proof(p.size, c.size, tiles);
                 let consistent = proof.map_err(|e| e.to_string()).and_then(|path| {
-                    verify_consistency(tree.hasher(), p.size, c.size, &p.root, &c.root, &path)
+                    verify_consistency(&Sha3Hasher, p.size, c.size, &p.root, &c.root, &path)
                         .map_err(|e| e.to_string())
                 });
                 if let Err(e) = consistent {

@@ -11,12 +11,12 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use medanchor_merkle::{
-    record_leaf, Checkpoint, Hash, NoteSigner, NoteVerifier, ProofBundle, RightEdge, Sha3Hasher,
+    record_leaf, Checkpoint, Hash, NoteSigner, NoteVerifier, ProofBundle, RightEdge,
     SignedCheckpoint, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT,
 };
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Ledger, LedgerError, StoredLeaf};
+use super::{Ledger, LedgerError, LogHasher, StoredLeaf};
 use crate::envelope::RecordId;
 
 const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
@@ -66,7 +66,7 @@ fn write_tiles(db: &redb::Database, rows: &mut Vec<(u64, Vec<u8>)>) -> Result<()
 /// The tree and the right edge of the latest checkpoint, computed when it is signed so that
 /// proofs against it read at most the one tile of their leaf.
 struct Log {
-    tree: TiledTree<Sha3Hasher>,
+    tree: TiledTree<LogHasher>,
     edge: Option<RightEdge>,
     /// Set when a failed append could not be undone in the tree: the tree no longer matches the
     /// stored leaves, so nothing more is appended or proven until a restart rebuilds it.
@@ -152,7 +152,7 @@ impl EmbeddedLedger {
         w.open_table(CHECKPOINTS).map_err(err)?;
         w.open_table(TILES).map_err(err)?;
         w.commit().map_err(err)?;
-        let hasher = Sha3Hasher;
+        let hasher = LogHasher;
         let mut tree = TiledTree::new(hasher, TILE_HEIGHT);
         let mut repaired_tiles = 0;
         {
@@ -233,7 +233,7 @@ impl EmbeddedLedger {
 
     /// The tree as rebuilt from storage, with its stored tiles (for roots and consistency proofs of
     /// every checkpoint).
-    pub fn with_tree<T>(&self, f: impl FnOnce(&TiledTree<Sha3Hasher>, &mut StoredTiles) -> T) -> T {
+    pub fn with_tree<T>(&self, f: impl FnOnce(&TiledTree<LogHasher>, &mut StoredTiles) -> T) -> T {
         f(&self.log.lock().expect("lock").tree, &mut self.tiles())
     }
 

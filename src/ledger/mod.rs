@@ -1,10 +1,13 @@
 //! The ledger: one append-only Merkle log per gateway (RFC 9162 hashing with SHA3-256), closed into
-//! Ed25519-signed checkpoints. The tree math lives in `medanchor-merkle`, shared with auditors.
+//! Ed25519-signed checkpoints. The tree math lives in `medanchor-merkle`, shared with auditors; the
+//! hash the log is written with ([`LogHasher`], `medanchor-sha3`) is not the one they verify with.
 
 pub mod batcher;
 mod embedded;
+mod hasher;
 
 pub use embedded::EmbeddedLedger;
+pub use hasher::LogHasher;
 
 use medanchor_merkle::{NoteVerifier, ProofBundle, SignedCheckpoint};
 

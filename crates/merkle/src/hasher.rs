@@ -36,20 +36,29 @@ impl<D> std::fmt::Debug for Rfc9162<D> {
     }
 }
 
-/// The hasher medanchor's log uses: RFC 9162 with SHA3-256 (`medanchor-sha3`, the same
-/// function as the record commitments, with AVX-512 where the CPU has it).
+/// The hasher medanchor's log is verified with: RFC 9162 with SHA3-256 from RustCrypto's `sha3`
+/// crate, the reference implementation. The gateway writes the log with its own SHA3-256
+/// (`medanchor-sha3`, vectorised); verifying with a different implementation means a bug in the
+/// writer's hash cannot also hide in the check (see the crate docs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sha3Hasher;
 /// RFC 9162 with SHA-256, as in the RFC 6962/9162 test vectors.
 pub type Sha256Hasher = Rfc9162<sha2::Sha256>;
 
-/// RFC 9162 §2.1.1 domain separation, written once over a function that hashes the
-/// concatenation of its parts.
-fn rfc9162_leaf(hash: impl Fn(&[&[u8]]) -> Hash, entry: &[u8]) -> Hash {
+/// RFC 9162 §2.1.1 hash of the empty tree over `hash`, a function that hashes the concatenation
+/// of its parts: `H()`. With [`rfc9162_leaf`] and [`rfc9162_node`] the one copy of the domain
+/// separation, which other [`TreeHasher`]s (the gateway's, over its own SHA3-256) build on.
+pub fn rfc9162_empty(hash: impl Fn(&[&[u8]]) -> Hash) -> Hash {
+    hash(&[])
+}
+
+/// RFC 9162 §2.1.1 leaf hash: `H(0x00 || entry)`.
+pub fn rfc9162_leaf(hash: impl Fn(&[&[u8]]) -> Hash, entry: &[u8]) -> Hash {
     hash(&[&[0x00], entry])
 }
 
-fn rfc9162_node(hash: impl Fn(&[&[u8]]) -> Hash, left: &Hash, right: &Hash) -> Hash {
+/// RFC 9162 §2.1.1 interior-node hash: `H(0x01 || left || right)`.
+pub fn rfc9162_node(hash: impl Fn(&[&[u8]]) -> Hash, left: &Hash, right: &Hash) -> Hash {
     hash(&[&[0x01], left, right])
 }
 
@@ -66,7 +75,7 @@ where
     D: Digest + OutputSizeUser<OutputSize = U32> + 'static,
 {
     fn empty(&self) -> Hash {
-        digest_parts::<D>(&[])
+        rfc9162_empty(digest_parts::<D>)
     }
 
     fn leaf(&self, entry: &[u8]) -> Hash {
@@ -80,14 +89,14 @@ where
 
 impl TreeHasher for Sha3Hasher {
     fn empty(&self) -> Hash {
-        medanchor_sha3::Sha3_256::digest_parts(&[])
+        Rfc9162::<sha3::Sha3_256>::default().empty()
     }
 
     fn leaf(&self, entry: &[u8]) -> Hash {
-        rfc9162_leaf(medanchor_sha3::Sha3_256::digest_parts, entry)
+        Rfc9162::<sha3::Sha3_256>::default().leaf(entry)
     }
 
     fn node(&self, left: &Hash, right: &Hash) -> Hash {
-        rfc9162_node(medanchor_sha3::Sha3_256::digest_parts, left, right)
+        Rfc9162::<sha3::Sha3_256>::default().node(left, right)
     }
 }

@@ -1,8 +1,18 @@
 //! RFC 9162 Merkle tree hashing, inclusion and consistency proofs, and signed checkpoints.
 //!
 //! This crate is what an auditor needs to check a medanchor proof without the gateway: it has no
-//! I/O, no async and no storage. The gateway uses the same code to build its log, so the prover and
-//! the verifier cannot drift apart.
+//! I/O, no async and no storage. The gateway uses the same tree code to build its log, so the
+//! prover and the verifier cannot drift apart on the RFC 9162 algorithms.
+//!
+//! The hash is the exception, on purpose. [`Sha3Hasher`], which [`ProofBundle::verify`] and the
+//! examples here use, is SHA3-256 from RustCrypto's `sha3` crate, the reference implementation;
+//! the gateway writes its log with its own SHA3-256 (`medanchor-sha3`, vectorised with AVX2 and
+//! AVX-512, and a hasher of its own over [`rfc9162_leaf`] and [`rfc9162_node`]), and this crate
+//! does not depend on it. If the two shared code, a bug in the fast hash would write a wrong
+//! tree and verify it as right; with two implementations such a bug makes proofs fail to verify
+//! instead. The gateway's tests check that both give the same leaf and node hashes, roots and
+//! proofs on `testdata/vectors.json` and on random inputs, and `medanchor-sha3` is checked on
+//! each of its code paths against the NIST CAVP vectors.
 //!
 //! ```
 //! use medanchor_merkle::{MemoryTree, Sha3Hasher, TreeHasher, verify_inclusion};
@@ -27,6 +37,8 @@ pub use bundle::{record_leaf, BundleError, ProofBundle, BUNDLE_FORMAT, LEAF_RECO
 pub use checkpoint::{
     key_hash, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, SignedCheckpoint,
 };
-pub use hasher::{Hash, Rfc9162, Sha256Hasher, Sha3Hasher, TreeHasher};
+pub use hasher::{
+    rfc9162_empty, rfc9162_leaf, rfc9162_node, Hash, Rfc9162, Sha256Hasher, Sha3Hasher, TreeHasher,
+};
 pub use proof::{verify_consistency, verify_inclusion, ProofError};
 pub use tree::{MemoryTree, RightEdge, TileSource, TiledTree, TreeError};

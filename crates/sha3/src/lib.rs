@@ -19,6 +19,27 @@
 //! Callers with many inputs at once (a batch of records to commit to) use
 //! [`Sha3_256::digest_many`]: on CPUs with AVX2 but not AVX-512 it runs four permutations in one
 //! set of 256-bit registers, 2.7× the throughput of one at a time on an AMD EPYC.
+//!
+//! # Which tests cover which path
+//!
+//! The crate has three code paths: the portable permutation (RustCrypto's `keccak`, the one the
+//! `sha3` crate uses too, under this crate's own sponge), the AVX-512 permutation (`avx512`) and
+//! the four-way AVX2 permutation with its own batch sponge (`x4`). Tests force each
+//! one with [`Sha3_256::with_backend`] and the test-only `Sha3_256::digest_many_on`, and skip
+//! (saying so on stderr) the ones the CPU cannot run:
+//!
+//! - `tests/cavp.rs`: the NIST CAVP SHA3-256 vectors (`testdata/`: 137 ShortMsg, 100 LongMsg,
+//!   the 100 Monte Carlo checkpoints of 1,000 chained hashes) on every path, whole, split into
+//!   parts and in batches of 1 to 9 messages of mixed lengths; and through the dispatching API
+//!   (`digest`, `digest_parts`, `new`/`update`, `digest_many`) on whatever path this CPU picks.
+//! - the unit tests here: FIPS 202 examples and every length up to three blocks against the `sha3`
+//!   crate on both one-message permutations; `digest_many` on batches of 1 to 9 against it.
+//! - `fuzz/fuzz_targets/sha3_differential.rs` (cargo-fuzz, in the repository's `fuzz/`):
+//!   arbitrary input through `digest`, `digest_parts`, incremental updates, `digest_many` and
+//!   every forced path, compared with the `sha3` crate.
+//!
+//! The gateway's log hash is checked against the reference one in the gateway's
+//! `tests/hash_agreement.rs`.
 
 /// SHA3-256's rate: 1600 - 2 × 256 bits.
 const RATE: usize = 136;
@@ -223,6 +244,90 @@ impl Sha3_256 {
             .iter()
             .map(|parts| Self::digest_parts(parts))
             .collect()
+    }
+
+    /// [`Self::digest_many`] on one given code path rather than the one the CPU
+    /// detection picks, for tests that check every path (`tests/cavp.rs`). `None` if this CPU
+    /// cannot run `path`. [`Path::Avx2x4`] is used for every batch, also of one input, where
+    /// `digest_many` would hash a single input on its own.
+    #[doc(hidden)]
+    pub fn digest_many_on(path: Path, inputs: &[&[&[u8]]]) -> Option<Vec<[u8; 32]>> {
+        if !path.is_available() {
+            return None;
+        }
+        Some(match path {
+            Path::Portable => Self::digest_each_with(Backend::Portable, inputs),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => Self::digest_each_with(Backend::Avx512, inputs),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `x4::digest_many` is safe code whose only requirement is that the CPU
+            // executes AVX2 instructions; `is_available` above found them with
+            // `is_x86_feature_detected!`.
+            Path::Avx2x4 => unsafe { x4::digest_many(inputs) },
+        })
+    }
+
+    fn digest_each_with(backend: Backend, inputs: &[&[&[u8]]]) -> Vec<[u8; 32]> {
+        inputs
+            .iter()
+            .map(|parts| {
+                let mut h = Sha3_256::with_backend(backend);
+                for p in *parts {
+                    h.update(p);
+                }
+                h.finalize()
+            })
+            .collect()
+    }
+}
+
+/// A code path of this crate, for tests that force each one:
+/// [`Sha3_256::digest_many_on`] runs a batch on it, and [`Sha3_256::with_backend`] the two
+/// one-message permutations with the incremental API.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// One message at a time with the portable permutation ([`Backend::Portable`]).
+    Portable,
+    /// One message at a time with the AVX-512F/VL permutation ([`Backend::Avx512`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// Four messages at once in 256-bit AVX2 registers (`digest_many`'s batches on CPUs with AVX2
+    /// but not AVX-512).
+    #[cfg(target_arch = "x86_64")]
+    Avx2x4,
+}
+
+impl Path {
+    /// Every path this crate has on this architecture, whether or not this CPU runs it.
+    pub const ALL: &'static [Path] = &[
+        Path::Portable,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2x4,
+    ];
+
+    /// Whether this CPU runs the path (the checks the dispatch makes).
+    pub fn is_available(self) -> bool {
+        match self {
+            Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => Backend::detect() == Backend::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2x4 => std::arch::is_x86_feature_detected!("avx2"),
+        }
+    }
+
+    /// The one-message permutation of the path, or `None` for the four-way one.
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            Path::Portable => Some(Backend::Portable),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => Some(Backend::Avx512),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2x4 => None,
+        }
     }
 }
 
