@@ -72,6 +72,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Repair a data directory that does not open (gateway stopped): set damaged segment entries
+    /// aside (their bytes kept under segments/damaged/) and rebuild the vault's index from the
+    /// segments. Run `verify --all` first and keep a copy of the directory.
+    Repair {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Write the proof bundle of a record (data directory of a stopped gateway).
     Proof {
         record_id: String,
@@ -236,6 +243,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     json,
                 )?))
             }
+        }
+        Command::Repair { data_dir } => {
+            medanchor::cli::repair(&load(cfg_path, data_dir)?)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Proof {
             record_id,

@@ -26,6 +26,8 @@ pub enum StorageError {
 /// A redb database as one of the stores holds it.
 pub enum Db {
     Writable(redb::Database),
+    /// Between dropping a handle that failed and opening it again.
+    Closed,
     ReadOnly {
         db: redb::ReadOnlyDatabase,
         /// The repaired copy being read, when the file itself was not closed cleanly.
@@ -38,6 +40,7 @@ impl Db {
         match self {
             Db::Writable(db) => db.begin_read(),
             Db::ReadOnly { db, .. } => db.begin_read(),
+            Db::Closed => Err(TransactionError::Storage(redb::StorageError::DatabaseClosed)),
         }
     }
 
@@ -45,7 +48,7 @@ impl Db {
     pub fn writable(&self) -> Option<&redb::Database> {
         match self {
             Db::Writable(db) => Some(db),
-            Db::ReadOnly { .. } => None,
+            Db::ReadOnly { .. } | Db::Closed => None,
         }
     }
 

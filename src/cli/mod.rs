@@ -92,14 +92,35 @@ pub fn verify_bundle(path: &Path, key: Option<&str>, json: bool) -> Result<bool>
 }
 
 pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
-    let stores = open_offline(cfg)?;
+    let (stores, notes) = match Stores::open_read_only(cfg) {
+        Ok(opened) => opened,
+        // Damage that stops the stores from opening is the verifier's finding, reported as one.
+        Err(e) if cfg.data_dir.is_dir() => {
+            let report = crate::verify::Report {
+                failures: vec![format!("opening {}: {e}", cfg.data_dir.display())],
+                ..Default::default()
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                eprintln!("FAILED: {}", report.failures[0]);
+                println!("FAILED: the data directory does not open");
+            }
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", cfg.data_dir.display())),
+    };
     let total = stores.vault.record_count().unwrap_or(0) + stores.ledger.size();
     let pb = progress(total, "verifying");
-    let report = crate::verify::verify_all(&stores, &|done, _| pb.set_position(done));
+    let mut report = crate::verify::verify_all(&stores, &|done, _| pb.set_position(done));
+    report.notes.extend(notes);
     pb.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
+        for n in &report.notes {
+            eprintln!("note: {n}");
+        }
         for f in &report.failures {
             eprintln!("FAILED: {f}");
         }
@@ -123,6 +144,37 @@ pub fn proof(cfg: &Config, record_id: &str, out: Option<&PathBuf>) -> Result<()>
     match out {
         Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
         None => print!("{text}"),
+    }
+    Ok(())
+}
+
+pub fn repair(cfg: &Config) -> Result<()> {
+    let dir = &cfg.data_dir;
+    let r = crate::vault::EmbeddedVault::repair(
+        &dir.join("vault.redb"),
+        &dir.join("segments"),
+        cfg.vault.cache_mb << 20,
+    )
+    .with_context(|| format!("repairing {}", dir.display()))?;
+    for s in &r.set_aside {
+        println!(
+            "set aside: segment {} offset {} ({} bytes; record {} as its header reads); bytes kept in {}",
+            s.segment,
+            s.offset,
+            s.len,
+            s.record,
+            s.kept.display()
+        );
+    }
+    println!(
+        "{} damaged entries set aside; index rebuilt from the segments: {} records",
+        r.set_aside.len(),
+        r.reindexed
+    );
+    if !r.set_aside.is_empty() {
+        println!(
+            "the records set aside are lost from this vault: have their senders send them again, and keep segments/damaged/ for inspection"
+        );
     }
     Ok(())
 }

@@ -337,6 +337,25 @@ impl Keyring {
         *h.finalize().as_bytes()
     }
 
+    /// A record's keyed dedup key (sender, control id, raw bytes) and control key (sender,
+    /// control id); see docs/FORMATS.md.
+    pub fn dedup_keys(&self, record: &crate::record::Record) -> ([u8; 32], [u8; 32]) {
+        let m = &record.meta;
+        // The message is hashed on its own first: starting at a chunk boundary lets BLAKE3 hash
+        // its chunks in parallel lanes, where behind the short prefix it went one block at a time.
+        let raw_digest = blake3::hash(&record.raw);
+        let dedup = self.index_hash(
+            "dedup",
+            &[
+                m.sender.as_bytes(),
+                m.control_id.as_bytes(),
+                raw_digest.as_bytes(),
+            ],
+        );
+        let control = self.index_hash("control", &[m.sender.as_bytes(), m.control_id.as_bytes()]);
+        (dedup, control)
+    }
+
     /// Data key id for a patient identity (`None`: the gateway key).
     pub fn key_id_for(&self, identity: Option<&str>) -> String {
         match identity {

@@ -11,8 +11,8 @@
 //! found by scanning the segments after the `anchored_through` watermark.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -22,6 +22,7 @@ use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
 use crate::storage::Db;
+use crate::testing::faulty::{FaultyBackend, Faults};
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("controls");
@@ -60,7 +61,14 @@ pub struct Repaired {
 }
 
 pub struct EmbeddedVault {
-    db: Db,
+    db: RwLock<Db>,
+    path: PathBuf,
+    cache_bytes: usize,
+    /// Set when a write to vault.redb failed: redb then refuses everything until reopened,
+    /// which the next commit tries ([`EmbeddedVault::heal`]).
+    failing: Mutex<Option<String>>,
+    /// Fault-injection tests only: where the index's and the segments' writes can fail.
+    faults: Option<Faults>,
     /// Read-only opens only: intact entries past the index's durable tail, which the next start
     /// indexes again (a read-only open cannot), served from here meanwhile.
     pending: HashMap<RecordId, (EntryHeader, Location)>,
@@ -140,6 +148,99 @@ fn add_control(
     Ok(())
 }
 
+/// Opens (with `create`, creates) vault.redb, checks its format and returns it with the durable
+/// segment tail it has indexed through.
+fn open_index(
+    path: &Path,
+    cache_bytes: usize,
+    create: bool,
+    faults: Option<&Faults>,
+) -> Result<(redb::Database, Tail), VaultError> {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(cache_bytes);
+    let db = match faults {
+        None if create => b.create(path),
+        None => b.open(path),
+        Some(_) if !create && !path.exists() => {
+            return Err(VaultError::Storage(format!("{} does not exist", path.display())))
+        }
+        Some(f) => b.create_with_backend(FaultyBackend::open(path, f.clone()).map_err(err)?),
+    }
+    .map_err(err)?;
+    let w = db.begin_write().map_err(err)?;
+    let tail = {
+        let records = w.open_table(RECORDS).map_err(err)?;
+        w.open_table(CONTROLS).map_err(err)?;
+        w.open_table(QUARANTINE).map_err(err)?;
+        let mut meta = w.open_table(META).map_err(err)?;
+        let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
+        match format {
+            Some(v) if v == FORMAT.to_be_bytes() => {}
+            Some(v) => {
+                return Err(VaultError::Storage(format!(
+                    "vault format {} is not supported by this build (expects {FORMAT})",
+                    hex::encode(v)
+                )))
+            }
+            None if records.is_empty().map_err(err)? => {
+                meta.insert("format", FORMAT.to_be_bytes().as_slice())
+                    .map_err(err)?;
+            }
+            None => {
+                return Err(VaultError::Storage(
+                    "vault.redb was written by a development build that kept sealed bytes \
+                     inside it; this build cannot read it"
+                        .into(),
+                ))
+            }
+        }
+        let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
+            Some(v) => Tail::from_bytes(v.value())
+                .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
+            None => Tail::default(),
+        };
+        tail
+    };
+    w.commit().map_err(err)?;
+    Ok((db, tail))
+}
+
+/// Indexes `entries` (intact segment entries the index lacks) and records `tail` as indexed
+/// through, durably.
+fn reindex(
+    db: &redb::Database,
+    entries: &[(EntryHeader, Location)],
+    tail: Tail,
+) -> Result<(), VaultError> {
+    let mut w = db.begin_write().map_err(err)?;
+    w.set_durability(Durability::Immediate).map_err(err)?;
+    {
+        let mut records = w.open_table(RECORDS).map_err(err)?;
+        let mut controls = w.open_table(CONTROLS).map_err(err)?;
+        let mut listed = Vec::new();
+        for (h, at) in entries {
+            read_controls(&controls, &h.control_key, &mut listed)?;
+            let known = listed
+                .chunks_exact(CONTROL_ENTRY)
+                .any(|e| e[32..] == h.record_id.0);
+            if !known {
+                add_control(&mut controls, h, &mut listed)?;
+            }
+            records
+                .insert(
+                    h.record_id.0.as_slice(),
+                    record_row(&h.commitment, *at).as_slice(),
+                )
+                .map_err(err)?;
+        }
+        w.open_table(META)
+            .map_err(err)?
+            .insert(SEGMENT_TAIL, tail.to_bytes().as_slice())
+            .map_err(err)?;
+    }
+    w.commit().map_err(err)
+}
+
 impl EmbeddedVault {
     /// Opens (or with `create`, creates) the index at `path` and the segments in `segments`.
     pub fn open(
@@ -148,79 +249,32 @@ impl EmbeddedVault {
         cache_bytes: usize,
         create: bool,
     ) -> Result<Self, VaultError> {
-        let mut b = redb::Builder::new();
-        b.set_cache_size(cache_bytes);
-        let db = if create { b.create(path) } else { b.open(path) }.map_err(err)?;
-        let w = db.begin_write().map_err(err)?;
-        let tail = {
-            let records = w.open_table(RECORDS).map_err(err)?;
-            w.open_table(CONTROLS).map_err(err)?;
-            w.open_table(QUARANTINE).map_err(err)?;
-            let mut meta = w.open_table(META).map_err(err)?;
-            let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
-            match format {
-                Some(v) if v == FORMAT.to_be_bytes() => {}
-                Some(v) => {
-                    return Err(VaultError::Storage(format!(
-                        "vault format {} is not supported by this build (expects {FORMAT})",
-                        hex::encode(v)
-                    )))
-                }
-                None if records.is_empty().map_err(err)? => {
-                    meta.insert("format", FORMAT.to_be_bytes().as_slice())
-                        .map_err(err)?;
-                }
-                None => {
-                    return Err(VaultError::Storage(
-                        "vault.redb was written by a development build that kept sealed bytes \
-                         inside it; this build cannot read it"
-                            .into(),
-                    ))
-                }
-            }
-            let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
-                Some(v) => Tail::from_bytes(v.value())
-                    .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
-                None => Tail::default(),
-            };
-            tail
-        };
-        w.commit().map_err(err)?;
+        Self::open_with_faults(path, segments, cache_bytes, create, None)
+    }
+
+    /// [`open`](Self::open) with every write of the index and the segments going through
+    /// `faults` (fault-injection tests).
+    #[doc(hidden)]
+    pub fn open_with_faults(
+        path: &Path,
+        segments: &Path,
+        cache_bytes: usize,
+        create: bool,
+        faults: Option<Faults>,
+    ) -> Result<Self, VaultError> {
+        let (db, tail) = open_index(path, cache_bytes, create, faults.as_ref())?;
         // Index commits are not synced one by one: what a crash took from the index is read back
         // from the segments, which were synced before anything was acknowledged.
         let mut lost = Vec::new();
-        let segments =
+        let mut segments =
             SegmentLog::recover(segments, tail, MAX_SEGMENT_BYTES, create, &mut |h, at| {
                 lost.push((*h, at))
             })
             .map_err(|e| VaultError::Storage(e.to_string()))?;
-        let mut w = db.begin_write().map_err(err)?;
-        w.set_durability(Durability::Immediate).map_err(err)?;
-        {
-            let mut records = w.open_table(RECORDS).map_err(err)?;
-            let mut controls = w.open_table(CONTROLS).map_err(err)?;
-            let mut entries = Vec::new();
-            for (h, at) in &lost {
-                read_controls(&controls, &h.control_key, &mut entries)?;
-                let known = entries
-                    .chunks_exact(CONTROL_ENTRY)
-                    .any(|e| e[32..] == h.record_id.0);
-                if !known {
-                    add_control(&mut controls, h, &mut entries)?;
-                }
-                records
-                    .insert(
-                        h.record_id.0.as_slice(),
-                        record_row(&h.commitment, *at).as_slice(),
-                    )
-                    .map_err(err)?;
-            }
-            w.open_table(META)
-                .map_err(err)?
-                .insert(SEGMENT_TAIL, segments.tail().to_bytes().as_slice())
-                .map_err(err)?;
+        if let Some(f) = &faults {
+            segments.set_faults(f.hook());
         }
-        w.commit().map_err(err)?;
+        reindex(&db, &lost, segments.tail())?;
         if !lost.is_empty() {
             tracing::info!(
                 records = lost.len(),
@@ -228,12 +282,51 @@ impl EmbeddedVault {
             );
         }
         Ok(EmbeddedVault {
-            db: Db::Writable(db),
+            db: RwLock::new(Db::Writable(db)),
+            path: path.to_path_buf(),
+            cache_bytes,
+            faults,
+            failing: Mutex::new(None),
             pending: HashMap::new(),
             segments,
             last_sync: Mutex::new(Instant::now()),
             staged: Mutex::new(Staged::default()),
         })
+    }
+
+    /// After a write to vault.redb failed (full disk, I/O error), redb refuses every later
+    /// operation until the file is opened again. This reopens it (redb recovers the file to its
+    /// last durable commit) and indexes again, from the segments, what that commit lacks. Until it
+    /// succeeds, commits fail (their senders are asked to resend) and the vault reports itself
+    /// unhealthy.
+    fn heal(&self) -> Result<(), VaultError> {
+        let mut failing = self.failing.lock().expect("lock");
+        let Some(why) = failing.clone() else {
+            return Ok(());
+        };
+        let mut db = self.db.write().expect("lock");
+        // The broken handle holds the file lock: drop it before opening again.
+        *db = Db::Closed;
+        let reopened = open_index(&self.path, self.cache_bytes, false, self.faults.as_ref()).and_then(|(new, tail)| {
+            let mut lost = Vec::new();
+            self.segments
+                .scan_entries(tail, self.segments.tail(), &mut |h, at| lost.push((*h, at)))
+                .map_err(|e| VaultError::Storage(e.to_string()))?;
+            reindex(&new, &lost, self.segments.tail())?;
+            Ok((new, lost.len()))
+        });
+        match reopened {
+            Ok((new, n)) => {
+                *db = Db::Writable(new);
+                *failing = None;
+                *self.last_sync.lock().expect("lock") = Instant::now();
+                tracing::info!(reindexed = n, after = %why, "vault index reopened after a storage failure");
+                Ok(())
+            }
+            Err(e) => Err(VaultError::Storage(format!(
+                "vault index unavailable since a storage failure ({why}); reopening it failed: {e}"
+            ))),
+        }
     }
 
     /// Opens the vault for reading only: no byte of vault.redb or the segments changes (a file
@@ -275,7 +368,11 @@ impl EmbeddedVault {
         };
         Ok((
             EmbeddedVault {
-                db,
+                db: RwLock::new(db),
+                path: path.to_path_buf(),
+                cache_bytes,
+                faults: None,
+                failing: Mutex::new(None),
                 pending,
                 segments,
                 last_sync: Mutex::new(Instant::now()),
@@ -360,7 +457,7 @@ impl EmbeddedVault {
                 end.segment, end.len
             ));
         }
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let records = r.open_table(RECORDS).map_err(err)?;
         let mut indexed = std::collections::HashSet::with_capacity(entries.len());
         for row in records.iter().map_err(err)? {
@@ -451,7 +548,7 @@ impl EmbeddedVault {
 
     /// The anchored watermark: records at or before it are in the log.
     pub fn anchored_through(&self) -> Result<Position, VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let meta = r.open_table(META).map_err(err)?;
         Ok(match meta.get(ANCHORED_THROUGH).map_err(err)? {
             Some(v) => u64::from_be_bytes(
@@ -463,10 +560,21 @@ impl EmbeddedVault {
         })
     }
 
-    fn writable(&self) -> Result<&redb::Database, VaultError> {
-        self.db
+    /// A write transaction on the index (after healing it, if a storage failure broke it).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, VaultError> {
+        self.heal()?;
+        let db = self.db.read().expect("lock");
+        let db = db
             .writable()
-            .ok_or_else(|| VaultError::Storage("the vault was opened read-only".into()))
+            .ok_or_else(|| VaultError::Storage("the vault was opened read-only".into()))?;
+        db.begin_write().map_err(|e| self.failed(e))
+    }
+
+    /// Notes a storage failure of the index: the next write reopens it first.
+    fn failed(&self, e: impl std::fmt::Display) -> VaultError {
+        let why = e.to_string();
+        *self.failing.lock().expect("lock") = Some(why.clone());
+        VaultError::Storage(why)
     }
 
     fn read(&self, id: RecordId, row: &[u8]) -> Result<StoredRecord, VaultError> {
@@ -499,7 +607,7 @@ impl Vault for EmbeddedVault {
         puts: &[PutRecord],
         quarantine: &[(QuarantineEntry, Sealed)],
     ) -> Result<Vec<PutResult>, VaultError> {
-        let mut w = self.writable()?.begin_write().map_err(err)?;
+        let mut w = self.begin_write()?;
         // Records are durable in their segment before this commit; the index is synced only
         // every INDEX_SYNC_INTERVAL (a crash loses nothing: the segments are re-read). Quarantine
         // entries live only in the index, so a commit holding one is synced at once.
@@ -512,7 +620,7 @@ impl Vault for EmbeddedVault {
         })
         .map_err(err)?;
         let mut appended = None;
-        let result = (|| {
+        let result: Result<Vec<PutResult>, VaultError> = (|| {
             let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
@@ -620,6 +728,11 @@ impl Vault for EmbeddedVault {
             w.commit().map_err(err)?;
             Ok(results)
         });
+        if let Err(e) = &committed {
+            // Whatever failed (a full disk, an I/O error), the next commit reopens the index
+            // first: redb refuses every operation after a failed write until then.
+            *self.failing.lock().expect("lock") = Some(e.to_string());
+        }
         match (&committed, appended) {
             (Ok(_), _) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
             // The senders are told to resend, so the appended entries must not come back as
@@ -635,15 +748,15 @@ impl Vault for EmbeddedVault {
     }
 
     fn sync(&self) -> Result<(), VaultError> {
-        let mut w = self.writable()?.begin_write().map_err(err)?;
+        let mut w = self.begin_write()?;
         w.set_durability(Durability::Immediate).map_err(err)?;
-        w.commit().map_err(err)?;
+        w.commit().map_err(|e| self.failed(e))?;
         *self.last_sync.lock().expect("lock") = Instant::now();
         Ok(())
     }
 
     fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>, VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         if let Some(v) = t.get(id.0.as_slice()).map_err(err)? {
             return self.read(*id, v.value()).map(Some);
@@ -658,7 +771,7 @@ impl Vault for EmbeddedVault {
         &self,
         f: &mut dyn FnMut(RecordId, Result<StoredRecord, VaultError>) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         for e in t.iter().map_err(err)? {
             let (k, v) = e.map_err(err)?;
@@ -676,7 +789,7 @@ impl Vault for EmbeddedVault {
     }
 
     fn record_count(&self) -> Result<u64, VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         let mut n = t.len().map_err(err)?;
         for id in self.pending.keys() {
@@ -688,7 +801,7 @@ impl Vault for EmbeddedVault {
     }
 
     fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let meta = r.open_table(META).map_err(err)?;
         let tail = self.segments.tail();
         let from = match meta.get(ANCHORED_THROUGH).map_err(err)? {
@@ -712,7 +825,7 @@ impl Vault for EmbeddedVault {
         // Durable with the anchoring it records: left to the periodic index sync, every restart
         // after a short run re-offered every record to the log (271,803 in one case) and re-read
         // them all from the segments. One sync per anchored batch, not per record.
-        let mut w = self.writable()?.begin_write().map_err(err)?;
+        let mut w = self.begin_write()?;
         w.set_durability(Durability::Immediate).map_err(err)?;
         {
             let mut meta = w.open_table(META).map_err(err)?;
@@ -726,14 +839,21 @@ impl Vault for EmbeddedVault {
                     .map_err(err)?;
             }
         }
-        w.commit().map_err(err)?;
+        w.commit().map_err(|e| self.failed(e))?;
         // The sync made every earlier index commit durable too.
         *self.last_sync.lock().expect("lock") = Instant::now();
         Ok(())
     }
 
+    fn health(&self) -> Result<(), String> {
+        match &*self.failing.lock().expect("lock") {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let t = r.open_table(QUARANTINE).map_err(err)?;
         let mut out = Vec::new();
         for e in t.iter().map_err(err)? {
@@ -747,7 +867,7 @@ impl Vault for EmbeddedVault {
         let Some(key) = RecordId::parse(id) else {
             return Ok(None);
         };
-        let r = self.db.begin_read().map_err(err)?;
+        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
         let t = r.open_table(QUARANTINE).map_err(err)?;
         t.get(key.0.as_slice())
             .map_err(err)?
@@ -763,3 +883,7 @@ fn parse_quarantine(k: &[u8], v: &[u8]) -> Result<(QuarantineEntry, Vec<u8>), Va
     let entry: QuarantineEntry = serde_json::from_slice(meta).map_err(|_| bad())?;
     Ok((entry, v[4 + n..].to_vec()))
 }
+
+#[cfg(test)]
+#[path = "fault_tests.rs"]
+mod fault_tests;

@@ -100,5 +100,8 @@ pub trait Vault: Send + Sync + 'static {
     /// so a restart offers the log only what it has not anchored.
     fn mark_anchored(&self, through: Position) -> Result<(), VaultError>;
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError>;
+    /// Whether the vault can store now: `Err` names the storage failure it has not recovered
+    /// from yet (no record content). Readiness reports it.
+    fn health(&self) -> Result<(), String>;
     fn quarantine_get(&self, id: &str) -> Result<Option<(QuarantineEntry, Vec<u8>)>, VaultError>;
 }

@@ -179,11 +179,20 @@ pub struct SegmentLog {
     max_segment_bytes: u64,
     active: Mutex<Active>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    faults: Option<FaultHook>,
 }
+
+/// The seam where a test fails the log's writes: called before every write, sync, truncation
+/// and file creation of a running log; an error from it is what the operation returns (a
+/// failed write first writes half its bytes: a short write).
+pub type FaultHook = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 struct Active {
     tail: Tail,
     file: File,
+    /// Bytes of a failed append may still lie past `tail` (cutting them off failed too): the
+    /// next append cuts them first, so no stale entry can follow a new one.
+    dirty: bool,
 }
 
 /// Entries staged for one commit. The vault keeps one and reuses it: a fresh buffer per commit
@@ -442,8 +451,13 @@ impl SegmentLog {
         Ok(SegmentLog {
             dir: dir.to_path_buf(),
             max_segment_bytes,
-            active: Mutex::new(Active { tail, file }),
+            active: Mutex::new(Active {
+                tail,
+                file,
+                dirty: false,
+            }),
             readers: Mutex::new(HashMap::new()),
+            faults: None,
         })
     }
 
@@ -464,8 +478,10 @@ impl SegmentLog {
                 active: Mutex::new(Active {
                     tail: survey.tail,
                     file,
+                    dirty: false,
                 }),
                 readers: Mutex::new(HashMap::new()),
+                faults: None,
             },
             survey.finding,
         ))
@@ -560,18 +576,22 @@ impl SegmentLog {
     /// durable. Returns the segment and offset the staged offsets are relative to.
     pub fn append(&self, staged: &Staged) -> Result<(u32, u64), SegmentError> {
         let mut a = self.active.lock().expect("lock");
+        if a.dirty {
+            let path = path_of(&self.dir, a.tail.segment);
+            self.set_len(&a.file, a.tail.len).map_err(io(&path))?;
+            a.dirty = false;
+        }
         if a.tail.len > 0 && a.tail.len + staged.buf.len() as u64 > self.max_segment_bytes {
             self.roll(&mut a)?;
         }
         let base = a.tail;
         let path = path_of(&self.dir, base.segment);
-        let written = a
-            .file
-            .write_all_at(&staged.buf, base.len)
-            .and_then(|()| a.file.sync_data());
+        let written = self
+            .write_at(&a.file, &staged.buf, base.len)
+            .and_then(|()| self.sync(&a.file));
         if let Err(e) = written {
             // Nothing of this commit may stay: cut the file back so no later entry follows it.
-            let _ = a.file.set_len(base.len);
+            a.dirty = self.set_len(&a.file, base.len).is_err();
             return Err(io(&path)(e));
         }
         a.tail.len += staged.buf.len() as u64;
@@ -583,11 +603,43 @@ impl SegmentLog {
         let mut a = self.active.lock().expect("lock");
         if a.tail.segment == segment {
             let path = path_of(&self.dir, segment);
-            a.file.set_len(base).map_err(io(&path))?;
-            a.file.sync_data().map_err(io(&path))?;
             a.tail.len = base;
+            // If the cut fails the next append makes it first.
+            a.dirty = true;
+            self.set_len(&a.file, base).map_err(io(&path))?;
+            a.dirty = false;
         }
         Ok(())
+    }
+
+    /// Fails this log's writes from now on as `hook` says (tests only).
+    #[doc(hidden)]
+    pub fn set_faults(&mut self, hook: FaultHook) {
+        self.faults = Some(hook);
+    }
+
+    fn fault(&self) -> std::io::Result<()> {
+        self.faults.as_ref().map_or(Ok(()), |f| f())
+    }
+
+    fn write_at(&self, file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+        if let Err(e) = self.fault() {
+            let _ = file.write_all_at(&buf[..buf.len() / 2], at);
+            return Err(e);
+        }
+        file.write_all_at(buf, at)
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        self.fault()?;
+        file.sync_data()
+    }
+
+    /// Cuts the file and makes the cut durable.
+    fn set_len(&self, file: &File, len: u64) -> std::io::Result<()> {
+        self.fault()?;
+        file.set_len(len)?;
+        self.sync(file)
     }
 
     /// The end of everything appended.
@@ -598,6 +650,7 @@ impl SegmentLog {
     fn roll(&self, a: &mut Active) -> Result<(), SegmentError> {
         let next = a.tail.segment + 1;
         let path = path_of(&self.dir, next);
+        self.fault().map_err(io(&path))?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -606,7 +659,8 @@ impl SegmentLog {
             .open(&path)
             .map_err(io(&path))?;
         // The new file's name must be durable before anything in it is acknowledged.
-        File::open(&self.dir)
+        self.fault()
+            .and_then(|()| File::open(&self.dir))
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         a.file = file;
@@ -669,8 +723,22 @@ impl SegmentLog {
         to: Tail,
         f: &mut dyn FnMut(&EntryHeader, Tail, bool),
     ) -> Result<(), SegmentError> {
-        self.walk(Tail::default(), to, &mut |h, end| {
-            f(h, end, h.record_id == PADDING_ID)
+        self.walk(Tail::default(), to, &mut |h, at| {
+            f(h, at.end(), h.record_id == PADDING_ID)
+        })
+    }
+
+    /// Every record entry after `from` up to `to`, in commit order, with where it is.
+    pub fn scan_entries(
+        &self,
+        from: Tail,
+        to: Tail,
+        f: &mut dyn FnMut(&EntryHeader, Location),
+    ) -> Result<(), SegmentError> {
+        self.walk(from, to, &mut |h, at| {
+            if h.record_id != PADDING_ID {
+                f(h, at)
+            }
         })
     }
 
@@ -682,18 +750,14 @@ impl SegmentLog {
         to: Tail,
         f: &mut dyn FnMut(&EntryHeader, Tail),
     ) -> Result<(), SegmentError> {
-        self.walk(from, to, &mut |h, end| {
-            if h.record_id != PADDING_ID {
-                f(h, end)
-            }
-        })
+        self.scan_entries(from, to, &mut |h, at| f(h, at.end()))
     }
 
     fn walk(
         &self,
         from: Tail,
         to: Tail,
-        f: &mut dyn FnMut(&EntryHeader, Tail),
+        f: &mut dyn FnMut(&EntryHeader, Location),
     ) -> Result<(), SegmentError> {
         for segment in from.segment..=to.segment {
             let path = path_of(&self.dir, segment);
@@ -716,7 +780,14 @@ impl SegmentLog {
                         what: "entry runs past the end",
                     });
                 }
-                f(&h, Tail { segment, len: next });
+                f(
+                    &h,
+                    Location {
+                        segment,
+                        offset: at,
+                        len,
+                    },
+                );
                 at = next;
             }
         }
