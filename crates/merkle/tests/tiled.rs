@@ -253,10 +253,7 @@ fn a_tree_restored_from_tile_roots_and_the_partial_tile_equals_the_pushed_one() 
                 assert_eq!(t[t.len() - 32..], tree.tile_root(i as u64).unwrap()[..]);
             }
             let (memory, _, mut grown) = both(&all, height);
-            assert_eq!(
-                tree.root(70, &mut grown).unwrap(),
-                memory.root(70).unwrap()
-            );
+            assert_eq!(tree.root(70, &mut grown).unwrap(), memory.root(70).unwrap());
         }
     }
 }
