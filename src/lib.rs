@@ -14,5 +14,8 @@ pub mod record;
 pub mod seal;
 pub mod serve;
 pub mod sources;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod testing;
+pub mod throttle;
 pub mod vault;
 pub mod verify;
