@@ -56,6 +56,8 @@ pub struct Metrics {
     pub quarantined: IntCounter,
     pub store_failures: IntCounter,
     pub anchor_failures: IntCounter,
+    /// Proofs the API could not build (not those of records not anchored yet).
+    pub proof_failures: IntCounter,
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
     pub connection_errors: IntCounterVec,
@@ -195,6 +197,11 @@ impl Metrics {
                 &r,
                 "medanchor_ledger_append_failures_total",
                 "Log appends that failed",
+            ),
+            proof_failures: counter(
+                &r,
+                "medanchor_ledger_proof_failures_total",
+                "Inclusion proofs that could not be built (ledger storage errors), not counting records not anchored yet",
             ),
             connections_open: gauge(
                 &r,
