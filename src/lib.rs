@@ -16,5 +16,10 @@ pub mod seal;
 pub mod serve;
 pub mod sources;
 pub mod storage;
+/// Fault injection for the stores' tests (a redb backend and a segment hook that fail on
+/// command); compiled in so the vault and ledger keep one seam, never used outside tests.
+#[doc(hidden)]
+pub mod testing;
+pub mod throttle;
 pub mod vault;
 pub mod verify;

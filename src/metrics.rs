@@ -57,6 +57,8 @@ pub struct Metrics {
     pub store_failures: IntCounter,
     pub index_damage: IntCounter,
     pub anchor_failures: IntCounter,
+    /// Proofs the API could not build (not those of records not anchored yet).
+    pub proof_failures: IntCounter,
     pub connections_open: IntGauge,
     pub connections_total: IntCounter,
     pub connection_errors: IntCounterVec,
@@ -210,6 +212,11 @@ impl Metrics {
                 &r,
                 "medanchor_ledger_append_failures_total",
                 "Log appends that failed",
+            ),
+            proof_failures: counter(
+                &r,
+                "medanchor_ledger_proof_failures_total",
+                "Inclusion proofs that could not be built (ledger storage errors), not counting records not anchored yet",
             ),
             connections_open: gauge(
                 &r,

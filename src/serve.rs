@@ -90,6 +90,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     let app = api::router(ApiState {
         metrics: metrics.clone(),
         ledger: stores.ledger.clone(),
+        vault: stores.vault.clone(),
         ready: ready.clone(),
         health,
         ingest: cfg.http.ingest_token.as_ref().map(|t| api::ingest::Ingest {

@@ -293,7 +293,6 @@ fn after_a_full_disk_the_gateway_recovers_by_itself_and_loses_nothing_acknowledg
                 .unwrap()
                 .to_string();
             acked.push((i, id));
-            i += 1;
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never recovered: {}", g.log_tail(20));

@@ -6,7 +6,7 @@ pub mod batcher;
 mod embedded;
 mod hasher;
 
-pub use embedded::EmbeddedLedger;
+pub use embedded::{EmbeddedLedger, LeafCheck};
 pub use hasher::LogHasher;
 
 use medanchor_merkle::{NoteVerifier, ProofBundle, SignedCheckpoint};
@@ -17,6 +17,23 @@ use crate::envelope::RecordId;
 pub enum LedgerError {
     #[error("ledger storage: {0}")]
     Storage(String),
+    /// The storage's I/O failed (a full disk, a device error): the ledger reopens its storage
+    /// and rebuilds its tree from it before the next append or proof.
+    #[error("ledger storage I/O: {0}")]
+    Io(String),
+    /// The ledger is down after a storage failure and could not recover yet.
+    #[error("ledger unavailable: {0}")]
+    Unavailable(String),
+    #[error("the ledger was opened read-only")]
+    ReadOnly,
+    #[error(
+        "ledger file {} was not closed cleanly, and recovering it means writing to it: open it \
+         read-write once (start the gateway and stop it) before opening it read-only",
+        .0.display()
+    )]
+    NeedsRecovery(std::path::PathBuf),
+    #[error("ledger file {} is open in another process (is the gateway running?)", .0.display())]
+    InUse(std::path::PathBuf),
     #[error("record {0} is not in the log yet")]
     NotAnchored(String),
     #[error("no checkpoint covers leaf {0} yet")]
@@ -48,4 +65,7 @@ pub trait Ledger: Send + Sync + 'static {
     /// Inclusion proof of a record against the latest checkpoint.
     fn proof(&self, id: &RecordId) -> Result<ProofBundle, LedgerError>;
     fn verifier(&self) -> NoteVerifier;
+    /// `Err(why)` while the ledger cannot append or prove (after a storage failure it has not
+    /// recovered from yet). The reason names no record or patient.
+    fn health(&self) -> Result<(), String>;
 }

@@ -20,6 +20,8 @@ pub enum TreeError {
     Source { tile: u64, reason: String },
     #[error("stored tile {tile} is malformed or does not end in the tile root held in memory")]
     TileMismatch { tile: u64 },
+    #[error("{leaves} leaves given for the partial tile, which holds fewer than {tile_leaves}")]
+    PartialTileTooLong { leaves: u64, tile_leaves: u64 },
 }
 
 /// The hashes of the partial subtrees along the right edge of the tree of one size
@@ -398,8 +400,58 @@ impl<H: TreeHasher> TiledTree<H> {
         }
     }
 
+    /// The tree [`TiledTree::new`] followed by pushing every leaf would be, rebuilt from what a
+    /// log stores: the roots of its full tiles in order (the last 32 bytes of each tile
+    /// [`TiledTree::push`] returned) and the leaf hashes of the partial tile after them (fewer
+    /// than `2^height`). Costs about one node hash per tile and one per partial-tile leaf,
+    /// instead of two per leaf.
+    ///
+    /// The tile roots are taken as given: a proof into a stored tile still checks the tile's
+    /// bytes against its root, but a wrong root only shows as a wrong tree root.
+    pub fn restore(
+        hasher: H,
+        height: u32,
+        tile_roots: impl IntoIterator<Item = Hash>,
+        partial_tile: impl IntoIterator<Item = Hash>,
+    ) -> Result<Self, TreeError> {
+        let mut tree = TiledTree::new(hasher, height);
+        for root in tile_roots {
+            tree.tiles.push(root);
+        }
+        for leaf in partial_tile {
+            tree.tail.push(leaf);
+            if tree.tail.size() >= 1 << height {
+                return Err(TreeError::PartialTileTooLong {
+                    leaves: tree.tail.size(),
+                    tile_leaves: 1 << height,
+                });
+            }
+        }
+        Ok(tree)
+    }
+
     pub fn hasher(&self) -> &H {
         self.tiles.hasher()
+    }
+
+    /// The tile height: full tiles hold `2^height` leaves.
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    /// Number of full tiles.
+    pub fn full_tiles(&self) -> u64 {
+        self.tiles.size()
+    }
+
+    /// Root of full tile `index` (what [`TiledTree::restore`] takes back).
+    pub fn tile_root(&self, index: u64) -> Option<&Hash> {
+        self.tiles.leaf(index)
+    }
+
+    /// Leaf hashes of the partial tile after the full ones.
+    pub fn partial_tile(&self) -> &[Hash] {
+        &self.tail.levels[0]
     }
 
     /// Number of leaves.

@@ -188,3 +188,88 @@ fn damaged_or_failing_storage_is_an_error_never_a_panic() {
         })
     ));
 }
+
+/// Rebuilds `tiled` from what a log stores: the tile roots (the last hash of each stored tile)
+/// and the partial tile's leaves.
+fn restored(tiled: &TiledTree<Sha3Hasher>, store: &Stored) -> TiledTree<Sha3Hasher> {
+    let height = tiled.height();
+    let roots = store.tiles.iter().map(|t| {
+        let root: Hash = t[t.len() - 32..].try_into().unwrap();
+        root
+    });
+    TiledTree::restore(
+        Sha3Hasher,
+        height,
+        roots,
+        tiled.partial_tile().iter().copied(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_tree_restored_from_tile_roots_and_the_partial_tile_equals_the_pushed_one() {
+    let all = leaves(70);
+    for height in [0, 1, 3, 4] {
+        let tile = 1usize << height;
+        // Sizes around every tile boundary, the empty tree and one full tile.
+        let mut sizes: Vec<usize> = (0..=70 / tile)
+            .flat_map(|t| [t * tile, t * tile + 1, (t * tile).saturating_sub(1)])
+            .filter(|&n| n <= 70)
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        for n in sizes {
+            let (memory, pushed, mut store) = both(&all[..n], height);
+            let mut tree = restored(&pushed, &store);
+            assert_eq!(tree.size(), n as u64, "size {n} h{height}");
+            assert_eq!(tree.full_tiles(), pushed.full_tiles());
+            for m in 0..=n as u64 {
+                assert_eq!(
+                    tree.root(m, &mut store).unwrap(),
+                    memory.root(m).unwrap(),
+                    "root {m} of {n} h{height}"
+                );
+                let edge = tree.right_edge(m, &mut store).unwrap();
+                assert_eq!(edge, pushed.right_edge(m, &mut store).unwrap());
+                for i in 0..m {
+                    assert_eq!(
+                        tree.inclusion_proof_at(&edge, i, &mut store).unwrap(),
+                        memory.inclusion_proof(i, m).unwrap(),
+                        "path {i}/{m} of {n} h{height}"
+                    );
+                }
+                assert_eq!(
+                    tree.consistency_proof(m, n as u64, &mut store).unwrap(),
+                    memory.consistency_proof(m, n as u64).unwrap(),
+                    "consistency {m}->{n} h{height}"
+                );
+            }
+            // Growing the restored tree hands out the same tiles as growing the pushed one.
+            let mut pushed = pushed;
+            for l in &all[n..] {
+                assert_eq!(tree.push(*l), pushed.push(*l), "after {n} h{height}");
+            }
+            for (i, t) in store.tiles.iter().enumerate() {
+                assert_eq!(t[t.len() - 32..], tree.tile_root(i as u64).unwrap()[..]);
+            }
+            let (memory, _, mut grown) = both(&all, height);
+            assert_eq!(tree.root(70, &mut grown).unwrap(), memory.root(70).unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_partial_tile_of_a_whole_tile_or_more_is_refused() {
+    let all = leaves(16);
+    for n in [16, 17] {
+        let leaves: Vec<Hash> = all.iter().cycle().take(n).copied().collect();
+        assert_eq!(
+            TiledTree::restore(Sha3Hasher, 4, [], leaves).err(),
+            Some(TreeError::PartialTileTooLong {
+                leaves: 16,
+                tile_leaves: 16
+            })
+        );
+    }
+    assert!(TiledTree::restore(Sha3Hasher, 4, [], all[..15].iter().copied()).is_ok());
+}
