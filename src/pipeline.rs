@@ -118,7 +118,8 @@ impl Stores {
         )?;
         if opened.repaired_copy {
             notes.push(
-                "vault.redb was not closed cleanly (a crash): a repaired private copy was read".into(),
+                "vault.redb was not closed cleanly (a crash): a repaired private copy was read"
+                    .into(),
             );
         }
         if opened.unindexed > 0 {
@@ -137,8 +138,11 @@ impl Stores {
                 "segment {segment}: {len} bytes after offset {offset} are the torn end of a write no sender was acknowledged for; the next start moves them to segments/torn/"
             ));
         }
-        let ledger =
-            EmbeddedLedger::open_read_only(&dir.join("ledger.redb"), &cfg.origin, signer.verifier())?;
+        let ledger = EmbeddedLedger::open_read_only(
+            &dir.join("ledger.redb"),
+            &cfg.origin,
+            signer.verifier(),
+        )?;
         Ok((
             Stores {
                 keyring: Arc::new(keyring),

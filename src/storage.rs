@@ -40,7 +40,9 @@ impl Db {
         match self {
             Db::Writable(db) => db.begin_read(),
             Db::ReadOnly { db, .. } => db.begin_read(),
-            Db::Closed => Err(TransactionError::Storage(redb::StorageError::DatabaseClosed)),
+            Db::Closed => Err(TransactionError::Storage(
+                redb::StorageError::DatabaseClosed,
+            )),
         }
     }
 

@@ -58,7 +58,10 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
             failures.push(format!("vault index: {e}"));
             Default::default()
         });
-    if let Err(e) = stores.ledger.check_against_leaves(&mut |f| failures.push(f)) {
+    if let Err(e) = stores
+        .ledger
+        .check_against_leaves(&mut |f| failures.push(f))
+    {
         failures.push(format!("ledger: {e}"));
     }
     for f in failures {
@@ -247,9 +250,7 @@ fn check_quarantine(stores: &Stores, report: &mut Report) -> Result<(), VaultErr
                 .vault
                 .quarantine_get(&entry.id)?
                 .ok_or_else(|| "entry vanished".to_string())
-                .and_then(|(_, sealed)| {
-                    seal::open(&sealed, id, key).map_err(|e| e.to_string())
-                }),
+                .and_then(|(_, sealed)| seal::open(&sealed, id, key).map_err(|e| e.to_string())),
             (Err(e), _) => Err(e.to_string()),
             (_, None) => Err("id is not a record id".into()),
         };

@@ -65,7 +65,13 @@ fn send(g: &Gateway, range: std::ops::Range<usize>) -> Vec<(String, String)> {
 }
 
 fn verify_json(data: &Path) -> (bool, Value) {
-    let (ok, out, err) = run(&["verify", "--all", "--json", "--data-dir", data.to_str().unwrap()]);
+    let (ok, out, err) = run(&[
+        "verify",
+        "--all",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     let report = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{err}"));
     (ok, report)
 }
@@ -131,9 +137,15 @@ fn a_flipped_byte_in_an_acknowledged_entry_is_refused_and_repaired_without_losin
     for (i, ((code, id), (_, was))) in again.iter().zip(&first).enumerate() {
         assert_eq!(code, "AA", "message {i}");
         if i == 9 {
-            assert_ne!(id, was, "the set-aside record is stored again, under a new id");
+            assert_ne!(
+                id, was,
+                "the set-aside record is stored again, under a new id"
+            );
         } else {
-            assert_eq!(id, was, "message {i}: found as the record stored before the crash");
+            assert_eq!(
+                id, was,
+                "message {i}: found as the record stored before the crash"
+            );
         }
     }
     assert!(g.stop().success());
@@ -179,7 +191,11 @@ fn verify_changes_no_byte_of_a_stopped_or_crashed_directory() {
     let (ok, report) = verify_json(&data);
     assert!(!ok, "four records are not anchored yet: {report}");
     assert_eq!(report["records"], 9, "{report}");
-    assert_eq!(snapshot(&data), before, "verify changed a crashed directory");
+    assert_eq!(
+        snapshot(&data),
+        before,
+        "verify changed a crashed directory"
+    );
     // The next start anchors them; then all verifies.
     let g = Gateway::start(&data, &[]);
     assert!(g.stop().success());
@@ -196,7 +212,9 @@ fn mount_tmpfs(at: &Path, size: &str) -> Option<Unmount> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run");
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root): the full-disk test did not run"
+        );
         return None;
     }
     Some(Unmount(at.to_path_buf()))
@@ -295,7 +313,11 @@ fn after_a_full_disk_the_gateway_recovers_by_itself_and_loses_nothing_acknowledg
             acked.push((i, id));
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never recovered: {}", g.log_tail(20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {}",
+            g.log_tail(20)
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
         i += 1;
     }

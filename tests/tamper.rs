@@ -57,7 +57,11 @@ fn check_every_byte(
     }
     let (stores, _) = Stores::open_read_only(&config(data)).unwrap();
     let report = medanchor::verify::verify_all(&stores, &|_, _| {});
-    assert!(report.ok, "restored file verifies again: {:?}", report.failures);
+    assert!(
+        report.ok,
+        "restored file verifies again: {:?}",
+        report.failures
+    );
 }
 
 #[test]

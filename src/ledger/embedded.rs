@@ -28,12 +28,12 @@ use medanchor_merkle::{
     SignedCheckpoint, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT,
 };
 use redb::{
-    Durability, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableError,
+    Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
 };
 
 use super::{Ledger, LedgerError, LogHasher, StoredLeaf};
 use crate::envelope::RecordId;
+use crate::storage::Db;
 use crate::throttle::Throttle;
 
 const LEAVES: TableDefinition<u64, &[u8]> = TableDefinition::new("leaves");
@@ -72,25 +72,23 @@ fn err(e: impl Into<redb::Error>) -> LedgerError {
 }
 
 /// The redb handle: read-write for the gateway, read-only for verification.
-enum Db {
-    Write(redb::Database),
-    Read(redb::ReadOnlyDatabase),
+/// The ledger's reads and writes on the shared [`Db`] (one way to open redb files read-only for
+/// the whole data directory).
+trait LedgerDb {
+    fn read_txn(&self) -> Result<ReadTransaction, LedgerError>;
+    fn write_txn(&self) -> Result<redb::WriteTransaction, LedgerError>;
 }
 
-impl Db {
-    fn begin_read(&self) -> Result<ReadTransaction, LedgerError> {
-        match self {
-            Db::Write(db) => db.begin_read(),
-            Db::Read(db) => db.begin_read(),
-        }
-        .map_err(err)
+impl LedgerDb for Db {
+    fn read_txn(&self) -> Result<ReadTransaction, LedgerError> {
+        self.begin_read().map_err(err)
     }
 
-    fn begin_write(&self) -> Result<redb::WriteTransaction, LedgerError> {
-        match self {
-            Db::Write(db) => db.begin_write().map_err(err),
-            Db::Read(_) => Err(LedgerError::ReadOnly),
-        }
+    fn write_txn(&self) -> Result<redb::WriteTransaction, LedgerError> {
+        self.writable()
+            .ok_or(LedgerError::ReadOnly)?
+            .begin_write()
+            .map_err(err)
     }
 }
 
@@ -117,7 +115,7 @@ struct Store {
 impl Store {
     fn read(&self) -> Result<ReadTransaction, LedgerError> {
         match &*self.db.read().expect("lock") {
-            Some(db) => db.begin_read(),
+            Some(db) => db.read_txn(),
             None => Err(LedgerError::Unavailable(
                 "the ledger file is closed after a storage error".into(),
             )),
@@ -126,7 +124,7 @@ impl Store {
 
     fn write(&self) -> Result<redb::WriteTransaction, LedgerError> {
         match &*self.db.read().expect("lock") {
-            Some(db) => db.begin_write(),
+            Some(db) => db.write_txn(),
             None => Err(LedgerError::Unavailable(
                 "the ledger file is closed after a storage error".into(),
             )),
@@ -141,7 +139,7 @@ impl Store {
         let mut db = self.db.write().expect("lock");
         // Closed first: the file's lock is released only when the old handle is dropped.
         *db = None;
-        *db = Some(Db::Write(reopen(&builder())?));
+        *db = Some(Db::Writable(reopen(&builder())?));
         Ok(())
     }
 }
@@ -608,7 +606,7 @@ impl EmbeddedLedger {
         let db = reopen(&builder())?;
         create_tables(&db)?;
         let store = Store {
-            db: RwLock::new(Some(Db::Write(db))),
+            db: RwLock::new(Some(Db::Writable(db))),
             reopen: Some(reopen),
         };
         let verifier = signer.verifier();
@@ -635,19 +633,22 @@ impl EmbeddedLedger {
     /// [`LedgerError::ReadOnly`]. The tree comes from the tile roots (from the leaves for a file
     /// without them) and is not checked against anything: that is
     /// [`EmbeddedLedger::check_against_leaves`]'s job. A file that was not closed cleanly is
-    /// refused ([`LedgerError::NeedsRecovery`]): recovering it means writing to it.
+    /// read through a repaired private copy: recovering it means writing to it.
     pub fn open_read_only(
         path: &Path,
         origin: &str,
         verifier: NoteVerifier,
     ) -> Result<Self, LedgerError> {
-        let db = builder().open_read_only(path).map_err(|e| match e {
-            redb::DatabaseError::RepairAborted => LedgerError::NeedsRecovery(path.to_path_buf()),
-            redb::DatabaseError::DatabaseAlreadyOpen => LedgerError::InUse(path.to_path_buf()),
-            e => LedgerError::Storage(format!("{}: {e}", path.display())),
+        // A file not closed cleanly (a crash) is read through a repaired private copy.
+        let db = Db::open_read_only(path, LEDGER_CACHE_BYTES).map_err(|e| match e {
+            crate::storage::StorageError::Open {
+                source: redb::DatabaseError::DatabaseAlreadyOpen,
+                ..
+            } => LedgerError::InUse(path.to_path_buf()),
+            e => LedgerError::Storage(e.to_string()),
         })?;
         let store = Store {
-            db: RwLock::new(Some(Db::Read(db))),
+            db: RwLock::new(Some(db)),
             reopen: None,
         };
         // Best effort: whatever is wrong is for the caller's checks to name.
@@ -1227,6 +1228,7 @@ impl EmbeddedLedger {
 mod tests {
     use super::*;
     use crate::testing::faulty::{Faults, FaultyBackend};
+    use redb::ReadableDatabase;
 
     const ORIGIN: &str = "test.medanchor";
 
@@ -1618,7 +1620,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_left_by_a_failed_write_is_refused_read_only_with_a_clear_error() {
+    fn a_file_left_by_a_failed_write_is_read_only_through_a_repaired_copy() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
         let faults = Faults::default();
@@ -1628,14 +1630,16 @@ mod tests {
         assert!(ledger.append_records(&[record(1)], 2).is_err());
         drop(ledger);
         faults.clear();
-        let e = EmbeddedLedger::open_read_only(&path, ORIGIN, signer().verifier())
-            .err()
-            .unwrap();
-        assert!(matches!(e, LedgerError::NeedsRecovery(_)), "{e}");
-        assert!(e.to_string().contains("not closed cleanly"), "{e}");
-        // Opening it read-write recovers it.
-        drop(open(&path, false));
-        assert_eq!(problems(&open_read_only(&path)), Vec::<String>::new());
+        let before = std::fs::read(&path).unwrap();
+        let ro = EmbeddedLedger::open_read_only(&path, ORIGIN, signer().verifier()).unwrap();
+        assert_eq!(problems(&ro), Vec::<String>::new());
+        assert_eq!(ro.size(), 1);
+        drop(ro);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the file itself is untouched"
+        );
     }
 
     #[test]

@@ -26,12 +26,6 @@ pub enum LedgerError {
     Unavailable(String),
     #[error("the ledger was opened read-only")]
     ReadOnly,
-    #[error(
-        "ledger file {} was not closed cleanly, and recovering it means writing to it: open it \
-         read-write once (start the gateway and stop it) before opening it read-only",
-        .0.display()
-    )]
-    NeedsRecovery(std::path::PathBuf),
     #[error("ledger file {} is open in another process (is the gateway running?)", .0.display())]
     InUse(std::path::PathBuf),
     #[error("record {0} is not in the log yet")]

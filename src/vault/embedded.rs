@@ -22,7 +22,7 @@ use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
 use crate::storage::Db;
-use crate::testing::faulty::{FaultyBackend, Faults};
+use crate::testing::faulty::{Faults, FaultyBackend};
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("controls");
@@ -162,7 +162,10 @@ fn open_index(
         None if create => b.create(path),
         None => b.open(path),
         Some(_) if !create && !path.exists() => {
-            return Err(VaultError::Storage(format!("{} does not exist", path.display())))
+            return Err(VaultError::Storage(format!(
+                "{} does not exist",
+                path.display()
+            )))
         }
         Some(f) => b.create_with_backend(FaultyBackend::open(path, f.clone()).map_err(err)?),
     }
@@ -307,14 +310,15 @@ impl EmbeddedVault {
         let mut db = self.db.write().expect("lock");
         // The broken handle holds the file lock: drop it before opening again.
         *db = Db::Closed;
-        let reopened = open_index(&self.path, self.cache_bytes, false, self.faults.as_ref()).and_then(|(new, tail)| {
-            let mut lost = Vec::new();
-            self.segments
-                .scan_entries(tail, self.segments.tail(), &mut |h, at| lost.push((*h, at)))
-                .map_err(|e| VaultError::Storage(e.to_string()))?;
-            reindex(&new, &lost, self.segments.tail())?;
-            Ok((new, lost.len()))
-        });
+        let reopened = open_index(&self.path, self.cache_bytes, false, self.faults.as_ref())
+            .and_then(|(new, tail)| {
+                let mut lost = Vec::new();
+                self.segments
+                    .scan_entries(tail, self.segments.tail(), &mut |h, at| lost.push((*h, at)))
+                    .map_err(|e| VaultError::Storage(e.to_string()))?;
+                reindex(&new, &lost, self.segments.tail())?;
+                Ok((new, lost.len()))
+            });
         match reopened {
             Ok((new, n)) => {
                 *db = Db::Writable(new);

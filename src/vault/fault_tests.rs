@@ -87,7 +87,13 @@ type Acked = HashMap<usize, RecordId>;
 
 /// Commits the batches from `from` on; a failed commit is retried (up to `tries` times) and
 /// each result checked: a message is stored once, later answers name that record.
-fn run_batches(v: &EmbeddedVault, msgs: &[Message], from: usize, acked: &mut Acked, tries: usize) -> usize {
+fn run_batches(
+    v: &EmbeddedVault,
+    msgs: &[Message],
+    from: usize,
+    acked: &mut Acked,
+    tries: usize,
+) -> usize {
     let all = batches();
     for (n, batch) in all.iter().enumerate().skip(from) {
         let puts: Vec<PutRecord> = batch.iter().map(|&i| put_of(&msgs[i])).collect();
@@ -124,7 +130,10 @@ fn check(dir: &Path, msgs: &[Message], acked: &Acked, context: &str) {
             .get(id)
             .unwrap_or_else(|e| panic!("{context}: message {i}: {e}"))
             .unwrap_or_else(|| panic!("{context}: acknowledged message {i} lost"));
-        assert_eq!(rec.sealed, msgs[*i].put.sealed.bytes, "{context}: message {i} altered");
+        assert_eq!(
+            rec.sealed, msgs[*i].put.sealed.bytes,
+            "{context}: message {i} altered"
+        );
     }
     let mut problems = Vec::new();
     v.check_index(&mut |p| problems.push(p)).unwrap();
@@ -215,7 +224,11 @@ fn a_disk_full_from_every_point_on_recovers_when_space_returns() {
             assert!(v.commit(&[put_of(&msgs[0])], &[]).is_err(), "{context}");
         }
         faults.clear();
-        assert_eq!(run_batches(&v, &msgs, stopped, &mut acked, 2), all.len(), "{context}");
+        assert_eq!(
+            run_batches(&v, &msgs, stopped, &mut acked, 2),
+            all.len(),
+            "{context}"
+        );
         assert!(v.health().is_ok(), "{context}");
         drop(v);
         check(dir.path(), &msgs, &acked, &context);
@@ -262,7 +275,11 @@ fn a_crash_after_any_write_loses_nothing_acknowledged() {
         let context = format!("crash at write call {k}");
         check(dir.path(), &msgs, &acked, &context);
         let v = open(dir.path(), None, false);
-        assert_eq!(run_batches(&v, &msgs, stopped, &mut acked, 1), all.len(), "{context}");
+        assert_eq!(
+            run_batches(&v, &msgs, stopped, &mut acked, 1),
+            all.len(),
+            "{context}"
+        );
         assert_eq!(acked.len(), MESSAGES, "{context}");
         drop(v);
         check(dir.path(), &msgs, &acked, &context);
