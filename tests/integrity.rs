@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use redb::ReadableTable;
 use serde_json::Value;
 
 /// Bytes before the sealed record in a segment entry (docs/FORMATS.md).
@@ -348,4 +349,144 @@ fn after_a_full_disk_the_gateway_recovers_by_itself_and_loses_nothing_acknowledg
     assert!(ok, "{report}\n{}", &log[log.len().saturating_sub(4000)..]);
     assert_eq!(report["records"], acked.len() as u64, "{report}");
     drop(disk);
+}
+
+const CONTROLS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("controls");
+const BY_RECORD: redb::TableDefinition<&[u8], u64> = redb::TableDefinition::new("by_record");
+
+/// Damage in the vault's index (two control entries) and the log's record index (four
+/// entries), made through redb so it is damage redb itself cannot notice. Before: re-sends of
+/// the two failed with AE forever (and failed unrelated messages of their group commit), the
+/// four records answered 404 "not anchored", and `verify --all` said ok. Now verify names each,
+/// only the two damaged messages are refused, and `repair` rebuilds both indexes from the
+/// segments and the leaves, after which everything is found again.
+#[test]
+fn damaged_index_entries_are_named_by_verify_refused_alone_and_rebuilt_by_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[]);
+    let first = send(&g, 0..20);
+    assert!(first.iter().all(|(c, _)| c == "AA"));
+    assert!(g.stop().success());
+
+    {
+        let db = redb::Database::open(data.join("vault.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(CONTROLS).unwrap();
+            let keys: Vec<(Vec<u8>, Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .take(2)
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                })
+                .collect();
+            // One entry cut short, one naming a record that does not exist.
+            let mut short = keys[0].1.clone();
+            short.truncate(40);
+            t.insert(keys[0].0.as_slice(), short.as_slice()).unwrap();
+            let mut elsewhere = keys[1].1.clone();
+            elsewhere[40] ^= 0xff;
+            t.insert(keys[1].0.as_slice(), elsewhere.as_slice())
+                .unwrap();
+        }
+        w.commit().unwrap();
+        let db = redb::Database::open(data.join("ledger.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(BY_RECORD).unwrap();
+            for (_, id) in &first[3..7] {
+                t.remove(hex::decode(id).unwrap().as_slice()).unwrap();
+            }
+        }
+        w.commit().unwrap();
+    }
+    let (ok, report) = verify_json(&data);
+    assert!(!ok, "{report}");
+    let text = report["failures"].to_string();
+    assert!(
+        text.contains("control entry") && text.contains("is malformed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("which is in no segment") || text.contains("does not carry"),
+        "{text}"
+    );
+    for (_, id) in &first[3..7] {
+        assert!(
+            text.contains(id.as_str()),
+            "verify names record {id}: {text}"
+        );
+    }
+
+    let g = Gateway::start(&data, &[]);
+    let (status, _) = g.http_get(&format!("/v1/records/{}/proof", first[3].1));
+    assert_eq!(status, 404, "the damaged log index hides the record");
+    let again = send(&g, 0..20);
+    let refused: Vec<usize> = again
+        .iter()
+        .enumerate()
+        .filter(|(_, (c, _))| c != "AA")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !refused.is_empty() && refused.len() <= 2,
+        "only the messages of the damaged entries are refused: {refused:?}"
+    );
+    for (i, ((code, id), (_, was))) in again.iter().zip(&first).enumerate() {
+        if code == "AA" {
+            assert_eq!(id, was, "message {i} found as the stored record");
+        }
+    }
+    assert!(g.metric("medanchor_vault_index_damaged_total") >= 1.0);
+    assert!(g.stop().success());
+
+    let (ok, out, err) = run(&["repair", "--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("4 record-index entries were wrong"), "{out}");
+    let (ok, report) = verify_json(&data);
+    assert!(ok, "{report}");
+    assert_eq!(report["records"], 20);
+
+    let g = Gateway::start(&data, &[]);
+    let third = send(&g, 0..20);
+    for (i, ((code, id), (_, was))) in third.iter().zip(&first).enumerate() {
+        assert_eq!((code.as_str(), id), ("AA", was), "message {i} after repair");
+    }
+    let (status, body) = g.http_get(&format!("/v1/records/{}/proof", first[3].1));
+    assert_eq!(status, 200, "{body}");
+    assert!(g.stop().success());
+}
+
+/// One character of keys/index.key changed: it once silently became another key, so every
+/// re-send was stored as a new record. The check line refuses it by name at start and in verify.
+#[test]
+fn a_damaged_key_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[]);
+    assert!(send(&g, 0..3).iter().all(|(c, _)| c == "AA"));
+    assert!(g.stop().success());
+    let path = data.join("keys/index.key");
+    let original = std::fs::read(&path).unwrap();
+    for at in [0, 17, 63] {
+        let mut bytes = original.clone();
+        bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+        std::fs::write(&path, &bytes).unwrap();
+        let err = refused_start(None, &data);
+        assert!(
+            err.contains("index.key") && err.contains("damaged"),
+            "{err}"
+        );
+        let (ok, report) = verify_json(&data);
+        assert!(!ok);
+        assert!(
+            report["failures"].to_string().contains("index.key"),
+            "{report}"
+        );
+    }
+    std::fs::write(&path, &original).unwrap();
+    assert_everything_verifies(&data, 3);
 }

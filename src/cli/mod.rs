@@ -171,6 +171,17 @@ pub fn repair(cfg: &Config) -> Result<()> {
         r.set_aside.len(),
         r.reindexed
     );
+    let seed = crate::seal::keyring::load_secret(&dir.join("keys/log-signing.key"), false)?;
+    let signer = medanchor_merkle::NoteSigner::new(
+        cfg.origin.clone(),
+        ed25519_dalek::SigningKey::from_bytes(&seed),
+    )?;
+    let (tiles, index) =
+        crate::ledger::EmbeddedLedger::repair(&dir.join("ledger.redb"), &cfg.origin, signer)
+            .context("repairing ledger.redb")?;
+    println!(
+        "log: tile rows, tile roots and record index rebuilt from the leaves ({tiles} tile rows and {index} record-index entries were wrong)"
+    );
     if !r.set_aside.is_empty() {
         println!(
             "the records set aside are lost from this vault: have their senders send them again, and keep segments/damaged/ for inspection"

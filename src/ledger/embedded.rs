@@ -570,6 +570,60 @@ impl EmbeddedLedger {
         Self::open_writable(Self::file_opener(path, false), origin, signer, true)
     }
 
+    /// For a stopped gateway (`medanchor repair`): rewrites everything in the file that is
+    /// derived from the leaves (tile rows, tile roots, the record index) from the leaves, which
+    /// with the signed checkpoints are the log itself. Returns (tile rows rewritten, record-index
+    /// entries that were wrong, missing or extra).
+    pub fn repair(
+        path: &Path,
+        origin: &str,
+        signer: NoteSigner,
+    ) -> Result<(u64, u64), LedgerError> {
+        let ledger = Self::open_rehashing_every_leaf(path, origin, signer)?;
+        let tiles = ledger.repaired_tiles();
+        let w = ledger.store.write()?;
+        let mut fixed = 0;
+        {
+            let leaves = w.open_table(LEAVES).map_err(err)?;
+            let mut by_record = w.open_table(BY_RECORD).map_err(err)?;
+            let mut expected: std::collections::HashMap<[u8; 16], u64> =
+                std::collections::HashMap::new();
+            for e in leaves.iter().map_err(err)? {
+                let (k, v) = e.map_err(err)?;
+                let leaf = parse_leaf(k.value(), v.value())?;
+                expected.entry(leaf.record_id.0).or_insert(k.value());
+            }
+            let mut stale = Vec::new();
+            for e in by_record.iter().map_err(err)? {
+                let (k, v) = e.map_err(err)?;
+                let right = <[u8; 16]>::try_from(k.value())
+                    .ok()
+                    .and_then(|id| expected.get(&id))
+                    == Some(&v.value());
+                if !right {
+                    stale.push(k.value().to_vec());
+                }
+            }
+            for k in stale {
+                by_record.remove(k.as_slice()).map_err(err)?;
+                fixed += 1;
+            }
+            for (id, index) in expected {
+                if by_record
+                    .get(id.as_slice())
+                    .map_err(err)?
+                    .map(|v| v.value())
+                    != Some(index)
+                {
+                    by_record.insert(id.as_slice(), index).map_err(err)?;
+                    fixed += 1;
+                }
+            }
+        }
+        w.commit().map_err(err)?;
+        Ok((tiles, fixed))
+    }
+
     /// Opens a ledger whose file is reached through `backend` (called again for each reopen after
     /// a storage error): how tests inject I/O faults ([`crate::testing::faulty`]).
     #[doc(hidden)]

@@ -16,11 +16,11 @@ use crate::seal::{self, DataKey};
 use crate::testing::faulty::Faults;
 
 /// One message: its put and the sealed bytes it must read back as.
-struct Message {
-    put: PutRecord,
+pub(super) struct Message {
+    pub(super) put: PutRecord,
 }
 
-fn message(i: usize) -> Message {
+pub(super) fn message(i: usize) -> Message {
     let record = Record {
         meta: RecordMeta {
             sender: "A|B".into(),
@@ -50,7 +50,7 @@ fn message(i: usize) -> Message {
     }
 }
 
-fn put_of(m: &Message) -> PutRecord {
+pub(super) fn put_of(m: &Message) -> PutRecord {
     PutRecord {
         sealed: m.put.sealed.clone(),
         dedup_key: m.put.dedup_key,

@@ -11,6 +11,7 @@ use super::{Position, PutRecord, PutResult, QuarantineEntry, Vault};
 use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
 use crate::metrics::Metrics;
 use crate::seal::Sealed;
+use crate::throttle::Throttle;
 
 pub enum WriteOp {
     Put {
@@ -39,6 +40,8 @@ pub fn spawn(
         .name("vault-writer".into())
         .spawn(move || {
             let mut ops = Vec::with_capacity(max_batch);
+            // A full disk fails every commit: said once per interval with a count, not per batch.
+            let failures = Throttle::new(std::time::Duration::from_secs(10));
             while let Some(first) = rx.blocking_recv() {
                 ops.push(first);
                 while ops.len() < max_batch {
@@ -47,7 +50,7 @@ pub fn spawn(
                         Err(_) => break,
                     }
                 }
-                commit_batch(&*vault, &mut ops, &anchor, &metrics);
+                commit_batch(&*vault, &mut ops, &anchor, &metrics, &failures);
             }
             if let Err(e) = vault.sync() {
                 tracing::warn!(error = %e, "index not synced at shutdown; the next start re-indexes");
@@ -61,6 +64,7 @@ fn commit_batch(
     ops: &mut Vec<WriteOp>,
     anchor: &mpsc::Sender<ToAnchor>,
     metrics: &Metrics,
+    failures: &Throttle,
 ) {
     let mut puts = Vec::new();
     let mut put_tokens = Vec::new();
@@ -94,6 +98,12 @@ fn commit_batch(
     let committed = Instant::now();
     match result {
         Ok(results) => {
+            if let Some(missed) = failures.clear() {
+                tracing::info!(
+                    unlogged_failures = missed,
+                    "vault commits succeed again after a storage failure"
+                );
+            }
             for ((put, token), result) in puts.into_iter().zip(put_tokens).zip(results) {
                 let (receipt, duplicate) = match result {
                     PutResult::IndexDamaged => {
@@ -131,7 +141,9 @@ fn commit_batch(
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "vault commit failed; senders will be asked to resend");
+            if let Some(times) = failures.hit() {
+                tracing::error!(error = %e, times, "vault commit failed; senders will be asked to resend");
+            }
             metrics.store_failures.inc();
             for token in put_tokens
                 .into_iter()
