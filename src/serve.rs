@@ -91,6 +91,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         ledger: stores.ledger.clone(),
         vault: stores.vault.clone(),
+        keyring: stores.keyring.clone(),
         ready: ready.clone(),
         health,
         ingest: cfg.http.ingest_token.as_ref().map(|t| api::ingest::Ingest {

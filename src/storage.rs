@@ -89,3 +89,100 @@ impl Db {
         })
     }
 }
+
+/// Opens a writable redb file (again, after a failure).
+pub type Opener = Box<dyn Fn() -> Result<redb::Database, String> + Send + Sync>;
+
+/// A writable redb file that reopens itself after a failed write. redb refuses every operation
+/// after a write failed (a full disk, an I/O error) until the file is opened again; reopening
+/// recovers it to its last durable commit. The next write after a failure does that first, so a
+/// store heals once writes succeed again instead of waiting for a restart.
+pub struct Healing {
+    db: std::sync::RwLock<Db>,
+    open: Opener,
+    /// The failure not recovered from yet.
+    failing: std::sync::Mutex<Option<String>>,
+}
+
+impl Healing {
+    pub fn new(db: redb::Database, open: Opener) -> Healing {
+        Healing {
+            db: std::sync::RwLock::new(Db::Writable(db)),
+            open,
+            failing: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A read-only file; writes are refused.
+    pub fn read_only(db: Db) -> Healing {
+        Healing {
+            db: std::sync::RwLock::new(db),
+            open: Box::new(|| Err("opened read-only".into())),
+            failing: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn begin_read(&self) -> Result<ReadTransaction, TransactionError> {
+        self.db.read().expect("lock").begin_read()
+    }
+
+    pub fn is_repaired_copy(&self) -> bool {
+        self.db.read().expect("lock").is_repaired_copy()
+    }
+
+    /// A write transaction, after reopening the file if a failure broke it; `after_reopen` then
+    /// runs on the reopened file first (to rebuild what its last durable commit lacks).
+    pub fn begin_write(
+        &self,
+        after_reopen: &dyn Fn(&redb::Database) -> Result<(), String>,
+    ) -> Result<redb::WriteTransaction, String> {
+        self.heal(after_reopen)?;
+        let db = self.db.read().expect("lock");
+        let db = db.writable().ok_or("opened read-only")?;
+        db.begin_write().map_err(|e| self.failed(e))
+    }
+
+    /// Notes a failed write: the next [`begin_write`](Self::begin_write) reopens the file.
+    /// Returns the reason.
+    pub fn failed(&self, e: impl std::fmt::Display) -> String {
+        let why = e.to_string();
+        *self.failing.lock().expect("lock") = Some(why.clone());
+        why
+    }
+
+    /// `Err` names the failure not recovered from yet.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failing.lock().expect("lock") {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    fn heal(
+        &self,
+        after_reopen: &dyn Fn(&redb::Database) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut failing = self.failing.lock().expect("lock");
+        let Some(why) = failing.clone() else {
+            return Ok(());
+        };
+        let mut db = self.db.write().expect("lock");
+        // The broken handle holds the file lock: drop it before opening again.
+        *db = Db::Closed;
+        let reopened = (self.open)().and_then(|new| {
+            after_reopen(&new)?;
+            Ok(new)
+        });
+        match reopened {
+            Ok(new) => {
+                *db = Db::Writable(new);
+                *failing = None;
+                tracing::info!(after = %why, "reopened after a storage failure");
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "unavailable since a storage failure ({why}); reopening failed: {e}"
+            )),
+        }
+    }
+}

@@ -22,8 +22,10 @@ use crate::throttle::Throttle;
 pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub ledger: Arc<EmbeddedLedger>,
-    /// For readiness: a vault that cannot store makes the gateway not ready.
+    /// For readiness: a vault that cannot store, or a keyring that cannot store new data keys,
+    /// makes the gateway not ready.
     pub vault: Arc<dyn crate::vault::Vault>,
+    pub keyring: Arc<crate::seal::Keyring>,
     /// False until the pipeline runs, and again once shutdown starts.
     pub ready: Arc<AtomicBool>,
     /// Broker sources that cannot reach their broker make the gateway not ready.
@@ -67,6 +69,9 @@ fn unhealthy_components(s: &ApiState) -> Vec<(&'static str, String)> {
     let mut down = Vec::new();
     if let Err(why) = s.vault.health() {
         down.push(("vault", why));
+    }
+    if let Err(why) = s.keyring.health() {
+        down.push(("keys", why));
     }
     if let Err(why) = s.ledger.health() {
         down.push(("ledger", why));
@@ -221,10 +226,12 @@ mod tests {
             true,
         )
         .unwrap();
+        let keyring = crate::seal::Keyring::open(&dir.path().join("keys"), true).unwrap();
         let state = ApiState {
             metrics: Arc::new(Metrics::new()),
             ledger: ledger.clone(),
             vault: Arc::new(vault),
+            keyring: Arc::new(keyring),
             ready: Arc::new(AtomicBool::new(true)),
             health: crate::sources::Health::default(),
             ingest: None,

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
 use redb::{ReadableTable, TableDefinition};
 
-use crate::storage::Db;
+use crate::storage::{Db, Healing};
 use zeroize::Zeroizing;
 
 const DATA_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data_keys");
@@ -193,7 +193,8 @@ pub struct Keyring {
     dir: PathBuf,
     masters: RwLock<Vec<(u32, Zeroizing<[u8; 32]>)>>,
     index_key: Zeroizing<[u8; 32]>,
-    db: Db,
+    /// keyring.redb; reopened by the next write after a storage failure.
+    db: Healing,
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
     create_lock: Mutex<()>,
 }
@@ -274,7 +275,10 @@ impl Keyring {
             dir: dir.into(),
             masters: RwLock::new(masters),
             index_key,
-            db: Db::Writable(db),
+            db: Healing::new(
+                db,
+                Box::new(move || redb::Database::open(&path).map_err(|e| e.to_string())),
+            ),
             cache: RwLock::new(HashMap::new()),
             create_lock: Mutex::new(()),
         })
@@ -308,7 +312,7 @@ impl Keyring {
                 dir: dir.into(),
                 masters: RwLock::new(masters),
                 index_key,
-                db,
+                db: Healing::read_only(db),
                 cache: RwLock::new(HashMap::new()),
                 create_lock: Mutex::new(()),
             },
@@ -316,10 +320,15 @@ impl Keyring {
         ))
     }
 
-    fn writable(&self) -> Result<&redb::Database, KeyringError> {
-        self.db
-            .writable()
-            .ok_or_else(|| KeyringError::Db("the keyring was opened read-only".into()))
+    /// A write transaction on keyring.redb (reopened first after a storage failure).
+    fn begin_write(&self) -> Result<redb::WriteTransaction, KeyringError> {
+        self.db.begin_write(&|_| Ok(())).map_err(KeyringError::Db)
+    }
+
+    /// `Err` names the storage failure the keyring has not recovered from (new data keys cannot
+    /// be stored meanwhile).
+    pub fn health(&self) -> Result<(), String> {
+        self.db.health()
     }
 
     pub fn dir(&self) -> &Path {
@@ -454,13 +463,14 @@ impl Keyring {
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut()).expect("the operating system's random source failed");
         let wrapped = self.wrap(key_id, &secret);
-        let w = self.writable()?.begin_write().map_err(db_err)?;
+        let w = self.begin_write()?;
         {
             let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;
             t.insert(key_id.as_bytes(), wrapped.as_slice())
-                .map_err(db_err)?;
+                .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
         }
-        w.commit().map_err(db_err)?;
+        w.commit()
+            .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
         let key = Arc::new(DataKey::from_secret(key_id.to_string(), secret));
         self.cache
             .write()
@@ -479,9 +489,8 @@ impl Keyring {
             .last()
             .map(|(id, _)| id + 1)
             .unwrap_or(1);
-        let db = self.writable()?;
+        let w = self.begin_write()?;
         let secret = load_secret(&self.dir.join(format!("master-{next}.key")), true)?;
-        let w = db.begin_write().map_err(db_err)?;
         let mut count = 0;
         {
             let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;

@@ -11,17 +11,17 @@
 //! found by scanning the segments after the `anchored_through` watermark.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::segments::{EntryHeader, Finding, Location, SegmentLog, SetAside, Staged, Tail};
 use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
-use crate::storage::Db;
+use crate::storage::{Db, Healing, Opener};
 use crate::testing::faulty::{Faults, FaultyBackend};
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -61,14 +61,8 @@ pub struct Repaired {
 }
 
 pub struct EmbeddedVault {
-    db: RwLock<Db>,
-    path: PathBuf,
-    cache_bytes: usize,
-    /// Set when a write to vault.redb failed: redb then refuses everything until reopened,
-    /// which the next commit tries ([`EmbeddedVault::heal`]).
-    failing: Mutex<Option<String>>,
-    /// Fault-injection tests only: where the index's and the segments' writes can fail.
-    faults: Option<Faults>,
+    /// The index; reopened by the next write after a storage failure.
+    db: Healing,
     /// Read-only opens only: intact entries past the index's durable tail, which the next start
     /// indexes again (a read-only open cannot), served from here meanwhile.
     pending: HashMap<RecordId, (EntryHeader, Location)>,
@@ -208,6 +202,18 @@ fn open_index(
     Ok((db, tail))
 }
 
+/// The segment tail the index has durably indexed through.
+fn durable_tail(r: &redb::ReadTransaction) -> Result<Tail, VaultError> {
+    let meta = r.open_table(META).map_err(err)?;
+    let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
+        Some(v) => {
+            Tail::from_bytes(v.value()).ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?
+        }
+        None => Tail::default(),
+    };
+    Ok(tail)
+}
+
 /// Indexes `entries` (intact segment entries the index lacks) and records `tail` as indexed
 /// through, durably.
 fn reindex(
@@ -284,53 +290,19 @@ impl EmbeddedVault {
                 "re-indexed records the last run stored after its last index sync"
             );
         }
+        let reopen_path = path.to_path_buf();
+        let opener: Opener = Box::new(move || {
+            open_index(&reopen_path, cache_bytes, false, faults.as_ref())
+                .map(|(db, _)| db)
+                .map_err(|e| e.to_string())
+        });
         Ok(EmbeddedVault {
-            db: RwLock::new(Db::Writable(db)),
-            path: path.to_path_buf(),
-            cache_bytes,
-            faults,
-            failing: Mutex::new(None),
+            db: Healing::new(db, opener),
             pending: HashMap::new(),
             segments,
             last_sync: Mutex::new(Instant::now()),
             staged: Mutex::new(Staged::default()),
         })
-    }
-
-    /// After a write to vault.redb failed (full disk, I/O error), redb refuses every later
-    /// operation until the file is opened again. This reopens it (redb recovers the file to its
-    /// last durable commit) and indexes again, from the segments, what that commit lacks. Until it
-    /// succeeds, commits fail (their senders are asked to resend) and the vault reports itself
-    /// unhealthy.
-    fn heal(&self) -> Result<(), VaultError> {
-        let mut failing = self.failing.lock().expect("lock");
-        let Some(why) = failing.clone() else {
-            return Ok(());
-        };
-        let mut db = self.db.write().expect("lock");
-        // The broken handle holds the file lock: drop it before opening again.
-        *db = Db::Closed;
-        let reopened = open_index(&self.path, self.cache_bytes, false, self.faults.as_ref())
-            .and_then(|(new, tail)| {
-                let mut lost = Vec::new();
-                self.segments
-                    .scan_entries(tail, self.segments.tail(), &mut |h, at| lost.push((*h, at)))
-                    .map_err(|e| VaultError::Storage(e.to_string()))?;
-                reindex(&new, &lost, self.segments.tail())?;
-                Ok((new, lost.len()))
-            });
-        match reopened {
-            Ok((new, n)) => {
-                *db = Db::Writable(new);
-                *failing = None;
-                *self.last_sync.lock().expect("lock") = Instant::now();
-                tracing::info!(reindexed = n, after = %why, "vault index reopened after a storage failure");
-                Ok(())
-            }
-            Err(e) => Err(VaultError::Storage(format!(
-                "vault index unavailable since a storage failure ({why}); reopening it failed: {e}"
-            ))),
-        }
     }
 
     /// Opens the vault for reading only: no byte of vault.redb or the segments changes (a file
@@ -353,12 +325,7 @@ impl EmbeddedVault {
                     ))
                 }
             }
-            let tail = match meta.get(SEGMENT_TAIL).map_err(err)? {
-                Some(v) => Tail::from_bytes(v.value())
-                    .ok_or_else(|| VaultError::Corrupt(SEGMENT_TAIL.into()))?,
-                None => Tail::default(),
-            };
-            tail
+            durable_tail(&r)?
         };
         let mut pending = HashMap::new();
         let (segments, torn_tail) = SegmentLog::open_read_only(segments, tail, &mut |h, at| {
@@ -372,11 +339,7 @@ impl EmbeddedVault {
         };
         Ok((
             EmbeddedVault {
-                db: RwLock::new(db),
-                path: path.to_path_buf(),
-                cache_bytes,
-                faults: None,
-                failing: Mutex::new(None),
+                db: Healing::read_only(db),
                 pending,
                 segments,
                 last_sync: Mutex::new(Instant::now()),
@@ -461,7 +424,7 @@ impl EmbeddedVault {
                 end.segment, end.len
             ));
         }
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let records = r.open_table(RECORDS).map_err(err)?;
         let mut indexed = std::collections::HashSet::with_capacity(entries.len());
         for row in records.iter().map_err(err)? {
@@ -552,7 +515,7 @@ impl EmbeddedVault {
 
     /// The anchored watermark: records at or before it are in the log.
     pub fn anchored_through(&self) -> Result<Position, VaultError> {
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let meta = r.open_table(META).map_err(err)?;
         Ok(match meta.get(ANCHORED_THROUGH).map_err(err)? {
             Some(v) => u64::from_be_bytes(
@@ -564,21 +527,36 @@ impl EmbeddedVault {
         })
     }
 
-    /// A write transaction on the index (after healing it, if a storage failure broke it).
+    /// A write transaction on the index. After a storage failure the index is reopened first
+    /// (redb recovers it to its last durable commit) and what that commit lacks is indexed
+    /// again from the segments; until that succeeds, commits fail (their senders are asked to
+    /// resend) and the vault reports itself unhealthy.
     fn begin_write(&self) -> Result<redb::WriteTransaction, VaultError> {
-        self.heal()?;
-        let db = self.db.read().expect("lock");
-        let db = db
-            .writable()
-            .ok_or_else(|| VaultError::Storage("the vault was opened read-only".into()))?;
-        db.begin_write().map_err(|e| self.failed(e))
+        let reindex_since_durable = |db: &redb::Database| -> Result<(), String> {
+            let tail = db
+                .begin_read()
+                .map_err(|e| e.to_string())
+                .and_then(|r| durable_tail(&r).map_err(|e| e.to_string()))?;
+            let mut lost = Vec::new();
+            self.segments
+                .scan_entries(tail, self.segments.tail(), &mut |h, at| lost.push((*h, at)))
+                .map_err(|e| e.to_string())?;
+            reindex(db, &lost, self.segments.tail()).map_err(|e| e.to_string())?;
+            *self.last_sync.lock().expect("lock") = Instant::now();
+            tracing::info!(
+                reindexed = lost.len(),
+                "vault index reopened after a storage failure"
+            );
+            Ok(())
+        };
+        self.db
+            .begin_write(&reindex_since_durable)
+            .map_err(VaultError::Storage)
     }
 
     /// Notes a storage failure of the index: the next write reopens it first.
     fn failed(&self, e: impl std::fmt::Display) -> VaultError {
-        let why = e.to_string();
-        *self.failing.lock().expect("lock") = Some(why.clone());
-        VaultError::Storage(why)
+        VaultError::Storage(self.db.failed(e))
     }
 
     fn read(&self, id: RecordId, row: &[u8]) -> Result<StoredRecord, VaultError> {
@@ -735,7 +713,7 @@ impl Vault for EmbeddedVault {
         if let Err(e) = &committed {
             // Whatever failed (a full disk, an I/O error), the next commit reopens the index
             // first: redb refuses every operation after a failed write until then.
-            *self.failing.lock().expect("lock") = Some(e.to_string());
+            self.db.failed(e);
         }
         match (&committed, appended) {
             (Ok(_), _) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
@@ -760,7 +738,7 @@ impl Vault for EmbeddedVault {
     }
 
     fn get(&self, id: &RecordId) -> Result<Option<StoredRecord>, VaultError> {
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         if let Some(v) = t.get(id.0.as_slice()).map_err(err)? {
             return self.read(*id, v.value()).map(Some);
@@ -775,7 +753,7 @@ impl Vault for EmbeddedVault {
         &self,
         f: &mut dyn FnMut(RecordId, Result<StoredRecord, VaultError>) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         for e in t.iter().map_err(err)? {
             let (k, v) = e.map_err(err)?;
@@ -793,7 +771,7 @@ impl Vault for EmbeddedVault {
     }
 
     fn record_count(&self) -> Result<u64, VaultError> {
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(RECORDS).map_err(err)?;
         let mut n = t.len().map_err(err)?;
         for id in self.pending.keys() {
@@ -805,7 +783,7 @@ impl Vault for EmbeddedVault {
     }
 
     fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let meta = r.open_table(META).map_err(err)?;
         let tail = self.segments.tail();
         let from = match meta.get(ANCHORED_THROUGH).map_err(err)? {
@@ -850,14 +828,11 @@ impl Vault for EmbeddedVault {
     }
 
     fn health(&self) -> Result<(), String> {
-        match &*self.failing.lock().expect("lock") {
-            None => Ok(()),
-            Some(why) => Err(why.clone()),
-        }
+        self.db.health()
     }
 
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError> {
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(QUARANTINE).map_err(err)?;
         let mut out = Vec::new();
         for e in t.iter().map_err(err)? {
@@ -871,7 +846,7 @@ impl Vault for EmbeddedVault {
         let Some(key) = RecordId::parse(id) else {
             return Ok(None);
         };
-        let r = self.db.read().expect("lock").begin_read().map_err(err)?;
+        let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(QUARANTINE).map_err(err)?;
         t.get(key.0.as_slice())
             .map_err(err)?
@@ -915,8 +890,7 @@ mod tests {
         let first: Vec<PutRecord> = msgs[..6].iter().map(put_of).collect();
         v.commit(&first, &[]).unwrap();
         {
-            let db = v.db.read().unwrap();
-            let w = db.writable().unwrap().begin_write().unwrap();
+            let w = v.db.begin_write(&|_| Ok(())).unwrap();
             {
                 let mut t = w.open_table(CONTROLS).unwrap();
                 let key = msgs[2].put.control_key;
