@@ -93,11 +93,61 @@ pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Result<Seale
 
 /// [`seal`] for several records at once: their commitments are hashed together
 /// (`Sha3_256::digest_many`, four at a time on AVX2), which is most of the work of sealing.
-/// One result per record, in order.
+/// One result per record, in order. Each record gets a fresh salt and nonce from [`random`].
 pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
-    let prepared: Vec<Result<Prepared, EncodeError>> = records
+    let items: Vec<SealInput<'_>> = records
         .iter()
-        .map(|(record, _, key)| Prepared::new(record, key))
+        .map(|&(record, record_id, key)| {
+            // One draw for both.
+            let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
+            SealInput {
+                record,
+                record_id,
+                key,
+                salt: fresh[..SALT_LEN].try_into().expect("32"),
+                nonce: fresh[SALT_LEN..].try_into().expect("24"),
+            }
+        })
+        .collect();
+    seal_inputs(&items)
+}
+
+/// [`seal`] with the salt and nonce given instead of drawn: the same code path as
+/// [`seal_many`], for known-answer vectors (`testdata/formats/vectors.json`). Never reuse a
+/// nonce or salt outside tests: both must be fresh and random for every record.
+#[doc(hidden)]
+pub fn seal_with(
+    record: &Record,
+    record_id: RecordId,
+    key: &DataKey,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Sealed, EncodeError> {
+    seal_inputs(&[SealInput {
+        record,
+        record_id,
+        key,
+        salt,
+        nonce,
+    }])
+    .pop()
+    .expect("one result per record")
+}
+
+/// One record to seal, with its salt and nonce.
+struct SealInput<'a> {
+    record: &'a Record,
+    record_id: RecordId,
+    key: &'a DataKey,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+}
+
+/// What [`seal_many`] and [`seal_with`] share: encodes, commits (hashed together) and encrypts.
+fn seal_inputs(items: &[SealInput<'_>]) -> Vec<Result<Sealed, EncodeError>> {
+    let prepared: Vec<Result<Prepared, EncodeError>> = items
+        .iter()
+        .map(|i| Prepared::new(i.record, i.key, i.salt, i.nonce))
         .collect();
     let parts: Vec<[&[u8]; 3]> = prepared
         .iter()
@@ -108,13 +158,13 @@ pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Result<Sealed
     let mut commitments = Sha3_256::digest_many(&inputs).into_iter();
     prepared
         .into_iter()
-        .zip(records)
-        .map(|(p, (_, record_id, key))| {
+        .zip(items)
+        .map(|(p, item)| {
             let p = p?;
             let commitment = commitments
                 .next()
                 .expect("one commitment per prepared record");
-            Ok(p.finish(commitment, *record_id, key))
+            Ok(p.finish(commitment, item.record_id, item.key))
         })
         .collect()
 }
@@ -128,11 +178,12 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(record: &Record, key: &DataKey) -> Result<Prepared, EncodeError> {
-        // One draw for both.
-        let fresh: [u8; SALT_LEN + NONCE_LEN] = random();
-        let salt: [u8; SALT_LEN] = fresh[..SALT_LEN].try_into().expect("32");
-        let nonce: [u8; NONCE_LEN] = fresh[SALT_LEN..].try_into().expect("24");
+    fn new(
+        record: &Record,
+        key: &DataKey,
+        salt: [u8; SALT_LEN],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Prepared, EncodeError> {
         let origin_json = serde_json::to_vec(&record.meta.origin).unwrap_or_default();
         let key_id = key.id().as_bytes();
         let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
@@ -308,5 +359,27 @@ mod tests {
         }
         // Fresh salt per record: the same record sealed twice commits differently.
         assert_ne!(sealed[0].commitment, sealed[9].commitment);
+    }
+
+    /// `seal_with` is sealing with the salt and nonce given: the same inputs give the same
+    /// bytes, the salt is the one `open` finds, and the nonce is the one in the header.
+    #[test]
+    fn seal_with_uses_the_salt_and_nonce_it_is_given() {
+        let key = DataKey::new("p-0", [5; 32]);
+        let r = record(1, 300);
+        let (salt, nonce) = ([0x11; SALT_LEN], [0x22; NONCE_LEN]);
+        let a = seal_with(&r, RecordId([1; 16]), &key, salt, nonce).unwrap();
+        let b = seal_with(&r, RecordId([1; 16]), &key, salt, nonce).unwrap();
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(parse_header(&a.bytes).unwrap().nonce, nonce);
+        let opened = open(&a.bytes, RecordId([1; 16]), &key).unwrap();
+        assert_eq!(opened.salt, salt);
+        assert_eq!(opened.commitment, a.commitment);
+        let other = seal_with(&r, RecordId([1; 16]), &key, salt, [0x23; NONCE_LEN]).unwrap();
+        assert_ne!(other.bytes, a.bytes);
+        assert_eq!(
+            other.commitment, a.commitment,
+            "the commitment does not cover the nonce"
+        );
     }
 }
