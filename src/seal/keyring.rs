@@ -238,9 +238,11 @@ impl Keyring {
         let masters = ids
             .iter()
             .map(|&id| {
+                // With `create` (the gateway's start) an existing file without a check line
+                // gets one; none is created here.
                 Ok((
                     id,
-                    load_secret(&dir.join(format!("master-{id}.key")), false)?,
+                    load_secret(&dir.join(format!("master-{id}.key")), create)?,
                 ))
             })
             .collect::<Result<Vec<_>, KeyringError>>()?;
@@ -642,17 +644,32 @@ mod tests {
         let keys = dir.path().join("keys");
         drop(Keyring::open(&keys, true).unwrap());
         load_secret(&keys.join("log-signing.key"), true).unwrap();
-        let index = keys.join("index.key");
-        let text = std::fs::read_to_string(&index).unwrap();
-        let old_format = format!("{}\n", text.lines().next().unwrap());
-        std::fs::write(&index, &old_format).unwrap();
+        let files = [keys.join("index.key"), keys.join("master-1.key")];
+        let texts: Vec<String> = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        let old_formats: Vec<String> = texts
+            .iter()
+            .map(|t| format!("{}\n", t.lines().next().unwrap()))
+            .collect();
+        for (f, old) in files.iter().zip(&old_formats) {
+            std::fs::write(f, old).unwrap();
+        }
         // Read-only: accepted, reported, not rewritten.
-        let (_, unchecked) = Keyring::open_read_only(&keys).unwrap();
-        assert_eq!(unchecked, vec![index.clone()]);
-        assert_eq!(std::fs::read_to_string(&index).unwrap(), old_format);
-        // The gateway's start adds the check line, keeping the key.
+        let (_, mut unchecked) = Keyring::open_read_only(&keys).unwrap();
+        unchecked.sort();
+        let mut expected = files.to_vec();
+        expected.sort();
+        assert_eq!(unchecked, expected);
+        for (f, old) in files.iter().zip(&old_formats) {
+            assert_eq!(&std::fs::read_to_string(f).unwrap(), old);
+        }
+        // The gateway's start adds the check lines, keeping the keys.
         drop(Keyring::open(&keys, true).unwrap());
-        assert_eq!(std::fs::read_to_string(&index).unwrap(), text);
+        for (f, text) in files.iter().zip(&texts) {
+            assert_eq!(&std::fs::read_to_string(f).unwrap(), text);
+        }
     }
 
     #[test]

@@ -70,8 +70,12 @@ impl Checkpoint {
             ));
         }
         let origin = lines[0];
-        if origin.is_empty() || origin.contains(char::is_whitespace) && origin.trim() != origin {
-            return Err(CheckpointError::Malformed("origin is empty or padded"));
+        // One token, as the signer's key name must be: an origin with a space could not name the
+        // key that signs it.
+        if origin.is_empty() || origin.contains(char::is_whitespace) {
+            return Err(CheckpointError::Malformed(
+                "origin is empty or holds whitespace",
+            ));
         }
         let size = parse_decimal(lines[1]).ok_or(CheckpointError::Malformed("bad tree size"))?;
         let root: Hash = B64
@@ -266,5 +270,29 @@ impl SignedCheckpoint {
             checkpoint,
             text: text.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_with_whitespace_anywhere_is_refused() {
+        let root = B64.encode([0u8; 32]);
+        let body = |origin: &str| format!("{origin}\n5\n{root}\ntimestamp 1\n");
+        assert!(Checkpoint::parse_body(&body("log.example/a")).is_ok());
+        for bad in [
+            "",
+            "log example",
+            " log.example",
+            "log.example\t",
+            "log\u{a0}x",
+        ] {
+            assert!(
+                Checkpoint::parse_body(&body(bad)).is_err(),
+                "origin {bad:?} accepted"
+            );
+        }
     }
 }
