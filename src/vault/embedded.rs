@@ -601,7 +601,6 @@ impl Vault for EmbeddedVault {
             Durability::None
         })
         .map_err(err)?;
-        let mut appended = None;
         let result: Result<Vec<PutResult>, VaultError> = (|| {
             let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
@@ -669,7 +668,6 @@ impl Vault for EmbeddedVault {
                     .segments
                     .append(&staged)
                     .map_err(|e| VaultError::Storage(e.to_string()))?;
-                appended = Some((segment, base));
                 for (id, commitment, offset, len, slot) in placed {
                     let at = Location {
                         segment,
@@ -710,21 +708,18 @@ impl Vault for EmbeddedVault {
             w.commit().map_err(err)?;
             Ok(results)
         });
-        if let Err(e) = &committed {
+        match &committed {
             // Whatever failed (a full disk, an I/O error), the next commit reopens the index
-            // first: redb refuses every operation after a failed write until then.
-            self.db.failed(e);
-        }
-        match (&committed, appended) {
-            (Ok(_), _) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
-            // The senders are told to resend, so the appended entries must not come back as
-            // records at the next start.
-            (Err(_), Some((segment, base))) => {
-                if let Err(e) = self.segments.undo(segment, base) {
-                    tracing::error!(error = %e, "could not take back a failed commit's entries");
-                }
+            // first (redb refuses every operation after a failed write until then) and indexes
+            // the entries this commit appended, which stay: they are durable in their segment,
+            // and a commit whose final sync failed may have landed anyway, so cutting them off
+            // could leave index rows pointing past the end. Their senders were told to resend;
+            // a re-send finds the record and gets its receipt.
+            Err(e) => {
+                self.db.failed(e);
             }
-            _ => {}
+            Ok(_) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
+            Ok(_) => {}
         }
         committed
     }

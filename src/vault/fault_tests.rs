@@ -291,7 +291,6 @@ fn a_crash_after_any_write_loses_nothing_acknowledged() {
 /// quarantine entry is one): a commit whose final sync fails can still have landed, and its
 /// rows then point at segment entries the failed commit took back.
 #[test]
-#[ignore = "finding (attack review): a durable index commit whose final sync fails can land; undo then cuts the segment under its rows, and a re-send is answered Duplicate with a record that is gone"]
 fn a_single_failed_write_in_durable_index_commits_loses_nothing() {
     let msgs: Vec<Message> = (0..MESSAGES).map(message).collect();
     let n = calls_of_a_clean_run(&msgs) * 2;
@@ -345,7 +344,6 @@ fn a_single_failed_write_in_durable_index_commits_loses_nothing() {
 /// The same landed-but-failed durable commit, then the process ends before the next commit
 /// heals the index: the next start must open, and lose nothing acknowledged.
 #[test]
-#[ignore = "finding (attack review): after a landed-but-failed durable commit and its undo, the next start refuses: the durable segment_tail is past the segment's end (Truncated)"]
 fn a_landed_failed_durable_commit_then_a_restart_opens() {
     let msgs: Vec<Message> = (0..MESSAGES).map(message).collect();
     let n = calls_of_a_clean_run(&msgs) * 2;

@@ -598,20 +598,6 @@ impl SegmentLog {
         Ok((base.segment, base.len))
     }
 
-    /// Takes back the last append (its index commit failed, so its senders were told to resend).
-    pub fn undo(&self, segment: u32, base: u64) -> Result<(), SegmentError> {
-        let mut a = self.active.lock().expect("lock");
-        if a.tail.segment == segment {
-            let path = path_of(&self.dir, segment);
-            a.tail.len = base;
-            // If the cut fails the next append makes it first.
-            a.dirty = true;
-            self.set_len(&a.file, base).map_err(io(&path))?;
-            a.dirty = false;
-        }
-        Ok(())
-    }
-
     /// Fails this log's writes from now on as `hook` says (tests only).
     #[doc(hidden)]
     pub fn set_faults(&mut self, hook: FaultHook) {
@@ -1057,19 +1043,6 @@ mod tests {
         })
         .unwrap();
         (log, seen)
-    }
-
-    #[test]
-    fn undo_takes_back_the_last_append() {
-        let dir = tempfile::tempdir().unwrap();
-        let (log, _) = open(dir.path(), Tail::default(), 1 << 20);
-        let a = put(&log, &[1], 100);
-        let b = put(&log, &[2], 100);
-        log.undo(b[0].segment, b[0].offset).unwrap();
-        assert_eq!(log.tail(), a[0].end());
-        drop(log);
-        let (_, seen) = open(dir.path(), Tail::default(), 1 << 20);
-        assert_eq!(seen, vec![(1, a[0])]);
     }
 
     #[test]
