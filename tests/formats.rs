@@ -1674,7 +1674,7 @@ fn recover_layout(files: &[Vec<Put>], entries: &[Vec<u8>]) -> Value {
 fn repair_layout(files: &[Vec<Put>], entries: &[Vec<u8>]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     write_layout(dir.path(), files, entries);
-    let aside = SegmentLog::repair(dir.path()).unwrap();
+    let aside = SegmentLog::repair(dir.path(), Tail::default()).unwrap();
     let set_aside: Vec<Value> = aside
         .iter()
         .map(|s| {

@@ -490,3 +490,60 @@ fn a_damaged_key_file_is_refused_by_name() {
     std::fs::write(&path, &original).unwrap();
     assert_everything_verifies(&data, 3);
 }
+
+/// The last entry of a cleanly stopped directory damaged: it was acknowledged (the index had
+/// durably indexed it), so `repair` sets it aside under segments/damaged/ and says so; it once
+/// cut it off as "the torn end of a write that was never acknowledged".
+#[test]
+fn repair_sets_a_damaged_acknowledged_last_entry_aside_not_as_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[]);
+    assert!(send(&g, 0..10).iter().all(|(c, _)| c == "AA"));
+    assert!(g.stop().success());
+    let segment = data.join("segments/00000000.seg");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (ok, out, err) = run(&["repair", "--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("1 damaged entries set aside"), "{out}");
+    assert!(out.contains("9 records"), "{out}");
+    assert!(
+        !data.join("segments/torn").exists(),
+        "taken for a torn write"
+    );
+    let (ok, report) = verify_json(&data);
+    assert!(!ok);
+    let failures = report["failures"].to_string();
+    assert!(failures.contains("set aside by repair"), "{failures}");
+}
+
+/// vault.redb's header damaged: redb cannot open it, so neither could the gateway nor repair.
+/// Repair now sets it aside and builds a new index from the segments.
+#[test]
+fn repair_rebuilds_an_index_that_does_not_open_from_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[]);
+    let first = send(&g, 0..10);
+    assert!(first.iter().all(|(c, _)| c == "AA"));
+    assert!(g.stop().success());
+    let mut index = std::fs::read(data.join("vault.redb")).unwrap();
+    index[0] ^= 0x01;
+    std::fs::write(data.join("vault.redb"), &index).unwrap();
+    let err = refused_start(None, &data);
+    assert!(err.contains("vault"), "{err}");
+    let (ok, out, err) = run(&["repair", "--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("vault.redb did not open"), "{out}");
+    assert!(out.contains("10 records"), "{out}");
+    let g = Gateway::start(&data, &[]);
+    let again = send(&g, 0..10);
+    for ((code, id), (_, was)) in again.iter().zip(&first) {
+        assert_eq!((code.as_str(), id), ("AA", was));
+    }
+    assert!(g.stop().success());
+    assert_everything_verifies(&data, 10);
+}

@@ -156,6 +156,12 @@ pub fn repair(cfg: &Config) -> Result<()> {
         cfg.vault.cache_mb << 20,
     )
     .with_context(|| format!("repairing {}", dir.display()))?;
+    if let Some(aside) = &r.replaced_index {
+        println!(
+            "vault.redb did not open: moved to {} and rebuilt from the segments; its quarantine entries are lost",
+            aside.display()
+        );
+    }
     for s in &r.set_aside {
         println!(
             "set aside: segment {} offset {} ({} bytes; record {} as its header reads); bytes kept in {}",

@@ -58,6 +58,8 @@ pub struct Repaired {
     pub set_aside: Vec<SetAside>,
     /// Records indexed again from the segments.
     pub reindexed: usize,
+    /// Where an index that redb could not open was moved (a new one was built).
+    pub replaced_index: Option<std::path::PathBuf>,
 }
 
 pub struct EmbeddedVault {
@@ -258,6 +260,11 @@ impl EmbeddedVault {
         cache_bytes: usize,
         create: bool,
     ) -> Result<Self, VaultError> {
+        if create && !path.exists() && segments.join("00000000.seg").exists() {
+            tracing::warn!(
+                "vault.redb is missing but segments exist: building a new index from them (quarantine entries, kept only in the index, are gone)"
+            );
+        }
         Self::open_with_faults(path, segments, cache_bytes, create, None)
     }
 
@@ -359,12 +366,41 @@ impl EmbeddedVault {
         segments: &Path,
         cache_bytes: usize,
     ) -> Result<Repaired, VaultError> {
-        let set_aside =
-            SegmentLog::repair(segments).map_err(|e| VaultError::Storage(e.to_string()))?;
+        let mut b = redb::Builder::new();
+        b.set_cache_size(cache_bytes);
+        // The index first: it is locked by a running gateway, whose appends a segment repair
+        // could otherwise take for damage and overwrite.
+        let mut replaced_index = None;
+        let db = match b.open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(VaultError::Storage(format!(
+                    "{} is in use by a running gateway: stop it first",
+                    path.display()
+                )))
+            }
+            // An index redb cannot open at all: set it aside and build a new one from the
+            // segments (its quarantine entries, kept only there, are lost with it).
+            Err(e) if path.exists() => {
+                let aside =
+                    path.with_extension(format!("redb.damaged-{}", crate::envelope::now_ms()));
+                std::fs::rename(path, &aside).map_err(err)?;
+                tracing::warn!(error = %e, kept = %aside.display(), "vault.redb does not open; set aside");
+                replaced_index = Some(aside);
+                b.create(path).map_err(err)?
+            }
+            Err(e) => return Err(err(e)),
+        };
+        // What the index had durably indexed was acknowledged: damage there is set aside, never
+        // taken for a torn write, even at the very end of the log.
+        let acknowledged = db
+            .begin_read()
+            .ok()
+            .and_then(|r| durable_tail(&r).ok())
+            .unwrap_or_default();
+        let set_aside = SegmentLog::repair(segments, acknowledged)
+            .map_err(|e| VaultError::Storage(e.to_string()))?;
         {
-            let mut b = redb::Builder::new();
-            b.set_cache_size(cache_bytes);
-            let db = b.open(path).map_err(err)?;
             let mut w = db.begin_write().map_err(err)?;
             w.set_durability(Durability::Immediate).map_err(err)?;
             w.delete_table(RECORDS).map_err(err)?;
@@ -376,10 +412,12 @@ impl EmbeddedVault {
             }
             w.commit().map_err(err)?;
         }
+        drop(db);
         let vault = EmbeddedVault::open(path, segments, cache_bytes, false)?;
         Ok(Repaired {
             set_aside,
             reindexed: vault.record_count()? as usize,
+            replaced_index,
         })
     }
 

@@ -490,8 +490,10 @@ impl SegmentLog {
     /// Replaces every damaged entry in every segment with a padding entry of the same size,
     /// after copying its bytes to `segments/damaged/`, so that the entries after it keep their
     /// offsets and the log opens again. A damaged end of the last segment with nothing intact
-    /// after it is left to `recover` (it is a torn write). For a stopped gateway only.
-    pub fn repair(dir: &Path) -> Result<Vec<SetAside>, SegmentError> {
+    /// after it is left to `recover` (a torn write), unless it starts before `acknowledged` (what
+    /// the index had durably indexed): that is acknowledged data and is set aside too. For a
+    /// stopped gateway only.
+    pub fn repair(dir: &Path, acknowledged: Tail) -> Result<Vec<SetAside>, SegmentError> {
         let mut done = Vec::new();
         let mut segment = 0;
         loop {
@@ -515,6 +517,7 @@ impl SegmentLog {
                 let next = match next_intact(&file, &path, at)? {
                     Some(n) => n,
                     None if later => end,
+                    None if (Tail { segment, len: at }).position() < acknowledged.position() => end,
                     None => break,
                 };
                 let len = next - at;
@@ -971,7 +974,7 @@ mod tests {
                 Err(SegmentError::Damaged { .. })
             ));
 
-            let aside = SegmentLog::repair(dir.path()).unwrap();
+            let aside = SegmentLog::repair(dir.path(), Tail::default()).unwrap();
             assert_eq!(aside.len(), 1);
             assert_eq!(
                 (aside[0].offset, aside[0].len),
@@ -997,7 +1000,9 @@ mod tests {
             .unwrap();
             assert_eq!(scanned, expected, "padding is not a record");
             assert!(
-                SegmentLog::repair(dir.path()).unwrap().is_empty(),
+                SegmentLog::repair(dir.path(), Tail::default())
+                    .unwrap()
+                    .is_empty(),
                 "idempotent"
             );
         }
@@ -1031,7 +1036,12 @@ mod tests {
             ),
             "{e}"
         );
-        assert_eq!(SegmentLog::repair(dir.path()).unwrap().len(), 1);
+        assert_eq!(
+            SegmentLog::repair(dir.path(), Tail::default())
+                .unwrap()
+                .len(),
+            1
+        );
         let (_, seen) = open_any(dir.path());
         assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 4]);
     }
