@@ -36,6 +36,9 @@ pub enum OpenError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("signing key: {0}")]
     Signing(String),
+    /// The storage engine failed on a damaged file instead of returning an error.
+    #[error("{0}")]
+    Damaged(String),
     #[error("data directory {path}: {source}")]
     Dir {
         path: std::path::PathBuf,
@@ -167,6 +170,8 @@ pub struct Pipeline {
     /// Sealing jobs on the pool, at most `workers`.
     jobs: AtomicUsize,
     workers: usize,
+    /// A key store that cannot be read or written fails every message: said once per interval.
+    key_failures: crate::throttle::Throttle,
 }
 
 /// What decoding made of an envelope.
@@ -270,6 +275,7 @@ impl Pipeline {
             queued: Mutex::new(VecDeque::new()),
             jobs: AtomicUsize::new(0),
             workers,
+            key_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
         });
         Ok((
             pipeline,
@@ -487,7 +493,9 @@ impl Pipeline {
                 received_ms: env.received_ms,
             }),
             Err(e) => {
-                tracing::error!(error = %e, "data key unavailable");
+                if let Some(times) = self.key_failures.hit() {
+                    tracing::error!(error = %e, times, "data key unavailable");
+                }
                 env.token.resolve(Outcome::Retry {
                     reason: "key store unavailable; send the message again".into(),
                 });
@@ -511,7 +519,9 @@ impl Pipeline {
         let key = match self.keyring.get_or_create(GATEWAY_KEY_ID) {
             Ok(k) => k,
             Err(e) => {
-                tracing::error!(error = %e, "gateway key unavailable");
+                if let Some(times) = self.key_failures.hit() {
+                    tracing::error!(error = %e, times, "gateway key unavailable");
+                }
                 token.resolve(Outcome::Retry {
                     reason: "key store unavailable; send the message again".into(),
                 });

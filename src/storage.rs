@@ -158,7 +158,9 @@ impl Healing {
         }
     }
 
-    fn heal(
+    /// Reopens the file now if a failure broke it (for stores whose reads come before their
+    /// writes: reads fail too until the reopen).
+    pub fn heal(
         &self,
         after_reopen: &dyn Fn(&redb::Database) -> Result<(), String>,
     ) -> Result<(), String> {

@@ -92,7 +92,19 @@ pub fn verify_bundle(path: &Path, key: Option<&str>, json: bool) -> Result<bool>
 }
 
 pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
-    let (stores, notes) = match Stores::open_read_only(cfg) {
+    // A damaged page can make the storage engine panic rather than fail: for the verifier that
+    // is a finding to report, not a crash.
+    let guarded = |what: &str, e: Box<dyn std::any::Any + Send>| {
+        let why = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        format!("{what}: the storage engine failed on a damaged file ({why}); `medanchor repair` rebuilds the indexes")
+    };
+    let opened = std::panic::catch_unwind(|| Stores::open_read_only(cfg))
+        .unwrap_or_else(|e| Err(crate::pipeline::OpenError::Damaged(guarded("opening", e))));
+    let (stores, notes) = match opened {
         Ok(opened) => opened,
         // Damage that stops the stores from opening is the verifier's finding, reported as one.
         Err(e) if cfg.data_dir.is_dir() => {
@@ -112,7 +124,13 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
     };
     let total = stores.vault.record_count().unwrap_or(0) + stores.ledger.size();
     let pb = progress(total, "verifying");
-    let mut report = crate::verify::verify_all(&stores, &|done, _| pb.set_position(done));
+    let mut report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::verify::verify_all(&stores, &|done, _| pb.set_position(done))
+    }))
+    .unwrap_or_else(|e| crate::verify::Report {
+        failures: vec![guarded("verifying", e)],
+        ..Default::default()
+    });
     report.notes.extend(notes);
     pb.finish_and_clear();
     if json {
@@ -182,11 +200,12 @@ pub fn repair(cfg: &Config) -> Result<()> {
         cfg.origin.clone(),
         ed25519_dalek::SigningKey::from_bytes(&seed),
     )?;
-    let (tiles, index) =
+    let (leaves, checkpoints, old) =
         crate::ledger::EmbeddedLedger::repair(&dir.join("ledger.redb"), &cfg.origin, signer)
-            .context("repairing ledger.redb")?;
+            .context("rebuilding ledger.redb")?;
     println!(
-        "log: tile rows, tile roots and record index rebuilt from the leaves ({tiles} tile rows and {index} record-index entries were wrong)"
+        "log: ledger.redb rebuilt from its {leaves} leaves and {checkpoints} signed checkpoints (record index, tile rows and tile roots computed anew); the old file is kept as {}",
+        old.display()
     );
     if !r.set_aside.is_empty() {
         println!(

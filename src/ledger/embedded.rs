@@ -566,58 +566,79 @@ impl EmbeddedLedger {
         Self::open_writable(Self::file_opener(path, false), origin, signer, true)
     }
 
-    /// For a stopped gateway (`medanchor repair`): rewrites everything in the file that is
-    /// derived from the leaves (tile rows, tile roots, the record index) from the leaves, which
-    /// with the signed checkpoints are the log itself. Returns (tile rows rewritten, record-index
-    /// entries that were wrong, missing or extra).
+    /// For a stopped gateway (`medanchor repair`): builds a new ledger.redb from the old one's
+    /// leaves and signed checkpoints, which are the log itself; everything derived from them
+    /// (record index, tile rows, tile roots) is computed anew, so damage there (even damage that
+    /// makes the storage engine fail) is gone. The old file is kept beside it. Returns (leaves,
+    /// checkpoints, where the old file was moved).
     pub fn repair(
         path: &Path,
         origin: &str,
         signer: NoteSigner,
-    ) -> Result<(u64, u64), LedgerError> {
-        let ledger = Self::open_rehashing_every_leaf(path, origin, signer)?;
-        let tiles = ledger.repaired_tiles();
-        let w = ledger.store.write()?;
-        let mut fixed = 0;
+    ) -> Result<(u64, u64, std::path::PathBuf), LedgerError> {
+        let read = || -> Result<(Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>), LedgerError> {
+            let db = Db::open_read_only(path, LEDGER_CACHE_BYTES)
+                .map_err(|e| LedgerError::Storage(e.to_string()))?;
+            let r = db.read_txn()?;
+            let copy =
+                |t: redb::ReadOnlyTable<u64, &[u8]>| -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+                    t.iter()
+                        .map_err(err)?
+                        .map(|e| {
+                            let (k, v) = e.map_err(err)?;
+                            Ok((k.value(), v.value().to_vec()))
+                        })
+                        .collect()
+                };
+            Ok((
+                copy(r.open_table(LEAVES).map_err(err)?)?,
+                copy(r.open_table(CHECKPOINTS).map_err(err)?)?,
+            ))
+        };
+        // A damaged page can make the storage engine panic rather than fail: that is a finding
+        // here, not a crash.
+        let (leaves, checkpoints) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read))
+            .unwrap_or_else(|_| {
+                Err(LedgerError::Corrupt(
+                    "the leaves or checkpoints cannot be read (the storage engine failed on a damaged page): restore ledger.redb from a backup".into(),
+                ))
+            })?;
+        let fresh = path.with_extension("redb.rebuilding");
+        let _ = std::fs::remove_file(&fresh);
         {
-            let leaves = w.open_table(LEAVES).map_err(err)?;
-            let mut by_record = w.open_table(BY_RECORD).map_err(err)?;
-            let mut expected: std::collections::HashMap<[u8; 16], u64> =
-                std::collections::HashMap::new();
-            for e in leaves.iter().map_err(err)? {
-                let (k, v) = e.map_err(err)?;
-                let leaf = parse_leaf(k.value(), v.value())?;
-                expected.entry(leaf.record_id.0).or_insert(k.value());
-            }
-            let mut stale = Vec::new();
-            for e in by_record.iter().map_err(err)? {
-                let (k, v) = e.map_err(err)?;
-                let right = <[u8; 16]>::try_from(k.value())
-                    .ok()
-                    .and_then(|id| expected.get(&id))
-                    == Some(&v.value());
-                if !right {
-                    stale.push(k.value().to_vec());
+            let db = builder().create(&fresh).map_err(err)?;
+            create_tables(&db)?;
+            let w = db.begin_write().map_err(err)?;
+            {
+                let mut t = w.open_table(LEAVES).map_err(err)?;
+                let mut by_record = w.open_table(BY_RECORD).map_err(err)?;
+                for (index, value) in &leaves {
+                    let leaf = parse_leaf(*index, value)?;
+                    t.insert(*index, value.as_slice()).map_err(err)?;
+                    if by_record
+                        .get(leaf.record_id.0.as_slice())
+                        .map_err(err)?
+                        .is_none()
+                    {
+                        by_record
+                            .insert(leaf.record_id.0.as_slice(), *index)
+                            .map_err(err)?;
+                    }
+                }
+                let mut t = w.open_table(CHECKPOINTS).map_err(err)?;
+                for (size, text) in &checkpoints {
+                    t.insert(*size, text.as_slice()).map_err(err)?;
                 }
             }
-            for k in stale {
-                by_record.remove(k.as_slice()).map_err(err)?;
-                fixed += 1;
-            }
-            for (id, index) in expected {
-                if by_record
-                    .get(id.as_slice())
-                    .map_err(err)?
-                    .map(|v| v.value())
-                    != Some(index)
-                {
-                    by_record.insert(id.as_slice(), index).map_err(err)?;
-                    fixed += 1;
-                }
-            }
+            w.commit().map_err(err)?;
         }
-        w.commit().map_err(err)?;
-        Ok((tiles, fixed))
+        // Tile rows and roots from the leaves; this also checks that the leaves reproduce the
+        // latest checkpoint.
+        drop(Self::open_rehashing_every_leaf(&fresh, origin, signer)?);
+        let old = path.with_extension(format!("redb.replaced-{}", crate::envelope::now_ms()));
+        std::fs::rename(path, &old).map_err(err)?;
+        std::fs::rename(&fresh, path).map_err(err)?;
+        Ok((leaves.len() as u64, checkpoints.len() as u64, old))
     }
 
     /// Opens a ledger whose file is reached through `backend` (called again for each reopen after

@@ -428,7 +428,13 @@ impl Keyring {
     }
 
     fn load(&self, key_id: &str) -> Result<Option<Arc<DataKey>>, KeyringError> {
-        let r = self.db.begin_read().map_err(db_err)?;
+        // After a storage failure reads fail too until the file is reopened: reopen first, and
+        // note a failed read so the next call reopens.
+        self.db.heal(&|_| Ok(())).map_err(KeyringError::Db)?;
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
         let t = r.open_table(DATA_KEYS).map_err(db_err)?;
         let Some(v) = t.get(key_id.as_bytes()).map_err(db_err)? else {
             return Ok(None);
