@@ -567,8 +567,11 @@ fn a_damaged_ledger_record_index_is_named_and_the_file_rebuilt_from_its_leaves()
     let key_at: Vec<usize> = memchr::memmem::find_iter(&bytes, &id)
         .filter(|&o| o < 33 || bytes[o - 33] != 0x01)
         .collect();
-    assert_eq!(key_at.len(), 1, "the record index key, once");
-    bytes[key_at[0] + 3] ^= 0x40;
+    // Copy-on-write pages: older copies of the index page may still hold it too.
+    assert!(!key_at.is_empty(), "the record index key");
+    for at in key_at {
+        bytes[at + 3] ^= 0x40;
+    }
     std::fs::write(&path, &bytes).unwrap();
     let (ok, report) = verify_json(&data);
     assert!(!ok, "{report}");

@@ -533,6 +533,9 @@ fn create_tables(db: &redb::Database) -> Result<(), LedgerError> {
     w.commit().map_err(err)
 }
 
+/// Rows of a table keyed by u64, copied out.
+type Rows = Vec<(u64, Vec<u8>)>;
+
 /// What [`EmbeddedLedger::check_against_leaves`] went through.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LeafCheck {
@@ -576,7 +579,7 @@ impl EmbeddedLedger {
         origin: &str,
         signer: NoteSigner,
     ) -> Result<(u64, u64, std::path::PathBuf), LedgerError> {
-        let read = || -> Result<(Vec<(u64, Vec<u8>)>, Vec<(u64, Vec<u8>)>), LedgerError> {
+        let read = || -> Result<(Rows, Rows), LedgerError> {
             let db = Db::open_read_only(path, LEDGER_CACHE_BYTES)
                 .map_err(|e| LedgerError::Storage(e.to_string()))?;
             let r = db.read_txn()?;
