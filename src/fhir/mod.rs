@@ -40,6 +40,14 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
     let Some(obj) = v.as_object() else {
         return Err(bad("not_fhir", "a FHIR resource must be a JSON object"));
     };
+    // serde_json keeps the last of duplicate keys, another reader the first: the same bytes
+    // would be two different resources (a Patient to one, a Bundle to the other).
+    if has_duplicate_keys(bytes) {
+        return Err(bad(
+            "not_fhir",
+            "an object holds the same key twice (RFC 8259 leaves its meaning open)",
+        ));
+    }
     let resource_type = obj
         .get("resourceType")
         .and_then(Value::as_str)
@@ -142,6 +150,25 @@ pub fn looks_like_json(bytes: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// Read as a Bundle by serde_json (the last key wins) and as a Patient with an identifier
+    /// by readers that keep the first: refused, wherever the repeat is, however it is spelled.
+    #[test]
+    fn an_object_with_a_repeated_key_is_refused() {
+        for json in [
+            br#"{"resourceType":"Patient","resourceType":"Bundle","id":"X","identifier":[{"value":"S-1"}]}"#.as_slice(),
+            br#"{"resourceType":"Patient","identifier":[{"value":"1","value":"2"}]}"#,
+            br#"{"resourceType":"Patient","id":"a","\u0069d":"b"}"#,
+        ] {
+            let e = read(json).unwrap_err();
+            assert_eq!(e.label, "not_fhir", "{}", String::from_utf8_lossy(json));
+            assert!(!e.reason.contains("S-1"));
+        }
+        assert!(
+            read(br#"{"resourceType":"Patient","identifier":[{"value":"1"},{"value":"2"}]}"#)
+                .is_ok()
+        );
+    }
+
     #[test]
     fn a_patient_gives_its_identifiers() {
         let m = read(br#"{"resourceType":"Patient","id":"p1","identifier":[{"system":"urn:oid:1.2.3","value":"12345","type":{"coding":[{"code":"MR"}]}},{"value":" "}]}"#).unwrap();
@@ -185,4 +212,61 @@ mod tests {
         assert!(looks_like_json(b"\xEF\xBB\xBF \n{\"a\":1}"));
         assert!(!looks_like_json(b"MSH|^~\\&|"));
     }
+}
+
+/// Whether any JSON object in `bytes` (already known to parse) holds a key twice.
+fn has_duplicate_keys(bytes: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Walks a JSON value, failing on the first object with a repeated key.
+    struct Unique;
+
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if !seen.insert(key) {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut d = serde_json::Deserializer::from_slice(bytes);
+    Unique.deserialize(&mut d).is_err()
 }
