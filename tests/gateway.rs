@@ -111,9 +111,10 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
     );
     assert!(g.metric("medanchor_messages_acked_total{code=\"AA\",source=\"mllp\"}") >= 128.0);
 
-    // The proof endpoint and readiness.
+    // The proof endpoint and readiness. A proof needs its record anchored: wait until the log
+    // holds all 142 records (139 + changed + 2 batch messages; batches close every 50 ms).
     assert_eq!(g.http_get("/readyz").0, 200);
-    std::thread::sleep(Duration::from_millis(400));
+    g.wait_metric("medanchor_ledger_tree_size", 142.0, Duration::from_secs(30));
     let id = acks[5]["record_id"].as_str().unwrap();
     let (status, body) = g.http_get(&format!("/v1/records/{id}/proof"));
     assert_eq!(status, 200, "{body}");
@@ -274,12 +275,8 @@ fn the_anchored_watermark_is_durable_with_the_anchoring() {
     let files: Vec<String> = microsoft_files().into_iter().take(5).collect();
     let acks = send_json(&g, &files);
     assert!(acks.iter().all(|a| a["code"] == "AA" || a["code"] == "CA"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     // The log size is published after the watermark moved (same anchoring step).
-    while g.metric("medanchor_ledger_tree_size") < 5.0 {
-        assert!(std::time::Instant::now() < deadline, "{}", g.log_tail(20));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    g.wait_metric("medanchor_ledger_tree_size", 5.0, Duration::from_secs(30));
     g.kill();
     let g = Gateway::start(&data, &[]);
     let log = g.log.clone();
