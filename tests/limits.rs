@@ -302,10 +302,11 @@ fn an_mllp_partial_frame_that_stalls_is_closed_at_the_idle_timeout() {
         1.0
     );
     // The half frame was never taken for a message.
-    assert_eq!(
-        g.metric("medanchor_messages_received_total{source=\"mllp\",type=\"ADT\"}"),
-        0.0
-    );
+    let received = "medanchor_messages_received_total{source=\"mllp\",type=\"ADT\"}";
+    assert_eq!(g.metric(received), 0.0);
+    // And that 0 is not a misspelt series (which reads 0 too): the whole message counts there.
+    assert_eq!(msa(&mllp_exchange(g.mllp, &msg("PART2"))).0, "AA");
+    assert_eq!(g.metric(received), 1.0);
 }
 
 #[test]
