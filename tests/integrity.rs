@@ -319,23 +319,22 @@ fn after_a_full_disk_the_gateway_recovers_by_itself_and_loses_nothing_acknowledg
             "never recovered: {}",
             g.log_tail(20)
         );
+        // Pacing of the retries: each refused message is a new one sent (and quarantined).
         std::thread::sleep(std::time::Duration::from_millis(100));
         i += 1;
     }
     // Every acknowledged record gets a proof once anchored, the earliest and the latest.
     for (_, id) in [acked.first().unwrap(), acked.last().unwrap()] {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let (status, body) = g.http_get(&format!("/v1/records/{id}/proof"));
-            if status == 200 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline && status != 500,
-                "proof of {id}: {status} {body}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let proof = format!("/v1/records/{id}/proof");
+        wait_until(
+            std::time::Duration::from_secs(30),
+            || format!("a proof of {id}: {:?}", g.http_get(&proof)),
+            || {
+                let (status, body) = g.http_get(&proof);
+                assert_ne!(status, 500, "proof of {id}: {body}");
+                status == 200
+            },
+        );
     }
     let (status, body) = g.http_get("/readyz");
     assert_eq!(status, 200, "{body}");

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use common::*;
 
+const STORED: &str = "medanchor_source_messages_total{event=\"stored\",source=\"feed\"}";
+
 fn nats_url() -> String {
     std::env::var("MEDANCHOR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
@@ -141,6 +143,7 @@ impl Broker {
                 start.elapsed() < within,
                 "consumer not drained in {within:?}"
             );
+            // Pacing of this poll (an async broker query, which `wait_until` cannot make).
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -164,10 +167,7 @@ async fn stored_messages_are_acked_and_poison_goes_to_the_dead_letter_subject() 
     let config = broker.config(dir.path(), 3);
     let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
     broker.wait_drained(Duration::from_secs(60)).await;
-    assert_eq!(
-        g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}"),
-        300.0
-    );
+    assert_eq!(g.metric(STORED), 300.0);
     assert_eq!(
         g.metric("medanchor_source_messages_total{event=\"dead_lettered\",source=\"feed\"}"),
         2.0
@@ -209,13 +209,7 @@ async fn a_gateway_killed_while_consuming_loses_nothing_and_stores_nothing_twice
     let env = [("MEDANCHOR_CONFIG", config.to_str().unwrap())];
 
     let g = Gateway::start(&data, &env);
-    let start = Instant::now();
-    while g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}")
-        < (N / 4) as f64
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    g.wait_metric(STORED, (N / 4) as f64, Duration::from_secs(60));
     g.kill();
     assert!(
         broker.outstanding().await > 0,
@@ -286,14 +280,11 @@ impl OwnServer {
             .spawn()
             .expect("nats-server on PATH (scripts/test installs it)");
         self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            || format!("nats-server to accept connections on port {}", self.port),
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        );
     }
 
     fn down(&mut self) {
@@ -326,33 +317,31 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_readyz_shows_the_outage()
     let data = dir.path().join("data");
     let config = broker.config(dir.path(), 5);
     let g = Gateway::start(&data, &[("MEDANCHOR_CONFIG", config.to_str().unwrap())]);
-    let stored = || g.metric("medanchor_source_messages_total{event=\"stored\",source=\"feed\"}");
-    let start = Instant::now();
-    while stored() < (N / 5) as f64 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    g.wait_metric(STORED, (N / 5) as f64, Duration::from_secs(60));
     server.down();
-    let start = Instant::now();
-    loop {
-        let (status, body) = g.http_get("/readyz");
-        if status == 503 && body.contains("feed") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "/readyz must report the broker outage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            format!(
+                "/readyz to report the broker outage: {:?}",
+                g.http_get("/readyz")
+            )
+        },
+        || {
+            let (status, body) = g.http_get("/readyz");
+            status == 503 && body.contains("feed")
+        },
+    );
+    // The outage lasts a while after the gateway noticed it, so that it tries to reconnect to
+    // a broker that is not there. A timing condition the test makes, not a synchronisation.
     tokio::time::sleep(Duration::from_secs(1)).await;
     server.up();
     // The gateway reconnects by itself.
-    let start = Instant::now();
-    while g.http_get("/readyz").0 != 200 {
-        assert!(start.elapsed() < Duration::from_secs(20), "no reconnect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(20),
+        || format!("a reconnect: /readyz says {:?}", g.http_get("/readyz")),
+        || g.http_get("/readyz").0 == 200,
+    );
     let broker = Broker::new_existing(&broker).await;
     broker.wait_drained(Duration::from_secs(120)).await;
     assert!(g.stop().success());

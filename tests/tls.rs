@@ -171,13 +171,10 @@ async fn mutual_tls_accepts_known_clients_and_refuses_others() {
     // Plain TCP to a TLS listener gets nothing either.
     let plain = std::net::TcpStream::connect(g.mllp).unwrap();
     drop(plain);
-    let mut failed = 0.0;
-    for _ in 0..50 {
-        failed = g.metric("medanchor_mllp_connection_errors_total{kind=\"tls_handshake\"}");
-        if failed >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let failed = g.wait_metric(
+        "medanchor_mllp_connection_errors_total{kind=\"tls_handshake\"}",
+        2.0,
+        std::time::Duration::from_secs(15),
+    );
     assert_eq!(failed, 2.0, "both refused handshakes are counted");
 }

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_medanchor");
 
@@ -61,14 +61,31 @@ impl Gateway {
         }
     }
 
-    /// SIGTERM and wait: the graceful path.
+    /// SIGTERM and wait: the graceful path. A stop that hangs fails the test after two minutes
+    /// (with the log's end) instead of hanging the suite.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_within(Duration::from_secs(120))
+    }
+
+    /// SIGTERM, then waits for the exit for at most `within`; a gateway still running then
+    /// fails the test with the end of its log.
+    pub fn stop_within(&mut self, within: Duration) -> std::process::ExitStatus {
         Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status()
             .unwrap();
-        self.child.wait().unwrap()
+        let (child, log) = (&mut self.child, &self.log);
+        let mut status = None;
+        wait_until(
+            within,
+            || format!("the gateway to stop after SIGTERM\n{}", log_tail(log, 20)),
+            || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            },
+        );
+        status.unwrap()
     }
 
     /// SIGKILL: the crash path.
@@ -87,6 +104,29 @@ impl Gateway {
         log_tail(&self.log, n)
     }
 
+    /// Waits until the metric is at least `at_least` and returns its value then; past `within`
+    /// the failure shows the value and the end of the log.
+    pub fn wait_metric(&self, name_and_labels: &str, at_least: f64, within: Duration) -> f64 {
+        let mut value = 0.0;
+        wait_until(
+            within,
+            || {
+                format!(
+                    "{name_and_labels} to reach {at_least} (it is {})\n{}",
+                    self.metric(name_and_labels),
+                    self.log_tail(20)
+                )
+            },
+            || {
+                value = self.metric(name_and_labels);
+                value >= at_least
+            },
+        );
+        value
+    }
+
+    /// A metric's value; 0 when the gateway does not publish it (a counter with labels
+    /// appears at its first increment).
     pub fn metric(&self, name_and_labels: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");
         body.lines()
@@ -101,6 +141,33 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How often `wait_until` looks.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits for something to have happened (a gateway to have stored, a broker to be up, a
+/// process to have exited): polls `cond` every 20 ms until it holds and returns how long that
+/// took. Past `within` it fails with "timed out after .. waiting for" and `what()`, called
+/// then, so it can say what was seen last (a value, a status, the end of a log).
+///
+/// The one way these tests wait: a fixed sleep is no synchronisation (too short on a loaded
+/// machine, too long everywhere else).
+pub fn wait_until(
+    within: Duration,
+    what: impl FnOnce() -> String,
+    mut cond: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() >= within {
+            panic!("timed out after {within:?} waiting for {}", what());
+        }
+        std::thread::sleep(POLL);
     }
 }
 
