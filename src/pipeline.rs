@@ -220,13 +220,13 @@ impl Pipeline {
         stores: &Stores,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Pipeline>, Running), OpenError> {
-        let pending = stores.vault.unanchored()?;
+        let pending = stores.vault.unanchored(stores.ledger.anchored_through()?)?;
         if !pending.is_empty() {
             let records: Vec<_> = pending.iter().map(|(id, c, _)| (*id, *c)).collect();
+            let through = pending.iter().map(|(_, _, p)| *p).max().unwrap_or(0);
             stores
                 .ledger
-                .append_records(&records, crate::envelope::now_ms())?;
-            let through = pending.iter().map(|(_, _, p)| *p).max().unwrap_or(0);
+                .append_through(&records, crate::envelope::now_ms(), through)?;
             stores.vault.mark_anchored(through)?;
             tracing::info!(
                 records = pending.len(),

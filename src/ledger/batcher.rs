@@ -107,13 +107,15 @@ impl Anchorer {
         let started = Instant::now();
         let res = tokio::task::spawn_blocking(move || {
             let records: Vec<_> = items.iter().map(|(id, c, _, _)| (*id, *c)).collect();
-            let cp = ledger.append_records(&records, now_ms());
             // Every record before these is in the log: earlier batches succeeded, or failed and
-            // are retried within this one.
-            let marked = (cp.is_ok() && !hold).then(|| {
-                let through = items.iter().map(|(_, _, p, _)| *p).max().unwrap_or(0);
-                vault.mark_anchored(through)
-            });
+            // are retried within this one. The watermark is durable in the log's own commit.
+            let through = items.iter().map(|(_, _, p, _)| *p).max().unwrap_or(0);
+            let cp = if hold {
+                ledger.append_records(&records, now_ms())
+            } else {
+                ledger.append_through(&records, now_ms(), through)
+            };
+            let marked = (cp.is_ok() && !hold).then(|| vault.mark_anchored(through));
             (cp, marked, items)
         })
         .await;
@@ -218,7 +220,7 @@ mod tests {
         fn record_count(&self) -> Result<u64, VaultError> {
             unreachable!("not used by the batcher")
         }
-        fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], u64)>, VaultError> {
+        fn unanchored(&self, _: u64) -> Result<Vec<(RecordId, [u8; 32], u64)>, VaultError> {
             unreachable!("not used by the batcher")
         }
         fn mark_anchored(&self, through: u64) -> Result<(), VaultError> {

@@ -43,6 +43,9 @@ const BY_RECORD: TableDefinition<&[u8], u64> = TableDefinition::new("by_record")
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 const TILES: TableDefinition<u64, &[u8]> = TableDefinition::new("tiles");
 const TILE_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tile_roots");
+/// `anchored_through` → the vault position anchored through (see `Ledger::append_through`).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ANCHORED_THROUGH: &str = "anchored_through";
 
 const LEDGER_CACHE_BYTES: usize = 16 << 20;
 
@@ -530,6 +533,7 @@ fn create_tables(db: &redb::Database) -> Result<(), LedgerError> {
     w.open_table(CHECKPOINTS).map_err(err)?;
     w.open_table(TILES).map_err(err)?;
     w.open_table(TILE_ROOTS).map_err(err)?;
+    w.open_table(META).map_err(err)?;
     w.commit().map_err(err)
 }
 
@@ -1108,6 +1112,7 @@ impl EmbeddedLedger {
         log: &mut Log,
         records: &[(RecordId, [u8; 32])],
         now_ms: u64,
+        through: Option<u64>,
     ) -> Result<Option<(SignedCheckpoint, RightEdge)>, LedgerError> {
         let signer = self.signer.as_ref().ok_or(LedgerError::ReadOnly)?;
         let tree = log.tree.as_mut().expect("ready");
@@ -1139,7 +1144,21 @@ impl EmbeddedLedger {
                 }
             }
         }
+        if let Some(through) = through {
+            let mut meta = w.open_table(META).map_err(err)?;
+            let current = meta
+                .get(ANCHORED_THROUGH)
+                .map_err(err)?
+                .map_or(0, |v| v.value());
+            if through > current {
+                meta.insert(ANCHORED_THROUGH, through).map_err(err)?;
+            }
+        }
         if tree.size() == before {
+            // Nothing new to sign; the watermark, if any, still becomes durable.
+            if through.is_some() {
+                w.commit().map_err(err)?;
+            }
             return Ok(None);
         }
         // The new size's right edge lies in the tile being filled (or is empty when the size
@@ -1161,11 +1180,13 @@ impl EmbeddedLedger {
     }
 }
 
-impl Ledger for EmbeddedLedger {
-    fn append_records(
+impl EmbeddedLedger {
+    /// Appends `records` (and, with `through`, the anchored watermark) in one transaction.
+    fn append(
         &self,
         records: &[(RecordId, [u8; 32])],
         now_ms: u64,
+        through: Option<u64>,
     ) -> Result<Option<SignedCheckpoint>, LedgerError> {
         if self.signer.is_none() {
             return Err(LedgerError::ReadOnly);
@@ -1173,7 +1194,7 @@ impl Ledger for EmbeddedLedger {
         let mut log = self.log.lock().expect("lock");
         let log = &mut *log;
         self.ready(log)?;
-        match self.append_locked(log, records, now_ms) {
+        match self.append_locked(log, records, now_ms, through) {
             Ok(Some((signed, edge))) => {
                 log.edge = Some(edge);
                 log.latest = Some(signed.clone());
@@ -1191,6 +1212,39 @@ impl Ledger for EmbeddedLedger {
                 Err(e)
             }
         }
+    }
+}
+
+impl Ledger for EmbeddedLedger {
+    fn append_records(
+        &self,
+        records: &[(RecordId, [u8; 32])],
+        now_ms: u64,
+    ) -> Result<Option<SignedCheckpoint>, LedgerError> {
+        self.append(records, now_ms, None)
+    }
+
+    fn append_through(
+        &self,
+        records: &[(RecordId, [u8; 32])],
+        now_ms: u64,
+        through: u64,
+    ) -> Result<Option<SignedCheckpoint>, LedgerError> {
+        self.append(records, now_ms, Some(through))
+    }
+
+    fn anchored_through(&self) -> Result<u64, LedgerError> {
+        let r = self.store.read()?;
+        // A ledger written before the watermark was kept here has no table yet.
+        let meta = match r.open_table(META) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(err(e)),
+        };
+        Ok(meta
+            .get(ANCHORED_THROUGH)
+            .map_err(err)?
+            .map_or(0, |v| v.value()))
     }
 
     fn size(&self) -> u64 {

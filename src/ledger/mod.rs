@@ -54,6 +54,18 @@ pub trait Ledger: Send + Sync + 'static {
         records: &[(RecordId, [u8; 32])],
         now_ms: u64,
     ) -> Result<Option<SignedCheckpoint>, LedgerError>;
+    /// [`append_records`](Self::append_records) that also records, in the same durable
+    /// transaction, that the vault's records up to position `through` (its commit order) are
+    /// in the log: the anchored watermark, durable with the anchoring at no extra sync. The
+    /// ledger keeps the largest it was given and knows nothing else of it.
+    fn append_through(
+        &self,
+        records: &[(RecordId, [u8; 32])],
+        now_ms: u64,
+        through: u64,
+    ) -> Result<Option<SignedCheckpoint>, LedgerError>;
+    /// The largest `through` recorded by [`append_through`](Self::append_through) (0: none).
+    fn anchored_through(&self) -> Result<u64, LedgerError>;
     fn size(&self) -> u64;
     fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, LedgerError>;
     /// Inclusion proof of a record against the latest checkpoint.

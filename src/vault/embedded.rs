@@ -815,18 +815,18 @@ impl Vault for EmbeddedVault {
         Ok(n)
     }
 
-    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
-        let r = self.db.begin_read().map_err(err)?;
-        let meta = r.open_table(META).map_err(err)?;
+    fn unanchored(
+        &self,
+        at_least: Position,
+    ) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
         let tail = self.segments.tail();
-        let from = match meta.get(ANCHORED_THROUGH).map_err(err)? {
-            Some(v) => Tail::from_position(u64::from_be_bytes(
-                v.value()
-                    .try_into()
-                    .map_err(|_| VaultError::Corrupt(ANCHORED_THROUGH.into()))?,
-            )),
-            None => Tail::default(),
-        };
+        let mut from = self.anchored_through()?;
+        // The log's watermark, if it lies within the log (a data directory whose segments lost
+        // records is for `verify` to name, not for this to skip past).
+        if at_least > from && at_least <= tail.position() {
+            from = at_least;
+        }
+        let from = Tail::from_position(from);
         let mut out = Vec::new();
         self.segments
             .scan(from, tail, &mut |h, end| {
@@ -837,11 +837,10 @@ impl Vault for EmbeddedVault {
     }
 
     fn mark_anchored(&self, through: Position) -> Result<(), VaultError> {
-        // Durable with the anchoring it records: left to the periodic index sync, every restart
-        // after a short run re-offered every record to the log (271,803 in one case) and re-read
-        // them all from the segments. One sync per anchored batch, not per record.
+        // Not synced: the log keeps the watermark durable in its own commit (an fsync here per
+        // anchored batch held the writer's commits behind it: 6% of MLLP throughput, p99 +6 ms).
         let mut w = self.begin_write()?;
-        w.set_durability(Durability::Immediate).map_err(err)?;
+        w.set_durability(Durability::None).map_err(err)?;
         {
             let mut meta = w.open_table(META).map_err(err)?;
             let current = meta
@@ -854,10 +853,7 @@ impl Vault for EmbeddedVault {
                     .map_err(err)?;
             }
         }
-        w.commit().map_err(|e| self.failed(e))?;
-        // The sync made every earlier index commit durable too.
-        *self.last_sync.lock().expect("lock") = Instant::now();
-        Ok(())
+        w.commit().map_err(|e| self.failed(e))
     }
 
     fn health(&self) -> Result<(), String> {

@@ -94,10 +94,14 @@ pub trait Vault: Send + Sync + 'static {
         f: &mut dyn FnMut(RecordId, Result<StoredRecord, VaultError>) -> Result<(), VaultError>,
     ) -> Result<(), VaultError>;
     fn record_count(&self) -> Result<u64, VaultError>;
-    /// Records stored after the anchored watermark, in commit order.
-    fn unanchored(&self) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError>;
-    /// Moves the watermark: every record up to `through` is in the log. Durable when it returns,
-    /// so a restart offers the log only what it has not anchored.
+    /// Records stored after the anchored watermark and after `at_least` (the watermark the log
+    /// itself keeps, durable with each anchoring), in commit order.
+    fn unanchored(
+        &self,
+        at_least: Position,
+    ) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError>;
+    /// Moves the vault's copy of the watermark: every record up to `through` is in the log. Not
+    /// synced at once (the log's copy is durable; this one is for `verify` and `repair`).
     fn mark_anchored(&self, through: Position) -> Result<(), VaultError>;
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError>;
     /// Whether the vault can store now: `Err` names the storage failure it has not recovered
