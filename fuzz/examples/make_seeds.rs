@@ -210,7 +210,7 @@ fn main() {
     damaged[ends[0] + 200] ^= 0x40;
     put("segment_recovery", "damaged-middle", &with(&[0], &damaged));
     std::fs::write(dir.join("00000000.seg"), &damaged).unwrap();
-    SegmentLog::repair(dir).unwrap();
+    SegmentLog::repair(dir, Tail::default()).unwrap();
     let repaired = std::fs::read(dir.join("00000000.seg")).unwrap();
     put(
         "segment_recovery",

@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
     );
 
     write(b, &parts);
-    let repaired = SegmentLog::repair(b);
+    let repaired = SegmentLog::repair(b, Tail::default());
     match (&opened, &repaired) {
         (Ok(_), Ok(set_aside)) => {
             assert!(
