@@ -10,6 +10,7 @@ pub mod hl7;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
+pub mod normalize;
 pub mod pipeline;
 pub mod record;
 pub mod seal;

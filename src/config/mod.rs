@@ -36,6 +36,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub accept: AcceptRules,
     pub pipeline: PipelineConfig,
+    pub normalize: NormalizeConfig,
     /// Sources besides the MLLP listener (`[[sources]]` with a `type`).
     pub sources: Vec<crate::sources::SourceConfig>,
 }
@@ -120,6 +121,38 @@ pub struct LedgerConfig {
     pub batch_ms: u64,
 }
 
+/// HL7v2 → FHIR R4 normalization (`[normalize]`, see docs/normalization.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NormalizeConfig {
+    /// Map every accepted HL7v2 message to a FHIR R4 Bundle stored beside it (a derived record).
+    pub enabled: bool,
+    /// What a message that cannot be mapped gets: `store` (the raw message is stored and
+    /// acknowledged, the failure kept for `medanchor mapping replay`) or `reject` (AE / dead
+    /// letter, nothing stored).
+    pub on_error: OnMapError,
+    /// The mapping files; unset: the defaults built into the binary (the repository's
+    /// `adapters/`).
+    pub adapters_dir: Option<PathBuf>,
+    /// A site's overrides, applied over the mapping files: a file here replaces rows of the file
+    /// of the same name (see docs/normalization.md).
+    pub site_dir: Option<PathBuf>,
+    /// The UUID namespace that resource ids are made in (UUIDv5 of business identifiers). Two
+    /// gateways that must give one patient one id share it.
+    pub id_namespace: String,
+    /// Check every Bundle made against the FHIR R4 schema before it is stored; one that fails
+    /// is a mapping failure (`invalid_output`).
+    pub validate_output: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMapError {
+    #[default]
+    Store,
+    Reject,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
@@ -140,6 +173,7 @@ impl Default for Config {
             ledger: LedgerConfig::default(),
             accept: AcceptRules::default(),
             pipeline: PipelineConfig::default(),
+            normalize: NormalizeConfig::default(),
             sources: Vec::new(),
         }
     }
@@ -184,6 +218,19 @@ impl Default for LedgerConfig {
         LedgerConfig {
             batch_leaves: 1000,
             batch_ms: 200,
+        }
+    }
+}
+impl Default for NormalizeConfig {
+    fn default() -> Self {
+        NormalizeConfig {
+            enabled: true,
+            on_error: OnMapError::Store,
+            adapters_dir: None,
+            site_dir: None,
+            // One value chosen for medanchor, so ids agree across installs that keep it.
+            id_namespace: "0a3c2d4e-6f1b-5a7c-9d2e-4b6f8a1c3e5d".into(),
+            validate_output: true,
         }
     }
 }
@@ -286,6 +333,12 @@ impl Config {
         if self.pipeline.max_in_flight == 0 {
             return bad("pipeline.max_in_flight", "must be at least 1");
         }
+        if !is_uuid(&self.normalize.id_namespace) {
+            return bad(
+                "normalize.id_namespace",
+                "must be a UUID (8-4-4-4-12 hex digits)",
+            );
+        }
         let mut names = std::collections::HashSet::new();
         for (index, source) in self.sources.iter().enumerate() {
             let invalid = |(key, reason)| ConfigError::InvalidSource { index, key, reason };
@@ -296,4 +349,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// 8-4-4-4-12 hex digits.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
