@@ -61,6 +61,8 @@ pub fn invalid(issues: &[validate::Issue]) -> Rejection {
 /// Reads the metadata of a FHIR JSON resource, once it is valid FHIR R4
 /// ([`validate::Validator::shared`]). Errors name the problem and its path, never content.
 pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
+    // RFC 8259 §8.1: a UTF-8 byte order mark may be ignored (the raw bytes are kept as sent).
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         bad(
             "not_json",

@@ -222,6 +222,8 @@ impl Validator {
 /// Parses FHIR JSON (optionally with comments). On error: a fatal `structure` issue naming the
 /// line, column and the element path reached.
 pub fn parse(bytes: &[u8], allow_comments: bool) -> Result<Value, Vec<Issue>> {
+    // RFC 8259 §8.1: a parser may ignore a UTF-8 byte order mark.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let stripped;
     let input = if allow_comments {
         stripped = strip_comments(bytes);
@@ -373,17 +375,26 @@ fn json_path_at(bytes: &[u8], line: usize, column: usize) -> String {
         }
         i += 1;
     }
+    if root_type.is_none() {
+        root_type = root_type_ahead(&bytes[offset.min(bytes.len())..]);
+    }
     let mut path = root_type
         .filter(|t| t.bytes().all(|b| b.is_ascii_alphanumeric()) && !t.is_empty())
         .unwrap_or_else(|| "(document)".to_string());
-    // The containers of the value the parser stopped in (the innermost frame is that value's
-    // own container: its key or index is not named).
+    // Every open container down to the value the parser stopped in; in an object between two
+    // members, the member that follows.
     let last = stack.len().saturating_sub(1);
-    for (n, f) in stack.iter().enumerate().take(last) {
+    for (n, f) in stack.iter().enumerate() {
         match f {
             Frame::Object(Some(k)) => {
                 path.push('.');
                 schema::push_name(&mut path, k);
+            }
+            Frame::Object(None) if n == last => {
+                if let Some(k) = next_key(&bytes[offset.min(bytes.len())..]) {
+                    path.push('.');
+                    schema::push_name(&mut path, &k);
+                }
             }
             Frame::Array(i) if n > 0 => {
                 use std::fmt::Write;
@@ -393,6 +404,27 @@ fn json_path_at(bytes: &[u8], line: usize, column: usize) -> String {
         }
     }
     path
+}
+
+/// The first `"resourceType": "X"` in the rest of a document (the parser failed before it).
+fn root_type_ahead(rest: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(&rest[..rest.len().min(4096)]).ok()?;
+    // Quoted or not (the error may be the missing quotes).
+    let at = text.find("resourceType")? + 12;
+    let after = text[at..].strip_prefix('"').unwrap_or(&text[at..]);
+    let value = after.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    Some(value[..value.find('"')?].to_string())
+}
+
+/// The next member name (`"name" :`) in the rest of a document, if one comes soon.
+fn next_key(rest: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(&rest[..rest.len().min(1024)]).ok()?;
+    let start = text.find('"')? + 1;
+    let end = start + text[start..].find('"')?;
+    text[end + 1..]
+        .trim_start()
+        .starts_with(':')
+        .then(|| text[start..end].to_string())
 }
 
 /// An R4 OperationOutcome listing the issues (each with `expression`). An empty list gives
@@ -431,7 +463,7 @@ mod tests {
             false,
         )
         .unwrap_err();
-        assert_eq!(e[0].path, "Patient.name[0].given");
+        assert_eq!(e[0].path, "Patient.name[0].given[0]");
         let e = parse(
             b"{\"resourceType\":\"Patient\", // c\n \"id\":\"x\"}",
             false,

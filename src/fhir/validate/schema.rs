@@ -83,6 +83,7 @@ impl Model {
         let defs_obj = definitions
             .as_object_mut()
             .ok_or("definitions is not an object")?;
+        patch(defs_obj);
         let mut defs = HashMap::new();
         let mut patterns = HashMap::new();
         for (name, d) in defs_obj.iter() {
@@ -108,7 +109,11 @@ impl Model {
                             .ok_or_else(|| format!("unexpected $ref {r}"))?,
                     )),
                     None if inner.get("enum").is_some() || inner.get("const").is_some() => Ty::Code,
-                    None => return Err(format!("{name}.{pname}: property without a type")),
+                    // Choice elements (`valueDateTime`) hold their primitive inline: the type
+                    // is the name's suffix.
+                    None => Ty::Def(Box::from(primitive_of(pname).ok_or_else(|| {
+                        format!("{name}.{pname}: property without a type")
+                    })?)),
                 };
                 def.props
                     .insert(Box::from(pname.as_str()), Prop { ty, array });
@@ -186,7 +191,7 @@ impl Model {
                 match seg {
                     LocationSegment::Property(p) => {
                         path.push('.');
-                        push_name(&mut path, &p);
+                        push_name(&mut path, p.strip_prefix('_').unwrap_or(&p));
                     }
                     LocationSegment::Index(i) => {
                         use std::fmt::Write;
@@ -264,6 +269,83 @@ impl Model {
     }
 }
 
+/// Two defects of the published file, mended in memory (the file stays as published):
+/// - it was generated from R4 4.0.0: `fhirVersion` codes lack `4.0.1`, the R4 technical
+///   correction everyone sends;
+/// - `canonical` elements have no `_name` sibling for their extensions (`_profile`), which
+///   every other primitive has.
+fn patch(defs: &mut Map<String, Value>) {
+    let mut stack: Vec<&mut Value> = defs.values_mut().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Array(e)) = m.get_mut("enum") {
+                    if e.iter().any(|c| c == "4.0.0") && !e.iter().any(|c| c == "4.0.1") {
+                        e.push(Value::from("4.0.1"));
+                    }
+                }
+                stack.extend(m.values_mut());
+            }
+            Value::Array(a) => stack.extend(a.iter_mut()),
+            _ => {}
+        }
+    }
+    for d in defs.values_mut() {
+        let Some(props) = d.get_mut("properties").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let missing: Vec<(String, bool)> = props
+            .iter()
+            .filter(|(name, p)| {
+                let inner = p.get("items").unwrap_or(p);
+                inner.get("$ref").and_then(Value::as_str) == Some("#/definitions/canonical")
+                    && !props.contains_key(&format!("_{name}"))
+            })
+            .map(|(name, p)| (format!("_{name}"), p.get("items").is_some()))
+            .collect();
+        for (name, array) in missing {
+            let element = serde_json::json!({"$ref": "#/definitions/Element"});
+            let prop = if array {
+                serde_json::json!({"type": "array", "items": element})
+            } else {
+                element
+            };
+            props.insert(name, prop);
+        }
+    }
+}
+
+/// The FHIR primitive types, as choice-element suffixes (longest first where one ends another).
+const PRIMITIVES: &[(&str, &str)] = &[
+    ("Base64Binary", "base64Binary"),
+    ("Boolean", "boolean"),
+    ("Canonical", "canonical"),
+    ("Code", "code"),
+    ("DateTime", "dateTime"),
+    ("Date", "date"),
+    ("Decimal", "decimal"),
+    ("Instant", "instant"),
+    ("Integer", "integer"),
+    ("Markdown", "markdown"),
+    ("Oid", "oid"),
+    ("PositiveInt", "positiveInt"),
+    ("UnsignedInt", "unsignedInt"),
+    ("String", "string"),
+    ("Time", "time"),
+    ("Uri", "uri"),
+    ("Url", "url"),
+    ("Uuid", "uuid"),
+    ("Id", "id"),
+];
+
+/// The primitive type of an inline choice property (`valueDateTime` → `dateTime`).
+fn primitive_of(property: &str) -> Option<&'static str> {
+    PRIMITIVES
+        .iter()
+        .find(|(suffix, _)| property.ends_with(suffix))
+        .map(|(_, t)| *t)
+}
+
 /// Appends a property name to a path: FHIR element names as they are, anything else (a name
 /// that could carry data) replaced by `?`.
 pub(crate) fn push_name(path: &mut String, name: &str) {
@@ -317,6 +399,10 @@ mod tests {
         assert_eq!(m.defs["Narrative"].props["div"].ty, Ty::Xhtml);
         assert_eq!(m.defs["Patient"].props["gender"].ty, Ty::Code);
         assert_eq!(&*m.patterns[r"^[A-Za-z0-9\-\.]{1,64}$"], "id");
+        let t = |d: &str, p: &str| m.defs[d].props[p].ty.clone();
+        assert_eq!(t("Observation", "valueDateTime"), Ty::Def("dateTime".into()));
+        assert_eq!(t("Extension", "valueUuid"), Ty::Def("uuid".into()));
+        assert_eq!(t("Extension", "valueTime"), Ty::Def("time".into()));
     }
 
     /// Where the schema embeds a resource: the walker validates each of these with its own type.

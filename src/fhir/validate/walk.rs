@@ -312,7 +312,7 @@ impl<'v, 'o> Walker<'v, 'o> {
             Place::Contained | Place::NestedContained => Place::NestedContained,
             _ => Place::Contained,
         };
-        self.object(obj, rt, path, depth, &mut res, inner);
+        self.object(obj, rt, path, depth, &mut res, inner, None);
         if matches!(place, Place::Root | Place::Embedded) {
             self.local_references(path, &res);
         }
@@ -372,8 +372,9 @@ impl<'v, 'o> Walker<'v, 'o> {
         depth: usize,
         res: &mut Res<'v>,
         contained_place: Place,
+        index: Option<usize>,
     ) {
-        if obj.is_empty() || (obj.len() == 1 && obj.contains_key("resourceType")) {
+        if obj.is_empty() {
             self.error(
                 IssueCode::Invalid,
                 path,
@@ -390,7 +391,8 @@ impl<'v, 'o> Walker<'v, 'o> {
             };
             let len = path.len();
             path.push('.');
-            path.push_str(k);
+            // FHIRPath names a primitive's extensions under the primitive (`birthDate.extension`).
+            path.push_str(k.strip_prefix('_').unwrap_or(k));
             if prop.array {
                 if let Some(items) = v.as_array() {
                     if items.is_empty() {
@@ -421,7 +423,9 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             } else {
-                self.value(v, &prop.ty, k, path, depth + 1, res, None, contained_place);
+                // A Bundle entry's resource knows the entry's index.
+                let index = if ty == "Bundle_Entry" { index } else { None };
+                self.value(v, &prop.ty, k, path, depth + 1, res, index, contained_place);
             }
             path.truncate(len);
         }
@@ -506,9 +510,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                 if d.starts_with(|c: char| c.is_ascii_lowercase()) {
                     self.primitive(v, d, path, res);
                 } else if let Some(obj) = v.as_object() {
-                    // Bundle entries keep their index (per-entry checks need it).
-                    let _ = index;
-                    self.object(obj, d, path, depth, res, contained_place);
+                    self.object(obj, d, path, depth, res, contained_place, index);
                 }
             }
         }
@@ -580,19 +582,19 @@ impl<'v, 'o> Walker<'v, 'o> {
                         if s.starts_with('#') {
                             res.local_uris.push(s);
                         } else if !p::has_scheme(s) {
-                            self.error(
+                            // The specification's own examples use relative canonicals.
+                            self.issues.push(Issue::new(
+                                Severity::Warning,
                                 IssueCode::Invalid,
                                 path,
-                                "a canonical URL must be absolute unless it is a fragment (#id)",
-                            );
+                                "a canonical URL should be absolute unless it is a fragment (#id)"
+                                    .into(),
+                            ));
                         }
                     }
                     "uri" | "url" => {
                         if s.starts_with('#') {
                             res.local_uris.push(s);
-                        }
-                        if ty == "url" && !p::has_scheme(s) && !s.starts_with('#') {
-                            self.error(IssueCode::Invalid, path, "a url must be an absolute URL");
                         }
                     }
                     _ => {}
@@ -673,15 +675,12 @@ impl<'v, 'o> Walker<'v, 'o> {
             }
             "Period" => {
                 if let (Some(a), Some(b)) = (s("start"), s("end")) {
-                    if let (Some(ka), Some(kb)) = (p::sort_key(a), p::sort_key(b)) {
-                        // Comparable when both have a time, or neither.
-                        if ka.1 == kb.1 && ka.0 > kb.0 {
-                            self.error(
-                                IssueCode::Invariant,
-                                path,
-                                "per-1: if present, start shall have a lower value than end",
-                            );
-                        }
+                    if !period_ordered(a, b) {
+                        self.error(
+                            IssueCode::Invariant,
+                            path,
+                            "per-1: if present, start shall have a lower value than end",
+                        );
                     }
                 }
             }
@@ -710,6 +709,18 @@ impl<'v, 'o> Walker<'v, 'o> {
                                 IssueCode::Invalid,
                                 &p,
                                 "example URLs (example.org, acme.com …) are not allowed here",
+                            );
+                        }
+                    }
+                }
+                if let Some((_, want)) = s("url").and_then(|u| CORE_EXTENSIONS.iter().find(|(c, _)| *c == u)) {
+                    if let Some(k) = obj.keys().find(|k| k.starts_with("value")) {
+                        if k.as_str() != *want {
+                            let p = format!("{path}.{}", k);
+                            self.error(
+                                IssueCode::Structure,
+                                &p,
+                                "this core extension's definition allows another value type here",
                             );
                         }
                     }
@@ -751,6 +762,36 @@ impl<'v, 'o> Walker<'v, 'o> {
             }
             _ => {}
         }
+    }
+}
+
+/// Core extensions (hl7.org/fhir/StructureDefinition) and the one value[x] their R4
+/// definitions allow.
+const CORE_EXTENSIONS: &[(&str, &str)] = &[
+    ("http://hl7.org/fhir/StructureDefinition/narrativeLink", "valueUrl"),
+    ("http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode"),
+    ("http://hl7.org/fhir/StructureDefinition/originalText", "valueString"),
+    ("http://hl7.org/fhir/StructureDefinition/rendered-value", "valueString"),
+    ("http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName", "valueString"),
+    ("http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueAddress"),
+    ("http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime"),
+    ("http://hl7.org/fhir/StructureDefinition/iso21090-nullFlavor", "valueCode"),
+];
+
+/// `per-1` as the reference validator reads it: with both times, instants compare; otherwise
+/// the dates compare at the precision they share, and equal dates of different precision
+/// (`2023-06-21` against `2023-06-21T06:20:00Z`) cannot be ordered and fail.
+fn period_ordered(start: &str, end: &str) -> bool {
+    if let (Some((a, true)), Some((b, true))) = (p::sort_key(start), p::sort_key(end)) {
+        return a <= b;
+    }
+    let date = |s: &str| -> usize { s.find('T').unwrap_or(s.len()).min(10) };
+    let (da, db) = (&start[..date(start)], &end[..date(end)]);
+    let n = da.len().min(db.len());
+    match da[..n].cmp(&db[..n]) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => start.len() == end.len() && start <= end,
     }
 }
 
