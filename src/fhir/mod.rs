@@ -277,16 +277,18 @@ mod tests {
     #[test]
     fn a_bundle_gives_its_type_identifier_and_patients() {
         let m = read(br#"{"resourceType":"Bundle","type":"transaction","identifier":{"value":"B-9"},
-            "entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/7"}}},
-                     {"resource":{"resourceType":"Patient","identifier":[{"system":"s","value":"v"}]}}]}"#).unwrap();
+            "entry":[{"resource":{"resourceType":"Observation","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/7"}},
+                      "request":{"method":"POST","url":"Observation"}},
+                     {"resource":{"resourceType":"Patient","identifier":[{"system":"urn:s","value":"v"}]},
+                      "request":{"method":"POST","url":"Patient"}}]}"#).unwrap();
         assert_eq!((m.kind.as_str(), m.id.as_str()), ("transaction", "B-9"));
-        assert_eq!(m.patient_ids, ["v^s^"]);
+        assert_eq!(m.patient_ids, ["v^urn:s^"]);
     }
 
     #[test]
     fn a_resource_without_patient_falls_back_to_its_subject_reference() {
         let m =
-            read(br#"{"resourceType":"Observation","subject":{"reference":"Patient/7"}}"#).unwrap();
+            read(br#"{"resourceType":"Observation","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/7"}}"#).unwrap();
         assert_eq!(m.patient_ids, ["Patient/7^^REF"]);
     }
 

@@ -253,7 +253,7 @@ pub fn parse(bytes: &[u8], allow_comments: bool) -> Result<Value, Vec<Issue>> {
 }
 
 fn has_comment(bytes: &[u8]) -> bool {
-    strip_comments(bytes).len() != bytes.len() || bytes.windows(2).any(|w| w == b"*/")
+    strip_comments(bytes) != bytes
 }
 
 /// Replaces `//…` and `/*…*/` outside strings with spaces (so positions stay) — returns a
