@@ -412,7 +412,11 @@ fn root_type_ahead(rest: &[u8]) -> Option<String> {
     // Quoted or not (the error may be the missing quotes).
     let at = text.find("resourceType")? + 12;
     let after = text[at..].strip_prefix('"').unwrap_or(&text[at..]);
-    let value = after.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let value = after
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
     Some(value[..value.find('"')?].to_string())
 }
 

@@ -111,9 +111,11 @@ impl Model {
                     None if inner.get("enum").is_some() || inner.get("const").is_some() => Ty::Code,
                     // Choice elements (`valueDateTime`) hold their primitive inline: the type
                     // is the name's suffix.
-                    None => Ty::Def(Box::from(primitive_of(pname).ok_or_else(|| {
-                        format!("{name}.{pname}: property without a type")
-                    })?)),
+                    None => {
+                        Ty::Def(Box::from(primitive_of(pname).ok_or_else(|| {
+                            format!("{name}.{pname}: property without a type")
+                        })?))
+                    }
                 };
                 def.props
                     .insert(Box::from(pname.as_str()), Prop { ty, array });
@@ -400,7 +402,10 @@ mod tests {
         assert_eq!(m.defs["Patient"].props["gender"].ty, Ty::Code);
         assert_eq!(&*m.patterns[r"^[A-Za-z0-9\-\.]{1,64}$"], "id");
         let t = |d: &str, p: &str| m.defs[d].props[p].ty.clone();
-        assert_eq!(t("Observation", "valueDateTime"), Ty::Def("dateTime".into()));
+        assert_eq!(
+            t("Observation", "valueDateTime"),
+            Ty::Def("dateTime".into())
+        );
         assert_eq!(t("Extension", "valueUuid"), Ty::Def("uuid".into()));
         assert_eq!(t("Extension", "valueTime"), Ty::Def("time".into()));
     }

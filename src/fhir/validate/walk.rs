@@ -713,7 +713,9 @@ impl<'v, 'o> Walker<'v, 'o> {
                         }
                     }
                 }
-                if let Some((_, want)) = s("url").and_then(|u| CORE_EXTENSIONS.iter().find(|(c, _)| *c == u)) {
+                if let Some((_, want)) =
+                    s("url").and_then(|u| CORE_EXTENSIONS.iter().find(|(c, _)| *c == u))
+                {
                     if let Some(k) = obj.keys().find(|k| k.starts_with("value")) {
                         if k.as_str() != *want {
                             let p = format!("{path}.{}", k);
@@ -768,14 +770,38 @@ impl<'v, 'o> Walker<'v, 'o> {
 /// Core extensions (hl7.org/fhir/StructureDefinition) and the one value[x] their R4
 /// definitions allow.
 const CORE_EXTENSIONS: &[(&str, &str)] = &[
-    ("http://hl7.org/fhir/StructureDefinition/narrativeLink", "valueUrl"),
-    ("http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode"),
-    ("http://hl7.org/fhir/StructureDefinition/originalText", "valueString"),
-    ("http://hl7.org/fhir/StructureDefinition/rendered-value", "valueString"),
-    ("http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName", "valueString"),
-    ("http://hl7.org/fhir/StructureDefinition/patient-birthPlace", "valueAddress"),
-    ("http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime"),
-    ("http://hl7.org/fhir/StructureDefinition/iso21090-nullFlavor", "valueCode"),
+    (
+        "http://hl7.org/fhir/StructureDefinition/narrativeLink",
+        "valueUrl",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+        "valueCode",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/originalText",
+        "valueString",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/rendered-value",
+        "valueString",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
+        "valueString",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+        "valueAddress",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+        "valueDateTime",
+    ),
+    (
+        "http://hl7.org/fhir/StructureDefinition/iso21090-nullFlavor",
+        "valueCode",
+    ),
 ];
 
 /// `per-1` as the reference validator reads it: with both times, instants compare; otherwise
