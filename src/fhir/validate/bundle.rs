@@ -210,14 +210,16 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
 /// `bdl-7` and duplicate resource identities: one entry per fullUrl (per version), one per
 /// resource type and id where there is no fullUrl.
 fn duplicates(w: &mut Walker, entries: &[Entry]) {
-    let mut seen: HashMap<(String, Option<&str>), usize> = HashMap::new();
+    // Key: (fullUrl, "", version) or ("", "Type", id, version) — borrowed, no allocation.
+    type Key<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
+    let mut seen: HashMap<Key, usize> = HashMap::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let key = match (e.full_url, e.resource_type, e.id) {
-            (Some(f), _, _) => f.to_string(),
-            (None, Some(t), Some(id)) => format!("{t}/{id}"),
+            (Some(f), _, _) => (f, "", "", e.version),
+            (None, Some(t), Some(id)) => ("", t, id, e.version),
             _ => continue,
         };
-        if let Some(first) = seen.insert((key, e.version), i) {
+        if let Some(first) = seen.insert(key, i) {
             let msg = if e.full_url.is_some() {
                 format!(
                     "bdl-7: fullUrl is not unique in the Bundle (entry[{first}] has the same fullUrl and version)"

@@ -41,14 +41,62 @@ pub(crate) struct Prop {
     pub array: bool,
 }
 
+/// Rules of particular data types, decided once per definition (not per value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    #[default]
+    Plain,
+    Reference,
+    Attachment,
+    Coding,
+    Period,
+    Extension,
+    RiskPrediction,
+    BundleEntry,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Def {
-    pub props: HashMap<Box<str>, Prop>,
+    pub props: FastMap<Prop>,
+    /// Elements of minimum cardinality 1 the schema cannot require (`walk::REQUIRED`).
+    pub required: &'static [&'static str],
+    pub kind: Kind,
+}
+
+/// Maps keyed by element or type names, hashed with a fast non-cryptographic hash: the keys
+/// are the schema's, and a lookup of a hostile key only costs its hashing.
+pub(crate) type FastMap<V> = HashMap<Box<str>, V, FastHash>;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+/// FxHash's mixing (rotate, xor, multiply), eight bytes at a time.
+pub(crate) struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// The schema, read: types for the walker, validators per resource type.
 pub(crate) struct Model {
-    pub defs: HashMap<Box<str>, Def>,
+    pub defs: FastMap<Def>,
     /// The resource types (the schema's discriminator), each with its validator once built.
     validators: HashMap<Box<str>, OnceLock<Result<jsonschema::Validator, String>>>,
     /// `definitions` without descriptions and with `ResourceList` as "an object".
@@ -84,7 +132,7 @@ impl Model {
             .as_object_mut()
             .ok_or("definitions is not an object")?;
         patch(defs_obj);
-        let mut defs = HashMap::new();
+        let mut defs = FastMap::default();
         let mut patterns = HashMap::new();
         for (name, d) in defs_obj.iter() {
             if let Some(p) = d.get("pattern").and_then(Value::as_str) {
@@ -93,7 +141,23 @@ impl Model {
             let Some(props) = d.get("properties").and_then(Value::as_object) else {
                 continue;
             };
-            let mut def = Def::default();
+            let mut def = Def {
+                required: super::walk::REQUIRED
+                    .iter()
+                    .find(|(t, _)| t == name)
+                    .map_or(&[], |(_, r)| *r),
+                kind: match name.as_str() {
+                    "Reference" => Kind::Reference,
+                    "Attachment" => Kind::Attachment,
+                    "Coding" => Kind::Coding,
+                    "Period" => Kind::Period,
+                    "Extension" => Kind::Extension,
+                    "RiskAssessment_Prediction" => Kind::RiskPrediction,
+                    "Bundle_Entry" => Kind::BundleEntry,
+                    _ => Kind::Plain,
+                },
+                ..Def::default()
+            };
             for (pname, p) in props {
                 let (array, inner) = match p.get("items") {
                     Some(items) if p.get("type").and_then(Value::as_str) == Some("array") => {
@@ -389,6 +453,11 @@ mod tests {
     #[test]
     fn the_model_knows_the_types() {
         let m = Model::get();
+        assert_eq!(m.defs["Observation"].required, ["status"]);
+        assert_eq!(m.defs["Reference"].kind, Kind::Reference);
+        for (t, _) in super::super::walk::REQUIRED {
+            assert!(m.defs.contains_key(*t), "{t} is not a type of the schema");
+        }
         assert_eq!(m.resource_types().count(), 146);
         assert!(m.is_resource_type("Patient") && !m.is_resource_type("HumanName"));
         let entry = &m.defs["Bundle_Entry"].props;

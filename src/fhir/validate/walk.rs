@@ -10,7 +10,7 @@ use std::fmt::Write;
 use serde_json::{Map, Value};
 
 use super::primitive as p;
-use super::schema::{Model, Ty};
+use super::schema::{Def, Kind, Model, Ty};
 use super::{bundle, xhtml, Issue, IssueCode, Options, Severity};
 
 /// Deepest JSON nesting walked (objects and arrays). FHIR content nests far less (a Bundle
@@ -24,7 +24,7 @@ pub const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// R4 elements of minimum cardinality 1 that the JSON schema cannot require: primitives (whose
 /// value may stand in `_name` alone) and choices (`name[x]`). Per type, including backbone
 /// elements (`Type_Part`).
-const REQUIRED: &[(&str, &[&str])] = &[
+pub(crate) const REQUIRED: &[(&str, &[&str])] = &[
     ("Account", &["status"]),
     ("ActivityDefinition", &["status"]),
     ("AdverseEvent", &["actuality"]),
@@ -420,13 +420,17 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             } else {
                 // A Bundle entry's resource knows the entry's index.
-                let index = if ty == "Bundle_Entry" { index } else { None };
+                let index = if def.kind == Kind::BundleEntry {
+                    index
+                } else {
+                    None
+                };
                 self.value(v, &prop.ty, k, path, depth + 1, res, index, contained_place);
             }
             path.truncate(len);
         }
-        if let Some((_, names)) = REQUIRED.iter().find(|(t, _)| *t == ty) {
-            for name in *names {
+        {
+            for name in def.required {
                 let present = match name.strip_suffix("[x]") {
                     Some(prefix) => obj.keys().any(|k| {
                         k.strip_prefix(prefix)
@@ -448,7 +452,9 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             }
         }
-        self.type_rules(obj, ty, path, res);
+        if def.kind != Kind::Plain {
+            self.type_rules(obj, def, path, res);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -599,10 +605,16 @@ impl<'v, 'o> Walker<'v, 'o> {
     }
 
     /// Rules of particular data types.
-    fn type_rules(&mut self, obj: &'v Map<String, Value>, ty: &str, path: &str, res: &mut Res<'v>) {
+    fn type_rules(
+        &mut self,
+        obj: &'v Map<String, Value>,
+        def: &Def,
+        path: &str,
+        res: &mut Res<'v>,
+    ) {
         let s = |k: &str| obj.get(k).and_then(Value::as_str);
-        match ty {
-            "Reference" => {
+        match def.kind {
+            Kind::Reference => {
                 if let Some(r) = s("reference") {
                     res.refs.push((path.to_string(), r));
                     if !r.is_empty() && !reference_syntax_ok(self.model, r) {
@@ -614,7 +626,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            "Attachment" => {
+            Kind::Attachment => {
                 if let (Some(data), Some(size)) =
                     (s("data"), obj.get("size").and_then(Value::as_u64))
                 {
@@ -637,7 +649,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     );
                 }
             }
-            "Coding" => {
+            Kind::Coding => {
                 if let Some(sys) = s("system") {
                     if !sys.is_empty() && !p::has_scheme(sys) {
                         let p = format!("{path}.system");
@@ -649,7 +661,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            "Period" => {
+            Kind::Period => {
                 if let (Some(a), Some(b)) = (s("start"), s("end")) {
                     if !period_ordered(a, b) {
                         self.error(
@@ -660,7 +672,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            "Extension" => {
+            Kind::Extension => {
                 match s("url") {
                     None => {
                         let p = format!("{path}.url");
@@ -713,7 +725,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     );
                 }
             }
-            "RiskAssessment_Prediction" => {
+            Kind::RiskPrediction => {
                 if let Some(pr) = obj.get("probabilityDecimal").and_then(Value::as_f64) {
                     if pr > 100.0 {
                         self.error(
@@ -738,7 +750,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            _ => {}
+            Kind::Plain | Kind::BundleEntry => {}
         }
     }
 }
