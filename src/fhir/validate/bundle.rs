@@ -26,12 +26,22 @@ impl Entry<'_, '_> {
     }
 }
 
+const HISTORY: &str = "/_history/";
+
+/// Where `/_history/` starts in a URL (a byte scan: this runs for every reference).
+fn history_at(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    memchr::memchr_iter(b'_', b)
+        .find(|&i| i > 0 && b[i - 1..].starts_with(HISTORY.as_bytes()))
+        .map(|i| i - 1)
+}
+
 /// `http://server/base/Type/id` → (`http://server/base/`, Type, id), for a known resource type.
 fn restful<'a>(w: &Walker, url: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return None;
     }
-    let url = match url.find("/_history/") {
+    let url = match history_at(url) {
         Some(h) => &url[..h],
         None => url,
     };
@@ -89,7 +99,8 @@ pub(crate) fn check_bundle<'v>(
                 .and_then(Value::as_str),
             id: resource.and_then(|r| r.get("id")).and_then(Value::as_str),
             version: resource
-                .and_then(|r| r.pointer("/meta/versionId"))
+                .and_then(|r| r.get("meta"))
+                .and_then(|m| m.get("versionId"))
                 .and_then(Value::as_str),
             bundle: path,
             index: i,
@@ -143,7 +154,7 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
             w.error(IssueCode::Invalid, &fpath(), "not a valid urn:uuid");
         } else if f.starts_with("urn:oid:") && !p::is_urn_oid(f) {
             w.error(IssueCode::Invalid, &fpath(), "not a valid urn:oid");
-        } else if f.contains("/_history/") {
+        } else if history_at(f).is_some() {
             w.error(
                 IssueCode::Invariant,
                 &fpath(),
@@ -195,7 +206,10 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
         );
     }
     if btype == "searchset" {
-        let mode = e.pointer("/search/mode").and_then(Value::as_str);
+        let mode = e
+            .get("search")
+            .and_then(|x| x.get("mode"))
+            .and_then(Value::as_str);
         let outcome = entry.resource_type == Some("OperationOutcome");
         let rpath = || format!("{}.resource", entry.path());
         if mode == Some("outcome") && !outcome && entry.resource_type.is_some() {
@@ -261,8 +275,8 @@ fn resolve(w: &mut Walker, btype: &str, entries: &[Entry], res: &Res) {
             if r.is_empty() || r.starts_with('#') || r.contains('?') {
                 continue;
             }
-            let (target, version) = match r.split_once("/_history/") {
-                Some((t, v)) => (t, Some(v)),
+            let (target, version) = match history_at(r) {
+                Some(h) => (&r[..h], Some(&r[h + HISTORY.len()..])),
                 None => (*r, None),
             };
             let absolute = p::has_scheme(target);
@@ -344,7 +358,7 @@ pub(crate) fn check_parameters(w: &mut Walker, res: &Res) {
             if r.is_empty() || r.starts_with('#') || r.contains('?') || p::has_scheme(r) {
                 continue;
             }
-            let target = r.split("/_history/").next().unwrap_or(r);
+            let target = history_at(r).map_or(*r, |h| &r[..h]);
             let Some((t, id)) = target.rsplit_once('/') else {
                 continue;
             };

@@ -190,7 +190,7 @@ impl Validator {
     pub fn check(&self, resource: &Value) -> Vec<Issue> {
         let model = schema::Model::get();
         let mut w = walk::Walker::new(model, &self.options);
-        let mut path = String::new();
+        let mut path = String::with_capacity(256);
         w.resource(resource, &mut path, 0, walk::Place::Root);
         let mut issues = std::mem::take(&mut w.issues);
         if !w.too_deep {
@@ -217,7 +217,12 @@ impl Validator {
     #[doc(hidden)]
     pub fn bench_walk(&self, resource: &Value) -> usize {
         let mut w = walk::Walker::new(schema::Model::get(), &self.options);
-        w.resource(resource, &mut String::new(), 0, walk::Place::Root);
+        w.resource(
+            resource,
+            &mut String::with_capacity(256),
+            0,
+            walk::Place::Root,
+        );
         w.issues.len() + w.resources.len()
     }
 

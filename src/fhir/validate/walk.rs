@@ -208,6 +208,7 @@ impl<'v, 'o> Walker<'v, 'o> {
             .push(Issue::new(Severity::Error, code, path, message.into()));
     }
 
+    #[inline]
     fn deep(&mut self, depth: usize, path: &str) -> bool {
         if depth <= MAX_DEPTH {
             return false;
@@ -737,7 +738,8 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
                 if let Some(r) = obj.get("probabilityRange") {
                     for end in ["low", "high"] {
-                        if r.pointer(&format!("/{end}/value"))
+                        if r.get(end)
+                            .and_then(|e| e.get("value"))
                             .and_then(Value::as_f64)
                             .is_some_and(|v| v > 100.0)
                         {
@@ -769,7 +771,9 @@ fn push_index(path: &mut String, i: usize) {
         }
     }
     path.push('[');
-    path.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+    for d in &digits[at..] {
+        path.push(char::from(*d));
+    }
     path.push(']');
 }
 
