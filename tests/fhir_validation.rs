@@ -511,3 +511,34 @@ fn the_gateway_tests_fhir_fixtures_are_valid() {
         }
     }
 }
+
+/// `medanchor import` (like Kafka and NATS) quarantines invalid FHIR under its own reason and
+/// stores the rest.
+#[test]
+fn import_quarantines_invalid_fhir_and_stores_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.ndjson");
+    std::fs::write(
+        &file,
+        "{\"resourceType\":\"Patient\",\"id\":\"ok-1\",\"identifier\":[{\"system\":\"urn:s\",\"value\":\"1\"}]}\n\
+         {\"resourceType\":\"Patient\",\"id\":\"bad_id\",\"identifier\":[{\"system\":\"urn:s\",\"value\":\"2\"}]}\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (ok, out, err) = common::run(&[
+        "import",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    let s: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(!ok, "{s}");
+    assert_eq!(s["stored"], 1, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    assert_eq!(s["rejected_by_reason"]["invalid_fhir"], 1, "{s}");
+    assert!(
+        !out.contains("bad_id") && !err.contains("bad_id"),
+        "{out}{err}"
+    );
+}
