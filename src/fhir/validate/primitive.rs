@@ -168,10 +168,12 @@ pub fn is_example_url(s: &str) -> bool {
     .any(|d| host == *d || host.ends_with(&format!(".{d}")))
 }
 
-/// Elements that make text active in a browser when it is rendered as HTML.
+/// Elements that make text active in a browser when it is rendered as HTML: they run script,
+/// load content or restyle the page. (`<a>` is not among them: clinical text writes `<a` in
+/// comparisons, and a `javascript:` link is caught by its scheme.)
 const ACTIVE_TAGS: &[&str] = &[
     "script", "iframe", "object", "embed", "applet", "form", "img", "svg", "style", "link", "meta",
-    "base", "frame", "frameset", "body", "html", "a", "input", "button", "math",
+    "base", "frame", "frameset", "body", "html",
 ];
 
 /// Whether plain text holds something that a browser would run or load if it were pasted into
@@ -273,7 +275,12 @@ mod tests {
             "Standard <script>somescript</script>"
         ));
         assert!(looks_like_active_html("<IMG src=x onerror=y>"));
-        assert!(!looks_like_active_html("BP <120 and a<b, <resource type>"));
+        assert!(!looks_like_active_html(
+            "BP <120 and a<b, <resource type>, x <a day"
+        ));
+        assert!(looks_like_active_html(
+            "<a href='JavaScript:alert(1)'>x</a>"
+        ));
         assert!(has_html_tag("<resource type>\\<id>") && !has_html_tag("a < b"));
     }
 }
