@@ -9,7 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Config;
+use crate::config::{Config, NormalizeConfig, OnMapError};
+use crate::normalize::{Link, MapError, Normalizer};
+use crate::record::DerivedRecord;
 use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
 use crate::hl7::Message;
 use crate::ledger::{batcher, EmbeddedLedger, Ledger};
@@ -17,7 +19,9 @@ use crate::metrics::Metrics;
 use crate::record::{parse_rejection, AcceptRules, Record, RecordMeta};
 use crate::seal::{self, keyring::GATEWAY_KEY_ID, Keyring};
 use crate::vault::writer::{self, WriteOp};
-use crate::vault::{EmbeddedVault, PutRecord, QuarantineEntry, Vault};
+use crate::vault::{
+    Derivation, EmbeddedVault, MappingFailure, PutRecord, QuarantineEntry, Vault,
+};
 
 /// Everything that stays open while the gateway runs.
 pub struct Stores {
@@ -36,6 +40,8 @@ pub enum OpenError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("signing key: {0}")]
     Signing(String),
+    #[error("mapping files: {0}")]
+    Mapping(#[from] crate::normalize::LoadError),
     /// The storage engine failed on a damaged file instead of returning an error.
     #[error("{0}")]
     Damaged(String),
@@ -172,6 +178,9 @@ pub struct Pipeline {
     workers: usize,
     /// A key store that cannot be read or written fails every message: said once per interval.
     key_failures: crate::throttle::Throttle,
+    /// HL7v2 → FHIR normalization; `None` when `normalize.enabled` is off.
+    normalizer: Option<Arc<Normalizer>>,
+    normalize: NormalizeConfig,
 }
 
 /// What decoding made of an envelope.
@@ -179,6 +188,16 @@ enum Decoded {
     Record(ToSeal),
     /// Its write (a quarantine entry), or none: its token was answered already.
     Settled(Option<WriteOp>),
+}
+
+/// What normalization made of one sealed record.
+enum Derived {
+    /// Not an HL7v2 record, or normalization is off.
+    None,
+    Sealed(seal::Sealed),
+    Failed(MappingFailure),
+    /// Mapping failed and `normalize.on_error = "reject"`.
+    Refused(Rejection),
 }
 
 /// A decoded record and its patient's key, to be sealed.
@@ -222,8 +241,8 @@ impl Pipeline {
     ) -> Result<(Arc<Pipeline>, Running), OpenError> {
         let pending = stores.vault.unanchored(stores.ledger.anchored_through()?)?;
         if !pending.is_empty() {
-            let records: Vec<_> = pending.iter().map(|(id, c, _)| (*id, *c)).collect();
-            let through = pending.iter().map(|(_, _, p)| *p).max().unwrap_or(0);
+            let records: Vec<_> = pending.iter().map(|(leaf, _)| *leaf).collect();
+            let through = pending.iter().map(|(_, p)| *p).max().unwrap_or(0);
             stores
                 .ledger
                 .append_through(&records, crate::envelope::now_ms(), through)?;
@@ -260,6 +279,11 @@ impl Pipeline {
         } else {
             cfg.pipeline.workers
         };
+        let normalizer = if cfg.normalize.enabled {
+            Some(Arc::new(Normalizer::load(&cfg.normalize)?))
+        } else {
+            None
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("seal-{i}"))
@@ -276,6 +300,8 @@ impl Pipeline {
             jobs: AtomicUsize::new(0),
             workers,
             key_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
+            normalizer,
+            normalize: cfg.normalize.clone(),
         });
         Ok((
             pipeline,
@@ -411,7 +437,10 @@ impl Pipeline {
             .collect();
         let sealed = seal::seal_many(&items);
         let n = decoded.len();
-        for (sealed, ToSeal { record, token, .. }) in sealed.into_iter().zip(decoded) {
+        let mut derivations = self.derive(&decoded, &sealed);
+        for ((sealed, ToSeal { record, token, .. }), derivation) in
+            sealed.into_iter().zip(decoded).zip(derivations.drain(..))
+        {
             // Unreachable after decode's check_encodable; kept so nothing is sealed inexactly.
             let sealed = match sealed {
                 Ok(s) => s,
@@ -427,12 +456,30 @@ impl Pipeline {
                     continue;
                 }
             };
+            let derived = match derivation {
+                Derived::None => Derivation::None,
+                Derived::Sealed(d) => Derivation::Mapped(d),
+                Derived::Failed(f) => Derivation::Failed(f),
+                Derived::Refused(rejection) => {
+                    // normalize.on_error = "reject": the message is not stored.
+                    let Record { meta, raw } = record;
+                    ops.extend(self.quarantine_op(
+                        raw,
+                        meta.origin,
+                        meta.received_ms,
+                        rejection,
+                        token,
+                    ));
+                    continue;
+                }
+            };
             let (dedup_key, control_key) = self.keyring.dedup_keys(&record);
             ops.push(WriteOp::Put {
                 put: PutRecord {
                     sealed,
                     dedup_key,
                     control_key,
+                    derived,
                 },
                 token,
             });
@@ -443,6 +490,120 @@ impl Pipeline {
             self.metrics.seal_seconds.observe(each);
         }
         ops
+    }
+
+    /// Normalizes each sealed HL7v2 record into a derived record sealed under the same key.
+    /// After sealing, because the Provenance names the raw record's id and commitment.
+    fn derive(
+        &self,
+        decoded: &[ToSeal],
+        sealed: &[Result<seal::Sealed, crate::record::EncodeError>],
+    ) -> Vec<Derived> {
+        let Some(normalizer) = &self.normalizer else {
+            return decoded.iter().map(|_| Derived::None).collect();
+        };
+        let started = Instant::now();
+        let mapped_ms = crate::envelope::now_ms();
+        let mut out = Vec::with_capacity(decoded.len());
+        let mut to_seal = Vec::new();
+        for (d, s) in decoded.iter().zip(sealed) {
+            let Ok(s) = s else {
+                out.push(Derived::None);
+                continue;
+            };
+            if d.record.meta.format != "hl7v2" {
+                out.push(Derived::None);
+                continue;
+            }
+            let raw_id = s.record_id.to_string();
+            let link = Link {
+                raw_record_id: &raw_id,
+                raw_commitment: &s.commitment,
+                mapped_ms,
+            };
+            let mapped = with_message(&d.record.raw, |msg| normalizer.map(msg, &link))
+                .unwrap_or_else(|e| {
+                    Err(MapError {
+                        label: "unparsed",
+                        detail: format!("the message does not parse again: {e}"),
+                    })
+                })
+                .and_then(|m| {
+                    check_output(&self.normalize, &m)?;
+                    Ok(m)
+                });
+            match mapped {
+                Ok(m) => {
+                    self.metrics.normalized.with_label_values(&["mapped"]).inc();
+                    for item in &m.unmapped {
+                        self.metrics
+                            .unmapped
+                            .with_label_values(&[&self.metrics.item_label(item)])
+                            .inc();
+                    }
+                    to_seal.push((
+                        out.len(),
+                        DerivedRecord {
+                            raw_id: s.record_id,
+                            raw_commitment: s.commitment,
+                            mapping_version: normalizer.version().to_string(),
+                            mapped_ms,
+                            outcome: unmapped_outcome(&m.unmapped).into(),
+                            bundle: m.bundle.into(),
+                        },
+                    ));
+                    out.push(Derived::None);
+                }
+                Err(e) => {
+                    self.metrics.normalized.with_label_values(&["failed"]).inc();
+                    self.metrics
+                        .mapping_failures
+                        .with_label_values(&[e.label])
+                        .inc();
+                    out.push(match self.normalize.on_error {
+                        OnMapError::Store => Derived::Failed(MappingFailure {
+                            label: e.label.to_string(),
+                            detail: e.detail,
+                            mapping_version: normalizer.version().to_string(),
+                            at_ms: mapped_ms,
+                        }),
+                        // HL7 table 0357: 207 = application internal error.
+                        OnMapError::Reject => Derived::Refused(Rejection::new(
+                            crate::envelope::RejectKind::Unacceptable,
+                            207,
+                            "mapping_failed",
+                            format!("the message could not be mapped to FHIR ({}): {}", e.label, e.detail),
+                        )),
+                    });
+                }
+            }
+        }
+        let items: Vec<(&DerivedRecord, RecordId, &seal::DataKey)> = to_seal
+            .iter()
+            .map(|(at, r)| (r, RecordId::generate(r.mapped_ms), &*decoded[*at].key))
+            .collect();
+        for ((at, _), sealed) in to_seal.iter().zip(seal::seal_derived_many(&items)) {
+            out[*at] = match sealed {
+                Ok(s) => Derived::Sealed(s),
+                Err(e) => {
+                    self.metrics
+                        .mapping_failures
+                        .with_label_values(&["too_large"])
+                        .inc();
+                    Derived::Failed(MappingFailure {
+                        label: "too_large".into(),
+                        detail: e.to_string(),
+                        mapping_version: normalizer.version().to_string(),
+                        at_ms: mapped_ms,
+                    })
+                }
+            };
+        }
+        let each = started.elapsed().as_secs_f64() / decoded.len().max(1) as f64;
+        for _ in 0..decoded.len() {
+            self.metrics.normalize_seconds.observe(each);
+        }
+        out
     }
 
     /// Decodes one envelope and finds its patient's key; a rejection becomes its quarantine
@@ -648,17 +809,54 @@ fn decode_hl7(
     received_ms: u64,
     rules: &AcceptRules,
 ) -> Result<Record, Rejection> {
-    let msg = Message::parse(payload).map_err(|e| parse_rejection(&e))?;
+    with_message(payload, |msg| {
+        Record::from_hl7(msg, payload.clone(), origin.clone(), received_ms, rules)
+    })
+    .map_err(|e| parse_rejection(&e))?
+}
+
+/// Parses `raw` and hands the message to `f`. A message in a character set whose trail bytes
+/// can look like delimiters is read from a UTF-8 copy (the sealed record keeps the original
+/// bytes).
+pub fn with_message<T>(
+    raw: &[u8],
+    f: impl FnOnce(&Message<'_>) -> T,
+) -> Result<T, crate::hl7::ParseError> {
+    let msg = Message::parse(raw)?;
     if !msg.charset().needs_transcoding() {
-        return Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules);
+        return Ok(f(&msg));
     }
-    // Trail bytes of this set can look like delimiters: read the metadata from a UTF-8 copy; the
-    // sealed record keeps the original bytes.
-    let utf8 = msg.charset().transcode(payload);
-    let msg = Message::parse(&utf8)
-        .map_err(|e| parse_rejection(&e))?
-        .with_charset(crate::hl7::Charset::Utf8);
-    Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules)
+    let utf8 = msg.charset().transcode(raw);
+    let msg = Message::parse(&utf8)?.with_charset(crate::hl7::Charset::Utf8);
+    Ok(f(&msg))
+}
+
+/// The Bundle a mapping made, checked before it is stored (`normalize.validate_output`).
+fn check_output(_cfg: &NormalizeConfig, _mapped: &crate::normalize::Mapped) -> Result<(), MapError> {
+    Ok(())
+}
+
+/// An OperationOutcome listing what no mapping used (names, never values); empty when the
+/// mapping used everything.
+pub fn unmapped_outcome(unmapped: &[String]) -> Vec<u8> {
+    if unmapped.is_empty() {
+        return Vec::new();
+    }
+    let issues: Vec<serde_json::Value> = unmapped
+        .iter()
+        .map(|item| {
+            serde_json::json!({
+                "severity": "information",
+                "code": "not-supported",
+                "details": {"text": format!("{item} holds data that no mapping uses")}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues
+    }))
+    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use medanchor::envelope::{FormatHint, Origin, RecordId};
-use medanchor::ledger::{EmbeddedLedger, Ledger, LogHasher};
+use medanchor::ledger::{EmbeddedLedger, Leaf, Ledger, LogHasher};
 use medanchor::record::{AcceptRules, EncodeError, Record, RecordMeta, MAX_PATIENT_IDS};
 use medanchor::seal::keyring::{self, Keyring, KeyringError};
 use medanchor::seal::{self, DataKey, SealError};
@@ -657,6 +657,7 @@ fn bundle_error(e: &BundleError) -> String {
         BundleError::Checkpoint(c) => format!("Checkpoint.{}", checkpoint_error(c)),
         BundleError::SizeMismatch(..) => "SizeMismatch".into(),
         BundleError::Inclusion(p) => format!("Inclusion.{}", proof_error(p)),
+        BundleError::RawInclusion(p) => format!("RawInclusion.{}", proof_error(p)),
     }
 }
 
@@ -1367,8 +1368,11 @@ fn run_ledger(appends: &[Vec<(RecordId, [u8; 32])>; 2], prove: RecordId) -> Ledg
     let path = dir.path().join("ledger.redb");
     {
         let ledger = EmbeddedLedger::open(&path, ORIGIN, signer(signing_seed()), true).unwrap();
-        ledger.append_records(&appends[0], T1).unwrap().unwrap();
-        ledger.append_records(&appends[1], T2).unwrap().unwrap();
+        let leaves = |a: &[(RecordId, [u8; 32])]| -> Vec<Leaf> {
+            a.iter().map(|&(id, c)| Leaf::record(id, c)).collect()
+        };
+        ledger.append_records(&leaves(&appends[0]), T1).unwrap().unwrap();
+        ledger.append_records(&leaves(&appends[1]), T2).unwrap().unwrap();
         let bundle = serde_json::to_string_pretty(&ledger.proof(&prove).unwrap()).unwrap() + "\n";
         drop(ledger);
         let db = redb::Database::open(&path).unwrap();

@@ -18,7 +18,11 @@ use std::time::{Duration, Instant};
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::segments::{EntryHeader, Finding, Location, SegmentLog, SetAside, Staged, Tail};
-use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
+use super::{
+    Derivation, MappingFailure, Position, PutRecord, PutResult, QuarantineEntry, Rederive,
+    StoredRecord, Vault, VaultError,
+};
+use crate::ledger::Leaf;
 use crate::envelope::RecordId;
 use crate::seal::Sealed;
 use crate::storage::{Db, Healing, Opener};
@@ -28,6 +32,10 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("controls");
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// raw record id → the ids of the records derived from it, oldest first.
+const DERIVED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("derived");
+/// raw record id → JSON [`MappingFailure`] of its last mapping, when that failed.
+const FAILURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mapping_failures");
 
 /// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key.
 const FORMAT: u32 = 3;
@@ -144,6 +152,25 @@ fn add_control(
     Ok(())
 }
 
+/// Lists `derived` under its raw record (once: a re-index may meet an entry already listed).
+fn add_derived(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    raw: &RecordId,
+    derived: &RecordId,
+) -> Result<(), VaultError> {
+    let mut ids = table
+        .get(raw.0.as_slice())
+        .map_err(err)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    if ids.chunks(16).any(|c| c == derived.0) {
+        return Ok(());
+    }
+    ids.extend_from_slice(&derived.0);
+    table.insert(raw.0.as_slice(), ids.as_slice()).map_err(err)?;
+    Ok(())
+}
+
 /// Opens (with `create`, creates) vault.redb, checks its format and returns it with the durable
 /// segment tail it has indexed through.
 fn open_index(
@@ -171,6 +198,8 @@ fn open_index(
         let records = w.open_table(RECORDS).map_err(err)?;
         w.open_table(CONTROLS).map_err(err)?;
         w.open_table(QUARANTINE).map_err(err)?;
+        w.open_table(DERIVED).map_err(err)?;
+        w.open_table(FAILURES).map_err(err)?;
         let mut meta = w.open_table(META).map_err(err)?;
         let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
         match format {
@@ -228,8 +257,19 @@ fn reindex(
     {
         let mut records = w.open_table(RECORDS).map_err(err)?;
         let mut controls = w.open_table(CONTROLS).map_err(err)?;
+        let mut derived = w.open_table(DERIVED).map_err(err)?;
         let mut listed = Vec::new();
         for (h, at) in entries {
+            records
+                .insert(
+                    h.record_id.0.as_slice(),
+                    record_row(&h.commitment, *at).as_slice(),
+                )
+                .map_err(err)?;
+            if let Some((raw_id, _)) = h.derived_from() {
+                add_derived(&mut derived, &raw_id, &h.record_id)?;
+                continue;
+            }
             read_controls(&controls, &h.control_key, &mut listed)?;
             let known = listed
                 .chunks_exact(CONTROL_ENTRY)
@@ -237,12 +277,6 @@ fn reindex(
             if !known {
                 add_control(&mut controls, h, &mut listed)?;
             }
-            records
-                .insert(
-                    h.record_id.0.as_slice(),
-                    record_row(&h.commitment, *at).as_slice(),
-                )
-                .map_err(err)?;
         }
         w.open_table(META)
             .map_err(err)?
@@ -405,6 +439,7 @@ impl EmbeddedVault {
             w.set_durability(Durability::Immediate).map_err(err)?;
             w.delete_table(RECORDS).map_err(err)?;
             w.delete_table(CONTROLS).map_err(err)?;
+            w.delete_table(DERIVED).map_err(err)?;
             {
                 let mut meta = w.open_table(META).map_err(err)?;
                 meta.remove(SEGMENT_TAIL).map_err(err)?;
@@ -522,7 +557,50 @@ impl EmbeddedVault {
                 }
             }
         }
-        for id in entries.keys() {
+        // A derived record is under its raw record in `derived` instead, in store order.
+        let derived = r.open_table(DERIVED).map_err(err)?;
+        let mut listed_derived = std::collections::HashSet::new();
+        for row in derived.iter().map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            let raw = hex::encode(k.value());
+            if v.value().len() % 16 != 0 || v.value().is_empty() {
+                fail(format!("index: derived entry of record {raw} is malformed"));
+                continue;
+            }
+            let mut last_end = None;
+            for c in v.value().chunks_exact(16) {
+                let id = record_id(c)?;
+                match entries.get(&id) {
+                    Some((h, end)) if h.derived_from().is_some_and(|(r, _)| r.0[..] == *k.value()) => {
+                        if last_end.is_some_and(|e: Tail| e.position() > end.position()) {
+                            fail(format!("index: derived records of {raw} are not in store order"));
+                        }
+                        last_end = Some(*end);
+                        listed_derived.insert(id);
+                    }
+                    Some(_) => fail(format!(
+                        "index: record {raw} lists {id} as derived from it, which its entry does not say"
+                    )),
+                    None => fail(format!(
+                        "index: record {raw} lists derived record {id}, which is in no segment"
+                    )),
+                }
+            }
+        }
+        for (id, (h, _)) in &entries {
+            if h.derived_from().is_some()
+                && !listed_derived.contains(id)
+                && !self.pending.contains_key(id)
+            {
+                fail(format!(
+                    "index: derived record {id} is not listed under its raw record"
+                ));
+            }
+        }
+        for (id, (h, _)) in &entries {
+            if h.derived_from().is_some() {
+                continue;
+            }
             if !under_control.contains(id) && !self.pending.contains_key(id) {
                 fail(format!(
                     "index: record {id} is under no control entry (a re-send would be stored again)"
@@ -621,6 +699,32 @@ impl EmbeddedVault {
     }
 }
 
+/// An entry staged in a commit, to be indexed once the append says where the batch went.
+struct Placed {
+    id: RecordId,
+    commitment: [u8; 32],
+    offset: u64,
+    len: u32,
+    /// The result slot of the put it belongs to.
+    slot: usize,
+    /// For a derived record, its raw record.
+    derived_from: Option<RecordId>,
+}
+
+type Table<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+fn put_failure(
+    failures: &mut Table<'_>,
+    raw: &RecordId,
+    f: &MappingFailure,
+) -> Result<(), VaultError> {
+    let json = serde_json::to_vec(f).map_err(err)?;
+    failures
+        .insert(raw.0.as_slice(), json.as_slice())
+        .map_err(err)?;
+    Ok(())
+}
+
 impl Vault for EmbeddedVault {
     fn commit(
         &self,
@@ -632,6 +736,9 @@ impl Vault for EmbeddedVault {
         // every INDEX_SYNC_INTERVAL (a crash loses nothing: the segments are re-read). Quarantine
         // entries live only in the index, so a commit holding one is synced at once.
         let sync = !quarantine.is_empty()
+            || puts
+                .iter()
+                .any(|p| matches!(p.derived, Derivation::Failed(_)))
             || self.last_sync.lock().expect("lock").elapsed() >= INDEX_SYNC_INTERVAL;
         w.set_durability(if sync {
             Durability::Immediate
@@ -643,6 +750,8 @@ impl Vault for EmbeddedVault {
             let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
+            let mut derived = w.open_table(DERIVED).map_err(err)?;
+            let mut failures = w.open_table(FAILURES).map_err(err)?;
             let mut staged = self.staged.lock().expect("lock");
             staged.clear();
             // Records new in this batch: a duplicate of one of them finds its commitment here,
@@ -692,12 +801,46 @@ impl Vault for EmbeddedVault {
                 add_control(&mut controls, &header, &mut entries)?;
                 fresh.insert(id, s.commitment);
                 let (offset, len) = SegmentLog::stage(&mut staged, &header, &s.bytes);
-                placed.push((id, s.commitment, offset, len, results.len()));
+                placed.push(Placed {
+                    id,
+                    commitment: s.commitment,
+                    offset,
+                    len,
+                    slot: results.len(),
+                    derived_from: None,
+                });
+                match &p.derived {
+                    Derivation::None => {}
+                    Derivation::Mapped(d) => {
+                        let header = EntryHeader::derived(
+                            d.record_id,
+                            d.commitment,
+                            id,
+                            s.commitment,
+                        );
+                        let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
+                        placed.push(Placed {
+                            id: d.record_id,
+                            commitment: d.commitment,
+                            offset,
+                            len,
+                            slot: results.len(),
+                            derived_from: Some(id),
+                        });
+                    }
+                    Derivation::Failed(f) => put_failure(&mut failures, &id, f)?,
+                }
                 // The position is filled in once the append says where the batch went.
                 results.push(if conflict {
-                    PutResult::StoredConflict { position: 0 }
+                    PutResult::StoredConflict {
+                        position: 0,
+                        derived_at: None,
+                    }
                 } else {
-                    PutResult::Stored { position: 0 }
+                    PutResult::Stored {
+                        position: 0,
+                        derived_at: None,
+                    }
                 });
             }
             if !placed.is_empty() {
@@ -706,20 +849,30 @@ impl Vault for EmbeddedVault {
                     .segments
                     .append(&staged)
                     .map_err(|e| VaultError::Storage(e.to_string()))?;
-                for (id, commitment, offset, len, slot) in placed {
+                for p in placed {
                     let at = Location {
                         segment,
-                        offset: base + offset,
-                        len,
+                        offset: base + p.offset,
+                        len: p.len,
                     };
                     records
-                        .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
+                        .insert(p.id.0.as_slice(), record_row(&p.commitment, at).as_slice())
                         .map_err(err)?;
-                    match &mut results[slot] {
-                        PutResult::Stored { position } | PutResult::StoredConflict { position } => {
-                            *position = at.end().position()
-                        }
-                        PutResult::Duplicate { .. } | PutResult::IndexDamaged => {
+                    if let Some(raw) = &p.derived_from {
+                        add_derived(&mut derived, raw, &p.id)?;
+                    }
+                    match (&mut results[p.slot], p.derived_from) {
+                        (
+                            PutResult::Stored { position, .. }
+                            | PutResult::StoredConflict { position, .. },
+                            None,
+                        ) => *position = at.end().position(),
+                        (
+                            PutResult::Stored { derived_at, .. }
+                            | PutResult::StoredConflict { derived_at, .. },
+                            Some(_),
+                        ) => *derived_at = Some(at.end().position()),
+                        (PutResult::Duplicate { .. } | PutResult::IndexDamaged, _) => {
                             unreachable!("slot of a stored record")
                         }
                     }
@@ -760,6 +913,102 @@ impl Vault for EmbeddedVault {
             Ok(_) => {}
         }
         committed
+    }
+
+    fn commit_derivations(&self, items: &[Rederive]) -> Result<Vec<Option<Position>>, VaultError> {
+        let mut w = self.begin_write()?;
+        w.set_durability(Durability::Immediate).map_err(err)?;
+        let result: Result<Vec<Option<Position>>, VaultError> = (|| {
+            let mut records = w.open_table(RECORDS).map_err(err)?;
+            let mut derived = w.open_table(DERIVED).map_err(err)?;
+            let mut failures = w.open_table(FAILURES).map_err(err)?;
+            let mut staged = self.staged.lock().expect("lock");
+            staged.clear();
+            let mut placed = Vec::new();
+            for (slot, item) in items.iter().enumerate() {
+                match &item.derived {
+                    Derivation::None => {}
+                    Derivation::Failed(f) => put_failure(&mut failures, &item.raw_id, f)?,
+                    Derivation::Mapped(d) => {
+                        failures.remove(item.raw_id.0.as_slice()).map_err(err)?;
+                        let header = EntryHeader::derived(
+                            d.record_id,
+                            d.commitment,
+                            item.raw_id,
+                            item.raw_commitment,
+                        );
+                        let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
+                        placed.push((slot, d.record_id, d.commitment, offset, len));
+                    }
+                }
+            }
+            let mut positions = vec![None; items.len()];
+            if !placed.is_empty() {
+                let (segment, base) = self
+                    .segments
+                    .append(&staged)
+                    .map_err(|e| VaultError::Storage(e.to_string()))?;
+                for (slot, id, commitment, offset, len) in placed {
+                    let at = Location {
+                        segment,
+                        offset: base + offset,
+                        len,
+                    };
+                    records
+                        .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
+                        .map_err(err)?;
+                    add_derived(&mut derived, &items[slot].raw_id, &id)?;
+                    positions[slot] = Some(at.end().position());
+                }
+                w.open_table(META)
+                    .map_err(err)?
+                    .insert(SEGMENT_TAIL, self.segments.tail().to_bytes().as_slice())
+                    .map_err(err)?;
+            }
+            Ok(positions)
+        })();
+        let committed = result.and_then(|positions| {
+            w.commit().map_err(err)?;
+            Ok(positions)
+        });
+        if let Err(e) = &committed {
+            self.db.failed(e);
+        }
+        committed
+    }
+
+    fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let mut ids: Vec<RecordId> = match r.open_table(DERIVED).map_err(err)?.get(raw.0.as_slice()).map_err(err)? {
+            Some(v) if v.value().len() % 16 == 0 => v
+                .value()
+                .chunks_exact(16)
+                .map(|c| RecordId(c.try_into().expect("16")))
+                .collect(),
+            Some(_) => return Err(VaultError::Corrupt(format!("derived entry of {raw}"))),
+            None => Vec::new(),
+        };
+        // Entries past the durable tail that a crash left to be re-indexed at the next start.
+        for (id, (h, _)) in self.pending.iter() {
+            if h.derived_from().is_some_and(|(r, _)| r == *raw) && !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn mapping_failures(&self) -> Result<Vec<(RecordId, MappingFailure)>, VaultError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(FAILURES).map_err(err)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(err)? {
+            let (k, v) = e.map_err(err)?;
+            let id = record_id(k.value())?;
+            let f = serde_json::from_slice(v.value())
+                .map_err(|_| VaultError::Corrupt(format!("mapping failure of {id}")))?;
+            out.push((id, f));
+        }
+        Ok(out)
     }
 
     fn sync(&self) -> Result<(), VaultError> {
@@ -815,10 +1064,7 @@ impl Vault for EmbeddedVault {
         Ok(n)
     }
 
-    fn unanchored(
-        &self,
-        at_least: Position,
-    ) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
+    fn unanchored(&self, at_least: Position) -> Result<Vec<(Leaf, Position)>, VaultError> {
         let tail = self.segments.tail();
         let mut from = self.anchored_through()?;
         // The log's watermark, if it lies within the log (a data directory whose segments lost
@@ -829,9 +1075,7 @@ impl Vault for EmbeddedVault {
         let from = Tail::from_position(from);
         let mut out = Vec::new();
         self.segments
-            .scan(from, tail, &mut |h, end| {
-                out.push((h.record_id, h.commitment, end.position()))
-            })
+            .scan(from, tail, &mut |h, end| out.push((h.leaf(), end.position())))
             .map_err(|e| VaultError::Corrupt(e.to_string()))?;
         Ok(out)
     }

@@ -46,6 +46,7 @@ pub(super) fn message(i: usize) -> Message {
             sealed,
             dedup_key: dedup,
             control_key: control,
+            derived: crate::vault::Derivation::None,
         },
     }
 }
@@ -55,6 +56,7 @@ pub(super) fn put_of(m: &Message) -> PutRecord {
         sealed: m.put.sealed.clone(),
         dedup_key: m.put.dedup_key,
         control_key: m.put.control_key,
+        derived: m.put.derived.clone(),
     }
 }
 

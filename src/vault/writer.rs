@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{Position, PutRecord, PutResult, QuarantineEntry, Vault};
+use super::{Derivation, Position, PutRecord, PutResult, QuarantineEntry, Vault};
+use crate::ledger::Leaf;
 use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
 use crate::metrics::Metrics;
 use crate::seal::Sealed;
@@ -27,7 +28,7 @@ pub enum WriteOp {
 }
 
 /// A committed record on its way to the log, with its place in the vault's commit order.
-pub type ToAnchor = (RecordId, [u8; 32], Position, Instant);
+pub type ToAnchor = (Leaf, Position, Instant);
 
 pub fn spawn(
     vault: Arc<dyn Vault>,
@@ -120,15 +121,33 @@ fn commit_batch(
                         metrics.duplicates.inc();
                         (receipt(record_id, &commitment), true)
                     }
-                    PutResult::Stored { position } | PutResult::StoredConflict { position } => {
+                    PutResult::Stored {
+                        position,
+                        derived_at,
+                    }
+                    | PutResult::StoredConflict {
+                        position,
+                        derived_at,
+                    } => {
                         if matches!(result, PutResult::StoredConflict { .. }) {
                             metrics.control_id_conflicts.inc();
                         }
                         let s = &put.sealed;
                         // The ledger is behind us in the flow: waiting for it here is backpressure.
                         // Sent in commit order, which the anchored watermark relies on.
-                        let _ =
-                            anchor.blocking_send((s.record_id, s.commitment, position, committed));
+                        let _ = anchor.blocking_send((
+                            Leaf::record(s.record_id, s.commitment),
+                            position,
+                            committed,
+                        ));
+                        if let (Some(at), Derivation::Mapped(d)) = (derived_at, &put.derived) {
+                            let leaf = Leaf {
+                                record_id: d.record_id,
+                                commitment: d.commitment,
+                                derived_from: Some((s.record_id, s.commitment)),
+                            };
+                            let _ = anchor.blocking_send((leaf, at, committed));
+                        }
                         (receipt(s.record_id, &s.commitment), false)
                     }
                 };
