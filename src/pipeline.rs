@@ -10,18 +10,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, NormalizeConfig, OnMapError};
-use crate::normalize::{Link, MapError, Normalizer};
-use crate::record::DerivedRecord;
 use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
 use crate::hl7::Message;
 use crate::ledger::{batcher, EmbeddedLedger, Ledger};
 use crate::metrics::Metrics;
+use crate::normalize::{Link, MapError, Normalizer};
+use crate::record::DerivedRecord;
 use crate::record::{parse_rejection, AcceptRules, Record, RecordMeta};
 use crate::seal::{self, keyring::GATEWAY_KEY_ID, Keyring};
 use crate::vault::writer::{self, WriteOp};
-use crate::vault::{
-    Derivation, EmbeddedVault, MappingFailure, PutRecord, QuarantineEntry, Vault,
-};
+use crate::vault::{Derivation, EmbeddedVault, MappingFailure, PutRecord, QuarantineEntry, Vault};
 
 /// Everything that stays open while the gateway runs.
 pub struct Stores {
@@ -572,7 +570,10 @@ impl Pipeline {
                             crate::envelope::RejectKind::Unacceptable,
                             207,
                             "mapping_failed",
-                            format!("the message could not be mapped to FHIR ({}): {}", e.label, e.detail),
+                            format!(
+                                "the message could not be mapped to FHIR ({}): {}",
+                                e.label, e.detail
+                            ),
                         )),
                     });
                 }
@@ -832,7 +833,10 @@ pub fn with_message<T>(
 }
 
 /// The Bundle a mapping made, checked before it is stored (`normalize.validate_output`).
-fn check_output(_cfg: &NormalizeConfig, _mapped: &crate::normalize::Mapped) -> Result<(), MapError> {
+fn check_output(
+    _cfg: &NormalizeConfig,
+    _mapped: &crate::normalize::Mapped,
+) -> Result<(), MapError> {
     Ok(())
 }
 

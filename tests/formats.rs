@@ -1371,8 +1371,14 @@ fn run_ledger(appends: &[Vec<(RecordId, [u8; 32])>; 2], prove: RecordId) -> Ledg
         let leaves = |a: &[(RecordId, [u8; 32])]| -> Vec<Leaf> {
             a.iter().map(|&(id, c)| Leaf::record(id, c)).collect()
         };
-        ledger.append_records(&leaves(&appends[0]), T1).unwrap().unwrap();
-        ledger.append_records(&leaves(&appends[1]), T2).unwrap().unwrap();
+        ledger
+            .append_records(&leaves(&appends[0]), T1)
+            .unwrap()
+            .unwrap();
+        ledger
+            .append_records(&leaves(&appends[1]), T2)
+            .unwrap()
+            .unwrap();
         let bundle = serde_json::to_string_pretty(&ledger.proof(&prove).unwrap()).unwrap() + "\n";
         drop(ledger);
         let db = redb::Database::open(&path).unwrap();

@@ -1079,12 +1079,9 @@ impl EmbeddedLedger {
             for e in by_record.iter().map_err(err)? {
                 let (id, at) = e.map_err(err)?;
                 let (id, at) = (id.value(), at.value());
-                let named = leaves
-                    .get(at)
-                    .map_err(err)?
-                    .is_some_and(|v| {
-                        parse_leaf(at, v.value()).is_ok_and(|l| l.record_id.0.as_slice() == id)
-                    });
+                let named = leaves.get(at).map_err(err)?.is_some_and(|v| {
+                    parse_leaf(at, v.value()).is_ok_and(|l| l.record_id.0.as_slice() == id)
+                });
                 if !named {
                     let id = match <[u8; 16]>::try_from(id) {
                         Ok(id) => RecordId(id).to_string(),

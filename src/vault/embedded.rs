@@ -22,8 +22,8 @@ use super::{
     Derivation, MappingFailure, Position, PutRecord, PutResult, QuarantineEntry, Rederive,
     StoredRecord, Vault, VaultError,
 };
-use crate::ledger::Leaf;
 use crate::envelope::RecordId;
+use crate::ledger::Leaf;
 use crate::seal::Sealed;
 use crate::storage::{Db, Healing, Opener};
 use crate::testing::faulty::{Faults, FaultyBackend};
@@ -167,7 +167,9 @@ fn add_derived(
         return Ok(());
     }
     ids.extend_from_slice(&derived.0);
-    table.insert(raw.0.as_slice(), ids.as_slice()).map_err(err)?;
+    table
+        .insert(raw.0.as_slice(), ids.as_slice())
+        .map_err(err)?;
     Ok(())
 }
 
@@ -757,6 +759,9 @@ impl Vault for EmbeddedVault {
             // Records new in this batch: a duplicate of one of them finds its commitment here,
             // as its index row is written only after the segment append.
             let mut fresh: HashMap<RecordId, [u8; 32]> = HashMap::new();
+            // Raw records given a derived record in this batch (its list is written after the
+            // append).
+            let mut with_derived = std::collections::HashSet::new();
             let mut placed = Vec::with_capacity(puts.len());
             let mut entries = Vec::new();
             for p in puts {
@@ -780,12 +785,32 @@ impl Vault for EmbeddedVault {
                             .and_then(|row| parse_row(id, row.value()).ok())
                             .map(|(c, _)| c),
                     };
-                    results.push(match commitment {
-                        Some(commitment) => PutResult::Duplicate {
-                            record_id: id,
-                            commitment,
-                        },
-                        None => PutResult::IndexDamaged,
+                    let Some(commitment) = commitment else {
+                        results.push(PutResult::IndexDamaged);
+                        continue;
+                    };
+                    if let Derivation::Mapped(d) = &p.derived {
+                        let has_one = with_derived.contains(&id)
+                            || derived.get(id.0.as_slice()).map_err(err)?.is_some();
+                        if !has_one {
+                            let header =
+                                EntryHeader::derived(d.record_id, d.commitment, id, commitment);
+                            let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
+                            placed.push(Placed {
+                                id: d.record_id,
+                                commitment: d.commitment,
+                                offset,
+                                len,
+                                slot: results.len(),
+                                derived_from: Some(id),
+                            });
+                            with_derived.insert(id);
+                        }
+                    }
+                    results.push(PutResult::Duplicate {
+                        record_id: id,
+                        commitment,
+                        derived_at: None,
                     });
                     continue;
                 }
@@ -812,12 +837,9 @@ impl Vault for EmbeddedVault {
                 match &p.derived {
                     Derivation::None => {}
                     Derivation::Mapped(d) => {
-                        let header = EntryHeader::derived(
-                            d.record_id,
-                            d.commitment,
-                            id,
-                            s.commitment,
-                        );
+                        with_derived.insert(id);
+                        let header =
+                            EntryHeader::derived(d.record_id, d.commitment, id, s.commitment);
                         let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
                         placed.push(Placed {
                             id: d.record_id,
@@ -869,7 +891,8 @@ impl Vault for EmbeddedVault {
                         ) => *position = at.end().position(),
                         (
                             PutResult::Stored { derived_at, .. }
-                            | PutResult::StoredConflict { derived_at, .. },
+                            | PutResult::StoredConflict { derived_at, .. }
+                            | PutResult::Duplicate { derived_at, .. },
                             Some(_),
                         ) => *derived_at = Some(at.end().position()),
                         (PutResult::Duplicate { .. } | PutResult::IndexDamaged, _) => {
@@ -979,7 +1002,12 @@ impl Vault for EmbeddedVault {
 
     fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
-        let mut ids: Vec<RecordId> = match r.open_table(DERIVED).map_err(err)?.get(raw.0.as_slice()).map_err(err)? {
+        let mut ids: Vec<RecordId> = match r
+            .open_table(DERIVED)
+            .map_err(err)?
+            .get(raw.0.as_slice())
+            .map_err(err)?
+        {
             Some(v) if v.value().len() % 16 == 0 => v
                 .value()
                 .chunks_exact(16)
@@ -1075,7 +1103,9 @@ impl Vault for EmbeddedVault {
         let from = Tail::from_position(from);
         let mut out = Vec::new();
         self.segments
-            .scan(from, tail, &mut |h, end| out.push((h.leaf(), end.position())))
+            .scan(from, tail, &mut |h, end| {
+                out.push((h.leaf(), end.position()))
+            })
             .map_err(|e| VaultError::Corrupt(e.to_string()))?;
         Ok(out)
     }
@@ -1142,7 +1172,7 @@ mod fault_tests;
 
 #[cfg(test)]
 mod tests {
-    use super::fault_tests::{message, put_of};
+    use super::fault_tests::{derived_of, message, put_of};
     use super::*;
 
     /// One bad control entry once failed a whole group commit (276 of 720 unrelated messages).
@@ -1196,7 +1226,8 @@ mod tests {
             1 << 20,
         )
         .unwrap();
-        assert_eq!(repaired.reindexed, 12);
+        // Twelve messages, four of them (every third) with a derived record.
+        assert_eq!(repaired.reindexed, 16);
         let v = open();
         let results = v.commit(&batch, &[]).unwrap();
         assert!(results
@@ -1205,5 +1236,124 @@ mod tests {
         let mut problems = Vec::new();
         v.check_index(&mut |p| problems.push(p)).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    /// A derived record is stored with its raw record, only when that is new, listed under it,
+    /// offered to the log as a derived leaf, re-indexed after a crash and rebuilt by repair;
+    /// replays append newer ones and clear the failure they replace.
+    #[test]
+    fn derived_records_follow_their_raw_record_through_commit_crash_replay_and_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, segments) = (dir.path().join("vault.redb"), dir.path().join("segments"));
+        let open = || EmbeddedVault::open(&index, &segments, 1 << 20, true).unwrap();
+        let msgs: Vec<_> = (0..4).map(message).collect();
+        let v = open();
+        let mut puts: Vec<PutRecord> = msgs.iter().map(put_of).collect();
+        for p in &mut puts {
+            p.derived = Derivation::None;
+        }
+        let first = derived_of(&msgs[0], 0);
+        puts[0].derived = Derivation::Mapped(first.clone());
+        let failure = MappingFailure {
+            label: "unknown_segment".into(),
+            detail: "ZZZ".into(),
+            mapping_version: "v1".into(),
+            at_ms: 3,
+        };
+        puts[1].derived = Derivation::Failed(failure.clone());
+        let results = v.commit(&puts, &[]).unwrap();
+        let PutResult::Stored {
+            position,
+            derived_at: Some(derived_at),
+        } = results[0]
+        else {
+            panic!("{:?}", results[0])
+        };
+        assert!(derived_at > position);
+        assert!(matches!(
+            results[1],
+            PutResult::Stored {
+                derived_at: None,
+                ..
+            }
+        ));
+        let raw0 = msgs[0].put.sealed.record_id;
+        assert_eq!(v.derived_of(&raw0).unwrap(), vec![first.record_id]);
+        assert_eq!(
+            v.mapping_failures().unwrap(),
+            vec![(msgs[1].put.sealed.record_id, failure)]
+        );
+        // A re-send is a duplicate: its derivation is not stored a second time.
+        let mut again = put_of(&msgs[0]);
+        again.derived = Derivation::Mapped(derived_of(&msgs[0], 9));
+        assert!(matches!(
+            v.commit(&[again], &[]).unwrap()[0],
+            PutResult::Duplicate { .. }
+        ));
+        assert_eq!(v.derived_of(&raw0).unwrap().len(), 1);
+        // The log is offered the derived leaf after its raw one, naming it.
+        let leaves = v.unanchored(0).unwrap();
+        assert_eq!(leaves.len(), 5);
+        assert_eq!(leaves[1].0.record_id, first.record_id);
+        assert_eq!(
+            leaves[1].0.derived_from,
+            Some((raw0, msgs[0].put.sealed.commitment))
+        );
+        assert_eq!(leaves[1].1, derived_at);
+        // A replay: a newer derivation of record 1 clears its failure; record 0 gets a second.
+        let replayed = derived_of(&msgs[1], 1);
+        let second = derived_of(&msgs[0], 2);
+        let positions = v
+            .commit_derivations(&[
+                Rederive {
+                    raw_id: msgs[1].put.sealed.record_id,
+                    raw_commitment: msgs[1].put.sealed.commitment,
+                    derived: Derivation::Mapped(replayed.clone()),
+                },
+                Rederive {
+                    raw_id: raw0,
+                    raw_commitment: msgs[0].put.sealed.commitment,
+                    derived: Derivation::Mapped(second.clone()),
+                },
+            ])
+            .unwrap();
+        assert!(positions.iter().all(Option::is_some));
+        assert!(v.mapping_failures().unwrap().is_empty());
+        assert_eq!(
+            v.derived_of(&raw0).unwrap(),
+            vec![first.record_id, second.record_id]
+        );
+        let got = v.get(&second.record_id).unwrap().unwrap();
+        assert_eq!(got.sealed, second.bytes);
+        let check = |v: &EmbeddedVault| {
+            let mut problems = Vec::new();
+            v.check_index(&mut |p| problems.push(p)).unwrap();
+            problems
+        };
+        assert!(check(&v).is_empty(), "{:?}", check(&v));
+        // A derived entry missing from its list is named.
+        {
+            let w = v.db.begin_write(&|_| Ok(())).unwrap();
+            w.open_table(DERIVED)
+                .unwrap()
+                .insert(raw0.0.as_slice(), first.record_id.0.as_slice())
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let problems = check(&v);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("not listed under its raw record"),
+            "{problems:?}"
+        );
+        drop(v);
+        // Repair rebuilds the lists from the segments, in store order.
+        EmbeddedVault::repair(&index, &segments, 1 << 20).unwrap();
+        let v = open();
+        assert_eq!(
+            v.derived_of(&raw0).unwrap(),
+            vec![first.record_id, second.record_id]
+        );
+        assert!(check(&v).is_empty(), "{:?}", check(&v));
     }
 }

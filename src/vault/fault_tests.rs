@@ -41,14 +41,38 @@ pub(super) fn message(i: usize) -> Message {
     dedup[..8].copy_from_slice(&(i as u64).to_be_bytes());
     let mut control = [0u8; 32];
     control[..8].copy_from_slice(&(i as u64).to_be_bytes());
-    Message {
+    let mut m = Message {
         put: PutRecord {
             sealed,
             dedup_key: dedup,
             control_key: control,
-            derived: crate::vault::Derivation::None,
+            derived: Derivation::None,
         },
+    };
+    // Every third message carries a derived record, stored in the same commit.
+    if i % 3 == 0 {
+        let derived = derived_of(&m, 0);
+        m.put.derived = Derivation::Mapped(derived);
     }
+    m
+}
+
+/// A derived record of `m`'s raw record (`n` tells several apart).
+pub(super) fn derived_of(m: &Message, n: u8) -> Sealed {
+    let d = crate::record::DerivedRecord {
+        raw_id: m.put.sealed.record_id,
+        raw_commitment: m.put.sealed.commitment,
+        mapping_version: "v1".into(),
+        mapped_ms: 2,
+        outcome: bytes::Bytes::new(),
+        bundle: bytes::Bytes::from(format!("{{\"resourceType\":\"Bundle\",\"n\":{n}}}")),
+    };
+    let mut id = m.put.sealed.record_id.0;
+    id[15] = 0xd0 + n;
+    seal::seal_derived_many(&[(&d, RecordId(id), &DataKey::new("p-t", [5; 32]))])
+        .pop()
+        .expect("one")
+        .expect("encodable")
 }
 
 pub(super) fn put_of(m: &Message) -> PutRecord {
@@ -136,12 +160,33 @@ fn check(dir: &Path, msgs: &[Message], acked: &Acked, context: &str) {
             rec.sealed, msgs[*i].put.sealed.bytes,
             "{context}: message {i} altered"
         );
+        // Its derived record was acknowledged with it.
+        let derived = v.derived_of(id).unwrap();
+        match &msgs[*i].put.derived {
+            Derivation::Mapped(d) => {
+                assert_eq!(
+                    derived,
+                    vec![d.record_id],
+                    "{context}: message {i}'s derived record"
+                );
+                let rec = v.get(&d.record_id).unwrap().expect("derived record stored");
+                assert_eq!(
+                    rec.sealed, d.bytes,
+                    "{context}: message {i}'s derived record altered"
+                );
+            }
+            _ => assert!(derived.is_empty(), "{context}: message {i}"),
+        }
     }
     let mut problems = Vec::new();
     v.check_index(&mut |p| problems.push(p)).unwrap();
     assert!(problems.is_empty(), "{context}: {problems:?}");
+    let with_derived = msgs
+        .iter()
+        .filter(|m| matches!(m.put.derived, Derivation::Mapped(_)))
+        .count();
     assert!(
-        v.record_count().unwrap() as usize <= MESSAGES,
+        v.record_count().unwrap() as usize <= MESSAGES + with_derived,
         "{context}: a message stored twice"
     );
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::{Derivation, Position, PutRecord, PutResult, QuarantineEntry, Vault};
-use crate::ledger::Leaf;
 use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
+use crate::ledger::Leaf;
 use crate::metrics::Metrics;
 use crate::seal::Sealed;
 use crate::throttle::Throttle;
@@ -117,8 +117,18 @@ fn commit_batch(
                     PutResult::Duplicate {
                         record_id,
                         commitment,
+                        derived_at,
                     } => {
                         metrics.duplicates.inc();
+                        if let Some(at) = derived_at {
+                            send_derived(
+                                anchor,
+                                &put.derived,
+                                (record_id, commitment),
+                                at,
+                                committed,
+                            );
+                        }
                         (receipt(record_id, &commitment), true)
                     }
                     PutResult::Stored {
@@ -140,13 +150,9 @@ fn commit_batch(
                             position,
                             committed,
                         ));
-                        if let (Some(at), Derivation::Mapped(d)) = (derived_at, &put.derived) {
-                            let leaf = Leaf {
-                                record_id: d.record_id,
-                                commitment: d.commitment,
-                                derived_from: Some((s.record_id, s.commitment)),
-                            };
-                            let _ = anchor.blocking_send((leaf, at, committed));
+                        if let Some(at) = derived_at {
+                            let raw = (s.record_id, s.commitment);
+                            send_derived(anchor, &put.derived, raw, at, committed);
                         }
                         (receipt(s.record_id, &s.commitment), false)
                     }
@@ -173,6 +179,24 @@ fn commit_batch(
                 });
             }
         }
+    }
+}
+
+/// Offers a stored derived record to the log, after its raw record.
+fn send_derived(
+    anchor: &mpsc::Sender<ToAnchor>,
+    derived: &Derivation,
+    raw: (RecordId, [u8; 32]),
+    at: Position,
+    committed: Instant,
+) {
+    if let Derivation::Mapped(d) = derived {
+        let leaf = Leaf {
+            record_id: d.record_id,
+            commitment: d.commitment,
+            derived_from: Some(raw),
+        };
+        let _ = anchor.blocking_send((leaf, at, committed));
     }
 }
 
