@@ -513,43 +513,22 @@ impl Pipeline {
                 out.push(Derived::None);
                 continue;
             }
-            let raw_id = s.record_id.to_string();
-            let link = Link {
-                raw_record_id: &raw_id,
-                raw_commitment: &s.commitment,
+            match derive_record(
+                normalizer,
+                &self.normalize,
+                &d.record.raw,
+                (s.record_id, s.commitment),
                 mapped_ms,
-            };
-            let mapped = with_message(&d.record.raw, |msg| normalizer.map(msg, &link))
-                .unwrap_or_else(|e| {
-                    Err(MapError {
-                        label: "unparsed",
-                        detail: format!("the message does not parse again: {e}"),
-                    })
-                })
-                .and_then(|m| {
-                    check_output(&self.normalize, &m)?;
-                    Ok(m)
-                });
-            match mapped {
-                Ok(m) => {
+            ) {
+                Ok((derived, unmapped)) => {
                     self.metrics.normalized.with_label_values(&["mapped"]).inc();
-                    for item in &m.unmapped {
+                    for item in &unmapped {
                         self.metrics
                             .unmapped
                             .with_label_values(&[&self.metrics.item_label(item)])
                             .inc();
                     }
-                    to_seal.push((
-                        out.len(),
-                        DerivedRecord {
-                            raw_id: s.record_id,
-                            raw_commitment: s.commitment,
-                            mapping_version: normalizer.version().to_string(),
-                            mapped_ms,
-                            outcome: unmapped_outcome(&m.unmapped).into(),
-                            bundle: m.bundle.into(),
-                        },
-                    ));
+                    to_seal.push((out.len(), derived));
                     out.push(Derived::None);
                 }
                 Err(e) => {
@@ -559,12 +538,9 @@ impl Pipeline {
                         .with_label_values(&[e.label])
                         .inc();
                     out.push(match self.normalize.on_error {
-                        OnMapError::Store => Derived::Failed(MappingFailure {
-                            label: e.label.to_string(),
-                            detail: e.detail,
-                            mapping_version: normalizer.version().to_string(),
-                            at_ms: mapped_ms,
-                        }),
+                        OnMapError::Store => {
+                            Derived::Failed(failure(normalizer, e.label, e.detail, mapped_ms))
+                        }
                         // HL7 table 0357: 207 = application internal error.
                         OnMapError::Reject => Derived::Refused(Rejection::new(
                             crate::envelope::RejectKind::Unacceptable,
@@ -591,12 +567,7 @@ impl Pipeline {
                         .mapping_failures
                         .with_label_values(&["too_large"])
                         .inc();
-                    Derived::Failed(MappingFailure {
-                        label: "too_large".into(),
-                        detail: e.to_string(),
-                        mapping_version: normalizer.version().to_string(),
-                        at_ms: mapped_ms,
-                    })
+                    Derived::Failed(failure(normalizer, "too_large", e.to_string(), mapped_ms))
                 }
             };
         }
@@ -830,6 +801,51 @@ pub fn with_message<T>(
     let utf8 = msg.charset().transcode(raw);
     let msg = Message::parse(&utf8)?.with_charset(crate::hl7::Charset::Utf8);
     Ok(f(&msg))
+}
+
+/// Maps the raw HL7v2 message of a sealed record: the derived record to seal (and what no
+/// mapping used), or why not. Shared by the pipeline and `mapping replay`.
+pub fn derive_record(
+    normalizer: &Normalizer,
+    cfg: &NormalizeConfig,
+    raw: &[u8],
+    (raw_id, raw_commitment): (RecordId, [u8; 32]),
+    mapped_ms: u64,
+) -> Result<(DerivedRecord, Vec<String>), MapError> {
+    let raw_id_hex = raw_id.to_string();
+    let link = Link {
+        raw_record_id: &raw_id_hex,
+        raw_commitment: &raw_commitment,
+        mapped_ms,
+    };
+    let mapped = with_message(raw, |msg| normalizer.map(msg, &link)).unwrap_or_else(|e| {
+        Err(MapError {
+            label: "unparsed",
+            detail: format!("the message does not parse again: {e}"),
+        })
+    })?;
+    check_output(cfg, &mapped)?;
+    Ok((
+        DerivedRecord {
+            raw_id,
+            raw_commitment,
+            mapping_version: normalizer.version().to_string(),
+            mapped_ms,
+            outcome: unmapped_outcome(&mapped.unmapped).into(),
+            bundle: mapped.bundle.into(),
+        },
+        mapped.unmapped,
+    ))
+}
+
+/// A mapping failure as kept for `medanchor mapping failures`.
+pub fn failure(normalizer: &Normalizer, label: &str, detail: String, at_ms: u64) -> MappingFailure {
+    MappingFailure {
+        label: label.to_string(),
+        detail,
+        mapping_version: normalizer.version().to_string(),
+        at_ms,
+    }
 }
 
 /// The Bundle a mapping made, checked before it is stored (`normalize.validate_output`).
