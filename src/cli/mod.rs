@@ -143,9 +143,10 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
             eprintln!("FAILED: {f}");
         }
         println!(
-            "{}: {} records, {} leaves, {} checkpoints",
+            "{}: {} records, {} derived, {} leaves, {} checkpoints",
             if report.ok { "ok" } else { "FAILED" },
             report.records,
+            report.derived,
             report.leaves,
             report.checkpoints
         );
