@@ -140,6 +140,9 @@ pub struct Rejection {
     /// Metric label: a fixed, low-cardinality name for the reason.
     pub label: &'static str,
     pub quarantine_id: Option<String>,
+    /// For invalid FHIR: the OperationOutcome listing every issue with its path (what HTTP
+    /// ingest answers with). `None` for everything else.
+    pub outcome: Option<Box<serde_json::Value>>,
 }
 
 impl Rejection {
@@ -156,6 +159,7 @@ impl Rejection {
             reason: reason.into(),
             label,
             quarantine_id: None,
+            outcome: None,
         }
     }
 }

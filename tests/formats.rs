@@ -86,7 +86,8 @@ PID|1||Ünï-42^^^Hôpital^MR||Müller^Zoë\r\
 OBX|1|TX|||患者メモ: ½ Tablette\r"
     .as_bytes();
 
-const FHIR_BUNDLE: &[u8] = br#"{"resourceType":"Bundle","type":"transaction","identifier":{"value":"B-9"},"entry":[{"resource":{"resourceType":"Patient","identifier":[{"system":"urn:oid:2.16.840.1.113883.2.4.6.3","value":"999911120","type":{"coding":[{"code":"NNNLD"}]}}]}},{"resource":{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/7"}}}]}"#;
+/// Valid FHIR R4 (inbound FHIR is validated): each transaction entry has its request.
+const FHIR_BUNDLE: &[u8] = br#"{"resourceType":"Bundle","type":"transaction","identifier":{"value":"B-9"},"entry":[{"resource":{"resourceType":"Patient","identifier":[{"system":"urn:oid:2.16.840.1.113883.2.4.6.3","value":"999911120","type":{"coding":[{"code":"NNNLD"}]}}]},"request":{"method":"POST","url":"Patient"}},{"resource":{"resourceType":"Observation","status":"final","code":{"text":"weight"},"subject":{"reference":"Patient/7"}},"request":{"method":"POST","url":"Observation"}}]}"#;
 
 /// A record vector: its name, the record, and the format it was parsed from (`None`: built
 /// field by field).

@@ -49,7 +49,7 @@ fn hl7_and_fhir_are_stored_with_receipts_and_duplicates_get_the_first_one() {
         patient,
     );
     assert_eq!(status, 201, "{r}");
-    let bundle = br#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p-1"}}}]}"#;
+    let bundle = br#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p-1"}},"request":{"method":"POST","url":"Observation"}}]}"#;
     let (status, _, r) = post(&g, "application/fhir+json", Some(TOKEN), bundle);
     assert_eq!(status, 201, "{r}");
     let (status, _, _) = post(&g, "application/fhir+json", Some(TOKEN), bundle);

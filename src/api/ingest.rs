@@ -15,6 +15,10 @@ use super::{problem, ApiState};
 use crate::envelope::{now_ms, AckToken, Envelope, FormatHint, Origin, Outcome, RejectKind};
 use crate::pipeline::Pipeline;
 
+/// Response header of a 422 for invalid FHIR: where the rejected input is kept (the problem+json
+/// answers carry it as `quarantine_id`).
+pub const QUARANTINE_ID: &str = "medanchor-quarantine-id";
+
 /// What ingest needs; absent when no token is configured (ingest off).
 #[derive(Clone)]
 pub struct Ingest {
@@ -151,6 +155,20 @@ pub async fn ingest(
                 StatusCode::CREATED
             };
             (status, Json(receipt)).into_response()
+        }
+        Ok(Outcome::Rejected(r)) if r.outcome.is_some() => {
+            // Invalid FHIR: the OperationOutcome names every issue's path (never its value).
+            let outcome = r.outcome.map(|o| o.to_string()).unwrap_or_default();
+            let mut response = (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                [(header::CONTENT_TYPE, "application/fhir+json")],
+                outcome,
+            )
+                .into_response();
+            if let Some(id) = r.quarantine_id.as_deref().and_then(|id| id.parse().ok()) {
+                response.headers_mut().insert(QUARANTINE_ID, id);
+            }
+            response
         }
         Ok(Outcome::Rejected(r)) => {
             let status = match r.kind {

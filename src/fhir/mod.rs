@@ -1,6 +1,8 @@
 //! FHIR R4 JSON input: what medanchor reads out of a resource or Bundle to seal it (type, id,
-//! patient identifiers). The resource itself is kept byte for byte; normalization of HL7v2 into
-//! FHIR is a separate step.
+//! patient identifiers), after validating it against FHIR R4 ([`validate`]). The resource
+//! itself is kept byte for byte; normalization of HL7v2 into FHIR is a separate step.
+
+pub mod validate;
 
 use serde_json::Value;
 
@@ -24,8 +26,43 @@ fn bad(label: &'static str, reason: impl Into<String>) -> Rejection {
     Rejection::new(RejectKind::NotHl7, 100, label, reason)
 }
 
-/// Reads the metadata of a FHIR JSON resource. Errors name the problem, never content.
+/// How many issue paths an `invalid_fhir` rejection's reason names.
+const REASON_PATHS: usize = 3;
+
+/// The rejection of FHIR that parses but is not valid R4: label `invalid_fhir`, a reason naming
+/// the first paths and rules (never values), and the OperationOutcome listing every issue.
+pub fn invalid(issues: &[validate::Issue]) -> Rejection {
+    let errors: Vec<&validate::Issue> = issues.iter().filter(|i| i.severity.is_error()).collect();
+    let mut reason = format!("invalid FHIR R4 ({} error", errors.len());
+    if errors.len() != 1 {
+        reason.push('s');
+    }
+    reason.push_str("): ");
+    let shown: Vec<String> = errors
+        .iter()
+        .take(REASON_PATHS)
+        .map(|i| i.to_string())
+        .collect();
+    reason.push_str(&shown.join("; "));
+    if errors.len() > REASON_PATHS {
+        reason.push_str("; …");
+    }
+    // HL7 table 0357: 101 required field missing, 103 table value not found, 102 data type error.
+    let code = match errors.first().map(|i| i.code) {
+        Some(validate::IssueCode::Required) => 101,
+        Some(validate::IssueCode::CodeInvalid) => 103,
+        _ => 102,
+    };
+    let mut r = Rejection::new(RejectKind::Unacceptable, code, "invalid_fhir", reason);
+    r.outcome = Some(Box::new(validate::operation_outcome(issues)));
+    r
+}
+
+/// Reads the metadata of a FHIR JSON resource, once it is valid FHIR R4
+/// ([`validate::Validator::shared`]). Errors name the problem and its path, never content.
 pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
+    // RFC 8259 §8.1: a UTF-8 byte order mark may be ignored (the raw bytes are kept as sent).
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let v: Value = serde_json::from_slice(bytes).map_err(|e| {
         bad(
             "not_json",
@@ -59,6 +96,9 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
             )
         })?
         .to_string();
+    validate::Validator::shared()
+        .validate(&v)
+        .map_err(|issues| invalid(&issues))?;
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
     let mut meta = FhirMeta {
         kind: if resource_type == "Bundle" {
@@ -237,16 +277,18 @@ mod tests {
     #[test]
     fn a_bundle_gives_its_type_identifier_and_patients() {
         let m = read(br#"{"resourceType":"Bundle","type":"transaction","identifier":{"value":"B-9"},
-            "entry":[{"resource":{"resourceType":"Observation","subject":{"reference":"Patient/7"}}},
-                     {"resource":{"resourceType":"Patient","identifier":[{"system":"s","value":"v"}]}}]}"#).unwrap();
+            "entry":[{"resource":{"resourceType":"Observation","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/7"}},
+                      "request":{"method":"POST","url":"Observation"}},
+                     {"resource":{"resourceType":"Patient","identifier":[{"system":"urn:s","value":"v"}]},
+                      "request":{"method":"POST","url":"Patient"}}]}"#).unwrap();
         assert_eq!((m.kind.as_str(), m.id.as_str()), ("transaction", "B-9"));
-        assert_eq!(m.patient_ids, ["v^s^"]);
+        assert_eq!(m.patient_ids, ["v^urn:s^"]);
     }
 
     #[test]
     fn a_resource_without_patient_falls_back_to_its_subject_reference() {
         let m =
-            read(br#"{"resourceType":"Observation","subject":{"reference":"Patient/7"}}"#).unwrap();
+            read(br#"{"resourceType":"Observation","status":"final","code":{"text":"t"},"subject":{"reference":"Patient/7"}}"#).unwrap();
         assert_eq!(m.patient_ids, ["Patient/7^^REF"]);
     }
 

@@ -1,0 +1,353 @@
+//! Bundle rules (R4 `bdl-*` invariants, fullUrl syntax, duplicate entries, search sets) and
+//! the resolution of references inside a Bundle and a Parameters resource.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::primitive as p;
+use super::walk::{Res, Walker};
+use super::{IssueCode, Severity};
+
+/// One entry, as the checks see it.
+struct Entry<'v> {
+    path: String,
+    full_url: Option<&'v str>,
+    resource_type: Option<&'v str>,
+    id: Option<&'v str>,
+    version: Option<&'v str>,
+}
+
+/// `http://server/base/Type/id` → (`http://server/base/`, Type, id), for a known resource type.
+fn restful<'a>(w: &Walker, url: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return None;
+    }
+    let url = match url.find("/_history/") {
+        Some(h) => &url[..h],
+        None => url,
+    };
+    let (rest, id) = url.rsplit_once('/')?;
+    let (base, ty) = rest.rsplit_once('/')?;
+    (w.model.is_resource_type(ty) && p::is_id(id)).then(|| (&url[..base.len() + 1], ty, id))
+}
+
+pub(crate) fn check_bundle<'v>(
+    w: &mut Walker<'v, '_>,
+    obj: &'v Map<String, Value>,
+    path: &str,
+    res: &Res<'v>,
+) {
+    let btype = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    let history = btype == "history";
+    let searchset = btype == "searchset";
+    let raw_entries: &[Value] = obj
+        .get("entry")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+
+    if obj.get("total").is_some() && !(searchset || history) {
+        w.error(
+            IssueCode::Invariant,
+            &format!("{path}.total"),
+            "bdl-1: total only when a search or history",
+        );
+    }
+    // Link relations occur once each.
+    if let Some(links) = obj.get("link").and_then(Value::as_array) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (j, l) in links.iter().enumerate() {
+            if let Some(rel) = l.get("relation").and_then(Value::as_str) {
+                if seen.contains(&rel) {
+                    w.error(
+                        IssueCode::Invalid,
+                        &format!("{path}.link[{j}]"),
+                        "a link relation type may occur only once in a Bundle",
+                    );
+                } else {
+                    seen.push(rel);
+                }
+            }
+        }
+    }
+
+    let mut entries = Vec::with_capacity(raw_entries.len());
+    for (i, e) in raw_entries.iter().enumerate() {
+        let epath = format!("{path}.entry[{i}]");
+        let resource = e.get("resource");
+        let entry = Entry {
+            full_url: e.get("fullUrl").and_then(Value::as_str),
+            resource_type: resource
+                .and_then(|r| r.get("resourceType"))
+                .and_then(Value::as_str),
+            id: resource.and_then(|r| r.get("id")).and_then(Value::as_str),
+            version: resource
+                .and_then(|r| r.pointer("/meta/versionId"))
+                .and_then(Value::as_str),
+            path: epath,
+        };
+        entry_rules(w, e, &entry, btype, i);
+        entries.push(entry);
+    }
+
+    match btype {
+        "document" | "message" => {
+            let first = if btype == "document" {
+                "Composition"
+            } else {
+                "MessageHeader"
+            };
+            if entries.first().and_then(|e| e.resource_type) != Some(first) {
+                let rule = if btype == "document" {
+                    "bdl-11"
+                } else {
+                    "bdl-12"
+                };
+                w.error(
+                    IssueCode::Invariant,
+                    path,
+                    format!("{rule}: a {btype} must have a {first} as its first resource"),
+                );
+            }
+        }
+        _ => {}
+    }
+
+    if !history {
+        duplicates(w, &entries);
+    }
+    if !(searchset || history) {
+        resolve(w, btype, &entries, res);
+    }
+}
+
+fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) {
+    let epath = &entry.path;
+    if let Some(f) = entry.full_url {
+        let fpath = format!("{epath}.fullUrl");
+        if !p::has_scheme(f) {
+            w.error(
+                IssueCode::Invalid,
+                &fpath,
+                "fullUrl must be an absolute URL (a relative fullUrl cannot identify the entry)",
+            );
+        } else if f.starts_with("urn:uuid:") && !p::is_urn_uuid(f) {
+            w.error(IssueCode::Invalid, &fpath, "not a valid urn:uuid");
+        } else if f.starts_with("urn:oid:") && !p::is_urn_oid(f) {
+            w.error(IssueCode::Invalid, &fpath, "not a valid urn:oid");
+        } else if f.contains("/_history/") {
+            w.error(
+                IssueCode::Invariant,
+                &fpath,
+                "bdl-8: fullUrl cannot be a version specific reference",
+            );
+        } else if let (Some((_, t, id)), Some(rt), Some(rid)) =
+            (restful(w, f), entry.resource_type, entry.id)
+        {
+            if t != rt || id != rid {
+                w.error(
+                    IssueCode::Invalid,
+                    &fpath,
+                    "a RESTful fullUrl must end with the type and id of the entry's resource",
+                );
+            }
+        }
+    }
+    let has = |k: &str| e.get(k).is_some();
+    if !(has("resource") || has("request") || has("response")) {
+        w.error(
+            IssueCode::Invariant,
+            epath,
+            "bdl-5: an entry must have a resource, a request or a response",
+        );
+    }
+    let needs_request = matches!(btype, "batch" | "transaction" | "history");
+    if has("request") != needs_request {
+        let msg = if needs_request {
+            "bdl-3: entry.request is required in a batch, transaction or history"
+        } else {
+            "bdl-3: entry.request is only allowed in a batch, transaction or history"
+        };
+        w.error(IssueCode::Invariant, epath, msg);
+    }
+    let needs_response = matches!(btype, "batch-response" | "transaction-response" | "history");
+    if has("response") != needs_response {
+        let msg = if needs_response {
+            "bdl-4: entry.response is required in a batch-response, transaction-response or history"
+        } else {
+            "bdl-4: entry.response is only allowed in a batch-response, transaction-response or history"
+        };
+        w.error(IssueCode::Invariant, epath, msg);
+    }
+    if has("search") && btype != "searchset" {
+        w.error(
+            IssueCode::Invariant,
+            epath,
+            "bdl-2: entry.search only when a search set",
+        );
+    }
+    if btype == "searchset" {
+        let mode = e.pointer("/search/mode").and_then(Value::as_str);
+        let outcome = entry.resource_type == Some("OperationOutcome");
+        let rpath = format!("{epath}.resource");
+        if mode == Some("outcome") && !outcome && entry.resource_type.is_some() {
+            w.error(
+                IssueCode::Invalid,
+                &rpath,
+                "an entry of search mode 'outcome' must be an OperationOutcome",
+            );
+        } else if mode != Some("outcome")
+            && !(mode.is_none() && outcome)
+            && entry.resource_type.is_some()
+            && entry.id.is_none()
+        {
+            w.error(IssueCode::Invalid, &rpath, "search results must have ids");
+        }
+    }
+    let _ = i;
+}
+
+/// `bdl-7` and duplicate resource identities: one entry per fullUrl (per version), one per
+/// resource type and id where there is no fullUrl.
+fn duplicates(w: &mut Walker, entries: &[Entry]) {
+    let mut seen: HashMap<(String, Option<&str>), usize> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let key = match (e.full_url, e.resource_type, e.id) {
+            (Some(f), _, _) => f.to_string(),
+            (None, Some(t), Some(id)) => format!("{t}/{id}"),
+            _ => continue,
+        };
+        if let Some(first) = seen.insert((key, e.version), i) {
+            let msg = if e.full_url.is_some() {
+                format!(
+                    "bdl-7: fullUrl is not unique in the Bundle (entry[{first}] has the same fullUrl and version)"
+                )
+            } else {
+                format!("duplicate resource identity: entry[{first}] holds a resource of the same type and id")
+            };
+            let at = if e.full_url.is_some() {
+                format!("{}.fullUrl", e.path)
+            } else {
+                format!("{}.resource.id", e.path)
+            };
+            w.error(IssueCode::BusinessRule, &at, msg);
+        }
+    }
+}
+
+/// References from entries to entries: each must match at most one entry, versions must
+/// exist, and `urn:uuid:` references (and, in documents, relative ones) must resolve.
+fn resolve(w: &mut Walker, btype: &str, entries: &[Entry], res: &Res) {
+    for emb in &res.embedded {
+        let Some(i) = emb.entry else { continue };
+        let Some(entry) = entries.get(i) else {
+            continue;
+        };
+        let base = entry
+            .full_url
+            .and_then(|f| restful(w, f))
+            .map(|(b, _, _)| b);
+        for (at, r) in &emb.res.refs {
+            if r.is_empty() || r.starts_with('#') || r.contains('?') {
+                continue;
+            }
+            let (target, version) = match r.split_once("/_history/") {
+                Some((t, v)) => (t, Some(v)),
+                None => (*r, None),
+            };
+            let absolute = p::has_scheme(target);
+            let mut matches: Vec<&Entry> = Vec::new();
+            if absolute {
+                matches.extend(entries.iter().filter(|e| e.full_url == Some(target)));
+            } else if let Some((t, id)) = target.rsplit_once('/') {
+                let t = t.rsplit('/').next().unwrap_or(t);
+                if let Some(b) = base {
+                    let full = format!("{b}{t}/{id}");
+                    matches.extend(entries.iter().filter(|e| e.full_url == Some(full.as_str())));
+                }
+                if matches.is_empty() {
+                    matches.extend(entries.iter().filter(|e| {
+                        e.resource_type == Some(t)
+                            && e.id == Some(id)
+                            && e.full_url.is_none_or(|f| restful(w, f).is_some())
+                    }));
+                }
+            }
+            let found_any = !matches.is_empty();
+            if let Some(v) = version {
+                matches.retain(|e| e.version == Some(v));
+            }
+            match matches.len() {
+                1 => {}
+                0 if found_any => w.error(
+                    IssueCode::NotFound,
+                    at,
+                    "the Bundle holds the referenced resource but not the referenced version",
+                ),
+                0 => {
+                    let uuid = target.starts_with("urn:uuid:") || target.starts_with("urn:oid:");
+                    let severity = match btype {
+                        "transaction"
+                        | "batch"
+                        | "document"
+                        | "message"
+                        | "transaction-response"
+                        | "batch-response"
+                            if uuid =>
+                        {
+                            Some(Severity::Error)
+                        }
+                        "document" if !absolute => Some(Severity::Error),
+                        _ if uuid => Some(Severity::Warning),
+                        _ => None,
+                    };
+                    if let Some(severity) = severity {
+                        w.issues.push(super::Issue::new(
+                            severity,
+                            IssueCode::NotFound,
+                            at,
+                            format!(
+                                "the reference does not resolve to an entry of this {btype} Bundle"
+                            ),
+                        ));
+                    }
+                }
+                _ => w.error(
+                    IssueCode::Invalid,
+                    at,
+                    "the reference matches more than one entry of the Bundle",
+                ),
+            }
+        }
+    }
+}
+
+/// Relative references between the resources of a Parameters resource resolve among them.
+pub(crate) fn check_parameters(w: &mut Walker, res: &Res) {
+    let resources: Vec<(&str, Option<&str>)> = res
+        .embedded
+        .iter()
+        .map(|e| (e.resource_type, e.id))
+        .collect();
+    for emb in &res.embedded {
+        for (at, r) in &emb.res.refs {
+            if r.is_empty() || r.starts_with('#') || r.contains('?') || p::has_scheme(r) {
+                continue;
+            }
+            let target = r.split("/_history/").next().unwrap_or(r);
+            let Some((t, id)) = target.rsplit_once('/') else {
+                continue;
+            };
+            if !resources
+                .iter()
+                .any(|(rt, rid)| *rt == t && *rid == Some(id))
+            {
+                w.error(
+                    IssueCode::NotFound,
+                    at,
+                    "the reference does not resolve to a resource of this Parameters",
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Checks on primitive values that the schema's patterns do not make: real calendar dates,
+//! base64, id/uuid/oid syntax, absolute URIs, text that looks like HTML.
+
+/// `[A-Za-z0-9\-\.]{1,64}`.
+pub fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A FHIR date, dateTime or instant (already of the schema's shape, or not): whether its
+/// year-month-day is a day of the calendar. `None` when the text is not of that shape at all.
+pub fn calendar_ok(s: &str) -> Option<bool> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = b.get(r)?;
+        if part.iter().all(u8::is_ascii_digit) {
+            std::str::from_utf8(part).ok()?.parse().ok()
+        } else {
+            None
+        }
+    };
+    let year = num(0..4)?;
+    if b.len() == 4 {
+        return Some(year > 0);
+    }
+    if b.get(4) != Some(&b'-') {
+        return None;
+    }
+    let month = num(5..7)?;
+    if !(1..=12).contains(&month) {
+        return Some(false);
+    }
+    if b.len() == 7 {
+        return Some(true);
+    }
+    if b.get(7) != Some(&b'-') {
+        return None;
+    }
+    let day = num(8..10)?;
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    Some((1..=days).contains(&day))
+}
+
+/// Seconds since 0000-01-01T00:00Z of a dateTime with time and zone, for ordering (`per-1`).
+/// Partial dates give the start of the period they name; `None` if the text is not a dateTime.
+pub fn sort_key(s: &str) -> Option<(i64, bool)> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| std::str::from_utf8(part).ok()?.parse().ok())?
+    };
+    let year = num(0..4)?;
+    let month = if b.len() >= 7 { num(5..7)? } else { 1 };
+    let day = if b.len() >= 10 { num(8..10)? } else { 1 };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe;
+    if b.len() <= 10 {
+        return Some((days * 86_400, false));
+    }
+    let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut t = days * 86_400 + h * 3600 + m * 60 + sec;
+    let rest = &s[19..];
+    let rest = rest.trim_start_matches(|c: char| c == '.' || c.is_ascii_digit());
+    match rest.as_bytes() {
+        [b'Z'] => {}
+        [sign @ (b'+' | b'-'), ..] if rest.len() == 6 => {
+            let zh: i64 = rest.get(1..3)?.parse().ok()?;
+            let zm: i64 = rest.get(4..6)?.parse().ok()?;
+            let off = zh * 3600 + zm * 60;
+            t += if *sign == b'+' { -off } else { off };
+        }
+        _ => return None,
+    }
+    Some((t, true))
+}
+
+/// Standard base64 (RFC 4648 alphabet, `=` padding, whitespace between groups allowed).
+/// Returns the decoded length.
+pub fn base64_len(s: &str) -> Option<usize> {
+    let mut n = 0usize;
+    let mut pad = 0usize;
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' if pad == 0 => n += 1,
+            b'=' => pad += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ => return None,
+        }
+    }
+    if (n + pad) % 4 != 0 || pad > 2 {
+        return None;
+    }
+    Some((n + pad) / 4 * 3 - pad)
+}
+
+/// `urn:uuid:` followed by a lower- or upper-case RFC 4122 text form.
+pub fn is_urn_uuid(s: &str) -> bool {
+    let Some(u) = s.strip_prefix("urn:uuid:") else {
+        return false;
+    };
+    u.len() == 36
+        && u.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// `urn:oid:` followed by an OID (`[0-2](\.(0|[1-9][0-9]*))+`).
+pub fn is_urn_oid(s: &str) -> bool {
+    let Some(o) = s.strip_prefix("urn:oid:") else {
+        return false;
+    };
+    let mut parts = o.split('.');
+    let first_ok = matches!(parts.next(), Some("0" | "1" | "2"));
+    let mut count = 0;
+    first_ok
+        && parts.all(|p| {
+            count += 1;
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'))
+        })
+        && count > 0
+}
+
+/// Whether a URI is absolute: it starts with a scheme (`[A-Za-z][A-Za-z0-9+.-]*:`).
+pub fn has_scheme(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    let mut b = scheme.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && b.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'.' | b'-'))
+}
+
+/// URLs on the domains the specification reserves for examples.
+pub fn is_example_url(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', ':', '?', '#']).next().unwrap_or("");
+    [
+        "example.org",
+        "example.com",
+        "example.net",
+        "acme.com",
+        "acme.org",
+    ]
+    .iter()
+    .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+}
+
+/// Elements that make text active in a browser when it is rendered as HTML.
+const ACTIVE_TAGS: &[&str] = &[
+    "script", "iframe", "object", "embed", "applet", "form", "img", "svg", "style", "link", "meta",
+    "base", "frame", "frameset", "body", "html", "a", "input", "button", "math",
+];
+
+/// Whether plain text holds something that a browser would run or load if it were pasted into
+/// HTML unescaped: a tag of an active element, or a `javascript:` URL.
+pub fn looks_like_active_html(s: &str) -> bool {
+    if !s.contains('<') && !s.contains(':') {
+        return false;
+    }
+    let lower = s.to_ascii_lowercase();
+    if lower.contains("javascript:") {
+        return true;
+    }
+    let b = lower.as_bytes();
+    let mut i = 0;
+    while let Some(p) = lower[i..].find('<') {
+        let start = i + p + 1;
+        let start = if b.get(start) == Some(&b'/') {
+            start + 1
+        } else {
+            start
+        };
+        let end = b[start..]
+            .iter()
+            .position(|c| !c.is_ascii_alphanumeric())
+            .map_or(b.len(), |e| start + e);
+        let name = &lower[start..end];
+        let delimited = matches!(
+            b.get(end),
+            None | Some(b'>' | b' ' | b'/' | b'\t' | b'\n' | b'\r')
+        );
+        if delimited && ACTIVE_TAGS.contains(&name) {
+            return true;
+        }
+        i = start;
+    }
+    false
+}
+
+/// Whether markdown holds an HTML tag (`<` followed by a letter or `/letter`).
+pub fn has_html_tag(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'<'
+            && (w[1].is_ascii_alphabetic()
+                || (w[1] == b'/' && b.get(i + 2).is_some_and(u8::is_ascii_alphabetic)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar() {
+        assert_eq!(calendar_ok("2024-02-29"), Some(true));
+        assert_eq!(calendar_ok("2023-02-29"), Some(false));
+        assert_eq!(calendar_ok("2023-04-31T10:00:00Z"), Some(false));
+        assert_eq!(calendar_ok("2023-13"), Some(false));
+        assert_eq!(calendar_ok("2023"), Some(true));
+        assert_eq!(calendar_ok("not a date"), None);
+    }
+
+    #[test]
+    fn ordering_with_zones() {
+        let a = sort_key("2024-01-01T10:00:00+02:00").unwrap();
+        let b = sort_key("2024-01-01T09:00:00Z").unwrap();
+        assert!(a.0 < b.0);
+        assert!(sort_key("2024-03").unwrap().0 < sort_key("2024-03-02").unwrap().0);
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_len("SGVsbG8gd29ybGQh"), Some(12));
+        assert_eq!(base64_len("SGVsbG8=\n"), Some(5));
+        assert_eq!(base64_len("%%%2@()()"), None);
+        assert_eq!(base64_len("abc"), None);
+        assert_eq!(base64_len("ab=c"), None);
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_id("a-b.C9") && !is_id("bad_id") && !is_id("") && !is_id(&"1".repeat(65)));
+        assert!(is_urn_uuid("urn:uuid:9ce2a97b-5cab-4986-814f-4734016e6084"));
+        assert!(!is_urn_uuid(
+            "urn:uuid:9ce2a97b-5cab-4986-814f-4734016e6084-X"
+        ));
+        assert!(is_urn_oid("urn:oid:1.2.840.10008") && !is_urn_oid("urn:oid:1.02"));
+        assert!(has_scheme("urn:uuid:x") && has_scheme("http://a/b") && !has_scheme("Patient/1"));
+        assert!(is_example_url("http://repository.example.org/fhir/x"));
+        assert!(!is_example_url("http://hl7.org/fhir"));
+    }
+
+    #[test]
+    fn html_in_text() {
+        assert!(looks_like_active_html(
+            "Standard <script>somescript</script>"
+        ));
+        assert!(looks_like_active_html("<IMG src=x onerror=y>"));
+        assert!(!looks_like_active_html("BP <120 and a<b, <resource type>"));
+        assert!(has_html_tag("<resource type>\\<id>") && !has_html_tag("a < b"));
+    }
+}
