@@ -848,12 +848,27 @@ pub fn failure(normalizer: &Normalizer, label: &str, detail: String, at_ms: u64)
     }
 }
 
-/// The Bundle a mapping made, checked before it is stored (`normalize.validate_output`).
-fn check_output(
-    _cfg: &NormalizeConfig,
-    _mapped: &crate::normalize::Mapped,
-) -> Result<(), MapError> {
-    Ok(())
+/// The Bundle a mapping made, checked against the FHIR R4 schema and the sharing invariants
+/// before it is stored (`normalize.validate_output`): a Bundle that fails is a mapping failure
+/// (`invalid_output`) naming paths and rules, never values.
+fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Result<(), MapError> {
+    if !cfg.validate_output {
+        return Ok(());
+    }
+    crate::fhir::validate::Validator::shared()
+        .validate_bytes(&mapped.bundle)
+        .map(|_| ())
+        .map_err(|issues| {
+            let shown: Vec<String> = issues.iter().take(5).map(|i| i.to_string()).collect();
+            MapError {
+                label: "invalid_output",
+                detail: format!(
+                    "the Bundle made is not valid FHIR R4 ({} issues): {}",
+                    issues.len(),
+                    shown.join("; ")
+                ),
+            }
+        })
 }
 
 /// An OperationOutcome listing what no mapping used (names, never values); empty when the

@@ -19,7 +19,9 @@ const ORU: &str = "ORU-R01-01.hl7";
 /// Sends a corpus message and returns its raw record id and commitment from the ZRC segment.
 fn send(g: &Gateway, file: &str) -> (RecordId, String) {
     let bytes = std::fs::read(fixtures().join("microsoft").join(file)).unwrap();
-    let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\r").replace('\n', "\r");
+    let text = String::from_utf8_lossy(&bytes)
+        .replace("\r\n", "\r")
+        .replace('\n', "\r");
     let ack = mllp_exchange(g.mllp, text.trim_start_matches('\u{feff}').as_bytes());
     let (code, _, reason) = msa(&ack);
     assert_eq!(code, "AA", "{file}: {reason}");
@@ -67,7 +69,11 @@ fn each_message_is_stored_with_its_bundle_and_the_derived_proof_proves_the_raw_r
     let g = Gateway::start(&data, &[]);
     let (adt, adt_commitment) = send(&g, ADT);
     let (oru, _) = send(&g, ORU);
-    g.wait_metric("medanchor_normalize_messages_total{result=\"mapped\"}", 2.0, std::time::Duration::from_secs(30));
+    g.wait_metric(
+        "medanchor_normalize_messages_total{result=\"mapped\"}",
+        2.0,
+        std::time::Duration::from_secs(30),
+    );
     assert!(g.stop().success());
 
     let report = verify_all(&data);
@@ -126,12 +132,7 @@ fn each_message_is_stored_with_its_bundle_and_the_derived_proof_proves_the_raw_r
     assert!(err.contains("inclusion"), "{err}");
 
     // A replay appends a newer derived record; the first stays.
-    let (ok, out, err) = run(&[
-        "mapping",
-        "replay",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let (ok, out, err) = run(&["mapping", "replay", "--data-dir", data.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     let after = derived_of(&data, &adt);
     assert_eq!(after.len(), 2);
