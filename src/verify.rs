@@ -73,8 +73,8 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     }
     // Leaves first: record id → (index, commitment in the leaf, raw record a derived leaf
     // names). parse_leaf admits only the two kinds and their lengths.
-    let mut by_record: HashMap<RecordId, (u64, [u8; 32], Option<(RecordId, [u8; 32])>)> =
-        HashMap::new();
+    type InLog = (u64, [u8; 32], Option<(RecordId, [u8; 32])>);
+    let mut by_record: HashMap<RecordId, InLog> = HashMap::new();
     let leaves = stores.ledger.for_each_leaf(&mut |leaf| {
         report.leaves += 1;
         let c: [u8; 32] = leaf.commitment().try_into().expect("32-byte commitment");

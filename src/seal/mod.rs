@@ -161,6 +161,27 @@ pub fn seal_with(
     .expect("one result per record")
 }
 
+/// [`seal_with`] for a derived record: the same code path as [`seal_derived_many`], for
+/// known-answer vectors only (never reuse a nonce or salt outside tests).
+#[doc(hidden)]
+pub fn seal_derived_with(
+    record: &DerivedRecord,
+    record_id: RecordId,
+    key: &DataKey,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Sealed, EncodeError> {
+    seal_inputs(&[SealInput {
+        record: Plain::Derived(record),
+        record_id,
+        key,
+        salt,
+        nonce,
+    }])
+    .pop()
+    .expect("one result per record")
+}
+
 /// One record to seal, with its salt and nonce.
 struct SealInput<'a> {
     record: Plain<'a>,

@@ -50,7 +50,7 @@ pub(super) fn message(i: usize) -> Message {
         },
     };
     // Every third message carries a derived record, stored in the same commit.
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         let derived = derived_of(&m, 0);
         m.put.derived = Derivation::Mapped(derived);
     }
