@@ -95,6 +95,19 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     if let Err(e) = leaves {
         report.fail(format!("ledger: {e}"));
     }
+    // A derived leaf names a raw record: its leaf must be a record leaf earlier in the log with
+    // the commitment the derived leaf binds.
+    for (id, (index, _, raw)) in &by_record {
+        let Some((raw_id, raw_commitment)) = raw else {
+            continue;
+        };
+        match by_record.get(raw_id) {
+            Some((raw_index, c, None)) if raw_index < index && c == raw_commitment => {}
+            _ => report.fail(format!(
+                "leaf {index}: derived record {id} names record {raw_id}, which is not a record leaf before it with that commitment"
+            )),
+        }
+    }
     let total = stores.vault.record_count().unwrap_or(0) + report.leaves;
     let mut done = 0u64;
     let mut seen: HashSet<RecordId> = HashSet::with_capacity(by_record.len());

@@ -1346,19 +1346,24 @@ impl EmbeddedLedger {
         let raw = match &leaf.derived_from {
             None => None,
             Some(raw_id) => {
+                let not_before = || {
+                    LedgerError::Corrupt(format!(
+                        "leaf {index} names raw record {raw_id}, which is not a record leaf before it with the commitment it names"
+                    ))
+                };
                 let raw_index = self
                     .leaf_index(raw_id)?
-                    .filter(|&i| i < size)
-                    .ok_or_else(|| {
-                        LedgerError::Corrupt(format!(
-                            "leaf {index} names raw record {raw_id}, which is not in the log before it"
-                        ))
-                    })?;
+                    .filter(|&i| i < index)
+                    .ok_or_else(not_before)?;
                 let raw_leaf = leaves
                     .get(raw_index)
                     .map_err(err)?
                     .ok_or_else(|| LedgerError::Corrupt(format!("leaf {raw_index} missing")))?;
-                Some((*raw_id, parse_leaf(raw_index, raw_leaf.value())?))
+                let raw_leaf = parse_leaf(raw_index, raw_leaf.value())?;
+                if raw_leaf.derived_from.is_some() || raw_leaf.commitment() != &leaf.entry[33..65] {
+                    return Err(not_before());
+                }
+                Some((*raw_id, raw_leaf))
             }
         };
         let mut paths = {

@@ -37,8 +37,24 @@ const DERIVED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("derived");
 /// raw record id → JSON [`MappingFailure`] of its last mapping, when that failed.
 const FAILURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mapping_failures");
 
-/// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key.
-const FORMAT: u32 = 3;
+/// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key;
+/// 4 = also derived records (their segment entries name their raw record) and the tables
+/// `derived` and `mapping_failures`. A writable open upgrades 3 to 4 (nothing to convert), so a
+/// build that knows only 3 refuses a vault that may hold derived entries.
+const FORMAT: u32 = 4;
+const FORMAT_BEFORE_DERIVED: u32 = 3;
+
+/// An index table that a vault written before it existed lacks: read as empty.
+fn optional<'txn>(
+    r: &'txn redb::ReadTransaction,
+    table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, VaultError> {
+    match r.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
 const SEGMENT_TAIL: &str = "segment_tail";
 const ANCHORED_THROUGH: &str = "anchored_through";
 /// A new segment file starts once the current one would pass this size.
@@ -206,6 +222,10 @@ fn open_index(
         let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
         match format {
             Some(v) if v == FORMAT.to_be_bytes() => {}
+            Some(v) if v == FORMAT_BEFORE_DERIVED.to_be_bytes() => {
+                meta.insert("format", FORMAT.to_be_bytes().as_slice())
+                    .map_err(err)?;
+            }
             Some(v) => {
                 return Err(VaultError::Storage(format!(
                     "vault format {} is not supported by this build (expects {FORMAT})",
@@ -361,7 +381,9 @@ impl EmbeddedVault {
             let r = db.begin_read().map_err(err)?;
             let meta = r.open_table(META).map_err(err)?;
             match meta.get("format").map_err(err)? {
-                Some(v) if v.value() == FORMAT.to_be_bytes() => {}
+                Some(v)
+                    if v.value() == FORMAT.to_be_bytes()
+                        || v.value() == FORMAT_BEFORE_DERIVED.to_be_bytes() => {}
                 _ => {
                     return Err(VaultError::Storage(
                         "vault.redb: unknown or missing format".into(),
@@ -560,9 +582,13 @@ impl EmbeddedVault {
             }
         }
         // A derived record is under its raw record in `derived` instead, in store order.
-        let derived = r.open_table(DERIVED).map_err(err)?;
+        let derived = optional(&r, DERIVED)?;
+        let rows = match &derived {
+            Some(t) => Some(t.iter().map_err(err)?),
+            None => None,
+        };
         let mut listed_derived = std::collections::HashSet::new();
-        for row in derived.iter().map_err(err)? {
+        for row in rows.into_iter().flatten() {
             let (k, v) = row.map_err(err)?;
             let raw = hex::encode(k.value());
             if v.value().len() % 16 != 0 || v.value().is_empty() {
@@ -742,13 +768,7 @@ impl Vault for EmbeddedVault {
                 .iter()
                 .any(|p| matches!(p.derived, Derivation::Failed(_)))
             || self.last_sync.lock().expect("lock").elapsed() >= INDEX_SYNC_INTERVAL;
-        w.set_durability(if sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(err)?;
-        let result: Result<Vec<PutResult>, VaultError> = (|| {
+        let result: Result<(Vec<PutResult>, bool), VaultError> = (|| {
             let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
@@ -759,8 +779,9 @@ impl Vault for EmbeddedVault {
             // Records new in this batch: a duplicate of one of them finds its commitment here,
             // as its index row is written only after the segment append.
             let mut fresh: HashMap<RecordId, [u8; 32]> = HashMap::new();
+            let mut noted_failure = false;
             // Raw records given a derived record in this batch (its list is written after the
-            // append).
+            // append), for a duplicate of one in the same batch.
             let mut with_derived = std::collections::HashSet::new();
             let mut placed = Vec::with_capacity(puts.len());
             let mut entries = Vec::new();
@@ -789,28 +810,35 @@ impl Vault for EmbeddedVault {
                         results.push(PutResult::IndexDamaged);
                         continue;
                     };
-                    if let Derivation::Mapped(d) = &p.derived {
-                        let has_one = with_derived.contains(&id)
-                            || derived.get(id.0.as_slice()).map_err(err)?.is_some();
-                        if !has_one {
-                            let header =
-                                EntryHeader::derived(d.record_id, d.commitment, id, commitment);
-                            let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
-                            placed.push(Placed {
-                                id: d.record_id,
-                                commitment: d.commitment,
-                                offset,
-                                len,
-                                slot: results.len(),
-                                derived_from: Some(id),
-                            });
-                            with_derived.insert(id);
-                        }
+                    // The put's derivation was made from this re-sent copy (its own id and
+                    // commitment), so it cannot stand for the first copy. A first copy without a
+                    // derived record (a crash tore its derived entry off before anyone was
+                    // acknowledged, or it was stored with normalization off) is noted as a
+                    // mapping failure, which `medanchor mapping replay --failed` maps.
+                    if !matches!(p.derived, Derivation::None)
+                        && !with_derived.contains(&id)
+                        && derived.get(id.0.as_slice()).map_err(err)?.is_none()
+                        && failures.get(id.0.as_slice()).map_err(err)?.is_none()
+                    {
+                        let (mapping_version, at_ms) = match &p.derived {
+                            Derivation::Failed(f) => (f.mapping_version.clone(), f.at_ms),
+                            _ => (String::new(), crate::envelope::now_ms()),
+                        };
+                        put_failure(
+                            &mut failures,
+                            &id,
+                            &MappingFailure {
+                                label: "not_derived".into(),
+                                detail: "stored without a derived record (normalization was off, or a crash cut the derived entry off before the message was acknowledged); map it with `medanchor mapping replay --failed`".into(),
+                                mapping_version,
+                                at_ms,
+                            },
+                        )?;
+                        noted_failure = true;
                     }
                     results.push(PutResult::Duplicate {
                         record_id: id,
                         commitment,
-                        derived_at: None,
                     });
                     continue;
                 }
@@ -891,8 +919,7 @@ impl Vault for EmbeddedVault {
                         ) => *position = at.end().position(),
                         (
                             PutResult::Stored { derived_at, .. }
-                            | PutResult::StoredConflict { derived_at, .. }
-                            | PutResult::Duplicate { derived_at, .. },
+                            | PutResult::StoredConflict { derived_at, .. },
                             Some(_),
                         ) => *derived_at = Some(at.end().position()),
                         (PutResult::Duplicate { .. } | PutResult::IndexDamaged, _) => {
@@ -916,9 +943,17 @@ impl Vault for EmbeddedVault {
                 q.insert(sealed.record_id.0.as_slice(), value.as_slice())
                     .map_err(err)?;
             }
-            Ok(results)
+            Ok((results, noted_failure))
         })();
-        let committed = result.and_then(|results| {
+        // A failure noted lives only in the index: synced like a quarantine entry.
+        let sync = sync || result.as_ref().is_ok_and(|(_, noted)| *noted);
+        let committed = result.and_then(|(results, _)| {
+            w.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(err)?;
             w.commit().map_err(err)?;
             Ok(results)
         });
@@ -1002,12 +1037,11 @@ impl Vault for EmbeddedVault {
 
     fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
-        let mut ids: Vec<RecordId> = match r
-            .open_table(DERIVED)
-            .map_err(err)?
-            .get(raw.0.as_slice())
-            .map_err(err)?
-        {
+        let listed = match optional(&r, DERIVED)? {
+            Some(t) => t.get(raw.0.as_slice()).map_err(err)?,
+            None => None,
+        };
+        let mut ids: Vec<RecordId> = match listed {
             Some(v) if v.value().len() % 16 == 0 => v
                 .value()
                 .chunks_exact(16)
@@ -1027,7 +1061,9 @@ impl Vault for EmbeddedVault {
 
     fn mapping_failures(&self) -> Result<Vec<(RecordId, MappingFailure)>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
-        let t = r.open_table(FAILURES).map_err(err)?;
+        let Some(t) = optional(&r, FAILURES)? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for e in t.iter().map_err(err)? {
             let (k, v) = e.map_err(err)?;
@@ -1291,6 +1327,23 @@ mod tests {
             PutResult::Duplicate { .. }
         ));
         assert_eq!(v.derived_of(&raw0).unwrap().len(), 1);
+        // A re-send of a record stored without a derived record: the derivation made from the
+        // re-sent copy names that copy, so it is not filed under the first; the gap is noted.
+        let mut resent = put_of(&msgs[2]);
+        resent.derived = Derivation::Mapped(derived_of(&msgs[2], 5));
+        assert!(matches!(
+            v.commit(&[resent], &[]).unwrap()[0],
+            PutResult::Duplicate { .. }
+        ));
+        let raw2 = msgs[2].put.sealed.record_id;
+        assert!(v.derived_of(&raw2).unwrap().is_empty());
+        let noted = v.mapping_failures().unwrap();
+        assert!(
+            noted
+                .iter()
+                .any(|(id, f)| *id == raw2 && f.label == "not_derived"),
+            "{noted:?}"
+        );
         // The log is offered the derived leaf after its raw one, naming it.
         let leaves = v.unanchored(0).unwrap();
         assert_eq!(leaves.len(), 5);
@@ -1318,7 +1371,17 @@ mod tests {
             ])
             .unwrap();
         assert!(positions.iter().all(Option::is_some));
-        assert!(v.mapping_failures().unwrap().is_empty());
+        let left: Vec<RecordId> = v
+            .mapping_failures()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            left,
+            vec![raw2],
+            "record 1's failure is cleared by its replay"
+        );
         assert_eq!(
             v.derived_of(&raw0).unwrap(),
             vec![first.record_id, second.record_id]

@@ -82,10 +82,6 @@ pub enum PutResult {
     Duplicate {
         record_id: RecordId,
         commitment: [u8; 32],
-        /// The put's derived record, stored because the first copy has none (its derived entry
-        /// was torn off by a crash before anyone was acknowledged, or it was stored before
-        /// normalization was on).
-        derived_at: Option<Position>,
     },
     /// New bytes under a control id this sender already used; stored as a new record.
     StoredConflict {

@@ -117,18 +117,8 @@ fn commit_batch(
                     PutResult::Duplicate {
                         record_id,
                         commitment,
-                        derived_at,
                     } => {
                         metrics.duplicates.inc();
-                        if let Some(at) = derived_at {
-                            send_derived(
-                                anchor,
-                                &put.derived,
-                                (record_id, commitment),
-                                at,
-                                committed,
-                            );
-                        }
                         (receipt(record_id, &commitment), true)
                     }
                     PutResult::Stored {
