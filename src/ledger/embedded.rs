@@ -1691,7 +1691,7 @@ mod tests {
                     w.open_table(LEAVES).unwrap().insert(600, [1u8; 10].as_slice()).unwrap();
                 }),
                 vec![
-                    "leaf 600: 10 bytes, not 49".into(),
+                    "leaf 600: 10 bytes, not a record leaf (49) or a derived leaf (97)".into(),
                     "checkpoint 700: root does not match the leaves".into(),
                 ],
             ),
