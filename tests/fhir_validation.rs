@@ -374,7 +374,7 @@ fn take_apart(mut v: Value) {
     let mut stack = vec![v.take()];
     while let Some(mut v) = stack.pop() {
         match &mut v {
-            Value::Array(a) => stack.extend(a.drain(..)),
+            Value::Array(a) => stack.append(a),
             Value::Object(m) => {
                 let keys: Vec<String> = m.keys().cloned().collect();
                 for k in keys {

@@ -102,7 +102,7 @@ pub fn base64_len(s: &str) -> Option<usize> {
             _ => return None,
         }
     }
-    if (n + pad) % 4 != 0 || pad > 2 {
+    if !(n + pad).is_multiple_of(4) || pad > 2 {
         return None;
     }
     Some((n + pad) / 4 * 3 - pad)

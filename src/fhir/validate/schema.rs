@@ -140,6 +140,7 @@ impl Model {
         self.validators.contains_key(t)
     }
 
+    #[cfg(test)]
     pub fn resource_types(&self) -> impl Iterator<Item = &str> {
         self.validators.keys().map(|k| &**k)
     }

@@ -10,7 +10,7 @@ use std::fmt::Write;
 use serde_json::{Map, Value};
 
 use super::primitive as p;
-use super::schema::{push_name, Model, Ty};
+use super::schema::{Model, Ty};
 use super::{bundle, xhtml, Issue, IssueCode, Options, Severity};
 
 /// Deepest JSON nesting walked (objects and arrays). FHIR content nests far less (a Bundle
@@ -170,7 +170,6 @@ pub(crate) struct Res<'v> {
 pub(crate) struct Embedded<'v> {
     /// The Bundle entry index for `Bundle.entry[i].resource`, else `None`.
     pub entry: Option<usize>,
-    pub path: String,
     pub resource_type: &'v str,
     pub id: Option<&'v str>,
     pub res: Res<'v>,
@@ -240,11 +239,7 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
         let Some(obj) = v.as_object() else {
             let at = if path.is_empty() { "Resource" } else { path };
-            self.error(
-                IssueCode::Structure,
-                &at.to_string(),
-                "a resource must be a JSON object",
-            );
+            self.error(IssueCode::Structure, at, "a resource must be a JSON object");
             return None;
         };
         let rt = match obj.get("resourceType").and_then(Value::as_str) {
@@ -253,7 +248,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                 let at = if path.is_empty() { "Resource" } else { path };
                 self.error(
                     IssueCode::Structure,
-                    &at.to_string(),
+                    at,
                     "resourceType is missing or not a FHIR R4 resource type",
                 );
                 return None;
@@ -342,7 +337,7 @@ impl<'v, 'o> Walker<'v, 'o> {
             return;
         }
         let container_referenced =
-            res.refs.iter().any(|(_, r)| *r == "#") || res.local_uris.iter().any(|u| *u == "#");
+            res.refs.iter().any(|(_, r)| *r == "#") || res.local_uris.contains(&"#");
         for (at, id) in &res.contained {
             let Some(id) = id else { continue };
             let referenced = res
@@ -364,6 +359,7 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn object(
         &mut self,
         obj: &'v Map<String, Value>,
@@ -486,7 +482,6 @@ impl<'v, 'o> Walker<'v, 'o> {
                 } else if let Some((rt, inner)) = self.resource(v, path, depth, Place::Embedded) {
                     res.embedded.push(Embedded {
                         entry: index,
-                        path: path.clone(),
                         resource_type: rt,
                         id: v.get("id").and_then(Value::as_str),
                         res: inner,
@@ -542,61 +537,42 @@ impl<'v, 'o> Walker<'v, 'o> {
                     return;
                 }
                 match ty {
-                    "date" | "dateTime" | "instant" => {
-                        if p::calendar_ok(s) == Some(false) {
-                            self.error(
-                                IssueCode::Value,
-                                path,
-                                format!("not a valid {ty}: no such day in the calendar"),
-                            );
-                        }
+                    "date" | "dateTime" | "instant" if p::calendar_ok(s) == Some(false) => {
+                        self.error(
+                            IssueCode::Value,
+                            path,
+                            format!("not a valid {ty}: no such day in the calendar"),
+                        );
                     }
-                    "base64Binary" => {
-                        if p::base64_len(s).is_none() {
-                            self.error(
-                                IssueCode::Value,
-                                path,
-                                "not valid base64 (RFC 4648 alphabet and padding)",
-                            );
-                        }
+                    "base64Binary" if p::base64_len(s).is_none() => {
+                        self.error(
+                            IssueCode::Value,
+                            path,
+                            "not valid base64 (RFC 4648 alphabet and padding)",
+                        );
                     }
-                    "string" => {
-                        if self.opts.security_checks && p::looks_like_active_html(s) {
-                            self.error(
-                                IssueCode::Security,
-                                path,
-                                "the text holds HTML markup that a browser would run or load (security check)",
-                            );
-                        }
+                    "string" if self.opts.security_checks && p::looks_like_active_html(s) => {
+                        self.error(
+                            IssueCode::Security,
+                            path,
+                            "the text holds HTML markup that a browser would run or load (security check)",
+                        );
                     }
-                    "markdown" => {
-                        if !self.opts.markdown_html && p::has_html_tag(s) {
-                            self.error(
-                                IssueCode::Invalid,
-                                path,
-                                "the markdown holds an HTML tag, which this validator is set to refuse",
-                            );
-                        }
+                    "markdown" if !self.opts.markdown_html && p::has_html_tag(s) => {
+                        self.error(
+                            IssueCode::Invalid,
+                            path,
+                            "the markdown holds an HTML tag, which this validator is set to refuse",
+                        );
                     }
-                    "canonical" => {
-                        if s.starts_with('#') {
-                            res.local_uris.push(s);
-                        } else if !p::has_scheme(s) {
-                            // The specification's own examples use relative canonicals.
-                            self.issues.push(Issue::new(
-                                Severity::Warning,
-                                IssueCode::Invalid,
-                                path,
-                                "a canonical URL should be absolute unless it is a fragment (#id)"
-                                    .into(),
-                            ));
-                        }
-                    }
-                    "uri" | "url" => {
-                        if s.starts_with('#') {
-                            res.local_uris.push(s);
-                        }
-                    }
+                    "canonical" | "uri" | "url" if s.starts_with('#') => res.local_uris.push(s),
+                    // The specification's own examples use relative canonicals.
+                    "canonical" if !p::has_scheme(s) => self.issues.push(Issue::new(
+                        Severity::Warning,
+                        IssueCode::Invalid,
+                        path,
+                        "a canonical URL should be absolute unless it is a fragment (#id)".into(),
+                    )),
                     _ => {}
                 }
             }
@@ -841,13 +817,4 @@ pub(crate) fn reference_syntax_ok(model: &Model, r: &str) -> bool {
 
 fn type_of(path: &str) -> &str {
     path.split(['.', '[']).next().unwrap_or(path)
-}
-
-/// Renders a name for a path (used by the Bundle checks).
-pub(crate) fn child(path: &str, name: &str) -> String {
-    let mut p = String::with_capacity(path.len() + name.len() + 1);
-    p.push_str(path);
-    p.push('.');
-    push_name(&mut p, name);
-    p
 }
