@@ -927,6 +927,25 @@ mod tests {
         (stores, pipeline, running)
     }
 
+    /// Records as received in the vault (derived records left out).
+    fn raw_records(stores: &Stores) -> u64 {
+        let mut n = 0;
+        stores
+            .vault
+            .for_each_record(&mut |id, rec| {
+                let rec = rec.unwrap();
+                let key = stores
+                    .keyring
+                    .get(seal::parse_header(&rec.sealed).unwrap().key_id)
+                    .unwrap();
+                let opened = seal::open_content(&rec.sealed, id, &key).unwrap();
+                n += u64::from(matches!(opened.content, crate::record::Content::Record(_)));
+                Ok(())
+            })
+            .unwrap();
+        n
+    }
+
     async fn stop(pipeline: Arc<Pipeline>, running: Running) {
         drop(pipeline);
         assert!(
@@ -1021,7 +1040,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(stores.vault.record_count().unwrap(), 1);
+        assert_eq!(raw_records(&stores), 1);
         // Its next reader stores it: nothing of it was kept.
         let (token, again) = AckToken::new();
         pipeline.submit(envelope(ADT, token)).await;
@@ -1032,7 +1051,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(stores.vault.record_count().unwrap(), 2);
+        assert_eq!(raw_records(&stores), 2);
         stop(pipeline, running).await;
     }
 

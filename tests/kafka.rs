@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+const RAW_ONLY: &str = "[normalize]\nenabled = false\n";
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -108,6 +110,9 @@ impl Cluster {
     }
 
     /// Writes the gateway's configuration for this cluster.
+    /// A gateway consuming the topic. Normalization is off: these tests are about delivery and
+    /// offsets (thousands of messages, where an unoptimised build's mapping would set the
+    /// pace); tests/derived.rs and tests/gateway.rs run with it on.
     fn config(&self, dir: &Path, extra: &str) -> PathBuf {
         let path = dir.join("medanchor.toml");
         std::fs::write(
@@ -115,7 +120,7 @@ impl Cluster {
             format!(
                 "[[sources]]\ntype = \"kafka\"\nname = \"feed\"\nbrokers = \"{}\"\n\
                  topics = [\"{TOPIC}\"]\ngroup_id = \"{GROUP}\"\ndead_letter_topic = \"{DEAD}\"\n\
-                 commit_interval_ms = 200\n{extra}",
+                 commit_interval_ms = 200\n{extra}\n{RAW_ONLY}",
                 self.bootstrap()
             ),
         )
