@@ -189,6 +189,18 @@ fn bench(c: &mut Criterion) {
         b.iter(|| v.validate(black_box(&oru)))
     });
     g.finish();
+    // Where the time goes: the invariant walk, and the schema validators of the resources.
+    let mut g = c.benchmark_group("fhir_validate_parts");
+    for (name, x) in [("patient", &p), ("adt", &adt), ("oru", &oru)] {
+        let resources = v.bench_resources(x);
+        g.bench_function(format!("{name}_walk"), |b| {
+            b.iter(|| v.bench_walk(black_box(x)))
+        });
+        g.bench_function(format!("{name}_schema"), |b| {
+            b.iter(|| v.bench_schema(black_box(&resources)))
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);

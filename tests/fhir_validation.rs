@@ -495,3 +495,19 @@ fn http_ingest_answers_422_with_an_operation_outcome() {
     assert!(g.metric("medanchor_quarantine_entries_total") >= 1.0);
     assert!(g.stop().success());
 }
+
+/// The FHIR inputs other tests send through the gateway stay valid R4.
+#[test]
+fn the_gateway_tests_fhir_fixtures_are_valid() {
+    for name in [
+        "bundle-lipids.json",
+        "observation-example.json",
+        "patient-example.json",
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir");
+        let bytes = std::fs::read(dir.join(name)).expect("fixture");
+        if let Err(issues) = Validator::shared().validate_bytes(&bytes) {
+            panic!("{name}: {issues:#?}");
+        }
+    }
+}

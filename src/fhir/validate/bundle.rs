@@ -10,12 +10,20 @@ use super::walk::{Res, Walker};
 use super::{IssueCode, Severity};
 
 /// One entry, as the checks see it.
-struct Entry<'v> {
-    path: String,
+struct Entry<'v, 'p> {
+    /// The Bundle's path and the entry's index: the entry's path is made only for an issue.
+    bundle: &'p str,
+    index: usize,
     full_url: Option<&'v str>,
     resource_type: Option<&'v str>,
     id: Option<&'v str>,
     version: Option<&'v str>,
+}
+
+impl Entry<'_, '_> {
+    fn path(&self) -> String {
+        format!("{}.entry[{}]", self.bundle, self.index)
+    }
 }
 
 /// `http://server/base/Type/id` → (`http://server/base/`, Type, id), for a known resource type.
@@ -73,7 +81,6 @@ pub(crate) fn check_bundle<'v>(
 
     let mut entries = Vec::with_capacity(raw_entries.len());
     for (i, e) in raw_entries.iter().enumerate() {
-        let epath = format!("{path}.entry[{i}]");
         let resource = e.get("resource");
         let entry = Entry {
             full_url: e.get("fullUrl").and_then(Value::as_str),
@@ -84,7 +91,8 @@ pub(crate) fn check_bundle<'v>(
             version: resource
                 .and_then(|r| r.pointer("/meta/versionId"))
                 .and_then(Value::as_str),
-            path: epath,
+            bundle: path,
+            index: i,
         };
         entry_rules(w, e, &entry, btype, i);
         entries.push(entry);
@@ -122,23 +130,23 @@ pub(crate) fn check_bundle<'v>(
 }
 
 fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) {
-    let epath = &entry.path;
+    let epath = || entry.path();
+    let fpath = || format!("{}.fullUrl", entry.path());
     if let Some(f) = entry.full_url {
-        let fpath = format!("{epath}.fullUrl");
         if !p::has_scheme(f) {
             w.error(
                 IssueCode::Invalid,
-                &fpath,
+                &fpath(),
                 "fullUrl must be an absolute URL (a relative fullUrl cannot identify the entry)",
             );
         } else if f.starts_with("urn:uuid:") && !p::is_urn_uuid(f) {
-            w.error(IssueCode::Invalid, &fpath, "not a valid urn:uuid");
+            w.error(IssueCode::Invalid, &fpath(), "not a valid urn:uuid");
         } else if f.starts_with("urn:oid:") && !p::is_urn_oid(f) {
-            w.error(IssueCode::Invalid, &fpath, "not a valid urn:oid");
+            w.error(IssueCode::Invalid, &fpath(), "not a valid urn:oid");
         } else if f.contains("/_history/") {
             w.error(
                 IssueCode::Invariant,
-                &fpath,
+                &fpath(),
                 "bdl-8: fullUrl cannot be a version specific reference",
             );
         } else if let (Some((_, t, id)), Some(rt), Some(rid)) =
@@ -147,7 +155,7 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
             if t != rt || id != rid {
                 w.error(
                     IssueCode::Invalid,
-                    &fpath,
+                    &fpath(),
                     "a RESTful fullUrl must end with the type and id of the entry's resource",
                 );
             }
@@ -157,7 +165,7 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
     if !(has("resource") || has("request") || has("response")) {
         w.error(
             IssueCode::Invariant,
-            epath,
+            &epath(),
             "bdl-5: an entry must have a resource, a request or a response",
         );
     }
@@ -168,7 +176,7 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
         } else {
             "bdl-3: entry.request is only allowed in a batch, transaction or history"
         };
-        w.error(IssueCode::Invariant, epath, msg);
+        w.error(IssueCode::Invariant, &epath(), msg);
     }
     let needs_response = matches!(btype, "batch-response" | "transaction-response" | "history");
     if has("response") != needs_response {
@@ -177,23 +185,23 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
         } else {
             "bdl-4: entry.response is only allowed in a batch-response, transaction-response or history"
         };
-        w.error(IssueCode::Invariant, epath, msg);
+        w.error(IssueCode::Invariant, &epath(), msg);
     }
     if has("search") && btype != "searchset" {
         w.error(
             IssueCode::Invariant,
-            epath,
+            &epath(),
             "bdl-2: entry.search only when a search set",
         );
     }
     if btype == "searchset" {
         let mode = e.pointer("/search/mode").and_then(Value::as_str);
         let outcome = entry.resource_type == Some("OperationOutcome");
-        let rpath = format!("{epath}.resource");
+        let rpath = || format!("{}.resource", entry.path());
         if mode == Some("outcome") && !outcome && entry.resource_type.is_some() {
             w.error(
                 IssueCode::Invalid,
-                &rpath,
+                &rpath(),
                 "an entry of search mode 'outcome' must be an OperationOutcome",
             );
         } else if mode != Some("outcome")
@@ -201,7 +209,7 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
             && entry.resource_type.is_some()
             && entry.id.is_none()
         {
-            w.error(IssueCode::Invalid, &rpath, "search results must have ids");
+            w.error(IssueCode::Invalid, &rpath(), "search results must have ids");
         }
     }
     let _ = i;
@@ -210,14 +218,16 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
 /// `bdl-7` and duplicate resource identities: one entry per fullUrl (per version), one per
 /// resource type and id where there is no fullUrl.
 fn duplicates(w: &mut Walker, entries: &[Entry]) {
-    let mut seen: HashMap<(String, Option<&str>), usize> = HashMap::new();
+    // Key: (fullUrl, "", version) or ("", "Type", id, version) — borrowed, no allocation.
+    type Key<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
+    let mut seen: HashMap<Key, usize> = HashMap::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let key = match (e.full_url, e.resource_type, e.id) {
-            (Some(f), _, _) => f.to_string(),
-            (None, Some(t), Some(id)) => format!("{t}/{id}"),
+            (Some(f), _, _) => (f, "", "", e.version),
+            (None, Some(t), Some(id)) => ("", t, id, e.version),
             _ => continue,
         };
-        if let Some(first) = seen.insert((key, e.version), i) {
+        if let Some(first) = seen.insert(key, i) {
             let msg = if e.full_url.is_some() {
                 format!(
                     "bdl-7: fullUrl is not unique in the Bundle (entry[{first}] has the same fullUrl and version)"
@@ -226,9 +236,9 @@ fn duplicates(w: &mut Walker, entries: &[Entry]) {
                 format!("duplicate resource identity: entry[{first}] holds a resource of the same type and id")
             };
             let at = if e.full_url.is_some() {
-                format!("{}.fullUrl", e.path)
+                format!("{}.fullUrl", e.path())
             } else {
-                format!("{}.resource.id", e.path)
+                format!("{}.resource.id", e.path())
             };
             w.error(IssueCode::BusinessRule, &at, msg);
         }

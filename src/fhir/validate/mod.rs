@@ -211,6 +211,34 @@ impl Validator {
         issues
     }
 
+    /// The two halves of [`check`](Self::check), for the benchmark's breakdown: the invariant
+    /// walk alone (returns the issues and the resources it found), and the JSON-schema
+    /// validation of each resource the walk found.
+    #[doc(hidden)]
+    pub fn bench_walk(&self, resource: &Value) -> usize {
+        let mut w = walk::Walker::new(schema::Model::get(), &self.options);
+        w.resource(resource, &mut String::new(), 0, walk::Place::Root);
+        w.issues.len() + w.resources.len()
+    }
+
+    #[doc(hidden)]
+    pub fn bench_schema(&self, resources: &[(String, &str, &Value)]) -> usize {
+        let model = schema::Model::get();
+        let mut issues = Vec::new();
+        for (path, ty, v) in resources {
+            model.check(ty, v, path, &mut issues);
+        }
+        issues.len()
+    }
+
+    /// The resources of a resource (itself, contained, Bundle entries…), as the walk finds them.
+    #[doc(hidden)]
+    pub fn bench_resources<'v>(&self, resource: &'v Value) -> Vec<(String, &'v str, &'v Value)> {
+        let mut w = walk::Walker::new(schema::Model::get(), &self.options);
+        w.resource(resource, &mut String::new(), 0, walk::Place::Root);
+        w.resources
+    }
+
     /// Parses and validates JSON bytes. Malformed JSON is one fatal issue whose path is the
     /// element the parser had reached (`Patient.name[0]`), without content.
     pub fn validate_bytes(&self, bytes: &[u8]) -> Result<Value, Vec<Issue>> {

@@ -177,32 +177,35 @@ const ACTIVE_TAGS: &[&str] = &[
 /// Whether plain text holds something that a browser would run or load if it were pasted into
 /// HTML unescaped: a tag of an active element, or a `javascript:` URL.
 pub fn looks_like_active_html(s: &str) -> bool {
-    if !s.contains('<') && !s.contains(':') {
+    let b = s.as_bytes();
+    if memchr::memchr2(b'<', b':', b).is_none() {
         return false;
     }
-    let lower = s.to_ascii_lowercase();
-    if lower.contains("javascript:") {
+    if b.windows(11)
+        .any(|w| w.eq_ignore_ascii_case(b"javascript:"))
+    {
         return true;
     }
-    let b = lower.as_bytes();
     let mut i = 0;
-    while let Some(p) = lower[i..].find('<') {
-        let start = i + p + 1;
-        let start = if b.get(start) == Some(&b'/') {
-            start + 1
-        } else {
-            start
-        };
+    while let Some(p) = memchr::memchr(b'<', &b[i..]) {
+        let mut start = i + p + 1;
+        if b.get(start) == Some(&b'/') {
+            start += 1;
+        }
         let end = b[start..]
             .iter()
             .position(|c| !c.is_ascii_alphanumeric())
             .map_or(b.len(), |e| start + e);
-        let name = &lower[start..end];
+        let name = &b[start..end];
         let delimited = matches!(
             b.get(end),
             None | Some(b'>' | b' ' | b'/' | b'\t' | b'\n' | b'\r')
         );
-        if delimited && ACTIVE_TAGS.contains(&name) {
+        if delimited
+            && ACTIVE_TAGS
+                .iter()
+                .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
+        {
             return true;
         }
         i = start;

@@ -26,7 +26,7 @@ pub(crate) const SCHEMA_JSON: &str = include_str!("../../../schemas/fhir/fhir.sc
 pub(crate) enum Ty {
     /// A named definition: a primitive (`date`, `string`, …) or a complex type / backbone
     /// element (`Reference`, `Bundle_Entry`, …).
-    Def(Box<str>),
+    Def(u32),
     /// A code with its allowed values in the schema (`enum`) or a fixed value (`const`).
     Code,
     /// Narrative XHTML (`Narrative.div`).
@@ -41,16 +41,101 @@ pub(crate) struct Prop {
     pub array: bool,
 }
 
+/// Rules of particular data types, decided once per definition (not per value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Kind {
+    #[default]
+    Plain,
+    Reference,
+    Attachment,
+    Coding,
+    Period,
+    Extension,
+    RiskPrediction,
+    BundleEntry,
+}
+
+/// What a primitive is, for the walker's checks (decided once per definition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Prim {
+    /// A complex type or backbone element.
+    #[default]
+    Complex,
+    Date,
+    Base64,
+    String,
+    Markdown,
+    Canonical,
+    Uri,
+    Integer,
+    PositiveInt,
+    UnsignedInt,
+    /// A primitive without checks beyond the schema's.
+    Other,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Def {
-    pub props: HashMap<Box<str>, Prop>,
+    pub name: Box<str>,
+    pub prim: Prim,
+    pub props: FastMap<Prop>,
+    /// Elements of minimum cardinality 1 the schema cannot require (`walk::REQUIRED`).
+    pub required: &'static [&'static str],
+    pub kind: Kind,
+}
+
+/// Maps keyed by element or type names, hashed with a fast non-cryptographic hash: the keys
+/// are the schema's, and a lookup of a hostile key only costs its hashing.
+pub(crate) type FastMap<V> = HashMap<Box<str>, V, FastHash>;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+/// A constant-time hash of a name: its length and its first and last eight bytes, mixed by
+/// one multiply (FxHash's constant) and finished so that the low bits, which pick the bucket,
+/// depend on all of it. Names that agree in all three collide and are told apart by equality.
+pub(crate) struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let n = bytes.len();
+        let load = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let (first, last) = if n >= 8 {
+            (load(&bytes[..8]), load(&bytes[n - 8..]))
+        } else {
+            (load(bytes), 0)
+        };
+        self.0 = (self.0 ^ first ^ last.rotate_left(29) ^ (n as u64).rotate_left(58))
+            .wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.0 ^= u64::from(b);
+    }
+    fn finish(&self) -> u64 {
+        let h = self.0;
+        h ^ (h >> 31) ^ (h >> 47)
+    }
 }
 
 /// The schema, read: types for the walker, validators per resource type.
 pub(crate) struct Model {
-    pub defs: HashMap<Box<str>, Def>,
+    /// Every definition, indexed by [`Ty::Def`].
+    pub types: Vec<Def>,
+    /// Definition index by name.
+    names: FastMap<u32>,
     /// The resource types (the schema's discriminator), each with its validator once built.
-    validators: HashMap<Box<str>, OnceLock<Result<jsonschema::Validator, String>>>,
+    validators: FastMap<OnceLock<Result<jsonschema::Validator, String>>>,
     /// `definitions` without descriptions and with `ResourceList` as "an object".
     definitions: Value,
     /// Primitive type of each `pattern` in the schema, to name a failed pattern by its type.
@@ -84,16 +169,59 @@ impl Model {
             .as_object_mut()
             .ok_or("definitions is not an object")?;
         patch(defs_obj);
-        let mut defs = HashMap::new();
+        let names: FastMap<u32> = defs_obj
+            .keys()
+            .enumerate()
+            .map(|(i, n)| (Box::from(n.as_str()), i as u32))
+            .collect();
+        let index = |n: &str| {
+            names
+                .get(n)
+                .copied()
+                .ok_or_else(|| format!("no definition {n}"))
+        };
+        let mut types = Vec::with_capacity(defs_obj.len());
         let mut patterns = HashMap::new();
         for (name, d) in defs_obj.iter() {
             if let Some(p) = d.get("pattern").and_then(Value::as_str) {
                 patterns.insert(Box::from(p), Box::from(name.as_str()));
             }
-            let Some(props) = d.get("properties").and_then(Value::as_object) else {
-                continue;
+            let mut def = Def {
+                name: Box::from(name.as_str()),
+                prim: match name.as_str() {
+                    "date" | "dateTime" | "instant" => Prim::Date,
+                    "base64Binary" => Prim::Base64,
+                    "string" => Prim::String,
+                    "markdown" => Prim::Markdown,
+                    "canonical" => Prim::Canonical,
+                    "uri" | "url" => Prim::Uri,
+                    "integer" => Prim::Integer,
+                    "positiveInt" => Prim::PositiveInt,
+                    "unsignedInt" => Prim::UnsignedInt,
+                    n if n.starts_with(|c: char| c.is_ascii_lowercase()) => Prim::Other,
+                    _ => Prim::Complex,
+                },
+                required: super::walk::REQUIRED
+                    .iter()
+                    .find(|(t, _)| t == name)
+                    .map_or(&[], |(_, r)| *r),
+                kind: match name.as_str() {
+                    "Reference" => Kind::Reference,
+                    "Attachment" => Kind::Attachment,
+                    "Coding" => Kind::Coding,
+                    "Period" => Kind::Period,
+                    "Extension" => Kind::Extension,
+                    "RiskAssessment_Prediction" => Kind::RiskPrediction,
+                    "Bundle_Entry" => Kind::BundleEntry,
+                    _ => Kind::Plain,
+                },
+                ..Def::default()
             };
-            let mut def = Def::default();
+            let no_props = Map::new();
+            let props = d
+                .get("properties")
+                .and_then(Value::as_object)
+                .unwrap_or(&no_props);
             for (pname, p) in props {
                 let (array, inner) = match p.get("items") {
                     Some(items) if p.get("type").and_then(Value::as_str) == Some("array") => {
@@ -104,23 +232,23 @@ impl Model {
                 let ty = match inner.get("$ref").and_then(Value::as_str) {
                     Some("#/definitions/ResourceList") => Ty::Resource,
                     Some("#/definitions/xhtml") => Ty::Xhtml,
-                    Some(r) => Ty::Def(Box::from(
+                    Some(r) => Ty::Def(index(
                         r.strip_prefix("#/definitions/")
                             .ok_or_else(|| format!("unexpected $ref {r}"))?,
-                    )),
+                    )?),
                     None if inner.get("enum").is_some() || inner.get("const").is_some() => Ty::Code,
                     // Choice elements (`valueDateTime`) hold their primitive inline: the type
                     // is the name's suffix.
                     None => {
-                        Ty::Def(Box::from(primitive_of(pname).ok_or_else(|| {
+                        Ty::Def(index(primitive_of(pname).ok_or_else(|| {
                             format!("{name}.{pname}: property without a type")
-                        })?))
+                        })?)?)
                     }
                 };
                 def.props
                     .insert(Box::from(pname.as_str()), Prop { ty, array });
             }
-            defs.insert(Box::from(name.as_str()), def);
+            types.push(def);
         }
         // Embedded resources are validated one by one with their own type's validator.
         defs_obj.insert(
@@ -128,12 +256,18 @@ impl Model {
             serde_json::json!({"type": "object", "required": ["resourceType"]}),
         );
         Ok(Model {
-            defs,
+            types,
+            names,
             validators,
             definitions,
             patterns,
             pattern_cache: jsonschema::PatternCache::new(),
         })
+    }
+
+    /// A definition by name.
+    pub fn def(&self, name: &str) -> Option<&Def> {
+        self.names.get(name).map(|i| &self.types[*i as usize])
     }
 
     pub fn is_resource_type(&self, t: &str) -> bool {
@@ -389,26 +523,31 @@ mod tests {
     #[test]
     fn the_model_knows_the_types() {
         let m = Model::get();
+        let d = |n: &str| m.def(n).unwrap_or_else(|| panic!("{n}"));
+        assert_eq!(d("Observation").required, ["status"]);
+        assert_eq!(d("Reference").kind, Kind::Reference);
+        assert_eq!(d("dateTime").prim, Prim::Date);
+        for (t, _) in super::super::walk::REQUIRED {
+            assert!(m.def(t).is_some(), "{t} is not a type of the schema");
+        }
+        let named = |t: &Ty| match t {
+            Ty::Def(i) => m.types[*i as usize].name.to_string(),
+            other => format!("{other:?}"),
+        };
         assert_eq!(m.resource_types().count(), 146);
         assert!(m.is_resource_type("Patient") && !m.is_resource_type("HumanName"));
-        let entry = &m.defs["Bundle_Entry"].props;
+        let entry = &d("Bundle_Entry").props;
         assert_eq!(entry["resource"].ty, Ty::Resource);
         assert!(!entry["resource"].array);
-        let given = &m.defs["HumanName"].props["given"];
-        assert_eq!(
-            (given.ty.clone(), given.array),
-            (Ty::Def("string".into()), true)
-        );
-        assert_eq!(m.defs["Narrative"].props["div"].ty, Ty::Xhtml);
-        assert_eq!(m.defs["Patient"].props["gender"].ty, Ty::Code);
+        let given = &d("HumanName").props["given"];
+        assert_eq!((named(&given.ty), given.array), ("string".into(), true));
+        assert_eq!(d("Narrative").props["div"].ty, Ty::Xhtml);
+        assert_eq!(d("Patient").props["gender"].ty, Ty::Code);
         assert_eq!(&*m.patterns[r"^[A-Za-z0-9\-\.]{1,64}$"], "id");
-        let t = |d: &str, p: &str| m.defs[d].props[p].ty.clone();
-        assert_eq!(
-            t("Observation", "valueDateTime"),
-            Ty::Def("dateTime".into())
-        );
-        assert_eq!(t("Extension", "valueUuid"), Ty::Def("uuid".into()));
-        assert_eq!(t("Extension", "valueTime"), Ty::Def("time".into()));
+        let t = |t: &str, p: &str| named(&d(t).props[p].ty);
+        assert_eq!(t("Observation", "valueDateTime"), "dateTime");
+        assert_eq!(t("Extension", "valueUuid"), "uuid");
+        assert_eq!(t("Extension", "valueTime"), "time");
     }
 
     /// Where the schema embeds a resource: the walker validates each of these with its own type.
@@ -416,13 +555,13 @@ mod tests {
     fn embedded_resources_are_where_the_walker_expects_them() {
         let m = Model::get();
         let mut places: Vec<String> = m
-            .defs
+            .types
             .iter()
-            .flat_map(|(d, def)| {
+            .flat_map(|def| {
                 def.props
                     .iter()
                     .filter(|(_, p)| p.ty == Ty::Resource)
-                    .map(move |(n, _)| format!("{d}.{n}"))
+                    .map(move |(n, _)| format!("{}.{n}", def.name))
             })
             .filter(|p| !p.ends_with(".contained"))
             .collect();

@@ -5,12 +5,10 @@
 //!
 //! Recursion is bounded by [`MAX_DEPTH`] JSON levels, whoever built the value.
 
-use std::fmt::Write;
-
 use serde_json::{Map, Value};
 
 use super::primitive as p;
-use super::schema::{Model, Ty};
+use super::schema::{Def, Kind, Model, Prim, Ty};
 use super::{bundle, xhtml, Issue, IssueCode, Options, Severity};
 
 /// Deepest JSON nesting walked (objects and arrays). FHIR content nests far less (a Bundle
@@ -24,7 +22,7 @@ pub const MAX_STRING_BYTES: usize = 1024 * 1024;
 /// R4 elements of minimum cardinality 1 that the JSON schema cannot require: primitives (whose
 /// value may stand in `_name` alone) and choices (`name[x]`). Per type, including backbone
 /// elements (`Type_Part`).
-const REQUIRED: &[(&str, &[&str])] = &[
+pub(crate) const REQUIRED: &[(&str, &[&str])] = &[
     ("Account", &["status"]),
     ("ActivityDefinition", &["status"]),
     ("AdverseEvent", &["actuality"]),
@@ -307,7 +305,9 @@ impl<'v, 'o> Walker<'v, 'o> {
             Place::Contained | Place::NestedContained => Place::NestedContained,
             _ => Place::Contained,
         };
-        self.object(obj, rt, path, depth, &mut res, inner, None);
+        if let Some(def) = self.model.def(rt) {
+            self.object(obj, def, path, depth, &mut res, inner, None);
+        }
         if matches!(place, Place::Root | Place::Embedded) {
             self.local_references(path, &res);
         }
@@ -363,7 +363,7 @@ impl<'v, 'o> Walker<'v, 'o> {
     fn object(
         &mut self,
         obj: &'v Map<String, Value>,
-        ty: &str,
+        def: &Def,
         path: &mut String,
         depth: usize,
         res: &mut Res<'v>,
@@ -378,9 +378,6 @@ impl<'v, 'o> Walker<'v, 'o> {
             );
             return;
         }
-        let Some(def) = self.model.defs.get(ty) else {
-            return;
-        };
         for (k, v) in obj {
             let Some(prop) = def.props.get(k.as_str()) else {
                 continue; // the schema names unknown elements
@@ -403,7 +400,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                                 continue;
                             }
                             let l = path.len();
-                            let _ = write!(path, "[{i}]");
+                            push_index(path, i);
                             self.value(
                                 item,
                                 &prop.ty,
@@ -420,13 +417,17 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             } else {
                 // A Bundle entry's resource knows the entry's index.
-                let index = if ty == "Bundle_Entry" { index } else { None };
+                let index = if def.kind == Kind::BundleEntry {
+                    index
+                } else {
+                    None
+                };
                 self.value(v, &prop.ty, k, path, depth + 1, res, index, contained_place);
             }
             path.truncate(len);
         }
-        if let Some((_, names)) = REQUIRED.iter().find(|(t, _)| *t == ty) {
-            for name in *names {
+        {
+            for name in def.required {
                 let present = match name.strip_suffix("[x]") {
                     Some(prefix) => obj.keys().any(|k| {
                         k.strip_prefix(prefix)
@@ -448,7 +449,9 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             }
         }
-        self.type_rules(obj, ty, path, res);
+        if def.kind != Kind::Plain {
+            self.type_rules(obj, def, path, res);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -488,7 +491,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     });
                 }
             }
-            Ty::Code => self.string_value(v, "code", path),
+            Ty::Code => self.string_value(v, path),
             Ty::Xhtml => {
                 if let Some(s) = v.as_str() {
                     if let Err(e) = xhtml::check(s) {
@@ -502,16 +505,18 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             }
             Ty::Def(d) => {
-                if d.starts_with(|c: char| c.is_ascii_lowercase()) {
-                    self.primitive(v, d, path, res);
+                let model = self.model;
+                let def = &model.types[*d as usize];
+                if def.prim != Prim::Complex {
+                    self.primitive(v, def, path, res);
                 } else if let Some(obj) = v.as_object() {
-                    self.object(obj, d, path, depth, res, contained_place, index);
+                    self.object(obj, def, path, depth, res, contained_place, index);
                 }
             }
         }
     }
 
-    fn string_value(&mut self, v: &Value, _ty: &str, path: &str) {
+    fn string_value(&mut self, v: &Value, path: &str) {
         if let Some(s) = v.as_str() {
             if s.is_empty() {
                 self.error(
@@ -529,45 +534,46 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
     }
 
-    fn primitive(&mut self, v: &'v Value, ty: &str, path: &str, res: &mut Res<'v>) {
+    fn primitive(&mut self, v: &'v Value, def: &Def, path: &str, res: &mut Res<'v>) {
+        let ty = &*def.name;
         match v {
             Value::String(s) => {
-                self.string_value(v, ty, path);
+                self.string_value(v, path);
                 if s.is_empty() {
                     return;
                 }
-                match ty {
-                    "date" | "dateTime" | "instant" if p::calendar_ok(s) == Some(false) => {
+                match def.prim {
+                    Prim::Date if p::calendar_ok(s) == Some(false) => {
                         self.error(
                             IssueCode::Value,
                             path,
                             format!("not a valid {ty}: no such day in the calendar"),
                         );
                     }
-                    "base64Binary" if p::base64_len(s).is_none() => {
+                    Prim::Base64 if p::base64_len(s).is_none() => {
                         self.error(
                             IssueCode::Value,
                             path,
                             "not valid base64 (RFC 4648 alphabet and padding)",
                         );
                     }
-                    "string" if self.opts.security_checks && p::looks_like_active_html(s) => {
+                    Prim::String if self.opts.security_checks && p::looks_like_active_html(s) => {
                         self.error(
                             IssueCode::Security,
                             path,
                             "the text holds HTML markup that a browser would run or load (security check)",
                         );
                     }
-                    "markdown" if !self.opts.markdown_html && p::has_html_tag(s) => {
+                    Prim::Markdown if !self.opts.markdown_html && p::has_html_tag(s) => {
                         self.error(
                             IssueCode::Invalid,
                             path,
                             "the markdown holds an HTML tag, which this validator is set to refuse",
                         );
                     }
-                    "canonical" | "uri" | "url" if s.starts_with('#') => res.local_uris.push(s),
+                    Prim::Canonical | Prim::Uri if s.starts_with('#') => res.local_uris.push(s),
                     // The specification's own examples use relative canonicals.
-                    "canonical" if !p::has_scheme(s) => self.issues.push(Issue::new(
+                    Prim::Canonical if !p::has_scheme(s) => self.issues.push(Issue::new(
                         Severity::Warning,
                         IssueCode::Invalid,
                         path,
@@ -577,10 +583,10 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             }
             Value::Number(n) => {
-                let (min, name) = match ty {
-                    "integer" => (i64::from(i32::MIN), "integer"),
-                    "positiveInt" => (1, "positiveInt"),
-                    "unsignedInt" => (0, "unsignedInt"),
+                let (min, name) = match def.prim {
+                    Prim::Integer => (i64::from(i32::MIN), "integer"),
+                    Prim::PositiveInt => (1, "positiveInt"),
+                    Prim::UnsignedInt => (0, "unsignedInt"),
                     _ => return,
                 };
                 let ok = n
@@ -599,10 +605,16 @@ impl<'v, 'o> Walker<'v, 'o> {
     }
 
     /// Rules of particular data types.
-    fn type_rules(&mut self, obj: &'v Map<String, Value>, ty: &str, path: &str, res: &mut Res<'v>) {
+    fn type_rules(
+        &mut self,
+        obj: &'v Map<String, Value>,
+        def: &Def,
+        path: &str,
+        res: &mut Res<'v>,
+    ) {
         let s = |k: &str| obj.get(k).and_then(Value::as_str);
-        match ty {
-            "Reference" => {
+        match def.kind {
+            Kind::Reference => {
                 if let Some(r) = s("reference") {
                     res.refs.push((path.to_string(), r));
                     if !r.is_empty() && !reference_syntax_ok(self.model, r) {
@@ -614,7 +626,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            "Attachment" => {
+            Kind::Attachment => {
                 if let (Some(data), Some(size)) =
                     (s("data"), obj.get("size").and_then(Value::as_u64))
                 {
@@ -637,7 +649,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     );
                 }
             }
-            "Coding" => {
+            Kind::Coding => {
                 if let Some(sys) = s("system") {
                     if !sys.is_empty() && !p::has_scheme(sys) {
                         let p = format!("{path}.system");
@@ -649,7 +661,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            "Period" => {
+            Kind::Period => {
                 if let (Some(a), Some(b)) = (s("start"), s("end")) {
                     if !period_ordered(a, b) {
                         self.error(
@@ -660,7 +672,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            "Extension" => {
+            Kind::Extension => {
                 match s("url") {
                     None => {
                         let p = format!("{path}.url");
@@ -713,7 +725,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     );
                 }
             }
-            "RiskAssessment_Prediction" => {
+            Kind::RiskPrediction => {
                 if let Some(pr) = obj.get("probabilityDecimal").and_then(Value::as_f64) {
                     if pr > 100.0 {
                         self.error(
@@ -738,9 +750,27 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                 }
             }
-            _ => {}
+            Kind::Plain | Kind::BundleEntry => {}
         }
     }
+}
+
+/// Appends `[i]` without the formatting machinery (it runs for every array item).
+fn push_index(path: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut n = i;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    path.push('[');
+    path.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+    path.push(']');
 }
 
 /// Core extensions (hl7.org/fhir/StructureDefinition) and the one value[x] their R4
