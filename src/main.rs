@@ -115,6 +115,17 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Tools for the mapping files under adapters/ (HL7v2 → FHIR R4; docs/normalization.md).
+    Mapping {
+        #[command(subcommand)]
+        command: MappingCommand,
+        /// Mapping files instead of the built-in defaults (normalize.adapters_dir).
+        #[arg(long, global = true)]
+        adapters: Option<PathBuf>,
+        /// A site's overrides (normalize.site_dir).
+        #[arg(long, global = true)]
+        site: Option<PathBuf>,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -126,6 +137,25 @@ enum Command {
 enum KeysCommand {
     /// Create a new master key and re-wrap every data key under it (gateway stopped).
     Rotate,
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Map HL7v2 files (messages or batches) and print each Bundle, with what was left
+    /// unmapped and why anything was mapped with less than full fidelity.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Exactly one line per message on stdout: the Bundle (null when mapping failed);
+        /// unmapped fields and warnings on stderr.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the mapping files: every problem with its file, line and field.
+    Lint,
+    /// Show what the site overrides change for the messages of a file: the JSON paths that
+    /// differ between mapping with and without the site directory.
+    Diff { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +337,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Mapping {
+            command,
+            adapters,
+            site,
+        } => {
+            let cfg = load(cfg_path, None)?;
+            let ncfg = medanchor::cli::mapping::config(&cfg.normalize, adapters, site);
+            let ok = match command {
+                MappingCommand::Test { files, json } => {
+                    medanchor::cli::mapping::test(&ncfg, &files, json)?
+                }
+                MappingCommand::Lint => medanchor::cli::mapping::lint(&ncfg)?,
+                MappingCommand::Diff { file } => medanchor::cli::mapping::diff(&ncfg, &file)?,
+            };
+            Ok(exit(ok))
         }
         Command::Bench {
             command: BenchCommand::Nats { load, json },

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod client;
 pub mod import;
+pub mod mapping;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -234,17 +234,17 @@ fn label(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
         return;
     }
     let k = &plan.known;
-    for i in 0..b.nodes.len() {
-        let node = &b.nodes[i];
-        if !live[i] || node.parent == NONE || plan.model.elem(node.elem).ty != k.coding {
+    let (nodes, insts, text) = (&b.nodes, &mut b.insts, &b.text);
+    for (node, _) in nodes.iter().zip(live).filter(|(_, l)| **l) {
+        if node.parent == NONE || plan.model.elem(node.elem).ty != k.coding {
             continue;
         }
         let (mut system, mut code) = ("", "");
         let mut c = node.first;
         while c != NONE {
-            let ch = &b.nodes[c as usize];
+            let ch = &nodes[c as usize];
             if let Val::Text(s, e) = ch.val {
-                let t = &b.text[s as usize..e as usize];
+                let t = &text[s as usize..e as usize];
                 if ch.elem == k.coding_system {
                     system = t;
                 } else if ch.elem == k.coding_code {
@@ -254,9 +254,7 @@ fn label(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
             c = ch.next;
         }
         if !code.is_empty() {
-            let bits = plan.labels.lookup(system, code);
-            let inst = node.inst as usize;
-            b.insts[inst].labels |= bits;
+            insts[node.inst as usize].labels |= plan.labels.lookup(system, code);
         }
     }
     for &(ty, elem) in &plan.propagation {

@@ -370,7 +370,7 @@ impl<'p> Mapper<'p> {
             if id == *b"MSH" {
                 continue;
             }
-            let Some((g, m)) = member else {
+            let Some((g, m, stray)) = member else {
                 if fields.iter().any(|f| !f.is_empty()) {
                     b.unmapped_segment(&id);
                 }
@@ -399,7 +399,14 @@ impl<'p> Mapper<'p> {
                     }
                 }
                 let Some(label) = row.label else { continue };
-                let inst = self.instance_for(&walk, &mut b, label, &view, scope, group);
+                let inst = if stray {
+                    match self.open_instance(&walk, &b, label) {
+                        Some(i) => i,
+                        None => continue,
+                    }
+                } else {
+                    self.instance_for(&walk, &mut b, label, &view, scope, group)
+                };
                 if b.too_many {
                     return Err(MapError {
                         label: "too_many_resources",
@@ -446,12 +453,24 @@ impl<'p> Mapper<'p> {
         Ok(b)
     }
 
-    /// Finds the member for segment `id` and moves the open groups accordingly.
-    fn place(&self, walk: &mut Walk<'_>, id: [u8; 3], next: &mut u32) -> Option<(usize, usize)> {
+    /// Finds the member for segment `id` and moves the open groups accordingly. The flag says
+    /// the segment is out of place: it may add to resources already open, not make new ones.
+    fn place(
+        &self,
+        walk: &mut Walk<'_>,
+        id: [u8; 3],
+        next: &mut u32,
+    ) -> Option<(usize, usize, bool)> {
         let groups = &self.mm.groups;
+        let anywhere = |stray: bool| {
+            find(groups, 0, 0, &id, false).map(|p| {
+                let (g, m) = *p.last().expect("path");
+                (g, m, stray)
+            })
+        };
         if id[0] == b'Z' {
             // Z-segments may sit anywhere: they change no group.
-            return find(groups, 0, 0, &id).map(|p| *p.last().expect("path"));
+            return anywhere(false);
         }
         for d in (0..walk.stack.len()).rev() {
             let f = walk.stack[d];
@@ -460,26 +479,41 @@ impl<'p> Mapper<'p> {
                 match &members[f.pos] {
                     Member::Seg { id: s, repeats, .. } if *s == id && *repeats => {
                         walk.stack.truncate(d + 1);
-                        return Some((f.group, f.pos));
+                        return Some((f.group, f.pos, false));
                     }
                     Member::Group(c) => {
-                        if let Some(p) = find(groups, *c, 0, &id) {
+                        if let Some(p) = find(groups, *c, 0, &id, true) {
                             walk.stack.truncate(d + 1);
-                            return Some(self.enter(walk, &p, next));
+                            let (g, m) = self.enter(walk, &p, next);
+                            return Some((g, m, false));
                         }
                     }
                     _ => {}
                 }
             }
             let start = if f.pos == usize::MAX { 0 } else { f.pos + 1 };
-            if let Some(p) = find(groups, f.group, start, &id) {
+            if let Some(p) = find(groups, f.group, start, &id, false) {
                 walk.stack.truncate(d + 1);
                 walk.stack[d].pos = p[0].1;
-                return Some(self.enter(walk, &p[1..], next));
+                let (g, m) = self.enter(walk, &p[1..], next);
+                return Some((g, m, false));
+            }
+            // An optional segment of this group seen again after later ones (NTE then PRT where
+            // the structure lists PRT first): senders do that; it stays in this group rather
+            // than opening a new one somewhere else.
+            let back = members[..start.min(members.len())].iter().position(
+                |m| matches!(m, Member::Seg { id: s, optional, .. } if *s == id && *optional),
+            );
+            if let Some(i) = back.filter(|&i| i > 0) {
+                walk.stack.truncate(d + 1);
+                walk.stack[d].pos = i;
+                return Some((f.group, i, false));
             }
         }
-        // Out of order: handled where it is, without moving the groups.
-        find(groups, 0, 0, &id).map(|p| *p.last().expect("path"))
+        // Out of order: handled where it is, without moving the groups. A segment of the
+        // message's top level may still make its resources (senders reorder DG1 and GT1); one
+        // that belongs in a group only adds to resources already open.
+        anywhere(true).map(|(g, m, _)| (g, m, g != 0))
     }
 
     /// Opens new instances of the groups on `path` (each `(group, member)`).
@@ -505,6 +539,15 @@ impl<'p> Mapper<'p> {
         })
     }
 
+    /// The instance of `label` open in this scope, if any.
+    fn open_instance(&self, walk: &Walk<'_>, b: &Build, label: usize) -> Option<u32> {
+        b.bindings
+            .iter()
+            .rev()
+            .find(|bd| bd.label == label && walk.is_open(bd.scope))
+            .map(|bd| bd.inst)
+    }
+
     /// The instance a message row's label refers to: the one open in this scope, else a new one.
     #[allow(clippy::too_many_arguments)]
     fn instance_for(
@@ -516,13 +559,8 @@ impl<'p> Mapper<'p> {
         scope: u32,
         group: usize,
     ) -> u32 {
-        if let Some(bd) = b
-            .bindings
-            .iter()
-            .rev()
-            .find(|bd| bd.label == label && walk.is_open(bd.scope))
-        {
-            return bd.inst;
+        if let Some(i) = self.open_instance(walk, b, label) {
+            return i;
         }
         let def = &self.mm.labels[label];
         let v2 = String::from_utf8_lossy(&view.id).into_owned();
@@ -1168,23 +1206,30 @@ fn code_and_system<'m>(
     }
 }
 
-/// `[(group, member)]` from `g` (starting at member `start`) down to the member for `id`.
+/// `[(group, member)]` from `g` (starting at member `start`) down to the member for `id`. A
+/// group is only entered at a segment that may begin it: one preceded by optional members only
+/// (a ROL cannot open a PROCEDURE group whose PR1 is required).
 fn find(
     groups: &[super::plan::Group],
     g: usize,
     start: usize,
     id: &[u8; 3],
+    entering: bool,
 ) -> Option<Vec<(usize, usize)>> {
     for (i, m) in groups[g].members.iter().enumerate().skip(start) {
         match m {
             Member::Seg { id: s, .. } if s == id => return Some(vec![(g, i)]),
+            Member::Seg { optional, .. } => {
+                if entering && !optional {
+                    return None;
+                }
+            }
             Member::Group(c) => {
-                if let Some(mut p) = find(groups, *c, 0, id) {
+                if let Some(mut p) = find(groups, *c, 0, id, true) {
                     p.insert(0, (g, i));
                     return Some(p);
                 }
             }
-            _ => {}
         }
     }
     None

@@ -141,6 +141,18 @@ impl Normalizer {
         &self.plan.version
     }
 
+    /// How many mapping files are in use (defaults and site).
+    pub fn file_count(&self) -> usize {
+        self.plan.files.len()
+    }
+
+    /// The message maps of the set, by name.
+    pub fn message_maps(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.plan.messages.iter().map(|m| m.name.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The message map a message would be mapped with.
     pub fn message_map_for(&self, msg: &Message<'_>) -> Option<&str> {
         self.choose(msg)

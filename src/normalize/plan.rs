@@ -212,6 +212,9 @@ pub enum Member {
     Seg {
         id: [u8; 3],
         repeats: bool,
+        /// `[PD1]`: a group can begin after it when it is missing; a required one (`PID`)
+        /// must be there for a group to be entered past it.
+        optional: bool,
         rows: Vec<usize>,
     },
     Group(usize),
@@ -254,7 +257,8 @@ pub struct MessageMap {
 pub struct Labels {
     /// Label codes (v3 ActCode), index = bit.
     pub names: Vec<String>,
-    exact: HashMap<(String, String), u64>,
+    /// code → (system, bits): looked up by the code without allocating.
+    exact: HashMap<String, Vec<(String, u64)>>,
     prefixes: Vec<(String, String, u64)>,
 }
 
@@ -262,11 +266,12 @@ impl Labels {
     /// Label bits for a coding.
     pub fn lookup(&self, system: &str, code: &str) -> u64 {
         let mut bits = 0;
-        if let Some(b) = self.exact.get(&(system.to_string(), code.to_string())) {
-            bits |= b;
-        }
-        if let Some(b) = self.exact.get(&(String::new(), code.to_string())) {
-            bits |= b;
+        if let Some(v) = self.exact.get(code) {
+            for (s, b) in v {
+                if s.is_empty() || s == system {
+                    bits |= b;
+                }
+            }
         }
         for (s, p, b) in &self.prefixes {
             if (s.is_empty() || s == system) && code.starts_with(p.as_str()) {
@@ -618,7 +623,7 @@ impl Compiler<'_> {
                 }
             }
             // Longest prefix first.
-            v.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            v.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
             self.vocab_index.insert(n, out.len());
             out.push(v);
         }
@@ -730,12 +735,11 @@ impl Compiler<'_> {
                     let b = 1u64 << bit;
                     match code.strip_suffix('*') {
                         Some(p) => labels.prefixes.push((system.to_string(), p.to_string(), b)),
-                        None => {
-                            *labels
-                                .exact
-                                .entry((system.to_string(), code.to_string()))
-                                .or_default() |= b
-                        }
+                        None => labels
+                            .exact
+                            .entry(code.to_string())
+                            .or_default()
+                            .push((system.to_string(), b)),
                     }
                 }
             }
@@ -1226,6 +1230,7 @@ impl Compiler<'_> {
                 };
             }
             let repeats = r.get(1).contains('{');
+            let optional = r.get(1).trim_start().starts_with('[');
             let cond = match r.get(2) {
                 "" => None,
                 c => match cond::parse_cond(c, Scope::Segment) {
@@ -1314,16 +1319,18 @@ impl Compiler<'_> {
                 }
             }
             mm.rows.push(row);
-            // The member: the last one in this group for this segment id, or a new one.
+            // Consecutive rows about one segment are one member; the same segment further on
+            // in a group is another position in the structure (PRT after ORC and after OBR).
             let members = &mut mm.groups[g].members;
-            let existing = members.iter_mut().rev().find_map(|mem| match mem {
-                Member::Seg {
+            let existing = match members.last_mut() {
+                Some(Member::Seg {
                     id: i,
                     repeats: rp,
                     rows,
-                } if *i == id => Some((rp, rows)),
+                    ..
+                }) if *i == id => Some((rp, rows)),
                 _ => None,
-            });
+            };
             match existing {
                 Some((rp, rows)) => {
                     *rp |= repeats;
@@ -1332,6 +1339,7 @@ impl Compiler<'_> {
                 None => members.push(Member::Seg {
                     id,
                     repeats,
+                    optional,
                     rows: vec![row_index],
                 }),
             }

@@ -63,7 +63,9 @@ pub struct V2Time<'a> {
 
 fn days_in(year: u32, month: u32) -> u32 {
     match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -324,7 +326,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 pub fn is_base64(s: &str) -> bool {
     let b: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     !b.is_empty()
-        && b.len() % 4 == 0
+        && b.len().is_multiple_of(4)
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
 }
