@@ -38,8 +38,14 @@ fn bench(c: &mut Criterion) {
     // Every message of the mix maps: a failure here would measure the failure path instead.
     for (i, m) in messages.iter().enumerate() {
         let record = decode(m, FormatHint::Hl7v2, &origin, 1, &rules).expect("decodes");
-        derive_record(&normalizer, &on, &record.raw, (RecordId([1; 16]), [2; 32]), 1)
-            .unwrap_or_else(|e| panic!("message {i} of the mix does not map: {e}"));
+        derive_record(
+            &normalizer,
+            &on,
+            &record.raw,
+            (RecordId([1; 16]), [2; 32]),
+            1,
+        )
+        .unwrap_or_else(|e| panic!("message {i} of the mix does not map: {e}"));
     }
     let run = |cfg: Option<&NormalizeConfig>| {
         for m in &messages {

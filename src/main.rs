@@ -156,6 +156,30 @@ enum MappingCommand {
     /// Show what the site overrides change for the messages of a file: the JSON paths that
     /// differ between mapping with and without the site directory.
     Diff { file: PathBuf },
+    /// Map stored HL7v2 records again with the mapping files in use (gateway stopped): each
+    /// gets a new derived record, stored and anchored; earlier ones stay, the newest is current.
+    Replay {
+        /// Only records received at or after this time (Unix milliseconds).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only this message type (MSH-9.1), e.g. ADT.
+        #[arg(long = "type")]
+        message_type: Option<String>,
+        /// Only records whose last mapping failed (`mapping failures`).
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored records whose last mapping failed, with the reason (gateway stopped).
+    Failures {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -343,9 +367,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             adapters,
             site,
         } => {
-            let cfg = load(cfg_path, None)?;
+            let data_dir = match &command {
+                MappingCommand::Replay { data_dir, .. }
+                | MappingCommand::Failures { data_dir, .. } => data_dir.clone(),
+                _ => None,
+            };
+            let cfg = load(cfg_path, data_dir)?;
             let ncfg = medanchor::cli::mapping::config(&cfg.normalize, adapters, site);
             let ok = match command {
+                MappingCommand::Replay {
+                    since,
+                    message_type,
+                    failed,
+                    json,
+                    ..
+                } => {
+                    let filter = medanchor::remap::Filter {
+                        since_ms: since,
+                        message_type,
+                        only_failed: failed,
+                    };
+                    medanchor::cli::mapping::replay(&cfg, &ncfg, &filter, json)?
+                }
+                MappingCommand::Failures { json, .. } => {
+                    medanchor::cli::mapping::failures(&cfg, json)?
+                }
                 MappingCommand::Test { files, json } => {
                     medanchor::cli::mapping::test(&ncfg, &files, json)?
                 }

@@ -345,3 +345,68 @@ mod tests {
         );
     }
 }
+
+/// `medanchor mapping replay`: maps the chosen stored records again with the mapping set in
+/// use (gateway stopped); prints what it did. False when a record could not be read.
+pub fn replay(
+    cfg: &crate::config::Config,
+    ncfg: &NormalizeConfig,
+    filter: &crate::remap::Filter,
+    json: bool,
+) -> Result<bool> {
+    let normalizer = load(ncfg)?;
+    let stores = super::open_offline(cfg)?;
+    let report = crate::remap::remap(&stores, &normalizer, ncfg, filter, &mut |r| {
+        if !json {
+            eprint!("\r{} mapped, {} failed", r.mapped, r.failed);
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        eprintln!();
+        for p in &report.problems {
+            eprintln!("FAILED: {p}");
+        }
+        println!(
+            "{} records mapped again with mapping set {}: {} mapped, {} failed (`medanchor mapping failures` lists them), {} unreadable",
+            report.chosen,
+            normalizer.version(),
+            report.mapped,
+            report.failed,
+            report.unreadable
+        );
+    }
+    Ok(report.unreadable == 0)
+}
+
+/// `medanchor mapping failures`: the raw records whose last mapping failed, with why (names of
+/// segments and fields, never values).
+pub fn failures(cfg: &crate::config::Config, json: bool) -> Result<bool> {
+    let stores = super::open_offline(cfg)?;
+    use crate::vault::Vault;
+    let failures = stores.vault.mapping_failures()?;
+    for (id, f) in &failures {
+        if json {
+            let mut v = serde_json::to_value(f)?;
+            v["record_id"] = Value::String(id.to_string());
+            println!("{v}");
+        } else {
+            println!(
+                "{id}  {}  {}  mapping set {}: {}",
+                crate::hl7::ack::hl7_timestamp(f.at_ms),
+                f.label,
+                if f.mapping_version.is_empty() {
+                    "-"
+                } else {
+                    &f.mapping_version
+                },
+                f.detail
+            );
+        }
+    }
+    if !json {
+        eprintln!("{} records whose last mapping failed", failures.len());
+    }
+    Ok(true)
+}
