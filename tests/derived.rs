@@ -149,3 +149,68 @@ fn send_free_commitment(c: &str) -> String {
     let first = if c.starts_with('0') { "1" } else { "0" };
     format!("{first}{}", &c[1..])
 }
+
+/// A message no mapping makes anything of (only an MSH): by default it is stored, acknowledged
+/// and listed by `mapping failures`; with `normalize.on_error = "reject"` it gets AE naming the
+/// reason and is kept in quarantine, not stored.
+#[test]
+fn a_message_that_cannot_be_mapped_is_stored_and_listed_or_with_reject_refused() {
+    let only_msh = b"MSH|^~\\&|EHR|HOSP|GW|HOSP|20250101120000||ADT^A01|NOMAP-1|P|2.5\r";
+    let dir = tempfile::tempdir().unwrap();
+
+    let data = dir.path().join("store");
+    let g = Gateway::start(&data, &[]);
+    let ack = mllp_exchange(g.mllp, only_msh);
+    assert_eq!(msa(&ack).0, "AA", "{}", String::from_utf8_lossy(&ack));
+    g.wait_metric(
+        "medanchor_normalize_failures_total{reason=\"no_resources\"}",
+        1.0,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(g.stop().success());
+    let (ok, out, err) = run(&[
+        "mapping",
+        "failures",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(listed[0]["label"], "no_resources");
+    let report = verify_all(&data);
+    assert_eq!(
+        (report["records"].as_u64(), report["derived"].as_u64()),
+        (Some(1), Some(0))
+    );
+    // A replay of the failed ones tries again (and fails again: nothing changed).
+    let (ok, out, err) = run(&[
+        "mapping",
+        "replay",
+        "--failed",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let replayed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (replayed["chosen"].as_u64(), replayed["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let data = dir.path().join("reject");
+    let g = Gateway::start(&data, &[("MEDANCHOR__NORMALIZE__ON_ERROR", "reject")]);
+    let ack = mllp_exchange(g.mllp, only_msh);
+    let (code, _, reason) = msa(&ack);
+    assert_eq!(code, "AE", "{}", String::from_utf8_lossy(&ack));
+    assert!(reason.contains("could not be mapped"), "{reason}");
+    assert!(g.stop().success());
+    let report = verify_all(&data);
+    assert_eq!(report["records"], 0, "{report}");
+    assert_eq!(report["quarantined"], 1, "{report}");
+}
