@@ -302,7 +302,11 @@ fn parse_dt(s: &str) -> Option<Dt> {
             let mins = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().ok()?;
             (
                 &time[..at],
-                Some(if &time[at..at + 1] == "-" { -mins } else { mins }),
+                Some(if &time[at..at + 1] == "-" {
+                    -mins
+                } else {
+                    mins
+                }),
             )
         } else {
             (time, None)
@@ -423,9 +427,7 @@ impl Bundle {
             for i in arr(loc, "identifier") {
                 out.extend(field_text(i, "value"));
             }
-            next = loc
-                .get("partOf")
-                .and_then(|p| field_text(p, "reference"));
+            next = loc.get("partOf").and_then(|p| field_text(p, "reference"));
         }
         out
     }
@@ -450,7 +452,11 @@ struct Source {
 
 impl Source {
     fn read(msg: &Message<'_>) -> Source {
-        let t = |raw: &[u8]| msg.text(raw).map(|c| c.trim().to_string()).unwrap_or_default();
+        let t = |raw: &[u8]| {
+            msg.text(raw)
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default()
+        };
         let mut s = Source::default();
         for seg in msg.segments() {
             match seg.id() {
@@ -549,7 +555,13 @@ struct Cmp<'r> {
 }
 
 impl Cmp<'_> {
-    fn value(&mut self, field: &'static str, matched: bool, expected: &dyn std::fmt::Debug, actual: &dyn std::fmt::Debug) {
+    fn value(
+        &mut self,
+        field: &'static str,
+        matched: bool,
+        expected: &dyn std::fmt::Debug,
+        actual: &dyn std::fmt::Debug,
+    ) {
         self.tally.compared += 1;
         let guide_changed = std::mem::take(&mut self.guide_changed);
         let f = self.report.by_field.entry(field).or_default();
@@ -563,12 +575,17 @@ impl Cmp<'_> {
                 .mismatches
                 .entry(field)
                 .or_default()
-                .push(format!("{}: expected {expected:?}, got {actual:?}", self.message));
+                .push(format!(
+                    "{}: expected {expected:?}, got {actual:?}",
+                    self.message
+                ));
         }
     }
 
     fn date(&mut self, field: &'static str, expected: &str, actual: Option<&str>) {
-        let c = actual.map(|a| compare_dates(expected, a)).unwrap_or_default();
+        let c = actual
+            .map(|a| compare_dates(expected, a))
+            .unwrap_or_default();
         if c.matched {
             self.tally.zone_differs += c.zone_differs as usize;
             self.tally.precision_differs += c.precision_differs as usize;
@@ -631,7 +648,12 @@ fn codings(cc: Option<&Value>) -> Vec<(Option<String>, String)> {
 
 /// The first expected coding (system + code) against any actual coding. Returns false when the
 /// expected concept has no coded value (nothing compared).
-fn compare_code(c: &mut Cmp<'_>, field: &'static str, expected: Option<&Value>, actual: Option<&Value>) -> bool {
+fn compare_code(
+    c: &mut Cmp<'_>,
+    field: &'static str,
+    expected: Option<&Value>,
+    actual: Option<&Value>,
+) -> bool {
     let exp = codings(expected);
     let Some((sys, code)) = exp.into_iter().next() else {
         return false;
@@ -694,7 +716,15 @@ fn pair<'a>(t: &str, expected: &[&'a Value], actual: &[&'a Value]) -> Vec<Option
         }
         let best = (0..actual.len())
             .filter(|&j| !used[j])
-            .map(|j| (j, match_keys(t, actual[j]).iter().filter(|k| keys.contains(*k)).count()))
+            .map(|j| {
+                (
+                    j,
+                    match_keys(t, actual[j])
+                        .iter()
+                        .filter(|k| keys.contains(*k))
+                        .count(),
+                )
+            })
             .filter(|&(_, n)| n > 0)
             .max_by_key(|&(j, n)| (n, std::cmp::Reverse(j)));
         if let Some((j, _)) = best {
@@ -724,9 +754,14 @@ fn given(n: &Value) -> Vec<String> {
 fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: usize) {
     // Identifiers: value, and system when both have one (KD2 for placeholders).
     for id in arr(e, "identifier") {
-        let Some(value) = field_text(id, "value") else { continue };
+        let Some(value) = field_text(id, "value") else {
+            continue;
+        };
         let mut system = field_text(id, "system");
-        if system.as_deref().is_some_and(|s| s.starts_with(MS_PLACEHOLDER)) {
+        if system
+            .as_deref()
+            .is_some_and(|s| s.starts_with(MS_PLACEHOLDER))
+        {
             c.known(KNOWN_DIFFERENCES[1].id);
             system = None;
         }
@@ -737,7 +772,12 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
                     _ => true,
                 }
         });
-        c.value("Patient.identifier", ok, &(system, value), &identifier_values(a));
+        c.value(
+            "Patient.identifier",
+            ok,
+            &(system, value),
+            &identifier_values(a),
+        );
     }
     // Names: family, then the given names of the name with that family.
     for n in arr(e, "name") {
@@ -748,7 +788,10 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
             .filter(|an| family.is_none() || field_text(an, "family") == family)
             .collect();
         if let Some(f) = &family {
-            let got: Vec<_> = arr(a, "name").iter().filter_map(|an| field_text(an, "family")).collect();
+            let got: Vec<_> = arr(a, "name")
+                .iter()
+                .filter_map(|an| field_text(an, "family"))
+                .collect();
             c.value("Patient.name.family", !same_family.is_empty(), f, &got);
         }
         if !g.is_empty() {
@@ -758,7 +801,11 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
         }
     }
     if let Some(b) = field_text(e, "birthDate") {
-        c.date("Patient.birthDate", &b, field_text(a, "birthDate").as_deref());
+        c.date(
+            "Patient.birthDate",
+            &b,
+            field_text(a, "birthDate").as_deref(),
+        );
     }
     if let Some(mut g) = field_text(e, "gender") {
         if let Some(guide) = src.pid8.get(index).and_then(|p| guide_gender(p)) {
@@ -768,7 +815,12 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
             }
         }
         let got = field_text(a, "gender");
-        c.value("Patient.gender", got.as_deref() == Some(g.as_str()), &g, &got);
+        c.value(
+            "Patient.gender",
+            got.as_deref() == Some(g.as_str()),
+            &g,
+            &got,
+        );
     }
     // Addresses: each expected address against the actual one sharing most of its parts.
     const PARTS: [(&str, &str); 5] = [
@@ -787,8 +839,16 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
         }
     };
     for ea in arr(e, "address") {
-        let score = |aa: &Value| PARTS.iter().filter(|(k, _)| part(ea, k).is_some() && part(ea, k) == part(aa, k)).count();
-        let best = arr(a, "address").iter().max_by_key(|aa| score(aa)).unwrap_or(&NULL);
+        let score = |aa: &Value| {
+            PARTS
+                .iter()
+                .filter(|(k, _)| part(ea, k).is_some() && part(ea, k) == part(aa, k))
+                .count()
+        };
+        let best = arr(a, "address")
+            .iter()
+            .max_by_key(|aa| score(aa))
+            .unwrap_or(&NULL);
         for (k, field) in PARTS {
             if let Some(want) = part(ea, k) {
                 let got = part(best, k);
@@ -798,22 +858,36 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
     }
     // Telecom: paired by value (then by system and use, for a number given twice).
     for et in arr(e, "telecom") {
-        let Some(value) = field_text(et, "value") else { continue };
+        let Some(value) = field_text(et, "value") else {
+            continue;
+        };
         let at = arr(a, "telecom")
             .iter()
             .enumerate()
             .filter(|(_, t)| field_text(t, "value").as_deref() == Some(value.as_str()))
             .max_by_key(|(i, t)| {
-                let same = |k: &str| field_text(t, k).is_some() && field_text(t, k) == field_text(et, k);
-                (same("system") as u8 + same("use") as u8, std::cmp::Reverse(*i))
+                let same =
+                    |k: &str| field_text(t, k).is_some() && field_text(t, k) == field_text(et, k);
+                (
+                    same("system") as u8 + same("use") as u8,
+                    std::cmp::Reverse(*i),
+                )
             })
             .map(|(_, t)| t);
-        let got: Vec<_> = arr(a, "telecom").iter().filter_map(|t| field_text(t, "value")).collect();
+        let got: Vec<_> = arr(a, "telecom")
+            .iter()
+            .filter_map(|t| field_text(t, "value"))
+            .collect();
         c.value("Patient.telecom.value", at.is_some(), &value, &got);
         let at = at.unwrap_or(&NULL);
         if let Some(s) = field_text(et, "system") {
             let got = field_text(at, "system");
-            c.value("Patient.telecom.system", got.as_deref() == Some(s.as_str()), &s, &got);
+            c.value(
+                "Patient.telecom.system",
+                got.as_deref() == Some(s.as_str()),
+                &s,
+                &got,
+            );
         }
         if let Some(u) = field_text(et, "use") {
             let xtn2 = src.xtn_use.get(&value).map(String::as_str).unwrap_or("");
@@ -821,13 +895,26 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
                 c.skip(KNOWN_DIFFERENCES[5].id);
             } else {
                 let got = field_text(at, "use");
-                c.value("Patient.telecom.use", got.as_deref() == Some(u.as_str()), &u, &got);
+                c.value(
+                    "Patient.telecom.use",
+                    got.as_deref() == Some(u.as_str()),
+                    &u,
+                    &got,
+                );
             }
         }
     }
 }
 
-fn compare_encounter(c: &mut Cmp<'_>, e: &Value, a: &Value, eb: &Bundle, ab: &Bundle, src: &Source, index: usize) {
+fn compare_encounter(
+    c: &mut Cmp<'_>,
+    e: &Value,
+    a: &Value,
+    eb: &Bundle,
+    ab: &Bundle,
+    src: &Source,
+    index: usize,
+) {
     if let Some(class) = e.get("class") {
         let mut sys = field_text(class, "system");
         let mut code = field_text(class, "code");
@@ -841,15 +928,18 @@ fn compare_encounter(c: &mut Cmp<'_>, e: &Value, a: &Value, eb: &Bundle, ab: &Bu
         if let Some(code) = code {
             let ac = a.get("class").unwrap_or(&NULL);
             let got = (field_text(ac, "system"), field_text(ac, "code"));
-            let ok = got.1.as_deref() == Some(code.as_str())
-                && (sys.is_none() || got.0 == sys);
+            let ok = got.1.as_deref() == Some(code.as_str()) && (sys.is_none() || got.0 == sys);
             c.value("Encounter.class", ok, &(sys, code), &got);
         }
     }
     let ap = a.get("period").unwrap_or(&NULL);
     if let Some(p) = e.get("period") {
         if let Some(s) = field_text(p, "start") {
-            c.date("Encounter.period.start", &s, field_text(ap, "start").as_deref());
+            c.date(
+                "Encounter.period.start",
+                &s,
+                field_text(ap, "start").as_deref(),
+            );
         }
         if let Some(s) = field_text(p, "end") {
             c.date("Encounter.period.end", &s, field_text(ap, "end").as_deref());
@@ -865,10 +955,19 @@ fn compare_encounter(c: &mut Cmp<'_>, e: &Value, a: &Value, eb: &Bundle, ab: &Bu
         }
     }
     for l in arr(e, "location") {
-        let Some(r) = l.get("location").and_then(|x| field_text(x, "reference")) else { continue };
+        let Some(r) = l.get("location").and_then(|x| field_text(x, "reference")) else {
+            continue;
+        };
         let Some(loc) = eb.resolve(&r) else { continue };
-        let Some(name) = field_text(loc, "name") else { continue };
-        c.value("Encounter.location", actual_names.contains(&name), &name, &actual_names);
+        let Some(name) = field_text(loc, "name") else {
+            continue;
+        };
+        c.value(
+            "Encounter.location",
+            actual_names.contains(&name),
+            &name,
+            &actual_names,
+        );
     }
 }
 
@@ -884,7 +983,12 @@ fn compare_observation(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source) {
             c.tally.decimals_exact_text += (got == Some(want)) as usize;
             c.value("Observation.value", numeric, &want, &got);
         }
-        let units = |q: &Value| -> Vec<String> { ["unit", "code"].iter().filter_map(|k| field_text(q, k)).collect() };
+        let units = |q: &Value| -> Vec<String> {
+            ["unit", "code"]
+                .iter()
+                .filter_map(|k| field_text(q, k))
+                .collect()
+        };
         let want = units(q);
         if !want.is_empty() {
             let got = units(aq);
@@ -893,26 +997,50 @@ fn compare_observation(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source) {
         }
     } else if let Some(s) = field_text(e, "valueString") {
         let got = field_text(a, "valueString");
-        c.value("Observation.value", got.as_deref() == Some(s.as_str()), &s, &got);
+        c.value(
+            "Observation.value",
+            got.as_deref() == Some(s.as_str()),
+            &s,
+            &got,
+        );
     } else if e.get("valueCodeableConcept").is_some() {
-        compare_code(c, "Observation.value", e.get("valueCodeableConcept"), a.get("valueCodeableConcept"));
+        compare_code(
+            c,
+            "Observation.value",
+            e.get("valueCodeableConcept"),
+            a.get("valueCodeableConcept"),
+        );
     } else if let Some(d) = field_text(e, "valueDateTime") {
-        c.date("Observation.value", &d, field_text(a, "valueDateTime").as_deref());
-    } else if let Some((k, v)) = e.as_object().and_then(|o| o.iter().find(|(k, _)| k.starts_with("value"))) {
+        c.date(
+            "Observation.value",
+            &d,
+            field_text(a, "valueDateTime").as_deref(),
+        );
+    } else if let Some((k, v)) = e
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+    {
         let got = a.get(k.as_str());
         c.value("Observation.value", got == Some(v), v, &got);
     }
     if let Some(mut status) = field_text(e, "status") {
         // KD5: the guide's status for this OBX-11.
         // The OBX is found by its code; when OBX with that code disagree, the rule is not applied.
-        let code = code_values(e, "code").into_iter().next().unwrap_or_default();
+        let code = code_values(e, "code")
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         let mut rules = src
             .obx_status
             .iter()
             .filter(|(c3, _)| *c3 == code)
             .map(|(_, s)| guide_obs_status(s));
         let first = rules.next().flatten();
-        let rule = if rules.all(|r| r == first) { first } else { None };
+        let rule = if rules.all(|r| r == first) {
+            first
+        } else {
+            None
+        };
         match rule {
             Some(None) => {
                 c.skip(KNOWN_DIFFERENCES[4].id);
@@ -926,13 +1054,23 @@ fn compare_observation(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source) {
         }
         if !status.is_empty() {
             let got = field_text(a, "status");
-            c.value("Observation.status", got.as_deref() == Some(status.as_str()), &status, &got);
+            c.value(
+                "Observation.status",
+                got.as_deref() == Some(status.as_str()),
+                &status,
+                &got,
+            );
         }
     }
-    if let Some(d) = field_text(e, "effectiveDateTime").or_else(|| field_text(e, "effectiveInstant")) {
+    if let Some(d) =
+        field_text(e, "effectiveDateTime").or_else(|| field_text(e, "effectiveInstant"))
+    {
         let got = field_text(a, "effectiveDateTime")
             .or_else(|| field_text(a, "effectiveInstant"))
-            .or_else(|| a.get("effectivePeriod").and_then(|p| field_text(p, "start")));
+            .or_else(|| {
+                a.get("effectivePeriod")
+                    .and_then(|p| field_text(p, "start"))
+            });
         c.date("Observation.effective", &d, got.as_deref());
     } else if let Some(p) = e.get("effectivePeriod") {
         let ap = a.get("effectivePeriod").unwrap_or(&NULL);
@@ -941,25 +1079,50 @@ fn compare_observation(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source) {
             c.date("Observation.effective", &s, got.as_deref());
         }
         if let Some(s) = field_text(p, "end") {
-            c.date("Observation.effective", &s, field_text(ap, "end").as_deref());
+            c.date(
+                "Observation.effective",
+                &s,
+                field_text(ap, "end").as_deref(),
+            );
         }
     }
 }
 
 fn compare_immunization(c: &mut Cmp<'_>, e: &Value, a: &Value) {
-    compare_code(c, "Immunization.vaccineCode", e.get("vaccineCode"), a.get("vaccineCode"));
+    compare_code(
+        c,
+        "Immunization.vaccineCode",
+        e.get("vaccineCode"),
+        a.get("vaccineCode"),
+    );
     if let Some(d) = field_text(e, "occurrenceDateTime") {
-        c.date("Immunization.occurrence", &d, field_text(a, "occurrenceDateTime").as_deref());
+        c.date(
+            "Immunization.occurrence",
+            &d,
+            field_text(a, "occurrenceDateTime").as_deref(),
+        );
     } else if let Some(s) = field_text(e, "occurrenceString") {
         let got = field_text(a, "occurrenceString");
-        c.value("Immunization.occurrence", got.as_deref() == Some(s.as_str()), &s, &got);
+        c.value(
+            "Immunization.occurrence",
+            got.as_deref() == Some(s.as_str()),
+            &s,
+            &got,
+        );
     }
 }
 
 fn compare_charge_item(c: &mut Cmp<'_>, e: &Value, a: &Value) {
     compare_code(c, "ChargeItem.code", e.get("code"), a.get("code"));
-    if let Some(want) = e.get("quantity").and_then(|q| q.get("value")).and_then(number_text) {
-        let got = a.get("quantity").and_then(|q| q.get("value")).and_then(number_text);
+    if let Some(want) = e
+        .get("quantity")
+        .and_then(|q| q.get("value"))
+        .and_then(number_text)
+    {
+        let got = a
+            .get("quantity")
+            .and_then(|q| q.get("value"))
+            .and_then(number_text);
         let ok = got.is_some_and(|g| norm_decimal(g) == norm_decimal(want));
         c.tally.decimals += 1;
         c.tally.decimals_exact_text += (got == Some(want)) as usize;
@@ -974,7 +1137,12 @@ fn compare_charge_item(c: &mut Cmp<'_>, e: &Value, a: &Value) {
                 && (currency.is_none() || field_text(ap, "currency") == currency);
             c.tally.decimals += 1;
             c.tally.decimals_exact_text += (got == Some(want)) as usize;
-            c.value("ChargeItem.price", ok, &(want, currency), &(got, field_text(ap, "currency")));
+            c.value(
+                "ChargeItem.price",
+                ok,
+                &(want, currency),
+                &(got, field_text(ap, "currency")),
+            );
         }
     }
 }
@@ -982,7 +1150,14 @@ fn compare_charge_item(c: &mut Cmp<'_>, e: &Value, a: &Value) {
 /// Every compared value of every expected resource of the compared types. An expected resource
 /// with no actual counterpart has all its values unmatched.
 fn compare_bundles(c: &mut Cmp<'_>, eb: &Bundle, ab: &Bundle, src: &Source) {
-    for t in ["Patient", "Encounter", "Observation", "Immunization", "ServiceRequest", "ChargeItem"] {
+    for t in [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Immunization",
+        "ServiceRequest",
+        "ChargeItem",
+    ] {
         let exp = eb.of_type(t);
         let act = ab.of_type(t);
         for (i, (e, a)) in exp.iter().zip(pair(t, &exp, &act)).enumerate() {
@@ -1072,37 +1247,63 @@ struct Run {
 fn run() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        let normalizer = Normalizer::load(&NormalizeConfig::default()).expect("the default mapping set loads");
+        let normalizer =
+            Normalizer::load(&NormalizeConfig::default()).expect("the default mapping set loads");
         let mut microsoft = Vec::new();
         let root = fixtures().join("conformance/microsoft");
-        let mut dirs: Vec<_> = std::fs::read_dir(&root).unwrap().map(|d| d.unwrap().path()).collect();
+        let mut dirs: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .collect();
         dirs.sort();
         for dir in dirs.into_iter().filter(|d| d.is_dir()) {
             let msg_type = dir.file_name().unwrap().to_string_lossy().to_string();
-            let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|d| d.unwrap().path()).collect();
+            let mut files: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|d| d.unwrap().path())
+                .collect();
             files.sort();
             for f in files {
                 let stem = f.file_stem().unwrap().to_string_lossy().to_string();
                 let expected = parse_keep_numbers(&std::fs::read(&f).unwrap())
                     .unwrap_or_else(|| panic!("{} is not JSON", f.display()));
                 let hl7 = fixtures().join("hl7/microsoft").join(format!("{stem}.hl7"));
-                let bytes = std::fs::read(&hl7).unwrap_or_else(|e| panic!("{}: {e}", hl7.display()));
+                let bytes =
+                    std::fs::read(&hl7).unwrap_or_else(|e| panic!("{}: {e}", hl7.display()));
                 let (outcome, source) = map_one(&normalizer, format!("microsoft/{stem}"), &bytes);
-                microsoft.push(MsCase { msg_type: msg_type.clone(), expected, outcome, source });
+                microsoft.push(MsCase {
+                    msg_type: msg_type.clone(),
+                    expected,
+                    outcome,
+                    source,
+                });
             }
         }
-        assert_eq!(microsoft.len(), 132, "expected Bundles in tests/fixtures/conformance/microsoft");
+        assert_eq!(
+            microsoft.len(),
+            132,
+            "expected Bundles in tests/fixtures/conformance/microsoft"
+        );
 
         let dir = fixtures().join("conformance/linuxforhealth");
-        let spec: Value = serde_json::from_slice(&std::fs::read(dir.join("assertions.json")).unwrap()).unwrap();
+        let spec: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("assertions.json")).unwrap()).unwrap();
         let mut lfh = Vec::new();
         for case in arr(&spec, "messages") {
             let file = field_text(case, "file").unwrap();
-            let bytes = std::fs::read(dir.join("messages").join(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let bytes = std::fs::read(dir.join("messages").join(&file))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
             let (outcome, _) = map_one(&normalizer, format!("linuxforhealth/{file}"), &bytes);
-            lfh.push(LfhCase { spec: case.clone(), outcome });
+            lfh.push(LfhCase {
+                spec: case.clone(),
+                outcome,
+            });
         }
-        Run { microsoft, lfh, lfh_spec: spec }
+        Run {
+            microsoft,
+            lfh,
+            lfh_spec: spec,
+        }
     })
 }
 
@@ -1118,7 +1319,10 @@ fn microsoft_report(against_itself: bool) -> Report {
         let eb = Bundle::new(&case.expected);
         let mut c = Cmp {
             report: &mut report,
-            tally: Tally { messages: 1, ..Default::default() },
+            tally: Tally {
+                messages: 1,
+                ..Default::default()
+            },
             message: case.outcome.name.clone(),
             guide_changed: false,
         };
@@ -1155,7 +1359,11 @@ fn microsoft_report(against_itself: bool) -> Report {
         let empty = Source::default();
         compare_bundles(&mut c, &eb, &ab, case.source.as_ref().unwrap_or(&empty));
         let tally = c.tally;
-        report.by_type.entry(case.msg_type.clone()).or_default().add(&tally);
+        report
+            .by_type
+            .entry(case.msg_type.clone())
+            .or_default()
+            .add(&tally);
     }
     report
 }
@@ -1222,26 +1430,61 @@ fn render_microsoft(report: &Report) -> (String, Tally) {
         s.zone_differs, s.precision_differs
     )
     .unwrap();
-    writeln!(out, "values not compared because the guide maps the code to nothing: {}", s.not_compared).unwrap();
+    writeln!(
+        out,
+        "values not compared because the guide maps the code to nothing: {}",
+        s.not_compared
+    )
+    .unwrap();
 
-    writeln!(out, "\n| field | compared | matched | % |\n|---|---:|---:|---:|").unwrap();
+    writeln!(
+        out,
+        "\n| field | compared | matched | % |\n|---|---:|---:|---:|"
+    )
+    .unwrap();
     for (f, (n, m)) in &report.by_field {
         writeln!(out, "| {f} | {n} | {m} | {} |", pct(*m, *n)).unwrap();
     }
-    writeln!(out, "\n| resource type | expected | produced | % |\n|---|---:|---:|---:|").unwrap();
+    writeln!(
+        out,
+        "\n| resource type | expected | produced | % |\n|---|---:|---:|---:|"
+    )
+    .unwrap();
     for (t, (n, m)) in &report.by_resource {
         writeln!(out, "| {t} | {n} | {m} | {} |", pct(*m, *n)).unwrap();
     }
-    writeln!(out, "\nKnown differences (Microsoft vs the implementation guide; the guide is expected):").unwrap();
+    writeln!(
+        out,
+        "\nKnown differences (Microsoft vs the implementation guide; the guide is expected):"
+    )
+    .unwrap();
     for k in KNOWN_DIFFERENCES {
         let n = report.known_applied.get(k.id).copied().unwrap_or(0);
-        writeln!(out, "- {} (applied {n}×)\n    Microsoft: {}\n    guide: {}", k.id, k.microsoft, k.guide).unwrap();
+        writeln!(
+            out,
+            "- {} (applied {n}×)\n    Microsoft: {}\n    guide: {}",
+            k.id, k.microsoft, k.guide
+        )
+        .unwrap();
     }
     let verbose = std::env::var_os("CONFORMANCE_VERBOSE").is_some();
     if !report.mismatches.is_empty() {
-        writeln!(out, "\nMismatches{}:", if verbose { "" } else { " (first few per field; CONFORMANCE_VERBOSE=1 for all)" }).unwrap();
+        writeln!(
+            out,
+            "\nMismatches{}:",
+            if verbose {
+                ""
+            } else {
+                " (first few per field; CONFORMANCE_VERBOSE=1 for all)"
+            }
+        )
+        .unwrap();
         for (f, list) in &report.mismatches {
-            let shown = if verbose { list.len() } else { MISMATCHES_SHOWN_PER_FIELD.min(list.len()) };
+            let shown = if verbose {
+                list.len()
+            } else {
+                MISMATCHES_SHOWN_PER_FIELD.min(list.len())
+            };
             writeln!(out, "  {f}: {} mismatched", list.len()).unwrap();
             for m in &list[..shown] {
                 writeln!(out, "    {m}").unwrap();
@@ -1350,7 +1593,9 @@ fn lfh_report() -> (String, LfhTally, Vec<String>) {
                     t.passed += 1;
                     t.count_passed += 1;
                 } else {
-                    failures.push(format!("{where_}: {rt} count {got}, upstream asserts {want}"));
+                    failures.push(format!(
+                        "{where_}: {rt} count {got}, upstream asserts {want}"
+                    ));
                 }
             }
         }
@@ -1362,13 +1607,24 @@ fn lfh_report() -> (String, LfhTally, Vec<String>) {
             if mapped && leaf_equals(got, want) {
                 t.passed += 1;
             } else {
-                failures.push(format!("{where_}: {path} = {:?}, upstream asserts {want}", got.and_then(text)));
+                failures.push(format!(
+                    "{where_}: {path} = {:?}, upstream asserts {want}",
+                    got.and_then(text)
+                ));
             }
         }
         t.skipped += arr(&case.spec, "skipped").len();
     }
     let mut out = String::new();
-    let mut total = LfhTally { messages: 0, mapped: 0, checks: 0, passed: 0, count_checks: 0, count_passed: 0, skipped: 0 };
+    let mut total = LfhTally {
+        messages: 0,
+        mapped: 0,
+        checks: 0,
+        passed: 0,
+        count_checks: 0,
+        count_passed: 0,
+        skipped: 0,
+    };
     writeln!(out, "\nLinuxForHealth hl7v2-fhir-converter: upstream JUnit assertions (resource counts and field values)\n").unwrap();
     writeln!(out, "| message type | messages | mapped | checks | passed | % | of which resource counts (passed) | not checked (guide differs) |").unwrap();
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|").unwrap();
@@ -1376,7 +1632,14 @@ fn lfh_report() -> (String, LfhTally, Vec<String>) {
         writeln!(
             out,
             "| {k} | {} | {} | {} | {} | {} | {} ({}) | {} |",
-            t.messages, t.mapped, t.checks, t.passed, pct(t.passed, t.checks), t.count_checks, t.count_passed, t.skipped
+            t.messages,
+            t.mapped,
+            t.checks,
+            t.passed,
+            pct(t.passed, t.checks),
+            t.count_checks,
+            t.count_passed,
+            t.skipped
         )
         .unwrap();
         total.messages += t.messages;
@@ -1391,7 +1654,14 @@ fn lfh_report() -> (String, LfhTally, Vec<String>) {
     writeln!(
         out,
         "| **total** | {} | {} | {} | {} | **{}** | {} ({}) | {} |",
-        t.messages, t.mapped, t.checks, t.passed, pct(t.passed, t.checks), t.count_checks, t.count_passed, t.skipped
+        t.messages,
+        t.mapped,
+        t.checks,
+        t.passed,
+        pct(t.passed, t.checks),
+        t.count_checks,
+        t.count_passed,
+        t.skipped
     )
     .unwrap();
     let spec = &run().lfh_spec;
@@ -1420,13 +1690,24 @@ fn conformance_meets_target() {
     println!("{lfh_table}");
     let verbose = std::env::var_os("CONFORMANCE_VERBOSE").is_some();
     if !failures.is_empty() {
-        let shown = if verbose { failures.len() } else { failures.len().min(20) };
-        println!("LinuxForHealth checks failed: {} (first {shown})", failures.len());
+        let shown = if verbose {
+            failures.len()
+        } else {
+            failures.len().min(20)
+        };
+        println!(
+            "LinuxForHealth checks failed: {} (first {shown})",
+            failures.len()
+        );
         for f in &failures[..shown] {
             println!("  {f}");
         }
     }
-    let share = if total.compared == 0 { 0.0 } else { total.matched as f64 / total.compared as f64 };
+    let share = if total.compared == 0 {
+        0.0
+    } else {
+        total.matched as f64 / total.compared as f64
+    };
     assert!(
         share >= VALUE_MATCH_TARGET,
         "{:.1}% of {} compared values match, the target is {:.0}%",
@@ -1440,7 +1721,11 @@ fn conformance_meets_target() {
 #[test]
 fn every_produced_bundle_is_a_transaction_bundle() {
     let run = run();
-    let outcomes = run.microsoft.iter().map(|c| &c.outcome).chain(run.lfh.iter().map(|c| &c.outcome));
+    let outcomes = run
+        .microsoft
+        .iter()
+        .map(|c| &c.outcome)
+        .chain(run.lfh.iter().map(|c| &c.outcome));
     let mut produced = 0;
     let mut bad = Vec::new();
     for o in outcomes {
@@ -1460,7 +1745,10 @@ fn every_produced_bundle_is_a_transaction_bundle() {
             }
         }
     }
-    println!("{produced} Bundles produced, {} not a transaction Bundle", bad.len());
+    println!(
+        "{produced} Bundles produced, {} not a transaction Bundle",
+        bad.len()
+    );
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
@@ -1481,8 +1769,7 @@ fn reference_matches_itself_but_for_known_differences() {
     assert_eq!(total.produced_resources, total.expected_resources);
     assert!(total.compared > 4000, "{} values compared", total.compared);
     assert_eq!(
-        mismatched,
-        report.guide_changed_mismatches,
+        mismatched, report.guide_changed_mismatches,
         "mismatches not explained by a known difference: {:#?}",
         report.mismatches
     );
@@ -1510,7 +1797,13 @@ fn comparison_helpers() {
     assert!(c.matched && c.zone_differs);
     assert!(!compare_dates("2015-02-08", "2015-02-09").matched);
     assert!(!compare_dates("2015-02-08T15:54:19+05:30", "2015-02-08T15:55:19+05:30").matched);
-    assert_eq!(table_0396("CVX").as_deref(), Some("http://hl7.org/fhir/sid/cvx"));
-    assert_eq!(table_0396("HL70064").as_deref(), Some("http://terminology.hl7.org/CodeSystem/v2-0064"));
+    assert_eq!(
+        table_0396("CVX").as_deref(),
+        Some("http://hl7.org/fhir/sid/cvx")
+    );
+    assert_eq!(
+        table_0396("HL70064").as_deref(),
+        Some("http://terminology.hl7.org/CodeSystem/v2-0064")
+    );
     assert_eq!(table_0396("L"), None);
 }
