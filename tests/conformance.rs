@@ -389,6 +389,18 @@ impl Bundle {
             if let Some(u) = field_text(e, "fullUrl") {
                 by_ref.insert(u, i);
             }
+            // Conditional references (`Location?identifier=…`) of a transaction Bundle.
+            if let Some(req) = e.get("request") {
+                if let Some(u) = field_text(req, "url").filter(|u| u.contains('?')) {
+                    by_ref.insert(u, i);
+                }
+                if let (Some(t), Some(q)) = (
+                    field_text(r, "resourceType"),
+                    field_text(req, "ifNoneExist"),
+                ) {
+                    by_ref.insert(format!("{t}?{q}"), i);
+                }
+            }
             resources.push(r.clone());
         }
         Bundle { resources, by_ref }
@@ -949,6 +961,18 @@ fn compare_encounter(
     for l in arr(a, "location") {
         if let Some(r) = l.get("location").and_then(|x| field_text(x, "reference")) {
             actual_names.extend(ab.location_names(&r));
+            // An unresolved conditional reference still names the Location in its query.
+            if let Some((_, q)) = r.split_once('?') {
+                for kv in q.split('&') {
+                    let v = kv.split_once('=').map_or("", |(_, v)| v);
+                    let v = v
+                        .replace("%7C", "|")
+                        .replace("%7c", "|")
+                        .replace("%20", " ")
+                        .replace('+', " ");
+                    actual_names.insert(v.rsplit('|').next().unwrap_or("").to_string());
+                }
+            }
         }
         if let Some(d) = l.get("location").and_then(|x| field_text(x, "display")) {
             actual_names.insert(d);
@@ -1806,4 +1830,28 @@ fn comparison_helpers() {
         Some("http://terminology.hl7.org/CodeSystem/v2-0064")
     );
     assert_eq!(table_0396("L"), None);
+    // Pairing: by code, equal codes in order, the rest by position.
+    let obs = |code: &str, v: &str| serde_json::json!({"code": {"coding": [{"code": code}]}, "valueString": v});
+    let (e1, e2, e3) = (obs("A", "1"), obs("B", "2"), obs("A", "3"));
+    let (a1, a2, a3) = (obs("B", "2"), obs("A", "1"), obs("A", "3"));
+    let got = pair("Observation", &[&e1, &e2, &e3], &[&a1, &a2, &a3]);
+    let values: Vec<_> = got
+        .iter()
+        .map(|a| a.and_then(|a| field_text(a, "valueString")))
+        .collect();
+    assert_eq!(
+        values,
+        [Some("1".into()), Some("2".into()), Some("3".into())]
+    );
+    // A conditional reference resolves through the entry's request.
+    let b = Bundle::new(&serde_json::json!({"entry": [
+        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Location", "name": "Bed 03",
+            "partOf": {"reference": "Location?identifier=x%7CW4"}}},
+        {"resource": {"resourceType": "Location", "name": "Ward 4"},
+         "request": {"method": "PUT", "url": "Location?identifier=x%7CW4"}}]}));
+    let names = b.location_names("urn:uuid:1");
+    assert!(
+        names.contains("Bed 03") && names.contains("Ward 4"),
+        "{names:?}"
+    );
 }
