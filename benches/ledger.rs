@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use medanchor::envelope::RecordId;
-use medanchor::ledger::{EmbeddedLedger, Ledger};
+use medanchor::ledger::{EmbeddedLedger, Leaf, Ledger};
 use medanchor_merkle::NoteSigner;
 
 const PROOF_LEAVES: u32 = 1 << 18;
@@ -27,12 +27,12 @@ const OPEN_LEAVES: u32 = 10_000_000;
 /// Records per append while building the 10M-leaf log.
 const FIXTURE_BATCH: usize = 65_536;
 
-fn record(i: u32) -> (RecordId, [u8; 32]) {
+fn record(i: u32) -> Leaf {
     let mut id = [0u8; 16];
     id[..4].copy_from_slice(&i.to_be_bytes());
     let mut commitment = [0u8; 32];
     commitment[..4].copy_from_slice(&i.to_le_bytes());
-    (RecordId(id), commitment)
+    Leaf::record(RecordId(id), commitment)
 }
 
 fn signer() -> NoteSigner {
@@ -74,7 +74,7 @@ fn proofs(c: &mut Criterion) {
             let ledger = build(&dir.path().join("ledger.redb"), PROOF_LEAVES, 1000);
             (dir, ledger)
         });
-        b.iter(|| ledger.proof(black_box(&record(next()).0)).unwrap())
+        b.iter(|| ledger.proof(black_box(&record(next()).record_id)).unwrap())
     });
     g.finish();
 }

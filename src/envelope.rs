@@ -90,6 +90,12 @@ impl RecordId {
         id[6..].copy_from_slice(&crate::seal::random::<10>());
         RecordId(id)
     }
+    /// The time (Unix ms) the id was made for: when the record was received.
+    pub fn unix_ms(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(&self.0[..6]);
+        u64::from_be_bytes(b)
+    }
     pub fn parse(s: &str) -> Option<RecordId> {
         let v = hex::decode(s).ok()?;
         Some(RecordId(v.try_into().ok()?))

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
 pub mod record;
+pub mod remap;
 pub mod seal;
 pub mod serve;
 pub mod sources;

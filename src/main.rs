@@ -115,6 +115,17 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Tools for the mapping files under adapters/ (HL7v2 → FHIR R4; docs/normalization.md).
+    Mapping {
+        #[command(subcommand)]
+        command: MappingCommand,
+        /// Mapping files instead of the built-in defaults (normalize.adapters_dir).
+        #[arg(long, global = true)]
+        adapters: Option<PathBuf>,
+        /// A site's overrides (normalize.site_dir).
+        #[arg(long, global = true)]
+        site: Option<PathBuf>,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -126,6 +137,49 @@ enum Command {
 enum KeysCommand {
     /// Create a new master key and re-wrap every data key under it (gateway stopped).
     Rotate,
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Map HL7v2 files (messages or batches) and print each Bundle, with what was left
+    /// unmapped and why anything was mapped with less than full fidelity.
+    Test {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Exactly one line per message on stdout: the Bundle (null when mapping failed);
+        /// unmapped fields and warnings on stderr.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the mapping files: every problem with its file, line and field.
+    Lint,
+    /// Show what the site overrides change for the messages of a file: the JSON paths that
+    /// differ between mapping with and without the site directory.
+    Diff { file: PathBuf },
+    /// Map stored HL7v2 records again with the mapping files in use (gateway stopped): each
+    /// gets a new derived record, stored and anchored; earlier ones stay, the newest is current.
+    Replay {
+        /// Only records received at or after this time (Unix milliseconds).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only this message type (MSH-9.1), e.g. ADT.
+        #[arg(long = "type")]
+        message_type: Option<String>,
+        /// Only records whose last mapping failed (`mapping failures`).
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List stored records whose last mapping failed, with the reason (gateway stopped).
+    Failures {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +361,44 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Mapping {
+            command,
+            adapters,
+            site,
+        } => {
+            let data_dir = match &command {
+                MappingCommand::Replay { data_dir, .. }
+                | MappingCommand::Failures { data_dir, .. } => data_dir.clone(),
+                _ => None,
+            };
+            let cfg = load(cfg_path, data_dir)?;
+            let ncfg = medanchor::cli::mapping::config(&cfg.normalize, adapters, site);
+            let ok = match command {
+                MappingCommand::Replay {
+                    since,
+                    message_type,
+                    failed,
+                    json,
+                    ..
+                } => {
+                    let filter = medanchor::remap::Filter {
+                        since_ms: since,
+                        message_type,
+                        only_failed: failed,
+                    };
+                    medanchor::cli::mapping::replay(&cfg, &ncfg, &filter, json)?
+                }
+                MappingCommand::Failures { json, .. } => {
+                    medanchor::cli::mapping::failures(&cfg, json)?
+                }
+                MappingCommand::Test { files, json } => {
+                    medanchor::cli::mapping::test(&ncfg, &files, json)?
+                }
+                MappingCommand::Lint => medanchor::cli::mapping::lint(&ncfg)?,
+                MappingCommand::Diff { file } => medanchor::cli::mapping::diff(&ncfg, &file)?,
+            };
+            Ok(exit(ok))
         }
         Command::Bench {
             command: BenchCommand::Nats { load, json },

@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 const MAX_TYPE_LABELS: usize = 64;
+const MAX_ITEM_LABELS: usize = 256;
 
 /// The events every broker source counts for each message, resolved by [`Metrics::source`].
 /// Events of one source type (`nak`, `commit_failed`, `offset_reset`) are rare and looked up
@@ -94,7 +95,16 @@ pub struct Metrics {
     pub source_partitions: IntGaugeVec,
     /// From the broker's timestamp of a message to its record being stored.
     pub source_to_stored_seconds: HistogramVec,
+    /// HL7v2 messages normalized, by `result`: `mapped` or `failed`.
+    pub normalized: IntCounterVec,
+    /// Mappings that failed, by `reason` (a fixed label such as `invalid_output`).
+    pub mapping_failures: IntCounterVec,
+    /// Segments and fields that held data no mapping used, by `item` (`ZPI`, `PID-10`; capped,
+    /// see [`Metrics::item_label`]).
+    pub unmapped: IntCounterVec,
+    pub normalize_seconds: Histogram,
     seen_types: Mutex<HashSet<String>>,
+    seen_items: Mutex<HashSet<String>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -361,7 +371,32 @@ impl Metrics {
                 &["source"],
                 exponential_buckets(0.001, 2.0, 18).expect("buckets"),
             ),
+            normalized: counter_vec(
+                &r,
+                "medanchor_normalize_messages_total",
+                "HL7v2 messages normalized to FHIR, by result (mapped, failed)",
+                &["result"],
+            ),
+            mapping_failures: counter_vec(
+                &r,
+                "medanchor_normalize_failures_total",
+                "Mappings that failed, by reason",
+                &["reason"],
+            ),
+            unmapped: counter_vec(
+                &r,
+                "medanchor_normalize_unmapped_total",
+                "Segments and fields holding data no mapping used, by segment or field name",
+                &["item"],
+            ),
+            normalize_seconds: histogram(
+                &r,
+                "medanchor_normalize_seconds",
+                "Time to map a message to a FHIR Bundle and seal it (checking the Bundle included)",
+                secs(),
+            ),
             seen_types: Mutex::new(HashSet::new()),
+            seen_items: Mutex::new(HashSet::new()),
             registry: r,
         }
     }
@@ -398,6 +433,32 @@ impl Metrics {
         if seen.contains(message_type) || seen.len() < MAX_TYPE_LABELS {
             seen.insert(message_type.to_string());
             message_type.to_string()
+        } else {
+            "other".into()
+        }
+    }
+
+    /// A segment or field name as a label (`ZPI`, `PID-10`, `OBX-5.2`): a segment id of three
+    /// upper-case letters or digits, then at most `-field[.component]`; only the first 256
+    /// distinct values, anything else `other`. Senders choose Z-segment names: capped so that
+    /// they cannot blow up cardinality.
+    pub fn item_label(&self, item: &str) -> String {
+        let (segment, rest) = item.split_at(item.len().min(3));
+        let valid = segment.len() == 3
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && rest.len() <= 9
+            && (rest.is_empty()
+                || rest.starts_with('-')
+                    && rest[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+        if !valid {
+            return "other".into();
+        }
+        let mut seen = self.seen_items.lock().expect("lock");
+        if seen.contains(item) || seen.len() < MAX_ITEM_LABELS {
+            seen.insert(item.to_string());
+            item.to_string()
         } else {
             "other".into()
         }

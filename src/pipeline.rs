@@ -9,15 +9,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::Config;
+use crate::config::{Config, NormalizeConfig, OnMapError};
 use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
 use crate::hl7::Message;
 use crate::ledger::{batcher, EmbeddedLedger, Ledger};
 use crate::metrics::Metrics;
+use crate::normalize::{Link, MapError, Normalizer};
+use crate::record::DerivedRecord;
 use crate::record::{parse_rejection, AcceptRules, Record, RecordMeta};
 use crate::seal::{self, keyring::GATEWAY_KEY_ID, Keyring};
 use crate::vault::writer::{self, WriteOp};
-use crate::vault::{EmbeddedVault, PutRecord, QuarantineEntry, Vault};
+use crate::vault::{Derivation, EmbeddedVault, MappingFailure, PutRecord, QuarantineEntry, Vault};
 
 /// Everything that stays open while the gateway runs.
 pub struct Stores {
@@ -36,6 +38,8 @@ pub enum OpenError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("signing key: {0}")]
     Signing(String),
+    #[error("mapping files: {0}")]
+    Mapping(#[from] crate::normalize::LoadError),
     /// The storage engine failed on a damaged file instead of returning an error.
     #[error("{0}")]
     Damaged(String),
@@ -172,6 +176,9 @@ pub struct Pipeline {
     workers: usize,
     /// A key store that cannot be read or written fails every message: said once per interval.
     key_failures: crate::throttle::Throttle,
+    /// HL7v2 → FHIR normalization; `None` when `normalize.enabled` is off.
+    normalizer: Option<Arc<Normalizer>>,
+    normalize: NormalizeConfig,
 }
 
 /// What decoding made of an envelope.
@@ -179,6 +186,16 @@ enum Decoded {
     Record(ToSeal),
     /// Its write (a quarantine entry), or none: its token was answered already.
     Settled(Option<WriteOp>),
+}
+
+/// What normalization made of one sealed record.
+enum Derived {
+    /// Not an HL7v2 record, or normalization is off.
+    None,
+    Sealed(seal::Sealed),
+    Failed(MappingFailure),
+    /// Mapping failed and `normalize.on_error = "reject"`.
+    Refused(Rejection),
 }
 
 /// A decoded record and its patient's key, to be sealed.
@@ -222,8 +239,8 @@ impl Pipeline {
     ) -> Result<(Arc<Pipeline>, Running), OpenError> {
         let pending = stores.vault.unanchored(stores.ledger.anchored_through()?)?;
         if !pending.is_empty() {
-            let records: Vec<_> = pending.iter().map(|(id, c, _)| (*id, *c)).collect();
-            let through = pending.iter().map(|(_, _, p)| *p).max().unwrap_or(0);
+            let records: Vec<_> = pending.iter().map(|(leaf, _)| *leaf).collect();
+            let through = pending.iter().map(|(_, p)| *p).max().unwrap_or(0);
             stores
                 .ledger
                 .append_through(&records, crate::envelope::now_ms(), through)?;
@@ -260,6 +277,11 @@ impl Pipeline {
         } else {
             cfg.pipeline.workers
         };
+        let normalizer = if cfg.normalize.enabled {
+            Some(Arc::new(Normalizer::load(&cfg.normalize)?))
+        } else {
+            None
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("seal-{i}"))
@@ -276,6 +298,8 @@ impl Pipeline {
             jobs: AtomicUsize::new(0),
             workers,
             key_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
+            normalizer,
+            normalize: cfg.normalize.clone(),
         });
         Ok((
             pipeline,
@@ -411,7 +435,10 @@ impl Pipeline {
             .collect();
         let sealed = seal::seal_many(&items);
         let n = decoded.len();
-        for (sealed, ToSeal { record, token, .. }) in sealed.into_iter().zip(decoded) {
+        let mut derivations = self.derive(&decoded, &sealed);
+        for ((sealed, ToSeal { record, token, .. }), derivation) in
+            sealed.into_iter().zip(decoded).zip(derivations.drain(..))
+        {
             // Unreachable after decode's check_encodable; kept so nothing is sealed inexactly.
             let sealed = match sealed {
                 Ok(s) => s,
@@ -427,12 +454,30 @@ impl Pipeline {
                     continue;
                 }
             };
+            let derived = match derivation {
+                Derived::None => Derivation::None,
+                Derived::Sealed(d) => Derivation::Mapped(d),
+                Derived::Failed(f) => Derivation::Failed(f),
+                Derived::Refused(rejection) => {
+                    // normalize.on_error = "reject": the message is not stored.
+                    let Record { meta, raw } = record;
+                    ops.extend(self.quarantine_op(
+                        raw,
+                        meta.origin,
+                        meta.received_ms,
+                        rejection,
+                        token,
+                    ));
+                    continue;
+                }
+            };
             let (dedup_key, control_key) = self.keyring.dedup_keys(&record);
             ops.push(WriteOp::Put {
                 put: PutRecord {
                     sealed,
                     dedup_key,
                     control_key,
+                    derived,
                 },
                 token,
             });
@@ -443,6 +488,94 @@ impl Pipeline {
             self.metrics.seal_seconds.observe(each);
         }
         ops
+    }
+
+    /// Normalizes each sealed HL7v2 record into a derived record sealed under the same key.
+    /// After sealing, because the Provenance names the raw record's id and commitment.
+    fn derive(
+        &self,
+        decoded: &[ToSeal],
+        sealed: &[Result<seal::Sealed, crate::record::EncodeError>],
+    ) -> Vec<Derived> {
+        let Some(normalizer) = &self.normalizer else {
+            return decoded.iter().map(|_| Derived::None).collect();
+        };
+        let started = Instant::now();
+        let mapped_ms = crate::envelope::now_ms();
+        let mut out = Vec::with_capacity(decoded.len());
+        let mut to_seal = Vec::new();
+        for (d, s) in decoded.iter().zip(sealed) {
+            let Ok(s) = s else {
+                out.push(Derived::None);
+                continue;
+            };
+            if d.record.meta.format != "hl7v2" {
+                out.push(Derived::None);
+                continue;
+            }
+            match derive_record(
+                normalizer,
+                &self.normalize,
+                &d.record.raw,
+                (s.record_id, s.commitment),
+                mapped_ms,
+            ) {
+                Ok((derived, unmapped)) => {
+                    self.metrics.normalized.with_label_values(&["mapped"]).inc();
+                    for item in &unmapped {
+                        self.metrics
+                            .unmapped
+                            .with_label_values(&[&self.metrics.item_label(item)])
+                            .inc();
+                    }
+                    to_seal.push((out.len(), derived));
+                    out.push(Derived::None);
+                }
+                Err(e) => {
+                    self.metrics.normalized.with_label_values(&["failed"]).inc();
+                    self.metrics
+                        .mapping_failures
+                        .with_label_values(&[e.label])
+                        .inc();
+                    out.push(match self.normalize.on_error {
+                        OnMapError::Store => {
+                            Derived::Failed(failure(normalizer, e.label, e.detail, mapped_ms))
+                        }
+                        // HL7 table 0357: 207 = application internal error.
+                        OnMapError::Reject => Derived::Refused(Rejection::new(
+                            crate::envelope::RejectKind::Unacceptable,
+                            207,
+                            "mapping_failed",
+                            format!(
+                                "the message could not be mapped to FHIR ({}): {}",
+                                e.label, e.detail
+                            ),
+                        )),
+                    });
+                }
+            }
+        }
+        let items: Vec<(&DerivedRecord, RecordId, &seal::DataKey)> = to_seal
+            .iter()
+            .map(|(at, r)| (r, RecordId::generate(r.mapped_ms), &*decoded[*at].key))
+            .collect();
+        for ((at, _), sealed) in to_seal.iter().zip(seal::seal_derived_many(&items)) {
+            out[*at] = match sealed {
+                Ok(s) => Derived::Sealed(s),
+                Err(e) => {
+                    self.metrics
+                        .mapping_failures
+                        .with_label_values(&["too_large"])
+                        .inc();
+                    Derived::Failed(failure(normalizer, "too_large", e.to_string(), mapped_ms))
+                }
+            };
+        }
+        let each = started.elapsed().as_secs_f64() / decoded.len().max(1) as f64;
+        for _ in 0..decoded.len() {
+            self.metrics.normalize_seconds.observe(each);
+        }
+        out
     }
 
     /// Decodes one envelope and finds its patient's key; a rejection becomes its quarantine
@@ -648,17 +781,117 @@ fn decode_hl7(
     received_ms: u64,
     rules: &AcceptRules,
 ) -> Result<Record, Rejection> {
-    let msg = Message::parse(payload).map_err(|e| parse_rejection(&e))?;
+    with_message(payload, |msg| {
+        Record::from_hl7(msg, payload.clone(), origin.clone(), received_ms, rules)
+    })
+    .map_err(|e| parse_rejection(&e))?
+}
+
+/// Parses `raw` and hands the message to `f`. A message in a character set whose trail bytes
+/// can look like delimiters is read from a UTF-8 copy (the sealed record keeps the original
+/// bytes).
+pub fn with_message<T>(
+    raw: &[u8],
+    f: impl FnOnce(&Message<'_>) -> T,
+) -> Result<T, crate::hl7::ParseError> {
+    let msg = Message::parse(raw)?;
     if !msg.charset().needs_transcoding() {
-        return Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules);
+        return Ok(f(&msg));
     }
-    // Trail bytes of this set can look like delimiters: read the metadata from a UTF-8 copy; the
-    // sealed record keeps the original bytes.
-    let utf8 = msg.charset().transcode(payload);
-    let msg = Message::parse(&utf8)
-        .map_err(|e| parse_rejection(&e))?
-        .with_charset(crate::hl7::Charset::Utf8);
-    Record::from_hl7(&msg, payload.clone(), origin.clone(), received_ms, rules)
+    let utf8 = msg.charset().transcode(raw);
+    let msg = Message::parse(&utf8)?.with_charset(crate::hl7::Charset::Utf8);
+    Ok(f(&msg))
+}
+
+/// Maps the raw HL7v2 message of a sealed record: the derived record to seal (and what no
+/// mapping used), or why not. Shared by the pipeline and `mapping replay`.
+pub fn derive_record(
+    normalizer: &Normalizer,
+    cfg: &NormalizeConfig,
+    raw: &[u8],
+    (raw_id, raw_commitment): (RecordId, [u8; 32]),
+    mapped_ms: u64,
+) -> Result<(DerivedRecord, Vec<String>), MapError> {
+    let raw_id_hex = raw_id.to_string();
+    let link = Link {
+        raw_record_id: &raw_id_hex,
+        raw_commitment: &raw_commitment,
+        mapped_ms,
+    };
+    let mapped = with_message(raw, |msg| normalizer.map(msg, &link)).unwrap_or_else(|e| {
+        Err(MapError {
+            label: "unparsed",
+            detail: format!("the message does not parse again: {e}"),
+        })
+    })?;
+    check_output(cfg, &mapped)?;
+    Ok((
+        DerivedRecord {
+            raw_id,
+            raw_commitment,
+            mapping_version: normalizer.version().to_string(),
+            mapped_ms,
+            outcome: unmapped_outcome(&mapped.unmapped).into(),
+            bundle: mapped.bundle.into(),
+        },
+        mapped.unmapped,
+    ))
+}
+
+/// A mapping failure as kept for `medanchor mapping failures`.
+pub fn failure(normalizer: &Normalizer, label: &str, detail: String, at_ms: u64) -> MappingFailure {
+    MappingFailure {
+        label: label.to_string(),
+        detail,
+        mapping_version: normalizer.version().to_string(),
+        at_ms,
+    }
+}
+
+/// The Bundle a mapping made, checked against the FHIR R4 schema and the sharing invariants
+/// before it is stored (`normalize.validate_output`): a Bundle that fails is a mapping failure
+/// (`invalid_output`) naming paths and rules, never values.
+fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Result<(), MapError> {
+    if !cfg.validate_output {
+        return Ok(());
+    }
+    crate::fhir::validate::Validator::shared()
+        .validate_bytes(&mapped.bundle)
+        .map(|_| ())
+        .map_err(|issues| {
+            let shown: Vec<String> = issues.iter().take(5).map(|i| i.to_string()).collect();
+            MapError {
+                label: "invalid_output",
+                detail: format!(
+                    "the Bundle made is not valid FHIR R4 ({} issues): {}",
+                    issues.len(),
+                    shown.join("; ")
+                ),
+            }
+        })
+}
+
+/// An OperationOutcome listing what no mapping used (names, never values); empty when the
+/// mapping used everything.
+pub fn unmapped_outcome(unmapped: &[String]) -> Vec<u8> {
+    if unmapped.is_empty() {
+        return Vec::new();
+    }
+    let issues: Vec<serde_json::Value> = unmapped
+        .iter()
+        .map(|item| {
+            serde_json::json!({
+                "severity": "information",
+                "code": "not-supported",
+                "details": {"text": format!("{item} holds data that no mapping uses")}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues
+    }))
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -692,6 +925,25 @@ mod tests {
         let (pipeline, running) =
             Pipeline::start(&cfg, &stores, Arc::new(Metrics::new())).expect("start");
         (stores, pipeline, running)
+    }
+
+    /// Records as received in the vault (derived records left out).
+    fn raw_records(stores: &Stores) -> u64 {
+        let mut n = 0;
+        stores
+            .vault
+            .for_each_record(&mut |id, rec| {
+                let rec = rec.unwrap();
+                let key = stores
+                    .keyring
+                    .get(seal::parse_header(&rec.sealed).unwrap().key_id)
+                    .unwrap();
+                let opened = seal::open_content(&rec.sealed, id, &key).unwrap();
+                n += u64::from(matches!(opened.content, crate::record::Content::Record(_)));
+                Ok(())
+            })
+            .unwrap();
+        n
     }
 
     async fn stop(pipeline: Arc<Pipeline>, running: Running) {
@@ -788,7 +1040,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(stores.vault.record_count().unwrap(), 1);
+        assert_eq!(raw_records(&stores), 1);
         // Its next reader stores it: nothing of it was kept.
         let (token, again) = AckToken::new();
         pipeline.submit(envelope(ADT, token)).await;
@@ -799,7 +1051,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(stores.vault.record_count().unwrap(), 2);
+        assert_eq!(raw_records(&stores), 2);
         stop(pipeline, running).await;
     }
 

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Origin, RejectKind, Rejection};
+use crate::envelope::{Origin, RecordId, RejectKind, Rejection};
 use crate::hl7::{self, Message};
 
 /// Metadata kept with every record (inside the ciphertext: it includes patient identifiers).
@@ -356,6 +356,102 @@ impl Record {
             },
             raw,
         })
+    }
+}
+
+/// A record derived from a stored one: the FHIR R4 Bundle normalization made of a raw HL7v2
+/// message (docs/FORMATS.md, "Derived record encoding"). Sealed under the raw record's patient
+/// key and anchored as its own leaf, which binds it to the raw record's commitment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedRecord {
+    pub raw_id: RecordId,
+    pub raw_commitment: [u8; 32],
+    /// The mapping set's version (a hash of its files).
+    pub mapping_version: String,
+    pub mapped_ms: u64,
+    /// A FHIR OperationOutcome (compact JSON) listing what the mapping left out; may be empty.
+    pub outcome: Bytes,
+    /// The FHIR R4 Bundle, compact JSON.
+    pub bundle: Bytes,
+}
+
+/// Version byte of the derived record encoding (a raw record's is 1).
+pub const DERIVED_VERSION: u8 = 2;
+
+impl DerivedRecord {
+    /// Length of the encoding, after checking every length fits its field.
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        let mut total = 1 + 16 + 32 + 8 + 3 * 4;
+        for (field, len) in [
+            ("mapping_version", self.mapping_version.len()),
+            ("outcome", self.outcome.len()),
+            ("bundle", self.bundle.len()),
+        ] {
+            total = add_field(total, field, len)?;
+        }
+        Ok(total)
+    }
+
+    /// `2 || raw id[16] || raw commitment[32] || str mapping_version || u64 mapped_ms ||
+    /// bytes outcome || bytes bundle`. Refuses (writing nothing) what cannot be encoded exactly.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let len = self.encoded_len()?;
+        out.reserve(len);
+        let put = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        };
+        out.push(DERIVED_VERSION);
+        out.extend_from_slice(&self.raw_id.0);
+        out.extend_from_slice(&self.raw_commitment);
+        put(out, self.mapping_version.as_bytes());
+        out.extend_from_slice(&self.mapped_ms.to_be_bytes());
+        put(out, &self.outcome);
+        put(out, &self.bundle);
+        Ok(())
+    }
+
+    /// Inverse of [`encode_into`](Self::encode_into); `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<DerivedRecord> {
+        let mut r = Reader(bytes);
+        if r.u8()? != DERIVED_VERSION {
+            return None;
+        }
+        let raw_id = RecordId(r.take(16)?.try_into().ok()?);
+        let raw_commitment = r.take(32)?.try_into().ok()?;
+        let mapping_version = r.string()?;
+        let mapped_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let outcome = Bytes::copy_from_slice(r.bytes()?);
+        let bundle = Bytes::copy_from_slice(r.bytes()?);
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(DerivedRecord {
+            raw_id,
+            raw_commitment,
+            mapping_version,
+            mapped_ms,
+            outcome,
+            bundle,
+        })
+    }
+}
+
+/// What a sealed record holds: a record as received, or one derived from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Record(Record),
+    Derived(DerivedRecord),
+}
+
+impl Content {
+    /// Decodes either encoding, told apart by the version byte.
+    pub fn decode(bytes: &[u8]) -> Option<Content> {
+        match bytes.first()? {
+            1 => Record::decode(bytes).map(Content::Record),
+            &DERIVED_VERSION => DerivedRecord::decode(bytes).map(Content::Derived),
+            _ => None,
+        }
     }
 }
 

@@ -15,12 +15,16 @@ use serde::Serialize;
 use crate::envelope::RecordId;
 use crate::ledger::Ledger;
 use crate::pipeline::Stores;
-use crate::seal;
+use crate::record::Content;
+use crate::seal::{self, OpenedContent};
 use crate::vault::{Vault, VaultError};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// Records as received (HL7v2, FHIR).
     pub records: u64,
+    /// Records derived from them (FHIR Bundles normalization made); each has its own leaf.
+    pub derived: u64,
     pub leaves: u64,
     pub checkpoints: u64,
     pub quarantined: u64,
@@ -67,18 +71,20 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     for f in failures {
         report.fail(f);
     }
-    // Leaves first: record id → (index, commitment in the leaf).
-    let mut by_record: HashMap<RecordId, (u64, [u8; 32])> = HashMap::new();
+    // Leaves first: record id → (index, commitment in the leaf, raw record a derived leaf
+    // names). parse_leaf admits only the two kinds and their lengths.
+    type InLog = (u64, [u8; 32], Option<(RecordId, [u8; 32])>);
+    let mut by_record: HashMap<RecordId, InLog> = HashMap::new();
     let leaves = stores.ledger.for_each_leaf(&mut |leaf| {
         report.leaves += 1;
-        if leaf.entry[0] != medanchor_merkle::LEAF_RECORD_STORED {
-            report.fail(format!(
-                "leaf {}: unknown leaf kind {}",
-                leaf.index, leaf.entry[0]
-            ));
-        }
-        let c: [u8; 32] = leaf.entry[1..].try_into().expect("33-byte entry");
-        if by_record.insert(leaf.record_id, (leaf.index, c)).is_some() {
+        let c: [u8; 32] = leaf.commitment().try_into().expect("32-byte commitment");
+        let raw = leaf
+            .derived_from
+            .map(|id| (id, leaf.entry[33..65].try_into().expect("65-byte entry")));
+        if by_record
+            .insert(leaf.record_id, (leaf.index, c, raw))
+            .is_some()
+        {
             report.fail(format!(
                 "leaf {}: record {} is in the log twice",
                 leaf.index, leaf.record_id
@@ -89,11 +95,23 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     if let Err(e) = leaves {
         report.fail(format!("ledger: {e}"));
     }
+    // A derived leaf names a raw record: its leaf must be a record leaf earlier in the log with
+    // the commitment the derived leaf binds.
+    for (id, (index, _, raw)) in &by_record {
+        let Some((raw_id, raw_commitment)) = raw else {
+            continue;
+        };
+        match by_record.get(raw_id) {
+            Some((raw_index, c, None)) if raw_index < index && c == raw_commitment => {}
+            _ => report.fail(format!(
+                "leaf {index}: derived record {id} names record {raw_id}, which is not a record leaf before it with that commitment"
+            )),
+        }
+    }
     let total = stores.vault.record_count().unwrap_or(0) + report.leaves;
     let mut done = 0u64;
     let mut seen: HashSet<RecordId> = HashSet::with_capacity(by_record.len());
     let records = stores.vault.for_each_record(&mut |id, rec| {
-        report.records += 1;
         done += 1;
         if done.is_multiple_of(256) {
             progress(done, total);
@@ -109,23 +127,46 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
         let opened = seal::parse_header(&rec.sealed)
             .map_err(|e| e.to_string())
             .and_then(|h| stores.keyring.get(h.key_id).map_err(|e| e.to_string()))
-            .and_then(|key| seal::open(&rec.sealed, id, &key).map_err(|e| e.to_string()));
+            .and_then(|key| seal::open_content(&rec.sealed, id, &key).map_err(|e| e.to_string()));
+        let header = headers.get(&id);
+        match &opened {
+            Ok(OpenedContent {
+                content: Content::Derived(_),
+                ..
+            }) => report.derived += 1,
+            _ => report.records += 1,
+        }
         match opened {
             Err(e) => report.fail(format!("record {id}: {e}")),
             Ok(o) if o.commitment != rec.commitment => report.fail(format!(
                 "record {id}: stored commitment does not match the re-hashed record"
             )),
-            Ok(o) if !keys_match(stores, &o.record, headers.get(&id), &rec.sealed) => {
+            Ok(OpenedContent {
+                content: Content::Record(record),
+                ..
+            }) if !keys_match(stores, &record, header, &rec.sealed) => report.fail(format!(
+                "record {id}: its dedup/control keys or data key id do not follow from the \
+                 record under keys/index.key (the entry header or index.key was altered)"
+            )),
+            Ok(OpenedContent {
+                content: Content::Derived(d),
+                ..
+            }) if header.and_then(|h| h.derived_from()) != Some((d.raw_id, d.raw_commitment))
+                || by_record
+                    .get(&id)
+                    .is_some_and(|(_, _, raw)| *raw != Some((d.raw_id, d.raw_commitment))) =>
+            {
                 report.fail(format!(
-                    "record {id}: its dedup/control keys or data key id do not follow from the \
-                     record under keys/index.key (the entry header or index.key was altered)"
+                    "record {id}: derived from record {} by its content, which its segment entry \
+                     or its leaf does not say",
+                    d.raw_id
                 ))
             }
             Ok(_) => match by_record.get(&id) {
                 None => report.fail(format!(
                     "record {id}: not in the log (start the gateway once to anchor it)"
                 )),
-                Some((index, c)) if *c != rec.commitment => report.fail(format!(
+                Some((index, c, _)) if *c != rec.commitment => report.fail(format!(
                     "leaf {index}: commitment does not match record {id}"
                 )),
                 Some(_) => {}
@@ -136,7 +177,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     if let Err(e) = records {
         report.fail(format!("vault: {e}"));
     }
-    for (id, (index, _)) in &by_record {
+    for (id, (index, _, _)) in &by_record {
         if !seen.contains(id) {
             report.fail(format!("leaf {index}: record {id} is not in the vault"));
         }

@@ -1,7 +1,8 @@
 //! Known-answer vectors for the byte formats of docs/FORMATS.md, in `testdata/formats/vectors.json`:
-//! record encodings, commitments, sealed records, key files, key ids and dedup keys, wrapped data
-//! keys, leaves and a small tree, a ledger's tables, a signed checkpoint, proof bundles, and
-//! segment entries (with padding and the recovery rule), each valid vector beside named
+//! record encodings, derived record encodings, commitments, sealed records, key files, key ids and
+//! dedup keys, wrapped data keys, leaves (both kinds) and a small tree, a ledger's tables, a
+//! signed checkpoint, proof bundles (of raw and derived records), segment entries (with padding
+//! and the recovery rule) and the vault's derivation tables, each valid vector beside named
 //! corruptions that must fail.
 //!
 //! The test reads the file and checks every vector against the code (and, where the format is
@@ -21,14 +22,23 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use medanchor::envelope::{FormatHint, Origin, RecordId};
-use medanchor::ledger::{EmbeddedLedger, Ledger, LogHasher};
-use medanchor::record::{AcceptRules, EncodeError, Record, RecordMeta, MAX_PATIENT_IDS};
+use medanchor::ledger::{EmbeddedLedger, Leaf, Ledger, LogHasher};
+use medanchor::record::{
+    AcceptRules, Content, DerivedRecord, EncodeError, Record, RecordMeta, DERIVED_VERSION,
+    MAX_PATIENT_IDS,
+};
 use medanchor::seal::keyring::{self, Keyring, KeyringError};
 use medanchor::seal::{self, DataKey, SealError};
-use medanchor::vault::segments::{EntryHeader, SegmentError, SegmentLog, Staged, Tail};
+use medanchor::vault::segments::{
+    EntryHeader, SegmentError, SegmentLog, Staged, Tail, DERIVED_MARK,
+};
+use medanchor::vault::{
+    Derivation, EmbeddedVault, MappingFailure, PutRecord, PutResult, Rederive, Vault,
+};
 use medanchor_merkle::{
-    key_hash, record_leaf, BundleError, Checkpoint, CheckpointError, MemoryTree, NoteSigner,
-    NoteVerifier, ProofBundle, ProofError, Sha3Hasher, TiledTree, TreeHasher, LEAF_RECORD_STORED,
+    derived_leaf, key_hash, record_leaf, BundleError, Checkpoint, CheckpointError, MemoryTree,
+    NoteSigner, NoteVerifier, ProofBundle, ProofError, Sha3Hasher, TiledTree, TreeHasher,
+    LEAF_DERIVED_STORED, LEAF_RECORD_STORED,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{json, Value};
@@ -44,6 +54,8 @@ const TILE_HEIGHT: u32 = 8;
 const LEDGER_LEAVES: u64 = 257;
 const T1: u64 = 1_763_856_001_000;
 const T2: u64 = 1_763_856_002_000;
+/// The third append: the derived records.
+const T3: u64 = 1_763_856_003_000;
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -296,6 +308,111 @@ fn sealed_vectors(recs: &[Rec], ring: &Keyring) -> Vec<SealedVec> {
         .collect()
 }
 
+/// The FHIR Bundles of the derived vectors (content is the mapping's; the format carries bytes).
+const ADT_BUNDLE: &str = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","identifier":[{"system":"GENHOSP","value":"123456"}],"name":[{"family":"DOE","given":["JANE"]}],"gender":"female","birthDate":"1980-01-01"}}]}"#;
+const ADT_BUNDLE_REMAPPED: &str = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","identifier":[{"system":"GENHOSP","value":"123456","type":{"coding":[{"code":"MR"}]}}],"gender":"female"}}]}"#;
+const ORU_BUNDLE: &str = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","identifier":[{"system":"Hôpital","value":"Ünï-42"}],"name":[{"family":"Müller","given":["Zoë"]}]}}]}"#;
+
+/// A derived record vector: its name, the sealed vector of the raw record it was made from, its
+/// record id and the record.
+struct Der {
+    name: &'static str,
+    raw: usize,
+    id: RecordId,
+    record: DerivedRecord,
+}
+
+/// Two derived records of the ADT message (the second from a newer mapping set, as a replay
+/// writes it) and one of the UTF-8 ORU message, with an OperationOutcome.
+fn derivations(sealed: &[SealedVec]) -> Vec<Der> {
+    let make =
+        |name, raw: usize, version: &str, ms: u64, tail: u8, outcome: Vec<u8>, bundle: &str| {
+            let s: &SealedVec = &sealed[raw];
+            Der {
+                name,
+                raw,
+                id: record_id(ms, tail),
+                record: DerivedRecord {
+                    raw_id: s.id,
+                    raw_commitment: s.sealed.commitment,
+                    mapping_version: version.into(),
+                    mapped_ms: ms,
+                    outcome: outcome.into(),
+                    bundle: Bytes::copy_from_slice(bundle.as_bytes()),
+                },
+            }
+        };
+    let outcome = medanchor::pipeline::unmapped_outcome(&["OBX-5".to_string()]);
+    vec![
+        make(
+            "adt_a01_bundle",
+            0,
+            "map-1f0c4a9e27d3b865",
+            1_763_856_000_200,
+            0xb1,
+            Vec::new(),
+            ADT_BUNDLE,
+        ),
+        make(
+            "oru_r01_bundle_with_outcome",
+            3,
+            "map-1f0c4a9e27d3b865",
+            1_763_856_000_900,
+            0xb2,
+            outcome,
+            ORU_BUNDLE,
+        ),
+        make(
+            "adt_a01_bundle_remapped",
+            0,
+            "map-8a2e61d04c7f93b0",
+            1_763_856_002_500,
+            0xb3,
+            Vec::new(),
+            ADT_BUNDLE_REMAPPED,
+        ),
+    ]
+}
+
+fn encode_derived(d: &DerivedRecord) -> Vec<u8> {
+    let mut out = Vec::new();
+    d.encode_into(&mut out).expect("encodable");
+    out
+}
+
+/// A sealed derived vector: under its raw record's key id and data key.
+struct SealedDer {
+    salt: [u8; 32],
+    nonce: [u8; 24],
+    sealed: seal::Sealed,
+}
+
+fn sealed_derivations(ders: &[Der], sealed: &[SealedVec]) -> Vec<SealedDer> {
+    ders.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let raw = &sealed[d.raw];
+            let (salt, nonce) = (salt_of(5 + i), nonce_of(5 + i));
+            let key = DataKey::new(&raw.key_id, raw.key);
+            let sealed = seal::seal_derived_with(&d.record, d.id, &key, salt, nonce).unwrap();
+            SealedDer {
+                salt,
+                nonce,
+                sealed,
+            }
+        })
+        .collect()
+}
+
+/// The log leaf of a derived vector.
+fn derived_leaf_of(d: &Der, s: &SealedDer) -> Leaf {
+    Leaf {
+        record_id: d.id,
+        commitment: s.sealed.commitment,
+        derived_from: Some((d.record.raw_id, d.record.raw_commitment)),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Second implementations, from docs/FORMATS.md alone
 
@@ -357,6 +474,41 @@ fn docs_read_record(mut b: &[u8]) -> Option<DocsRecord> {
         raw: field(&mut b)?,
     };
     b.is_empty().then_some(r)
+}
+
+/// The fields of a derived record encoding (v2), read as the docs describe it.
+#[derive(Debug, PartialEq)]
+struct DocsDerived {
+    raw_id: [u8; 16],
+    raw_commitment: [u8; 32],
+    mapping_version: String,
+    mapped_ms: u64,
+    outcome: Vec<u8>,
+    bundle: Vec<u8>,
+}
+
+fn docs_read_derived(mut b: &[u8]) -> Option<DocsDerived> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (a, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(a)
+    }
+    fn field(b: &mut &[u8]) -> Option<Vec<u8>> {
+        let n = u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize;
+        Some(take(b, n)?.to_vec())
+    }
+    if take(&mut b, 1)? != [2] {
+        return None;
+    }
+    let d = DocsDerived {
+        raw_id: take(&mut b, 16)?.try_into().ok()?,
+        raw_commitment: take(&mut b, 32)?.try_into().ok()?,
+        mapping_version: String::from_utf8(field(&mut b)?).ok()?,
+        mapped_ms: u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?),
+        outcome: field(&mut b)?,
+        bundle: field(&mut b)?,
+    };
+    b.is_empty().then_some(d)
 }
 
 /// XAES-256-GCM key derivation as C2SP specifies it (CMAC subkey K1 with u128 arithmetic, a
@@ -511,10 +663,25 @@ fn docs_inclusion_root(
 }
 
 /// Verifies a proof bundle as "Writing an independent verifier" in docs/FORMATS.md says, with
-/// `pinned` the verifier key the caller trusts. Returns the leaf index and tree size.
+/// `pinned` the verifier key the caller trusts. Returns the leaf index and tree size; a failed
+/// inclusion is `Err("inclusion")`, a failed inclusion of the raw leaf `Err("raw inclusion")`.
 fn docs_verify_bundle(text: &str, pinned: &str) -> Result<(u64, u64), String> {
     let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let obj = v.as_object().ok_or("not an object")?;
+    // derived_from: an object of exactly four fields, or absent (null is taken as absent).
+    let derived_from = match obj.get("derived_from") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(d)) => {
+            let fields = ["record_id", "commitment", "leaf_index", "inclusion"];
+            if d.len() != fields.len() || !fields.iter().all(|f| d.contains_key(*f)) {
+                return Err("derived_from fields".into());
+            }
+            d["record_id"].as_str().ok_or("derived_from.record_id")?;
+            Some(d)
+        }
+        Some(_) => return Err("derived_from is not an object".into()),
+    };
+    let extra = usize::from(obj.contains_key("derived_from"));
     let fields = [
         "format",
         "record_id",
@@ -525,7 +692,7 @@ fn docs_verify_bundle(text: &str, pinned: &str) -> Result<(u64, u64), String> {
         "checkpoint",
         "public_key",
     ];
-    if obj.len() != fields.len() || !fields.iter().all(|f| obj.contains_key(*f)) {
+    if obj.len() != fields.len() + extra || !fields.iter().all(|f| obj.contains_key(*f)) {
         return Err("fields".into());
     }
     if v["format"] != "medanchor-proof/1" {
@@ -598,6 +765,24 @@ fn docs_verify_bundle(text: &str, pinned: &str) -> Result<(u64, u64), String> {
     let index = v["leaf_index"].as_u64().ok_or("leaf_index")?;
     let mut entry = vec![0x01];
     entry.extend_from_slice(&commitment);
+    if let Some(d) = derived_from {
+        // The raw record's leaf, in the same tree; then the derived leaf binds both commitments.
+        let raw = h32(&d["commitment"]).ok_or("derived_from.commitment")?;
+        let raw_path = d["inclusion"]
+            .as_array()
+            .ok_or("derived_from.inclusion")?
+            .iter()
+            .map(h32)
+            .collect::<Option<Vec<_>>>()
+            .ok_or("derived_from.inclusion hex")?;
+        let raw_index = d["leaf_index"].as_u64().ok_or("derived_from.leaf_index")?;
+        let raw_entry = [&[0x01][..], &raw].concat();
+        if docs_inclusion_root(raw_index, tree_size, docs_leaf(&raw_entry), &raw_path) != Some(root)
+        {
+            return Err("raw inclusion".into());
+        }
+        entry = [&[0x02][..], &commitment, &raw].concat();
+    }
     match docs_inclusion_root(index, tree_size, docs_leaf(&entry), &path) {
         Some(r) if r == root => Ok((index, tree_size)),
         _ => Err("inclusion".into()),
@@ -658,6 +843,7 @@ fn bundle_error(e: &BundleError) -> String {
         BundleError::Checkpoint(c) => format!("Checkpoint.{}", checkpoint_error(c)),
         BundleError::SizeMismatch(..) => "SizeMismatch".into(),
         BundleError::Inclusion(p) => format!("Inclusion.{}", proof_error(p)),
+        BundleError::RawInclusion(p) => format!("RawInclusion.{}", proof_error(p)),
     }
 }
 
@@ -822,6 +1008,98 @@ fn record_corruptions(recs: &[Rec]) -> Vec<Value> {
     out
 }
 
+/// Field offsets of a derived encoding: (mapping_version length, outcome length, bundle length).
+fn derived_offsets(bytes: &[u8]) -> (usize, usize, usize) {
+    let len = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let version_at = 1 + 16 + 32;
+    let outcome_at = version_at + 4 + len(version_at) + 8;
+    let bundle_at = outcome_at + 4 + len(outcome_at);
+    (version_at, outcome_at, bundle_at)
+}
+
+fn derived_corruptions(ders: &[Der]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut add = |name: &str, bytes: Vec<u8>, why: &str| {
+        assert_eq!(
+            DerivedRecord::decode(&bytes),
+            None,
+            "corruption {name} decodes"
+        );
+        assert_eq!(Content::decode(&bytes), None, "corruption {name} decodes");
+        out.push(json!({"name": name, "of": ders[0].name, "encoding": hx(&bytes), "why": why}));
+    };
+    let enc = encode_derived(&ders[0].record);
+    let (version_at, _, bundle_at) = derived_offsets(&enc);
+    let mut b = enc.clone();
+    b[0] = 3;
+    add(
+        "unknown_version",
+        b,
+        "version byte 3: readers refuse versions they do not know",
+    );
+    let mut b = enc.clone();
+    b[0] = 1;
+    add(
+        "version_1",
+        b,
+        "version byte 1 on a derived encoding: read as a record encoding (v1), it does not parse",
+    );
+    add(
+        "truncated_raw_id",
+        enc[..1 + 10].to_vec(),
+        "ends after 10 of the raw record id's 16 bytes",
+    );
+    let mut b = enc.clone();
+    b[version_at..version_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    add(
+        "mapping_version_length_past_end",
+        b,
+        "the mapping version's length is 2^32-1: it runs past the end",
+    );
+    let mut b = enc.clone();
+    let n = u32::from_be_bytes(b[bundle_at..bundle_at + 4].try_into().unwrap());
+    b[bundle_at..bundle_at + 4].copy_from_slice(&(n + 1).to_be_bytes());
+    add(
+        "bundle_length_past_end",
+        b,
+        "the bundle's length runs one byte past the end",
+    );
+    let mut b = enc.clone();
+    b.push(0x00);
+    add(
+        "trailing_byte",
+        b,
+        "one byte after the bundle: nothing may follow it",
+    );
+    add(
+        "truncated",
+        enc[..enc.len() - 1].to_vec(),
+        "the last byte of the bundle is missing",
+    );
+    let mut b = enc.clone();
+    b[version_at + 4] = 0xff;
+    add(
+        "non_utf8_mapping_version",
+        b,
+        "the mapping version's first byte is 0xFF: strings must be UTF-8",
+    );
+    out
+}
+
+fn derived_json(d: &Der, sealed: &[SealedVec]) -> Value {
+    let r = &d.record;
+    json!({
+        "name": d.name,
+        "raw_record": sealed[d.raw].name,
+        "fields": {
+            "raw_record_id": r.raw_id.to_string(), "raw_commitment": hx(&r.raw_commitment),
+            "mapping_version": r.mapping_version, "mapped_ms": r.mapped_ms,
+            "outcome": hx(&r.outcome), "bundle": hx(&r.bundle),
+        },
+        "encoding": hx(&encode_derived(r)),
+    })
+}
+
 fn generate() -> Value {
     let recs = records();
     let keys_dir = tempfile::tempdir().unwrap();
@@ -881,6 +1159,25 @@ fn generate() -> Value {
         .collect();
     let sealed_corruptions = sealed_corruptions(&sealed, &recs);
 
+    // Derived records, sealed under their raw records' keys.
+    let ders = derivations(&sealed);
+    let sealed_ders = sealed_derivations(&ders, &sealed);
+    let derived_vectors: Vec<Value> = ders.iter().map(|d| derived_json(d, &sealed)).collect();
+    let sealed_derived_json: Vec<Value> = ders
+        .iter()
+        .zip(&sealed_ders)
+        .map(|(d, s)| {
+            let raw = &sealed[d.raw];
+            let header = seal::parse_header(&s.sealed.bytes).unwrap().len;
+            json!({
+                "derived": d.name, "key_id": raw.key_id, "data_key": hx(&raw.key),
+                "record_id": d.id.to_string(), "salt": hx(&s.salt), "nonce": hx(&s.nonce),
+                "header": hx(&s.sealed.bytes[..header]), "sealed": hx(&s.sealed.bytes),
+                "commitment": hx(&s.sealed.commitment),
+            })
+        })
+        .collect();
+
     // Keyring.
     let patient_key_ids: Vec<Value> = recs
         .iter()
@@ -897,12 +1194,12 @@ fn generate() -> Value {
     let wrapped = wrapped_keys(&sealed[0]);
     drop(ring);
 
-    // Leaves and a small tree: the sealed records' commitments.
-    let entries: Vec<[u8; 33]> = sealed
+    // Leaves and a small tree: the sealed records' commitments, then the derived records'.
+    let mut entries: Vec<Vec<u8>> = sealed
         .iter()
-        .map(|s| record_leaf(&s.sealed.commitment))
+        .map(|s| record_leaf(&s.sealed.commitment).to_vec())
         .collect();
-    let leaves: Vec<Value> = entries
+    let mut leaves: Vec<Value> = entries
         .iter()
         .zip(&sealed)
         .map(|(e, s)| {
@@ -910,6 +1207,15 @@ fn generate() -> Value {
                    "entry": hx(e), "leaf_hash": hx(&Sha3Hasher.leaf(e))})
         })
         .collect();
+    for (d, s) in ders.iter().zip(&sealed_ders) {
+        let e = derived_leaf(&s.sealed.commitment, &d.record.raw_commitment);
+        leaves.push(
+            json!({"record": d.name, "kind": e[0], "commitment": hx(&e[1..33]),
+                           "raw_commitment": hx(&e[33..]), "entry": hx(&e),
+                           "leaf_hash": hx(&Sha3Hasher.leaf(&e))}),
+        );
+        entries.push(e.to_vec());
+    }
     let mut tree = MemoryTree::new(Sha3Hasher);
     for e in &entries {
         tree.push(Sha3Hasher.leaf(e));
@@ -918,8 +1224,9 @@ fn generate() -> Value {
         .map(|n| json!({"size": n, "root": hx(&tree.root(n).unwrap())}))
         .collect();
 
-    let (ledger, bundles) = ledger_vectors(&sealed);
-    let segments = segment_vectors(&sealed, &recs);
+    let (ledger, bundles) = ledger_vectors(&sealed, &ders, &sealed_ders);
+    let segments = segment_vectors(&sealed, &recs, &ders, &sealed_ders);
+    let vault = vault_vectors(&sealed, &recs, &ders, &sealed_ders);
 
     json!({
         "about": "Known-answer vectors for docs/FORMATS.md, generated and checked by tests/formats.rs \
@@ -932,8 +1239,9 @@ fn generate() -> Value {
             "encode_limits": encode_limits,
             "origin_json": origin_spellings,
         },
+        "derived": {"valid": derived_vectors, "corrupt": derived_corruptions(&ders)},
         "commitments": commitments,
-        "sealed": {"valid": sealed_json, "corrupt": sealed_corruptions},
+        "sealed": {"valid": sealed_json, "corrupt": sealed_corruptions, "derived": sealed_derived_json},
         "keys": {
             "index_key": hx(&index_key()),
             "master_key": hx(&master_key()),
@@ -947,6 +1255,7 @@ fn generate() -> Value {
         "ledger": ledger,
         "bundles": bundles,
         "segments": segments,
+        "vault": vault,
     })
 }
 
@@ -1348,8 +1657,9 @@ const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoin
 const TILES: TableDefinition<u64, &[u8]> = TableDefinition::new("tiles");
 const TILE_ROOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("tile_roots");
 
-/// What the gateway's ledger holds after the vector appends: checkpoints, table rows, and the
-/// proof bundle of the first record.
+/// What the gateway's ledger holds after the vector appends: checkpoints, table rows, the
+/// proof bundle of the first record after the first two appends, and the proofs asked for after
+/// the third (the derived records).
 struct LedgerState {
     checkpoints: Vec<(u64, String)>,
     leaves: Vec<(u64, Vec<u8>)>,
@@ -1357,20 +1667,40 @@ struct LedgerState {
     tiles: Vec<(u64, Vec<u8>)>,
     tile_roots: Vec<(u64, Vec<u8>)>,
     bundle: String,
+    proofs: Vec<ProofBundle>,
 }
 
 fn signer(seed: [u8; 32]) -> NoteSigner {
     NoteSigner::new(ORIGIN, SigningKey::from_bytes(&seed)).unwrap()
 }
 
-fn run_ledger(appends: &[Vec<(RecordId, [u8; 32])>; 2], prove: RecordId) -> LedgerState {
+fn run_ledger(
+    appends: &[Vec<(RecordId, [u8; 32])>; 2],
+    derived: &[Leaf],
+    prove: RecordId,
+    prove_last: &[RecordId],
+) -> LedgerState {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     {
         let ledger = EmbeddedLedger::open(&path, ORIGIN, signer(signing_seed()), true).unwrap();
-        ledger.append_records(&appends[0], T1).unwrap().unwrap();
-        ledger.append_records(&appends[1], T2).unwrap().unwrap();
+        let leaves = |a: &[(RecordId, [u8; 32])]| -> Vec<Leaf> {
+            a.iter().map(|&(id, c)| Leaf::record(id, c)).collect()
+        };
+        ledger
+            .append_records(&leaves(&appends[0]), T1)
+            .unwrap()
+            .unwrap();
+        ledger
+            .append_records(&leaves(&appends[1]), T2)
+            .unwrap()
+            .unwrap();
         let bundle = serde_json::to_string_pretty(&ledger.proof(&prove).unwrap()).unwrap() + "\n";
+        ledger.append_records(derived, T3).unwrap().unwrap();
+        let proofs = prove_last
+            .iter()
+            .map(|id| ledger.proof(id).unwrap())
+            .collect();
         drop(ledger);
         let db = redb::Database::open(&path).unwrap();
         let r = db.begin_read().unwrap();
@@ -1406,13 +1736,29 @@ fn run_ledger(appends: &[Vec<(RecordId, [u8; 32])>; 2], prove: RecordId) -> Ledg
             tiles: u64_rows(TILES),
             tile_roots: u64_rows(TILE_ROOTS),
             bundle,
+            proofs,
         }
     }
 }
 
-fn ledger_vectors(sealed: &[SealedVec]) -> (Value, Vec<Value>) {
+/// The records proven after the third append: the first derived record (the `derived_valid`
+/// bundle), the raw record of the second and the third derived record (for corruptions).
+fn proven_last(sealed: &[SealedVec], ders: &[Der]) -> Vec<RecordId> {
+    vec![ders[0].id, sealed[ders[1].raw].id, ders[2].id]
+}
+
+fn ledger_vectors(
+    sealed: &[SealedVec],
+    ders: &[Der],
+    sealed_ders: &[SealedDer],
+) -> (Value, Vec<Value>) {
     let appends = ledger_appends(sealed);
-    let state = run_ledger(&appends, sealed[0].id);
+    let derived: Vec<Leaf> = ders
+        .iter()
+        .zip(sealed_ders)
+        .map(|(d, s)| derived_leaf_of(d, s))
+        .collect();
+    let state = run_ledger(&appends, &derived, sealed[0].id, &proven_last(sealed, ders));
     let verifier = signer(signing_seed()).verifier();
     let checkpoints: Vec<Value> = state
         .checkpoints
@@ -1425,13 +1771,13 @@ fn ledger_vectors(sealed: &[SealedVec]) -> (Value, Vec<Value>) {
     let leaf_rows: Vec<Value> = state
         .leaves
         .iter()
-        .filter(|(i, _)| [0, 4, 5, 255, 256].contains(i))
+        .filter(|(i, _)| [0, 4, 5, 255, 256, 257, 258, 259].contains(i))
         .map(|(i, v)| json!({"index": i, "value": hx(v)}))
         .collect();
     let by_record: Vec<Value> = state
         .by_record
         .iter()
-        .filter(|(_, i)| [0, 4, 5, 256].contains(i))
+        .filter(|(_, i)| [0, 4, 5, 256, 257, 259].contains(i))
         .map(|(k, i)| json!({"record_id": hx(k), "index": i}))
         .collect();
     assert_eq!(state.tiles.len(), 1, "one full tile");
@@ -1449,6 +1795,11 @@ fn ledger_vectors(sealed: &[SealedVec]) -> (Value, Vec<Value>) {
             {"timestamp_ms": T1, "records": appends[0].iter().map(|(id, c)| json!({"record_id": id.to_string(), "commitment": hx(c)})).collect::<Vec<_>>()},
             {"timestamp_ms": T2, "synthetic": appends[1].len(),
              "rule": "record i (from 0): record id = u48 timestamp_ms || 6 zero bytes || u32 i; commitment = SHA3-256(\"medanchor vectors synthetic leaf\" || u32 i)"},
+            {"timestamp_ms": T3, "derived": derived.iter().map(|l| {
+                let (raw_id, raw_c) = l.derived_from.unwrap();
+                json!({"record_id": l.record_id.to_string(), "commitment": hx(&l.commitment),
+                       "raw_record_id": raw_id.to_string(), "raw_commitment": hx(&raw_c)})
+            }).collect::<Vec<_>>()},
         ],
         "checkpoints": checkpoints,
         "tables": {
@@ -1458,7 +1809,98 @@ fn ledger_vectors(sealed: &[SealedVec]) -> (Value, Vec<Value>) {
             "tile_roots": state.tile_roots.iter().map(|(t, r)| json!({"tile": t, "root": hx(r)})).collect::<Vec<_>>(),
         },
     });
-    (ledger, bundle_vectors(&state.bundle, &verifier, sealed))
+    let mut bundles = bundle_vectors(&state.bundle, &verifier, sealed);
+    bundles.extend(derived_bundle_vectors(
+        &state.bundle,
+        &state.proofs,
+        &verifier,
+        sealed,
+        sealed_ders,
+    ));
+    (ledger, bundles)
+}
+
+/// Proof bundles of a derived record: `proofs` are those of [`proven_last`], the first of them
+/// the valid one.
+fn derived_bundle_vectors(
+    raw_valid: &str,
+    proofs: &[ProofBundle],
+    verifier: &NoteVerifier,
+    sealed: &[SealedVec],
+    sealed_ders: &[SealedDer],
+) -> Vec<Value> {
+    let valid = serde_json::to_string_pretty(&proofs[0]).unwrap() + "\n";
+    let v: Value = serde_json::from_str(&valid).unwrap();
+    let pinned_key = verifier.to_vkey();
+    let pinned = Some(pinned_key.as_str());
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut b = v.clone();
+        f(&mut b);
+        serde_json::to_string_pretty(&b).unwrap() + "\n"
+    };
+    // derived_from taken from another leaf's proof in the same tree.
+    let from_proof = |p: &ProofBundle| {
+        json!({"record_id": p.record_id, "commitment": p.commitment,
+               "leaf_index": p.leaf_index, "inclusion": p.inclusion})
+    };
+    let (other_raw, other_derived) = (from_proof(&proofs[1]), from_proof(&proofs[2]));
+    let other_raw_commitment = hx(&sealed[1].sealed.commitment);
+    let other_derived_commitment = hx(&sealed_ders[1].sealed.commitment);
+    let tree_size = proofs[0].tree_size;
+    let mut raw_with_null: Value = serde_json::from_str(raw_valid).unwrap();
+    raw_with_null["derived_from"] = Value::Null;
+    let raw_with_null = serde_json::to_string_pretty(&raw_with_null).unwrap() + "\n";
+    let cases: Vec<(&str, String, Option<&str>, Expect, &str)> = vec![
+        ("derived_valid", valid.clone(), pinned, Ok(()),
+         "the proof of sealed.derived[0] as `medanchor proof` writes it: its derived leaf and its raw record's leaf, in one tree"),
+        ("derived_raw_record_id_changed", edit(&|b| b["derived_from"]["record_id"] = "00000000000000000000000000000000".into()), pinned, Ok(()),
+         "verifies: the raw record id is in no leaf; the derived record's content and the raw record's AAD bind it"),
+        ("derived_wrong_leaf", edit(&|b| b["commitment"] = other_derived_commitment.clone().into()), pinned, Err("Inclusion.RootMismatch"),
+         "another derived record's commitment"),
+        ("derived_wrong_raw_commitment", edit(&|b| b["derived_from"]["commitment"] = other_raw_commitment.clone().into()), pinned, Err("RawInclusion.RootMismatch"),
+         "another raw record's commitment with the raw leaf's index and path: the raw leaf is checked first"),
+        ("derived_from_another_raw_record", edit(&|b| b["derived_from"] = other_raw.clone()), pinned, Err("Inclusion.RootMismatch"),
+         "the id, commitment, index and path of another raw record in the log: its leaf verifies, but the derived leaf binds the first raw record's commitment"),
+        ("derived_truncated_raw_inclusion_path", edit(&|b| { b["derived_from"]["inclusion"].as_array_mut().unwrap().pop(); }), pinned, Err("RawInclusion.PathTooShort"),
+         "the last hash of the raw leaf's path removed"),
+        ("derived_extra_raw_inclusion_hash", edit(&|b| { let first = b["derived_from"]["inclusion"][0].clone(); b["derived_from"]["inclusion"].as_array_mut().unwrap().push(first); }), pinned, Err("RawInclusion.PathTooLong"),
+         "a hash added to the raw leaf's path"),
+        ("derived_raw_leaf_index_off_by_one", edit(&|b| b["derived_from"]["leaf_index"] = 1.into()), pinned, Err("RawInclusion.RootMismatch"),
+         "the raw leaf's index 1 instead of 0"),
+        ("derived_raw_leaf_index_beyond_size", edit(&|b| b["derived_from"]["leaf_index"] = tree_size.into()), pinned, Err("RawInclusion.IndexOutOfRange"),
+         "the raw leaf's index = tree_size"),
+        ("derived_truncated_inclusion_path", edit(&|b| { b["inclusion"].as_array_mut().unwrap().pop(); }), pinned, Err("Inclusion.PathTooShort"),
+         "the last hash of the derived leaf's own path removed"),
+        ("derived_from_names_a_derived_leaf", edit(&|b| b["derived_from"] = other_derived.clone()), pinned, Err("RawInclusion.RootMismatch"),
+         "derived_from names a derived record's leaf (in the log, but kind 0x02): the raw leaf must be 0x01 || commitment"),
+        ("derived_from_removed", edit(&|b| { b.as_object_mut().unwrap().remove("derived_from"); }), pinned, Err("Inclusion.RootMismatch"),
+         "without derived_from the leaf is taken to be 0x01 || commitment, which is not in the tree"),
+        ("derived_from_null", edit(&|b| b["derived_from"] = Value::Null), pinned, Err("Inclusion.RootMismatch"),
+         "null is read as absent: as derived_from_removed"),
+        ("raw_with_derived_from_null", raw_with_null, pinned, Ok(()),
+         "the raw `valid` bundle with \"derived_from\": null verifies: null is read as absent (writers leave the field out)"),
+        ("derived_raw_commitment_not_hex", edit(&|b| b["derived_from"]["commitment"] = "zz".into()), pinned, Err("Hex"),
+         "derived_from.commitment is not 32 bytes of hex"),
+        ("derived_raw_inclusion_hash_not_hex", edit(&|b| b["derived_from"]["inclusion"][0] = "00".into()), pinned, Err("Hex"),
+         "the first hash of derived_from.inclusion is one byte"),
+        ("derived_from_unknown_field", edit(&|b| b["derived_from"]["note"] = "extra".into()), pinned, Err("Json"),
+         "a field derived_from does not have"),
+        ("derived_from_missing_field", edit(&|b| { b["derived_from"].as_object_mut().unwrap().remove("leaf_index"); }), pinned, Err("Json"),
+         "derived_from.leaf_index removed"),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, text, pin, expect, why)| {
+            let got = verify_bundle_text(&text, pin);
+            assert_eq!(got, expect.map_err(String::from), "bundle {name}");
+            let mut out = json!({"name": name, "bundle": text, "pinned_key": pin, "why": why});
+            out["error"] = match expect {
+                Ok(()) => Value::Null,
+                Err(e) => e.into(),
+            };
+            out
+        })
+        .collect()
 }
 
 fn bundle_vectors(valid: &str, verifier: &NoteVerifier, sealed: &[SealedVec]) -> Vec<Value> {
@@ -1544,14 +1986,17 @@ fn stage_entry(h: &EntryHeader, sealed: &[u8]) -> Vec<u8> {
     std::fs::read(dir.path().join("00000000.seg")).unwrap()
 }
 
-/// The segment entries of the vectors: the first three sealed records with their dedup keys.
+/// The segment entries of the vectors: the first three sealed records with their dedup keys,
+/// then the first derived record (its header names its raw record instead).
 fn segment_entries(
     sealed: &[SealedVec],
     recs: &[Rec],
+    ders: &[Der],
+    sealed_ders: &[SealedDer],
 ) -> Vec<(String, EntryHeader, Vec<u8>, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let ring = vector_keyring(dir.path());
-    sealed[..3]
+    let mut out: Vec<_> = sealed[..3]
         .iter()
         .map(|s| {
             let (dedup_key, control_key) = ring.dedup_keys(&recs[s.record].record);
@@ -1564,7 +2009,17 @@ fn segment_entries(
             let entry = stage_entry(&h, &s.sealed.bytes);
             (s.name.clone(), h, s.sealed.bytes.clone(), entry)
         })
-        .collect()
+        .collect();
+    let (d, s) = (&ders[0], &sealed_ders[0]);
+    let h = EntryHeader::derived(
+        d.id,
+        s.sealed.commitment,
+        d.record.raw_id,
+        d.record.raw_commitment,
+    );
+    let entry = stage_entry(&h, &s.sealed.bytes);
+    out.push((d.name.to_string(), h, s.sealed.bytes.clone(), entry));
+    out
 }
 
 /// A step of a segment layout: an entry by number, with one byte flipped or the last bytes cut.
@@ -1732,21 +2187,36 @@ fn segment_cases() -> Vec<(&'static str, Vec<Vec<Put>>, &'static str)> {
             vec![vec![Entry(0), Flipped(1, flip)], vec![Entry(2)]],
             "damage at the end of a segment that has a successor: refused",
         ),
+        (
+            "raw_and_derived_entries",
+            vec![vec![Entry(0), Entry(3)]],
+            "a raw record's entry and its derived record's entry, as one group commit writes them",
+        ),
     ]
 }
 
-fn segment_vectors(sealed: &[SealedVec], recs: &[Rec]) -> Value {
-    let built = segment_entries(sealed, recs);
+fn segment_vectors(
+    sealed: &[SealedVec],
+    recs: &[Rec],
+    ders: &[Der],
+    sealed_ders: &[SealedDer],
+) -> Value {
+    let built = segment_entries(sealed, recs, ders, sealed_ders);
     let entries: Vec<Vec<u8>> = built.iter().map(|b| b.3.clone()).collect();
     let entry_json: Vec<Value> = built
         .iter()
         .map(|(name, h, body, entry)| {
-            json!({
+            let mut v = json!({
                 "sealed_record": name, "len": body.len(), "crc32": hx(&entry[4..8]),
                 "record_id": h.record_id.to_string(), "commitment": hx(&h.commitment),
                 "dedup_key": hx(&h.dedup_key), "control_key": hx(&h.control_key),
                 "entry": hx(entry),
-            })
+            });
+            if let Some((raw_id, raw_c)) = h.derived_from() {
+                v["derived_from"] =
+                    json!({"record_id": raw_id.to_string(), "commitment": hx(&raw_c)});
+            }
+            v
         })
         .collect();
     let recovery: Vec<Value> = segment_cases()
@@ -1765,6 +2235,102 @@ fn segment_vectors(sealed: &[SealedVec], recs: &[Rec]) -> Value {
         "entries": entry_json,
         "recovery": recovery,
         "repair": {"files": layout_json(&repair_files), "result": repair_layout(&repair_files, &entries)},
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vault: the derivation tables
+
+const DERIVED_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("derived");
+const FAILURES_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mapping_failures");
+const RECORDS_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+
+/// The mapping failure of the vault vector (record 1, FHIR input here, stands in for any raw
+/// record whose mapping failed).
+fn vector_failure() -> MappingFailure {
+    MappingFailure {
+        label: "unknown_segment".into(),
+        detail: "segment ZPI at line 5 has no mapping".into(),
+        mapping_version: "map-1f0c4a9e27d3b865".into(),
+        at_ms: 1_763_856_000_500,
+    }
+}
+
+/// A vault built by the gateway's vault: records 0, 1 and 3 stored in one commit (0 and 3 with
+/// their first derived records, 1 with a failed mapping), then a replay that stores the third
+/// derived record of record 0. Returns the rows of `derived`, `mapping_failures` and the derived
+/// records' `records` rows.
+fn run_vault(sealed: &[SealedVec], recs: &[Rec], ders: &[Der], sealed_ders: &[SealedDer]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = vector_keyring(&dir.path().join("keys"));
+    let (index, segments) = (dir.path().join("vault.redb"), dir.path().join("segments"));
+    {
+        let vault = EmbeddedVault::open(&index, &segments, 1 << 20, true).unwrap();
+        let put = |i: usize, derived: Derivation| {
+            let (dedup_key, control_key) = ring.dedup_keys(&recs[sealed[i].record].record);
+            PutRecord {
+                sealed: sealed[i].sealed.clone(),
+                dedup_key,
+                control_key,
+                derived,
+            }
+        };
+        let puts = [
+            put(0, Derivation::Mapped(sealed_ders[0].sealed.clone())),
+            put(1, Derivation::Failed(vector_failure())),
+            put(3, Derivation::Mapped(sealed_ders[1].sealed.clone())),
+        ];
+        let results = vault.commit(&puts, &[]).unwrap();
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, PutResult::Stored { .. })));
+        let replay = Rederive {
+            raw_id: ders[2].record.raw_id,
+            raw_commitment: ders[2].record.raw_commitment,
+            derived: Derivation::Mapped(sealed_ders[2].sealed.clone()),
+        };
+        vault.commit_derivations(&[replay]).unwrap();
+        assert_eq!(
+            vault.derived_of(&sealed[0].id).unwrap(),
+            vec![ders[0].id, ders[2].id]
+        );
+        vault.sync().unwrap();
+    }
+    let db = redb::Database::open(&index).unwrap();
+    let r = db.begin_read().unwrap();
+    let rows = |def: TableDefinition<&'static [u8], &'static [u8]>| -> Vec<(Vec<u8>, Vec<u8>)> {
+        r.open_table(def)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect()
+    };
+    let derived_ids: Vec<[u8; 16]> = ders.iter().map(|d| d.id.0).collect();
+    json!({
+        "derived": rows(DERIVED_TABLE).iter().map(|(k, v)| json!({"raw_record_id": hx(k), "value": hx(v)})).collect::<Vec<_>>(),
+        "mapping_failures": rows(FAILURES_TABLE).iter().map(|(k, v)| json!({"raw_record_id": hx(k), "value": String::from_utf8(v.clone()).unwrap()})).collect::<Vec<_>>(),
+        "records": rows(RECORDS_TABLE).iter().filter(|(k, _)| derived_ids.iter().any(|d| d[..] == k[..])).map(|(k, v)| json!({"record_id": hx(k), "value": hx(v)})).collect::<Vec<_>>(),
+    })
+}
+
+fn vault_vectors(
+    sealed: &[SealedVec],
+    recs: &[Rec],
+    ders: &[Der],
+    sealed_ders: &[SealedDer],
+) -> Value {
+    json!({
+        "commits": [
+            {"stored": [sealed[0].name, sealed[1].name, sealed[3].name],
+             "derived": [ders[0].name, Value::Null, ders[1].name],
+             "mapping_failure": {"of": sealed[1].name, "failure": vector_failure()}},
+            {"replay": ders[2].name},
+        ],
+        "tables": run_vault(sealed, recs, ders, sealed_ders),
     })
 }
 
@@ -1873,6 +2439,113 @@ fn check_records(v: &Value, n: &mut Count) -> Vec<(String, Record, Vec<u8>)> {
     out
 }
 
+fn der_of(v: &Value) -> DerivedRecord {
+    let f = &v["fields"];
+    DerivedRecord {
+        raw_id: RecordId::parse(str_of(&f["raw_record_id"])).unwrap(),
+        raw_commitment: unhex32(&f["raw_commitment"]),
+        mapping_version: str_of(&f["mapping_version"]).into(),
+        mapped_ms: u64_of(&f["mapped_ms"]),
+        outcome: unhex(&f["outcome"]).into(),
+        bundle: unhex(&f["bundle"]).into(),
+    }
+}
+
+/// A derived vector as read back: name, record, encoding.
+type DerVec = (String, DerivedRecord, Vec<u8>);
+
+fn check_derived(
+    v: &Value,
+    sealed: &Value,
+    recs: &[(String, Record, Vec<u8>)],
+    n: &mut Count,
+) -> Vec<DerVec> {
+    let mut out = Vec::new();
+    for d in list(&v["valid"]) {
+        let name = str_of(&d["name"]);
+        let record = der_of(d);
+        let bytes = unhex(&d["encoding"]);
+        assert_eq!(bytes[0], DERIVED_VERSION);
+        assert_eq!(
+            hx(&encode_derived(&record)),
+            hx(&bytes),
+            "derived {name}: encoding"
+        );
+        assert_eq!(
+            DerivedRecord::decode(&bytes).as_ref(),
+            Some(&record),
+            "derived {name}"
+        );
+        assert_eq!(
+            Content::decode(&bytes),
+            Some(Content::Derived(record.clone()))
+        );
+        assert_eq!(
+            Record::decode(&bytes),
+            None,
+            "derived {name} read as a record"
+        );
+        assert_eq!(
+            docs_read_derived(&bytes),
+            Some(DocsDerived {
+                raw_id: record.raw_id.0,
+                raw_commitment: record.raw_commitment,
+                mapping_version: record.mapping_version.clone(),
+                mapped_ms: record.mapped_ms,
+                outcome: record.outcome.to_vec(),
+                bundle: record.bundle.to_vec(),
+            }),
+            "derived {name}: read by the docs"
+        );
+        assert_eq!(docs_read_record(&bytes), None);
+        // It names the raw record it was made from: a sealed vector, by id and commitment.
+        let raw = list(&sealed["valid"])
+            .iter()
+            .find(|s| s["record"] == d["raw_record"])
+            .expect("the raw record is a sealed vector");
+        assert_eq!(record.raw_id.to_string(), str_of(&raw["record_id"]));
+        assert_eq!(hx(&record.raw_commitment), str_of(&raw["commitment"]));
+        out.push((name.to_string(), record, bytes));
+        n.checked += 1;
+    }
+    for c in list(&v["corrupt"]) {
+        let bytes = unhex(&c["encoding"]);
+        let name = &c["name"];
+        assert_eq!(
+            DerivedRecord::decode(&bytes),
+            None,
+            "derived corruption {name}"
+        );
+        assert_eq!(Content::decode(&bytes), None, "derived corruption {name}");
+        assert_eq!(
+            docs_read_derived(&bytes),
+            None,
+            "derived corruption {name} by the docs"
+        );
+        assert_eq!(
+            docs_read_record(&bytes),
+            None,
+            "derived corruption {name} by the docs"
+        );
+        n.checked += 1;
+    }
+    // The version byte tells the two encodings apart.
+    for (name, record, enc) in recs {
+        assert_eq!(
+            DerivedRecord::decode(enc),
+            None,
+            "record {name} read as derived"
+        );
+        assert_eq!(
+            docs_read_derived(enc),
+            None,
+            "record {name} read as derived"
+        );
+        assert_eq!(Content::decode(enc), Some(Content::Record(record.clone())));
+    }
+    out
+}
+
 fn check_commitments(v: &Value, recs: &[(String, Record, Vec<u8>)], n: &mut Count) {
     for c in list(v) {
         let enc = &recs.iter().find(|r| r.0 == str_of(&c["record"])).unwrap().2;
@@ -1884,7 +2557,7 @@ fn check_commitments(v: &Value, recs: &[(String, Record, Vec<u8>)], n: &mut Coun
     }
 }
 
-fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], n: &mut Count) {
+fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], ders: &[DerVec], n: &mut Count) {
     let find = |name: &str| recs.iter().find(|r| r.0 == name).unwrap();
     for s in list(&v["valid"]) {
         let (name, record, enc) = find(str_of(&s["record"]));
@@ -1913,6 +2586,58 @@ fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], n: &mut Count) {
         assert_eq!(opened.salt, salt);
         assert_eq!(opened.commitment, sealed.commitment);
         // The docs' way, without the crate's sealing code.
+        let mut plain = salt.to_vec();
+        plain.extend_from_slice(enc);
+        assert_eq!(
+            docs_open(&data_key, &id, &bytes),
+            Some((key_id.to_string(), plain.clone()))
+        );
+        assert_eq!(
+            hx(&docs_seal(&data_key, key_id, &nonce, &id, &plain)),
+            hx(&bytes)
+        );
+        assert_eq!(docs_commitment(&salt, enc), sealed.commitment);
+        n.checked += 1;
+    }
+    for s in list(&v["derived"]) {
+        let (name, record, enc) = ders.iter().find(|d| d.0 == str_of(&s["derived"])).unwrap();
+        let key_id = str_of(&s["key_id"]);
+        let data_key = unhex32(&s["data_key"]);
+        let id = RecordId::parse(str_of(&s["record_id"])).unwrap();
+        let salt = unhex32(&s["salt"]);
+        let nonce: [u8; 24] = unhex(&s["nonce"]).try_into().unwrap();
+        let bytes = unhex(&s["sealed"]);
+        let key = DataKey::new(key_id, data_key);
+        let sealed = seal::seal_derived_with(record, id, &key, salt, nonce).unwrap();
+        assert_eq!(
+            hx(&sealed.bytes),
+            hx(&bytes),
+            "sealed derived {name}: bytes"
+        );
+        assert_eq!(
+            sealed.commitment,
+            unhex32(&s["commitment"]),
+            "sealed derived {name}"
+        );
+        assert_eq!(unhex(&s["header"]), docs_header(key_id, &nonce));
+        assert!(bytes.starts_with(&unhex(&s["header"])));
+        let opened = seal::open_content(&bytes, id, &key).unwrap();
+        assert_eq!(opened.content, Content::Derived(record.clone()));
+        assert_eq!((opened.salt, opened.commitment), (salt, sealed.commitment));
+        // A reader of raw records only refuses it after decrypting.
+        assert!(matches!(
+            seal::open(&bytes, id, &key),
+            Err(SealError::BadRecord)
+        ));
+        // Sealed under the key of the raw record it names.
+        let raw = list(&v["valid"])
+            .iter()
+            .find(|r| str_of(&r["record_id"]) == record.raw_id.to_string())
+            .unwrap();
+        assert_eq!(
+            (&raw["key_id"], &raw["data_key"]),
+            (&s["key_id"], &s["data_key"])
+        );
         let mut plain = salt.to_vec();
         plain.extend_from_slice(enc);
         assert_eq!(
@@ -2076,8 +2801,23 @@ fn check_leaves_and_tree(leaves: &Value, tree: &Value, n: &mut Count) -> Vec<[u8
     for l in list(leaves) {
         let commitment = unhex32(&l["commitment"]);
         let entry = unhex(&l["entry"]);
-        assert_eq!(u64_of(&l["kind"]), u64::from(LEAF_RECORD_STORED));
-        assert_eq!(record_leaf(&commitment).to_vec(), entry);
+        let kind = u8::try_from(u64_of(&l["kind"])).unwrap();
+        match kind {
+            LEAF_RECORD_STORED => {
+                assert_eq!(record_leaf(&commitment).to_vec(), entry);
+                assert_eq!([&[0x01][..], &commitment].concat(), entry, "by the docs");
+            }
+            LEAF_DERIVED_STORED => {
+                let raw = unhex32(&l["raw_commitment"]);
+                assert_eq!(derived_leaf(&commitment, &raw).to_vec(), entry);
+                assert_eq!(
+                    [&[0x02][..], &commitment, &raw].concat(),
+                    entry,
+                    "by the docs"
+                );
+            }
+            k => panic!("leaf kind {k}"),
+        }
         let want = unhex32(&l["leaf_hash"]);
         assert_eq!(LogHasher.leaf(&entry), want, "the gateway's hasher");
         assert_eq!(Sha3Hasher.leaf(&entry), want, "the reference hasher");
@@ -2102,7 +2842,7 @@ fn check_leaves_and_tree(leaves: &Value, tree: &Value, n: &mut Count) -> Vec<[u8
     hashes
 }
 
-fn check_ledger(v: &Value, sealed: &Value, bundles: &Value, n: &mut Count) {
+fn check_ledger(v: &Value, sealed: &Value, ders: &[DerVec], bundles: &Value, n: &mut Count) {
     let seed = unhex32(&v["signing_seed"]);
     let verifier = signer(seed).verifier();
     assert_eq!(str_of(&v["origin"]), ORIGIN);
@@ -2148,15 +2888,59 @@ fn check_ledger(v: &Value, sealed: &Value, bundles: &Value, n: &mut Count) {
     let a1: Vec<_> = (0..u64_of(&second["synthetic"]) as u32)
         .map(synthetic)
         .collect();
-    let state = run_ledger(&[a0.clone(), a1.clone()], a0[0].0);
-    let all: Vec<(RecordId, [u8; 32])> = a0.iter().chain(&a1).copied().collect();
+    // The third append: the sealed derived records, each naming its raw record.
+    let third = &list(&v["appends"])[2];
+    assert_eq!(u64_of(&third["timestamp_ms"]), T3);
+    let derived: Vec<Leaf> = list(&third["derived"])
+        .iter()
+        .map(|r| Leaf {
+            record_id: RecordId::parse(str_of(&r["record_id"])).unwrap(),
+            commitment: unhex32(&r["commitment"]),
+            derived_from: Some((
+                RecordId::parse(str_of(&r["raw_record_id"])).unwrap(),
+                unhex32(&r["raw_commitment"]),
+            )),
+        })
+        .collect();
+    let sealed_derived: Vec<Leaf> = list(&sealed["derived"])
+        .iter()
+        .map(|s| {
+            let (_, d, _) = ders.iter().find(|d| d.0 == str_of(&s["derived"])).unwrap();
+            Leaf {
+                record_id: RecordId::parse(str_of(&s["record_id"])).unwrap(),
+                commitment: unhex32(&s["commitment"]),
+                derived_from: Some((d.raw_id, d.raw_commitment)),
+            }
+        })
+        .collect();
+    assert_eq!(
+        derived, sealed_derived,
+        "the third append is the sealed derived records"
+    );
+    let prove_last = [
+        derived[0].record_id,
+        derived[1].derived_from.unwrap().0,
+        derived[2].record_id,
+    ];
+    let state = run_ledger(&[a0.clone(), a1.clone()], &derived, a0[0].0, &prove_last);
+    // Every leaf: record id, entry (by the docs), the raw record id of a derived leaf.
+    let mut all: Vec<(RecordId, Vec<u8>, Option<RecordId>)> = a0
+        .iter()
+        .chain(&a1)
+        .map(|(id, c)| (*id, [&[0x01][..], c].concat(), None))
+        .collect();
     assert_eq!(all.len() as u64, LEDGER_LEAVES);
+    for l in &derived {
+        let (raw_id, raw_c) = l.derived_from.unwrap();
+        all.push((
+            l.record_id,
+            [&[0x02][..], &l.commitment, &raw_c].concat(),
+            Some(raw_id),
+        ));
+    }
 
     // Checkpoints: the gateway's signer, the stored text, and the docs' reading of it.
-    let leaf_hashes: Vec<[u8; 32]> = all
-        .iter()
-        .map(|(_, c)| docs_leaf(&record_leaf(c)))
-        .collect();
+    let leaf_hashes: Vec<[u8; 32]> = all.iter().map(|(_, e, _)| docs_leaf(e)).collect();
     let cps = list(&v["checkpoints"]);
     assert_eq!(cps.len(), state.checkpoints.len());
     for (c, (size, text)) in cps.iter().zip(&state.checkpoints) {
@@ -2164,7 +2948,11 @@ fn check_ledger(v: &Value, sealed: &Value, bundles: &Value, n: &mut Count) {
             (u64_of(&c["size"]), str_of(&c["text"])),
             (*size, text.as_str())
         );
-        let ts = if *size == a0.len() as u64 { T1 } else { T2 };
+        let ts = match *size {
+            s if s == a0.len() as u64 => T1,
+            LEDGER_LEAVES => T2,
+            _ => T3,
+        };
         let root = docs_root(&leaf_hashes[..*size as usize]);
         let cp = Checkpoint {
             origin: ORIGIN.into(),
@@ -2203,13 +2991,18 @@ fn check_ledger(v: &Value, sealed: &Value, bundles: &Value, n: &mut Count) {
     let t = &v["tables"];
     for l in list(&t["leaves"]) {
         let i = u64_of(&l["index"]);
-        let (id, c) = all[i as usize];
-        let want = [&record_leaf(&c)[..], &id.0].concat();
+        let (id, entry, raw_id) = &all[i as usize];
+        // entry || record id, then the raw record id for a derived leaf: 49 or 97 bytes.
+        let mut want = [&entry[..], &id.0].concat();
+        if let Some(raw_id) = raw_id {
+            want.extend_from_slice(&raw_id.0);
+        }
+        assert_eq!(want.len(), if raw_id.is_some() { 97 } else { 49 });
         assert_eq!(unhex(&l["value"]), want, "leaf {i}");
         assert_eq!(state.leaves[i as usize], (i, want));
         n.checked += 1;
     }
-    assert_eq!(state.leaves.len() as u64, LEDGER_LEAVES);
+    assert_eq!(state.leaves.len(), all.len());
     for b in list(&t["by_record"]) {
         let i = u64_of(&b["index"]);
         assert_eq!(unhex(&b["record_id"]), all[i as usize].0 .0);
@@ -2218,7 +3011,7 @@ fn check_ledger(v: &Value, sealed: &Value, bundles: &Value, n: &mut Count) {
             .contains(&(all[i as usize].0 .0.to_vec(), i)));
         n.checked += 1;
     }
-    assert_eq!(state.by_record.len() as u64, LEDGER_LEAVES);
+    assert_eq!(state.by_record.len(), all.len());
     let tiles = list(&t["tiles"]);
     assert_eq!(tiles.len(), state.tiles.len());
     for tile in tiles {
@@ -2280,6 +3073,18 @@ fn check_ledger(v: &Value, sealed: &Value, bundles: &Value, n: &mut Count) {
         str_of(&valid["bundle"]),
         "the bundle `medanchor proof` writes"
     );
+    let derived_valid = list(bundles)
+        .iter()
+        .find(|b| b["name"] == "derived_valid")
+        .unwrap();
+    assert_eq!(
+        serde_json::to_string_pretty(&state.proofs[0]).unwrap() + "\n",
+        str_of(&derived_valid["bundle"]),
+        "the bundle `medanchor proof` writes for a derived record"
+    );
+    // A raw record's bundle has no derived_from at all, not even null.
+    assert!(!str_of(&valid["bundle"]).contains("derived_from"));
+    assert!(state.proofs[1].derived_from.is_none());
 }
 
 fn check_bundles(v: &Value, ledger: &Value, n: &mut Count) {
@@ -2301,14 +3106,31 @@ fn check_bundles(v: &Value, ledger: &Value, n: &mut Count) {
             want.is_ok(),
             "bundle {name} by the docs: {docs:?}"
         );
+        // Which of the two inclusions failed, in the order the docs give.
+        let class = match &want {
+            Err(e) if e.starts_with("RawInclusion.") => Some("raw inclusion"),
+            Err(e) if e.starts_with("Inclusion.") => Some("inclusion"),
+            _ => None,
+        };
+        if let Some(class) = class {
+            assert_eq!(docs, Err(class.to_string()), "bundle {name} by the docs");
+        }
         n.checked += 1;
     }
 }
 
 fn check_segments(v: &Value, sealed: &Value, n: &mut Count) {
     let mut entries = Vec::new();
-    for (e, s) in list(&v["entries"]).iter().zip(list(&sealed["valid"])) {
-        assert_eq!(e["sealed_record"], s["record"]);
+    for e in list(&v["entries"]) {
+        let s = list(&sealed["valid"])
+            .iter()
+            .find(|s| s["record"] == e["sealed_record"])
+            .or_else(|| {
+                list(&sealed["derived"])
+                    .iter()
+                    .find(|s| s["derived"] == e["sealed_record"])
+            })
+            .expect("a sealed vector");
         let body = unhex(&s["sealed"]);
         let h = EntryHeader {
             record_id: RecordId::parse(str_of(&e["record_id"])).unwrap(),
@@ -2318,6 +3140,23 @@ fn check_segments(v: &Value, sealed: &Value, n: &mut Count) {
         };
         assert_eq!(h.record_id.to_string(), str_of(&s["record_id"]));
         assert_eq!(hx(&h.commitment), str_of(&s["commitment"]));
+        // A derived record's header: dedup key = raw commitment, control key =
+        // "medanchor/derive" || raw record id.
+        assert_eq!(DERIVED_MARK, b"medanchor/derive");
+        match e.get("derived_from") {
+            None => assert_eq!(h.derived_from(), None),
+            Some(d) => {
+                let raw_id = RecordId::parse(str_of(&d["record_id"])).unwrap();
+                let raw_c = unhex32(&d["commitment"]);
+                assert_eq!(h.derived_from(), Some((raw_id, raw_c)));
+                assert_eq!(h.dedup_key, raw_c, "by the docs");
+                assert_eq!(
+                    h.control_key[..],
+                    [&b"medanchor/derive"[..], &raw_id.0].concat(),
+                    "by the docs"
+                );
+            }
+        }
         let entry = unhex(&e["entry"]);
         assert_eq!(
             hx(&stage_entry(&h, &body)),
@@ -2371,6 +3210,109 @@ fn check_segments(v: &Value, sealed: &Value, n: &mut Count) {
     }
 }
 
+fn check_vault(v: &Value, sealed: &Value, ders: &[DerVec], n: &mut Count) {
+    let t = &v["tables"];
+    let sealed_id = |name: &Value| -> String {
+        let s = list(&sealed["valid"])
+            .iter()
+            .find(|s| &s["record"] == name)
+            .unwrap();
+        str_of(&s["record_id"]).to_string()
+    };
+    // derived: raw record id → the derived records' ids, 16 bytes each, oldest first.
+    let rows = list(&t["derived"]);
+    let mut raws: Vec<RecordId> = ders.iter().map(|d| d.1.raw_id).collect();
+    raws.dedup();
+    raws.sort_by_key(|r| r.0);
+    raws.dedup();
+    assert_eq!(rows.len(), raws.len());
+    for (row, raw) in rows.iter().zip(&raws) {
+        assert_eq!(str_of(&row["raw_record_id"]), hx(&raw.0));
+        // The vectors list them in store order.
+        let ids: Vec<u8> = ders
+            .iter()
+            .filter(|d| d.1.raw_id == *raw)
+            .flat_map(|d| {
+                let s = list(&sealed["derived"])
+                    .iter()
+                    .find(|s| str_of(&s["derived"]) == d.0);
+                RecordId::parse(str_of(&s.unwrap()["record_id"])).unwrap().0
+            })
+            .collect();
+        assert_eq!(unhex(&row["value"]), ids, "derived list of {raw}");
+        n.checked += 1;
+    }
+    // mapping_failures: raw record id → the failure as compact JSON, fields in this order.
+    let commit = &list(&v["commits"])[0];
+    let f: MappingFailure =
+        serde_json::from_value(commit["mapping_failure"]["failure"].clone()).unwrap();
+    let rows = list(&t["mapping_failures"]);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        str_of(&rows[0]["raw_record_id"]),
+        sealed_id(&commit["mapping_failure"]["of"])
+    );
+    let json_text = format!(
+        r#"{{"label":{},"detail":{},"mapping_version":{},"at_ms":{}}}"#,
+        json!(f.label),
+        json!(f.detail),
+        json!(f.mapping_version),
+        f.at_ms
+    );
+    assert_eq!(str_of(&rows[0]["value"]), json_text);
+    assert_eq!(
+        serde_json::from_str::<MappingFailure>(&json_text).unwrap(),
+        f
+    );
+    n.checked += 1;
+    // records: a derived record has its row like any record. The vault vector's segment holds,
+    // in order: record 0 and its derived record, record 1, record 3 and its derived record
+    // (one commit), then the replay's derived record; each entry is 120 bytes of header and
+    // the sealed record.
+    let body_len = |s: &Value| unhex(&s["sealed"]).len() as u64;
+    let by_name = |name: &Value| -> &Value {
+        list(&sealed["valid"])
+            .iter()
+            .find(|s| &s["record"] == name)
+            .or_else(|| {
+                list(&sealed["derived"])
+                    .iter()
+                    .find(|s| &s["derived"] == name)
+            })
+            .unwrap()
+    };
+    let stored = list(&commit["stored"]);
+    let derived = list(&commit["derived"]);
+    let mut order: Vec<&Value> = Vec::new();
+    for (s, d) in stored.iter().zip(derived) {
+        order.push(by_name(s));
+        if !d.is_null() {
+            order.push(by_name(d));
+        }
+    }
+    order.push(by_name(&list(&v["commits"])[1]["replay"]));
+    let mut offset = 0u64;
+    let mut want_rows = Vec::new();
+    for s in order {
+        if s.get("derived").is_some() {
+            let mut row = unhex(&s["commitment"]);
+            row.extend_from_slice(&0u32.to_be_bytes());
+            row.extend_from_slice(&offset.to_be_bytes());
+            row.extend_from_slice(&(body_len(s) as u32).to_be_bytes());
+            want_rows.push((str_of(&s["record_id"]).to_string(), row));
+        }
+        offset += 120 + body_len(s);
+    }
+    want_rows.sort();
+    let rows = list(&t["records"]);
+    assert_eq!(rows.len(), want_rows.len());
+    for (row, (id, want)) in rows.iter().zip(&want_rows) {
+        assert_eq!(str_of(&row["record_id"]), id);
+        assert_eq!(unhex(&row["value"]), *want, "records row of {id}");
+        n.checked += 1;
+    }
+}
+
 #[test]
 fn vectors_match_the_code() {
     let path = PathBuf::from(PATH);
@@ -2385,13 +3327,15 @@ fn vectors_match_the_code() {
     let v: Value = serde_json::from_str(&text).unwrap();
     let mut n = Count::default();
     let recs = check_records(&v["records"], &mut n);
+    let ders = check_derived(&v["derived"], &v["sealed"], &recs, &mut n);
     check_commitments(&v["commitments"], &recs, &mut n);
-    check_sealed(&v["sealed"], &recs, &mut n);
+    check_sealed(&v["sealed"], &recs, &ders, &mut n);
     check_keys(&v["keys"], &recs, &v["sealed"], &mut n);
     check_leaves_and_tree(&v["leaves"], &v["tree"], &mut n);
-    check_ledger(&v["ledger"], &v["sealed"], &v["bundles"], &mut n);
+    check_ledger(&v["ledger"], &v["sealed"], &ders, &v["bundles"], &mut n);
     check_bundles(&v["bundles"], &v["ledger"], &mut n);
     check_segments(&v["segments"], &v["sealed"], &mut n);
+    check_vault(&v["vault"], &v["sealed"], &ders, &mut n);
     println!("{} vectors checked", n.checked);
     // Whatever the checks above do not look at: the code must still generate exactly this file.
     assert!(

@@ -128,7 +128,10 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
     let d = data.display().to_string();
     let report = verify_all(&data);
     assert_eq!(report["records"], 142);
-    assert_eq!(report["leaves"], 142);
+    // Every HL7v2 message mapped has a derived record, anchored as its own leaf.
+    let derived = report["derived"].as_u64().unwrap();
+    assert!(derived > 0, "{report}");
+    assert_eq!(report["leaves"], 142 + derived);
     assert_eq!(report["ok"], true);
 
     // A proof bundle verifies offline, pinned or not, and a doctored one does not.
@@ -278,8 +281,14 @@ fn the_anchored_watermark_is_durable_with_the_anchoring() {
     let files: Vec<String> = microsoft_files().into_iter().take(5).collect();
     let acks = send_json(&g, &files);
     assert!(acks.iter().all(|a| a["code"] == "AA" || a["code"] == "CA"));
-    // The log size is published after the watermark moved (same anchoring step).
-    g.wait_metric("medanchor_ledger_tree_size", 5.0, Duration::from_secs(30));
+    // The log size is published after the watermark moved (same anchoring step). Each message
+    // mapped (counted before its ACK) has a derived record with a leaf of its own.
+    let derived = g.metric("medanchor_normalize_messages_total{result=\"mapped\"}");
+    g.wait_metric(
+        "medanchor_ledger_tree_size",
+        5.0 + derived,
+        Duration::from_secs(30),
+    );
     g.kill();
     let g = Gateway::start(&data, &[]);
     let log = g.log.clone();
@@ -416,13 +425,14 @@ fn graceful_stop_closes_the_open_batch_with_a_checkpoint() {
     );
     assert!(g.stop().success());
     let report = verify_all(&data);
+    let derived = report["derived"].as_u64().unwrap();
     assert_eq!(
         (
             report["records"].as_u64(),
             report["leaves"].as_u64(),
             report["checkpoints"].as_u64()
         ),
-        (Some(7), Some(7), Some(1))
+        (Some(7), Some(7 + derived), Some(1))
     );
 }
 

@@ -9,6 +9,11 @@ use common::*;
 use redb::ReadableTable;
 use serde_json::Value;
 
+/// Normalization off: each message is one segment entry, so entry `i` is message `i`. The
+/// damage and repair paths do not depend on an entry's kind; derived entries under crashes and
+/// failing writes are covered by the vault's fault-injection loops and by tests/derived.rs.
+const RAW_ONLY: (&str, &str) = ("MEDANCHOR__NORMALIZE__ENABLED", "false");
+
 /// Bytes before the sealed record in a segment entry (docs/FORMATS.md).
 const ENTRY_HEADER: usize = 4 + 4 + 16 + 32 + 32 + 32;
 
@@ -90,6 +95,7 @@ fn a_flipped_byte_in_an_acknowledged_entry_is_refused_and_repaired_without_losin
     let slow = [
         ("MEDANCHOR__LEDGER__BATCH_MS", "600000"),
         ("MEDANCHOR__LEDGER__BATCH_LEAVES", "100000"),
+        RAW_ONLY,
     ];
     let g = Gateway::start(&data, &slow);
     let first = send(&g, 0..50);
@@ -133,7 +139,7 @@ fn a_flipped_byte_in_an_acknowledged_entry_is_refused_and_repaired_without_losin
         "the damaged entry's bytes are kept"
     );
 
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let again = send(&g, 0..50);
     for (i, ((code, id), (_, was))) in again.iter().zip(&first).enumerate() {
         assert_eq!(code, "AA", "message {i}");
@@ -170,7 +176,7 @@ fn a_flipped_byte_in_an_acknowledged_entry_is_refused_and_repaired_without_losin
 fn verify_changes_no_byte_of_a_stopped_or_crashed_directory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     assert!(send(&g, 0..5).iter().all(|(c, _)| c == "AA"));
     assert!(g.stop().success());
     let before = snapshot(&data);
@@ -184,6 +190,7 @@ fn verify_changes_no_byte_of_a_stopped_or_crashed_directory() {
         &[
             ("MEDANCHOR__LEDGER__BATCH_MS", "600000"),
             ("MEDANCHOR__LEDGER__BATCH_LEAVES", "100000"),
+            RAW_ONLY,
         ],
     );
     assert!(send(&g, 5..9).iter().all(|(c, _)| c == "AA"));
@@ -198,7 +205,7 @@ fn verify_changes_no_byte_of_a_stopped_or_crashed_directory() {
         "verify changed a crashed directory"
     );
     // The next start anchors them; then all verifies.
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     assert!(g.stop().success());
     assert_everything_verifies(&data, 9);
 }
@@ -263,7 +270,7 @@ fn after_a_full_disk_the_gateway_recovers_by_itself_and_loses_nothing_acknowledg
     let Some(disk) = mount_tmpfs(&data, "6m") else {
         return;
     };
-    let g = Gateway::start(&data, &[("MEDANCHOR__LEDGER__BATCH_MS", "20")]);
+    let g = Gateway::start(&data, &[("MEDANCHOR__LEDGER__BATCH_MS", "20"), RAW_ONLY]);
     let mut acked = Vec::new();
     let mut refused = 0;
     let mut i = 0;
@@ -363,7 +370,7 @@ const BY_RECORD: redb::TableDefinition<&[u8], u64> = redb::TableDefinition::new(
 fn damaged_index_entries_are_named_by_verify_refused_alone_and_rebuilt_by_repair() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let first = send(&g, 0..20);
     assert!(first.iter().all(|(c, _)| c == "AA"));
     assert!(g.stop().success());
@@ -420,7 +427,7 @@ fn damaged_index_entries_are_named_by_verify_refused_alone_and_rebuilt_by_repair
         );
     }
 
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let (status, _) = g.http_get(&format!("/v1/records/{}/proof", first[3].1));
     assert_eq!(status, 404, "the damaged log index hides the record");
     let again = send(&g, 0..20);
@@ -449,7 +456,7 @@ fn damaged_index_entries_are_named_by_verify_refused_alone_and_rebuilt_by_repair
     assert!(ok, "{report}");
     assert_eq!(report["records"], 20);
 
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let third = send(&g, 0..20);
     for (i, ((code, id), (_, was))) in third.iter().zip(&first).enumerate() {
         assert_eq!((code.as_str(), id), ("AA", was), "message {i} after repair");
@@ -465,7 +472,7 @@ fn damaged_index_entries_are_named_by_verify_refused_alone_and_rebuilt_by_repair
 fn a_damaged_key_file_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     assert!(send(&g, 0..3).iter().all(|(c, _)| c == "AA"));
     assert!(g.stop().success());
     let path = data.join("keys/index.key");
@@ -497,7 +504,7 @@ fn a_damaged_key_file_is_refused_by_name() {
 fn repair_sets_a_damaged_acknowledged_last_entry_aside_not_as_a_torn_write() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     assert!(send(&g, 0..10).iter().all(|(c, _)| c == "AA"));
     assert!(g.stop().success());
     let segment = data.join("segments/00000000.seg");
@@ -525,7 +532,7 @@ fn repair_sets_a_damaged_acknowledged_last_entry_aside_not_as_a_torn_write() {
 fn repair_rebuilds_an_index_that_does_not_open_from_the_segments() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let first = send(&g, 0..10);
     assert!(first.iter().all(|(c, _)| c == "AA"));
     assert!(g.stop().success());
@@ -538,7 +545,7 @@ fn repair_rebuilds_an_index_that_does_not_open_from_the_segments() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("vault.redb did not open"), "{out}");
     assert!(out.contains("10 records"), "{out}");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let again = send(&g, 0..10);
     for ((code, id), (_, was)) in again.iter().zip(&first) {
         assert_eq!((code.as_str(), id), ("AA", was));
@@ -555,7 +562,7 @@ fn repair_rebuilds_an_index_that_does_not_open_from_the_segments() {
 fn a_damaged_ledger_record_index_is_named_and_the_file_rebuilt_from_its_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let first = send(&g, 0..50);
     assert!(first.iter().all(|(c, _)| c == "AA"));
     assert!(g.stop().success());
@@ -583,7 +590,7 @@ fn a_damaged_ledger_record_index_is_named_and_the_file_rebuilt_from_its_leaves()
     assert!(out.contains("rebuilt from its 50 leaves"), "{out}");
     let (ok, report) = verify_json(&data);
     assert!(ok, "{report}");
-    let g = Gateway::start(&data, &[]);
+    let g = Gateway::start(&data, &[RAW_ONLY]);
     let (status, body) = g.http_get(&format!("/v1/records/{}/proof", first[10].1));
     assert_eq!(status, 200, "{body}");
     assert!(g.stop().success());

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use common::*;
 
+const RAW_ONLY: &str = "[normalize]\nenabled = false\n";
+
 const STORED: &str = "medanchor_source_messages_total{event=\"stored\",source=\"feed\"}";
 
 fn nats_url() -> String {
@@ -92,6 +94,9 @@ impl Broker {
         }
     }
 
+    /// A gateway consuming the stream. Normalization is off: these tests are about delivery
+    /// and acknowledgement (thousands of messages, where an unoptimised build's mapping would
+    /// set the pace); tests/derived.rs and tests/gateway.rs run with it on.
     fn config(&self, dir: &Path, max_deliver: i64) -> std::path::PathBuf {
         let path = dir.join("medanchor.toml");
         std::fs::write(
@@ -99,7 +104,7 @@ impl Broker {
             format!(
                 "[[sources]]\ntype = \"nats\"\nname = \"feed\"\nurl = \"{}\"\nstream = \"{}\"\n\
                  consumer = \"gw\"\nmax_deliver = {max_deliver}\ndead_letter_subject = \"{}\"\n\
-                 ack_wait_secs = 10\n",
+                 ack_wait_secs = 10\n{RAW_ONLY}",
                 self.url, self.stream, self.dead
             ),
         )

@@ -217,7 +217,7 @@ mod tests {
         .unwrap();
         ledger.set_recovery_interval(std::time::Duration::ZERO);
         let ledger = Arc::new(ledger);
-        let record = |i: u8| (RecordId([i; 16]), [i; 32]);
+        let record = |i: u8| crate::ledger::Leaf::record(RecordId([i; 16]), [i; 32]);
         ledger.append_records(&[record(1)], 1).unwrap();
         let vault = crate::vault::EmbeddedVault::open(
             &dir.path().join("vault.redb"),

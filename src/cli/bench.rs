@@ -34,10 +34,16 @@ pub struct BenchReport {
     pub mean_bytes: f64,
 }
 
+/// The messages of the built-in mix (what `bench mllp` sends, and what the single-core floor
+/// bench processes).
+pub fn mix_messages() -> Vec<Vec<u8>> {
+    MIX.iter().flat_map(|m| messages_of(m, false)).collect()
+}
+
 /// Templates with MSH-10 cut out: (before, after).
 fn templates() -> Vec<(Vec<u8>, Vec<u8>)> {
-    MIX.iter()
-        .flat_map(|m| messages_of(m, false))
+    mix_messages()
+        .into_iter()
         .filter_map(|m| {
             let fs = *m.get(3)?;
             let mut seps = m

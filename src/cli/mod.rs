@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod client;
 pub mod import;
+pub mod mapping;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -143,9 +144,10 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
             eprintln!("FAILED: {f}");
         }
         println!(
-            "{}: {} records, {} leaves, {} checkpoints",
+            "{}: {} records, {} derived, {} leaves, {} checkpoints",
             if report.ok { "ok" } else { "FAILED" },
             report.records,
+            report.derived,
             report.leaves,
             report.checkpoints
         );

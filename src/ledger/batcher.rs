@@ -106,10 +106,10 @@ impl Anchorer {
         let hold = self.held_back;
         let started = Instant::now();
         let res = tokio::task::spawn_blocking(move || {
-            let records: Vec<_> = items.iter().map(|(id, c, _, _)| (*id, *c)).collect();
+            let records: Vec<_> = items.iter().map(|(leaf, _, _)| *leaf).collect();
             // Every record before these is in the log: earlier batches succeeded, or failed and
             // are retried within this one. The watermark is durable in the log's own commit.
-            let through = items.iter().map(|(_, _, p, _)| *p).max().unwrap_or(0);
+            let through = items.iter().map(|(_, p, _)| *p).max().unwrap_or(0);
             let cp = if hold {
                 ledger.append_records(&records, now_ms())
             } else {
@@ -164,7 +164,7 @@ impl Anchorer {
             .anchor_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.checkpoint_leaves.observe(items.len() as f64);
-        for (_, _, _, stored_at) in &items {
+        for (_, _, stored_at) in &items {
             metrics
                 .time_to_anchor_seconds
                 .observe(stored_at.elapsed().as_secs_f64());
@@ -188,7 +188,7 @@ mod tests {
 
     use super::*;
     use crate::envelope::RecordId;
-    use crate::ledger::EmbeddedLedger;
+    use crate::ledger::{EmbeddedLedger, Leaf};
     use crate::seal::Sealed;
     use crate::testing::faulty::{Faults, FaultyBackend};
     use crate::vault::{PutRecord, PutResult, QuarantineEntry, StoredRecord, VaultError};
@@ -220,7 +220,21 @@ mod tests {
         fn record_count(&self) -> Result<u64, VaultError> {
             unreachable!("not used by the batcher")
         }
-        fn unanchored(&self, _: u64) -> Result<Vec<(RecordId, [u8; 32], u64)>, VaultError> {
+        fn unanchored(&self, _: u64) -> Result<Vec<(Leaf, u64)>, VaultError> {
+            unreachable!("not used by the batcher")
+        }
+        fn commit_derivations(
+            &self,
+            _: &[crate::vault::Rederive],
+        ) -> Result<Vec<Option<u64>>, VaultError> {
+            unreachable!("not used by the batcher")
+        }
+        fn derived_of(&self, _: &RecordId) -> Result<Vec<RecordId>, VaultError> {
+            unreachable!("not used by the batcher")
+        }
+        fn mapping_failures(
+            &self,
+        ) -> Result<Vec<(RecordId, crate::vault::MappingFailure)>, VaultError> {
             unreachable!("not used by the batcher")
         }
         fn mark_anchored(&self, through: u64) -> Result<(), VaultError> {
@@ -287,7 +301,7 @@ mod tests {
         let item = |i: u64| {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
-            (RecordId(id), [i as u8; 32], i, Instant::now())
+            (Leaf::record(RecordId(id), [i as u8; 32]), i, Instant::now())
         };
         for i in 1..=4 {
             tx.send(item(i)).await.unwrap();

@@ -1,6 +1,7 @@
 //! Embedded ledger on redb (`<data_dir>/ledger.redb`).
 //!
-//! Tables: `leaves` (index → entry[33] || record id[16]), `by_record` (record id → index),
+//! Tables: `leaves` (index → entry || record id[16] [|| raw record id[16] for a derived record]),
+//! `by_record` (record id → index),
 //! `checkpoints` (tree size → signed note text), `tiles` (tile index → the 511 node hashes of a
 //! full tile of 256 leaves) and `tile_roots` (tile index → the tile's root, the last 32 bytes of
 //! its row). An append writes all of them in one transaction.
@@ -24,14 +25,15 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use medanchor_merkle::{
-    record_leaf, Checkpoint, Hash, NoteSigner, NoteVerifier, ProofBundle, RightEdge, Sha3Hasher,
-    SignedCheckpoint, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT,
+    Checkpoint, DerivedFrom, Hash, NoteSigner, NoteVerifier, ProofBundle, RightEdge, Sha3Hasher,
+    SignedCheckpoint, TileSource, TiledTree, TreeHasher, BUNDLE_FORMAT, LEAF_DERIVED_STORED,
+    LEAF_RECORD_STORED,
 };
 use redb::{
     Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
 };
 
-use super::{Ledger, LedgerError, LogHasher, StoredLeaf};
+use super::{Leaf, Ledger, LedgerError, LogHasher, StoredLeaf};
 use crate::envelope::RecordId;
 use crate::storage::Db;
 use crate::throttle::Throttle;
@@ -254,16 +256,36 @@ impl TileSource for NoTiles {
     }
 }
 
-/// Splits a stored leaf value into entry and record id.
+/// Splits a stored leaf value into entry, record id and (for a derived record) the raw record's
+/// id: `0x01 || commitment || id` (49 bytes) or `0x02 || commitment || raw commitment || id ||
+/// raw id` (97 bytes).
 pub fn parse_leaf(index: u64, v: &[u8]) -> Result<StoredLeaf, LedgerError> {
-    if v.len() != 33 + 16 {
-        return Err(LedgerError::Corrupt(format!("leaf {index}")));
+    let id = |at: usize| RecordId(v[at..at + 16].try_into().expect("16"));
+    match (v.first(), v.len()) {
+        (Some(&LEAF_RECORD_STORED), 49) => Ok(StoredLeaf {
+            index,
+            entry: v[..33].to_vec(),
+            record_id: id(33),
+            derived_from: None,
+        }),
+        (Some(&LEAF_DERIVED_STORED), 97) => Ok(StoredLeaf {
+            index,
+            entry: v[..65].to_vec(),
+            record_id: id(65),
+            derived_from: Some(id(81)),
+        }),
+        _ => Err(LedgerError::Corrupt(format!("leaf {index}"))),
     }
-    Ok(StoredLeaf {
-        index,
-        entry: v[..33].to_vec(),
-        record_id: RecordId(v[33..].try_into().expect("16")),
-    })
+}
+
+/// The stored value of a leaf (what [`parse_leaf`] reads), into `value`.
+fn leaf_value(leaf: &Leaf, entry: &[u8], value: &mut Vec<u8>) {
+    value.clear();
+    value.extend_from_slice(entry);
+    value.extend_from_slice(&leaf.record_id.0);
+    if let Some((raw_id, _)) = &leaf.derived_from {
+        value.extend_from_slice(&raw_id.0);
+    }
 }
 
 /// A table that a file written before it was added does not have.
@@ -994,7 +1016,10 @@ impl EmbeddedLedger {
                 Err(_) => {
                     problem(
                         &mut summary,
-                        format!("leaf {index}: {} bytes, not 49", v.len()),
+                        format!(
+                            "leaf {index}: {} bytes, not a record leaf (49) or a derived leaf (97)",
+                            v.len()
+                        ),
                     );
                     v.to_vec()
                 }
@@ -1054,10 +1079,9 @@ impl EmbeddedLedger {
             for e in by_record.iter().map_err(err)? {
                 let (id, at) = e.map_err(err)?;
                 let (id, at) = (id.value(), at.value());
-                let named = leaves
-                    .get(at)
-                    .map_err(err)?
-                    .is_some_and(|v| v.value().get(33..) == Some(id));
+                let named = leaves.get(at).map_err(err)?.is_some_and(|v| {
+                    parse_leaf(at, v.value()).is_ok_and(|l| l.record_id.0.as_slice() == id)
+                });
                 if !named {
                     let id = match <[u8; 16]>::try_from(id) {
                         Ok(id) => RecordId(id).to_string(),
@@ -1110,7 +1134,7 @@ impl EmbeddedLedger {
     fn append_locked(
         &self,
         log: &mut Log,
-        records: &[(RecordId, [u8; 32])],
+        records: &[Leaf],
         now_ms: u64,
         through: Option<u64>,
     ) -> Result<Option<(SignedCheckpoint, RightEdge)>, LedgerError> {
@@ -1125,16 +1149,15 @@ impl EmbeddedLedger {
             let mut by_record = w.open_table(BY_RECORD).map_err(err)?;
             let mut tiles = w.open_table(TILES).map_err(err)?;
             let mut tile_roots = w.open_table(TILE_ROOTS).map_err(err)?;
-            let mut value = Vec::with_capacity(49);
-            for (id, commitment) in records {
+            let mut value = Vec::with_capacity(97);
+            for leaf in records {
+                let id = &leaf.record_id;
                 if by_record.get(id.0.as_slice()).map_err(err)?.is_some() {
                     continue;
                 }
                 let index = tree.size();
-                let entry = record_leaf(commitment);
-                value.clear();
-                value.extend_from_slice(&entry);
-                value.extend_from_slice(&id.0);
+                let entry = leaf.entry();
+                leaf_value(leaf, &entry, &mut value);
                 leaves.insert(index, value.as_slice()).map_err(err)?;
                 by_record.insert(id.0.as_slice(), index).map_err(err)?;
                 if let Some((tile, nodes)) = tree.push(hasher.leaf(&entry)) {
@@ -1184,7 +1207,7 @@ impl EmbeddedLedger {
     /// Appends `records` (and, with `through`, the anchored watermark) in one transaction.
     fn append(
         &self,
-        records: &[(RecordId, [u8; 32])],
+        records: &[Leaf],
         now_ms: u64,
         through: Option<u64>,
     ) -> Result<Option<SignedCheckpoint>, LedgerError> {
@@ -1218,7 +1241,7 @@ impl EmbeddedLedger {
 impl Ledger for EmbeddedLedger {
     fn append_records(
         &self,
-        records: &[(RecordId, [u8; 32])],
+        records: &[Leaf],
         now_ms: u64,
     ) -> Result<Option<SignedCheckpoint>, LedgerError> {
         self.append(records, now_ms, None)
@@ -1226,7 +1249,7 @@ impl Ledger for EmbeddedLedger {
 
     fn append_through(
         &self,
-        records: &[(RecordId, [u8; 32])],
+        records: &[Leaf],
         now_ms: u64,
         through: u64,
     ) -> Result<Option<SignedCheckpoint>, LedgerError> {
@@ -1313,41 +1336,77 @@ impl EmbeddedLedger {
             return Err(LedgerError::NoCheckpoint(index));
         }
         let r = self.store.read()?;
-        let leaf = r
-            .open_table(LEAVES)
-            .map_err(err)?
+        let leaves = r.open_table(LEAVES).map_err(err)?;
+        let leaf = leaves
             .get(index)
             .map_err(err)?
             .ok_or_else(|| LedgerError::Corrupt(format!("leaf {index} missing")))?;
         let leaf = parse_leaf(index, leaf.value())?;
-        let path = {
+        // A derived record's bundle proves the raw record it names too, in the same tree.
+        let raw = match &leaf.derived_from {
+            None => None,
+            Some(raw_id) => {
+                let not_before = || {
+                    LedgerError::Corrupt(format!(
+                        "leaf {index} names raw record {raw_id}, which is not a record leaf before it with the commitment it names"
+                    ))
+                };
+                let raw_index = self
+                    .leaf_index(raw_id)?
+                    .filter(|&i| i < index)
+                    .ok_or_else(not_before)?;
+                let raw_leaf = leaves
+                    .get(raw_index)
+                    .map_err(err)?
+                    .ok_or_else(|| LedgerError::Corrupt(format!("leaf {raw_index} missing")))?;
+                let raw_leaf = parse_leaf(raw_index, raw_leaf.value())?;
+                if raw_leaf.derived_from.is_some() || raw_leaf.commitment() != &leaf.entry[33..65] {
+                    return Err(not_before());
+                }
+                Some((*raw_id, raw_leaf))
+            }
+        };
+        let mut paths = {
             let mut log = self.log.lock().expect("lock");
             self.ready(&mut log)?;
             let log = &mut *log;
             let tree = log.tree.as_ref().expect("ready");
             let mut tiles = self.tiles();
-            let path = match &log.edge {
+            let edge = match &log.edge {
                 Some(edge) if edge.size() == size => Ok(edge),
                 _ => tree
                     .right_edge(size, &mut tiles)
                     .map(|edge| &*log.edge.insert(edge)),
-            }
-            .and_then(|edge| tree.inclusion_proof_at(edge, index, &mut tiles));
-            match path {
-                Ok(path) => path,
+            };
+            let paths = edge.and_then(|edge| {
+                std::iter::once(index)
+                    .chain(raw.as_ref().map(|(_, l)| l.index))
+                    .map(|i| tree.inclusion_proof_at(edge, i, &mut tiles))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            match paths {
+                Ok(paths) => paths.into_iter(),
                 Err(e) if tiles.io_failed => return Err(LedgerError::Io(e.to_string())),
                 Err(e) => return Err(e.into()),
             }
         };
+        let hexes = |path: Vec<Hash>| path.iter().map(hex::encode).collect();
+        let path = paths.next().expect("the leaf's path");
         Ok(ProofBundle {
             format: BUNDLE_FORMAT.into(),
             record_id: id.to_string(),
-            commitment: hex::encode(&leaf.entry[1..]),
+            commitment: hex::encode(leaf.commitment()),
             leaf_index: index,
             tree_size: size,
-            inclusion: path.iter().map(hex::encode).collect(),
+            inclusion: hexes(path),
             checkpoint: cp.text,
             public_key: self.verifier.to_vkey(),
+            derived_from: raw.map(|(raw_id, raw_leaf)| DerivedFrom {
+                record_id: raw_id.to_string(),
+                commitment: hex::encode(raw_leaf.commitment()),
+                leaf_index: raw_leaf.index,
+                inclusion: hexes(paths.next().expect("the raw leaf's path")),
+            }),
         })
     }
 }
@@ -1385,16 +1444,16 @@ mod tests {
         ledger
     }
 
-    fn record(i: u32) -> (RecordId, [u8; 32]) {
+    fn record(i: u32) -> Leaf {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&i.to_be_bytes());
         let mut commitment = [0u8; 32];
         commitment[28..].copy_from_slice(&i.to_le_bytes());
-        (RecordId(id), commitment)
+        Leaf::record(RecordId(id), commitment)
     }
 
     fn assert_proves(ledger: &EmbeddedLedger, i: u32) {
-        let bundle = ledger.proof(&record(i).0).unwrap();
+        let bundle = ledger.proof(&record(i).record_id).unwrap();
         bundle
             .verify(Some(&ledger.verifier()))
             .unwrap_or_else(|e| panic!("record {i}: {e}"));
@@ -1610,8 +1669,8 @@ mod tests {
         let base = dir.path().join("base.redb");
         build(&base, 700, 100);
         assert_eq!(problems(&open_read_only(&base)), Vec::<String>::new());
-        let other = record(9_999).0;
-        let id = |i: u32| record(i).0.to_string();
+        let other = record(9_999).record_id;
+        let id = |i: u32| record(i).record_id.to_string();
         type Damage = Box<dyn Fn(&redb::WriteTransaction)>;
         let cases: Vec<(&str, Damage, Vec<String>)> = vec![
             (
@@ -1632,7 +1691,7 @@ mod tests {
                     w.open_table(LEAVES).unwrap().insert(600, [1u8; 10].as_slice()).unwrap();
                 }),
                 vec![
-                    "leaf 600: 10 bytes, not 49".into(),
+                    "leaf 600: 10 bytes, not a record leaf (49) or a derived leaf (97)".into(),
                     "checkpoint 700: root does not match the leaves".into(),
                 ],
             ),
@@ -1669,7 +1728,7 @@ mod tests {
                 "by_record pointing elsewhere, and an extra entry",
                 Box::new(move |w| {
                     let mut t = w.open_table(BY_RECORD).unwrap();
-                    t.insert(record(3).0 .0.as_slice(), 4).unwrap();
+                    t.insert(record(3).record_id.0.as_slice(), 4).unwrap();
                     t.insert(other.0.as_slice(), 2).unwrap();
                 }),
                 vec![
@@ -1681,7 +1740,7 @@ mod tests {
             (
                 "by_record missing an entry",
                 Box::new(|w| {
-                    w.open_table(BY_RECORD).unwrap().remove(record(8).0 .0.as_slice()).unwrap();
+                    w.open_table(BY_RECORD).unwrap().remove(record(8).record_id.0.as_slice()).unwrap();
                 }),
                 vec![format!("record {}: named by leaf 8 but missing from by_record", id(8))],
             ),
@@ -1807,7 +1866,7 @@ mod tests {
         }
         // Proofs need the tree, which cannot be restored while the file cannot be reopened.
         assert!(matches!(
-            ledger.proof(&record(5).0),
+            ledger.proof(&record(5).record_id),
             Err(LedgerError::Unavailable(_))
         ));
         assert!(faults.injected() > 0);
@@ -1845,7 +1904,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Batches that end inside a tile, exactly on a tile boundary, and across one.
         let all: Vec<_> = (0..600).map(record).collect();
-        let batches: Vec<&[(RecordId, [u8; 32])]> =
+        let batches: Vec<&[Leaf]> =
             vec![&all[..100], &all[100..256], &all[256..300], &all[300..600]];
         let calls = {
             let path = dir.path().join("count.redb");

@@ -38,12 +38,50 @@ pub enum LedgerError {
     Tree(#[from] medanchor_merkle::TreeError),
 }
 
-/// One leaf as stored: its index, entry bytes and the record it anchors.
+/// One leaf to append: the record it anchors and, for a derived record, the raw record it was
+/// made from (the leaf entry binds both commitments; see docs/FORMATS.md, "Merkle log").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    pub record_id: RecordId,
+    pub commitment: [u8; 32],
+    pub derived_from: Option<(RecordId, [u8; 32])>,
+}
+
+impl Leaf {
+    /// A record stored as received.
+    pub fn record(record_id: RecordId, commitment: [u8; 32]) -> Leaf {
+        Leaf {
+            record_id,
+            commitment,
+            derived_from: None,
+        }
+    }
+
+    /// The entry hashed into the tree: `0x01 || commitment` or
+    /// `0x02 || commitment || raw commitment`.
+    pub fn entry(&self) -> Vec<u8> {
+        match &self.derived_from {
+            None => medanchor_merkle::record_leaf(&self.commitment).to_vec(),
+            Some((_, raw)) => medanchor_merkle::derived_leaf(&self.commitment, raw).to_vec(),
+        }
+    }
+}
+
+/// One leaf as stored: its index, entry bytes and the record it anchors (and, for a derived
+/// record, the raw record's id).
 #[derive(Debug, Clone)]
 pub struct StoredLeaf {
     pub index: u64,
     pub entry: Vec<u8>,
     pub record_id: RecordId,
+    pub derived_from: Option<RecordId>,
+}
+
+impl StoredLeaf {
+    /// The commitment the leaf anchors (the record's own, not the raw one it names).
+    pub fn commitment(&self) -> &[u8] {
+        &self.entry[1..33]
+    }
 }
 
 pub trait Ledger: Send + Sync + 'static {
@@ -51,7 +89,7 @@ pub trait Ledger: Send + Sync + 'static {
     /// Returns the checkpoint, or `None` when every record was already present.
     fn append_records(
         &self,
-        records: &[(RecordId, [u8; 32])],
+        records: &[Leaf],
         now_ms: u64,
     ) -> Result<Option<SignedCheckpoint>, LedgerError>;
     /// [`append_records`](Self::append_records) that also records, in the same durable
@@ -60,7 +98,7 @@ pub trait Ledger: Send + Sync + 'static {
     /// ledger keeps the largest it was given and knows nothing else of it.
     fn append_through(
         &self,
-        records: &[(RecordId, [u8; 32])],
+        records: &[Leaf],
         now_ms: u64,
         through: u64,
     ) -> Result<Option<SignedCheckpoint>, LedgerError>;

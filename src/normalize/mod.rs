@@ -3,9 +3,26 @@
 //!
 //! Pure: the output is a function of (message, mapping set, [`Link`]) only, so a replay with the
 //! same mapping set gives the same bytes.
+//!
+//! The mapping files are data shaped like the HL7 v2-to-FHIR implementation guide (message maps →
+//! segment maps → data-type maps → vocabulary maps; docs/normalization.md). [`Normalizer::load`]
+//! compiles them once into a plan; [`Normalizer::map`] runs that plan over a message and writes
+//! the Bundle's JSON directly, without an intermediate value tree.
+
+mod cond;
+pub mod csv;
+mod defaults;
+mod emit;
+mod engine;
+mod files;
+mod model;
+mod plan;
+mod value;
 
 use crate::config::NormalizeConfig;
 use crate::hl7::Message;
+
+pub use files::SourceFile;
 
 /// Why a mapping set could not be loaded. Names the file, line and field.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +51,15 @@ pub struct Link<'a> {
     pub mapped_ms: u64,
 }
 
+/// One resource of a mapped Bundle, as the read side filters by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedResource {
+    pub resource_type: String,
+    pub id: String,
+    /// `meta.security` codes (v3 ActCode, e.g. `HIV`, `PSY`).
+    pub security: Vec<String>,
+}
+
 /// A message mapped.
 #[derive(Debug, Clone)]
 pub struct Mapped {
@@ -42,6 +68,13 @@ pub struct Mapped {
     /// Segments and fields that carried data no mapping took, as `ZPI` or `PID-10` (names,
     /// never values), in message order without repeats.
     pub unmapped: Vec<String>,
+    /// What was mapped with less than full fidelity (a value that is not a valid date, a time
+    /// without a zone, a code outside its value set…): field names and reasons, never values.
+    pub warnings: Vec<String>,
+    /// Every resource in the Bundle (the Provenance last), in Bundle order.
+    pub resources: Vec<MappedResource>,
+    /// The message map used (`ADT_A01`, `_default`…).
+    pub message_map: String,
 }
 
 /// A message that could not be mapped. `label` is a fixed reason for metrics; `detail` names
@@ -56,27 +89,118 @@ pub struct MapError {
 /// A compiled mapping set.
 #[derive(Debug)]
 pub struct Normalizer {
-    version: String,
+    plan: plan::Plan,
+    ns: [u8; 16],
 }
 
 impl Normalizer {
     /// Loads the mapping files (the built-in defaults or `adapters_dir`) and the site overrides.
-    pub fn load(_cfg: &NormalizeConfig) -> Result<Normalizer, LoadError> {
-        Ok(Normalizer {
-            version: String::new(),
-        })
+    /// The first problem found is the error; [`Normalizer::lint`] gives them all.
+    pub fn load(cfg: &NormalizeConfig) -> Result<Normalizer, LoadError> {
+        Self::lint(cfg).map_err(|mut v| v.swap_remove(0))
+    }
+
+    /// Like [`Normalizer::load`], with every problem of every file.
+    pub fn lint(cfg: &NormalizeConfig) -> Result<Normalizer, Vec<LoadError>> {
+        let base = match &cfg.adapters_dir {
+            Some(d) => files::read_dir(d, false).map_err(|e| vec![e])?,
+            None => defaults::files(),
+        };
+        let site = match &cfg.site_dir {
+            Some(d) => files::read_dir(d, true).map_err(|e| vec![e])?,
+            None => Vec::new(),
+        };
+        Self::from_files(base, site, &cfg.id_namespace)
+    }
+
+    /// Compiles a mapping set given as files (tools and tests).
+    pub fn from_files(
+        base: Vec<SourceFile>,
+        site: Vec<SourceFile>,
+        id_namespace: &str,
+    ) -> Result<Normalizer, Vec<LoadError>> {
+        let ns = value::parse_uuid(id_namespace).ok_or_else(|| {
+            vec![LoadError::Invalid {
+                file: "configuration".into(),
+                line: 0,
+                reason: "normalize.id_namespace is not a UUID".into(),
+            }]
+        })?;
+        let files = files::load(base, site).map_err(|e| vec![e])?;
+        let plan = plan::compile(&files)?;
+        Ok(Normalizer { plan, ns })
+    }
+
+    /// The built-in mapping files (what `adapters_dir` unset means).
+    pub fn default_files() -> Vec<SourceFile> {
+        defaults::files()
     }
 
     /// The mapping-set version: a hash of the files in use (also in every Provenance).
     pub fn version(&self) -> &str {
-        &self.version
+        &self.plan.version
+    }
+
+    /// How many mapping files are in use (defaults and site).
+    pub fn file_count(&self) -> usize {
+        self.plan.files.len()
+    }
+
+    /// The message maps of the set, by name.
+    pub fn message_maps(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.plan.messages.iter().map(|m| m.name.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The message map a message would be mapped with.
+    pub fn message_map_for(&self, msg: &Message<'_>) -> Option<&str> {
+        self.choose(msg)
+            .map(|i| self.plan.messages[i].name.as_str())
+    }
+
+    fn choose(&self, msg: &Message<'_>) -> Option<usize> {
+        let msh9 = msg.msh().field(9);
+        let part = |n: usize| -> String {
+            msg.text(msh9.component(n).raw())
+                .map(|t| t.trim().to_string())
+                .unwrap_or_default()
+        };
+        let (code, event, structure) = (part(1), part(2), part(3));
+        let p = &self.plan;
+        p.by_type
+            .get(&format!("{code}^{event}"))
+            .or_else(|| p.by_name.get(&structure))
+            .or_else(|| p.by_name.get(&format!("{code}_{event}")))
+            .copied()
+            .or(p.default_message)
     }
 
     /// Maps one message.
-    pub fn map(&self, _msg: &Message<'_>, _link: &Link<'_>) -> Result<Mapped, MapError> {
-        Err(MapError {
-            label: "not_implemented",
-            detail: "the mapping engine is not built yet".into(),
+    pub fn map(&self, msg: &Message<'_>, link: &Link<'_>) -> Result<Mapped, MapError> {
+        let Some(mi) = self.choose(msg) else {
+            return Err(MapError {
+                label: "no_message_map",
+                detail: "no message map for MSH-9 and no _default map".into(),
+            });
+        };
+        let mm = &self.plan.messages[mi];
+        let mapper = engine::Mapper::new(&self.plan, mm, self.ns, link);
+        let mut build = mapper.run(msg)?;
+        if !build.insts.iter().any(|i| i.has_data) {
+            return Err(MapError {
+                label: "no_resources",
+                detail: format!("message map {} made no resource from this message", mm.name),
+            });
+        }
+        let mut bundle = Vec::with_capacity(msg.bytes().len() * 4 + 1024);
+        let resources = emit::write(&self.plan, &mut build, &self.ns, link, &mut bundle);
+        Ok(Mapped {
+            bundle,
+            unmapped: build.unmapped,
+            warnings: build.warnings,
+            resources,
+            message_map: mm.name.clone(),
         })
     }
 }

@@ -23,7 +23,7 @@ use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::envelope::RecordId;
-use crate::record::{EncodeError, Record};
+use crate::record::{Content, DerivedRecord, EncodeError, Record};
 pub use keyring::{DataKey, Keyring, KeyringError};
 use medanchor_sha3::Sha3_256;
 
@@ -95,6 +95,33 @@ pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Result<Seale
 /// (`Sha3_256::digest_many`, four at a time on AVX2), which is most of the work of sealing.
 /// One result per record, in order. Each record gets a fresh salt and nonce from [`random`].
 pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
+    let plain: Vec<_> = records
+        .iter()
+        .map(|&(r, id, key)| (Plain::Record(r), id, key))
+        .collect();
+    seal_plain(&plain)
+}
+
+/// [`seal_many`] for derived records.
+pub fn seal_derived_many(
+    records: &[(&DerivedRecord, RecordId, &DataKey)],
+) -> Vec<Result<Sealed, EncodeError>> {
+    let plain: Vec<_> = records
+        .iter()
+        .map(|&(r, id, key)| (Plain::Derived(r), id, key))
+        .collect();
+    seal_plain(&plain)
+}
+
+/// What is sealed: a record as received, or one derived from it (told apart inside the
+/// ciphertext by the encoding's version byte).
+#[derive(Clone, Copy)]
+pub enum Plain<'a> {
+    Record(&'a Record),
+    Derived(&'a DerivedRecord),
+}
+
+fn seal_plain(records: &[(Plain<'_>, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
     let items: Vec<SealInput<'_>> = records
         .iter()
         .map(|&(record, record_id, key)| {
@@ -124,7 +151,28 @@ pub fn seal_with(
     nonce: [u8; NONCE_LEN],
 ) -> Result<Sealed, EncodeError> {
     seal_inputs(&[SealInput {
-        record,
+        record: Plain::Record(record),
+        record_id,
+        key,
+        salt,
+        nonce,
+    }])
+    .pop()
+    .expect("one result per record")
+}
+
+/// [`seal_with`] for a derived record: the same code path as [`seal_derived_many`], for
+/// known-answer vectors only (never reuse a nonce or salt outside tests).
+#[doc(hidden)]
+pub fn seal_derived_with(
+    record: &DerivedRecord,
+    record_id: RecordId,
+    key: &DataKey,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Sealed, EncodeError> {
+    seal_inputs(&[SealInput {
+        record: Plain::Derived(record),
         record_id,
         key,
         salt,
@@ -136,7 +184,7 @@ pub fn seal_with(
 
 /// One record to seal, with its salt and nonce.
 struct SealInput<'a> {
-    record: &'a Record,
+    record: Plain<'a>,
     record_id: RecordId,
     key: &'a DataKey,
     salt: [u8; SALT_LEN],
@@ -179,23 +227,32 @@ struct Prepared {
 
 impl Prepared {
     fn new(
-        record: &Record,
+        record: Plain<'_>,
         key: &DataKey,
         salt: [u8; SALT_LEN],
         nonce: [u8; NONCE_LEN],
     ) -> Result<Prepared, EncodeError> {
-        let origin_json = serde_json::to_vec(&record.meta.origin).unwrap_or_default();
+        let origin_json = match record {
+            Plain::Record(r) => serde_json::to_vec(&r.meta.origin).unwrap_or_default(),
+            Plain::Derived(_) => Vec::new(),
+        };
+        let encoded_len = match record {
+            Plain::Record(r) => r.encoded_len(&origin_json)?,
+            Plain::Derived(d) => d.encoded_len()?,
+        };
         let key_id = key.id().as_bytes();
         let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
-        let mut out =
-            Vec::with_capacity(header_len + SALT_LEN + record.encoded_len(&origin_json)? + TAG_LEN);
+        let mut out = Vec::with_capacity(header_len + SALT_LEN + encoded_len + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(key_id.len() as u8);
         out.extend_from_slice(key_id);
         out.extend_from_slice(&nonce);
         out.push(SALT_LEN as u8);
         out.extend_from_slice(&salt);
-        record.encode_into(&origin_json, &mut out)?;
+        match record {
+            Plain::Record(r) => r.encode_into(&origin_json, &mut out)?,
+            Plain::Derived(d) => d.encode_into(&mut out)?,
+        }
         Ok(Prepared {
             salt,
             nonce,
@@ -271,8 +328,33 @@ pub struct Opened {
     pub commitment: [u8; 32],
 }
 
-/// Decrypts and checks a sealed record.
+/// An opened record of either kind.
+pub struct OpenedContent {
+    pub content: Content,
+    pub salt: [u8; SALT_LEN],
+    pub commitment: [u8; 32],
+}
+
+/// Decrypts and checks a sealed record as received (a derived record is `BadRecord` here; see
+/// [`open_content`]).
 pub fn open(bytes: &[u8], record_id: RecordId, key: &DataKey) -> Result<Opened, SealError> {
+    let o = open_content(bytes, record_id, key)?;
+    match o.content {
+        Content::Record(record) => Ok(Opened {
+            record,
+            salt: o.salt,
+            commitment: o.commitment,
+        }),
+        Content::Derived(_) => Err(SealError::BadRecord),
+    }
+}
+
+/// Decrypts and checks a sealed record of either kind.
+pub fn open_content(
+    bytes: &[u8],
+    record_id: RecordId,
+    key: &DataKey,
+) -> Result<OpenedContent, SealError> {
     let header = parse_header(bytes)?;
     if header.key_id != key.id() {
         return Err(SealError::Decrypt(header.key_id.to_string()));
@@ -292,10 +374,10 @@ pub fn open(bytes: &[u8], record_id: RecordId, key: &DataKey) -> Result<Opened, 
         .map_err(|_| SealError::Decrypt(key.id().to_string()))?;
     let salt: [u8; SALT_LEN] = plain[..SALT_LEN].try_into().expect("length checked");
     let encoded = &plain[SALT_LEN..];
-    let record = Record::decode(encoded).ok_or(SealError::BadRecord)?;
-    Ok(Opened {
+    let content = Content::decode(encoded).ok_or(SealError::BadRecord)?;
+    Ok(OpenedContent {
         commitment: commitment(&salt, encoded),
-        record,
+        content,
         salt,
     })
 }

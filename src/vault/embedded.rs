@@ -18,8 +18,12 @@ use std::time::{Duration, Instant};
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::segments::{EntryHeader, Finding, Location, SegmentLog, SetAside, Staged, Tail};
-use super::{Position, PutRecord, PutResult, QuarantineEntry, StoredRecord, Vault, VaultError};
+use super::{
+    Derivation, MappingFailure, Position, PutRecord, PutResult, QuarantineEntry, Rederive,
+    StoredRecord, Vault, VaultError,
+};
 use crate::envelope::RecordId;
+use crate::ledger::Leaf;
 use crate::seal::Sealed;
 use crate::storage::{Db, Healing, Opener};
 use crate::testing::faulty::{Faults, FaultyBackend};
@@ -28,9 +32,29 @@ const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 const CONTROLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("controls");
 const QUARANTINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("quarantine");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// raw record id → the ids of the records derived from it, oldest first.
+const DERIVED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("derived");
+/// raw record id → JSON [`MappingFailure`] of its last mapping, when that failed.
+const FAILURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mapping_failures");
 
-/// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key.
-const FORMAT: u32 = 3;
+/// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key;
+/// 4 = also derived records (their segment entries name their raw record) and the tables
+/// `derived` and `mapping_failures`. A writable open upgrades 3 to 4 (nothing to convert), so a
+/// build that knows only 3 refuses a vault that may hold derived entries.
+const FORMAT: u32 = 4;
+const FORMAT_BEFORE_DERIVED: u32 = 3;
+
+/// An index table that a vault written before it existed lacks: read as empty.
+fn optional<'txn>(
+    r: &'txn redb::ReadTransaction,
+    table: TableDefinition<'static, &'static [u8], &'static [u8]>,
+) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, VaultError> {
+    match r.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
 const SEGMENT_TAIL: &str = "segment_tail";
 const ANCHORED_THROUGH: &str = "anchored_through";
 /// A new segment file starts once the current one would pass this size.
@@ -144,6 +168,27 @@ fn add_control(
     Ok(())
 }
 
+/// Lists `derived` under its raw record (once: a re-index may meet an entry already listed).
+fn add_derived(
+    table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+    raw: &RecordId,
+    derived: &RecordId,
+) -> Result<(), VaultError> {
+    let mut ids = table
+        .get(raw.0.as_slice())
+        .map_err(err)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    if ids.chunks(16).any(|c| c == derived.0) {
+        return Ok(());
+    }
+    ids.extend_from_slice(&derived.0);
+    table
+        .insert(raw.0.as_slice(), ids.as_slice())
+        .map_err(err)?;
+    Ok(())
+}
+
 /// Opens (with `create`, creates) vault.redb, checks its format and returns it with the durable
 /// segment tail it has indexed through.
 fn open_index(
@@ -171,10 +216,16 @@ fn open_index(
         let records = w.open_table(RECORDS).map_err(err)?;
         w.open_table(CONTROLS).map_err(err)?;
         w.open_table(QUARANTINE).map_err(err)?;
+        w.open_table(DERIVED).map_err(err)?;
+        w.open_table(FAILURES).map_err(err)?;
         let mut meta = w.open_table(META).map_err(err)?;
         let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
         match format {
             Some(v) if v == FORMAT.to_be_bytes() => {}
+            Some(v) if v == FORMAT_BEFORE_DERIVED.to_be_bytes() => {
+                meta.insert("format", FORMAT.to_be_bytes().as_slice())
+                    .map_err(err)?;
+            }
             Some(v) => {
                 return Err(VaultError::Storage(format!(
                     "vault format {} is not supported by this build (expects {FORMAT})",
@@ -228,8 +279,19 @@ fn reindex(
     {
         let mut records = w.open_table(RECORDS).map_err(err)?;
         let mut controls = w.open_table(CONTROLS).map_err(err)?;
+        let mut derived = w.open_table(DERIVED).map_err(err)?;
         let mut listed = Vec::new();
         for (h, at) in entries {
+            records
+                .insert(
+                    h.record_id.0.as_slice(),
+                    record_row(&h.commitment, *at).as_slice(),
+                )
+                .map_err(err)?;
+            if let Some((raw_id, _)) = h.derived_from() {
+                add_derived(&mut derived, &raw_id, &h.record_id)?;
+                continue;
+            }
             read_controls(&controls, &h.control_key, &mut listed)?;
             let known = listed
                 .chunks_exact(CONTROL_ENTRY)
@@ -237,12 +299,6 @@ fn reindex(
             if !known {
                 add_control(&mut controls, h, &mut listed)?;
             }
-            records
-                .insert(
-                    h.record_id.0.as_slice(),
-                    record_row(&h.commitment, *at).as_slice(),
-                )
-                .map_err(err)?;
         }
         w.open_table(META)
             .map_err(err)?
@@ -325,7 +381,9 @@ impl EmbeddedVault {
             let r = db.begin_read().map_err(err)?;
             let meta = r.open_table(META).map_err(err)?;
             match meta.get("format").map_err(err)? {
-                Some(v) if v.value() == FORMAT.to_be_bytes() => {}
+                Some(v)
+                    if v.value() == FORMAT.to_be_bytes()
+                        || v.value() == FORMAT_BEFORE_DERIVED.to_be_bytes() => {}
                 _ => {
                     return Err(VaultError::Storage(
                         "vault.redb: unknown or missing format".into(),
@@ -405,6 +463,7 @@ impl EmbeddedVault {
             w.set_durability(Durability::Immediate).map_err(err)?;
             w.delete_table(RECORDS).map_err(err)?;
             w.delete_table(CONTROLS).map_err(err)?;
+            w.delete_table(DERIVED).map_err(err)?;
             {
                 let mut meta = w.open_table(META).map_err(err)?;
                 meta.remove(SEGMENT_TAIL).map_err(err)?;
@@ -522,7 +581,54 @@ impl EmbeddedVault {
                 }
             }
         }
-        for id in entries.keys() {
+        // A derived record is under its raw record in `derived` instead, in store order.
+        let derived = optional(&r, DERIVED)?;
+        let rows = match &derived {
+            Some(t) => Some(t.iter().map_err(err)?),
+            None => None,
+        };
+        let mut listed_derived = std::collections::HashSet::new();
+        for row in rows.into_iter().flatten() {
+            let (k, v) = row.map_err(err)?;
+            let raw = hex::encode(k.value());
+            if v.value().len() % 16 != 0 || v.value().is_empty() {
+                fail(format!("index: derived entry of record {raw} is malformed"));
+                continue;
+            }
+            let mut last_end = None;
+            for c in v.value().chunks_exact(16) {
+                let id = record_id(c)?;
+                match entries.get(&id) {
+                    Some((h, end)) if h.derived_from().is_some_and(|(r, _)| r.0[..] == *k.value()) => {
+                        if last_end.is_some_and(|e: Tail| e.position() > end.position()) {
+                            fail(format!("index: derived records of {raw} are not in store order"));
+                        }
+                        last_end = Some(*end);
+                        listed_derived.insert(id);
+                    }
+                    Some(_) => fail(format!(
+                        "index: record {raw} lists {id} as derived from it, which its entry does not say"
+                    )),
+                    None => fail(format!(
+                        "index: record {raw} lists derived record {id}, which is in no segment"
+                    )),
+                }
+            }
+        }
+        for (id, (h, _)) in &entries {
+            if h.derived_from().is_some()
+                && !listed_derived.contains(id)
+                && !self.pending.contains_key(id)
+            {
+                fail(format!(
+                    "index: derived record {id} is not listed under its raw record"
+                ));
+            }
+        }
+        for (id, (h, _)) in &entries {
+            if h.derived_from().is_some() {
+                continue;
+            }
             if !under_control.contains(id) && !self.pending.contains_key(id) {
                 fail(format!(
                     "index: record {id} is under no control entry (a re-send would be stored again)"
@@ -621,6 +727,32 @@ impl EmbeddedVault {
     }
 }
 
+/// An entry staged in a commit, to be indexed once the append says where the batch went.
+struct Placed {
+    id: RecordId,
+    commitment: [u8; 32],
+    offset: u64,
+    len: u32,
+    /// The result slot of the put it belongs to.
+    slot: usize,
+    /// For a derived record, its raw record.
+    derived_from: Option<RecordId>,
+}
+
+type Table<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+fn put_failure(
+    failures: &mut Table<'_>,
+    raw: &RecordId,
+    f: &MappingFailure,
+) -> Result<(), VaultError> {
+    let json = serde_json::to_vec(f).map_err(err)?;
+    failures
+        .insert(raw.0.as_slice(), json.as_slice())
+        .map_err(err)?;
+    Ok(())
+}
+
 impl Vault for EmbeddedVault {
     fn commit(
         &self,
@@ -632,22 +764,25 @@ impl Vault for EmbeddedVault {
         // every INDEX_SYNC_INTERVAL (a crash loses nothing: the segments are re-read). Quarantine
         // entries live only in the index, so a commit holding one is synced at once.
         let sync = !quarantine.is_empty()
+            || puts
+                .iter()
+                .any(|p| matches!(p.derived, Derivation::Failed(_)))
             || self.last_sync.lock().expect("lock").elapsed() >= INDEX_SYNC_INTERVAL;
-        w.set_durability(if sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(err)?;
-        let result: Result<Vec<PutResult>, VaultError> = (|| {
+        let result: Result<(Vec<PutResult>, bool), VaultError> = (|| {
             let mut results = Vec::with_capacity(puts.len());
             let mut records = w.open_table(RECORDS).map_err(err)?;
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
+            let mut derived = w.open_table(DERIVED).map_err(err)?;
+            let mut failures = w.open_table(FAILURES).map_err(err)?;
             let mut staged = self.staged.lock().expect("lock");
             staged.clear();
             // Records new in this batch: a duplicate of one of them finds its commitment here,
             // as its index row is written only after the segment append.
             let mut fresh: HashMap<RecordId, [u8; 32]> = HashMap::new();
+            let mut noted_failure = false;
+            // Raw records given a derived record in this batch (its list is written after the
+            // append), for a duplicate of one in the same batch.
+            let mut with_derived = std::collections::HashSet::new();
             let mut placed = Vec::with_capacity(puts.len());
             let mut entries = Vec::new();
             for p in puts {
@@ -671,12 +806,39 @@ impl Vault for EmbeddedVault {
                             .and_then(|row| parse_row(id, row.value()).ok())
                             .map(|(c, _)| c),
                     };
-                    results.push(match commitment {
-                        Some(commitment) => PutResult::Duplicate {
-                            record_id: id,
-                            commitment,
-                        },
-                        None => PutResult::IndexDamaged,
+                    let Some(commitment) = commitment else {
+                        results.push(PutResult::IndexDamaged);
+                        continue;
+                    };
+                    // The put's derivation was made from this re-sent copy (its own id and
+                    // commitment), so it cannot stand for the first copy. A first copy without a
+                    // derived record (a crash tore its derived entry off before anyone was
+                    // acknowledged, or it was stored with normalization off) is noted as a
+                    // mapping failure, which `medanchor mapping replay --failed` maps.
+                    if !matches!(p.derived, Derivation::None)
+                        && !with_derived.contains(&id)
+                        && derived.get(id.0.as_slice()).map_err(err)?.is_none()
+                        && failures.get(id.0.as_slice()).map_err(err)?.is_none()
+                    {
+                        let (mapping_version, at_ms) = match &p.derived {
+                            Derivation::Failed(f) => (f.mapping_version.clone(), f.at_ms),
+                            _ => (String::new(), crate::envelope::now_ms()),
+                        };
+                        put_failure(
+                            &mut failures,
+                            &id,
+                            &MappingFailure {
+                                label: "not_derived".into(),
+                                detail: "stored without a derived record (normalization was off, or a crash cut the derived entry off before the message was acknowledged); map it with `medanchor mapping replay --failed`".into(),
+                                mapping_version,
+                                at_ms,
+                            },
+                        )?;
+                        noted_failure = true;
+                    }
+                    results.push(PutResult::Duplicate {
+                        record_id: id,
+                        commitment,
                     });
                     continue;
                 }
@@ -692,12 +854,43 @@ impl Vault for EmbeddedVault {
                 add_control(&mut controls, &header, &mut entries)?;
                 fresh.insert(id, s.commitment);
                 let (offset, len) = SegmentLog::stage(&mut staged, &header, &s.bytes);
-                placed.push((id, s.commitment, offset, len, results.len()));
+                placed.push(Placed {
+                    id,
+                    commitment: s.commitment,
+                    offset,
+                    len,
+                    slot: results.len(),
+                    derived_from: None,
+                });
+                match &p.derived {
+                    Derivation::None => {}
+                    Derivation::Mapped(d) => {
+                        with_derived.insert(id);
+                        let header =
+                            EntryHeader::derived(d.record_id, d.commitment, id, s.commitment);
+                        let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
+                        placed.push(Placed {
+                            id: d.record_id,
+                            commitment: d.commitment,
+                            offset,
+                            len,
+                            slot: results.len(),
+                            derived_from: Some(id),
+                        });
+                    }
+                    Derivation::Failed(f) => put_failure(&mut failures, &id, f)?,
+                }
                 // The position is filled in once the append says where the batch went.
                 results.push(if conflict {
-                    PutResult::StoredConflict { position: 0 }
+                    PutResult::StoredConflict {
+                        position: 0,
+                        derived_at: None,
+                    }
                 } else {
-                    PutResult::Stored { position: 0 }
+                    PutResult::Stored {
+                        position: 0,
+                        derived_at: None,
+                    }
                 });
             }
             if !placed.is_empty() {
@@ -706,20 +899,30 @@ impl Vault for EmbeddedVault {
                     .segments
                     .append(&staged)
                     .map_err(|e| VaultError::Storage(e.to_string()))?;
-                for (id, commitment, offset, len, slot) in placed {
+                for p in placed {
                     let at = Location {
                         segment,
-                        offset: base + offset,
-                        len,
+                        offset: base + p.offset,
+                        len: p.len,
                     };
                     records
-                        .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
+                        .insert(p.id.0.as_slice(), record_row(&p.commitment, at).as_slice())
                         .map_err(err)?;
-                    match &mut results[slot] {
-                        PutResult::Stored { position } | PutResult::StoredConflict { position } => {
-                            *position = at.end().position()
-                        }
-                        PutResult::Duplicate { .. } | PutResult::IndexDamaged => {
+                    if let Some(raw) = &p.derived_from {
+                        add_derived(&mut derived, raw, &p.id)?;
+                    }
+                    match (&mut results[p.slot], p.derived_from) {
+                        (
+                            PutResult::Stored { position, .. }
+                            | PutResult::StoredConflict { position, .. },
+                            None,
+                        ) => *position = at.end().position(),
+                        (
+                            PutResult::Stored { derived_at, .. }
+                            | PutResult::StoredConflict { derived_at, .. },
+                            Some(_),
+                        ) => *derived_at = Some(at.end().position()),
+                        (PutResult::Duplicate { .. } | PutResult::IndexDamaged, _) => {
                             unreachable!("slot of a stored record")
                         }
                     }
@@ -740,9 +943,17 @@ impl Vault for EmbeddedVault {
                 q.insert(sealed.record_id.0.as_slice(), value.as_slice())
                     .map_err(err)?;
             }
-            Ok(results)
+            Ok((results, noted_failure))
         })();
-        let committed = result.and_then(|results| {
+        // A failure noted lives only in the index: synced like a quarantine entry.
+        let sync = sync || result.as_ref().is_ok_and(|(_, noted)| *noted);
+        let committed = result.and_then(|(results, _)| {
+            w.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(err)?;
             w.commit().map_err(err)?;
             Ok(results)
         });
@@ -760,6 +971,108 @@ impl Vault for EmbeddedVault {
             Ok(_) => {}
         }
         committed
+    }
+
+    fn commit_derivations(&self, items: &[Rederive]) -> Result<Vec<Option<Position>>, VaultError> {
+        let mut w = self.begin_write()?;
+        w.set_durability(Durability::Immediate).map_err(err)?;
+        let result: Result<Vec<Option<Position>>, VaultError> = (|| {
+            let mut records = w.open_table(RECORDS).map_err(err)?;
+            let mut derived = w.open_table(DERIVED).map_err(err)?;
+            let mut failures = w.open_table(FAILURES).map_err(err)?;
+            let mut staged = self.staged.lock().expect("lock");
+            staged.clear();
+            let mut placed = Vec::new();
+            for (slot, item) in items.iter().enumerate() {
+                match &item.derived {
+                    Derivation::None => {}
+                    Derivation::Failed(f) => put_failure(&mut failures, &item.raw_id, f)?,
+                    Derivation::Mapped(d) => {
+                        failures.remove(item.raw_id.0.as_slice()).map_err(err)?;
+                        let header = EntryHeader::derived(
+                            d.record_id,
+                            d.commitment,
+                            item.raw_id,
+                            item.raw_commitment,
+                        );
+                        let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
+                        placed.push((slot, d.record_id, d.commitment, offset, len));
+                    }
+                }
+            }
+            let mut positions = vec![None; items.len()];
+            if !placed.is_empty() {
+                let (segment, base) = self
+                    .segments
+                    .append(&staged)
+                    .map_err(|e| VaultError::Storage(e.to_string()))?;
+                for (slot, id, commitment, offset, len) in placed {
+                    let at = Location {
+                        segment,
+                        offset: base + offset,
+                        len,
+                    };
+                    records
+                        .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
+                        .map_err(err)?;
+                    add_derived(&mut derived, &items[slot].raw_id, &id)?;
+                    positions[slot] = Some(at.end().position());
+                }
+                w.open_table(META)
+                    .map_err(err)?
+                    .insert(SEGMENT_TAIL, self.segments.tail().to_bytes().as_slice())
+                    .map_err(err)?;
+            }
+            Ok(positions)
+        })();
+        let committed = result.and_then(|positions| {
+            w.commit().map_err(err)?;
+            Ok(positions)
+        });
+        if let Err(e) = &committed {
+            self.db.failed(e);
+        }
+        committed
+    }
+
+    fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let listed = match optional(&r, DERIVED)? {
+            Some(t) => t.get(raw.0.as_slice()).map_err(err)?,
+            None => None,
+        };
+        let mut ids: Vec<RecordId> = match listed {
+            Some(v) if v.value().len() % 16 == 0 => v
+                .value()
+                .chunks_exact(16)
+                .map(|c| RecordId(c.try_into().expect("16")))
+                .collect(),
+            Some(_) => return Err(VaultError::Corrupt(format!("derived entry of {raw}"))),
+            None => Vec::new(),
+        };
+        // Entries past the durable tail that a crash left to be re-indexed at the next start.
+        for (id, (h, _)) in self.pending.iter() {
+            if h.derived_from().is_some_and(|(r, _)| r == *raw) && !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn mapping_failures(&self) -> Result<Vec<(RecordId, MappingFailure)>, VaultError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let Some(t) = optional(&r, FAILURES)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in t.iter().map_err(err)? {
+            let (k, v) = e.map_err(err)?;
+            let id = record_id(k.value())?;
+            let f = serde_json::from_slice(v.value())
+                .map_err(|_| VaultError::Corrupt(format!("mapping failure of {id}")))?;
+            out.push((id, f));
+        }
+        Ok(out)
     }
 
     fn sync(&self) -> Result<(), VaultError> {
@@ -815,10 +1128,7 @@ impl Vault for EmbeddedVault {
         Ok(n)
     }
 
-    fn unanchored(
-        &self,
-        at_least: Position,
-    ) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError> {
+    fn unanchored(&self, at_least: Position) -> Result<Vec<(Leaf, Position)>, VaultError> {
         let tail = self.segments.tail();
         let mut from = self.anchored_through()?;
         // The log's watermark, if it lies within the log (a data directory whose segments lost
@@ -830,7 +1140,7 @@ impl Vault for EmbeddedVault {
         let mut out = Vec::new();
         self.segments
             .scan(from, tail, &mut |h, end| {
-                out.push((h.record_id, h.commitment, end.position()))
+                out.push((h.leaf(), end.position()))
             })
             .map_err(|e| VaultError::Corrupt(e.to_string()))?;
         Ok(out)
@@ -898,7 +1208,7 @@ mod fault_tests;
 
 #[cfg(test)]
 mod tests {
-    use super::fault_tests::{message, put_of};
+    use super::fault_tests::{derived_of, message, put_of};
     use super::*;
 
     /// One bad control entry once failed a whole group commit (276 of 720 unrelated messages).
@@ -952,7 +1262,8 @@ mod tests {
             1 << 20,
         )
         .unwrap();
-        assert_eq!(repaired.reindexed, 12);
+        // Twelve messages, four of them (every third) with a derived record.
+        assert_eq!(repaired.reindexed, 16);
         let v = open();
         let results = v.commit(&batch, &[]).unwrap();
         assert!(results
@@ -961,5 +1272,151 @@ mod tests {
         let mut problems = Vec::new();
         v.check_index(&mut |p| problems.push(p)).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    /// A derived record is stored with its raw record, only when that is new, listed under it,
+    /// offered to the log as a derived leaf, re-indexed after a crash and rebuilt by repair;
+    /// replays append newer ones and clear the failure they replace.
+    #[test]
+    fn derived_records_follow_their_raw_record_through_commit_crash_replay_and_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, segments) = (dir.path().join("vault.redb"), dir.path().join("segments"));
+        let open = || EmbeddedVault::open(&index, &segments, 1 << 20, true).unwrap();
+        let msgs: Vec<_> = (0..4).map(message).collect();
+        let v = open();
+        let mut puts: Vec<PutRecord> = msgs.iter().map(put_of).collect();
+        for p in &mut puts {
+            p.derived = Derivation::None;
+        }
+        let first = derived_of(&msgs[0], 0);
+        puts[0].derived = Derivation::Mapped(first.clone());
+        let failure = MappingFailure {
+            label: "unknown_segment".into(),
+            detail: "ZZZ".into(),
+            mapping_version: "v1".into(),
+            at_ms: 3,
+        };
+        puts[1].derived = Derivation::Failed(failure.clone());
+        let results = v.commit(&puts, &[]).unwrap();
+        let PutResult::Stored {
+            position,
+            derived_at: Some(derived_at),
+        } = results[0]
+        else {
+            panic!("{:?}", results[0])
+        };
+        assert!(derived_at > position);
+        assert!(matches!(
+            results[1],
+            PutResult::Stored {
+                derived_at: None,
+                ..
+            }
+        ));
+        let raw0 = msgs[0].put.sealed.record_id;
+        assert_eq!(v.derived_of(&raw0).unwrap(), vec![first.record_id]);
+        assert_eq!(
+            v.mapping_failures().unwrap(),
+            vec![(msgs[1].put.sealed.record_id, failure)]
+        );
+        // A re-send is a duplicate: its derivation is not stored a second time.
+        let mut again = put_of(&msgs[0]);
+        again.derived = Derivation::Mapped(derived_of(&msgs[0], 9));
+        assert!(matches!(
+            v.commit(&[again], &[]).unwrap()[0],
+            PutResult::Duplicate { .. }
+        ));
+        assert_eq!(v.derived_of(&raw0).unwrap().len(), 1);
+        // A re-send of a record stored without a derived record: the derivation made from the
+        // re-sent copy names that copy, so it is not filed under the first; the gap is noted.
+        let mut resent = put_of(&msgs[2]);
+        resent.derived = Derivation::Mapped(derived_of(&msgs[2], 5));
+        assert!(matches!(
+            v.commit(&[resent], &[]).unwrap()[0],
+            PutResult::Duplicate { .. }
+        ));
+        let raw2 = msgs[2].put.sealed.record_id;
+        assert!(v.derived_of(&raw2).unwrap().is_empty());
+        let noted = v.mapping_failures().unwrap();
+        assert!(
+            noted
+                .iter()
+                .any(|(id, f)| *id == raw2 && f.label == "not_derived"),
+            "{noted:?}"
+        );
+        // The log is offered the derived leaf after its raw one, naming it.
+        let leaves = v.unanchored(0).unwrap();
+        assert_eq!(leaves.len(), 5);
+        assert_eq!(leaves[1].0.record_id, first.record_id);
+        assert_eq!(
+            leaves[1].0.derived_from,
+            Some((raw0, msgs[0].put.sealed.commitment))
+        );
+        assert_eq!(leaves[1].1, derived_at);
+        // A replay: a newer derivation of record 1 clears its failure; record 0 gets a second.
+        let replayed = derived_of(&msgs[1], 1);
+        let second = derived_of(&msgs[0], 2);
+        let positions = v
+            .commit_derivations(&[
+                Rederive {
+                    raw_id: msgs[1].put.sealed.record_id,
+                    raw_commitment: msgs[1].put.sealed.commitment,
+                    derived: Derivation::Mapped(replayed.clone()),
+                },
+                Rederive {
+                    raw_id: raw0,
+                    raw_commitment: msgs[0].put.sealed.commitment,
+                    derived: Derivation::Mapped(second.clone()),
+                },
+            ])
+            .unwrap();
+        assert!(positions.iter().all(Option::is_some));
+        let left: Vec<RecordId> = v
+            .mapping_failures()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            left,
+            vec![raw2],
+            "record 1's failure is cleared by its replay"
+        );
+        assert_eq!(
+            v.derived_of(&raw0).unwrap(),
+            vec![first.record_id, second.record_id]
+        );
+        let got = v.get(&second.record_id).unwrap().unwrap();
+        assert_eq!(got.sealed, second.bytes);
+        let check = |v: &EmbeddedVault| {
+            let mut problems = Vec::new();
+            v.check_index(&mut |p| problems.push(p)).unwrap();
+            problems
+        };
+        assert!(check(&v).is_empty(), "{:?}", check(&v));
+        // A derived entry missing from its list is named.
+        {
+            let w = v.db.begin_write(&|_| Ok(())).unwrap();
+            w.open_table(DERIVED)
+                .unwrap()
+                .insert(raw0.0.as_slice(), first.record_id.0.as_slice())
+                .unwrap();
+            w.commit().unwrap();
+        }
+        let problems = check(&v);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("not listed under its raw record"),
+            "{problems:?}"
+        );
+        drop(v);
+        // Repair rebuilds the lists from the segments, in store order.
+        EmbeddedVault::repair(&index, &segments, 1 << 20).unwrap();
+        let v = open();
+        assert_eq!(
+            v.derived_of(&raw0).unwrap(),
+            vec![first.record_id, second.record_id]
+        );
+        assert!(check(&v).is_empty(), "{:?}", check(&v));
     }
 }

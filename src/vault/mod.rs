@@ -9,6 +9,7 @@ pub mod writer;
 pub use embedded::EmbeddedVault;
 
 use crate::envelope::RecordId;
+use crate::ledger::Leaf;
 use crate::seal::Sealed;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,39 @@ pub struct PutRecord {
     pub dedup_key: [u8; 32],
     /// Keyed hash of (sender, control id).
     pub control_key: [u8; 32],
+    /// What normalization made of it, stored in the same commit when the record is stored (a
+    /// duplicate's first copy has its own).
+    pub derived: Derivation,
+}
+
+/// What normalization made of a raw record.
+#[derive(Debug, Clone)]
+pub enum Derivation {
+    /// Not normalized (FHIR input, normalization off, or input kept in quarantine).
+    None,
+    /// A derived record (the FHIR Bundle), sealed under the raw record's patient key.
+    Mapped(Sealed),
+    /// Mapping failed: the raw record is stored all the same and the failure kept for replay.
+    Failed(MappingFailure),
+}
+
+/// Why a raw record has no current derived record. Names segments and fields, never values, so
+/// it is kept in the index unsealed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MappingFailure {
+    /// Fixed reason (metrics label), e.g. `invalid_output`.
+    pub label: String,
+    pub detail: String,
+    pub mapping_version: String,
+    pub at_ms: u64,
+}
+
+/// A derivation of a record already stored (`medanchor mapping replay`).
+#[derive(Debug, Clone)]
+pub struct Rederive {
+    pub raw_id: RecordId,
+    pub raw_commitment: [u8; 32],
+    pub derived: Derivation,
 }
 
 /// A record's place in the vault's commit order: a later commit has a larger position. The
@@ -41,6 +75,8 @@ pub type Position = u64;
 pub enum PutResult {
     Stored {
         position: Position,
+        /// Where its derived record went (stored right after it), if it has one.
+        derived_at: Option<Position>,
     },
     /// Same sender, control id and bytes as an earlier record: its id and commitment.
     Duplicate {
@@ -50,6 +86,7 @@ pub enum PutResult {
     /// New bytes under a control id this sender already used; stored as a new record.
     StoredConflict {
         position: Position,
+        derived_at: Option<Position>,
     },
     /// The index entries this message needs are damaged: it is neither stored nor known as a
     /// duplicate until `medanchor repair` rebuilds the index (the rest of the commit is not
@@ -83,6 +120,15 @@ pub trait Vault: Send + Sync + 'static {
         puts: &[PutRecord],
         quarantine: &[(QuarantineEntry, Sealed)],
     ) -> Result<Vec<PutResult>, VaultError>;
+    /// Stores new derivations of stored records in one durable commit: a mapped one appends a
+    /// derived record (the newest is current; earlier ones stay) and clears the raw record's
+    /// failure, a failed one records the failure. Returns the position of each derived record
+    /// stored (`None` for a failure).
+    fn commit_derivations(&self, items: &[Rederive]) -> Result<Vec<Option<Position>>, VaultError>;
+    /// The derived records made from a raw record, oldest first (the last is current).
+    fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError>;
+    /// Raw records whose last mapping failed, with why.
+    fn mapping_failures(&self) -> Result<Vec<(RecordId, MappingFailure)>, VaultError>;
     /// Makes everything committed so far durable in the index too (at shutdown, so the next
     /// start has nothing to re-index).
     fn sync(&self) -> Result<(), VaultError>;
@@ -96,10 +142,7 @@ pub trait Vault: Send + Sync + 'static {
     fn record_count(&self) -> Result<u64, VaultError>;
     /// Records stored after the anchored watermark and after `at_least` (the watermark the log
     /// itself keeps, durable with each anchoring), in commit order.
-    fn unanchored(
-        &self,
-        at_least: Position,
-    ) -> Result<Vec<(RecordId, [u8; 32], Position)>, VaultError>;
+    fn unanchored(&self, at_least: Position) -> Result<Vec<(Leaf, Position)>, VaultError>;
     /// Moves the vault's copy of the watermark: every record up to `through` is in the log. Not
     /// synced at once (the log's copy is durable; this one is for `verify` and `repair`).
     fn mark_anchored(&self, through: Position) -> Result<(), VaultError>;

@@ -158,7 +158,50 @@ pub struct EntryHeader {
     pub control_key: [u8; 32],
 }
 
+/// The first 16 bytes of a derived record's control-key field. A raw record's control key is a
+/// keyed hash, which starts with these bytes with probability 2^-128.
+pub const DERIVED_MARK: &[u8; 16] = b"medanchor/derive";
+
 impl EntryHeader {
+    /// The header of a derived record's entry: it has no dedup or control key (it is stored
+    /// only with, or after, its raw record), so those fields name the raw record instead:
+    /// dedup key = raw commitment, control key = [`DERIVED_MARK`] ‖ raw record id.
+    pub fn derived(
+        record_id: RecordId,
+        commitment: [u8; 32],
+        raw_id: RecordId,
+        raw_commitment: [u8; 32],
+    ) -> EntryHeader {
+        let mut control_key = [0u8; 32];
+        control_key[..16].copy_from_slice(DERIVED_MARK);
+        control_key[16..].copy_from_slice(&raw_id.0);
+        EntryHeader {
+            record_id,
+            commitment,
+            dedup_key: raw_commitment,
+            control_key,
+        }
+    }
+
+    /// For a derived record's entry, the raw record's id and commitment.
+    pub fn derived_from(&self) -> Option<(RecordId, [u8; 32])> {
+        (self.control_key[..16] == DERIVED_MARK[..]).then(|| {
+            (
+                RecordId(self.control_key[16..].try_into().expect("16")),
+                self.dedup_key,
+            )
+        })
+    }
+
+    /// The log leaf that anchors this entry's record.
+    pub fn leaf(&self) -> crate::ledger::Leaf {
+        crate::ledger::Leaf {
+            record_id: self.record_id,
+            commitment: self.commitment,
+            derived_from: self.derived_from(),
+        }
+    }
+
     fn parse(h: &[u8; ENTRY_HEADER]) -> (u32, u32, EntryHeader) {
         let field = |from: usize| -> [u8; 32] { h[from..from + 32].try_into().expect("32") };
         (

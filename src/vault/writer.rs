@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{Position, PutRecord, PutResult, QuarantineEntry, Vault};
+use super::{Derivation, Position, PutRecord, PutResult, QuarantineEntry, Vault};
 use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
+use crate::ledger::Leaf;
 use crate::metrics::Metrics;
 use crate::seal::Sealed;
 use crate::throttle::Throttle;
@@ -27,7 +28,7 @@ pub enum WriteOp {
 }
 
 /// A committed record on its way to the log, with its place in the vault's commit order.
-pub type ToAnchor = (RecordId, [u8; 32], Position, Instant);
+pub type ToAnchor = (Leaf, Position, Instant);
 
 pub fn spawn(
     vault: Arc<dyn Vault>,
@@ -120,15 +121,29 @@ fn commit_batch(
                         metrics.duplicates.inc();
                         (receipt(record_id, &commitment), true)
                     }
-                    PutResult::Stored { position } | PutResult::StoredConflict { position } => {
+                    PutResult::Stored {
+                        position,
+                        derived_at,
+                    }
+                    | PutResult::StoredConflict {
+                        position,
+                        derived_at,
+                    } => {
                         if matches!(result, PutResult::StoredConflict { .. }) {
                             metrics.control_id_conflicts.inc();
                         }
                         let s = &put.sealed;
                         // The ledger is behind us in the flow: waiting for it here is backpressure.
                         // Sent in commit order, which the anchored watermark relies on.
-                        let _ =
-                            anchor.blocking_send((s.record_id, s.commitment, position, committed));
+                        let _ = anchor.blocking_send((
+                            Leaf::record(s.record_id, s.commitment),
+                            position,
+                            committed,
+                        ));
+                        if let Some(at) = derived_at {
+                            let raw = (s.record_id, s.commitment);
+                            send_derived(anchor, &put.derived, raw, at, committed);
+                        }
                         (receipt(s.record_id, &s.commitment), false)
                     }
                 };
@@ -154,6 +169,24 @@ fn commit_batch(
                 });
             }
         }
+    }
+}
+
+/// Offers a stored derived record to the log, after its raw record.
+fn send_derived(
+    anchor: &mpsc::Sender<ToAnchor>,
+    derived: &Derivation,
+    raw: (RecordId, [u8; 32]),
+    at: Position,
+    committed: Instant,
+) {
+    if let Derivation::Mapped(d) = derived {
+        let leaf = Leaf {
+            record_id: d.record_id,
+            commitment: d.commitment,
+            derived_from: Some(raw),
+        };
+        let _ = anchor.blocking_send((leaf, at, committed));
     }
 }
 

@@ -8,8 +8,12 @@ use crate::proof::{verify_inclusion, ProofError};
 
 pub const BUNDLE_FORMAT: &str = "medanchor-proof/1";
 
-/// Leaf kinds: every ledger event is a typed leaf `kind || 32-byte commitment`.
+/// Leaf kinds: every ledger event is a typed leaf starting with its kind byte.
+/// `0x01 || commitment`: a record stored as received.
 pub const LEAF_RECORD_STORED: u8 = 0x01;
+/// `0x02 || commitment || raw commitment`: a record derived from a stored one (a FHIR Bundle
+/// mapped from an HL7v2 message); the leaf itself binds the two commitments.
+pub const LEAF_DERIVED_STORED: u8 = 0x02;
 
 /// The leaf entry for a stored record.
 pub fn record_leaf(commitment: &Hash) -> [u8; 33] {
@@ -17,6 +21,27 @@ pub fn record_leaf(commitment: &Hash) -> [u8; 33] {
     e[0] = LEAF_RECORD_STORED;
     e[1..].copy_from_slice(commitment);
     e
+}
+
+/// The leaf entry for a derived record made from the record committed to by `raw`.
+pub fn derived_leaf(commitment: &Hash, raw: &Hash) -> [u8; 65] {
+    let mut e = [0u8; 65];
+    e[0] = LEAF_DERIVED_STORED;
+    e[1..33].copy_from_slice(commitment);
+    e[33..].copy_from_slice(raw);
+    e
+}
+
+/// In the bundle of a derived record: the raw record it was made from, proven in the same tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedFrom {
+    pub record_id: String,
+    /// Hex commitment of the raw record; the derived leaf binds it.
+    pub commitment: String,
+    pub leaf_index: u64,
+    /// Hex hashes, leaf to root, in the bundle's tree.
+    pub inclusion: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +59,11 @@ pub struct ProofBundle {
     pub checkpoint: String,
     /// Verifier key of the log (`name+hash+base64`).
     pub public_key: String,
+    /// Only for a derived record: its leaf is `0x02 || commitment || derived_from.commitment`,
+    /// and the raw record's own leaf is proven too. Absent (not null) for a raw record, so raw
+    /// bundles are byte for byte what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<DerivedFrom>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +82,9 @@ pub enum BundleError {
     SizeMismatch(u64, u64),
     #[error("inclusion proof: {0}")]
     Inclusion(ProofError),
+    /// The raw record a derived record names is not proven in the bundle's tree.
+    #[error("inclusion proof of the raw record: {0}")]
+    RawInclusion(ProofError),
 }
 
 fn hash_hex(s: &str, field: &'static str) -> Result<Hash, BundleError> {
@@ -90,11 +123,32 @@ impl ProofBundle {
             .map(|h| hash_hex(h, "inclusion"))
             .collect::<Result<Vec<_>, _>>()?;
         let hasher = Sha3Hasher;
+        let leaf = match &self.derived_from {
+            None => hasher.leaf(&record_leaf(&commitment)),
+            Some(raw) => {
+                let raw_commitment = hash_hex(&raw.commitment, "derived_from.commitment")?;
+                let raw_path = raw
+                    .inclusion
+                    .iter()
+                    .map(|h| hash_hex(h, "derived_from.inclusion"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                verify_inclusion(
+                    &hasher,
+                    raw.leaf_index,
+                    self.tree_size,
+                    &hasher.leaf(&record_leaf(&raw_commitment)),
+                    &raw_path,
+                    &cp.checkpoint.root,
+                )
+                .map_err(BundleError::RawInclusion)?;
+                hasher.leaf(&derived_leaf(&commitment, &raw_commitment))
+            }
+        };
         verify_inclusion(
             &hasher,
             self.leaf_index,
             self.tree_size,
-            &hasher.leaf(&record_leaf(&commitment)),
+            &leaf,
             &path,
             &cp.checkpoint.root,
         )

@@ -33,7 +33,10 @@ mod hasher;
 mod proof;
 mod tree;
 
-pub use bundle::{record_leaf, BundleError, ProofBundle, BUNDLE_FORMAT, LEAF_RECORD_STORED};
+pub use bundle::{
+    derived_leaf, record_leaf, BundleError, DerivedFrom, ProofBundle, BUNDLE_FORMAT,
+    LEAF_DERIVED_STORED, LEAF_RECORD_STORED,
+};
 pub use checkpoint::{
     key_hash, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, SignedCheckpoint,
 };

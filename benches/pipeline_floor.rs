@@ -1,0 +1,81 @@
+//! The single-core floor of the pipeline's CPU work on `medanchor bench mllp`'s message mix:
+//! decode, normalize (map and check the Bundle), and seal the raw and the derived record, one
+//! message after another on one thread, with no I/O. The end-to-end MLLP rate on one core is
+//! reported as a fraction of this (`scripts/bench-normalize` runs both side by side).
+//!
+//! Variants: `normalize_on` (what the gateway does by default), `normalize_no_validation`
+//! (`normalize.validate_output = false`) and `normalize_off` (decode and seal the raw record
+//! only).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use medanchor::config::NormalizeConfig;
+use medanchor::envelope::{FormatHint, Origin, RecordId};
+use medanchor::normalize::Normalizer;
+use medanchor::pipeline::{decode, derive_record};
+use medanchor::record::AcceptRules;
+use medanchor::seal::{seal_derived_many, seal_many, DataKey};
+
+fn bench(c: &mut Criterion) {
+    let messages: Vec<Bytes> = medanchor::cli::bench::mix_messages()
+        .into_iter()
+        .map(Bytes::from)
+        .collect();
+    let origin = Origin::Local {
+        name: "bench".into(),
+    };
+    let rules = AcceptRules::default();
+    let key = DataKey::new("p-bench", [7; 32]);
+    let on = NormalizeConfig::default();
+    let no_validation = NormalizeConfig {
+        validate_output: false,
+        ..NormalizeConfig::default()
+    };
+    let normalizer = Normalizer::load(&on).expect("the built-in mapping files load");
+    // Every message of the mix maps: a failure here would measure the failure path instead.
+    for (i, m) in messages.iter().enumerate() {
+        let record = decode(m, FormatHint::Hl7v2, &origin, 1, &rules).expect("decodes");
+        derive_record(
+            &normalizer,
+            &on,
+            &record.raw,
+            (RecordId([1; 16]), [2; 32]),
+            1,
+        )
+        .unwrap_or_else(|e| panic!("message {i} of the mix does not map: {e}"));
+    }
+    let run = |cfg: Option<&NormalizeConfig>| {
+        for m in &messages {
+            let record = decode(black_box(m), FormatHint::Hl7v2, &origin, 1, &rules).unwrap();
+            let id = RecordId([1; 16]);
+            let sealed = seal_many(&[(&record, id, &key)]).pop().unwrap().unwrap();
+            if let Some(cfg) = cfg {
+                let (derived, _) = derive_record(
+                    &normalizer,
+                    cfg,
+                    &record.raw,
+                    (sealed.record_id, sealed.commitment),
+                    1,
+                )
+                .unwrap();
+                black_box(seal_derived_many(&[(&derived, RecordId([3; 16]), &key)]));
+            }
+            black_box(sealed);
+        }
+    };
+    let mut g = c.benchmark_group("pipeline_floor");
+    g.throughput(Throughput::Elements(messages.len() as u64));
+    g.measurement_time(Duration::from_secs(6));
+    g.bench_function("normalize_on", |b| b.iter(|| run(Some(&on))));
+    g.bench_function("normalize_no_validation", |b| {
+        b.iter(|| run(Some(&no_validation)))
+    });
+    g.bench_function("normalize_off", |b| b.iter(|| run(None)));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,694 @@
+//! The implementation guide's condition syntax (`IF PID-7 LENGTH GREATER THAN 8`,
+//! `IF PID-13.2 IS NOT VALUED`, `IF XAD.7 IN ("M", "SH")`, `AND`/`OR`/`NOT`, parentheses) and its
+//! assignments (`"http://…"`, `XTN.6+" "+XTN.7`), compiled once at load into small trees that are
+//! evaluated against a segment or a data-type value.
+
+use std::borrow::Cow;
+
+/// Where a reference points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ref {
+    /// `PID-13.2.1`: a field of a segment (`None`: the segment the row is about). `comp` and
+    /// `sub` are 0 for "the whole".
+    Field {
+        seg: Option<[u8; 3]>,
+        field: u16,
+        comp: u16,
+        sub: u16,
+    },
+    /// `XTN.3`, `HD.2.1`: a component of the data-type value the row is about.
+    Comp { comp: u16, sub: u16 },
+    /// `ORC`: whether such a segment is present (message maps).
+    Segment([u8; 3]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl Cmp {
+    fn holds(self, a: usize, b: usize) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    Const(bool),
+    All(Vec<Cond>),
+    Any(Vec<Cond>),
+    Not(Box<Cond>),
+    Valued(Ref),
+    In(Ref, Vec<String>),
+    Length(Ref, Cmp, usize),
+    Count(Ref, Cmp, usize),
+}
+
+/// What a condition is evaluated against (the engine's view of the message).
+pub trait Env {
+    /// The decoded text of what `r` points at (empty when absent).
+    fn text(&self, r: &Ref) -> Cow<'_, str>;
+    /// Number of repetitions of the field `r` points at (0 when empty).
+    fn count(&self, r: &Ref) -> usize;
+}
+
+impl Cond {
+    pub fn eval(&self, env: &dyn Env) -> bool {
+        match self {
+            Cond::Const(b) => *b,
+            Cond::All(v) => v.iter().all(|c| c.eval(env)),
+            Cond::Any(v) => v.iter().any(|c| c.eval(env)),
+            Cond::Not(c) => !c.eval(env),
+            Cond::Valued(r) => match r {
+                Ref::Segment(_) => env.count(r) > 0,
+                _ => !env.text(r).trim().is_empty(),
+            },
+            Cond::In(r, set) => {
+                let t = env.text(r);
+                let t = t.trim();
+                set.iter().any(|s| s == t)
+            }
+            Cond::Length(r, cmp, n) => cmp.holds(env.text(r).trim().chars().count(), *n),
+            Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
+        }
+    }
+}
+
+/// An assignment: literals and references joined with `+`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    Lit(String),
+    Ref(Ref),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expr(pub Vec<Term>);
+
+impl Expr {
+    /// The assigned text; `None` when a referenced part is empty (`"urn:oid:"+HD.2` without an
+    /// HD.2 must not write `urn:oid:`).
+    pub fn eval(&self, env: &dyn Env) -> Option<String> {
+        let mut s = String::new();
+        for t in &self.0 {
+            match t {
+                Term::Lit(l) => s.push_str(l),
+                Term::Ref(r) => {
+                    let v = env.text(r);
+                    let v = v.trim();
+                    if v.is_empty() {
+                        return None;
+                    }
+                    s.push_str(v);
+                }
+            }
+        }
+        Some(s)
+    }
+
+    /// The literal, when the expression is one.
+    #[cfg(test)]
+    pub fn literal(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [Term::Lit(l)] => Some(l),
+            _ => None,
+        }
+    }
+}
+
+/// Which references a file may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Segment and message maps: `PID-7`, `ORC`.
+    Segment,
+    /// Data-type maps: `XTN.3`.
+    Datatype,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Open,
+    Close,
+    Comma,
+    Op(&'static str),
+}
+
+fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let mut it = s.chars().peekable();
+    while let Some(&c) = it.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                it.next();
+            }
+            '(' => {
+                it.next();
+                out.push(Tok::Open);
+            }
+            ')' => {
+                it.next();
+                out.push(Tok::Close);
+            }
+            ',' => {
+                it.next();
+                out.push(Tok::Comma);
+            }
+            '"' | '\'' | '\u{201c}' => {
+                it.next();
+                let close = if c == '\u{201c}' { '\u{201d}' } else { c };
+                let mut lit = String::new();
+                loop {
+                    match it.next() {
+                        Some(x) if x == close => break,
+                        Some(x) => lit.push(x),
+                        None => return Err("a quoted text is not closed".into()),
+                    }
+                }
+                out.push(Tok::Str(lit));
+            }
+            '=' | '!' | '<' | '>' => {
+                it.next();
+                let eq = it.peek() == Some(&'=');
+                if eq {
+                    it.next();
+                }
+                out.push(Tok::Op(match (c, eq) {
+                    ('=', _) => "=",
+                    ('!', true) => "!=",
+                    ('<', false) => "<",
+                    ('<', true) => "<=",
+                    ('>', false) => ">",
+                    ('>', true) => ">=",
+                    _ => return Err("`!` must be followed by `=`".into()),
+                }));
+            }
+            c if c.is_alphanumeric() || c == '-' || c == '.' || c == '_' => {
+                let mut w = String::new();
+                while let Some(&x) = it.peek() {
+                    if x.is_alphanumeric() || x == '-' || x == '.' || x == '_' {
+                        w.push(x);
+                        it.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.push(Tok::Word(w));
+            }
+            other => return Err(format!("unexpected character `{other}`")),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a reference such as `PID-13.2`, `XTN.3` or `ORC`.
+pub fn parse_ref(w: &str, scope: Scope) -> Result<Ref, String> {
+    let bad =
+        || format!("`{w}` is not a field reference (e.g. PID-13.2, or XTN.3 in data-type maps)");
+    let num = |s: &str| -> Result<u16, String> {
+        match s.parse::<u16>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(bad()),
+        }
+    };
+    let seg_id = |s: &str| -> Option<[u8; 3]> {
+        let b = s.as_bytes();
+        (b.len() == 3
+            && b[0].is_ascii_uppercase()
+            && b.iter()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        .then(|| [b[0], b[1], b[2]])
+    };
+    if let Some((seg, rest)) = w.split_once('-') {
+        if scope != Scope::Segment {
+            return Err(format!(
+                "`{w}`: a data-type map refers to its own components (e.g. XTN.3), not to segment fields"
+            ));
+        }
+        let seg = seg_id(seg).ok_or_else(bad)?;
+        let mut parts = rest.split('.');
+        let field = num(parts.next().unwrap_or_default())?;
+        let comp = parts.next().map(num).transpose()?.unwrap_or(0);
+        let sub = parts.next().map(num).transpose()?.unwrap_or(0);
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        return Ok(Ref::Field {
+            seg: Some(seg),
+            field,
+            comp,
+            sub,
+        });
+    }
+    if let Some((ty, rest)) = w.split_once('.') {
+        if scope != Scope::Datatype {
+            return Err(format!(
+                "`{w}`: segment and message maps refer to fields as SEG-n.c (e.g. PID-13.2)"
+            ));
+        }
+        if ty.is_empty()
+            || !ty
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            return Err(bad());
+        }
+        let mut parts = rest.split('.');
+        let comp = num(parts.next().unwrap_or_default())?;
+        let sub = parts.next().map(num).transpose()?.unwrap_or(0);
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        return Ok(Ref::Comp { comp, sub });
+    }
+    if scope == Scope::Segment {
+        if let Some(s) = seg_id(w) {
+            return Ok(Ref::Segment(s));
+        }
+    }
+    Err(bad())
+}
+
+struct Parser<'a> {
+    toks: &'a [Tok],
+    pos: usize,
+    scope: Scope,
+}
+
+impl Parser<'_> {
+    fn peek_word(&self, k: usize) -> Option<String> {
+        match self.toks.get(self.pos + k) {
+            Some(Tok::Word(w)) => Some(w.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+    fn is_word(&self, k: usize, w: &str) -> bool {
+        self.peek_word(k).as_deref() == Some(w)
+    }
+    fn eat_word(&mut self, w: &str) -> bool {
+        if self.is_word(0, w) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_word(&mut self, w: &str) -> Result<(), String> {
+        if self.eat_word(w) {
+            Ok(())
+        } else {
+            Err(format!("expected `{w}` {}", self.here()))
+        }
+    }
+    fn here(&self) -> String {
+        match self.toks.get(self.pos) {
+            None => "at the end".into(),
+            Some(Tok::Word(w)) => format!("at `{w}`"),
+            Some(Tok::Str(s)) => format!("at \"{s}\""),
+            Some(Tok::Open) => "at `(`".into(),
+            Some(Tok::Close) => "at `)`".into(),
+            Some(Tok::Comma) => "at `,`".into(),
+            Some(Tok::Op(o)) => format!("at `{o}`"),
+        }
+    }
+
+    fn or(&mut self) -> Result<Cond, String> {
+        let mut v = vec![self.and()?];
+        while self.eat_word("OR") {
+            self.eat_word("IF");
+            v.push(self.and()?);
+        }
+        Ok(if v.len() == 1 {
+            v.pop().expect("one")
+        } else {
+            Cond::Any(v)
+        })
+    }
+
+    fn and(&mut self) -> Result<Cond, String> {
+        let mut v = vec![self.unary()?];
+        while self.eat_word("AND") {
+            self.eat_word("IF");
+            v.push(self.unary()?);
+        }
+        Ok(if v.len() == 1 {
+            v.pop().expect("one")
+        } else {
+            Cond::All(v)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Cond, String> {
+        if self.eat_word("NOT") {
+            return Ok(Cond::Not(Box::new(self.unary()?)));
+        }
+        if self.toks.get(self.pos) == Some(&Tok::Open) {
+            self.pos += 1;
+            self.eat_word("IF");
+            let c = self.or()?;
+            if self.toks.get(self.pos) != Some(&Tok::Close) {
+                return Err(format!("expected `)` {}", self.here()));
+            }
+            self.pos += 1;
+            return Ok(c);
+        }
+        if self.eat_word("NEVER") || self.eat_word("FALSE") {
+            return Ok(Cond::Const(false));
+        }
+        if self.eat_word("TRUE") || self.eat_word("ALWAYS") {
+            return Ok(Cond::Const(true));
+        }
+        self.predicate()
+    }
+
+    fn literal(&mut self) -> Result<String, String> {
+        match self.toks.get(self.pos) {
+            Some(Tok::Str(s)) => {
+                self.pos += 1;
+                Ok(s.clone())
+            }
+            _ => Err(format!("expected a quoted value {}", self.here())),
+        }
+    }
+
+    fn list(&mut self) -> Result<Vec<String>, String> {
+        if self.toks.get(self.pos) != Some(&Tok::Open) {
+            return Err(format!("expected `(` {}", self.here()));
+        }
+        self.pos += 1;
+        let mut v = Vec::new();
+        loop {
+            v.push(self.literal()?);
+            match self.toks.get(self.pos) {
+                Some(Tok::Comma) => self.pos += 1,
+                Some(Tok::Close) => {
+                    self.pos += 1;
+                    return Ok(v);
+                }
+                _ => return Err(format!("expected `,` or `)` {}", self.here())),
+            }
+        }
+    }
+
+    fn number(&mut self) -> Result<usize, String> {
+        match self.toks.get(self.pos) {
+            Some(Tok::Word(w)) => match w.parse() {
+                Ok(n) => {
+                    self.pos += 1;
+                    Ok(n)
+                }
+                Err(_) => Err(format!("expected a number {}", self.here())),
+            },
+            _ => Err(format!("expected a number {}", self.here())),
+        }
+    }
+
+    fn cmp(&mut self) -> Result<Cmp, String> {
+        if let Some(Tok::Op(o)) = self.toks.get(self.pos) {
+            self.pos += 1;
+            return Ok(match *o {
+                "=" => Cmp::Eq,
+                ">" => Cmp::Gt,
+                ">=" => Cmp::Ge,
+                "<" => Cmp::Lt,
+                "<=" => Cmp::Le,
+                _ => return Err("`!=` cannot compare a length or count".into()),
+            });
+        }
+        if self.eat_word("EQUALS") || self.eat_word("EQUAL") {
+            self.eat_word("TO");
+            return Ok(Cmp::Eq);
+        }
+        let greater = if self.eat_word("GREATER") {
+            true
+        } else if self.eat_word("LESS") {
+            false
+        } else {
+            return Err(format!(
+                "expected EQUALS, GREATER THAN or LESS THAN {}",
+                self.here()
+            ));
+        };
+        self.expect_word("THAN")?;
+        // `LESS THAN OR EQUALS 1`: the OR belongs to the comparison, not to the condition.
+        if self.is_word(0, "OR") && (self.is_word(1, "EQUALS") || self.is_word(1, "EQUAL")) {
+            self.pos += 2;
+            self.eat_word("TO");
+            return Ok(if greater { Cmp::Ge } else { Cmp::Le });
+        }
+        Ok(if greater { Cmp::Gt } else { Cmp::Lt })
+    }
+
+    fn predicate(&mut self) -> Result<Cond, String> {
+        let r = match self.toks.get(self.pos) {
+            Some(Tok::Word(w)) => {
+                let r = parse_ref(w, self.scope)?;
+                self.pos += 1;
+                r
+            }
+            _ => return Err(format!("expected a field reference {}", self.here())),
+        };
+        let is_seg = matches!(r, Ref::Segment(_));
+        // Words that end a predicate: the reference alone means "is valued" only for a bare
+        // segment id (`IF ORC VALUED` / `IF ORC`).
+        if self.pos >= self.toks.len()
+            || self.toks.get(self.pos) == Some(&Tok::Close)
+            || self.is_word(0, "AND")
+            || self.is_word(0, "OR")
+        {
+            if is_seg {
+                return Ok(Cond::Valued(r));
+            }
+            return Err(format!(
+                "a condition on a field needs VALUED, EQUALS, IN … after it {}",
+                self.here()
+            ));
+        }
+        if let Some(Tok::Op(o)) = self.toks.get(self.pos) {
+            let o = *o;
+            if o == "=" || o == "!=" {
+                self.pos += 1;
+                let lit = self.literal()?;
+                let c = Cond::In(r, vec![lit]);
+                return Ok(if o == "=" { c } else { Cond::Not(Box::new(c)) });
+            }
+        }
+        if self.eat_word("LENGTH") {
+            let cmp = self.cmp()?;
+            return Ok(Cond::Length(r, cmp, self.number()?));
+        }
+        if self.eat_word("LST.COUNT") || self.eat_word("COUNT") {
+            let cmp = self.cmp()?;
+            return Ok(Cond::Count(r, cmp, self.number()?));
+        }
+        self.eat_word("IS");
+        let negated = self.eat_word("NOT") || self.eat_word("DOES");
+        if negated {
+            self.eat_word("NOT");
+        }
+        let wrap = |c: Cond| if negated { Cond::Not(Box::new(c)) } else { c };
+        if self.eat_word("VALUED") || self.eat_word("EXIST") || self.eat_word("EXISTS") {
+            return Ok(wrap(Cond::Valued(r)));
+        }
+        if self.eat_word("EMPTY") {
+            return Ok(if negated {
+                Cond::Valued(r)
+            } else {
+                Cond::Not(Box::new(Cond::Valued(r)))
+            });
+        }
+        if self.eat_word("IN") {
+            return Ok(wrap(Cond::In(r, self.list()?)));
+        }
+        if self.eat_word("EQUALS") || self.eat_word("EQUAL") {
+            self.eat_word("TO");
+            return Ok(wrap(Cond::In(r, vec![self.literal()?])));
+        }
+        if let Some(Tok::Op("=")) = self.toks.get(self.pos) {
+            self.pos += 1;
+        }
+        if let Some(Tok::Str(_)) = self.toks.get(self.pos) {
+            return Ok(wrap(Cond::In(r, vec![self.literal()?])));
+        }
+        Err(format!(
+            "expected VALUED, EQUALS \"…\", IN (…), LENGTH or LST.COUNT {}",
+            self.here()
+        ))
+    }
+}
+
+/// Compiles a condition (`IF …`; the leading IF is optional).
+pub fn parse_cond(s: &str, scope: Scope) -> Result<Cond, String> {
+    let toks = tokenize(s)?;
+    let mut p = Parser {
+        toks: &toks,
+        pos: 0,
+        scope,
+    };
+    p.eat_word("IF");
+    let c = p.or()?;
+    if p.pos != toks.len() {
+        return Err(format!("unexpected {}", p.here()));
+    }
+    Ok(c)
+}
+
+/// Compiles an assignment: `"text"`, or literals and references joined with `+`.
+pub fn parse_expr(s: &str, scope: Scope) -> Result<Expr, String> {
+    let mut terms = Vec::new();
+    let mut rest = s.trim();
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix('"') {
+            let end = r
+                .find('"')
+                .ok_or_else(|| "a quoted text is not closed".to_string())?;
+            terms.push(Term::Lit(r[..end].to_string()));
+            rest = &r[end + 1..];
+        } else {
+            let end = rest.find('+').unwrap_or(rest.len());
+            let w = rest[..end].trim();
+            if w.is_empty() {
+                return Err("an empty term in an assignment".into());
+            }
+            terms.push(Term::Ref(parse_ref(w, scope)?));
+            rest = &rest[end..];
+        }
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest
+            .strip_prefix('+')
+            .ok_or_else(|| format!("expected `+` at `{rest}`"))?;
+    }
+    if terms.is_empty() {
+        return Err("an empty assignment".into());
+    }
+    Ok(Expr(terms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Map(HashMap<String, String>);
+    impl Env for Map {
+        fn text(&self, r: &Ref) -> Cow<'_, str> {
+            let k = format!("{r:?}");
+            Cow::Borrowed(self.0.get(&k).map(String::as_str).unwrap_or(""))
+        }
+        fn count(&self, r: &Ref) -> usize {
+            let t = self.text(r);
+            if t.is_empty() {
+                0
+            } else {
+                t.split('~').count()
+            }
+        }
+    }
+    fn env(pairs: &[(&str, &str)], scope: Scope) -> Map {
+        Map(pairs
+            .iter()
+            .map(|(r, v)| (format!("{:?}", parse_ref(r, scope).unwrap()), v.to_string()))
+            .collect())
+    }
+
+    #[test]
+    fn parses_the_guides_forms() {
+        let s = Scope::Segment;
+        let e = env(
+            &[
+                ("PID-7", "198808181126"),
+                ("PID-11", "a~b"),
+                ("PID-13.2", ""),
+            ],
+            s,
+        );
+        for (c, want) in [
+            ("IF PID-7 LENGTH GREATER THAN 8", true),
+            ("IF PID-7 VALUED", true),
+            ("IF PID-8 NOT VALUED", true),
+            ("IF PID-13.2 IS NOT VALUED", true),
+            ("IF PID-11 LST.COUNT GREATER THAN 1", true),
+            ("IF PID-11 LST.COUNT EQUALS 1", false),
+            (
+                "IF PID-11 LST.count LESS THAN OR EQUALS 2 OR PID-7 IS \"x\"",
+                true,
+            ),
+            ("IF PID-8 IS VALUED OR PID-7 IS VALUED", true),
+            ("IF PID-8 IS VALUED AND IF PID-7 IS VALUED", false),
+            (
+                "IF (PID-8 IS VALUED OR PID-7 IS VALUED) AND PID-9 NOT VALUED",
+                true,
+            ),
+            ("IF PID-7 IN (\"1\", \"198808181126\")", true),
+            ("IF PID-7 NOT IN (\"1\", \"198808181126\")", false),
+            ("IF PID-7 EQUALS \"198808181126\"", true),
+            ("IF PID-7 NOT EQUALS \"198808181126\"", false),
+            ("IF PID-7 = \"198808181126\"", true),
+            ("IF PID-7 != \"1\"", true),
+            ("IF PID-7 IS NOT \"1\"", true),
+            ("IF PID-11 COUNT>1", true),
+            ("IF PID-8 IS EMPTY", true),
+            ("NEVER", false),
+            ("IF PID IS VALUED", false),
+        ] {
+            let cond = parse_cond(c, s).unwrap_or_else(|e| panic!("{c}: {e}"));
+            assert_eq!(cond.eval(&e), want, "{c}");
+        }
+        let d = Scope::Datatype;
+        let e = env(&[("XTN.3", "Internet"), ("XTN.4", "a@b")], d);
+        assert!(parse_cond("IF XTN.3 IN (\"Internet\", \"X.400\")", d)
+            .unwrap()
+            .eval(&e));
+        assert!(parse_cond("IF XTN.3 NOT VALUED AND XTN.4 VALUED", d)
+            .unwrap()
+            .eval(&Map(HashMap::new()))
+            .eq(&false));
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_read_with_a_reason() {
+        for bad in [
+            "IF PID-7",
+            "IF PID-7 LENGTH GREATER 8",
+            "IF XTN.3 VALUED",
+            "IF PID-7 IN (\"a\"",
+            "IF PID-0 VALUED",
+            "IF PID-7 VALUED EXTRA",
+            "IF PID-7 EQUALS \"open",
+        ] {
+            assert!(parse_cond(bad, Scope::Segment).is_err(), "{bad}");
+        }
+        assert!(parse_cond("IF PID-7 VALUED", Scope::Datatype).is_err());
+    }
+
+    #[test]
+    fn assignments_concatenate_and_need_their_parts() {
+        let d = Scope::Datatype;
+        let x = parse_expr("\"+\"+XTN.5+\" \"+XTN.6", d).unwrap();
+        assert_eq!(
+            x.eval(&env(&[("XTN.5", "1"), ("XTN.6", "555")], d)),
+            Some("+1 555".into())
+        );
+        assert_eq!(x.eval(&env(&[("XTN.5", "1")], d)), None);
+        assert_eq!(
+            parse_expr("\"http://x\"", d).unwrap().literal(),
+            Some("http://x")
+        );
+        assert!(parse_expr("\"a\" \"b\"", d).is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! Writes what the engine built as a FHIR R4 transaction Bundle, straight into bytes: which
+//! resources are worth sending, which elements survive (empty objects, references to resources
+//! not sent and extensions without a value are dropped), security labels from the codings that
+//! survive, and the Provenance that binds every resource to the raw record.
+
+use base64::Engine as _;
+
+use super::engine::{Build, Val, NONE};
+use super::plan::Plan;
+use super::value;
+use super::{Link, MappedResource};
+
+const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// JSON string contents (without quotes).
+pub fn escape(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&b[start..i]);
+                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&b[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape(out, s);
+    out.push(b'"');
+}
+
+struct Writer<'a> {
+    plan: &'a Plan,
+    b: &'a Build,
+    live: Vec<bool>,
+    emitted: Vec<bool>,
+    scratch: Vec<u32>,
+}
+
+/// Writes the Bundle into `out` and returns what is in it.
+pub fn write(
+    plan: &Plan,
+    b: &mut Build,
+    ns: &[u8; 16],
+    link: &Link<'_>,
+    out: &mut Vec<u8>,
+) -> Vec<MappedResource> {
+    let emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
+    let live = liveness(plan, b, &emitted);
+    label(plan, b, &live, &emitted);
+    let b: &Build = b;
+    let mut w = Writer {
+        plan,
+        b,
+        live,
+        emitted,
+        scratch: Vec::with_capacity(64),
+    };
+    let model = plan.model;
+    let bundle_name = format!("Bundle|{}|{}", link.raw_record_id, plan.version);
+    let bundle_id = value::format_uuid(&value::uuid_v5(ns, bundle_name.as_bytes()));
+    let prov_name = format!("Provenance|{}|{}", link.raw_record_id, plan.version);
+    let prov_id = value::format_uuid(&value::uuid_v5(ns, prov_name.as_bytes()));
+    out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"id\":\"");
+    out.extend_from_slice(&bundle_id);
+    out.extend_from_slice(b"\",\"type\":\"transaction\",\"entry\":[");
+    let mut resources = Vec::new();
+    for (i, inst) in b.insts.iter().enumerate() {
+        if !w.emitted[i] {
+            continue;
+        }
+        let tname = &model.ty(inst.ty).name;
+        let id = std::str::from_utf8(&inst.id).unwrap_or_default();
+        out.extend_from_slice(b"{\"fullUrl\":\"urn:uuid:");
+        out.extend_from_slice(&inst.id);
+        out.extend_from_slice(b"\",\"resource\":{\"resourceType\":");
+        string(out, tname);
+        out.extend_from_slice(b",\"id\":\"");
+        out.extend_from_slice(&inst.id);
+        out.push(b'"');
+        let mut labels = Vec::new();
+        if inst.labels != 0 {
+            out.extend_from_slice(b",\"meta\":{\"security\":[");
+            let mut first = true;
+            for (bit, name) in plan.labels.names.iter().enumerate() {
+                if inst.labels & (1 << bit) != 0 {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    out.extend_from_slice(b"{\"system\":\"");
+                    out.extend_from_slice(ACT_CODE.as_bytes());
+                    out.extend_from_slice(b"\",\"code\":");
+                    string(out, name);
+                    out.push(b'}');
+                    labels.push(name.clone());
+                }
+            }
+            out.extend_from_slice(b"]}");
+        }
+        w.children(out, inst.root, true);
+        out.extend_from_slice(b"},\"request\":{\"method\":\"PUT\",\"url\":\"");
+        escape(out, tname);
+        out.push(b'/');
+        out.extend_from_slice(&inst.id);
+        out.extend_from_slice(b"\"}},");
+        resources.push(MappedResource {
+            resource_type: tname.clone(),
+            id: id.to_string(),
+            security: labels,
+        });
+    }
+    provenance(plan, b, &w.emitted, link, &prov_id, out);
+    out.extend_from_slice(b"]}");
+    resources.push(MappedResource {
+        resource_type: "Provenance".into(),
+        id: std::str::from_utf8(&prov_id)
+            .unwrap_or_default()
+            .to_string(),
+        security: Vec::new(),
+    });
+    resources
+}
+
+fn provenance(
+    plan: &Plan,
+    b: &Build,
+    emitted: &[bool],
+    link: &Link<'_>,
+    id: &[u8; 36],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"fullUrl\":\"urn:uuid:");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\",\"resource\":{\"resourceType\":\"Provenance\",\"id\":\"");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\",\"target\":[");
+    let mut first = true;
+    for (i, inst) in b.insts.iter().enumerate() {
+        if emitted[i] {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(b"{\"reference\":\"urn:uuid:");
+            out.extend_from_slice(&inst.id);
+            out.extend_from_slice(b"\"}");
+        }
+    }
+    let mut recorded = String::new();
+    value::instant_from_ms(link.mapped_ms, &mut recorded);
+    out.extend_from_slice(b"],\"recorded\":\"");
+    out.extend_from_slice(recorded.as_bytes());
+    out.extend_from_slice(b"\",\"policy\":[\"urn:medanchor:mapping-set:");
+    out.extend_from_slice(plan.version.as_bytes());
+    out.extend_from_slice(
+        b"\"],\"activity\":{\"coding\":[{\"system\":\"http://hl7.org/fhir/uv/v2mappings/CodeSystem/provenance-activity-type-v2-to-fhir\",\"code\":\"v2-fhir-transformation\",\"display\":\"Transformation of an HL7 v2 message into FHIR\"}]},\"agent\":[{\"type\":{\"coding\":[{\"system\":\"http://terminology.hl7.org/CodeSystem/provenance-participant-type\",\"code\":\"assembler\"}]},\"who\":{\"identifier\":{\"system\":\"urn:medanchor:mapping-set\",\"value\":\"",
+    );
+    out.extend_from_slice(plan.version.as_bytes());
+    out.extend_from_slice(b"\"},\"display\":");
+    let who = format!(
+        "{} {} (mapping set {})",
+        plan.settings.gateway_name,
+        env!("CARGO_PKG_VERSION"),
+        &plan.version[..plan.version.len().min(12)]
+    );
+    string(out, &who);
+    out.extend_from_slice(b"}}],\"entity\":[{\"role\":\"source\",\"what\":{\"identifier\":{\"system\":\"urn:ietf:rfc:3986\",\"value\":\"urn:medanchor:commitment:");
+    out.extend_from_slice(hex::encode(link.raw_commitment).as_bytes());
+    out.extend_from_slice(b"\"},\"display\":");
+    string(out, &format!("raw record {}", link.raw_record_id));
+    out.extend_from_slice(b"}}]},\"request\":{\"method\":\"PUT\",\"url\":\"Provenance/");
+    out.extend_from_slice(id);
+    out.extend_from_slice(b"\"}}");
+}
+
+/// Which nodes are written: values, references to resources that are sent, and objects with a
+/// written child (an Extension needs more than its url). Children come after their parents in
+/// the arena, so one backward pass settles it.
+fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
+    let k = &plan.known;
+    let n = b.nodes.len();
+    let mut live = vec![false; n];
+    // bit 0: a live child; bit 1: a live child other than an extension's url.
+    let mut kids = vec![0u8; n];
+    for i in (0..n).rev() {
+        let node = &b.nodes[i];
+        if !emitted[node.inst as usize] {
+            continue;
+        }
+        let l = match node.val {
+            Val::Obj => {
+                if node.parent == NONE {
+                    true
+                } else if plan.model.elem(node.elem).ty == k.extension {
+                    kids[i] & 2 != 0
+                } else {
+                    kids[i] & 1 != 0
+                }
+            }
+            Val::Ref(t) => emitted.get(t as usize).copied().unwrap_or(false),
+            _ => true,
+        };
+        live[i] = l;
+        if l && node.parent != NONE {
+            let p = node.parent as usize;
+            kids[p] |= 1;
+            if node.elem != k.extension_url {
+                kids[p] |= 2;
+            }
+        }
+    }
+    live
+}
+
+/// Security labels from the live codings of each resource, then along the propagation table.
+fn label(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
+    if plan.labels.is_empty() {
+        return;
+    }
+    let k = &plan.known;
+    let (nodes, insts, text) = (&b.nodes, &mut b.insts, &b.text);
+    for (node, _) in nodes.iter().zip(live).filter(|(_, l)| **l) {
+        if node.parent == NONE || plan.model.elem(node.elem).ty != k.coding {
+            continue;
+        }
+        let (mut system, mut code) = ("", "");
+        let mut c = node.first;
+        while c != NONE {
+            let ch = &nodes[c as usize];
+            if let Val::Text(s, e) = ch.val {
+                let t = &text[s as usize..e as usize];
+                if ch.elem == k.coding_system {
+                    system = t;
+                } else if ch.elem == k.coding_code {
+                    code = t;
+                }
+            }
+            c = ch.next;
+        }
+        if !code.is_empty() {
+            insts[node.inst as usize].labels |= plan.labels.lookup(system, code);
+        }
+    }
+    for &(ty, elem) in &plan.propagation {
+        for i in 0..b.insts.len() {
+            if b.insts[i].ty != ty || !emitted[i] {
+                continue;
+            }
+            let mut add = 0u64;
+            let mut c = b.nodes[b.insts[i].root as usize].first;
+            while c != NONE {
+                let ch = &b.nodes[c as usize];
+                if ch.elem == elem {
+                    // The references anywhere under the element (`diagnosis.condition`).
+                    let mut todo = vec![c];
+                    while let Some(n) = todo.pop() {
+                        let node = &b.nodes[n as usize];
+                        if let Val::Ref(t) = node.val {
+                            if emitted.get(t as usize).copied().unwrap_or(false) {
+                                add |= b.insts[t as usize].labels;
+                            }
+                        }
+                        let mut k = node.first;
+                        while k != NONE {
+                            todo.push(k);
+                            k = b.nodes[k as usize].next;
+                        }
+                    }
+                }
+                c = ch.next;
+            }
+            b.insts[i].labels |= add;
+        }
+    }
+}
+
+impl Writer<'_> {
+    /// Writes the live children of `node` as `,"key":value…` (a leading comma when `comma`).
+    fn children(&mut self, out: &mut Vec<u8>, node: u32, mut comma: bool) {
+        let base = self.scratch.len();
+        let mut c = self.b.nodes[node as usize].first;
+        while c != NONE {
+            if self.live[c as usize] {
+                self.scratch.push(c);
+            }
+            c = self.b.nodes[c as usize].next;
+        }
+        let end = self.scratch.len();
+        if end - base > 1 {
+            // Group by element in order of first appearance, then by slot, source repetition
+            // and instance: `identifier[1]` entries before `identifier[2]`, repetitions in order.
+            let nodes = &self.b.nodes;
+            let kids = &mut self.scratch[base..end];
+            let firsts: Vec<(u32, usize)> = {
+                let mut v: Vec<(u32, usize)> = Vec::new();
+                for (i, &k) in kids.iter().enumerate() {
+                    let e = nodes[k as usize].elem;
+                    if !v.iter().any(|(x, _)| *x == e) {
+                        v.push((e, i));
+                    }
+                }
+                v
+            };
+            kids.sort_by_key(|&k| {
+                let n = &nodes[k as usize];
+                let order = firsts
+                    .iter()
+                    .find(|(e, _)| *e == n.elem)
+                    .map(|x| x.1)
+                    .unwrap_or(0);
+                (order, n.slot, n.rep, n.sub, k)
+            });
+        }
+        let mut i = base;
+        while i < end {
+            let first = self.scratch[i];
+            let elem = self.b.nodes[first as usize].elem;
+            let mut j = i + 1;
+            while j < end && self.b.nodes[self.scratch[j] as usize].elem == elem {
+                j += 1;
+            }
+            let def = self.plan.model.elem(elem);
+            if comma {
+                out.push(b',');
+            }
+            comma = true;
+            string(out, &def.name);
+            out.push(b':');
+            if def.array {
+                out.push(b'[');
+                for k in i..j {
+                    if k > i {
+                        out.push(b',');
+                    }
+                    let n = self.scratch[k];
+                    self.value(out, n);
+                }
+                out.push(b']');
+            } else {
+                self.value(out, first);
+            }
+            i = j;
+        }
+        self.scratch.truncate(base);
+    }
+
+    fn value(&mut self, out: &mut Vec<u8>, n: u32) {
+        let node = &self.b.nodes[n as usize];
+        let text = |a: u32, e: u32| &self.b.text[a as usize..e as usize];
+        match node.val {
+            Val::Obj => {
+                out.push(b'{');
+                self.children(out, n, false);
+                out.push(b'}');
+            }
+            Val::Text(a, e) => string(out, text(a, e)),
+            Val::Num(a, e) => out.extend_from_slice(text(a, e).as_bytes()),
+            Val::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
+            Val::Ref(t) => {
+                out.extend_from_slice(b"\"urn:uuid:");
+                out.extend_from_slice(&self.b.insts[t as usize].id);
+                out.push(b'"');
+            }
+            Val::B64(a, e) => {
+                out.push(b'"');
+                let mut s = String::new();
+                base64::engine::general_purpose::STANDARD.encode_string(text(a, e), &mut s);
+                out.extend_from_slice(s.as_bytes());
+                out.push(b'"');
+            }
+        }
+    }
+}

@@ -1,0 +1,1390 @@
+//! Runs a compiled plan over one message: places each segment in the message structure, applies
+//! the rows of its segment map (and the data-type maps they name) to the resources it makes or adds
+//! to, and records which fields no rule used. The result is an arena of element nodes per
+//! resource that `emit` writes as JSON.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use super::cond::{Env, Ref};
+use super::model::{ElemId, Model, Prim, TypeId};
+use super::plan::{Action, KeyPart, Member, MessageMap, Path, Plan, Row, Src, Xform};
+use super::value::{self, Converted, IntKind, TimeKind};
+use super::{Link, MapError};
+use crate::hl7::{Field, Message, Segment};
+
+pub const NONE: u32 = u32::MAX;
+
+/// A value held by a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Val {
+    /// An object (its children hold the values).
+    Obj,
+    /// A JSON string: `text[a..b]`.
+    Text(u32, u32),
+    /// A JSON number, already in canonical form: `text[a..b]`.
+    Num(u32, u32),
+    Bool(bool),
+    /// A reference to another resource of the Bundle (`urn:uuid:…`).
+    Ref(u32),
+    /// Text to be written as base64 (a document's lines gathered first, encoded once).
+    B64(u32, u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub elem: ElemId,
+    pub slot: u16,
+    pub sub: u16,
+    pub rep: u32,
+    pub parent: u32,
+    pub first: u32,
+    pub last: u32,
+    pub next: u32,
+    pub inst: u32,
+    pub val: Val,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inst {
+    pub ty: TypeId,
+    pub root: u32,
+    pub id: [u8; 36],
+    /// Something from the message was written (constants and references alone do not make a
+    /// resource worth sending).
+    pub has_data: bool,
+    pub labels: u64,
+    /// The group instance it belongs to (label scope) and that group's definition.
+    pub scope: u32,
+    pub group: usize,
+}
+
+struct Binding {
+    label: usize,
+    inst: u32,
+    scope: u32,
+    group: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Frame {
+    group: usize,
+    /// Member index, or `usize::MAX` before the first.
+    pos: usize,
+    inst: u32,
+}
+
+/// Where a row's path starts: a node, or an element (not made yet) of a parent node.
+#[derive(Debug, Clone, Copy)]
+enum Anchor {
+    Node(u32),
+    Elem {
+        parent: u32,
+        elem: ElemId,
+        slot: u16,
+        rep: u32,
+        sub: u16,
+    },
+}
+
+/// How far a value has been split: a field repetition splits into components, a component
+/// into subcomponents, a subcomponent no further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Rep,
+    Comp,
+    Sub,
+}
+
+impl Level {
+    fn down(self) -> Level {
+        match self {
+            Level::Rep => Level::Comp,
+            _ => Level::Sub,
+        }
+    }
+}
+
+const MAX_COMPS: usize = 40;
+
+/// The read-only side while rows run: the message, the segments seen, the open groups.
+struct Walk<'m> {
+    msg: &'m Message<'m>,
+    segs: Vec<(Segment<'m>, u32)>,
+    stack: Vec<Frame>,
+    /// The scope of the segment being mapped: what a repeating segment makes belongs to it
+    /// alone (each AL1 its own AllergyIntolerance), open only while that segment is mapped.
+    seg_scope: u32,
+}
+
+impl<'m> Walk<'m> {
+    fn is_open(&self, scope: u32) -> bool {
+        scope == self.seg_scope || self.stack.iter().any(|f| f.inst == scope)
+    }
+
+    /// Whether a resource made in (scope, group) can be referred to from here: its group is
+    /// still open, or it was made in another branch of the message (the PATIENT group's Patient
+    /// from an ORDER_OBSERVATION). An earlier instance of a group that is open again (the
+    /// previous order's ServiceRequest) cannot.
+    fn visible(&self, scope: u32, group: usize) -> bool {
+        self.is_open(scope) || !self.stack.iter().any(|f| f.group == group)
+    }
+
+    /// The latest segment `id` in an open group (for conditions that look at another segment).
+    fn segment(&self, id: &[u8; 3]) -> Option<Segment<'m>> {
+        self.segs
+            .iter()
+            .rev()
+            .find(|(s, g)| s.id() == id && self.is_open(*g))
+            .map(|(s, _)| *s)
+    }
+
+    fn text(&self, f: Field<'m>) -> Cow<'m, str> {
+        self.msg.text(f.raw()).unwrap_or(Cow::Borrowed(""))
+    }
+}
+
+/// One segment's fields, by number (`fields[n-1]` is SEG-n).
+struct SegView<'w, 'm> {
+    walk: &'w Walk<'m>,
+    id: [u8; 3],
+    fields: &'w [Field<'m>],
+    /// The field a row iterates and its current repetition.
+    cur: Option<(u16, Field<'m>)>,
+}
+
+fn nth_part<'m>(mut it: impl Iterator<Item = Field<'m>>, n: usize) -> Option<Field<'m>> {
+    it.nth(n.saturating_sub(1))
+}
+
+impl<'m> SegView<'_, 'm> {
+    fn field(&self, n: u16) -> Option<Field<'m>> {
+        self.fields.get(n as usize - 1).copied()
+    }
+
+    fn resolve(&self, r: &Ref) -> Option<Field<'m>> {
+        let Ref::Field {
+            seg,
+            field,
+            comp,
+            sub,
+        } = *r
+        else {
+            return None;
+        };
+        let rep = match seg {
+            Some(s) if s != self.id => {
+                let other = self.walk.segment(&s)?;
+                other.field(field as usize).repetitions().next()?
+            }
+            _ => match self.cur {
+                Some((f, rep)) if f == field => rep,
+                _ => self.field(field)?.repetitions().next()?,
+            },
+        };
+        let c = if comp > 0 {
+            nth_part(rep.components(), comp as usize)?
+        } else {
+            return Some(rep);
+        };
+        if sub > 0 {
+            nth_part(c.subcomponents(), sub as usize)
+        } else {
+            Some(c)
+        }
+    }
+}
+
+impl Env for SegView<'_, '_> {
+    fn text(&self, r: &Ref) -> Cow<'_, str> {
+        match self.resolve(r) {
+            Some(f) => self.walk.text(f),
+            None => Cow::Borrowed(""),
+        }
+    }
+
+    fn count(&self, r: &Ref) -> usize {
+        match *r {
+            Ref::Segment(id) => usize::from(id == self.id || self.walk.segment(&id).is_some()),
+            Ref::Field { seg, field, .. } => {
+                let f = match seg {
+                    Some(s) if s != self.id => {
+                        self.walk.segment(&s).map(|x| x.field(field as usize))
+                    }
+                    _ => self.field(field),
+                };
+                f.map(|f| f.repetitions().filter(|r| !r.is_empty()).count())
+                    .unwrap_or(0)
+            }
+            Ref::Comp { .. } => 0,
+        }
+    }
+}
+
+/// A data-type value split into its components.
+struct DtView<'w, 'm> {
+    walk: &'w Walk<'m>,
+    comps: &'w [Option<Field<'m>>],
+    level: Level,
+}
+
+impl<'m> DtView<'_, 'm> {
+    fn comp(&self, comp: u16, sub: u16) -> Option<(Field<'m>, Level)> {
+        let c = (*self.comps.get(comp as usize - 1)?)?;
+        let lvl = self.level.down();
+        if sub == 0 {
+            return Some((c, lvl));
+        }
+        if lvl != Level::Comp {
+            return None;
+        }
+        nth_part(c.subcomponents(), sub as usize).map(|s| (s, Level::Sub))
+    }
+}
+
+impl Env for DtView<'_, '_> {
+    fn text(&self, r: &Ref) -> Cow<'_, str> {
+        match *r {
+            Ref::Comp { comp, sub } => match self.comp(comp, sub) {
+                Some((f, _)) => self.walk.text(f),
+                None => Cow::Borrowed(""),
+            },
+            _ => Cow::Borrowed(""),
+        }
+    }
+    fn count(&self, r: &Ref) -> usize {
+        usize::from(!self.text(r).trim().is_empty())
+    }
+}
+
+/// What the mapping produced, before it is written.
+pub struct Build {
+    pub nodes: Vec<Node>,
+    pub text: String,
+    pub insts: Vec<Inst>,
+    bindings: Vec<Binding>,
+    pub warnings: Vec<String>,
+    pub unmapped: Vec<String>,
+    /// The segment field rows are reading now (`PID`, 7), named in warnings.
+    cur_field: ([u8; 3], u16),
+    too_many: bool,
+}
+
+pub struct Mapper<'p> {
+    plan: &'p Plan,
+    mm: &'p MessageMap,
+    ns: [u8; 16],
+    link: &'p Link<'p>,
+}
+
+/// Splits `v` one level down into up to `MAX_COMPS` parts.
+fn split<'m>(v: Field<'m>, level: Level, out: &mut [Option<Field<'m>>; MAX_COMPS]) -> usize {
+    let mut n = 0;
+    match level {
+        Level::Rep => {
+            for c in v.components().take(MAX_COMPS) {
+                out[n] = Some(c);
+                n += 1;
+            }
+        }
+        Level::Comp => {
+            for c in v.subcomponents().take(MAX_COMPS) {
+                out[n] = Some(c);
+                n += 1;
+            }
+        }
+        Level::Sub => {
+            out[0] = Some(v);
+            n = 1;
+        }
+    }
+    n
+}
+
+/// The text a primitive takes from a value: a field repetition's first component (whole, so an
+/// unescaped `&` in text survives), a component's first subcomponent, a subcomponent itself.
+fn first_part(v: Field<'_>, level: Level) -> Field<'_> {
+    match level {
+        Level::Rep => v.components().next().unwrap_or(v),
+        Level::Comp => v.subcomponents().next().unwrap_or(v),
+        Level::Sub => v,
+    }
+}
+
+impl<'p> Mapper<'p> {
+    pub fn new(plan: &'p Plan, mm: &'p MessageMap, ns: [u8; 16], link: &'p Link<'p>) -> Self {
+        Mapper { plan, mm, ns, link }
+    }
+
+    pub fn run(&self, msg: &Message<'_>) -> Result<Build, MapError> {
+        let mut walk = Walk {
+            msg,
+            segs: Vec::with_capacity(msg.segment_count()),
+            stack: vec![Frame {
+                group: 0,
+                pos: usize::MAX,
+                inst: 0,
+            }],
+            seg_scope: u32::MAX,
+        };
+        let mut b = Build {
+            nodes: Vec::with_capacity(256),
+            text: String::with_capacity(msg.bytes().len() * 2),
+            insts: Vec::with_capacity(16),
+            bindings: Vec::new(),
+            warnings: Vec::new(),
+            unmapped: Vec::new(),
+            cur_field: (*b"MSH", 0),
+            too_many: false,
+        };
+        let mut next_group = 1u32;
+        let mut fields: Vec<Field<'_>> = Vec::with_capacity(64);
+        let max_fields = self.plan.settings.max_fields;
+        for (seg_index, seg) in msg.segments().enumerate() {
+            let id: [u8; 3] = seg.id().try_into().unwrap_or(*b"???");
+            fields.clear();
+            if id == *b"MSH" {
+                // MSH-1 is the separator itself; fields() starts at MSH-2.
+                fields.push(seg.field(1));
+            }
+            let mut overflow = false;
+            for f in seg.fields() {
+                if fields.len() == max_fields {
+                    overflow = true;
+                    break;
+                }
+                fields.push(f);
+            }
+            if overflow {
+                b.warn(format_args!(
+                    "{}: fields beyond {max_fields} not read",
+                    String::from_utf8_lossy(&id)
+                ));
+            }
+            let member = self.place(&mut walk, id, &mut next_group);
+            let scope = walk.stack.last().map(|f| f.inst).unwrap_or(0);
+            walk.segs.push((seg, scope));
+            walk.seg_scope = next_group;
+            next_group += 1;
+            // MSH is the envelope: its fields go into the record's metadata and the Provenance.
+            if id == *b"MSH" {
+                continue;
+            }
+            let Some((g, m, stray)) = member else {
+                if fields.iter().any(|f| !f.is_empty()) {
+                    b.unmapped_segment(&id);
+                }
+                continue;
+            };
+            let Member::Seg { rows, repeats, .. } = &self.mm.groups[g].members[m] else {
+                continue;
+            };
+            let (scope, group) = if *repeats {
+                (walk.seg_scope, g)
+            } else {
+                (scope, g)
+            };
+            let mut used = vec![false; fields.len() + 1];
+            for &ri in rows {
+                let row = &self.mm.rows[ri];
+                let view = SegView {
+                    walk: &walk,
+                    id,
+                    fields: &fields,
+                    cur: None,
+                };
+                if let Some(c) = &row.cond {
+                    if !c.eval(&view) {
+                        continue;
+                    }
+                }
+                let Some(label) = row.label else { continue };
+                let inst = if stray {
+                    match self.open_instance(&walk, &b, label) {
+                        Some(i) => i,
+                        None => continue,
+                    }
+                } else {
+                    self.instance_for(&walk, &mut b, label, &view, scope, group)
+                };
+                if b.too_many {
+                    return Err(MapError {
+                        label: "too_many_resources",
+                        detail: format!(
+                            "more than {} resources from one message",
+                            self.plan.settings.max_resources
+                        ),
+                    });
+                }
+                if let Some(map) = row.map {
+                    let root = b.insts[inst as usize].root;
+                    let anchor = match &row.at {
+                        None => Anchor::Node(root),
+                        // One element per segment (each NK1 its own contact, each AIP its own
+                        // participant): the segment's position is the repetition.
+                        Some(p) => leaf_anchor(
+                            self.plan.model,
+                            &mut b,
+                            Anchor::Node(root),
+                            p,
+                            seg_index as u32,
+                        ),
+                    };
+                    self.segmap(&walk, &mut b, map, anchor, inst, id, &fields, &mut used);
+                }
+                for rr in &row.refs {
+                    self.link_ref(&walk, &mut b, rr.from, &rr.path, rr.to);
+                }
+            }
+            if let Some(keyed) = self.plan.id_fields.get(&id) {
+                for &f in keyed {
+                    if let Some(u) = used.get_mut(f as usize) {
+                        *u = true;
+                    }
+                }
+            }
+            for (i, f) in fields.iter().enumerate() {
+                if !used[i + 1] && !f.is_empty() && f.raw().iter().any(|c| !c.is_ascii_whitespace())
+                {
+                    b.unmapped_field(&id, i + 1, &walk, *f);
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Finds the member for segment `id` and moves the open groups accordingly. The flag says
+    /// the segment is out of place: it may add to resources already open, not make new ones.
+    fn place(
+        &self,
+        walk: &mut Walk<'_>,
+        id: [u8; 3],
+        next: &mut u32,
+    ) -> Option<(usize, usize, bool)> {
+        let groups = &self.mm.groups;
+        let anywhere = |stray: bool| {
+            find(groups, 0, 0, &id, false).map(|p| {
+                let (g, m) = *p.last().expect("path");
+                (g, m, stray)
+            })
+        };
+        if id[0] == b'Z' {
+            // Z-segments may sit anywhere: they change no group.
+            return anywhere(false);
+        }
+        for d in (0..walk.stack.len()).rev() {
+            let f = walk.stack[d];
+            let members = &groups[f.group].members;
+            if f.pos != usize::MAX {
+                match &members[f.pos] {
+                    Member::Seg { id: s, repeats, .. } if *s == id && *repeats => {
+                        walk.stack.truncate(d + 1);
+                        return Some((f.group, f.pos, false));
+                    }
+                    Member::Group(c) => {
+                        if let Some(p) = find(groups, *c, 0, &id, true) {
+                            walk.stack.truncate(d + 1);
+                            let (g, m) = self.enter(walk, &p, next);
+                            return Some((g, m, false));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let start = if f.pos == usize::MAX { 0 } else { f.pos + 1 };
+            if let Some(p) = find(groups, f.group, start, &id, false) {
+                walk.stack.truncate(d + 1);
+                walk.stack[d].pos = p[0].1;
+                let (g, m) = self.enter(walk, &p[1..], next);
+                return Some((g, m, false));
+            }
+            // An optional segment of this group seen again after later ones (NTE then PRT where
+            // the structure lists PRT first): senders do that; it stays in this group rather
+            // than opening a new one somewhere else.
+            let back = members[..start.min(members.len())].iter().position(
+                |m| matches!(m, Member::Seg { id: s, optional, .. } if *s == id && *optional),
+            );
+            if let Some(i) = back.filter(|&i| i > 0) {
+                walk.stack.truncate(d + 1);
+                walk.stack[d].pos = i;
+                return Some((f.group, i, false));
+            }
+        }
+        // Out of order: handled where it is, without moving the groups. A segment of the
+        // message's top level may still make its resources (senders reorder DG1 and GT1); one
+        // that belongs in a group only adds to resources already open.
+        anywhere(true).map(|(g, m, _)| (g, m, g != 0))
+    }
+
+    /// Opens new instances of the groups on `path` (each `(group, member)`).
+    fn enter(
+        &self,
+        walk: &mut Walk<'_>,
+        path: &[(usize, usize)],
+        next: &mut u32,
+    ) -> (usize, usize) {
+        let mut last = None;
+        for &(g, m) in path {
+            walk.stack.push(Frame {
+                group: g,
+                pos: m,
+                inst: *next,
+            });
+            *next += 1;
+            last = Some((g, m));
+        }
+        last.unwrap_or_else(|| {
+            let f = walk.stack.last().expect("root");
+            (f.group, f.pos)
+        })
+    }
+
+    /// The instance of `label` open in this scope, if any.
+    fn open_instance(&self, walk: &Walk<'_>, b: &Build, label: usize) -> Option<u32> {
+        b.bindings
+            .iter()
+            .rev()
+            .find(|bd| bd.label == label && walk.is_open(bd.scope))
+            .map(|bd| bd.inst)
+    }
+
+    /// The instance a message row's label refers to: the one open in this scope, else a new one.
+    #[allow(clippy::too_many_arguments)]
+    fn instance_for(
+        &self,
+        walk: &Walk<'_>,
+        b: &mut Build,
+        label: usize,
+        view: &SegView<'_, '_>,
+        scope: u32,
+        group: usize,
+    ) -> u32 {
+        if let Some(i) = self.open_instance(walk, b, label) {
+            return i;
+        }
+        let def = &self.mm.labels[label];
+        let v2 = String::from_utf8_lossy(&view.id).into_owned();
+        let key = self.key(b, walk, def.ty, &v2, view);
+        let inst = self.create(b, def.ty, key, &def.name, scope, group);
+        b.bindings.push(Binding {
+            label,
+            inst,
+            scope,
+            group,
+        });
+        inst
+    }
+
+    /// The business key of a new resource, by the id rule for (type, v2 source).
+    fn key(
+        &self,
+        b: &Build,
+        walk: &Walk<'_>,
+        ty: TypeId,
+        v2: &str,
+        env: &dyn Env,
+    ) -> Option<(String, bool)> {
+        let rule = self.plan.ids.get(&(ty, v2.to_string()))?;
+        let mut key = String::new();
+        let mut any = false;
+        for (i, p) in rule.parts.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            match p {
+                KeyPart::Ref(r) => {
+                    let t = env.text(r);
+                    let t = t.trim();
+                    any |= !t.is_empty();
+                    key.push_str(t);
+                }
+                KeyPart::Context(t) => {
+                    let found = b
+                        .insts
+                        .iter()
+                        .rev()
+                        .find(|x| x.ty == *t && walk.visible(x.scope, x.group))?;
+                    key.push_str(std::str::from_utf8(&found.id).unwrap_or(""));
+                }
+            }
+        }
+        any.then_some((key, rule.merge))
+    }
+
+    /// Makes a resource (or finds the one with the same id when its rule merges).
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &self,
+        b: &mut Build,
+        ty: TypeId,
+        key: Option<(String, bool)>,
+        what: &str,
+        scope: u32,
+        group: usize,
+    ) -> u32 {
+        let tname = &self.plan.model.ty(ty).name;
+        let (mut name, merge) = match key {
+            Some((k, merge)) => (format!("{tname}|{k}"), merge),
+            // No business identifier: an id only this message's resource can have.
+            None => (
+                format!(
+                    "{tname}|raw|{}|{what}|{}",
+                    self.link.raw_record_id,
+                    b.insts.len()
+                ),
+                false,
+            ),
+        };
+        let base_len = name.len();
+        let mut n = 1;
+        let id = loop {
+            let id = value::format_uuid(&value::uuid_v5(&self.ns, name.as_bytes()));
+            match b.insts.iter().position(|x| x.ty == ty && x.id == id) {
+                None => break id,
+                Some(i) if merge => return i as u32,
+                Some(_) => {
+                    n += 1;
+                    name.truncate(base_len);
+                    let _ = write!(name, "|#{n}");
+                }
+            }
+        };
+        if b.insts.len() >= self.plan.settings.max_resources {
+            b.too_many = true;
+        }
+        let root = b.nodes.len() as u32;
+        let inst = b.insts.len() as u32;
+        b.nodes.push(Node {
+            elem: ElemId::MAX,
+            slot: 1,
+            sub: 1,
+            rep: 0,
+            parent: NONE,
+            first: NONE,
+            last: NONE,
+            next: NONE,
+            inst,
+            val: Val::Obj,
+        });
+        b.insts.push(Inst {
+            ty,
+            root,
+            id,
+            has_data: false,
+            labels: 0,
+            scope,
+            group,
+        });
+        inst
+    }
+
+    /// Points `from.path` at `to` (both the latest instances of their labels).
+    fn link_ref(&self, walk: &Walk<'_>, b: &mut Build, from: usize, path: &Path, to: usize) {
+        let latest = |label: usize| {
+            b.bindings
+                .iter()
+                .rev()
+                .find(|x| x.label == label && walk.visible(x.scope, x.group))
+                .map(|x| x.inst)
+        };
+        let (Some(f), Some(t)) = (latest(from), latest(to)) else {
+            return;
+        };
+        if f == t {
+            return;
+        }
+        let root = b.insts[f as usize].root;
+        let model = self.plan.model;
+        // `link[1].other`: that one element. `result`: one entry per target, in creation order
+        // (the target's index is the repetition).
+        let rep = if path.steps.iter().any(|s| s.array && s.explicit) {
+            0
+        } else {
+            t
+        };
+        let node = {
+            let a = leaf_anchor(model, b, Anchor::Node(root), path, rep);
+            materialize(model, b, a, f)
+        };
+        let r = b.child(node, self.plan.known.reference_reference, 1, 0, 1, false, f);
+        if b.nodes[r as usize].val == Val::Obj && b.nodes[r as usize].first == NONE {
+            b.nodes[r as usize].val = Val::Ref(t);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn segmap<'m>(
+        &self,
+        walk: &Walk<'m>,
+        b: &mut Build,
+        map: usize,
+        anchor: Anchor,
+        inst: u32,
+        id: [u8; 3],
+        fields: &[Field<'m>],
+        used: &mut [bool],
+    ) {
+        let max_reps = self.plan.settings.max_repetitions;
+        for row in &self.plan.maps[map].rows {
+            match row.src {
+                Src::Whole | Src::Comp { .. } => {
+                    let view = SegView {
+                        walk,
+                        id,
+                        fields,
+                        cur: None,
+                    };
+                    if row.cond.as_ref().is_none_or(|c| c.eval(&view)) {
+                        b.cur_field = (id, 0);
+                        self.action(walk, b, row, None, 0, anchor, inst, &view);
+                    }
+                }
+                Src::Field { field, comp, sub } => {
+                    let Some(f) = fields.get(field as usize - 1).copied() else {
+                        continue;
+                    };
+                    if f.is_empty() {
+                        continue;
+                    }
+                    for (r, rep) in f.repetitions().enumerate() {
+                        if r == max_reps {
+                            b.warn(format_args!(
+                                "{}-{field}: repetitions beyond {max_reps} not mapped",
+                                String::from_utf8_lossy(&id)
+                            ));
+                            break;
+                        }
+                        if rep.is_empty() {
+                            continue;
+                        }
+                        if r > 0 && !row.repeats {
+                            b.warn(format_args!(
+                                "{}-{field}: only the first repetition maps to {}",
+                                String::from_utf8_lossy(&id),
+                                self.plan.at(row.loc)
+                            ));
+                            break;
+                        }
+                        let view = SegView {
+                            walk,
+                            id,
+                            fields,
+                            cur: Some((field, rep)),
+                        };
+                        let value = if comp == 0 {
+                            Some((rep, Level::Rep))
+                        } else {
+                            nth_part(rep.components(), comp as usize).and_then(|c| {
+                                if sub == 0 {
+                                    Some((c, Level::Comp))
+                                } else {
+                                    nth_part(c.subcomponents(), sub as usize)
+                                        .map(|s| (s, Level::Sub))
+                                }
+                            })
+                        };
+                        let valued = value.is_some_and(|(v, _)| !walk.text(v).trim().is_empty());
+                        let fire = match &row.cond {
+                            Some(c) => c.eval(&view),
+                            None => valued,
+                        };
+                        if !fire {
+                            continue;
+                        }
+                        b.cur_field = (id, field);
+                        let value = value.filter(|_| valued);
+                        if self.action(walk, b, row, value, r as u32, anchor, inst, &view)
+                            && matches!(row.action, Action::Copy { .. } | Action::Ignore)
+                        {
+                            if let Some(u) = used.get_mut(field as usize) {
+                                *u = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a data-type map to `v` at `anchor`.
+    #[allow(clippy::too_many_arguments)]
+    fn dtmap<'m>(
+        &self,
+        walk: &Walk<'m>,
+        b: &mut Build,
+        map: usize,
+        anchor: Anchor,
+        inst: u32,
+        v: Field<'m>,
+        level: Level,
+        depth: usize,
+    ) {
+        if depth > 8 {
+            return;
+        }
+        let mut comps = [None; MAX_COMPS];
+        let n = split(v, level, &mut comps);
+        let view = DtView {
+            walk,
+            comps: &comps[..n],
+            level,
+        };
+        for row in &self.plan.maps[map].rows {
+            let value = match row.src {
+                Src::Whole => Some((v, level)),
+                Src::Comp { comp, sub } => view.comp(comp, sub),
+                Src::Field { .. } => None,
+            };
+            let valued = value.is_some_and(|(f, _)| !walk.text(f).trim().is_empty());
+            let fire = match &row.cond {
+                Some(c) => c.eval(&view),
+                None => valued,
+            };
+            if !fire {
+                continue;
+            }
+            let anchor = match anchor {
+                Anchor::Elem {
+                    parent,
+                    elem,
+                    slot,
+                    rep,
+                    ..
+                } => Anchor::Elem {
+                    parent,
+                    elem,
+                    slot,
+                    rep,
+                    sub: row.path.sub,
+                },
+                a => a,
+            };
+            self.action_at(
+                walk,
+                b,
+                row,
+                value.filter(|_| valued),
+                0,
+                anchor,
+                inst,
+                &view,
+                depth + 1,
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn action<'m>(
+        &self,
+        walk: &Walk<'m>,
+        b: &mut Build,
+        row: &Row,
+        value: Option<(Field<'m>, Level)>,
+        rep: u32,
+        anchor: Anchor,
+        inst: u32,
+        env: &dyn Env,
+    ) -> bool {
+        self.action_at(walk, b, row, value, rep, anchor, inst, env, 0)
+    }
+
+    /// Does what a row says with a value. Returns whether it wrote something from the message.
+    #[allow(clippy::too_many_arguments)]
+    fn action_at<'m>(
+        &self,
+        walk: &Walk<'m>,
+        b: &mut Build,
+        row: &Row,
+        value: Option<(Field<'m>, Level)>,
+        rep: u32,
+        anchor: Anchor,
+        inst: u32,
+        env: &dyn Env,
+        depth: usize,
+    ) -> bool {
+        let model = self.plan.model;
+        let path = &row.path;
+        match &row.action {
+            Action::Assign(x) => {
+                let Some(text) = x.eval(env) else {
+                    return false;
+                };
+                let Some(prim) = model.prim(path.leaf) else {
+                    return false;
+                };
+                let node = {
+                    let a = leaf_anchor(model, b, anchor, path, rep);
+                    materialize(model, b, a, inst)
+                };
+                self.write_prim(b, node, prim, &text, Xform::None, false);
+                false
+            }
+            Action::Ignore => true,
+            Action::Link(t) => {
+                let found = b
+                    .insts
+                    .iter()
+                    .rposition(|x| x.ty == *t && walk.visible(x.scope, x.group));
+                let Some(target) = found else { return false };
+                if target as u32 == inst {
+                    return false;
+                }
+                let node = {
+                    let a = leaf_anchor(model, b, anchor, path, rep);
+                    materialize(model, b, a, inst)
+                };
+                let r = b.child(
+                    node,
+                    self.plan.known.reference_reference,
+                    1,
+                    0,
+                    1,
+                    false,
+                    inst,
+                );
+                if b.nodes[r as usize].first == NONE && b.nodes[r as usize].val == Val::Obj {
+                    b.nodes[r as usize].val = Val::Ref(target as u32);
+                }
+                false
+            }
+            Action::Copy { map, vocab, xform } => {
+                let Some((v, level)) = value else {
+                    return false;
+                };
+                if let Some(t) = path.creates {
+                    let Some(map) = *map else { return false };
+                    let cm = self.plan.map(map);
+                    let mut comps = [None; MAX_COMPS];
+                    let n = split(v, level, &mut comps);
+                    let dv = DtView {
+                        walk,
+                        comps: &comps[..n],
+                        level,
+                    };
+                    let key = self.key(b, walk, t, &cm.v2, &dv);
+                    let (scope, group) = (
+                        walk.seg_scope,
+                        walk.stack.last().map(|f| f.group).unwrap_or(0),
+                    );
+                    let new = self.create(b, t, key, &cm.name, scope, group);
+                    let root = b.insts[new as usize].root;
+                    self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    let refnode = {
+                        let a = leaf_anchor(model, b, anchor, path, rep);
+                        materialize(model, b, a, inst)
+                    };
+                    let r = b.child(
+                        refnode,
+                        self.plan.known.reference_reference,
+                        1,
+                        0,
+                        1,
+                        false,
+                        inst,
+                    );
+                    if b.nodes[r as usize].first == NONE && b.nodes[r as usize].val == Val::Obj {
+                        b.nodes[r as usize].val = Val::Ref(new);
+                    }
+                    return true;
+                }
+                let leaf = leaf_anchor(model, b, anchor, path, rep);
+                if let Some(vi) = vocab {
+                    let (code, system) = code_and_system(walk, v, level);
+                    if let Some(t) = self.plan.vocabs[*vi].lookup(code.trim(), system.trim()) {
+                        if let Some(prim) = model.prim(path.leaf) {
+                            let node = materialize(model, b, leaf, inst);
+                            let text = if t.code.is_empty() { t.system } else { t.code };
+                            return self.write_prim(b, node, prim, &text, *xform, true);
+                        }
+                        let k = &self.plan.known;
+                        let mut node = materialize(model, b, leaf, inst);
+                        if path.leaf == k.codeable_concept {
+                            node = b.child(node, k.cc_coding, 1, 0, 1, true, inst);
+                        }
+                        if path.leaf == k.codeable_concept || path.leaf == k.coding {
+                            if !t.system.is_empty() {
+                                let s = b.child(node, k.coding_system, 1, 0, 1, false, inst);
+                                self.write_prim(b, s, Prim::Uri, &t.system, Xform::None, true);
+                            }
+                            let c = b.child(node, k.coding_code, 1, 0, 1, false, inst);
+                            self.write_prim(b, c, Prim::Code, &t.code, Xform::None, true);
+                            if !t.display.is_empty() {
+                                let d = b.child(node, k.coding_display, 1, 0, 1, false, inst);
+                                self.write_prim(b, d, Prim::String, t.display, Xform::None, true);
+                            }
+                            return true;
+                        }
+                    }
+                }
+                if let Some(m) = map {
+                    self.dtmap(walk, b, *m, leaf, inst, v, level, depth);
+                    return true;
+                }
+                if vocab.is_some_and(|vi| self.plan.vocabs[vi].drop_unknown) {
+                    return false;
+                }
+                let Some(prim) = model.prim(path.leaf) else {
+                    return false;
+                };
+                let part = first_part(v, level);
+                let text = walk.text(part);
+                if text.trim().is_empty() {
+                    return false;
+                }
+                let node = materialize(model, b, leaf, inst);
+                self.write_prim(b, node, prim, &text, *xform, true)
+            }
+        }
+    }
+
+    /// Writes a primitive; the first write to an element wins (default rows go last), except
+    /// `lines`, which appends.
+    fn write_prim(
+        &self,
+        b: &mut Build,
+        node: u32,
+        prim: Prim,
+        text: &str,
+        xform: Xform,
+        data: bool,
+    ) -> bool {
+        let n = &b.nodes[node as usize];
+        let inst = n.inst;
+        if n.val != Val::Obj || n.first != NONE {
+            if xform == Xform::Lines {
+                if let Val::Text(a, e) | Val::B64(a, e) = n.val {
+                    let old = b.text[a as usize..e as usize].to_string();
+                    let start = b.text.len() as u32;
+                    b.text.push_str(&old);
+                    b.text.push('\n');
+                    b.text.push_str(text.trim_end());
+                    let end = b.text.len() as u32;
+                    b.nodes[node as usize].val = match n.val {
+                        Val::B64(..) => Val::B64(start, end),
+                        _ => Val::Text(start, end),
+                    };
+                    return true;
+                }
+            }
+            return false;
+        }
+        let codes = &self.plan.model.elem(n.elem).codes;
+        let start = b.text.len();
+        let t = text.trim();
+        let zone = self.plan.settings.default_timezone;
+        let res: Result<Val, &'static str> = match prim {
+            Prim::Boolean => value::parse_bool(t)
+                .map(Val::Bool)
+                .ok_or("not a yes/no value"),
+            Prim::Integer | Prim::PositiveInt | Prim::UnsignedInt => {
+                let k = match prim {
+                    Prim::Integer => IntKind::Integer,
+                    Prim::PositiveInt => IntKind::Positive,
+                    _ => IntKind::Unsigned,
+                };
+                value::write_integer(t, k, &mut b.text).map(|_| Val::Num(0, 0))
+            }
+            Prim::Decimal => value::write_decimal(t, &mut b.text).map(|_| Val::Num(0, 0)),
+            Prim::Date | Prim::DateTime | Prim::Instant => {
+                let k = match prim {
+                    Prim::Date => TimeKind::Date,
+                    Prim::DateTime => TimeKind::DateTime,
+                    _ => TimeKind::Instant,
+                };
+                match value::write_time(t, k, zone, &mut b.text) {
+                    Ok(Converted::TimeDropped) => {
+                        b.warn(format_args!(
+                            "{}: time of day dropped (no time zone given or configured)",
+                            b.field_name()
+                        ));
+                        Ok(Val::Text(0, 0))
+                    }
+                    Ok(_) => Ok(Val::Text(0, 0)),
+                    Err(e) => Err(e),
+                }
+            }
+            Prim::Time => value::write_tm(t, &mut b.text).map(|_| Val::Text(0, 0)),
+            Prim::Code => {
+                value::normalize_code(t, &mut b.text);
+                if !codes.is_empty() && !codes.iter().any(|c| c.as_str() == &b.text[start..]) {
+                    Err("code not in the FHIR value set of its element")
+                } else {
+                    Ok(Val::Text(0, 0))
+                }
+            }
+            Prim::Id => {
+                if !t.is_empty()
+                    && t.len() <= 64
+                    && t.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+                {
+                    b.text.push_str(t);
+                    Ok(Val::Text(0, 0))
+                } else {
+                    Err("not a FHIR id")
+                }
+            }
+            Prim::Base64Binary => match xform {
+                Xform::Base64 | Xform::Lines => {
+                    b.text.push_str(text.trim_end());
+                    Ok(Val::B64(0, 0))
+                }
+                Xform::HexBase64 => match hex::decode(t) {
+                    Ok(bytes) => {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.encode_string(bytes, &mut b.text);
+                        Ok(Val::Text(0, 0))
+                    }
+                    Err(_) => Err("not hexadecimal"),
+                },
+                Xform::None => {
+                    if value::is_base64(t) {
+                        b.text
+                            .extend(t.chars().filter(|c| !c.is_ascii_whitespace()));
+                        Ok(Val::Text(0, 0))
+                    } else {
+                        Err("not base64")
+                    }
+                }
+            },
+            _ => {
+                if xform == Xform::Lines {
+                    b.text.push_str(text.trim_end());
+                } else {
+                    b.text.push_str(t);
+                }
+                Ok(Val::Text(0, 0))
+            }
+        };
+        let end = b.text.len() as u32;
+        match res {
+            Ok(v) => {
+                if end as usize == start && !matches!(v, Val::Bool(_)) {
+                    return false;
+                }
+                let s = start as u32;
+                b.nodes[node as usize].val = match v {
+                    Val::Text(..) => Val::Text(s, end),
+                    Val::Num(..) => Val::Num(s, end),
+                    Val::B64(..) => Val::B64(s, end),
+                    other => other,
+                };
+                if data {
+                    b.insts[inst as usize].has_data = true;
+                }
+                true
+            }
+            Err(e) => {
+                b.text.truncate(start);
+                b.warn(format_args!("{}: {e}", b.field_name()));
+                false
+            }
+        }
+    }
+}
+
+/// CWE-like code and coding system (components 1 and 3) of a value.
+fn code_and_system<'m>(
+    walk: &Walk<'m>,
+    v: Field<'m>,
+    level: Level,
+) -> (Cow<'m, str>, Cow<'m, str>) {
+    match level {
+        Level::Sub => (walk.text(v), Cow::Borrowed("")),
+        Level::Rep => {
+            let mut it = v.components();
+            let c1 = it.next().map(|f| walk.text(f)).unwrap_or_default();
+            let c3 = it.nth(1).map(|f| walk.text(f)).unwrap_or_default();
+            (c1, c3)
+        }
+        Level::Comp => {
+            let mut it = v.subcomponents();
+            let c1 = it.next().map(|f| walk.text(f)).unwrap_or_default();
+            let c3 = it.nth(1).map(|f| walk.text(f)).unwrap_or_default();
+            (c1, c3)
+        }
+    }
+}
+
+/// `[(group, member)]` from `g` (starting at member `start`) down to the member for `id`. A
+/// group is only entered at a segment that may begin it: one preceded by optional members only
+/// (a ROL cannot open a PROCEDURE group whose PR1 is required).
+fn find(
+    groups: &[super::plan::Group],
+    g: usize,
+    start: usize,
+    id: &[u8; 3],
+    entering: bool,
+) -> Option<Vec<(usize, usize)>> {
+    for (i, m) in groups[g].members.iter().enumerate().skip(start) {
+        match m {
+            Member::Seg { id: s, .. } if s == id => return Some(vec![(g, i)]),
+            Member::Seg { optional, .. } => {
+                if entering && !optional {
+                    return None;
+                }
+            }
+            Member::Group(c) => {
+                if let Some(mut p) = find(groups, *c, 0, id, true) {
+                    p.insert(0, (g, i));
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The anchor of a path's leaf: every step but the last made, the last as an element to make.
+/// The first repeating step takes repetition `rep` (one element per source repetition).
+fn leaf_anchor(model: &Model, b: &mut Build, anchor: Anchor, path: &Path, rep: u32) -> Anchor {
+    let (mut cur, mut rep_pending) = match anchor {
+        Anchor::Node(n) => (n, true),
+        Anchor::Elem { .. } if path.steps.is_empty() => {
+            return match anchor {
+                Anchor::Elem {
+                    parent,
+                    elem,
+                    slot,
+                    rep: r,
+                    ..
+                } => Anchor::Elem {
+                    parent,
+                    elem,
+                    slot,
+                    rep: r,
+                    sub: path.sub,
+                },
+                a => a,
+            }
+        }
+        a @ Anchor::Elem { parent, .. } => {
+            let inst = b.nodes[parent as usize].inst;
+            (materialize(model, b, a, inst), false)
+        }
+    };
+    let Some((last, init)) = path.steps.split_last() else {
+        return Anchor::Node(cur);
+    };
+    let inst = b.nodes[cur as usize].inst;
+    for s in init {
+        let r = if s.array && rep_pending {
+            rep_pending = false;
+            rep
+        } else {
+            0
+        };
+        cur = b.child(cur, s.elem, s.slot, r, 1, s.array, inst);
+    }
+    let r = if last.array && rep_pending { rep } else { 0 };
+    let _ = model;
+    Anchor::Elem {
+        parent: cur,
+        elem: last.elem,
+        slot: last.slot,
+        rep: r,
+        sub: 1,
+    }
+}
+
+fn materialize(model: &Model, b: &mut Build, a: Anchor, inst: u32) -> u32 {
+    match a {
+        Anchor::Node(n) => n,
+        Anchor::Elem {
+            parent,
+            elem,
+            slot,
+            rep,
+            sub,
+        } => {
+            let array = model.elem(elem).array;
+            let _ = inst;
+            let inst = b.nodes[parent as usize].inst;
+            b.child(parent, elem, slot, rep, sub, array, inst)
+        }
+    }
+}
+
+impl Build {
+    fn warn(&mut self, args: std::fmt::Arguments<'_>) {
+        let s = args.to_string();
+        if !self.warnings.contains(&s) {
+            self.warnings.push(s);
+        }
+    }
+
+    fn field_name(&self) -> String {
+        let (id, f) = self.cur_field;
+        if f == 0 {
+            String::from_utf8_lossy(&id).into_owned()
+        } else {
+            format!("{}-{f}", String::from_utf8_lossy(&id))
+        }
+    }
+
+    fn unmapped_segment(&mut self, id: &[u8; 3]) {
+        let s = String::from_utf8_lossy(id).into_owned();
+        if !self.unmapped.contains(&s) {
+            self.unmapped.push(s);
+        }
+    }
+
+    fn unmapped_field(&mut self, id: &[u8; 3], n: usize, walk: &Walk<'_>, f: Field<'_>) {
+        // `""` is HL7's explicit null: it says "delete", which is data, but there is nothing to map.
+        if f.raw() == b"\"\"" || walk.text(f).trim().is_empty() {
+            return;
+        }
+        let s = format!("{}-{n}", String::from_utf8_lossy(id));
+        if !self.unmapped.contains(&s) {
+            self.unmapped.push(s);
+        }
+    }
+
+    /// The child of `parent` for (elem, slot, rep, sub), made when missing. Elements that do not
+    /// repeat have one child whatever the slot.
+    #[allow(clippy::too_many_arguments)]
+    fn child(
+        &mut self,
+        parent: u32,
+        elem: ElemId,
+        slot: u16,
+        rep: u32,
+        sub: u16,
+        array: bool,
+        inst: u32,
+    ) -> u32 {
+        let (slot, rep, sub) = if array { (slot, rep, sub) } else { (1, 0, 1) };
+        let mut c = self.nodes[parent as usize].first;
+        while c != NONE {
+            let n = &self.nodes[c as usize];
+            if n.elem == elem && n.slot == slot && n.rep == rep && n.sub == sub {
+                return c;
+            }
+            c = n.next;
+        }
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            elem,
+            slot,
+            sub,
+            rep,
+            parent,
+            first: NONE,
+            last: NONE,
+            next: NONE,
+            inst,
+            val: Val::Obj,
+        });
+        let p = &mut self.nodes[parent as usize];
+        if p.last == NONE {
+            p.first = id;
+        } else {
+            let last = p.last;
+            p.last = id;
+            self.nodes[last as usize].next = id;
+            return id;
+        }
+        p.last = id;
+        id
+    }
+}

@@ -1,0 +1,286 @@
+//! The mapping files in use: the defaults (built in, or `adapters_dir`) with a site's overrides
+//! merged over them row by row, and the mapping-set version (a hash of every file's name and bytes).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::csv::{self, Record};
+use super::LoadError;
+
+/// One mapping file as read.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path inside the mapping set, `/`-separated (`segments/PID[Patient].csv`).
+    pub name: String,
+    /// How errors name it (`adapters/segments/PID[Patient].csv` or the path on disk).
+    pub shown: String,
+    pub text: Cow<'static, str>,
+    pub site: bool,
+}
+
+/// A merged file: records from the base file with the site's rows applied.
+#[derive(Debug, Clone)]
+pub struct MergedFile {
+    pub name: String,
+    pub header: Vec<String>,
+    /// Each record with the index of the file it came from (into `Files::sources`).
+    pub records: Vec<(usize, Record)>,
+}
+
+#[derive(Debug)]
+pub struct Files {
+    pub sources: Vec<SourceFile>,
+    pub merged: BTreeMap<String, MergedFile>,
+    pub version: String,
+}
+
+/// Reads every `*.csv` under `dir` (recursively).
+pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, LoadError> {
+    fn walk(
+        base: &Path,
+        dir: &Path,
+        site: bool,
+        out: &mut Vec<SourceFile>,
+    ) -> Result<(), LoadError> {
+        let io = |e| LoadError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(base, &p, site, out)?;
+            } else if p.extension().is_some_and(|e| e == "csv") {
+                let text = std::fs::read_to_string(&p).map_err(|e| LoadError::Io {
+                    path: p.clone(),
+                    source: e,
+                })?;
+                let rel = p
+                    .strip_prefix(base)
+                    .unwrap_or(&p)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push(SourceFile {
+                    name: rel,
+                    shown: p.display().to_string(),
+                    text: Cow::Owned(text),
+                    site,
+                });
+            }
+        }
+        Ok(())
+    }
+    if !dir.is_dir() {
+        return Err(LoadError::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, site, &mut out)?;
+    Ok(out)
+}
+
+/// The key a row is replaced by in a site override: which columns identify "the same row".
+fn key_columns(name: &str) -> &'static [usize] {
+    let dir = name.split('/').next().unwrap_or("");
+    match dir {
+        // segment, resource, segment map
+        "messages" => &[0, 3, 4],
+        // source, FHIR path
+        "segments" | "datatypes" => &[0, 2],
+        // code, system
+        "vocabulary" => &[0, 1],
+        _ => match name {
+            "tables/ids.csv" => &[0, 1],
+            "tables/security-labels.csv" => &[0, 1],
+            "tables/security-propagation.csv" => &[0, 1],
+            _ => &[0],
+        },
+    }
+}
+
+fn key_of(name: &str, r: &Record) -> Vec<String> {
+    key_columns(name)
+        .iter()
+        .map(|&i| r.get(i).replace(' ', ""))
+        .collect()
+}
+
+pub fn load(base: Vec<SourceFile>, site: Vec<SourceFile>) -> Result<Files, LoadError> {
+    let mut sources = base;
+    sources.extend(site);
+    let mut merged: BTreeMap<String, MergedFile> = BTreeMap::new();
+    for (i, f) in sources.iter().enumerate() {
+        let recs = csv::parse(&f.text).map_err(|e| LoadError::Invalid {
+            file: f.shown.clone(),
+            line: e.line,
+            reason: e.reason,
+        })?;
+        let mut it = recs.into_iter();
+        let Some(header) = it.next() else {
+            continue;
+        };
+        let header: Vec<String> = header.fields.iter().map(|h| h.trim().to_string()).collect();
+        match merged.get_mut(&f.name) {
+            None => {
+                merged.insert(
+                    f.name.clone(),
+                    MergedFile {
+                        name: f.name.clone(),
+                        header,
+                        records: it.map(|r| (i, r)).collect(),
+                    },
+                );
+            }
+            Some(m) => {
+                if header != m.header {
+                    return Err(LoadError::Invalid {
+                        file: f.shown.clone(),
+                        line: 1,
+                        reason: format!(
+                            "the header must be the same as the file it overrides: {}",
+                            m.header.join(",")
+                        ),
+                    });
+                }
+                merge_rows(m, i, it.collect());
+            }
+        }
+    }
+    let version = version(&sources);
+    Ok(Files {
+        sources,
+        merged,
+        version,
+    })
+}
+
+/// A site row replaces every base row with its key (at the place of the first); rows with new
+/// keys go after the last row about the same source (so a new mapping of a field sits with the
+/// others), else at the end.
+fn merge_rows(m: &mut MergedFile, file: usize, rows: Vec<Record>) {
+    let name = m.name.clone();
+    let mut by_key: BTreeMap<Vec<String>, Vec<Record>> = BTreeMap::new();
+    let mut order: Vec<Vec<String>> = Vec::new();
+    for r in rows {
+        let k = key_of(&name, &r);
+        if !by_key.contains_key(&k) {
+            order.push(k.clone());
+        }
+        by_key.entry(k).or_default().push(r);
+    }
+    for k in order {
+        let new = by_key.remove(&k).unwrap_or_default();
+        let positions: Vec<usize> = m
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, r))| key_of(&name, r) == k)
+            .map(|(i, _)| i)
+            .collect();
+        let tagged: Vec<(usize, Record)> = new.into_iter().map(|r| (file, r)).collect();
+        if let Some(&first) = positions.first() {
+            for &p in positions.iter().rev() {
+                m.records.remove(p);
+            }
+            m.records.splice(first..first, tagged);
+        } else {
+            let source = &k[0];
+            let at = m
+                .records
+                .iter()
+                .rposition(|(_, r)| r.get(0).replace(' ', "") == *source)
+                .map(|p| p + 1)
+                .unwrap_or(m.records.len());
+            m.records.splice(at..at, tagged);
+        }
+    }
+}
+
+/// BLAKE3 over the name and bytes of every file in use, base files before site files, each set
+/// sorted by name; hex.
+fn version(sources: &[SourceFile]) -> String {
+    let mut files: Vec<&SourceFile> = sources.iter().collect();
+    files.sort_by(|a, b| (a.site, &a.name).cmp(&(b.site, &b.name)));
+    let mut h = blake3::Hasher::new();
+    h.update(b"medanchor mapping set v1\0");
+    for f in files {
+        h.update(if f.site { b"site\0" } else { b"base\0" });
+        h.update(&(f.name.len() as u64).to_le_bytes());
+        h.update(f.name.as_bytes());
+        h.update(&(f.text.len() as u64).to_le_bytes());
+        h.update(f.text.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, text: &'static str, site: bool) -> SourceFile {
+        SourceFile {
+            name: name.into(),
+            shown: name.into(),
+            text: Cow::Borrowed(text),
+            site,
+        }
+    }
+
+    #[test]
+    fn site_rows_replace_by_key_and_new_rows_join_their_field() {
+        let base = f(
+            "segments/PID[Patient].csv",
+            "field,condition,fhir_path,datatype_map,vocabulary_map,assignment\nPID-3,,identifier[2],CX[Identifier],,\nPID-7,,birthDate,,,\nPID-8,,gender,,,\n",
+            false,
+        );
+        let site = f(
+            "segments/PID[Patient].csv",
+            "field,condition,fhir_path,datatype_map,vocabulary_map,assignment\nPID-7,NEVER,birthDate,,,\nPID-3,,identifier[9].system,,,\"\"\"urn:x\"\"\"\nPID-99,,active,,,\n",
+            true,
+        );
+        let files = load(vec![base], vec![site]).unwrap();
+        let m = &files.merged["segments/PID[Patient].csv"];
+        let rows: Vec<String> = m
+            .records
+            .iter()
+            .map(|(i, r)| format!("{i}:{}:{}:{}", r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                "0:PID-3::identifier[2]",
+                "1:PID-3::identifier[9].system",
+                "1:PID-7:NEVER:birthDate",
+                "0:PID-8::gender",
+                "1:PID-99::active"
+            ]
+        );
+        let only_base = load(
+            vec![f("segments/PID[Patient].csv", "field\nPID-3\n", false)],
+            vec![],
+        )
+        .unwrap();
+        assert_ne!(files.version, only_base.version);
+        assert_eq!(files.version.len(), 64);
+    }
+
+    #[test]
+    fn a_site_file_with_another_header_is_refused() {
+        let base = f("settings.csv", "key,value\na,b\n", false);
+        let site = f("settings.csv", "key,value,extra\na,c,d\n", true);
+        assert!(matches!(
+            load(vec![base], vec![site]),
+            Err(LoadError::Invalid { line: 1, .. })
+        ));
+    }
+}

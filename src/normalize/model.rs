@@ -1,0 +1,221 @@
+//! The FHIR R4 element table mapping paths are compiled against: which elements a type has, their
+//! types, which repeat, and the codes a required binding allows. Derived from the official R4
+//! JSON schema by `scripts/fhir-r4-model.py` (r4-elements.tsv); knowing it at load is what lets
+//! the engine write arrays, numbers and booleans correctly and lets `mapping lint` name a path
+//! that does not exist.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+const TABLE: &str = include_str!("r4-elements.tsv");
+
+pub type TypeId = u16;
+pub type ElemId = u32;
+
+/// FHIR primitive types: how a value is written and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prim {
+    Base64Binary,
+    Boolean,
+    Canonical,
+    Code,
+    Date,
+    DateTime,
+    Decimal,
+    Id,
+    Instant,
+    Integer,
+    Markdown,
+    Oid,
+    PositiveInt,
+    String,
+    Time,
+    UnsignedInt,
+    Uri,
+    Url,
+    Uuid,
+    Xhtml,
+}
+
+impl Prim {
+    fn parse(name: &str) -> Option<Prim> {
+        Some(match name {
+            "base64Binary" => Prim::Base64Binary,
+            "boolean" => Prim::Boolean,
+            "canonical" => Prim::Canonical,
+            "code" => Prim::Code,
+            "date" => Prim::Date,
+            "dateTime" => Prim::DateTime,
+            "decimal" => Prim::Decimal,
+            "id" => Prim::Id,
+            "instant" => Prim::Instant,
+            "integer" => Prim::Integer,
+            "markdown" => Prim::Markdown,
+            "oid" => Prim::Oid,
+            "positiveInt" => Prim::PositiveInt,
+            "string" => Prim::String,
+            "time" => Prim::Time,
+            "unsignedInt" => Prim::UnsignedInt,
+            "uri" => Prim::Uri,
+            "url" => Prim::Url,
+            "uuid" => Prim::Uuid,
+            "xhtml" => Prim::Xhtml,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct TypeDef {
+    pub name: String,
+    pub prim: Option<Prim>,
+    pub resource: bool,
+    elems: HashMap<String, ElemId>,
+}
+
+#[derive(Debug)]
+pub struct ElemDef {
+    /// The JSON key.
+    pub name: String,
+    pub ty: TypeId,
+    pub array: bool,
+    /// Codes of an inline required binding (e.g. `Patient.gender`), else empty.
+    pub codes: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    types: Vec<TypeDef>,
+    by_name: HashMap<String, TypeId>,
+    elems: Vec<ElemDef>,
+}
+
+impl Model {
+    /// The table built into the binary, parsed once per process.
+    pub fn r4() -> &'static Model {
+        static MODEL: OnceLock<Model> = OnceLock::new();
+        MODEL.get_or_init(|| Model::parse(TABLE))
+    }
+
+    fn parse(text: &str) -> Model {
+        let mut m = Model {
+            types: Vec::new(),
+            by_name: HashMap::new(),
+            elems: Vec::new(),
+        };
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let mut cols = line.split('\t');
+            let head = cols.next().unwrap_or_default();
+            if head == "@resources" {
+                for r in cols.next().unwrap_or_default().split(' ') {
+                    let t = m.type_id_or_add(r);
+                    m.types[t as usize].resource = true;
+                }
+                continue;
+            }
+            let Some((owner, name)) = head.split_once('.') else {
+                continue;
+            };
+            let ty_name = cols.next().unwrap_or_default();
+            let flags = cols.next().unwrap_or_default();
+            let codes: Vec<String> = cols
+                .next()
+                .filter(|c| !c.is_empty())
+                .map(|c| c.split('|').map(str::to_string).collect())
+                .unwrap_or_default();
+            let owner = m.type_id_or_add(owner);
+            let ty = m.type_id_or_add(ty_name);
+            let array = flags.contains('*');
+            m.add_elem(owner, name, ty, array, codes);
+            if m.types[ty as usize].prim.is_some() {
+                // `_birthDate`: where a primitive's own extensions go in JSON.
+                let element = m.type_id_or_add("Element");
+                m.add_elem(owner, &format!("_{name}"), element, array, Vec::new());
+            }
+        }
+        m
+    }
+
+    fn add_elem(&mut self, owner: TypeId, name: &str, ty: TypeId, array: bool, codes: Vec<String>) {
+        let id = self.elems.len() as ElemId;
+        self.elems.push(ElemDef {
+            name: name.to_string(),
+            ty,
+            array,
+            codes,
+        });
+        self.types[owner as usize]
+            .elems
+            .insert(name.to_string(), id);
+    }
+
+    fn type_id_or_add(&mut self, name: &str) -> TypeId {
+        if let Some(&t) = self.by_name.get(name) {
+            return t;
+        }
+        let id = self.types.len() as TypeId;
+        self.types.push(TypeDef {
+            name: name.to_string(),
+            prim: Prim::parse(name),
+            resource: false,
+            elems: HashMap::new(),
+        });
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+
+    pub fn type_id(&self, name: &str) -> Option<TypeId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn ty(&self, t: TypeId) -> &TypeDef {
+        &self.types[t as usize]
+    }
+
+    pub fn elem(&self, e: ElemId) -> &ElemDef {
+        &self.elems[e as usize]
+    }
+
+    /// The element `name` of type `owner`.
+    pub fn child(&self, owner: TypeId, name: &str) -> Option<ElemId> {
+        self.types[owner as usize].elems.get(name).copied()
+    }
+
+    pub fn is_resource(&self, t: TypeId) -> bool {
+        self.types[t as usize].resource
+    }
+
+    /// Whether `t` is a primitive type (a JSON string, number or boolean).
+    pub fn prim(&self, t: TypeId) -> Option<Prim> {
+        self.types[t as usize].prim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knows_patient_elements_their_types_and_arrays() {
+        let m = Model::r4();
+        let p = m.type_id("Patient").unwrap();
+        assert!(m.is_resource(p));
+        let name = m.elem(m.child(p, "name").unwrap());
+        assert!(name.array);
+        assert_eq!(m.ty(name.ty).name, "HumanName");
+        let gender = m.elem(m.child(p, "gender").unwrap());
+        assert_eq!(m.prim(gender.ty), Some(Prim::Code));
+        assert!(gender.codes.contains(&"female".to_string()));
+        let birth = m.elem(m.child(p, "_birthDate").unwrap());
+        assert_eq!(m.ty(birth.ty).name, "Element");
+        let hn = m.type_id("HumanName").unwrap();
+        assert!(m.elem(m.child(hn, "given").unwrap()).array);
+        assert!(!m.elem(m.child(hn, "family").unwrap()).array);
+        let ext = m.type_id("Extension").unwrap();
+        let vd = m.elem(m.child(ext, "valueDecimal").unwrap());
+        assert_eq!(m.prim(vd.ty), Some(Prim::Decimal));
+    }
+}

@@ -1,0 +1,1437 @@
+//! Compiles the merged mapping files into a plan: message structures with their rows, segment and
+//! data-type maps as rows with compiled conditions and paths resolved against the FHIR R4 model,
+//! vocabularies as hash tables. Nothing is parsed per message; every error names file, line and
+//! the column it is about.
+
+use std::collections::{HashMap, HashSet};
+
+use super::cond::{self, Cond, Expr, Ref, Scope};
+use super::csv::Record;
+use super::files::{Files, MergedFile};
+use super::model::{ElemId, Model, TypeId};
+use super::value::Offset;
+use super::LoadError;
+
+/// Where a compiled row came from (for errors at load and in lint output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub file: u16,
+    pub line: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Zone for v2 times that carry none; `None`: such times keep their date only.
+    pub default_timezone: Option<Offset>,
+    /// Repetitions of one field that are mapped; more are a warning.
+    pub max_repetitions: usize,
+    /// Fields of one segment that are read; more are a warning.
+    pub max_fields: usize,
+    /// Resources one message may produce; more is a mapping failure (`too_many_resources`).
+    pub max_resources: usize,
+    /// `Provenance.agent.who.display`.
+    pub gateway_name: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_timezone: None,
+            max_repetitions: 100,
+            max_fields: 300,
+            max_resources: 5000,
+            gateway_name: "medanchor".into(),
+        }
+    }
+}
+
+/// One step of a FHIR path: an element and its slot (`identifier[2]`: slot 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub elem: ElemId,
+    pub slot: u16,
+    pub array: bool,
+    /// The slot was written (`link[1]`): references to it fill that one element.
+    pub explicit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Path {
+    /// `[2].given` in a data-type map: the second instance of the element the map is applied to.
+    pub sub: u16,
+    pub steps: Vec<Step>,
+    /// Type of what the path reaches (the anchor's type when there are no steps).
+    pub leaf: TypeId,
+    /// `individual(Practitioner)`: the path is a Reference to a new resource of this type.
+    pub creates: Option<TypeId>,
+}
+
+/// A data-type map or built-in transform named in the datatype_map column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xform {
+    None,
+    /// Text → base64 of its UTF-8 bytes.
+    Base64,
+    /// Hex digits → base64 of the bytes.
+    HexBase64,
+    /// Repetitions and repeated writes joined with line breaks.
+    Lines,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Copy {
+        map: Option<usize>,
+        vocab: Option<usize>,
+        xform: Xform,
+    },
+    Assign(Expr),
+    /// `@Patient`: a reference to the nearest resource of that type.
+    Link(TypeId),
+    /// A segment row with no FHIR path: the field is read and deliberately not mapped (a set
+    /// id), so it is not listed as unmapped.
+    Ignore,
+}
+
+/// Where a row reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Src {
+    /// The whole segment or the whole data-type value.
+    Whole,
+    /// Segment maps: field (repetitions iterated), optionally one component/subcomponent of each.
+    Field { field: u16, comp: u16, sub: u16 },
+    /// Data-type maps: a component, optionally one subcomponent.
+    Comp { comp: u16, sub: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub loc: Loc,
+    /// A segment row whose field repetitions each get their own element (the path repeats, or
+    /// the value is gathered as lines); otherwise only the first repetition maps.
+    pub repeats: bool,
+    pub src: Src,
+    pub cond: Option<Cond>,
+    pub path: Path,
+    pub action: Action,
+}
+
+/// A segment or data-type map compiled for one target type.
+#[derive(Debug)]
+pub struct CMap {
+    pub name: String,
+    /// The v2 data type or segment id (`XCN`, `PID`): which id rules apply to resources it makes.
+    pub v2: String,
+    pub rows: Vec<Row>,
+}
+
+#[derive(Debug)]
+pub struct VRow {
+    pub system: String,
+    pub target_code: String,
+    pub target_display: String,
+    pub target_system: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Vocab {
+    pub rows: Vec<VRow>,
+    exact: HashMap<String, Vec<usize>>,
+    prefixes: Vec<(String, usize)>,
+    default: Option<usize>,
+    /// A `*` row without a target: codes not listed give no value (rather than being copied as
+    /// they are); a data-type map on the row still applies.
+    pub drop_unknown: bool,
+}
+
+/// A vocabulary hit: the target with `{}` filled in.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Translated<'a> {
+    pub code: std::borrow::Cow<'a, str>,
+    pub display: &'a str,
+    pub system: std::borrow::Cow<'a, str>,
+}
+
+impl Vocab {
+    /// Looks `code` up; a row's system must match unless the row or the value has none.
+    pub fn lookup<'a>(&'a self, code: &str, system: &str) -> Option<Translated<'a>> {
+        let sys_ok = |r: &VRow| r.system.is_empty() || system.is_empty() || r.system == system;
+        let fill = |r: &'a VRow, rest: &str| Translated {
+            code: fill_in(&r.target_code, rest),
+            display: &r.target_display,
+            system: fill_in(&r.target_system, rest),
+        };
+        if let Some(ix) = self.exact.get(code) {
+            if let Some(&i) = ix.iter().find(|&&i| sys_ok(&self.rows[i])) {
+                return Some(fill(&self.rows[i], code));
+            }
+        }
+        for (p, i) in &self.prefixes {
+            if let Some(rest) = code.strip_prefix(p.as_str()) {
+                if !rest.is_empty() && sys_ok(&self.rows[*i]) {
+                    return Some(fill(&self.rows[*i], rest));
+                }
+            }
+        }
+        self.default.map(|i| fill(&self.rows[i], code))
+    }
+}
+
+fn fill_in<'a>(pattern: &'a str, value: &str) -> std::borrow::Cow<'a, str> {
+    if pattern.contains("{}") {
+        std::borrow::Cow::Owned(pattern.replace("{}", value))
+    } else {
+        std::borrow::Cow::Borrowed(pattern)
+    }
+}
+
+/// How a resource's id is made: UUIDv5 of its type and these parts.
+#[derive(Debug, Clone)]
+pub struct IdRule {
+    pub parts: Vec<KeyPart>,
+    /// Same key in one Bundle: the same resource (master data), or two that must stay apart.
+    pub merge: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeyPart {
+    Ref(Ref),
+    /// `@DiagnosticReport`: the id of the nearest open resource of that type.
+    Context(TypeId),
+}
+
+/// Messages' group structure: members in order, a member either a segment or a group.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug)]
+pub enum Member {
+    Seg {
+        id: [u8; 3],
+        repeats: bool,
+        /// `[PD1]`: a group can begin after it when it is missing; a required one (`PID`)
+        /// must be there for a group to be entered past it.
+        optional: bool,
+        rows: Vec<usize>,
+    },
+    Group(usize),
+}
+
+#[derive(Debug)]
+pub struct LabelDef {
+    pub name: String,
+    pub ty: TypeId,
+}
+
+#[derive(Debug)]
+pub struct RefRule {
+    pub from: usize,
+    pub path: Path,
+    pub to: usize,
+}
+
+#[derive(Debug)]
+pub struct MsgRow {
+    pub cond: Option<Cond>,
+    /// The resource instance (label) the row makes or adds to; `None`: structure only.
+    pub label: Option<usize>,
+    /// `Observation[2].note`: the map applies at this element of the resource.
+    pub at: Option<Path>,
+    pub map: Option<usize>,
+    pub refs: Vec<RefRule>,
+}
+
+#[derive(Debug)]
+pub struct MessageMap {
+    pub name: String,
+    /// `groups[0]` is the message itself.
+    pub groups: Vec<Group>,
+    pub labels: Vec<LabelDef>,
+    pub rows: Vec<MsgRow>,
+}
+
+#[derive(Debug, Default)]
+pub struct Labels {
+    /// Label codes (v3 ActCode), index = bit.
+    pub names: Vec<String>,
+    /// code → (system, bits): looked up by the code without allocating.
+    exact: HashMap<String, Vec<(String, u64)>>,
+    prefixes: Vec<(String, String, u64)>,
+}
+
+impl Labels {
+    /// Label bits for a coding.
+    pub fn lookup(&self, system: &str, code: &str) -> u64 {
+        let mut bits = 0;
+        if let Some(v) = self.exact.get(code) {
+            for (s, b) in v {
+                if s.is_empty() || s == system {
+                    bits |= b;
+                }
+            }
+        }
+        for (s, p, b) in &self.prefixes {
+            if (s.is_empty() || s == system) && code.starts_with(p.as_str()) {
+                bits |= b;
+            }
+        }
+        bits
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Types and elements the engine itself needs.
+#[derive(Debug)]
+pub struct Known {
+    pub reference_reference: ElemId,
+    pub coding: TypeId,
+    pub coding_system: ElemId,
+    pub coding_code: ElemId,
+    pub coding_display: ElemId,
+    pub codeable_concept: TypeId,
+    pub cc_coding: ElemId,
+    pub extension: TypeId,
+    pub extension_url: ElemId,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub model: &'static Model,
+    /// Shown names of the files rows came from (`Loc::file`).
+    pub files: Vec<String>,
+    pub version: String,
+    pub settings: Settings,
+    pub messages: Vec<MessageMap>,
+    /// `ADT^A04` → message map.
+    pub by_type: HashMap<String, usize>,
+    /// `ADT_A01` (file name, MSH-9.3) → message map.
+    pub by_name: HashMap<String, usize>,
+    pub default_message: Option<usize>,
+    pub maps: Vec<CMap>,
+    pub vocabs: Vec<Vocab>,
+    pub ids: HashMap<(TypeId, String), IdRule>,
+    /// Segment fields id rules read (they count as used even when no row maps them, e.g. OBX-1).
+    pub id_fields: HashMap<[u8; 3], Vec<u16>>,
+    pub labels: Labels,
+    /// Labels of resources referenced from `element` flow into the referencing resource.
+    pub propagation: Vec<(TypeId, ElemId)>,
+    pub known: Known,
+}
+
+struct Compiler<'a> {
+    model: &'static Model,
+    files: &'a Files,
+    errors: Vec<LoadError>,
+    maps: Vec<CMap>,
+    map_cache: HashMap<(String, TypeId), usize>,
+    in_progress: HashSet<(String, TypeId)>,
+    vocab_index: HashMap<String, usize>,
+}
+
+/// Builds the plan, or every problem found.
+pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
+    let model = Model::r4();
+    let mut c = Compiler {
+        model,
+        files,
+        errors: Vec::new(),
+        maps: Vec::new(),
+        map_cache: HashMap::new(),
+        in_progress: HashSet::new(),
+        vocab_index: HashMap::new(),
+    };
+    let settings = c.settings();
+    let vocabs = c.vocabs();
+    let ids = c.ids();
+    let (labels, propagation) = c.labels();
+    // Every segment and data-type map whose target type can be told from its name is compiled
+    // here, used or not, so lint checks every row.
+    for (name, f) in &files.merged {
+        let (dir, map_name) = match name.split_once('/') {
+            Some((d, n)) => (d, n.trim_end_matches(".csv")),
+            None => continue,
+        };
+        if dir != "segments" && dir != "datatypes" {
+            continue;
+        }
+        match c.target_of(map_name) {
+            Some(t) => {
+                c.map(map_name, t, None);
+            }
+            None => {
+                if let Some((src, r)) = f.records.first() {
+                    c.err_at(
+                        *src,
+                        r.line,
+                        format!(
+                            "the map name `{map_name}` does not say its FHIR target type in brackets (e.g. PID[Patient])"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let mut messages = Vec::new();
+    let mut by_name = HashMap::new();
+    for (name, f) in &files.merged {
+        if let Some(n) = name.strip_prefix("messages/") {
+            let n = n.trim_end_matches(".csv").to_string();
+            let m = c.message(&n, f);
+            by_name.insert(n, messages.len());
+            messages.push(m);
+        }
+    }
+    let by_type = c.message_types(&by_name);
+    let default_message = by_name.get("_default").copied();
+    let known = known(model);
+    let mut id_fields: HashMap<[u8; 3], Vec<u16>> = HashMap::new();
+    for ((_, source), rule) in &ids {
+        let b = source.as_bytes();
+        if b.len() != 3 {
+            continue;
+        }
+        for p in &rule.parts {
+            if let KeyPart::Ref(Ref::Field { seg, field, .. }) = p {
+                if seg.is_none_or(|s| s == b) {
+                    id_fields
+                        .entry([b[0], b[1], b[2]])
+                        .or_default()
+                        .push(*field);
+                }
+            }
+        }
+    }
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(Plan {
+        model,
+        files: files.sources.iter().map(|s| s.shown.clone()).collect(),
+        version: files.version.clone(),
+        settings,
+        messages,
+        by_type,
+        by_name,
+        default_message,
+        maps: c.maps,
+        vocabs,
+        ids,
+        id_fields,
+        labels,
+        propagation,
+        known,
+    })
+}
+
+fn known(m: &Model) -> Known {
+    let t = |n: &str| m.type_id(n).expect("R4 type");
+    let e = |ty: TypeId, n: &str| m.child(ty, n).expect("R4 element");
+    let reference = t("Reference");
+    let coding = t("Coding");
+    let codeable_concept = t("CodeableConcept");
+    let extension = t("Extension");
+    Known {
+        reference_reference: e(reference, "reference"),
+        coding,
+        coding_system: e(coding, "system"),
+        coding_code: e(coding, "code"),
+        coding_display: e(coding, "display"),
+        codeable_concept,
+        cc_coding: e(codeable_concept, "coding"),
+        extension,
+        extension_url: e(extension, "url"),
+    }
+}
+
+/// `PID[Patient]` → (`PID`, `Patient`).
+fn split_map_name(name: &str) -> Option<(&str, &str)> {
+    let (v2, rest) = name.split_once('[')?;
+    let target = rest.strip_suffix(']')?;
+    Some((v2.trim(), target.trim()))
+}
+
+fn header_is(f: &MergedFile, want: &[&str]) -> bool {
+    f.header.len() >= want.len() && f.header.iter().zip(want).all(|(a, b)| a == b)
+}
+
+const MAP_HEADER_SEG: [&str; 6] = [
+    "field",
+    "condition",
+    "fhir_path",
+    "datatype_map",
+    "vocabulary_map",
+    "assignment",
+];
+const MAP_HEADER_DT: [&str; 6] = [
+    "component",
+    "condition",
+    "fhir_path",
+    "datatype_map",
+    "vocabulary_map",
+    "assignment",
+];
+
+impl Compiler<'_> {
+    fn err_at(&mut self, src: usize, line: usize, reason: String) {
+        let file = self
+            .files
+            .sources
+            .get(src)
+            .map(|s| s.shown.clone())
+            .unwrap_or_default();
+        self.errors.push(LoadError::Invalid { file, line, reason });
+    }
+
+    fn err_file(&mut self, name: &str, reason: String) {
+        let file = self
+            .files
+            .sources
+            .iter()
+            .rev()
+            .find(|s| s.name == name)
+            .map(|s| s.shown.clone())
+            .unwrap_or_else(|| name.to_string());
+        self.errors.push(LoadError::Invalid {
+            file,
+            line: 1,
+            reason,
+        });
+    }
+
+    /// The FHIR type a map name targets: `PID[Patient]` → Patient, `XPN[String]` → string,
+    /// `CX[RelatedPerson-Mother]` → RelatedPerson.
+    fn target_of(&self, map_name: &str) -> Option<TypeId> {
+        let (_, target) = split_map_name(map_name)?;
+        let base = target.split('-').next().unwrap_or(target);
+        if let Some(t) = self.model.type_id(base) {
+            return Some(t);
+        }
+        let mut lower = base.to_string();
+        if let Some(first) = lower.get_mut(..1) {
+            first.make_ascii_lowercase();
+        }
+        self.model.type_id(&lower)
+    }
+
+    fn settings(&mut self) -> Settings {
+        let mut s = Settings::default();
+        let Some(f) = self.files.merged.get("settings.csv") else {
+            return s;
+        };
+        for (src, r) in &f.records {
+            let (k, v) = (r.get(0), r.get(1));
+            let num = |v: &str| v.parse::<usize>().ok().filter(|n| *n > 0);
+            let bad = match k {
+                "default_timezone" => {
+                    if v.is_empty() {
+                        s.default_timezone = None;
+                        None
+                    } else {
+                        match Offset::parse(v) {
+                            Some(o) => {
+                                s.default_timezone = Some(o);
+                                None
+                            }
+                            None => Some("value: a zone is `Z` or `+hh:mm` / `-hh:mm`, or empty".to_string()),
+                        }
+                    }
+                }
+                "max_repetitions" | "max_fields" | "max_resources" => match num(v) {
+                    Some(n) => {
+                        match k {
+                            "max_repetitions" => s.max_repetitions = n,
+                            "max_fields" => s.max_fields = n,
+                            _ => s.max_resources = n,
+                        }
+                        None
+                    }
+                    None => Some("value: a positive number".into()),
+                },
+                "gateway_name" => {
+                    s.gateway_name = v.to_string();
+                    None
+                }
+                _ => Some(format!("key: unknown setting `{k}` (default_timezone, max_repetitions, max_fields, max_resources, gateway_name)")),
+            };
+            if let Some(b) = bad {
+                self.err_at(*src, r.line, b);
+            }
+        }
+        s
+    }
+
+    fn vocabs(&mut self) -> Vec<Vocab> {
+        let mut out = Vec::new();
+        let header = [
+            "code",
+            "system",
+            "target_code",
+            "target_display",
+            "target_system",
+        ];
+        for (name, f) in &self.files.merged {
+            let Some(n) = name.strip_prefix("vocabulary/") else {
+                continue;
+            };
+            let n = n.trim_end_matches(".csv").to_string();
+            if !header_is(f, &header) {
+                self.err_file(name, format!("header: expected {}", header.join(",")));
+                continue;
+            }
+            let mut v = Vocab::default();
+            for (src, r) in &f.records {
+                let code = r.get(0).to_string();
+                if code.is_empty() {
+                    self.err_at(
+                        *src,
+                        r.line,
+                        "code: empty (use * for \"any other code\")".into(),
+                    );
+                    continue;
+                }
+                if r.get(2).is_empty() && r.get(4).is_empty() {
+                    if code == "*" {
+                        v.drop_unknown = true;
+                    } else {
+                        self.err_at(
+                            *src,
+                            r.line,
+                            "target_code: empty (only the * row may have no target)".into(),
+                        );
+                    }
+                    continue;
+                }
+                let i = v.rows.len();
+                v.rows.push(VRow {
+                    system: r.get(1).to_string(),
+                    target_code: r.get(2).to_string(),
+                    target_display: r.get(3).to_string(),
+                    target_system: r.get(4).to_string(),
+                });
+                if code == "*" {
+                    v.default.get_or_insert(i);
+                } else if let Some(p) = code.strip_suffix('*') {
+                    v.prefixes.push((p.to_string(), i));
+                } else {
+                    v.exact.entry(code).or_default().push(i);
+                }
+            }
+            // Longest prefix first.
+            v.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+            self.vocab_index.insert(n, out.len());
+            out.push(v);
+        }
+        out
+    }
+
+    fn ids(&mut self) -> HashMap<(TypeId, String), IdRule> {
+        let mut out = HashMap::new();
+        let Some(f) = self.files.merged.get("tables/ids.csv") else {
+            return out;
+        };
+        if !header_is(f, &["resource", "source", "key", "same_key"]) {
+            self.err_file(
+                "tables/ids.csv",
+                "header: expected resource,source,key,same_key".into(),
+            );
+            return out;
+        }
+        for (src, r) in &f.records {
+            let Some(ty) = self
+                .model
+                .type_id(r.get(0))
+                .filter(|t| self.model.is_resource(*t))
+            else {
+                self.err_at(
+                    *src,
+                    r.line,
+                    format!("resource: `{}` is not a FHIR R4 resource type", r.get(0)),
+                );
+                continue;
+            };
+            let source = r.get(1).to_string();
+            if source.is_empty() {
+                self.err_at(
+                    *src,
+                    r.line,
+                    "source: empty (a segment id or a v2 data type)".into(),
+                );
+                continue;
+            }
+            let mut parts = Vec::new();
+            for tok in r.get(2).split_whitespace() {
+                if let Some(t) = tok.strip_prefix('@') {
+                    match self.model.type_id(t).filter(|t| self.model.is_resource(*t)) {
+                        Some(t) => parts.push(KeyPart::Context(t)),
+                        None => {
+                            self.err_at(*src, r.line, format!("key: `@{t}` is not a resource type"))
+                        }
+                    }
+                    continue;
+                }
+                let scope = if tok.contains('-') {
+                    Scope::Segment
+                } else {
+                    Scope::Datatype
+                };
+                match cond::parse_ref(tok, scope) {
+                    Ok(rf) => parts.push(KeyPart::Ref(rf)),
+                    Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
+                }
+            }
+            let merge = match r.get(3) {
+                "merge" => true,
+                "distinct" | "" => false,
+                other => {
+                    self.err_at(
+                        *src,
+                        r.line,
+                        format!("same_key: `{other}` is not merge or distinct"),
+                    );
+                    false
+                }
+            };
+            out.insert((ty, source), IdRule { parts, merge });
+        }
+        out
+    }
+
+    fn labels(&mut self) -> (Labels, Vec<(TypeId, ElemId)>) {
+        let mut labels = Labels::default();
+        if let Some(f) = self.files.merged.get("tables/security-labels.csv") {
+            if !header_is(f, &["system", "code", "label"]) {
+                self.err_file(
+                    "tables/security-labels.csv",
+                    "header: expected system,code,label".into(),
+                );
+            } else {
+                for (src, r) in &f.records {
+                    let (system, code, label) = (r.get(0), r.get(1), r.get(2));
+                    if code.is_empty() || label.is_empty() {
+                        self.err_at(*src, r.line, "code and label must be given".into());
+                        continue;
+                    }
+                    let bit = match labels.names.iter().position(|n| n == label) {
+                        Some(i) => i,
+                        None => {
+                            if labels.names.len() == 64 {
+                                self.err_at(
+                                    *src,
+                                    r.line,
+                                    "label: at most 64 different labels".into(),
+                                );
+                                continue;
+                            }
+                            labels.names.push(label.to_string());
+                            labels.names.len() - 1
+                        }
+                    };
+                    let b = 1u64 << bit;
+                    match code.strip_suffix('*') {
+                        Some(p) => labels.prefixes.push((system.to_string(), p.to_string(), b)),
+                        None => labels
+                            .exact
+                            .entry(code.to_string())
+                            .or_default()
+                            .push((system.to_string(), b)),
+                    }
+                }
+            }
+        }
+        let mut prop = Vec::new();
+        if let Some(f) = self.files.merged.get("tables/security-propagation.csv") {
+            for (src, r) in &f.records {
+                let Some(t) = self
+                    .model
+                    .type_id(r.get(0))
+                    .filter(|t| self.model.is_resource(*t))
+                else {
+                    self.err_at(
+                        *src,
+                        r.line,
+                        format!("resource: `{}` is not a resource type", r.get(0)),
+                    );
+                    continue;
+                };
+                match self.model.child(t, r.get(1)) {
+                    Some(e) => prop.push((t, e)),
+                    None => self.err_at(
+                        *src,
+                        r.line,
+                        format!("element: `{}` is not an element of {}", r.get(1), r.get(0)),
+                    ),
+                }
+            }
+        }
+        (labels, prop)
+    }
+
+    fn message_types(&mut self, by_name: &HashMap<String, usize>) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        let Some(f) = self.files.merged.get("tables/message-types.csv") else {
+            return out;
+        };
+        for (src, r) in &f.records {
+            match by_name.get(r.get(1)) {
+                Some(&i) => {
+                    out.insert(r.get(0).to_string(), i);
+                }
+                None => self.err_at(
+                    *src,
+                    r.line,
+                    format!("message_map: no file messages/{}.csv", r.get(1)),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Compiles (or returns the compiled) map `name` for target type `ty`.
+    fn map(&mut self, name: &str, ty: TypeId, from: Option<(usize, usize)>) -> Option<usize> {
+        let key = (name.to_string(), ty);
+        if let Some(&i) = self.map_cache.get(&key) {
+            return Some(i);
+        }
+        let seg = format!("segments/{name}.csv");
+        let dt = format!("datatypes/{name}.csv");
+        let (file_name, scope) = if self.files.merged.contains_key(&seg) {
+            (seg, Scope::Segment)
+        } else if self.files.merged.contains_key(&dt) {
+            (dt, Scope::Datatype)
+        } else {
+            if let Some((src, line)) = from {
+                self.err_at(
+                    src,
+                    line,
+                    format!("map `{name}`: no file segments/{name}.csv or datatypes/{name}.csv"),
+                );
+            }
+            return None;
+        };
+        if !self.in_progress.insert(key.clone()) {
+            if let Some((src, line)) = from {
+                self.err_at(src, line, format!("map `{name}` refers back to itself"));
+            }
+            return None;
+        }
+        let files = self.files;
+        let f = &files.merged[&file_name];
+        let want = if scope == Scope::Segment {
+            &MAP_HEADER_SEG
+        } else {
+            &MAP_HEADER_DT
+        };
+        let v2 = split_map_name(name)
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default();
+        let mut rows = Vec::new();
+        if !header_is(f, want) {
+            self.err_file(&file_name, format!("header: expected {}", want.join(",")));
+        } else {
+            for (src, r) in &f.records {
+                if let Some(row) = self.row(src, r, scope, &v2, ty) {
+                    rows.push(row);
+                }
+            }
+        }
+        self.in_progress.remove(&key);
+        let i = self.maps.len();
+        self.maps.push(CMap {
+            name: name.to_string(),
+            v2,
+            rows,
+        });
+        self.map_cache.insert(key, i);
+        Some(i)
+    }
+
+    fn row(
+        &mut self,
+        src: &usize,
+        r: &Record,
+        scope: Scope,
+        v2: &str,
+        target: TypeId,
+    ) -> Option<Row> {
+        let src = *src;
+        let line = r.line;
+        let source = r.get(0);
+        let s = match parse_src(source, scope, v2) {
+            Ok(s) => s,
+            Err(e) => {
+                self.err_at(
+                    src,
+                    line,
+                    format!(
+                        "{}: {e}",
+                        if scope == Scope::Segment {
+                            "field"
+                        } else {
+                            "component"
+                        }
+                    ),
+                );
+                return None;
+            }
+        };
+        let cond = match r.get(1) {
+            "" => None,
+            c => match cond::parse_cond(c, scope) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.err_at(src, line, format!("condition: {e}"));
+                    return None;
+                }
+            },
+        };
+        if scope == Scope::Segment
+            && r.get(2).is_empty()
+            && r.get(3).is_empty()
+            && r.get(4).is_empty()
+            && r.get(5).is_empty()
+        {
+            if !matches!(s, Src::Field { .. }) {
+                self.err_at(src, line, "fhir_path: empty (a row without a path only marks a field as deliberately not mapped)".into());
+                return None;
+            }
+            return Some(Row {
+                loc: Loc {
+                    file: src as u16,
+                    line: line as u32,
+                },
+                repeats: true,
+                src: s,
+                cond,
+                path: Path {
+                    sub: 1,
+                    steps: Vec::new(),
+                    leaf: target,
+                    creates: None,
+                },
+                action: Action::Ignore,
+            });
+        }
+        let path = match self.path(r.get(2), target, scope == Scope::Datatype) {
+            Ok(p) => p,
+            Err(e) => {
+                self.err_at(src, line, format!("fhir_path: {e}"));
+                return None;
+            }
+        };
+        let leaf_prim = self.model.prim(path.leaf);
+        let assignment = r.get(5);
+        let action = if !assignment.is_empty() {
+            if !r.get(3).is_empty() || !r.get(4).is_empty() {
+                self.err_at(src, line, "assignment: a row assigns a value or maps one, not both (datatype_map and vocabulary_map must be empty)".into());
+                return None;
+            }
+            if let Some(t) = assignment.strip_prefix('@') {
+                let Some(t) = self.model.type_id(t).filter(|t| self.model.is_resource(*t)) else {
+                    self.err_at(src, line, format!("assignment: `{assignment}`: @ must name a resource type (e.g. @Patient)"));
+                    return None;
+                };
+                if self.model.ty(path.leaf).name != "Reference" || path.creates.is_some() {
+                    self.err_at(
+                        src,
+                        line,
+                        format!("assignment: `{}` is not a Reference element", r.get(2)),
+                    );
+                    return None;
+                }
+                return Some(Row {
+                    loc: Loc {
+                        file: src as u16,
+                        line: line as u32,
+                    },
+                    repeats: path.steps.iter().any(|s| s.array),
+                    src: s,
+                    cond,
+                    path,
+                    action: Action::Link(t),
+                });
+            }
+            if leaf_prim.is_none() {
+                self.err_at(
+                    src,
+                    line,
+                    format!("assignment: `{}` is not a primitive element", r.get(2)),
+                );
+                return None;
+            }
+            match cond::parse_expr(assignment, scope) {
+                Ok(x) => Action::Assign(x),
+                Err(e) => {
+                    self.err_at(src, line, format!("assignment: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            if matches!(s, Src::Whole) && scope == Scope::Segment {
+                self.err_at(src, line, "field: a whole segment can only be assigned to, not copied (name a field, e.g. PID-3)".into());
+                return None;
+            }
+            let vocab = match r.get(4) {
+                "" => None,
+                v => match self.vocab_index.get(v) {
+                    Some(&i) => Some(i),
+                    None => {
+                        self.err_at(
+                            src,
+                            line,
+                            format!("vocabulary_map: no file vocabulary/{v}.csv"),
+                        );
+                        return None;
+                    }
+                },
+            };
+            let dt_name = r.get(3);
+            let (map, xform) = match dt_name {
+                "" => (None, Xform::None),
+                "base64" => (None, Xform::Base64),
+                "hex-base64" => (None, Xform::HexBase64),
+                "lines" => (None, Xform::Lines),
+                n => {
+                    let map_target = path.creates.unwrap_or(path.leaf);
+                    let exists = self
+                        .files
+                        .merged
+                        .contains_key(&format!("datatypes/{n}.csv"))
+                        || self.files.merged.contains_key(&format!("segments/{n}.csv"));
+                    if !exists && leaf_prim.is_some() && path.creates.is_none() {
+                        // `ID[String]`, `XPN[String]`: a map into a primitive that needs no rows
+                        // of its own (the first component is copied).
+                        (None, Xform::None)
+                    } else {
+                        match self.map(n, map_target, Some((src, line))) {
+                            Some(i) => (Some(i), Xform::None),
+                            None => return None,
+                        }
+                    }
+                }
+            };
+            if leaf_prim.is_none() && map.is_none() {
+                let coded = path.leaf == self.model.type_id("Coding").unwrap_or(u16::MAX)
+                    || path.leaf == self.model.type_id("CodeableConcept").unwrap_or(u16::MAX);
+                if !(coded && vocab.is_some()) {
+                    self.err_at(src, line, format!(
+                        "datatype_map: `{}` is a {} and needs a data-type map (e.g. CWE[CodeableConcept])",
+                        r.get(2),
+                        self.model.ty(path.leaf).name
+                    ));
+                    return None;
+                }
+            }
+            if path.creates.is_some() && map.is_none() {
+                self.err_at(src, line, "datatype_map: a path that makes a resource needs the map that fills it (e.g. XCN[Practitioner])".into());
+                return None;
+            }
+            Action::Copy { map, vocab, xform }
+        };
+        let repeats = path.steps.iter().any(|s| s.array)
+            || matches!(
+                action,
+                Action::Copy {
+                    xform: Xform::Lines,
+                    ..
+                }
+            );
+        Some(Row {
+            loc: Loc {
+                file: src as u16,
+                line: line as u32,
+            },
+            repeats,
+            src: s,
+            cond,
+            path,
+            action,
+        })
+    }
+
+    /// Resolves a FHIR path against `target`.
+    fn path(&self, text: &str, target: TypeId, allow_sub: bool) -> Result<Path, String> {
+        let m = self.model;
+        let mut text = text.trim();
+        if text == "$this" {
+            text = "";
+        }
+        let mut sub = 1u16;
+        if let Some(rest) = text.strip_prefix('[') {
+            if !allow_sub {
+                return Err("a leading [n] is only meaningful in data-type maps".into());
+            }
+            let end = rest.find(']').ok_or("`[` without `]`")?;
+            sub = rest[..end]
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or("[n] needs a number from 1")?;
+            text = rest[end + 1..].trim_start_matches('.');
+        }
+        let mut creates = None;
+        if let Some(open) = text.rfind('(') {
+            let inner = text[open + 1..]
+                .strip_suffix(')')
+                .ok_or("`(` without a closing `)` at the end")?;
+            let t = m
+                .type_id(inner)
+                .filter(|t| m.is_resource(*t))
+                .ok_or_else(|| format!("`({inner})` is not a FHIR R4 resource type"))?;
+            creates = Some(t);
+            text = &text[..open];
+        }
+        let mut steps: Vec<Step> = Vec::new();
+        let mut ty = target;
+        if !text.is_empty() {
+            for part in text.split('.') {
+                let (name, slot, explicit) = match part.split_once('[') {
+                    Some((n, rest)) => {
+                        let s = rest
+                            .strip_suffix(']')
+                            .and_then(|s| s.parse::<u16>().ok())
+                            .filter(|n| *n >= 1)
+                            .ok_or_else(|| format!("`{part}`: [n] needs a number from 1"))?;
+                        (n, s, true)
+                    }
+                    None => (part, 1, false),
+                };
+                if name.is_empty() {
+                    return Err(format!("empty step in `{text}`"));
+                }
+                let elem = match m.child(ty, name) {
+                    Some(e) => e,
+                    None if m.prim(ty).is_some() && (name == "extension" || name == "id") => {
+                        // `birthDate.extension`: JSON puts a primitive's extensions in `_birthDate`.
+                        let last = steps.pop().ok_or("extension of the target itself")?;
+                        if last.array {
+                            return Err(
+                                "an extension on a repeating primitive is not supported".into()
+                            );
+                        }
+                        let under = m.elem(last.elem).name.clone();
+                        let owner = if let Some(prev) = steps.last() {
+                            m.elem(prev.elem).ty
+                        } else {
+                            target
+                        };
+                        let u = m
+                            .child(owner, &format!("_{under}"))
+                            .ok_or_else(|| format!("`{under}` cannot carry extensions"))?;
+                        steps.push(Step {
+                            elem: u,
+                            slot: 1,
+                            array: false,
+                            explicit: false,
+                        });
+                        ty = m.elem(u).ty;
+                        m.child(ty, name).ok_or("Element has no such child")?
+                    }
+                    None => {
+                        return Err(format!(
+                            "`{name}` is not an element of {} in FHIR R4",
+                            m.ty(ty).name
+                        ))
+                    }
+                };
+                let def = m.elem(elem);
+                if !def.array && slot > 1 {
+                    return Err(format!(
+                        "`{part}`: {name} does not repeat, so it has no [{slot}]"
+                    ));
+                }
+                steps.push(Step {
+                    elem,
+                    slot,
+                    array: def.array,
+                    explicit,
+                });
+                ty = def.ty;
+            }
+        }
+        if creates.is_some() && m.ty(ty).name != "Reference" {
+            return Err("`(Type)` must follow a Reference element".into());
+        }
+        if m.is_resource(ty) && !steps.is_empty() {
+            return Err("a path cannot go into a contained resource".into());
+        }
+        Ok(Path {
+            sub,
+            steps,
+            leaf: ty,
+            creates,
+        })
+    }
+
+    fn message(&mut self, name: &str, f: &MergedFile) -> MessageMap {
+        let header = [
+            "segment",
+            "syntax",
+            "condition",
+            "resource",
+            "segment_map",
+            "references",
+        ];
+        let mut mm = MessageMap {
+            name: name.to_string(),
+            groups: vec![Group {
+                name: String::new(),
+                members: Vec::new(),
+            }],
+            labels: Vec::new(),
+            rows: Vec::new(),
+        };
+        if !header_is(f, &header) {
+            self.err_file(&f.name, format!("header: expected {}", header.join(",")));
+            return mm;
+        }
+        let records = f.records.clone();
+        let mut pending_refs: Vec<(usize, usize, String, usize)> = Vec::new();
+        for (src, r) in &records {
+            let (src, line) = (*src, r.line);
+            let segpath = r.get(0);
+            let (groups, seg) = match segpath.rsplit_once('.') {
+                Some((g, s)) => (g.split('.').collect::<Vec<_>>(), s),
+                None => (Vec::new(), segpath),
+            };
+            let b = seg.as_bytes();
+            if b.len() != 3
+                || !b
+                    .iter()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            {
+                self.err_at(src, line, format!("segment: `{seg}` is not a segment id"));
+                continue;
+            }
+            let id = [b[0], b[1], b[2]];
+            // Find or make the group path.
+            let mut g = 0usize;
+            for gname in groups {
+                let found = mm.groups[g].members.iter().find_map(|mem| match mem {
+                    Member::Group(i) if mm.groups[*i].name == gname => Some(*i),
+                    _ => None,
+                });
+                g = match found {
+                    Some(i) => i,
+                    None => {
+                        let i = mm.groups.len();
+                        mm.groups.push(Group {
+                            name: gname.to_string(),
+                            members: Vec::new(),
+                        });
+                        mm.groups[g].members.push(Member::Group(i));
+                        i
+                    }
+                };
+            }
+            let repeats = r.get(1).contains('{');
+            let optional = r.get(1).trim_start().starts_with('[');
+            let cond = match r.get(2) {
+                "" => None,
+                c => match cond::parse_cond(c, Scope::Segment) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        self.err_at(src, line, format!("condition: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let row_index = mm.rows.len();
+            let mut row = MsgRow {
+                cond,
+                label: None,
+                at: None,
+                map: None,
+                refs: Vec::new(),
+            };
+            let resource = r.get(3);
+            if !resource.is_empty() {
+                let (label_text, at) = split_label(resource);
+                let ty_name = label_text.split('[').next().unwrap_or(label_text);
+                let Some(ty) = self
+                    .model
+                    .type_id(ty_name)
+                    .filter(|t| self.model.is_resource(*t))
+                else {
+                    self.err_at(
+                        src,
+                        line,
+                        format!("resource: `{ty_name}` is not a FHIR R4 resource type"),
+                    );
+                    continue;
+                };
+                let label = match mm.labels.iter().position(|l| l.name == label_text) {
+                    Some(i) => i,
+                    None => {
+                        mm.labels.push(LabelDef {
+                            name: label_text.to_string(),
+                            ty,
+                        });
+                        mm.labels.len() - 1
+                    }
+                };
+                row.label = Some(label);
+                let mut map_target = ty;
+                if let Some(at) = at {
+                    match self.path(at, ty, false) {
+                        Ok(p) if p.creates.is_none() => {
+                            map_target = p.leaf;
+                            row.at = Some(p);
+                        }
+                        Ok(_) => {
+                            self.err_at(src, line, "resource: a (Type) is not allowed here".into());
+                            continue;
+                        }
+                        Err(e) => {
+                            self.err_at(src, line, format!("resource: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let map_name = r.get(4);
+                if !map_name.is_empty() {
+                    if split_map_name(map_name).map(|(v, _)| v.as_bytes()) != Some(&id[..]) {
+                        self.err_at(src, line, format!("segment_map: `{map_name}` is not a map of {seg} (e.g. {seg}[{ty_name}])"));
+                        continue;
+                    }
+                    match self.map(map_name, map_target, Some((src, line))) {
+                        Some(i) => row.map = Some(i),
+                        None => continue,
+                    }
+                }
+            } else if !r.get(4).is_empty() {
+                self.err_at(
+                    src,
+                    line,
+                    "resource: a segment map needs the resource it fills".into(),
+                );
+                continue;
+            }
+            for item in r.get(5).split([';', '\n']) {
+                let item = item.trim();
+                if !item.is_empty() {
+                    pending_refs.push((src, line, item.to_string(), row_index));
+                }
+            }
+            mm.rows.push(row);
+            // Consecutive rows about one segment are one member; the same segment further on
+            // in a group is another position in the structure (PRT after ORC and after OBR).
+            let members = &mut mm.groups[g].members;
+            let existing = match members.last_mut() {
+                Some(Member::Seg {
+                    id: i,
+                    repeats: rp,
+                    rows,
+                    ..
+                }) if *i == id => Some((rp, rows)),
+                _ => None,
+            };
+            match existing {
+                Some((rp, rows)) => {
+                    *rp |= repeats;
+                    rows.push(row_index);
+                }
+                None => members.push(Member::Seg {
+                    id,
+                    repeats,
+                    optional,
+                    rows: vec![row_index],
+                }),
+            }
+        }
+        for (src, line, item, row_index) in pending_refs {
+            match self.ref_rule(&mm, &item) {
+                Ok(rr) => mm.rows[row_index].refs.push(rr),
+                Err(e) => self.err_at(src, line, format!("references: `{item}`: {e}")),
+            }
+        }
+        mm
+    }
+
+    /// `Observation[2].subject=Patient[1]` (a trailing `.reference` and `.id` are accepted, as
+    /// the guide writes them).
+    fn ref_rule(&self, mm: &MessageMap, item: &str) -> Result<RefRule, String> {
+        let (left, right) = item.split_once('=').ok_or("expected Label.path=Label")?;
+        let right = right.trim().trim_end_matches(".id");
+        let left = left.trim().trim_end_matches(".reference");
+        let (from_label, path) = split_label(left);
+        let path = path.ok_or("the left side needs a path (e.g. Observation[2].subject)")?;
+        let from = mm
+            .labels
+            .iter()
+            .position(|l| l.name == from_label)
+            .ok_or_else(|| format!("`{from_label}` is not a resource of this message map"))?;
+        let to = mm
+            .labels
+            .iter()
+            .position(|l| l.name == right)
+            .ok_or_else(|| format!("`{right}` is not a resource of this message map"))?;
+        let p = self.path(path, mm.labels[from].ty, false)?;
+        if self.model.ty(p.leaf).name != "Reference" || p.creates.is_some() {
+            return Err(format!("`{path}` is not a Reference element"));
+        }
+        Ok(RefRule { from, path: p, to })
+    }
+}
+
+/// `Observation[2].note` → (`Observation[2]`, Some(`note`)).
+fn split_label(s: &str) -> (&str, Option<&str>) {
+    let end = match s.find(']') {
+        Some(i) => i + 1,
+        None => s.find('.').unwrap_or(s.len()),
+    };
+    let (label, rest) = s.split_at(end);
+    (
+        label.trim(),
+        rest.strip_prefix('.')
+            .map(str::trim)
+            .filter(|p| !p.is_empty()),
+    )
+}
+
+fn parse_src(s: &str, scope: Scope, v2: &str) -> Result<Src, String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if s == v2 {
+        return Ok(Src::Whole);
+    }
+    match cond::parse_ref(s, scope)? {
+        Ref::Field {
+            seg,
+            field,
+            comp,
+            sub,
+        } => {
+            if seg.map(|b| b.to_vec()) != Some(v2.as_bytes().to_vec()) {
+                return Err(format!("`{s}` is not a field of {v2}"));
+            }
+            Ok(Src::Field { field, comp, sub })
+        }
+        Ref::Comp { comp, sub } => Ok(Src::Comp { comp, sub }),
+        Ref::Segment(_) => Err(format!("`{s}` is not a field of {v2}")),
+    }
+}
+
+impl Plan {
+    pub fn map(&self, i: usize) -> &CMap {
+        &self.maps[i]
+    }
+
+    /// `file:line` of a row, for messages.
+    pub fn at(&self, loc: Loc) -> String {
+        format!(
+            "{}:{}",
+            self.files
+                .get(loc.file as usize)
+                .map(String::as_str)
+                .unwrap_or("?"),
+            loc.line
+        )
+    }
+}

@@ -1,0 +1,528 @@
+//! Lexical conversions from HL7v2 values to FHIR primitives. Numbers never pass through a float
+//! (`72.50` stays `72.50`); dates keep the precision the sender gave; every conversion either
+//! yields valid FHIR text or says why not (the caller turns that into a warning).
+
+use std::fmt::Write;
+
+/// A fixed UTC offset in minutes, from the settings (`default_timezone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offset(pub i16);
+
+impl Offset {
+    /// `Z`, `+01:00`, `-0500`, `+02`.
+    pub fn parse(s: &str) -> Option<Offset> {
+        let s = s.trim();
+        if s == "Z" || s == "z" {
+            return Some(Offset(0));
+        }
+        let (sign, rest) = match s.as_bytes().first()? {
+            b'+' => (1i16, &s[1..]),
+            b'-' => (-1i16, &s[1..]),
+            _ => return None,
+        };
+        let digits: String = rest.chars().filter(|c| *c != ':').collect();
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (h, m) = match digits.len() {
+            2 => (digits.parse::<i16>().ok()?, 0),
+            4 => (digits[..2].parse().ok()?, digits[2..].parse().ok()?),
+            _ => return None,
+        };
+        if h > 14 || m > 59 || (h == 14 && m > 0) {
+            return None;
+        }
+        Some(Offset(sign * (h * 60 + m)))
+    }
+
+    fn write(self, out: &mut String) {
+        let m = self.0.unsigned_abs();
+        let _ = write!(
+            out,
+            "{}{:02}:{:02}",
+            if self.0 < 0 { '-' } else { '+' },
+            m / 60,
+            m % 60
+        );
+    }
+}
+
+/// An HL7v2 DTM/TS/DT value read lexically: `YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V2Time<'a> {
+    pub year: &'a str,
+    pub month: Option<&'a str>,
+    pub day: Option<&'a str>,
+    pub hour: Option<&'a str>,
+    pub minute: Option<&'a str>,
+    pub second: Option<&'a str>,
+    /// Fraction digits without the dot.
+    pub fraction: Option<&'a str>,
+    pub offset: Option<Offset>,
+}
+
+fn days_in(year: u32, month: u32) -> u32 {
+    match month {
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+pub fn parse_v2_time(s: &str) -> Result<V2Time<'_>, &'static str> {
+    let s = s.trim();
+    // TS in v2.3–2.5 has a second component (degree of precision): take the first.
+    let s = s.split('^').next().unwrap_or(s);
+    let (body, offset) = match s.find(['+', '-']) {
+        Some(i) => (
+            &s[..i],
+            Some(Offset::parse(&s[i..]).ok_or("time zone is not +/-HHMM")?),
+        ),
+        None => (s, None),
+    };
+    let (digits, fraction) = match body.split_once('.') {
+        Some((d, f)) => {
+            if f.is_empty() || f.len() > 9 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("fraction of a second is not 1-9 digits");
+            }
+            (d, Some(f))
+        }
+        None => (body, None),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("date/time has characters other than digits");
+    }
+    let n = digits.len();
+    if !matches!(n, 4 | 6 | 8 | 10 | 12 | 14) {
+        return Err("date/time is not YYYY[MM[DD[HH[MM[SS]]]]]");
+    }
+    if fraction.is_some() && n != 14 {
+        return Err("fraction of a second without seconds");
+    }
+    let part = |a: usize| (n >= a + 2).then(|| &digits[a..a + 2]);
+    let t = V2Time {
+        year: &digits[..4],
+        month: part(4),
+        day: part(6),
+        hour: part(8),
+        minute: part(10),
+        second: part(12),
+        fraction,
+        offset,
+    };
+    let num = |s: Option<&str>| s.map(|v| v.parse::<u32>().unwrap_or(99));
+    let year: u32 = t.year.parse().unwrap_or(0);
+    if year == 0 {
+        return Err("year 0000");
+    }
+    if let Some(m) = num(t.month) {
+        if !(1..=12).contains(&m) {
+            return Err("month out of range");
+        }
+        if let Some(d) = num(t.day) {
+            if d < 1 || d > days_in(year, m) {
+                return Err("day out of range");
+            }
+        }
+    }
+    if num(t.hour).is_some_and(|h| h > 23)
+        || num(t.minute).is_some_and(|m| m > 59)
+        || num(t.second).is_some_and(|s| s > 59)
+    {
+        return Err("time of day out of range");
+    }
+    Ok(t)
+}
+
+/// Which FHIR date/time flavour to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeKind {
+    Date,
+    DateTime,
+    Instant,
+}
+
+/// What a conversion kept: the text, and whether precision was given up on the way.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Converted {
+    Exact,
+    /// The time of day was dropped: no zone in the value and none configured.
+    TimeDropped,
+    /// Seconds were added (v2 allows HH or HHMM; FHIR needs seconds once a time is given).
+    Padded,
+}
+
+/// Writes a v2 time as a FHIR date, dateTime or instant.
+///
+/// A dateTime with a time of day needs a zone: the value's own, else `default_zone`; with
+/// neither, the time is dropped and the date kept (a wrong zone would move the instant). An
+/// instant needs a full time and a zone: otherwise it is an error.
+pub fn write_time(
+    s: &str,
+    kind: TimeKind,
+    default_zone: Option<Offset>,
+    out: &mut String,
+) -> Result<Converted, &'static str> {
+    let t = parse_v2_time(s)?;
+    let mut status = Converted::Exact;
+    out.push_str(t.year);
+    let Some(month) = t.month else {
+        return if kind == TimeKind::Instant {
+            Err("an instant needs a date and a time")
+        } else {
+            Ok(status)
+        };
+    };
+    out.push('-');
+    out.push_str(month);
+    let Some(day) = t.day else {
+        return if kind == TimeKind::Instant {
+            Err("an instant needs a date and a time")
+        } else {
+            Ok(status)
+        };
+    };
+    out.push('-');
+    out.push_str(day);
+    if kind == TimeKind::Date {
+        return Ok(status);
+    }
+    let Some(hour) = t.hour else {
+        return if kind == TimeKind::Instant {
+            Err("an instant needs a time of day")
+        } else {
+            Ok(status)
+        };
+    };
+    let Some(zone) = t.offset.or(default_zone) else {
+        if kind == TimeKind::Instant {
+            return Err("an instant needs a time zone (none in the value, none configured)");
+        }
+        return Ok(Converted::TimeDropped);
+    };
+    out.push('T');
+    out.push_str(hour);
+    out.push(':');
+    out.push_str(t.minute.unwrap_or("00"));
+    out.push(':');
+    out.push_str(t.second.unwrap_or("00"));
+    if t.minute.is_none() || t.second.is_none() {
+        status = Converted::Padded;
+    }
+    if let Some(f) = t.fraction {
+        out.push('.');
+        out.push_str(f);
+    }
+    zone.write(out);
+    Ok(status)
+}
+
+/// A v2 TM (`HH[MM[SS[.S]]]`) as a FHIR time (`hh:mm:ss`).
+pub fn write_tm(s: &str, out: &mut String) -> Result<(), &'static str> {
+    let s = s.trim();
+    let s = s.split(['+', '-']).next().unwrap_or(s);
+    let (digits, frac) = match s.split_once('.') {
+        Some((d, f)) => (d, Some(f)),
+        None => (s, None),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || !matches!(digits.len(), 2 | 4 | 6) {
+        return Err("time is not HH[MM[SS]]");
+    }
+    let p = |a: usize| digits.get(a..a + 2).unwrap_or("00");
+    if p(0) > "23" || p(2) > "59" || p(4) > "59" {
+        return Err("time of day out of range");
+    }
+    let _ = write!(out, "{}:{}:{}", p(0), p(2), p(4));
+    if let Some(f) = frac {
+        if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) || f.len() > 9 {
+            return Err("fraction of a second is not digits");
+        }
+        out.push('.');
+        out.push_str(f);
+    }
+    Ok(())
+}
+
+/// Longest decimal accepted (digits and point): beyond it a value is a warning, so a hostile
+/// message cannot put a megabyte number into a Bundle that other readers parse as a double.
+pub const MAX_DECIMAL_LEN: usize = 40;
+
+/// Normalizes a v2 NM lexically into a JSON/FHIR decimal: `+5` → `5`, `.5` → `0.5`, `007.50` →
+/// `7.50`, `5.` → `5`, `-0.0` kept. The digits after the point are kept as written: they carry
+/// the precision.
+pub fn write_decimal(s: &str, out: &mut String) -> Result<(), &'static str> {
+    let s = s.trim();
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (int, frac) = match body.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (body, ""),
+    };
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err("not a decimal number");
+    }
+    let int = int.trim_start_matches('0');
+    if int.len() + frac.len() > MAX_DECIMAL_LEN {
+        return Err("decimal number too long");
+    }
+    if neg {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Ok(())
+}
+
+/// FHIR integer flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntKind {
+    Integer,
+    Positive,
+    Unsigned,
+}
+
+pub fn write_integer(s: &str, kind: IntKind, out: &mut String) -> Result<(), &'static str> {
+    let s = s.trim();
+    let t = s.strip_prefix('+').unwrap_or(s);
+    // "2.0" from a sender that writes NM for a count is still the integer 2.
+    let t = match t.split_once('.') {
+        Some((i, f)) if f.bytes().all(|b| b == b'0') => i,
+        _ => t,
+    };
+    let v: i64 = t.parse().map_err(|_| "not an integer")?;
+    if v > i64::from(i32::MAX) || v < i64::from(i32::MIN) {
+        return Err("integer out of range");
+    }
+    match kind {
+        IntKind::Positive if v < 1 => return Err("not a positive integer"),
+        IntKind::Unsigned if v < 0 => return Err("not an unsigned integer"),
+        _ => {}
+    }
+    let _ = write!(out, "{v}");
+    Ok(())
+}
+
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" | "true" | "t" | "1" => Some(true),
+        "n" | "no" | "false" | "f" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether `s` (whitespace ignored) is base64 as FHIR's base64Binary accepts it.
+pub fn is_base64(s: &str) -> bool {
+    let b: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    !b.is_empty()
+        && b.len().is_multiple_of(4)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+}
+
+/// Collapses whitespace runs and trims (FHIR `code` allows single inner spaces only).
+pub fn normalize_code(s: &str, out: &mut String) {
+    let mut first = true;
+    for w in s.split_whitespace() {
+        if !first {
+            out.push(' ');
+        }
+        out.push_str(w);
+        first = false;
+    }
+}
+
+/// UUID version 5 (RFC 9562 §5.5): SHA-1 of the namespace and the name.
+pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> [u8; 16] {
+    let mut h = sha1_smol::Sha1::new();
+    h.update(namespace);
+    h.update(name);
+    let d = h.digest().bytes();
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u[6] = (u[6] & 0x0f) | 0x50;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// `8-4-4-4-12` lower-case hex.
+pub fn format_uuid(u: &[u8; 16]) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut j = 0;
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            j += 1;
+        }
+        out[j] = HEX[(b >> 4) as usize];
+        out[j + 1] = HEX[(b & 15) as usize];
+        j += 2;
+    }
+    out
+}
+
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let v = hex::decode(hex).ok()?;
+    v.try_into().ok()
+}
+
+/// Unix milliseconds as a FHIR instant in UTC (`Provenance.recorded`).
+pub fn instant_from_ms(ms: u64, out: &mut String) {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (H. Hinnant), valid for the whole u64 millisecond range we can meet.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(
+        s: &str,
+        kind: TimeKind,
+        zone: Option<&str>,
+    ) -> Result<(String, Converted), &'static str> {
+        let mut out = String::new();
+        let c = write_time(s, kind, zone.and_then(Offset::parse), &mut out)?;
+        Ok((out, c))
+    }
+
+    #[test]
+    fn times_keep_precision_and_zone() {
+        use TimeKind::*;
+        assert_eq!(time("1988", DateTime, None).unwrap().0, "1988");
+        assert_eq!(time("198808", DateTime, None).unwrap().0, "1988-08");
+        assert_eq!(time("19880818", DateTime, None).unwrap().0, "1988-08-18");
+        assert_eq!(
+            time("198808181126+0215", DateTime, None).unwrap(),
+            ("1988-08-18T11:26:00+02:15".into(), Converted::Padded)
+        );
+        assert_eq!(
+            time("20210817151943.4+0200", DateTime, None).unwrap().0,
+            "2021-08-17T15:19:43.4+02:00"
+        );
+        assert_eq!(
+            time("198808181126+0215", Date, None).unwrap().0,
+            "1988-08-18"
+        );
+        assert_eq!(
+            time("20240102030405", DateTime, None).unwrap(),
+            ("2024-01-02".into(), Converted::TimeDropped)
+        );
+        assert_eq!(
+            time("20240102030405", DateTime, Some("-05:00")).unwrap().0,
+            "2024-01-02T03:04:05-05:00"
+        );
+        assert_eq!(
+            time("20240102030405", Instant, Some("Z")).unwrap().0,
+            "2024-01-02T03:04:05+00:00"
+        );
+        assert!(time("20240102", Instant, Some("Z")).is_err());
+        for bad in [
+            "2024130101",
+            "20240230",
+            "20240101250000",
+            "2024-01-01",
+            "abc",
+            "20240101+99",
+            "",
+            "2024010112.5",
+            "00000101",
+        ] {
+            assert!(time(bad, DateTime, None).is_err(), "{bad}");
+        }
+        assert_eq!(time("20240229", Date, None).unwrap().0, "2024-02-29");
+        assert!(time("20230229", Date, None).is_err());
+    }
+
+    #[test]
+    fn decimals_stay_as_written() {
+        let d = |s: &str| {
+            let mut o = String::new();
+            write_decimal(s, &mut o).map(|_| o)
+        };
+        assert_eq!(d("72.50").unwrap(), "72.50");
+        assert_eq!(d("+5").unwrap(), "5");
+        assert_eq!(d(".5").unwrap(), "0.5");
+        assert_eq!(d("-.5").unwrap(), "-0.5");
+        assert_eq!(d("007.50").unwrap(), "7.50");
+        assert_eq!(d("5.").unwrap(), "5");
+        assert_eq!(d(" 0 ").unwrap(), "0");
+        assert_eq!(d("000").unwrap(), "0");
+        for bad in ["", "+", ".", "1e5", "1,5", "abc", "--1", "1.2.3", "NaN"] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        assert!(d(&"9".repeat(100)).is_err());
+    }
+
+    #[test]
+    fn integers_and_booleans() {
+        let i = |s: &str, k| {
+            let mut o = String::new();
+            write_integer(s, k, &mut o).map(|_| o)
+        };
+        assert_eq!(i("+2", IntKind::Integer).unwrap(), "2");
+        assert_eq!(i("2.0", IntKind::Positive).unwrap(), "2");
+        assert!(i("0", IntKind::Positive).is_err());
+        assert!(i("-1", IntKind::Unsigned).is_err());
+        assert!(i("99999999999", IntKind::Integer).is_err());
+        assert_eq!(parse_bool("Y"), Some(true));
+        assert_eq!(parse_bool("n"), Some(false));
+        assert_eq!(parse_bool("X"), None);
+    }
+
+    #[test]
+    fn uuid_v5_matches_rfc_vector() {
+        // uuid5(NAMESPACE_DNS, "python.org") from Python's uuid module documentation.
+        let ns = parse_uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8").unwrap();
+        let u = uuid_v5(&ns, b"python.org");
+        assert_eq!(
+            std::str::from_utf8(&format_uuid(&u)).unwrap(),
+            "886313e1-3b8a-5372-9b90-0c9aee199e5d"
+        );
+    }
+
+    #[test]
+    fn instants_from_unix_ms() {
+        let mut s = String::new();
+        instant_from_ms(1_700_000_000_123, &mut s);
+        assert_eq!(s, "2023-11-14T22:13:20.123Z");
+        s.clear();
+        instant_from_ms(0, &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,216 @@
+//! Derived records on the real binary: every HL7v2 message acknowledged over MLLP is stored
+//! with the FHIR Bundle made from it, both anchored; the derived record's proof also proves the
+//! raw record it names and verifies offline; a replay appends a newer derived record; with
+//! `normalize.on_error = "reject"` a message that cannot be mapped is refused, not stored.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use medanchor::envelope::RecordId;
+use medanchor::record::{Content, DerivedRecord};
+use medanchor::vault::Vault;
+use serde_json::Value;
+
+const ADT: &str = "ADT-A01-01.hl7";
+const ORU: &str = "ORU-R01-01.hl7";
+
+/// Sends a corpus message and returns its raw record id and commitment from the ZRC segment.
+fn send(g: &Gateway, file: &str) -> (RecordId, String) {
+    let bytes = std::fs::read(fixtures().join("microsoft").join(file)).unwrap();
+    let text = String::from_utf8_lossy(&bytes)
+        .replace("\r\n", "\r")
+        .replace('\n', "\r");
+    let ack = mllp_exchange(g.mllp, text.trim_start_matches('\u{feff}').as_bytes());
+    let (code, _, reason) = msa(&ack);
+    assert!(code == "AA" || code == "CA", "{file}: {code} {reason}");
+    let ack = String::from_utf8_lossy(&ack).into_owned();
+    let zrc: Vec<&str> = ack
+        .split('\r')
+        .find(|s| s.starts_with("ZRC|"))
+        .expect("a receipt")
+        .split('|')
+        .collect();
+    (RecordId::parse(zrc[1]).unwrap(), zrc[2].to_string())
+}
+
+/// The derived records of `raw`, opened, oldest first.
+fn derived_of(data: &Path, raw: &RecordId) -> Vec<(RecordId, DerivedRecord)> {
+    let cfg = medanchor::config::Config {
+        data_dir: data.into(),
+        ..Default::default()
+    };
+    let stores = medanchor::pipeline::Stores::open(&cfg, false).unwrap();
+    stores
+        .vault
+        .derived_of(raw)
+        .unwrap()
+        .into_iter()
+        .map(|id| {
+            let rec = stores.vault.get(&id).unwrap().expect("stored");
+            let header = medanchor::seal::parse_header(&rec.sealed).unwrap();
+            let key = stores.keyring.get(header.key_id).unwrap();
+            match medanchor::seal::open_content(&rec.sealed, id, &key)
+                .unwrap()
+                .content
+            {
+                Content::Derived(d) => (id, d),
+                Content::Record(_) => panic!("{id} is listed as derived but is a raw record"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn each_message_is_stored_with_its_bundle_and_the_derived_proof_proves_the_raw_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[]);
+    let (adt, adt_commitment) = send(&g, ADT);
+    let (oru, _) = send(&g, ORU);
+    g.wait_metric(
+        "medanchor_normalize_messages_total{result=\"mapped\"}",
+        2.0,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(g.stop().success());
+
+    let report = verify_all(&data);
+    assert_eq!(report["records"], 2, "{report}");
+    assert_eq!(report["derived"], 2, "{report}");
+    assert_eq!(report["leaves"], 4, "{report}");
+
+    let derived = derived_of(&data, &adt);
+    assert_eq!(derived.len(), 1);
+    let (derived_id, d) = &derived[0];
+    assert_eq!(d.raw_id, adt);
+    assert_eq!(hex::encode(d.raw_commitment), adt_commitment);
+    assert!(!d.mapping_version.is_empty());
+    let bundle: Value = serde_json::from_slice(&d.bundle).unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "transaction");
+    let types: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"Patient"), "{types:?}");
+    assert!(types.contains(&"Provenance"), "{types:?}");
+    // The Provenance names the raw record it was made from, by commitment.
+    assert!(
+        String::from_utf8_lossy(&d.bundle).contains(&adt_commitment),
+        "the Bundle does not name its raw record's commitment"
+    );
+    assert_eq!(derived_of(&data, &oru).len(), 1);
+
+    // The derived record's proof bundle proves both leaves, offline.
+    let proof = dir.path().join("derived.json");
+    let (ok, _, err) = run(&[
+        "proof",
+        &derived_id.to_string(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        proof.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let bundle: Value = serde_json::from_slice(&std::fs::read(&proof).unwrap()).unwrap();
+    assert_eq!(bundle["derived_from"]["record_id"], adt.to_string());
+    assert_eq!(bundle["derived_from"]["commitment"], adt_commitment);
+    let (ok, out, err) = run(&["verify", proof.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    // Another raw commitment in the link: the derived leaf no longer hashes to the tree.
+    let mut forged = bundle.clone();
+    let other = send_free_commitment(&adt_commitment);
+    forged["derived_from"]["commitment"] = Value::String(other);
+    let forged_path = dir.path().join("forged.json");
+    std::fs::write(&forged_path, serde_json::to_vec(&forged).unwrap()).unwrap();
+    let (ok, out, err) = run(&["verify", forged_path.to_str().unwrap()]);
+    assert!(!ok, "a forged link verified: {out}");
+    assert!(err.contains("inclusion"), "{err}");
+
+    // A replay appends a newer derived record; the first stays.
+    let (ok, out, err) = run(&["mapping", "replay", "--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let after = derived_of(&data, &adt);
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0].0, *derived_id);
+    assert_eq!(after[1].1.raw_id, adt);
+    let report = verify_all(&data);
+    assert_eq!(report["records"], 2, "{report}");
+    assert_eq!(report["derived"], 4, "{report}");
+    assert_eq!(report["leaves"], 6, "{report}");
+}
+
+/// A commitment that is not `c` (its first hex digit changed).
+fn send_free_commitment(c: &str) -> String {
+    let first = if c.starts_with('0') { "1" } else { "0" };
+    format!("{first}{}", &c[1..])
+}
+
+/// A message no mapping makes anything of (only an MSH): by default it is stored, acknowledged
+/// and listed by `mapping failures`; with `normalize.on_error = "reject"` it gets AE naming the
+/// reason and is kept in quarantine, not stored.
+#[test]
+fn a_message_that_cannot_be_mapped_is_stored_and_listed_or_with_reject_refused() {
+    let only_msh = b"MSH|^~\\&|EHR|HOSP|GW|HOSP|20250101120000||ADT^A01|NOMAP-1|P|2.5\r";
+    let dir = tempfile::tempdir().unwrap();
+
+    let data = dir.path().join("store");
+    let g = Gateway::start(&data, &[]);
+    let ack = mllp_exchange(g.mllp, only_msh);
+    assert_eq!(msa(&ack).0, "AA", "{}", String::from_utf8_lossy(&ack));
+    g.wait_metric(
+        "medanchor_normalize_failures_total{reason=\"no_resources\"}",
+        1.0,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(g.stop().success());
+    let (ok, out, err) = run(&[
+        "mapping",
+        "failures",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(listed[0]["label"], "no_resources");
+    let report = verify_all(&data);
+    assert_eq!(
+        (report["records"].as_u64(), report["derived"].as_u64()),
+        (Some(1), Some(0))
+    );
+    // A replay of the failed ones tries again (and fails again: nothing changed).
+    let (ok, out, err) = run(&[
+        "mapping",
+        "replay",
+        "--failed",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let replayed: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (replayed["chosen"].as_u64(), replayed["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let data = dir.path().join("reject");
+    let g = Gateway::start(&data, &[("MEDANCHOR__NORMALIZE__ON_ERROR", "reject")]);
+    let ack = mllp_exchange(g.mllp, only_msh);
+    let (code, _, reason) = msa(&ack);
+    assert_eq!(code, "AE", "{}", String::from_utf8_lossy(&ack));
+    assert!(reason.contains("could not be mapped"), "{reason}");
+    assert!(g.stop().success());
+    let report = verify_all(&data);
+    assert_eq!(report["records"], 0, "{report}");
+    assert_eq!(report["quarantined"], 1, "{report}");
+}

@@ -1,0 +1,991 @@
+//! The HL7v2 → FHIR R4 mapping engine on corpus messages (tests/fixtures/v2fhir, see SOURCES.md)
+//! and on small messages written here: values as the guide maps them, ids, references, labels,
+//! Provenance, site overrides, lint, and hostile input.
+
+use std::path::{Path, PathBuf};
+
+use medanchor::config::NormalizeConfig;
+use medanchor::hl7::Message;
+use medanchor::normalize::{Link, LoadError, Mapped, Normalizer};
+use serde_json::Value;
+
+fn fixture_path(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/v2fhir")
+        .join(p)
+}
+
+fn fixture(p: &str) -> Vec<u8> {
+    std::fs::read(fixture_path(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// Corpus files end lines with LF; MLLP senders (and the gateway) use CR.
+fn cr(bytes: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = bytes
+        .iter()
+        .map(|&b| if b == b'\n' { b'\r' } else { b })
+        .collect();
+    out.dedup_by(|a, b| *a == b'\r' && *b == b'\r');
+    out
+}
+
+fn normalizer() -> Normalizer {
+    Normalizer::load(&NormalizeConfig::default()).expect("default mapping set")
+}
+
+const COMMITMENT: [u8; 32] = [7u8; 32];
+
+fn link() -> Link<'static> {
+    Link {
+        raw_record_id: "0123456789abcdef0123456789abcdef",
+        raw_commitment: &COMMITMENT,
+        mapped_ms: 1_700_000_000_000,
+    }
+}
+
+fn map_bytes(n: &Normalizer, bytes: &[u8]) -> (Mapped, Value) {
+    let bytes = cr(bytes);
+    let msg = Message::parse(&bytes).expect("parses");
+    let m = n.map(&msg, &link()).expect("maps");
+    let v: Value = serde_json::from_slice(&m.bundle).expect("bundle is JSON");
+    check_bundle(&v);
+    (m, v)
+}
+
+fn map_file(n: &Normalizer, p: &str) -> (Mapped, Value) {
+    map_bytes(n, &fixture(p))
+}
+
+fn resources<'a>(b: &'a Value, ty: &str) -> Vec<&'a Value> {
+    b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == ty)
+        .collect()
+}
+
+fn one<'a>(b: &'a Value, ty: &str) -> &'a Value {
+    let r = resources(b, ty);
+    assert_eq!(r.len(), 1, "one {ty}");
+    r[0]
+}
+
+/// The resource an `urn:uuid:` reference points at.
+fn deref<'a>(b: &'a Value, reference: &Value) -> &'a Value {
+    let r = reference["reference"].as_str().expect("a reference");
+    b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["fullUrl"] == r)
+        .map(|e| &e["resource"])
+        .unwrap_or_else(|| panic!("{r} is not in the Bundle"))
+}
+
+/// What every Bundle must be: a transaction whose entries have unique `urn:uuid` full URLs that
+/// match their resource ids, a PUT request each, every reference resolved inside the Bundle, and
+/// a Provenance naming every other resource.
+fn check_bundle(b: &Value) {
+    assert_eq!(b["resourceType"], "Bundle");
+    assert_eq!(b["type"], "transaction");
+    let entries = b["entry"].as_array().unwrap();
+    let mut urls = std::collections::HashSet::new();
+    for e in entries {
+        let url = e["fullUrl"].as_str().unwrap();
+        let id = e["resource"]["id"].as_str().unwrap();
+        assert_eq!(url, format!("urn:uuid:{id}"));
+        assert!(urls.insert(url.to_string()), "duplicate fullUrl {url}");
+        assert_eq!(e["request"]["method"], "PUT");
+        assert_eq!(
+            e["request"]["url"],
+            format!("{}/{id}", e["resource"]["resourceType"].as_str().unwrap())
+        );
+    }
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if k == "reference" {
+                        out.push(x.as_str().unwrap().to_string());
+                    } else {
+                        refs(x, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(b, &mut all);
+    for r in &all {
+        assert!(urls.contains(r), "dangling reference {r}");
+    }
+    let prov = entries.last().unwrap();
+    assert_eq!(prov["resource"]["resourceType"], "Provenance");
+    let targets: Vec<&str> = prov["resource"]["target"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets.len(), entries.len() - 1);
+    for e in &entries[..entries.len() - 1] {
+        assert!(targets.contains(&e["fullUrl"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn default_mapping_set_lints_clean() {
+    match Normalizer::lint(&NormalizeConfig::default()) {
+        Ok(n) => {
+            assert_eq!(n.version().len(), 64);
+            assert!(n.message_maps().contains(&"ORU_R01"));
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            panic!("{} problems in the default mapping set", errors.len());
+        }
+    }
+}
+
+#[test]
+fn adt_a01_patient_and_encounter() {
+    let n = normalizer();
+    let (m, b) = map_file(&n, "ms/ADT-A01-02.hl7");
+    assert_eq!(m.message_map, "ADT_A01");
+    let p = one(&b, "Patient");
+    // PID-2, PID-3 (two repetitions), PID-4, PID-19, PID-20 in the guide's order.
+    let ids = p["identifier"].as_array().unwrap();
+    assert_eq!(ids[0]["value"], "1234567");
+    assert_eq!(ids[1]["value"], "PATID1234");
+    assert_eq!(ids[1]["type"]["coding"][0]["code"], "MR");
+    assert_eq!(ids[2]["value"], "123456789");
+    // USSSA → the US SSN system, through vocabulary/AssigningAuthority.csv.
+    assert_eq!(ids[2]["system"], "http://hl7.org/fhir/sid/us-ssn");
+    assert_eq!(p["name"][0]["family"], "EVERYMAN");
+    assert_eq!(p["name"][0]["given"], serde_json::json!(["ADAM", "A"]));
+    assert_eq!(p["name"][0]["prefix"][0], "Dr.");
+    assert_eq!(p["gender"], "male");
+    // 198808181126+0215: the date, and the time with its zone in the birthTime extension.
+    assert_eq!(p["birthDate"], "1988-08-18");
+    assert_eq!(
+        p["_birthDate"]["extension"][0]["valueDateTime"],
+        "1988-08-18T11:26:00+02:15"
+    );
+    let a = &p["address"][0];
+    assert_eq!(a["line"][0], "1000");
+    assert_eq!(a["line"][1], "Hospital Lane");
+    assert_eq!(a["city"], "Ann Arbor");
+    assert_eq!(a["state"], "MI");
+    assert_eq!(a["postalCode"], "99999");
+    assert_eq!(a["type"], "postal");
+    assert_eq!(p["maritalStatus"]["coding"][0]["code"], "M");
+    assert_eq!(
+        p["maritalStatus"]["coding"][0]["system"],
+        "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+    );
+    let e = one(&b, "Encounter");
+    assert_eq!(e["class"]["code"], "PRENC");
+    assert_eq!(
+        e["class"]["system"],
+        "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+    );
+    assert_eq!(e["status"], "planned");
+    assert_eq!(e["period"]["start"], "2015-02-08T11:34:19+01:10");
+    assert_eq!(deref(&b, &e["subject"])["id"], p["id"]);
+    let attending = deref(&b, &e["participant"][0]["individual"]);
+    assert_eq!(attending["resourceType"], "Practitioner");
+    assert_eq!(attending["name"][0]["family"], "Alaz");
+    assert_eq!(e["participant"][0]["type"][0]["coding"][0]["code"], "ATND");
+    // The location's most specific part names it; the rest are aliases.
+    let loc = deref(&b, &e["location"][0]["location"]);
+    assert_eq!(loc["name"], "Bed 03");
+    assert!(m.unmapped.contains(&"PID-10".to_string()));
+    assert!(
+        !m.unmapped.contains(&"PID-1".to_string()),
+        "set ids are read on purpose"
+    );
+}
+
+#[test]
+fn adt_family_events_map_and_set_encounter_status() {
+    let n = normalizer();
+    for (f, status) in [
+        ("ms/ADT-A02-01.hl7", None),
+        ("ms/ADT-A03-01.hl7", Some("finished")),
+        ("ms/ADT-A04-01.hl7", None),
+        ("ms/ADT-A05-01.hl7", Some("planned")),
+        ("ms/ADT-A06-01.hl7", None),
+        ("ms/ADT-A07-01.hl7", None),
+        ("ms/ADT-A08-01.hl7", None),
+        ("ms/ADT-A11-01.hl7", Some("cancelled")),
+        ("ms/ADT-A13-01.hl7", None),
+        ("ms/ADT-A28-01.hl7", None),
+        ("ms/ADT-A31-01.hl7", None),
+    ] {
+        let (m, b) = map_file(&n, f);
+        assert_eq!(m.message_map, "ADT_A01", "{f}");
+        assert_eq!(resources(&b, "Patient").len(), 1, "{f}");
+        if let Some(s) = status {
+            assert_eq!(one(&b, "Encounter")["status"], s, "{f}");
+        }
+    }
+}
+
+#[test]
+fn adt_with_nk1_al1_dg1_in1() {
+    let n = normalizer();
+    let (_, b) = map_file(&n, "ms/ADT01-23.hl7");
+    let p = one(&b, "Patient");
+    assert_eq!(p["contact"][0]["name"]["family"], "DUCK");
+    assert_eq!(p["contact"][0]["name"]["given"][0], "HUEY");
+    let c = one(&b, "Condition");
+    assert_eq!(c["code"]["coding"][0]["code"], "71596");
+    assert_eq!(
+        c["code"]["coding"][0]["system"],
+        "http://hl7.org/fhir/sid/icd-9-cm"
+    );
+    let enc = one(&b, "Encounter");
+    assert_eq!(deref(&b, &enc["diagnosis"][0]["condition"])["id"], c["id"]);
+    // Three IN1 are three Coverages, each with its payor.
+    let cov = resources(&b, "Coverage");
+    assert_eq!(cov.len(), 3);
+    assert_eq!(deref(&b, &cov[0]["payor"][0])["name"], "MEDICARE");
+    assert_eq!(deref(&b, &cov[0]["beneficiary"])["id"], p["id"]);
+}
+
+#[test]
+fn adt_a40_merge_links_the_two_patients() {
+    let n = normalizer();
+    for f in [
+        "ms/ADT-A40-01.hl7",
+        "lfh/HL7MergeFHIRConversionTest__validateHappyPathADT_A40WithMRG__L182.hl7",
+    ] {
+        let (m, b) = map_file(&n, f);
+        assert_eq!(m.message_map, "ADT_A39", "{f}");
+        let pats = resources(&b, "Patient");
+        assert_eq!(pats.len(), 2, "{f}");
+        let survivor = pats.iter().find(|p| p["active"].is_null()).unwrap();
+        let old = pats.iter().find(|p| p["active"] == false).unwrap();
+        assert_eq!(survivor["link"][0]["type"], "replaces", "{f}");
+        assert_eq!(deref(&b, &survivor["link"][0]["other"])["id"], old["id"]);
+        assert_eq!(old["link"][0]["type"], "replaced-by", "{f}");
+        assert_eq!(deref(&b, &old["link"][0]["other"])["id"], survivor["id"]);
+    }
+    // The merged-away patient gets the id it had when it was sent under its own PID-3: the
+    // Bundle updates that resource.
+    let before = b"MSH|^~\\&|REGADT|MCM|RSP1P8|MCM|200301051530||ADT^A04|1|P|2.6\rPID|||MR2^^^XYZ^MR||OLD^NAME\r";
+    let (_, b1) = map_bytes(&n, before);
+    let (_, b2) = map_file(
+        &n,
+        "lfh/HL7MergeFHIRConversionTest__validateHappyPathADT_A40WithMRG__L182.hl7",
+    );
+    let old = resources(&b2, "Patient")
+        .into_iter()
+        .find(|p| p["active"] == false)
+        .unwrap();
+    assert_eq!(one(&b1, "Patient")["id"], old["id"]);
+}
+
+#[test]
+fn oru_r01_values_as_written() {
+    let n = normalizer();
+    let raw = fixture("local/oru-r01-lipids.hl7");
+    let (m, b) = map_bytes(&n, &raw);
+    assert_eq!(m.message_map, "ORU_R01");
+    let text = String::from_utf8(m.bundle.clone()).unwrap();
+    // 72.50 keeps its trailing zero: the decimal is written as text, never through a float.
+    assert!(text.contains("\"value\":72.50,"), "72.50 as written");
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs.len(), 10);
+    let dr = one(&b, "DiagnosticReport");
+    assert_eq!(dr["code"]["coding"][0]["system"], "http://loinc.org");
+    assert_eq!(dr["code"]["coding"][0]["code"], "24331-1");
+    assert_eq!(dr["status"], "final");
+    assert_eq!(dr["result"].as_array().unwrap().len(), 10);
+    assert_eq!(deref(&b, &dr["result"][0])["id"], obs[0]["id"]);
+    let weight = obs[1];
+    assert_eq!(weight["code"]["coding"][0]["code"], "29463-7");
+    assert_eq!(weight["code"]["coding"][0]["system"], "http://loinc.org");
+    assert_eq!(weight["valueQuantity"]["unit"], "kilogram");
+    assert_eq!(weight["valueQuantity"]["code"], "kg");
+    assert_eq!(
+        weight["valueQuantity"]["system"],
+        "http://unitsofmeasure.org"
+    );
+    assert_eq!(weight["status"], "final");
+    assert_eq!(weight["effectiveDateTime"], "2024-03-15T14:15:00+01:00");
+    // "+5" and ".5" become valid JSON numbers.
+    assert!(text.contains("\"value\":5,"));
+    assert!(text.contains("\"value\":0.5,"));
+    // SN: comparator, range, ratio.
+    assert_eq!(obs[4]["valueQuantity"]["comparator"], "<");
+    assert_eq!(obs[4]["valueQuantity"]["value"], 150);
+    assert_eq!(obs[5]["valueRange"]["low"]["value"], 10);
+    assert_eq!(obs[5]["valueRange"]["high"]["value"], 20);
+    assert_eq!(obs[6]["valueRatio"]["denominator"]["value"], 128);
+    // CWE, ST with an escape, TX lines.
+    assert_eq!(
+        obs[7]["valueCodeableConcept"]["coding"][0]["code"],
+        "371244009"
+    );
+    assert_eq!(
+        obs[7]["valueCodeableConcept"]["coding"][0]["system"],
+        "http://snomed.info/sct"
+    );
+    assert_eq!(obs[8]["valueString"], "Sample slightly hemolysed & lipemic");
+    assert_eq!(obs[9]["valueString"], "Line one\nLine two");
+    assert_eq!(obs[9]["note"][0]["text"], "Verified by second analyst");
+    let p = one(&b, "Patient");
+    assert_eq!(p["name"][0]["family"], "Müller", "UTF-8 text");
+    assert_eq!(deref(&b, &obs[0]["subject"])["id"], p["id"]);
+    let spm = one(&b, "Specimen");
+    assert_eq!(spm["type"]["coding"][0]["code"], "119364003");
+    assert_eq!(spm["identifier"][0]["value"], "SP-1");
+    assert_eq!(
+        spm["identifier"][0]["system"],
+        "urn:oid:2.16.840.1.113883.19.4.6"
+    );
+    assert_eq!(deref(&b, &dr["specimen"][0])["id"], spm["id"]);
+    let sr = one(&b, "ServiceRequest");
+    assert_eq!(deref(&b, &dr["basedOn"][0])["id"], sr["id"]);
+    assert_eq!(sr["intent"], "order");
+}
+
+#[test]
+fn oru_corpus_messages() {
+    let n = normalizer();
+    let (_, b) = map_file(&n, "ms/ORU-R01-01.hl7");
+    let dr = resources(&b, "DiagnosticReport");
+    assert_eq!(dr.len(), 1);
+    assert_eq!(dr[0]["code"]["coding"][0]["code"], "625-4");
+    let obs = resources(&b, "Observation");
+    let salmonella = obs
+        .iter()
+        .find(|o| o["valueCodeableConcept"]["coding"][0]["code"] == "27268008")
+        .expect("the CWE result");
+    assert_eq!(
+        salmonella["valueCodeableConcept"]["text"],
+        "Salmonella species"
+    );
+    assert_eq!(salmonella["status"], "preliminary");
+    let (_, b) = map_file(&n, "ms/LRI_2.0-NG_CBC_Typ_Message.hl7");
+    assert!(resources(&b, "Observation").len() >= 10);
+    // Two OBR without ORC: two reports, each with its own results.
+    let (_, b) = map_file(
+        &n,
+        "lfh/Hl7ORUMessageTest__test_oru_with_multiple_reports__L305.hl7",
+    );
+    let dr = resources(&b, "DiagnosticReport");
+    assert_eq!(dr.len(), 2);
+    assert_eq!(dr[0]["result"].as_array().unwrap().len(), 2);
+    assert_eq!(dr[1]["result"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn two_orders_with_one_placer_number_stay_two_resources() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
+OBX|1|NM|1-1^A^LN||1\r\
+OBR|2|PL-1^EHR||1234-5^Panel^LN\r\
+OBX|1|NM|1-1^A^LN||2\r";
+    let (_, b) = map_bytes(&n, msg);
+    let dr = resources(&b, "DiagnosticReport");
+    assert_eq!(dr.len(), 2);
+    assert_ne!(dr[0]["id"], dr[1]["id"]);
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs.len(), 2);
+    assert_ne!(obs[0]["id"], obs[1]["id"]);
+    assert_eq!(deref(&b, &dr[1]["result"][0])["valueQuantity"]["value"], 2);
+}
+
+#[test]
+fn ids_are_deterministic_and_follow_business_identifiers() {
+    let n = normalizer();
+    let adt = fixture("local/oru-r01-lipids.hl7");
+    let (m1, b1) = map_bytes(&n, &adt);
+    let (m2, _) = map_bytes(&n, &adt);
+    assert_eq!(
+        m1.bundle, m2.bundle,
+        "same message, set and link: same bytes"
+    );
+    // The same patient (PID-3 and its authority) in another message of another type.
+    let a01 = b"MSH|^~\\&|ADT|GOODHEALTH|EHR|GOODHEALTH|20240301080000+0100||ADT^A01|9|P|2.5.1\r\
+PID|1||555001^^^GOODHEALTH^MR||Mueller^Anna\r\
+PV1|1|I|W1^1^1||||||||||||||||V20240315-9^^^GOODHEALTH^VN\r";
+    let (_, b2) = map_bytes(&n, a01);
+    assert_eq!(one(&b1, "Patient")["id"], one(&b2, "Patient")["id"]);
+    assert_eq!(one(&b1, "Encounter")["id"], one(&b2, "Encounter")["id"]);
+    // Another namespace, other ids.
+    let other = NormalizeConfig {
+        id_namespace: "11111111-2222-5333-8444-555555555555".into(),
+        ..Default::default()
+    };
+    let (_, b3) = map_bytes(&Normalizer::load(&other).unwrap(), &adt);
+    assert_ne!(one(&b1, "Patient")["id"], one(&b3, "Patient")["id"]);
+}
+
+#[test]
+fn provenance_binds_every_resource_to_the_raw_record() {
+    let n = normalizer();
+    let (m, b) = map_file(&n, "ms/ADT-A01-01.hl7");
+    let p = one(&b, "Provenance");
+    assert_eq!(p["activity"]["coding"][0]["code"], "v2-fhir-transformation");
+    assert_eq!(p["recorded"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(
+        p["entity"][0]["what"]["identifier"]["value"],
+        format!("urn:medanchor:commitment:{}", hex::encode(COMMITMENT))
+    );
+    assert!(p["entity"][0]["what"]["display"]
+        .as_str()
+        .unwrap()
+        .contains("0123456789abcdef0123456789abcdef"));
+    assert_eq!(p["agent"][0]["who"]["identifier"]["value"], n.version());
+    assert_eq!(
+        p["policy"][0],
+        format!("urn:medanchor:mapping-set:{}", n.version())
+    );
+    assert_eq!(m.resources.last().unwrap().resource_type, "Provenance");
+    assert_eq!(m.resources.len(), b["entry"].as_array().unwrap().len());
+}
+
+#[test]
+fn orm_and_oml_make_service_requests() {
+    let n = normalizer();
+    let (_, b) = map_file(&n, "ms/ORM-O01-01.hl7");
+    let sr = one(&b, "ServiceRequest");
+    assert_eq!(sr["code"]["coding"][0]["code"], "24725-4");
+    assert_eq!(sr["identifier"][0]["value"], "1101");
+    assert_eq!(sr["status"], "active");
+    assert_eq!(sr["intent"], "order");
+    let reason = deref(&b, &sr["reasonReference"][0]);
+    assert_eq!(reason["code"]["coding"][0]["code"], "S06.9");
+    for f in ["ms/OML-O21-01.hl7", "ms/MDHHS-OML-O21-1.hl7"] {
+        let (m, b) = map_file(&n, f);
+        assert_eq!(m.message_map, "OML_O21");
+        let sr = resources(&b, "ServiceRequest");
+        assert!(!sr.is_empty(), "{f}");
+        assert!(sr[0]["code"]["coding"][0]["code"].is_string(), "{f}");
+    }
+    let (_, b) = map_file(&n, "ms/MDHHS-OML-O21-1.hl7");
+    let sr = one(&b, "ServiceRequest");
+    let spm = deref(&b, &sr["specimen"][0]);
+    assert_eq!(spm["type"]["coding"][0]["code"], "67922002");
+}
+
+#[test]
+fn vxu_makes_immunizations() {
+    let n = normalizer();
+    let (_, b) = map_file(&n, "ms/VXU-V04-01.hl7");
+    let imm = resources(&b, "Immunization");
+    assert_eq!(imm.len(), 1);
+    let i = imm[0];
+    assert!(i["vaccineCode"]["coding"][0]["code"].is_string());
+    assert!(i["occurrenceDateTime"].is_string());
+    assert_eq!(deref(&b, &i["patient"])["resourceType"], "Patient");
+    let (_, b) = map_file(&n, "ms/IZ_1_1.1_Admin_Child_Max_Message.hl7");
+    let i = one(&b, "Immunization");
+    assert_eq!(
+        i["vaccineCode"]["coding"][0]["system"],
+        "http://hl7.org/fhir/sid/cvx"
+    );
+    assert!(i["route"]["coding"][0]["code"].is_string(), "RXR route");
+    assert_eq!(i["status"], "completed");
+}
+
+#[test]
+fn siu_makes_appointments() {
+    let n = normalizer();
+    for (f, status) in [
+        ("ms/SIU-S12-01.hl7", "booked"),
+        ("ms/SIU-S13-01.hl7", "booked"),
+        ("ms/SIU-S14-01.hl7", "booked"),
+        ("ms/SIU-S15-01.hl7", "cancelled"),
+    ] {
+        let (m, b) = map_file(&n, f);
+        assert_eq!(m.message_map, "SIU_S12");
+        let a = one(&b, "Appointment");
+        assert_eq!(a["status"], status, "{f}");
+        let parts = a["participant"].as_array().unwrap();
+        assert!(parts
+            .iter()
+            .any(|p| deref(&b, &p["actor"])["resourceType"] == "Patient"));
+        assert!(parts.iter().all(|p| p["status"].is_string()));
+    }
+    let (_, b) = map_file(&n, "ms/SIU-S12-01.hl7");
+    let a = one(&b, "Appointment");
+    assert_eq!(a["identifier"][0]["value"], "12345");
+    // SCH-11 (the older field) comes first in the message; TQ1-7 does not overwrite it.
+    assert_eq!(a["start"], "2020-10-01T11:26:00+02:15");
+    assert_eq!(a["comment"], "Appointment booked for emergency procedure");
+}
+
+#[test]
+fn mdm_keeps_the_document_as_attachment() {
+    use base64::Engine as _;
+    let n = normalizer();
+    let (_, b) = map_file(
+        &n,
+        "lfh/Hl7MDMMessageTest__test_mdm_mininum_with_multiple_OBXtypeTXtoDocumentReference__L214__MDM_T02.hl7",
+    );
+    let d = one(&b, "DocumentReference");
+    assert_eq!(d["status"], "current");
+    assert_eq!(d["type"]["coding"][0]["code"], "OP");
+    let att = &d["content"][0]["attachment"];
+    assert_eq!(att["contentType"], "text/plain");
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(att["data"].as_str().unwrap())
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.contains("<HOSPITAL ADDRESS2>"));
+    let (m, b) = map_file(&n, "ms/MDM-T02-01.hl7");
+    assert_eq!(m.message_map, "MDM_T02");
+    let d = one(&b, "DocumentReference");
+    assert_eq!(deref(&b, &d["subject"])["resourceType"], "Patient");
+}
+
+#[test]
+fn dft_and_bar_make_charges_accounts_and_coverage() {
+    let n = normalizer();
+    let (_, b) = map_file(&n, "ms/DFT-P03-01.hl7");
+    let charges = resources(&b, "ChargeItem");
+    assert_eq!(charges.len(), 2, "one per FT1");
+    let ci = charges[0];
+    assert_eq!(ci["code"]["coding"][0]["code"], "71045");
+    assert_eq!(
+        ci["code"]["coding"][0]["system"],
+        "http://www.ama-assn.org/go/cpt"
+    );
+    assert_eq!(ci["quantity"]["value"], 2);
+    assert_eq!(ci["priceOverride"]["value"], 100);
+    assert_eq!(ci["priceOverride"]["currency"], "USD");
+    assert_eq!(ci["status"], "billable");
+    assert_eq!(deref(&b, &ci["subject"])["resourceType"], "Patient");
+    let (_, b) = map_file(&n, "ms/DFT-P03-02.hl7");
+    assert_eq!(resources(&b, "ChargeItem").len(), 2);
+    let (m, b) = map_file(&n, "ms/BAR-P01-01.hl7");
+    assert_eq!(m.message_map, "BAR_P01");
+    let acct = one(&b, "Account");
+    assert_eq!(acct["identifier"][0]["value"], "4000776");
+    assert_eq!(acct["status"], "active");
+    let cov = one(&b, "Coverage");
+    assert_eq!(deref(&b, &acct["coverage"][0]["coverage"])["id"], cov["id"]);
+    assert_eq!(cov["status"], "active");
+    assert!(deref(&b, &cov["payor"][0])["name"].is_string());
+}
+
+#[test]
+fn security_labels_mark_sensitive_resources() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+OBR|1|P1^EHR||HIVPANEL^HIV panel^L\r\
+OBX|1|CWE|7917-8^HIV 1 Ab^LN||260385009^Negative^SCT\r\
+OBX|2|NM|2345-7^Glucose^LN||95\r\
+OBR|2|P2^EHR||BMP^Basic metabolic panel^L\r\
+OBX|1|NM|2345-7^Glucose^LN||95\r";
+    let (m, b) = map_bytes(&n, msg);
+    let obs = resources(&b, "Observation");
+    let labels = |r: &Value| -> Vec<String> {
+        r["meta"]["security"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        assert_eq!(
+                            c["system"],
+                            "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+                        );
+                        c["code"].as_str().unwrap().to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(labels(obs[0]), vec!["HIV"]);
+    assert!(labels(obs[1]).is_empty());
+    let dr = resources(&b, "DiagnosticReport");
+    assert_eq!(labels(dr[0]), vec!["HIV"], "the report lists an HIV result");
+    assert!(labels(dr[1]).is_empty());
+    assert!(labels(one(&b, "Patient")).is_empty());
+    let hiv: Vec<_> = m
+        .resources
+        .iter()
+        .filter(|r| r.security.contains(&"HIV".to_string()))
+        .map(|r| r.resource_type.as_str())
+        .collect();
+    assert_eq!(hiv, vec!["DiagnosticReport", "Observation"]);
+    // A diagnosis: the Condition and the Encounter that names it.
+    let adt = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|2|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN\r\
+DG1|1||F32.9^Major depressive disorder, single episode^I10\r";
+    let (_, b) = map_bytes(&n, adt);
+    assert_eq!(labels(one(&b, "Condition")), vec!["PSY"]);
+    assert_eq!(labels(one(&b, "Encounter")), vec!["PSY"]);
+}
+
+#[test]
+fn unmapped_segments_and_fields_are_listed_by_name() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|3|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo||||||||||||||||||||||||\r\
+ZPI|1|secret local value\r\
+PV1|1|I|W1^1^1||||||||||||||||||||||||||||||||||||||||||||||||||||\r";
+    let (m, _) = map_bytes(&n, msg);
+    assert_eq!(m.unmapped, vec!["ZPI"]);
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|3|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo|||||2106-3^White^CDCREC\r";
+    let (m, _) = map_bytes(&n, msg);
+    assert_eq!(m.unmapped, vec!["PID-10"]);
+    assert!(m.unmapped.iter().all(|u| !u.contains("White")));
+}
+
+#[test]
+fn unknown_message_types_map_what_is_known() {
+    let n = normalizer();
+    for f in [
+        "ms/REF-I12-01.hl7",
+        "ms/RDE-O11-01.hl7",
+        "ms/PC1-Problem-Add-v2.3.1.hl7",
+        "ms/SIU_12.hl7",
+    ] {
+        let (m, b) = map_file(&n, f);
+        assert_eq!(m.message_map, "_default", "{f}");
+        assert_eq!(resources(&b, "Patient").len(), 1, "{f}");
+        assert!(!m.unmapped.is_empty(), "{f}");
+    }
+    // Nothing mappable at all is a failure with a reason, not a panic.
+    let bytes = b"MSH|^~\\&|A|B|C|D|20240101||ACK|1|P|2.5\rMSA|AA|1\r";
+    let msg = Message::parse(bytes).unwrap();
+    let e = n.map(&msg, &link()).unwrap_err();
+    assert_eq!(e.label, "no_resources");
+}
+
+#[test]
+fn every_corpus_fixture_maps_to_a_consistent_bundle() {
+    let n = normalizer();
+    let mut count = 0;
+    for dir in ["ms", "lfh", "local"] {
+        let mut files: Vec<_> = std::fs::read_dir(fixture_path(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let raw = std::fs::read(&f).unwrap();
+            let (m, _) = map_bytes(&n, &raw);
+            assert!(m.resources.len() >= 2, "{}", f.display());
+            count += 1;
+        }
+    }
+    assert!(count >= 70, "{count} fixtures");
+}
+
+#[test]
+fn times_without_zone_keep_their_date_unless_a_zone_is_configured() {
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000||ADT^A01|4|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo||19800214\r\
+PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240101093000\r";
+    let n = normalizer();
+    let (m, b) = map_bytes(&n, msg);
+    assert_eq!(one(&b, "Encounter")["period"]["start"], "2024-01-01");
+    assert!(m
+        .warnings
+        .contains(&"PV1-44: time of day dropped (no time zone given or configured)".to_string()));
+    let site = tempdir_with(&[("settings.csv", "key,value\ndefault_timezone,+01:00\n")]);
+    let n = Normalizer::load(&NormalizeConfig {
+        site_dir: Some(site.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (_, b) = map_bytes(&n, msg);
+    assert_eq!(
+        one(&b, "Encounter")["period"]["start"],
+        "2024-01-01T09:30:00+01:00"
+    );
+    let _ = std::fs::remove_dir_all(site);
+}
+
+/// A fresh directory with these files (a site directory).
+fn tempdir_with(files: &[(&str, &str)]) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "medanchor-site-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+const SEG_HEADER: &str = "field,condition,fhir_path,datatype_map,vocabulary_map,assignment\n";
+const MSG_HEADER: &str = "segment,syntax,condition,resource,segment_map,references\n";
+
+#[test]
+fn site_overrides_change_a_field_add_a_z_segment_and_translate_local_codes() {
+    let msg = b"MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|5|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo||19800214|F\r\
+ZPI|1|VIP|blue\r\
+OBR|1|P1^EHR||GLUP^Glucose panel^LOCALLAB\r\
+OBX|1|NM|GLU^Glucose^LOCALLAB||95|mg/dL^mg/dL^UCUM\r";
+    let base = normalizer();
+    let (m0, b0) = map_bytes(&base, msg);
+    assert!(m0.unmapped.contains(&"ZPI".to_string()));
+    let site = tempdir_with(&[
+        // Change a field mapping: PID-3's identifier gets a fixed system.
+        (
+            "segments/PID[Patient].csv",
+            &format!("{SEG_HEADER}PID-3,,identifier[2].system,,,\"\"\"urn:oid:1.2.3.4\"\"\"\n"),
+        ),
+        // A Z-segment: its own segment map and a row in the message map.
+        (
+            "segments/ZPI[Patient].csv",
+            &format!("{SEG_HEADER}ZPI-1,,,,,\nZPI-2,,extension[9].url,,,\"\"\"http://example.org/fhir/StructureDefinition/vip\"\"\"\nZPI-2,,extension[9].valueString,,,\nZPI-3,,extension[10].url,,,\"\"\"http://example.org/fhir/StructureDefinition/colour\"\"\"\nZPI-3,,extension[10].valueString,,,\n"),
+        ),
+        (
+            "messages/ORU_R01.csv",
+            &format!("{MSG_HEADER}ZPI,[ZPI],,Patient[1],ZPI[Patient],\n"),
+        ),
+        // A local code system: its URI, and its codes translated to LOINC.
+        (
+            "vocabulary/CodeSystem.csv",
+            "code,system,target_code,target_display,target_system\nLOCALLAB,,http://hospital.example.org/lab-codes,,\n",
+        ),
+        (
+            "vocabulary/ConceptTranslation.csv",
+            "code,system,target_code,target_display,target_system\nGLU,LOCALLAB,2345-7,Glucose [Mass/volume] in Serum or Plasma,http://loinc.org\n",
+        ),
+    ]);
+    let cfg = NormalizeConfig {
+        site_dir: Some(site.clone()),
+        ..Default::default()
+    };
+    let n = Normalizer::load(&cfg).unwrap();
+    assert_ne!(n.version(), base.version());
+    let (m, b) = map_bytes(&n, msg);
+    assert!(!m.unmapped.contains(&"ZPI".to_string()));
+    let p = one(&b, "Patient");
+    assert_eq!(p["identifier"][0]["system"], "urn:oid:1.2.3.4");
+    assert!(one(&b0, "Patient")["identifier"][0]["system"].is_null());
+    let ext: Vec<(&str, &str)> = p["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["url"].as_str().unwrap(),
+                e["valueString"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(ext.contains(&("http://example.org/fhir/StructureDefinition/vip", "VIP")));
+    assert!(ext.contains(&("http://example.org/fhir/StructureDefinition/colour", "blue")));
+    let code = &one(&b, "Observation")["code"]["coding"];
+    assert_eq!(code[0]["system"], "http://hospital.example.org/lab-codes");
+    assert_eq!(code[0]["code"], "GLU");
+    assert_eq!(code[1]["system"], "http://loinc.org");
+    assert_eq!(code[1]["code"], "2345-7");
+    // The defaults still map everything else the same way.
+    assert_eq!(one(&b, "Patient")["gender"], one(&b0, "Patient")["gender"]);
+    let _ = std::fs::remove_dir_all(site);
+}
+
+#[test]
+fn lint_names_file_line_and_field() {
+    let site = tempdir_with(&[
+        (
+            "segments/PID[Patient].csv",
+            &format!(
+                "{SEG_HEADER}# a comment\nPID-7,,birthDat,,,\nPID-8,IF PID-8 GREATER 3,gender,,,\nPID-9,,name[1],NOPE[HumanName],,\n"
+            ),
+        ),
+        (
+            "messages/ADT_A01.csv",
+            &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\n"),
+        ),
+    ]);
+    let errors = match Normalizer::lint(&NormalizeConfig {
+        site_dir: Some(site.clone()),
+        ..Default::default()
+    }) {
+        Err(e) => e,
+        Ok(_) => panic!("broken files load"),
+    };
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let file = site.join("segments/PID[Patient].csv").display().to_string();
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(&format!("{file}:3: fhir_path:")) && t.contains("birthDat")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(&format!("{file}:4: condition:"))),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with(&format!("{file}:5: datatype_map:"))
+                || t.contains("map `NOPE[HumanName]`")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("messages/ADT_A01.csv:2: resource: `Patinet`")),
+        "{text:#?}"
+    );
+    assert!(matches!(errors[0], LoadError::Invalid { .. }));
+    let _ = std::fs::remove_dir_all(site);
+}
+
+#[test]
+fn hostile_input_gives_warnings_not_panics() {
+    let n = normalizer();
+    let long = "9".repeat(100_000);
+    let reps = "x~".repeat(50_000);
+    let msg = format!(
+        "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5\r\
+PID|1||{long}^^^H^MR~{reps}||{reps}||99999999|Q\r\
+OBR|1|P|F|X^Y^LN|||2024133299\r\
+OBX|1|NM|1^a^LN||{long}|\r\
+OBX|2|NM|1^a^LN||1e99999|\r\
+OBX|3|DT|1^a^LN||20240230|\r\
+OBX|4|TS|1^a^LN||2024010112+9999|\r\
+OBX|5|ED|1^a^LN||^TEXT^plain^Hex^zz|\r\
+OBX|6|SN|1^a^LN||<>^^-^|\r"
+    );
+    let parsed = Message::parse(msg.as_bytes()).unwrap();
+    let m = n.map(&parsed, &link()).expect("maps with warnings");
+    let v: Value = serde_json::from_slice(&m.bundle).unwrap();
+    check_bundle(&v);
+    for w in [
+        "OBX-5: decimal number too long",
+        "OBX-5: not a decimal number",
+        "OBX-5: day out of range",
+        "OBX-5: not hexadecimal",
+        "PID-7: month out of range",
+        "PID-8: code not in the FHIR value set of its element",
+        "OBR-7: month out of range",
+    ] {
+        assert!(m.warnings.iter().any(|x| x == w), "{w}: {:#?}", m.warnings);
+    }
+    assert!(m
+        .warnings
+        .iter()
+        .any(|x| x.starts_with("PID-3: repetitions beyond 100")));
+    // No value of the message in warnings or unmapped names.
+    for s in m.warnings.iter().chain(&m.unmapped) {
+        assert!(!s.contains("999999") && !s.contains("zz"), "{s}");
+    }
+}
+
+#[test]
+fn mutated_corpus_messages_never_panic() {
+    // Deterministic mutations of every fixture: bytes replaced by delimiters, escapes and high
+    // bytes, segments cut, fields duplicated. Each either maps or fails with a reason.
+    let n = normalizer();
+    let mut files = Vec::new();
+    for dir in ["ms", "lfh", "local"] {
+        for e in std::fs::read_dir(fixture_path(dir)).unwrap() {
+            files.push(e.unwrap().path());
+        }
+    }
+    files.sort();
+    let palette: &[u8] = b"|^~\\&\r\n0123456789.+-~#\"Z\xff\xc3";
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut mapped = 0;
+    for f in &files {
+        let base = cr(&std::fs::read(f).unwrap());
+        for _ in 0..60 {
+            let mut m = base.clone();
+            for _ in 0..(1 + rand() % 8) {
+                let i = (rand() as usize) % m.len();
+                match rand() % 4 {
+                    0 => m[i] = palette[(rand() as usize) % palette.len()],
+                    1 => {
+                        let j = (i + (rand() as usize) % 64).min(m.len());
+                        m.drain(i..j);
+                    }
+                    2 => {
+                        let j = (i + (rand() as usize) % 64).min(m.len());
+                        let dup = m[i..j].to_vec();
+                        m.splice(i..i, dup);
+                    }
+                    _ => m.insert(i, palette[(rand() as usize) % palette.len()]),
+                }
+                if m.is_empty() {
+                    break;
+                }
+            }
+            let Ok(msg) = Message::parse(&m) else {
+                continue;
+            };
+            if let Ok(out) = n.map(&msg, &link()) {
+                let v: Value = serde_json::from_slice(&out.bundle).expect("valid JSON");
+                check_bundle(&v);
+                mapped += 1;
+            }
+        }
+    }
+    assert!(mapped > 1000, "{mapped} mutated messages mapped");
+}
+
+mod random_bytes {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn any_parsed_message_maps_or_fails_cleanly(
+            body in proptest::collection::vec(
+                prop_oneof![
+                    Just(b'|'), Just(b'^'), Just(b'~'), Just(b'&'), Just(b'\\'), Just(b'\r'),
+                    b'0'..=b'9', b'A'..=b'Z', Just(b'.'), Just(b'-'), Just(b'+'), any::<u8>()
+                ],
+                0..600,
+            ),
+            seg in prop_oneof![Just("PID"), Just("OBX"), Just("PV1"), Just("OBR"), Just("NK1"), Just("ZZZ")],
+            ty in prop_oneof![Just("ADT^A01"), Just("ORU^R01"), Just("VXU^V04"), Just("SIU^S12"), Just("MDM^T02"), Just("XYZ^Q99")],
+        ) {
+            let mut msg = format!("MSH|^~\\&|A|B|C|D|20240101||{ty}|1|P|2.5\rPID|1||1^^^H^MR\r{seg}|").into_bytes();
+            msg.extend_from_slice(&body);
+            if let Ok(parsed) = Message::parse(&msg) {
+                if let Ok(m) = normalizer_once().map(&parsed, &link()) {
+                    let v: Value = serde_json::from_slice(&m.bundle).expect("valid JSON");
+                    check_bundle(&v);
+                }
+            }
+        }
+    }
+
+    fn normalizer_once() -> &'static Normalizer {
+        static N: std::sync::OnceLock<Normalizer> = std::sync::OnceLock::new();
+        N.get_or_init(normalizer)
+    }
+}
+
+#[test]
+fn normalizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Normalizer>();
+}
