@@ -61,6 +61,15 @@ pub trait Env {
     fn text(&self, r: &Ref) -> Cow<'_, str>;
     /// Number of repetitions of the field `r` points at (0 when empty).
     fn count(&self, r: &Ref) -> usize;
+    /// Whether `r` holds a value (the engine answers from the raw bytes, without decoding).
+    fn valued(&self, r: &Ref) -> bool {
+        !self.text(r).trim().is_empty()
+    }
+    /// The raw bytes of `r` when they are their own text (ASCII, no escapes), so comparisons
+    /// need no decoding; `None` otherwise.
+    fn plain(&self, _r: &Ref) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Cond {
@@ -72,9 +81,13 @@ impl Cond {
             Cond::Not(c) => !c.eval(env),
             Cond::Valued(r) => match r {
                 Ref::Segment(_) => env.count(r) > 0,
-                _ => !env.text(r).trim().is_empty(),
+                _ => env.valued(r),
             },
             Cond::In(r, set) => {
+                if let Some(raw) = env.plain(r) {
+                    let raw = raw.trim_ascii();
+                    return set.iter().any(|s| s.as_bytes() == raw);
+                }
                 let t = env.text(r);
                 let t = t.trim();
                 set.iter().any(|s| s == t)

@@ -12,27 +12,41 @@ use super::{Link, MappedResource};
 
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
+/// Bytes a JSON string cannot hold as they are: control characters, `"` and `\\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 /// JSON string contents (without quotes).
 pub fn escape(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&b[start..i]);
-                out.extend_from_slice(format!("\\u{c:04x}").as_bytes());
-                start = i + 1;
-                continue;
-            }
-            _ => continue,
-        };
+        if !NEEDS_ESCAPE[c as usize] {
+            continue;
+        }
         out.extend_from_slice(&b[start..i]);
-        out.extend_from_slice(esc);
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(c >> 4) as usize]);
+                out.push(HEX[(c & 15) as usize]);
+            }
+        }
         start = i + 1;
     }
     out.extend_from_slice(&b[start..]);
@@ -49,7 +63,6 @@ struct Writer<'a> {
     b: &'a Build,
     live: Vec<bool>,
     emitted: Vec<bool>,
-    scratch: Vec<u32>,
 }
 
 /// Writes the Bundle into `out` and returns what is in it.
@@ -69,7 +82,6 @@ pub fn write(
         b,
         live,
         emitted,
-        scratch: Vec::with_capacity(64),
     };
     let model = plan.model;
     let bundle_name = format!("Bundle|{}|{}", link.raw_record_id, plan.version);
@@ -292,72 +304,41 @@ fn label(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
 
 impl Writer<'_> {
     /// Writes the live children of `node` as `,"key":value…` (a leading comma when `comma`).
+    /// The arena keeps them grouped by element and ordered (see `Build::child`).
     fn children(&mut self, out: &mut Vec<u8>, node: u32, mut comma: bool) {
-        let base = self.scratch.len();
-        let mut c = self.b.nodes[node as usize].first;
+        let nodes = &self.b.nodes;
+        let mut c = nodes[node as usize].first;
         while c != NONE {
-            if self.live[c as usize] {
-                self.scratch.push(c);
+            if !self.live[c as usize] {
+                c = nodes[c as usize].next;
+                continue;
             }
-            c = self.b.nodes[c as usize].next;
-        }
-        let end = self.scratch.len();
-        if end - base > 1 {
-            // Group by element in order of first appearance, then by slot, source repetition
-            // and instance: `identifier[1]` entries before `identifier[2]`, repetitions in order.
-            let nodes = &self.b.nodes;
-            let kids = &mut self.scratch[base..end];
-            let firsts: Vec<(u32, usize)> = {
-                let mut v: Vec<(u32, usize)> = Vec::new();
-                for (i, &k) in kids.iter().enumerate() {
-                    let e = nodes[k as usize].elem;
-                    if !v.iter().any(|(x, _)| *x == e) {
-                        v.push((e, i));
-                    }
-                }
-                v
-            };
-            kids.sort_by_key(|&k| {
-                let n = &nodes[k as usize];
-                let order = firsts
-                    .iter()
-                    .find(|(e, _)| *e == n.elem)
-                    .map(|x| x.1)
-                    .unwrap_or(0);
-                (order, n.slot, n.rep, n.sub, k)
-            });
-        }
-        let mut i = base;
-        while i < end {
-            let first = self.scratch[i];
-            let elem = self.b.nodes[first as usize].elem;
-            let mut j = i + 1;
-            while j < end && self.b.nodes[self.scratch[j] as usize].elem == elem {
-                j += 1;
-            }
+            let elem = nodes[c as usize].elem;
             let def = self.plan.model.elem(elem);
             if comma {
                 out.push(b',');
             }
             comma = true;
-            string(out, &def.name);
-            out.push(b':');
+            out.extend_from_slice(def.json_key.as_bytes());
             if def.array {
                 out.push(b'[');
-                for k in i..j {
-                    if k > i {
-                        out.push(b',');
+                let mut first = true;
+                while c != NONE && nodes[c as usize].elem == elem {
+                    if self.live[c as usize] {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        self.value(out, c);
                     }
-                    let n = self.scratch[k];
-                    self.value(out, n);
+                    c = nodes[c as usize].next;
                 }
                 out.push(b']');
             } else {
-                self.value(out, first);
+                self.value(out, c);
+                c = nodes[c as usize].next;
             }
-            i = j;
         }
-        self.scratch.truncate(base);
     }
 
     fn value(&mut self, out: &mut Vec<u8>, n: u32) {

@@ -11,7 +11,7 @@ use super::model::{ElemId, Model, Prim, TypeId};
 use super::plan::{Action, KeyPart, Member, MessageMap, Path, Plan, Row, Src, Xform};
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
-use crate::hl7::{Field, Message, Segment};
+use crate::hl7::{Charset, Field, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -105,8 +105,6 @@ impl Level {
     }
 }
 
-const MAX_COMPS: usize = 40;
-
 /// The read-only side while rows run: the message, the segments seen, the open groups.
 struct Walk<'m> {
     msg: &'m Message<'m>,
@@ -115,6 +113,9 @@ struct Walk<'m> {
     /// The scope of the segment being mapped: what a repeating segment makes belongs to it
     /// alone (each AL1 its own AllergyIntolerance), open only while that segment is mapped.
     seg_scope: u32,
+    /// ASCII bytes are their own text in this message's character set.
+    ascii_fast: bool,
+    escape: Option<u8>,
 }
 
 impl<'m> Walk<'m> {
@@ -139,9 +140,35 @@ impl<'m> Walk<'m> {
             .map(|(s, _)| *s)
     }
 
-    fn text(&self, f: Field<'m>) -> Cow<'m, str> {
-        self.msg.text(f.raw()).unwrap_or(Cow::Borrowed(""))
+    /// The raw bytes when they are their own text.
+    fn plain(&self, f: Field<'m>) -> Option<&'m [u8]> {
+        let raw = f.raw();
+        (self.ascii_fast
+            && raw != b"\"\""
+            && raw.is_ascii()
+            && !self.escape.is_some_and(|e| raw.contains(&e)))
+        .then_some(raw)
     }
+
+    /// Decoded text. Most values are ASCII without escapes: those are the bytes themselves in
+    /// every character set the tokenizer reads in place, with no decoding pass.
+    fn text(&self, f: Field<'m>) -> Cow<'m, str> {
+        let raw = f.raw();
+        if raw == b"\"\"" {
+            // HL7's explicit null ("delete the value") holds nothing to map.
+            return Cow::Borrowed("");
+        }
+        if self.ascii_fast && raw.is_ascii() && !self.escape.is_some_and(|e| raw.contains(&e)) {
+            return Cow::Borrowed(std::str::from_utf8(raw).unwrap_or(""));
+        }
+        self.msg.text(raw).unwrap_or(Cow::Borrowed(""))
+    }
+}
+
+/// Whether a part holds a value: something other than blanks, and not HL7's `""` null.
+fn valued(f: Field<'_>) -> bool {
+    let raw = f.raw();
+    raw != b"\"\"" && raw.iter().any(|b| !b.is_ascii_whitespace())
 }
 
 /// One segment's fields, by number (`fields[n-1]` is SEG-n).
@@ -203,6 +230,14 @@ impl Env for SegView<'_, '_> {
         }
     }
 
+    fn valued(&self, r: &Ref) -> bool {
+        self.resolve(r).is_some_and(valued)
+    }
+
+    fn plain(&self, r: &Ref) -> Option<&[u8]> {
+        self.walk.plain(self.resolve(r)?)
+    }
+
     fn count(&self, r: &Ref) -> usize {
         match *r {
             Ref::Segment(id) => usize::from(id == self.id || self.walk.segment(&id).is_some()),
@@ -222,15 +257,58 @@ impl Env for SegView<'_, '_> {
 }
 
 /// A data-type value split into its components.
+/// Parts kept split for a data-type value; a value with more (rare) finds the rest by walking.
+const SPLIT: usize = 24;
+
 struct DtView<'w, 'm> {
     walk: &'w Walk<'m>,
-    comps: &'w [Option<Field<'m>>],
+    value: Field<'m>,
     level: Level,
+    /// How many parts `value` splits into at this level.
+    parts: usize,
+    /// The first `SPLIT` of them.
+    split: [Field<'m>; SPLIT],
 }
 
-impl<'m> DtView<'_, 'm> {
+impl<'w, 'm> DtView<'w, 'm> {
+    fn new(walk: &'w Walk<'m>, value: Field<'m>, level: Level) -> Self {
+        let mut split = [value; SPLIT];
+        let mut parts = 0;
+        let mut put = |f: Field<'m>| {
+            if parts < SPLIT {
+                split[parts] = f;
+            }
+            parts += 1;
+        };
+        match level {
+            Level::Rep => value.components().for_each(&mut put),
+            Level::Comp => value.subcomponents().for_each(&mut put),
+            Level::Sub => put(value),
+        }
+        DtView {
+            walk,
+            value,
+            level,
+            parts,
+            split,
+        }
+    }
+
+    /// Component `comp` (optionally its subcomponent `sub`).
     fn comp(&self, comp: u16, sub: u16) -> Option<(Field<'m>, Level)> {
-        let c = (*self.comps.get(comp as usize - 1)?)?;
+        let comp = comp as usize;
+        if comp == 0 || comp > self.parts {
+            return None;
+        }
+        let c = if comp <= SPLIT {
+            self.split[comp - 1]
+        } else {
+            match self.level {
+                Level::Rep => nth_part(self.value.components(), comp)?,
+                Level::Comp => nth_part(self.value.subcomponents(), comp)?,
+                Level::Sub => self.value,
+            }
+        };
         let lvl = self.level.down();
         if sub == 0 {
             return Some((c, lvl));
@@ -253,7 +331,21 @@ impl Env for DtView<'_, '_> {
         }
     }
     fn count(&self, r: &Ref) -> usize {
-        usize::from(!self.text(r).trim().is_empty())
+        usize::from(self.valued(r))
+    }
+
+    fn valued(&self, r: &Ref) -> bool {
+        match *r {
+            Ref::Comp { comp, sub } => self.comp(comp, sub).is_some_and(|(f, _)| valued(f)),
+            _ => false,
+        }
+    }
+
+    fn plain(&self, r: &Ref) -> Option<&[u8]> {
+        match *r {
+            Ref::Comp { comp, sub } => self.walk.plain(self.comp(comp, sub)?.0),
+            _ => None,
+        }
     }
 }
 
@@ -275,30 +367,6 @@ pub struct Mapper<'p> {
     mm: &'p MessageMap,
     ns: [u8; 16],
     link: &'p Link<'p>,
-}
-
-/// Splits `v` one level down into up to `MAX_COMPS` parts.
-fn split<'m>(v: Field<'m>, level: Level, out: &mut [Option<Field<'m>>; MAX_COMPS]) -> usize {
-    let mut n = 0;
-    match level {
-        Level::Rep => {
-            for c in v.components().take(MAX_COMPS) {
-                out[n] = Some(c);
-                n += 1;
-            }
-        }
-        Level::Comp => {
-            for c in v.subcomponents().take(MAX_COMPS) {
-                out[n] = Some(c);
-                n += 1;
-            }
-        }
-        Level::Sub => {
-            out[0] = Some(v);
-            n = 1;
-        }
-    }
-    n
 }
 
 /// The text a primitive takes from a value: a field repetition's first component (whole, so an
@@ -326,10 +394,15 @@ impl<'p> Mapper<'p> {
                 inst: 0,
             }],
             seg_scope: u32::MAX,
+            ascii_fast: match msg.charset() {
+                Charset::Ascii | Charset::Latin1 | Charset::Utf8 => true,
+                Charset::Other(e) => e.is_ascii_compatible(),
+            },
+            escape: msg.delimiters().escape,
         };
         let mut b = Build {
-            nodes: Vec::with_capacity(256),
-            text: String::with_capacity(msg.bytes().len() * 2),
+            nodes: Vec::with_capacity(64 + msg.bytes().len() / 2),
+            text: String::with_capacity(256 + msg.bytes().len() * 2),
             insts: Vec::with_capacity(16),
             bindings: Vec::new(),
             warnings: Vec::new(),
@@ -339,6 +412,7 @@ impl<'p> Mapper<'p> {
         };
         let mut next_group = 1u32;
         let mut fields: Vec<Field<'_>> = Vec::with_capacity(64);
+        let mut used: Vec<bool> = Vec::with_capacity(64);
         let max_fields = self.plan.settings.max_fields;
         for (seg_index, seg) in msg.segments().enumerate() {
             let id: [u8; 3] = seg.id().try_into().unwrap_or(*b"???");
@@ -384,7 +458,8 @@ impl<'p> Mapper<'p> {
             } else {
                 (scope, g)
             };
-            let mut used = vec![false; fields.len() + 1];
+            used.clear();
+            used.resize(fields.len() + 1, false);
             for &ri in rows {
                 let row = &self.mm.rows[ri];
                 let view = SegView {
@@ -563,8 +638,8 @@ impl<'p> Mapper<'p> {
             return i;
         }
         let def = &self.mm.labels[label];
-        let v2 = String::from_utf8_lossy(&view.id).into_owned();
-        let key = self.key(b, walk, def.ty, &v2, view);
+        let v2 = std::str::from_utf8(&view.id).unwrap_or("");
+        let key = self.key(b, walk, def.ty, v2, view);
         let inst = self.create(b, def.ty, key, &def.name, scope, group);
         b.bindings.push(Binding {
             label,
@@ -584,13 +659,18 @@ impl<'p> Mapper<'p> {
         v2: &str,
         env: &dyn Env,
     ) -> Option<(String, bool)> {
-        let rule = self.plan.ids.get(&(ty, v2.to_string()))?;
-        let mut key = String::new();
+        let rule = self
+            .plan
+            .ids
+            .get(v2)?
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, r)| r)?;
+        let mut key = String::with_capacity(96);
+        key.push_str(&self.plan.model.ty(ty).name);
         let mut any = false;
-        for (i, p) in rule.parts.iter().enumerate() {
-            if i > 0 {
-                key.push('|');
-            }
+        for p in &rule.parts {
+            key.push('|');
             match p {
                 KeyPart::Ref(r) => {
                     let t = env.text(r);
@@ -622,18 +702,20 @@ impl<'p> Mapper<'p> {
         scope: u32,
         group: usize,
     ) -> u32 {
-        let tname = &self.plan.model.ty(ty).name;
         let (mut name, merge) = match key {
-            Some((k, merge)) => (format!("{tname}|{k}"), merge),
+            Some((k, merge)) => (k, merge),
             // No business identifier: an id only this message's resource can have.
-            None => (
-                format!(
-                    "{tname}|raw|{}|{what}|{}",
-                    self.link.raw_record_id,
-                    b.insts.len()
-                ),
-                false,
-            ),
+            None => {
+                let mut k = String::with_capacity(96);
+                k.push_str(&self.plan.model.ty(ty).name);
+                k.push_str("|raw|");
+                k.push_str(self.link.raw_record_id);
+                k.push('|');
+                k.push_str(what);
+                k.push('|');
+                value::push_int(&mut k, b.insts.len() as i64);
+                (k, false)
+            }
         };
         let base_len = name.len();
         let mut n = 1;
@@ -757,14 +839,6 @@ impl<'p> Mapper<'p> {
                         if rep.is_empty() {
                             continue;
                         }
-                        if r > 0 && !row.repeats {
-                            b.warn(format_args!(
-                                "{}-{field}: only the first repetition maps to {}",
-                                String::from_utf8_lossy(&id),
-                                self.plan.at(row.loc)
-                            ));
-                            break;
-                        }
                         let view = SegView {
                             walk,
                             id,
@@ -783,13 +857,24 @@ impl<'p> Mapper<'p> {
                                 }
                             })
                         };
-                        let valued = value.is_some_and(|(v, _)| !walk.text(v).trim().is_empty());
+                        let valued = value.is_some_and(|(v, _)| valued(v));
+                        if !valued && matches!(row.action, Action::Copy { .. } | Action::Ignore) {
+                            continue;
+                        }
                         let fire = match &row.cond {
                             Some(c) => c.eval(&view),
                             None => valued,
                         };
                         if !fire {
                             continue;
+                        }
+                        if r > 0 && !row.repeats {
+                            b.warn(format_args!(
+                                "{}-{field}: only the first repetition maps to {}",
+                                String::from_utf8_lossy(&id),
+                                self.plan.at(row.loc)
+                            ));
+                            break;
                         }
                         b.cur_field = (id, field);
                         let value = value.filter(|_| valued);
@@ -822,20 +907,19 @@ impl<'p> Mapper<'p> {
         if depth > 8 {
             return;
         }
-        let mut comps = [None; MAX_COMPS];
-        let n = split(v, level, &mut comps);
-        let view = DtView {
-            walk,
-            comps: &comps[..n],
-            level,
-        };
+        let view = DtView::new(walk, v, level);
+        let mut element = None;
         for row in &self.plan.maps[map].rows {
             let value = match row.src {
                 Src::Whole => Some((v, level)),
                 Src::Comp { comp, sub } => view.comp(comp, sub),
                 Src::Field { .. } => None,
             };
-            let valued = value.is_some_and(|(f, _)| !walk.text(f).trim().is_empty());
+            let valued = value.is_some_and(|(f, _)| valued(f));
+            if !valued && matches!(row.action, Action::Copy { .. }) {
+                // Nothing to copy: the condition need not be asked.
+                continue;
+            }
             let fire = match &row.cond {
                 Some(c) => c.eval(&view),
                 None => valued,
@@ -844,6 +928,16 @@ impl<'p> Mapper<'p> {
                 continue;
             }
             let anchor = match anchor {
+                // The element the map fills is made once for all its rows (not looked up among
+                // its parent's children per row); left empty, the writer drops it.
+                Anchor::Elem { .. } if row.path.sub == 1 => Anchor::Node(match element {
+                    Some(n) => n,
+                    None => {
+                        let n = materialize(self.plan.model, b, anchor, inst);
+                        element = Some(n);
+                        n
+                    }
+                }),
                 Anchor::Elem {
                     parent,
                     elem,
@@ -954,13 +1048,7 @@ impl<'p> Mapper<'p> {
                 if let Some(t) = path.creates {
                     let Some(map) = *map else { return false };
                     let cm = self.plan.map(map);
-                    let mut comps = [None; MAX_COMPS];
-                    let n = split(v, level, &mut comps);
-                    let dv = DtView {
-                        walk,
-                        comps: &comps[..n],
-                        level,
-                    };
+                    let dv = DtView::new(walk, v, level);
                     let key = self.key(b, walk, t, &cm.v2, &dv);
                     let (scope, group) = (
                         walk.seg_scope,
@@ -1334,7 +1422,21 @@ impl Build {
         if f.raw() == b"\"\"" || walk.text(f).trim().is_empty() {
             return;
         }
-        let s = format!("{}-{n}", String::from_utf8_lossy(id));
+        let mut s = String::with_capacity(8);
+        s.extend(id.iter().map(|&c| c as char));
+        s.push('-');
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        s.extend(digits[i..].iter().map(|&c| c as char));
         if !self.unmapped.contains(&s) {
             self.unmapped.push(s);
         }
@@ -1354,12 +1456,31 @@ impl Build {
         inst: u32,
     ) -> u32 {
         let (slot, rep, sub) = if array { (slot, rep, sub) } else { (1, 0, 1) };
+        let key = (slot, rep, sub);
+        // Children stay in the order they are written: elements in order of first appearance,
+        // the entries of one element by slot, source repetition and instance. Keeping that
+        // order on insertion spares the writer a sort per object.
+        let mut prev = NONE;
+        let mut before_group = NONE;
+        let mut seen = false;
+        let mut last_less = NONE;
         let mut c = self.nodes[parent as usize].first;
         while c != NONE {
             let n = &self.nodes[c as usize];
-            if n.elem == elem && n.slot == slot && n.rep == rep && n.sub == sub {
-                return c;
+            if n.elem == elem {
+                let k = (n.slot, n.rep, n.sub);
+                if k == key {
+                    return c;
+                }
+                if !seen {
+                    seen = true;
+                    before_group = prev;
+                }
+                if k < key {
+                    last_less = c;
+                }
             }
+            prev = c;
             c = n.next;
         }
         let id = self.nodes.len() as u32;
@@ -1375,16 +1496,30 @@ impl Build {
             inst,
             val: Val::Obj,
         });
-        let p = &mut self.nodes[parent as usize];
-        if p.last == NONE {
-            p.first = id;
+        let after = if last_less != NONE {
+            last_less
+        } else if seen {
+            before_group
         } else {
-            let last = p.last;
-            p.last = id;
-            self.nodes[last as usize].next = id;
-            return id;
+            self.nodes[parent as usize].last
+        };
+        if after == NONE {
+            let p = &mut self.nodes[parent as usize];
+            let old = p.first;
+            p.first = id;
+            if p.last == NONE {
+                p.last = id;
+            }
+            self.nodes[id as usize].next = old;
+        } else {
+            let next = self.nodes[after as usize].next;
+            self.nodes[after as usize].next = id;
+            self.nodes[id as usize].next = next;
+            let p = &mut self.nodes[parent as usize];
+            if p.last == after {
+                p.last = id;
+            }
         }
-        p.last = id;
         id
     }
 }

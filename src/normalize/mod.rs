@@ -193,7 +193,7 @@ impl Normalizer {
                 detail: format!("message map {} made no resource from this message", mm.name),
             });
         }
-        let mut bundle = Vec::with_capacity(msg.bytes().len() * 4 + 1024);
+        let mut bundle = Vec::with_capacity(msg.bytes().len() * 10 + 2048);
         let resources = emit::write(&self.plan, &mut build, &self.ns, link, &mut bundle);
         Ok(Mapped {
             bundle,

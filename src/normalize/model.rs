@@ -77,6 +77,8 @@ pub struct TypeDef {
 pub struct ElemDef {
     /// The JSON key.
     pub name: String,
+    /// `"name":`, as the writer puts it.
+    pub json_key: String,
     pub ty: TypeId,
     pub array: bool,
     /// Codes of an inline required binding (e.g. `Patient.gender`), else empty.
@@ -143,6 +145,7 @@ impl Model {
         let id = self.elems.len() as ElemId;
         self.elems.push(ElemDef {
             name: name.to_string(),
+            json_key: format!("\"{name}\":"),
             ty,
             array,
             codes,

@@ -4,6 +4,33 @@
 //! the column it is about.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: the plan's lookup tables are keyed by short codes from trusted files and probed with
+/// message values per row; SipHash's cost showed in profiles, its flooding resistance buys
+/// nothing here (no key from a message is ever inserted).
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+pub type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 use super::cond::{self, Cond, Expr, Ref, Scope};
 use super::csv::Record;
@@ -136,7 +163,7 @@ pub struct VRow {
 #[derive(Debug, Default)]
 pub struct Vocab {
     pub rows: Vec<VRow>,
-    exact: HashMap<String, Vec<usize>>,
+    exact: FnvMap<String, Vec<usize>>,
     prefixes: Vec<(String, usize)>,
     default: Option<usize>,
     /// A `*` row without a target: codes not listed give no value (rather than being copied as
@@ -258,8 +285,9 @@ pub struct Labels {
     /// Label codes (v3 ActCode), index = bit.
     pub names: Vec<String>,
     /// code → (system, bits): looked up by the code without allocating.
-    exact: HashMap<String, Vec<(String, u64)>>,
-    prefixes: Vec<(String, String, u64)>,
+    exact: FnvMap<String, Vec<(String, u64)>>,
+    /// system → (code prefix, bits); the empty system applies to every coding.
+    prefixes: FnvMap<String, Vec<(String, u64)>>,
 }
 
 impl Labels {
@@ -273,9 +301,16 @@ impl Labels {
                 }
             }
         }
-        for (s, p, b) in &self.prefixes {
-            if (s.is_empty() || s == system) && code.starts_with(p.as_str()) {
-                bits |= b;
+        for s in [system, ""] {
+            if let Some(v) = self.prefixes.get(s) {
+                for (p, b) in v {
+                    if code.starts_with(p.as_str()) {
+                        bits |= b;
+                    }
+                }
+            }
+            if system.is_empty() {
+                break;
             }
         }
         bits
@@ -315,7 +350,8 @@ pub struct Plan {
     pub default_message: Option<usize>,
     pub maps: Vec<CMap>,
     pub vocabs: Vec<Vocab>,
-    pub ids: HashMap<(TypeId, String), IdRule>,
+    /// v2 source (`PID`, `XCN`) → the rules of the resource types it makes.
+    pub ids: FnvMap<String, Vec<(TypeId, IdRule)>>,
     /// Segment fields id rules read (they count as used even when no row maps them, e.g. OBX-1).
     pub id_fields: HashMap<[u8; 3], Vec<u16>>,
     pub labels: Labels,
@@ -391,12 +427,12 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
     let default_message = by_name.get("_default").copied();
     let known = known(model);
     let mut id_fields: HashMap<[u8; 3], Vec<u16>> = HashMap::new();
-    for ((_, source), rule) in &ids {
+    for (source, rules) in &ids {
         let b = source.as_bytes();
         if b.len() != 3 {
             continue;
         }
-        for p in &rule.parts {
+        for p in rules.iter().flat_map(|(_, r)| &r.parts) {
             if let KeyPart::Ref(Ref::Field { seg, field, .. }) = p {
                 if seg.is_none_or(|s| s == b) {
                     id_fields
@@ -630,8 +666,8 @@ impl Compiler<'_> {
         out
     }
 
-    fn ids(&mut self) -> HashMap<(TypeId, String), IdRule> {
-        let mut out = HashMap::new();
+    fn ids(&mut self) -> FnvMap<String, Vec<(TypeId, IdRule)>> {
+        let mut out = FnvMap::default();
         let Some(f) = self.files.merged.get("tables/ids.csv") else {
             return out;
         };
@@ -697,7 +733,9 @@ impl Compiler<'_> {
                     false
                 }
             };
-            out.insert((ty, source), IdRule { parts, merge });
+            let rules: &mut Vec<(TypeId, IdRule)> = out.entry(source).or_default();
+            rules.retain(|(t, _)| *t != ty);
+            rules.push((ty, IdRule { parts, merge }));
         }
         out
     }
@@ -734,7 +772,11 @@ impl Compiler<'_> {
                     };
                     let b = 1u64 << bit;
                     match code.strip_suffix('*') {
-                        Some(p) => labels.prefixes.push((system.to_string(), p.to_string(), b)),
+                        Some(p) => labels
+                            .prefixes
+                            .entry(system.to_string())
+                            .or_default()
+                            .push((p.to_string(), b)),
                         None => labels
                             .exact
                             .entry(code.to_string())

@@ -37,14 +37,36 @@ impl Offset {
 
     fn write(self, out: &mut String) {
         let m = self.0.unsigned_abs();
-        let _ = write!(
-            out,
-            "{}{:02}:{:02}",
-            if self.0 < 0 { '-' } else { '+' },
-            m / 60,
-            m % 60
-        );
+        out.push(if self.0 < 0 { '-' } else { '+' });
+        push2(out, m / 60);
+        out.push(':');
+        push2(out, m % 60);
     }
+}
+
+/// Two decimal digits (formatting machinery costs more than the mapping around it).
+fn push2(out: &mut String, v: u16) {
+    out.push(char::from(b'0' + (v / 10 % 10) as u8));
+    out.push(char::from(b'0' + (v % 10) as u8));
+}
+
+/// A decimal integer without the formatting machinery.
+pub fn push_int(out: &mut String, v: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut u = v.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    out.extend(digits[i..].iter().map(|&c| char::from(c)));
 }
 
 /// An HL7v2 DTM/TS/DT value read lexically: `YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]`.
@@ -235,7 +257,11 @@ pub fn write_tm(s: &str, out: &mut String) -> Result<(), &'static str> {
     if p(0) > "23" || p(2) > "59" || p(4) > "59" {
         return Err("time of day out of range");
     }
-    let _ = write!(out, "{}:{}:{}", p(0), p(2), p(4));
+    out.push_str(p(0));
+    out.push(':');
+    out.push_str(p(2));
+    out.push(':');
+    out.push_str(p(4));
     if let Some(f) = frac {
         if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) || f.len() > 9 {
             return Err("fraction of a second is not digits");
@@ -310,7 +336,7 @@ pub fn write_integer(s: &str, kind: IntKind, out: &mut String) -> Result<(), &'s
         IntKind::Unsigned if v < 0 => return Err("not an unsigned integer"),
         _ => {}
     }
-    let _ = write!(out, "{v}");
+    push_int(out, v);
     Ok(())
 }
 
@@ -345,10 +371,11 @@ pub fn normalize_code(s: &str, out: &mut String) {
 
 /// UUID version 5 (RFC 9562 §5.5): SHA-1 of the namespace and the name.
 pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> [u8; 16] {
-    let mut h = sha1_smol::Sha1::new();
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
     h.update(namespace);
     h.update(name);
-    let d = h.digest().bytes();
+    let d = h.finalize();
     let mut u = [0u8; 16];
     u.copy_from_slice(&d[..16]);
     u[6] = (u[6] & 0x0f) | 0x50;
