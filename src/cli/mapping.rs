@@ -324,28 +324,6 @@ fn diff_values(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn diff_names_changed_added_and_removed_paths() {
-        let a: Value = serde_json::json!({"entry":[{"resource":{"resourceType":"Patient","id":"1","gender":"male","name":[{"family":"A"}]}},{"resource":{"resourceType":"Provenance","id":"p"}}]});
-        let b: Value = serde_json::json!({"entry":[{"resource":{"resourceType":"Patient","id":"1","gender":"female","name":[{"family":"A"},{"family":"B"}],"active":true}},{"resource":{"resourceType":"Encounter","id":"2"}}]});
-        let mut out = Vec::new();
-        diff_bundles(&a, &b, &mut out);
-        assert_eq!(
-            out,
-            vec![
-                "  Patient/1.gender: \"male\" → \"female\"",
-                "  Patient/1.name[1]: (absent) → {\"family\":\"B\"}",
-                "  Patient/1.active: (absent) → true",
-                "  + Encounter/2 (only with the site)",
-            ]
-        );
-    }
-}
-
 /// `medanchor mapping replay`: maps the chosen stored records again with the mapping set in
 /// use (gateway stopped); prints what it did. False when a record could not be read.
 pub fn replay(
@@ -409,4 +387,26 @@ pub fn failures(cfg: &crate::config::Config, json: bool) -> Result<bool> {
         eprintln!("{} records whose last mapping failed", failures.len());
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_changed_added_and_removed_paths() {
+        let a: Value = serde_json::json!({"entry":[{"resource":{"resourceType":"Patient","id":"1","gender":"male","name":[{"family":"A"}]}},{"resource":{"resourceType":"Provenance","id":"p"}}]});
+        let b: Value = serde_json::json!({"entry":[{"resource":{"resourceType":"Patient","id":"1","gender":"female","name":[{"family":"A"},{"family":"B"}],"active":true}},{"resource":{"resourceType":"Encounter","id":"2"}}]});
+        let mut out = Vec::new();
+        diff_bundles(&a, &b, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                "  Patient/1.gender: \"male\" → \"female\"",
+                "  Patient/1.name[1]: (absent) → {\"family\":\"B\"}",
+                "  Patient/1.active: (absent) → true",
+                "  + Encounter/2 (only with the site)",
+            ]
+        );
+    }
 }

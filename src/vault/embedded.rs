@@ -45,10 +45,12 @@ const FORMAT: u32 = 4;
 const FORMAT_BEFORE_DERIVED: u32 = 3;
 
 /// An index table that a vault written before it existed lacks: read as empty.
-fn optional<'txn>(
-    r: &'txn redb::ReadTransaction,
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+fn optional(
+    r: &redb::ReadTransaction,
     table: TableDefinition<'static, &'static [u8], &'static [u8]>,
-) -> Result<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>, VaultError> {
+) -> Result<Option<ReadTable>, VaultError> {
     match r.open_table(table) {
         Ok(t) => Ok(Some(t)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
