@@ -275,6 +275,7 @@ fn main() {
                 .collect(),
             checkpoint: cp.text.clone(),
             public_key: signer.verifier().to_vkey(),
+            derived_from: None,
         };
         bundle.verify(Some(&signer.verifier())).unwrap();
         put(
