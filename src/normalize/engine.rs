@@ -1054,9 +1054,14 @@ impl<'p> Mapper<'p> {
                         walk.seg_scope,
                         walk.stack.last().map(|f| f.group).unwrap_or(0),
                     );
+                    let known = b.insts.len();
                     let new = self.create(b, t, key, &cm.name, scope, group);
-                    let root = b.insts[new as usize].root;
-                    self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    // The same practitioner or location named twice (PV1-7 and PV1-17) is one
+                    // resource with one key: it was filled the first time.
+                    if new as usize >= known {
+                        let root = b.insts[new as usize].root;
+                        self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    }
                     let refnode = {
                         let a = leaf_anchor(model, b, anchor, path, rep);
                         materialize(model, b, a, inst)

@@ -358,6 +358,9 @@ pub struct Plan {
     /// Labels of resources referenced from `element` flow into the referencing resource.
     pub propagation: Vec<(TypeId, ElemId)>,
     pub known: Known,
+    /// Per element: 1 when it is an Extension, 2 when a Coding (the writer's checks, dense so
+    /// they cost a byte load per node).
+    pub elem_kind: Vec<u8>,
 }
 
 struct Compiler<'a> {
@@ -461,6 +464,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         id_fields,
         labels,
         propagation,
+        elem_kind: model.elem_kinds(known.extension, known.coding),
         known,
     })
 }
