@@ -179,7 +179,11 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
             eprintln!(
                 "{} {}",
                 errors.len(),
-                if errors.len() == 1 { "problem" } else { "problems" }
+                if errors.len() == 1 {
+                    "problem"
+                } else {
+                    "problems"
+                }
             );
             Ok(false)
         }

@@ -1141,6 +1141,9 @@ impl<'p> Mapper<'p> {
         xform: Xform,
         data: bool,
     ) -> bool {
+        if xform == Xform::Override && b.nodes[node as usize].first == NONE {
+            b.nodes[node as usize].val = Val::Obj;
+        }
         let n = &b.nodes[node as usize];
         let inst = n.inst;
         if n.val != Val::Obj || n.first != NONE {
@@ -1230,7 +1233,7 @@ impl<'p> Mapper<'p> {
                     }
                     Err(_) => Err("not hexadecimal"),
                 },
-                Xform::None => {
+                Xform::None | Xform::Override => {
                     if value::is_base64(t) {
                         b.text
                             .extend(t.chars().filter(|c| !c.is_ascii_whitespace()));

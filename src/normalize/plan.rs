@@ -103,6 +103,9 @@ pub enum Xform {
     HexBase64,
     /// Repetitions and repeated writes joined with line breaks.
     Lines,
+    /// Replaces a value an earlier row wrote (a newer field that supersedes an older one
+    /// earlier in the message: TQ1-7 over SCH-11).
+    Override,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1042,6 +1045,7 @@ impl Compiler<'_> {
                 "base64" => (None, Xform::Base64),
                 "hex-base64" => (None, Xform::HexBase64),
                 "lines" => (None, Xform::Lines),
+                "override" => (None, Xform::Override),
                 n => {
                     let map_target = path.creates.unwrap_or(path.leaf);
                     let exists = self
