@@ -522,8 +522,9 @@ fn siu_makes_appointments() {
     let (_, b) = map_file(&n, "ms/SIU-S12-01.hl7");
     let a = one(&b, "Appointment");
     assert_eq!(a["identifier"][0]["value"], "12345");
-    // SCH-11 (the older field) comes first in the message; TQ1-7 does not overwrite it.
-    assert_eq!(a["start"], "2020-10-01T11:26:00+02:15");
+    // TQ1-7 supersedes the deprecated SCH-11 that comes before it (`override`).
+    assert_eq!(a["start"], "2021-09-24T09:30:00+02:15");
+    assert_eq!(a["end"], "2021-09-24T10:20:00+02:15");
     assert_eq!(a["comment"], "Appointment booked for emergency procedure");
 }
 

@@ -176,7 +176,15 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
             for e in &errors {
                 println!("{e}");
             }
-            eprintln!("{} problems", errors.len());
+            eprintln!(
+                "{} {}",
+                errors.len(),
+                if errors.len() == 1 {
+                    "problem"
+                } else {
+                    "problems"
+                }
+            );
             Ok(false)
         }
     }

@@ -219,7 +219,7 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
             Val::Obj => {
                 if node.parent == NONE {
                     true
-                } else if plan.model.elem(node.elem).ty == k.extension {
+                } else if plan.elem_kind[node.elem as usize] & 1 != 0 {
                     kids[i] & 2 != 0
                 } else {
                     kids[i] & 1 != 0
@@ -248,7 +248,7 @@ fn label(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
     let k = &plan.known;
     let (nodes, insts, text) = (&b.nodes, &mut b.insts, &b.text);
     for (node, _) in nodes.iter().zip(live).filter(|(_, l)| **l) {
-        if node.parent == NONE || plan.model.elem(node.elem).ty != k.coding {
+        if node.parent == NONE || plan.elem_kind[node.elem as usize] & 2 == 0 {
             continue;
         }
         let (mut system, mut code) = ("", "");

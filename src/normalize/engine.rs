@@ -786,7 +786,7 @@ impl<'p> Mapper<'p> {
         };
         let node = {
             let a = leaf_anchor(model, b, Anchor::Node(root), path, rep);
-            materialize(model, b, a, f)
+            materialize(model, b, a)
         };
         let r = b.child(node, self.plan.known.reference_reference, 1, 0, 1, false, f);
         if b.nodes[r as usize].val == Val::Obj && b.nodes[r as usize].first == NONE {
@@ -933,7 +933,7 @@ impl<'p> Mapper<'p> {
                 Anchor::Elem { .. } if row.path.sub == 1 => Anchor::Node(match element {
                     Some(n) => n,
                     None => {
-                        let n = materialize(self.plan.model, b, anchor, inst);
+                        let n = materialize(self.plan.model, b, anchor);
                         element = Some(n);
                         n
                     }
@@ -1008,7 +1008,7 @@ impl<'p> Mapper<'p> {
                 };
                 let node = {
                     let a = leaf_anchor(model, b, anchor, path, rep);
-                    materialize(model, b, a, inst)
+                    materialize(model, b, a)
                 };
                 self.write_prim(b, node, prim, &text, Xform::None, false);
                 false
@@ -1025,7 +1025,7 @@ impl<'p> Mapper<'p> {
                 }
                 let node = {
                     let a = leaf_anchor(model, b, anchor, path, rep);
-                    materialize(model, b, a, inst)
+                    materialize(model, b, a)
                 };
                 let r = b.child(
                     node,
@@ -1054,12 +1054,17 @@ impl<'p> Mapper<'p> {
                         walk.seg_scope,
                         walk.stack.last().map(|f| f.group).unwrap_or(0),
                     );
+                    let known = b.insts.len();
                     let new = self.create(b, t, key, &cm.name, scope, group);
-                    let root = b.insts[new as usize].root;
-                    self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    // The same practitioner or location named twice (PV1-7 and PV1-17) is one
+                    // resource with one key: it was filled the first time.
+                    if new as usize >= known {
+                        let root = b.insts[new as usize].root;
+                        self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    }
                     let refnode = {
                         let a = leaf_anchor(model, b, anchor, path, rep);
-                        materialize(model, b, a, inst)
+                        materialize(model, b, a)
                     };
                     let r = b.child(
                         refnode,
@@ -1080,12 +1085,12 @@ impl<'p> Mapper<'p> {
                     let (code, system) = code_and_system(walk, v, level);
                     if let Some(t) = self.plan.vocabs[*vi].lookup(code.trim(), system.trim()) {
                         if let Some(prim) = model.prim(path.leaf) {
-                            let node = materialize(model, b, leaf, inst);
+                            let node = materialize(model, b, leaf);
                             let text = if t.code.is_empty() { t.system } else { t.code };
                             return self.write_prim(b, node, prim, &text, *xform, true);
                         }
                         let k = &self.plan.known;
-                        let mut node = materialize(model, b, leaf, inst);
+                        let mut node = materialize(model, b, leaf);
                         if path.leaf == k.codeable_concept {
                             node = b.child(node, k.cc_coding, 1, 0, 1, true, inst);
                         }
@@ -1119,7 +1124,7 @@ impl<'p> Mapper<'p> {
                 if text.trim().is_empty() {
                     return false;
                 }
-                let node = materialize(model, b, leaf, inst);
+                let node = materialize(model, b, leaf);
                 self.write_prim(b, node, prim, &text, *xform, true)
             }
         }
@@ -1136,6 +1141,9 @@ impl<'p> Mapper<'p> {
         xform: Xform,
         data: bool,
     ) -> bool {
+        if xform == Xform::Override && b.nodes[node as usize].first == NONE {
+            b.nodes[node as usize].val = Val::Obj;
+        }
         let n = &b.nodes[node as usize];
         let inst = n.inst;
         if n.val != Val::Obj || n.first != NONE {
@@ -1225,7 +1233,7 @@ impl<'p> Mapper<'p> {
                     }
                     Err(_) => Err("not hexadecimal"),
                 },
-                Xform::None => {
+                Xform::None | Xform::Override => {
                     if value::is_base64(t) {
                         b.text
                             .extend(t.chars().filter(|c| !c.is_ascii_whitespace()));
@@ -1346,10 +1354,7 @@ fn leaf_anchor(model: &Model, b: &mut Build, anchor: Anchor, path: &Path, rep: u
                 a => a,
             }
         }
-        a @ Anchor::Elem { parent, .. } => {
-            let inst = b.nodes[parent as usize].inst;
-            (materialize(model, b, a, inst), false)
-        }
+        a @ Anchor::Elem { .. } => (materialize(model, b, a), false),
     };
     let Some((last, init)) = path.steps.split_last() else {
         return Anchor::Node(cur);
@@ -1365,7 +1370,6 @@ fn leaf_anchor(model: &Model, b: &mut Build, anchor: Anchor, path: &Path, rep: u
         cur = b.child(cur, s.elem, s.slot, r, 1, s.array, inst);
     }
     let r = if last.array && rep_pending { rep } else { 0 };
-    let _ = model;
     Anchor::Elem {
         parent: cur,
         elem: last.elem,
@@ -1375,7 +1379,8 @@ fn leaf_anchor(model: &Model, b: &mut Build, anchor: Anchor, path: &Path, rep: u
     }
 }
 
-fn materialize(model: &Model, b: &mut Build, a: Anchor, inst: u32) -> u32 {
+/// The node an anchor stands for, made when missing (in the resource of its parent).
+fn materialize(model: &Model, b: &mut Build, a: Anchor) -> u32 {
     match a {
         Anchor::Node(n) => n,
         Anchor::Elem {
@@ -1386,7 +1391,6 @@ fn materialize(model: &Model, b: &mut Build, a: Anchor, inst: u32) -> u32 {
             sub,
         } => {
             let array = model.elem(elem).array;
-            let _ = inst;
             let inst = b.nodes[parent as usize].inst;
             b.child(parent, elem, slot, rep, sub, array, inst)
         }

@@ -187,6 +187,14 @@ impl Model {
         self.types[owner as usize].elems.get(name).copied()
     }
 
+    /// 1 for elements of type `ext`, 2 for elements of type `coding`, else 0; indexed by ElemId.
+    pub fn elem_kinds(&self, ext: TypeId, coding: TypeId) -> Vec<u8> {
+        self.elems
+            .iter()
+            .map(|e| u8::from(e.ty == ext) | (u8::from(e.ty == coding) << 1))
+            .collect()
+    }
+
     pub fn is_resource(&self, t: TypeId) -> bool {
         self.types[t as usize].resource
     }

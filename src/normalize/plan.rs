@@ -103,6 +103,9 @@ pub enum Xform {
     HexBase64,
     /// Repetitions and repeated writes joined with line breaks.
     Lines,
+    /// Replaces a value an earlier row wrote (a newer field that supersedes an older one
+    /// earlier in the message: TQ1-7 over SCH-11).
+    Override,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -358,6 +361,9 @@ pub struct Plan {
     /// Labels of resources referenced from `element` flow into the referencing resource.
     pub propagation: Vec<(TypeId, ElemId)>,
     pub known: Known,
+    /// Per element: 1 when it is an Extension, 2 when a Coding (the writer's checks, dense so
+    /// they cost a byte load per node).
+    pub elem_kind: Vec<u8>,
 }
 
 struct Compiler<'a> {
@@ -461,6 +467,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         id_fields,
         labels,
         propagation,
+        elem_kind: model.elem_kinds(known.extension, known.coding),
         known,
     })
 }
@@ -1038,6 +1045,7 @@ impl Compiler<'_> {
                 "base64" => (None, Xform::Base64),
                 "hex-base64" => (None, Xform::HexBase64),
                 "lines" => (None, Xform::Lines),
+                "override" => (None, Xform::Override),
                 n => {
                     let map_target = path.creates.unwrap_or(path.leaf);
                     let exists = self
