@@ -443,15 +443,15 @@ impl Metrics {
     /// distinct values, anything else `other`. Senders choose Z-segment names: capped so that
     /// they cannot blow up cardinality.
     pub fn item_label(&self, item: &str) -> String {
-        let (segment, rest) = item.split_at(item.len().min(3));
+        // Bytes, not str slicing: a name a sender made up may hold any character.
+        let (segment, rest) = item.as_bytes().split_at(item.len().min(3));
         let valid = segment.len() == 3
             && segment
-                .bytes()
+                .iter()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             && rest.len() <= 9
             && (rest.is_empty()
-                || rest.starts_with('-')
-                    && rest[1..].bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+                || rest[0] == b'-' && rest[1..].iter().all(|b| b.is_ascii_digit() || *b == b'.'));
         if !valid {
             return "other".into();
         }
@@ -471,5 +471,47 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segment and field names become labels; anything else, and names past the cap, `other`.
+    #[test]
+    fn item_labels_are_names_and_capped() {
+        let m = Metrics::new();
+        for ok in ["ZPI", "PID-10", "OBX-5.2", "IN1-3"] {
+            assert_eq!(m.item_label(ok), ok);
+        }
+        for bad in [
+            "",
+            "PI",
+            "pid-3",
+            "PID3",
+            "PID-3a",
+            "PID-1234567890",
+            "ÄB",
+            "ZÄÄ-1",
+            "Z\u{1F600}",
+        ] {
+            assert_eq!(m.item_label(bad), "other", "{bad:?}");
+        }
+        let m = Metrics::new();
+        for i in 0..MAX_ITEM_LABELS {
+            assert_eq!(
+                m.item_label(&format!("Z{:02}", i % 100)),
+                format!("Z{:02}", i % 100)
+            );
+            let name = format!("ZZ{}-{i}", i % 10);
+            m.item_label(&name);
+        }
+        assert_eq!(m.item_label("QQQ-1"), "other", "past the cap");
+        assert_eq!(
+            m.item_label("Z01"),
+            "Z01",
+            "a name seen before keeps its label"
+        );
     }
 }

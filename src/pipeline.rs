@@ -927,6 +927,23 @@ mod tests {
         (stores, pipeline, running)
     }
 
+    /// What a derived record keeps of unmapped data is a valid OperationOutcome naming fields
+    /// only; nothing unmapped keeps nothing.
+    #[test]
+    fn the_unmapped_outcome_is_valid_fhir_and_names_fields_only() {
+        assert!(unmapped_outcome(&[]).is_empty());
+        let outcome = unmapped_outcome(&["ZPI".into(), "PID-10".into()]);
+        let v: serde_json::Value = serde_json::from_slice(&outcome).unwrap();
+        crate::fhir::validate::Validator::shared()
+            .validate(&v)
+            .unwrap_or_else(|issues| panic!("{issues:?}"));
+        assert_eq!(v["issue"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["issue"][1]["details"]["text"],
+            "PID-10 holds data that no mapping uses"
+        );
+    }
+
     /// Records as received in the vault (derived records left out).
     fn raw_records(stores: &Stores) -> u64 {
         let mut n = 0;
