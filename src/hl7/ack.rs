@@ -299,8 +299,9 @@ pub fn wrap_batch(delims: &Delimiters, timestamp: &str, acks: &[Vec<u8>]) -> Vec
     out
 }
 
-/// HL7 DTM for a Unix time in milliseconds, UTC: `YYYYMMDDHHMMSS.SSS+0000`.
-pub fn hl7_timestamp(unix_ms: u64) -> String {
+/// A Unix time in milliseconds as UTC calendar fields: (year, month, day, hour, minute, second,
+/// millisecond).
+pub fn utc_fields(unix_ms: u64) -> (i64, i64, i64, u64, u64, u64, u64) {
     let secs = unix_ms / 1000;
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -314,13 +315,21 @@ pub fn hl7_timestamp(unix_ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}{:02}{:02}{:02}.{:03}+0000",
+    (
+        year,
+        month,
+        day,
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        unix_ms % 1000
+        unix_ms % 1000,
     )
+}
+
+/// HL7 DTM for a Unix time in milliseconds, UTC: `YYYYMMDDHHMMSS.SSS+0000`.
+pub fn hl7_timestamp(unix_ms: u64) -> String {
+    let (year, month, day, h, m, sec, ms) = utc_fields(unix_ms);
+    format!("{year:04}{month:02}{day:02}{h:02}{m:02}{sec:02}.{ms:03}+0000")
 }
 
 #[cfg(test)]
