@@ -1,7 +1,8 @@
-//! The single-core floor of the pipeline's CPU work on `medanchor bench mllp`'s message mix:
-//! decode, normalize (map and check the Bundle), and seal the raw and the derived record, one
-//! message after another on one thread, with no I/O. The end-to-end MLLP rate on one core is
-//! reported as a fraction of this (`scripts/bench-normalize` runs both side by side).
+//! The single-core floor of the pipeline's CPU work on `medanchor bench mllp`'s message mixes
+//! (`--mix typical` and `--mix corpus`): decode, normalize (map and check the Bundle), and seal
+//! the raw and the derived record, one message after another on one thread, with no I/O. The
+//! end-to-end MLLP rate on one core is reported as a fraction of this (`scripts/bench-normalize`
+//! runs both side by side).
 //!
 //! Variants: `normalize_on` (what the gateway does by default), `normalize_no_validation`
 //! (`normalize.validate_output = false`) and `normalize_off` (decode and seal the raw record
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use medanchor::cli::bench::Mix;
 use medanchor::config::NormalizeConfig;
 use medanchor::envelope::{FormatHint, Origin, RecordId};
 use medanchor::normalize::Normalizer;
@@ -19,8 +21,18 @@ use medanchor::pipeline::{decode, derive_record};
 use medanchor::record::AcceptRules;
 use medanchor::seal::{seal_derived_many, seal_many, DataKey};
 
+/// The gateway's allocator (src/main.rs), so the figures are the gateway's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
-    let messages: Vec<Bytes> = medanchor::cli::bench::mix_messages()
+    for (name, mix) in [("typical", Mix::Typical), ("corpus", Mix::Corpus)] {
+        bench_mix(c, name, mix);
+    }
+}
+
+fn bench_mix(c: &mut Criterion, mix_name: &str, mix: Mix) {
+    let messages: Vec<Bytes> = medanchor::cli::bench::mix_messages(mix)
         .into_iter()
         .map(Bytes::from)
         .collect();
@@ -66,7 +78,7 @@ fn bench(c: &mut Criterion) {
             black_box(sealed);
         }
     };
-    let mut g = c.benchmark_group("pipeline_floor");
+    let mut g = c.benchmark_group(format!("pipeline_floor_{mix_name}"));
     g.throughput(Throughput::Elements(messages.len() as u64));
     g.measurement_time(Duration::from_secs(6));
     g.bench_function("normalize_on", |b| b.iter(|| run(Some(&on))));

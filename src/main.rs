@@ -230,6 +230,10 @@ enum BenchCommand {
         /// Gateway process id for peak RSS (default: the process listening on --to's port).
         #[arg(long)]
         pid: Option<u32>,
+        /// The messages sent: `corpus` (six dense Microsoft samples, a stress mix) or `typical`
+        /// (a 1.3 KB ADT^A01 and an ORU^R01 with 10 OBX).
+        #[arg(long, value_enum, default_value_t = medanchor::cli::bench::Mix::Corpus)]
+        mix: medanchor::cli::bench::Mix,
         #[arg(long)]
         json: bool,
     },
@@ -415,12 +419,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     window,
                     rate,
                     pid,
+                    mix,
                     json,
                 },
         } => {
-            let r =
-                medanchor::cli::bench::run(to, connections.max(1), count, window.max(1), rate, pid)
-                    .await?;
+            let r = medanchor::cli::bench::run(
+                to,
+                connections.max(1),
+                count,
+                window.max(1),
+                rate,
+                pid,
+                mix,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

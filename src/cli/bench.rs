@@ -12,14 +12,30 @@ use serde::Serialize;
 
 use super::client::{messages_of, parse_ack, MllpClient};
 
-/// A mix of real messages (Microsoft FHIR-Converter samples, MIT; see tests/fixtures/SOURCES.md).
-const MIX: &[&[u8]] = &[
+/// Which messages `bench mllp` sends and the single-core floor bench processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// Six Microsoft FHIR-Converter samples (ADT^A01, ORU^R01, ORM^O01, VXU^V04, SIU^S12,
+    /// MDM^T02; MIT, see tests/fixtures/SOURCES.md): made to exercise every field, 1.4–8.6 KB
+    /// each (5.3 KB mean), up to 35 resources and 29 KB of FHIR JSON per message. A stress mix.
+    Corpus,
+    /// The two messages issue 12's per-message targets name: a 1.3 KB ADT^A01 (patient, next of
+    /// kin, visit, allergy, diagnosis, insurance) and a 1.8 KB ORU^R01 with 10 OBX, alternating.
+    Typical,
+}
+
+const CORPUS: &[&[u8]] = &[
     include_bytes!("../../tests/fixtures/hl7/microsoft/ADT-A01-01.hl7"),
     include_bytes!("../../tests/fixtures/hl7/microsoft/ORU-R01-01.hl7"),
     include_bytes!("../../tests/fixtures/hl7/microsoft/ORM-O01-01.hl7"),
     include_bytes!("../../tests/fixtures/hl7/microsoft/VXU-V04-01.hl7"),
     include_bytes!("../../tests/fixtures/hl7/microsoft/SIU-S12-01.hl7"),
     include_bytes!("../../tests/fixtures/hl7/microsoft/MDM-T02-01.hl7"),
+];
+
+const TYPICAL: &[&[u8]] = &[
+    include_bytes!("../../tests/fixtures/v2fhir/local/adt-a01.hl7"),
+    include_bytes!("../../tests/fixtures/v2fhir/local/oru-r01-lipids.hl7"),
 ];
 
 #[derive(Debug, Serialize)]
@@ -36,13 +52,17 @@ pub struct BenchReport {
 
 /// The messages of the built-in mix (what `bench mllp` sends, and what the single-core floor
 /// bench processes).
-pub fn mix_messages() -> Vec<Vec<u8>> {
-    MIX.iter().flat_map(|m| messages_of(m, false)).collect()
+pub fn mix_messages(mix: Mix) -> Vec<Vec<u8>> {
+    let files = match mix {
+        Mix::Corpus => CORPUS,
+        Mix::Typical => TYPICAL,
+    };
+    files.iter().flat_map(|m| messages_of(m, false)).collect()
 }
 
 /// Templates with MSH-10 cut out: (before, after).
-fn templates() -> Vec<(Vec<u8>, Vec<u8>)> {
-    mix_messages()
+fn templates(mix: Mix) -> Vec<(Vec<u8>, Vec<u8>)> {
+    mix_messages(mix)
         .into_iter()
         .filter_map(|m| {
             let fs = *m.get(3)?;
@@ -75,8 +95,9 @@ pub async fn run(
     window: usize,
     rate: Option<f64>,
     pid: Option<u32>,
+    mix: Mix,
 ) -> Result<BenchReport> {
-    let templates = Arc::new(templates());
+    let templates = Arc::new(templates(mix));
     if templates.is_empty() {
         bail!("no usable messages in the built-in mix");
     }
@@ -290,7 +311,7 @@ pub struct NatsBench {
 pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
     use async_nats::jetstream;
     let (url, stream, subject, count) = (&b.url, &b.stream, &b.subject, b.count);
-    let templates = templates();
+    let templates = templates(Mix::Corpus);
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -583,7 +604,7 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
             .await
             .context("reading the gateway's metrics (--http)")?
     };
-    let templates = templates();
+    let templates = templates(Mix::Corpus);
     let load = PacedMix::new(&templates, "K", b.rate);
     let mut bytes = 0usize;
     let started = load.started;
