@@ -480,12 +480,13 @@ fn http_ingest_answers_422_with_an_operation_outcome() {
     );
     let oo: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    let paths: Vec<&str> = oo["issue"]
+    let mut paths: Vec<&str> = oo["issue"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["expression"][0].as_str().unwrap())
         .collect();
+    paths.sort_unstable();
     assert_eq!(paths, ["Observation.code", "Observation.status"]);
     assert!(!text.contains("SECRET"));
 

@@ -1,22 +1,20 @@
-//! The official FHIR R4 JSON schema (`schemas/fhir/fhir.schema.json`), read once: a type model
-//! for the invariant walker, and one compiled JSON-schema validator per resource type, built on
-//! first use and kept.
+//! The official FHIR R4 JSON schema (`schemas/fhir/fhir.schema.json`), read once and compiled
+//! into a type model that the walker checks in the same pass as the invariants: per type, its
+//! properties (unknown ones are refused: `additionalProperties: false`), each property's JSON
+//! type, array or not, `pattern`, `enum`/`const`, and the type's `required` list.
 //!
 //! The schema's root is a `oneOf` over all 146 resource types, and every embedded resource
-//! (`contained`, `Bundle.entry.resource`, `Parameters.parameter.resource`, …) refers to that same
-//! `oneOf` (`#/definitions/ResourceList`): a validator built from the root tries every resource
-//! type at every such place. Here `ResourceList` is replaced by "a JSON object", each resource
-//! type gets a validator of its own (`{"$ref": "#/definitions/<Type>"}`), and the walker validates
-//! each embedded resource with the validator of the type it names.
+//! (`contained`, `Bundle.entry.resource`, …) refers to that same `oneOf`: a generic JSON-schema
+//! validator tries every resource type at every such place. The walker instead picks each
+//! resource's type by its `resourceType`. The schema uses no other keywords, so the walk checks
+//! all of it; a test keeps a generic JSON-schema validator (`jsonschema`, built per resource type
+//! from the same file) as an oracle and asserts that the walk refuses whatever it refuses, over
+//! the corpus and mutations of it.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use jsonschema::error::ValidationErrorKind;
-use jsonschema::paths::LocationSegment;
 use serde_json::{Map, Value};
-
-use super::{Issue, IssueCode, Severity};
 
 /// The file, embedded: the gateway needs no file system to validate.
 pub(crate) const SCHEMA_JSON: &str = include_str!("../../../schemas/fhir/fhir.schema.json");
@@ -39,6 +37,76 @@ pub(crate) enum Ty {
 pub(crate) struct Prop {
     pub ty: Ty,
     pub array: bool,
+    /// The JSON type of the value (of each item when `array`).
+    pub json: Json,
+    /// The schema's `pattern` for a string value: an index into [`Model::patterns`].
+    pub pattern: Option<u16>,
+    /// The allowed values (`enum`, or `const` as the one value); empty: any.
+    pub values: Box<[Box<str>]>,
+}
+
+/// The JSON type the schema gives a value. Complex types have none in the schema (it names
+/// their properties only); the walker requires an object for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Json {
+    #[default]
+    Any,
+    String,
+    Number,
+    Boolean,
+}
+
+impl Json {
+    fn from_schema(t: Option<&str>) -> Json {
+        match t {
+            Some("string") => Json::String,
+            Some("number") => Json::Number,
+            Some("boolean") => Json::Boolean,
+            _ => Json::Any,
+        }
+    }
+    pub fn holds(self, v: &Value) -> bool {
+        match self {
+            Json::Any => true,
+            Json::String => v.is_string(),
+            Json::Number => v.is_number(),
+            Json::Boolean => v.is_boolean(),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Json::Any => "value",
+            Json::String => "string",
+            Json::Number => "number",
+            Json::Boolean => "boolean",
+        }
+    }
+}
+
+/// A `pattern` of the schema, compiled with the `regex` crate (a search, as JSON Schema's
+/// `pattern` is), with the primitive type it belongs to for the issue's wording.
+#[derive(Debug)]
+pub(crate) struct Pattern {
+    pub text: Box<str>,
+    pub ty: Box<str>,
+    re: regex::Regex,
+}
+
+impl Pattern {
+    /// Whether `s` matches. The two patterns of nearly every string in a Bundle (`string`,
+    /// `markdown`: `^[ \r\n\t\S]+$`; `uri`, `url`, `canonical`: `^\S*$`) are decided without the
+    /// regex engine; a test holds them equal to it.
+    pub fn is_match(&self, s: &str) -> bool {
+        match &*self.text {
+            r"^[ \r\n\t\S]+$" => {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| matches!(c, ' ' | '\r' | '\n' | '\t') || !c.is_whitespace())
+            }
+            r"^\S*$" => !s.chars().any(char::is_whitespace),
+            _ => self.re.is_match(s),
+        }
+    }
 }
 
 /// Rules of particular data types, decided once per definition (not per value).
@@ -81,6 +149,8 @@ pub(crate) struct Def {
     pub props: FastMap<Prop>,
     /// Elements of minimum cardinality 1 the schema cannot require (`walk::REQUIRED`).
     pub required: &'static [&'static str],
+    /// The schema's `required` list.
+    pub schema_required: Box<[Box<str>]>,
     pub kind: Kind,
 }
 
@@ -98,23 +168,31 @@ impl std::hash::BuildHasher for FastHash {
     }
 }
 
-/// A constant-time hash of a name: its length and its first and last eight bytes, mixed by
-/// one multiply (FxHash's constant) and finished so that the low bits, which pick the bucket,
-/// depend on all of it. Names that agree in all three collide and are told apart by equality.
+/// A constant-time hash of a name: its length and its first and last eight bytes (four, or
+/// the first, middle and last byte, for shorter names), mixed by one multiply (FxHash's
+/// constant) and finished so that the low bits, which pick the bucket, depend on all of it. Names that agree in all three collide and are told apart by equality.
 pub(crate) struct FastHasher(u64);
 
 impl std::hash::Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         let n = bytes.len();
-        let load = |b: &[u8]| {
-            let mut w = [0u8; 8];
-            w[..b.len()].copy_from_slice(b);
-            u64::from_le_bytes(w)
+        // Whole-word loads only: copying a short name into a zeroed word went through a
+        // `memcpy` call and stalled on reading the word back (a third of a Bundle walk).
+        let u64_at =
+            |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+        let u32_at = |i: usize| {
+            u64::from(u32::from_le_bytes(
+                bytes[i..i + 4].try_into().expect("four bytes"),
+            ))
         };
-        let (first, last) = if n >= 8 {
-            (load(&bytes[..8]), load(&bytes[n - 8..]))
-        } else {
-            (load(bytes), 0)
+        let (first, last) = match n {
+            8.. => (u64_at(0), u64_at(n - 8)),
+            4..=7 => (u32_at(0), u32_at(n - 4)),
+            1..=3 => (
+                u64::from(bytes[0]) | u64::from(bytes[n / 2]) << 8 | u64::from(bytes[n - 1]) << 16,
+                0,
+            ),
+            0 => (0, 0),
         };
         self.0 = (self.0 ^ first ^ last.rotate_left(29) ^ (n as u64).rotate_left(58))
             .wrapping_mul(0x517c_c1b7_2722_0a95);
@@ -128,19 +206,16 @@ impl std::hash::Hasher for FastHasher {
     }
 }
 
-/// The schema, read: types for the walker, validators per resource type.
+/// The schema, read: the types the walker checks.
 pub(crate) struct Model {
     /// Every definition, indexed by [`Ty::Def`].
     pub types: Vec<Def>,
     /// Definition index by name.
     names: FastMap<u32>,
-    /// The resource types (the schema's discriminator), each with its validator once built.
-    validators: FastMap<OnceLock<Result<jsonschema::Validator, String>>>,
-    /// `definitions` without descriptions and with `ResourceList` as "an object".
-    definitions: Value,
-    /// Primitive type of each `pattern` in the schema, to name a failed pattern by its type.
-    patterns: HashMap<Box<str>, Box<str>>,
-    pattern_cache: jsonschema::PatternCache,
+    /// The resource types (the schema's discriminator).
+    resource_types: FastMap<()>,
+    /// Every distinct `pattern` of the schema.
+    pub patterns: Vec<Pattern>,
 }
 
 impl Model {
@@ -157,9 +232,9 @@ impl Model {
             .pointer("/discriminator/mapping")
             .and_then(Value::as_object)
             .ok_or("schema has no discriminator mapping")?;
-        let validators = mapping
+        let resource_types: FastMap<()> = mapping
             .keys()
-            .map(|k| (Box::from(k.as_str()), OnceLock::new()))
+            .map(|k| (Box::from(k.as_str()), ()))
             .collect();
         let mut definitions = root
             .get_mut("definitions")
@@ -180,12 +255,33 @@ impl Model {
                 .copied()
                 .ok_or_else(|| format!("no definition {n}"))
         };
-        let mut types = Vec::with_capacity(defs_obj.len());
-        let mut patterns = HashMap::new();
-        for (name, d) in defs_obj.iter() {
-            if let Some(p) = d.get("pattern").and_then(Value::as_str) {
-                patterns.insert(Box::from(p), Box::from(name.as_str()));
+        // The JSON type and pattern of each definition, for the properties that refer to it.
+        let mut patterns: Vec<Pattern> = Vec::new();
+        let mut intern = |text: &str, ty: &str| -> Result<u16, String> {
+            if let Some(i) = patterns.iter().position(|p| &*p.text == text) {
+                return Ok(i as u16);
             }
+            let re = regex::Regex::new(text).map_err(|e| format!("pattern {text}: {e}"))?;
+            patterns.push(Pattern {
+                text: text.into(),
+                ty: ty.into(),
+                re,
+            });
+            Ok((patterns.len() - 1) as u16)
+        };
+        let mut def_checks = Vec::with_capacity(defs_obj.len());
+        for (name, d) in defs_obj.iter() {
+            let pattern = match d.get("pattern").and_then(Value::as_str) {
+                Some(p) => Some(intern(p, name)?),
+                None => None,
+            };
+            def_checks.push((
+                Json::from_schema(d.get("type").and_then(Value::as_str)),
+                pattern,
+            ));
+        }
+        let mut types = Vec::with_capacity(defs_obj.len());
+        for (name, d) in defs_obj.iter() {
             let mut def = Def {
                 name: Box::from(name.as_str()),
                 prim: match name.as_str() {
@@ -205,6 +301,11 @@ impl Model {
                     .iter()
                     .find(|(t, _)| t == name)
                     .map_or(&[], |(_, r)| *r),
+                schema_required: d
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).map(Box::from).collect())
+                    .unwrap_or_default(),
                 kind: match name.as_str() {
                     "Reference" => Kind::Reference,
                     "Attachment" => Kind::Attachment,
@@ -245,23 +346,55 @@ impl Model {
                         })?)?)
                     }
                 };
-                def.props
-                    .insert(Box::from(pname.as_str()), Prop { ty, array });
+                // What the schema says of the value itself: inline, else by its definition.
+                let (mut json, mut pattern) = match inner.get("$ref") {
+                    Some(_) => match ty {
+                        Ty::Def(i) => def_checks[i as usize],
+                        _ => (Json::Any, None),
+                    },
+                    None => (Json::Any, None),
+                };
+                if let Some(t) = inner.get("type").and_then(Value::as_str) {
+                    json = Json::from_schema(Some(t));
+                }
+                if let Some(text) = inner.get("pattern").and_then(Value::as_str) {
+                    let owner = match ty {
+                        Ty::Def(i) => defs_obj.keys().nth(i as usize).map_or("value", |k| k),
+                        _ => "value",
+                    };
+                    pattern = Some(intern(text, owner)?);
+                }
+                let values: Box<[Box<str>]> = match (inner.get("enum"), inner.get("const")) {
+                    (Some(Value::Array(e)), _) => e
+                        .iter()
+                        .map(|v| v.as_str().map(Box::from).ok_or("a non-string enum value"))
+                        .collect::<Result<_, _>>()?,
+                    (_, Some(Value::String(c))) => Box::new([Box::from(c.as_str())]),
+                    (None, None) => Box::new([]),
+                    _ => {
+                        return Err(format!(
+                            "{name}.{pname}: an enum or const the walk cannot read"
+                        ))
+                    }
+                };
+                def.props.insert(
+                    Box::from(pname.as_str()),
+                    Prop {
+                        ty,
+                        array,
+                        json,
+                        pattern,
+                        values,
+                    },
+                );
             }
             types.push(def);
         }
-        // Embedded resources are validated one by one with their own type's validator.
-        defs_obj.insert(
-            "ResourceList".into(),
-            serde_json::json!({"type": "object", "required": ["resourceType"]}),
-        );
         Ok(Model {
             types,
             names,
-            validators,
-            definitions,
+            resource_types,
             patterns,
-            pattern_cache: jsonschema::PatternCache::new(),
         })
     }
 
@@ -271,138 +404,12 @@ impl Model {
     }
 
     pub fn is_resource_type(&self, t: &str) -> bool {
-        self.validators.contains_key(t)
+        self.resource_types.contains_key(t)
     }
 
     #[cfg(test)]
     pub fn resource_types(&self) -> impl Iterator<Item = &str> {
-        self.validators.keys().map(|k| &**k)
-    }
-
-    /// The compiled validator of one resource type (built on first use).
-    fn validator(&self, resource_type: &str) -> Option<&Result<jsonschema::Validator, String>> {
-        let cell = self.validators.get(resource_type)?;
-        Some(cell.get_or_init(|| {
-            let mut schema = Map::new();
-            schema.insert(
-                "$schema".into(),
-                Value::from("http://json-schema.org/draft-06/schema#"),
-            );
-            schema.insert(
-                "$ref".into(),
-                Value::from(format!("#/definitions/{resource_type}")),
-            );
-            schema.insert("definitions".into(), self.definitions.clone());
-            jsonschema::options()
-                .with_draft(jsonschema::Draft::Draft6)
-                .with_pattern_options(jsonschema::PatternOptions::regex())
-                .with_pattern_cache(self.pattern_cache.clone())
-                .should_validate_formats(false)
-                .build(&Value::Object(schema))
-                .map_err(|e| format!("schema for {resource_type} does not compile: {e}"))
-        }))
-    }
-
-    /// Validates one resource (not what it embeds) against its type's schema; issues get paths
-    /// under `base` (the resource's own path, e.g. `Bundle.entry[2].resource`).
-    pub fn check(&self, resource_type: &str, v: &Value, base: &str, out: &mut Vec<Issue>) {
-        let validator = match self.validator(resource_type) {
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                out.push(Issue::new(
-                    Severity::Fatal,
-                    IssueCode::Exception,
-                    base,
-                    e.clone(),
-                ));
-                return;
-            }
-            None => return,
-        };
-        if validator.is_valid(v) {
-            return;
-        }
-        for e in validator.iter_errors(v) {
-            let mut path = String::from(base);
-            for seg in e.instance_path().segments() {
-                match seg {
-                    LocationSegment::Property(p) => {
-                        path.push('.');
-                        push_name(&mut path, p.strip_prefix('_').unwrap_or(&p));
-                    }
-                    LocationSegment::Index(i) => {
-                        use std::fmt::Write;
-                        let _ = write!(path, "[{i}]");
-                    }
-                }
-            }
-            match e.kind() {
-                ValidationErrorKind::AdditionalProperties { unexpected } => {
-                    for name in unexpected {
-                        let mut p = path.clone();
-                        p.push('.');
-                        push_name(&mut p, name);
-                        out.push(Issue::error(
-                            IssueCode::Structure,
-                            p,
-                            "unknown element: not part of this type in FHIR R4",
-                        ));
-                    }
-                }
-                ValidationErrorKind::Required { property } => {
-                    if let Some(name) = property.as_str() {
-                        path.push('.');
-                        push_name(&mut path, name);
-                    }
-                    out.push(Issue::error(
-                        IssueCode::Required,
-                        path,
-                        "required element is missing (minimum cardinality 1)",
-                    ));
-                }
-                ValidationErrorKind::Type { kind } => {
-                    let expected = match kind {
-                        jsonschema::error::TypeKind::Single(t) => t.to_string(),
-                        jsonschema::error::TypeKind::Multiple(ts) => ts
-                            .iter()
-                            .map(|t| t.to_string())
-                            .collect::<Vec<_>>()
-                            .join(" or "),
-                    };
-                    out.push(Issue::error(
-                        IssueCode::Structure,
-                        path,
-                        format!("wrong JSON type: FHIR R4 has a JSON {expected} here"),
-                    ));
-                }
-                ValidationErrorKind::Enum { .. } => out.push(Issue::error(
-                    IssueCode::CodeInvalid,
-                    path,
-                    "code is not in the value set this element is bound to (required binding)",
-                )),
-                ValidationErrorKind::Constant { .. } => out.push(Issue::error(
-                    IssueCode::Value,
-                    path,
-                    "value differs from the one this element is fixed to",
-                )),
-                ValidationErrorKind::Pattern { pattern } => {
-                    let ty = self.patterns.get(pattern.as_str()).map_or("value", |t| t);
-                    out.push(Issue::error(
-                        IssueCode::Value,
-                        path,
-                        format!("not a valid FHIR {ty} (schema pattern of {ty})"),
-                    ));
-                }
-                other => out.push(Issue::error(
-                    IssueCode::Structure,
-                    path,
-                    format!(
-                        "does not conform to the FHIR R4 JSON schema ({})",
-                        other.keyword()
-                    ),
-                )),
-            }
-        }
+        self.resource_types.keys().map(|k| &**k)
     }
 }
 
@@ -411,7 +418,7 @@ impl Model {
 ///   correction everyone sends;
 /// - `canonical` elements have no `_name` sibling for their extensions (`_profile`), which
 ///   every other primitive has.
-fn patch(defs: &mut Map<String, Value>) {
+pub(super) fn patch(defs: &mut Map<String, Value>) {
     let mut stack: Vec<&mut Value> = defs.values_mut().collect();
     while let Some(v) = stack.pop() {
         match v {
@@ -499,7 +506,7 @@ pub(crate) fn push_name(path: &mut String, name: &str) {
 }
 
 /// Drops every `description` (two thirds of the file) so that each per-type build copies less.
-fn strip_descriptions(v: &mut Value) {
+pub(super) fn strip_descriptions(v: &mut Value) {
     // Iterative: the schema is shallow, but no walker here recurses on input it does not own.
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
@@ -519,6 +526,53 @@ fn strip_descriptions(v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The patterns decided without the regex engine decide as it does.
+    #[test]
+    fn fast_patterns_agree_with_the_regex_engine() {
+        let m = Model::get();
+        let fast: Vec<&Pattern> = m
+            .patterns
+            .iter()
+            .filter(|p| matches!(&*p.text, r"^[ \r\n\t\S]+$" | r"^\S*$"))
+            .collect();
+        assert_eq!(fast.len(), 2);
+        let pieces = [
+            "",
+            " ",
+            "a",
+            "\t",
+            "\r\n",
+            "\u{0B}",
+            "\u{0C}",
+            "\u{85}",
+            "\u{A0}",
+            "\u{1680}",
+            "\u{2000}",
+            "\u{200A}",
+            "\u{200B}",
+            "\u{2028}",
+            "\u{2029}",
+            "\u{202F}",
+            "\u{205F}",
+            "\u{3000}",
+            "\u{FEFF}",
+            "é",
+            "日本",
+            "\u{1F600}",
+            "x y",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in ["", "z", " "] {
+                    let s = format!("{a}{b}{c}");
+                    for p in &fast {
+                        assert_eq!(p.is_match(&s), p.re.is_match(&s), "{} on {s:?}", p.text);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_model_knows_the_types() {
@@ -543,7 +597,21 @@ mod tests {
         assert_eq!((named(&given.ty), given.array), ("string".into(), true));
         assert_eq!(d("Narrative").props["div"].ty, Ty::Xhtml);
         assert_eq!(d("Patient").props["gender"].ty, Ty::Code);
-        assert_eq!(&*m.patterns[r"^[A-Za-z0-9\-\.]{1,64}$"], "id");
+        let id = m
+            .patterns
+            .iter()
+            .find(|p| &*p.text == r"^[A-Za-z0-9\-\.]{1,64}$");
+        assert_eq!(id.map(|p| &*p.ty), Some("id"));
+        let gender = &d("Patient").props["gender"];
+        assert_eq!(
+            &*gender.values,
+            ["male", "female", "other", "unknown"].map(Box::from)
+        );
+        assert_eq!(d("Patient").props["active"].json, Json::Boolean);
+        assert_eq!(
+            &*d("Signature").schema_required,
+            ["type", "who"].map(Box::from)
+        );
         let t = |t: &str, p: &str| named(&d(t).props[p].ty);
         assert_eq!(t("Observation", "valueDateTime"), "dateTime");
         assert_eq!(t("Extension", "valueUuid"), "uuid");

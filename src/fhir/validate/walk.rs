@@ -1,14 +1,14 @@
-//! The invariant walker: one pass over a resource, typed by the schema's model, that checks
-//! what a JSON schema cannot say (calendar dates, base64 and attachment sizes, references,
-//! narratives, extensions, required primitives, empty elements, `per-1`, …) and collects each
-//! embedded resource for its own type's schema validator.
+//! The walker: one pass over a resource, typed by the schema's model, that checks what the R4
+//! JSON schema says (unknown elements, JSON types, patterns, codes, required elements) and what
+//! a JSON schema cannot say (calendar dates, base64 and attachment sizes, references,
+//! narratives, extensions, required primitives, empty elements, `per-1`, …).
 //!
 //! Recursion is bounded by [`MAX_DEPTH`] JSON levels, whoever built the value.
 
 use serde_json::{Map, Value};
 
 use super::primitive as p;
-use super::schema::{Def, Kind, Model, Prim, Ty};
+use super::schema::{push_name, Def, Kind, Model, Prim, Prop, Ty};
 use super::{bundle, xhtml, Issue, IssueCode, Options, Severity};
 
 /// Deepest JSON nesting walked (objects and arrays). FHIR content nests far less (a Bundle
@@ -187,7 +187,7 @@ pub(crate) struct Walker<'v, 'o> {
     pub model: &'static Model,
     pub opts: &'o Options,
     pub issues: Vec<Issue>,
-    /// Every resource met, with its path and type, for the schema validators.
+    /// Every resource met, with its path and type (the benchmark's and the oracle test's).
     pub resources: Vec<(String, &'v str, &'v Value)>,
     pub too_deep: bool,
 }
@@ -205,7 +205,7 @@ impl<'v, 'o> Walker<'v, 'o> {
 
     pub fn error(&mut self, code: IssueCode, path: &str, message: impl Into<String>) {
         self.issues
-            .push(Issue::new(Severity::Error, code, path, message.into()));
+            .push(Issue::error(code, path.to_string(), message));
     }
 
     #[inline]
@@ -380,40 +380,55 @@ impl<'v, 'o> Walker<'v, 'o> {
             return;
         }
         for (k, v) in obj {
-            let Some(prop) = def.props.get(k.as_str()) else {
-                continue; // the schema names unknown elements
-            };
             let len = path.len();
             path.push('.');
+            let Some(prop) = def.props.get(k.as_str()) else {
+                push_name(path, k);
+                self.error(
+                    IssueCode::Structure,
+                    path,
+                    "unknown element: not part of this type in FHIR R4",
+                );
+                path.truncate(len);
+                continue;
+            };
             // FHIRPath names a primitive's extensions under the primitive (`birthDate.extension`).
             path.push_str(k.strip_prefix('_').unwrap_or(k));
             if prop.array {
-                if let Some(items) = v.as_array() {
-                    if items.is_empty() {
-                        self.error(
-                            IssueCode::Invalid,
-                            path,
-                            "an array must not be empty: leave the element out instead",
-                        );
-                    } else if !self.deep(depth + 1, path) {
-                        for (i, item) in items.iter().enumerate() {
-                            if item.is_null() && k.starts_with('_') {
-                                continue;
-                            }
-                            let l = path.len();
-                            push_index(path, i);
-                            self.value(
-                                item,
-                                &prop.ty,
-                                k,
-                                path,
-                                depth + 2,
-                                res,
-                                Some(i),
-                                contained_place,
-                            );
-                            path.truncate(l);
+                let Some(items) = v.as_array() else {
+                    self.error(
+                        IssueCode::Structure,
+                        path,
+                        "wrong JSON type: FHIR R4 has a JSON array here",
+                    );
+                    path.truncate(len);
+                    continue;
+                };
+                if items.is_empty() {
+                    self.error(
+                        IssueCode::Invalid,
+                        path,
+                        "an array must not be empty: leave the element out instead",
+                    );
+                } else if !self.deep(depth + 1, path) {
+                    for (i, item) in items.iter().enumerate() {
+                        if item.is_null() && k.starts_with('_') {
+                            continue;
                         }
+                        let l = path.len();
+                        push_index(path, i);
+                        self.value(
+                            item,
+                            &prop.ty,
+                            k,
+                            path,
+                            depth + 2,
+                            res,
+                            Some(i),
+                            contained_place,
+                        );
+                        self.schema_value(item, prop, path);
+                        path.truncate(l);
                     }
                 }
             } else {
@@ -424,8 +439,19 @@ impl<'v, 'o> Walker<'v, 'o> {
                     None
                 };
                 self.value(v, &prop.ty, k, path, depth + 1, res, index, contained_place);
+                self.schema_value(v, prop, path);
             }
             path.truncate(len);
+        }
+        for name in def.schema_required.iter() {
+            if !obj.contains_key(&**name) {
+                let p = format!("{path}.{name}");
+                self.error(
+                    IssueCode::Required,
+                    &p,
+                    "required element is missing (minimum cardinality 1)",
+                );
+            }
         }
         {
             for name in def.required {
@@ -452,6 +478,54 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
         if def.kind != Kind::Plain {
             self.type_rules(obj, def, path, res);
+        }
+    }
+
+    /// What the schema says of one value (an array's item, or the property's value): its JSON
+    /// type, its pattern and its allowed codes. A complex type must be an object.
+    fn schema_value(&mut self, v: &Value, prop: &Prop, path: &str) {
+        if !prop.json.holds(v) {
+            self.error(
+                IssueCode::Structure,
+                path,
+                format!(
+                    "wrong JSON type: FHIR R4 has a JSON {} here",
+                    prop.json.name()
+                ),
+            );
+            return;
+        }
+        if let Ty::Def(d) = prop.ty {
+            if self.model.types[d as usize].prim == Prim::Complex && !v.is_object() {
+                self.error(
+                    IssueCode::Structure,
+                    path,
+                    "wrong JSON type: FHIR R4 has a JSON object here",
+                );
+                return;
+            }
+        }
+        if let (Some(i), Some(s)) = (prop.pattern, v.as_str()) {
+            let pattern = &self.model.patterns[usize::from(i)];
+            if !pattern.is_match(s) {
+                let ty = &pattern.ty;
+                self.error(
+                    IssueCode::Value,
+                    path,
+                    format!("not a valid FHIR {ty} (schema pattern of {ty})"),
+                );
+            }
+        }
+        if !prop.values.is_empty()
+            && !v
+                .as_str()
+                .is_some_and(|s| prop.values.iter().any(|c| &**c == s))
+        {
+            self.error(
+                IssueCode::CodeInvalid,
+                path,
+                "code is not in the value set this element is bound to (required binding)",
+            );
         }
     }
 
