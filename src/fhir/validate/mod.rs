@@ -231,7 +231,13 @@ pub fn parse(bytes: &[u8], allow_comments: bool) -> Result<Value, Vec<Issue>> {
     } else {
         bytes
     };
-    serde_json::from_slice(input).map_err(|e| {
+    // UTF-8 checked once for the whole text, not string by string as `from_slice` does; text
+    // that is not UTF-8 goes through `from_slice` for its error's position.
+    let parsed = match std::str::from_utf8(input) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(input),
+    };
+    parsed.map_err(|e| {
         let at = json_path_at(input, e.line(), e.column());
         vec![Issue::new(
             Severity::Fatal,
