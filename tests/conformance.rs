@@ -111,6 +111,28 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
         guide: "XPN[HumanName]: XPN.15 → [2].given with [2].use \"nickname\", a second HumanName; \
                 the first has XPN.2 and XPN.3 as given names",
     },
+    KnownDifference {
+        id: "KD10 observations from PDA and ACC",
+        microsoft: "the death and autopsy indicators of PDA and the injury of ACC become \
+                    Observations (codes of its own observation-code system)",
+        guide: "the message maps give PDA and ACC no target (ADT_A01 rows ADT_A01.PDA, \
+                ADT_A01.ACC are empty): only OBX (and PD1-7) make Observations, so an \
+                Observation whose code is no OBX-3 of a message with PDA or ACC is not expected",
+    },
+    KnownDifference {
+        id: "KD11 MDM text as Observations",
+        microsoft: "each OBX of an MDM message becomes an Observation",
+        guide: "MDM_T02 row MDM_T02.OBSERVATION.OBX → DocumentReference[1] with \
+                OBX[DocumentReference]: the OBX are the document's content, not Observations",
+    },
+    KnownDifference {
+        id: "KD12 e-mail address in XTN.1",
+        microsoft: "an XTN whose equipment type (XTN.3) is Internet but whose address is in XTN.1 \
+                    becomes an email ContactPoint with XTN.1 as its value",
+        guide: "XTN[ContactPoint]: XTN.4 → value IF XTN.3 IN (\"Internet\", \"X.400\"); XTN.1 → \
+                value only IF XTN.3 NOT IN (\"Internet\", \"X.400\"): such a ContactPoint has no \
+                value, so it is not expected (not compared)",
+    },
 ];
 
 /// HL7 Table 0396 names and the URIs terminology.hl7.org gives them (only those that occur in
@@ -493,6 +515,11 @@ struct Source {
     /// Per PID-5 / PID-9 name: family, the given names the guide keeps (XPN.2, XPN.3) and
     /// XPN.15 (KD9).
     called_by: Vec<(String, Vec<String>, String)>,
+    /// MSH-9.1, and whether a PDA or ACC segment is present (KD10, KD11).
+    msg_code: String,
+    pda_or_acc: bool,
+    /// XTN.1 of PID-13, -14, -40 repetitions with XTN.3 Internet or X.400 and no XTN.4 (KD12).
+    xtn1_internet: HashSet<String>,
 }
 
 impl Source {
@@ -522,6 +549,15 @@ impl Source {
                 }
             }
             if seg.id() == b"PID" {
+                for f in [13, 14, 40] {
+                    for rep in seg.field(f).repetitions() {
+                        let comps: Vec<String> = rep.components().map(|c| t(c.raw())).collect();
+                        let get = |i: usize| comps.get(i).cloned().unwrap_or_default();
+                        if matches!(get(2).as_str(), "Internet" | "X.400") && get(3).is_empty() {
+                            s.xtn1_internet.insert(get(0));
+                        }
+                    }
+                }
                 for f in [5, 9] {
                     for rep in seg.field(f).repetitions() {
                         let comps: Vec<String> = rep.components().map(|c| t(c.raw())).collect();
@@ -536,6 +572,11 @@ impl Source {
                         }
                     }
                 }
+            }
+            match seg.id() {
+                b"MSH" => s.msg_code = t(seg.field(9).component(1).raw()),
+                b"PDA" | b"ACC" => s.pda_or_acc = true,
+                _ => {}
             }
             match seg.id() {
                 b"PID" => {
@@ -990,10 +1031,17 @@ fn compare_patient(c: &mut Cmp<'_>, e: &Value, a: &Value, src: &Source, index: u
         let Some(value) = field_text(et, "value") else {
             continue;
         };
-        if elsewhere(&value) {
+        let kd = if elsewhere(&value) {
+            Some(7)
+        } else if src.xtn1_internet.contains(&value) {
+            Some(11)
+        } else {
+            None
+        };
+        if let Some(kd) = kd {
             for k in ["value", "system", "use"] {
                 if field_text(et, k).is_some() {
-                    c.skip(KNOWN_DIFFERENCES[7].id);
+                    c.skip(KNOWN_DIFFERENCES[kd].id);
                 }
             }
             continue;
@@ -1300,6 +1348,41 @@ fn compare_charge_item(c: &mut Cmp<'_>, e: &Value, a: &Value) {
     }
 }
 
+/// The known difference under which an expected Observation is not one the guide makes (KD10,
+/// KD11).
+fn not_from_obx(e: &Value, src: &Source) -> Option<usize> {
+    if src.msg_code == "MDM" {
+        return Some(10);
+    }
+    let code = code_values(e, "code")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let from_obx = src.obx_status.iter().any(|(c3, _)| *c3 == code);
+    (src.pda_or_acc && !from_obx).then_some(9)
+}
+
+/// How many values [`compare_observation`] would compare for `e` (for the "not compared" count).
+fn observation_values(e: &Value) -> usize {
+    let value = e.as_object().map_or(0, |o| {
+        o.keys().filter(|k| k.starts_with("value")).count().min(1)
+    });
+    let unit =
+        e.get("valueQuantity")
+            .is_some_and(|q| q.get("unit").is_some() || q.get("code").is_some()) as usize;
+    let effective = e.as_object().map_or(0, |o| {
+        o.keys()
+            .filter(|k| k.starts_with("effective"))
+            .count()
+            .min(1)
+    });
+    usize::from(!codings(e.get("code")).is_empty())
+        + value
+        + unit
+        + usize::from(e.get("status").is_some())
+        + effective
+}
+
 /// Every compared value of every expected resource of the compared types. An expected resource
 /// with no actual counterpart has all its values unmatched.
 fn compare_bundles(c: &mut Cmp<'_>, eb: &Bundle, ab: &Bundle, src: &Source) {
@@ -1311,7 +1394,18 @@ fn compare_bundles(c: &mut Cmp<'_>, eb: &Bundle, ab: &Bundle, src: &Source) {
         "ServiceRequest",
         "ChargeItem",
     ] {
-        let exp = eb.of_type(t);
+        let mut exp = eb.of_type(t);
+        if t == "Observation" {
+            exp.retain(|e| match not_from_obx(e, src) {
+                Some(kd) => {
+                    for _ in 0..observation_values(e) {
+                        c.skip(KNOWN_DIFFERENCES[kd].id);
+                    }
+                    false
+                }
+                None => true,
+            });
+        }
         let act = ab.of_type(t);
         for (i, (e, a)) in exp.iter().zip(pair(t, &exp, &act)).enumerate() {
             let a = a.unwrap_or(&NULL);
