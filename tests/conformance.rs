@@ -133,6 +133,15 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
                 value only IF XTN.3 NOT IN (\"Internet\", \"X.400\"): such a ContactPoint has no \
                 value, so it is not expected (not compared)",
     },
+    KnownDifference {
+        id: "KD13 service requests the guide does not make",
+        microsoft: "every OBR of an ORU and every AIS of an SIU becomes a ServiceRequest coded \
+                    with OBR-4 / AIS-3",
+        guide: "ORU_R01 row ORU_R01.PATIENT_RESULT.ORDER_OBSERVATION.OBR → ServiceRequest[1] only \
+                IF ORC VALUED (without an ORC the OBR is the DiagnosticReport); SIU_S12 row \
+                SIU_S12.RESOURCES.SERVICE.AIS → ServiceRequest only IF SCH-26 OR SCH-27 VALUED, \
+                and AIS[ServiceRequest] maps AIS-3 to identifier[1], not code: not compared",
+    },
 ];
 
 /// HL7 Table 0396 names and the URIs terminology.hl7.org gives them (only those that occur in
@@ -520,6 +529,9 @@ struct Source {
     pda_or_acc: bool,
     /// XTN.1 of PID-13, -14, -40 repetitions with XTN.3 Internet or X.400 and no XTN.4 (KD12).
     xtn1_internet: HashSet<String>,
+    /// Whether an ORC is present, and the AIS-3.1 codes (KD13).
+    has_orc: bool,
+    ais3: HashSet<String>,
 }
 
 impl Source {
@@ -576,6 +588,10 @@ impl Source {
             match seg.id() {
                 b"MSH" => s.msg_code = t(seg.field(9).component(1).raw()),
                 b"PDA" | b"ACC" => s.pda_or_acc = true,
+                b"ORC" => s.has_orc = true,
+                b"AIS" => {
+                    s.ais3.insert(t(seg.field(3).component(1).raw()));
+                }
                 _ => {}
             }
             match seg.id() {
@@ -1415,7 +1431,17 @@ fn compare_bundles(c: &mut Cmp<'_>, eb: &Bundle, ab: &Bundle, src: &Source) {
                 "Observation" => compare_observation(c, e, a, src),
                 "Immunization" => compare_immunization(c, e, a),
                 "ServiceRequest" => {
-                    compare_code(c, "ServiceRequest.code", e.get("code"), a.get("code"));
+                    let code = code_values(e, "code").into_iter().next();
+                    let not_made = match src.msg_code.as_str() {
+                        "ORU" => !src.has_orc,
+                        "SIU" => code.as_ref().is_some_and(|k| src.ais3.contains(k)),
+                        _ => false,
+                    };
+                    if not_made && code.is_some() {
+                        c.skip(KNOWN_DIFFERENCES[12].id);
+                    } else {
+                        compare_code(c, "ServiceRequest.code", e.get("code"), a.get("code"));
+                    }
                 }
                 _ => compare_charge_item(c, e, a),
             }

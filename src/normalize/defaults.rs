@@ -46,6 +46,7 @@ const FILES: &[(&str, &str)] = &[
     ("messages/ADT_A39.csv", include_str!("../../adapters/messages/ADT_A39.csv")),
     ("messages/BAR_P01.csv", include_str!("../../adapters/messages/BAR_P01.csv")),
     ("messages/DFT_P03.csv", include_str!("../../adapters/messages/DFT_P03.csv")),
+    ("messages/DFT_P11.csv", include_str!("../../adapters/messages/DFT_P11.csv")),
     ("messages/MDM_T02.csv", include_str!("../../adapters/messages/MDM_T02.csv")),
     ("messages/OML_O21.csv", include_str!("../../adapters/messages/OML_O21.csv")),
     ("messages/ORM_O01.csv", include_str!("../../adapters/messages/ORM_O01.csv")),
