@@ -43,6 +43,8 @@ const FILES: &[(&str, &str)] = &[
     ("datatypes/XPN[HumanName].csv", include_str!("../../adapters/datatypes/XPN[HumanName].csv")),
     ("datatypes/XTN[ContactPoint].csv", include_str!("../../adapters/datatypes/XTN[ContactPoint].csv")),
     ("messages/ADT_A01.csv", include_str!("../../adapters/messages/ADT_A01.csv")),
+    ("messages/ADT_A03.csv", include_str!("../../adapters/messages/ADT_A03.csv")),
+    ("messages/ADT_A09.csv", include_str!("../../adapters/messages/ADT_A09.csv")),
     ("messages/ADT_A39.csv", include_str!("../../adapters/messages/ADT_A39.csv")),
     ("messages/BAR_P01.csv", include_str!("../../adapters/messages/BAR_P01.csv")),
     ("messages/DFT_P03.csv", include_str!("../../adapters/messages/DFT_P03.csv")),
