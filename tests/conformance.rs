@@ -142,6 +142,14 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
                 SIU_S12.RESOURCES.SERVICE.AIS → ServiceRequest only IF SCH-26 OR SCH-27 VALUED, \
                 and AIS[ServiceRequest] maps AIS-3 to identifier[1], not code: not compared",
     },
+    KnownDifference {
+        id: "KD14 expected admission and discharge",
+        microsoft: "PV2-8 (expected admit) and PV2-9 (expected discharge) become Encounter.period \
+                    start and end when PV1-44 / PV1-45 are empty",
+        guide: "PV2[Encounter]: PV2-8 → extension plannedStartDate, PV2-9 → extension \
+                plannedEndDate; period.start and period.end come from PV1-44 and PV1-45 only \
+                (PV1[Encounter]), so such a period is not expected (not compared)",
+    },
 ];
 
 /// HL7 Table 0396 names and the URIs terminology.hl7.org gives them (only those that occur in
@@ -510,6 +518,9 @@ struct Source {
     pid8: Vec<String>,
     /// PV1-2 per PV1, in order.
     pv1_2: Vec<String>,
+    /// Per PV1, in order: PV1-44 and PV1-45 empty while the PV2 after it has PV2-8 / PV2-9
+    /// (KD14).
+    planned_only: Vec<(bool, bool)>,
     /// OBX-3.1 → OBX-11 of each OBX, in order.
     obx_status: Vec<(String, String)>,
     /// Telecom value (XTN-1, -4 or -12) → XTN-2, from PID-13 and PID-14.
@@ -542,6 +553,7 @@ impl Source {
                 .unwrap_or_default()
         };
         let mut s = Source::default();
+        let mut pv1_dates_empty = (false, false);
         for seg in msg.segments() {
             let set = match seg.id() {
                 b"PID" => Some(&mut s.pid_values),
@@ -612,6 +624,18 @@ impl Source {
                 b"PV1" | b"PV2" | b"PDA" => {
                     if seg.id() == b"PV1" {
                         s.pv1_2.push(t(seg.field(2).component(1).raw()));
+                        let empty = |f: usize| t(seg.field(f).raw()).is_empty();
+                        pv1_dates_empty = (empty(44), empty(45));
+                        s.planned_only.push((false, false));
+                    }
+                    if seg.id() == b"PV2" {
+                        let valued = |f: usize| !t(seg.field(f).raw()).is_empty();
+                        if let Some(last) = s.planned_only.last_mut() {
+                            *last = (
+                                pv1_dates_empty.0 && valued(8),
+                                pv1_dates_empty.1 && valued(9),
+                            );
+                        }
                     }
                     let (guide, other): (&[usize], &[usize]) = match seg.id() {
                         b"PV1" => (&[3, 6, 11, 42], &[43]),
@@ -1134,15 +1158,25 @@ fn compare_encounter(
         }
     }
     let ap = a.get("period").unwrap_or(&NULL);
+    // KD14: without PV1-44 / PV1-45 (and a PV2 after the PV1) the guide writes no period.
+    let (no_start, no_end) = src
+        .planned_only
+        .get(index)
+        .copied()
+        .unwrap_or((false, false));
     if let Some(p) = e.get("period") {
-        if let Some(s) = field_text(p, "start") {
+        if no_start && field_text(p, "start").is_some() {
+            c.skip(KNOWN_DIFFERENCES[13].id);
+        } else if let Some(s) = field_text(p, "start") {
             c.date(
                 "Encounter.period.start",
                 &s,
                 field_text(ap, "start").as_deref(),
             );
         }
-        if let Some(s) = field_text(p, "end") {
+        if no_end && field_text(p, "end").is_some() {
+            c.skip(KNOWN_DIFFERENCES[13].id);
+        } else if let Some(s) = field_text(p, "end") {
             c.date("Encounter.period.end", &s, field_text(ap, "end").as_deref());
         }
     }
@@ -1952,9 +1986,9 @@ fn lfh_report() -> (String, LfhTally, Vec<String>) {
 // The tests.
 // ---------------------------------------------------------------------------------------------
 
-/// What the engine reached when it was last measured: a change that makes it worse fails
-/// [`conformance_does_not_fall_below_the_last_measurement`].
-const VALUE_MATCH_FLOOR: f64 = 0.70;
+/// What the engine reached when it was last measured (96.3 % on 2026-11-29): a change that
+/// makes it worse fails [`conformance_does_not_fall_below_the_last_measurement`].
+const VALUE_MATCH_FLOOR: f64 = 0.96;
 
 /// Outputs the engine makes that are not valid R4 (none since the writer leaves out an element,
 /// or a resource, that lacks a child R4 requires: an Encounter.location without its Location, a
@@ -1992,10 +2026,9 @@ fn measured_share() -> (f64, u64) {
     (share, total.compared as u64)
 }
 
-/// The issue's target: ≥ 95 % of the compared values over the Microsoft corpus. Not met yet
-/// (see docs/conformance.md for the figure): run it with `--ignored`.
+/// The issue's target: ≥ 95 % of the compared values over the Microsoft corpus (see
+/// docs/conformance.md for the figure).
 #[test]
-#[ignore = "the 95% target is not met yet; conformance_does_not_fall_below_the_last_measurement guards what is"]
 fn conformance_meets_target() {
     let (share, compared) = measured_share();
     assert!(

@@ -47,6 +47,7 @@ const FILES: &[(&str, &str)] = &[
     ("messages/ADT_A09.csv", include_str!("../../adapters/messages/ADT_A09.csv")),
     ("messages/ADT_A39.csv", include_str!("../../adapters/messages/ADT_A39.csv")),
     ("messages/BAR_P01.csv", include_str!("../../adapters/messages/BAR_P01.csv")),
+    ("messages/BAR_P02.csv", include_str!("../../adapters/messages/BAR_P02.csv")),
     ("messages/DFT_P03.csv", include_str!("../../adapters/messages/DFT_P03.csv")),
     ("messages/DFT_P11.csv", include_str!("../../adapters/messages/DFT_P11.csv")),
     ("messages/MDM_T02.csv", include_str!("../../adapters/messages/MDM_T02.csv")),
