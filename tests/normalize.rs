@@ -230,12 +230,15 @@ fn adt_a01_patient_and_encounter() {
 }
 
 /// A ward named alone and the same ward above a bed are one Location (the level's id leaves out
-/// the parts below it); an element or resource that lacks what R4 requires is left out.
+/// the parts below it); NK1 makes a RelatedPerson unless it names an employer, facility or
+/// emergency contact; an element or resource that lacks what R4 requires is left out.
 #[test]
 fn location_levels_share_ids_and_incomplete_parts_are_left_out() {
     let n = normalizer();
     let msg = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01^ADT_A01|1|P|2.5\r\
 PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+NK1|1|DOE^JOHN|SPO^Spouse^HL70063\r\
+NK1|2|ACME CORP|EMR^Employer^HL70063\r\
 PV1|1|I|4E^^^GHH|||4E^12^B^GHH||||||||||||V1^^^HOSP^VN\r\
 IN1|1|PLAN1\r";
     let (m, b) = map_bytes(&n, msg);
@@ -248,6 +251,12 @@ IN1|1|PLAN1\r";
     assert_eq!(room["name"], "12");
     assert_eq!(deref(&b, &room["partOf"])["id"], ward["id"]);
     assert_eq!(deref(&b, &ward["partOf"])["name"], "GHH");
+    // The spouse is a RelatedPerson of the patient (and a contact); the employer only a contact.
+    let rp = one(&b, "RelatedPerson");
+    assert_eq!(rp["name"][0]["family"], "DOE");
+    assert_eq!(rp["relationship"][0]["coding"][0]["code"], "SPS");
+    assert_eq!(deref(&b, &rp["patient"])["id"], one(&b, "Patient")["id"]);
+    assert_eq!(one(&b, "Patient")["contact"].as_array().unwrap().len(), 2);
     // IN1 names no payor (IN1-3, IN1-4): no Coverage, and a warning says why.
     assert!(resources(&b, "Coverage").is_empty());
     assert!(

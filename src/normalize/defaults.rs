@@ -69,6 +69,7 @@ const FILES: &[(&str, &str)] = &[
     ("segments/MRG[Patient-Survivor].csv", include_str!("../../adapters/segments/MRG[Patient-Survivor].csv")),
     ("segments/MRG[Patient].csv", include_str!("../../adapters/segments/MRG[Patient].csv")),
     ("segments/NK1[Patient_Contact].csv", include_str!("../../adapters/segments/NK1[Patient_Contact].csv")),
+    ("segments/NK1[RelatedPerson].csv", include_str!("../../adapters/segments/NK1[RelatedPerson].csv")),
     ("segments/NTE[Annotation].csv", include_str!("../../adapters/segments/NTE[Annotation].csv")),
     ("segments/NTE[Appointment].csv", include_str!("../../adapters/segments/NTE[Appointment].csv")),
     ("segments/OBR[DiagnosticReport].csv", include_str!("../../adapters/segments/OBR[DiagnosticReport].csv")),
