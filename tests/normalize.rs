@@ -202,13 +202,69 @@ fn adt_a01_patient_and_encounter() {
     assert_eq!(attending["resourceType"], "Practitioner");
     assert_eq!(attending["name"][0]["family"], "Alaz");
     assert_eq!(e["participant"][0]["type"][0]["coding"][0]["code"], "ATND");
-    // The location's most specific part names it; the rest are aliases.
-    let loc = deref(&b, &e["location"][0]["location"]);
-    assert_eq!(loc["name"], "Bed 03");
+    // The location's most specific part names it; each coarser part is a Location it is part
+    // of: bed → room → floor → point of care → building → facility.
+    let mut loc = deref(&b, &e["location"][0]["location"]);
+    let mut chain = vec![loc["name"].as_str().unwrap().to_string()];
+    while loc.get("partOf").is_some() {
+        loc = deref(&b, &loc["partOf"]);
+        chain.push(loc["name"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        chain,
+        [
+            "Bed 03",
+            "OMU B",
+            "Floor5",
+            "HUH AE OMU",
+            "Homerton UH",
+            "HOMERTON UNIVER"
+        ]
+    );
+    assert_eq!(loc["physicalType"]["coding"][0]["code"], "si");
     assert!(m.unmapped.contains(&"PID-10".to_string()));
     assert!(
         !m.unmapped.contains(&"PID-1".to_string()),
         "set ids are read on purpose"
+    );
+}
+
+/// A ward named alone and the same ward above a bed are one Location (the level's id leaves out
+/// the parts below it); NK1 makes a RelatedPerson unless it names an employer, facility or
+/// emergency contact; an element or resource that lacks what R4 requires is left out.
+#[test]
+fn location_levels_share_ids_and_incomplete_parts_are_left_out() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01^ADT_A01|1|P|2.5\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+NK1|1|DOE^JOHN|SPO^Spouse^HL70063\r\
+NK1|2|ACME CORP|EMR^Employer^HL70063\r\
+PV1|1|I|4E^^^GHH|||4E^12^B^GHH||||||||||||V1^^^HOSP^VN\r\
+IN1|1|PLAN1\r";
+    let (m, b) = map_bytes(&n, msg);
+    let e = one(&b, "Encounter");
+    let ward = deref(&b, &e["location"][0]["location"]);
+    assert_eq!(ward["name"], "4E");
+    let bed = deref(&b, &e["location"][1]["location"]);
+    assert_eq!(bed["name"], "B");
+    let room = deref(&b, &bed["partOf"]);
+    assert_eq!(room["name"], "12");
+    assert_eq!(deref(&b, &room["partOf"])["id"], ward["id"]);
+    assert_eq!(deref(&b, &ward["partOf"])["name"], "GHH");
+    // The spouse is a RelatedPerson of the patient (and a contact); the employer only a contact.
+    let rp = one(&b, "RelatedPerson");
+    assert_eq!(rp["name"][0]["family"], "DOE");
+    assert_eq!(rp["relationship"][0]["coding"][0]["code"], "SPS");
+    assert_eq!(deref(&b, &rp["patient"])["id"], one(&b, "Patient")["id"]);
+    assert_eq!(one(&b, "Patient")["contact"].as_array().unwrap().len(), 2);
+    // IN1 names no payor (IN1-3, IN1-4): no Coverage, and a warning says why.
+    assert!(resources(&b, "Coverage").is_empty());
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.starts_with("Coverage: left out")),
+        "{:?}",
+        m.warnings
     );
 }
 
@@ -229,7 +285,13 @@ fn adt_family_events_map_and_set_encounter_status() {
         ("ms/ADT-A31-01.hl7", None),
     ] {
         let (m, b) = map_file(&n, f);
-        assert_eq!(m.message_map, "ADT_A01", "{f}");
+        // A03 has its own structure (observations after the procedures).
+        let map = if f.contains("A03") {
+            "ADT_A03"
+        } else {
+            "ADT_A01"
+        };
+        assert_eq!(m.message_map, map, "{f}");
         assert_eq!(resources(&b, "Patient").len(), 1, "{f}");
         if let Some(s) = status {
             assert_eq!(one(&b, "Encounter")["status"], s, "{f}");

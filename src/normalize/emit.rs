@@ -6,6 +6,7 @@
 use base64::Engine as _;
 
 use super::engine::{Build, Val, NONE};
+use super::model::TypeId;
 use super::plan::Plan;
 use super::value;
 use super::{Link, MappedResource};
@@ -73,8 +74,11 @@ pub fn write(
     link: &Link<'_>,
     out: &mut Vec<u8>,
 ) -> Vec<MappedResource> {
-    let emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
-    let live = liveness(plan, b, &emitted);
+    let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
+    let mut live = liveness(plan, b, &emitted);
+    while drop_incomplete(plan, b, &live, &mut emitted) {
+        live = liveness(plan, b, &emitted);
+    }
     label(plan, b, &live, &emitted);
     let b: &Build = b;
     let mut w = Writer {
@@ -202,7 +206,7 @@ fn provenance(
 }
 
 /// Which nodes are written: values, references to resources that are sent, and objects with a
-/// written child (an Extension needs more than its url). Children come after their parents in
+/// written child (an Extension needs more than its url) and every child their type requires. Children come after their parents in
 /// the arena, so one backward pass settles it.
 fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
     let k = &plan.known;
@@ -223,6 +227,7 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
                     kids[i] & 2 != 0
                 } else {
                     kids[i] & 1 != 0
+                        && has_required(plan, b, &live, i, plan.model.elem(node.elem).ty)
                 }
             }
             Val::Ref(t) => emitted.get(t as usize).copied().unwrap_or(false),
@@ -238,6 +243,45 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
         }
     }
     live
+}
+
+/// Whether the object node `i` has a live child for every element its type requires (an
+/// `Encounter.location` without its `location`, a `Patient.link` without `other`): an element
+/// that would be incomplete is left out, with what it holds, rather than written invalid. Its
+/// children come after it in the arena, so their liveness is settled.
+fn has_required(plan: &Plan, b: &Build, live: &[bool], i: usize, ty: TypeId) -> bool {
+    plan.model.required(ty).iter().all(|&req| {
+        let mut c = b.nodes[i].first;
+        while c != NONE {
+            let ch = &b.nodes[c as usize];
+            if ch.elem == req && live[c as usize] {
+                return true;
+            }
+            c = ch.next;
+        }
+        false
+    })
+}
+
+/// Leaves out the resources that lack an element R4 requires (a Coverage whose IN1 names no
+/// payor): they are not sent, references to them are dropped, and a warning names the type.
+/// Returns whether one was left out (liveness must then be settled again).
+fn drop_incomplete(plan: &Plan, b: &mut Build, live: &[bool], emitted: &mut [bool]) -> bool {
+    let mut left_out = Vec::new();
+    for (i, inst) in b.insts.iter().enumerate() {
+        if emitted[i] && !has_required(plan, b, live, inst.root as usize, inst.ty) {
+            emitted[i] = false;
+            left_out.push(inst.ty);
+        }
+    }
+    for &ty in &left_out {
+        let name = &plan.model.ty(ty).name;
+        let w = format!("{name}: left out, an element R4 requires was not mapped");
+        if !b.warnings.contains(&w) {
+            b.warnings.push(w);
+        }
+    }
+    !left_out.is_empty()
 }
 
 /// Security labels from the live codings of each resource, then along the propagation table.

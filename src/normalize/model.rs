@@ -71,6 +71,8 @@ pub struct TypeDef {
     pub prim: Option<Prim>,
     pub resource: bool,
     elems: HashMap<String, ElemId>,
+    /// Elements the R4 schema requires (`Encounter_Location.location`, `Patient_Link.other`).
+    required: Vec<ElemId>,
 }
 
 #[derive(Debug)]
@@ -131,7 +133,10 @@ impl Model {
             let owner = m.type_id_or_add(owner);
             let ty = m.type_id_or_add(ty_name);
             let array = flags.contains('*');
-            m.add_elem(owner, name, ty, array, codes);
+            let id = m.add_elem(owner, name, ty, array, codes);
+            if flags.contains('!') {
+                m.types[owner as usize].required.push(id);
+            }
             if m.types[ty as usize].prim.is_some() {
                 // `_birthDate`: where a primitive's own extensions go in JSON.
                 let element = m.type_id_or_add("Element");
@@ -141,7 +146,14 @@ impl Model {
         m
     }
 
-    fn add_elem(&mut self, owner: TypeId, name: &str, ty: TypeId, array: bool, codes: Vec<String>) {
+    fn add_elem(
+        &mut self,
+        owner: TypeId,
+        name: &str,
+        ty: TypeId,
+        array: bool,
+        codes: Vec<String>,
+    ) -> ElemId {
         let id = self.elems.len() as ElemId;
         self.elems.push(ElemDef {
             name: name.to_string(),
@@ -153,6 +165,7 @@ impl Model {
         self.types[owner as usize]
             .elems
             .insert(name.to_string(), id);
+        id
     }
 
     fn type_id_or_add(&mut self, name: &str) -> TypeId {
@@ -165,6 +178,7 @@ impl Model {
             prim: Prim::parse(name),
             resource: false,
             elems: HashMap::new(),
+            required: Vec::new(),
         });
         self.by_name.insert(name.to_string(), id);
         id
@@ -193,6 +207,11 @@ impl Model {
             .iter()
             .map(|e| u8::from(e.ty == ext) | (u8::from(e.ty == coding) << 1))
             .collect()
+    }
+
+    /// The elements of `t` the R4 schema requires (empty for most types).
+    pub fn required(&self, t: TypeId) -> &[ElemId] {
+        &self.types[t as usize].required
     }
 
     pub fn is_resource(&self, t: TypeId) -> bool {
@@ -228,5 +247,8 @@ mod tests {
         let ext = m.type_id("Extension").unwrap();
         let vd = m.elem(m.child(ext, "valueDecimal").unwrap());
         assert_eq!(m.prim(vd.ty), Some(Prim::Decimal));
+        let loc = m.type_id("Encounter_Location").unwrap();
+        assert_eq!(m.required(loc), [m.child(loc, "location").unwrap()]);
+        assert!(m.required(hn).is_empty());
     }
 }

@@ -226,6 +226,8 @@ pub struct IdRule {
 #[derive(Debug, Clone)]
 pub enum KeyPart {
     Ref(Ref),
+    /// `-`: a part left empty on purpose (a room's key is its Location's key without the bed).
+    Empty,
     /// `@DiagnosticReport`: the id of the nearest open resource of that type.
     Context(TypeId),
 }
@@ -709,6 +711,10 @@ impl Compiler<'_> {
             }
             let mut parts = Vec::new();
             for tok in r.get(2).split_whitespace() {
+                if tok == "-" {
+                    parts.push(KeyPart::Empty);
+                    continue;
+                }
                 if let Some(t) = tok.strip_prefix('@') {
                     match self.model.type_id(t).filter(|t| self.model.is_resource(*t)) {
                         Some(t) => parts.push(KeyPart::Context(t)),
