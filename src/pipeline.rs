@@ -831,7 +831,7 @@ pub fn derive_record(
             raw_commitment,
             mapping_version: normalizer.version().to_string(),
             mapped_ms,
-            outcome: unmapped_outcome(&mapped.unmapped).into(),
+            outcome: mapping_outcome(&mapped.unmapped, &mapped.warnings).into(),
             bundle: mapped.bundle.into(),
         },
         mapped.unmapped,
@@ -874,7 +874,15 @@ fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Res
 /// An OperationOutcome listing what no mapping used (names, never values); empty when the
 /// mapping used everything.
 pub fn unmapped_outcome(unmapped: &[String]) -> Vec<u8> {
-    if unmapped.is_empty() {
+    mapping_outcome(unmapped, &[])
+}
+
+/// The OperationOutcome kept in a derived record: what no mapping used (information), and what
+/// was mapped with less than full fidelity or left out (warnings: a resource R4 cannot hold
+/// without an element the message lacked, a value that is not a date…). Names and reasons,
+/// never values; empty when there is nothing to say.
+pub fn mapping_outcome(unmapped: &[String], warnings: &[String]) -> Vec<u8> {
+    if unmapped.is_empty() && warnings.is_empty() {
         return Vec::new();
     }
     let issues: Vec<serde_json::Value> = unmapped
@@ -886,6 +894,13 @@ pub fn unmapped_outcome(unmapped: &[String]) -> Vec<u8> {
                 "details": {"text": format!("{item} holds data that no mapping uses")}
             })
         })
+        .chain(warnings.iter().map(|w| {
+            serde_json::json!({
+                "severity": "warning",
+                "code": "incomplete",
+                "details": {"text": w}
+            })
+        }))
         .collect();
     serde_json::to_vec(&serde_json::json!({
         "resourceType": "OperationOutcome",
@@ -942,6 +957,16 @@ mod tests {
             v["issue"][1]["details"]["text"],
             "PID-10 holds data that no mapping uses"
         );
+        let outcome = mapping_outcome(
+            &["ZPI".into()],
+            &["Coverage: left out, an element R4 requires was not mapped".into()],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&outcome).unwrap();
+        crate::fhir::validate::Validator::shared()
+            .validate(&v)
+            .unwrap_or_else(|issues| panic!("{issues:?}"));
+        assert_eq!(v["issue"][1]["severity"], "warning");
+        assert_eq!(v["issue"][1]["code"], "incomplete");
     }
 
     /// Records as received in the vault (derived records left out).
