@@ -102,6 +102,9 @@ pub struct Metrics {
     /// Segments and fields that held data no mapping used, by `item` (`ZPI`, `PID-10`; capped,
     /// see [`Metrics::item_label`]).
     pub unmapped: IntCounterVec,
+    /// `medanchor_normalize_left_out_total{type}`: resources left out of a Bundle for lack of an
+    /// element R4 requires (resource type names: a closed set).
+    pub left_out: IntCounterVec,
     pub normalize_seconds: Histogram,
     seen_types: Mutex<HashSet<String>>,
     seen_items: Mutex<HashSet<String>>,
@@ -388,6 +391,12 @@ impl Metrics {
                 "medanchor_normalize_unmapped_total",
                 "Segments and fields holding data no mapping used, by segment or field name",
                 &["item"],
+            ),
+            left_out: counter_vec(
+                &r,
+                "medanchor_normalize_left_out_total",
+                "Resources left out of a Bundle for lack of an element R4 requires, by resource type",
+                &["type"],
             ),
             normalize_seconds: histogram(
                 &r,

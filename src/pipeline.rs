@@ -520,13 +520,16 @@ impl Pipeline {
                 (s.record_id, s.commitment),
                 mapped_ms,
             ) {
-                Ok((derived, unmapped)) => {
+                Ok((derived, remarks)) => {
                     self.metrics.normalized.with_label_values(&["mapped"]).inc();
-                    for item in &unmapped {
+                    for item in &remarks.unmapped {
                         self.metrics
                             .unmapped
                             .with_label_values(&[&self.metrics.item_label(item)])
                             .inc();
+                    }
+                    for ty in &remarks.left_out {
+                        self.metrics.left_out.with_label_values(&[ty]).inc();
                     }
                     to_seal.push((out.len(), derived));
                     out.push(Derived::None);
@@ -803,15 +806,24 @@ pub fn with_message<T>(
     Ok(f(&msg))
 }
 
+/// What a mapping reports beside the derived record, for metrics: names, never values.
+#[derive(Debug, Default)]
+pub struct Remarks {
+    /// Segments and fields holding data no mapping used (`ZPI`, `PID-10`).
+    pub unmapped: Vec<String>,
+    /// Resource types left out for lack of an element R4 requires, one per resource.
+    pub left_out: Vec<String>,
+}
+
 /// Maps the raw HL7v2 message of a sealed record: the derived record to seal (and what no
-/// mapping used), or why not. Shared by the pipeline and `mapping replay`.
+/// mapping used or what was left out), or why not. Shared by the pipeline and `mapping replay`.
 pub fn derive_record(
     normalizer: &Normalizer,
     cfg: &NormalizeConfig,
     raw: &[u8],
     (raw_id, raw_commitment): (RecordId, [u8; 32]),
     mapped_ms: u64,
-) -> Result<(DerivedRecord, Vec<String>), MapError> {
+) -> Result<(DerivedRecord, Remarks), MapError> {
     let raw_id_hex = raw_id.to_string();
     let link = Link {
         raw_record_id: &raw_id_hex,
@@ -834,7 +846,10 @@ pub fn derive_record(
             outcome: mapping_outcome(&mapped.unmapped, &mapped.warnings).into(),
             bundle: mapped.bundle.into(),
         },
-        mapped.unmapped,
+        Remarks {
+            unmapped: mapped.unmapped,
+            left_out: mapped.left_out,
+        },
     ))
 }
 

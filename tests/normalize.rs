@@ -266,6 +266,8 @@ IN1|1|PLAN1\r";
         "{:?}",
         m.warnings
     );
+    // Counted by type, for `medanchor_normalize_left_out_total`.
+    assert_eq!(m.left_out, ["Coverage"]);
 }
 
 #[test]

@@ -206,8 +206,8 @@ fn provenance(
 }
 
 /// Which nodes are written: values, references to resources that are sent, and objects with a
-/// written child (an Extension needs more than its url) and every child their type requires. Children come after their parents in
-/// the arena, so one backward pass settles it.
+/// written child (an Extension needs more than its url) and every child their type requires.
+/// Children come after their parents in the arena, so one backward pass settles it.
 fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
     let k = &plan.known;
     let n = b.nodes.len();
@@ -276,6 +276,7 @@ fn drop_incomplete(plan: &Plan, b: &mut Build, live: &[bool], emitted: &mut [boo
     }
     for &ty in &left_out {
         let name = &plan.model.ty(ty).name;
+        b.left_out.push(name.clone());
         let w = format!("{name}: left out, an element R4 requires was not mapped");
         if !b.warnings.contains(&w) {
             b.warnings.push(w);

@@ -357,6 +357,8 @@ pub struct Build {
     bindings: Vec<Binding>,
     pub warnings: Vec<String>,
     pub unmapped: Vec<String>,
+    /// Resources left out for lack of an element R4 requires, by type name, one per resource.
+    pub left_out: Vec<String>,
     /// The segment field rows are reading now (`PID`, 7), named in warnings.
     cur_field: ([u8; 3], u16),
     too_many: bool,
@@ -408,6 +410,7 @@ impl<'p> Mapper<'p> {
             warnings: Vec::new(),
             unmapped: Vec::new(),
             cur_field: (*b"MSH", 0),
+            left_out: Vec::new(),
             too_many: false,
         };
         let mut next_group = 1u32;

@@ -71,6 +71,9 @@ pub struct Mapped {
     /// What was mapped with less than full fidelity (a value that is not a valid date, a time
     /// without a zone, a code outside its value set…): field names and reasons, never values.
     pub warnings: Vec<String>,
+    /// Resources the mapping made but left out of the Bundle because an element R4 requires was
+    /// not in the message (a Coverage without a payor), by type name, one entry per resource.
+    pub left_out: Vec<String>,
     /// Every resource in the Bundle (the Provenance last), in Bundle order.
     pub resources: Vec<MappedResource>,
     /// The message map used (`ADT_A01`, `_default`…).
@@ -199,6 +202,7 @@ impl Normalizer {
             bundle,
             unmapped: build.unmapped,
             warnings: build.warnings,
+            left_out: build.left_out,
             resources,
             message_map: mm.name.clone(),
         })
