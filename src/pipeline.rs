@@ -282,6 +282,9 @@ impl Pipeline {
         } else {
             None
         };
+        // The FHIR schema is read and compiled here rather than on the first message that needs
+        // it (inbound FHIR, or a Bundle to check), which would otherwise wait for it.
+        crate::fhir::validate::Validator::shared().warm_up();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|i| format!("seal-{i}"))
