@@ -1054,3 +1054,24 @@ fn normalizer_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<Normalizer>();
 }
+
+/// An IN1 that names only its payor (IN1-3) is a Coverage of that payor: the data is in the
+/// Organization the Coverage points at (LinuxForHealth's A03 case), not nothing.
+#[test]
+fn a_resource_pointing_at_data_from_the_message_is_sent() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01^ADT_A01|1|P|2.5\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+PV1|1|I\r\
+IN1|1||PAYER1^^^NAIC\r";
+    let (m, b) = map_bytes(&n, msg);
+    let cov = one(&b, "Coverage");
+    let payor = deref(&b, &cov["payor"][0]);
+    assert_eq!(payor["resourceType"], "Organization");
+    assert_eq!(payor["identifier"][0]["value"], "PAYER1");
+    assert_eq!(
+        deref(&b, &cov["beneficiary"])["id"],
+        one(&b, "Patient")["id"]
+    );
+    assert!(m.left_out.is_empty(), "{:?}", m.left_out);
+}

@@ -1073,6 +1073,12 @@ impl<'p> Mapper<'p> {
                         let root = b.insts[new as usize].root;
                         self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
                     }
+                    // What the referenced resource holds came from this row's field: the
+                    // resource that points at it carries that data too (an IN1 naming only its
+                    // payor is a Coverage of that payor, not nothing).
+                    if b.insts[new as usize].has_data {
+                        b.insts[inst as usize].has_data = true;
+                    }
                     let refnode = {
                         let a = leaf_anchor(model, b, anchor, path, rep);
                         materialize(model, b, a)
