@@ -780,7 +780,6 @@ impl<'p> Mapper<'p> {
             return;
         }
         let root = b.insts[f as usize].root;
-        let model = self.plan.model;
         // `link[1].other`: that one element. `result`: one entry per target, in creation order
         // (the target's index is the repetition).
         let rep = if path.steps.iter().any(|s| s.array && s.explicit) {
@@ -788,13 +787,37 @@ impl<'p> Mapper<'p> {
         } else {
             t
         };
+        self.point_at(b, Anchor::Node(root), path, rep, f, t);
+    }
+
+    /// Makes the Reference at `path` (from `anchor`, in resource `inst`) point at resource
+    /// `target`, unless it already holds something: the first write wins, as for values.
+    fn point_at(
+        &self,
+        b: &mut Build,
+        anchor: Anchor,
+        path: &Path,
+        rep: u32,
+        inst: u32,
+        target: u32,
+    ) {
+        let model = self.plan.model;
         let node = {
-            let a = leaf_anchor(model, b, Anchor::Node(root), path, rep);
+            let a = leaf_anchor(model, b, anchor, path, rep);
             materialize(model, b, a)
         };
-        let r = b.child(node, self.plan.known.reference_reference, 1, 0, 1, false, f);
-        if b.nodes[r as usize].val == Val::Obj && b.nodes[r as usize].first == NONE {
-            b.nodes[r as usize].val = Val::Ref(t);
+        let r = b.child(
+            node,
+            self.plan.known.reference_reference,
+            1,
+            0,
+            1,
+            false,
+            inst,
+        );
+        let n = &mut b.nodes[r as usize];
+        if n.val == Val::Obj && n.first == NONE {
+            n.val = Val::Ref(target);
         }
     }
 
@@ -1027,22 +1050,7 @@ impl<'p> Mapper<'p> {
                 if target as u32 == inst {
                     return false;
                 }
-                let node = {
-                    let a = leaf_anchor(model, b, anchor, path, rep);
-                    materialize(model, b, a)
-                };
-                let r = b.child(
-                    node,
-                    self.plan.known.reference_reference,
-                    1,
-                    0,
-                    1,
-                    false,
-                    inst,
-                );
-                if b.nodes[r as usize].first == NONE && b.nodes[r as usize].val == Val::Obj {
-                    b.nodes[r as usize].val = Val::Ref(target as u32);
-                }
+                self.point_at(b, anchor, path, rep, inst, target as u32);
                 false
             }
             Action::Copy { map, vocab, xform } => {
@@ -1079,22 +1087,7 @@ impl<'p> Mapper<'p> {
                     if b.insts[new as usize].has_data {
                         b.insts[inst as usize].has_data = true;
                     }
-                    let refnode = {
-                        let a = leaf_anchor(model, b, anchor, path, rep);
-                        materialize(model, b, a)
-                    };
-                    let r = b.child(
-                        refnode,
-                        self.plan.known.reference_reference,
-                        1,
-                        0,
-                        1,
-                        false,
-                        inst,
-                    );
-                    if b.nodes[r as usize].first == NONE && b.nodes[r as usize].val == Val::Obj {
-                        b.nodes[r as usize].val = Val::Ref(new);
-                    }
+                    self.point_at(b, anchor, path, rep, inst, new);
                     return true;
                 }
                 let leaf = leaf_anchor(model, b, anchor, path, rep);
@@ -1446,18 +1439,7 @@ impl Build {
         let mut s = String::with_capacity(8);
         s.extend(id.iter().map(|&c| c as char));
         s.push('-');
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut v = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        s.extend(digits[i..].iter().map(|&c| c as char));
+        value::push_int(&mut s, n as i64);
         if !self.unmapped.contains(&s) {
             self.unmapped.push(s);
         }
