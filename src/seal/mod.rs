@@ -150,15 +150,7 @@ pub fn seal_with(
     salt: [u8; SALT_LEN],
     nonce: [u8; NONCE_LEN],
 ) -> Result<Sealed, EncodeError> {
-    seal_inputs(&[SealInput {
-        record: Plain::Record(record),
-        record_id,
-        key,
-        salt,
-        nonce,
-    }])
-    .pop()
-    .expect("one result per record")
+    seal_one_with(Plain::Record(record), record_id, key, salt, nonce)
 }
 
 /// [`seal_with`] for a derived record: the same code path as [`seal_derived_many`], for
@@ -171,8 +163,18 @@ pub fn seal_derived_with(
     salt: [u8; SALT_LEN],
     nonce: [u8; NONCE_LEN],
 ) -> Result<Sealed, EncodeError> {
+    seal_one_with(Plain::Derived(record), record_id, key, salt, nonce)
+}
+
+fn seal_one_with(
+    record: Plain<'_>,
+    record_id: RecordId,
+    key: &DataKey,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Sealed, EncodeError> {
     seal_inputs(&[SealInput {
-        record: Plain::Derived(record),
+        record,
         record_id,
         key,
         salt,
