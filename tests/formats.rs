@@ -442,16 +442,20 @@ struct DocsRecord {
     raw: Vec<u8>,
 }
 
+/// The next `n` bytes of `b`, as the docs' readers take them.
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (a, rest) = (b.get(..n)?, b.get(n..)?);
+    *b = rest;
+    Some(a)
+}
+
+/// A length-prefixed field (u32 big-endian length, then the bytes).
+fn field(b: &mut &[u8]) -> Option<Vec<u8>> {
+    let n = u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize;
+    Some(take(b, n)?.to_vec())
+}
+
 fn docs_read_record(mut b: &[u8]) -> Option<DocsRecord> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (a, rest) = (b.get(..n)?, b.get(n..)?);
-        *b = rest;
-        Some(a)
-    }
-    fn field(b: &mut &[u8]) -> Option<Vec<u8>> {
-        let n = u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize;
-        Some(take(b, n)?.to_vec())
-    }
     if take(&mut b, 1)? != [1] {
         return None;
     }
@@ -488,15 +492,6 @@ struct DocsDerived {
 }
 
 fn docs_read_derived(mut b: &[u8]) -> Option<DocsDerived> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (a, rest) = (b.get(..n)?, b.get(n..)?);
-        *b = rest;
-        Some(a)
-    }
-    fn field(b: &mut &[u8]) -> Option<Vec<u8>> {
-        let n = u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize;
-        Some(take(b, n)?.to_vec())
-    }
     if take(&mut b, 1)? != [2] {
         return None;
     }
