@@ -190,6 +190,9 @@ impl Validator {
         let mut path = String::with_capacity(256);
         w.resource(resource, &mut path, 0, walk::Place::Root);
         let mut issues = std::mem::take(&mut w.issues);
+        if issues.is_empty() {
+            return issues;
+        }
         // One error per path and code: the more specific check comes first (a calendar date
         // before the schema's pattern for the same value).
         let mut seen = std::collections::HashSet::new();

@@ -280,6 +280,7 @@ impl Model {
                 pattern,
             ));
         }
+        let def_names: Vec<&str> = defs_obj.keys().map(String::as_str).collect();
         let mut types = Vec::with_capacity(defs_obj.len());
         for (name, d) in defs_obj.iter() {
             let mut def = Def {
@@ -359,7 +360,7 @@ impl Model {
                 }
                 if let Some(text) = inner.get("pattern").and_then(Value::as_str) {
                     let owner = match ty {
-                        Ty::Def(i) => defs_obj.keys().nth(i as usize).map_or("value", |k| k),
+                        Ty::Def(i) => def_names[i as usize],
                         _ => "value",
                     };
                     pattern = Some(intern(text, owner)?);
