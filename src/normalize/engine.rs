@@ -845,7 +845,7 @@ impl<'p> Mapper<'p> {
                     };
                     if row.cond.as_ref().is_none_or(|c| c.eval(&view)) {
                         b.cur_field = (id, 0);
-                        self.action(walk, b, row, None, 0, anchor, inst, &view);
+                        self.action_at(walk, b, row, None, 0, anchor, inst, &view, 0);
                     }
                 }
                 Src::Field { field, comp, sub } => {
@@ -905,7 +905,7 @@ impl<'p> Mapper<'p> {
                         }
                         b.cur_field = (id, field);
                         let value = value.filter(|_| valued);
-                        if self.action(walk, b, row, value, r as u32, anchor, inst, &view)
+                        if self.action_at(walk, b, row, value, r as u32, anchor, inst, &view, 0)
                             && matches!(row.action, Action::Copy { .. } | Action::Ignore)
                         {
                             if let Some(u) = used.get_mut(field as usize) {
@@ -992,21 +992,6 @@ impl<'p> Mapper<'p> {
                 depth + 1,
             );
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn action<'m>(
-        &self,
-        walk: &Walk<'m>,
-        b: &mut Build,
-        row: &Row,
-        value: Option<(Field<'m>, Level)>,
-        rep: u32,
-        anchor: Anchor,
-        inst: u32,
-        env: &dyn Env,
-    ) -> bool {
-        self.action_at(walk, b, row, value, rep, anchor, inst, env, 0)
     }
 
     /// Does what a row says with a value. Returns whether it wrote something from the message.
