@@ -86,11 +86,7 @@ fn run_corpus() -> Vec<Case> {
         let name = c["name"].as_str().expect("name").to_string();
         let bytes = std::fs::read(dir.join(c["input"].as_str().expect("input"))).expect("input");
         let v = Validator::with_options(case_options(&name));
-        let issues: Vec<Issue> =
-            match medanchor::fhir::validate::parse(&bytes, v.options().allow_json_comments) {
-                Ok(value) => v.check(&value),
-                Err(e) => e,
-            };
+        let issues: Vec<Issue> = v.check_bytes(&bytes);
         let rejected = issues.iter().any(|i| i.severity.is_error());
         let mut expected_paths = Vec::new();
         if let Some(oc) = c["expected_outcome"].as_str() {

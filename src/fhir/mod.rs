@@ -4,7 +4,7 @@
 
 pub mod validate;
 
-use serde_json::Value;
+use validate::Node;
 
 use crate::envelope::{RejectKind, Rejection};
 
@@ -63,7 +63,12 @@ pub fn invalid(issues: &[validate::Issue]) -> Rejection {
 pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
     // RFC 8259 §8.1: a UTF-8 byte order mark may be ignored (the raw bytes are kept as sent).
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let v = Node::parse_bytes(bytes).map_err(|e| {
+        // serde_json keeps the last of duplicate keys, another reader the first: the same bytes
+        // would be two different resources (a Patient to one, a Bundle to the other).
+        if e.classify() == serde_json::error::Category::Data {
+            return bad("not_fhir", validate::doc::REPEATED_KEY);
+        }
         bad(
             "not_json",
             format!(
@@ -77,17 +82,9 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
     let Some(obj) = v.as_object() else {
         return Err(bad("not_fhir", "a FHIR resource must be a JSON object"));
     };
-    // serde_json keeps the last of duplicate keys, another reader the first: the same bytes
-    // would be two different resources (a Patient to one, a Bundle to the other).
-    if has_duplicate_keys(bytes) {
-        return Err(bad(
-            "not_fhir",
-            "an object holds the same key twice (RFC 8259 leaves its meaning open)",
-        ));
-    }
     let resource_type = obj
         .get("resourceType")
-        .and_then(Value::as_str)
+        .and_then(Node::as_str)
         .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric()))
         .ok_or_else(|| {
             bad(
@@ -97,9 +94,9 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
         })?
         .to_string();
     validate::Validator::shared()
-        .validate(&v)
+        .validate_doc(&v)
         .map_err(|issues| invalid(&issues))?;
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+    let text = |v: Option<&Node>| v.and_then(Node::as_str).unwrap_or("").to_string();
     let mut meta = FhirMeta {
         kind: if resource_type == "Bundle" {
             text(obj.get("type"))
@@ -110,14 +107,14 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
             .get("identifier")
             .filter(|_| resource_type == "Bundle")
             .and_then(|i| i.get("value"))
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| text(obj.get("id"))),
         resource_type,
         patient_ids: Vec::new(),
     };
     if meta.resource_type == "Bundle" {
-        let entries = obj.get("entry").and_then(Value::as_array);
+        let entries = obj.get("entry").and_then(Node::as_array);
         for resource in entries
             .into_iter()
             .flatten()
@@ -144,32 +141,36 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
     Ok(meta)
 }
 
-fn collect_patient(resource: &Value, out: &mut Vec<String>) {
-    if resource.get("resourceType").and_then(Value::as_str) != Some("Patient") {
+fn collect_patient(resource: &Node, out: &mut Vec<String>) {
+    if resource.get("resourceType").and_then(Node::as_str) != Some("Patient") {
         return;
     }
-    let identifiers = resource.get("identifier").and_then(Value::as_array);
+    let identifiers = resource.get("identifier").and_then(Node::as_array);
     for i in identifiers.into_iter().flatten() {
-        let value = i.get("value").and_then(Value::as_str).unwrap_or("").trim();
+        let value = i.get("value").and_then(Node::as_str).unwrap_or("").trim();
         if value.is_empty() {
             continue;
         }
-        let system = i.get("system").and_then(Value::as_str).unwrap_or("").trim();
+        let system = i.get("system").and_then(Node::as_str).unwrap_or("").trim();
         let code = i
-            .pointer("/type/coding/0/code")
-            .and_then(Value::as_str)
+            .get("type")
+            .and_then(|t| t.get("coding"))
+            .and_then(Node::as_array)
+            .and_then(<[Node]>::first)
+            .and_then(|c| c.get("code"))
+            .and_then(Node::as_str)
             .unwrap_or("")
             .trim();
         out.push(format!("{value}^{system}^{code}"));
     }
 }
 
-fn collect_reference(resource: &Value, out: &mut Vec<String>) {
+fn collect_reference(resource: &Node, out: &mut Vec<String>) {
     for field in ["subject", "patient"] {
         if let Some(r) = resource
             .get(field)
             .and_then(|s| s.get("reference"))
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .filter(|r| r.starts_with("Patient/"))
         {
             out.push(format!("{r}^^REF"));
@@ -184,63 +185,6 @@ pub fn looks_like_json(bytes: &[u8]) -> bool {
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|&b| b == b'{')
-}
-
-/// Whether any JSON object in `bytes` (already known to parse) holds a key twice.
-fn has_duplicate_keys(bytes: &[u8]) -> bool {
-    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-
-    /// Walks a JSON value, failing on the first object with a repeated key.
-    struct Unique;
-
-    impl<'de> DeserializeSeed<'de> for Unique {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Unique {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Unique)?.is_some() {}
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if !seen.insert(key) {
-                    return Err(serde::de::Error::custom("duplicate key"));
-                }
-                map.next_value_seed(Unique)?;
-            }
-            Ok(())
-        }
-    }
-
-    let mut d = serde_json::Deserializer::from_slice(bytes);
-    Unique.deserialize(&mut d).is_err()
 }
 
 #[cfg(test)]

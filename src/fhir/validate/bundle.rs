@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use super::doc::{Node, Object};
 
 use super::primitive as p;
 use super::walk::{Res, Walker};
@@ -52,17 +52,14 @@ fn restful<'a>(w: &Walker, url: &'a str) -> Option<(&'a str, &'a str, &'a str)> 
 
 pub(crate) fn check_bundle<'v>(
     w: &mut Walker<'v, '_>,
-    obj: &'v Map<String, Value>,
+    obj: &'v Object<'v>,
     path: &str,
     res: &Res<'v>,
 ) {
-    let btype = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    let btype = obj.get("type").and_then(Node::as_str).unwrap_or("");
     let history = btype == "history";
     let searchset = btype == "searchset";
-    let raw_entries: &[Value] = obj
-        .get("entry")
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice);
+    let raw_entries: &[Node<'v>] = obj.get("entry").and_then(Node::as_array).unwrap_or(&[]);
 
     if obj.get("total").is_some() && !(searchset || history) {
         w.error(
@@ -72,10 +69,10 @@ pub(crate) fn check_bundle<'v>(
         );
     }
     // Link relations occur once each.
-    if let Some(links) = obj.get("link").and_then(Value::as_array) {
+    if let Some(links) = obj.get("link").and_then(Node::as_array) {
         let mut seen: Vec<&str> = Vec::new();
         for (j, l) in links.iter().enumerate() {
-            if let Some(rel) = l.get("relation").and_then(Value::as_str) {
+            if let Some(rel) = l.get("relation").and_then(Node::as_str) {
                 if seen.contains(&rel) {
                     w.error(
                         IssueCode::Invalid,
@@ -93,15 +90,15 @@ pub(crate) fn check_bundle<'v>(
     for (i, e) in raw_entries.iter().enumerate() {
         let resource = e.get("resource");
         let entry = Entry {
-            full_url: e.get("fullUrl").and_then(Value::as_str),
+            full_url: e.get("fullUrl").and_then(Node::as_str),
             resource_type: resource
                 .and_then(|r| r.get("resourceType"))
-                .and_then(Value::as_str),
-            id: resource.and_then(|r| r.get("id")).and_then(Value::as_str),
+                .and_then(Node::as_str),
+            id: resource.and_then(|r| r.get("id")).and_then(Node::as_str),
             version: resource
                 .and_then(|r| r.get("meta"))
                 .and_then(|m| m.get("versionId"))
-                .and_then(Value::as_str),
+                .and_then(Node::as_str),
             bundle: path,
             index: i,
         };
@@ -140,7 +137,7 @@ pub(crate) fn check_bundle<'v>(
     }
 }
 
-fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) {
+fn entry_rules(w: &mut Walker, e: &Node<'_>, entry: &Entry, btype: &str, i: usize) {
     let epath = || entry.path();
     let fpath = || format!("{}.fullUrl", entry.path());
     if let Some(f) = entry.full_url {
@@ -209,7 +206,7 @@ fn entry_rules(w: &mut Walker, e: &Value, entry: &Entry, btype: &str, i: usize) 
         let mode = e
             .get("search")
             .and_then(|x| x.get("mode"))
-            .and_then(Value::as_str);
+            .and_then(Node::as_str);
         let outcome = entry.resource_type == Some("OperationOutcome");
         let rpath = || format!("{}.resource", entry.path());
         if mode == Some("outcome") && !outcome && entry.resource_type.is_some() {

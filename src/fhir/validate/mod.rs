@@ -7,6 +7,7 @@
 //! patient data, and issues go back to senders and into logs.
 
 mod bundle;
+pub mod doc;
 #[cfg(test)]
 mod oracle;
 mod primitive;
@@ -17,6 +18,8 @@ mod xhtml;
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
+
+pub use doc::Node;
 
 pub use walk::{MAX_DEPTH, MAX_STRING_BYTES};
 
@@ -176,7 +179,12 @@ impl Validator {
     /// Validates a resource or Bundle. `Err` holds every issue (warnings too) when at least
     /// one is an error; warnings alone give `Ok`.
     pub fn validate(&self, resource: &Value) -> Result<(), Vec<Issue>> {
-        let issues = self.check(resource);
+        self.validate_doc(&Node::from_value(resource))
+    }
+
+    /// [`Validator::validate`] of a parsed document.
+    pub fn validate_doc(&self, doc: &Node<'_>) -> Result<(), Vec<Issue>> {
+        let issues = self.check_doc(doc);
         if issues.iter().any(|i| i.severity.is_error()) {
             Err(issues)
         } else {
@@ -186,9 +194,14 @@ impl Validator {
 
     /// Every issue found, warnings included, errors first in document order.
     pub fn check(&self, resource: &Value) -> Vec<Issue> {
+        self.check_doc(&Node::from_value(resource))
+    }
+
+    /// [`Validator::check`] of a parsed document.
+    pub fn check_doc(&self, doc: &Node<'_>) -> Vec<Issue> {
         let mut w = walk::Walker::new(schema::Model::get(), &self.options);
         let mut path = String::with_capacity(256);
-        w.resource(resource, &mut path, 0, walk::Place::Root);
+        w.resource(doc, &mut path, 0, walk::Place::Root);
         let mut issues = std::mem::take(&mut w.issues);
         if issues.is_empty() {
             return issues;
@@ -203,28 +216,36 @@ impl Validator {
 
     /// The walk alone, without issue sorting (the benchmark's).
     #[doc(hidden)]
-    pub fn bench_walk(&self, resource: &Value) -> usize {
+    pub fn bench_walk(&self, doc: &Node<'_>) -> usize {
         let mut w = walk::Walker::new(schema::Model::get(), &self.options);
-        w.resource(
-            resource,
-            &mut String::with_capacity(256),
-            0,
-            walk::Place::Root,
-        );
+        w.resource(doc, &mut String::with_capacity(256), 0, walk::Place::Root);
         w.issues.len() + w.resources.len()
     }
 
     /// Parses and validates JSON bytes. Malformed JSON is one fatal issue whose path is the
     /// element the parser had reached (`Patient.name[0]`), without content.
-    pub fn validate_bytes(&self, bytes: &[u8]) -> Result<Value, Vec<Issue>> {
-        let v = parse(bytes, self.options.allow_json_comments)?;
-        self.validate(&v).map(|()| v)
+    pub fn validate_bytes(&self, bytes: &[u8]) -> Result<(), Vec<Issue>> {
+        parse(bytes, self.options.allow_json_comments, |doc| {
+            self.validate_doc(doc)
+        })?
+    }
+
+    /// Every issue of JSON bytes: the parse error, or what [`Validator::check`] finds.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Vec<Issue> {
+        parse(bytes, self.options.allow_json_comments, |doc| {
+            self.check_doc(doc)
+        })
+        .unwrap_or_else(|issues| issues)
     }
 }
 
-/// Parses FHIR JSON (optionally with comments). On error: a fatal `structure` issue naming the
-/// line, column and the element path reached.
-pub fn parse(bytes: &[u8], allow_comments: bool) -> Result<Value, Vec<Issue>> {
+/// Parses FHIR JSON (optionally with comments) and hands the document to `then`. On error: a
+/// fatal `structure` issue naming the line, column and the element path reached.
+pub fn parse<R>(
+    bytes: &[u8],
+    allow_comments: bool,
+    then: impl FnOnce(&Node<'_>) -> R,
+) -> Result<R, Vec<Issue>> {
     // RFC 8259 §8.1: a parser may ignore a UTF-8 byte order mark.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let stripped;
@@ -234,31 +255,28 @@ pub fn parse(bytes: &[u8], allow_comments: bool) -> Result<Value, Vec<Issue>> {
     } else {
         bytes
     };
-    // UTF-8 checked once for the whole text, not string by string as `from_slice` does; text
-    // that is not UTF-8 goes through `from_slice` for its error's position.
-    let parsed = match std::str::from_utf8(input) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(input),
-    };
-    parsed.map_err(|e| {
-        let at = json_path_at(input, e.line(), e.column());
-        vec![Issue::new(
-            Severity::Fatal,
-            IssueCode::Structure,
-            &at,
-            format!(
-                "not valid JSON at line {} column {} ({:?} error){}",
-                e.line(),
-                e.column(),
-                e.classify(),
-                if !allow_comments && has_comment(bytes) {
-                    ": comments are not allowed in JSON"
-                } else {
-                    ""
-                }
-            ),
-        )]
-    })
+    match Node::parse_bytes(input) {
+        Ok(doc) => Ok(then(&doc)),
+        Err(e) => {
+            let at = json_path_at(input, e.line(), e.column());
+            Err(vec![Issue::new(
+                Severity::Fatal,
+                IssueCode::Structure,
+                &at,
+                format!(
+                    "not valid JSON at line {} column {} ({:?} error){}",
+                    e.line(),
+                    e.column(),
+                    e.classify(),
+                    if !allow_comments && has_comment(bytes) {
+                        ": comments are not allowed in JSON"
+                    } else {
+                        ""
+                    }
+                ),
+            )])
+        }
+    }
 }
 
 fn has_comment(bytes: &[u8]) -> bool {
@@ -474,21 +492,24 @@ mod tests {
         let e = parse(
             b"{\"resourceType\":\"Patient\",\"name\":[{\"given\":[\"a\" \"b\"]}]}",
             false,
+            |_| (),
         )
         .unwrap_err();
         assert_eq!(e[0].path, "Patient.name[0].given[0]");
         let e = parse(
             b"{\"resourceType\":\"Patient\", // c\n \"id\":\"x\"}",
             false,
+            |_| (),
         )
         .unwrap_err();
         assert!(e[0].message.contains("comments"), "{}", e[0].message);
         assert!(parse(
             b"{\"resourceType\":\"Patient\", // c\n \"id\":\"x\" /* d */}",
-            true
+            true,
+            |_| ()
         )
         .is_ok());
-        assert!(parse(b"{\"a\":\"//not a comment\"}", true).is_ok());
+        assert!(parse(b"{\"a\":\"//not a comment\"}", true, |_| ()).is_ok());
     }
 
     #[test]

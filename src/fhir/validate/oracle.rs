@@ -79,6 +79,7 @@ mod tests {
     use serde_json::Value;
 
     use super::Oracle;
+    use crate::fhir::validate::doc::{Node, Number};
     use crate::fhir::validate::{schema::Model, walk, Options, Validator};
 
     /// Every JSON file under the directories the validator is tested on.
@@ -144,17 +145,36 @@ mod tests {
     fn oracle_errors(v: &Value) -> Vec<String> {
         let opts = Options::default();
         let mut w = walk::Walker::new(Model::get(), &opts);
-        w.resource(v, &mut String::new(), 0, walk::Place::Root);
+        let doc = Node::from_value(v);
+        w.resource(&doc, &mut String::new(), 0, walk::Place::Root);
         let oracle = Oracle::get();
         w.resources
             .iter()
             .flat_map(|(path, ty, r)| {
                 oracle
-                    .errors(ty, r)
+                    .errors(ty, &to_value(r))
                     .into_iter()
                     .map(move |e| format!("{path}: {e}"))
             })
             .collect()
+    }
+
+    /// The document back as the oracle reads it.
+    fn to_value(n: &Node<'_>) -> Value {
+        match n {
+            Node::Null => Value::Null,
+            Node::Bool(b) => Value::Bool(*b),
+            Node::Number(Number::Unsigned(u)) => Value::from(*u),
+            Node::Number(Number::Signed(i)) => Value::from(*i),
+            Node::Number(Number::Float(f)) => Value::from(*f),
+            Node::String(s) => Value::from(&**s),
+            Node::Array(a) => Value::Array(a.iter().map(to_value).collect()),
+            Node::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.to_string(), to_value(v)))
+                    .collect(),
+            ),
+        }
     }
 
     /// A small deterministic generator (xorshift): the mutations are the same on every run.

@@ -65,7 +65,7 @@ impl Json {
             _ => Json::Any,
         }
     }
-    pub fn holds(self, v: &Value) -> bool {
+    pub fn holds(self, v: &super::doc::Node<'_>) -> bool {
         match self {
             Json::Any => true,
             Json::String => v.is_string(),

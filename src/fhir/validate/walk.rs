@@ -5,7 +5,7 @@
 //!
 //! Recursion is bounded by [`MAX_DEPTH`] JSON levels, whoever built the value.
 
-use serde_json::{Map, Value};
+use super::doc::{Node, Object};
 
 use super::primitive as p;
 use super::schema::{push_name, Def, Kind, Model, Prim, Prop, Ty};
@@ -188,7 +188,7 @@ pub(crate) struct Walker<'v, 'o> {
     pub opts: &'o Options,
     pub issues: Vec<Issue>,
     /// Every resource met, with its path and type (the benchmark's and the oracle test's).
-    pub resources: Vec<(String, &'v str, &'v Value)>,
+    pub resources: Vec<(String, &'v str, &'v Node<'v>)>,
     pub too_deep: bool,
 }
 
@@ -228,7 +228,7 @@ impl<'v, 'o> Walker<'v, 'o> {
     /// Returns what the resource holds for its container's checks.
     pub fn resource(
         &mut self,
-        v: &'v Value,
+        v: &'v Node<'v>,
         path: &mut String,
         depth: usize,
         place: Place,
@@ -241,7 +241,7 @@ impl<'v, 'o> Walker<'v, 'o> {
             self.error(IssueCode::Structure, at, "a resource must be a JSON object");
             return None;
         };
-        let rt = match obj.get("resourceType").and_then(Value::as_str) {
+        let rt = match obj.get("resourceType").and_then(Node::as_str) {
             Some(t) if self.model.is_resource_type(t) => t,
             _ => {
                 let at = if path.is_empty() { "Resource" } else { path };
@@ -363,7 +363,7 @@ impl<'v, 'o> Walker<'v, 'o> {
     #[allow(clippy::too_many_arguments)]
     fn object(
         &mut self,
-        obj: &'v Map<String, Value>,
+        obj: &'v Object<'v>,
         def: &Def,
         path: &mut String,
         depth: usize,
@@ -379,10 +379,10 @@ impl<'v, 'o> Walker<'v, 'o> {
             );
             return;
         }
-        for (k, v) in obj {
+        for (k, v) in obj.iter() {
             let len = path.len();
             path.push('.');
-            let Some(prop) = def.props.get(k.as_str()) else {
+            let Some(prop) = def.props.get(k) else {
                 push_name(path, k);
                 self.error(
                     IssueCode::Structure,
@@ -444,7 +444,7 @@ impl<'v, 'o> Walker<'v, 'o> {
             path.truncate(len);
         }
         for name in def.schema_required.iter() {
-            if !obj.contains_key(&**name) {
+            if !obj.contains_key(name) {
                 let p = format!("{path}.{name}");
                 self.error(
                     IssueCode::Required,
@@ -483,7 +483,7 @@ impl<'v, 'o> Walker<'v, 'o> {
 
     /// What the schema says of one value (an array's item, or the property's value): its JSON
     /// type, its pattern and its allowed codes. A complex type must be an object.
-    fn schema_value(&mut self, v: &Value, prop: &Prop, path: &str) {
+    fn schema_value(&mut self, v: &Node<'_>, prop: &Prop, path: &str) {
         if !prop.json.holds(v) {
             self.error(
                 IssueCode::Structure,
@@ -532,7 +532,7 @@ impl<'v, 'o> Walker<'v, 'o> {
     #[allow(clippy::too_many_arguments)]
     fn value(
         &mut self,
-        v: &'v Value,
+        v: &'v Node<'v>,
         ty: &Ty,
         name: &str,
         path: &mut String,
@@ -552,7 +552,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     }
                     if let Some((_, inner)) = self.resource(v, path, depth, contained_place) {
                         res.contained
-                            .push((path.clone(), v.get("id").and_then(Value::as_str)));
+                            .push((path.clone(), v.get("id").and_then(Node::as_str)));
                         res.refs.extend(inner.refs);
                         res.local_uris.extend(inner.local_uris);
                         res.embedded.extend(inner.embedded);
@@ -561,7 +561,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     res.embedded.push(Embedded {
                         entry: index,
                         resource_type: rt,
-                        id: v.get("id").and_then(Value::as_str),
+                        id: v.get("id").and_then(Node::as_str),
                         res: inner,
                     });
                 }
@@ -591,7 +591,7 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
     }
 
-    fn string_value(&mut self, v: &Value, path: &str) {
+    fn string_value(&mut self, v: &Node<'_>, path: &str) {
         if let Some(s) = v.as_str() {
             if s.is_empty() {
                 self.error(
@@ -609,10 +609,10 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
     }
 
-    fn primitive(&mut self, v: &'v Value, def: &Def, path: &str, res: &mut Res<'v>) {
+    fn primitive(&mut self, v: &'v Node<'v>, def: &Def, path: &str, res: &mut Res<'v>) {
         let ty = &*def.name;
         match v {
-            Value::String(s) => {
+            Node::String(s) => {
                 self.string_value(v, path);
                 if s.is_empty() {
                     return;
@@ -657,14 +657,14 @@ impl<'v, 'o> Walker<'v, 'o> {
                     _ => {}
                 }
             }
-            Value::Number(n) => {
+            Node::Number(_) => {
                 let (min, name) = match def.prim {
                     Prim::Integer => (i64::from(i32::MIN), "integer"),
                     Prim::PositiveInt => (1, "positiveInt"),
                     Prim::UnsignedInt => (0, "unsignedInt"),
                     _ => return,
                 };
-                let ok = n
+                let ok = v
                     .as_i64()
                     .is_some_and(|i| i >= min && i <= i64::from(i32::MAX));
                 if !ok {
@@ -680,14 +680,8 @@ impl<'v, 'o> Walker<'v, 'o> {
     }
 
     /// Rules of particular data types.
-    fn type_rules(
-        &mut self,
-        obj: &'v Map<String, Value>,
-        def: &Def,
-        path: &str,
-        res: &mut Res<'v>,
-    ) {
-        let s = |k: &str| obj.get(k).and_then(Value::as_str);
+    fn type_rules(&mut self, obj: &'v Object<'v>, def: &Def, path: &str, res: &mut Res<'v>) {
+        let s = |k: &str| obj.get(k).and_then(Node::as_str);
         match def.kind {
             Kind::Reference => {
                 if let Some(r) = s("reference") {
@@ -703,7 +697,7 @@ impl<'v, 'o> Walker<'v, 'o> {
             }
             Kind::Attachment => {
                 if let (Some(data), Some(size)) =
-                    (s("data"), obj.get("size").and_then(Value::as_u64))
+                    (s("data"), obj.get("size").and_then(Node::as_u64))
                 {
                     if let Some(len) = p::base64_len(data) {
                         if len as u64 != size {
@@ -780,7 +774,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     s("url").and_then(|u| CORE_EXTENSIONS.iter().find(|(c, _)| *c == u))
                 {
                     if let Some(k) = obj.keys().find(|k| k.starts_with("value")) {
-                        if k.as_str() != *want {
+                        if k != *want {
                             let p = format!("{path}.{}", k);
                             self.error(
                                 IssueCode::Structure,
@@ -801,7 +795,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                 }
             }
             Kind::RiskPrediction => {
-                if let Some(pr) = obj.get("probabilityDecimal").and_then(Value::as_f64) {
+                if let Some(pr) = obj.get("probabilityDecimal").and_then(Node::as_f64) {
                     if pr > 100.0 {
                         self.error(
                             IssueCode::Invariant,
@@ -814,7 +808,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     for end in ["low", "high"] {
                         if r.get(end)
                             .and_then(|e| e.get("value"))
-                            .and_then(Value::as_f64)
+                            .and_then(Node::as_f64)
                             .is_some_and(|v| v > 100.0)
                         {
                             self.error(
