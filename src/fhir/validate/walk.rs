@@ -462,7 +462,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                             .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
                     }),
                     None => {
-                        obj.contains_key(*name)
+                        obj.contains_key(name)
                             || obj.keys().any(|k| k.strip_prefix('_') == Some(name))
                     }
                 };
