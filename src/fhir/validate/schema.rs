@@ -90,21 +90,84 @@ pub(crate) struct Pattern {
     pub text: Box<str>,
     pub ty: Box<str>,
     re: regex::Regex,
+    fast: Fast,
+}
+
+/// The patterns of nearly every string in a Bundle, decided without the regex engine (a test
+/// holds each equal to it). `\s` is Unicode's White_Space, as `char::is_whitespace` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fast {
+    /// No shortcut: the regex decides.
+    Regex,
+    /// `string`, `markdown`: `^[ \r\n\t\S]+$`.
+    Text,
+    /// `uri`, `url`, `canonical`: `^\S*$`.
+    NoSpace,
+    /// `code`: `^[^\s]+(\s[^\s]+)*$`, words with single spaces between them.
+    Code,
+    /// `id`: `^[A-Za-z0-9\-\.]{1,64}$`.
+    Id,
+}
+
+impl Fast {
+    fn of(pattern: &str) -> Fast {
+        match pattern {
+            r"^[ \r\n\t\S]+$" => Fast::Text,
+            r"^\S*$" => Fast::NoSpace,
+            r"^[^\s]+(\s[^\s]+)*$" => Fast::Code,
+            r"^[A-Za-z0-9\-\.]{1,64}$" => Fast::Id,
+            _ => Fast::Regex,
+        }
+    }
+}
+
+/// White_Space among ASCII: tab, line feed, vertical tab, form feed, carriage return, space.
+fn ascii_space(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
 }
 
 impl Pattern {
-    /// Whether `s` matches. The two patterns of nearly every string in a Bundle (`string`,
-    /// `markdown`: `^[ \r\n\t\S]+$`; `uri`, `url`, `canonical`: `^\S*$`) are decided without the
-    /// regex engine; a test holds them equal to it.
+    fn new(text: &str, ty: &str) -> Result<Pattern, String> {
+        Ok(Pattern {
+            text: text.into(),
+            ty: ty.into(),
+            re: regex::Regex::new(text).map_err(|e| format!("pattern {text}: {e}"))?,
+            fast: Fast::of(text),
+        })
+    }
+
+    /// Whether `s` matches.
     pub fn is_match(&self, s: &str) -> bool {
-        match &*self.text {
-            r"^[ \r\n\t\S]+$" => {
+        match self.fast {
+            Fast::Regex => self.re.is_match(s),
+            Fast::Text if s.is_ascii() => {
+                !s.is_empty() && !s.bytes().any(|b| b == 0x0B || b == 0x0C)
+            }
+            Fast::Text => {
                 !s.is_empty()
                     && s.chars()
                         .all(|c| matches!(c, ' ' | '\r' | '\n' | '\t') || !c.is_whitespace())
             }
-            r"^\S*$" => !s.chars().any(char::is_whitespace),
-            _ => self.re.is_match(s),
+            Fast::NoSpace if s.is_ascii() => !s.bytes().any(ascii_space),
+            Fast::NoSpace => !s.chars().any(char::is_whitespace),
+            Fast::Code => {
+                // Before the first character counts as a space: no leading space, no two in a
+                // row, and the last character is not one (nor is the string empty).
+                let mut after_space = true;
+                for c in s.chars() {
+                    let space = c.is_whitespace();
+                    if space && after_space {
+                        return false;
+                    }
+                    after_space = space;
+                }
+                !after_space
+            }
+            Fast::Id => {
+                (1..=64).contains(&s.len())
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            }
         }
     }
 }
@@ -261,12 +324,7 @@ impl Model {
             if let Some(i) = patterns.iter().position(|p| &*p.text == text) {
                 return Ok(i as u16);
             }
-            let re = regex::Regex::new(text).map_err(|e| format!("pattern {text}: {e}"))?;
-            patterns.push(Pattern {
-                text: text.into(),
-                ty: ty.into(),
-                re,
-            });
+            patterns.push(Pattern::new(text, ty)?);
             Ok((patterns.len() - 1) as u16)
         };
         let mut def_checks = Vec::with_capacity(defs_obj.len());
@@ -535,9 +593,13 @@ mod tests {
         let fast: Vec<&Pattern> = m
             .patterns
             .iter()
-            .filter(|p| matches!(&*p.text, r"^[ \r\n\t\S]+$" | r"^\S*$"))
+            .filter(|p| p.fast != Fast::Regex)
             .collect();
-        assert_eq!(fast.len(), 2);
+        assert_eq!(
+            fast.len(),
+            4,
+            "string, uri, code and id are decided without the regex"
+        );
         let pieces = [
             "",
             " ",
@@ -562,10 +624,15 @@ mod tests {
             "日本",
             "\u{1F600}",
             "x y",
+            "x  y",
+            "A-9.z",
+            "_",
+            "/",
+            &"a".repeat(63),
         ];
         for a in pieces {
             for b in pieces {
-                for c in ["", "z", " "] {
+                for c in ["", "z", " ", "\u{2003}", "-"] {
                     let s = format!("{a}{b}{c}");
                     for p in &fast {
                         assert_eq!(p.is_match(&s), p.re.is_match(&s), "{} on {s:?}", p.text);
