@@ -259,10 +259,14 @@ pub fn parse<R>(
         Ok(doc) => Ok(then(&doc)),
         Err(e) => {
             let at = json_path_at(input, e.line(), e.column());
-            Err(vec![Issue::new(
-                Severity::Fatal,
-                IssueCode::Structure,
-                &at,
+            let message = if e.classify() == serde_json::error::Category::Data {
+                format!(
+                    "{} (line {} column {})",
+                    doc::REPEATED_KEY,
+                    e.line(),
+                    e.column()
+                )
+            } else {
                 format!(
                     "not valid JSON at line {} column {} ({:?} error){}",
                     e.line(),
@@ -273,7 +277,13 @@ pub fn parse<R>(
                     } else {
                         ""
                     }
-                ),
+                )
+            };
+            Err(vec![Issue::new(
+                Severity::Fatal,
+                IssueCode::Structure,
+                &at,
+                message,
             )])
         }
     }
@@ -510,6 +520,17 @@ mod tests {
         )
         .is_ok());
         assert!(parse(b"{\"a\":\"//not a comment\"}", true, |_| ()).is_ok());
+        // The same bytes would be two different resources to readers that keep the first or
+        // the last of a repeated key: refused where the parser found it.
+        let e = Validator::shared()
+            .validate_bytes(b"{\"resourceType\":\"Patient\",\"id\":\"a\",\n\"id\":\"b\"}")
+            .unwrap_err();
+        assert_eq!(e[0].severity, Severity::Fatal);
+        assert!(
+            e[0].message.contains("same key twice (") && e[0].message.contains("line 2"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]
