@@ -279,13 +279,27 @@ impl<'de> Visitor<'de> for KeySeed {
 mod tests {
     use super::*;
 
+    /// Members sorted by key, as a `serde_json::Value` (a BTreeMap) holds them.
+    fn in_key_order(n: Node<'_>) -> Node<'_> {
+        match n {
+            Node::Array(a) => Node::Array(a.into_iter().map(in_key_order).collect()),
+            Node::Object(Object(mut m)) => {
+                m.sort_by(|a, b| a.0.cmp(&b.0));
+                Node::Object(Object(
+                    m.into_iter().map(|(k, v)| (k, in_key_order(v))).collect(),
+                ))
+            }
+            other => other,
+        }
+    }
+
     /// The document holds what serde_json reads, member for member, and borrows what it can.
     #[test]
     fn parses_what_serde_json_parses() {
         let text = r#"{"a":[1,-2,3.5,true,null,"x\"y"],"b":{"c":"plain","d\u0065":{}},"e":18446744073709551615}"#;
         let node = Node::parse(text).unwrap();
         let value: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(node, Node::from_value(&value));
+        assert_eq!(in_key_order(node.clone()), Node::from_value(&value));
         let a = node.get("a").unwrap().as_array().unwrap();
         assert_eq!(a[0].as_u64(), Some(1));
         assert_eq!(a[1].as_i64(), Some(-2));
@@ -315,6 +329,67 @@ mod tests {
             assert!(e.line() > 0, "{text}: the error has a position");
         }
         assert!(Node::parse(&format!("{{{big}\"k40\":0}}")).is_ok());
+    }
+
+    /// An attacker's view: mutated documents (bytes flipped, dropped, repeated, quotes and
+    /// escapes put in) are accepted exactly when serde_json accepts them, read as the same
+    /// document, and a repeated key is the only difference. Nothing panics.
+    #[test]
+    fn agrees_with_serde_json_on_mutated_documents() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir");
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut accepted, mut repeated) = (0, 0);
+        for file in [
+            "patient-example.json",
+            "observation-example.json",
+            "bundle-lipids.json",
+        ] {
+            let original = std::fs::read(dir.join(file)).expect("fixture");
+            for round in 0..400 {
+                let mut bytes = original.clone();
+                for _ in 0..1 + round % 3 {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    match next() % 5 {
+                        0 => bytes[at] = b"\"\\{}[],:0e-u"[(next() % 12) as usize],
+                        1 => drop(bytes.remove(at)),
+                        2 => {
+                            let len = (next() % 40) as usize;
+                            let piece = bytes[at..(at + len).min(bytes.len())].to_vec();
+                            bytes.splice(at..at, piece);
+                        }
+                        3 => bytes[at] = (next() % 256) as u8,
+                        _ => bytes.insert(at, b"\"\\/"[(next() % 3) as usize]),
+                    }
+                }
+                let theirs = serde_json::from_slice::<Value>(&bytes);
+                match (Node::parse_bytes(&bytes), theirs) {
+                    (Ok(ours), Ok(value)) => {
+                        accepted += 1;
+                        assert_eq!(
+                            in_key_order(ours),
+                            Node::from_value(&value),
+                            "{file} round {round}"
+                        );
+                    }
+                    (Err(e), Ok(_)) => {
+                        assert_eq!(e.to_string().split(" at line").next(), Some(REPEATED_KEY));
+                        repeated += 1;
+                    }
+                    (Ok(_), Err(e)) => panic!("{file} round {round}: accepted, serde_json: {e}"),
+                    (Err(_), Err(_)) => {}
+                }
+            }
+        }
+        assert!(
+            accepted > 100 && repeated > 0,
+            "{accepted} accepted, {repeated} repeated keys"
+        );
     }
 
     #[test]
