@@ -875,7 +875,6 @@ fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Res
     }
     crate::fhir::validate::Validator::shared()
         .validate_bytes(&mapped.bundle)
-        .map(|_| ())
         .map_err(|issues| {
             let shown: Vec<String> = issues.iter().take(5).map(|i| i.to_string()).collect();
             MapError {

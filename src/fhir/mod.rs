@@ -66,7 +66,7 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
     let v = Node::parse_bytes(bytes).map_err(|e| {
         // serde_json keeps the last of duplicate keys, another reader the first: the same bytes
         // would be two different resources (a Patient to one, a Bundle to the other).
-        if e.classify() == serde_json::error::Category::Data {
+        if validate::doc::is_repeated_key(&e) {
             return bad("not_fhir", validate::doc::REPEATED_KEY);
         }
         bad(

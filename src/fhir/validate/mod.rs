@@ -259,7 +259,7 @@ pub fn parse<R>(
         Ok(doc) => Ok(then(&doc)),
         Err(e) => {
             let at = json_path_at(input, e.line(), e.column());
-            let message = if e.classify() == serde_json::error::Category::Data {
+            let message = if doc::is_repeated_key(&e) {
                 format!(
                     "{} (line {} column {})",
                     doc::REPEATED_KEY,
