@@ -346,6 +346,63 @@ fn bundle_entries_are_validated_with_their_own_types_and_references_resolve() {
     assert_eq!(at("Bundle.entry[0].resource.birthDate"), IssueCode::Value);
 }
 
+/// References between entries resolve by fullUrl (with the referring entry's RESTful base) and
+/// version: one match is fine, two are ambiguous, a version the Bundle lacks is named; a link
+/// relation given twice is refused; entries sharing an identity are each named once.
+#[test]
+fn references_resolve_by_identity_and_version_and_link_relations_are_unique() {
+    let patient = |v: &str| {
+        json!({"fullUrl": "http://s.org/fhir/Patient/1",
+               "resource": {"resourceType": "Patient", "id": "1", "meta": {"versionId": v}}})
+    };
+    let mut entries = vec![patient("1"), patient("2")];
+    entries.push(
+        json!({"fullUrl": "http://s.org/fhir/Observation/o", "resource": {
+        "resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient/1/_history/2"},
+        "performer": [{"reference": "Patient/1"}, {"reference": "Patient/1/_history/3"}]}}),
+    );
+    // One identity shared by many entries: each after the first is a bdl-7 error.
+    for i in 0..2_000 {
+        entries.push(
+            json!({"fullUrl": "urn:uuid:0b6c0f1e-4c3a-4d2b-9a8e-000000000001",
+            "resource": {"resourceType": "Basic", "id": format!("b{i}"), "code": {"text": "x"}}}),
+        );
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "collection",
+        "link": [{"relation": "self", "url": "http://s.org/a"}, {"relation": "self", "url": "http://s.org/b"}],
+        "entry": entries});
+    let issues = Validator::shared().validate(&bundle).unwrap_err();
+    let at = |path: &str| -> Vec<&str> {
+        issues
+            .iter()
+            .filter(|i| i.path == path)
+            .map(|i| i.message.as_str())
+            .collect()
+    };
+    assert!(
+        at("Bundle.entry[2].resource.subject").is_empty(),
+        "{issues:#?}"
+    );
+    assert_eq!(
+        at("Bundle.entry[2].resource.performer[0]"),
+        ["the reference matches more than one entry of the Bundle"]
+    );
+    assert_eq!(
+        at("Bundle.entry[2].resource.performer[1]"),
+        ["the Bundle holds the referenced resource but not the referenced version"]
+    );
+    assert_eq!(
+        at("Bundle.link[1]"),
+        ["a link relation type may occur only once in a Bundle"]
+    );
+    let not_unique = issues
+        .iter()
+        .filter(|i| i.message.starts_with("bdl-7"))
+        .count();
+    assert_eq!(not_unique, 1_999);
+}
+
 /// Builds `depth` nested extensions iteratively, and takes them apart the same way (a
 /// recursive drop of a value this deep would itself overflow a test thread's stack).
 fn nested_extensions(depth: usize) -> Value {

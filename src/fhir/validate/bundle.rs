@@ -1,7 +1,7 @@
 //! Bundle rules (R4 `bdl-*` invariants, fullUrl syntax, duplicate entries, search sets) and
 //! the resolution of references inside a Bundle and a Parameters resource.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::doc::{Node, Object};
 
@@ -70,17 +70,16 @@ pub(crate) fn check_bundle<'v>(
     }
     // Link relations occur once each.
     if let Some(links) = obj.get("link").and_then(Node::as_array) {
-        let mut seen: Vec<&str> = Vec::new();
+        // A set, not a list: a hostile Bundle may carry tens of thousands of links.
+        let mut seen: HashSet<&str> = HashSet::new();
         for (j, l) in links.iter().enumerate() {
             if let Some(rel) = l.get("relation").and_then(Node::as_str) {
-                if seen.contains(&rel) {
+                if !seen.insert(rel) {
                     w.error(
                         IssueCode::Invalid,
                         &format!("{path}.link[{j}]"),
                         "a link relation type may occur only once in a Bundle",
                     );
-                } else {
-                    seen.push(rel);
                 }
             }
         }
@@ -256,9 +255,42 @@ fn duplicates(w: &mut Walker, entries: &[Entry]) {
     }
 }
 
+/// How many entries share one identity (a fullUrl, or a type and id): in all, and per
+/// `meta.versionId`.
+#[derive(Default)]
+struct Matching<'v> {
+    all: usize,
+    by_version: HashMap<&'v str, usize>,
+}
+
+impl<'v> Matching<'v> {
+    fn add(&mut self, e: &Entry<'v, '_>) {
+        self.all += 1;
+        if let Some(v) = e.version {
+            *self.by_version.entry(v).or_default() += 1;
+        }
+    }
+}
+
 /// References from entries to entries: each must match at most one entry, versions must
 /// exist, and `urn:uuid:` references (and, in documents, relative ones) must resolve.
 fn resolve(w: &mut Walker, btype: &str, entries: &[Entry], res: &Res) {
+    // How many entries have each fullUrl, and each type and id (entries with no fullUrl or a
+    // RESTful one), in all and per version: a reference is resolved in constant time, however many
+    // entries a hostile Bundle holds and however many of them share an identity.
+    let mut by_url: HashMap<&str, Matching> = HashMap::new();
+    let mut by_type_id: HashMap<(&str, &str), Matching> = HashMap::new();
+    for e in entries {
+        if let Some(f) = e.full_url {
+            by_url.entry(f).or_default().add(e);
+        }
+        if let (Some(t), Some(id)) = (e.resource_type, e.id) {
+            if e.full_url.is_none_or(|f| restful(w, f).is_some()) {
+                by_type_id.entry((t, id)).or_default().add(e);
+            }
+        }
+    }
+    let none = Matching::default();
     for emb in &res.embedded {
         let Some(i) = emb.entry else { continue };
         let Some(entry) = entries.get(i) else {
@@ -277,28 +309,24 @@ fn resolve(w: &mut Walker, btype: &str, entries: &[Entry], res: &Res) {
                 None => (*r, None),
             };
             let absolute = p::has_scheme(target);
-            let mut matches: Vec<&Entry> = Vec::new();
+            let mut matching = &none;
             if absolute {
-                matches.extend(entries.iter().filter(|e| e.full_url == Some(target)));
+                matching = by_url.get(target).unwrap_or(&none);
             } else if let Some((t, id)) = target.rsplit_once('/') {
                 let t = t.rsplit('/').next().unwrap_or(t);
                 if let Some(b) = base {
-                    let full = format!("{b}{t}/{id}");
-                    matches.extend(entries.iter().filter(|e| e.full_url == Some(full.as_str())));
+                    matching = by_url.get(format!("{b}{t}/{id}").as_str()).unwrap_or(&none);
                 }
-                if matches.is_empty() {
-                    matches.extend(entries.iter().filter(|e| {
-                        e.resource_type == Some(t)
-                            && e.id == Some(id)
-                            && e.full_url.is_none_or(|f| restful(w, f).is_some())
-                    }));
+                if matching.all == 0 {
+                    matching = by_type_id.get(&(t, id)).unwrap_or(&none);
                 }
             }
-            let found_any = !matches.is_empty();
-            if let Some(v) = version {
-                matches.retain(|e| e.version == Some(v));
-            }
-            match matches.len() {
+            let found_any = matching.all > 0;
+            let n = match version {
+                None => matching.all,
+                Some(v) => matching.by_version.get(v).copied().unwrap_or(0),
+            };
+            match n {
                 1 => {}
                 0 if found_any => w.error(
                     IssueCode::NotFound,
