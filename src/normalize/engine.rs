@@ -1046,14 +1046,7 @@ impl<'p> Mapper<'p> {
                     let Some(map) = *map else { return false };
                     let cm = self.plan.map(map);
                     let dv = DtView::new(walk, v, level);
-                    // An id rule for the map itself (`PL[Location-Room]`) before the one
-                    // for its data type.
-                    let source = if self.plan.ids.contains_key(&cm.name) {
-                        &cm.name
-                    } else {
-                        &cm.v2
-                    };
-                    let key = self.key(b, walk, t, source, &dv);
+                    let key = self.key(b, walk, t, &cm.id_source, &dv);
                     let (scope, group) = (
                         walk.seg_scope,
                         walk.stack.last().map(|f| f.group).unwrap_or(0),

@@ -150,8 +150,10 @@ pub struct Row {
 #[derive(Debug)]
 pub struct CMap {
     pub name: String,
-    /// The v2 data type or segment id (`XCN`, `PID`): which id rules apply to resources it makes.
-    pub v2: String,
+    /// Which id rules apply to resources it makes: the map's own name when a rule names it
+    /// (`PL[Location-Room]`), else its v2 data type or segment id (`XCN`, `PID`). Settled once
+    /// the id rules are read.
+    pub id_source: String,
     pub rows: Vec<Row>,
 }
 
@@ -453,6 +455,11 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
     }
     if !c.errors.is_empty() {
         return Err(c.errors);
+    }
+    for m in &mut c.maps {
+        if ids.contains_key(&m.name) {
+            m.id_source = m.name.clone();
+        }
     }
     Ok(Plan {
         model,
@@ -899,7 +906,7 @@ impl Compiler<'_> {
         let i = self.maps.len();
         self.maps.push(CMap {
             name: name.to_string(),
-            v2,
+            id_source: v2,
             rows,
         });
         self.map_cache.insert(key, i);
