@@ -48,9 +48,6 @@ impl<'a> Object<'a> {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Node<'a>)> {
         self.0.iter().map(|(k, v)| (&**k, v))
     }

@@ -163,11 +163,7 @@ impl Pattern {
                 }
                 !after_space
             }
-            Fast::Id => {
-                (1..=64).contains(&s.len())
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            }
+            Fast::Id => super::primitive::is_id(s),
         }
     }
 }
