@@ -888,12 +888,6 @@ fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Res
         })
 }
 
-/// An OperationOutcome listing what no mapping used (names, never values); empty when the
-/// mapping used everything.
-pub fn unmapped_outcome(unmapped: &[String]) -> Vec<u8> {
-    mapping_outcome(unmapped, &[])
-}
-
 /// The OperationOutcome kept in a derived record: what no mapping used (information), and what
 /// was mapped with less than full fidelity or left out (warnings: a resource R4 cannot hold
 /// without an element the message lacked, a value that is not a date…). Names and reasons,
@@ -963,8 +957,8 @@ mod tests {
     /// only; nothing unmapped keeps nothing.
     #[test]
     fn the_unmapped_outcome_is_valid_fhir_and_names_fields_only() {
-        assert!(unmapped_outcome(&[]).is_empty());
-        let outcome = unmapped_outcome(&["ZPI".into(), "PID-10".into()]);
+        assert!(mapping_outcome(&[], &[]).is_empty());
+        let outcome = mapping_outcome(&["ZPI".into(), "PID-10".into()], &[]);
         let v: serde_json::Value = serde_json::from_slice(&outcome).unwrap();
         crate::fhir::validate::Validator::shared()
             .validate(&v)

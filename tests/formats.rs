@@ -342,7 +342,7 @@ fn derivations(sealed: &[SealedVec]) -> Vec<Der> {
                 },
             }
         };
-    let outcome = medanchor::pipeline::unmapped_outcome(&["OBX-5".to_string()]);
+    let outcome = medanchor::pipeline::mapping_outcome(&["OBX-5".to_string()], &[]);
     vec![
         make(
             "adt_a01_bundle",
