@@ -4,8 +4,9 @@
 //! - the portable permutation and the AVX-512 one, one message at a time through the incremental
 //!   API, whole and split into parts ([`Sha3_256::with_backend`]), and as batches
 //!   ([`Sha3_256::digest_many_on`]);
-//! - the four-way AVX2 permutation, the vectors batched in groups of 1 to 9 of mixed lengths, each
-//!   message split into parts ([`Sha3_256::digest_many_on`] with [`Path::Avx2x4`]);
+//! - the four-way AVX2 and eight-way AVX-512 permutations, the vectors batched in groups of 1 to
+//!   17 of mixed lengths, each message split into parts ([`Sha3_256::digest_many_on`] with
+//!   [`Path::Avx2x4`] and [`Path::Avx512x8`]);
 //! - the dispatching API the gateway calls (`digest`, `digest_parts`, `new`/`update`,
 //!   `digest_many`), whichever path it picks on this CPU.
 //!
@@ -164,7 +165,8 @@ fn batches(kats: &[Kat]) -> Vec<Batch<'_>> {
             .collect();
         out.push(batch);
         at += size;
-        size = size % 9 + 1;
+        // Up to 17: two refills of every slot of the eight-way path.
+        size = size % 17 + 1;
     }
     out
 }
@@ -268,12 +270,12 @@ fn dispatch_failures(kats: &[Kat]) -> Vec<String> {
 /// The SHA3VS Monte Carlo test on `path`: MD_0 = seed; for each checkpoint j, 1,000 times
 /// MD_i = SHA3-256(MD_{i-1}), output MD_1000 and start the next checkpoint from it. Each hash goes
 /// through the path in a varying way (the single-message paths alternate whole and split
-/// messages; the four-way path puts the chain in a varying slot of batches of 1 to 4, the other
-/// slots holding earlier digests). Returns one line per wrong checkpoint.
+/// messages; the four- and eight-way paths put the chain in a varying slot of batches of 1 to 8,
+/// the other slots holding earlier digests). Returns one line per wrong checkpoint.
 fn monte_failures(path: Path, seed: [u8; 32], checkpoints: &[[u8; 32]]) -> Vec<String> {
     let mut failures = Vec::new();
     let mut md = seed;
-    let mut earlier = [seed; 3];
+    let mut earlier = [seed; 7];
     let mut i = 0usize;
     for (j, want) in checkpoints.iter().enumerate() {
         for _ in 0..1000 {
@@ -284,8 +286,8 @@ fn monte_failures(path: Path, seed: [u8; 32], checkpoints: &[[u8; 32]]) -> Vec<S
                     hash_incremental(backend, &[a, b])
                 }
                 None => {
-                    let size = 1 + i % 4;
-                    let slot = (i / 4) % size;
+                    let size = 1 + i % 8;
+                    let slot = (i / 8) % size;
                     let mut inputs: Vec<[&[u8]; 1]> =
                         earlier[..size - 1].iter().map(|e| [e.as_slice()]).collect();
                     inputs.insert(slot, [md.as_slice()]);
@@ -319,6 +321,10 @@ fn available_paths(what: &str) -> Vec<Path> {
         assert_eq!(
             Path::Avx2x4.is_available(),
             std::arch::is_x86_feature_detected!("avx2")
+        );
+        assert_eq!(
+            Path::Avx512x8.is_available(),
+            std::arch::is_x86_feature_detected!("avx512f")
         );
         assert_eq!(
             Path::Avx512.is_available(),
@@ -413,8 +419,8 @@ fn short_and_long_msg_through_the_dispatching_api() {
     kats.extend(long_msg());
     assert_no_failures(dispatch_failures(&kats));
     eprintln!(
-        "dispatching API (single messages on {:?}; digest_many four-way on CPUs with AVX2 and \
-         not AVX-512): {} vectors passed",
+        "dispatching API (single messages on {:?}; digest_many eight-way on CPUs with AVX-512F, \
+         four-way on CPUs with AVX2 only): {} vectors passed",
         Backend::detect(),
         kats.len()
     );
@@ -430,7 +436,7 @@ fn monte_carlo_through_the_dispatching_api() {
             md = if i.is_multiple_of(2) {
                 Sha3_256::digest(&md)
             } else {
-                // digest_many with the chain among other inputs (four-way on AVX2-only CPUs).
+                // digest_many with the chain among other inputs (eight- or four-way).
                 let other = [0x5a; 40];
                 Sha3_256::digest_many(&[&[&other], &[&md[..5], &md[5..]], &[&other[..j % 40]]])[1]
             };
