@@ -1,9 +1,10 @@
 //! The single-core floor of the pipeline's CPU work on `medanchor bench mllp`'s message mixes
 //! (`--mix typical` and `--mix corpus`): decode, normalize (map and check the Bundle), and seal
-//! the raw and the derived record, one message after another on one thread, with no I/O. The
-//! end-to-end MLLP rate on one core is reported as a fraction of this (`scripts/bench-normalize`
-//! runs both side by side). Messages are worked in sealing jobs as the gateway works them under
-//! load (`pipeline::SEAL_BATCH` at a time), so batch hashing counts as it does there.
+//! the raw and the derived record, on one thread, with no I/O. The end-to-end MLLP rate on one
+//! core is reported as a fraction of this (`scripts/bench-normalize` runs both side by side).
+//! Messages are worked in sealing jobs as the gateway works them under load: whole copies of the
+//! mix, as many as fit in `pipeline::SEAL_BATCH` (16 for the two-message typical mix, 12 for the
+//! six-message corpus mix), so batch hashing counts as it does there.
 //!
 //! Variants: `normalize_on` (what the gateway does by default), `normalize_no_validation`
 //! (`normalize.validate_output = false`) and `normalize_off` (decode and seal the raw record
@@ -60,7 +61,8 @@ fn bench_mix(c: &mut Criterion, mix_name: &str, mix: Mix) {
         )
         .unwrap_or_else(|e| panic!("message {i} of the mix does not map: {e}"));
     }
-    // One sealing job's worth (`pipeline::SEAL_BATCH`, whole copies of the mix), worked as the
+    // One sealing job's worth (whole copies of the mix, at most `pipeline::SEAL_BATCH`, or the
+    // mix once if it is longer), worked as the
     // gateway works a job under load: decode each, seal the raw records together, derive each,
     // seal the derived records together (their commitments are hashed several at a time).
     let copies = (SEAL_BATCH / messages.len()).max(1);

@@ -1,6 +1,6 @@
 //! `medanchor-sha3` against RustCrypto's `sha3` on arbitrary input: the one-shot `digest`, the
 //! input cut into parts (`digest_parts` and incremental `update`s), `digest_many` on a batch made
-//! from the input, and every code path this CPU runs forced (portable, AVX-512, AVX2 four-way).
+//! from the input, and every code path this CPU runs forced (portable, AVX-512, AVX2 four-way, AVX-512 eight-way).
 //! Any difference is a crash.
 //!
 //! The first byte chooses the cuts: the rest of the input is the message, cut every `step` bytes
@@ -35,9 +35,10 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(h.finalize(), want, "update");
 
-    // The batch: the whole message in parts, then every prefix ending at a cut (at most 9).
+    // The batch: the whole message in parts, then every prefix ending at a cut (at most 17, so
+    // the eight-way path refills its slots).
     let mut inputs: Vec<&[&[u8]]> = vec![parts.as_slice()];
-    let prefixes: Vec<usize> = (1..parts.len()).take(8).collect();
+    let prefixes: Vec<usize> = (1..parts.len()).take(16).collect();
     for &n in &prefixes {
         inputs.push(&parts[..n]);
     }

@@ -66,9 +66,10 @@ impl<'a, const N: usize> Batch<'a, N> {
         self.slots.iter().any(Option::is_some)
     }
 
-    /// The next block of every busy slot as lanes (`lanes[l][s]` is lane `l` of slot `s`; zero
-    /// for an idle slot, so its state is unchanged by the XOR), padded where it is the message's
-    /// last. Returns which slots absorb their last block with these.
+    /// The next block of every busy slot as lanes (`lanes[l][s]` is lane `l` of slot `s`), padded
+    /// where it is the message's last. An idle slot gets zeros: its state is permuted along with
+    /// the others and never read, since a slot goes idle only once the batch has no message left.
+    /// Returns which slots absorb their last block with these.
     pub(crate) fn next_blocks(&mut self, lanes: &mut [[u64; N]; RATE / 8]) -> [bool; N] {
         let mut last = [false; N];
         let mut block = [0u8; RATE];

@@ -11,22 +11,27 @@
 //! core at full load. AVX-512 has a three-input logic instruction (`vpternlogq`) and a 64-bit
 //! rotate (`vprolq`): with one lane per 128-bit register, theta's column parities take two
 //! instructions per column instead of four, chi one per lane instead of three, and the 25 lanes
-//! stay in registers (there are 32). Only 128-bit registers are used, which do not lower the
-//! clock of the CPUs that throttle on wide AVX-512 work. Other CPUs get the portable permutation.
+//! stay in registers (there are 32). A single message uses only 128-bit registers, which do not
+//! lower the clock of the CPUs that throttle on wide AVX-512 work (batches use 512-bit ones, see
+//! below). Other CPUs get the portable permutation.
 //! The sponge (absorb, pad, squeeze) is shared; tests check both permutations against the
 //! `sha3` crate and FIPS 202 vectors.
 //!
 //! Callers with many inputs at once (a batch of records to commit to) use
 //! [`Sha3_256::digest_many`]: it runs eight permutations in one set of 512-bit registers on CPUs
-//! with AVX-512F, and four in 256-bit registers on CPUs with AVX2 only (2.7× the throughput of
-//! one at a time on an AMD EPYC). Both share one batch sponge (`batch`).
+//! with AVX-512F (4.45× the throughput of one at a time on the 128-bit permutation for 16 records
+//! of 2–8.6 KB, on an AMD EPYC with AVX-512), and four in 256-bit registers on CPUs with AVX2 only
+//! (2.7× one at a time on an AMD EPYC without AVX-512). Both share one batch sponge (`batch`).
+//! Whether the eight-way path's 512-bit work lowers the clock of Intel CPUs that throttle on it,
+//! and by how much that offsets its gain, is not measured.
 //!
 //! # Which tests cover which path
 //!
 //! The crate has four code paths: the portable permutation (RustCrypto's `keccak`, the one the
 //! `sha3` crate uses too, under this crate's own sponge), the AVX-512 permutation (`avx512`), and
-//! the four-way AVX2 (`x4`) and eight-way AVX-512 (`x8`) permutations with their batch sponge. Tests force each
-//! one with [`Sha3_256::with_backend`] and the test-only `Sha3_256::digest_many_on`, and skip
+//! the four-way AVX2 (`x4`) and eight-way AVX-512 (`x8`) permutations with their batch sponge.
+//! Tests force each one with [`Sha3_256::with_backend`] and the test-only
+//! `Sha3_256::digest_many_on`, and skip
 //! (saying so on stderr) the ones the CPU cannot run:
 //!
 //! - `tests/cavp.rs`: the NIST CAVP SHA3-256 vectors (`testdata/`: 137 ShortMsg, 100 LongMsg,
@@ -212,9 +217,10 @@ impl Sha3_256 {
         h.finalize()
     }
 
-    /// The digest of each input, an input being the concatenation of its parts. A batch of two
-    /// or more is hashed eight at a time on CPUs with AVX-512F ([`x8`](crate::x8)), four at a time
-    /// on CPUs with AVX2 only ([`x4`](crate::x4)), and one after another elsewhere.
+    /// The digest of each input, an input being the concatenation of its parts. A batch is hashed
+    /// eight at a time on CPUs with AVX-512F ([`x8`](crate::x8)), four at a time on CPUs with AVX2
+    /// only ([`x4`](crate::x4)), and one after another elsewhere, or where one input is most of
+    /// the batch's bytes ([`worth_batching`]).
     ///
     /// ```
     /// use medanchor_sha3::Sha3_256;
@@ -232,7 +238,7 @@ impl Sha3_256 {
                     .into_iter()
                     .find(|p| p.is_available())
             });
-            if let (Some(path), true) = (many, inputs.len() > 1) {
+            if let (Some(path), true) = (many, worth_batching(inputs)) {
                 return Self::digest_many_on(path, inputs).expect("an available path");
             }
         }
@@ -249,8 +255,8 @@ impl Sha3_256 {
 
     /// [`Self::digest_many`] on one given code path rather than the one the CPU
     /// detection picks, for tests that check every path (`tests/cavp.rs`). `None` if this CPU
-    /// cannot run `path`. [`Path::Avx2x4`] is used for every batch, also of one input, where
-    /// `digest_many` would hash a single input on its own.
+    /// cannot run `path`. The four- and eight-way paths are used for every batch, also of one
+    /// input, where `digest_many` would hash inputs one at a time.
     #[doc(hidden)]
     pub fn digest_many_on(path: Path, inputs: &[&[&[u8]]]) -> Option<Vec<[u8; 32]>> {
         if !path.is_available() {
@@ -285,6 +291,21 @@ impl Sha3_256 {
     }
 }
 
+/// Whether hashing `inputs` together beats hashing them one at a time. A batch runs as many
+/// blocks as its longest input, and on an AMD EPYC one eight-way block costs about 1.25 blocks of
+/// the 128-bit permutation: so a batch pays once the other inputs add at least half of the
+/// longest one's length (two inputs of 1.3 and 15 KB: 0.89× one at a time; 1.3 and 1.3 KB: 1.6×;
+/// 15 and 17 KB: 1.5×; four of 13–17 KB: 2.7×).
+fn worth_batching(inputs: &[&[&[u8]]]) -> bool {
+    let (sum, longest) = inputs
+        .iter()
+        .map(|parts| parts.iter().map(|p| p.len()).sum::<usize>())
+        .fold((0usize, 0usize), |(sum, longest), len| {
+            (sum.saturating_add(len), longest.max(len))
+        });
+    inputs.len() > 1 && sum.saturating_mul(2) >= longest.saturating_mul(3)
+}
+
 /// A code path of this crate, for tests that force each one:
 /// [`Sha3_256::digest_many_on`] runs a batch on it, and [`Sha3_256::with_backend`] the two
 /// one-message permutations with the incremental API.
@@ -297,7 +318,7 @@ pub enum Path {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     /// Four messages at once in 256-bit AVX2 registers (`digest_many`'s batches on CPUs with AVX2
-    /// but not AVX-512).
+    /// but not AVX-512F).
     #[cfg(target_arch = "x86_64")]
     Avx2x4,
     /// Eight messages at once in 512-bit AVX-512F registers (`digest_many`'s batches on CPUs with
@@ -577,5 +598,28 @@ mod tests {
             }
             assert_eq!(h.finalize(), hash(backend, &[&data]), "{backend:?}");
         }
+    }
+
+    /// One input that is most of the batch's bytes is hashed alone; inputs of like length
+    /// together (the measured cases in `worth_batching`'s comment).
+    #[test]
+    fn batches_only_where_they_pay() {
+        let (short, long) = (vec![1u8; 1300], vec![2u8; 15000]);
+        let batch = |lens: &[&Vec<u8>]| -> bool {
+            let parts: Vec<[&[u8]; 1]> = lens.iter().map(|v| [v.as_slice()]).collect();
+            let inputs: Vec<&[&[u8]]> = parts.iter().map(|p| &p[..]).collect();
+            worth_batching(&inputs)
+        };
+        assert!(!batch(&[&short]));
+        assert!(!batch(&[&short, &long]));
+        assert!(batch(&[&short, &short]));
+        assert!(batch(&[&long, &long, &short]));
+        assert!(batch(
+            &[&short; 15]
+                .iter()
+                .copied()
+                .chain([&long])
+                .collect::<Vec<_>>()
+        ));
     }
 }

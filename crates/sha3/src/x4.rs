@@ -33,10 +33,10 @@ pub(super) fn digest_many(inputs: &[&[&[u8]]]) -> Vec<[u8; 32]> {
             };
             batch.finish(s, std::array::from_fn(|l| word(state[l])));
             // The slot starts over with a zero state for the next message.
-            let keep =
+            let done =
                 _mm256_cmpeq_epi64(_mm256_setr_epi64x(0, 1, 2, 3), _mm256_set1_epi64x(s as i64));
             for reg in state.iter_mut() {
-                *reg = _mm256_andnot_si256(keep, *reg);
+                *reg = _mm256_andnot_si256(done, *reg);
             }
         }
     }

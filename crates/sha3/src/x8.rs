@@ -31,7 +31,8 @@ pub(super) fn digest_many(inputs: &[&[&[u8]]]) -> Vec<[u8; 32]> {
         }
         for s in (0..8).filter(|&s| last[s]) {
             let only = 1u8 << s;
-            // Slot `s`'s lane moved to element 0, then read.
+            // No instruction reads an element chosen at run time: compress moves slot `s`'s
+            // element to element 0, which is read.
             let word = |reg: __m512i| {
                 _mm_cvtsi128_si64(_mm512_castsi512_si128(_mm512_maskz_compress_epi64(
                     only, reg,

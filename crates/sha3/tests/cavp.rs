@@ -144,7 +144,7 @@ fn hash_incremental(backend: Backend, parts: &[&[u8]]) -> [u8; 32] {
 /// Messages hashed together: each one's index in the vectors and its parts.
 type Batch<'a> = Vec<(usize, Vec<&'a [u8]>)>;
 
-/// Batches of 1, 2, ..., 9, 1, 2, ... messages taken from `kats` in a scrambled order (so each
+/// Batches of 1, 2, ..., 17, 1, 2, ... messages taken from `kats` in a scrambled order (so each
 /// batch mixes lengths), each message cut into parts in one of the ways of [`splits`].
 fn batches(kats: &[Kat]) -> Vec<Batch<'_>> {
     let n = kats.len();
@@ -165,7 +165,7 @@ fn batches(kats: &[Kat]) -> Vec<Batch<'_>> {
             .collect();
         out.push(batch);
         at += size;
-        // Up to 17: two refills of every slot of the eight-way path.
+        // Up to 17: batches larger than the eight-way path's slots, so slots are refilled.
         size = size % 17 + 1;
     }
     out
