@@ -17,7 +17,7 @@ mod engine;
 mod files;
 mod model;
 mod plan;
-mod value;
+pub(crate) mod value;
 
 use crate::config::NormalizeConfig;
 use crate::hl7::Message;

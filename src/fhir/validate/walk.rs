@@ -827,21 +827,9 @@ impl<'v, 'o> Walker<'v, 'o> {
 
 /// Appends `[i]` without the formatting machinery (it runs for every array item).
 fn push_index(path: &mut String, i: usize) {
-    let mut digits = [0u8; 20];
-    let mut n = i;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
     path.push('[');
-    for d in &digits[at..] {
-        path.push(char::from(*d));
-    }
+    // An index fits: a slice holds at most isize::MAX elements.
+    crate::normalize::value::push_int(path, i as i64);
     path.push(']');
 }
 
