@@ -4,33 +4,14 @@
 //! the column it is about.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// FNV-1a: the plan's lookup tables are keyed by short codes from trusted files and probed with
-/// message values per row; SipHash's cost showed in profiles, its flooding resistance buys
-/// nothing here (no key from a message is ever inserted).
-#[derive(Default, Clone, Copy)]
-pub struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-pub type FnvMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+/// The plan's lookup tables (vocabularies, label code lists, id rules): keyed by codes and
+/// coding-system URIs from trusted files and probed with message values per row, hashed with
+/// foldhash's fixed-seed hash. SipHash's cost showed in profiles, and so did FNV-1a's
+/// byte-at-a-time loop on URIs (security labels look every coding's system up); foldhash reads
+/// whole words. Flooding resistance buys nothing here: no key from a message is ever inserted,
+/// and the fixed seed keeps every run's plan the same.
+pub type TableMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 use super::cond::{self, Cond, Expr, Ref, Scope};
 use super::csv::Record;
@@ -168,7 +149,7 @@ pub struct VRow {
 #[derive(Debug, Default)]
 pub struct Vocab {
     pub rows: Vec<VRow>,
-    exact: FnvMap<String, Vec<usize>>,
+    exact: TableMap<String, Vec<usize>>,
     prefixes: Vec<(String, usize)>,
     default: Option<usize>,
     /// A `*` row without a target: codes not listed give no value (rather than being copied as
@@ -292,9 +273,9 @@ pub struct Labels {
     /// Label codes (v3 ActCode), index = bit.
     pub names: Vec<String>,
     /// code → (system, bits): looked up by the code without allocating.
-    exact: FnvMap<String, Vec<(String, u64)>>,
+    exact: TableMap<String, Vec<(String, u64)>>,
     /// system → (code prefix, bits); the empty system applies to every coding.
-    prefixes: FnvMap<String, Vec<(String, u64)>>,
+    prefixes: TableMap<String, Vec<(String, u64)>>,
 }
 
 impl Labels {
@@ -358,7 +339,7 @@ pub struct Plan {
     pub maps: Vec<CMap>,
     pub vocabs: Vec<Vocab>,
     /// v2 source (`PID`, `XCN`) → the rules of the resource types it makes.
-    pub ids: FnvMap<String, Vec<(TypeId, IdRule)>>,
+    pub ids: TableMap<String, Vec<(TypeId, IdRule)>>,
     /// Segment fields id rules read (they count as used even when no row maps them, e.g. OBX-1).
     pub id_fields: HashMap<[u8; 3], Vec<u16>>,
     pub labels: Labels,
@@ -682,8 +663,8 @@ impl Compiler<'_> {
         out
     }
 
-    fn ids(&mut self) -> FnvMap<String, Vec<(TypeId, IdRule)>> {
-        let mut out = FnvMap::default();
+    fn ids(&mut self) -> TableMap<String, Vec<(TypeId, IdRule)>> {
+        let mut out = TableMap::default();
         let Some(f) = self.files.merged.get("tables/ids.csv") else {
             return out;
         };
