@@ -62,9 +62,9 @@ fn bench_mix(c: &mut Criterion, mix_name: &str, mix: Mix) {
         .unwrap_or_else(|e| panic!("message {i} of the mix does not map: {e}"));
     }
     // One sealing job's worth (whole copies of the mix, at most `pipeline::SEAL_BATCH`, or the
-    // mix once if it is longer), worked as the
-    // gateway works a job under load: decode each, seal the raw records together, derive each,
-    // seal the derived records together (their commitments are hashed several at a time).
+    // mix once if it is longer), worked as the gateway works a job under load: decode each, seal
+    // the raw records together, derive each, seal the derived records together (their
+    // commitments are hashed several at a time).
     let copies = (SEAL_BATCH / messages.len()).max(1);
     let job: Vec<&Bytes> = std::iter::repeat_n(&messages, copies).flatten().collect();
     let run = |cfg: Option<&NormalizeConfig>| {

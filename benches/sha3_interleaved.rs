@@ -2,7 +2,8 @@
 //! with the `sha3` crate, `medanchor-sha3`'s portable and detected permutations one record at a
 //! time, and `Sha3_256::digest_many` (eight at once on AVX-512F, four on AVX2). Interleaved: 300
 //! rounds, each hashing the sixteen records three times with each of the four in turn, so a host
-//! that changes speed mid-run moves all alike. Prints per-record medians and medians of per-round ratios.
+//! that changes speed mid-run moves all alike. Prints per-record medians and medians of per-round
+//! ratios.
 
 use std::hint::black_box;
 use std::time::Instant;

@@ -31,8 +31,7 @@
 //! `sha3` crate uses too, under this crate's own sponge), the AVX-512 permutation (`avx512`), and
 //! the four-way AVX2 (`x4`) and eight-way AVX-512 (`x8`) permutations with their batch sponge.
 //! Tests force each one with [`Sha3_256::with_backend`] and the test-only
-//! `Sha3_256::digest_many_on`, and skip
-//! (saying so on stderr) the ones the CPU cannot run:
+//! `Sha3_256::digest_many_on`, and skip (saying so on stderr) the ones the CPU cannot run:
 //!
 //! - `tests/cavp.rs`: the NIST CAVP SHA3-256 vectors (`testdata/`: 137 ShortMsg, 100 LongMsg,
 //!   the 100 Monte Carlo checkpoints of 1,000 chained hashes) on every path, whole, split into
@@ -296,6 +295,7 @@ impl Sha3_256 {
 /// the 128-bit permutation: so a batch pays once the other inputs add at least half of the
 /// longest one's length (two inputs of 1.3 and 15 KB: 0.89× one at a time; 1.3 and 1.3 KB: 1.6×;
 /// 15 and 17 KB: 1.5×; four of 13–17 KB: 2.7×).
+#[cfg(target_arch = "x86_64")]
 fn worth_batching(inputs: &[&[&[u8]]]) -> bool {
     let (sum, longest) = inputs
         .iter()
@@ -602,6 +602,7 @@ mod tests {
 
     /// One input that is most of the batch's bytes is hashed alone; inputs of like length
     /// together (the measured cases in `worth_batching`'s comment).
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn batches_only_where_they_pay() {
         let (short, long) = (vec![1u8; 1300], vec![2u8; 15000]);
