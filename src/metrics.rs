@@ -105,6 +105,9 @@ pub struct Metrics {
     /// `medanchor_normalize_left_out_total{type}`: resources left out of a Bundle for lack of an
     /// element R4 requires (resource type names: a closed set).
     pub left_out: IntCounterVec,
+    /// `medanchor_normalize_output_walks_total{reason}`: Bundles the mapper could not show valid
+    /// as it built them, so parsed back and walked, by the rule not shown (a closed set).
+    pub output_walks: IntCounterVec,
     pub normalize_seconds: Histogram,
     seen_types: Mutex<HashSet<String>>,
     seen_items: Mutex<HashSet<String>>,
@@ -397,6 +400,12 @@ impl Metrics {
                 "medanchor_normalize_left_out_total",
                 "Resources left out of a Bundle for lack of an element R4 requires, by resource type",
                 &["type"],
+            ),
+            output_walks: counter_vec(
+                &r,
+                "medanchor_normalize_output_walks_total",
+                "Mapped Bundles parsed back and walked because construction did not show them valid, by rule",
+                &["reason"],
             ),
             normalize_seconds: histogram(
                 &r,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, NormalizeConfig, OnMapError};
+use crate::config::{Config, NormalizeConfig, OnMapError, OutputCheck};
 use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
 use crate::hl7::Message;
 use crate::ledger::{batcher, EmbeddedLedger, Ledger};
@@ -536,6 +536,9 @@ impl Pipeline {
                     for ty in &remarks.left_out {
                         self.metrics.left_out.with_label_values(&[ty]).inc();
                     }
+                    if let Some(why) = remarks.walked {
+                        self.metrics.output_walks.with_label_values(&[why]).inc();
+                    }
                     to_seal.push((out.len(), derived));
                     out.push(Derived::None);
                 }
@@ -818,6 +821,9 @@ pub struct Remarks {
     pub unmapped: Vec<String>,
     /// Resource types left out for lack of an element R4 requires, one per resource.
     pub left_out: Vec<String>,
+    /// Why the Bundle was parsed back and walked (the rule construction did not show, or
+    /// `configured`); `None` when it was shown valid as built, or not checked.
+    pub walked: Option<&'static str>,
 }
 
 /// Maps the raw HL7v2 message of a sealed record: the derived record to seal (and what no
@@ -841,7 +847,7 @@ pub fn derive_record(
             detail: format!("the message does not parse again: {e}"),
         })
     })?;
-    check_output(cfg, &mapped)?;
+    let walked = check_output(cfg, &mapped)?;
     Ok((
         DerivedRecord {
             raw_id,
@@ -854,6 +860,7 @@ pub fn derive_record(
         Remarks {
             unmapped: mapped.unmapped,
             left_out: mapped.left_out,
+            walked,
         },
     ))
 }
@@ -870,11 +877,20 @@ pub fn failure(normalizer: &Normalizer, label: &str, detail: String, at_ms: u64)
 
 /// The Bundle a mapping made, checked against the FHIR R4 schema and the sharing invariants
 /// before it is stored (`normalize.validate_output`): a Bundle that fails is a mapping failure
-/// (`invalid_output`) naming paths and rules, never values.
-fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Result<(), MapError> {
+/// (`invalid_output`) naming paths and rules, never values. One the mapper showed valid as it
+/// built it is not parsed back (`normalize.output_check`); `Ok` says why the walk ran, if it did.
+fn check_output(
+    cfg: &NormalizeConfig,
+    mapped: &crate::normalize::Mapped,
+) -> Result<Option<&'static str>, MapError> {
     if !cfg.validate_output {
-        return Ok(());
+        return Ok(None);
     }
+    let why = match (cfg.output_check, mapped.shown_valid) {
+        (OutputCheck::Construction, Ok(())) => return Ok(None),
+        (OutputCheck::Construction, Err(rule)) => rule,
+        (OutputCheck::Walk, _) => "configured",
+    };
     crate::fhir::validate::Validator::shared()
         .validate_bytes(&mapped.bundle)
         .map_err(|issues| {
@@ -887,7 +903,8 @@ fn check_output(cfg: &NormalizeConfig, mapped: &crate::normalize::Mapped) -> Res
                     shown.join("; ")
                 ),
             }
-        })
+        })?;
+    Ok(Some(why))
 }
 
 /// The OperationOutcome kept in a derived record: what no mapping used (information), and what

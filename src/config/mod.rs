@@ -143,6 +143,17 @@ pub struct NormalizeConfig {
     /// Check every Bundle made against the FHIR R4 schema before it is stored; one that fails
     /// is a mapping failure (`invalid_output`).
     pub validate_output: bool,
+    /// How: `construction` (a Bundle shown valid by how it was built is not parsed back; any
+    /// other is walked) or `walk` (every Bundle parsed and walked, as inbound FHIR is).
+    pub output_check: OutputCheck,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputCheck {
+    #[default]
+    Construction,
+    Walk,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -231,6 +242,7 @@ impl Default for NormalizeConfig {
             // One value chosen for medanchor, so ids agree across installs that keep it.
             id_namespace: "0a3c2d4e-6f1b-5a7c-9d2e-4b6f8a1c3e5d".into(),
             validate_output: true,
+            output_check: OutputCheck::Construction,
         }
     }
 }

@@ -66,6 +66,14 @@ struct Writer<'a> {
     emitted: Vec<bool>,
 }
 
+/// What [`write`] wrote.
+pub struct Written {
+    /// Every resource in the Bundle, the Provenance last.
+    pub resources: Vec<MappedResource>,
+    /// Whether the Bundle is shown valid by construction (`check`), else the rule not shown.
+    pub shown_valid: Result<(), &'static str>,
+}
+
 /// Writes the Bundle into `out` and returns what is in it.
 pub fn write(
     plan: &Plan,
@@ -73,7 +81,7 @@ pub fn write(
     ns: &[u8; 16],
     link: &Link<'_>,
     out: &mut Vec<u8>,
-) -> Vec<MappedResource> {
+) -> Written {
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
     let mut live = liveness(plan, b, &emitted);
     while drop_incomplete(plan, b, &live, &mut emitted) {
@@ -141,8 +149,29 @@ pub fn write(
             security: labels,
         });
     }
-    provenance(plan, b, &w.emitted, link, &prov_id, out);
+    let who = format!(
+        "{} {} (mapping set {})",
+        plan.settings.gateway_name,
+        env!("CARGO_PKG_VERSION"),
+        &plan.version[..plan.version.len().min(12)]
+    );
+    let what = format!("raw record {}", link.raw_record_id);
+    provenance(plan, b, &w.emitted, link, &prov_id, (&who, &what), out);
     out.extend_from_slice(b"]}");
+    let shown_valid = super::check::shown_valid(plan, b, &w.live, &w.emitted, link, &who, &what)
+        .and_then(|()| {
+            // The Provenance's own id among the resources' ids.
+            let prov = &prov_id;
+            match b
+                .insts
+                .iter()
+                .enumerate()
+                .any(|(i, x)| w.emitted[i] && &x.id == prov)
+            {
+                true => Err("duplicate_id"),
+                false => Ok(()),
+            }
+        });
     resources.push(MappedResource {
         resource_type: "Provenance".into(),
         id: std::str::from_utf8(&prov_id)
@@ -150,15 +179,20 @@ pub fn write(
             .to_string(),
         security: Vec::new(),
     });
-    resources
+    Written {
+        resources,
+        shown_valid,
+    }
 }
 
+/// The Provenance entry; `display` is the agent's and the entity's text.
 fn provenance(
     plan: &Plan,
     b: &Build,
     emitted: &[bool],
     link: &Link<'_>,
     id: &[u8; 36],
+    (who, what): (&str, &str),
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"{\"fullUrl\":\"urn:uuid:");
@@ -189,17 +223,11 @@ fn provenance(
     );
     out.extend_from_slice(plan.version.as_bytes());
     out.extend_from_slice(b"\"},\"display\":");
-    let who = format!(
-        "{} {} (mapping set {})",
-        plan.settings.gateway_name,
-        env!("CARGO_PKG_VERSION"),
-        &plan.version[..plan.version.len().min(12)]
-    );
-    string(out, &who);
+    string(out, who);
     out.extend_from_slice(b"}}],\"entity\":[{\"role\":\"source\",\"what\":{\"identifier\":{\"system\":\"urn:ietf:rfc:3986\",\"value\":\"urn:medanchor:commitment:");
     out.extend_from_slice(hex::encode(link.raw_commitment).as_bytes());
     out.extend_from_slice(b"\"},\"display\":");
-    string(out, &format!("raw record {}", link.raw_record_id));
+    string(out, what);
     out.extend_from_slice(b"}}]},\"request\":{\"method\":\"PUT\",\"url\":\"Provenance/");
     out.extend_from_slice(id);
     out.extend_from_slice(b"\"}}");

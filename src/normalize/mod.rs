@@ -9,6 +9,7 @@
 //! compiles them once into a plan; [`Normalizer::map`] runs that plan over a message and writes
 //! the Bundle's JSON directly, without an intermediate value tree.
 
+mod check;
 mod cond;
 pub mod csv;
 mod defaults;
@@ -78,6 +79,10 @@ pub struct Mapped {
     pub resources: Vec<MappedResource>,
     /// The message map used (`ADT_A01`, `_default`…).
     pub message_map: String,
+    /// `Ok` when the Bundle is shown valid FHIR R4 by how it was built, without parsing it
+    /// back (the full check would accept it); else the rule that was not shown, a fixed label.
+    /// The pipeline runs the full check on the latter (`normalize.output_check`).
+    pub shown_valid: Result<(), &'static str>,
 }
 
 /// A message that could not be mapped. `label` is a fixed reason for metrics; `detail` names
@@ -197,13 +202,14 @@ impl Normalizer {
             });
         }
         let mut bundle = Vec::with_capacity(msg.bytes().len() * 10 + 2048);
-        let resources = emit::write(&self.plan, &mut build, &self.ns, link, &mut bundle);
+        let written = emit::write(&self.plan, &mut build, &self.ns, link, &mut bundle);
         Ok(Mapped {
             bundle,
+            shown_valid: written.shown_valid,
             unmapped: build.unmapped,
             warnings: build.warnings,
             left_out: build.left_out,
-            resources,
+            resources: written.resources,
             message_map: mm.name.clone(),
         })
     }

@@ -214,6 +214,21 @@ impl Model {
         &self.types[t as usize].required
     }
 
+    /// How many types the table has (type ids run below it).
+    pub fn type_count(&self) -> usize {
+        self.types.len()
+    }
+
+    /// How many elements the table has (element ids run below it).
+    pub fn elem_count(&self) -> usize {
+        self.elems.len()
+    }
+
+    /// The elements of `t`, in no particular order.
+    pub fn elems_of(&self, t: TypeId) -> impl Iterator<Item = ElemId> + '_ {
+        self.types[t as usize].elems.values().copied()
+    }
+
     pub fn is_resource(&self, t: TypeId) -> bool {
         self.types[t as usize].resource
     }

@@ -8,6 +8,7 @@
 
 mod bundle;
 pub mod doc;
+pub(crate) mod element;
 #[cfg(test)]
 mod oracle;
 mod primitive;

@@ -110,9 +110,11 @@ pub fn base64_len(s: &str) -> Option<usize> {
 
 /// `urn:uuid:` followed by a lower- or upper-case RFC 4122 text form.
 pub fn is_urn_uuid(s: &str) -> bool {
-    let Some(u) = s.strip_prefix("urn:uuid:") else {
-        return false;
-    };
+    s.strip_prefix("urn:uuid:").is_some_and(is_uuid)
+}
+
+/// An RFC 4122 text form, lower- or upper-case.
+pub fn is_uuid(u: &str) -> bool {
     u.len() == 36
         && u.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',

@@ -835,7 +835,7 @@ fn push_index(path: &mut String, i: usize) {
 
 /// Core extensions (hl7.org/fhir/StructureDefinition) and the one value[x] their R4
 /// definitions allow.
-const CORE_EXTENSIONS: &[(&str, &str)] = &[
+pub(crate) const CORE_EXTENSIONS: &[(&str, &str)] = &[
     (
         "http://hl7.org/fhir/StructureDefinition/narrativeLink",
         "valueUrl",
@@ -873,7 +873,7 @@ const CORE_EXTENSIONS: &[(&str, &str)] = &[
 /// `per-1` as the reference validator reads it: with both times, instants compare; otherwise
 /// the dates compare at the precision they share, and equal dates of different precision
 /// (`2023-06-21` against `2023-06-21T06:20:00Z`) cannot be ordered and fail.
-fn period_ordered(start: &str, end: &str) -> bool {
+pub(crate) fn period_ordered(start: &str, end: &str) -> bool {
     if let (Some((a, true)), Some((b, true))) = (p::sort_key(start), p::sort_key(end)) {
         return a <= b;
     }

@@ -1,0 +1,391 @@
+//! Shows a Bundle the writer built to be valid FHIR R4 without parsing it back: what the full
+//! check (parse, then walk against the R4 schema) would look up per value is settled here once
+//! per process, per element of the model; what depends on the message is asked of the
+//! validator's own rules, value by value, as the arena holds them.
+//!
+//! The answer is one-sided. `Ok` means the full check would accept these bytes; `Err` names
+//! the first rule not shown, and the caller then runs the full check, which decides (and names
+//! paths). So a case this module does not cover costs time, never validity. A differential
+//! test (`tests/normalize.rs`) and a fuzz target hold `Ok` to that promise.
+//!
+//! What the writer guarantees by its form, and so is not asked per message: keys come from the
+//! model (a test holds every element of it to the schema's name and arity), strings are
+//! escaped, `fullUrl` and `request.url` are made from the resource's own type and id, and a
+//! reference is written only to a resource that is sent (`emit::liveness`).
+
+use std::sync::OnceLock;
+
+use crate::fhir::validate::element::{Element, ObjectKind, Rules};
+use crate::fhir::validate::MAX_DEPTH;
+
+use super::engine::{Build, Val, NONE};
+use super::model::{ElemId, Model, TypeId};
+use super::plan::Plan;
+use super::Link;
+
+/// What the model's types and elements are to the schema, resolved once per process.
+struct Table {
+    /// Per element id: its rules, or `None` where the schema has no such element with that
+    /// arity, or where only the full walk checks it (resources, XHTML).
+    elems: Vec<Option<Element>>,
+    /// Per type id: the complex type with its rules, or `None` for primitives.
+    types: Vec<Option<TypeFacts>>,
+    /// Elements whose values the object rules read.
+    period_start: ElemId,
+    period_end: ElemId,
+    attachment_data: ElemId,
+    attachment_size: ElemId,
+    attachment_url: ElemId,
+    extension_extension: ElemId,
+    /// `Reference.display`, where the writer puts the Provenance's own text.
+    reference_display: Option<Element>,
+}
+
+struct TypeFacts {
+    kind: ObjectKind,
+    resource: bool,
+    /// Per element the type requires: the elements that meet it (`status`, `_status`; for a
+    /// choice, every `valueX`). An empty group is never met, so such objects go to the walk.
+    required: Vec<Vec<ElemId>>,
+}
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| build_table(Model::r4(), Rules::shared()))
+}
+
+fn build_table(m: &Model, rules: Rules) -> Table {
+    let mut elems = vec![None; m.elem_count()];
+    let mut types = Vec::with_capacity(m.type_count());
+    for t in 0..m.type_count() as TypeId {
+        let def = m.ty(t);
+        let Some(ty) = rules.object_type(&def.name) else {
+            types.push(None);
+            continue;
+        };
+        for e in m.elems_of(t) {
+            let d = m.elem(e);
+            elems[e as usize] = rules.element(ty, &d.name, d.array);
+        }
+        let required = rules
+            .required(ty)
+            // The writer puts a resource's type itself.
+            .filter(|name| *name != "resourceType")
+            .map(|name| {
+                m.elems_of(t)
+                    .filter(|&e| meets(&m.elem(e).name, name))
+                    .collect()
+            })
+            .collect();
+        types.push(Some(TypeFacts {
+            kind: rules.kind(ty),
+            resource: m.is_resource(t) && rules.is_resource_type(&def.name),
+            required,
+        }));
+    }
+    let id = |t: &str, e: &str| {
+        m.type_id(t)
+            .and_then(|t| m.child(t, e))
+            .unwrap_or(ElemId::MAX)
+    };
+    Table {
+        elems,
+        types,
+        period_start: id("Period", "start"),
+        period_end: id("Period", "end"),
+        attachment_data: id("Attachment", "data"),
+        attachment_size: id("Attachment", "size"),
+        attachment_url: id("Attachment", "url"),
+        extension_extension: id("Extension", "extension"),
+        reference_display: rules
+            .object_type("Reference")
+            .and_then(|r| rules.element(r, "display", false)),
+    }
+}
+
+/// Whether an element named `have` meets the requirement `want` (`status`, `value[x]`), as
+/// the walk reads its required lists: the primitive's `_name` counts too.
+fn meets(have: &str, want: &str) -> bool {
+    let have = have.strip_prefix('_').unwrap_or(have);
+    match want.strip_suffix("[x]") {
+        Some(prefix) => have
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase())),
+        None => have == want,
+    }
+}
+
+/// JSON levels above a resource's own object: the Bundle, `entry`, the entry, `resource`.
+const LEVELS_ABOVE_RESOURCE: usize = 4;
+
+/// Whether the Bundle `emit::write` wrote from `b` is valid; `Err` names the first rule not
+/// shown (a fixed label, for metrics). `live` and `emitted` are the writer's.
+pub fn shown_valid(
+    plan: &Plan,
+    b: &Build,
+    live: &[bool],
+    emitted: &[bool],
+    link: &Link<'_>,
+    who: &str,
+    what: &str,
+) -> Result<(), &'static str> {
+    let t = table();
+    let rules = Rules::shared();
+    let m = plan.model;
+    // The parts the writer adds: Provenance text, the mapping time as an R4 instant (four
+    // digit years), ids.
+    let display = t.reference_display.ok_or("model")?;
+    if !rules.text_ok(display, who) || !rules.text_ok(display, what) {
+        return Err("provenance_text");
+    }
+    if link.mapped_ms >= 253_402_300_800_000
+        || !plan.version.bytes().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err("provenance_time");
+    }
+    let mut ids: Vec<&[u8; 36]> = Vec::with_capacity(b.insts.len());
+    for (i, inst) in b.insts.iter().enumerate() {
+        if !emitted[i] {
+            continue;
+        }
+        let facts = t.types[inst.ty as usize].as_ref().ok_or("resource_type")?;
+        if !facts.resource {
+            return Err("resource_type");
+        }
+        if !std::str::from_utf8(&inst.id).is_ok_and(|id| rules.entry_id_ok(id)) {
+            return Err("resource_id");
+        }
+        ids.push(&inst.id);
+        let code = t.elems[plan.known.coding_code as usize].ok_or("model")?;
+        for (bit, name) in plan.labels.names.iter().enumerate() {
+            if inst.labels & (1 << bit) != 0 && !rules.text_ok(code, name) {
+                return Err("security_label");
+            }
+        }
+    }
+    if ids.is_empty() {
+        // Provenance.target would be an empty array.
+        return Err("no_resources");
+    }
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err("duplicate_id");
+    }
+
+    let mut depth = vec![0u16; b.nodes.len()];
+    let mut scratch = Vec::new();
+    for (i, node) in b.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        if node.parent == NONE {
+            let ty = b.insts[node.inst as usize].ty;
+            object(t, rules, m, b, live, i as u32, ty, true, &mut scratch)?;
+            continue;
+        }
+        let d = depth[node.parent as usize] + 1;
+        depth[i] = d;
+        // An object or array level per element, at most.
+        if LEVELS_ABOVE_RESOURCE + 2 * usize::from(d) + 1 > MAX_DEPTH {
+            return Err("depth");
+        }
+        let e = t.elems[node.elem as usize].ok_or("element")?;
+        let text = |a: u32, z: u32| &b.text[a as usize..z as usize];
+        let ok = match node.val {
+            Val::Obj => {
+                if !rules.is_object(e) {
+                    return Err("object");
+                }
+                let ty = m.elem(node.elem).ty;
+                object(t, rules, m, b, live, i as u32, ty, false, &mut scratch)?;
+                true
+            }
+            Val::Text(a, z) => rules.text_ok(e, text(a, z)),
+            Val::Num(a, z) => rules.number_ok(e, text(a, z)),
+            Val::Bool(_) => rules.is_boolean(e),
+            // `urn:uuid:` of a resource that is sent: written only where a Reference's
+            // reference is, and resolved by its fullUrl.
+            Val::Ref(_) => node.elem == plan.known.reference_reference,
+            // Encoded by the writer.
+            Val::B64(a, z) => rules.is_base64(e) && a < z,
+        };
+        if !ok {
+            return Err("value");
+        }
+    }
+    Ok(())
+}
+
+/// The rules of one object: each key once (the writer groups an element's nodes; a second
+/// group or a second value of a single element would repeat the key), not empty, every
+/// element its type requires, and the rules of its kind.
+#[allow(clippy::too_many_arguments)]
+fn object(
+    t: &Table,
+    rules: Rules,
+    m: &Model,
+    b: &Build,
+    live: &[bool],
+    node: u32,
+    ty: TypeId,
+    root: bool,
+    written: &mut Vec<ElemId>,
+) -> Result<(), &'static str> {
+    let facts = t.types[ty as usize].as_ref().ok_or("object_type")?;
+    if facts.kind == ObjectKind::Other {
+        return Err("object_kind");
+    }
+    written.clear();
+    let mut run_elem = ElemId::MAX;
+    let mut run_live = false;
+    let (mut url, mut value, mut nested, mut system) = (None, None, false, None);
+    let (mut start, mut end, mut data, mut size) = (None, None, false, false);
+    let mut c = b.nodes[node as usize].first;
+    while c != NONE {
+        let (ch, is_live) = (&b.nodes[c as usize], live[c as usize]);
+        c = ch.next;
+        if ch.elem != run_elem {
+            run_elem = ch.elem;
+            run_live = false;
+        }
+        if !is_live {
+            continue;
+        }
+        let def = m.elem(ch.elem);
+        if run_live {
+            if !def.array {
+                return Err("repeated_key");
+            }
+        } else {
+            if written.contains(&ch.elem) {
+                return Err("repeated_key");
+            }
+            written.push(ch.elem);
+            run_live = true;
+        }
+        if root && matches!(def.name.as_str(), "id" | "meta" | "resourceType") {
+            // The writer puts these itself.
+            return Err("repeated_key");
+        }
+        let s = match ch.val {
+            Val::Text(a, z) => Some(&b.text[a as usize..z as usize]),
+            _ => None,
+        };
+        match facts.kind {
+            ObjectKind::Extension => {
+                if ch.elem == t.extension_extension {
+                    nested = true;
+                } else if Rules::is_value_choice(&def.name) {
+                    if value.is_some() {
+                        return Err("extension");
+                    }
+                    value = Some(def.name.as_str());
+                } else if def.name == "url" {
+                    url = s;
+                }
+            }
+            ObjectKind::Coding if def.name == "system" => system = Some(s.ok_or("coding")?),
+            ObjectKind::Period if ch.elem == t.period_start => start = s,
+            ObjectKind::Period if ch.elem == t.period_end => end = s,
+            ObjectKind::Attachment if ch.elem == t.attachment_data => data = true,
+            ObjectKind::Attachment if ch.elem == t.attachment_size => size = true,
+            ObjectKind::Attachment
+                if ch.elem == t.attachment_url
+                    && !s.is_some_and(|u| rules.attachment_url_ok(u)) =>
+            {
+                return Err("attachment");
+            }
+            // A reference the writer did not make (`Val::Ref`) is resolved by the walk.
+            ObjectKind::Reference if def.name == "reference" && !matches!(ch.val, Val::Ref(_)) => {
+                return Err("reference");
+            }
+            _ => {}
+        }
+    }
+    if written.is_empty() && !root {
+        return Err("empty_object");
+    }
+    if !facts
+        .required
+        .iter()
+        .all(|group| group.iter().any(|e| written.contains(e)))
+    {
+        return Err("required");
+    }
+    let ok = match facts.kind {
+        ObjectKind::Extension => {
+            // The walk lets an extension's extension (`….extension[i].extension[j]`) have a
+            // relative url, as complex extensions name their parts (`code`).
+            let n = &b.nodes[node as usize];
+            let in_extension = n.elem == t.extension_extension
+                && n.parent != NONE
+                && m.elem(b.nodes[n.parent as usize].elem).name == "extension";
+            rules.extension_ok(url, value, nested, in_extension)
+        }
+        ObjectKind::Coding => system.is_none_or(|s| rules.coding_system_ok(s)),
+        ObjectKind::Period => match (start, end) {
+            (Some(a), Some(z)) => rules.period_ok(a, z),
+            _ => true,
+        },
+        // The walk compares the size with the decoded data.
+        ObjectKind::Attachment => !(data && size),
+        ObjectKind::Plain | ObjectKind::Reference | ObjectKind::Other => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("object_rule")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element of the model is one the schema has with the same arity, except those
+    /// only the walk checks (resources, narrative XHTML): a model that drifts from the schema
+    /// shows here, not as Bundles quietly walked.
+    #[test]
+    fn the_model_agrees_with_the_schema() {
+        let m = Model::r4();
+        let t = table();
+        let mut unresolved = Vec::new();
+        for ty in 0..m.type_count() as TypeId {
+            if t.types[ty as usize].is_none() {
+                continue;
+            }
+            for e in m.elems_of(ty) {
+                if t.elems[e as usize].is_none() {
+                    unresolved.push(format!("{}.{}", m.ty(ty).name, m.elem(e).name));
+                }
+            }
+        }
+        unresolved.sort();
+        // Resources and XHTML are the walk's; the schema has no `_id` (an element id has no
+        // extensions of its own).
+        let walk_only = [
+            ".contained",
+            ".resource",
+            ".outcome",
+            ".div",
+            "._div",
+            "._id",
+        ];
+        unresolved.retain(|n| !walk_only.iter().any(|w| n.ends_with(w)));
+        assert_eq!(unresolved, Vec::<String>::new());
+        assert!(t.types[m.type_id("Patient").unwrap() as usize]
+            .as_ref()
+            .is_some_and(|f| f.resource));
+    }
+
+    #[test]
+    fn requirements_read_like_the_walk() {
+        assert!(meets("status", "status"));
+        assert!(meets("_status", "status"));
+        assert!(!meets("statusReason", "status"));
+        assert!(meets("valueQuantity", "value[x]"));
+        assert!(meets("_valueString", "value[x]"));
+        assert!(!meets("value", "value[x]"));
+        assert!(!meets("valueset", "value[x]"));
+    }
+}
