@@ -126,6 +126,15 @@ fn main() {
         put("hl7_message", name(rel), &fixture(rel));
     }
 
+    // normalize_output: the HL7v2 messages, as the gateway gets them (CR segment ends).
+    for rel in HL7 {
+        let cr: Vec<u8> = fixture(rel)
+            .iter()
+            .map(|&b| if b == b'\n' { b'\r' } else { b })
+            .collect();
+        put("normalize_output", name(rel), &cr);
+    }
+
     // sha3_differential: cut step, then the message.
     put("sha3_differential", "empty", &[0]);
     put("sha3_differential", "abc", b"\x01abc");

@@ -119,15 +119,15 @@ fn meets(have: &str, want: &str) -> bool {
 const LEVELS_ABOVE_RESOURCE: usize = 4;
 
 /// Whether the Bundle `emit::write` wrote from `b` is valid; `Err` names the first rule not
-/// shown (a fixed label, for metrics). `live` and `emitted` are the writer's.
+/// shown (a fixed label, for metrics). `live` and `emitted` are the writer's; `who` and `what`
+/// the Provenance's agent and entity text, `provenance` its id.
 pub fn shown_valid(
     plan: &Plan,
     b: &Build,
-    live: &[bool],
-    emitted: &[bool],
+    (live, emitted): (&[bool], &[bool]),
     link: &Link<'_>,
-    who: &str,
-    what: &str,
+    (who, what): (&str, &str),
+    provenance: &[u8; 36],
 ) -> Result<(), &'static str> {
     let t = table();
     let rules = Rules::shared();
@@ -167,6 +167,7 @@ pub fn shown_valid(
         // Provenance.target would be an empty array.
         return Err("no_resources");
     }
+    ids.push(provenance);
     ids.sort_unstable();
     if ids.windows(2).any(|w| w[0] == w[1]) {
         return Err("duplicate_id");

@@ -20,7 +20,7 @@ mod model;
 mod plan;
 pub(crate) mod value;
 
-use crate::config::NormalizeConfig;
+use crate::config::{NormalizeConfig, OutputCheck};
 use crate::hl7::Message;
 
 pub use files::SourceFile;
@@ -80,8 +80,9 @@ pub struct Mapped {
     /// The message map used (`ADT_A01`, `_default`…).
     pub message_map: String,
     /// `Ok` when the Bundle is shown valid FHIR R4 by how it was built, without parsing it
-    /// back (the full check would accept it); else the rule that was not shown, a fixed label.
-    /// The pipeline runs the full check on the latter (`normalize.output_check`).
+    /// back (the full check would accept it); else the rule that was not shown, a fixed label
+    /// (`not_checked` when the configuration turned this off). The pipeline runs the full check
+    /// on the latter (`normalize.output_check`).
     pub shown_valid: Result<(), &'static str>,
 }
 
@@ -99,6 +100,9 @@ pub struct MapError {
 pub struct Normalizer {
     plan: plan::Plan,
     ns: [u8; 16],
+    /// Whether [`Normalizer::map`] shows each Bundle valid as it builds it
+    /// ([`Mapped::shown_valid`]); off when the configuration checks no output or walks all.
+    check: bool,
 }
 
 impl Normalizer {
@@ -118,7 +122,9 @@ impl Normalizer {
             Some(d) => files::read_dir(d, true).map_err(|e| vec![e])?,
             None => Vec::new(),
         };
-        Self::from_files(base, site, &cfg.id_namespace)
+        let mut n = Self::from_files(base, site, &cfg.id_namespace)?;
+        n.check = cfg.validate_output && cfg.output_check == OutputCheck::Construction;
+        Ok(n)
     }
 
     /// Compiles a mapping set given as files (tools and tests).
@@ -136,7 +142,11 @@ impl Normalizer {
         })?;
         let files = files::load(base, site).map_err(|e| vec![e])?;
         let plan = plan::compile(&files)?;
-        Ok(Normalizer { plan, ns })
+        Ok(Normalizer {
+            plan,
+            ns,
+            check: true,
+        })
     }
 
     /// The built-in mapping files (what `adapters_dir` unset means).
@@ -202,7 +212,14 @@ impl Normalizer {
             });
         }
         let mut bundle = Vec::with_capacity(msg.bytes().len() * 10 + 2048);
-        let written = emit::write(&self.plan, &mut build, &self.ns, link, &mut bundle);
+        let written = emit::write(
+            &self.plan,
+            &mut build,
+            &self.ns,
+            link,
+            self.check,
+            &mut bundle,
+        );
         Ok(Mapped {
             bundle,
             shown_valid: written.shown_valid,
