@@ -1126,3 +1126,29 @@ fn values_the_walk_refuses_are_never_shown_valid() {
     assert_eq!(m.shown_valid, Err("provenance_time"));
     assert!(Validator::shared().validate_bytes(&m.bundle).is_err());
 }
+
+/// A document whose lines add up to more than 1 MB once written as base64 is not shown valid
+/// (the walk's 1 MB limit on a primitive value), and the walk refuses it.
+#[test]
+fn a_document_beyond_one_megabyte_of_base64_goes_to_the_walk() {
+    let n = normalizer();
+    let mut msg = String::from(
+        "MSH|^~\\&|A|B|C|D|20180118111520||MDM^T02|1|P|2.6\rPID|||1234^^^^MR||DOE^JANE\r\
+TXA|1|OP^Operative Report|TX||||201801171442||||||||||||AV\r",
+    );
+    let line = "x".repeat(999);
+    for i in 1..=800 {
+        msg.push_str(&format!("OBX|{i}|TX|05^Operative Report||{line}||||||P\r"));
+    }
+    let parsed = Message::parse(msg.as_bytes()).unwrap();
+    let m = n.map(&parsed, &link()).unwrap();
+    assert!(m.bundle.len() > 1024 * 1024);
+    assert_eq!(m.shown_valid, Err("value"));
+    let issues = Validator::shared().validate_bytes(&m.bundle).unwrap_err();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.message.contains("longer than 1 MB")),
+        "{issues:#?}"
+    );
+}

@@ -18,13 +18,17 @@ fn normalizer() -> &'static Normalizer {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(msg) = Message::parse(data) else { return };
+    let Ok(msg) = Message::parse(data) else {
+        return;
+    };
     let link = Link {
         raw_record_id: "0123456789abcdef0123456789abcdef",
         raw_commitment: &[7; 32],
         mapped_ms: 1_700_000_000_000,
     };
-    let Ok(m) = normalizer().map(&msg, &link) else { return };
+    let Ok(m) = normalizer().map(&msg, &link) else {
+        return;
+    };
     if m.shown_valid.is_ok() {
         if let Err(issues) = Validator::shared().validate_bytes(&m.bundle) {
             panic!("shown valid by construction, refused by the walk: {issues:?}");

@@ -69,8 +69,11 @@ impl Rules {
         (def.prim == Prim::Complex).then_some(ObjectType { def })
     }
 
-    pub fn is_resource_type(&self, name: &str) -> bool {
-        self.model.is_resource_type(name)
+    /// Whether `name` is a resource type whose rules are all per element, so that showing its
+    /// elements shows it: not a Bundle or Parameters, which the walk checks as a whole
+    /// (`walk::Walker::resource`).
+    pub fn is_plain_resource_type(&self, name: &str) -> bool {
+        self.model.is_resource_type(name) && !matches!(name, "Bundle" | "Parameters")
     }
 
     /// The element `name` of `owner`, if the schema has it with that arity. Resources
@@ -106,10 +109,13 @@ impl Rules {
         matches!(e.shape, Shape::Object) && e.prop.json == Json::Any
     }
 
-    /// Whether the element is a base64Binary string.
-    pub fn is_base64(&self, e: Element) -> bool {
+    /// Whether `raw_len` bytes, written as base64, are a valid value of the element: a
+    /// base64Binary string within the walk's 1 MB.
+    pub fn base64_ok(&self, e: Element, raw_len: usize) -> bool {
         matches!(e.shape, Shape::Primitive(d) if d.prim == Prim::Base64)
             && e.prop.json == Json::String
+            && raw_len > 0
+            && raw_len.div_ceil(3) * 4 <= MAX_STRING_BYTES
     }
 
     /// Whether the element is a boolean.
@@ -180,7 +186,9 @@ impl Rules {
             // A decimal: f64 holds an integer part of up to 308 digits.
             _ => return int.len() <= 300 && s.len() <= 1024,
         };
+        // `-0` reads as a float, which the walk's integer check refuses.
         frac.is_none()
+            && s != "-0"
             && s.parse::<i64>()
                 .is_ok_and(|v| v >= min && v <= i64::from(i32::MAX))
     }
@@ -202,14 +210,15 @@ impl Rules {
         }
     }
 
-    /// The element names `t` requires (the schema's `required` list and the walk's own):
-    /// each may be `name[x]` (a choice) and is met by `name` or `_name` alike.
-    pub fn required(&self, t: ObjectType) -> impl Iterator<Item = &'static str> {
+    /// The element names `t` requires, with whether a primitive's `_name` alone meets the
+    /// requirement: the schema's `required` list wants the key itself (`false`); the walk's
+    /// own list (`walk::REQUIRED`, which may name a choice `name[x]`) takes `_name` too (`true`).
+    pub fn required(&self, t: ObjectType) -> impl Iterator<Item = (&'static str, bool)> {
         t.def
             .schema_required
             .iter()
-            .map(|s| &**s)
-            .chain(t.def.required.iter().copied())
+            .map(|s| (&**s, false))
+            .chain(t.def.required.iter().map(|s| (*s, true)))
     }
 
     /// `per-1`: with both, the start comes before the end.
@@ -281,13 +290,18 @@ mod tests {
         );
         assert!(r.is_object(el("Patient", "name", true)));
         assert!(r.is_boolean(el("Patient", "active", false)));
-        assert!(r.is_base64(el("Attachment", "data", false)));
+        let data = el("Attachment", "data", false);
+        assert!(r.base64_ok(data, 786_432), "1 MB encoded");
+        assert!(!r.base64_ok(data, 786_433), "beyond 1 MB encoded");
+        assert!(!r.base64_ok(data, 0));
         assert!(r.object_type("string").is_none());
         assert_eq!(r.kind(r.object_type("Period").unwrap()), ObjectKind::Period);
         let loc = r.object_type("Encounter_Location").unwrap();
-        assert!(r.required(loc).any(|n| n == "location"));
+        assert!(r.required(loc).any(|n| n == ("location", false)));
         let obs = r.object_type("Observation").unwrap();
-        assert!(r.required(obs).any(|n| n == "status"));
+        assert!(r.required(obs).any(|n| n == ("status", true)));
+        assert!(!r.is_plain_resource_type("Bundle"));
+        assert!(r.is_plain_resource_type("Observation"));
     }
 
     #[test]
@@ -337,6 +351,8 @@ mod tests {
         assert!(!r.number_ok(pos, "-1"));
         let seq = el("Observation_Component", "valueInteger", false);
         assert!(r.number_ok(seq, "-5"));
+        assert!(!r.number_ok(seq, "-0"), "a float to the parser");
+        assert!(r.number_ok(dec, "-0"));
         assert!(!r.number_ok(seq, "2147483648"));
         assert!(!r.number_ok(seq, "1.0"));
         assert!(!r.number_ok(el("HumanName", "family", false), "1"));
