@@ -243,7 +243,11 @@ fn object(
     written: &mut Vec<ElemId>,
 ) -> Result<(), &'static str> {
     let facts = t.types[ty as usize].as_ref().ok_or("object_type")?;
-    if facts.kind == ObjectKind::Other {
+    // Rules the check does not show (risk predictions, Bundle entries).
+    if matches!(
+        facts.kind,
+        ObjectKind::RiskPrediction | ObjectKind::BundleEntry
+    ) {
         return Err("object_kind");
     }
     written.clear();
@@ -343,7 +347,10 @@ fn object(
         },
         // The walk compares the size with the decoded data.
         ObjectKind::Attachment => !(data && size),
-        ObjectKind::Plain | ObjectKind::Reference | ObjectKind::Other => true,
+        ObjectKind::Plain
+        | ObjectKind::Reference
+        | ObjectKind::RiskPrediction
+        | ObjectKind::BundleEntry => true,
     };
     if ok {
         Ok(())

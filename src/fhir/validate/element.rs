@@ -6,7 +6,7 @@
 //! (local references, attachment sizes) the answer is "not shown", never "valid".
 
 use super::primitive as p;
-use super::schema::{Def, Json, Kind, Model, Prim, Prop, Ty};
+use super::schema::{Def, Json, Model, Prim, Prop, Ty};
 use super::walk::{period_ordered, CORE_EXTENSIONS, MAX_STRING_BYTES};
 use super::{Options, Validator};
 
@@ -21,18 +21,8 @@ enum Shape {
     Code,
 }
 
-/// Rules of particular object types, as the walk has them (`schema::Kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ObjectKind {
-    Plain,
-    Reference,
-    Attachment,
-    Coding,
-    Period,
-    Extension,
-    /// Rules the check does not show (risk predictions, Bundle entries): never shown valid.
-    Other,
-}
+/// Rules of particular object types, as the walk has them.
+pub(crate) use super::schema::Kind as ObjectKind;
 
 /// One element of one type (`HumanName.family`), resolved.
 #[derive(Debug, Clone, Copy)]
@@ -199,15 +189,7 @@ impl Rules {
     }
 
     pub fn kind(&self, t: ObjectType) -> ObjectKind {
-        match t.def.kind {
-            Kind::Plain => ObjectKind::Plain,
-            Kind::Reference => ObjectKind::Reference,
-            Kind::Attachment => ObjectKind::Attachment,
-            Kind::Coding => ObjectKind::Coding,
-            Kind::Period => ObjectKind::Period,
-            Kind::Extension => ObjectKind::Extension,
-            Kind::RiskPrediction | Kind::BundleEntry => ObjectKind::Other,
-        }
+        t.def.kind
     }
 
     /// The element names `t` requires, with whether a primitive's `_name` alone meets the
