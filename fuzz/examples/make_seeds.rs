@@ -43,6 +43,19 @@ const HL7: &[&str] = &[
     "tests/fixtures/hl7/python-hl7/nonstandard_separators.hl7",
     "tests/fixtures/hl7/python-hl7/sample_batch.hl7",
 ];
+/// One message per family of the default mapping set.
+const V2FHIR: &[&str] = &[
+    "tests/fixtures/v2fhir/local/adt-a01.hl7",
+    "tests/fixtures/v2fhir/local/oru-r01-lipids.hl7",
+    "tests/fixtures/v2fhir/ms/ADT-A40-01.hl7",
+    "tests/fixtures/v2fhir/ms/BAR-P01-01.hl7",
+    "tests/fixtures/v2fhir/ms/DFT-P03-01.hl7",
+    "tests/fixtures/v2fhir/ms/MDM-T02-01.hl7",
+    "tests/fixtures/v2fhir/ms/OML-O21-01.hl7",
+    "tests/fixtures/v2fhir/ms/ORM-O01-01.hl7",
+    "tests/fixtures/v2fhir/ms/SIU-S12-01.hl7",
+    "tests/fixtures/v2fhir/ms/VXU-V04-01.hl7",
+];
 const FHIR: &[&str] = &[
     "tests/fixtures/fhir/patient-example.json",
     "tests/fixtures/fhir/observation-example.json",
@@ -126,8 +139,9 @@ fn main() {
         put("hl7_message", name(rel), &fixture(rel));
     }
 
-    // normalize_output: the HL7v2 messages, as the gateway gets them (CR segment ends).
-    for rel in HL7 {
+    // normalize_output: messages of every family the default mappings cover, as the gateway
+    // gets them (CR segment ends).
+    for rel in HL7.iter().chain(V2FHIR) {
         let cr: Vec<u8> = fixture(rel)
             .iter()
             .map(|&b| if b == b'\n' { b'\r' } else { b })

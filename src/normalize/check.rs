@@ -30,6 +30,9 @@ struct Table {
     elems: Vec<Option<Element>>,
     /// Per element id: the type it belongs to (a child must be an element of its parent's type).
     owner: Vec<TypeId>,
+    /// Per element id: what the object rules need of its name and arity, as bits (`ARRAY`…),
+    /// so the pass reads a byte, not the element's definition.
+    flags: Vec<u8>,
     /// Per type id: the complex type with its rules, or `None` for primitives.
     types: Vec<Option<TypeFacts>>,
     /// Elements whose values the object rules read.
@@ -39,6 +42,9 @@ struct Table {
     attachment_size: ElemId,
     attachment_url: ElemId,
     extension_extension: ElemId,
+    extension_url: ElemId,
+    coding_system: ElemId,
+    reference_reference: ElemId,
     /// `Reference.display`, where the writer puts the Provenance's own text.
     reference_display: Option<Element>,
 }
@@ -51,6 +57,15 @@ struct TypeFacts {
     required: Vec<Vec<ElemId>>,
 }
 
+/// The element repeats (a JSON array).
+const ARRAY: u8 = 1;
+/// Named like a key the writer puts on every resource itself (`id`, `meta`, `resourceType`).
+const WRITER_KEY: u8 = 2;
+/// A `value[x]` choice (for `ext-1`).
+const VALUE_CHOICE: u8 = 4;
+/// Named `extension` (whatever type owns it).
+const EXTENSION: u8 = 8;
+
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| build_table(Model::r4(), Rules::shared()))
@@ -59,6 +74,7 @@ fn table() -> &'static Table {
 fn build_table(m: &Model, rules: Rules) -> Table {
     let mut elems = vec![None; m.elem_count()];
     let mut owner = vec![TypeId::MAX; m.elem_count()];
+    let mut flags = vec![0u8; m.elem_count()];
     let mut types = Vec::with_capacity(m.type_count());
     for t in 0..m.type_count() as TypeId {
         let def = m.ty(t);
@@ -70,6 +86,14 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             let d = m.elem(e);
             elems[e as usize] = rules.element(ty, &d.name, d.array);
             owner[e as usize] = t;
+            let bit = |on: bool, bit: u8| if on { bit } else { 0 };
+            flags[e as usize] = bit(d.array, ARRAY)
+                | bit(
+                    matches!(d.name.as_str(), "id" | "meta" | "resourceType"),
+                    WRITER_KEY,
+                )
+                | bit(Rules::is_value_choice(&d.name), VALUE_CHOICE)
+                | bit(d.name == "extension", EXTENSION);
         }
         let required = rules
             .required(ty)
@@ -95,6 +119,7 @@ fn build_table(m: &Model, rules: Rules) -> Table {
     Table {
         elems,
         owner,
+        flags,
         types,
         period_start: id("Period", "start"),
         period_end: id("Period", "end"),
@@ -102,6 +127,9 @@ fn build_table(m: &Model, rules: Rules) -> Table {
         attachment_size: id("Attachment", "size"),
         attachment_url: id("Attachment", "url"),
         extension_extension: id("Extension", "extension"),
+        extension_url: id("Extension", "url"),
+        coding_system: id("Coding", "system"),
+        reference_reference: id("Reference", "reference"),
         reference_display: rules
             .object_type("Reference")
             .and_then(|r| rules.element(r, "display", false)),
@@ -269,9 +297,9 @@ fn object(
         if t.owner[ch.elem as usize] != ty {
             return Err("element_owner");
         }
-        let def = m.elem(ch.elem);
+        let flags = t.flags[ch.elem as usize];
         if run_live {
-            if !def.array {
+            if flags & ARRAY == 0 {
                 return Err("repeated_key");
             }
         } else {
@@ -281,7 +309,7 @@ fn object(
             written.push(ch.elem);
             run_live = true;
         }
-        if root && matches!(def.name.as_str(), "id" | "meta" | "resourceType") {
+        if root && flags & WRITER_KEY != 0 {
             // The writer puts these itself.
             return Err("repeated_key");
         }
@@ -293,16 +321,16 @@ fn object(
             ObjectKind::Extension => {
                 if ch.elem == t.extension_extension {
                     nested = true;
-                } else if Rules::is_value_choice(&def.name) {
+                } else if flags & VALUE_CHOICE != 0 {
                     if value.is_some() {
                         return Err("extension");
                     }
-                    value = Some(def.name.as_str());
-                } else if def.name == "url" {
+                    value = Some(m.elem(ch.elem).name.as_str());
+                } else if ch.elem == t.extension_url {
                     url = s;
                 }
             }
-            ObjectKind::Coding if def.name == "system" => system = Some(s.ok_or("coding")?),
+            ObjectKind::Coding if ch.elem == t.coding_system => system = Some(s.ok_or("coding")?),
             ObjectKind::Period if ch.elem == t.period_start => start = s,
             ObjectKind::Period if ch.elem == t.period_end => end = s,
             ObjectKind::Attachment if ch.elem == t.attachment_data => data = true,
@@ -314,7 +342,9 @@ fn object(
                 return Err("attachment");
             }
             // A reference the writer did not make (`Val::Ref`) is resolved by the walk.
-            ObjectKind::Reference if def.name == "reference" && !matches!(ch.val, Val::Ref(_)) => {
+            ObjectKind::Reference
+                if ch.elem == t.reference_reference && !matches!(ch.val, Val::Ref(_)) =>
+            {
                 return Err("reference");
             }
             _ => {}
@@ -337,7 +367,7 @@ fn object(
             let n = &b.nodes[node as usize];
             let in_extension = n.elem == t.extension_extension
                 && n.parent != NONE
-                && m.elem(b.nodes[n.parent as usize].elem).name == "extension";
+                && t.flags[b.nodes[n.parent as usize].elem as usize] & EXTENSION != 0;
             rules.extension_ok(url, value, nested, in_extension)
         }
         ObjectKind::Coding => system.is_none_or(|s| rules.coding_system_ok(s)),

@@ -357,6 +357,9 @@ pub struct Build {
     bindings: Vec<Binding>,
     pub warnings: Vec<String>,
     pub unmapped: Vec<String>,
+    /// `unmapped` as keys (segment id, field number; 0 for a whole segment), to find repeats
+    /// without comparing strings or decoding the field again.
+    unmapped_keys: Vec<([u8; 3], usize)>,
     /// Resources left out for lack of an element R4 requires, by type name, one per resource.
     pub left_out: Vec<String>,
     /// The segment field rows are reading now (`PID`, 7), named in warnings.
@@ -409,6 +412,7 @@ impl<'p> Mapper<'p> {
             bindings: Vec::new(),
             warnings: Vec::new(),
             unmapped: Vec::new(),
+            unmapped_keys: Vec::new(),
             cur_field: (*b"MSH", 0),
             left_out: Vec::new(),
             too_many: false,
@@ -1403,24 +1407,31 @@ impl Build {
     }
 
     fn unmapped_segment(&mut self, id: &[u8; 3]) {
+        if self.unmapped_keys.contains(&(*id, 0)) {
+            return;
+        }
+        self.unmapped_keys.push((*id, 0));
+        // Ids that are not UTF-8 can read alike (`�`): listed once, as the names are.
         let s = String::from_utf8_lossy(id).into_owned();
-        if !self.unmapped.contains(&s) {
+        if id.is_ascii() || !self.unmapped.contains(&s) {
             self.unmapped.push(s);
         }
     }
 
     fn unmapped_field(&mut self, id: &[u8; 3], n: usize, walk: &Walk<'_>, f: Field<'_>) {
+        if self.unmapped_keys.contains(&(*id, n)) {
+            return;
+        }
         // `""` is HL7's explicit null: it says "delete", which is data, but there is nothing to map.
         if f.raw() == b"\"\"" || walk.text(f).trim().is_empty() {
             return;
         }
+        self.unmapped_keys.push((*id, n));
         let mut s = String::with_capacity(8);
         s.extend(id.iter().map(|&c| c as char));
         s.push('-');
         value::push_int(&mut s, n as i64);
-        if !self.unmapped.contains(&s) {
-            self.unmapped.push(s);
-        }
+        self.unmapped.push(s);
     }
 
     /// The child of `parent` for (elem, slot, rep, sub), made when missing. Elements that do not
