@@ -15,6 +15,15 @@ use crate::hl7::{Charset, Field, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
 
+/// Where a child goes among its siblings ([`Build::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// It exists: this node.
+    Existing(u32),
+    /// It is new: linked in after this sibling (first when `NONE`).
+    After(u32),
+}
+
 /// A value held by a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Val {
@@ -1449,9 +1458,19 @@ impl Build {
     ) -> u32 {
         let (slot, rep, sub) = if array { (slot, rep, sub) } else { (1, 0, 1) };
         let key = (slot, rep, sub);
-        // Children stay in the order they are written: elements in order of first appearance,
-        // the entries of one element by slot, source repetition and instance. Keeping that
-        // order on insertion spares the writer a sort per object.
+        let fast = self.place_at_end(parent, elem, key);
+        debug_assert!(fast.is_none_or(|p| p == self.place(parent, elem, key)));
+        match fast.unwrap_or_else(|| self.place(parent, elem, key)) {
+            Place::Existing(c) => c,
+            Place::After(after) => self.push_child(parent, after, elem, key, inst),
+        }
+    }
+
+    /// Where the child (elem, key) of `parent` is, or goes. Children stay in the order they are
+    /// written: elements in order of first appearance, the entries of one element by slot,
+    /// source repetition and instance. Keeping that order on insertion spares the writer a sort
+    /// per object.
+    fn place(&self, parent: u32, elem: ElemId, key: (u16, u32, u16)) -> Place {
         let mut prev = NONE;
         let mut before_group = NONE;
         let mut seen = false;
@@ -1462,7 +1481,7 @@ impl Build {
             if n.elem == elem {
                 let k = (n.slot, n.rep, n.sub);
                 if k == key {
-                    return c;
+                    return Place::Existing(c);
                 }
                 if !seen {
                     seen = true;
@@ -1475,6 +1494,39 @@ impl Build {
             prev = c;
             c = n.next;
         }
+        Place::After(if last_less != NONE {
+            last_less
+        } else if seen {
+            before_group
+        } else {
+            self.nodes[parent as usize].last
+        })
+    }
+
+    /// [`Build::place`] without a scan when the last child settles it. An element's entries are
+    /// contiguous and ascending by key, so when the last child is of this element, the same key
+    /// is that child and a greater one goes after it (most writes: repetitions and components
+    /// in order). `None`: scan.
+    fn place_at_end(&self, parent: u32, elem: ElemId, key: (u16, u32, u16)) -> Option<Place> {
+        let last = self.nodes[parent as usize].last;
+        let n = self.nodes.get(last as usize).filter(|n| n.elem == elem)?;
+        match (n.slot, n.rep, n.sub).cmp(&key) {
+            std::cmp::Ordering::Equal => Some(Place::Existing(last)),
+            std::cmp::Ordering::Less => Some(Place::After(last)),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    /// A new child of `parent` for (elem, key), linked in after the child `after` (first when
+    /// `NONE`).
+    fn push_child(
+        &mut self,
+        parent: u32,
+        after: u32,
+        elem: ElemId,
+        (slot, rep, sub): (u16, u32, u16),
+        inst: u32,
+    ) -> u32 {
         let id = self.nodes.len() as u32;
         self.nodes.push(Node {
             elem,
@@ -1488,13 +1540,6 @@ impl Build {
             inst,
             val: Val::Obj,
         });
-        let after = if last_less != NONE {
-            last_less
-        } else if seen {
-            before_group
-        } else {
-            self.nodes[parent as usize].last
-        };
         if after == NONE {
             let p = &mut self.nodes[parent as usize];
             let old = p.first;
