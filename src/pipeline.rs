@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, NormalizeConfig, OnMapError, OutputCheck};
+use crate::config::{Config, NormalizeConfig, OnMapError};
 use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome, RecordId, Rejection};
 use crate::hl7::Message;
 use crate::ledger::{batcher, EmbeddedLedger, Ledger};
@@ -878,7 +878,8 @@ pub fn failure(normalizer: &Normalizer, label: &str, detail: String, at_ms: u64)
 /// The Bundle a mapping made, checked against the FHIR R4 schema and the sharing invariants
 /// before it is stored (`normalize.validate_output`): a Bundle that fails is a mapping failure
 /// (`invalid_output`) naming paths and rules, never values. One the mapper showed valid as it
-/// built it is not parsed back (`normalize.output_check`); `Ok` says why the walk ran, if it did.
+/// built it is not parsed back (the mapper does not try under `normalize.output_check = "walk"`);
+/// `Ok` says why the walk ran, if it did.
 fn check_output(
     cfg: &NormalizeConfig,
     mapped: &crate::normalize::Mapped,
@@ -886,10 +887,8 @@ fn check_output(
     if !cfg.validate_output {
         return Ok(None);
     }
-    let why = match (cfg.output_check, mapped.shown_valid) {
-        (OutputCheck::Construction, Ok(())) => return Ok(None),
-        (OutputCheck::Construction, Err(rule)) => rule,
-        (OutputCheck::Walk, _) => "configured",
+    let Err(why) = mapped.shown_valid else {
+        return Ok(None);
     };
     crate::fhir::validate::Validator::shared()
         .validate_bytes(&mapped.bundle)

@@ -42,9 +42,6 @@ struct Table {
     attachment_size: ElemId,
     attachment_url: ElemId,
     extension_extension: ElemId,
-    extension_url: ElemId,
-    coding_system: ElemId,
-    reference_reference: ElemId,
     /// `Reference.display`, where the writer puts the Provenance's own text.
     reference_display: Option<Element>,
 }
@@ -127,9 +124,6 @@ fn build_table(m: &Model, rules: Rules) -> Table {
         attachment_size: id("Attachment", "size"),
         attachment_url: id("Attachment", "url"),
         extension_extension: id("Extension", "extension"),
-        extension_url: id("Extension", "url"),
-        coding_system: id("Coding", "system"),
-        reference_reference: id("Reference", "reference"),
         reference_display: rules
             .object_type("Reference")
             .and_then(|r| rules.element(r, "display", false)),
@@ -155,30 +149,52 @@ fn meets(have: &str, want: &str, underscore: bool) -> bool {
 /// JSON levels above a resource's own object: the Bundle, `entry`, the entry, `resource`.
 const LEVELS_ABOVE_RESOURCE: usize = 4;
 
-/// Whether the Bundle `emit::write` wrote from `b` is valid; `Err` names the first rule not
-/// shown (a fixed label, for metrics). `live` and `emitted` are the writer's; `who` and `what`
-/// the Provenance's agent and entity text, `provenance` its id.
+/// What every Bundle of `plan` holds that the plan alone writes: the Provenance agent's text,
+/// the mapping-set version, the security label codes. Shown once, when the plan is loaded;
+/// `Err` sends every Bundle of the plan to the walk.
+pub fn plan_shown(plan: &Plan) -> Result<(), &'static str> {
+    let t = table();
+    let rules = Rules::shared();
+    let display = t.reference_display.ok_or("model")?;
+    if !rules.text_ok(display, &plan.agent_display)
+        || plan.version.is_empty()
+        || !plan.version.bytes().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err("provenance_text");
+    }
+    let code = t.elems[plan.known.coding_code as usize].ok_or("model")?;
+    if !plan
+        .labels
+        .names
+        .iter()
+        .all(|name| rules.text_ok(code, name))
+    {
+        return Err("security_label");
+    }
+    Ok(())
+}
+
+/// Whether the Bundle `emit::write` wrote from `b` is valid, given [`plan_shown`]; `Err` names
+/// the first rule not shown (a fixed label, for metrics). `live` and `emitted` are the writer's;
+/// `what` the Provenance entity's text, `provenance` its id.
 pub fn shown_valid(
     plan: &Plan,
     b: &Build,
     (live, emitted): (&[bool], &[bool]),
     link: &Link<'_>,
-    (who, what): (&str, &str),
+    what: &str,
     provenance: &[u8; 36],
 ) -> Result<(), &'static str> {
     let t = table();
     let rules = Rules::shared();
     let m = plan.model;
-    // The parts the writer adds: Provenance text, the mapping time as an R4 instant (four
-    // digit years), ids.
+    // What the writer adds per message: the entity's text, the mapping time as an R4 instant
+    // (four digit years), ids.
     let display = t.reference_display.ok_or("model")?;
-    if !rules.text_ok(display, who) || !rules.text_ok(display, what) {
+    if !rules.text_ok(display, what) {
         return Err("provenance_text");
     }
-    if link.mapped_ms >= 253_402_300_800_000
-        || plan.version.is_empty()
-        || !plan.version.bytes().all(|c| c.is_ascii_alphanumeric())
-    {
+    if link.mapped_ms >= 253_402_300_800_000 {
         return Err("provenance_time");
     }
     let mut ids: Vec<&[u8; 36]> = Vec::with_capacity(b.insts.len());
@@ -194,12 +210,6 @@ pub fn shown_valid(
             return Err("resource_id");
         }
         ids.push(&inst.id);
-        let code = t.elems[plan.known.coding_code as usize].ok_or("model")?;
-        for (bit, name) in plan.labels.names.iter().enumerate() {
-            if inst.labels & (1 << bit) != 0 && !rules.text_ok(code, name) {
-                return Err("security_label");
-            }
-        }
     }
     if ids.is_empty() {
         // Provenance.target would be an empty array.
@@ -219,7 +229,7 @@ pub fn shown_valid(
         }
         if node.parent == NONE {
             let ty = b.insts[node.inst as usize].ty;
-            object(t, rules, m, b, live, i as u32, ty, true, &mut scratch)?;
+            object(t, rules, plan, b, live, i as u32, ty, true, &mut scratch)?;
             continue;
         }
         let d = depth[node.parent as usize] + 1;
@@ -236,7 +246,7 @@ pub fn shown_valid(
                     return Err("object");
                 }
                 let ty = m.elem(node.elem).ty;
-                object(t, rules, m, b, live, i as u32, ty, false, &mut scratch)?;
+                object(t, rules, plan, b, live, i as u32, ty, false, &mut scratch)?;
                 true
             }
             Val::Text(a, z) => rules.text_ok(e, text(a, z)),
@@ -262,7 +272,7 @@ pub fn shown_valid(
 fn object(
     t: &Table,
     rules: Rules,
-    m: &Model,
+    plan: &Plan,
     b: &Build,
     live: &[bool],
     node: u32,
@@ -270,6 +280,7 @@ fn object(
     root: bool,
     written: &mut Vec<ElemId>,
 ) -> Result<(), &'static str> {
+    let (m, k) = (plan.model, &plan.known);
     let facts = t.types[ty as usize].as_ref().ok_or("object_type")?;
     // Rules the check does not show (risk predictions, Bundle entries).
     if matches!(
@@ -326,11 +337,11 @@ fn object(
                         return Err("extension");
                     }
                     value = Some(m.elem(ch.elem).name.as_str());
-                } else if ch.elem == t.extension_url {
+                } else if ch.elem == k.extension_url {
                     url = s;
                 }
             }
-            ObjectKind::Coding if ch.elem == t.coding_system => system = Some(s.ok_or("coding")?),
+            ObjectKind::Coding if ch.elem == k.coding_system => system = Some(s.ok_or("coding")?),
             ObjectKind::Period if ch.elem == t.period_start => start = s,
             ObjectKind::Period if ch.elem == t.period_end => end = s,
             ObjectKind::Attachment if ch.elem == t.attachment_data => data = true,
@@ -343,7 +354,7 @@ fn object(
             }
             // A reference the writer did not make (`Val::Ref`) is resolved by the walk.
             ObjectKind::Reference
-                if ch.elem == t.reference_reference && !matches!(ch.val, Val::Ref(_)) =>
+                if ch.elem == k.reference_reference && !matches!(ch.val, Val::Ref(_)) =>
             {
                 return Err("reference");
             }

@@ -80,7 +80,7 @@ pub fn write(
     b: &mut Build,
     ns: &[u8; 16],
     link: &Link<'_>,
-    check: bool,
+    check: Result<(), &'static str>,
     out: &mut Vec<u8>,
 ) -> Written {
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
@@ -150,27 +150,12 @@ pub fn write(
             security: labels,
         });
     }
-    let who = format!(
-        "{} {} (mapping set {})",
-        plan.settings.gateway_name,
-        env!("CARGO_PKG_VERSION"),
-        &plan.version[..plan.version.len().min(12)]
-    );
     let what = format!("raw record {}", link.raw_record_id);
-    provenance(plan, b, &w.emitted, link, &prov_id, (&who, &what), out);
+    provenance(plan, b, &w.emitted, link, &prov_id, &what, out);
     out.extend_from_slice(b"]}");
-    let shown_valid = if check {
-        super::check::shown_valid(
-            plan,
-            b,
-            (&w.live, &w.emitted),
-            link,
-            (&who, &what),
-            &prov_id,
-        )
-    } else {
-        Err("not_checked")
-    };
+    let shown_valid = check.and_then(|()| {
+        super::check::shown_valid(plan, b, (&w.live, &w.emitted), link, &what, &prov_id)
+    });
     resources.push(MappedResource {
         resource_type: "Provenance".into(),
         id: std::str::from_utf8(&prov_id)
@@ -184,14 +169,14 @@ pub fn write(
     }
 }
 
-/// The Provenance entry; `display` is the agent's and the entity's text.
+/// The Provenance entry; `what` is the entity's text.
 fn provenance(
     plan: &Plan,
     b: &Build,
     emitted: &[bool],
     link: &Link<'_>,
     id: &[u8; 36],
-    (who, what): (&str, &str),
+    what: &str,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(b"{\"fullUrl\":\"urn:uuid:");
@@ -222,7 +207,7 @@ fn provenance(
     );
     out.extend_from_slice(plan.version.as_bytes());
     out.extend_from_slice(b"\"},\"display\":");
-    string(out, who);
+    string(out, &plan.agent_display);
     out.extend_from_slice(b"}}],\"entity\":[{\"role\":\"source\",\"what\":{\"identifier\":{\"system\":\"urn:ietf:rfc:3986\",\"value\":\"urn:medanchor:commitment:");
     out.extend_from_slice(hex::encode(link.raw_commitment).as_bytes());
     out.extend_from_slice(b"\"},\"display\":");

@@ -81,7 +81,7 @@ pub struct Mapped {
     pub message_map: String,
     /// `Ok` when the Bundle is shown valid FHIR R4 by how it was built, without parsing it
     /// back (the full check would accept it); else the rule that was not shown, a fixed label
-    /// (`not_checked` when the configuration turned this off). The pipeline runs the full check
+    /// (`configured` when the configuration turned this off). The pipeline runs the full check
     /// on the latter (`normalize.output_check`).
     pub shown_valid: Result<(), &'static str>,
 }
@@ -100,9 +100,10 @@ pub struct MapError {
 pub struct Normalizer {
     plan: plan::Plan,
     ns: [u8; 16],
-    /// Whether [`Normalizer::map`] shows each Bundle valid as it builds it
-    /// ([`Mapped::shown_valid`]); off when the configuration checks no output or walks all.
-    check: bool,
+    /// `Ok` when [`Normalizer::map`] shows each Bundle valid as it builds it
+    /// ([`Mapped::shown_valid`]): the configuration asks for it and what the plan itself writes
+    /// (the Provenance's text, label codes) is shown once, here. Else every Bundle's label.
+    check: Result<(), &'static str>,
 }
 
 impl Normalizer {
@@ -123,7 +124,9 @@ impl Normalizer {
             None => Vec::new(),
         };
         let mut n = Self::from_files(base, site, &cfg.id_namespace)?;
-        n.check = cfg.validate_output && cfg.output_check == OutputCheck::Construction;
+        if !cfg.validate_output || cfg.output_check == OutputCheck::Walk {
+            n.check = Err("configured");
+        }
         Ok(n)
     }
 
@@ -142,11 +145,8 @@ impl Normalizer {
         })?;
         let files = files::load(base, site).map_err(|e| vec![e])?;
         let plan = plan::compile(&files)?;
-        Ok(Normalizer {
-            plan,
-            ns,
-            check: true,
-        })
+        let check = check::plan_shown(&plan);
+        Ok(Normalizer { plan, ns, check })
     }
 
     /// The built-in mapping files (what `adapters_dir` unset means).

@@ -330,6 +330,8 @@ pub struct Plan {
     pub files: Vec<String>,
     pub version: String,
     pub settings: Settings,
+    /// The Provenance agent's text: the gateway, its version and the mapping set's.
+    pub agent_display: String,
     pub messages: Vec<MessageMap>,
     /// `ADT^A04` → message map.
     pub by_type: HashMap<String, usize>,
@@ -446,6 +448,12 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         model,
         files: files.sources.iter().map(|s| s.shown.clone()).collect(),
         version: files.version.clone(),
+        agent_display: format!(
+            "{} {} (mapping set {})",
+            settings.gateway_name,
+            env!("CARGO_PKG_VERSION"),
+            &files.version[..files.version.len().min(12)]
+        ),
         settings,
         messages,
         by_type,
