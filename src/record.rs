@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Origin, RecordId, RejectKind, Rejection};
+use crate::ledger::EventKind;
 use crate::hl7::{self, Message};
 
 /// Metadata kept with every record (inside the ciphertext: it includes patient identifiers).
@@ -437,19 +438,84 @@ impl DerivedRecord {
     }
 }
 
-/// What a sealed record holds: a record as received, or one derived from it.
+/// Something that happened to a patient's data (docs/FORMATS.md, "Event encoding"): a consent
+/// granted or revoked, a read, an erasure. Stored, sealed and anchored like a record, so a
+/// patient can prove it; sealed under the patient's data key (an erasure, whose key is gone,
+/// under the gateway key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// The patient it concerns: their data key id (`p-` + 32 hex), which names no one.
+    pub patient: String,
+    pub at_ms: u64,
+    /// Compact JSON: a FHIR Consent (granted, revoked) or AuditEvent (accessed), or the
+    /// erasure's note. Bytes to this format.
+    pub body: Bytes,
+}
+
+/// Version byte of the event encoding.
+pub const EVENT_VERSION: u8 = 3;
+
+impl Event {
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        let mut total = 1 + 1 + 8 + 2 * 4;
+        for (field, len) in [("patient", self.patient.len()), ("body", self.body.len())] {
+            total = add_field(total, field, len)?;
+        }
+        Ok(total)
+    }
+
+    /// `3 || kind u8 || str patient || u64 at_ms || bytes body`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let len = self.encoded_len()?;
+        out.reserve(len);
+        out.push(EVENT_VERSION);
+        out.push(self.kind.byte());
+        out.extend_from_slice(&(self.patient.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.patient.as_bytes());
+        out.extend_from_slice(&self.at_ms.to_be_bytes());
+        out.extend_from_slice(&(self.body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.body);
+        Ok(())
+    }
+
+    /// Inverse of [`encode_into`](Self::encode_into); `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Event> {
+        let mut r = Reader(bytes);
+        if r.u8()? != EVENT_VERSION {
+            return None;
+        }
+        let kind = EventKind::from_byte(r.u8()?)?;
+        let patient = r.string()?;
+        let at_ms = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+        let body = Bytes::copy_from_slice(r.bytes()?);
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Event {
+            kind,
+            patient,
+            at_ms,
+            body,
+        })
+    }
+}
+
+/// What a sealed record holds: a record as received, one derived from it, or an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     Record(Record),
     Derived(DerivedRecord),
+    Event(Event),
 }
 
 impl Content {
-    /// Decodes either encoding, told apart by the version byte.
+    /// Decodes any encoding, told apart by the version byte.
     pub fn decode(bytes: &[u8]) -> Option<Content> {
         match bytes.first()? {
             1 => Record::decode(bytes).map(Content::Record),
             &DERIVED_VERSION => DerivedRecord::decode(bytes).map(Content::Derived),
+            &EVENT_VERSION => Event::decode(bytes).map(Content::Event),
             _ => None,
         }
     }
@@ -582,6 +648,69 @@ mod tests {
                 prop_assert_eq!(encode(&d).unwrap(), bytes);
             }
         }
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        (
+            proptest::sample::select(EventKind::ALL.to_vec()),
+            ".*",
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..500),
+        )
+            .prop_map(|(kind, patient, at_ms, body)| Event {
+                kind,
+                patient,
+                at_ms,
+                body: body.into(),
+            })
+    }
+
+    fn encode_event(e: &Event) -> Vec<u8> {
+        let mut out = Vec::new();
+        e.encode_into(&mut out).unwrap();
+        assert_eq!(out.len(), e.encoded_len().unwrap());
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+        /// Events round-trip, and any bytes that decode as an event are its one encoding.
+        #[test]
+        fn events_decode_to_themselves_and_only_from_their_encoding(
+            e in event(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = encode_event(&e);
+            prop_assert_eq!(Content::decode(&bytes), Some(Content::Event(e)));
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            if let Some(Content::Event(d)) = Content::decode(&bytes) {
+                prop_assert_eq!(encode_event(&d), bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn an_event_of_an_unknown_kind_or_with_trailing_bytes_does_not_decode() {
+        let e = Event {
+            kind: EventKind::RecordAccessed,
+            patient: "p-00".into(),
+            at_ms: 7,
+            body: Bytes::from_static(b"{}"),
+        };
+        let good = encode_event(&e);
+        let mut kind = good.clone();
+        kind[1] = 0x02;
+        assert_eq!(Event::decode(&kind), None);
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(Event::decode(&trailing), None);
+        assert_eq!(Event::decode(&good[..good.len() - 1]), None);
     }
 
     fn with_ids(n: usize) -> Record {

@@ -104,6 +104,7 @@ pub fn remap(
                     record_id: d.record_id,
                     commitment: d.commitment,
                     derived_from: Some((item.raw_id, item.raw_commitment)),
+                    event: None,
                 }),
                 _ => None,
             })

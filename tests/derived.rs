@@ -57,6 +57,7 @@ fn derived_of(data: &Path, raw: &RecordId) -> Vec<(RecordId, DerivedRecord)> {
             {
                 Content::Derived(d) => (id, d),
                 Content::Record(_) => panic!("{id} is listed as derived but is a raw record"),
+                Content::Event(_) => panic!("{id} is listed as derived but is an event"),
             }
         })
         .collect()

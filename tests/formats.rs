@@ -410,6 +410,7 @@ fn derived_leaf_of(d: &Der, s: &SealedDer) -> Leaf {
         record_id: d.id,
         commitment: s.sealed.commitment,
         derived_from: Some((d.record.raw_id, d.record.raw_commitment)),
+        event: None,
     }
 }
 
@@ -839,6 +840,8 @@ fn bundle_error(e: &BundleError) -> String {
         BundleError::SizeMismatch(..) => "SizeMismatch".into(),
         BundleError::Inclusion(p) => format!("Inclusion.{}", proof_error(p)),
         BundleError::RawInclusion(p) => format!("RawInclusion.{}", proof_error(p)),
+        BundleError::Event(_) => "Event".into(),
+        BundleError::EventDerived => "EventDerived".into(),
     }
 }
 
@@ -2888,6 +2891,7 @@ fn check_ledger(v: &Value, sealed: &Value, ders: &[DerVec], bundles: &Value, n: 
                 RecordId::parse(str_of(&r["raw_record_id"])).unwrap(),
                 unhex32(&r["raw_commitment"]),
             )),
+            event: None,
         })
         .collect();
     let sealed_derived: Vec<Leaf> = list(&sealed["derived"])
@@ -2898,6 +2902,7 @@ fn check_ledger(v: &Value, sealed: &Value, ders: &[DerVec], bundles: &Value, n: 
                 record_id: RecordId::parse(str_of(&s["record_id"])).unwrap(),
                 commitment: unhex32(&s["commitment"]),
                 derived_from: Some((d.raw_id, d.raw_commitment)),
+                event: None,
             }
         })
         .collect();

@@ -299,6 +299,7 @@ fn main() {
             checkpoint: cp.text.clone(),
             public_key: signer.verifier().to_vkey(),
             derived_from: None,
+            event: None,
         };
         bundle.verify(Some(&signer.verifier())).unwrap();
         put(

@@ -232,6 +232,16 @@ mod tests {
         fn derived_of(&self, _: &RecordId) -> Result<Vec<RecordId>, VaultError> {
             unreachable!("not used by the batcher")
         }
+        fn commit_events(&self, _: &[crate::vault::EventPut]) -> Result<Vec<u64>, VaultError> {
+            unreachable!("not used by the batcher")
+        }
+        fn patient_entries(
+            &self,
+            _: &crate::seal::keyring::PatientIndex,
+            _: &[u8],
+        ) -> Result<Vec<crate::vault::PatientEntry>, VaultError> {
+            unreachable!("not used by the batcher")
+        }
         fn mapping_failures(
             &self,
         ) -> Result<Vec<(RecordId, crate::vault::MappingFailure)>, VaultError> {

@@ -33,7 +33,7 @@ use redb::{
     Durability, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
 };
 
-use super::{Leaf, Ledger, LedgerError, LogHasher, StoredLeaf};
+use super::{EventKind, Leaf, Ledger, LedgerError, LogHasher, StoredLeaf};
 use crate::envelope::RecordId;
 use crate::storage::Db;
 use crate::throttle::Throttle;
@@ -257,12 +257,18 @@ impl TileSource for NoTiles {
 }
 
 /// Splits a stored leaf value into entry, record id and (for a derived record) the raw record's
-/// id: `0x01 || commitment || id` (49 bytes) or `0x02 || commitment || raw commitment || id ||
+/// id: `0x01 || commitment || id` (49 bytes; an event's is the same with its kind, 0x03..=0x06) or `0x02 || commitment || raw commitment || id ||
 /// raw id` (97 bytes).
 pub fn parse_leaf(index: u64, v: &[u8]) -> Result<StoredLeaf, LedgerError> {
     let id = |at: usize| RecordId(v[at..at + 16].try_into().expect("16"));
     match (v.first(), v.len()) {
         (Some(&LEAF_RECORD_STORED), 49) => Ok(StoredLeaf {
+            index,
+            entry: v[..33].to_vec(),
+            record_id: id(33),
+            derived_from: None,
+        }),
+        (Some(&kind), 49) if EventKind::from_byte(kind).is_some() => Ok(StoredLeaf {
             index,
             entry: v[..33].to_vec(),
             record_id: id(33),
@@ -1360,7 +1366,9 @@ impl EmbeddedLedger {
                     .map_err(err)?
                     .ok_or_else(|| LedgerError::Corrupt(format!("leaf {raw_index} missing")))?;
                 let raw_leaf = parse_leaf(raw_index, raw_leaf.value())?;
-                if raw_leaf.derived_from.is_some() || raw_leaf.commitment() != &leaf.entry[33..65] {
+                if raw_leaf.entry[0] != LEAF_RECORD_STORED
+                    || raw_leaf.commitment() != &leaf.entry[33..65]
+                {
                     return Err(not_before());
                 }
                 Some((*raw_id, raw_leaf))
@@ -1407,6 +1415,7 @@ impl EmbeddedLedger {
                 leaf_index: raw_leaf.index,
                 inclusion: hexes(paths.next().expect("the raw leaf's path")),
             }),
+            event: leaf.event().map(|k| k.name().to_string()),
         })
     }
 }

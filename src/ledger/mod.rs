@@ -9,6 +9,7 @@ mod hasher;
 pub use embedded::{EmbeddedLedger, LeafCheck};
 pub use hasher::LogHasher;
 
+pub use medanchor_merkle::EventKind;
 use medanchor_merkle::{NoteVerifier, ProofBundle, SignedCheckpoint};
 
 use crate::envelope::RecordId;
@@ -45,6 +46,9 @@ pub struct Leaf {
     pub record_id: RecordId,
     pub commitment: [u8; 32],
     pub derived_from: Option<(RecordId, [u8; 32])>,
+    /// For an event (consent granted or revoked, record accessed, patient erased): its kind.
+    /// Never together with `derived_from`.
+    pub event: Option<EventKind>,
 }
 
 impl Leaf {
@@ -54,15 +58,39 @@ impl Leaf {
             record_id,
             commitment,
             derived_from: None,
+            event: None,
         }
     }
 
-    /// The entry hashed into the tree: `0x01 || commitment` or
-    /// `0x02 || commitment || raw commitment`.
+    /// A derived record made from the raw record `raw` (id, commitment).
+    pub fn derived(record_id: RecordId, commitment: [u8; 32], raw: (RecordId, [u8; 32])) -> Leaf {
+        Leaf {
+            record_id,
+            commitment,
+            derived_from: Some(raw),
+            event: None,
+        }
+    }
+
+    /// An event about a patient's data.
+    pub fn event(kind: EventKind, record_id: RecordId, commitment: [u8; 32]) -> Leaf {
+        Leaf {
+            record_id,
+            commitment,
+            derived_from: None,
+            event: Some(kind),
+        }
+    }
+
+    /// The entry hashed into the tree: `0x01 || commitment`,
+    /// `0x02 || commitment || raw commitment`, or `kind || commitment` for an event.
     pub fn entry(&self) -> Vec<u8> {
-        match &self.derived_from {
-            None => medanchor_merkle::record_leaf(&self.commitment).to_vec(),
-            Some((_, raw)) => medanchor_merkle::derived_leaf(&self.commitment, raw).to_vec(),
+        match (&self.derived_from, self.event) {
+            (_, Some(kind)) => medanchor_merkle::event_leaf(kind, &self.commitment).to_vec(),
+            (None, None) => medanchor_merkle::record_leaf(&self.commitment).to_vec(),
+            (Some((_, raw)), None) => {
+                medanchor_merkle::derived_leaf(&self.commitment, raw).to_vec()
+            }
         }
     }
 }
@@ -78,6 +106,11 @@ pub struct StoredLeaf {
 }
 
 impl StoredLeaf {
+    /// The event this leaf anchors, if it is an event leaf.
+    pub fn event(&self) -> Option<EventKind> {
+        EventKind::from_byte(self.entry[0])
+    }
+
     /// The commitment the leaf anchors (the record's own, not the raw one it names).
     pub fn commitment(&self) -> &[u8] {
         &self.entry[1..33]

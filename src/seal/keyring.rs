@@ -52,6 +52,33 @@ fn db_err(e: impl std::fmt::Display) -> KeyringError {
     KeyringError::Db(e.to_string())
 }
 
+/// A patient as the gateway's indexes and API know them: the 16 bytes of their data key id
+/// (`p-` + 32 hex, a keyed hash of their identifier), so no index or URL names anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PatientIndex(pub [u8; 16]);
+
+impl PatientIndex {
+    /// The patient of a data key id; `None` for the gateway key or anything else.
+    pub fn from_key_id(key_id: &str) -> Option<PatientIndex> {
+        let hex = key_id.strip_prefix("p-")?;
+        if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        Some(PatientIndex(hex::decode(hex).ok()?.try_into().ok()?))
+    }
+
+    /// Their data key id.
+    pub fn key_id(&self) -> String {
+        format!("p-{}", hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Display for PatientIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p-{}", hex::encode(self.0))
+    }
+}
+
 /// A data key: one per patient, plus the gateway key for records without a patient.
 pub struct DataKey {
     id: String,
@@ -371,11 +398,14 @@ impl Keyring {
     pub fn key_id_for(&self, identity: Option<&str>) -> String {
         match identity {
             None => GATEWAY_KEY_ID.to_string(),
-            Some(id) => format!(
-                "p-{}",
-                hex::encode(&self.index_hash("patient-key", &[id.as_bytes()])[..16])
-            ),
+            Some(id) => self.patient(id).key_id(),
         }
+    }
+
+    /// The patient a record's key identity (`id^authority^type`, PID-3) stands for.
+    pub fn patient(&self, identity: &str) -> PatientIndex {
+        let h = self.index_hash("patient-key", &[identity.as_bytes()]);
+        PatientIndex(h[..16].try_into().expect("16"))
     }
 
     fn wrap(&self, key_id: &str, secret: &[u8; 32]) -> Vec<u8> {

@@ -23,7 +23,7 @@ use aes_gcm::{aead::AeadInOut, Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::envelope::RecordId;
-use crate::record::{Content, DerivedRecord, EncodeError, Record};
+use crate::record::{Content, DerivedRecord, EncodeError, Event, Record};
 pub use keyring::{DataKey, Keyring, KeyringError};
 use medanchor_sha3::Sha3_256;
 
@@ -114,12 +114,22 @@ pub fn seal_derived_many(
     seal_plain(&plain)
 }
 
-/// What is sealed: a record as received, or one derived from it (told apart inside the
-/// ciphertext by the encoding's version byte).
+/// [`seal_many`] for events.
+pub fn seal_events(events: &[(&Event, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
+    let plain: Vec<_> = events
+        .iter()
+        .map(|&(e, id, key)| (Plain::Event(e), id, key))
+        .collect();
+    seal_plain(&plain)
+}
+
+/// What is sealed: a record as received, one derived from it, or an event (told apart inside
+/// the ciphertext by the encoding's version byte).
 #[derive(Clone, Copy)]
 pub enum Plain<'a> {
     Record(&'a Record),
     Derived(&'a DerivedRecord),
+    Event(&'a Event),
 }
 
 fn seal_plain(records: &[(Plain<'_>, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
@@ -237,11 +247,12 @@ impl Prepared {
     ) -> Result<Prepared, EncodeError> {
         let origin_json = match record {
             Plain::Record(r) => serde_json::to_vec(&r.meta.origin).unwrap_or_default(),
-            Plain::Derived(_) => Vec::new(),
+            Plain::Derived(_) | Plain::Event(_) => Vec::new(),
         };
         let encoded_len = match record {
             Plain::Record(r) => r.encoded_len(&origin_json)?,
             Plain::Derived(d) => d.encoded_len()?,
+            Plain::Event(e) => e.encoded_len()?,
         };
         let key_id = key.id().as_bytes();
         let header_len = 4 + 1 + key_id.len() + NONCE_LEN + 1;
@@ -255,6 +266,7 @@ impl Prepared {
         match record {
             Plain::Record(r) => r.encode_into(&origin_json, &mut out)?,
             Plain::Derived(d) => d.encode_into(&mut out)?,
+            Plain::Event(e) => e.encode_into(&mut out)?,
         }
         Ok(Prepared {
             salt,
@@ -348,7 +360,7 @@ pub fn open(bytes: &[u8], record_id: RecordId, key: &DataKey) -> Result<Opened, 
             salt: o.salt,
             commitment: o.commitment,
         }),
-        Content::Derived(_) => Err(SealError::BadRecord),
+        Content::Derived(_) | Content::Event(_) => Err(SealError::BadRecord),
     }
 }
 

@@ -19,11 +19,12 @@ use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, T
 
 use super::segments::{EntryHeader, Finding, Location, SegmentLog, SetAside, Staged, Tail};
 use super::{
-    Derivation, MappingFailure, Position, PutRecord, PutResult, QuarantineEntry, Rederive,
-    StoredRecord, Vault, VaultError,
+    Derivation, EventPut, MappingFailure, PatientEntry, Position, PutRecord, PutResult,
+    QuarantineEntry, Rederive, StoredRecord, Vault, VaultError,
 };
 use crate::envelope::RecordId;
 use crate::ledger::Leaf;
+use crate::seal::keyring::PatientIndex;
 use crate::seal::Sealed;
 use crate::storage::{Db, Healing, Opener};
 use crate::testing::faulty::{Faults, FaultyBackend};
@@ -36,6 +37,12 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DERIVED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("derived");
 /// raw record id → JSON [`MappingFailure`] of its last mapping, when that failed.
 const FAILURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mapping_failures");
+/// patient[16] ‖ kind u8 ‖ record id[16] → nothing: what is stored about each patient (the
+/// read side's index). Rebuilt from the segments like the rest.
+const PATIENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("patients");
+/// `meta` key present once `patients` covers every entry (a vault from before it gets it built
+/// at its next writable open).
+const PATIENTS_BUILT: &str = "patients_built";
 
 /// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key;
 /// 4 = also derived records (their segment entries name their raw record) and the tables
@@ -193,6 +200,44 @@ fn add_derived(
 
 /// Opens (with `create`, creates) vault.redb, checks its format and returns it with the durable
 /// segment tail it has indexed through.
+/// Notes that `id` (of leaf kind `kind`) concerns `patient`.
+fn add_patient(
+    patients: &mut Table<'_>,
+    patient: &PatientIndex,
+    kind: u8,
+    id: &RecordId,
+) -> Result<(), VaultError> {
+    let mut key = [0u8; 33];
+    key[..16].copy_from_slice(&patient.0);
+    key[16] = kind;
+    key[17..].copy_from_slice(&id.0);
+    patients.insert(key.as_slice(), [].as_slice()).map_err(err)?;
+    Ok(())
+}
+
+/// The patient an entry concerns and its leaf kind byte: an event's header names them; a
+/// record's sealed header names its data key (none for the gateway key). Reads the entry.
+fn patient_of_entry(
+    segments: &SegmentLog,
+    h: &EntryHeader,
+    at: Location,
+) -> Result<Option<(PatientIndex, u8)>, VaultError> {
+    if let Some((kind, patient)) = h.event() {
+        return Ok(Some((patient, kind.byte())));
+    }
+    let kind = if h.derived_from().is_some() {
+        medanchor_merkle::LEAF_DERIVED_STORED
+    } else {
+        medanchor_merkle::LEAF_RECORD_STORED
+    };
+    let sealed = segments
+        .read(&h.record_id, &h.commitment, at)
+        .map_err(|e| VaultError::Unreadable(e.to_string()))?;
+    let header =
+        crate::seal::parse_header(&sealed).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    Ok(PatientIndex::from_key_id(header.key_id).map(|p| (p, kind)))
+}
+
 fn open_index(
     path: &Path,
     cache_bytes: usize,
@@ -220,6 +265,7 @@ fn open_index(
         w.open_table(QUARANTINE).map_err(err)?;
         w.open_table(DERIVED).map_err(err)?;
         w.open_table(FAILURES).map_err(err)?;
+        w.open_table(PATIENTS).map_err(err)?;
         let mut meta = w.open_table(META).map_err(err)?;
         let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
         match format {
@@ -237,6 +283,7 @@ fn open_index(
             None if records.is_empty().map_err(err)? => {
                 meta.insert("format", FORMAT.to_be_bytes().as_slice())
                     .map_err(err)?;
+                meta.insert(PATIENTS_BUILT, [].as_slice()).map_err(err)?;
             }
             None => {
                 return Err(VaultError::Storage(
@@ -273,6 +320,7 @@ fn durable_tail(r: &redb::ReadTransaction) -> Result<Tail, VaultError> {
 /// through, durably.
 fn reindex(
     db: &redb::Database,
+    segments: &SegmentLog,
     entries: &[(EntryHeader, Location)],
     tail: Tail,
 ) -> Result<(), VaultError> {
@@ -282,6 +330,7 @@ fn reindex(
         let mut records = w.open_table(RECORDS).map_err(err)?;
         let mut controls = w.open_table(CONTROLS).map_err(err)?;
         let mut derived = w.open_table(DERIVED).map_err(err)?;
+        let mut patients = w.open_table(PATIENTS).map_err(err)?;
         let mut listed = Vec::new();
         for (h, at) in entries {
             records
@@ -290,8 +339,14 @@ fn reindex(
                     record_row(&h.commitment, *at).as_slice(),
                 )
                 .map_err(err)?;
+            if let Some((patient, kind)) = patient_of_entry(segments, h, *at)? {
+                add_patient(&mut patients, &patient, kind, &h.record_id)?;
+            }
             if let Some((raw_id, _)) = h.derived_from() {
                 add_derived(&mut derived, &raw_id, &h.record_id)?;
+                continue;
+            }
+            if h.event().is_some() {
                 continue;
             }
             read_controls(&controls, &h.control_key, &mut listed)?;
@@ -308,6 +363,43 @@ fn reindex(
             .map_err(err)?;
     }
     w.commit().map_err(err)
+}
+
+/// Builds `patients` from every entry when the vault was written before it existed.
+fn build_patients(db: &redb::Database, segments: &SegmentLog) -> Result<(), VaultError> {
+    let built = {
+        let r = db.begin_read().map_err(err)?;
+        let meta = r.open_table(META).map_err(err)?;
+        meta.get(PATIENTS_BUILT).map_err(err)?.is_some()
+    };
+    if built {
+        return Ok(());
+    }
+    let mut entries = Vec::new();
+    segments
+        .scan_entries(Tail::default(), segments.tail(), &mut |h, at| {
+            entries.push((*h, at))
+        })
+        .map_err(|e| VaultError::Storage(e.to_string()))?;
+    let w = db.begin_write().map_err(err)?;
+    {
+        let mut patients = w.open_table(PATIENTS).map_err(err)?;
+        for (h, at) in &entries {
+            if let Some((patient, kind)) = patient_of_entry(segments, h, *at)? {
+                add_patient(&mut patients, &patient, kind, &h.record_id)?;
+            }
+        }
+        w.open_table(META)
+            .map_err(err)?
+            .insert(PATIENTS_BUILT, [].as_slice())
+            .map_err(err)?;
+    }
+    w.commit().map_err(err)?;
+    tracing::info!(
+        entries = entries.len(),
+        "built the patient index of a vault written before it"
+    );
+    Ok(())
 }
 
 impl EmbeddedVault {
@@ -348,7 +440,8 @@ impl EmbeddedVault {
         if let Some(f) = &faults {
             segments.set_faults(f.hook());
         }
-        reindex(&db, &lost, segments.tail())?;
+        reindex(&db, &segments, &lost, segments.tail())?;
+        build_patients(&db, &segments)?;
         if !lost.is_empty() {
             tracing::info!(
                 records = lost.len(),
@@ -628,7 +721,7 @@ impl EmbeddedVault {
             }
         }
         for (id, (h, _)) in &entries {
-            if h.derived_from().is_some() {
+            if !h.is_raw() {
                 continue;
             }
             if !under_control.contains(id) && !self.pending.contains_key(id) {
@@ -687,7 +780,7 @@ impl EmbeddedVault {
             self.segments
                 .scan_entries(tail, self.segments.tail(), &mut |h, at| lost.push((*h, at)))
                 .map_err(|e| e.to_string())?;
-            reindex(db, &lost, self.segments.tail()).map_err(|e| e.to_string())?;
+            reindex(db, &self.segments, &lost, self.segments.tail()).map_err(|e| e.to_string())?;
             *self.last_sync.lock().expect("lock") = Instant::now();
             tracing::info!(
                 reindexed = lost.len(),
@@ -739,6 +832,8 @@ struct Placed {
     slot: usize,
     /// For a derived record, its raw record.
     derived_from: Option<RecordId>,
+    /// The patient whose data key sealed it.
+    patient: Option<PatientIndex>,
 }
 
 type Table<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
@@ -776,6 +871,7 @@ impl Vault for EmbeddedVault {
             let mut controls = w.open_table(CONTROLS).map_err(err)?;
             let mut derived = w.open_table(DERIVED).map_err(err)?;
             let mut failures = w.open_table(FAILURES).map_err(err)?;
+            let mut patients = w.open_table(PATIENTS).map_err(err)?;
             let mut staged = self.staged.lock().expect("lock");
             staged.clear();
             // Records new in this batch: a duplicate of one of them finds its commitment here,
@@ -863,6 +959,7 @@ impl Vault for EmbeddedVault {
                     len,
                     slot: results.len(),
                     derived_from: None,
+                    patient: PatientIndex::from_key_id(&s.key_id),
                 });
                 match &p.derived {
                     Derivation::None => {}
@@ -878,6 +975,7 @@ impl Vault for EmbeddedVault {
                             len,
                             slot: results.len(),
                             derived_from: Some(id),
+                            patient: PatientIndex::from_key_id(&d.key_id),
                         });
                     }
                     Derivation::Failed(f) => put_failure(&mut failures, &id, f)?,
@@ -912,6 +1010,13 @@ impl Vault for EmbeddedVault {
                         .map_err(err)?;
                     if let Some(raw) = &p.derived_from {
                         add_derived(&mut derived, raw, &p.id)?;
+                    }
+                    if let Some(patient) = &p.patient {
+                        let kind = match p.derived_from {
+                            None => medanchor_merkle::LEAF_RECORD_STORED,
+                            Some(_) => medanchor_merkle::LEAF_DERIVED_STORED,
+                        };
+                        add_patient(&mut patients, patient, kind, &p.id)?;
                     }
                     match (&mut results[p.slot], p.derived_from) {
                         (
@@ -998,7 +1103,7 @@ impl Vault for EmbeddedVault {
                             item.raw_commitment,
                         );
                         let (offset, len) = SegmentLog::stage(&mut staged, &header, &d.bytes);
-                        placed.push((slot, d.record_id, d.commitment, offset, len));
+                        placed.push((slot, d, offset, len));
                     }
                 }
             }
@@ -1008,16 +1113,22 @@ impl Vault for EmbeddedVault {
                     .segments
                     .append(&staged)
                     .map_err(|e| VaultError::Storage(e.to_string()))?;
-                for (slot, id, commitment, offset, len) in placed {
+                let mut patients = w.open_table(PATIENTS).map_err(err)?;
+                for (slot, d, offset, len) in placed {
                     let at = Location {
                         segment,
                         offset: base + offset,
                         len,
                     };
+                    let id = d.record_id;
                     records
-                        .insert(id.0.as_slice(), record_row(&commitment, at).as_slice())
+                        .insert(id.0.as_slice(), record_row(&d.commitment, at).as_slice())
                         .map_err(err)?;
                     add_derived(&mut derived, &items[slot].raw_id, &id)?;
+                    if let Some(patient) = PatientIndex::from_key_id(&d.key_id) {
+                        let kind = medanchor_merkle::LEAF_DERIVED_STORED;
+                        add_patient(&mut patients, &patient, kind, &id)?;
+                    }
                     positions[slot] = Some(at.end().position());
                 }
                 w.open_table(META)
@@ -1035,6 +1146,109 @@ impl Vault for EmbeddedVault {
             self.db.failed(e);
         }
         committed
+    }
+
+    fn commit_events(&self, events: &[EventPut]) -> Result<Vec<Position>, VaultError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut w = self.begin_write()?;
+        // Like records: durable in the segment before the index, which a crash rebuilds.
+        let sync = self.last_sync.lock().expect("lock").elapsed() >= INDEX_SYNC_INTERVAL;
+        let result: Result<Vec<Position>, VaultError> = (|| {
+            let mut records = w.open_table(RECORDS).map_err(err)?;
+            let mut patients = w.open_table(PATIENTS).map_err(err)?;
+            let mut staged = self.staged.lock().expect("lock");
+            staged.clear();
+            let mut placed = Vec::with_capacity(events.len());
+            for e in events {
+                let s = &e.sealed;
+                let header = EntryHeader::for_event(e.kind, s.record_id, s.commitment, &e.patient);
+                placed.push(SegmentLog::stage(&mut staged, &header, &s.bytes));
+            }
+            let (segment, base) = self
+                .segments
+                .append(&staged)
+                .map_err(|e| VaultError::Storage(e.to_string()))?;
+            let mut positions = Vec::with_capacity(events.len());
+            for (e, (offset, len)) in events.iter().zip(placed) {
+                let at = Location {
+                    segment,
+                    offset: base + offset,
+                    len,
+                };
+                let s = &e.sealed;
+                records
+                    .insert(
+                        s.record_id.0.as_slice(),
+                        record_row(&s.commitment, at).as_slice(),
+                    )
+                    .map_err(err)?;
+                add_patient(&mut patients, &e.patient, e.kind.byte(), &s.record_id)?;
+                positions.push(at.end().position());
+            }
+            w.open_table(META)
+                .map_err(err)?
+                .insert(SEGMENT_TAIL, self.segments.tail().to_bytes().as_slice())
+                .map_err(err)?;
+            Ok(positions)
+        })();
+        let committed = result.and_then(|positions| {
+            w.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(err)?;
+            w.commit().map_err(err)?;
+            Ok(positions)
+        });
+        match &committed {
+            Err(e) => {
+                self.db.failed(e);
+            }
+            Ok(_) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
+            Ok(_) => {}
+        }
+        committed
+    }
+
+    fn patient_entries(
+        &self,
+        patient: &PatientIndex,
+        kinds: &[u8],
+    ) -> Result<Vec<PatientEntry>, VaultError> {
+        let r = self.db.begin_read().map_err(err)?;
+        let Some(t) = optional(&r, PATIENTS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for &kind in kinds {
+            let mut from = [0u8; 33];
+            from[..16].copy_from_slice(&patient.0);
+            from[16] = kind;
+            let mut to = from;
+            to[17..].fill(0xff);
+            for row in t.range(from.as_slice()..=to.as_slice()).map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                let id = record_id(&k.value()[17..])?;
+                out.push(PatientEntry { kind, record_id: id });
+            }
+        }
+        // Entries past the durable tail (a read-only open after a crash).
+        for (id, (h, at)) in self.pending.iter() {
+            let Some((p, kind)) = patient_of_entry(&self.segments, h, *at)? else {
+                continue;
+            };
+            if p == *patient && kinds.contains(&kind) && !out.iter().any(|e| e.record_id == *id) {
+                out.push(PatientEntry {
+                    kind,
+                    record_id: *id,
+                });
+            }
+        }
+        out.sort_by_key(|e| e.record_id.0);
+        Ok(out)
     }
 
     fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError> {

@@ -9,7 +9,8 @@ pub mod writer;
 pub use embedded::EmbeddedVault;
 
 use crate::envelope::RecordId;
-use crate::ledger::Leaf;
+use crate::ledger::{EventKind, Leaf};
+use crate::seal::keyring::PatientIndex;
 use crate::seal::Sealed;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,22 @@ pub struct MappingFailure {
     pub detail: String,
     pub mapping_version: String,
     pub at_ms: u64,
+}
+
+/// An event to store (a consent granted or revoked, a read, an erasure), sealed.
+#[derive(Debug, Clone)]
+pub struct EventPut {
+    pub kind: EventKind,
+    pub patient: PatientIndex,
+    pub sealed: Sealed,
+}
+
+/// What the patient index holds of one entry: its kind (the leaf kind byte: 1 raw, 2 derived,
+/// 3..=6 an event) and record id, in store order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatientEntry {
+    pub kind: u8,
+    pub record_id: RecordId,
 }
 
 /// A derivation of a record already stored (`medanchor mapping replay`).
@@ -125,6 +142,16 @@ pub trait Vault: Send + Sync + 'static {
     /// failure, a failed one records the failure. Returns the position of each derived record
     /// stored (`None` for a failure).
     fn commit_derivations(&self, items: &[Rederive]) -> Result<Vec<Option<Position>>, VaultError>;
+    /// Stores events in one durable commit; returns each one's position in commit order.
+    fn commit_events(&self, events: &[EventPut]) -> Result<Vec<Position>, VaultError>;
+    /// Everything stored about one patient of the given kinds (leaf kind bytes), in id order
+    /// (ids sort by time): the read side's index, which costs what that patient has, not
+    /// what the vault holds.
+    fn patient_entries(
+        &self,
+        patient: &PatientIndex,
+        kinds: &[u8],
+    ) -> Result<Vec<PatientEntry>, VaultError>;
     /// The derived records made from a raw record, oldest first (the last is current).
     fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, VaultError>;
     /// Raw records whose last mapping failed, with why.

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope::RecordId;
+use crate::ledger::EventKind;
+use crate::seal::keyring::PatientIndex;
 
 /// Bytes before the sealed record in an entry.
 pub const ENTRY_HEADER: usize = 4 + 4 + 16 + 32 + 32 + 32;
@@ -162,6 +164,9 @@ pub struct EntryHeader {
 /// keyed hash, which starts with these bytes with probability 2^-128.
 pub const DERIVED_MARK: &[u8; 16] = b"medanchor/derive";
 
+/// The first 16 bytes of an event's control-key field (see [`EntryHeader::event`]).
+pub const EVENT_MARK: &[u8; 16] = b"medanchor/events";
+
 impl EntryHeader {
     /// The header of a derived record's entry: it has no dedup or control key (it is stored
     /// only with, or after, its raw record), so those fields name the raw record instead:
@@ -193,12 +198,55 @@ impl EntryHeader {
         })
     }
 
+    /// The header of an event's entry: no dedup or control key either, so the dedup key field
+    /// holds the patient it concerns (16 bytes, then zeros) and the control key field is
+    /// [`EVENT_MARK`] ‖ the event's kind byte ‖ zeros.
+    pub fn for_event(
+        kind: EventKind,
+        record_id: RecordId,
+        commitment: [u8; 32],
+        patient: &PatientIndex,
+    ) -> EntryHeader {
+        let mut control_key = [0u8; 32];
+        control_key[..16].copy_from_slice(EVENT_MARK);
+        control_key[16] = kind.byte();
+        let mut dedup_key = [0u8; 32];
+        dedup_key[..16].copy_from_slice(&patient.0);
+        EntryHeader {
+            record_id,
+            commitment,
+            dedup_key,
+            control_key,
+        }
+    }
+
+    /// For an event's entry, its kind and the patient it concerns. An entry with the mark and
+    /// a kind byte that is no event's is not an event (and not a raw record either: the
+    /// verifier names it).
+    pub fn event(&self) -> Option<(EventKind, PatientIndex)> {
+        if self.control_key[..16] != EVENT_MARK[..] {
+            return None;
+        }
+        let kind = EventKind::from_byte(self.control_key[16])?;
+        Some((
+            kind,
+            PatientIndex(self.dedup_key[..16].try_into().expect("16")),
+        ))
+    }
+
+    /// Whether this is a raw record's entry (neither derived nor an event), which has a
+    /// control entry in the index.
+    pub fn is_raw(&self) -> bool {
+        self.control_key[..16] != DERIVED_MARK[..] && self.control_key[..16] != EVENT_MARK[..]
+    }
+
     /// The log leaf that anchors this entry's record.
     pub fn leaf(&self) -> crate::ledger::Leaf {
         crate::ledger::Leaf {
             record_id: self.record_id,
             commitment: self.commitment,
             derived_from: self.derived_from(),
+            event: self.event().map(|(kind, _)| kind),
         }
     }
 

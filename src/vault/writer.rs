@@ -181,11 +181,7 @@ fn send_derived(
     committed: Instant,
 ) {
     if let Derivation::Mapped(d) = derived {
-        let leaf = Leaf {
-            record_id: d.record_id,
-            commitment: d.commitment,
-            derived_from: Some(raw),
-        };
+        let leaf = Leaf::derived(d.record_id, d.commitment, raw);
         let _ = anchor.blocking_send((leaf, at, committed));
     }
 }

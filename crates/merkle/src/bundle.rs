@@ -15,6 +15,70 @@ pub const LEAF_RECORD_STORED: u8 = 0x01;
 /// mapped from an HL7v2 message); the leaf itself binds the two commitments.
 pub const LEAF_DERIVED_STORED: u8 = 0x02;
 
+/// `0x03 || commitment`: a patient granted access (the sealed event is a FHIR Consent).
+pub const LEAF_CONSENT_GRANTED: u8 = 0x03;
+/// `0x04 || commitment`: a patient (or an admin for them) revoked a grant.
+pub const LEAF_CONSENT_REVOKED: u8 = 0x04;
+/// `0x05 || commitment`: a read of a patient's data, allowed or denied (a FHIR AuditEvent).
+pub const LEAF_RECORD_ACCESSED: u8 = 0x05;
+/// `0x06 || commitment`: a patient's data keys were destroyed.
+pub const LEAF_PATIENT_ERASED: u8 = 0x06;
+
+/// The kinds of event leaf: things that happened to a patient's data rather than records
+/// stored. Each is `kind || commitment[32]`, the commitment being over the sealed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    ConsentGranted,
+    ConsentRevoked,
+    RecordAccessed,
+    PatientErased,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::ConsentGranted,
+        EventKind::ConsentRevoked,
+        EventKind::RecordAccessed,
+        EventKind::PatientErased,
+    ];
+
+    /// The leaf's kind byte.
+    pub fn byte(self) -> u8 {
+        match self {
+            EventKind::ConsentGranted => LEAF_CONSENT_GRANTED,
+            EventKind::ConsentRevoked => LEAF_CONSENT_REVOKED,
+            EventKind::RecordAccessed => LEAF_RECORD_ACCESSED,
+            EventKind::PatientErased => LEAF_PATIENT_ERASED,
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.byte() == b)
+    }
+
+    /// The name a proof bundle's `event` field carries.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::ConsentGranted => "consent_granted",
+            EventKind::ConsentRevoked => "consent_revoked",
+            EventKind::RecordAccessed => "record_accessed",
+            EventKind::PatientErased => "patient_erased",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The leaf entry for an event.
+pub fn event_leaf(kind: EventKind, commitment: &Hash) -> [u8; 33] {
+    let mut e = [0u8; 33];
+    e[0] = kind.byte();
+    e[1..].copy_from_slice(commitment);
+    e
+}
+
 /// The leaf entry for a stored record.
 pub fn record_leaf(commitment: &Hash) -> [u8; 33] {
     let mut e = [0u8; 33];
@@ -64,6 +128,10 @@ pub struct ProofBundle {
     /// bundles are byte for byte what they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derived_from: Option<DerivedFrom>,
+    /// Only for an event (a consent granted or revoked, a record accessed, a patient erased):
+    /// its kind's name, and the leaf is `kind || commitment`. Absent for records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,6 +153,11 @@ pub enum BundleError {
     /// The raw record a derived record names is not proven in the bundle's tree.
     #[error("inclusion proof of the raw record: {0}")]
     RawInclusion(ProofError),
+    #[error("unknown event kind {0:?}")]
+    Event(String),
+    /// An event is not derived from a record: a bundle with both is not one this log writes.
+    #[error("a bundle names both an event and a raw record")]
+    EventDerived,
 }
 
 fn hash_hex(s: &str, field: &'static str) -> Result<Hash, BundleError> {
@@ -123,9 +196,17 @@ impl ProofBundle {
             .map(|h| hash_hex(h, "inclusion"))
             .collect::<Result<Vec<_>, _>>()?;
         let hasher = Sha3Hasher;
-        let leaf = match &self.derived_from {
-            None => hasher.leaf(&record_leaf(&commitment)),
-            Some(raw) => {
+        let event = match &self.event {
+            None => None,
+            Some(name) => {
+                Some(EventKind::from_name(name).ok_or_else(|| BundleError::Event(name.clone()))?)
+            }
+        };
+        let leaf = match (&self.derived_from, event) {
+            (Some(_), Some(_)) => return Err(BundleError::EventDerived),
+            (None, Some(kind)) => hasher.leaf(&event_leaf(kind, &commitment)),
+            (None, None) => hasher.leaf(&record_leaf(&commitment)),
+            (Some(raw), None) => {
                 let raw_commitment = hash_hex(&raw.commitment, "derived_from.commitment")?;
                 let raw_path = raw
                     .inclusion

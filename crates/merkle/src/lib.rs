@@ -34,8 +34,9 @@ mod proof;
 mod tree;
 
 pub use bundle::{
-    derived_leaf, record_leaf, BundleError, DerivedFrom, ProofBundle, BUNDLE_FORMAT,
-    LEAF_DERIVED_STORED, LEAF_RECORD_STORED,
+    derived_leaf, event_leaf, record_leaf, BundleError, DerivedFrom, EventKind, ProofBundle,
+    BUNDLE_FORMAT, LEAF_CONSENT_GRANTED, LEAF_CONSENT_REVOKED, LEAF_DERIVED_STORED,
+    LEAF_PATIENT_ERASED, LEAF_RECORD_ACCESSED, LEAF_RECORD_STORED,
 };
 pub use checkpoint::{
     key_hash, Checkpoint, CheckpointError, NoteSigner, NoteVerifier, SignedCheckpoint,

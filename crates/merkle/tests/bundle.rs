@@ -70,6 +70,7 @@ impl Log {
             checkpoint: self.checkpoint.clone(),
             public_key: self.signer.verifier().to_vkey(),
             derived_from: None,
+            event: None,
         }
     }
 
