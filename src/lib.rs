@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod envelope;
 pub mod fhir;
 pub mod hl7;

@@ -109,6 +109,15 @@ pub struct Metrics {
     /// as it built them, so parsed back and walked, by the rule not shown (a closed set).
     pub output_walks: IntCounterVec,
     pub normalize_seconds: Histogram,
+    /// `medanchor_api_auth_failures_total{reason}`: `missing`, `invalid` or `limited`.
+    pub auth_failures: IntCounterVec,
+    /// `medanchor_api_reads_total{what,decision}`: reads of patient data by what was read
+    /// (`record`, `records`, `fhir`, `consents`, `access_log`, `proof`) and the decision
+    /// (`permit`, `deny`, `break_glass`, `gone`).
+    pub reads: IntCounterVec,
+    /// `medanchor_api_events_total{kind}`: events stored (consent_granted, consent_revoked,
+    /// record_accessed, patient_erased).
+    pub events: IntCounterVec,
     seen_types: Mutex<HashSet<String>>,
     seen_items: Mutex<HashSet<String>>,
 }
@@ -228,6 +237,24 @@ impl Metrics {
                 &r,
                 "medanchor_ledger_append_failures_total",
                 "Log appends that failed",
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "medanchor_api_auth_failures_total",
+                "API requests refused for authentication, by reason",
+                &["reason"],
+            ),
+            reads: counter_vec(
+                &r,
+                "medanchor_api_reads_total",
+                "Reads of patient data through the API, by what was read and the decision",
+                &["what", "decision"],
+            ),
+            events: counter_vec(
+                &r,
+                "medanchor_api_events_total",
+                "Events about patients' data stored and anchored, by kind",
+                &["kind"],
             ),
             proof_failures: counter(
                 &r,

@@ -161,6 +161,18 @@ impl Stores {
     }
 }
 
+/// Why an event could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The patient was erased (at this Unix ms): nothing more is sealed under their key.
+    #[error("the patient was erased")]
+    Erased(u64),
+    #[error("event storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("event too large: {0}")]
+    TooLarge(String),
+}
+
 /// The running pipeline that sources submit to.
 pub struct Pipeline {
     keyring: Arc<Keyring>,
@@ -313,6 +325,63 @@ impl Pipeline {
                 batcher,
             },
         ))
+    }
+
+    /// Seals an event about a patient's data (a consent granted or revoked, a read, an
+    /// erasure) under their data key (an erasure under the gateway key: theirs is gone), stores
+    /// it in the vault's group commit and returns its receipt once durable; the batcher
+    /// anchors it like a record. `body` is the event's JSON (never logged).
+    pub async fn record_event(
+        &self,
+        kind: crate::ledger::EventKind,
+        patient: &seal::keyring::PatientIndex,
+        body: Vec<u8>,
+    ) -> Result<crate::envelope::Receipt, EventError> {
+        let key = match kind {
+            crate::ledger::EventKind::PatientErased => self.keyring.get_or_create(GATEWAY_KEY_ID),
+            _ => self.keyring.get_or_create(&patient.key_id()),
+        }
+        .map_err(|e| match e {
+            seal::KeyringError::Erased(_, at) => EventError::Erased(at),
+            other => EventError::Unavailable(other.to_string()),
+        })?;
+        let at_ms = crate::envelope::now_ms();
+        let event = crate::record::Event {
+            kind,
+            patient: patient.key_id(),
+            at_ms,
+            body: body.into(),
+        };
+        let id = RecordId::generate(at_ms);
+        let sealed = seal::seal_events(&[(&event, id, &key)])
+            .pop()
+            .expect("one result")
+            .map_err(|e| EventError::TooLarge(e.to_string()))?;
+        let (token, rx) = AckToken::new();
+        let op = WriteOp::Event {
+            put: crate::vault::EventPut {
+                kind,
+                patient: *patient,
+                sealed,
+            },
+            token,
+        };
+        if self.writer.send(op).await.is_err() {
+            return Err(EventError::Unavailable(
+                "the gateway is shutting down".into(),
+            ));
+        }
+        match rx.await {
+            Ok(Outcome::Stored { receipt, .. }) => Ok(receipt),
+            Ok(Outcome::Retry { reason }) => Err(EventError::Unavailable(reason)),
+            Ok(Outcome::Rejected(r)) => Err(EventError::Unavailable(r.reason)),
+            Err(_) => Err(EventError::Unavailable("the vault writer stopped".into())),
+        }
+    }
+
+    /// The keyring (the read side opens records with it).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
     }
 
     /// Hands one message to the pipeline. Waits (backpressure) while the pipeline is full; the
@@ -636,6 +705,21 @@ impl Pipeline {
                 token: env.token,
                 received_ms: env.received_ms,
             }),
+            // The patient asked to be forgotten: their messages are refused, and not kept in
+            // quarantine either (that would keep what the erasure destroyed). Senders get AE.
+            Err(seal::KeyringError::Erased(..)) => {
+                self.metrics
+                    .rejected
+                    .with_label_values(&[source, "patient_erased"])
+                    .inc();
+                env.token.resolve(Outcome::Rejected(Rejection::new(
+                    crate::envelope::RejectKind::Unacceptable,
+                    207,
+                    "patient_erased",
+                    "the patient this message is about was erased; it is not stored",
+                )));
+                Decoded::Settled(None)
+            }
             Err(e) => {
                 if let Some(times) = self.key_failures.hit() {
                     tracing::error!(error = %e, times, "data key unavailable");

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Origin, RecordId, RejectKind, Rejection};
-use crate::ledger::EventKind;
 use crate::hl7::{self, Message};
+use crate::ledger::EventKind;
 
 /// Metadata kept with every record (inside the ciphertext: it includes patient identifiers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,6 +31,8 @@ pub enum ServeError {
     Signal(std::io::Error),
     #[error(transparent)]
     Source(#[from] crate::sources::SourceError),
+    #[error(transparent)]
+    Principals(#[from] crate::consent::PrincipalError),
 }
 
 /// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
@@ -40,6 +42,10 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     // "listening" lines must stop the gateway gracefully, not kill it.
     let stop_signal = StopSignal::install().map_err(ServeError::Signal)?;
     let stores = Stores::open(&cfg, true)?;
+    let principals = Arc::new(crate::consent::Principals::open(&cfg.data_dir)?);
+    if let Some(path) = principals.bootstrap_admin(&cfg.data_dir, crate::envelope::now_ms())? {
+        tracing::info!(file = %path.display(), "first start: the admin principal's token is in this file (mode 0600)");
+    }
     let metrics = Arc::new(Metrics::new());
     let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
     let tls = cfg.mllp.tls.as_ref().map(mllp::load_tls).transpose()?;
@@ -99,6 +105,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             token: t.as_str().into(),
             max_body_bytes: cfg.http.max_body_bytes,
             body_read_timeout: std::time::Duration::from_secs(cfg.http.body_read_timeout_secs),
+        }),
+        access: Some(api::access::Access {
+            pipeline: pipeline.clone(),
+            principals,
+            book: Arc::new(crate::consent::Book::default()),
+            failures: Arc::new(api::auth::Failures::default()),
         }),
     });
     let http = tokio::spawn({

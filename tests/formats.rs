@@ -807,6 +807,7 @@ fn keyring_error(e: &KeyringError) -> &'static str {
         KeyringError::UnknownKey(_) => "UnknownKey",
         KeyringError::Unwrap(_) => "Unwrap",
         KeyringError::Db(_) => "Db",
+        KeyringError::Erased(..) => "Erased",
     }
 }
 

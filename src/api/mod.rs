@@ -1,22 +1,27 @@
-//! HTTP: metrics, health, readiness, and read-only log endpoints (proofs, latest checkpoint).
-//! Errors are `application/problem+json` and never carry record content.
+//! HTTP: metrics, health and readiness (open to all, for probes and scrapers); ingest (its own
+//! token); and the read side, where every request is authenticated: records, patients' records
+//! and FHIR search, consents, access logs, erasure, proofs and checkpoints, principals.
+//! Errors are `application/problem+json` (RFC 9457) and never carry record content.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::Router;
 
+pub mod access;
+pub mod admin;
+pub mod auth;
 pub mod ingest;
+pub mod log;
+pub mod patients;
 pub mod server;
 
-use crate::envelope::RecordId;
-use crate::ledger::{EmbeddedLedger, Ledger, LedgerError};
+use crate::ledger::{EmbeddedLedger, Ledger};
 use crate::metrics::Metrics;
-use crate::throttle::Throttle;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -32,6 +37,8 @@ pub struct ApiState {
     pub health: crate::sources::Health,
     /// `POST /v1/ingest`, when a token is configured.
     pub ingest: Option<ingest::Ingest>,
+    /// The read side (principals, grants, events); `None` serves no reads.
+    pub access: Option<access::Access>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -39,10 +46,61 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route("/v1/checkpoint", get(checkpoint))
-        .route("/v1/records/{id}/proof", get(proof))
         .route("/v1/ingest", post(ingest::ingest))
+        .route("/v1/records/{id}", get(access::get_record))
+        .route("/v1/records/{id}/proof", get(log::proof))
+        .route("/v1/checkpoint", get(log::latest))
+        .route("/v1/checkpoints/latest", get(log::latest))
+        .route("/v1/checkpoints/consistency", get(log::consistency))
+        .route("/v1/checkpoints/{size}", get(log::at_size))
+        .route("/v1/log/public-key", get(log::public_key))
+        .route("/v1/patients/{pid}", delete(patients::erase))
+        .route("/v1/patients/{pid}/records", get(patients::list_records))
+        .route("/v1/patients/{pid}/consents", get(patients::list_consents))
+        .route("/v1/patients/{pid}/access-log", get(patients::access_log))
+        .route("/v1/consents", post(patients::post_consent))
+        .route("/v1/consents/{id}", delete(patients::delete_consent))
+        .route("/fhir/Patient/{pid}/$everything", get(patients::everything))
+        .route("/fhir/{kind}", get(patients::search_type))
+        .route("/v1/admin/principals", post(admin::add).get(admin::list))
+        .route("/v1/admin/principals/{id}", delete(admin::revoke))
         .with_state(state)
+}
+
+/// An RFC 9457 problem as an error value: status, a fixed title and a detail that names no
+/// record content. The read side's functions return it; a handler answers with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {title}: {detail}")]
+pub struct Problem {
+    pub status: StatusCode,
+    pub title: &'static str,
+    pub detail: String,
+    /// `WWW-Authenticate` of a 401 (the scheme to use).
+    pub challenge: Option<&'static str>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            title,
+            detail: detail.into(),
+            challenge: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut r = problem(self.status, self.title, &self.detail);
+        if let Some(scheme) = self.challenge {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(scheme),
+            );
+        }
+        r
+    }
 }
 
 fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
@@ -111,84 +169,10 @@ async fn ready(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn checkpoint(State(s): State<ApiState>) -> Response {
-    match s.ledger.latest_checkpoint() {
-        Ok(Some(cp)) => (
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            cp.text,
-        )
-            .into_response(),
-        Ok(None) => problem(
-            StatusCode::NOT_FOUND,
-            "no checkpoint yet",
-            "the log is empty",
-        ),
-        Err(e) => {
-            tracing::error!(error = %e, "reading checkpoint");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger error",
-                "the ledger could not be read",
-            )
-        }
-    }
-}
-
-async fn proof(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let Some(rid) = RecordId::parse(&id) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad record id",
-            "a record id is 32 hex characters",
-        );
-    };
-    let ledger = s.ledger.clone();
-    match tokio::task::spawn_blocking(move || ledger.proof(&rid)).await {
-        Ok(Ok(bundle)) => Json(bundle).into_response(),
-        Ok(Err(LedgerError::NotAnchored(_))) | Ok(Err(LedgerError::NoCheckpoint(_))) => problem(
-            StatusCode::NOT_FOUND,
-            "not anchored",
-            "no such record in the log yet; records are anchored within the batch interval",
-        ),
-        Ok(Err(e @ (LedgerError::Unavailable(_) | LedgerError::Io(_)))) => {
-            s.metrics.proof_failures.inc();
-            if let Some(times) = PROOF_FAILURES.hit() {
-                tracing::warn!(error = %e, times, "building proof");
-            }
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ledger unavailable",
-                "the log's storage failed; it recovers by itself once writes succeed again",
-            )
-        }
-        Ok(Err(e)) => {
-            s.metrics.proof_failures.inc();
-            if let Some(times) = PROOF_FAILURES.hit() {
-                tracing::error!(error = %e, times, "building proof");
-            }
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger error",
-                "the proof could not be built",
-            )
-        }
-        Err(_) => {
-            s.metrics.proof_failures.inc();
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger error",
-                "the proof could not be built",
-            )
-        }
-    }
-}
-
-/// Proofs fail together (the ledger's storage is down): logged once per interval with a count.
-static PROOF_FAILURES: Throttle = Throttle::new(std::time::Duration::from_secs(10));
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::RecordId;
     use crate::testing::faulty::{Faults, FaultyBackend};
     use http_body_util::BodyExt;
 
@@ -235,6 +219,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             health: crate::sources::Health::default(),
             ingest: None,
+            access: None,
         };
         assert_eq!(
             body(ready(State(state.clone())).await).await.0,
@@ -249,14 +234,14 @@ mod tests {
             text.contains("ledger: ") && text.contains("No space left on device"),
             "{text}"
         );
-        let id = RecordId([1; 16]).to_string();
-        let (status, text) = body(proof(State(state.clone()), Path(id.clone())).await).await;
+        let id = RecordId([1; 16]);
+        let (status, text) = body(log::build_proof(&state, id).await).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
         assert!(state.metrics.proof_failures.get() > 0);
 
         faults.clear();
         // A proof brings the ledger back (as would the next append).
-        let (status, text) = body(proof(State(state.clone()), Path(id)).await).await;
+        let (status, text) = body(log::build_proof(&state, id).await).await;
         assert_eq!(status, StatusCode::OK, "{text}");
         assert_eq!(body(ready(State(state)).await).await.0, StatusCode::OK);
     }

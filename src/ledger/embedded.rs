@@ -824,6 +824,32 @@ impl EmbeddedLedger {
             .collect()
     }
 
+    /// The signed note of the checkpoint at tree size `size`, if one was signed at that size.
+    pub fn checkpoint_at(&self, size: u64) -> Result<Option<String>, LedgerError> {
+        let r = self.store.read()?;
+        let t = r.open_table(CHECKPOINTS).map_err(err)?;
+        Ok(t.get(size)
+            .map_err(err)?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
+    /// RFC 9162 consistency proof between the trees of `first` and `second` leaves (both at
+    /// most the log's size).
+    pub fn consistency(&self, first: u64, second: u64) -> Result<Vec<Hash>, LedgerError> {
+        if second > self.size() {
+            return Err(LedgerError::NoCheckpoint(second));
+        }
+        let mut log = self.log.lock().expect("lock");
+        self.ready(&mut log)?;
+        let tree = log.tree.as_ref().expect("ready");
+        let mut tiles = self.tiles();
+        match tree.consistency_proof(first, second, &mut tiles) {
+            Ok(p) => Ok(p),
+            Err(e) if tiles.io_failed => Err(LedgerError::Io(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The tree as restored from storage, with its stored tiles (for roots and consistency proofs
     /// of every checkpoint). While the log is down and cannot be restored, `f` gets an empty tree
     /// and a tile source that fails with the reason.

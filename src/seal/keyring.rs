@@ -21,6 +21,9 @@ use crate::storage::{Db, Healing};
 use zeroize::Zeroizing;
 
 const DATA_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data_keys");
+/// Data key id → u64 Unix ms when it was destroyed: a patient's erasure. The key is gone from
+/// `data_keys`; this keeps it from being created again.
+const ERASED: TableDefinition<&[u8], u64> = TableDefinition::new("erased");
 pub const GATEWAY_KEY_ID: &str = "gateway";
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,9 @@ pub enum KeyringError {
     Unwrap(String),
     #[error("keyring database: {0}")]
     Db(String),
+    /// The patient was erased: their data key was destroyed at this time (Unix ms).
+    #[error("data key {0} was destroyed (the patient was erased)")]
+    Erased(String, u64),
 }
 
 fn db_err(e: impl std::fmt::Display) -> KeyringError {
@@ -299,6 +305,7 @@ impl Keyring {
         .map_err(db_err)?;
         let w = db.begin_write().map_err(db_err)?;
         w.open_table(DATA_KEYS).map_err(db_err)?;
+        w.open_table(ERASED).map_err(db_err)?;
         w.commit().map_err(db_err)?;
         Ok(Keyring {
             dir: dir.into(),
@@ -485,8 +492,57 @@ impl Keyring {
         if let Some(k) = self.cached(key_id) {
             return Ok(k);
         }
-        self.load(key_id)?
-            .ok_or_else(|| KeyringError::UnknownKey(key_id.into()))
+        match self.load(key_id)? {
+            Some(k) => Ok(k),
+            None => match self.erased_at(key_id)? {
+                Some(at) => Err(KeyringError::Erased(key_id.into(), at)),
+                None => Err(KeyringError::UnknownKey(key_id.into())),
+            },
+        }
+    }
+
+    /// When the data key `key_id` was destroyed, if it was.
+    pub fn erased_at(&self, key_id: &str) -> Result<Option<u64>, KeyringError> {
+        self.db.heal(&|_| Ok(())).map_err(KeyringError::Db)?;
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
+        // A keyring from before erasure has no such table: nothing was erased.
+        match r.open_table(ERASED) {
+            Ok(t) => Ok(t.get(key_id.as_bytes()).map_err(db_err)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(db_err(e)),
+        }
+    }
+
+    /// Destroys a patient's data key (their erasure): removed from the table and the cache,
+    /// durably, and marked so it is never created again. What it sealed can no longer be
+    /// opened. Returns whether a key existed. The gateway key cannot be destroyed.
+    pub fn destroy(&self, key_id: &str, at_ms: u64) -> Result<bool, KeyringError> {
+        if key_id == GATEWAY_KEY_ID {
+            return Err(KeyringError::UnknownKey(key_id.into()));
+        }
+        let _guard = self.create_lock.lock().expect("lock");
+        let w = self.begin_write()?;
+        let existed = {
+            let mut t = w.open_table(DATA_KEYS).map_err(db_err)?;
+            let existed = t
+                .remove(key_id.as_bytes())
+                .map_err(|e| KeyringError::Db(self.db.failed(e)))?
+                .is_some();
+            let mut erased = w.open_table(ERASED).map_err(db_err)?;
+            if erased.get(key_id.as_bytes()).map_err(db_err)?.is_none() {
+                erased
+                    .insert(key_id.as_bytes(), at_ms)
+                    .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
+            }
+            existed
+        };
+        w.commit()
+            .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
+        self.cache.write().expect("lock").remove(key_id);
+        Ok(existed)
     }
 
     /// The data key for `key_id`, created and durably stored first if it does not exist yet.
@@ -497,6 +553,9 @@ impl Keyring {
         let _guard = self.create_lock.lock().expect("lock");
         if let Some(k) = self.load(key_id)? {
             return Ok(k);
+        }
+        if let Some(at) = self.erased_at(key_id)? {
+            return Err(KeyringError::Erased(key_id.into(), at));
         }
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut()).expect("the operating system's random source failed");
@@ -724,5 +783,35 @@ mod tests {
         assert!(k.rotate_master().is_err(), "read-only");
         drop(k);
         assert_eq!(files(&keys), before);
+    }
+
+    #[test]
+    fn a_destroyed_key_stays_gone_across_reopen_and_rotation_and_is_never_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let k = Keyring::open(&keys, true).unwrap();
+        let gone = k.key_id_for(Some("7^H^MR"));
+        let kept = k.key_id_for(Some("8^H^MR"));
+        k.get_or_create(&gone).unwrap();
+        k.get_or_create(&kept).unwrap();
+        let sealed = sealed_by(&k, &gone);
+        assert!(opens(&k, &gone, &sealed).is_ok());
+        assert!(k.destroy(&gone, 42).unwrap());
+        assert!(matches!(k.get(&gone), Err(KeyringError::Erased(_, 42))));
+        assert!(matches!(
+            k.get_or_create(&gone),
+            Err(KeyringError::Erased(_, 42))
+        ));
+        // Destroying twice keeps the first time.
+        assert!(!k.destroy(&gone, 99).unwrap());
+        assert_eq!(k.erased_at(&gone).unwrap(), Some(42));
+        assert!(k.destroy(GATEWAY_KEY_ID, 1).is_err());
+        let (_, rewrapped) = k.rotate_master().unwrap();
+        assert_eq!(rewrapped, 1, "only the kept key is re-wrapped");
+        drop(k);
+        let k = Keyring::open(&keys, true).unwrap();
+        assert!(matches!(k.get(&gone), Err(KeyringError::Erased(_, 42))));
+        assert!(opens(&k, &gone, &sealed).is_err());
+        k.get(&kept).unwrap();
     }
 }

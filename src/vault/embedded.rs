@@ -211,7 +211,9 @@ fn add_patient(
     key[..16].copy_from_slice(&patient.0);
     key[16] = kind;
     key[17..].copy_from_slice(&id.0);
-    patients.insert(key.as_slice(), [].as_slice()).map_err(err)?;
+    patients
+        .insert(key.as_slice(), [].as_slice())
+        .map_err(err)?;
     Ok(())
 }
 
@@ -1232,7 +1234,10 @@ impl Vault for EmbeddedVault {
             for row in t.range(from.as_slice()..=to.as_slice()).map_err(err)? {
                 let (k, _) = row.map_err(err)?;
                 let id = record_id(&k.value()[17..])?;
-                out.push(PatientEntry { kind, record_id: id });
+                out.push(PatientEntry {
+                    kind,
+                    record_id: id,
+                });
             }
         }
         // Entries past the durable tail (a read-only open after a crash).

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{Derivation, Position, PutRecord, PutResult, QuarantineEntry, Vault};
+use super::{Derivation, EventPut, Position, PutRecord, PutResult, QuarantineEntry, Vault};
 use crate::envelope::{AckToken, Outcome, Receipt, RecordId, Rejection};
 use crate::ledger::Leaf;
 use crate::metrics::Metrics;
@@ -23,6 +23,12 @@ pub enum WriteOp {
         entry: QuarantineEntry,
         sealed: Sealed,
         rejection: Rejection,
+        token: AckToken,
+    },
+    /// An event (consent, read, erasure): stored in the same group commit cycle, answered
+    /// `Stored` once durable, then anchored like a record.
+    Event {
+        put: EventPut,
         token: AckToken,
     },
 }
@@ -71,8 +77,14 @@ fn commit_batch(
     let mut put_tokens = Vec::new();
     let mut quarantine = Vec::new();
     let mut q_tokens = Vec::new();
+    let mut events = Vec::new();
+    let mut e_tokens = Vec::new();
     for op in ops.drain(..) {
         match op {
+            WriteOp::Event { put, token } => {
+                events.push(put);
+                e_tokens.push(token);
+            }
             WriteOp::Put { put, token } => {
                 puts.push(put);
                 put_tokens.push(token);
@@ -87,6 +99,12 @@ fn commit_batch(
                 q_tokens.push((rejection, token));
             }
         }
+    }
+    if !events.is_empty() {
+        commit_events(vault, events, e_tokens, anchor, metrics, failures);
+    }
+    if puts.is_empty() && quarantine.is_empty() {
+        return;
     }
     let started = Instant::now();
     let result = vault.commit(&puts, &quarantine);
@@ -166,6 +184,51 @@ fn commit_batch(
             {
                 token.resolve(Outcome::Retry {
                     reason: "temporary storage failure; send the message again".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Stores a batch of events (one segment append and sync), answers them, and offers them to
+/// the log.
+fn commit_events(
+    vault: &dyn Vault,
+    events: Vec<EventPut>,
+    tokens: Vec<AckToken>,
+    anchor: &mpsc::Sender<ToAnchor>,
+    metrics: &Metrics,
+    failures: &Throttle,
+) {
+    let started = Instant::now();
+    let result = vault.commit_events(&events);
+    metrics
+        .store_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let committed = Instant::now();
+    match result {
+        Ok(positions) => {
+            for ((e, token), at) in events.into_iter().zip(tokens).zip(positions) {
+                let s = &e.sealed;
+                let _ = anchor.blocking_send((
+                    Leaf::event(e.kind, s.record_id, s.commitment),
+                    at,
+                    committed,
+                ));
+                token.resolve(Outcome::Stored {
+                    receipt: receipt(s.record_id, &s.commitment),
+                    duplicate: false,
+                });
+            }
+        }
+        Err(e) => {
+            if let Some(times) = failures.hit() {
+                tracing::error!(error = %e, times, "vault commit of events failed");
+            }
+            metrics.store_failures.inc();
+            for token in tokens {
+                token.resolve(Outcome::Retry {
+                    reason: "temporary storage failure; try again".into(),
                 });
             }
         }

@@ -94,8 +94,17 @@ impl Gateway {
         self.child.wait().unwrap();
     }
 
+    /// A GET as the gateway's admin (the token it wrote to `admin.token` at first start).
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path)
+        let token = self.admin_token();
+        http_get_as(self.http, path, token.as_deref())
+    }
+
+    /// The admin principal's token, once the gateway has made it.
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_string())
     }
 
     /// The last `n` lines of its log above DEBUG, for a failing assertion to show what the
@@ -181,12 +190,16 @@ pub fn log_tail(log: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// A GET with an optional bearer token.
+pub fn http_get_as(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();

@@ -1,0 +1,641 @@
+//! The read side: a request's principal and purpose, the decision for one patient's data, the
+//! access event every read writes, and the record reads themselves.
+//!
+//! A read is: authenticate → find the record (or the patient's records through the patient
+//! index) → decide (deny beats permit; break-the-glass allowed and flagged) → decrypt → filter
+//! to what the grants cover → store the access event (an AuditEvent, sealed under the patient's
+//! key and anchored) → answer. A read whose access event cannot be stored is not answered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{auth, ApiState, Problem};
+use crate::consent::{self, Applicable, Book, Principal, Principals, Requester, Resource, Role};
+use crate::envelope::{now_ms, RecordId};
+use crate::ledger::EventKind;
+use crate::pipeline::{EventError, Pipeline};
+use crate::record::{Content, DerivedRecord, Record};
+use crate::seal::keyring::PatientIndex;
+use crate::seal::KeyringError;
+
+/// What the read side needs besides the stores.
+#[derive(Clone)]
+pub struct Access {
+    pub pipeline: Arc<Pipeline>,
+    pub principals: Arc<Principals>,
+    pub book: Arc<Book>,
+    pub failures: Arc<auth::Failures>,
+}
+
+/// An authenticated request.
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    /// For a practitioner, their organization's principal (if it exists and is not revoked).
+    pub organization: Option<Arc<Principal>>,
+    /// Purpose of use (`treatment` unless the request says otherwise).
+    pub purpose: &'static str,
+}
+
+impl Caller {
+    pub fn requester(&self) -> Requester<'_> {
+        Requester {
+            principal: &self.principal.id,
+            organization: self.organization.as_deref().map(|o| o.id.as_str()),
+        }
+    }
+
+    fn role(&self) -> Role {
+        self.principal.role
+    }
+}
+
+/// `?purpose=` on any read.
+#[derive(Debug, Default, Deserialize)]
+pub struct PurposeQuery {
+    pub purpose: Option<String>,
+}
+
+/// The read side's state and the request's caller, or the refusal.
+pub fn caller(
+    s: &ApiState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    purpose: Option<&str>,
+) -> Result<(Access, Caller), Problem> {
+    let Some(access) = s.access.clone() else {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "read side is off",
+            "this gateway serves no reads",
+        ));
+    };
+    let principal = auth::authenticate(
+        &access.principals,
+        &access.failures,
+        headers,
+        peer.ip(),
+        &s.metrics,
+    )?;
+    let purpose = match purpose {
+        None => "treatment",
+        Some(p) => consent::policy::PURPOSES
+            .iter()
+            .copied()
+            .find(|known| *known == p)
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad purpose",
+                    format!("purpose is one of {}", consent::policy::PURPOSES.join(", ")),
+                )
+            })?,
+    };
+    let organization = principal
+        .organization
+        .as_deref()
+        .and_then(|o| access.principals.get(o))
+        .filter(|o| o.revoked_ms.is_none() && o.role == Role::Organization);
+    Ok((
+        access,
+        Caller {
+            principal,
+            organization,
+            purpose,
+        },
+    ))
+}
+
+/// Where a caller stands with one patient's record.
+pub enum Standing {
+    /// The patient themself.
+    Own,
+    /// The organization that sent the record (or one of its practitioners).
+    Sender,
+    /// A practitioner reading with purpose `emergency`: allowed, flagged.
+    BreakGlass,
+    /// A grantee: what the patient's grants allow (possibly nothing).
+    Grants(Arc<consent::PatientGrants>),
+    /// No standing at all (another patient, an auditor or admin asking for content).
+    None,
+}
+
+impl Standing {
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Standing::BreakGlass => "break_glass",
+            Standing::None => "deny",
+            _ => "permit",
+        }
+    }
+}
+
+fn internal(what: &str) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error",
+        format!("{what} failed; see the gateway log"),
+    )
+}
+
+fn unavailable(detail: &str) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+}
+
+pub fn gone(at_ms: u64) -> Problem {
+    let mut at = String::new();
+    crate::normalize::value::instant_from_ms(at_ms, &mut at);
+    Problem::new(
+        StatusCode::GONE,
+        "erased",
+        format!("the patient's data was erased at {at}; proofs still verify, content is gone"),
+    )
+}
+
+pub fn forbidden() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "no grant of the patient covers this request",
+    )
+}
+
+fn not_found(what: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not found",
+        format!("no such {what}"),
+    )
+}
+
+impl Access {
+    /// The caller's standing with `patient` for a record from `sender`.
+    pub fn standing(
+        &self,
+        s: &ApiState,
+        caller: &Caller,
+        patient: &PatientIndex,
+        sender: Option<&str>,
+    ) -> Result<Standing, Problem> {
+        let p = &caller.principal;
+        if p.is_patient(patient) {
+            return Ok(Standing::Own);
+        }
+        let sent = |o: &Principal| sender.is_some_and(|s| o.sent(s));
+        match p.role {
+            Role::Organization if sent(p) => return Ok(Standing::Sender),
+            Role::Practitioner if caller.organization.as_deref().is_some_and(sent) => {
+                return Ok(Standing::Sender)
+            }
+            Role::Practitioner if caller.purpose == "emergency" => return Ok(Standing::BreakGlass),
+            Role::Practitioner | Role::Organization => {}
+            _ => return Ok(Standing::None),
+        }
+        match self.book.grants(patient, &*s.vault, &s.keyring) {
+            Ok(g) => Ok(Standing::Grants(g)),
+            Err(consent::BookError::Erased(at)) => Err(gone(at)),
+            Err(e) => {
+                tracing::error!(error = %e, "reading grants");
+                Err(internal("reading the patient's grants"))
+            }
+        }
+    }
+
+    /// Stores an access event for `patient` and waits until it is durable. A read is answered
+    /// only after this succeeds.
+    pub async fn record_access(
+        &self,
+        s: &ApiState,
+        caller: &Caller,
+        patient: &PatientIndex,
+        what: &AccessWhat<'_>,
+        decision: &'static str,
+    ) -> Result<String, Problem> {
+        let body = audit_event(caller, what, decision, now_ms());
+        self.store_event(s, EventKind::RecordAccessed, patient, body)
+            .await
+    }
+
+    /// Stores an event, answering the failures the way every handler does.
+    pub async fn store_event(
+        &self,
+        s: &ApiState,
+        kind: EventKind,
+        patient: &PatientIndex,
+        body: Vec<u8>,
+    ) -> Result<String, Problem> {
+        match self.pipeline.record_event(kind, patient, body).await {
+            Ok(receipt) => {
+                s.metrics.events.with_label_values(&[kind.name()]).inc();
+                Ok(receipt.record_id)
+            }
+            Err(EventError::Erased(at)) => Err(gone(at)),
+            Err(EventError::TooLarge(_)) => Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too large",
+                "the event does not fit a record",
+            )),
+            Err(EventError::Unavailable(why)) => {
+                tracing::warn!(reason = %why, "event not stored");
+                Err(unavailable(
+                    "the access log cannot be written now; nothing was read. Try again",
+                ))
+            }
+        }
+    }
+}
+
+/// What an access event says was read.
+pub struct AccessWhat<'a> {
+    /// `record`, `records`, `fhir`, `consents`, `access_log`, `proof`.
+    pub what: &'static str,
+    /// The record read, if one.
+    pub record: Option<&'a str>,
+    /// The resource types returned.
+    pub types: Vec<String>,
+}
+
+/// The AuditEvent an access event holds (FHIR R4; names principals and record ids, which is
+/// what the patient needs to see, and is sealed under the patient's key).
+pub fn audit_event(caller: &Caller, what: &AccessWhat<'_>, decision: &str, at_ms: u64) -> Vec<u8> {
+    let mut recorded = String::new();
+    crate::normalize::value::instant_from_ms(at_ms, &mut recorded);
+    let reason = |code: &str| json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": code}]});
+    let mut purposes = vec![reason(match caller.purpose {
+        "payment" => "HPAYMT",
+        "research" => "HRESCH",
+        "emergency" => "ETREAT",
+        _ => "TREAT",
+    })];
+    if decision == "break_glass" {
+        purposes.push(reason("BTG"));
+    }
+    let mut entity = json!({
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+        "name": what.what,
+    });
+    if let Some(r) = what.record {
+        entity["what"] = json!({"identifier": {"system": "urn:medanchor:record", "value": r}});
+    }
+    if !what.types.is_empty() {
+        entity["detail"] = json!([{"type": "resourceTypes", "valueString": what.types.join(",")}]);
+    }
+    let v = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "read"}],
+        "action": "R",
+        "recorded": recorded,
+        "outcome": if decision == "deny" { "4" } else { "0" },
+        "outcomeDesc": decision,
+        "purposeOfEvent": purposes,
+        "agent": [{
+            "who": {"identifier": {"system": "urn:medanchor:principal", "value": caller.principal.id}},
+            "role": [{"text": caller.principal.role.name()}],
+            "requestor": true
+        }],
+        "source": {"observer": {"display": "medanchor"}},
+        "entity": [entity],
+    });
+    serde_json::to_vec(&v).expect("JSON")
+}
+
+/// A record as a read finds it: its patient, the raw record and, when it has one, the current
+/// derived record (or the one asked for by id).
+pub struct Found {
+    pub patient: Option<PatientIndex>,
+    pub raw_id: RecordId,
+    pub raw: Record,
+    pub derived: Option<(RecordId, DerivedRecord)>,
+}
+
+/// Opens one stored record's content under its key. `Ok(None)`: no such record.
+fn open(s: &ApiState, id: &RecordId) -> Result<Option<(Option<PatientIndex>, Content)>, Problem> {
+    let stored = match s.vault.get(id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a record");
+            return Err(internal("reading the record"));
+        }
+    };
+    let header = crate::seal::parse_header(&stored.sealed).map_err(|e| {
+        tracing::error!(error = %e, "a stored record's header");
+        internal("reading the record")
+    })?;
+    let patient = PatientIndex::from_key_id(header.key_id);
+    let key = match s.keyring.get(header.key_id) {
+        Ok(k) => k,
+        Err(KeyringError::Erased(_, at)) => return Err(gone(at)),
+        Err(e) => {
+            tracing::error!(error = %e, "data key");
+            return Err(internal("reading the record's key"));
+        }
+    };
+    let opened = crate::seal::open_content(&stored.sealed, *id, &key).map_err(|e| {
+        tracing::error!(error = %e, "opening a record");
+        internal("opening the record")
+    })?;
+    Ok(Some((patient, opened.content)))
+}
+
+/// Finds a raw or derived record by id: `Ok(None)` when there is none (events are not
+/// records to read).
+pub fn find(s: &ApiState, id: &RecordId) -> Result<Option<Found>, Problem> {
+    let Some((patient, content)) = open(s, id)? else {
+        return Ok(None);
+    };
+    match content {
+        Content::Record(raw) => {
+            let current = match s.vault.derived_of(id) {
+                Ok(list) => list.last().copied(),
+                Err(e) => {
+                    tracing::error!(error = %e, "derived records");
+                    return Err(internal("reading the record"));
+                }
+            };
+            let derived = match current {
+                None => None,
+                Some(did) => match open(s, &did)? {
+                    Some((_, Content::Derived(d))) => Some((did, d)),
+                    _ => None,
+                },
+            };
+            Ok(Some(Found {
+                patient,
+                raw_id: *id,
+                raw,
+                derived,
+            }))
+        }
+        Content::Derived(d) => {
+            let raw_id = d.raw_id;
+            let Some((_, Content::Record(raw))) = open(s, &raw_id)? else {
+                tracing::error!("a derived record's raw record is missing");
+                return Err(internal("reading the record"));
+            };
+            Ok(Some(Found {
+                patient,
+                raw_id,
+                raw,
+                derived: Some((*id, d)),
+            }))
+        }
+        Content::Event(_) => Ok(None),
+    }
+}
+
+/// The security label codes of a resource (`meta.security[].code`).
+fn labels(resource: &Value) -> Vec<String> {
+    resource
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter_map(|c| c.get("code").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Keeps the entries of a Bundle that `visible` allows, and trims a kept Provenance's targets to
+/// the entries kept, so neither a count nor a reference says what was left out. Returns the
+/// resource types kept.
+pub fn filter_bundle(
+    bundle: &mut Value,
+    record: &str,
+    visible: &dyn Fn(&Resource<'_>) -> bool,
+) -> Vec<String> {
+    let mut kept_urls = Vec::new();
+    let mut types = Vec::new();
+    if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+        entries.retain(|e| {
+            let Some(r) = e.get("resource") else {
+                return false;
+            };
+            let kind = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
+            let keep = visible(&Resource {
+                kind,
+                labels: labels(r),
+                record,
+            });
+            if keep {
+                if let Some(u) = e.get("fullUrl").and_then(Value::as_str) {
+                    kept_urls.push(u.to_string());
+                }
+                if !types.iter().any(|t| t == kind) {
+                    types.push(kind.to_string());
+                }
+            }
+            keep
+        });
+        for e in entries.iter_mut() {
+            let Some(r) = e.get_mut("resource") else {
+                continue;
+            };
+            if r.get("resourceType").and_then(Value::as_str) == Some("Provenance") {
+                if let Some(targets) = r.get_mut("target").and_then(Value::as_array_mut) {
+                    targets.retain(|t| {
+                        t.get("reference")
+                            .and_then(Value::as_str)
+                            .is_some_and(|u| kept_urls.iter().any(|k| k == u))
+                    });
+                }
+            }
+        }
+    }
+    if let Some(o) = bundle.as_object_mut() {
+        o.remove("total");
+    }
+    types
+}
+
+/// `GET /v1/records/{id}`.
+pub async fn get_record(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    Query(q): Query<PurposeQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, q.purpose.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let Some(rid) = RecordId::parse(&id) else {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad record id",
+            "a record id is 32 hex characters",
+        )
+        .into_response();
+    };
+    let found = match find(&s, &rid) {
+        Ok(Some(f)) => f,
+        Ok(None) => return not_found("record").into_response(),
+        Err(r) => {
+            if r.status == StatusCode::GONE {
+                s.metrics.reads.with_label_values(&["record", "gone"]).inc();
+            }
+            return r.into_response();
+        }
+    };
+    let want_v2 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/hl7-v2"));
+    // A record with no patient (sealed under the gateway key) is its sender's alone.
+    let Some(patient) = found.patient else {
+        let sender_ok = match caller.role() {
+            Role::Organization => caller.principal.sent(&found.raw.meta.sender),
+            Role::Practitioner => caller
+                .organization
+                .as_deref()
+                .is_some_and(|o| o.sent(&found.raw.meta.sender)),
+            _ => false,
+        };
+        if !sender_ok {
+            s.metrics.reads.with_label_values(&["record", "deny"]).inc();
+            return forbidden().into_response();
+        }
+        return respond_record(&found, want_v2, &|_| true).0;
+    };
+    let standing = match access.standing(&s, &caller, &patient, Some(&found.raw.meta.sender)) {
+        Ok(st) => st,
+        Err(r) => return r.into_response(),
+    };
+    let record_hex = found.raw_id.to_string();
+    let now = now_ms();
+    let applicable = match &standing {
+        Standing::Grants(g) => Some(Applicable::select(
+            g.active(),
+            &caller.requester(),
+            caller.purpose,
+            now,
+        )),
+        _ => None,
+    };
+    let denied = match (&standing, &applicable) {
+        (Standing::None, _) => true,
+        (Standing::Grants(_), Some(a)) => a.none() || (want_v2 && !a.whole(&record_hex)),
+        _ => false,
+    };
+    let decision = if denied { "deny" } else { standing.decision() };
+    let visible = |r: &Resource<'_>| match &applicable {
+        Some(a) => a.allows(r),
+        None => true,
+    };
+    let (response, types) = if denied {
+        (forbidden().into_response(), Vec::new())
+    } else {
+        respond_record(&found, want_v2, &visible)
+    };
+    // A FHIR resource as received that the grants do not cover is refused whole.
+    let decision = if response.status() == StatusCode::FORBIDDEN {
+        "deny"
+    } else {
+        decision
+    };
+    let what = AccessWhat {
+        what: "record",
+        record: Some(&record_hex),
+        types,
+    };
+    let event = match access
+        .record_access(&s, &caller, &patient, &what, decision)
+        .await
+    {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    s.metrics
+        .reads
+        .with_label_values(&["record", decision])
+        .inc();
+    let mut response = response;
+    if let Ok(v) = HeaderValue::from_str(&event) {
+        response.headers_mut().insert("medanchor-access-event", v);
+    }
+    response
+}
+
+/// The answer to a record read and the resource types it holds: the current derived Bundle
+/// (or a FHIR record as received) filtered, or the original message when asked for and allowed.
+fn respond_record(
+    found: &Found,
+    want_v2: bool,
+    visible: &dyn Fn(&Resource<'_>) -> bool,
+) -> (Response, Vec<String>) {
+    let record = found.raw_id.to_string();
+    if want_v2 {
+        if found.raw.meta.format != "hl7v2" {
+            return (
+                Problem::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "not acceptable",
+                    "this record arrived as FHIR; ask for application/fhir+json",
+                )
+                .into_response(),
+                Vec::new(),
+            );
+        }
+        return (
+            (
+                [(header::CONTENT_TYPE, "application/hl7-v2")],
+                found.raw.raw.clone(),
+            )
+                .into_response(),
+            vec!["HL7v2".to_string()],
+        );
+    }
+    let (bytes, served) = match &found.derived {
+        Some((did, d)) => (&d.bundle, did.to_string()),
+        None if found.raw.meta.format == "fhir" => (&found.raw.raw, record.clone()),
+        None => {
+            return (
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "no FHIR form",
+                    "this message has no derived FHIR Bundle (its mapping failed or normalization was off); ask for application/hl7-v2",
+                ).into_response(),
+                Vec::new(),
+            )
+        }
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(bytes) else {
+        tracing::error!("a stored FHIR record is not JSON");
+        return (internal("reading the record").into_response(), Vec::new());
+    };
+    let types = if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+        filter_bundle(&mut v, &record, visible)
+    } else {
+        let kind = v
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if !visible(&Resource {
+            kind: &kind,
+            labels: labels(&v),
+            record: &record,
+        }) {
+            return (forbidden().into_response(), Vec::new());
+        }
+        vec![kind]
+    };
+    let mut r = (
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        serde_json::to_vec(&v).expect("JSON"),
+    )
+        .into_response();
+    if let Ok(h) = HeaderValue::from_str(&served) {
+        r.headers_mut().insert("medanchor-record-id", h);
+    }
+    (r, types)
+}

@@ -1,0 +1,121 @@
+//! Authentication of API requests: a bearer token (`Authorization: Bearer mat_…`) names a
+//! principal. No token, an unknown one or a revoked one is 401; failures are counted per
+//! source address, and an address with too many in a minute gets 429 until the minute is over,
+//! so tokens cannot be guessed at speed (they are 256 random bits; this keeps the log quiet).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::Problem;
+use crate::consent::{Principal, Principals};
+
+/// Failed authentications an address may have in one window before it is refused.
+pub const MAX_FAILURES: u32 = 20;
+const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at most; beyond, the oldest windows are dropped first.
+const MAX_TRACKED: usize = 65_536;
+
+/// Failed authentications per source address, per one-minute window.
+#[derive(Default)]
+pub struct Failures {
+    by_addr: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Failures {
+    /// Whether `addr` is over the limit now.
+    fn limited(&self, addr: IpAddr, now: Instant) -> bool {
+        let map = self.by_addr.lock().expect("lock");
+        map.get(&addr)
+            .is_some_and(|(since, n)| now.duration_since(*since) < WINDOW && *n >= MAX_FAILURES)
+    }
+
+    fn fail(&self, addr: IpAddr, now: Instant) {
+        let mut map = self.by_addr.lock().expect("lock");
+        if map.len() >= MAX_TRACKED && !map.contains_key(&addr) {
+            map.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
+            if map.len() >= MAX_TRACKED {
+                // Still full of live windows: an attacker with many addresses. Forget them all
+                // rather than grow; each is limited again after 20 more failures.
+                map.clear();
+            }
+        }
+        let e = map.entry(addr).or_insert((now, 0));
+        if now.duration_since(e.0) >= WINDOW {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+    }
+}
+
+fn unauthorized(detail: &str) -> Problem {
+    Problem {
+        challenge: Some("Bearer"),
+        ..Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+}
+
+/// The principal of a request, or the response that refuses it.
+pub fn authenticate(
+    principals: &Principals,
+    failures: &Failures,
+    headers: &HeaderMap,
+    peer: IpAddr,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Arc<Principal>, Problem> {
+    let now = Instant::now();
+    if failures.limited(peer, now) {
+        metrics.auth_failures.with_label_values(&["limited"]).inc();
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed authentications",
+            "this address failed to authenticate too often; wait a minute",
+        ));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = token else {
+        metrics.auth_failures.with_label_values(&["missing"]).inc();
+        failures.fail(peer, now);
+        return Err(unauthorized("send Authorization: Bearer <token>"));
+    };
+    match principals.authenticate(token) {
+        Some(p) => Ok(p),
+        None => {
+            metrics.auth_failures.with_label_values(&["invalid"]).inc();
+            failures.fail(peer, now);
+            Err(unauthorized("the token is unknown, revoked or expired"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_limited_after_its_failures_for_the_rest_of_the_window_only() {
+        let f = Failures::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..MAX_FAILURES {
+            assert!(!f.limited(a, t0));
+            f.fail(a, t0);
+        }
+        assert!(f.limited(a, t0));
+        assert!(!f.limited(b, t0), "per address");
+        assert!(!f.limited(a, t0 + WINDOW), "the window ends");
+        f.fail(a, t0 + WINDOW);
+        assert!(!f.limited(a, t0 + WINDOW), "and counting starts again");
+    }
+}

@@ -1,0 +1,813 @@
+//! Per-patient endpoints: the records a caller may see, the FHIR read API over them, the
+//! patient's grants (FHIR Consent), their access log, and erasure.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::access::{
+    caller, filter_bundle, find, forbidden, gone, Access, AccessWhat, Caller, Found, Standing,
+};
+use super::{ApiState, Problem};
+use crate::consent::{self, fhir, Applicable, GrantBody, Resource, RevokeBody, Role};
+use crate::envelope::{now_ms, RecordId};
+use crate::ledger::{EventKind, Ledger};
+use crate::seal::keyring::PatientIndex;
+
+fn bad_request(title: &'static str, detail: &str) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, title, detail)
+}
+
+fn patient_of(pid: &str) -> Result<PatientIndex, Problem> {
+    PatientIndex::from_key_id(pid).ok_or_else(|| {
+        bad_request(
+            "bad patient id",
+            "a patient id is p- and 32 lowercase hex characters",
+        )
+    })
+}
+
+/// Fails with 410 when the patient was erased.
+fn not_erased(s: &ApiState, patient: &PatientIndex) -> Result<(), Problem> {
+    match s.keyring.erased_at(&patient.key_id()) {
+        Ok(None) => Ok(()),
+        Ok(Some(at)) => Err(gone(at)),
+        Err(e) => {
+            tracing::error!(error = %e, "keyring");
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the key store cannot be read now",
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    pub purpose: Option<String>,
+    /// A resource type the record must show.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Only records received at or after this Unix ms.
+    pub since: Option<u64>,
+    /// For the FHIR search: the patient id.
+    pub patient: Option<String>,
+}
+
+/// One of the patient's records as a caller may see it.
+struct Seen {
+    found: Found,
+    /// The derived Bundle (or FHIR record) filtered to what the caller may see; `None` when
+    /// the record has no FHIR form.
+    fhir: Option<Value>,
+    types: Vec<String>,
+}
+
+/// Every record of `patient` the caller may see something of, oldest first: O(that patient's
+/// records), each opened once.
+fn visible_records(
+    s: &ApiState,
+    access: &Access,
+    caller: &Caller,
+    patient: &PatientIndex,
+    since: Option<u64>,
+) -> Result<(Vec<Seen>, &'static str), Problem> {
+    let entries = s
+        .vault
+        .patient_entries(patient, &[medanchor_merkle::LEAF_RECORD_STORED])
+        .map_err(|e| {
+            tracing::error!(error = %e, "patient index");
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                "reading the patient index failed",
+            )
+        })?;
+    let now = now_ms();
+    let mut out = Vec::new();
+    let mut decision = "deny";
+    let mut grants = None;
+    for e in entries {
+        if since.is_some_and(|t| e.record_id.unix_ms() < t) {
+            continue;
+        }
+        let Some(found) = find(s, &e.record_id)? else {
+            continue;
+        };
+        let standing = access.standing(s, caller, patient, Some(&found.raw.meta.sender))?;
+        let applicable;
+        let visible: Box<dyn Fn(&Resource<'_>) -> bool> = match &standing {
+            Standing::None => continue,
+            Standing::Grants(g) => {
+                let g = grants.get_or_insert_with(|| g.clone());
+                applicable =
+                    Applicable::select(g.active(), &caller.requester(), caller.purpose, now);
+                if applicable.none() {
+                    continue;
+                }
+                Box::new(|r: &Resource<'_>| applicable.allows(r))
+            }
+            _ => Box::new(|_: &Resource<'_>| true),
+        };
+        let record = found.raw_id.to_string();
+        let bytes = match &found.derived {
+            Some((_, d)) => Some(&d.bundle),
+            None if found.raw.meta.format == "fhir" => Some(&found.raw.raw),
+            None => None,
+        };
+        let (fhir, types) = match bytes.and_then(|b| serde_json::from_slice::<Value>(b).ok()) {
+            Some(mut v) if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") => {
+                let types = filter_bundle(&mut v, &record, &*visible);
+                (Some(v), types)
+            }
+            Some(v) => {
+                let kind = v.get("resourceType").and_then(Value::as_str).unwrap_or("");
+                let labels = v
+                    .pointer("/meta/security")
+                    .and_then(Value::as_array)
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|c| c.get("code").and_then(Value::as_str))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if visible(&Resource {
+                    kind,
+                    labels,
+                    record: &record,
+                }) {
+                    let k = kind.to_string();
+                    (Some(v), vec![k])
+                } else {
+                    (None, Vec::new())
+                }
+            }
+            // No FHIR form: only those who may see the whole record learn of it.
+            None => match &standing {
+                Standing::Grants(_) => (None, Vec::new()),
+                _ => (None, vec!["HL7v2".to_string()]),
+            },
+        };
+        if types.is_empty() {
+            continue;
+        }
+        if decision != "break_glass" {
+            decision = standing.decision();
+        }
+        out.push(Seen { found, fhir, types });
+    }
+    Ok((out, decision))
+}
+
+/// `GET /v1/patients/{pid}/records?type=&since=`.
+pub async fn list_records(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(pid): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, q.purpose.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let (seen, decision) = match visible_records(&s, &access, &caller, &patient, q.since) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let listed: Vec<Value> = seen
+        .iter()
+        .filter(|r| q.kind.as_ref().is_none_or(|k| r.types.contains(k)))
+        .map(|r| {
+            json!({
+                "record_id": r.found.raw_id.to_string(),
+                "received_ms": r.found.raw.meta.received_ms,
+                "derived_id": r.found.derived.as_ref().map(|(id, _)| id.to_string()),
+                "resource_types": r.types,
+            })
+        })
+        .collect();
+    let what = AccessWhat {
+        what: "records",
+        record: None,
+        types: Vec::new(),
+    };
+    if let Err(r) = access
+        .record_access(&s, &caller, &patient, &what, decision)
+        .await
+    {
+        return r.into_response();
+    }
+    s.metrics
+        .reads
+        .with_label_values(&["records", decision])
+        .inc();
+    Json(json!({ "patient": pid, "records": listed })).into_response()
+}
+
+/// `GET /fhir/Patient/{pid}/$everything` and `GET /fhir/{type}?patient={pid}`: a FHIR R4
+/// searchset Bundle of what the caller may see, newest version of each resource.
+async fn search(
+    s: ApiState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    pid: String,
+    kind: Option<String>,
+    q: ListQuery,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, q.purpose.as_deref()) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let (seen, decision) = match visible_records(&s, &access, &caller, &patient, q.since) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let mut entries: Vec<(String, Value)> = Vec::new();
+    for r in seen {
+        let Some(v) = r.fhir else { continue };
+        let resources: Vec<(String, Value)> =
+            if v.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+                v.get("entry")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| {
+                        Some((
+                            e.get("fullUrl")?.as_str()?.to_string(),
+                            e.get("resource")?.clone(),
+                        ))
+                    })
+                    .collect()
+            } else {
+                let url = format!(
+                    "{}/{}",
+                    v.get("resourceType").and_then(Value::as_str).unwrap_or(""),
+                    v.get("id").and_then(Value::as_str).unwrap_or("")
+                );
+                vec![(url, v)]
+            };
+        for (url, res) in resources {
+            if kind
+                .as_ref()
+                .is_some_and(|k| res.get("resourceType").and_then(Value::as_str) != Some(k))
+            {
+                continue;
+            }
+            // Records come oldest first: a later version of a resource replaces the earlier.
+            match entries.iter_mut().find(|(u, _)| *u == url) {
+                Some(e) => e.1 = res,
+                None => entries.push((url, res)),
+            }
+        }
+    }
+    let what = AccessWhat {
+        what: "fhir",
+        record: None,
+        types: kind.clone().into_iter().collect(),
+    };
+    if let Err(r) = access
+        .record_access(&s, &caller, &patient, &what, decision)
+        .await
+    {
+        return r.into_response();
+    }
+    s.metrics.reads.with_label_values(&["fhir", decision]).inc();
+    let entry: Vec<Value> = entries
+        .into_iter()
+        .map(|(u, r)| json!({"fullUrl": u, "resource": r, "search": {"mode": "match"}}))
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": entry.len(),
+        "entry": entry,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        serde_json::to_vec(&bundle).expect("JSON"),
+    )
+        .into_response()
+}
+
+pub async fn everything(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(pid): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    search(s, peer, headers, pid, None, q).await
+}
+
+pub async fn search_type(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(pid) = q.patient.clone() else {
+        return bad_request(
+            "patient required",
+            "search with ?patient=<patient id>: this server answers per patient",
+        )
+        .into_response();
+    };
+    if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return bad_request("bad resource type", "a FHIR resource type name").into_response();
+    }
+    search(s, peer, headers, pid, Some(kind), q).await
+}
+
+/// Whether the caller may manage (or read) this patient's grants and log: the patient, an
+/// admin, and for reading also an auditor.
+fn manages(caller: &Caller, patient: &PatientIndex, reading: bool) -> bool {
+    caller.principal.is_patient(patient)
+        || caller.principal.role == Role::Admin
+        || (reading && caller.principal.role == Role::Auditor)
+}
+
+/// `POST /v1/consents`: JSON `{"patient", "grant", "reason"}` or a FHIR R4 Consent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub patient: Option<String>,
+    pub grant: consent::Grant,
+    pub reason: Option<String>,
+}
+
+fn check_reason(reason: &Option<String>, admin: bool) -> Result<(), Problem> {
+    match reason {
+        None if admin => Err(bad_request(
+            "reason required",
+            "an admin acting for a patient gives a reason (field reason, or ?reason=)",
+        )),
+        Some(r) if r.len() > 512 || r.chars().any(char::is_control) => Err(bad_request(
+            "bad reason",
+            "a reason is one line of at most 512 bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub async fn post_consent(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, None) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("bad JSON", "the body is not JSON").into_response();
+    };
+    let (grant, named, reason) = if v.get("resourceType").is_some() {
+        match fhir::from_consent(&v) {
+            Ok(p) => (p.grant, p.patient, None),
+            Err(e) => return bad_request("bad Consent", &e.to_string()).into_response(),
+        }
+    } else {
+        match serde_json::from_value::<GrantRequest>(v) {
+            Ok(r) => (r.grant, r.patient, r.reason),
+            Err(e) => return bad_request("bad grant", &e.to_string()).into_response(),
+        }
+    };
+    if let Err(e) = grant.check() {
+        return bad_request("bad grant", &e.to_string()).into_response();
+    }
+    let pid = match named {
+        Some(p) => p,
+        None if caller.principal.role == Role::Patient && caller.principal.patients.len() == 1 => {
+            caller.principal.patients[0].clone()
+        }
+        None => {
+            return bad_request(
+                "patient required",
+                "name the patient (field patient, or Consent.patient.identifier with system urn:medanchor:patient)",
+            ).into_response()
+        }
+    };
+    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if !manages(&caller, &patient, false) {
+        return forbidden().into_response();
+    }
+    let admin = caller.principal.role == Role::Admin && !caller.principal.is_patient(&patient);
+    if let Err(r) = check_reason(&reason, admin) {
+        return r.into_response();
+    }
+    match access.principals.get(&grant.grantee) {
+        Some(p) if matches!(p.role, Role::Practitioner | Role::Organization) => {}
+        _ => {
+            return bad_request(
+                "bad grant",
+                "field grantee: a practitioner or organization principal",
+            )
+            .into_response()
+        }
+    }
+    let body = GrantBody {
+        grant,
+        by: caller.principal.id.clone(),
+        reason,
+    };
+    let bytes = serde_json::to_vec(&body).expect("JSON");
+    // Loaded before the event is stored, so the new grant is noted in the book, not missed.
+    if let Err(consent::BookError::Read(e)) = access.book.grants(&patient, &*s.vault, &s.keyring) {
+        tracing::error!(error = %e, "reading grants");
+    }
+    let id = match access
+        .store_event(&s, EventKind::ConsentGranted, &patient, bytes)
+        .await
+    {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let rid = RecordId::parse(&id).expect("receipt id");
+    let at_ms = rid.unix_ms();
+    let stored = consent::StoredGrant {
+        id: rid,
+        body,
+        at_ms,
+        revoked_ms: None,
+    };
+    access
+        .book
+        .note(&patient, |g| g.grants.push(stored.clone()));
+    let consent = fhir::to_consent(&fhir::Stated {
+        id: &id,
+        patient: &pid,
+        grant: &stored.body.grant,
+        by: &stored.body.by,
+        at_ms,
+        revoked: false,
+    });
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/fhir+json".to_string()),
+            (header::LOCATION, format!("/v1/consents/{id}")),
+        ],
+        serde_json::to_vec(&consent).expect("JSON"),
+    )
+        .into_response()
+}
+
+/// `GET /v1/patients/{pid}/consents`: a FHIR searchset Bundle of the patient's Consents,
+/// revoked ones `inactive`.
+pub async fn list_consents(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(pid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, None) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if !manages(&caller, &patient, true) {
+        return forbidden().into_response();
+    }
+    let grants = match access.book.grants(&patient, &*s.vault, &s.keyring) {
+        Ok(g) => g,
+        Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading grants");
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                "reading the grants failed",
+            )
+            .into_response();
+        }
+    };
+    let entry: Vec<Value> = grants
+        .grants
+        .iter()
+        .map(|g| {
+            let id = g.id.to_string();
+            json!({
+                "fullUrl": format!("urn:medanchor:consent:{id}"),
+                "resource": fhir::to_consent(&fhir::Stated {
+                    id: &id,
+                    patient: &pid,
+                    grant: &g.body.grant,
+                    by: &g.body.by,
+                    at_ms: g.at_ms,
+                    revoked: g.revoked_ms.is_some(),
+                }),
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let what = AccessWhat {
+        what: "consents",
+        record: None,
+        types: vec!["Consent".into()],
+    };
+    if let Err(r) = access
+        .record_access(&s, &caller, &patient, &what, "permit")
+        .await
+    {
+        return r.into_response();
+    }
+    s.metrics
+        .reads
+        .with_label_values(&["consents", "permit"])
+        .inc();
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry});
+    (
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        serde_json::to_vec(&bundle).expect("JSON"),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ReasonQuery {
+    pub reason: Option<String>,
+}
+
+/// `DELETE /v1/consents/{id}?reason=`: the patient (or an admin, with a reason) revokes a grant;
+/// the next request already sees it gone.
+pub async fn delete_consent(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, None) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let Some(rid) = RecordId::parse(&id) else {
+        return bad_request("bad consent id", "a consent id is 32 hex characters").into_response();
+    };
+    let event = match consent::open_event(&*s.vault, &s.keyring, &rid) {
+        Ok(Some((e, _))) if e.kind == EventKind::ConsentGranted => e,
+        Ok(_) => {
+            return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent")
+                .into_response()
+        }
+        Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a grant");
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                "reading the grant failed",
+            )
+            .into_response();
+        }
+    };
+    let Some(patient) = PatientIndex::from_key_id(&event.patient) else {
+        return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent").into_response();
+    };
+    if !manages(&caller, &patient, false) {
+        // The same answer as for an id that is no grant: a stranger learns nothing.
+        return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent").into_response();
+    }
+    let admin = caller.principal.role == Role::Admin && !caller.principal.is_patient(&patient);
+    if let Err(r) = check_reason(&q.reason, admin) {
+        return r.into_response();
+    }
+    let grants = match access.book.grants(&patient, &*s.vault, &s.keyring) {
+        Ok(g) => g,
+        Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading grants");
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                "reading the grants failed",
+            )
+            .into_response();
+        }
+    };
+    if grants
+        .grants
+        .iter()
+        .any(|g| g.id == rid && g.revoked_ms.is_some())
+    {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let body = RevokeBody {
+        revokes: id.clone(),
+        by: caller.principal.id.clone(),
+        reason: q.reason,
+    };
+    let stored = match access
+        .store_event(
+            &s,
+            EventKind::ConsentRevoked,
+            &patient,
+            serde_json::to_vec(&body).expect("JSON"),
+        )
+        .await
+    {
+        Ok(e) => e,
+        Err(r) => return r.into_response(),
+    };
+    let at = RecordId::parse(&stored).map_or_else(now_ms, |r| r.unix_ms());
+    access.book.note(&patient, |g| {
+        if let Some(g) = g.grants.iter_mut().find(|g| g.id == rid) {
+            g.revoked_ms.get_or_insert(at);
+        }
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /v1/patients/{pid}/access-log`: every event about the patient's data (reads, grants,
+/// revocations), oldest first, each with its proof once anchored. Break-the-glass reads are
+/// flagged `break_glass: true`.
+pub async fn access_log(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(pid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, None) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if !manages(&caller, &patient, true) {
+        // A refused look at someone's log is itself a read attempt the patient should see.
+        let what = AccessWhat {
+            what: "access_log",
+            record: None,
+            types: Vec::new(),
+        };
+        if let Err(r) = access
+            .record_access(&s, &caller, &patient, &what, "deny")
+            .await
+        {
+            if r.status != StatusCode::GONE {
+                return r.into_response();
+            }
+        }
+        s.metrics
+            .reads
+            .with_label_values(&["access_log", "deny"])
+            .inc();
+        return forbidden().into_response();
+    }
+    let kinds = [
+        EventKind::ConsentGranted.byte(),
+        EventKind::ConsentRevoked.byte(),
+        EventKind::RecordAccessed.byte(),
+    ];
+    let entries = match s.vault.patient_entries(&patient, &kinds) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "patient index");
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                "reading the access log failed",
+            )
+            .into_response();
+        }
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let (event, commitment) = match consent::open_event(&*s.vault, &s.keyring, &e.record_id) {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+            Err(err) => {
+                tracing::error!(error = %err, "reading an event");
+                return Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                    "reading the access log failed",
+                )
+                .into_response();
+            }
+        };
+        let body: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
+        let break_glass = body
+            .get("outcomeDesc")
+            .and_then(Value::as_str)
+            .is_some_and(|d| d == "break_glass");
+        let proof = match s.ledger.proof(&e.record_id) {
+            Ok(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        out.push(json!({
+            "id": e.record_id.to_string(),
+            "kind": event.kind.name(),
+            "at_ms": event.at_ms,
+            "commitment": hex::encode(commitment),
+            "break_glass": break_glass,
+            "event": body,
+            "proof": proof,
+        }));
+    }
+    let what = AccessWhat {
+        what: "access_log",
+        record: None,
+        types: vec!["AuditEvent".into()],
+    };
+    if let Err(r) = access
+        .record_access(&s, &caller, &patient, &what, "permit")
+        .await
+    {
+        return r.into_response();
+    }
+    s.metrics
+        .reads
+        .with_label_values(&["access_log", "permit"])
+        .inc();
+    Json(json!({"patient": pid, "entries": out})).into_response()
+}
+
+/// `DELETE /v1/patients/{pid}?reason=` (admin): destroys the patient's data key, then stores
+/// the erasure event (under the gateway key). Repeating it after a failure finishes it.
+pub async fn erase(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(pid): Path<String>,
+    Query(q): Query<ReasonQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, None) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    if caller.principal.role != Role::Admin {
+        return forbidden().into_response();
+    }
+    let patient = match patient_of(&pid) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let Some(reason) = q.reason.clone() else {
+        return bad_request("reason required", "erasure needs ?reason=").into_response();
+    };
+    if let Err(r) = check_reason(&q.reason, true) {
+        return r.into_response();
+    }
+    let destroyed = match s.keyring.destroy(&patient.key_id(), now_ms()) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "destroying a data key");
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the key store could not be written; nothing was erased",
+            )
+            .into_response();
+        }
+    };
+    access.book.forget(&patient);
+    let body = consent::ErasureBody {
+        by: caller.principal.id.clone(),
+        reason,
+        keys_destroyed: u32::from(destroyed),
+    };
+    let id = match access
+        .store_event(
+            &s,
+            EventKind::PatientErased,
+            &patient,
+            serde_json::to_vec(&body).expect("JSON"),
+        )
+        .await
+    {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    tracing::info!(event = %id, "patient erased");
+    Json(json!({"patient": pid, "erasure_event": id, "keys_destroyed": u32::from(destroyed)}))
+        .into_response()
+}
