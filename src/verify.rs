@@ -25,6 +25,12 @@ pub struct Report {
     pub records: u64,
     /// Records derived from them (FHIR Bundles normalization made); each has its own leaf.
     pub derived: u64,
+    /// Events about patients' data (consents granted and revoked, reads, erasures); each has
+    /// its own leaf.
+    pub events: u64,
+    /// Records and events whose data key was destroyed (an erasure): their content cannot be
+    /// opened any more, on purpose; their commitments are still checked against the log.
+    pub erased: u64,
     pub leaves: u64,
     pub checkpoints: u64,
     pub quarantined: u64,
@@ -73,7 +79,12 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     }
     // Leaves first: record id → (index, commitment in the leaf, raw record a derived leaf
     // names). parse_leaf admits only the two kinds and their lengths.
-    type InLog = (u64, [u8; 32], Option<(RecordId, [u8; 32])>);
+    type InLog = (
+        u64,
+        [u8; 32],
+        Option<(RecordId, [u8; 32])>,
+        Option<crate::ledger::EventKind>,
+    );
     let mut by_record: HashMap<RecordId, InLog> = HashMap::new();
     let leaves = stores.ledger.for_each_leaf(&mut |leaf| {
         report.leaves += 1;
@@ -82,7 +93,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
             .derived_from
             .map(|id| (id, leaf.entry[33..65].try_into().expect("65-byte entry")));
         if by_record
-            .insert(leaf.record_id, (leaf.index, c, raw))
+            .insert(leaf.record_id, (leaf.index, c, raw, leaf.event()))
             .is_some()
         {
             report.fail(format!(
@@ -97,12 +108,12 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     }
     // A derived leaf names a raw record: its leaf must be a record leaf earlier in the log with
     // the commitment the derived leaf binds.
-    for (id, (index, _, raw)) in &by_record {
+    for (id, (index, _, raw, _)) in &by_record {
         let Some((raw_id, raw_commitment)) = raw else {
             continue;
         };
         match by_record.get(raw_id) {
-            Some((raw_index, c, None)) if raw_index < index && c == raw_commitment => {}
+            Some((raw_index, c, None, None)) if raw_index < index && c == raw_commitment => {}
             _ => report.fail(format!(
                 "leaf {index}: derived record {id} names record {raw_id}, which is not a record leaf before it with that commitment"
             )),
@@ -124,37 +135,54 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
                 return Ok(());
             }
         };
+        // A destroyed key (an erasure) is not damage: the content is gone on purpose.
+        let mut erased = false;
         let opened = seal::parse_header(&rec.sealed)
             .map_err(|e| e.to_string())
-            .and_then(|h| stores.keyring.get(h.key_id).map_err(|e| e.to_string()))
+            .and_then(|h| {
+                stores.keyring.get(h.key_id).map_err(|e| {
+                    erased = matches!(e, seal::KeyringError::Erased(..));
+                    e.to_string()
+                })
+            })
             .and_then(|key| seal::open_content(&rec.sealed, id, &key).map_err(|e| e.to_string()));
         let header = headers.get(&id);
+        let in_log = by_record.get(&id);
+        let leaf_event = in_log.and_then(|(_, _, _, e)| *e);
         match &opened {
             Ok(OpenedContent {
                 content: Content::Derived(_),
                 ..
             }) => report.derived += 1,
+            Ok(OpenedContent {
+                content: Content::Event(_),
+                ..
+            }) => report.events += 1,
+            Err(_) if erased => report.erased += 1,
             _ => report.records += 1,
         }
         match opened {
-            Err(e) => report.fail(format!("record {id}: {e}")),
+            Err(e) if !erased => report.fail(format!("record {id}: {e}")),
             Ok(o) if o.commitment != rec.commitment => report.fail(format!(
                 "record {id}: stored commitment does not match the re-hashed record"
             )),
             Ok(OpenedContent {
                 content: Content::Record(record),
                 ..
-            }) if !keys_match(stores, &record, header, &rec.sealed) => report.fail(format!(
-                "record {id}: its dedup/control keys or data key id do not follow from the \
-                 record under keys/index.key (the entry header or index.key was altered)"
-            )),
+            }) if !keys_match(stores, &record, header, &rec.sealed) || leaf_event.is_some() => {
+                report.fail(format!(
+                    "record {id}: its dedup/control keys or data key id do not follow from the \
+                     record under keys/index.key (the entry header or index.key was altered), \
+                     or its leaf is an event's"
+                ))
+            }
             Ok(OpenedContent {
                 content: Content::Derived(d),
                 ..
             }) if header.and_then(|h| h.derived_from()) != Some((d.raw_id, d.raw_commitment))
-                || by_record
-                    .get(&id)
-                    .is_some_and(|(_, _, raw)| *raw != Some((d.raw_id, d.raw_commitment))) =>
+                || in_log.is_some_and(|(_, _, raw, event)| {
+                    *raw != Some((d.raw_id, d.raw_commitment)) || event.is_some()
+                }) =>
             {
                 report.fail(format!(
                     "record {id}: derived from record {} by its content, which its segment entry \
@@ -162,11 +190,25 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
                     d.raw_id
                 ))
             }
-            Ok(_) => match by_record.get(&id) {
+            Ok(OpenedContent {
+                content: Content::Event(e),
+                ..
+            }) if header.and_then(|h| h.event())
+                != seal::keyring::PatientIndex::from_key_id(&e.patient).map(|p| (e.kind, p))
+                || in_log.is_some_and(|(_, _, _, event)| *event != Some(e.kind)) =>
+            {
+                report.fail(format!(
+                    "event {id}: a {} about its patient by its content, which its segment entry \
+                     or its leaf does not say",
+                    e.kind.name()
+                ))
+            }
+            // Opened and consistent, or erased: its commitment must be the one in the log.
+            Ok(_) | Err(_) => match in_log {
                 None => report.fail(format!(
                     "record {id}: not in the log (start the gateway once to anchor it)"
                 )),
-                Some((index, c, _)) if *c != rec.commitment => report.fail(format!(
+                Some((index, c, _, _)) if *c != rec.commitment => report.fail(format!(
                     "leaf {index}: commitment does not match record {id}"
                 )),
                 Some(_) => {}
@@ -177,7 +219,7 @@ pub fn verify_all(stores: &Stores, progress: &dyn Fn(u64, u64)) -> Report {
     if let Err(e) = records {
         report.fail(format!("vault: {e}"));
     }
-    for (id, (index, _, _)) in &by_record {
+    for (id, (index, _, _, _)) in &by_record {
         if !seen.contains(id) {
             report.fail(format!("leaf {index}: record {id} is not in the vault"));
         }

@@ -419,6 +419,20 @@ fn grants_revocations_labels_break_glass_access_log_and_erasure_over_http() {
     assert!(!logged.contains("ZZMARKER"), "patient data in the log");
     assert!(!logged.contains(&admin), "a token in the log");
     g.stop();
+
+    // Offline, everything verifies. The erased patient's raw and derived record and their
+    // events (grants, reads) count as erased, not as damage; patient 8's record, its derived
+    // record, and the events not under patient 7's key (patient 8's reads, the erasure) open.
+    let report = verify_all(&data);
+    let n = |k: &str| report[k].as_u64().unwrap();
+    assert_eq!((n("records"), n("derived")), (1, 1), "{report}");
+    assert!(n("events") >= 2, "{report}");
+    assert!(n("erased") >= 2 + 20, "{report}");
+    assert_eq!(
+        n("leaves"),
+        n("records") + n("derived") + n("events") + n("erased"),
+        "every record and event has its leaf: {report}"
+    );
 }
 
 /// Failed authentications are limited per address: after 20 in a minute, 429.

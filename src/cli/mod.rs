@@ -144,10 +144,12 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
             eprintln!("FAILED: {f}");
         }
         println!(
-            "{}: {} records, {} derived, {} leaves, {} checkpoints",
+            "{}: {} records, {} derived, {} events, {} erased, {} leaves, {} checkpoints",
             if report.ok { "ok" } else { "FAILED" },
             report.records,
             report.derived,
+            report.events,
+            report.erased,
             report.leaves,
             report.checkpoints
         );
