@@ -95,6 +95,17 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Manage who may call the API: add (prints the token once), list, revoke. Works on a
+    /// stopped gateway's data directory, or through a running one's admin API.
+    Principals {
+        #[command(subcommand)]
+        command: PrincipalsCommand,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// An admin token for a running gateway (default: the data directory's admin.token).
+        #[arg(long, global = true, env = "MEDANCHOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Inspect and replay refused input.
     Quarantine {
         #[command(subcommand)]
@@ -131,6 +142,36 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum PrincipalsCommand {
+    /// Add a principal and print its bearer token (shown once).
+    Add {
+        /// 1-128 of letters, digits, - _ . @
+        id: String,
+        /// patient, practitioner, organization, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// For a patient: an identifier as records carry it (PID-3 id^authority^type, e.g.
+        /// 12345^HOSP^MR); repeatable.
+        #[arg(long = "identifier")]
+        identifiers: Vec<String>,
+        /// For a patient: a patient id (p- and 32 hex); repeatable.
+        #[arg(long = "patient")]
+        patients: Vec<String>,
+        /// For a practitioner: their organization's principal id.
+        #[arg(long)]
+        organization: Option<String>,
+        /// For an organization: a sender whose records it sent (MSH-3|MSH-4, or |MSH-4 for
+        /// every application of a facility); repeatable.
+        #[arg(long = "sender")]
+        senders: Vec<String>,
+    },
+    /// List principals.
+    List,
+    /// Revoke a principal: its token stops working at once.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +361,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             data_dir,
         } => {
             medanchor::cli::keys_rotate(&load(cfg_path, data_dir)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Principals {
+            command,
+            data_dir,
+            token,
+        } => {
+            use medanchor::cli::principals::{self, Action};
+            let cfg = load(cfg_path, data_dir)?;
+            let action = match command {
+                PrincipalsCommand::Add {
+                    id,
+                    role,
+                    identifiers,
+                    patients,
+                    organization,
+                    senders,
+                } => Action::Add(medanchor::api::admin::AddPrincipal {
+                    id,
+                    role: Some(medanchor::consent::Role::parse(&role).with_context(|| {
+                        format!("--role {role:?}: one of patient, practitioner, organization, auditor, admin")
+                    })?),
+                    patients,
+                    identifiers,
+                    organization,
+                    senders,
+                }),
+                PrincipalsCommand::List => Action::List,
+                PrincipalsCommand::Revoke { id } => Action::Revoke(id),
+            };
+            principals::run(&cfg, action, token)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Quarantine { command, data_dir } => {

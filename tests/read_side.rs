@@ -473,3 +473,92 @@ fn http_request_accept(
         b"",
     )
 }
+
+/// `medanchor principals`: through a running gateway's admin API (its admin.token), then on the
+/// stopped gateway's data directory; tokens from both work.
+#[test]
+fn principals_cli_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let g = Gateway::start(&data, &[]);
+    let run_env = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .env("MEDANCHOR__HTTP__LISTEN", g.http.to_string())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run_env(&[
+        "principals",
+        "add",
+        "pat-1",
+        "--role",
+        "patient",
+        "--identifier",
+        "1^HOSP^MR",
+        "--data-dir",
+        d,
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("patient id: p-"), "{out}");
+    let token = out.lines().last().unwrap().trim().to_string();
+    assert!(token.starts_with("mat_"));
+    let api = Api { g: &g };
+    assert_eq!(api.get("/v1/log/public-key", &token).0, 200);
+    let (ok, out, err) = run_env(&[
+        "principals",
+        "add",
+        "x",
+        "--role",
+        "wizard",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!ok && err.contains("--role"), "{out}{err}");
+    let (ok, _, err) = run_env(&[
+        "principals",
+        "add",
+        "pat-1",
+        "--role",
+        "auditor",
+        "--data-dir",
+        d,
+    ]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, out, _) = run_env(&["principals", "list", "--data-dir", d]);
+    assert!(
+        ok && out.contains("pat-1\tpatient") && out.contains("admin\tadmin"),
+        "{out}"
+    );
+    g.stop();
+
+    // Stopped: the same commands on the data directory.
+    let (ok, out, err) = run(&[
+        "principals",
+        "add",
+        "aud",
+        "--role",
+        "auditor",
+        "--data-dir",
+        d,
+    ]);
+    assert!(ok, "{out}{err}");
+    let auditor = out.lines().last().unwrap().trim().to_string();
+    let (ok, out, _) = run(&["principals", "revoke", "pat-1", "--data-dir", d]);
+    assert!(ok, "{out}");
+    let g = Gateway::start(&data, &[]);
+    let api = Api { g: &g };
+    assert_eq!(api.get("/v1/log/public-key", &auditor).0, 200);
+    assert_eq!(
+        api.get("/v1/log/public-key", &token).0,
+        401,
+        "revoked offline"
+    );
+    g.stop();
+}

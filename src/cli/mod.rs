@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod import;
 pub mod mapping;
+pub mod principals;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,155 @@
+//! `medanchor principals add|list|revoke`: on a stopped gateway's data directory directly, or
+//! through a running gateway's admin API (`/v1/admin/principals`) with the admin token.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::api::admin::AddPrincipal;
+use crate::config::Config;
+use crate::consent::{PrincipalError, Principals, Role};
+use crate::envelope::now_ms;
+
+/// What to do.
+pub enum Action {
+    Add(AddPrincipal),
+    List,
+    Revoke(String),
+}
+
+/// Runs `action`: on the data directory when no gateway holds it, else through the API at
+/// `cfg.http.listen` with `token` (default: the data directory's `admin.token`).
+pub fn run(cfg: &Config, action: Action, token: Option<String>) -> Result<()> {
+    match Principals::open(&cfg.data_dir) {
+        Ok(principals) => offline(cfg, &principals, action),
+        Err(PrincipalError::InUse(_)) => {
+            let token = match token {
+                Some(t) => t,
+                None => std::fs::read_to_string(cfg.data_dir.join("admin.token"))
+                    .context("the gateway is running: give an admin token (--token, MEDANCHOR_TOKEN) or run where its data directory's admin.token is readable")?
+                    .trim()
+                    .to_string(),
+            };
+            online(cfg.http.listen, &token, action)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn offline(cfg: &Config, principals: &Principals, action: Action) -> Result<()> {
+    match action {
+        Action::Add(add) => {
+            let keyring = crate::seal::Keyring::open(&cfg.data_dir.join("keys"), false)
+                .context("opening the keyring (patients are named by its index key)")?;
+            let new = add.resolve(&keyring)?;
+            let (p, token) = principals.add(&new, now_ms())?;
+            print_added(&json!({"principal": p, "token": token}));
+        }
+        Action::List => print_list(&serde_json::to_value(principals.list())?),
+        Action::Revoke(id) => {
+            principals.revoke(&id, now_ms())?;
+            println!("principal {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn print_added(v: &Value) {
+    let p = &v["principal"];
+    println!(
+        "principal {} ({}) added",
+        p["id"].as_str().unwrap_or(""),
+        p["role"].as_str().unwrap_or("")
+    );
+    if let Some(patients) = p["patients"].as_array() {
+        for pid in patients {
+            println!("patient id: {}", pid.as_str().unwrap_or(""));
+        }
+    }
+    println!("token (shown this once; only its hash is kept):");
+    println!("{}", v["token"].as_str().unwrap_or(""));
+}
+
+fn print_list(list: &Value) {
+    for p in list.as_array().into_iter().flatten() {
+        let revoked = if p["revoked_ms"].is_null() {
+            ""
+        } else {
+            " (revoked)"
+        };
+        println!(
+            "{}\t{}{}",
+            p["id"].as_str().unwrap_or(""),
+            p["role"].as_str().unwrap_or(""),
+            revoked
+        );
+    }
+}
+
+fn online(addr: SocketAddr, token: &str, action: Action) -> Result<()> {
+    let (method, path, body) = match &action {
+        Action::Add(a) => (
+            "POST",
+            "/v1/admin/principals".to_string(),
+            Some(json!({
+                "id": a.id, "role": a.role.map(Role::name), "patients": a.patients,
+                "identifiers": a.identifiers, "organization": a.organization, "senders": a.senders,
+            })),
+        ),
+        Action::List => ("GET", "/v1/admin/principals".to_string(), None),
+        Action::Revoke(id) => ("DELETE", format!("/v1/admin/principals/{id}"), None),
+    };
+    let (status, text) = request(addr, method, &path, token, body.as_ref())?;
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        bail!(
+            "the gateway answered {status}: {}",
+            v["detail"].as_str().unwrap_or(text.trim())
+        );
+    }
+    match action {
+        Action::Add(_) => print_added(&v),
+        Action::List => print_list(&v["principals"]),
+        Action::Revoke(id) => println!("principal {id} revoked"),
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 request on a fresh connection (the gateway's own API on this host).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String)> {
+    let connect = if addr.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+    } else {
+        addr
+    };
+    let mut s = TcpStream::connect_timeout(&connect, Duration::from_secs(10))
+        .with_context(|| format!("connecting to the gateway's API at {connect}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {connect}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .context("the gateway's answer has no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("the gateway's answer has no status")?;
+    Ok((status, rest.to_string()))
+}
