@@ -562,3 +562,58 @@ fn principals_cli_online_and_offline() {
     );
     g.stop();
 }
+
+/// The patient's statement of services: the ChargeItems of a DFT^P03, each with its amount,
+/// code, performer and a proof that verifies; only for the patient.
+#[test]
+fn a_patient_reads_their_charges_with_proofs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let g = Gateway::start(&data, &[("MEDANCHOR__LEDGER__BATCH_MS", "50")]);
+    let api = Api { g: &g };
+    let admin = g.admin_token().unwrap();
+    let dft = std::fs::read_to_string(fixtures().join("../v2fhir/ms/DFT-P03-01.hl7")).unwrap();
+    send(&g, dir.path(), "dft.hl7", &dft);
+    // PID-3's MR repetition, as the record's key identity reads it (CX.1 ^ CX.4.1 ^ CX.5).
+    let (status, _, v) = api.call(
+        "POST",
+        "/v1/admin/principals",
+        Some(&admin),
+        Some(&json!({"id": "adam", "role": "patient", "identifiers": ["PATID1234^test1^MR"]})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    let pid = v["principal"]["patients"][0].as_str().unwrap().to_string();
+    let path = format!("/v1/patients/{pid}/charges");
+    let mut charges = Value::Null;
+    wait_until(
+        Duration::from_secs(20),
+        || "charges with proofs".into(),
+        || {
+            charges = api.get(&path, &token).2;
+            charges["charges"]
+                .as_array()
+                .is_some_and(|c| !c.is_empty() && c.iter().all(|x| !x["proof"].is_null()))
+        },
+    );
+    let list = charges["charges"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{charges}");
+    let xray = list
+        .iter()
+        .find(|c| c["code"]["coding"][0]["code"] == "71045")
+        .expect("the x-ray");
+    assert_eq!(xray["amount"]["value"], 100);
+    assert_eq!(xray["amount"]["currency"], "USD");
+    assert_eq!(xray["quantity"], 2);
+    assert_eq!(xray["date"], "2019-11-22");
+    assert!(!xray["performers"].as_array().unwrap().is_empty(), "{xray}");
+    let proof: medanchor_merkle::ProofBundle =
+        serde_json::from_value(xray["proof"].clone()).unwrap();
+    proof.verify(None).unwrap();
+    assert!(
+        proof.derived_from.is_some(),
+        "the charge's Bundle is proven with its raw message"
+    );
+    assert_eq!(api.get(&path, &admin).0, 403);
+    g.stop();
+}

@@ -58,6 +58,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/patients/{pid}/records", get(patients::list_records))
         .route("/v1/patients/{pid}/consents", get(patients::list_consents))
         .route("/v1/patients/{pid}/access-log", get(patients::access_log))
+        .route("/v1/patients/{pid}/charges", get(patients::charges))
         .route("/v1/consents", post(patients::post_consent))
         .route("/v1/consents/{id}", delete(patients::delete_consent))
         .route("/fhir/Patient/{pid}/$everything", get(patients::everything))

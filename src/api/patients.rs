@@ -336,6 +336,114 @@ pub async fn search_type(
     search(s, peer, headers, pid, Some(kind), q).await
 }
 
+/// `GET /v1/patients/{pid}/charges`: the patient's statement of services billed to them (the
+/// ChargeItems mapped from DFT and BAR messages), each with the date, code, quantity, amount,
+/// performer and the proof of the record it came from, so a patient can spot a service billed
+/// but never received. For the patient themself.
+pub async fn charges(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(pid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (access, caller) = match caller(&s, &headers, peer, None) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if !caller.principal.is_patient(&patient) {
+        return forbidden().into_response();
+    }
+    let (seen, _) = match visible_records(&s, &access, &caller, &patient, None) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
+    };
+    let mut out = Vec::new();
+    for r in &seen {
+        let Some(bundle) = &r.fhir else { continue };
+        let entries = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let by_url = |u: &str| {
+            entries
+                .iter()
+                .find(|e| e.get("fullUrl").and_then(Value::as_str) == Some(u))
+                .and_then(|e| e.get("resource"))
+        };
+        let proven = r
+            .found
+            .derived
+            .as_ref()
+            .map_or(r.found.raw_id, |(id, _)| *id);
+        let mut proof = Value::Null;
+        for e in &entries {
+            let Some(item) = e.get("resource") else {
+                continue;
+            };
+            if item.get("resourceType").and_then(Value::as_str) != Some("ChargeItem") {
+                continue;
+            }
+            if proof.is_null() {
+                proof = s
+                    .ledger
+                    .proof(&proven)
+                    .ok()
+                    .and_then(|p| serde_json::to_value(p).ok())
+                    .unwrap_or(Value::Null);
+            }
+            let performers: Vec<Value> = item
+                .get("performer")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.pointer("/actor/reference").and_then(Value::as_str))
+                .filter_map(by_url)
+                .map(|who| {
+                    json!({
+                        "resourceType": who.get("resourceType"),
+                        "name": who.pointer("/name/0/text")
+                            .or_else(|| who.pointer("/name/0/family"))
+                            .or_else(|| who.get("name").filter(|n| n.is_string())),
+                    })
+                })
+                .collect();
+            out.push(json!({
+                "record_id": r.found.raw_id.to_string(),
+                "proven_record_id": proven.to_string(),
+                "date": item.get("occurrenceDateTime")
+                    .or_else(|| item.pointer("/occurrencePeriod/start")),
+                "code": item.get("code"),
+                "quantity": item.pointer("/quantity/value"),
+                "amount": item.get("priceOverride"),
+                "performers": performers,
+                "charge_item": item,
+                "proof": proof,
+            }));
+        }
+    }
+    let what = AccessWhat {
+        what: "charges",
+        record: None,
+        types: vec!["ChargeItem".into()],
+    };
+    if let Err(r) = access
+        .record_access(&s, &caller, &patient, &what, "permit")
+        .await
+    {
+        return r.into_response();
+    }
+    s.metrics
+        .reads
+        .with_label_values(&["charges", "permit"])
+        .inc();
+    Json(json!({"patient": pid, "charges": out})).into_response()
+}
+
 /// Whether the caller may manage (or read) this patient's grants and log: the patient, an
 /// admin, and for reading also an auditor.
 fn manages(caller: &Caller, patient: &PatientIndex, reading: bool) -> bool {
