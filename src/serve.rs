@@ -110,7 +110,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             pipeline: pipeline.clone(),
             principals,
             book: Arc::new(crate::consent::Book::default()),
-            failures: Arc::new(api::auth::Failures::default()),
+            failures: Arc::new(api::auth::Failures::new(cfg.http.auth_failures_per_minute)),
         }),
     });
     let http = tokio::spawn({

@@ -66,6 +66,9 @@ impl AddPrincipal {
 
 fn refused(e: PrincipalError) -> Problem {
     match e {
+        PrincipalError::LastAdmin(_) => {
+            Problem::new(StatusCode::CONFLICT, "last admin", e.to_string())
+        }
         PrincipalError::Exists(_) => Problem::new(StatusCode::CONFLICT, "exists", e.to_string()),
         PrincipalError::Unknown(_) => {
             Problem::new(StatusCode::NOT_FOUND, "not found", e.to_string())

@@ -65,6 +65,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{kind}", get(patients::search_type))
         .route("/v1/admin/principals", post(admin::add).get(admin::list))
         .route("/v1/admin/principals/{id}", delete(admin::revoke))
+        .route("/openapi.yaml", get(openapi))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not found",
+                "no such endpoint; see /openapi.yaml",
+            )
+        })
+        .layer(axum::middleware::map_response(as_problem))
         .with_state(state)
 }
 
@@ -112,6 +121,37 @@ fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// The API's OpenAPI 3.1 description (schemas/openapi.yaml), as built into this binary.
+pub const OPENAPI: &str = include_str!("../../schemas/openapi.yaml");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
+
+/// Answers that axum makes itself (an extractor's rejection: a query that does not parse, a
+/// body too large; a method a path does not have) come as text; every error of this API is
+/// problem+json. Their text names the parameter, not its value.
+async fn as_problem(r: Response) -> Response {
+    let status = r.status();
+    let is_text = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_text {
+        return r;
+    }
+    let allow = r.headers().get(header::ALLOW).cloned();
+    let (_, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text);
+    let title = status.canonical_reason().unwrap_or("error");
+    let mut out = problem(status, title, detail.trim());
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

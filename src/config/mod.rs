@@ -101,6 +101,10 @@ pub struct HttpConfig {
     /// Largest request head, and the read buffer a connection holds; a larger head gets 431.
     /// At least 8192.
     pub max_header_bytes: usize,
+    /// Failed authentications one source address may have in a minute before its requests get
+    /// 429 until the minute is over (0: no limit). Behind a proxy every client shares its
+    /// address: raise it there.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +217,7 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_header_bytes: 16 * 1024,
+            auth_failures_per_minute: 20,
         }
     }
 }

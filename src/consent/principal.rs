@@ -105,6 +105,8 @@ pub enum PrincipalError {
     Unknown(String),
     #[error("field {0}: {1}")]
     Field(&'static str, String),
+    #[error("{0} is the last admin: add another admin first")]
+    LastAdmin(String),
     #[error(
         "{} is open in another process: is the gateway running? Use its admin API (POST /v1/admin/principals)",
         .0.display()
@@ -306,6 +308,13 @@ impl Principals {
             return Err(PrincipalError::Unknown(id.into()));
         };
         let mut p = (**p).clone();
+        let admins = by_id
+            .values()
+            .filter(|a| a.role == Role::Admin && a.revoked_ms.is_none())
+            .count();
+        if p.role == Role::Admin && p.revoked_ms.is_none() && admins <= 1 {
+            return Err(PrincipalError::LastAdmin(p.id));
+        }
         if p.revoked_ms.is_none() {
             p.revoked_ms = Some(now_ms);
         }
