@@ -33,6 +33,8 @@ pub enum ServeError {
     Source(#[from] crate::sources::SourceError),
     #[error(transparent)]
     Principals(#[from] crate::consent::PrincipalError),
+    #[error("jwt: {0}")]
+    Jwt(#[from] crate::api::jwt::JwtError),
 }
 
 /// Runs until SIGTERM or SIGINT, then: stop accepting, answer every message already read,
@@ -92,6 +94,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     }
     tracing::info!(%mllp_addr, %http_addr, data_dir = %cfg.data_dir.display(), key = %stores.ledger.verifier().to_vkey(), "medanchor started");
 
+    let jwt = cfg
+        .jwt
+        .clone()
+        .map(api::jwt::JwtVerifier::new)
+        .transpose()?
+        .map(Arc::new);
     let ready = Arc::new(AtomicBool::new(true));
     let app = api::router(ApiState {
         metrics: metrics.clone(),
@@ -111,6 +119,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             principals,
             book: Arc::new(crate::consent::Book::default()),
             failures: Arc::new(api::auth::Failures::new(cfg.http.auth_failures_per_minute)),
+            jwt,
         }),
     });
     let http = tokio::spawn({

@@ -617,3 +617,135 @@ fn a_patient_reads_their_charges_with_proofs() {
     assert_eq!(api.get(&path, &admin).0, 403);
     g.stop();
 }
+
+/// JWT access tokens from an identity provider (ES256, a JWKS file): a valid one reads within
+/// its SMART scopes; an expired one, one for an unknown principal, or one signed by another
+/// key gets 401.
+#[test]
+fn jwt_access_tokens_are_checked_and_their_scopes_narrow_what_is_read() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    let rng = SystemRandom::new();
+    let keypair = |rng: &SystemRandom| {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng).unwrap();
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), rng).unwrap()
+    };
+    let idp = keypair(&rng);
+    let p = idp.public_key().as_ref();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])}]})
+        .to_string(),
+    )
+    .unwrap();
+    let mint = |key: &EcdsaKeyPair, claims: Value| {
+        let h = URL_SAFE_NO_PAD
+            .encode(json!({"alg": "ES256", "kid": "idp-1", "typ": "JWT"}).to_string());
+        let signed = format!("{h}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let sig = key.sign(&SystemRandom::new(), signed.as_bytes()).unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |sub: &str, exp: u64, scope: &str| json!({"iss": "https://idp.hospital.test", "aud": "medanchor", "sub": sub, "exp": exp, "scope": scope});
+
+    let data = dir.path().join("data");
+    let g = Gateway::start(
+        &data,
+        &[
+            ("MEDANCHOR__JWT__ISSUER", "https://idp.hospital.test"),
+            ("MEDANCHOR__JWT__AUDIENCE", "medanchor"),
+            ("MEDANCHOR__JWT__JWKS_FILE", jwks.to_str().unwrap()),
+        ],
+    );
+    let api = Api { g: &g };
+    let admin = g.admin_token().unwrap();
+    let rec = send(&g, dir.path(), "a01.hl7", A01);
+    let pat = api.add(
+        &admin,
+        json!({"id": "pat-7", "role": "patient", "identifiers": ["7^HOSP^MR"]}),
+    );
+    api.add(&admin, json!({"id": "dr-a", "role": "practitioner"}));
+    let (status, _, _) = api.call(
+        "POST",
+        "/v1/consents",
+        Some(&pat),
+        Some(&json!({"grant": {"grantee": "dr-a"}})),
+    );
+    assert_eq!(status, 201);
+    let record = format!("/v1/records/{rec}");
+
+    // Everything the grant allows, narrowed by the token to Patient and Condition.
+    let scoped = mint(
+        &idp,
+        claims(
+            "dr-a",
+            now + 300,
+            "openid user/Patient.rs user/Condition.read",
+        ),
+    );
+    let (status, _, v) = api.get(&record, &scoped);
+    assert_eq!(status, 200, "{v}");
+    let mut seen = types(&v);
+    seen.dedup();
+    assert_eq!(seen, ["Condition", "Patient"]);
+    // The original message needs scopes that cover everything.
+    assert_eq!(
+        http_request_accept(&g, &record, &scoped, "application/hl7-v2").0,
+        403
+    );
+    let all = mint(&idp, claims("dr-a", now + 300, "user/*.rs"));
+    assert_eq!(
+        http_request_accept(&g, &record, &all, "application/hl7-v2").0,
+        200
+    );
+    // No read scope: nothing.
+    let none = mint(&idp, claims("dr-a", now + 300, "openid launch"));
+    assert_eq!(api.get(&record, &none).0, 403);
+
+    // Expired, unknown principal, another key, tampered: 401.
+    assert_eq!(
+        api.get(
+            &record,
+            &mint(&idp, claims("dr-a", now - 3600, "user/*.rs"))
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        api.get(
+            &record,
+            &mint(&idp, claims("nobody", now + 300, "user/*.rs"))
+        )
+        .0,
+        401
+    );
+    let other = keypair(&rng);
+    assert_eq!(
+        api.get(
+            &record,
+            &mint(&other, claims("dr-a", now + 300, "user/*.rs"))
+        )
+        .0,
+        401
+    );
+    let mut parts: Vec<String> = all.split('.').map(str::to_string).collect();
+    parts[1] = URL_SAFE_NO_PAD.encode(claims("admin", now + 300, "user/*.rs").to_string());
+    assert_eq!(api.get("/v1/admin/principals", &parts.join(".")).0, 401);
+    // Revoking the principal stops its JWTs too.
+    assert_eq!(
+        api.call("DELETE", "/v1/admin/principals/dr-a", Some(&admin), None)
+            .0,
+        204
+    );
+    assert_eq!(api.get(&record, &all).0, 401);
+    g.stop();
+}

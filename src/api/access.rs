@@ -31,6 +31,8 @@ pub struct Access {
     pub principals: Arc<Principals>,
     pub book: Arc<Book>,
     pub failures: Arc<auth::Failures>,
+    /// JWT access tokens from an identity provider, when configured.
+    pub jwt: Option<Arc<super::jwt::JwtVerifier>>,
 }
 
 /// An authenticated request.
@@ -40,6 +42,9 @@ pub struct Caller {
     pub organization: Option<Arc<Principal>>,
     /// Purpose of use (`treatment` unless the request says otherwise).
     pub purpose: &'static str,
+    /// What the token's scopes let it read (a JWT's SMART scopes; everything for a principal's
+    /// own token). They only narrow what the principal's standing allows.
+    pub scopes: super::jwt::Scopes,
 }
 
 impl Caller {
@@ -75,8 +80,9 @@ pub fn caller(
             "this gateway serves no reads",
         ));
     };
-    let principal = auth::authenticate(
+    let (principal, scopes) = auth::authenticate(
         &access.principals,
+        access.jwt.as_deref(),
         &access.failures,
         headers,
         peer.ip(),
@@ -107,6 +113,7 @@ pub fn caller(
             principal,
             organization,
             purpose,
+            scopes,
         },
     ))
 }
@@ -525,11 +532,15 @@ pub async fn get_record(
         (Standing::None, _) => true,
         (Standing::Grants(_), Some(a)) => a.none() || (want_v2 && !a.whole(&record_hex)),
         _ => false,
-    };
+    } || caller.scopes.none()
+        || (want_v2 && !caller.scopes.allows_everything());
     let decision = if denied { "deny" } else { standing.decision() };
-    let visible = |r: &Resource<'_>| match &applicable {
-        Some(a) => a.allows(r),
-        None => true,
+    let visible = |r: &Resource<'_>| {
+        caller.scopes.allows(r.kind)
+            && match &applicable {
+                Some(a) => a.allows(r),
+                None => true,
+            }
     };
     let (response, types) = if denied {
         (forbidden().into_response(), Vec::new())

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, StatusCode};
 
+use super::jwt::{JwtVerifier, Scopes};
 use super::Problem;
 use crate::consent::{Principal, Principals};
 
@@ -70,14 +71,16 @@ fn unauthorized(detail: &str) -> Problem {
     }
 }
 
-/// The principal of a request, or the response that refuses it.
+/// The principal of a request and what its token's scopes let it read (everything, for a
+/// principal's own token), or the problem refusing it.
 pub fn authenticate(
     principals: &Principals,
+    jwt: Option<&JwtVerifier>,
     failures: &Failures,
     headers: &HeaderMap,
     peer: IpAddr,
     metrics: &crate::metrics::Metrics,
-) -> Result<Arc<Principal>, Problem> {
+) -> Result<(Arc<Principal>, Scopes), Problem> {
     let now = Instant::now();
     if failures.limited(peer, now) {
         metrics.auth_failures.with_label_values(&["limited"]).inc();
@@ -100,8 +103,30 @@ pub fn authenticate(
         failures.fail(peer, now);
         return Err(unauthorized("send Authorization: Bearer <token>"));
     };
-    match principals.authenticate(token) {
-        Some(p) => Ok(p),
+    let found = if token.starts_with(crate::consent::principal::TOKEN_PREFIX) {
+        principals
+            .authenticate(token)
+            .map(|p| (p, Scopes::everything()))
+    } else if let Some(jwt) = jwt {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match jwt.verify(token, now) {
+            Ok(v) => principals
+                .get(&v.principal)
+                .filter(|p| p.revoked_ms.is_none())
+                .map(|p| (p, v.scopes)),
+            Err(e) => {
+                // Why names the rule, never the token.
+                tracing::debug!(reason = %e, "JWT refused");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match found {
+        Some(found) => Ok(found),
         None => {
             metrics.auth_failures.with_label_values(&["invalid"]).inc();
             failures.fail(peer, now);

@@ -16,6 +16,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod ingest;
+pub mod jwt;
 pub mod log;
 pub mod patients;
 pub mod server;

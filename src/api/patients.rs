@@ -103,6 +103,7 @@ fn visible_records(
         };
         let standing = access.standing(s, caller, patient, Some(&found.raw.meta.sender))?;
         let applicable;
+        let scopes = &caller.scopes;
         let visible: Box<dyn Fn(&Resource<'_>) -> bool> = match &standing {
             Standing::None => continue,
             Standing::Grants(g) => {
@@ -112,9 +113,9 @@ fn visible_records(
                 if applicable.none() {
                     continue;
                 }
-                Box::new(|r: &Resource<'_>| applicable.allows(r))
+                Box::new(|r: &Resource<'_>| scopes.allows(r.kind) && applicable.allows(r))
             }
-            _ => Box::new(|_: &Resource<'_>| true),
+            _ => Box::new(|r: &Resource<'_>| scopes.allows(r.kind)),
         };
         let record = found.raw_id.to_string();
         let bytes = match &found.derived {
@@ -153,6 +154,7 @@ fn visible_records(
             // No FHIR form: only those who may see the whole record learn of it.
             None => match &standing {
                 Standing::Grants(_) => (None, Vec::new()),
+                _ if !scopes.allows_everything() => (None, Vec::new()),
                 _ => (None, vec!["HL7v2".to_string()]),
             },
         };

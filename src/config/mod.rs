@@ -39,6 +39,8 @@ pub struct Config {
     pub normalize: NormalizeConfig,
     /// Sources besides the MLLP listener (`[[sources]]` with a `type`).
     pub sources: Vec<crate::sources::SourceConfig>,
+    /// JWT access tokens from an identity provider, besides principals' own tokens.
+    pub jwt: Option<crate::api::jwt::JwtConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -190,6 +192,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             normalize: NormalizeConfig::default(),
             sources: Vec::new(),
+            jwt: None,
         }
     }
 }

@@ -1,0 +1,588 @@
+//! JWT access tokens from a hospital's identity provider (RS256 or ES256), checked against its
+//! JWKS, with SMART on FHIR scopes.
+//!
+//! A token is accepted when: its header's `alg` is RS256 or ES256 and matches the key's type
+//! (no `none`, no HMAC: a public key is never used as a shared secret); its key is in the JWKS
+//! (by `kid`, or the only key of its type); the signature verifies (ring); `iss` is the
+//! configured issuer; `aud` holds the configured audience, if one is configured; `exp` is
+//! present and not past, `nbf` not in the future (both with `leeway_secs`). The claim
+//! `principal_claim` (default `sub`) names a principal, which must exist and not be revoked:
+//! the principal's role and patients still decide what it may see, and the token's scopes can
+//! only narrow that.
+//!
+//! The JWKS comes from a file or an `http://` URL (an identity provider on the hospital
+//! network), is cached, and is read again when a token names a key it does not hold (at most
+//! once every 10 s), so the provider's key rotation needs no restart.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `[jwt]` in the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// An `aud` tokens must carry (unset: not checked).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The JWKS as a file…
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// …or at an `http://` URL.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// The claim whose value is a principal id.
+    #[serde(default = "default_claim")]
+    pub principal_claim: String,
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+}
+
+fn default_claim() -> String {
+    "sub".into()
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("not a JWT")]
+    Malformed,
+    #[error("algorithm {0:?} is not accepted (RS256, ES256)")]
+    Algorithm(String),
+    #[error("no key in the JWKS for this token")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    Signature,
+    #[error("claim {0}: {1}")]
+    Claim(&'static str, &'static str),
+    #[error("JWKS: {0}")]
+    Jwks(String),
+}
+
+/// One verification key.
+#[derive(Debug, Clone)]
+enum Key {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// Uncompressed P-256 point (0x04 ‖ x ‖ y).
+    P256(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+struct Jwk {
+    kid: Option<String>,
+    key: Key,
+}
+
+fn b64(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+}
+
+/// Parses a JWKS, keeping the RSA and P-256 keys meant for signatures.
+fn parse_jwks(text: &str) -> Result<Vec<Jwk>, JwtError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| JwtError::Jwks(e.to_string()))?;
+    let keys = v
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| JwtError::Jwks("no \"keys\" array".into()))?;
+    let mut out = Vec::new();
+    for k in keys {
+        let s = |name: &str| k.get(name).and_then(Value::as_str);
+        if s("use").is_some_and(|u| u != "sig") {
+            continue;
+        }
+        let key = match s("kty") {
+            Some("RSA") => match (s("n").and_then(b64), s("e").and_then(b64)) {
+                (Some(n), Some(e)) => Key::Rsa { n, e },
+                _ => continue,
+            },
+            Some("EC") if s("crv") == Some("P-256") => {
+                match (s("x").and_then(b64), s("y").and_then(b64)) {
+                    (Some(x), Some(y)) if x.len() == 32 && y.len() == 32 => {
+                        let mut p = vec![4u8];
+                        p.extend_from_slice(&x);
+                        p.extend_from_slice(&y);
+                        Key::P256(p)
+                    }
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        out.push(Jwk {
+            kid: s("kid").map(str::to_string),
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub principal: String,
+    pub scopes: Scopes,
+}
+
+/// SMART on FHIR scopes that allow reading: per resource type or all (`*`). v2 (`patient/*.rs`,
+/// `user/Observation.rs`, `system/*.cruds`) and v1 (`patient/*.read`) forms.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Scopes {
+    all: bool,
+    types: HashSet<String>,
+}
+
+impl Scopes {
+    pub fn parse(scope: &str) -> Scopes {
+        let mut s = Scopes::default();
+        for item in scope.split_whitespace() {
+            let Some((context, rest)) = item.split_once('/') else {
+                continue;
+            };
+            if !matches!(context, "patient" | "user" | "system") {
+                continue;
+            }
+            let Some((kind, perms)) = rest.split_once('.') else {
+                continue;
+            };
+            // v2: a permission string of c r u d s in order; v1: read or *.
+            let reads = match perms {
+                "read" | "*" => true,
+                p => {
+                    p.contains('r')
+                        && p.bytes().all(|b| b"cruds".contains(&b))
+                        && p.bytes().zip(p.bytes().skip(1)).all(|(a, b)| {
+                            let at = |c| b"cruds".iter().position(|x| *x == c);
+                            at(a) < at(b)
+                        })
+                }
+            };
+            if !reads {
+                continue;
+            }
+            if kind == "*" {
+                s.all = true;
+            } else if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphabetic()) {
+                s.types.insert(kind.to_string());
+            }
+        }
+        s
+    }
+
+    /// Whether a resource of this type may be read under these scopes.
+    pub fn allows(&self, kind: &str) -> bool {
+        self.all || self.types.contains(kind)
+    }
+
+    /// Every resource type (needed for the original message, which cannot be filtered).
+    pub fn allows_everything(&self) -> bool {
+        self.all
+    }
+
+    /// No read scope at all.
+    pub fn none(&self) -> bool {
+        !self.all && self.types.is_empty()
+    }
+
+    /// Everything (for principals' own bearer tokens).
+    pub fn everything() -> Scopes {
+        Scopes {
+            all: true,
+            types: HashSet::new(),
+        }
+    }
+}
+
+pub struct JwtVerifier {
+    config: JwtConfig,
+    keys: RwLock<Vec<Jwk>>,
+    last_reload: Mutex<Option<Instant>>,
+}
+
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+impl JwtVerifier {
+    /// Loads the JWKS; fails when it cannot be read (the gateway then does not start).
+    pub fn new(config: JwtConfig) -> Result<JwtVerifier, JwtError> {
+        if config.jwks_file.is_some() == config.jwks_url.is_some() {
+            return Err(JwtError::Jwks(
+                "set exactly one of jwt.jwks_file and jwt.jwks_url".into(),
+            ));
+        }
+        let v = JwtVerifier {
+            config,
+            keys: RwLock::new(Vec::new()),
+            last_reload: Mutex::new(None),
+        };
+        let keys = v.fetch()?;
+        *v.keys.write().expect("lock") = keys;
+        Ok(v)
+    }
+
+    fn fetch(&self) -> Result<Vec<Jwk>, JwtError> {
+        let text = match (&self.config.jwks_file, &self.config.jwks_url) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| JwtError::Jwks(format!("{}: {e}", path.display())))?,
+            (None, Some(url)) => http_get(url)?,
+            (None, None) => return Err(JwtError::Jwks("no JWKS configured".into())),
+        };
+        parse_jwks(&text)
+    }
+
+    /// Reads the JWKS again, at most once every 10 s.
+    fn reload(&self) {
+        {
+            let mut last = self.last_reload.lock().expect("lock");
+            if last.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.fetch() {
+            Ok(keys) => *self.keys.write().expect("lock") = keys,
+            Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
+        }
+    }
+
+    fn key_for(&self, kid: Option<&str>, rsa: bool) -> Option<Key> {
+        let keys = self.keys.read().expect("lock");
+        let of_type = |k: &&Jwk| {
+            matches!(
+                (&k.key, rsa),
+                (Key::Rsa { .. }, true) | (Key::P256(_), false)
+            )
+        };
+        match kid {
+            Some(kid) => keys
+                .iter()
+                .filter(of_type)
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .map(|k| k.key.clone()),
+            None => {
+                let mut it = keys.iter().filter(of_type);
+                match (it.next(), it.next()) {
+                    (Some(k), None) => Some(k.key.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Verifies a token at `now` (Unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Verified, JwtError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(JwtError::Malformed);
+        };
+        let header: Value = b64(h)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(JwtError::Malformed)?;
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        let rsa = match alg {
+            "RS256" => true,
+            "ES256" => false,
+            other => return Err(JwtError::Algorithm(other.to_string())),
+        };
+        let kid = header.get("kid").and_then(Value::as_str);
+        let key = match self.key_for(kid, rsa) {
+            Some(k) => k,
+            None => {
+                self.reload();
+                self.key_for(kid, rsa).ok_or(JwtError::UnknownKey)?
+            }
+        };
+        let signature = b64(sig).ok_or(JwtError::Malformed)?;
+        let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+        let ok = match &key {
+            Key::Rsa { n, e } => ring::signature::RsaPublicKeyComponents { n, e }
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    signed,
+                    &signature,
+                )
+                .is_ok(),
+            Key::P256(point) => ring::signature::UnparsedPublicKey::new(
+                &ring::signature::ECDSA_P256_SHA256_FIXED,
+                point,
+            )
+            .verify(signed, &signature)
+            .is_ok(),
+        };
+        if !ok {
+            return Err(JwtError::Signature);
+        }
+        let claims: Value = b64(p)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(JwtError::Malformed)?;
+        self.check_claims(&claims, now)
+    }
+
+    fn check_claims(&self, c: &Value, now: u64) -> Result<Verified, JwtError> {
+        let leeway = self.config.leeway_secs;
+        if c.get("iss").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
+            return Err(JwtError::Claim("iss", "not the configured issuer"));
+        }
+        if let Some(aud) = &self.config.audience {
+            let ok = match c.get("aud") {
+                Some(Value::String(a)) => a == aud,
+                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(aud)),
+                _ => false,
+            };
+            if !ok {
+                return Err(JwtError::Claim("aud", "does not name this gateway"));
+            }
+        }
+        let exp = c
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(JwtError::Claim("exp", "required"))?;
+        if now > exp.saturating_add(leeway) {
+            return Err(JwtError::Claim("exp", "expired"));
+        }
+        if let Some(nbf) = c.get("nbf").and_then(Value::as_u64) {
+            if nbf > now.saturating_add(leeway) {
+                return Err(JwtError::Claim("nbf", "not yet valid"));
+            }
+        }
+        let principal = c
+            .get(&self.config.principal_claim)
+            .and_then(Value::as_str)
+            .filter(|p| crate::consent::principal::is_principal_id(p))
+            .ok_or(JwtError::Claim(
+                "principal",
+                "missing or not a principal id",
+            ))?;
+        let scopes = Scopes::parse(c.get("scope").and_then(Value::as_str).unwrap_or(""));
+        Ok(Verified {
+            principal: principal.to_string(),
+            scopes,
+        })
+    }
+}
+
+/// A GET of an `http://host[:port]/path` URL (the identity provider's JWKS), 2 s at most.
+fn http_get(url: &str) -> Result<String, JwtError> {
+    let err = |what: &str| JwtError::Jwks(format!("{url}: {what}"));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| err("only http:// URLs (or jwt.jwks_file)"))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+        .map_err(|e| err(&e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| err(&e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
+        .map_err(|e| err(&e.to_string()))?;
+    let mut out = Vec::new();
+    s.take(1 << 20)
+        .read_to_end(&mut out)
+        .map_err(|e| err(&e.to_string()))?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| err("no header end"))?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(err("did not answer 200"));
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err(err(
+            "chunked answers are not read; serve the JWKS with Content-Length",
+        ));
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    struct Idp {
+        key: EcdsaKeyPair,
+        jwks: String,
+    }
+
+    fn idp(kid: &str) -> Idp {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let p = key.public_key().as_ref();
+        let jwks =
+            serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])}]})
+            .to_string();
+        Idp { key, jwks }
+    }
+
+    fn mint(idp: &Idp, header: Value, claims: Value) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header.to_string());
+        let c = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let signed = format!("{h}.{c}");
+        let sig = idp
+            .key
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn verifier(dir: &std::path::Path, jwks: &str) -> JwtVerifier {
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, jwks).unwrap();
+        JwtVerifier::new(JwtConfig {
+            issuer: "https://idp.test".into(),
+            audience: Some("medanchor".into()),
+            jwks_file: Some(path),
+            jwks_url: None,
+            principal_claim: "sub".into(),
+            leeway_secs: 60,
+        })
+        .unwrap()
+    }
+
+    const NOW: u64 = 1_764_460_800;
+
+    fn claims() -> Value {
+        serde_json::json!({"iss": "https://idp.test", "aud": ["medanchor"], "sub": "dr-a",
+            "exp": NOW + 300, "scope": "user/Observation.rs patient/Patient.read launch"})
+    }
+
+    #[test]
+    fn a_good_token_verifies_and_each_named_fault_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = idp("k1");
+        let v = verifier(dir.path(), &a.jwks);
+        let header = serde_json::json!({"alg": "ES256", "kid": "k1", "typ": "JWT"});
+        let ok = v.verify(&mint(&a, header.clone(), claims()), NOW).unwrap();
+        assert_eq!(ok.principal, "dr-a");
+        assert!(ok.scopes.allows("Observation") && ok.scopes.allows("Patient"));
+        assert!(!ok.scopes.allows("Condition"));
+
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = claims();
+            f(&mut c);
+            v.verify(&mint(&a, header.clone(), c), NOW)
+        };
+        assert_eq!(
+            with(&|c| c["exp"] = (NOW - 61).into()),
+            Err(JwtError::Claim("exp", "expired"))
+        );
+        assert!(
+            with(&|c| c["exp"] = (NOW - 59).into()).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            Err(JwtError::Claim("exp", "required"))
+        );
+        assert_eq!(
+            with(&|c| c["nbf"] = (NOW + 3600).into()),
+            Err(JwtError::Claim("nbf", "not yet valid"))
+        );
+        assert_eq!(
+            with(&|c| c["iss"] = "https://evil.test".into()),
+            Err(JwtError::Claim("iss", "not the configured issuer"))
+        );
+        assert_eq!(
+            with(&|c| c["aud"] = "other".into()),
+            Err(JwtError::Claim("aud", "does not name this gateway"))
+        );
+        assert!(matches!(
+            with(&|c| c["sub"] = "a b".into()),
+            Err(JwtError::Claim("principal", _))
+        ));
+
+        // Another issuer's key, a tampered payload, alg none and HS256, an unknown kid.
+        let b = idp("k1");
+        assert_eq!(
+            v.verify(&mint(&b, header.clone(), claims()), NOW),
+            Err(JwtError::Signature)
+        );
+        let good = mint(&a, header.clone(), claims());
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let mut c = claims();
+        c["sub"] = "admin".into();
+        let forged = URL_SAFE_NO_PAD.encode(c.to_string());
+        parts[1] = &forged;
+        assert_eq!(v.verify(&parts.join("."), NOW), Err(JwtError::Signature));
+        for alg in ["none", "HS256", "RS384"] {
+            let t = mint(&a, serde_json::json!({"alg": alg, "kid": "k1"}), claims());
+            assert_eq!(v.verify(&t, NOW), Err(JwtError::Algorithm(alg.into())));
+        }
+        // An RS256 header over an EC key: no RSA key to use.
+        let t = mint(
+            &a,
+            serde_json::json!({"alg": "RS256", "kid": "k1"}),
+            claims(),
+        );
+        assert_eq!(v.verify(&t, NOW), Err(JwtError::UnknownKey));
+        assert_eq!(v.verify("a.b", NOW), Err(JwtError::Malformed));
+        assert_eq!(v.verify("a.b.c.d", NOW), Err(JwtError::Malformed));
+    }
+
+    #[test]
+    fn a_rotated_key_is_picked_up_from_the_jwks_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = idp("old");
+        let v = verifier(dir.path(), &old.jwks);
+        let new = idp("new");
+        let t = mint(
+            &new,
+            serde_json::json!({"alg": "ES256", "kid": "new"}),
+            claims(),
+        );
+        std::fs::write(dir.path().join("jwks.json"), &new.jwks).unwrap();
+        assert_eq!(v.verify(&t, NOW).unwrap().principal, "dr-a");
+        // The old key is gone with the rotation.
+        let t = mint(
+            &old,
+            serde_json::json!({"alg": "ES256", "kid": "old"}),
+            claims(),
+        );
+        assert_eq!(v.verify(&t, NOW), Err(JwtError::UnknownKey));
+    }
+
+    #[test]
+    fn smart_scopes_read_permissions() {
+        let s = Scopes::parse("patient/*.rs");
+        assert!(s.allows("Observation") && !s.none());
+        let s = Scopes::parse("user/Observation.cruds user/Condition.c system/Patient.sr openid");
+        assert!(s.allows("Observation"));
+        assert!(!s.allows("Condition"), "create only");
+        assert!(!s.allows("Patient"), "permissions out of order are not v2");
+        assert!(Scopes::parse("launch openid fhirUser").none());
+        assert!(Scopes::parse("patient/*.read").allows("Encounter"));
+    }
+}
