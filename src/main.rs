@@ -254,6 +254,33 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Consent-checked reads of a 2 KB record, each with its access event sealed, stored and
+    /// anchored: requests/s and latency p50/p99; with --patients N, again with N other
+    /// patients' grants loaded, side by side.
+    Api {
+        /// The gateway's HTTP listener.
+        #[arg(long)]
+        http: SocketAddr,
+        /// The gateway's MLLP listener (the bench sends its record there).
+        #[arg(long)]
+        mllp: SocketAddr,
+        /// An admin token (default: MEDANCHOR_TOKEN).
+        #[arg(long, env = "MEDANCHOR_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 50_000)]
+        count: u64,
+        /// Other patients to grant for before the second measurement (0: one measurement).
+        #[arg(long, default_value_t = 0)]
+        patients: u64,
+        /// Add a deny (label PSY) beside the grant, so every read is filtered rather than
+        /// served whole.
+        #[arg(long)]
+        filtered: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive an MLLP listener and report msgs/s, ACK latency and the gateway's peak RSS.
     Mllp {
         #[arg(long)]
@@ -482,6 +509,41 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Kafka { load, json },
         } => print_broker_bench(medanchor::cli::bench::kafka(&load).await?, json),
+        Command::Bench {
+            command:
+                BenchCommand::Api {
+                    http,
+                    mllp,
+                    token,
+                    connections,
+                    count,
+                    patients,
+                    filtered,
+                    json,
+                },
+        } => {
+            let reports = medanchor::cli::bench_api::run(
+                http,
+                mllp,
+                &token,
+                connections.max(1),
+                count,
+                patients,
+                filtered,
+            )
+            .await?;
+            for r in reports {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "patients with grants loaded: {}; {} reads ({} not 200) of a {} B record in {:.0} req/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                        r.patients_loaded, r.requests, r.errors, r.record_bytes, r.requests_per_s, r.p50_ms, r.p99_ms, r.max_ms
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             command:
                 BenchCommand::Mllp {

@@ -1,6 +1,7 @@
 //! Command implementations behind `main.rs` (the CLI edge: errors here are `anyhow`).
 
 pub mod bench;
+pub mod bench_api;
 pub mod client;
 pub mod import;
 pub mod mapping;

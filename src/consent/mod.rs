@@ -108,9 +108,9 @@ pub fn open_event(
         KeyringError::Erased(_, at) => BookError::Erased(at),
         other => BookError::Read(other.to_string()),
     })?;
-    let opened = crate::seal::open_content(&stored.sealed, *id, &key)
+    let content = crate::seal::decrypt_content(&stored.sealed, *id, &key)
         .map_err(|e| BookError::Read(e.to_string()))?;
-    match opened.content {
+    match content {
         Content::Event(e) => Ok(Some((e, stored.commitment))),
         _ => Ok(None),
     }
