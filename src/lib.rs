@@ -24,5 +24,6 @@ pub mod storage;
 #[doc(hidden)]
 pub mod testing;
 pub mod throttle;
+pub mod tls;
 pub mod vault;
 pub mod verify;

@@ -167,6 +167,10 @@ enum PrincipalsCommand {
         /// every application of a facility); repeatable.
         #[arg(long = "sender")]
         senders: Vec<String>,
+        /// A TLS client certificate that authenticates as it (sha3-256:HEX of the DER
+        /// certificate, as the gateway logs it); repeatable.
+        #[arg(long = "certificate")]
+        certificates: Vec<String>,
     },
     /// List principals.
     List,
@@ -405,6 +409,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     patients,
                     organization,
                     senders,
+                    certificates,
                 } => Action::Add(medanchor::api::admin::AddPrincipal {
                     id,
                     role: Some(medanchor::consent::Role::parse(&role).with_context(|| {
@@ -414,6 +419,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     identifiers,
                     organization,
                     senders,
+                    certificates,
                 }),
                 PrincipalsCommand::List => Action::List,
                 PrincipalsCommand::Revoke { id } => Action::Revoke(id),

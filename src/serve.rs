@@ -26,7 +26,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Tls(#[from] mllp::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
@@ -50,7 +50,18 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     }
     let metrics = Arc::new(Metrics::new());
     let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
-    let tls = cfg.mllp.tls.as_ref().map(mllp::load_tls).transpose()?;
+    let tls = cfg
+        .mllp
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::load_tls(t, "mllp.tls"))
+        .transpose()?;
+    let http_tls = cfg
+        .http
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::load_tls(t, "http.tls"))
+        .transpose()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Broker sources bind their consumers before the gateway says it is listening, so a
@@ -89,7 +100,11 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             "mllp listening on {mllp_addr}{}",
             if tls.is_some() { " (tls)" } else { "" }
         );
-        let _ = writeln!(out, "http listening on {http_addr}");
+        let _ = writeln!(
+            out,
+            "http listening on {http_addr}{}",
+            if http_tls.is_some() { " (tls)" } else { "" }
+        );
         let _ = out.flush();
     }
     tracing::info!(%mllp_addr, %http_addr, data_dir = %cfg.data_dir.display(), key = %stores.ledger.verifier().to_vkey(), "medanchor started");
@@ -126,7 +141,7 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         let cfg = cfg.http.clone();
         let metrics = metrics.clone();
         let stop = stop_rx.clone();
-        async move { api::server::serve(http_listener, app, &cfg, metrics, stop).await }
+        async move { api::server::serve(http_listener, app, &cfg, http_tls, metrics, stop).await }
     });
     let mllp_task = tokio::spawn(mllp::serve(
         mllp_listener,

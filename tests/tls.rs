@@ -60,6 +60,10 @@ fn make_pki(dir: &Path) {
             "client",
             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
         ),
+        (
+            "client2",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        ),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
         let (key, csr, pem, extf) = (
@@ -177,4 +181,127 @@ async fn mutual_tls_accepts_known_clients_and_refuses_others() {
         std::time::Duration::from_secs(15),
     );
     assert_eq!(failed, 2.0, "both refused handshakes are counted");
+}
+
+/// One HTTP/1.1 request over TLS, presenting `client` (a name from make_pki) if given:
+/// (status, body), or the connection's error.
+async fn https(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    client: Option<&str>,
+    request: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        Some(name) => {
+            let certs =
+                vec![CertificateDer::from_pem_file(dir.join(format!("{name}.pem"))).unwrap()];
+            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+}
+
+/// The HTTP listener over mutual TLS: a client certificate mapped to a principal authenticates
+/// a request without a token; an unmapped one does not, nor does a forged header naming the
+/// mapped one; a client without a certificate gets no TLS session.
+#[tokio::test]
+async fn https_with_client_certificates_mapped_to_principals() {
+    use sha3::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let g = Gateway::start(
+        &dir.path().join("data"),
+        &[
+            ("MEDANCHOR__HTTP__TLS__CERT", &p("server.pem")),
+            ("MEDANCHOR__HTTP__TLS__KEY", &p("server.key")),
+            ("MEDANCHOR__HTTP__TLS__CLIENT_CA", &p("ca.pem")),
+        ],
+    );
+    let der = CertificateDer::from_pem_file(dir.path().join("client.pem")).unwrap();
+    let fp = format!(
+        "sha3-256:{}",
+        hex::encode(sha3::Sha3_256::digest(der.as_ref()))
+    );
+    let admin = g.admin_token().unwrap();
+    // The admin (a token, over any CA-signed client certificate) maps `client` to an auditor.
+    let body =
+        serde_json::json!({"id": "aud-tls", "role": "auditor", "certificates": [fp]}).to_string();
+    let add = format!(
+        "POST /v1/admin/principals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = https(dir.path(), g.http, Some("client2"), &add)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{text}");
+
+    let key = get("/v1/log/public-key", "");
+    let (status, text) = https(dir.path(), g.http, Some("client"), &key)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the mapped certificate authenticates: {text}");
+    let (status, _) = https(dir.path(), g.http, Some("client2"), &key)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "an unmapped certificate does not");
+    let forged = get(
+        "/v1/log/public-key",
+        &format!("medanchor-internal-client-cert: {fp}\r\n"),
+    );
+    let (status, _) = https(dir.path(), g.http, Some("client2"), &forged)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "a header cannot claim another certificate");
+    assert!(
+        https(dir.path(), g.http, None, &key).await.is_err(),
+        "no certificate, no session"
+    );
+    // Revoking the principal stops its certificate at once.
+    let revoke = format!(
+        "DELETE /v1/admin/principals/aud-tls HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(
+        https(dir.path(), g.http, Some("client"), &revoke)
+            .await
+            .unwrap()
+            .0,
+        204
+    );
+    assert_eq!(
+        https(dir.path(), g.http, Some("client"), &key)
+            .await
+            .unwrap()
+            .0,
+        401
+    );
 }

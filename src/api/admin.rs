@@ -31,6 +31,9 @@ pub struct AddPrincipal {
     pub organization: Option<String>,
     #[serde(default)]
     pub senders: Vec<String>,
+    /// TLS client certificate fingerprints (`sha3-256:` + hex).
+    #[serde(default)]
+    pub certificates: Vec<String>,
 }
 
 impl AddPrincipal {
@@ -60,6 +63,7 @@ impl AddPrincipal {
             patients,
             organization: self.organization,
             senders: self.senders,
+            certificates: self.certificates,
         })
     }
 }

@@ -99,6 +99,14 @@ pub fn authenticate(
         })
         .map(str::trim);
     let Some(token) = token else {
+        // No token: a TLS client certificate mapped to a principal (mutual TLS) will do.
+        let cert = headers
+            .get(super::server::CLIENT_CERT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|c| principals.by_certificate(c));
+        if let Some(p) = cert {
+            return Ok((p, Scopes::everything()));
+        }
         metrics.auth_failures.with_label_values(&["missing"]).inc();
         failures.fail(peer, now);
         return Err(unauthorized("send Authorization: Bearer <token>"));

@@ -62,12 +62,21 @@ impl From<&HttpConfig> for ConnLimits {
     }
 }
 
-/// Serves `app` on `listener` until `stop` turns true, then waits for the open connections to
-/// finish (see the module documentation).
+/// The request header that carries a TLS client's certificate fingerprint to the handlers. The
+/// server removes any such header a client sends and sets it only from the TLS handshake, so a
+/// handler can trust it.
+pub const CLIENT_CERT: &str = "medanchor-internal-client-cert";
+
+/// How long a TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop` turns true, then waits for the
+/// open connections to finish (see the module documentation).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     cfg: &HttpConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -80,24 +89,40 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
-            stream,
-            peer,
-            slot,
-            app.clone(),
-            limits,
-            metrics.clone(),
-            stop.clone(),
-        ));
+        let (app, metrics, stop) = (app.clone(), metrics.clone(), stop.clone());
+        match &tls {
+            None => {
+                connections.spawn(connection(
+                    stream, peer, None, slot, app, limits, metrics, stop,
+                ));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let client = crate::tls::client_fingerprint(&tls);
+                            connection(tls, peer, client, slot, app, limits, metrics, stop).await
+                        }
+                        _ => metrics
+                            .http_connection_errors
+                            .with_label_values(&["tls_handshake"])
+                            .inc(),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
+#[allow(clippy::too_many_arguments)] // one call site each for plain and TLS streams
 async fn connection<S>(
     stream: S,
     peer: SocketAddr,
+    client_cert: Option<String>,
     _slot: Slot,
     app: Router,
     limits: ConnLimits,
@@ -112,8 +137,14 @@ async fn connection<S>(
         clock: clock.clone(),
     });
     let in_request = clock.clone();
+    let client_cert = client_cert.and_then(|c| axum::http::HeaderValue::from_str(&c).ok());
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        // Only the handshake may say who the client is.
+        req.headers_mut().remove(CLIENT_CERT);
+        if let Some(c) = &client_cert {
+            req.headers_mut().insert(CLIENT_CERT, c.clone());
+        }
         let guard = InRequest::start(in_request.clone());
         let response = app.clone().call(req);
         async move {

@@ -97,6 +97,7 @@ fn online(addr: SocketAddr, token: &str, action: Action) -> Result<()> {
             Some(json!({
                 "id": a.id, "role": a.role.map(Role::name), "patients": a.patients,
                 "identifiers": a.identifiers, "organization": a.organization, "senders": a.senders,
+                "certificates": a.certificates,
             })),
         ),
         Action::List => ("GET", "/v1/admin/principals".to_string(), None),

@@ -107,6 +107,9 @@ pub struct HttpConfig {
     /// 429 until the minute is over (0: no limit). Behind a proxy every client shares its
     /// address: raise it there.
     pub auth_failures_per_minute: u32,
+    /// TLS on the HTTP listener; with `client_ca`, mutual TLS (a client certificate mapped to a
+    /// principal authenticates a request that sends no token).
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -221,6 +224,7 @@ impl Default for HttpConfig {
             idle_timeout_secs: 60,
             max_header_bytes: 16 * 1024,
             auth_failures_per_minute: 20,
+            tls: None,
         }
     }
 }

@@ -74,6 +74,10 @@ pub struct Principal {
     /// for every application of a facility.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub senders: Vec<String>,
+    /// TLS client certificates that authenticate as this principal (`sha3-256:` + hex of the
+    /// DER certificate), on an HTTP listener with mutual TLS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
     pub created_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_ms: Option<u64>,
@@ -130,6 +134,14 @@ pub struct NewPrincipal {
     pub organization: Option<String>,
     #[serde(default)]
     pub senders: Vec<String>,
+    #[serde(default)]
+    pub certificates: Vec<String>,
+}
+
+/// Whether `s` is a certificate fingerprint as principals name them.
+fn is_fingerprint(s: &str) -> bool {
+    s.strip_prefix("sha3-256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 pub fn is_principal_id(id: &str) -> bool {
@@ -186,6 +198,12 @@ impl NewPrincipal {
                 .any(|s| s.len() > 256 || !s.contains('|') || s.chars().any(char::is_control))
         {
             return f("senders", "up to 256 of MSH-3|MSH-4 or |MSH-4");
+        }
+        if self.certificates.len() > 16 || !self.certificates.iter().all(|c| is_fingerprint(c)) {
+            return f(
+                "certificates",
+                "up to 16 fingerprints, sha3-256: and 64 lowercase hex",
+            );
         }
         Ok(role)
     }
@@ -270,6 +288,7 @@ impl Principals {
             patients: new.patients.clone(),
             organization: new.organization.clone(),
             senders: new.senders.clone(),
+            certificates: new.certificates.clone(),
             created_ms: now_ms,
             revoked_ms: None,
         };
@@ -281,6 +300,16 @@ impl Principals {
         let mut by_id = self.by_id.write().expect("lock");
         if by_id.contains_key(&p.id) {
             return Err(PrincipalError::Exists(p.id));
+        }
+        if let Some(c) = p
+            .certificates
+            .iter()
+            .find(|c| by_id.values().any(|o| o.certificates.contains(c)))
+        {
+            return Err(PrincipalError::Field(
+                "certificates",
+                format!("{c} already names another principal"),
+            ));
         }
         let w = self.db.begin_write().map_err(store_err)?;
         {
@@ -349,6 +378,16 @@ impl Principals {
             .get(&token_hash(token))
             .cloned()?;
         p.revoked_ms.is_none().then_some(p)
+    }
+
+    /// The principal a TLS client certificate names, unless revoked.
+    pub fn by_certificate(&self, fingerprint: &str) -> Option<Arc<Principal>> {
+        self.by_id
+            .read()
+            .expect("lock")
+            .values()
+            .find(|p| p.revoked_ms.is_none() && p.certificates.iter().any(|c| c == fingerprint))
+            .cloned()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Principal>> {
@@ -499,6 +538,7 @@ mod tests {
             patients: vec![],
             organization: None,
             senders: vec!["LAB|HOSP".into(), "|CLINIC".into()],
+            certificates: vec![],
             created_ms: 0,
             revoked_ms: None,
         };

@@ -7,7 +7,6 @@
 
 mod ack;
 mod source;
-mod tls;
 
+pub use crate::tls::{load_tls, TlsError};
 pub use source::{serve, MllpSource};
-pub use tls::{load_tls, TlsError};

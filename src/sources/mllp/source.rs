@@ -70,9 +70,7 @@ pub async fn serve(
                         Some(acceptor) => {
                             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                                 Ok(Ok(tls)) => {
-                                    let client = tls.get_ref().1.peer_certificates()
-                                        .and_then(|c| c.first())
-                                        .map(|c| format!("sha3-256:{}", hex::encode(crate::seal::fingerprint(c.as_ref()))));
+                                    let client = crate::tls::client_fingerprint(&tls);
                                     source.connection(tls, peer, client, shutdown).await
                                 }
                                 _ => {
