@@ -744,11 +744,23 @@ impl Pipeline {
             .rejected
             .with_label_values(&[origin.kind(), rejection.label])
             .inc();
-        let key = match self.keyring.get_or_create(GATEWAY_KEY_ID) {
+        // Kept under the patient's key when the input names one, so that erasing the patient
+        // makes it unreadable too; under the gateway key otherwise (and then removed after
+        // vault.quarantine_retention_days).
+        let patient_ids = patient_ids_of(&payload);
+        let key_id = self
+            .keyring
+            .key_id_for(crate::record::key_identity(&patient_ids));
+        let key = match self.keyring.get_or_create(&key_id) {
             Ok(k) => k,
+            Err(seal::KeyringError::Erased(..)) => {
+                // An erased patient's input is not kept at all.
+                token.resolve(Outcome::Rejected(rejection));
+                return None;
+            }
             Err(e) => {
                 if let Some(times) = self.key_failures.hit() {
-                    tracing::error!(error = %e, times, "gateway key unavailable");
+                    tracing::error!(error = %e, times, "data key unavailable for quarantine");
                 }
                 token.resolve(Outcome::Retry {
                     reason: "key store unavailable; send the message again".into(),
@@ -763,7 +775,7 @@ impl Pipeline {
                 message_type: String::new(),
                 trigger: String::new(),
                 control_id: String::new(),
-                patient_ids: Vec::new(),
+                patient_ids,
                 received_ms,
                 origin,
                 format: "quarantine".into(),
@@ -797,6 +809,20 @@ impl Pipeline {
             token,
         })
     }
+}
+
+/// The patient identifiers refused input names, as far as it can be read (HL7v2 PID-3, or a
+/// FHIR resource's Patient identifiers); none when it cannot be read at all.
+fn patient_ids_of(payload: &Bytes) -> Vec<String> {
+    if crate::fhir::looks_like_json(payload) {
+        return crate::fhir::read(payload)
+            .map(|m| m.patient_ids)
+            .unwrap_or_default();
+    }
+    with_message(payload, |msg| {
+        crate::record::hl7_patient_ids(msg).unwrap_or_default()
+    })
+    .unwrap_or_default()
 }
 
 /// Takes the envelopes whose source withdrew them out of `queued` into `withdrawn`, keeping the

@@ -107,6 +107,46 @@ impl AcceptRules {
     }
 }
 
+/// PID-3's identifiers as `id^authority^type` (CX.1, the first subcomponent of CX.4, CX.5),
+/// empty ones left out.
+pub fn hl7_patient_ids(msg: &Message<'_>) -> Result<Vec<String>, Rejection> {
+    let mut patient_ids = Vec::new();
+    if let Some(pid) = msg.segment(b"PID") {
+        for rep in pid.field(3).repetitions() {
+            let cx = |n: usize| rep.components().nth(n - 1).map(|c| c.raw()).unwrap_or(b"");
+            let id = msg.text(cx(1)).map_err(|e| parse_rejection(&e))?;
+            if id.trim().is_empty() || id == "\"\"" {
+                continue;
+            }
+            // CX.4 is an HD: its first subcomponent names the authority.
+            let authority_raw = cx(4)
+                .split(|&b| Some(b) == msg.delimiters().subcomponent)
+                .next();
+            let authority = msg
+                .text(authority_raw.unwrap_or(b""))
+                .map_err(|e| parse_rejection(&e))?;
+            let id_type = msg.text(cx(5)).map_err(|e| parse_rejection(&e))?;
+            patient_ids.push(format!(
+                "{}^{}^{}",
+                id.trim(),
+                authority.trim(),
+                id_type.trim()
+            ));
+        }
+    }
+    Ok(patient_ids)
+}
+
+/// Which of a record's patient identifiers names its data key: the medical record number
+/// (type MR) if there is one, else the first.
+pub fn key_identity(patient_ids: &[String]) -> Option<&str> {
+    patient_ids
+        .iter()
+        .find(|p| p.ends_with("^MR"))
+        .or_else(|| patient_ids.first())
+        .map(|s| s.as_str())
+}
+
 /// Maps a tokenizer error to a rejection (AR: the bytes are not a message we can read).
 pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
     let label = match e {
@@ -197,30 +237,7 @@ impl Record {
             ));
         }
         let sender = format!("{}|{}", t(msh.field(3))?, t(msh.field(4))?);
-        let mut patient_ids = Vec::new();
-        if let Some(pid) = msg.segment(b"PID") {
-            for rep in pid.field(3).repetitions() {
-                let cx = |n: usize| rep.components().nth(n - 1).map(|c| c.raw()).unwrap_or(b"");
-                let id = msg.text(cx(1)).map_err(|e| parse_rejection(&e))?;
-                if id.trim().is_empty() || id == "\"\"" {
-                    continue;
-                }
-                // CX.4 is an HD: its first subcomponent names the authority.
-                let authority_raw = cx(4)
-                    .split(|&b| Some(b) == msg.delimiters().subcomponent)
-                    .next();
-                let authority = msg
-                    .text(authority_raw.unwrap_or(b""))
-                    .map_err(|e| parse_rejection(&e))?;
-                let id_type = msg.text(cx(5)).map_err(|e| parse_rejection(&e))?;
-                patient_ids.push(format!(
-                    "{}^{}^{}",
-                    id.trim(),
-                    authority.trim(),
-                    id_type.trim()
-                ));
-            }
-        }
+        let patient_ids = hl7_patient_ids(msg)?;
         rules.check_patient(
             &patient_ids,
             "required field PID-3 (patient identifier) is empty",
@@ -243,12 +260,7 @@ impl Record {
     /// The identifier that selects the patient's data key: the first PID-3 of type MR, else the
     /// first one. `None` means the record is sealed under the gateway key.
     pub fn patient_key_identity(&self) -> Option<&str> {
-        self.meta
-            .patient_ids
-            .iter()
-            .find(|p| p.ends_with("^MR"))
-            .or_else(|| self.meta.patient_ids.first())
-            .map(|s| s.as_str())
+        key_identity(&self.meta.patient_ids)
     }
 
     /// Length of [`encode_into`](Self::encode_into)'s output, after checking that every count

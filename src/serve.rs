@@ -143,6 +143,36 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
         let stop = stop_rx.clone();
         async move { api::server::serve(http_listener, app, &cfg, http_tls, metrics, stop).await }
     });
+    // Quarantine retention: at start, then hourly.
+    if cfg.vault.quarantine_retention_days > 0 {
+        let vault = stores.vault.clone();
+        let keep = std::time::Duration::from_secs(cfg.vault.quarantine_retention_days * 86_400);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let before = crate::envelope::now_ms().saturating_sub(keep.as_millis() as u64);
+                let v = vault.clone();
+                match tokio::task::spawn_blocking(move || {
+                    crate::vault::Vault::quarantine_expire(&*v, before)
+                })
+                .await
+                {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(
+                        removed = n,
+                        "quarantine entries past their retention removed"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "removing old quarantine entries"),
+                    Err(_) => {}
+                }
+            }
+        });
+    }
     let mllp_task = tokio::spawn(mllp::serve(
         mllp_listener,
         cfg.mllp.clone(),

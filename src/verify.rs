@@ -34,6 +34,8 @@ pub struct Report {
     pub leaves: u64,
     pub checkpoints: u64,
     pub quarantined: u64,
+    /// Quarantine entries kept under a patient's key that was since destroyed.
+    pub quarantined_erased: u64,
     pub ok: bool,
     pub failures: Vec<String>,
     /// What the verifier saw that is not damage (a crash's unindexed entries, key files from
@@ -320,24 +322,39 @@ fn keys_match(
         && sealed_key.unwrap_or(false)
 }
 
-/// Every quarantine entry's metadata parses and its kept input opens under the gateway key.
+/// Every quarantine entry's metadata parses and its kept input opens under its key (the
+/// patient's, when the input named one, else the gateway's); an erased patient's is counted as
+/// erased.
 fn check_quarantine(stores: &Stores, report: &mut Report) -> Result<(), VaultError> {
-    let key = stores
-        .keyring
-        .get(seal::keyring::GATEWAY_KEY_ID)
-        .map_err(|e| VaultError::Storage(e.to_string()));
     for entry in stores.vault.quarantine_list()? {
         report.quarantined += 1;
-        let opened = match (&key, RecordId::parse(&entry.id)) {
-            (Ok(key), Some(id)) => stores
-                .vault
-                .quarantine_get(&entry.id)?
-                .ok_or_else(|| "entry vanished".to_string())
-                .and_then(|(_, sealed)| seal::open(&sealed, id, key).map_err(|e| e.to_string())),
-            (Err(e), _) => Err(e.to_string()),
-            (_, None) => Err("id is not a record id".into()),
+        let Some(id) = RecordId::parse(&entry.id) else {
+            report.fail(format!(
+                "quarantine entry {}: id is not a record id",
+                entry.id
+            ));
+            continue;
         };
-        if let Err(e) = opened {
+        let Some((_, sealed)) = stores.vault.quarantine_get(&entry.id)? else {
+            report.fail(format!("quarantine entry {}: entry vanished", entry.id));
+            continue;
+        };
+        let key = match seal::parse_header(&sealed).map(|h| stores.keyring.get(h.key_id)) {
+            Ok(Ok(k)) => k,
+            Ok(Err(seal::KeyringError::Erased(..))) => {
+                report.quarantined_erased += 1;
+                continue;
+            }
+            Ok(Err(e)) => {
+                report.fail(format!("quarantine entry {}: {e}", entry.id));
+                continue;
+            }
+            Err(e) => {
+                report.fail(format!("quarantine entry {}: {e}", entry.id));
+                continue;
+            }
+        };
+        if let Err(e) = seal::open(&sealed, id, &key) {
             report.fail(format!("quarantine entry {}: {e}", entry.id));
         }
     }

@@ -86,7 +86,15 @@ fn types(bundle: &Value) -> Vec<String> {
 fn grants_revocations_labels_break_glass_access_log_and_erasure_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let g = Gateway::start(&data, &[("MEDANCHOR__LEDGER__BATCH_MS", "50")]);
+    let cfg = dir.path().join("medanchor.toml");
+    std::fs::write(&cfg, "[accept]\nmessage_types = [\"ADT\"]\n").unwrap();
+    let g = Gateway::start(
+        &data,
+        &[
+            ("MEDANCHOR__LEDGER__BATCH_MS", "50"),
+            ("MEDANCHOR_CONFIG", cfg.to_str().unwrap()),
+        ],
+    );
     let api = Api { g: &g };
     let admin = g.admin_token().expect("admin.token written at first start");
     let meta = std::fs::metadata(data.join("admin.token")).unwrap();
@@ -97,6 +105,21 @@ fn grants_revocations_labels_break_glass_access_log_and_erasure_over_http() {
 
     let rec = send(&g, dir.path(), "a01.hl7", A01);
     let other = send(&g, dir.path(), "other.hl7", OTHER);
+    // A message of a type this gateway refuses: kept in quarantine under patient 7's key.
+    let refused = dir.path().join("refused.hl7");
+    std::fs::write(
+        &refused,
+        A01.replace("ADT^A01^ADT_A01|RS0001", "ORU^R01^ORU_R01|RS0009"),
+    )
+    .unwrap();
+    let (_, out, _) = run(&[
+        "send",
+        "--json",
+        "--to",
+        &g.mllp.to_string(),
+        refused.to_str().unwrap(),
+    ]);
+    assert!(out.contains("\"AE\""), "{out}");
 
     // Principals: the patient (by identifier), another patient, a practitioner of another
     // organization, the sending organization, an auditor.
@@ -428,6 +451,11 @@ fn grants_revocations_labels_break_glass_access_log_and_erasure_over_http() {
     assert_eq!((n("records"), n("derived")), (1, 1), "{report}");
     assert!(n("events") >= 2, "{report}");
     assert!(n("erased") >= 2 + 20, "{report}");
+    assert_eq!(
+        (n("quarantined"), n("quarantined_erased")),
+        (1, 1),
+        "{report}"
+    );
     assert_eq!(
         n("leaves"),
         n("records") + n("derived") + n("events") + n("erased"),

@@ -261,7 +261,13 @@ pub async fn quarantine_replay(cfg: &Config, id: &str) -> Result<bool> {
         .quarantine_get(id)?
         .with_context(|| format!("no quarantine entry {id}"))?;
     let rid = crate::envelope::RecordId::parse(&entry.id).context("quarantine id")?;
-    let key = stores.keyring.get(crate::seal::keyring::GATEWAY_KEY_ID)?;
+    let key_id = crate::seal::parse_header(&sealed)?.key_id.to_string();
+    let key = match stores.keyring.get(&key_id) {
+        Err(crate::seal::KeyringError::Erased(..)) => {
+            bail!("quarantine entry {id} was about a patient since erased: its input is gone")
+        }
+        k => k?,
+    };
     let opened = crate::seal::open(&sealed, rid, &key)?;
     if opened.record.raw.is_empty() {
         bail!(

@@ -119,6 +119,10 @@ pub struct VaultConfig {
     pub max_batch: usize,
     /// redb page cache.
     pub cache_mb: usize,
+    /// Quarantine entries older than this many days are removed (checked hourly; 0: kept
+    /// forever). Input that names no patient is sealed under the gateway key, which erasure
+    /// does not destroy: this is how it ends.
+    pub quarantine_retention_days: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +237,7 @@ impl Default for VaultConfig {
         VaultConfig {
             max_batch: 1024,
             cache_mb: 64,
+            quarantine_retention_days: 30,
         }
     }
 }

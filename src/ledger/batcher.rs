@@ -255,6 +255,9 @@ mod tests {
         fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError> {
             unreachable!("not used by the batcher")
         }
+        fn quarantine_expire(&self, _: u64) -> Result<usize, VaultError> {
+            unreachable!("not used by the batcher")
+        }
         fn health(&self) -> Result<(), String> {
             Ok(())
         }

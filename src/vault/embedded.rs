@@ -1391,6 +1391,35 @@ impl Vault for EmbeddedVault {
         self.db.health()
     }
 
+    fn quarantine_expire(&self, before_ms: u64) -> Result<usize, VaultError> {
+        // Ids start with their 48-bit receive time: everything below this id is older.
+        let mut end = [0u8; 16];
+        end[..6].copy_from_slice(&before_ms.to_be_bytes()[2..]);
+        let mut w = self.begin_write()?;
+        w.set_durability(Durability::Immediate).map_err(err)?;
+        let removed = (|| {
+            let mut q = w.open_table(QUARANTINE).map_err(err)?;
+            let old: Vec<Vec<u8>> = q
+                .range([0u8; 16].as_slice()..end.as_slice())
+                .map_err(err)?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            for k in &old {
+                q.remove(k.as_slice()).map_err(err)?;
+            }
+            Ok::<usize, VaultError>(old.len())
+        })();
+        let committed = removed.and_then(|n| {
+            w.commit().map_err(err)?;
+            Ok(n)
+        });
+        if let Err(e) = &committed {
+            self.db.failed(e);
+        }
+        committed
+    }
+
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError> {
         let r = self.db.begin_read().map_err(err)?;
         let t = r.open_table(QUARANTINE).map_err(err)?;
@@ -1431,6 +1460,61 @@ mod fault_tests;
 mod tests {
     use super::fault_tests::{derived_of, message, put_of};
     use super::*;
+
+    #[test]
+    fn quarantine_entries_past_their_retention_are_removed_and_newer_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = EmbeddedVault::open(
+            &dir.path().join("v.redb"),
+            &dir.path().join("s"),
+            1 << 20,
+            true,
+        )
+        .unwrap();
+        let key = crate::seal::DataKey::new("gateway", [3; 32]);
+        let entry = |ms: u64| {
+            let id = RecordId::generate(ms);
+            let record = crate::record::Record {
+                meta: crate::record::RecordMeta {
+                    sender: String::new(),
+                    message_type: String::new(),
+                    trigger: String::new(),
+                    control_id: String::new(),
+                    patient_ids: vec![],
+                    received_ms: ms,
+                    origin: crate::envelope::Origin::Local { name: "t".into() },
+                    format: "quarantine".into(),
+                },
+                raw: bytes::Bytes::from_static(b"not hl7"),
+            };
+            let sealed = crate::seal::seal(&record, id, &key).unwrap();
+            let e = QuarantineEntry {
+                id: id.to_string(),
+                reason: "r".into(),
+                label: "not_hl7".into(),
+                received_ms: ms,
+                origin: "local".into(),
+                size: 7,
+            };
+            (e, sealed)
+        };
+        let q: Vec<_> = [1_000, 2_000, 3_000, 4_000]
+            .into_iter()
+            .map(entry)
+            .collect();
+        vault.commit(&[], &q).unwrap();
+        assert_eq!(vault.quarantine_expire(2_500).unwrap(), 2);
+        let left: Vec<u64> = vault
+            .quarantine_list()
+            .unwrap()
+            .iter()
+            .map(|e| e.received_ms)
+            .collect();
+        assert_eq!(left, [3_000, 4_000]);
+        assert_eq!(vault.quarantine_expire(2_500).unwrap(), 0);
+        assert_eq!(vault.quarantine_expire(u64::MAX >> 16).unwrap(), 2);
+        assert!(vault.quarantine_list().unwrap().is_empty());
+    }
 
     /// One bad control entry once failed a whole group commit (276 of 720 unrelated messages).
     #[test]

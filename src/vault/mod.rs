@@ -174,6 +174,10 @@ pub trait Vault: Send + Sync + 'static {
     /// synced at once (the log's copy is durable; this one is for `verify` and `repair`).
     fn mark_anchored(&self, through: Position) -> Result<(), VaultError>;
     fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, VaultError>;
+    /// Removes the quarantine entries received before `before_ms` (their ids sort by time);
+    /// returns how many. The retention that makes input no patient could be found for
+    /// erasable too.
+    fn quarantine_expire(&self, before_ms: u64) -> Result<usize, VaultError>;
     /// Whether the vault can store now: `Err` names the storage failure it has not recovered
     /// from yet (no record content). Readiness reports it.
     fn health(&self) -> Result<(), String>;
