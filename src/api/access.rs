@@ -213,8 +213,8 @@ impl Access {
         }
     }
 
-    /// Stores an access event for `patient` and waits until it is durable. A read is answered
-    /// only after this succeeds.
+    /// Stores the access event of a read (allowed or denied) and waits until it is durable,
+    /// then counts the read. A read is answered only after this succeeds.
     pub async fn record_access(
         &self,
         s: &ApiState,
@@ -224,8 +224,14 @@ impl Access {
         decision: &'static str,
     ) -> Result<String, Problem> {
         let body = audit_event(caller, what, decision, now_ms());
-        self.store_event(s, EventKind::RecordAccessed, patient, body)
-            .await
+        let id = self
+            .store_event(s, EventKind::RecordAccessed, patient, body)
+            .await?;
+        s.metrics
+            .reads
+            .with_label_values(&[what.what, decision])
+            .inc();
+        Ok(id)
     }
 
     /// Stores an event, answering the failures the way every handler does.
@@ -575,10 +581,6 @@ pub async fn get_record(
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
-    s.metrics
-        .reads
-        .with_label_values(&["record", decision])
-        .inc();
     let mut response = response;
     if let Ok(v) = HeaderValue::from_str(&event) {
         response.headers_mut().insert("medanchor-access-event", v);

@@ -33,6 +33,20 @@ fn patient_of(pid: &str) -> Result<PatientIndex, Problem> {
     })
 }
 
+/// The request's caller, and the patient `pid` names, who must not be erased.
+fn patient_caller(
+    s: &ApiState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    pid: &str,
+    purpose: Option<&str>,
+) -> Result<(Access, Caller, PatientIndex), Problem> {
+    let (access, caller) = caller(s, headers, peer, purpose)?;
+    let patient = patient_of(pid)?;
+    not_erased(s, &patient)?;
+    Ok((access, caller, patient))
+}
+
 /// Fails with 410 when the patient was erased.
 fn not_erased(s: &ApiState, patient: &PatientIndex) -> Result<(), Problem> {
     match s.keyring.erased_at(&patient.key_id()) {
@@ -177,14 +191,11 @@ pub async fn list_records(
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, q.purpose.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+    let (access, caller, patient) =
+        match patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref()) {
+            Ok(c) => c,
+            Err(r) => return r.into_response(),
+        };
     let (seen, decision) = match visible_records(&s, &access, &caller, &patient, q.since) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
@@ -212,10 +223,6 @@ pub async fn list_records(
     {
         return r.into_response();
     }
-    s.metrics
-        .reads
-        .with_label_values(&["records", decision])
-        .inc();
     Json(json!({ "patient": pid, "records": listed })).into_response()
 }
 
@@ -229,14 +236,11 @@ async fn search(
     kind: Option<String>,
     q: ListQuery,
 ) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, q.purpose.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+    let (access, caller, patient) =
+        match patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref()) {
+            Ok(c) => c,
+            Err(r) => return r.into_response(),
+        };
     let (seen, decision) = match visible_records(&s, &access, &caller, &patient, q.since) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
@@ -290,7 +294,6 @@ async fn search(
     {
         return r.into_response();
     }
-    s.metrics.reads.with_label_values(&["fhir", decision]).inc();
     let entry: Vec<Value> = entries
         .into_iter()
         .map(|(u, r)| json!({"fullUrl": u, "resource": r, "search": {"mode": "match"}}))
@@ -348,12 +351,8 @@ pub async fn charges(
     Path(pid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
+    let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
         Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
-        Ok(p) => p,
         Err(r) => return r.into_response(),
     };
     if !caller.principal.is_patient(&patient) {
@@ -439,10 +438,6 @@ pub async fn charges(
     {
         return r.into_response();
     }
-    s.metrics
-        .reads
-        .with_label_values(&["charges", "permit"])
-        .inc();
     Json(json!({"patient": pid, "charges": out})).into_response()
 }
 
@@ -592,12 +587,8 @@ pub async fn list_consents(
     Path(pid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
+    let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
         Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
-        Ok(p) => p,
         Err(r) => return r.into_response(),
     };
     if !manages(&caller, &patient, true) {
@@ -646,10 +637,6 @@ pub async fn list_consents(
     {
         return r.into_response();
     }
-    s.metrics
-        .reads
-        .with_label_values(&["consents", "permit"])
-        .inc();
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry});
     (
         [(header::CONTENT_TYPE, "application/fhir+json")],
@@ -762,12 +749,8 @@ pub async fn access_log(
     Path(pid): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
+    let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
         Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
-        Ok(p) => p,
         Err(r) => return r.into_response(),
     };
     if !manages(&caller, &patient, true) {
@@ -785,10 +768,6 @@ pub async fn access_log(
                 return r.into_response();
             }
         }
-        s.metrics
-            .reads
-            .with_label_values(&["access_log", "deny"])
-            .inc();
         return forbidden().into_response();
     }
     let kinds = [
@@ -854,10 +833,6 @@ pub async fn access_log(
     {
         return r.into_response();
     }
-    s.metrics
-        .reads
-        .with_label_values(&["access_log", "permit"])
-        .inc();
     Json(json!({"patient": pid, "entries": out})).into_response()
 }
 

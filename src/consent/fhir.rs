@@ -265,76 +265,51 @@ pub fn from_consent(v: &Value) -> Result<Posted, GrantError> {
     })
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)` as Unix ms.
+/// `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)` as Unix ms. The
+/// calendar and the arithmetic are the validator's (`calendar_ok`, `sort_key`).
 pub fn ms_from_instant(s: &str) -> Option<u64> {
+    use crate::fhir::validate::primitive::{calendar_ok, sort_key};
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        (!t.is_empty() && t.bytes().all(|c| c.is_ascii_digit())).then(|| t.parse().ok())?
+    let digits = |r: std::ops::Range<usize>, max: u32| {
+        s.get(r)
+            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|t| t.parse::<u32>().ok())
+            .is_some_and(|v| v <= max)
     };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' || calendar_ok(&s[..10]) != Some(true) {
         return None;
     }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let days = days_from_civil(y, m, d);
-    let mut secs = days * 86_400;
-    let mut millis = 0;
+    let mut millis = 0u64;
     if b.len() > 10 {
         if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
             return None;
         }
-        let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if hh > 23 || mm > 59 || ss > 60 {
+        if !(digits(11..13, 23) && digits(14..16, 59) && digits(17..19, 60)) {
             return None;
         }
-        secs += hh * 3600 + mm * 60 + ss;
         let mut rest = &s[19..];
         if let Some(frac) = rest.strip_prefix('.') {
             let n = frac.bytes().take_while(u8::is_ascii_digit).count();
             if n == 0 || n > 9 {
                 return None;
             }
-            let digits = &frac[..n];
-            millis = format!("{digits:0<3}")[..3].parse().ok()?;
+            millis = format!("{:0<3}", &frac[..n])[..3].parse().ok()?;
             rest = &frac[n..];
         }
-        match rest {
-            "Z" => {}
-            tz if tz.len() == 6
-                && (tz.starts_with('+') || tz.starts_with('-'))
-                && &tz[3..4] == ":" =>
-            {
-                let part = |r: std::ops::Range<usize>| -> Option<i64> {
-                    let t = &tz[r];
-                    t.bytes()
-                        .all(|c| c.is_ascii_digit())
-                        .then(|| t.parse().ok())?
-                };
-                let (oh, om) = (part(1..3)?, part(4..6)?);
-                if oh > 23 || om > 59 {
-                    return None;
-                }
-                let off = oh * 3600 + om * 60;
-                secs -= if tz.starts_with('+') { off } else { -off };
-            }
-            _ => return None,
+        let zone_ok = rest == "Z"
+            || (rest.len() == 6
+                && (rest.starts_with('+') || rest.starts_with('-'))
+                && &rest[3..4] == ":"
+                && digits(s.len() - 5..s.len() - 3, 23)
+                && digits(s.len() - 2..s.len(), 59));
+        if !zone_ok {
+            return None;
         }
     }
-    u64::try_from(secs * 1000 + millis).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let (t, _) = sort_key(s)?;
+    let (epoch, _) = sort_key("1970-01-01")?;
+    let secs = u64::try_from(t - epoch).ok()?;
+    Some(secs * 1000 + millis)
 }
 
 #[cfg(test)]
@@ -350,7 +325,7 @@ mod tests {
             records: vec!["0123456789abcdef0123456789abcdef".into()],
             purposes: vec!["treatment".into(), "emergency".into()],
             period: Period {
-                start_ms: Some(1_764_460_800_000),
+                start_ms: Some(1_795_996_800_000),
                 end_ms: Some(1_796_083_200_000),
             },
         }
@@ -382,15 +357,15 @@ mod tests {
         assert_eq!(ms_from_instant("1970-01-01"), Some(0));
         assert_eq!(
             ms_from_instant("2026-11-30T00:00:00Z"),
-            Some(1_764_460_800_000)
+            Some(1_795_996_800_000)
         );
         assert_eq!(
             ms_from_instant("2026-11-30T01:00:00.5+01:00"),
-            Some(1_764_460_800_500)
+            Some(1_795_996_800_500)
         );
         assert_eq!(
             ms_from_instant("2026-11-29T23:00:00-01:00"),
-            Some(1_764_460_800_000)
+            Some(1_795_996_800_000)
         );
         for bad in [
             "2026-13-01",

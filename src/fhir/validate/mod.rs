@@ -11,7 +11,7 @@ pub mod doc;
 pub(crate) mod element;
 #[cfg(test)]
 mod oracle;
-mod primitive;
+pub(crate) mod primitive;
 mod schema;
 mod walk;
 mod xhtml;
