@@ -747,7 +747,11 @@ impl Pipeline {
         // Kept under the patient's key when the input names one, so that erasing the patient
         // makes it unreadable too; under the gateway key otherwise (and then removed after
         // vault.quarantine_retention_days).
-        let patient_ids = patient_ids_of(&payload);
+        // Only the identifier that names the key is kept with it: the input may hold more
+        // than a record encoding can (it may have been refused for that very reason).
+        let patient_ids: Vec<String> = crate::record::key_identity(&patient_ids_of(&payload))
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default();
         let key_id = self
             .keyring
             .key_id_for(crate::record::key_identity(&patient_ids));
