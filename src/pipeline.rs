@@ -171,6 +171,9 @@ pub enum EventError {
     Unavailable(String),
     #[error("event too large: {0}")]
     TooLarge(String),
+    /// A read of a patient the gateway holds nothing of: no event is stored.
+    #[error("no such patient")]
+    NoPatient,
 }
 
 /// The running pipeline that sources submit to.
@@ -339,10 +342,14 @@ impl Pipeline {
     ) -> Result<crate::envelope::Receipt, EventError> {
         let key = match kind {
             crate::ledger::EventKind::PatientErased => self.keyring.get_or_create(GATEWAY_KEY_ID),
+            // A read of a patient with no key read nothing of theirs: no key is made for it
+            // (anyone could otherwise fill the keyring by naming made-up patients).
+            crate::ledger::EventKind::RecordAccessed => self.keyring.get(&patient.key_id()),
             _ => self.keyring.get_or_create(&patient.key_id()),
         }
         .map_err(|e| match e {
             seal::KeyringError::Erased(_, at) => EventError::Erased(at),
+            seal::KeyringError::UnknownKey(_) => EventError::NoPatient,
             other => EventError::Unavailable(other.to_string()),
         })?;
         let at_ms = crate::envelope::now_ms();

@@ -248,6 +248,8 @@ impl Access {
                 Ok(receipt.record_id)
             }
             Err(EventError::Erased(at)) => Err(gone(at)),
+            // Nothing of this patient is stored, so nothing was read: no event to keep.
+            Err(EventError::NoPatient) => Ok(String::new()),
             Err(EventError::TooLarge(_)) => Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too large",
@@ -417,6 +419,22 @@ fn labels(resource: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether a resource may be shown under `visible`: itself and every resource it contains
+/// (`contained`, whose labels are their own). A Bundle inside a record is only ever served
+/// whole: filtering does not look inside it, so it is never shown when filtering.
+pub fn resource_visible(r: &Value, record: &str, visible: &dyn Fn(&Resource<'_>) -> bool) -> bool {
+    let kind = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    kind != "Bundle"
+        && visible(&Resource {
+            kind,
+            labels: labels(r),
+            record,
+        })
+        && r.get("contained")
+            .and_then(Value::as_array)
+            .is_none_or(|c| c.iter().all(|c| resource_visible(c, record, visible)))
+}
+
 /// Keeps the entries of a Bundle that `visible` allows, and trims a kept Provenance's targets to
 /// the entries kept, so neither a count nor a reference says what was left out. Returns the
 /// resource types kept.
@@ -433,11 +451,7 @@ pub fn filter_bundle(
                 return false;
             };
             let kind = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
-            let keep = visible(&Resource {
-                kind,
-                labels: labels(r),
-                record,
-            });
+            let keep = resource_visible(r, record, visible);
             if keep {
                 if let Some(u) = e.get("fullUrl").and_then(Value::as_str) {
                     kept_urls.push(u.to_string());
@@ -582,7 +596,10 @@ pub async fn get_record(
         Err(r) => return r.into_response(),
     };
     let mut response = response;
-    if let Ok(v) = HeaderValue::from_str(&event) {
+    if let Some(v) = (!event.is_empty())
+        .then(|| HeaderValue::from_str(&event).ok())
+        .flatten()
+    {
         response.headers_mut().insert("medanchor-access-event", v);
     }
     response
@@ -655,11 +672,7 @@ fn respond_record(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        if !visible(&Resource {
-            kind: &kind,
-            labels: labels(&v),
-            record: &record,
-        }) {
+        if !resource_visible(&v, &record, visible) {
             return (forbidden().into_response(), Vec::new());
         }
         vec![kind]
@@ -673,4 +686,43 @@ fn respond_record(
         r.headers_mut().insert("medanchor-record-id", h);
     }
     (r, types)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a deny on PSY lets through: nothing labelled PSY, also when contained in an
+    /// unlabelled resource, and no Bundle inside a record; a kept Provenance names only what was
+    /// kept, and no total is left.
+    #[test]
+    fn filtering_looks_into_contained_resources_and_leaves_no_trace_of_what_it_dropped() {
+        let allow = |r: &Resource<'_>| !r.labels.iter().any(|l| l == "PSY");
+        let psy = json!({"code": "PSY"});
+        let contained = json!({"resourceType": "Observation",
+            "contained": [{"resourceType": "Condition", "meta": {"security": [psy]}}]});
+        assert!(!resource_visible(&contained, "r", &allow));
+        let plain =
+            json!({"resourceType": "Observation", "contained": [{"resourceType": "Condition"}]});
+        assert!(resource_visible(&plain, "r", &allow));
+        assert!(!resource_visible(
+            &json!({"resourceType": "Bundle"}),
+            "r",
+            &|_| true
+        ));
+        let mut bundle = json!({"resourceType": "Bundle", "total": 3, "entry": [
+            {"fullUrl": "urn:uuid:a", "resource": {"resourceType": "Patient"}},
+            {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Condition", "meta": {"security": [psy]}}},
+            {"fullUrl": "urn:uuid:c", "resource": {"resourceType": "Provenance",
+                "target": [{"reference": "urn:uuid:a"}, {"reference": "urn:uuid:b"}]}},
+        ]});
+        let types = filter_bundle(&mut bundle, "r", &allow);
+        assert_eq!(types, ["Patient", "Provenance"]);
+        assert!(bundle.get("total").is_none());
+        assert_eq!(bundle["entry"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            bundle["entry"][1]["resource"]["target"],
+            json!([{"reference": "urn:uuid:a"}])
+        );
+    }
 }

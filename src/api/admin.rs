@@ -68,6 +68,22 @@ impl AddPrincipal {
     }
 }
 
+/// Admin work: an admin principal, with its own token or certificate (never a JWT, whose
+/// scopes speak of FHIR resources, not of managing the gateway).
+pub fn admin_only(caller: &super::access::Caller) -> Result<(), Problem> {
+    if caller.principal.role != Role::Admin {
+        return Err(forbidden());
+    }
+    if !caller.scopes.is_full() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "admin work needs the admin's own token or client certificate, not a JWT",
+        ));
+    }
+    Ok(())
+}
+
 fn refused(e: PrincipalError) -> Problem {
     match e {
         PrincipalError::LastAdmin(_) => {
@@ -102,8 +118,8 @@ pub async fn add(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if caller.principal.role != Role::Admin {
-        return forbidden().into_response();
+    if let Err(p) = admin_only(&caller) {
+        return p.into_response();
     }
     let req: AddPrincipal = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -138,8 +154,8 @@ pub async fn list(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if caller.principal.role != Role::Admin {
-        return forbidden().into_response();
+    if let Err(p) = admin_only(&caller) {
+        return p.into_response();
     }
     Json(json!({"principals": access.principals.list()})).into_response()
 }
@@ -155,8 +171,8 @@ pub async fn revoke(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if caller.principal.role != Role::Admin {
-        return forbidden().into_response();
+    if let Err(p) = admin_only(&caller) {
+        return p.into_response();
     }
     match access.principals.revoke(&id, now_ms()) {
         Ok(p) => {

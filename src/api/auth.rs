@@ -64,6 +64,18 @@ impl Failures {
     }
 }
 
+/// The address failures are counted for: an IPv4 address, or an IPv6 address's /64 (one host
+/// commonly holds a whole /64).
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+    }
+}
+
 fn unauthorized(detail: &str) -> Problem {
     Problem {
         challenge: Some("Bearer"),
@@ -82,14 +94,20 @@ pub fn authenticate(
     metrics: &crate::metrics::Metrics,
 ) -> Result<(Arc<Principal>, Scopes), Problem> {
     let now = Instant::now();
-    if failures.limited(peer, now) {
+    let peer = bucket(peer);
+    // An address over the limit still gets in with a principal's own token or certificate
+    // (cheap to check, and 256 bits no one guesses): behind a proxy or NAT one client's bad
+    // tokens must not lock everyone else out. Only what costs more to check, or fails, is
+    // answered 429.
+    let limited = failures.limited(peer, now);
+    let too_many = || {
         metrics.auth_failures.with_label_values(&["limited"]).inc();
-        return Err(Problem::new(
+        Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed authentications",
             "this address failed to authenticate too often; wait a minute",
-        ));
-    }
+        )
+    };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -106,6 +124,9 @@ pub fn authenticate(
             .and_then(|c| principals.by_certificate(c));
         if let Some(p) = cert {
             return Ok((p, Scopes::everything()));
+        }
+        if limited {
+            return Err(too_many());
         }
         metrics.auth_failures.with_label_values(&["missing"]).inc();
         failures.fail(peer, now);
@@ -135,6 +156,7 @@ pub fn authenticate(
     };
     match found {
         Some(found) => Ok(found),
+        None if limited => Err(too_many()),
         None => {
             metrics.auth_failures.with_label_values(&["invalid"]).inc();
             failures.fail(peer, now);
@@ -167,5 +189,8 @@ mod tests {
             off.fail(a, t0);
         }
         assert!(!off.limited(a, t0));
+        let v6 = |s: &str| bucket(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::9"), "one /64");
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
     }
 }

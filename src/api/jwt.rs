@@ -4,7 +4,7 @@
 //! A token is accepted when: its header's `alg` is RS256 or ES256 and matches the key's type
 //! (no `none`, no HMAC: a public key is never used as a shared secret); its key is in the JWKS
 //! (by `kid`, or the only key of its type); the signature verifies (ring); `iss` is the
-//! configured issuer; `aud` holds the configured audience, if one is configured; `exp` is
+//! configured issuer; `aud` holds the configured audience; `exp` is
 //! present and not past, `nbf` not in the future (both with `leeway_secs`). The claim
 //! `principal_claim` (default `sub`) names a principal, which must exist and not be revoked:
 //! the principal's role and patients still decide what it may see, and the token's scopes can
@@ -14,7 +14,7 @@
 //! network), is cached, and is read again when a token names a key it does not hold (at most
 //! once every 10 s), so the provider's key rotation needs no restart.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
@@ -31,9 +31,9 @@ use serde_json::Value;
 pub struct JwtConfig {
     /// The `iss` tokens must carry.
     pub issuer: String,
-    /// An `aud` tokens must carry (unset: not checked).
-    #[serde(default)]
-    pub audience: Option<String>,
+    /// The `aud` tokens must carry (this gateway's name at the identity provider): tokens issued
+    /// for other applications are refused.
+    pub audience: String,
     /// The JWKS as a file…
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
@@ -138,12 +138,34 @@ pub struct Verified {
     pub scopes: Scopes,
 }
 
-/// SMART on FHIR scopes that allow reading: per resource type or all (`*`). v2 (`patient/*.rs`,
-/// `user/Observation.rs`, `system/*.cruds`) and v1 (`patient/*.read`) forms.
+/// What a token's SMART on FHIR scopes allow, per resource type (or all, `*`): v2 permission
+/// strings (`patient/*.rs`, `user/Observation.rs`, `user/Consent.cud`, `system/*.cruds`) and
+/// v1 (`patient/*.read`, `.write`, `.*`). A principal's own credential (token, certificate) is
+/// `full`: no scope narrows it, and only it may do admin work.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Scopes {
-    all: bool,
-    types: HashSet<String>,
+    full: bool,
+    /// Permissions (`c r u d s`) on every type.
+    all: Vec<u8>,
+    types: HashMap<String, Vec<u8>>,
+}
+
+/// The permissions a scope's suffix grants, or `None` when it is not a valid one.
+fn permissions(perms: &str) -> Option<Vec<u8>> {
+    match perms {
+        "read" => return Some(b"rs".to_vec()),
+        "write" => return Some(b"cud".to_vec()),
+        "*" => return Some(b"cruds".to_vec()),
+        _ => {}
+    }
+    let order = |c: u8| b"cruds".iter().position(|x| *x == c);
+    let ok = !perms.is_empty()
+        && perms.bytes().all(|b| order(b).is_some())
+        && perms
+            .bytes()
+            .zip(perms.bytes().skip(1))
+            .all(|(a, b)| order(a) < order(b));
+    ok.then(|| perms.as_bytes().to_vec())
 }
 
 impl Scopes {
@@ -159,50 +181,58 @@ impl Scopes {
             let Some((kind, perms)) = rest.split_once('.') else {
                 continue;
             };
-            // v2: a permission string of c r u d s in order; v1: read or *.
-            let reads = match perms {
-                "read" | "*" => true,
-                p => {
-                    p.contains('r')
-                        && p.bytes().all(|b| b"cruds".contains(&b))
-                        && p.bytes().zip(p.bytes().skip(1)).all(|(a, b)| {
-                            let at = |c| b"cruds".iter().position(|x| *x == c);
-                            at(a) < at(b)
-                        })
-                }
-            };
-            if !reads {
+            let Some(perms) = permissions(perms) else {
                 continue;
-            }
-            if kind == "*" {
-                s.all = true;
+            };
+            let into = if kind == "*" {
+                &mut s.all
             } else if !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphabetic()) {
-                s.types.insert(kind.to_string());
+                s.types.entry(kind.to_string()).or_default()
+            } else {
+                continue;
+            };
+            for p in perms {
+                if !into.contains(&p) {
+                    into.push(p);
+                }
             }
         }
         s
     }
 
-    /// Whether a resource of this type may be read under these scopes.
-    pub fn allows(&self, kind: &str) -> bool {
-        self.all || self.types.contains(kind)
+    /// Whether the scopes grant permission `perm` (`b'c'`, `b'r'`, `b'u'`, `b'd'`, `b's'`) on
+    /// resources of this type.
+    pub fn permits(&self, kind: &str, perm: u8) -> bool {
+        self.full
+            || self.all.contains(&perm)
+            || self.types.get(kind).is_some_and(|p| p.contains(&perm))
     }
 
-    /// Every resource type (needed for the original message, which cannot be filtered).
+    /// Whether a resource of this type may be read under these scopes.
+    pub fn allows(&self, kind: &str) -> bool {
+        self.permits(kind, b'r')
+    }
+
+    /// Reading every resource type (needed for the original message, which cannot be filtered).
     pub fn allows_everything(&self) -> bool {
-        self.all
+        self.full || self.all.contains(&b'r')
     }
 
     /// No read scope at all.
     pub fn none(&self) -> bool {
-        !self.all && self.types.is_empty()
+        !self.full && !self.all.contains(&b'r') && !self.types.values().any(|p| p.contains(&b'r'))
     }
 
-    /// Everything (for principals' own bearer tokens).
+    /// A principal's own credential: nothing narrows it.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// For principals' own credentials (bearer tokens, client certificates).
     pub fn everything() -> Scopes {
         Scopes {
-            all: true,
-            types: HashSet::new(),
+            full: true,
+            ..Scopes::default()
         }
     }
 }
@@ -338,15 +368,14 @@ impl JwtVerifier {
         if c.get("iss").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
             return Err(JwtError::Claim("iss", "not the configured issuer"));
         }
-        if let Some(aud) = &self.config.audience {
-            let ok = match c.get("aud") {
-                Some(Value::String(a)) => a == aud,
-                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(aud)),
-                _ => false,
-            };
-            if !ok {
-                return Err(JwtError::Claim("aud", "does not name this gateway"));
-            }
+        let aud = &self.config.audience;
+        let ok = match c.get("aud") {
+            Some(Value::String(a)) => a == aud,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(aud.as_str())),
+            _ => false,
+        };
+        if !ok {
+            return Err(JwtError::Claim("aud", "does not name this gateway"));
         }
         let exp = c
             .get("exp")
@@ -461,7 +490,7 @@ mod tests {
         std::fs::write(&path, jwks).unwrap();
         JwtVerifier::new(JwtConfig {
             issuer: "https://idp.test".into(),
-            audience: Some("medanchor".into()),
+            audience: "medanchor".into(),
             jwks_file: Some(path),
             jwks_url: None,
             principal_claim: "sub".into(),
@@ -584,5 +613,10 @@ mod tests {
         assert!(!s.allows("Patient"), "permissions out of order are not v2");
         assert!(Scopes::parse("launch openid fhirUser").none());
         assert!(Scopes::parse("patient/*.read").allows("Encounter"));
+        let s = Scopes::parse("patient/Consent.cud patient/AuditEvent.rs");
+        assert!(s.permits("Consent", b'c') && s.permits("Consent", b'd'));
+        assert!(!s.permits("Consent", b'r') && s.allows("AuditEvent"));
+        assert!(!s.is_full() && Scopes::everything().is_full());
+        assert!(Scopes::parse("user/*.write").permits("Consent", b'c'));
     }
 }

@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::access::{caller, find, forbidden, Standing};
+use super::access::{caller, find, forbidden, Access, AccessWhat, Caller, Standing};
 use super::{ApiState, Problem};
 use crate::consent::{Applicable, Role};
 use crate::envelope::{now_ms, RecordId};
@@ -60,10 +60,10 @@ fn may_prove(
     headers: &HeaderMap,
     peer: SocketAddr,
     id: &RecordId,
-) -> Result<(), Problem> {
+) -> Result<(Access, Caller, Option<PatientIndex>), Problem> {
     let (access, caller) = caller(s, headers, peer, None)?;
-    if matches!(caller.principal.role, Role::Auditor | Role::Admin) {
-        return Ok(());
+    if caller.scopes.none() {
+        return Err(forbidden());
     }
     let patient = match s.vault.get(id) {
         Ok(Some(r)) => crate::seal::parse_header(&r.sealed)
@@ -85,9 +85,12 @@ fn may_prove(
             ));
         }
     };
-    // An erased patient's proofs still verify, and they may still have them.
-    if patient.is_some_and(|p| caller.principal.is_patient(&p)) {
-        return Ok(());
+    // Auditors and admins, and the patient (an erased patient's proofs still verify, and they
+    // may still have them).
+    if matches!(caller.principal.role, Role::Auditor | Role::Admin)
+        || patient.is_some_and(|p| caller.principal.is_patient(&p))
+    {
+        return Ok((access, caller, patient));
     }
     let Some(found) = find(s, id)? else {
         return Err(forbidden());
@@ -95,17 +98,17 @@ fn may_prove(
     let Some(patient) = found.patient else {
         return Err(forbidden());
     };
-    match access.standing(s, &caller, &patient, Some(&found.raw.meta.sender))? {
-        Standing::Own | Standing::Sender | Standing::BreakGlass => Ok(()),
+    let allowed = match access.standing(s, &caller, &patient, Some(&found.raw.meta.sender))? {
+        Standing::Own | Standing::Sender | Standing::BreakGlass => true,
         Standing::Grants(g) => {
-            let a = Applicable::select(g.active(), &caller.requester(), caller.purpose, now_ms());
-            if a.none() {
-                Err(forbidden())
-            } else {
-                Ok(())
-            }
+            !Applicable::select(g.active(), &caller.requester(), caller.purpose, now_ms()).none()
         }
-        Standing::None => Err(forbidden()),
+        Standing::None => false,
+    };
+    if allowed {
+        Ok((access, caller, Some(patient)))
+    } else {
+        Err(forbidden())
     }
 }
 
@@ -124,8 +127,26 @@ pub async fn proof(
         )
         .into_response();
     };
-    if let Err(r) = may_prove(&s, &headers, peer, &rid) {
-        return r.into_response();
+    let (access, caller, patient) = match may_prove(&s, &headers, peer, &rid) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
+    };
+    // Whose record it is goes into their access log, like any other read about them.
+    if let Some(patient) = patient {
+        let what = AccessWhat {
+            what: "proof",
+            record: Some(&id),
+            types: Vec::new(),
+        };
+        match access
+            .record_access(&s, &caller, &patient, &what, "permit")
+            .await
+        {
+            Ok(_) => {}
+            // An erased patient's proofs are still given.
+            Err(p) if p.status == StatusCode::GONE => {}
+            Err(p) => return p.into_response(),
+        }
     }
     build_proof(&s, rid).await
 }

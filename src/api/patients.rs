@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::access::{
-    caller, filter_bundle, find, forbidden, gone, Access, AccessWhat, Caller, Found, Standing,
+    caller, filter_bundle, find, forbidden, gone, resource_visible, Access, AccessWhat, Caller,
+    Found, Standing,
 };
 use super::{ApiState, Problem};
 use crate::consent::{self, fhir, Applicable, GrantBody, Resource, RevokeBody, Role};
@@ -143,23 +144,12 @@ fn visible_records(
                 (Some(v), types)
             }
             Some(v) => {
-                let kind = v.get("resourceType").and_then(Value::as_str).unwrap_or("");
-                let labels = v
-                    .pointer("/meta/security")
-                    .and_then(Value::as_array)
-                    .map(|l| {
-                        l.iter()
-                            .filter_map(|c| c.get("code").and_then(Value::as_str))
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if visible(&Resource {
-                    kind,
-                    labels,
-                    record: &record,
-                }) {
-                    let k = kind.to_string();
+                if resource_visible(&v, &record, &*visible) {
+                    let k = v
+                        .get("resourceType")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
                     (Some(v), vec![k])
                 } else {
                     (None, Vec::new())
@@ -246,6 +236,7 @@ async fn search(
         Err(r) => return r.into_response(),
     };
     let mut entries: Vec<(String, Value)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for r in seen {
         let Some(v) = r.fhir else { continue };
         let resources: Vec<(String, Value)> =
@@ -277,9 +268,12 @@ async fn search(
                 continue;
             }
             // Records come oldest first: a later version of a resource replaces the earlier.
-            match entries.iter_mut().find(|(u, _)| *u == url) {
-                Some(e) => e.1 = res,
-                None => entries.push((url, res)),
+            match at.get(&url) {
+                Some(&i) => entries[i].1 = res,
+                None => {
+                    at.insert(url.clone(), entries.len());
+                    entries.push((url, res));
+                }
             }
         }
     }
@@ -355,8 +349,8 @@ pub async fn charges(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if !caller.principal.is_patient(&patient) {
-        return forbidden().into_response();
+    if !caller.principal.is_patient(&patient) || !caller.scopes.allows("ChargeItem") {
+        return refuse_read(&s, &access, &caller, &patient, "charges").await;
     }
     let (seen, _) = match visible_records(&s, &access, &caller, &patient, None) {
         Ok(v) => v,
@@ -441,6 +435,26 @@ pub async fn charges(
     Json(json!({"patient": pid, "charges": out})).into_response()
 }
 
+/// Refuses a read of the patient's data the caller has no standing or scope for, after writing
+/// the refusal into the patient's access log.
+async fn refuse_read(
+    s: &ApiState,
+    access: &Access,
+    caller: &Caller,
+    patient: &PatientIndex,
+    what: &'static str,
+) -> Response {
+    let w = AccessWhat {
+        what,
+        record: None,
+        types: Vec::new(),
+    };
+    match access.record_access(s, caller, patient, &w, "deny").await {
+        Err(r) if r.status != StatusCode::GONE => r.into_response(),
+        _ => forbidden().into_response(),
+    }
+}
+
 /// Whether the caller may manage (or read) this patient's grants and log: the patient, an
 /// admin, and for reading also an auditor.
 fn manages(caller: &Caller, patient: &PatientIndex, reading: bool) -> bool {
@@ -515,12 +529,26 @@ pub async fn post_consent(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    if !manages(&caller, &patient, false) {
+    if !manages(&caller, &patient, false) || !caller.scopes.permits("Consent", b'c') {
         return forbidden().into_response();
     }
     let admin = caller.principal.role == Role::Admin && !caller.principal.is_patient(&patient);
     if let Err(r) = check_reason(&reason, admin) {
         return r.into_response();
+    }
+    // Records named by a grant are this patient's, by their raw record's id (what reads compare).
+    let mut grant = grant;
+    grant.normalize();
+    for r in grant.records.iter_mut() {
+        let found = RecordId::parse(r).map(|id| find(&s, &id));
+        match found {
+            Some(Ok(Some(f))) if f.patient == Some(patient) => *r = f.raw_id.to_string(),
+            Some(Err(p)) if p.status == StatusCode::GONE => return p.into_response(),
+            _ => {
+                return bad_request("bad grant", "field records: each a record of this patient")
+                    .into_response()
+            }
+        }
     }
     match access.principals.get(&grant.grantee) {
         Some(p) if matches!(p.role, Role::Practitioner | Role::Organization) => {}
@@ -591,8 +619,8 @@ pub async fn list_consents(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if !manages(&caller, &patient, true) {
-        return forbidden().into_response();
+    if !manages(&caller, &patient, true) || !caller.scopes.allows("Consent") {
+        return refuse_read(&s, &access, &caller, &patient, "consents").await;
     }
     let grants = match access.book.grants(&patient, &*s.vault, &s.keyring) {
         Ok(g) => g,
@@ -686,7 +714,7 @@ pub async fn delete_consent(
     let Some(patient) = PatientIndex::from_key_id(&event.patient) else {
         return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent").into_response();
     };
-    if !manages(&caller, &patient, false) {
+    if !manages(&caller, &patient, false) || !caller.scopes.permits("Consent", b'd') {
         // The same answer as for an id that is no grant: a stranger learns nothing.
         return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent").into_response();
     }
@@ -753,22 +781,9 @@ pub async fn access_log(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if !manages(&caller, &patient, true) {
+    if !manages(&caller, &patient, true) || !caller.scopes.allows("AuditEvent") {
         // A refused look at someone's log is itself a read attempt the patient should see.
-        let what = AccessWhat {
-            what: "access_log",
-            record: None,
-            types: Vec::new(),
-        };
-        if let Err(r) = access
-            .record_access(&s, &caller, &patient, &what, "deny")
-            .await
-        {
-            if r.status != StatusCode::GONE {
-                return r.into_response();
-            }
-        }
-        return forbidden().into_response();
+        return refuse_read(&s, &access, &caller, &patient, "access_log").await;
     }
     let kinds = [
         EventKind::ConsentGranted.byte(),
@@ -849,8 +864,8 @@ pub async fn erase(
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    if caller.principal.role != Role::Admin {
-        return forbidden().into_response();
+    if let Err(p) = super::admin::admin_only(&caller) {
+        return p.into_response();
     }
     let patient = match patient_of(&pid) {
         Ok(p) => p,

@@ -276,7 +276,10 @@ pub fn ms_from_instant(s: &str) -> Option<u64> {
             .and_then(|t| t.parse::<u32>().ok())
             .is_some_and(|v| v <= max)
     };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' || calendar_ok(&s[..10]) != Some(true) {
+    if !s.is_ascii() || b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    if calendar_ok(&s[..10]) != Some(true) {
         return None;
     }
     let mut millis = 0u64;
@@ -373,6 +376,9 @@ mod tests {
             "2026-11-30T25:00:00Z",
             "x",
             "2026-11-30T00:00:00.Z",
+            "2025-01-0\u{e9}",
+            "2025-01-01T00:00:00+0\u{e9}00",
+            "2025-01-01T00:00:0\u{e9}Z",
             "",
         ] {
             assert_eq!(ms_from_instant(bad), None, "{bad}");

@@ -137,6 +137,17 @@ impl Grant {
         Ok(())
     }
 
+    /// The one spelling reads compare against: security label codes in upper case (v3 ActCode
+    /// codes are), record ids in lower-case hex. A deny on `psy` must not silently miss `PSY`.
+    pub fn normalize(&mut self) {
+        for l in &mut self.labels {
+            l.make_ascii_uppercase();
+        }
+        for r in &mut self.records {
+            r.make_ascii_lowercase();
+        }
+    }
+
     /// Whether this grant's provision applies to `who` asking for `purpose` at `now_ms`.
     fn applies(&self, who: &Requester<'_>, purpose: &str, now_ms: u64) -> bool {
         (self.grantee == who.principal || who.organization.is_some_and(|o| self.grantee == o))

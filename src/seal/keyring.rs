@@ -230,6 +230,9 @@ pub struct Keyring {
     db: Healing,
     cache: RwLock<HashMap<String, Arc<DataKey>>>,
     create_lock: Mutex<()>,
+    /// Bumped by every destroy after its commit, before its key leaves the cache, so that a load
+    /// which read the table before the commit does not put the destroyed key back.
+    destroyed: std::sync::atomic::AtomicU64,
 }
 
 fn master_ids(dir: &Path) -> Result<Vec<u32>, KeyringError> {
@@ -317,6 +320,7 @@ impl Keyring {
             ),
             cache: RwLock::new(HashMap::new()),
             create_lock: Mutex::new(()),
+            destroyed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -351,6 +355,7 @@ impl Keyring {
                 db: Healing::read_only(db),
                 cache: RwLock::new(HashMap::new()),
                 create_lock: Mutex::new(()),
+                destroyed: std::sync::atomic::AtomicU64::new(0),
             },
             unchecked,
         ))
@@ -465,6 +470,8 @@ impl Keyring {
     }
 
     fn load(&self, key_id: &str) -> Result<Option<Arc<DataKey>>, KeyringError> {
+        use std::sync::atomic::Ordering;
+        let destroyed = self.destroyed.load(Ordering::SeqCst);
         // After a storage failure reads fail too until the file is reopened: reopen first, and
         // note a failed read so the next call reopens.
         self.db.heal(&|_| Ok(())).map_err(KeyringError::Db)?;
@@ -480,10 +487,15 @@ impl Keyring {
             key_id.to_string(),
             self.unwrap(key_id, v.value())?,
         ));
-        self.cache
-            .write()
-            .expect("lock")
-            .insert(key_id.to_string(), key.clone());
+        drop(t);
+        drop(r);
+        let mut cache = self.cache.write().expect("lock");
+        if self.destroyed.load(Ordering::SeqCst) != destroyed {
+            // A key was destroyed while this one was read: it may have been this one.
+            drop(cache);
+            return self.load(key_id);
+        }
+        cache.insert(key_id.to_string(), key.clone());
         Ok(Some(key))
     }
 
@@ -541,6 +553,10 @@ impl Keyring {
         };
         w.commit()
             .map_err(|e| KeyringError::Db(self.db.failed(e)))?;
+        // Counted before the key leaves the cache: a load that read the table before the
+        // commit either caches before this removal (and is removed) or sees the count move.
+        self.destroyed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.write().expect("lock").remove(key_id);
         Ok(existed)
     }
