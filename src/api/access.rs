@@ -435,6 +435,134 @@ pub fn resource_visible(r: &Value, record: &str, visible: &dyn Fn(&Resource<'_>)
             .is_none_or(|c| c.iter().all(|c| resource_visible(c, record, visible)))
 }
 
+/// [`filter_bundle`] on a Bundle's bytes, without building a tree of it: the entries are found as
+/// raw JSON, each resource's type, labels and whether it contains others are read from it, and
+/// the kept entries are copied out as they are. An entry that needs more (a resource with
+/// `contained`, a kept Provenance whose targets are trimmed) is parsed alone. `None` when the
+/// bytes are not a Bundle this can handle (then [`filter_bundle`] does it on the tree).
+pub fn filter_bundle_bytes(
+    bytes: &[u8],
+    record: &str,
+    visible: &dyn Fn(&Resource<'_>) -> bool,
+) -> Option<(Vec<u8>, Vec<String>)> {
+    use serde::de::IgnoredAny;
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(rename = "resourceType")]
+        kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        entry: Vec<&'a RawValue>,
+        total: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Entry<'a> {
+        #[serde(rename = "fullUrl", borrow)]
+        full_url: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        resource: Option<Res<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Coding<'a> {
+        #[serde(borrow)]
+        code: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, default)]
+        security: Vec<Coding<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Res<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        meta: Option<Meta<'a>>,
+        contained: Option<IgnoredAny>,
+    }
+
+    let top: Top<'_> = serde_json::from_slice(bytes).ok()?;
+    if top.kind != "Bundle" || top.total.is_some() {
+        return None;
+    }
+    let at = |raw: &RawValue| raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+    // Which entries stay, and the urls they carry (for Provenance targets).
+    let mut kept: Vec<(&RawValue, Option<String>)> = Vec::new();
+    let mut kept_urls: Vec<String> = Vec::new();
+    let mut types: Vec<String> = Vec::new();
+    for raw in &top.entry {
+        // One pass over the entry reads its url and what the rules need of its resource.
+        let e: Entry<'_> = serde_json::from_str(raw.get()).ok()?;
+        let Some(r) = e.resource else {
+            continue;
+        };
+        let keep = if r.contained.is_some() {
+            let v: Value = serde_json::from_str(raw.get()).ok()?;
+            resource_visible(v.get("resource")?, record, visible)
+        } else {
+            let labels = r
+                .meta
+                .map(|m| {
+                    m.security
+                        .into_iter()
+                        .filter_map(|c| c.code.map(Cow::into_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            r.kind != "Bundle"
+                && visible(&Resource {
+                    kind: &r.kind,
+                    labels,
+                    record,
+                })
+        };
+        if !keep {
+            continue;
+        }
+        if let Some(u) = e.full_url {
+            kept_urls.push(u.into_owned());
+        }
+        if !types.iter().any(|t| *t == r.kind) {
+            types.push(r.kind.to_string());
+        }
+        kept.push((raw, (r.kind == "Provenance").then(String::new)));
+    }
+    // The entries are written back as they were, between the text before the first entry and
+    // the text after the last.
+    let (Some(first), Some(last)) = (top.entry.first(), top.entry.last()) else {
+        return Some((bytes.to_vec(), types));
+    };
+    let (start, end) = (at(first), at(last) + last.get().len());
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..start]);
+    for (n, (raw, provenance)) in kept.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        match provenance {
+            None => out.extend_from_slice(raw.get().as_bytes()),
+            Some(_) => {
+                let mut v: Value = serde_json::from_str(raw.get()).ok()?;
+                if let Some(targets) = v
+                    .pointer_mut("/resource/target")
+                    .and_then(Value::as_array_mut)
+                {
+                    targets.retain(|t| {
+                        t.get("reference")
+                            .and_then(Value::as_str)
+                            .is_some_and(|u| kept_urls.iter().any(|k| k == u))
+                    });
+                }
+                serde_json::to_writer(&mut out, &v).ok()?;
+            }
+        }
+    }
+    out.extend_from_slice(&bytes[end..]);
+    Some((out, types))
+}
+
 /// Keeps the entries of a Bundle that `visible` allows, and trims a kept Provenance's targets to
 /// the entries kept, so neither a count nor a reference says what was left out. Returns the
 /// resource types kept.
@@ -660,6 +788,13 @@ fn respond_record(
         }
         return (r, vec!["*".to_string()]);
     };
+    if let Some((filtered, types)) = filter_bundle_bytes(bytes, &record, visible) {
+        let mut r = ([(header::CONTENT_TYPE, "application/fhir+json")], filtered).into_response();
+        if let Ok(h) = HeaderValue::from_str(&served) {
+            r.headers_mut().insert("medanchor-record-id", h);
+        }
+        return (r, types);
+    }
     let Ok(mut v) = serde_json::from_slice::<Value>(bytes) else {
         tracing::error!("a stored FHIR record is not JSON");
         return (internal("reading the record").into_response(), Vec::new());
@@ -724,5 +859,46 @@ mod tests {
             bundle["entry"][1]["resource"]["target"],
             json!([{"reference": "urn:uuid:a"}])
         );
+    }
+
+    /// The bytes path and the tree path keep the same entries, in the same order, with the same
+    /// Provenance targets, on the corpus's Bundles and under several rules.
+    #[test]
+    fn filtering_the_bytes_gives_what_filtering_the_tree_gives() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hl7/microsoft");
+        let normalizer =
+            crate::normalize::Normalizer::load(&crate::config::NormalizeConfig::default()).unwrap();
+        let rules: [&dyn Fn(&Resource<'_>) -> bool; 4] = [
+            &|_| true,
+            &|_| false,
+            &|r| r.kind != "Observation" && r.kind != "Encounter",
+            &|r| r.labels.is_empty() && r.kind != "Patient",
+        ];
+        let link = crate::normalize::Link {
+            raw_record_id: "0123456789abcdef0123456789abcdef",
+            raw_commitment: &[7; 32],
+            mapped_ms: 1,
+        };
+        let mut bundles = 0;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let raw = std::fs::read(f).unwrap();
+            let mapped = crate::pipeline::with_message(&raw, |m| normalizer.map(m, &link).ok());
+            let Ok(Some(mapped)) = mapped else { continue };
+            bundles += 1;
+            for rule in rules {
+                let (bytes, types) =
+                    filter_bundle_bytes(&mapped.bundle, "r", rule).expect("a Bundle");
+                let mut tree: Value = serde_json::from_slice(&mapped.bundle).unwrap();
+                let tree_types = filter_bundle(&mut tree, "r", rule);
+                assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), tree);
+                assert_eq!(types, tree_types);
+            }
+        }
+        assert!(bundles >= 100, "{bundles}");
     }
 }
