@@ -732,6 +732,7 @@ impl EmbeddedVault {
                 ));
             }
         }
+        self.check_patients(&r, &entries, fail)?;
         let meta = r.open_table(META).map_err(err)?;
         for name in [SEGMENT_TAIL, ANCHORED_THROUGH] {
             let Some(v) = meta.get(name).map_err(err)? else {
@@ -752,6 +753,71 @@ impl EmbeddedVault {
             }
         }
         Ok(entries.into_iter().map(|(id, (h, _))| (id, h)).collect())
+    }
+
+    /// The patient index against the entries: each row names an entry of that kind about that
+    /// patient, and each entry about a patient (an event's header names them, a record's sealed
+    /// header its data key) has its row. Reads every record's sealed header.
+    fn check_patients(
+        &self,
+        r: &redb::ReadTransaction,
+        entries: &HashMap<RecordId, (EntryHeader, Tail)>,
+        fail: &mut dyn FnMut(String),
+    ) -> Result<(), VaultError> {
+        let Some(patients) = optional(r, PATIENTS)? else {
+            return Ok(());
+        };
+        let records = r.open_table(RECORDS).map_err(err)?;
+        // What each indexed entry is about, from the entry itself.
+        let mut about: HashMap<RecordId, Option<(PatientIndex, u8)>> = HashMap::new();
+        for (id, (h, _)) in entries {
+            let Some(row) = records.get(id.0.as_slice()).map_err(err)? else {
+                continue; // not indexed: named above
+            };
+            let Ok((_, at)) = parse_row(*id, row.value()) else {
+                continue;
+            };
+            match patient_of_entry(&self.segments, h, at) {
+                Ok(p) => {
+                    about.insert(*id, p);
+                }
+                Err(e) => fail(format!("index: record {id}: {e}")),
+            }
+        }
+        let mut listed = std::collections::HashSet::new();
+        for row in patients.iter().map_err(err)? {
+            let (k, _) = row.map_err(err)?;
+            let k = k.value();
+            if k.len() != 33 {
+                fail(format!(
+                    "index: patients key {} is malformed",
+                    hex::encode(k)
+                ));
+                continue;
+            }
+            let patient = PatientIndex(k[..16].try_into().expect("16"));
+            let id = record_id(&k[17..])?;
+            match about.get(&id) {
+                Some(Some(found)) if *found == (patient, k[16]) => {
+                    listed.insert(id);
+                }
+                Some(_) => fail(format!(
+                    "index: patients lists record {id} under a patient or kind its entry does not name"
+                )),
+                None if self.pending.contains_key(&id) => {}
+                None => fail(format!(
+                    "index: patients lists record {id}, which is in no segment or not indexed"
+                )),
+            }
+        }
+        for (id, p) in &about {
+            if p.is_some() && !listed.contains(id) {
+                fail(format!(
+                    "index: record {id} is missing from the patient index"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The anchored watermark: records at or before it are in the log.
@@ -1460,6 +1526,60 @@ mod fault_tests;
 mod tests {
     use super::fault_tests::{derived_of, message, put_of};
     use super::*;
+
+    /// The patient index is checked against the entries: a row lost, or one naming another
+    /// patient, is named by `check_index` (so by `verify --all`).
+    #[test]
+    fn a_patient_index_row_lost_or_altered_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = EmbeddedVault::open(
+            &dir.path().join("v.redb"),
+            &dir.path().join("s"),
+            1 << 20,
+            true,
+        )
+        .unwrap();
+        let msgs: Vec<_> = (0..4).map(message).collect();
+        let puts: Vec<_> = msgs.iter().map(put_of).collect();
+        vault.commit(&puts, &[]).unwrap();
+        let problems = |v: &EmbeddedVault| {
+            let mut p = Vec::new();
+            v.check_index(&mut |f| p.push(f)).unwrap();
+            p
+        };
+        assert!(problems(&vault).is_empty(), "{:?}", problems(&vault));
+        let patient = PatientIndex::from_key_id(super::fault_tests::PATIENT_KEY).unwrap();
+        let listed = vault.patient_entries(&patient, &[1, 2]).unwrap();
+        assert_eq!(
+            listed.len(),
+            4 + 2,
+            "four raw records and two derived (messages 0 and 3)"
+        );
+        let first = listed[0].record_id;
+        let w = vault.begin_write().unwrap();
+        {
+            let mut t = w.open_table(PATIENTS).unwrap();
+            let mut key = [0u8; 33];
+            key[..16].copy_from_slice(&patient.0);
+            key[16] = listed[0].kind;
+            key[17..].copy_from_slice(&first.0);
+            t.remove(key.as_slice()).unwrap();
+            key[..16].copy_from_slice(&[9; 16]);
+            t.insert(key.as_slice(), [].as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+        let found = problems(&vault);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("missing from the patient index")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("under a patient or kind")),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn quarantine_entries_past_their_retention_are_removed_and_newer_kept() {

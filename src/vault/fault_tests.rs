@@ -20,6 +20,10 @@ pub(super) struct Message {
     pub(super) put: PutRecord,
 }
 
+/// The data key the test records are sealed under: a patient's, so the patient index is
+/// written, re-indexed after crashes and checked with the rest.
+pub(super) const PATIENT_KEY: &str = "p-0123456789abcdef0123456789abcdef";
+
 pub(super) fn message(i: usize) -> Message {
     let record = Record {
         meta: RecordMeta {
@@ -36,7 +40,7 @@ pub(super) fn message(i: usize) -> Message {
     };
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-    let sealed = seal::seal(&record, RecordId(id), &DataKey::new("p-t", [5; 32])).unwrap();
+    let sealed = seal::seal(&record, RecordId(id), &DataKey::new(PATIENT_KEY, [5; 32])).unwrap();
     let mut dedup = [0u8; 32];
     dedup[..8].copy_from_slice(&(i as u64).to_be_bytes());
     let mut control = [0u8; 32];
@@ -69,7 +73,7 @@ pub(super) fn derived_of(m: &Message, n: u8) -> Sealed {
     };
     let mut id = m.put.sealed.record_id.0;
     id[15] = 0xd0 + n;
-    seal::seal_derived_many(&[(&d, RecordId(id), &DataKey::new("p-t", [5; 32]))])
+    seal::seal_derived_many(&[(&d, RecordId(id), &DataKey::new(PATIENT_KEY, [5; 32]))])
         .pop()
         .expect("one")
         .expect("encodable")
