@@ -22,9 +22,10 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use medanchor::envelope::{FormatHint, Origin, RecordId};
+use medanchor::ledger::EventKind;
 use medanchor::ledger::{EmbeddedLedger, Leaf, Ledger, LogHasher};
 use medanchor::record::{
-    AcceptRules, Content, DerivedRecord, EncodeError, Record, RecordMeta, DERIVED_VERSION,
+    AcceptRules, Content, DerivedRecord, EncodeError, Event, Record, RecordMeta, DERIVED_VERSION,
     MAX_PATIENT_IDS,
 };
 use medanchor::seal::keyring::{self, Keyring, KeyringError};
@@ -1223,6 +1224,7 @@ fn generate() -> Value {
         .map(|n| json!({"size": n, "root": hx(&tree.root(n).unwrap())}))
         .collect();
 
+    let events = event_vectors();
     let (ledger, bundles) = ledger_vectors(&sealed, &ders, &sealed_ders);
     let segments = segment_vectors(&sealed, &recs, &ders, &sealed_ders);
     let vault = vault_vectors(&sealed, &recs, &ders, &sealed_ders);
@@ -1255,7 +1257,195 @@ fn generate() -> Value {
         "bundles": bundles,
         "segments": segments,
         "vault": vault,
+        "events": events,
     })
+}
+
+/// The four kinds of event, each encoded, sealed under a patient's key and as its leaf.
+fn events() -> Vec<(&'static str, Event)> {
+    let patient = format!("p-{}", hx(&fill(0x50)[..16]));
+    let e = |kind, at_ms, body: &str| Event {
+        kind,
+        patient: patient.clone(),
+        at_ms,
+        body: Bytes::from(body.to_string()),
+    };
+    vec![
+        (
+            "consent_granted",
+            e(
+                EventKind::ConsentGranted,
+                T1,
+                r#"{"grant":{"grantee":"org-b","decision":"deny","labels":["PSY"]},"by":"pat-1"}"#,
+            ),
+        ),
+        (
+            "consent_revoked",
+            e(
+                EventKind::ConsentRevoked,
+                T2,
+                r#"{"revokes":"019aae02a47ba1a1a1a1a1a1a1a1a1a1","by":"pat-1"}"#,
+            ),
+        ),
+        (
+            "record_accessed",
+            e(
+                EventKind::RecordAccessed,
+                T2,
+                r#"{"resourceType":"AuditEvent","action":"R","outcome":"4","outcomeDesc":"deny"}"#,
+            ),
+        ),
+        (
+            "patient_erased",
+            e(
+                EventKind::PatientErased,
+                T3,
+                r#"{"by":"admin","reason":"request 42","keys_destroyed":1}"#,
+            ),
+        ),
+    ]
+}
+
+fn encode_event(e: &Event) -> Vec<u8> {
+    let mut out = Vec::new();
+    e.encode_into(&mut out).unwrap();
+    out
+}
+
+fn event_vectors() -> Value {
+    let key_id = format!("p-{}", hx(&fill(0x50)[..16]));
+    let key = DataKey::new(&key_id, fill(0x60));
+    let valid: Vec<Value> = events()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, e))| {
+            let id = record_id(e.at_ms, 0xe0 + i as u8);
+            let (salt, nonce) = (fill(0x70 + i as u8), nonce_of(40 + i));
+            let sealed = seal::seal_event_with(&e, id, &key, salt, nonce).unwrap();
+            let entry = medanchor_merkle::event_leaf(e.kind, &sealed.commitment);
+            json!({
+                "name": name, "kind": e.kind.byte(), "patient": e.patient, "at_ms": e.at_ms,
+                "body": String::from_utf8(e.body.to_vec()).unwrap(),
+                "encoding": hx(&encode_event(&e)),
+                "key_id": key_id, "data_key": hx(&fill(0x60)), "record_id": id.to_string(),
+                "salt": hx(&salt), "nonce": hx(&nonce), "sealed": hx(&sealed.bytes),
+                "commitment": hx(&sealed.commitment), "entry": hx(&entry),
+                "leaf_hash": hx(&Sha3Hasher.leaf(&entry)), "bundle_event": e.kind.name(),
+            })
+        })
+        .collect();
+    let good = encode_event(&events()[2].1);
+    let plen = events()[2].1.patient.len();
+    let corrupt = |name: &str, bytes: Vec<u8>| json!({"name": name, "encoding": hx(&bytes)});
+    let mut not_utf8 = good.clone();
+    not_utf8[6] = 0xff;
+    let mut version = good.clone();
+    version[0] = 2;
+    let mut derived_kind = good.clone();
+    derived_kind[1] = 0x02;
+    let mut unknown_kind = good.clone();
+    unknown_kind[1] = 0x07;
+    let mut long_body = good.clone();
+    let at = 2 + 4 + plen + 8;
+    long_body[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut trailing = good.clone();
+    trailing.push(0);
+    json!({
+        "valid": valid,
+        "corrupt": [
+            corrupt("version_2", version),
+            corrupt("kind_of_a_derived_record", derived_kind),
+            corrupt("kind_unknown", unknown_kind),
+            corrupt("patient_not_utf8", not_utf8),
+            corrupt("body_length_past_the_end", long_body),
+            corrupt("body_cut_short", good[..good.len() - 1].to_vec()),
+            corrupt("trailing_byte", trailing),
+            corrupt("empty", Vec::new()),
+        ],
+    })
+}
+
+/// An event encoding read as docs/FORMATS.md describes it: (kind, patient, at_ms, body).
+fn docs_read_event(mut b: &[u8]) -> Option<(u8, String, u64, Vec<u8>)> {
+    if take(&mut b, 1)? != [3] {
+        return None;
+    }
+    let kind = take(&mut b, 1)?[0];
+    if !(0x03..=0x06).contains(&kind) {
+        return None;
+    }
+    let patient = String::from_utf8(field(&mut b)?).ok()?;
+    let at = u64::from_be_bytes(take(&mut b, 8)?.try_into().ok()?);
+    let body = field(&mut b)?;
+    b.is_empty().then_some((kind, patient, at, body))
+}
+
+fn check_events(v: &Value, n: &mut Count) {
+    for e in list(&v["valid"]) {
+        let encoding = unhex(&e["encoding"]);
+        let kind = EventKind::from_byte(u8::try_from(u64_of(&e["kind"])).unwrap()).unwrap();
+        let event = Event {
+            kind,
+            patient: str_of(&e["patient"]).into(),
+            at_ms: u64_of(&e["at_ms"]),
+            body: Bytes::from(str_of(&e["body"]).to_string()),
+        };
+        assert_eq!(encode_event(&event), encoding, "{}", e["name"]);
+        assert_eq!(
+            Content::decode(&encoding),
+            Some(Content::Event(event.clone()))
+        );
+        assert_eq!(
+            docs_read_event(&encoding),
+            Some((
+                kind.byte(),
+                event.patient.clone(),
+                event.at_ms,
+                event.body.to_vec()
+            )),
+            "by the docs"
+        );
+        let id = RecordId::parse(str_of(&e["record_id"])).unwrap();
+        let secret = unhex32(&e["data_key"]);
+        let key = DataKey::new(str_of(&e["key_id"]), secret);
+        let (salt, nonce) = (unhex32(&e["salt"]), unhex(&e["nonce"]).try_into().unwrap());
+        let sealed = seal::seal_event_with(&event, id, &key, salt, nonce).unwrap();
+        assert_eq!(hx(&sealed.bytes), str_of(&e["sealed"]));
+        let (key_id, plain) = docs_open(&secret, &id, &sealed.bytes).expect("opens by the docs");
+        assert_eq!(key_id, str_of(&e["key_id"]));
+        assert_eq!((&plain[..32], &plain[32..]), (&salt[..], &encoding[..]));
+        let commitment = docs_commitment(&salt, &encoding);
+        assert_eq!(hx(&commitment), str_of(&e["commitment"]));
+        let opened = seal::open_content(&sealed.bytes, id, &key).unwrap();
+        assert_eq!(
+            (opened.commitment, opened.content),
+            (commitment, Content::Event(event))
+        );
+        let entry = unhex(&e["entry"]);
+        assert_eq!(
+            [&[kind.byte()][..], &commitment].concat(),
+            entry,
+            "by the docs"
+        );
+        let want = unhex32(&e["leaf_hash"]);
+        assert_eq!(LogHasher.leaf(&entry), want, "the gateway's hasher");
+        assert_eq!(Sha3Hasher.leaf(&entry), want, "the reference hasher");
+        assert_eq!(docs_leaf(&entry), want);
+        assert_eq!(Leaf::event(kind, id, commitment).entry(), entry);
+        assert_eq!(str_of(&e["bundle_event"]), kind.name());
+        n.checked += 1;
+    }
+    for c in list(&v["corrupt"]) {
+        let bytes = unhex(&c["encoding"]);
+        assert_eq!(Event::decode(&bytes), None, "{}", c["name"]);
+        assert!(
+            !matches!(Content::decode(&bytes), Some(Content::Event(_))),
+            "{}",
+            c["name"]
+        );
+        assert_eq!(docs_read_event(&bytes), None, "{} by the docs", c["name"]);
+        n.checked += 1;
+    }
 }
 
 fn sealed_corruptions(sealed: &[SealedVec], recs: &[Rec]) -> Vec<Value> {
@@ -3330,6 +3520,7 @@ fn vectors_match_the_code() {
     check_bundles(&v["bundles"], &v["ledger"], &mut n);
     check_segments(&v["segments"], &v["sealed"], &mut n);
     check_vault(&v["vault"], &v["sealed"], &ders, &mut n);
+    check_events(&v["events"], &mut n);
     println!("{} vectors checked", n.checked);
     // Whatever the checks above do not look at: the code must still generate exactly this file.
     assert!(

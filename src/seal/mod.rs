@@ -177,6 +177,19 @@ pub fn seal_derived_with(
     seal_one_with(Plain::Derived(record), record_id, key, salt, nonce)
 }
 
+/// [`seal_with`] for an event: the same code path as [`seal_events`], for known-answer vectors
+/// only (never reuse a nonce or salt outside tests).
+#[doc(hidden)]
+pub fn seal_event_with(
+    event: &Event,
+    record_id: RecordId,
+    key: &DataKey,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+) -> Result<Sealed, EncodeError> {
+    seal_one_with(Plain::Event(event), record_id, key, salt, nonce)
+}
+
 fn seal_one_with(
     record: Plain<'_>,
     record_id: RecordId,
