@@ -131,7 +131,9 @@ fn corpus_is_accepted_bad_batches_rejected_duplicates_deduplicated_and_all_verif
     // Every HL7v2 message mapped has a derived record, anchored as its own leaf.
     let derived = report["derived"].as_u64().unwrap();
     assert!(derived > 0, "{report}");
-    assert_eq!(report["leaves"], 142 + derived);
+    // The admin's proof request above is in the patient's access log: one event, with its leaf.
+    assert_eq!(report["events"], 1, "{report}");
+    assert_eq!(report["leaves"], 142 + derived + 1);
     assert_eq!(report["ok"], true);
 
     // A proof bundle verifies offline, pinned or not, and a doctored one does not.

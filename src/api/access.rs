@@ -405,7 +405,8 @@ pub fn find(s: &ApiState, id: &RecordId) -> Result<Option<Found>, Problem> {
     }
 }
 
-/// The security label codes of a resource (`meta.security[].code`).
+/// The security label codes of a resource (`meta.security[].code`), in upper case as grants
+/// store them (a FHIR record sent with `psy` is still denied by a deny on `PSY`).
 fn labels(resource: &Value) -> Vec<String> {
     resource
         .pointer("/meta/security")
@@ -413,7 +414,7 @@ fn labels(resource: &Value) -> Vec<String> {
         .map(|l| {
             l.iter()
                 .filter_map(|c| c.get("code").and_then(Value::as_str))
-                .map(str::to_string)
+                .map(str::to_ascii_uppercase)
                 .collect()
         })
         .unwrap_or_default()
@@ -507,7 +508,7 @@ pub fn filter_bundle_bytes(
                 .map(|m| {
                     m.security
                         .into_iter()
-                        .filter_map(|c| c.code.map(Cow::into_owned))
+                        .filter_map(|c| c.code.map(|c| c.to_ascii_uppercase()))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -845,6 +846,11 @@ mod tests {
             "r",
             &|_| true
         ));
+        let lower = json!({"resourceType": "Condition", "meta": {"security": [{"code": "psy"}]}});
+        assert!(
+            !resource_visible(&lower, "r", &allow),
+            "codes compared in upper case"
+        );
         let mut bundle = json!({"resourceType": "Bundle", "total": 3, "entry": [
             {"fullUrl": "urn:uuid:a", "resource": {"resourceType": "Patient"}},
             {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Condition", "meta": {"security": [psy]}}},

@@ -1,7 +1,10 @@
-//! Authentication of API requests: a bearer token (`Authorization: Bearer mat_…`) names a
-//! principal. No token, an unknown one or a revoked one is 401; failures are counted per
-//! source address, and an address with too many in a minute gets 429 until the minute is over,
-//! so tokens cannot be guessed at speed (they are 256 random bits; this keeps the log quiet).
+//! Authentication of API requests: a bearer token (`Authorization: Bearer mat_…`), a JWT from
+//! the configured identity provider, or a TLS client certificate names a principal. No
+//! credential, an unknown one or a revoked one is 401. Failures are counted per source address
+//! (an IPv6 /64); an address with too many in a minute gets 429 until the minute is over for
+//! every failure and every JWT, while a principal's own token or certificate still gets in (a
+//! proxy's other clients are not locked out; tokens are 256 random bits, so the limit is about
+//! keeping the log quiet and JWT checks bounded, not about guessing).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,8 +70,9 @@ impl Failures {
 /// The address failures are counted for: an IPv4 address, or an IPv6 address's /64 (one host
 /// commonly holds a whole /64).
 fn bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
+    // On a dual-stack listener an IPv4 client arrives as ::ffff:a.b.c.d: count it as itself.
+    match ip.to_canonical() {
+        v4 @ IpAddr::V4(_) => v4,
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
@@ -136,6 +140,10 @@ pub fn authenticate(
         principals
             .authenticate(token)
             .map(|p| (p, Scopes::everything()))
+    } else if limited {
+        // A JWT costs a signature check (and maybe a JWKS fetch): not for an address over
+        // the limit.
+        return Err(too_many());
     } else if let Some(jwt) = jwt {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -192,5 +200,11 @@ mod tests {
         let v6 = |s: &str| bucket(s.parse().unwrap());
         assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::9"), "one /64");
         assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(
+            v6("::ffff:10.0.0.1"),
+            a,
+            "an IPv4 client on a dual-stack listener"
+        );
+        assert_ne!(v6("::ffff:10.0.0.1"), v6("::ffff:10.0.0.2"));
     }
 }

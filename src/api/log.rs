@@ -131,7 +131,11 @@ pub async fn proof(
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
-    // Whose record it is goes into their access log, like any other read about them.
+    let bundle = match prove(&s, rid).await {
+        Ok(b) => b,
+        Err(p) => return p.into_response(),
+    };
+    // A proof given is a read about the record's patient: in their access log before it goes.
     if let Some(patient) = patient {
         let what = AccessWhat {
             what: "proof",
@@ -148,23 +152,25 @@ pub async fn proof(
             Err(p) => return p.into_response(),
         }
     }
-    build_proof(&s, rid).await
+    Json(bundle).into_response()
 }
 
-/// The proof bundle of `rid`, or the problem answering why there is none.
-pub(crate) async fn build_proof(s: &ApiState, rid: RecordId) -> Response {
+/// The proof bundle of `rid` from the ledger (on the blocking pool).
+pub(crate) async fn prove(
+    s: &ApiState,
+    rid: RecordId,
+) -> Result<medanchor_merkle::ProofBundle, Problem> {
     let ledger = s.ledger.clone();
     match tokio::task::spawn_blocking(move || ledger.proof(&rid)).await {
-        Ok(Ok(bundle)) => Json(bundle).into_response(),
-        Ok(Err(e)) => ledger_error(s, e, "proof").into_response(),
+        Ok(Ok(bundle)) => Ok(bundle),
+        Ok(Err(e)) => Err(ledger_error(s, e, "proof")),
         Err(_) => {
             s.metrics.proof_failures.inc();
-            Problem::new(
+            Err(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ledger error",
                 "the proof could not be built",
-            )
-            .into_response()
+            ))
         }
     }
 }

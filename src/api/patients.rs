@@ -543,7 +543,8 @@ pub async fn post_consent(
         let found = RecordId::parse(r).map(|id| find(&s, &id));
         match found {
             Some(Ok(Some(f))) if f.patient == Some(patient) => *r = f.raw_id.to_string(),
-            Some(Err(p)) if p.status == StatusCode::GONE => return p.into_response(),
+            Some(Err(p)) if p.status.is_server_error() => return p.into_response(),
+            // Another patient's record (erased or not) is refused like no record at all.
             _ => {
                 return bad_request("bad grant", "field records: each a record of this patient")
                     .into_response()

@@ -561,6 +561,7 @@ impl EmbeddedVault {
             w.delete_table(RECORDS).map_err(err)?;
             w.delete_table(CONTROLS).map_err(err)?;
             w.delete_table(DERIVED).map_err(err)?;
+            w.delete_table(PATIENTS).map_err(err)?;
             {
                 let mut meta = w.open_table(META).map_err(err)?;
                 meta.remove(SEGMENT_TAIL).map_err(err)?;

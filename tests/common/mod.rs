@@ -257,12 +257,13 @@ pub fn verify_all(data_dir: &Path) -> serde_json::Value {
 }
 
 /// `verify --all` passes and counts `n` records as received, each with its leaf, and a leaf for
-/// each derived record.
+/// each derived record and each event (a read through the API is one).
 pub fn assert_everything_verifies(data_dir: &Path, n: u64) {
     let report = verify_all(data_dir);
     assert_eq!(report["records"], n);
     let derived = report["derived"].as_u64().unwrap();
-    assert_eq!(report["leaves"], n + derived);
+    let events = report["events"].as_u64().unwrap();
+    assert_eq!(report["leaves"], n + derived + events);
 }
 
 /// Runs the binary and returns (success, stdout, stderr).
