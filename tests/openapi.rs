@@ -67,6 +67,8 @@ fn schemathesis_finds_no_server_error_and_no_response_outside_the_description() 
         ("nobody", None),
     ] {
         let mut cmd = std::process::Command::new(schemathesis());
+        // It keeps a cache where it runs: in the test's directory, not the checkout.
+        cmd.current_dir(dir.path());
         cmd.args([
             "run",
             &url,
