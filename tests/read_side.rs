@@ -408,6 +408,14 @@ fn grants_revocations_labels_break_glass_access_log_and_erasure_over_http() {
     bundle.verify(None).unwrap();
     assert!(bundle.event.is_some());
     assert_eq!(api.get(&log_path, &pat8).0, 403);
+    // A page at a time: the second page starts right after the first.
+    let (_, _, first) = api.get(&format!("{log_path}?limit=2"), &aud);
+    assert_eq!(first["entries"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_str().expect("more pages").to_string();
+    assert_eq!(first["entries"][1]["id"], next.as_str());
+    let (_, _, second) = api.get(&format!("{log_path}?limit=2&after={next}"), &aud);
+    assert_eq!(second["entries"][0]["id"], entries[2]["id"], "{second}");
+    assert_eq!(api.get(&format!("{log_path}?after=zz"), &aud).0, 400);
 
     // Proofs and checkpoints over HTTP.
     let (status, _, proof) = api.get(&format!("{record}/proof"), &pat);

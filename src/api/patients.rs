@@ -674,6 +674,17 @@ pub async fn list_consents(
         .into_response()
 }
 
+/// Entries of a long list a page at a time.
+#[derive(Debug, Default, Deserialize)]
+pub struct Page {
+    /// The last entry id of the page before.
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+const DEFAULT_PAGE: usize = 500;
+const MAX_PAGE: usize = 5_000;
+
 #[derive(Debug, Default, Deserialize)]
 pub struct ReasonQuery {
     pub reason: Option<String>,
@@ -776,6 +787,7 @@ pub async fn access_log(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(pid): Path<String>,
+    Query(page): Query<Page>,
     headers: HeaderMap,
 ) -> Response {
     let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
@@ -803,6 +815,27 @@ pub async fn access_log(
             .into_response();
         }
     };
+    // One page: entries after `after` (an entry id), at most `limit` of them; `next` names the
+    // page after it. A log that grows with every read is never answered whole.
+    let after = match page.after.as_deref().map(RecordId::parse) {
+        None => None,
+        Some(Some(id)) => Some(id),
+        Some(None) => {
+            return bad_request("bad cursor", "after is an entry id (32 hex characters)")
+                .into_response()
+        }
+    };
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return bad_request("bad limit", "limit is 1 to 5000").into_response();
+    }
+    let mut entries: Vec<_> = entries
+        .into_iter()
+        .filter(|e| after.is_none_or(|a| e.record_id.0 > a.0))
+        .take(limit + 1)
+        .collect();
+    let next = (entries.len() > limit).then(|| entries[limit - 1].record_id.to_string());
+    entries.truncate(limit);
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         let (event, commitment) = match consent::open_event(&*s.vault, &s.keyring, &e.record_id) {
@@ -849,7 +882,7 @@ pub async fn access_log(
     {
         return r.into_response();
     }
-    Json(json!({"patient": pid, "entries": out})).into_response()
+    Json(json!({"patient": pid, "entries": out, "next": next})).into_response()
 }
 
 /// `DELETE /v1/patients/{pid}?reason=` (admin): destroys the patient's data key, then stores
