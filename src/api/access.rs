@@ -907,4 +907,103 @@ mod tests {
         }
         assert!(bundles >= 100, "{bundles}");
     }
+
+    /// A failing disk's view of a read: while the vault cannot store the access event, the read
+    /// is not answered (503, nothing of the record in the answer); once storage works again the
+    /// same read succeeds and its event is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_whose_access_event_cannot_be_stored_is_not_answered() {
+        use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome};
+        use axum::body::Body;
+        use http_body_util::BodyExt;
+        use std::sync::atomic::AtomicBool;
+        use tower_service::Service;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config {
+            data_dir: dir.path().join("data"),
+            ..crate::config::Config::default()
+        };
+        let faults = crate::testing::faulty::Faults::default();
+        let mut stores = crate::pipeline::Stores::open(&cfg, true).unwrap();
+        stores.vault = Arc::new(
+            crate::vault::EmbeddedVault::open_with_faults(
+                &dir.path().join("faulty.redb"),
+                &dir.path().join("faulty-segments"),
+                1 << 20,
+                true,
+                Some(faults.clone()),
+            )
+            .unwrap(),
+        );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (pipeline, _running) =
+            crate::pipeline::Pipeline::start(&cfg, &stores, metrics.clone()).unwrap();
+        let (token, rx) = AckToken::new();
+        pipeline
+            .submit(Envelope {
+                payload: bytes::Bytes::from_static(
+                    b"MSH|^~\\&|ADT|HOSP|GW|GW|20261130083000||ADT^A01^ADT_A01|F1|P|2.5.1\rPID|1||7^^^HOSP^MR||DOE^JANE||19800101|F\r",
+                ),
+                origin: Origin::Local { name: "t".into() },
+                format: FormatHint::Hl7v2,
+                received_ms: now_ms(),
+                token,
+            })
+            .await;
+        let Ok(Outcome::Stored { receipt, .. }) = rx.await else {
+            panic!("stored")
+        };
+        let principals = Arc::new(crate::consent::Principals::open(dir.path()).unwrap());
+        let pid = stores.keyring.patient("7^HOSP^MR").key_id();
+        let (_, patient_token) = principals
+            .add(
+                &crate::consent::NewPrincipal {
+                    id: "pat-7".into(),
+                    role: Some(Role::Patient),
+                    patients: vec![pid],
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        let state = ApiState {
+            metrics,
+            ledger: stores.ledger.clone(),
+            vault: stores.vault.clone(),
+            keyring: stores.keyring.clone(),
+            ready: Arc::new(AtomicBool::new(true)),
+            health: crate::sources::Health::default(),
+            ingest: None,
+            access: Some(Access {
+                pipeline: pipeline.clone(),
+                principals,
+                book: Arc::new(Book::default()),
+                failures: Arc::new(auth::Failures::new(20)),
+                jwt: None,
+            }),
+        };
+        let mut app = super::super::router(state);
+        let mut read = async || {
+            let mut req = axum::http::Request::get(format!("/v1/records/{}", receipt.record_id))
+                .header("authorization", format!("Bearer {patient_token}"))
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+            let r = app.call(req).await.unwrap();
+            let status = r.status();
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        faults.fail_all();
+        let (status, body) = read().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("access log cannot be written"), "{body}");
+        assert!(!body.contains("DOE"), "nothing of the record: {body}");
+        faults.clear();
+        let (status, body) = read().await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"resourceType\":\"Bundle\""), "{body}");
+    }
 }
