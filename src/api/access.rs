@@ -619,27 +619,23 @@ pub async fn get_record(
     Path(id): Path<String>,
     Query(q): Query<PurposeQuery>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, q.purpose.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, q.purpose.as_deref())?;
     let Some(rid) = RecordId::parse(&id) else {
-        return Problem::new(
+        return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "bad record id",
             "a record id is 32 hex characters",
-        )
-        .into_response();
+        ));
     };
     let found = match find(&s, &rid) {
         Ok(Some(f)) => f,
-        Ok(None) => return not_found("record").into_response(),
+        Ok(None) => return Err(not_found("record")),
         Err(r) => {
             if r.status == StatusCode::GONE {
                 s.metrics.reads.with_label_values(&["record", "gone"]).inc();
             }
-            return r.into_response();
+            return Err(r);
         }
     };
     let want_v2 = headers
@@ -658,14 +654,11 @@ pub async fn get_record(
         };
         if !sender_ok {
             s.metrics.reads.with_label_values(&["record", "deny"]).inc();
-            return forbidden().into_response();
+            return Err(forbidden());
         }
-        return respond_record(&found, want_v2, None).0;
+        return Ok(respond_record(&found, want_v2, None).0);
     };
-    let standing = match access.standing(&s, &caller, &patient, Some(&found.raw.meta.sender)) {
-        Ok(st) => st,
-        Err(r) => return r.into_response(),
-    };
+    let standing = access.standing(&s, &caller, &patient, Some(&found.raw.meta.sender))?;
     let record_hex = found.raw_id.to_string();
     let now = now_ms();
     let applicable = match &standing {
@@ -717,13 +710,9 @@ pub async fn get_record(
         record: Some(&record_hex),
         types,
     };
-    let event = match access
+    let event = access
         .record_access(&s, &caller, &patient, &what, decision)
-        .await
-    {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
+        .await?;
     let mut response = response;
     if let Some(v) = (!event.is_empty())
         .then(|| HeaderValue::from_str(&event).ok())
@@ -731,7 +720,7 @@ pub async fn get_record(
     {
         response.headers_mut().insert("medanchor-access-event", v);
     }
-    response
+    Ok(response)
 }
 
 /// The answer to a record read and the resource types it holds (`*`: all, served whole): the

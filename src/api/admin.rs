@@ -113,19 +113,17 @@ pub async fn add(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(p) = admin_only(&caller) {
-        return p.into_response();
-    }
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, None)?;
+    admin_only(&caller)?;
     let req: AddPrincipal = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return Problem::new(StatusCode::BAD_REQUEST, "bad principal", e.to_string())
-                .into_response()
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad principal",
+                e.to_string(),
+            ))
         }
     };
     let added = req
@@ -134,13 +132,13 @@ pub async fn add(
     match added {
         Ok((p, token)) => {
             tracing::info!(principal = %p.id, role = p.role.name(), by = %caller.principal.id, "principal added");
-            (
+            Ok((
                 StatusCode::CREATED,
                 Json(json!({"principal": p, "token": token})),
             )
-                .into_response()
+                .into_response())
         }
-        Err(e) => refused(e).into_response(),
+        Err(e) => Err(refused(e)),
     }
 }
 
@@ -149,15 +147,10 @@ pub async fn list(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(p) = admin_only(&caller) {
-        return p.into_response();
-    }
-    Json(json!({"principals": access.principals.list()})).into_response()
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, None)?;
+    admin_only(&caller)?;
+    Ok(Json(json!({"principals": access.principals.list()})).into_response())
 }
 
 /// `DELETE /v1/admin/principals/{id}`: revoked at once.
@@ -166,19 +159,14 @@ pub async fn revoke(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(p) = admin_only(&caller) {
-        return p.into_response();
-    }
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, None)?;
+    admin_only(&caller)?;
     match access.principals.revoke(&id, now_ms()) {
         Ok(p) => {
             tracing::info!(principal = %p.id, by = %caller.principal.id, "principal revoked");
-            StatusCode::NO_CONTENT.into_response()
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
-        Err(e) => refused(e).into_response(),
+        Err(e) => Err(refused(e)),
     }
 }

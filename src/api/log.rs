@@ -118,23 +118,16 @@ pub async fn proof(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, Problem> {
     let Some(rid) = RecordId::parse(&id) else {
-        return Problem::new(
+        return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "bad record id",
             "a record id is 32 hex characters",
-        )
-        .into_response();
+        ));
     };
-    let (access, caller, patient) = match may_prove(&s, &headers, peer, &rid) {
-        Ok(x) => x,
-        Err(r) => return r.into_response(),
-    };
-    let bundle = match prove(&s, rid).await {
-        Ok(b) => b,
-        Err(p) => return p.into_response(),
-    };
+    let (access, caller, patient) = may_prove(&s, &headers, peer, &rid)?;
+    let bundle = prove(&s, rid).await?;
     // A proof given is a read about the record's patient: in their access log before it goes.
     if let Some(patient) = patient {
         let what = AccessWhat {
@@ -149,10 +142,10 @@ pub async fn proof(
             Ok(_) => {}
             // An erased patient's proofs are still given.
             Err(p) if p.status == StatusCode::GONE => {}
-            Err(p) => return p.into_response(),
+            Err(p) => return Err(p),
         }
     }
-    Json(bundle).into_response()
+    Ok(Json(bundle).into_response())
 }
 
 /// The proof bundle of `rid` from the ledger (on the blocking pool).
@@ -188,19 +181,16 @@ pub async fn latest(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(r) = any_principal(&s, &headers, peer) {
-        return r.into_response();
-    }
+) -> Result<Response, Problem> {
+    any_principal(&s, &headers, peer)?;
     match s.ledger.latest_checkpoint() {
-        Ok(Some(cp)) => note(cp.text),
-        Ok(None) => Problem::new(
+        Ok(Some(cp)) => Ok(note(cp.text)),
+        Ok(None) => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "no checkpoint yet",
             "the log is empty",
-        )
-        .into_response(),
-        Err(e) => ledger_error(&s, e, "checkpoint").into_response(),
+        )),
+        Err(e) => Err(ledger_error(&s, e, "checkpoint")),
     }
 }
 
@@ -210,27 +200,23 @@ pub async fn at_size(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(size): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(r) = any_principal(&s, &headers, peer) {
-        return r.into_response();
-    }
+) -> Result<Response, Problem> {
+    any_principal(&s, &headers, peer)?;
     let Ok(size) = size.parse::<u64>() else {
-        return Problem::new(
+        return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "bad size",
             "a tree size is a number",
-        )
-        .into_response();
+        ));
     };
     match s.ledger.checkpoint_at(size) {
-        Ok(Some(text)) => note(text),
-        Ok(None) => Problem::new(
+        Ok(Some(text)) => Ok(note(text)),
+        Ok(None) => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "no such checkpoint",
             "no checkpoint was signed at this tree size",
-        )
-        .into_response(),
-        Err(e) => ledger_error(&s, e, "checkpoint").into_response(),
+        )),
+        Err(e) => Err(ledger_error(&s, e, "checkpoint")),
     }
 }
 
@@ -247,36 +233,30 @@ pub async fn consistency(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(q): Query<Between>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(r) = any_principal(&s, &headers, peer) {
-        return r.into_response();
-    }
+) -> Result<Response, Problem> {
+    any_principal(&s, &headers, peer)?;
     if q.from == 0 || q.from > q.to {
-        return Problem::new(
+        return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "bad sizes",
             "from must be at least 1 and at most to",
-        )
-        .into_response();
+        ));
     }
     let (first, second) = match (s.ledger.checkpoint_at(q.from), s.ledger.checkpoint_at(q.to)) {
         (Ok(Some(a)), Ok(Some(b))) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            return ledger_error(&s, e, "consistency proof").into_response()
-        }
+        (Err(e), _) | (_, Err(e)) => return Err(ledger_error(&s, e, "consistency proof")),
         _ => {
-            return Problem::new(
+            return Err(Problem::new(
                 StatusCode::NOT_FOUND,
                 "no such checkpoint",
                 "both sizes must be sizes a checkpoint was signed at",
-            )
-            .into_response()
+            ))
         }
     };
     let ledger = s.ledger.clone();
     let (from, to) = (q.from, q.to);
     match tokio::task::spawn_blocking(move || ledger.consistency(from, to)).await {
-        Ok(Ok(path)) => Json(json!({
+        Ok(Ok(path)) => Ok(Json(json!({
             "from": from,
             "to": to,
             "proof": path.iter().map(hex::encode).collect::<Vec<_>>(),
@@ -284,14 +264,13 @@ pub async fn consistency(
             "to_checkpoint": second,
             "public_key": s.ledger.verifier().to_vkey(),
         }))
-        .into_response(),
-        Ok(Err(e)) => ledger_error(&s, e, "consistency proof").into_response(),
-        Err(_) => Problem::new(
+        .into_response()),
+        Ok(Err(e)) => Err(ledger_error(&s, e, "consistency proof")),
+        Err(_) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ledger error",
             "the consistency proof could not be built",
-        )
-        .into_response(),
+        )),
     }
 }
 
@@ -300,9 +279,7 @@ pub async fn public_key(
     State(s): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(r) = any_principal(&s, &headers, peer) {
-        return r.into_response();
-    }
-    Json(json!({"public_key": s.ledger.verifier().to_vkey()})).into_response()
+) -> Result<Response, Problem> {
+    any_principal(&s, &headers, peer)?;
+    Ok(Json(json!({"public_key": s.ledger.verifier().to_vkey()})).into_response())
 }

@@ -180,16 +180,9 @@ pub async fn list_records(
     Path(pid): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller, patient) =
-        match patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref()) {
-            Ok(c) => c,
-            Err(r) => return r.into_response(),
-        };
-    let (seen, decision) = match visible_records(&s, &access, &caller, &patient, q.since) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref())?;
+    let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
     let listed: Vec<Value> = seen
         .iter()
         .filter(|r| q.kind.as_ref().is_none_or(|k| r.types.contains(k)))
@@ -207,13 +200,10 @@ pub async fn list_records(
         record: None,
         types: Vec::new(),
     };
-    if let Err(r) = access
+    access
         .record_access(&s, &caller, &patient, &what, decision)
-        .await
-    {
-        return r.into_response();
-    }
-    Json(json!({ "patient": pid, "records": listed })).into_response()
+        .await?;
+    Ok(Json(json!({ "patient": pid, "records": listed })).into_response())
 }
 
 /// `GET /fhir/Patient/{pid}/$everything` and `GET /fhir/{type}?patient={pid}`: a FHIR R4
@@ -225,16 +215,9 @@ async fn search(
     pid: String,
     kind: Option<String>,
     q: ListQuery,
-) -> Response {
-    let (access, caller, patient) =
-        match patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref()) {
-            Ok(c) => c,
-            Err(r) => return r.into_response(),
-        };
-    let (seen, decision) = match visible_records(&s, &access, &caller, &patient, q.since) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref())?;
+    let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
     let mut entries: Vec<(String, Value)> = Vec::new();
     let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for r in seen {
@@ -282,12 +265,9 @@ async fn search(
         record: None,
         types: kind.clone().into_iter().collect(),
     };
-    if let Err(r) = access
+    access
         .record_access(&s, &caller, &patient, &what, decision)
-        .await
-    {
-        return r.into_response();
-    }
+        .await?;
     let entry: Vec<Value> = entries
         .into_iter()
         .map(|(u, r)| json!({"fullUrl": u, "resource": r, "search": {"mode": "match"}}))
@@ -298,11 +278,11 @@ async fn search(
         "total": entry.len(),
         "entry": entry,
     });
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/fhir+json")],
         serde_json::to_vec(&bundle).expect("JSON"),
     )
-        .into_response()
+        .into_response())
 }
 
 pub async fn everything(
@@ -311,7 +291,7 @@ pub async fn everything(
     Path(pid): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, Problem> {
     search(s, peer, headers, pid, None, q).await
 }
 
@@ -321,16 +301,18 @@ pub async fn search_type(
     Path(kind): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, Problem> {
     let Some(pid) = q.patient.clone() else {
-        return bad_request(
+        return Err(bad_request(
             "patient required",
             "search with ?patient=<patient id>: this server answers per patient",
-        )
-        .into_response();
+        ));
     };
     if kind.is_empty() || !kind.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return bad_request("bad resource type", "a FHIR resource type name").into_response();
+        return Err(bad_request(
+            "bad resource type",
+            "a FHIR resource type name",
+        ));
     }
     search(s, peer, headers, pid, Some(kind), q).await
 }
@@ -344,18 +326,12 @@ pub async fn charges(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(pid): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, None)?;
     if !caller.principal.is_patient(&patient) || !caller.scopes.allows("ChargeItem") {
         return refuse_read(&s, &access, &caller, &patient, "charges").await;
     }
-    let (seen, _) = match visible_records(&s, &access, &caller, &patient, None) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+    let (seen, _) = visible_records(&s, &access, &caller, &patient, None)?;
     let mut out = Vec::new();
     for r in &seen {
         let Some(bundle) = &r.fhir else { continue };
@@ -426,13 +402,10 @@ pub async fn charges(
         record: None,
         types: vec!["ChargeItem".into()],
     };
-    if let Err(r) = access
+    access
         .record_access(&s, &caller, &patient, &what, "permit")
-        .await
-    {
-        return r.into_response();
-    }
-    Json(json!({"patient": pid, "charges": out})).into_response()
+        .await?;
+    Ok(Json(json!({"patient": pid, "charges": out})).into_response())
 }
 
 /// Refuses a read of the patient's data the caller has no standing or scope for, after writing
@@ -443,15 +416,15 @@ async fn refuse_read(
     caller: &Caller,
     patient: &PatientIndex,
     what: &'static str,
-) -> Response {
+) -> Result<Response, Problem> {
     let w = AccessWhat {
         what,
         record: None,
         types: Vec::new(),
     };
     match access.record_access(s, caller, patient, &w, "deny").await {
-        Err(r) if r.status != StatusCode::GONE => r.into_response(),
-        _ => forbidden().into_response(),
+        Err(r) if r.status != StatusCode::GONE => Err(r),
+        _ => Err(forbidden()),
     }
 }
 
@@ -491,27 +464,24 @@ pub async fn post_consent(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, None)?;
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("bad JSON", "the body is not JSON").into_response();
+        return Err(bad_request("bad JSON", "the body is not JSON"));
     };
     let (grant, named, reason) = if v.get("resourceType").is_some() {
         match fhir::from_consent(&v) {
             Ok(p) => (p.grant, p.patient, None),
-            Err(e) => return bad_request("bad Consent", &e.to_string()).into_response(),
+            Err(e) => return Err(bad_request("bad Consent", &e.to_string())),
         }
     } else {
         match serde_json::from_value::<GrantRequest>(v) {
             Ok(r) => (r.grant, r.patient, r.reason),
-            Err(e) => return bad_request("bad grant", &e.to_string()).into_response(),
+            Err(e) => return Err(bad_request("bad grant", &e.to_string())),
         }
     };
     if let Err(e) = grant.check() {
-        return bad_request("bad grant", &e.to_string()).into_response();
+        return Err(bad_request("bad grant", &e.to_string()));
     }
     let pid = match named {
         Some(p) => p,
@@ -519,23 +489,18 @@ pub async fn post_consent(
             caller.principal.patients[0].clone()
         }
         None => {
-            return bad_request(
+            return Err(bad_request(
                 "patient required",
                 "name the patient (field patient, or Consent.patient.identifier with system urn:medanchor:patient)",
-            ).into_response()
+            ))
         }
     };
-    let patient = match patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p)) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+    let patient = patient_of(&pid).and_then(|p| not_erased(&s, &p).map(|()| p))?;
     if !manages(&caller, &patient, false) || !caller.scopes.permits("Consent", b'c') {
-        return forbidden().into_response();
+        return Err(forbidden());
     }
     let admin = caller.principal.role == Role::Admin && !caller.principal.is_patient(&patient);
-    if let Err(r) = check_reason(&reason, admin) {
-        return r.into_response();
-    }
+    check_reason(&reason, admin)?;
     // Records named by a grant are this patient's, by their raw record's id (what reads compare).
     let mut grant = grant;
     grant.normalize();
@@ -543,22 +508,23 @@ pub async fn post_consent(
         let found = RecordId::parse(r).map(|id| find(&s, &id));
         match found {
             Some(Ok(Some(f))) if f.patient == Some(patient) => *r = f.raw_id.to_string(),
-            Some(Err(p)) if p.status.is_server_error() => return p.into_response(),
+            Some(Err(p)) if p.status.is_server_error() => return Err(p),
             // Another patient's record (erased or not) is refused like no record at all.
             _ => {
-                return bad_request("bad grant", "field records: each a record of this patient")
-                    .into_response()
+                return Err(bad_request(
+                    "bad grant",
+                    "field records: each a record of this patient",
+                ))
             }
         }
     }
     match access.principals.get(&grant.grantee) {
         Some(p) if matches!(p.role, Role::Practitioner | Role::Organization) => {}
         _ => {
-            return bad_request(
+            return Err(bad_request(
                 "bad grant",
                 "field grantee: a practitioner or organization principal",
-            )
-            .into_response()
+            ))
         }
     }
     let body = GrantBody {
@@ -571,13 +537,9 @@ pub async fn post_consent(
     if let Err(consent::BookError::Read(e)) = access.book.grants(&patient, &*s.vault, &s.keyring) {
         tracing::error!(error = %e, "reading grants");
     }
-    let id = match access
+    let id = access
         .store_event(&s, EventKind::ConsentGranted, &patient, bytes)
-        .await
-    {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
+        .await?;
     let rid = RecordId::parse(&id).expect("receipt id");
     let at_ms = rid.unix_ms();
     let stored = consent::StoredGrant {
@@ -597,7 +559,7 @@ pub async fn post_consent(
         at_ms,
         revoked: false,
     });
-    (
+    Ok((
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/fhir+json".to_string()),
@@ -605,7 +567,7 @@ pub async fn post_consent(
         ],
         serde_json::to_vec(&consent).expect("JSON"),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `GET /v1/patients/{pid}/consents`: a FHIR searchset Bundle of the patient's Consents,
@@ -615,25 +577,21 @@ pub async fn list_consents(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(pid): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, None)?;
     if !manages(&caller, &patient, true) || !caller.scopes.allows("Consent") {
         return refuse_read(&s, &access, &caller, &patient, "consents").await;
     }
     let grants = match access.book.grants(&patient, &*s.vault, &s.keyring) {
         Ok(g) => g,
-        Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+        Err(consent::BookError::Erased(at)) => return Err(gone(at)),
         Err(e) => {
             tracing::error!(error = %e, "reading grants");
-            return Problem::new(
+            return Err(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",
                 "reading the grants failed",
-            )
-            .into_response();
+            ));
         }
     };
     let entry: Vec<Value> = grants
@@ -660,18 +618,15 @@ pub async fn list_consents(
         record: None,
         types: vec!["Consent".into()],
     };
-    if let Err(r) = access
+    access
         .record_access(&s, &caller, &patient, &what, "permit")
-        .await
-    {
-        return r.into_response();
-    }
+        .await?;
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entry.len(), "entry": entry});
-    (
+    Ok((
         [(header::CONTENT_TYPE, "application/fhir+json")],
         serde_json::to_vec(&bundle).expect("JSON"),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Entries of a long list a page at a time.
@@ -698,53 +653,60 @@ pub async fn delete_consent(
     Path(id): Path<String>,
     Query(q): Query<ReasonQuery>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, None)?;
     let Some(rid) = RecordId::parse(&id) else {
-        return bad_request("bad consent id", "a consent id is 32 hex characters").into_response();
+        return Err(bad_request(
+            "bad consent id",
+            "a consent id is 32 hex characters",
+        ));
     };
     let event = match consent::open_event(&*s.vault, &s.keyring, &rid) {
         Ok(Some((e, _))) if e.kind == EventKind::ConsentGranted => e,
         Ok(_) => {
-            return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent")
-                .into_response()
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not found",
+                "no such consent",
+            ))
         }
-        Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+        Err(consent::BookError::Erased(at)) => return Err(gone(at)),
         Err(e) => {
             tracing::error!(error = %e, "reading a grant");
-            return Problem::new(
+            return Err(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",
                 "reading the grant failed",
-            )
-            .into_response();
+            ));
         }
     };
     let Some(patient) = PatientIndex::from_key_id(&event.patient) else {
-        return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent").into_response();
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not found",
+            "no such consent",
+        ));
     };
     if !manages(&caller, &patient, false) || !caller.scopes.permits("Consent", b'd') {
         // The same answer as for an id that is no grant: a stranger learns nothing.
-        return Problem::new(StatusCode::NOT_FOUND, "not found", "no such consent").into_response();
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not found",
+            "no such consent",
+        ));
     }
     let admin = caller.principal.role == Role::Admin && !caller.principal.is_patient(&patient);
-    if let Err(r) = check_reason(&q.reason, admin) {
-        return r.into_response();
-    }
+    check_reason(&q.reason, admin)?;
     let grants = match access.book.grants(&patient, &*s.vault, &s.keyring) {
         Ok(g) => g,
-        Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+        Err(consent::BookError::Erased(at)) => return Err(gone(at)),
         Err(e) => {
             tracing::error!(error = %e, "reading grants");
-            return Problem::new(
+            return Err(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",
                 "reading the grants failed",
-            )
-            .into_response();
+            ));
         }
     };
     if grants
@@ -752,32 +714,28 @@ pub async fn delete_consent(
         .iter()
         .any(|g| g.id == rid && g.revoked_ms.is_some())
     {
-        return StatusCode::NO_CONTENT.into_response();
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let body = RevokeBody {
         revokes: id.clone(),
         by: caller.principal.id.clone(),
         reason: q.reason,
     };
-    let stored = match access
+    let stored = access
         .store_event(
             &s,
             EventKind::ConsentRevoked,
             &patient,
             serde_json::to_vec(&body).expect("JSON"),
         )
-        .await
-    {
-        Ok(e) => e,
-        Err(r) => return r.into_response(),
-    };
+        .await?;
     let at = RecordId::parse(&stored).map_or_else(now_ms, |r| r.unix_ms());
     access.book.note(&patient, |g| {
         if let Some(g) = g.grants.iter_mut().find(|g| g.id == rid) {
             g.revoked_ms.get_or_insert(at);
         }
     });
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /v1/patients/{pid}/access-log`: every event about the patient's data (reads, grants,
@@ -789,11 +747,8 @@ pub async fn access_log(
     Path(pid): Path<String>,
     Query(page): Query<Page>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller, patient) = match patient_caller(&s, &headers, peer, &pid, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, None)?;
     if !manages(&caller, &patient, true) || !caller.scopes.allows("AuditEvent") {
         // A refused look at someone's log is itself a read attempt the patient should see.
         return refuse_read(&s, &access, &caller, &patient, "access_log").await;
@@ -807,12 +762,11 @@ pub async fn access_log(
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "patient index");
-            return Problem::new(
+            return Err(Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error",
                 "reading the access log failed",
-            )
-            .into_response();
+            ));
         }
     };
     // One page: entries after `after` (an entry id), at most `limit` of them; `next` names the
@@ -821,13 +775,15 @@ pub async fn access_log(
         None => None,
         Some(Some(id)) => Some(id),
         Some(None) => {
-            return bad_request("bad cursor", "after is an entry id (32 hex characters)")
-                .into_response()
+            return Err(bad_request(
+                "bad cursor",
+                "after is an entry id (32 hex characters)",
+            ))
         }
     };
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return bad_request("bad limit", "limit is 1 to 5000").into_response();
+        return Err(bad_request("bad limit", "limit is 1 to 5000"));
     }
     let mut entries: Vec<_> = entries
         .into_iter()
@@ -841,15 +797,14 @@ pub async fn access_log(
         let (event, commitment) = match consent::open_event(&*s.vault, &s.keyring, &e.record_id) {
             Ok(Some(x)) => x,
             Ok(None) => continue,
-            Err(consent::BookError::Erased(at)) => return gone(at).into_response(),
+            Err(consent::BookError::Erased(at)) => return Err(gone(at)),
             Err(err) => {
                 tracing::error!(error = %err, "reading an event");
-                return Problem::new(
+                return Err(Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal error",
                     "reading the access log failed",
-                )
-                .into_response();
+                ));
             }
         };
         let body: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
@@ -876,13 +831,10 @@ pub async fn access_log(
         record: None,
         types: vec!["AuditEvent".into()],
     };
-    if let Err(r) = access
+    access
         .record_access(&s, &caller, &patient, &what, "permit")
-        .await
-    {
-        return r.into_response();
-    }
-    Json(json!({"patient": pid, "entries": out, "next": next})).into_response()
+        .await?;
+    Ok(Json(json!({"patient": pid, "entries": out, "next": next})).into_response())
 }
 
 /// `DELETE /v1/patients/{pid}?reason=` (admin): destroys the patient's data key, then stores
@@ -893,34 +845,23 @@ pub async fn erase(
     Path(pid): Path<String>,
     Query(q): Query<ReasonQuery>,
     headers: HeaderMap,
-) -> Response {
-    let (access, caller) = match caller(&s, &headers, peer, None) {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(p) = super::admin::admin_only(&caller) {
-        return p.into_response();
-    }
-    let patient = match patient_of(&pid) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, None)?;
+    super::admin::admin_only(&caller)?;
+    let patient = patient_of(&pid)?;
     let Some(reason) = q.reason.clone() else {
-        return bad_request("reason required", "erasure needs ?reason=").into_response();
+        return Err(bad_request("reason required", "erasure needs ?reason="));
     };
-    if let Err(r) = check_reason(&q.reason, true) {
-        return r.into_response();
-    }
+    check_reason(&q.reason, true)?;
     let destroyed = match s.keyring.destroy(&patient.key_id(), now_ms()) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "destroying a data key");
-            return Problem::new(
+            return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the key store could not be written; nothing was erased",
-            )
-            .into_response();
+            ));
         }
     };
     access.book.forget(&patient);
@@ -929,19 +870,17 @@ pub async fn erase(
         reason,
         keys_destroyed: u32::from(destroyed),
     };
-    let id = match access
+    let id = access
         .store_event(
             &s,
             EventKind::PatientErased,
             &patient,
             serde_json::to_vec(&body).expect("JSON"),
         )
-        .await
-    {
-        Ok(id) => id,
-        Err(r) => return r.into_response(),
-    };
+        .await?;
     tracing::info!(event = %id, "patient erased");
-    Json(json!({"patient": pid, "erasure_event": id, "keys_destroyed": u32::from(destroyed)}))
-        .into_response()
+    Ok(
+        Json(json!({"patient": pid, "erasure_event": id, "keys_destroyed": u32::from(destroyed)}))
+            .into_response(),
+    )
 }
