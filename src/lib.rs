@@ -8,6 +8,7 @@ pub mod consent;
 pub mod envelope;
 pub mod fhir;
 pub mod hl7;
+pub mod http1;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;

@@ -15,7 +15,6 @@
 //! once every 10 s), so the provider's key rotation needs no restart.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -423,31 +422,20 @@ fn http_get(url: &str) -> Result<String, JwtError> {
         .map_err(|e| err(&e.to_string()))?
         .next()
         .ok_or_else(|| err("no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let get = crate::http1::Request {
+        addr,
+        host,
+        method: "GET",
+        path: &path,
+        headers: &[("Accept", "application/json")],
+        body: b"",
+    };
+    let answer = crate::http1::request(&get, Duration::from_secs(2), 1 << 20)
         .map_err(|e| err(&e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n")
-        .map_err(|e| err(&e.to_string()))?;
-    let mut out = Vec::new();
-    s.take(1 << 20)
-        .read_to_end(&mut out)
-        .map_err(|e| err(&e.to_string()))?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err("no header end"))?;
-    if head.split_whitespace().nth(1) != Some("200") {
+    if answer.status != 200 {
         return Err(err("did not answer 200"));
     }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Err(err(
-            "chunked answers are not read; serve the JWKS with Content-Length",
-        ));
-    }
-    Ok(body.to_string())
+    Ok(answer.body)
 }
 
 #[cfg(test)]
@@ -601,6 +589,44 @@ mod tests {
             claims(),
         );
         assert_eq!(v.verify(&t, NOW), Err(JwtError::UnknownKey));
+    }
+
+    /// The JWKS from an `http://` URL, as an identity provider on the hospital network serves it.
+    #[test]
+    fn the_jwks_is_fetched_from_an_http_url() {
+        use std::io::{Read, Write};
+        let a = idp("k1");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let jwks = a.jwks.clone();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let n = c.read(&mut req).unwrap();
+            assert!(req[..n].starts_with(b"GET /keys.json HTTP/1.1\r\n"));
+            write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{jwks}",
+                jwks.len()
+            )
+            .unwrap();
+        });
+        let v = JwtVerifier::new(JwtConfig {
+            issuer: "https://idp.test".into(),
+            audience: "medanchor".into(),
+            jwks_file: None,
+            jwks_url: Some(format!("http://127.0.0.1:{port}/keys.json")),
+            principal_claim: "sub".into(),
+            leeway_secs: 60,
+        })
+        .unwrap();
+        server.join().unwrap();
+        let t = mint(
+            &a,
+            serde_json::json!({"alg": "ES256", "kid": "k1"}),
+            claims(),
+        );
+        assert_eq!(v.verify(&t, NOW).unwrap().principal, "dr-a");
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! `medanchor principals add|list|revoke`: on a stopped gateway's data directory directly, or
 //! through a running gateway's admin API (`/v1/admin/principals`) with the admin token.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -119,7 +118,7 @@ fn online(addr: SocketAddr, token: &str, action: Action) -> Result<()> {
     Ok(())
 }
 
-/// One HTTP/1.1 request on a fresh connection (the gateway's own API on this host).
+/// One request to the gateway's own API on this host.
 fn request(
     addr: SocketAddr,
     method: &str,
@@ -132,25 +131,21 @@ fn request(
     } else {
         addr
     };
-    let mut s = TcpStream::connect_timeout(&connect, Duration::from_secs(10))
-        .with_context(|| format!("connecting to the gateway's API at {connect}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {connect}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .context("the gateway's answer has no header end")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("the gateway's answer has no status")?;
-    Ok((status, rest.to_string()))
+    let auth = format!("Bearer {token}");
+    let host = connect.to_string();
+    let call = crate::http1::Request {
+        addr: connect,
+        host: &host,
+        method,
+        path,
+        headers: &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body: body.as_bytes(),
+    };
+    let answer = crate::http1::request(&call, Duration::from_secs(30), 64 << 20)
+        .with_context(|| format!("calling the gateway's API at {connect}"))?;
+    Ok((answer.status, answer.body))
 }
