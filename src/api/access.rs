@@ -224,9 +224,15 @@ impl Access {
         decision: &'static str,
     ) -> Result<String, Problem> {
         let body = audit_event(caller, what, decision, now_ms());
-        let id = self
-            .store_event(s, EventKind::RecordAccessed, patient, body)
-            .await?;
+        let id = match self
+            .pipeline
+            .record_event(EventKind::RecordAccessed, patient, body)
+            .await
+        {
+            // Nothing of this patient is stored, so nothing was read: no event to keep.
+            Err(EventError::NoPatient) => return Ok(String::new()),
+            stored => self.stored(s, EventKind::RecordAccessed, stored)?,
+        };
         s.metrics
             .reads
             .with_label_values(&[what.what, decision])
@@ -242,14 +248,29 @@ impl Access {
         patient: &PatientIndex,
         body: Vec<u8>,
     ) -> Result<String, Problem> {
-        match self.pipeline.record_event(kind, patient, body).await {
+        let stored = self.pipeline.record_event(kind, patient, body).await;
+        self.stored(s, kind, stored)
+    }
+
+    /// Answers an event's storage the way every handler does.
+    fn stored(
+        &self,
+        s: &ApiState,
+        kind: EventKind,
+        stored: Result<crate::envelope::Receipt, EventError>,
+    ) -> Result<String, Problem> {
+        match stored {
             Ok(receipt) => {
                 s.metrics.events.with_label_values(&[kind.name()]).inc();
                 Ok(receipt.record_id)
             }
             Err(EventError::Erased(at)) => Err(gone(at)),
-            // Nothing of this patient is stored, so nothing was read: no event to keep.
-            Err(EventError::NoPatient) => Ok(String::new()),
+            // Only a read of a patient with no key gets here; it reads nothing (record_access).
+            Err(EventError::NoPatient) => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "no such patient",
+                "the gateway holds nothing of this patient",
+            )),
             Err(EventError::TooLarge(_)) => Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too large",

@@ -149,6 +149,29 @@ pub async fn run(
             Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
+    let (lat, errors) = join_latencies(tasks, count).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let pid = pid.or_else(|| listening_pid(to.port()));
+    Ok(BenchReport {
+        messages: lat.len() as u64,
+        errors,
+        msgs_per_s: lat.len() as f64 / elapsed,
+        p50_ms: quantile_ms(&lat, 0.5),
+        p99_ms: quantile_ms(&lat, 0.99),
+        max_ms: quantile_ms(&lat, 1.0),
+        peak_rss_mb: pid.and_then(peak_rss_mb),
+        mean_bytes,
+    })
+}
+
+/// A load task: the latency of each request it made, and how many failed.
+pub(crate) type LoadTask = tokio::task::JoinHandle<Result<(Vec<Duration>, u64)>>;
+
+/// The load tasks' latencies, sorted, and their error counts, summed.
+pub(crate) async fn join_latencies(
+    tasks: Vec<LoadTask>,
+    count: u64,
+) -> Result<(Vec<Duration>, u64)> {
     let mut lat = Vec::with_capacity(count as usize);
     let mut errors = 0;
     for t in tasks {
@@ -156,24 +179,16 @@ pub async fn run(
         lat.extend(l);
         errors += e;
     }
-    let elapsed = started.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
-    let pid = pid.or_else(|| listening_pid(to.port()));
-    Ok(BenchReport {
-        messages: lat.len() as u64,
-        errors,
-        msgs_per_s: lat.len() as f64 / elapsed,
-        p50_ms: q(0.5),
-        p99_ms: q(0.99),
-        max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
-        peak_rss_mb: pid.and_then(peak_rss_mb),
-        mean_bytes,
-    })
+    Ok((lat, errors))
+}
+
+/// The `p` quantile (0 to 1) of sorted latencies, in milliseconds (0 when there are none).
+pub(crate) fn quantile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 /// VmHWM (peak resident set) of a process, in MiB.

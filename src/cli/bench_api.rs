@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use super::bench::{join_latencies, quantile_ms};
 use super::client::MllpClient;
 
 #[derive(Debug, Serialize)]
@@ -277,28 +278,16 @@ async fn measure(
             Ok::<_, anyhow::Error>((lat, errors))
         }));
     }
-    let mut lat = Vec::with_capacity(count as usize);
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.context("bench task")??;
-        lat.extend(l);
-        errors += e;
-    }
+    let (lat, errors) = join_latencies(tasks, count).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
     Ok(ApiReport {
         patients_loaded: loaded,
         requests: lat.len() as u64,
         errors,
         requests_per_s: lat.len() as f64 / elapsed,
-        p50_ms: q(0.5),
-        p99_ms: q(0.99),
-        max_ms: lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+        p50_ms: quantile_ms(&lat, 0.5),
+        p99_ms: quantile_ms(&lat, 0.99),
+        max_ms: quantile_ms(&lat, 1.0),
         record_bytes,
     })
 }
