@@ -862,6 +862,38 @@ impl EmbeddedVault {
             .map_err(VaultError::Storage)
     }
 
+    /// Commits an index transaction whose work gave `result`, synced or not. Whatever failed
+    /// (a full disk, an I/O error), the next commit reopens the index first (redb refuses every
+    /// operation after a failed write until then) and indexes the entries this commit appended,
+    /// which stay: they are durable in their segment, and a commit whose final sync failed may
+    /// have landed anyway, so cutting them off could leave index rows pointing past the end.
+    /// Their senders were told to resend; a re-send finds the record and gets its receipt.
+    fn finish<T>(
+        &self,
+        mut w: redb::WriteTransaction,
+        result: Result<T, VaultError>,
+        sync: bool,
+    ) -> Result<T, VaultError> {
+        let committed = result.and_then(|r| {
+            w.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(err)?;
+            w.commit().map_err(err)?;
+            Ok(r)
+        });
+        match &committed {
+            Err(e) => {
+                self.db.failed(e);
+            }
+            Ok(_) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
+            Ok(_) => {}
+        }
+        committed
+    }
+
     /// Notes a storage failure of the index: the next write reopens it first.
     fn failed(&self, e: impl std::fmt::Display) -> VaultError {
         VaultError::Storage(self.db.failed(e))
@@ -925,7 +957,7 @@ impl Vault for EmbeddedVault {
         puts: &[PutRecord],
         quarantine: &[(QuarantineEntry, Sealed)],
     ) -> Result<Vec<PutResult>, VaultError> {
-        let mut w = self.begin_write()?;
+        let w = self.begin_write()?;
         // Records are durable in their segment before this commit; the index is synced only
         // every INDEX_SYNC_INTERVAL (a crash loses nothing: the segments are re-read). Quarantine
         // entries live only in the index, so a commit holding one is synced at once.
@@ -1123,30 +1155,7 @@ impl Vault for EmbeddedVault {
         })();
         // A failure noted lives only in the index: synced like a quarantine entry.
         let sync = sync || result.as_ref().is_ok_and(|(_, noted)| *noted);
-        let committed = result.and_then(|(results, _)| {
-            w.set_durability(if sync {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(err)?;
-            w.commit().map_err(err)?;
-            Ok(results)
-        });
-        match &committed {
-            // Whatever failed (a full disk, an I/O error), the next commit reopens the index
-            // first (redb refuses every operation after a failed write until then) and indexes
-            // the entries this commit appended, which stay: they are durable in their segment,
-            // and a commit whose final sync failed may have landed anyway, so cutting them off
-            // could leave index rows pointing past the end. Their senders were told to resend;
-            // a re-send finds the record and gets its receipt.
-            Err(e) => {
-                self.db.failed(e);
-            }
-            Ok(_) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
-            Ok(_) => {}
-        }
-        committed
+        self.finish(w, result.map(|(results, _)| results), sync)
     }
 
     fn commit_derivations(&self, items: &[Rederive]) -> Result<Vec<Option<Position>>, VaultError> {
@@ -1221,7 +1230,7 @@ impl Vault for EmbeddedVault {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut w = self.begin_write()?;
+        let w = self.begin_write()?;
         // Like records: durable in the segment before the index, which a crash rebuilds.
         let sync = self.last_sync.lock().expect("lock").elapsed() >= INDEX_SYNC_INTERVAL;
         let result: Result<Vec<Position>, VaultError> = (|| {
@@ -1262,24 +1271,7 @@ impl Vault for EmbeddedVault {
                 .map_err(err)?;
             Ok(positions)
         })();
-        let committed = result.and_then(|positions| {
-            w.set_durability(if sync {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(err)?;
-            w.commit().map_err(err)?;
-            Ok(positions)
-        });
-        match &committed {
-            Err(e) => {
-                self.db.failed(e);
-            }
-            Ok(_) if sync => *self.last_sync.lock().expect("lock") = Instant::now(),
-            Ok(_) => {}
-        }
-        committed
+        self.finish(w, result, sync)
     }
 
     fn patient_entries(
