@@ -111,7 +111,23 @@ pub struct Expr(pub Vec<Term>);
 impl Expr {
     /// The assigned text; `None` when a referenced part is empty (`"urn:oid:"+HD.2` without an
     /// HD.2 must not write `urn:oid:`).
-    pub fn eval(&self, env: &dyn Env) -> Option<String> {
+    pub fn eval<'a>(&'a self, env: &'a dyn Env) -> Option<Cow<'a, str>> {
+        // Most assignments are one literal or one reference: those are borrowed, not copied.
+        let one = |t: &'a Term| -> Option<Cow<'a, str>> {
+            match t {
+                Term::Lit(l) => Some(Cow::Borrowed(l.as_str())),
+                Term::Ref(r) => {
+                    let v = match env.text(r) {
+                        Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
+                        Cow::Owned(v) => Cow::Owned(v.trim().to_string()),
+                    };
+                    (!v.is_empty()).then_some(v)
+                }
+            }
+        };
+        if let [t] = self.0.as_slice() {
+            return one(t);
+        }
         let mut s = String::new();
         for t in &self.0 {
             match t {
@@ -126,7 +142,7 @@ impl Expr {
                 }
             }
         }
-        Some(s)
+        Some(Cow::Owned(s))
     }
 
     /// The literal, when the expression is one.

@@ -107,6 +107,14 @@ enum Fast {
     Code,
     /// `id`: `^[A-Za-z0-9\-\.]{1,64}$`.
     Id,
+    /// `date`: a year, a month or a day.
+    Date,
+    /// `dateTime`: a year, a month, a day, or a day with a time and a zone.
+    DateTime,
+    /// `instant`: a day with a time and a zone.
+    Instant,
+    /// `time`: a time without a zone.
+    Time,
 }
 
 impl Fast {
@@ -116,8 +124,129 @@ impl Fast {
             r"^\S*$" => Fast::NoSpace,
             r"^[^\s]+(\s[^\s]+)*$" => Fast::Code,
             r"^[A-Za-z0-9\-\.]{1,64}$" => Fast::Id,
+            DATE => Fast::Date,
+            DATE_TIME => Fast::DateTime,
+            INSTANT => Fast::Instant,
+            TIME => Fast::Time,
             _ => Fast::Regex,
         }
+    }
+}
+
+/// R4's calendar patterns, as the schema spells them: the mapper writes such a value for nearly
+/// every message, and the regex engine was a few per cent of mapping one.
+const DATE: &str = "^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$";
+const DATE_TIME: &str = r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?$";
+const INSTANT: &str = r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$";
+const TIME: &str = r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?$";
+
+/// Reads what R4's calendar patterns are made of, a byte at a time.
+struct Calendar<'a>(&'a [u8]);
+
+impl Calendar<'_> {
+    /// Two digits from `lo` to `hi`.
+    fn two(&mut self, lo: u8, hi: u8) -> bool {
+        match self.0 {
+            [a, b, rest @ ..] if a.is_ascii_digit() && b.is_ascii_digit() => {
+                let v = (a - b'0') * 10 + (b - b'0');
+                self.0 = rest;
+                (lo..=hi).contains(&v)
+            }
+            _ => false,
+        }
+    }
+    fn byte(&mut self, c: u8) -> bool {
+        match self.0 {
+            [x, rest @ ..] if *x == c => {
+                self.0 = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+    /// Four digits, not all zero.
+    fn year(&mut self) -> bool {
+        match self.0 {
+            [a, b, c, d, rest @ ..] if [a, b, c, d].iter().all(|x| x.is_ascii_digit()) => {
+                self.0 = rest;
+                [a, b, c, d] != [&b'0'; 4]
+            }
+            _ => false,
+        }
+    }
+    /// `hh:mm:ss` with optional fraction digits.
+    fn time(&mut self) -> bool {
+        if !(self.two(0, 23) && self.byte(b':') && self.two(0, 59) && self.byte(b':')) {
+            return false;
+        }
+        if !self.two(0, 60) {
+            return false;
+        }
+        if self.byte(b'.') {
+            let n = self.0.iter().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 {
+                return false;
+            }
+            self.0 = &self.0[n..];
+        }
+        true
+    }
+    /// `Z`, or an offset from `-13:59` to `+14:00` (`+14:xx` only as `14:00`).
+    fn zone(&mut self) -> bool {
+        if self.byte(b'Z') {
+            return true;
+        }
+        if !(self.byte(b'+') || self.byte(b'-')) {
+            return false;
+        }
+        match self.0 {
+            [b'1', b'4', b':', b'0', b'0', rest @ ..] => {
+                self.0 = rest;
+                true
+            }
+            _ => self.two(0, 13) && self.byte(b':') && self.two(0, 59),
+        }
+    }
+    fn end(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Fast {
+    /// The calendar shortcuts (false for the others).
+    fn calendar(self, s: &str) -> bool {
+        let mut c = Calendar(s.as_bytes());
+        let ok = match self {
+            Fast::Time => c.time() && c.end(),
+            Fast::Instant => {
+                c.year()
+                    && c.byte(b'-')
+                    && c.two(1, 12)
+                    && c.byte(b'-')
+                    && c.two(1, 31)
+                    && c.byte(b'T')
+                    && c.time()
+                    && c.zone()
+                    && c.end()
+            }
+            Fast::Date | Fast::DateTime => {
+                c.year()
+                    && (c.end()
+                        || (c.byte(b'-')
+                            && c.two(1, 12)
+                            && (c.end()
+                                || (c.byte(b'-')
+                                    && c.two(1, 31)
+                                    && (c.end()
+                                        || (self == Fast::DateTime
+                                            && c.byte(b'T')
+                                            && c.time()
+                                            && c.zone()
+                                            && c.end()))))))
+            }
+            _ => false,
+        };
+        ok
     }
 }
 
@@ -164,6 +293,7 @@ impl Pattern {
                 !after_space
             }
             Fast::Id => super::primitive::is_id(s),
+            Fast::Date | Fast::DateTime | Fast::Instant | Fast::Time => self.fast.calendar(s),
         }
     }
 }
@@ -593,8 +723,8 @@ mod tests {
             .collect();
         assert_eq!(
             fast.len(),
-            4,
-            "string, uri, code and id are decided without the regex"
+            8,
+            "string, uri, code, id, date, dateTime, instant and time are decided without the regex"
         );
         let pieces = [
             "",
@@ -636,6 +766,125 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The calendar shortcuts decide as the regex does, on strings made of pieces that sit on
+    /// either side of each limit (months 00/01/12/13, hours 23/24, seconds 60/61, zones
+    /// 13:59/14:00/14:01, year 0000, fractions with no digit…), joined at random.
+    #[test]
+    fn calendar_shortcuts_agree_with_the_regex_engine() {
+        let m = Model::get();
+        let calendar: Vec<&Pattern> = m
+            .patterns
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.fast,
+                    Fast::Date | Fast::DateTime | Fast::Instant | Fast::Time
+                )
+            })
+            .collect();
+        assert_eq!(calendar.len(), 4);
+        let pieces = [
+            "2020",
+            "0000",
+            "0001",
+            "1000",
+            "0100",
+            "0010",
+            "9999",
+            "202",
+            "20201",
+            "-",
+            "--",
+            "01",
+            "00",
+            "09",
+            "10",
+            "12",
+            "13",
+            "19",
+            "20",
+            "29",
+            "30",
+            "31",
+            "32",
+            "59",
+            "60",
+            "61",
+            "1",
+            "T",
+            "t",
+            ":",
+            "23",
+            "24",
+            "14",
+            "Z",
+            "z",
+            "+",
+            "+14:00",
+            "+14:01",
+            "-13:59",
+            "+13:60",
+            "-00:00",
+            ".",
+            ".5",
+            ".123456789",
+            " ",
+            "\n",
+            "é",
+            "٣",
+            "12:30:00",
+            "23:59:60",
+            "24:00:00",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut matched = [0usize; 4];
+        let mut cases = vec![
+            "2020-02-30".to_string(),
+            "2020-01-01T00:00:00Z".into(),
+            "2020-01-01T00:00:00.000+14:00".into(),
+            "2020-01-01T23:59:60-13:59".into(),
+            "12:30:00.5".into(),
+        ];
+        for _ in 0..200_000 {
+            let n = 1 + next(9);
+            cases.push((0..n).map(|_| pieces[next(pieces.len())]).collect());
+        }
+        // Well-formed shapes with each place swept, so that the matches are many too.
+        for y in ["0000", "0001", "2024"] {
+            for mo in ["00", "01", "12", "13"] {
+                for d in ["00", "01", "31", "32"] {
+                    for t in [
+                        "00:00:00", "23:59:60", "24:00:00", "12:60:00", "12:00:61", "1:00:00",
+                    ] {
+                        for z in ["", "Z", "+14:00", "+14:01", "-13:59", "+13:60", "+1:00"] {
+                            cases.push(format!("{y}-{mo}-{d}T{t}{z}"));
+                            cases.push(format!("{y}-{mo}-{d}T{t}.25{z}"));
+                        }
+                    }
+                    cases.push(format!("{y}-{mo}-{d}"));
+                }
+                cases.push(format!("{y}-{mo}"));
+            }
+        }
+        for s in &cases {
+            for (i, p) in calendar.iter().enumerate() {
+                let want = p.re.is_match(s);
+                assert_eq!(p.is_match(s), want, "{} on {s:?}", p.ty);
+                matched[i] += usize::from(want);
+            }
+        }
+        assert!(
+            matched.iter().all(|&n| n > 50),
+            "too few matching cases: {matched:?}"
+        );
     }
 
     #[test]
