@@ -125,6 +125,8 @@ struct Walk<'m> {
     /// ASCII bytes are their own text in this message's character set.
     ascii_fast: bool,
     escape: Option<u8>,
+    /// Scratch for [`Mapper::place`]: the groups down to a segment's member.
+    path: Vec<(usize, usize)>,
 }
 
 impl<'m> Walk<'m> {
@@ -413,6 +415,7 @@ impl<'p> Mapper<'p> {
                 Charset::Other(e) => e.is_ascii_compatible(),
             },
             escape: msg.delimiters().escape,
+            path: Vec::with_capacity(8),
         };
         let mut b = Build {
             nodes: Vec::with_capacity(64 + msg.bytes().len() / 2),
@@ -553,15 +556,32 @@ impl<'p> Mapper<'p> {
         next: &mut u32,
     ) -> Option<(usize, usize, bool)> {
         let groups = &self.mm.groups;
-        let anywhere = |stray: bool| {
-            find(groups, 0, 0, &id, false).map(|p| {
+        // The path found, reused from segment to segment (a segment sits a few groups deep).
+        let mut p = std::mem::take(&mut walk.path);
+        p.clear();
+        let placed = self.place_in(walk, id, next, groups, &mut p);
+        walk.path = p;
+        placed
+    }
+
+    fn place_in(
+        &self,
+        walk: &mut Walk<'_>,
+        id: [u8; 3],
+        next: &mut u32,
+        groups: &[super::plan::Group],
+        p: &mut Vec<(usize, usize)>,
+    ) -> Option<(usize, usize, bool)> {
+        let anywhere = |stray: bool, p: &mut Vec<(usize, usize)>| {
+            p.clear();
+            find(groups, 0, 0, &id, false, p).then(|| {
                 let (g, m) = *p.last().expect("path");
                 (g, m, stray)
             })
         };
         if id[0] == b'Z' {
             // Z-segments may sit anywhere: they change no group.
-            return anywhere(false);
+            return anywhere(false, p);
         }
         for d in (0..walk.stack.len()).rev() {
             let f = walk.stack[d];
@@ -573,9 +593,10 @@ impl<'p> Mapper<'p> {
                         return Some((f.group, f.pos, false));
                     }
                     Member::Group(c) => {
-                        if let Some(p) = find(groups, *c, 0, &id, true) {
+                        p.clear();
+                        if find(groups, *c, 0, &id, true, p) {
                             walk.stack.truncate(d + 1);
-                            let (g, m) = self.enter(walk, &p, next);
+                            let (g, m) = self.enter(walk, p, next);
                             return Some((g, m, false));
                         }
                     }
@@ -583,7 +604,8 @@ impl<'p> Mapper<'p> {
                 }
             }
             let start = if f.pos == usize::MAX { 0 } else { f.pos + 1 };
-            if let Some(p) = find(groups, f.group, start, &id, false) {
+            p.clear();
+            if find(groups, f.group, start, &id, false, p) {
                 walk.stack.truncate(d + 1);
                 walk.stack[d].pos = p[0].1;
                 let (g, m) = self.enter(walk, &p[1..], next);
@@ -604,7 +626,7 @@ impl<'p> Mapper<'p> {
         // Out of order: handled where it is, without moving the groups. A segment of the
         // message's top level may still make its resources (senders reorder DG1 and GT1); one
         // that belongs in a group only adds to resources already open.
-        anywhere(true).map(|(g, m, _)| (g, m, g != 0))
+        anywhere(true, p).map(|(g, m, _)| (g, m, g != 0))
     }
 
     /// Opens new instances of the groups on `path` (each `(group, member)`).
@@ -1303,33 +1325,39 @@ fn code_and_system<'m>(
     }
 }
 
-/// `[(group, member)]` from `g` (starting at member `start`) down to the member for `id`. A
-/// group is only entered at a segment that may begin it: one preceded by optional members only
-/// (a ROL cannot open a PROCEDURE group whose PR1 is required).
+/// Pushes `[(group, member)]` from `g` (starting at member `start`) down to the member for `id`
+/// onto `path`, and says whether it found one (`path` is as it was when not). A group is only
+/// entered at a segment that may begin it: one preceded by optional members only (a ROL cannot
+/// open a PROCEDURE group whose PR1 is required).
 fn find(
     groups: &[super::plan::Group],
     g: usize,
     start: usize,
     id: &[u8; 3],
     entering: bool,
-) -> Option<Vec<(usize, usize)>> {
+    path: &mut Vec<(usize, usize)>,
+) -> bool {
     for (i, m) in groups[g].members.iter().enumerate().skip(start) {
         match m {
-            Member::Seg { id: s, .. } if s == id => return Some(vec![(g, i)]),
+            Member::Seg { id: s, .. } if s == id => {
+                path.push((g, i));
+                return true;
+            }
             Member::Seg { optional, .. } => {
                 if entering && !optional {
-                    return None;
+                    return false;
                 }
             }
             Member::Group(c) => {
-                if let Some(mut p) = find(groups, *c, 0, id, true) {
-                    p.insert(0, (g, i));
-                    return Some(p);
+                path.push((g, i));
+                if find(groups, *c, 0, id, true, path) {
+                    return true;
                 }
+                path.pop();
             }
         }
     }
-    None
+    false
 }
 
 /// The anchor of a path's leaf: every step but the last made, the last as an element to make.
