@@ -154,11 +154,14 @@ impl<'m> Walk<'m> {
     /// The raw bytes when they are their own text.
     fn plain(&self, f: Field<'m>) -> Option<&'m [u8]> {
         let raw = f.raw();
-        (self.ascii_fast
-            && raw != b"\"\""
-            && raw.is_ascii()
-            && !self.escape.is_some_and(|e| raw.contains(&e)))
-        .then_some(raw)
+        (raw != b"\"\"" && self.as_is(raw)).then_some(raw)
+    }
+
+    /// Whether `raw` is its own text: ASCII without the escape character, in a character set
+    /// that reads ASCII as itself. One pass over the bytes (most values are short).
+    fn as_is(&self, raw: &[u8]) -> bool {
+        let esc = self.escape.unwrap_or(0x80);
+        self.ascii_fast && raw.iter().all(|&c| c < 0x80 && c != esc)
     }
 
     /// Decoded text. Most values are ASCII without escapes: those are the bytes themselves in
@@ -169,7 +172,7 @@ impl<'m> Walk<'m> {
             // HL7's explicit null ("delete the value") holds nothing to map.
             return Cow::Borrowed("");
         }
-        if self.ascii_fast && raw.is_ascii() && !self.escape.is_some_and(|e| raw.contains(&e)) {
+        if self.as_is(raw) {
             return Cow::Borrowed(std::str::from_utf8(raw).unwrap_or(""));
         }
         self.msg.text(raw).unwrap_or(Cow::Borrowed(""))

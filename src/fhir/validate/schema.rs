@@ -269,9 +269,9 @@ impl Pattern {
     pub fn is_match(&self, s: &str) -> bool {
         match self.fast {
             Fast::Regex => self.re.is_match(s),
-            Fast::Text if s.is_ascii() => {
-                !s.is_empty() && !s.bytes().any(|b| b == 0x0B || b == 0x0C)
-            }
+            // ASCII without a vertical tab or form feed, decided in one pass; else by character.
+            Fast::Text if s.bytes().all(|b| b < 0x80 && b != 0x0B && b != 0x0C) => !s.is_empty(),
+            Fast::Text if s.is_ascii() => false,
             Fast::Text => {
                 !s.is_empty()
                     && s.chars()
