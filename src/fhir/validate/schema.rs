@@ -216,7 +216,7 @@ impl Fast {
     /// The calendar shortcuts (false for the others).
     fn calendar(self, s: &str) -> bool {
         let mut c = Calendar(s.as_bytes());
-        let ok = match self {
+        match self {
             Fast::Time => c.time() && c.end(),
             Fast::Instant => {
                 c.year()
@@ -245,8 +245,7 @@ impl Fast {
                                             && c.end()))))))
             }
             _ => false,
-        };
-        ok
+        }
     }
 }
 
