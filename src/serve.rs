@@ -50,18 +50,12 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     }
     let metrics = Arc::new(Metrics::new());
     let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
-    let tls = cfg
-        .mllp
-        .tls
-        .as_ref()
-        .map(|t| crate::tls::load_tls(t, "mllp.tls"))
-        .transpose()?;
-    let http_tls = cfg
-        .http
-        .tls
-        .as_ref()
-        .map(|t| crate::tls::load_tls(t, "http.tls"))
-        .transpose()?;
+    // Each listener's TLS, when its section is set.
+    let tls_of = |t: Option<&crate::config::TlsConfig>, section: &'static str| {
+        t.map(|t| crate::tls::load_tls(t, section)).transpose()
+    };
+    let tls = tls_of(cfg.mllp.tls.as_ref(), "mllp.tls")?;
+    let http_tls = tls_of(cfg.http.tls.as_ref(), "http.tls")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Broker sources bind their consumers before the gateway says it is listening, so a
