@@ -1520,18 +1520,23 @@ mod tests {
     use super::fault_tests::{derived_of, message, put_of};
     use super::*;
 
+    /// A vault in `dir` (index `vault.redb`, segments under `segments`), synced commits.
+    fn open_in(dir: &Path) -> EmbeddedVault {
+        EmbeddedVault::open(
+            &dir.join("vault.redb"),
+            &dir.join("segments"),
+            1 << 20,
+            true,
+        )
+        .unwrap()
+    }
+
     /// The patient index is checked against the entries: a row lost, or one naming another
     /// patient, is named by `check_index` (so by `verify --all`).
     #[test]
     fn a_patient_index_row_lost_or_altered_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = EmbeddedVault::open(
-            &dir.path().join("v.redb"),
-            &dir.path().join("s"),
-            1 << 20,
-            true,
-        )
-        .unwrap();
+        let vault = open_in(dir.path());
         let msgs: Vec<_> = (0..4).map(message).collect();
         let puts: Vec<_> = msgs.iter().map(put_of).collect();
         vault.commit(&puts, &[]).unwrap();
@@ -1577,13 +1582,7 @@ mod tests {
     #[test]
     fn quarantine_entries_past_their_retention_are_removed_and_newer_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = EmbeddedVault::open(
-            &dir.path().join("v.redb"),
-            &dir.path().join("s"),
-            1 << 20,
-            true,
-        )
-        .unwrap();
+        let vault = open_in(dir.path());
         let key = crate::seal::DataKey::new("gateway", [3; 32]);
         let entry = |ms: u64| {
             let id = RecordId::generate(ms);
@@ -1633,15 +1632,7 @@ mod tests {
     #[test]
     fn a_damaged_index_entry_fails_only_its_own_message_in_a_group_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || {
-            EmbeddedVault::open(
-                &dir.path().join("vault.redb"),
-                &dir.path().join("segments"),
-                1 << 20,
-                true,
-            )
-            .unwrap()
-        };
+        let open = || open_in(dir.path());
         let msgs: Vec<_> = (0..12).map(message).collect();
         let v = open();
         let first: Vec<PutRecord> = msgs[..6].iter().map(put_of).collect();
@@ -1699,7 +1690,7 @@ mod tests {
     fn derived_records_follow_their_raw_record_through_commit_crash_replay_and_repair() {
         let dir = tempfile::tempdir().unwrap();
         let (index, segments) = (dir.path().join("vault.redb"), dir.path().join("segments"));
-        let open = || EmbeddedVault::open(&index, &segments, 1 << 20, true).unwrap();
+        let open = || open_in(dir.path());
         let msgs: Vec<_> = (0..4).map(message).collect();
         let v = open();
         let mut puts: Vec<PutRecord> = msgs.iter().map(put_of).collect();
