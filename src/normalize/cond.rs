@@ -5,6 +5,8 @@
 
 use std::borrow::Cow;
 
+use super::value::trim;
+
 /// Where a reference points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ref {
@@ -63,7 +65,7 @@ pub trait Env {
     fn count(&self, r: &Ref) -> usize;
     /// Whether `r` holds a value (the engine answers from the raw bytes, without decoding).
     fn valued(&self, r: &Ref) -> bool {
-        !self.text(r).trim().is_empty()
+        !trim(&self.text(r)).is_empty()
     }
     /// The raw bytes of `r` when they are their own text (ASCII, no escapes), so comparisons
     /// need no decoding; `None` otherwise.
@@ -89,10 +91,10 @@ impl Cond {
                     return set.iter().any(|s| s.as_bytes() == raw);
                 }
                 let t = env.text(r);
-                let t = t.trim();
+                let t = trim(&t);
                 set.iter().any(|s| s == t)
             }
-            Cond::Length(r, cmp, n) => cmp.holds(env.text(r).trim().chars().count(), *n),
+            Cond::Length(r, cmp, n) => cmp.holds(trim(&env.text(r)).chars().count(), *n),
             Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
         }
     }
@@ -118,8 +120,8 @@ impl Expr {
                 Term::Lit(l) => Some(Cow::Borrowed(l.as_str())),
                 Term::Ref(r) => {
                     let v = match env.text(r) {
-                        Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
-                        Cow::Owned(v) => Cow::Owned(v.trim().to_string()),
+                        Cow::Borrowed(v) => Cow::Borrowed(trim(v)),
+                        Cow::Owned(v) => Cow::Owned(trim(&v).to_string()),
                     };
                     (!v.is_empty()).then_some(v)
                 }
@@ -134,7 +136,7 @@ impl Expr {
                 Term::Lit(l) => s.push_str(l),
                 Term::Ref(r) => {
                     let v = env.text(r);
-                    let v = v.trim();
+                    let v = trim(&v);
                     if v.is_empty() {
                         return None;
                     }

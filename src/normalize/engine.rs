@@ -154,14 +154,23 @@ impl<'m> Walk<'m> {
     /// The raw bytes when they are their own text.
     fn plain(&self, f: Field<'m>) -> Option<&'m [u8]> {
         let raw = f.raw();
-        (raw != b"\"\"" && self.as_is(raw)).then_some(raw)
+        if raw == b"\"\"" {
+            return None;
+        }
+        self.as_is(raw).map(str::as_bytes)
     }
 
-    /// Whether `raw` is its own text: ASCII without the escape character, in a character set
-    /// that reads ASCII as itself. One pass over the bytes (most values are short).
-    fn as_is(&self, raw: &[u8]) -> bool {
+    /// `raw` as text when it is its own text: ASCII without the escape character, in a
+    /// character set that reads ASCII as itself. One pass over the bytes (most values are
+    /// short), and no second one to validate UTF-8.
+    fn as_is<'r>(&self, raw: &'r [u8]) -> Option<&'r str> {
         let esc = self.escape.unwrap_or(0x80);
-        self.ascii_fast && raw.iter().all(|&c| c < 0x80 && c != esc)
+        if !(self.ascii_fast && raw.iter().all(|&c| c < 0x80 && c != esc)) {
+            return None;
+        }
+        // SAFETY: every byte of `raw` was just seen below 0x80, and a sequence of ASCII bytes
+        // is valid UTF-8 (each is a one-byte scalar value).
+        Some(unsafe { std::str::from_utf8_unchecked(raw) })
     }
 
     /// Decoded text. Most values are ASCII without escapes: those are the bytes themselves in
@@ -172,8 +181,8 @@ impl<'m> Walk<'m> {
             // HL7's explicit null ("delete the value") holds nothing to map.
             return Cow::Borrowed("");
         }
-        if self.as_is(raw) {
-            return Cow::Borrowed(std::str::from_utf8(raw).unwrap_or(""));
+        if let Some(t) = self.as_is(raw) {
+            return Cow::Borrowed(t);
         }
         self.msg.text(raw).unwrap_or(Cow::Borrowed(""))
     }
@@ -715,7 +724,7 @@ impl<'p> Mapper<'p> {
             match p {
                 KeyPart::Ref(r) => {
                     let t = env.text(r);
-                    let t = t.trim();
+                    let t = value::trim(&t);
                     any |= !t.is_empty();
                     key.push_str(t);
                 }
@@ -1109,7 +1118,9 @@ impl<'p> Mapper<'p> {
                 let leaf = leaf_anchor(model, b, anchor, path, rep);
                 if let Some(vi) = vocab {
                     let (code, system) = code_and_system(walk, v, level);
-                    if let Some(t) = self.plan.vocabs[*vi].lookup(code.trim(), system.trim()) {
+                    if let Some(t) =
+                        self.plan.vocabs[*vi].lookup(value::trim(&code), value::trim(&system))
+                    {
                         if let Some(prim) = model.prim(path.leaf) {
                             let node = materialize(model, b, leaf);
                             let text = if t.code.is_empty() { t.system } else { t.code };
@@ -1147,7 +1158,7 @@ impl<'p> Mapper<'p> {
                 };
                 let part = first_part(v, level);
                 let text = walk.text(part);
-                if text.trim().is_empty() {
+                if value::trim(&text).is_empty() {
                     return false;
                 }
                 let node = materialize(model, b, leaf);
@@ -1192,7 +1203,7 @@ impl<'p> Mapper<'p> {
         }
         let codes = &self.plan.model.elem(n.elem).codes;
         let start = b.text.len();
-        let t = text.trim();
+        let t = value::trim(text);
         let zone = self.plan.settings.default_timezone;
         let res: Result<Val, &'static str> = match prim {
             Prim::Boolean => value::parse_bool(t)
@@ -1463,7 +1474,7 @@ impl Build {
             return;
         }
         // `""` is HL7's explicit null: it says "delete", which is data, but there is nothing to map.
-        if f.raw() == b"\"\"" || walk.text(f).trim().is_empty() {
+        if f.raw() == b"\"\"" || value::trim(&walk.text(f)).is_empty() {
             return;
         }
         self.unmapped_keys.push((*id, n));

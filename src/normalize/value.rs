@@ -45,6 +45,18 @@ impl Offset {
 }
 
 /// Two decimal digits (formatting machinery costs more than the mapping around it).
+/// `s.trim()`, settled by a look at the two end bytes when both are ASCII other than
+/// whitespace (most values): only whitespace is trimmed, and a character of more than one byte
+/// begins and ends with bytes above 0x7F, so such ends are not whitespace of any kind.
+pub fn trim(s: &str) -> &str {
+    let ascii_solid = |c: u8| c < 0x80 && !char::from(c).is_whitespace();
+    match s.as_bytes() {
+        [a, .., z] if ascii_solid(*a) && ascii_solid(*z) => s,
+        [a] if ascii_solid(*a) => s,
+        _ => s.trim(),
+    }
+}
+
 fn push2(out: &mut String, v: u16) {
     out.push(char::from(b'0' + (v / 10 % 10) as u8));
     out.push(char::from(b'0' + (v % 10) as u8));
@@ -95,7 +107,7 @@ fn days_in(year: u32, month: u32) -> u32 {
 }
 
 pub fn parse_v2_time(s: &str) -> Result<V2Time<'_>, &'static str> {
-    let s = s.trim();
+    let s = trim(s);
     // TS in v2.3–2.5 has a second component (degree of precision): take the first.
     let s = s.split('^').next().unwrap_or(s);
     let (body, offset) = match s.find(['+', '-']) {
@@ -244,7 +256,7 @@ pub fn write_time(
 
 /// A v2 TM (`HH[MM[SS[.S]]]`) as a FHIR time (`hh:mm:ss`).
 pub fn write_tm(s: &str, out: &mut String) -> Result<(), &'static str> {
-    let s = s.trim();
+    let s = trim(s);
     let s = s.split(['+', '-']).next().unwrap_or(s);
     let (digits, frac) = match s.split_once('.') {
         Some((d, f)) => (d, Some(f)),
@@ -280,7 +292,7 @@ pub const MAX_DECIMAL_LEN: usize = 40;
 /// `7.50`, `5.` → `5`, `-0.0` kept. The digits after the point are kept as written: they carry
 /// the precision.
 pub fn write_decimal(s: &str, out: &mut String) -> Result<(), &'static str> {
-    let s = s.trim();
+    let s = trim(s);
     let (neg, body) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
@@ -320,7 +332,7 @@ pub enum IntKind {
 }
 
 pub fn write_integer(s: &str, kind: IntKind, out: &mut String) -> Result<(), &'static str> {
-    let s = s.trim();
+    let s = trim(s);
     let t = s.strip_prefix('+').unwrap_or(s);
     // "2.0" from a sender that writes NM for a count is still the integer 2.
     let t = match t.split_once('.') {
@@ -359,6 +371,11 @@ pub fn is_base64(s: &str) -> bool {
 
 /// Collapses whitespace runs and trims (FHIR `code` allows single inner spaces only).
 pub fn normalize_code(s: &str, out: &mut String) {
+    // Most codes are one word of ASCII: nothing to join.
+    if s.bytes().all(|c| c > b' ' && c < 0x80) {
+        out.push_str(s);
+        return;
+    }
     let mut first = true;
     for w in s.split_whitespace() {
         if !first {
@@ -429,6 +446,66 @@ mod tests {
         let mut out = String::new();
         let c = write_time(s, kind, zone.and_then(Offset::parse), &mut out)?;
         Ok((out, c))
+    }
+
+    /// The shortcut answers as `str::trim` does, on ends of every kind: ASCII letters,
+    /// every whitespace character (ASCII, the vertical tab, no-break and ideographic spaces),
+    /// multi-byte letters, and the empty string.
+    #[test]
+    fn trim_agrees_with_str_trim() {
+        let ends = [
+            "",
+            "a",
+            "Z",
+            "0",
+            "-",
+            " ",
+            "\t",
+            "\n",
+            "\r",
+            "\u{b}",
+            "\u{c}",
+            "\u{1c}",
+            "\u{85}",
+            "\u{a0}",
+            "\u{3000}",
+            "\u{2028}",
+            "é",
+            "ü",
+            "中",
+            "\u{1f600}",
+        ];
+        for a in ends {
+            for mid in ["", "x", " y ", "é"] {
+                for z in ends {
+                    let s = format!("{a}{mid}{z}");
+                    assert_eq!(trim(&s), s.trim(), "{s:?}");
+                }
+            }
+        }
+    }
+
+    /// One word of ASCII is copied as it is; anything else is joined by single spaces, as
+    /// `split_whitespace` reads it (a vertical tab, a no-break space and control bytes too).
+    #[test]
+    fn codes_collapse_whitespace() {
+        let pieces = [
+            "", "a", "8480-6", " ", "\t", "\u{b}", "\u{a0}", "\u{1}", "\u{7f}", "é",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let s = format!("{a}{b}{c}");
+                    let mut out = String::new();
+                    normalize_code(&s, &mut out);
+                    assert_eq!(
+                        out,
+                        s.split_whitespace().collect::<Vec<_>>().join(" "),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -185,8 +185,10 @@ pub fn looks_like_active_html(s: &str) -> bool {
     if memchr::memchr2(b'<', b':', b).is_none() {
         return false;
     }
-    if b.windows(11)
-        .any(|w| w.eq_ignore_ascii_case(b"javascript:"))
+    // A `javascript:` ends at a colon: look back from each one (a URI has one or two) rather
+    // than comparing at every position.
+    if memchr::memchr_iter(b':', b)
+        .any(|i| i >= 10 && b[i - 10..i].eq_ignore_ascii_case(b"javascript"))
     {
         return true;
     }
@@ -230,6 +232,42 @@ pub fn has_html_tag(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scheme is found where a scan of every position finds it: any case, at the start,
+    /// after other colons, at the very end, and not when a letter of it is missing.
+    #[test]
+    fn javascript_scheme_is_found_at_any_colon() {
+        let every_position = |s: &str| {
+            s.as_bytes()
+                .windows(11)
+                .any(|w| w.eq_ignore_ascii_case(b"javascript:"))
+        };
+        let pieces = [
+            "",
+            ":",
+            "a",
+            "javascript",
+            "JaVaScRiPt",
+            "avascript",
+            "javascript:",
+            "http:",
+            "x:javascript",
+            "é",
+            "::",
+        ];
+        let mut found = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    let s = format!("{a}{b}{c}");
+                    let want = every_position(&s);
+                    found += usize::from(want);
+                    assert_eq!(looks_like_active_html(&s), want, "{s:?}");
+                }
+            }
+        }
+        assert!(found > 100, "{found} strings with the scheme");
+    }
 
     #[test]
     fn calendar() {
