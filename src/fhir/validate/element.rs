@@ -89,11 +89,6 @@ impl Rules {
         Some(Element { prop, shape })
     }
 
-    /// Whether `id` may be an entry's resource id and, after `urn:uuid:`, its fullUrl.
-    pub fn entry_id_ok(&self, id: &str) -> bool {
-        p::is_uuid(id)
-    }
-
     /// Whether the element holds objects.
     pub fn is_object(&self, e: Element) -> bool {
         matches!(e.shape, Shape::Object) && e.prop.json == Json::Any
