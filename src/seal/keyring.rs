@@ -222,13 +222,55 @@ pub fn load_secret(path: &Path, create: bool) -> Result<Zeroizing<[u8; 32]>, Key
     }
 }
 
+/// Data keys kept unwrapped in memory at most (each about half a kilobyte with its AES key
+/// schedule, so about 50 MB). Beyond it the gateway would hold every patient it ever saw: memory
+/// that grows with the patient count, and every key unwrapped for as long as the process runs.
+/// A key that left the cache is unwrapped again from keyring.redb when next needed (one read
+/// and one AES key unwrap).
+pub const KEY_CACHE_ENTRIES: usize = 100_000;
+
+/// The unwrapped data keys, bounded: when it is full, a new key takes the place of an
+/// arbitrary one (the first in the table's order, which follows the keys' hashes, not their
+/// use).
+struct KeyCache {
+    map: HashMap<String, Arc<DataKey>>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    fn new(capacity: usize) -> Self {
+        KeyCache {
+            map: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn get(&self, key_id: &str) -> Option<Arc<DataKey>> {
+        self.map.get(key_id).cloned()
+    }
+
+    fn insert(&mut self, key_id: &str, key: Arc<DataKey>) {
+        if self.map.len() >= self.capacity && !self.map.contains_key(key_id) {
+            if let Some(out) = self.map.keys().next().cloned() {
+                self.map.remove(&out);
+            }
+        }
+        self.map.insert(key_id.to_string(), key);
+    }
+
+    fn remove(&mut self, key_id: &str) {
+        self.map.remove(key_id);
+    }
+}
+
 pub struct Keyring {
     dir: PathBuf,
     masters: RwLock<Vec<(u32, Zeroizing<[u8; 32]>)>>,
     index_key: Zeroizing<[u8; 32]>,
     /// keyring.redb; reopened by the next write after a storage failure.
     db: Healing,
-    cache: RwLock<HashMap<String, Arc<DataKey>>>,
+    /// Data keys unwrapped, at most [`KEY_CACHE_ENTRIES`] of them.
+    cache: RwLock<KeyCache>,
     create_lock: Mutex<()>,
     /// Bumped by every destroy after its commit, before its key leaves the cache, so that a load
     /// which read the table before the commit does not put the destroyed key back.
@@ -318,7 +360,7 @@ impl Keyring {
                 db,
                 Box::new(move || redb::Database::open(&path).map_err(|e| e.to_string())),
             ),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(KeyCache::new(KEY_CACHE_ENTRIES)),
             create_lock: Mutex::new(()),
             destroyed: std::sync::atomic::AtomicU64::new(0),
         })
@@ -353,7 +395,7 @@ impl Keyring {
                 masters: RwLock::new(masters),
                 index_key,
                 db: Healing::read_only(db),
-                cache: RwLock::new(HashMap::new()),
+                cache: RwLock::new(KeyCache::new(KEY_CACHE_ENTRIES)),
                 create_lock: Mutex::new(()),
                 destroyed: std::sync::atomic::AtomicU64::new(0),
             },
@@ -466,7 +508,7 @@ impl Keyring {
     }
 
     fn cached(&self, key_id: &str) -> Option<Arc<DataKey>> {
-        self.cache.read().expect("lock").get(key_id).cloned()
+        self.cache.read().expect("lock").get(key_id)
     }
 
     fn load(&self, key_id: &str) -> Result<Option<Arc<DataKey>>, KeyringError> {
@@ -495,7 +537,7 @@ impl Keyring {
             drop(cache);
             return self.load(key_id);
         }
-        cache.insert(key_id.to_string(), key.clone());
+        cache.insert(key_id, key.clone());
         Ok(Some(key))
     }
 
@@ -588,7 +630,7 @@ impl Keyring {
         self.cache
             .write()
             .expect("lock")
-            .insert(key_id.to_string(), key.clone());
+            .insert(key_id, key.clone());
         Ok(key)
     }
 
@@ -682,6 +724,38 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    /// With room for three keys, twelve patients' keys still each open what they sealed
+    /// (those that left the cache are unwrapped again from keyring.redb), the cache never holds
+    /// more than three, and a destroyed key that had left it does not come back.
+    #[test]
+    fn the_key_cache_is_bounded_and_a_key_that_left_it_is_unwrapped_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = Keyring::open(&dir.path().join("keys"), true).unwrap();
+        *k.cache.write().unwrap() = KeyCache::new(3);
+        let ids: Vec<String> = (0..12)
+            .map(|i| k.key_id_for(Some(&format!("{i}^H^MR"))))
+            .collect();
+        let mut sealed = Vec::new();
+        for id in &ids {
+            k.get_or_create(id).unwrap();
+            sealed.push(sealed_by(&k, id));
+            assert!(k.cache.read().unwrap().map.len() <= 3);
+        }
+        for _ in 0..2 {
+            for (id, s) in ids.iter().zip(&sealed) {
+                opens(&k, id, s).unwrap();
+                assert!(k.cache.read().unwrap().map.len() <= 3);
+            }
+        }
+        assert_eq!(k.cache.read().unwrap().map.len(), 3);
+        // Destroyed while out of the cache: loading it again finds it erased.
+        k.cache.write().unwrap().remove(&ids[0]);
+        assert!(k.destroy(&ids[0], 5).unwrap());
+        assert!(matches!(k.get(&ids[0]), Err(KeyringError::Erased(_, 5))));
+        assert!(opens(&k, &ids[0], &sealed[0]).is_err());
+        opens(&k, &ids[1], &sealed[1]).unwrap();
     }
 
     #[test]
