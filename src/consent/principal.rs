@@ -17,6 +17,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::seal::keyring::PatientIndex;
+use crate::storage::Healing;
+use crate::testing::faulty::{Faults, FaultyBackend};
 
 const PRINCIPALS: TableDefinition<&str, &[u8]> = TableDefinition::new("principals");
 const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
@@ -211,7 +213,9 @@ impl NewPrincipal {
 
 /// The principals, durable in `access.redb` and held in memory.
 pub struct Principals {
-    db: redb::Database,
+    /// Reopened by the next write after a storage failure (a full disk, an I/O error), so an
+    /// add or revoke that failed can be made again without a restart.
+    db: Healing,
     by_token: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
     by_id: RwLock<HashMap<String, Arc<Principal>>>,
 }
@@ -223,6 +227,14 @@ fn token_hash(token: &str) -> [u8; 32] {
 impl Principals {
     /// Opens (creating) `access.redb` in `dir` and loads every principal.
     pub fn open(dir: &Path) -> Result<Principals, PrincipalError> {
+        Self::open_with_faults(dir, None)
+    }
+
+    /// [`Principals::open`] on a backend that fails on command (fault-injection tests).
+    pub fn open_with_faults(
+        dir: &Path,
+        faults: Option<Faults>,
+    ) -> Result<Principals, PrincipalError> {
         let path = dir.join("access.redb");
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
@@ -233,7 +245,17 @@ impl Principals {
                 .open(&path)
                 .map_err(store_err)?;
         }
-        let db = match redb::Database::create(&path) {
+        let open = {
+            let path = path.clone();
+            move || match &faults {
+                None => redb::Database::create(&path),
+                Some(f) => redb::Builder::new().create_with_backend(
+                    FaultyBackend::open(&path, f.clone())
+                        .map_err(|e| redb::DatabaseError::Storage(e.into()))?,
+                ),
+            }
+        };
+        let db = match open() {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(PrincipalError::InUse(path))
@@ -269,10 +291,28 @@ impl Principals {
             }
         }
         Ok(Principals {
-            db,
+            db: Healing::new(db, Box::new(move || open().map_err(|e| e.to_string()))),
             by_token: RwLock::new(by_token),
             by_id: RwLock::new(by_id),
         })
+    }
+
+    /// A write transaction on access.redb, after reopening it if a failure broke it.
+    fn begin_write(&self) -> Result<redb::WriteTransaction, PrincipalError> {
+        self.db
+            .begin_write(&|_| Ok(()))
+            .map_err(PrincipalError::Storage)
+    }
+
+    /// A failed write: noted, so the next write reopens the file first.
+    fn failed(&self, e: impl std::fmt::Display) -> PrincipalError {
+        PrincipalError::Storage(self.db.failed(e))
+    }
+
+    /// `Err` names a storage failure not recovered from yet (adds and revocations fail until
+    /// the next write reopens the file; authentication reads memory and goes on).
+    pub fn health(&self) -> Result<(), String> {
+        self.db.health()
     }
 
     /// Adds a principal and returns its bearer token (shown once; only its hash is kept).
@@ -311,19 +351,19 @@ impl Principals {
                 format!("{c} already names another principal"),
             ));
         }
-        let w = self.db.begin_write().map_err(store_err)?;
+        let w = self.begin_write()?;
         {
             let json = serde_json::to_vec(&p).map_err(store_err)?;
             w.open_table(PRINCIPALS)
-                .map_err(store_err)?
+                .map_err(|e| self.failed(e))?
                 .insert(p.id.as_str(), json.as_slice())
-                .map_err(store_err)?;
+                .map_err(|e| self.failed(e))?;
             w.open_table(TOKENS)
-                .map_err(store_err)?
+                .map_err(|e| self.failed(e))?
                 .insert(hash.as_slice(), p.id.as_str())
-                .map_err(store_err)?;
+                .map_err(|e| self.failed(e))?;
         }
-        w.commit().map_err(store_err)?;
+        w.commit().map_err(|e| self.failed(e))?;
         let shared = Arc::new(p.clone());
         by_id.insert(p.id.clone(), shared.clone());
         self.by_token.write().expect("lock").insert(hash, shared);
@@ -347,15 +387,15 @@ impl Principals {
         if p.revoked_ms.is_none() {
             p.revoked_ms = Some(now_ms);
         }
-        let w = self.db.begin_write().map_err(store_err)?;
+        let w = self.begin_write()?;
         {
             let json = serde_json::to_vec(&p).map_err(store_err)?;
             w.open_table(PRINCIPALS)
-                .map_err(store_err)?
+                .map_err(|e| self.failed(e))?
                 .insert(p.id.as_str(), json.as_slice())
-                .map_err(store_err)?;
+                .map_err(|e| self.failed(e))?;
         }
-        w.commit().map_err(store_err)?;
+        w.commit().map_err(|e| self.failed(e))?;
         let shared = Arc::new(p.clone());
         by_id.insert(p.id.clone(), shared.clone());
         for v in self.by_token.write().expect("lock").values_mut() {
@@ -488,6 +528,41 @@ mod tests {
         // The token itself is nowhere in the file.
         let bytes = std::fs::read(dir.path().join("access.redb")).unwrap();
         assert!(memchr::memmem::find(&bytes, token.as_bytes()).is_none());
+    }
+
+    /// A full disk fails an add and a revocation with a storage error and leaves memory as it
+    /// was; once space is back the next write reopens access.redb and succeeds, without a
+    /// restart, and what it wrote is there after a reopen.
+    #[test]
+    fn a_full_disk_fails_writes_and_they_succeed_again_once_space_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::default();
+        let ps = Principals::open_with_faults(dir.path(), Some(faults.clone())).unwrap();
+        let (_, token) = ps.add(&new("dr-a", Role::Practitioner), 1).unwrap();
+        faults.fail_all();
+        assert!(matches!(
+            ps.add(&new("dr-b", Role::Practitioner), 2),
+            Err(PrincipalError::Storage(_))
+        ));
+        assert!(ps.get("dr-b").is_none(), "not added in memory either");
+        assert!(matches!(
+            ps.revoke("dr-a", 3),
+            Err(PrincipalError::Storage(_))
+        ));
+        assert!(
+            ps.authenticate(&token).is_some(),
+            "not revoked in memory either"
+        );
+        assert!(ps.health().is_err());
+        faults.clear();
+        let (_, token_b) = ps.add(&new("dr-b", Role::Practitioner), 4).unwrap();
+        ps.revoke("dr-a", 5).unwrap();
+        assert!(ps.health().is_ok());
+        drop(ps);
+        let ps = Principals::open(dir.path()).unwrap();
+        assert_eq!(ps.authenticate(&token_b).unwrap().id, "dr-b");
+        assert!(ps.authenticate(&token).is_none());
+        assert_eq!(ps.get("dr-a").unwrap().revoked_ms, Some(5));
     }
 
     #[test]
