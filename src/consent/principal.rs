@@ -245,17 +245,24 @@ impl Principals {
                 .open(&path)
                 .map_err(store_err)?;
         }
+        // Made on the first open only: a reopen after a failure must find the file (a missing
+        // one is an error, not a new empty store that would lose every principal at the next
+        // start).
         let open = {
             let path = path.clone();
-            move || match &faults {
-                None => redb::Database::create(&path),
+            move |first: bool| match &faults {
+                None if first => redb::Database::create(&path),
+                None => redb::Database::open(&path),
+                Some(_) if !path.exists() => Err(redb::DatabaseError::Storage(
+                    std::io::Error::from(std::io::ErrorKind::NotFound).into(),
+                )),
                 Some(f) => redb::Builder::new().create_with_backend(
                     FaultyBackend::open(&path, f.clone())
                         .map_err(|e| redb::DatabaseError::Storage(e.into()))?,
                 ),
             }
         };
-        let db = match open() {
+        let db = match open(true) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(PrincipalError::InUse(path))
@@ -291,7 +298,7 @@ impl Principals {
             }
         }
         Ok(Principals {
-            db: Healing::new(db, Box::new(move || open().map_err(|e| e.to_string()))),
+            db: Healing::new(db, Box::new(move || open(false).map_err(|e| e.to_string()))),
             by_token: RwLock::new(by_token),
             by_id: RwLock::new(by_id),
         })

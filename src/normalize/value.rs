@@ -44,7 +44,6 @@ impl Offset {
     }
 }
 
-/// Two decimal digits (formatting machinery costs more than the mapping around it).
 /// `s.trim()`, settled by a look at the two end bytes when both are ASCII other than
 /// whitespace (most values): only whitespace is trimmed, and a character of more than one byte
 /// begins and ends with bytes above 0x7F, so such ends are not whitespace of any kind.
@@ -57,6 +56,7 @@ pub fn trim(s: &str) -> &str {
     }
 }
 
+/// Two decimal digits (formatting machinery costs more than the mapping around it).
 fn push2(out: &mut String, v: u16) {
     out.push(char::from(b'0' + (v / 10 % 10) as u8));
     out.push(char::from(b'0' + (v % 10) as u8));
