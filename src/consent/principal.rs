@@ -245,24 +245,26 @@ impl Principals {
                 .open(&path)
                 .map_err(store_err)?;
         }
-        // Made on the first open only: a reopen after a failure must find the file (a missing
-        // one is an error, not a new empty store that would lose every principal at the next
-        // start).
+        // The file is made above, with its mode: a reopen after a failure must find it (a
+        // missing one is an error, not a new empty store that would lose every principal at
+        // the next start).
         let open = {
             let path = path.clone();
-            move |first: bool| match &faults {
-                None if first => redb::Database::create(&path),
-                None => redb::Database::open(&path),
-                Some(_) if !path.exists() => Err(redb::DatabaseError::Storage(
-                    std::io::Error::from(std::io::ErrorKind::NotFound).into(),
-                )),
-                Some(f) => redb::Builder::new().create_with_backend(
-                    FaultyBackend::open(&path, f.clone())
-                        .map_err(|e| redb::DatabaseError::Storage(e.into()))?,
-                ),
+            move || {
+                if !path.exists() {
+                    let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+                    return Err(redb::DatabaseError::Storage(missing.into()));
+                }
+                match &faults {
+                    None => redb::Database::create(&path),
+                    Some(f) => redb::Builder::new().create_with_backend(
+                        FaultyBackend::open(&path, f.clone())
+                            .map_err(|e| redb::DatabaseError::Storage(e.into()))?,
+                    ),
+                }
             }
         };
-        let db = match open(true) {
+        let db = match open() {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(PrincipalError::InUse(path))
@@ -298,7 +300,7 @@ impl Principals {
             }
         }
         Ok(Principals {
-            db: Healing::new(db, Box::new(move || open(false).map_err(|e| e.to_string()))),
+            db: Healing::new(db, Box::new(move || open().map_err(|e| e.to_string()))),
             by_token: RwLock::new(by_token),
             by_id: RwLock::new(by_id),
         })
@@ -318,7 +320,8 @@ impl Principals {
 
     /// `Err` names a storage failure not recovered from yet (adds and revocations fail until
     /// the next write reopens the file; authentication reads memory and goes on).
-    pub fn health(&self) -> Result<(), String> {
+    #[cfg(test)]
+    fn health(&self) -> Result<(), String> {
         self.db.health()
     }
 

@@ -443,17 +443,17 @@ mod tests {
     /// entry's id and fullUrl accepts it at the ends of the byte range and in between.
     #[test]
     fn resource_ids_are_uuids_by_their_form() {
+        use super::super::value::{format_uuid, uuid_v5};
         use crate::fhir::validate::primitive::is_uuid;
         for fill in [0u8, 0x0f, 0x5a, 0xa5, 0xf0, 0xff] {
-            let id = super::super::value::format_uuid(&[fill; 16]);
+            let id = format_uuid(&[fill; 16]);
             assert!(is_uuid(std::str::from_utf8(&id).unwrap()), "{fill:#x}");
         }
         let mut u = [0u8; 16];
         for (i, b) in u.iter_mut().enumerate() {
             *b = (i as u8).wrapping_mul(37);
         }
-        let v5 = super::super::value::uuid_v5(&u, b"Patient|555001");
-        let id = super::super::value::format_uuid(&v5);
+        let id = format_uuid(&uuid_v5(&u, b"Patient|555001"));
         assert!(is_uuid(std::str::from_utf8(&id).unwrap()));
     }
 

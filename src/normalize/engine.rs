@@ -570,7 +570,6 @@ impl<'p> Mapper<'p> {
         let groups = &self.mm.groups;
         // The path found, reused from segment to segment (a segment sits a few groups deep).
         let mut p = std::mem::take(&mut walk.path);
-        p.clear();
         let placed = self.place_in(walk, id, next, groups, &mut p);
         walk.path = p;
         placed

@@ -222,8 +222,8 @@ pub fn load_secret(path: &Path, create: bool) -> Result<Zeroizing<[u8; 32]>, Key
     }
 }
 
-/// Data keys kept unwrapped in memory at most (each about half a kilobyte with its AES key
-/// schedule, so about 50 MB). Beyond it the gateway would hold every patient it ever saw: memory
+/// Data keys kept unwrapped in memory at most (100,000 of them raised a test process's
+/// resident memory by 70 MB: the AES key schedule is most of each). Beyond it the gateway would hold every patient it ever saw: memory
 /// that grows with the patient count, and every key unwrapped for as long as the process runs.
 /// A key that left the cache is unwrapped again from keyring.redb when next needed (one read
 /// and one AES key unwrap).
