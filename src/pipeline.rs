@@ -1031,32 +1031,46 @@ fn check_output(
 /// was mapped with less than full fidelity or left out (warnings: a resource R4 cannot hold
 /// without an element the message lacked, a value that is not a date…). Names and reasons,
 /// never values; empty when there is nothing to say.
+///
+/// Written directly, in the bytes `serde_json` gives the same object (keys sorted, its string
+/// escapes; a test holds the two equal): most messages of a typical feed have something
+/// unmapped, and building the `Value` tree cost about 2% of the gateway's core.
 pub fn mapping_outcome(unmapped: &[String], warnings: &[String]) -> Vec<u8> {
+    use crate::normalize::escape_json;
     if unmapped.is_empty() && warnings.is_empty() {
         return Vec::new();
     }
-    let issues: Vec<serde_json::Value> = unmapped
+    const NOT_USED: &str = " holds data that no mapping uses";
+    let size: usize = unmapped
         .iter()
-        .map(|item| {
-            serde_json::json!({
-                "severity": "information",
-                "code": "not-supported",
-                "details": {"text": format!("{item} holds data that no mapping uses")}
-            })
-        })
-        .chain(warnings.iter().map(|w| {
-            serde_json::json!({
-                "severity": "warning",
-                "code": "incomplete",
-                "details": {"text": w}
-            })
-        }))
-        .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "resourceType": "OperationOutcome",
-        "issue": issues
-    }))
-    .unwrap_or_default()
+        .map(|u| u.len() + NOT_USED.len() + 80)
+        .sum::<usize>()
+        + warnings.iter().map(|w| w.len() + 80).sum::<usize>();
+    let mut out = Vec::with_capacity(64 + size);
+    out.extend_from_slice(b"{\"issue\":[");
+    let issues = unmapped
+        .iter()
+        .map(|u| ("not-supported", u.as_str(), NOT_USED, "information"))
+        .chain(
+            warnings
+                .iter()
+                .map(|w| ("incomplete", w.as_str(), "", "warning")),
+        );
+    for (i, (code, text, tail, severity)) in issues.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"code\":\"");
+        out.extend_from_slice(code.as_bytes());
+        out.extend_from_slice(b"\",\"details\":{\"text\":\"");
+        escape_json(&mut out, text);
+        escape_json(&mut out, tail);
+        out.extend_from_slice(b"\"},\"severity\":\"");
+        out.extend_from_slice(severity.as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+    out.extend_from_slice(b"],\"resourceType\":\"OperationOutcome\"}");
+    out
 }
 
 #[cfg(test)]
@@ -1117,6 +1131,53 @@ mod tests {
             .unwrap_or_else(|issues| panic!("{issues:?}"));
         assert_eq!(v["issue"][1]["severity"], "warning");
         assert_eq!(v["issue"][1]["code"], "incomplete");
+    }
+
+    /// The outcome written directly is, byte for byte, what `serde_json` writes for the same
+    /// object, also for names and reasons holding quotes, backslashes, controls and non-ASCII.
+    #[test]
+    fn the_outcome_is_written_as_serde_json_writes_it() {
+        fn by_serde(unmapped: &[String], warnings: &[String]) -> Vec<u8> {
+            let issues: Vec<serde_json::Value> = unmapped
+                .iter()
+                .map(|item| {
+                    serde_json::json!({
+                        "severity": "information",
+                        "code": "not-supported",
+                        "details": {"text": format!("{item} holds data that no mapping uses")}
+                    })
+                })
+                .chain(warnings.iter().map(|w| {
+                    serde_json::json!({"severity": "warning", "code": "incomplete", "details": {"text": w}})
+                }))
+                .collect();
+            serde_json::to_vec(
+                &serde_json::json!({"resourceType": "OperationOutcome", "issue": issues}),
+            )
+            .unwrap()
+        }
+        let awkward: Vec<String> = (0u8..0x80)
+            .map(|c| format!("Z{}-{}", c as char, c))
+            .chain(["é\u{2028}\"\\".to_string(), String::new()])
+            .collect();
+        let cases: [(&[String], &[String]); 5] = [
+            (&awkward[..3], &[]),
+            (&[], &awkward[3..5]),
+            (&awkward, &awkward),
+            (&awkward[..1], &awkward[1..2]),
+            (&[], &[]),
+        ];
+        for (unmapped, warnings) in cases {
+            let want = if unmapped.is_empty() && warnings.is_empty() {
+                Vec::new()
+            } else {
+                by_serde(unmapped, warnings)
+            };
+            assert_eq!(
+                String::from_utf8(mapping_outcome(unmapped, warnings)).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
     }
 
     /// Records as received in the vault (derived records left out).

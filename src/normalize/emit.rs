@@ -26,7 +26,8 @@ static NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
-/// JSON string contents (without quotes).
+/// JSON string contents (without quotes), escaped as `serde_json` escapes them, so that text
+/// written here and there reads the same byte for byte.
 pub fn escape(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
@@ -41,6 +42,8 @@ pub fn escape(out: &mut Vec<u8>, s: &str) {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(b"\\u00");

@@ -23,6 +23,7 @@ pub(crate) mod value;
 use crate::config::{NormalizeConfig, OutputCheck};
 use crate::hl7::Message;
 
+pub use emit::escape as escape_json;
 pub use files::SourceFile;
 
 /// Why a mapping set could not be loaded. Names the file, line and field.
