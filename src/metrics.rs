@@ -111,6 +111,9 @@ pub struct Metrics {
     pub normalize_seconds: Histogram,
     /// `medanchor_api_auth_failures_total{reason}`: `missing`, `invalid` or `limited`.
     pub auth_failures: IntCounterVec,
+    /// `medanchor_api_rate_limited_total`: authenticated requests refused with 429 because
+    /// their principal was over `http.requests_per_principal_per_second`.
+    pub rate_limited: IntCounter,
     /// `medanchor_api_reads_total{what,decision}`: reads of patient data by what was read
     /// (`record`, `records`, `fhir`, `consents`, `access_log`, `proof`) and the decision
     /// (`permit`, `deny`, `break_glass`, `gone`).
@@ -243,6 +246,11 @@ impl Metrics {
                 "medanchor_api_auth_failures_total",
                 "API requests refused for authentication, by reason",
                 &["reason"],
+            ),
+            rate_limited: counter(
+                &r,
+                "medanchor_api_rate_limited_total",
+                "Authenticated API requests refused for their principal's request rate",
             ),
             reads: counter_vec(
                 &r,

@@ -128,6 +128,9 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
             principals,
             book: Arc::new(crate::consent::Book::default()),
             failures: Arc::new(api::auth::Failures::new(cfg.http.auth_failures_per_minute)),
+            budgets: Arc::new(api::auth::Budgets::new(
+                cfg.http.requests_per_principal_per_second,
+            )),
             jwt,
         }),
     });

@@ -532,6 +532,62 @@ fn guessing_tokens_is_rate_limited() {
     g.stop();
 }
 
+/// A principal over `http.requests_per_principal_per_second` gets 429 problem+json with
+/// `Retry-After`, counted; another principal is not held back; after the wait it gets in again.
+#[test]
+fn a_principal_over_its_request_rate_gets_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(
+        &dir.path().join("data"),
+        &[("MEDANCHOR__HTTP__REQUESTS_PER_PRINCIPAL_PER_SECOND", "2")],
+    );
+    let api = Api { g: &g };
+    let admin = g.admin_token().unwrap();
+    let other = api.add(
+        &admin,
+        serde_json::json!({"id": "auditor-1", "role": "auditor"}),
+    );
+    // The admin's burst (a second's worth, two, after the request above), then 429: sent
+    // until the first 429, which is the answer looked at.
+    let mut answers = Vec::new();
+    let (status, head, problem) = loop {
+        let answer = api.get("/v1/log/public-key", &admin);
+        if answer.0 != 200 || answers.len() == 50 {
+            break answer;
+        }
+        answers.push(answer.0);
+    };
+    assert_eq!(status, 429, "{problem}");
+    assert!(!answers.is_empty() && answers.len() < 50, "{answers:?}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("application/problem+json"), "{head}");
+    let retry = head
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(retry.is_some_and(|s| (1..=2).contains(&s)), "{head}");
+    assert_eq!(problem["title"], "too many requests", "{problem}");
+    assert_eq!(
+        api.get("/v1/log/public-key", &other).0,
+        200,
+        "per principal"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        api.get("/v1/log/public-key", &admin).0,
+        200,
+        "after the wait"
+    );
+    let (_, _, metrics) = http_request(g.http, "GET", "/metrics", &[], b"");
+    let limited = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("medanchor_api_rate_limited_total "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(limited >= 1, "{limited}");
+    g.stop();
+}
+
 fn http_request_accept(
     g: &Gateway,
     path: &str,

@@ -31,6 +31,8 @@ pub struct Access {
     pub principals: Arc<Principals>,
     pub book: Arc<Book>,
     pub failures: Arc<auth::Failures>,
+    /// Requests per principal (`http.requests_per_principal_per_second`).
+    pub budgets: Arc<auth::Budgets>,
     /// JWT access tokens from an identity provider, when configured.
     pub jwt: Option<Arc<super::jwt::JwtVerifier>>,
 }
@@ -88,6 +90,20 @@ pub fn caller(
         peer.ip(),
         &s.metrics,
     )?;
+    if let Err(seconds) = access
+        .budgets
+        .take(&principal.id, std::time::Instant::now())
+    {
+        s.metrics.rate_limited.inc();
+        return Err(Problem {
+            retry_after: Some(seconds),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+                "this principal's requests are over http.requests_per_principal_per_second",
+            )
+        });
+    }
     let purpose = match purpose {
         None => "treatment",
         Some(p) => consent::policy::PURPOSES
@@ -990,6 +1006,7 @@ mod tests {
                 principals,
                 book: Arc::new(Book::default()),
                 failures: Arc::new(auth::Failures::new(20)),
+                budgets: Arc::new(auth::Budgets::new(0)),
                 jwt: None,
             }),
         };

@@ -4,7 +4,9 @@
 //! (an IPv6 /64); an address with too many in a minute gets 429 until the minute is over for
 //! every failure and every JWT, while a principal's own token or certificate still gets in (a
 //! proxy's other clients are not locked out; tokens are 256 random bits, so the limit is about
-//! keeping the log quiet and JWT checks bounded, not about guessing).
+//! keeping the log quiet and JWT checks bounded, not about guessing). An authenticated principal
+//! may also be held to a request rate (`Budgets`): every read is anchored as an access event, so
+//! one leaked or runaway credential must not be able to grow the log without bound.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -64,6 +66,57 @@ impl Failures {
             *e = (now, 0);
         }
         e.1 += 1;
+    }
+}
+
+/// Requests per principal: a rate with a burst of one second's worth, kept as each principal's
+/// theoretical arrival time (GCRA: one instant per principal, no timer). A request is allowed
+/// while that time is at most a second ahead of now; each allowed request moves it on by one
+/// interval.
+pub struct Budgets {
+    /// Time between requests at the configured rate; `None`: no limit.
+    interval: Option<Duration>,
+    by_principal: Mutex<HashMap<String, Instant>>,
+}
+
+/// How far ahead of now a principal's arrival time may run: the burst, one second of requests.
+const BURST: Duration = Duration::from_secs(1);
+
+impl Budgets {
+    /// `per_second` requests a second per principal (0: no limit).
+    pub fn new(per_second: u32) -> Budgets {
+        Budgets {
+            interval: (per_second > 0).then(|| Duration::from_secs(1) / per_second),
+            by_principal: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `principal`'s budget; `Err` holds the seconds until one is free.
+    pub fn take(&self, principal: &str, now: Instant) -> Result<(), u64> {
+        let Some(interval) = self.interval else {
+            return Ok(());
+        };
+        let mut map = self.by_principal.lock().expect("lock");
+        if let Some(tat) = map.get_mut(principal) {
+            let start = (*tat).max(now);
+            if start.duration_since(now) > BURST {
+                let wait = start.duration_since(now) - BURST;
+                return Err(wait.as_secs() + 1);
+            }
+            *tat = start + interval;
+            return Ok(());
+        }
+        if map.len() >= MAX_TRACKED {
+            // Principals whose time has passed are as good as new: forget them. Still full of
+            // busy ones (more principals than this, all at their limit): forget all rather
+            // than grow.
+            map.retain(|_, tat| *tat > now);
+            if map.len() >= MAX_TRACKED {
+                map.clear();
+            }
+        }
+        map.insert(principal.to_string(), now + interval);
+        Ok(())
     }
 }
 
@@ -176,6 +229,61 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A principal gets its burst (one second's worth), then one request per interval; others
+    /// are not affected; no limit configured, none applies.
+    #[test]
+    fn a_principal_gets_its_rate_and_a_second_of_burst_and_no_more() {
+        let b = Budgets::new(10);
+        let t0 = Instant::now();
+        let allowed = (0..30).filter(|_| b.take("dr-a", t0).is_ok()).count();
+        assert_eq!(
+            allowed, 11,
+            "the first request and a second's worth of burst"
+        );
+        assert_eq!(b.take("dr-a", t0), Err(1));
+        assert!(b.take("dr-b", t0).is_ok(), "per principal");
+        assert!(b.take("dr-a", t0 + Duration::from_millis(99)).is_err());
+        assert!(
+            b.take("dr-a", t0 + Duration::from_millis(100)).is_ok(),
+            "one interval on"
+        );
+        assert!(b.take("dr-a", t0 + Duration::from_millis(100)).is_err());
+        // Idle for long: the full burst again, not an accumulation beyond it.
+        let later = t0 + Duration::from_secs(60);
+        let allowed = (0..30).filter(|_| b.take("dr-a", later).is_ok()).count();
+        assert_eq!(allowed, 11);
+        let off = Budgets::new(0);
+        assert!((0..10_000).all(|_| off.take("dr-a", t0).is_ok()));
+    }
+
+    /// The table stays bounded when many principals pass through: those whose time has passed
+    /// are forgotten first and a busy one is kept; a table full of busy ones is emptied.
+    #[test]
+    fn the_budget_table_is_bounded() {
+        let b = Budgets::new(1);
+        let t0 = Instant::now();
+        assert!(b.take("busy", t0).is_ok());
+        assert!(b.take("busy", t0).is_ok());
+        assert!(b.take("busy", t0).is_err());
+        for i in 0..MAX_TRACKED - 1 {
+            b.take(&format!("p{i}"), t0).unwrap();
+        }
+        assert_eq!(b.by_principal.lock().unwrap().len(), MAX_TRACKED);
+        // 1.5 s on: the others' time (t0 + 1 s) has passed, the busy one's (t0 + 2 s) has not.
+        let later = t0 + Duration::from_millis(1500);
+        assert!(b.take("new", later).is_ok());
+        {
+            let map = b.by_principal.lock().unwrap();
+            assert_eq!(map.len(), 2);
+            assert!(map.contains_key("busy") && map.contains_key("new"));
+        }
+        for i in 0..MAX_TRACKED - 2 {
+            b.take(&format!("q{i}"), later).unwrap();
+        }
+        assert!(b.take("one more", later).is_ok());
+        assert_eq!(b.by_principal.lock().unwrap().len(), 1);
+    }
 
     #[test]
     fn an_address_is_limited_after_its_failures_for_the_rest_of_the_window_only() {

@@ -88,6 +88,8 @@ pub struct Problem {
     pub detail: String,
     /// `WWW-Authenticate` of a 401 (the scheme to use).
     pub challenge: Option<&'static str>,
+    /// `Retry-After` of a 429, in seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -97,6 +99,7 @@ impl Problem {
             title,
             detail: detail.into(),
             challenge: None,
+            retry_after: None,
         }
     }
 }
@@ -109,6 +112,10 @@ impl IntoResponse for Problem {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static(scheme),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         r
     }

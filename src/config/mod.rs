@@ -107,6 +107,10 @@ pub struct HttpConfig {
     /// 429 until the minute is over (0: no limit). Behind a proxy every client shares its
     /// address: raise it there.
     pub auth_failures_per_minute: u32,
+    /// Requests one authenticated principal may make a second, with a burst of one second's
+    /// worth; beyond, 429 with `Retry-After` (0: no limit). Every read is anchored as an
+    /// access event, so this bounds what one leaked or runaway credential adds to the log.
+    pub requests_per_principal_per_second: u32,
     /// TLS on the HTTP listener; with `client_ca`, mutual TLS (a client certificate mapped to a
     /// principal authenticates a request that sends no token).
     pub tls: Option<TlsConfig>,
@@ -228,6 +232,7 @@ impl Default for HttpConfig {
             idle_timeout_secs: 60,
             max_header_bytes: 16 * 1024,
             auth_failures_per_minute: 20,
+            requests_per_principal_per_second: 0,
             tls: None,
         }
     }
