@@ -305,3 +305,105 @@ async fn https_with_client_certificates_mapped_to_principals() {
         401
     );
 }
+
+/// Serves `body` once over TLS with the test PKI's server certificate (127.0.0.1), then says
+/// close_notify; `None` if the client gave up during the handshake (it refused the certificate).
+fn serve_once_over_tls(
+    dir: &Path,
+    body: String,
+) -> (u16, std::thread::JoinHandle<Option<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.ends_with(b"\r\n\r\n") {
+            match tls.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        write!(
+            tls,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        Some(req)
+    });
+    (port, server)
+}
+
+/// The identity provider's JWKS fetched from an https:// URL: its server certificate checked
+/// against `jwt.jwks_ca` (the keys loaded then verify a token); the same server is refused when
+/// its CA is not trusted (the system's roots), and nothing is read from it.
+#[test]
+fn the_jwks_is_fetched_over_https_from_a_server_the_configured_ca_vouches_for() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use medanchor::api::jwt::{JwtConfig, JwtError, JwtVerifier};
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path());
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let idp =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let p = idp.public_key().as_ref();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1",
+        "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..])}]})
+    .to_string();
+    let config = |port: u16, ca: Option<std::path::PathBuf>| JwtConfig {
+        issuer: "https://idp.hospital.test".into(),
+        audience: "medanchor".into(),
+        jwks_file: None,
+        jwks_url: Some(format!("https://127.0.0.1:{port}/keys.json")),
+        jwks_ca: ca,
+        principal_claim: "sub".into(),
+        leeway_secs: 60,
+    };
+
+    let (port, server) = serve_once_over_tls(dir.path(), jwks.clone());
+    let verifier = JwtVerifier::new(config(port, Some(dir.path().join("ca.pem")))).unwrap();
+    let request = server.join().unwrap().expect("the request arrived");
+    assert!(request.starts_with(b"GET /keys.json HTTP/1.1\r\n"));
+    let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"idp-1","typ":"JWT"}"#);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"iss": "https://idp.hospital.test", "aud": "medanchor",
+        "sub": "dr-a", "exp": now + 300});
+    let signed = format!("{h}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let sig = idp.sign(&rng, signed.as_bytes()).unwrap();
+    let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+    assert_eq!(verifier.verify(&token, now).unwrap().principal, "dr-a");
+
+    // Not vouched for by the system's roots: the handshake fails, the gateway would not start.
+    let (port, server) = serve_once_over_tls(dir.path(), jwks);
+    match JwtVerifier::new(config(port, None)) {
+        Err(JwtError::Jwks(m)) => assert!(m.contains("https://127.0.0.1"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a server no trusted CA vouches for was believed"),
+    }
+    // Had the client not connected at all (a system without roots refuses earlier), this
+    // connection ends the server's wait; otherwise it waits unanswered in the backlog.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)));
+    assert!(server.join().unwrap().is_none(), "no request was sent");
+}

@@ -36,9 +36,14 @@ pub struct JwtConfig {
     /// The JWKS as a file…
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
-    /// …or at an `http://` URL.
+    /// …or at an `https://` URL (`http://` only on a loopback address: keys fetched in the
+    /// clear could be swapped by anyone on the path, and would then sign any token).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// CA certificates (PEM) the JWKS URL's server certificate must chain to; unset, the
+    /// system's roots.
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
     /// The claim whose value is a principal id.
     #[serde(default = "default_claim")]
     pub principal_claim: String,
@@ -238,6 +243,8 @@ impl Scopes {
 
 pub struct JwtVerifier {
     config: JwtConfig,
+    /// Where the JWKS is fetched from, when it is a URL.
+    source: Option<JwksUrl>,
     keys: RwLock<Vec<Jwk>>,
     last_reload: Mutex<Option<Instant>>,
 }
@@ -252,8 +259,13 @@ impl JwtVerifier {
                 "set exactly one of jwt.jwks_file and jwt.jwks_url".into(),
             ));
         }
+        let source = match &config.jwks_url {
+            Some(url) => Some(JwksUrl::parse(url, config.jwks_ca.as_deref())?),
+            None => None,
+        };
         let v = JwtVerifier {
             config,
+            source,
             keys: RwLock::new(Vec::new()),
             last_reload: Mutex::new(None),
         };
@@ -263,10 +275,10 @@ impl JwtVerifier {
     }
 
     fn fetch(&self) -> Result<Vec<Jwk>, JwtError> {
-        let text = match (&self.config.jwks_file, &self.config.jwks_url) {
+        let text = match (&self.config.jwks_file, &self.source) {
             (Some(path), _) => std::fs::read_to_string(path)
                 .map_err(|e| JwtError::Jwks(format!("{}: {e}", path.display())))?,
-            (None, Some(url)) => http_get(url)?,
+            (None, Some(url)) => url.get()?,
             (None, None) => return Err(JwtError::Jwks("no JWKS configured".into())),
         };
         parse_jwks(&text)
@@ -404,38 +416,121 @@ impl JwtVerifier {
     }
 }
 
-/// A GET of an `http://host[:port]/path` URL (the identity provider's JWKS), 2 s at most.
-fn http_get(url: &str) -> Result<String, JwtError> {
-    let err = |what: &str| JwtError::Jwks(format!("{url}: {what}"));
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| err("only http:// URLs (or jwt.jwks_file)"))?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addr = if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:80")
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-        .map_err(|e| err(&e.to_string()))?
-        .next()
-        .ok_or_else(|| err("no address"))?;
-    let get = crate::http1::Request {
-        addr,
-        host,
-        method: "GET",
-        path: &path,
-        headers: &[("Accept", "application/json")],
-        body: b"",
-    };
-    let answer = crate::http1::request(&get, Duration::from_secs(2), 1 << 20)
-        .map_err(|e| err(&e.to_string()))?;
-    if answer.status != 200 {
-        return Err(err("did not answer 200"));
+/// The identity provider's JWKS URL, resolved once: its address, and TLS unless it is a
+/// loopback `http://` URL.
+struct JwksUrl {
+    url: String,
+    addr: std::net::SocketAddr,
+    host: String,
+    path: String,
+    tls: Option<crate::http1::Tls>,
+}
+
+impl JwksUrl {
+    fn parse(url: &str, ca: Option<&std::path::Path>) -> Result<JwksUrl, JwtError> {
+        let err = |what: &str| JwtError::Jwks(format!("jwt.jwks_url {url}: {what}"));
+        let (rest, tls) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (rest, true),
+            (None, Some(rest)) => (rest, false),
+            _ => return Err(err("an https:// URL (or jwt.jwks_file)")),
+        };
+        let (host, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        // `host`, `host:port`, `[v6]`, `[v6]:port`.
+        let (name, port) = match host.rsplit_once(':') {
+            Some((n, p)) if !p.contains(']') => (
+                n,
+                p.parse::<u16>()
+                    .map_err(|_| err("the port is not a number"))?,
+            ),
+            _ => (host, if tls { 443 } else { 80 }),
+        };
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if name.is_empty() {
+            return Err(err("no host"));
+        }
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
+            .map_err(|e| err(&e.to_string()))?
+            .next()
+            .ok_or_else(|| err("the host has no address"))?;
+        if !tls && !addr.ip().is_loopback() {
+            return Err(err(
+                "http:// only on a loopback address; keys fetched in the clear could be swapped",
+            ));
+        }
+        let tls = if tls {
+            Some(crate::http1::Tls {
+                config: client_config(ca).map_err(|e| err(&e))?,
+                name: rustls_pki_types::ServerName::try_from(name.to_string())
+                    .map_err(|_| err("the host is not a DNS name or an IP address"))?,
+            })
+        } else {
+            None
+        };
+        Ok(JwksUrl {
+            url: url.to_string(),
+            addr,
+            host: host.to_string(),
+            path,
+            tls,
+        })
     }
-    Ok(answer.body)
+
+    /// The JWKS, 2 s at most.
+    fn get(&self) -> Result<String, JwtError> {
+        let err = |what: &str| JwtError::Jwks(format!("{}: {what}", self.url));
+        let get = crate::http1::Request {
+            addr: self.addr,
+            host: &self.host,
+            method: "GET",
+            path: &self.path,
+            headers: &[("Accept", "application/json")],
+            body: b"",
+        };
+        let (timeout, max) = (Duration::from_secs(2), 1 << 20);
+        let answer = match &self.tls {
+            Some(tls) => crate::http1::request_tls(&get, tls, timeout, max),
+            None => crate::http1::request(&get, timeout, max),
+        }
+        .map_err(|e| err(&e.to_string()))?;
+        if answer.status != 200 {
+            return Err(err("did not answer 200"));
+        }
+        Ok(answer.body)
+    }
+}
+
+/// A TLS client trusting the CA certificates in `ca` (PEM), or the system's roots.
+fn client_config(
+    ca: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let file = |e: &dyn std::fmt::Display| format!("jwt.jwks_ca {}: {e}", path.display());
+            for c in CertificateDer::pem_file_iter(path).map_err(|e| file(&e))? {
+                roots.add(c.map_err(|e| file(&e))?).map_err(|e| file(&e))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no CA certificates found on this system; set jwt.jwks_ca".to_string());
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("jwt.jwks_ca holds no certificate".to_string());
+    }
+    Ok(std::sync::Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 #[cfg(test)]
@@ -481,6 +576,7 @@ mod tests {
             audience: "medanchor".into(),
             jwks_file: Some(path),
             jwks_url: None,
+            jwks_ca: None,
             principal_claim: "sub".into(),
             leeway_secs: 60,
         })
@@ -616,6 +712,7 @@ mod tests {
             audience: "medanchor".into(),
             jwks_file: None,
             jwks_url: Some(format!("http://127.0.0.1:{port}/keys.json")),
+            jwks_ca: None,
             principal_claim: "sub".into(),
             leeway_secs: 60,
         })
@@ -627,6 +724,30 @@ mod tests {
             claims(),
         );
         assert_eq!(v.verify(&t, NOW).unwrap().principal, "dr-a");
+    }
+
+    /// `http://` is refused but on a loopback address (keys in the clear could be swapped on
+    /// the path); other schemes and malformed URLs are refused naming the setting.
+    #[test]
+    fn a_jwks_url_is_https_or_loopback_http() {
+        let refused = |url: &str| match JwksUrl::parse(url, None) {
+            Err(JwtError::Jwks(m)) => m,
+            Ok(_) => panic!("{url} accepted"),
+            Err(e) => panic!("{url}: {e}"),
+        };
+        assert!(refused("http://192.0.2.1/jwks").contains("loopback"));
+        assert!(refused("ftp://idp/jwks").contains("https://"));
+        assert!(refused("https://idp:notaport/jwks").contains("port"));
+        assert!(refused("https:///jwks").contains("jwt.jwks_url"));
+        assert!(JwksUrl::parse("http://127.0.0.1:9/jwks", None).is_ok_and(|u| u.tls.is_none()));
+        assert!(JwksUrl::parse("http://[::1]:9/jwks", None).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        match JwksUrl::parse("https://127.0.0.1:9/jwks", Some(&empty)) {
+            Err(JwtError::Jwks(m)) => assert!(m.contains("no certificate"), "{m}"),
+            _ => panic!("an empty CA file is an error"),
+        }
     }
 
     #[test]
