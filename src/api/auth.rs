@@ -69,24 +69,27 @@ impl Failures {
     }
 }
 
-/// Requests per principal: a rate with a burst of one second's worth, kept as each principal's
-/// theoretical arrival time (GCRA: one instant per principal, no timer). A request is allowed
-/// while that time is at most a second ahead of now; each allowed request moves it on by one
-/// interval.
+/// Requests per principal: a rate with a burst of one second's worth (as many requests at once
+/// as the rate allows in a second), kept as each principal's theoretical arrival time (GCRA:
+/// one instant per principal, no timer). A request is allowed while that time is at most a
+/// second less one interval ahead of now; each allowed request moves it on by one interval.
 pub struct Budgets {
     /// Time between requests at the configured rate; `None`: no limit.
     interval: Option<Duration>,
     by_principal: Mutex<HashMap<String, Instant>>,
 }
 
-/// How far ahead of now a principal's arrival time may run: the burst, one second of requests.
+/// The burst: one second of requests.
 const BURST: Duration = Duration::from_secs(1);
+/// The highest rate honoured (a higher one is held to it): an interval stays above zero.
+const MAX_PER_SECOND: u32 = 1_000_000;
 
 impl Budgets {
-    /// `per_second` requests a second per principal (0: no limit).
+    /// `per_second` requests a second per principal (0: no limit; at most 1,000,000).
     pub fn new(per_second: u32) -> Budgets {
         Budgets {
-            interval: (per_second > 0).then(|| Duration::from_secs(1) / per_second),
+            interval: (per_second > 0)
+                .then(|| Duration::from_secs(1) / per_second.min(MAX_PER_SECOND)),
             by_principal: Mutex::new(HashMap::new()),
         }
     }
@@ -99,9 +102,11 @@ impl Budgets {
         let mut map = self.by_principal.lock().expect("lock");
         if let Some(tat) = map.get_mut(principal) {
             let start = (*tat).max(now);
-            if start.duration_since(now) > BURST {
-                let wait = start.duration_since(now) - BURST;
-                return Err(wait.as_secs() + 1);
+            let tolerance = BURST - interval;
+            if start.duration_since(now) > tolerance {
+                // Whole seconds, rounded up, at least one.
+                let wait = start.duration_since(now) - tolerance;
+                return Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
             }
             *tat = start + interval;
             return Ok(());
@@ -237,10 +242,7 @@ mod tests {
         let b = Budgets::new(10);
         let t0 = Instant::now();
         let allowed = (0..30).filter(|_| b.take("dr-a", t0).is_ok()).count();
-        assert_eq!(
-            allowed, 11,
-            "the first request and a second's worth of burst"
-        );
+        assert_eq!(allowed, 10, "a second's worth at once");
         assert_eq!(b.take("dr-a", t0), Err(1));
         assert!(b.take("dr-b", t0).is_ok(), "per principal");
         assert!(b.take("dr-a", t0 + Duration::from_millis(99)).is_err());
@@ -252,9 +254,20 @@ mod tests {
         // Idle for long: the full burst again, not an accumulation beyond it.
         let later = t0 + Duration::from_secs(60);
         let allowed = (0..30).filter(|_| b.take("dr-a", later).is_ok()).count();
-        assert_eq!(allowed, 11);
+        assert_eq!(allowed, 10);
         let off = Budgets::new(0);
         assert!((0..10_000).all(|_| off.take("dr-a", t0).is_ok()));
+        let one = Budgets::new(1);
+        assert!(one.take("dr-a", t0).is_ok());
+        assert_eq!(one.take("dr-a", t0), Err(1));
+        assert!(one.take("dr-a", t0 + Duration::from_secs(1)).is_ok());
+        let most = Budgets::new(u32::MAX);
+        assert_eq!(
+            (0..2_000_000)
+                .filter(|_| most.take("dr-a", t0).is_ok())
+                .count(),
+            1_000_000
+        );
     }
 
     /// The table stays bounded when many principals pass through: those whose time has passed
@@ -263,14 +276,14 @@ mod tests {
     fn the_budget_table_is_bounded() {
         let b = Budgets::new(1);
         let t0 = Instant::now();
-        assert!(b.take("busy", t0).is_ok());
-        assert!(b.take("busy", t0).is_ok());
-        assert!(b.take("busy", t0).is_err());
+        let busy_at = t0 + Duration::from_millis(900);
+        assert!(b.take("busy", busy_at).is_ok());
+        assert!(b.take("busy", busy_at).is_err());
         for i in 0..MAX_TRACKED - 1 {
             b.take(&format!("p{i}"), t0).unwrap();
         }
         assert_eq!(b.by_principal.lock().unwrap().len(), MAX_TRACKED);
-        // 1.5 s on: the others' time (t0 + 1 s) has passed, the busy one's (t0 + 2 s) has not.
+        // 1.5 s on: the others' time (t0 + 1 s) has passed, the busy one's (t0 + 1.9 s) has not.
         let later = t0 + Duration::from_millis(1500);
         assert!(b.take("new", later).is_ok());
         {

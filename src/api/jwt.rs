@@ -16,7 +16,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -244,8 +245,10 @@ impl Scopes {
 pub struct JwtVerifier {
     config: JwtConfig,
     /// Where the JWKS is fetched from, when it is a URL.
-    source: Option<JwksUrl>,
-    keys: RwLock<Vec<Jwk>>,
+    source: Option<Arc<JwksUrl>>,
+    keys: Arc<RwLock<Vec<Jwk>>>,
+    /// A fetch from the URL is running (in the background; at most one).
+    fetching: Arc<AtomicBool>,
     last_reload: Mutex<Option<Instant>>,
 }
 
@@ -259,14 +262,25 @@ impl JwtVerifier {
                 "set exactly one of jwt.jwks_file and jwt.jwks_url".into(),
             ));
         }
+        if config.jwks_ca.is_some()
+            && !config
+                .jwks_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://"))
+        {
+            return Err(JwtError::Jwks(
+                "jwt.jwks_ca applies to an https:// jwt.jwks_url only".into(),
+            ));
+        }
         let source = match &config.jwks_url {
-            Some(url) => Some(JwksUrl::parse(url, config.jwks_ca.as_deref())?),
+            Some(url) => Some(Arc::new(JwksUrl::parse(url, config.jwks_ca.as_deref())?)),
             None => None,
         };
         let v = JwtVerifier {
             config,
             source,
-            keys: RwLock::new(Vec::new()),
+            keys: Arc::new(RwLock::new(Vec::new())),
+            fetching: Arc::new(AtomicBool::new(false)),
             last_reload: Mutex::new(None),
         };
         let keys = v.fetch()?;
@@ -284,7 +298,10 @@ impl JwtVerifier {
         parse_jwks(&text)
     }
 
-    /// Reads the JWKS again, at most once every 10 s.
+    /// Reads the JWKS again, at most once every 10 s. A file is read at once; a URL is fetched
+    /// on a thread of its own, so that a slow or hostile server (anyone can send a token naming
+    /// an unknown key) holds no request handler: the token that asked is refused, and the keys
+    /// are there for the next one.
     fn reload(&self) {
         {
             let mut last = self.last_reload.lock().expect("lock");
@@ -293,9 +310,37 @@ impl JwtVerifier {
             }
             *last = Some(Instant::now());
         }
-        match self.fetch() {
-            Ok(keys) => *self.keys.write().expect("lock") = keys,
-            Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
+        let Some(url) = &self.source else {
+            match self.fetch() {
+                Ok(keys) => *self.keys.write().expect("lock") = keys,
+                Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
+            }
+            return;
+        };
+        if self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (url, keys, fetching) = (url.clone(), self.keys.clone(), self.fetching.clone());
+        let spawned = std::thread::Builder::new()
+            .name("jwks-fetch".into())
+            .spawn(move || {
+                match url.get().and_then(|text| parse_jwks(&text)) {
+                    Ok(k) => *keys.write().expect("lock") = k,
+                    Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
+                }
+                fetching.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.fetching.store(false, Ordering::Release);
+            tracing::warn!(error = %e, "reloading the JWKS: no thread");
+        }
+    }
+
+    /// Waits until no background fetch is running (tests).
+    #[cfg(test)]
+    fn settle(&self) {
+        while self.fetching.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -416,11 +461,15 @@ impl JwtVerifier {
     }
 }
 
-/// The identity provider's JWKS URL, resolved once: its address, and TLS unless it is a
-/// loopback `http://` URL.
+/// The identity provider's JWKS URL: where it is, and TLS unless it is a loopback `http://`
+/// URL. The host is resolved at each fetch (an identity provider may move), every address
+/// tried in turn.
 struct JwksUrl {
     url: String,
-    addr: std::net::SocketAddr,
+    /// The name (or IP literal, without brackets) and port to connect to.
+    name: String,
+    port: u16,
+    /// The `Host` header: the URL's authority as written.
     host: String,
     path: String,
     tls: Option<crate::http1::Tls>,
@@ -434,6 +483,9 @@ impl JwksUrl {
             (None, Some(rest)) => (rest, false),
             _ => return Err(err("an https:// URL (or jwt.jwks_file)")),
         };
+        if rest.contains(['@', '#']) {
+            return Err(err("no user name, password or fragment in the URL"));
+        }
         let (host, path) = rest
             .split_once('/')
             .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
@@ -450,15 +502,6 @@ impl JwksUrl {
         if name.is_empty() {
             return Err(err("no host"));
         }
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
-            .map_err(|e| err(&e.to_string()))?
-            .next()
-            .ok_or_else(|| err("the host has no address"))?;
-        if !tls && !addr.ip().is_loopback() {
-            return Err(err(
-                "http:// only on a loopback address; keys fetched in the clear could be swapped",
-            ));
-        }
         let tls = if tls {
             Some(crate::http1::Tls {
                 config: client_config(ca).map_err(|e| err(&e))?,
@@ -468,36 +511,61 @@ impl JwksUrl {
         } else {
             None
         };
-        Ok(JwksUrl {
+        let u = JwksUrl {
             url: url.to_string(),
-            addr,
+            name: name.to_string(),
+            port,
             host: host.to_string(),
             path,
             tls,
-        })
+        };
+        u.addresses()?;
+        Ok(u)
     }
 
-    /// The JWKS, 2 s at most.
+    /// The host's addresses now; for `http://`, every one must be a loopback address, since
+    /// keys fetched in the clear could be swapped on the path.
+    fn addresses(&self) -> Result<Vec<std::net::SocketAddr>, JwtError> {
+        let err = |what: &str| JwtError::Jwks(format!("jwt.jwks_url {}: {what}", self.url));
+        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(&*self.name, self.port))
+            .map_err(|e| err(&e.to_string()))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(err("the host has no address"));
+        }
+        if self.tls.is_none() && !addrs.iter().all(|a| a.ip().is_loopback()) {
+            return Err(err(
+                "http:// only on a loopback address; keys fetched in the clear could be swapped",
+            ));
+        }
+        Ok(addrs)
+    }
+
+    /// The JWKS, from the first address that answers; 2 s at most for each.
     fn get(&self) -> Result<String, JwtError> {
         let err = |what: &str| JwtError::Jwks(format!("{}: {what}", self.url));
-        let get = crate::http1::Request {
-            addr: self.addr,
-            host: &self.host,
-            method: "GET",
-            path: &self.path,
-            headers: &[("Accept", "application/json")],
-            body: b"",
-        };
-        let (timeout, max) = (Duration::from_secs(2), 1 << 20);
-        let answer = match &self.tls {
-            Some(tls) => crate::http1::request_tls(&get, tls, timeout, max),
-            None => crate::http1::request(&get, timeout, max),
+        let mut last = String::new();
+        for addr in self.addresses()? {
+            let get = crate::http1::Request {
+                addr,
+                host: &self.host,
+                method: "GET",
+                path: &self.path,
+                headers: &[("Accept", "application/json")],
+                body: b"",
+            };
+            let (timeout, max) = (Duration::from_secs(2), 1 << 20);
+            let answer = match &self.tls {
+                Some(tls) => crate::http1::request_tls(&get, tls, timeout, max),
+                None => crate::http1::request(&get, timeout, max),
+            };
+            match answer {
+                Ok(a) if a.status == 200 => return Ok(a.body),
+                Ok(a) => return Err(err(&format!("answered {}, not 200", a.status))),
+                Err(e) => last = e.to_string(),
+            }
         }
-        .map_err(|e| err(&e.to_string()))?;
-        if answer.status != 200 {
-            return Err(err("did not answer 200"));
-        }
-        Ok(answer.body)
+        Err(err(&last))
     }
 }
 
@@ -687,27 +755,37 @@ mod tests {
         assert_eq!(v.verify(&t, NOW), Err(JwtError::UnknownKey));
     }
 
-    /// The JWKS from an `http://` URL, as an identity provider on the hospital network serves it.
-    #[test]
-    fn the_jwks_is_fetched_from_an_http_url() {
-        use std::io::{Read, Write};
-        let a = idp("k1");
+    /// Serves `bodies` as JWKS answers on loopback, one connection each, checking each request
+    /// asks for `/keys.json`; the last answer waits for `gate`, when there is one.
+    fn serve_jwks(
+        bodies: Vec<String>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> (u16, std::thread::JoinHandle<()>) {
+        use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let jwks = a.jwks.clone();
         let server = std::thread::spawn(move || {
-            let (mut c, _) = listener.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let n = c.read(&mut req).unwrap();
-            assert!(req[..n].starts_with(b"GET /keys.json HTTP/1.1\r\n"));
-            write!(
-                c,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{jwks}",
-                jwks.len()
-            )
-            .unwrap();
+            let last = bodies.len().saturating_sub(1);
+            for (i, body) in bodies.into_iter().enumerate() {
+                let (mut c, _) = listener.accept().unwrap();
+                let req = crate::http1::read_request_head(&mut c);
+                assert!(req.starts_with(b"GET /keys.json HTTP/1.1\r\n"));
+                if let (true, Some(gate)) = (i == last, &gate) {
+                    gate.recv().unwrap();
+                }
+                write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
         });
-        let v = JwtVerifier::new(JwtConfig {
+        (port, server)
+    }
+
+    fn url_verifier(port: u16) -> JwtVerifier {
+        JwtVerifier::new(JwtConfig {
             issuer: "https://idp.test".into(),
             audience: "medanchor".into(),
             jwks_file: None,
@@ -716,7 +794,15 @@ mod tests {
             principal_claim: "sub".into(),
             leeway_secs: 60,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The JWKS from an `http://` URL on loopback (a local proxy in front of the provider).
+    #[test]
+    fn the_jwks_is_fetched_from_an_http_url() {
+        let a = idp("k1");
+        let (port, server) = serve_jwks(vec![a.jwks.clone()], None);
+        let v = url_verifier(port);
         server.join().unwrap();
         let t = mint(
             &a,
@@ -739,6 +825,8 @@ mod tests {
         assert!(refused("ftp://idp/jwks").contains("https://"));
         assert!(refused("https://idp:notaport/jwks").contains("port"));
         assert!(refused("https:///jwks").contains("jwt.jwks_url"));
+        assert!(refused("https://user:pw@idp/jwks").contains("password"));
+        assert!(refused("https://idp/jwks#k").contains("fragment"));
         assert!(JwksUrl::parse("http://127.0.0.1:9/jwks", None).is_ok_and(|u| u.tls.is_none()));
         assert!(JwksUrl::parse("http://[::1]:9/jwks", None).is_ok());
         let dir = tempfile::tempdir().unwrap();
@@ -748,6 +836,28 @@ mod tests {
             Err(JwtError::Jwks(m)) => assert!(m.contains("no certificate"), "{m}"),
             _ => panic!("an empty CA file is an error"),
         }
+    }
+
+    /// A rotated key at a URL: the token naming it starts a fetch in the background and is
+    /// refused without waiting for the identity provider, which here holds its answer until
+    /// then (a verify that waited on the fetch would time it out, and the key would never
+    /// arrive); once the fetch is done the same token verifies.
+    #[test]
+    fn a_rotated_key_at_a_url_is_fetched_in_the_background() {
+        let (old, new) = (idp("old"), idp("new"));
+        let (open, gate) = std::sync::mpsc::channel();
+        let (port, server) = serve_jwks(vec![old.jwks.clone(), new.jwks.clone()], Some(gate));
+        let v = url_verifier(port);
+        let t = mint(
+            &new,
+            serde_json::json!({"alg": "ES256", "kid": "new"}),
+            claims(),
+        );
+        assert_eq!(v.verify(&t, NOW), Err(JwtError::UnknownKey));
+        open.send(()).unwrap();
+        v.settle();
+        server.join().unwrap();
+        assert_eq!(v.verify(&t, NOW).unwrap().principal, "dr-a");
     }
 
     #[test]
