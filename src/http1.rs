@@ -36,28 +36,30 @@ pub struct Tls {
     pub name: rustls::pki_types::ServerName<'static>,
 }
 
-/// Sends the request and reads the answer; `timeout` bounds the whole exchange, connect to
-/// last byte (a peer that trickles bytes cannot hold the caller longer).
-pub fn request(r: &Request<'_>, timeout: Duration, max_bytes: u64) -> io::Result<Answer> {
-    let deadline = Instant::now() + timeout;
-    let mut s = connect(r.addr, timeout)?;
-    exchange(&mut s, r, deadline, max_bytes)
-}
-
-/// [`request`] over TLS: the server's certificate is checked against `tls` before anything is
-/// sent.
-pub fn request_tls(
+/// Sends the request, over TLS when `tls` says how (the server's certificate is checked
+/// before anything is sent), and reads the answer; `timeout` bounds the whole exchange, connect
+/// to last byte (a peer that trickles bytes cannot hold the caller longer).
+pub fn request(
     r: &Request<'_>,
-    tls: &Tls,
+    tls: Option<&Tls>,
     timeout: Duration,
     max_bytes: u64,
 ) -> io::Result<Answer> {
     let deadline = Instant::now() + timeout;
-    let tcp = connect(r.addr, timeout)?;
-    let conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
-        .map_err(io::Error::other)?;
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    exchange(&mut s, r, deadline, max_bytes)
+    let mut tcp = connect(r.addr, timeout)?;
+    match tls {
+        None => exchange(&mut tcp, r, deadline, max_bytes),
+        Some(tls) => {
+            let conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                .map_err(io::Error::other)?;
+            exchange(
+                &mut rustls::StreamOwned::new(conn, tcp),
+                r,
+                deadline,
+                max_bytes,
+            )
+        }
+    }
 }
 
 fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
@@ -112,8 +114,8 @@ fn exchange<S: Socket>(
     let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
-    // Where the body starts and how long it says it is, once the head is in.
-    let mut framing: Option<(usize, Option<usize>)> = None;
+    // Once the head is in: it (lower-cased), where the body starts, how long it says it is.
+    let mut framing: Option<(String, usize, Option<usize>)> = None;
     let closed = loop {
         let too_long = || io::Error::new(io::ErrorKind::TimedOut, "the answer took too long");
         let left = deadline.saturating_duration_since(Instant::now());
@@ -146,19 +148,20 @@ fn exchange<S: Socket>(
         out.extend_from_slice(&buf[..n]);
         if framing.is_none() {
             if let Some(end) = memchr::memmem::find(&out, b"\r\n\r\n") {
-                framing = Some((end + 4, content_length(&out[..end])?));
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let length = content_length(&head)?;
+                framing = Some((head, end + 4, length));
             }
         }
-        if let Some((start, Some(len))) = framing {
+        if let Some((_, start, Some(len))) = framing {
             if out.len() >= start + len {
                 break true;
             }
         }
     };
-    let Some((start, length)) = framing else {
+    let Some((head, start, length)) = framing else {
         return Err(bad("the answer has no header end"));
     };
-    let head = String::from_utf8_lossy(&out[..start - 4]).to_ascii_lowercase();
     // Bytes past the Content-Length (a peer that sent more) are not part of this answer.
     let body = &out[start..length.map_or(out.len(), |n| out.len().min(start + n))];
     let status = head
@@ -183,9 +186,9 @@ fn exchange<S: Socket>(
     })
 }
 
-/// The head's Content-Length, if it has one; one that is not a number is an error.
-fn content_length(head: &[u8]) -> io::Result<Option<usize>> {
-    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+/// The (lower-cased) head's Content-Length, if it has one; one that is not a number is an
+/// error.
+fn content_length(head: &str) -> io::Result<Option<usize>> {
     head.lines()
         .find_map(|l| l.strip_prefix("content-length:"))
         .map(|v| {
@@ -236,7 +239,7 @@ mod tests {
             read_request_head(&mut c);
             c.write_all(answer).unwrap();
         });
-        let answer = request(&get_root(addr), Duration::from_secs(5), 1 << 20);
+        let answer = request(&get_root(addr), None, Duration::from_secs(5), 1 << 20);
         server.join().unwrap();
         answer
     }
@@ -285,7 +288,7 @@ mod tests {
         let r = get_root(addr);
         // Without the deadline each byte would restart the read timeout, and the answer would
         // end when the peer stops (an answer without a header end), not as timed out.
-        let e = request(&r, Duration::from_millis(700), 1 << 20).unwrap_err();
+        let e = request(&r, None, Duration::from_millis(700), 1 << 20).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         server.join().unwrap();
     }

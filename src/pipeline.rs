@@ -1041,12 +1041,8 @@ pub fn mapping_outcome(unmapped: &[String], warnings: &[String]) -> Vec<u8> {
         return Vec::new();
     }
     const NOT_USED: &str = " holds data that no mapping uses";
-    let size: usize = unmapped
-        .iter()
-        .map(|u| u.len() + NOT_USED.len() + 80)
-        .sum::<usize>()
-        + warnings.iter().map(|w| w.len() + 80).sum::<usize>();
-    let mut out = Vec::with_capacity(64 + size);
+    // About 130 bytes an issue: one allocation for most outcomes.
+    let mut out = Vec::with_capacity(64 + 130 * (unmapped.len() + warnings.len()));
     out.extend_from_slice(b"{\"issue\":[");
     let issues = unmapped
         .iter()

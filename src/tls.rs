@@ -47,12 +47,7 @@ pub fn load_tls(
     let builder = rustls::ServerConfig::builder();
     let builder = match &cfg.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| file_err("client_ca", ca, &e))? {
-                roots
-                    .add(c.map_err(|e| file_err("client_ca", ca, &e))?)
-                    .map_err(|e| file_err("client_ca", ca, &e))?;
-            }
+            let roots = roots_from_pem(ca).map_err(|e| file_err("client_ca", ca, &e))?;
             let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
                 .build()
                 .map_err(|e| TlsError::Config(section, e.to_string()))?;
@@ -64,6 +59,45 @@ pub fn load_tls(
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(section, e.to_string()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The CA certificates in a PEM file, as roots to check a peer's certificate against.
+fn roots_from_pem(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(roots)
+}
+
+/// A TLS client (the gateway's own, e.g. fetching a JWKS) trusting the CA certificates in
+/// `ca` (PEM), or the system's roots.
+pub fn client_config(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = match ca {
+        Some(path) => {
+            let roots = roots_from_pem(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if roots.is_empty() {
+                return Err(format!("{}: no certificate in file", path.display()));
+            }
+            roots
+        }
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                return Err("no CA certificates found on this system".to_string());
+            }
+            roots
+        }
+    };
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 /// The fingerprint naming a TLS client by its certificate (the first of its chain).

@@ -53,19 +53,27 @@ impl Failures {
             return;
         }
         let mut map = self.by_addr.lock().expect("lock");
-        if map.len() >= MAX_TRACKED && !map.contains_key(&addr) {
-            map.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
-            if map.len() >= MAX_TRACKED {
-                // Still full of live windows: an attacker with many addresses. Forget them all
-                // rather than grow; each is limited again after 20 more failures.
-                map.clear();
-            }
+        if !map.contains_key(&addr) {
+            // Full of live windows: an attacker with many addresses; each forgotten one is
+            // limited again after 20 more failures.
+            make_room(&mut map, |(since, _)| now.duration_since(*since) < WINDOW);
         }
         let e = map.entry(addr).or_insert((now, 0));
         if now.duration_since(e.0) >= WINDOW {
             *e = (now, 0);
         }
         e.1 += 1;
+    }
+}
+
+/// Before a new entry goes into a table bounded by `MAX_TRACKED`: when it is full, the entries
+/// no longer `live` are dropped; if it is still full, all are, rather than let it grow.
+fn make_room<K, V>(map: &mut HashMap<K, V>, live: impl Fn(&V) -> bool) {
+    if map.len() >= MAX_TRACKED {
+        map.retain(|_, v| live(v));
+        if map.len() >= MAX_TRACKED {
+            map.clear();
+        }
     }
 }
 
@@ -111,15 +119,8 @@ impl Budgets {
             *tat = start + interval;
             return Ok(());
         }
-        if map.len() >= MAX_TRACKED {
-            // Principals whose time has passed are as good as new: forget them. Still full of
-            // busy ones (more principals than this, all at their limit): forget all rather
-            // than grow.
-            map.retain(|_, tat| *tat > now);
-            if map.len() >= MAX_TRACKED {
-                map.clear();
-            }
-        }
+        // Principals whose time has passed are as good as new.
+        make_room(&mut map, |tat| *tat > now);
         map.insert(principal.to_string(), now + interval);
         Ok(())
     }

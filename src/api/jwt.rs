@@ -262,12 +262,7 @@ impl JwtVerifier {
                 "set exactly one of jwt.jwks_file and jwt.jwks_url".into(),
             ));
         }
-        if config.jwks_ca.is_some()
-            && !config
-                .jwks_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https://"))
-        {
+        if config.jwks_ca.is_some() && config.jwks_url.is_none() {
             return Err(JwtError::Jwks(
                 "jwt.jwks_ca applies to an https:// jwt.jwks_url only".into(),
             ));
@@ -311,10 +306,7 @@ impl JwtVerifier {
             *last = Some(Instant::now());
         }
         let Some(url) = &self.source else {
-            match self.fetch() {
-                Ok(keys) => *self.keys.write().expect("lock") = keys,
-                Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
-            }
+            keep(&self.keys, self.fetch());
             return;
         };
         if self.fetching.swap(true, Ordering::AcqRel) {
@@ -324,10 +316,7 @@ impl JwtVerifier {
         let spawned = std::thread::Builder::new()
             .name("jwks-fetch".into())
             .spawn(move || {
-                match url.get().and_then(|text| parse_jwks(&text)) {
-                    Ok(k) => *keys.write().expect("lock") = k,
-                    Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
-                }
+                keep(&keys, url.get().and_then(|text| parse_jwks(&text)));
                 fetching.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
@@ -461,6 +450,14 @@ impl JwtVerifier {
     }
 }
 
+/// A JWKS read again: its keys replace the ones held; a failure keeps them and is logged.
+fn keep(keys: &RwLock<Vec<Jwk>>, fetched: Result<Vec<Jwk>, JwtError>) {
+    match fetched {
+        Ok(k) => *keys.write().expect("lock") = k,
+        Err(e) => tracing::warn!(error = %e, "reloading the JWKS"),
+    }
+}
+
 /// The identity provider's JWKS URL: where it is, and TLS unless it is a loopback `http://`
 /// URL. The host is resolved at each fetch (an identity provider may move), every address
 /// tried in turn.
@@ -483,6 +480,9 @@ impl JwksUrl {
             (None, Some(rest)) => (rest, false),
             _ => return Err(err("an https:// URL (or jwt.jwks_file)")),
         };
+        if ca.is_some() && !tls {
+            return Err(err("jwt.jwks_ca applies to an https:// URL only"));
+        }
         if rest.contains(['@', '#']) {
             return Err(err("no user name, password or fragment in the URL"));
         }
@@ -504,7 +504,8 @@ impl JwksUrl {
         }
         let tls = if tls {
             Some(crate::http1::Tls {
-                config: client_config(ca).map_err(|e| err(&e))?,
+                config: crate::tls::client_config(ca)
+                    .map_err(|e| err(&format!("{e} (jwt.jwks_ca)")))?,
                 name: rustls_pki_types::ServerName::try_from(name.to_string())
                     .map_err(|_| err("the host is not a DNS name or an IP address"))?,
             })
@@ -555,11 +556,7 @@ impl JwksUrl {
                 body: b"",
             };
             let (timeout, max) = (Duration::from_secs(2), 1 << 20);
-            let answer = match &self.tls {
-                Some(tls) => crate::http1::request_tls(&get, tls, timeout, max),
-                None => crate::http1::request(&get, timeout, max),
-            };
-            match answer {
+            match crate::http1::request(&get, self.tls.as_ref(), timeout, max) {
                 Ok(a) if a.status == 200 => return Ok(a.body),
                 Ok(a) => return Err(err(&format!("answered {}, not 200", a.status))),
                 Err(e) => last = e.to_string(),
@@ -567,38 +564,6 @@ impl JwksUrl {
         }
         Err(err(&last))
     }
-}
-
-/// A TLS client trusting the CA certificates in `ca` (PEM), or the system's roots.
-fn client_config(
-    ca: Option<&std::path::Path>,
-) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            let file = |e: &dyn std::fmt::Display| format!("jwt.jwks_ca {}: {e}", path.display());
-            for c in CertificateDer::pem_file_iter(path).map_err(|e| file(&e))? {
-                roots.add(c.map_err(|e| file(&e))?).map_err(|e| file(&e))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err("no CA certificates found on this system; set jwt.jwks_ca".to_string());
-            }
-        }
-    }
-    if roots.is_empty() {
-        return Err("jwt.jwks_ca holds no certificate".to_string());
-    }
-    Ok(std::sync::Arc::new(
-        tokio_rustls::rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 #[cfg(test)]

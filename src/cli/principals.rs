@@ -145,7 +145,7 @@ fn request(
         ],
         body: body.as_bytes(),
     };
-    let answer = crate::http1::request(&call, Duration::from_secs(30), 64 << 20)
+    let answer = crate::http1::request(&call, None, Duration::from_secs(30), 64 << 20)
         .with_context(|| format!("calling the gateway's API at {connect}"))?;
     Ok((answer.status, answer.body))
 }
