@@ -1,7 +1,8 @@
-//! Shows a Bundle the writer built to be valid FHIR R4 without parsing it back: what the full
+//! Shows a Bundle the writer builds to be valid FHIR R4 without parsing it back: what the full
 //! check (parse, then walk against the R4 schema) would look up per value is settled here once
 //! per process, per element of the model; what depends on the message is asked of the
-//! validator's own rules, value by value, as the arena holds them.
+//! validator's own rules, key by key and value by value, as `emit` writes them (no second pass
+//! over the arena).
 //!
 //! The answer is one-sided. `Ok` means the full check would accept these bytes; `Err` names
 //! the first rule not shown, and the caller then runs the full check, which decides (and names
@@ -19,7 +20,7 @@ use std::sync::OnceLock;
 use crate::fhir::validate::element::{Element, ObjectKind, Rules};
 use crate::fhir::validate::MAX_DEPTH;
 
-use super::engine::{Build, Val, NONE};
+use super::engine::{Build, Node, Val, NONE};
 use super::model::{ElemId, Model, TypeId};
 use super::plan::Plan;
 use super::Link;
@@ -31,9 +32,12 @@ struct Table {
     elems: Vec<Option<Element>>,
     /// Per element id: the type it belongs to (a child must be an element of its parent's type).
     owner: Vec<TypeId>,
-    /// Per element id: what the object rules need of its name and arity, as bits (`ARRAY`…),
+    /// Per element id: what the object rules need of its name and arity, as bits (`WRITER_KEY`…),
     /// so the pass reads a byte, not the element's definition.
     flags: Vec<u8>,
+    /// Per element id: its place among its type's elements (by id), the bit [`Object`] sets
+    /// when its key is written.
+    rank: Vec<u16>,
     /// Per type id: the complex type with its rules, or `None` for primitives.
     types: Vec<Option<TypeFacts>>,
     /// Elements whose values the object rules read.
@@ -50,13 +54,18 @@ struct Table {
 struct TypeFacts {
     kind: ObjectKind,
     resource: bool,
-    /// Per element the type requires: the elements that meet it (`status`, `_status`; for a
-    /// choice, every `valueX`). An empty group is never met, so such objects go to the walk.
-    required: Vec<Vec<ElemId>>,
+    /// Per element the type requires: the ranks of the elements that meet it (`status`,
+    /// `_status`; for a choice, every `valueX`). An empty group is never met, so such objects
+    /// go to the walk.
+    required: Vec<Vec<u16>>,
+    /// More elements than an [`Object`]'s bits hold: its objects go to the walk.
+    wide: bool,
 }
 
-/// The element repeats (a JSON array).
-const ARRAY: u8 = 1;
+/// Words of an [`Object`]'s key bits: types of up to 512 elements (R4's largest,
+/// ElementDefinition, has fewer than 350 with the primitives' `_name` elements).
+const WRITTEN_WORDS: usize = 8;
+
 /// Named like a key the writer puts on every resource itself (`id`, `meta`, `resourceType`).
 const WRITER_KEY: u8 = 2;
 /// A `value[x]` choice (for `ext-1`).
@@ -73,6 +82,7 @@ fn build_table(m: &Model, rules: Rules) -> Table {
     let mut elems = vec![None; m.elem_count()];
     let mut owner = vec![TypeId::MAX; m.elem_count()];
     let mut flags = vec![0u8; m.elem_count()];
+    let mut rank = vec![u16::MAX; m.elem_count()];
     let mut types = Vec::with_capacity(m.type_count());
     for t in 0..m.type_count() as TypeId {
         let def = m.ty(t);
@@ -80,17 +90,21 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             types.push(None);
             continue;
         };
+        let mut own: Vec<ElemId> = m.elems_of(t).collect();
+        own.sort_unstable();
+        let wide = own.len() > WRITTEN_WORDS * 64;
+        for (r, &e) in own.iter().enumerate() {
+            rank[e as usize] = u16::try_from(r).unwrap_or(u16::MAX);
+        }
         for e in m.elems_of(t) {
             let d = m.elem(e);
             elems[e as usize] = rules.element(ty, &d.name, d.array);
             owner[e as usize] = t;
             let bit = |on: bool, bit: u8| if on { bit } else { 0 };
-            flags[e as usize] = bit(d.array, ARRAY)
-                | bit(
-                    matches!(d.name.as_str(), "id" | "meta" | "resourceType"),
-                    WRITER_KEY,
-                )
-                | bit(Rules::is_value_choice(&d.name), VALUE_CHOICE)
+            flags[e as usize] = bit(
+                matches!(d.name.as_str(), "id" | "meta" | "resourceType"),
+                WRITER_KEY,
+            ) | bit(Rules::is_value_choice(&d.name), VALUE_CHOICE)
                 | bit(d.name == "extension", EXTENSION);
         }
         let required = rules
@@ -100,6 +114,7 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             .map(|(name, underscore)| {
                 m.elems_of(t)
                     .filter(|&e| meets(&m.elem(e).name, name, underscore))
+                    .map(|e| rank[e as usize])
                     .collect()
             })
             .collect();
@@ -107,6 +122,7 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             kind: rules.kind(ty),
             resource: m.is_resource(t) && rules.is_plain_resource_type(&def.name),
             required,
+            wide,
         }));
     }
     let id = |t: &str, e: &str| {
@@ -118,6 +134,7 @@ fn build_table(m: &Model, rules: Rules) -> Table {
         elems,
         owner,
         flags,
+        rank,
         types,
         period_start: id("Period", "start"),
         period_end: id("Period", "end"),
@@ -175,22 +192,19 @@ pub fn plan_shown(plan: &Plan) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whether the Bundle `emit::write` wrote from `b` is valid, given [`plan_shown`]; `Err` names
-/// the first rule not shown (a fixed label, for metrics). `live` and `emitted` are the writer's;
-/// `what` the Provenance entity's text, `provenance` its id.
-pub fn shown_valid(
-    plan: &Plan,
+/// Whether the per-message parts of the Bundle are valid, given [`plan_shown`]: what the
+/// writer adds itself (the Provenance entity's text `what`, the mapping time as an R4 instant
+/// with a four digit year) and the resources sent (plain resource types, ids unique with the
+/// Provenance's). `Err` names the rule not shown (a fixed label, for metrics).
+pub fn bundle_shown(
     b: &Build,
-    (live, emitted): (&[bool], &[bool]),
+    emitted: &[bool],
     link: &Link<'_>,
     what: &str,
     provenance: &[u8; 36],
 ) -> Result<(), &'static str> {
     let t = table();
     let rules = Rules::shared();
-    let m = plan.model;
-    // What the writer adds per message: the entity's text, the mapping time as an R4 instant
-    // (four digit years), ids.
     let display = t.reference_display.ok_or("model")?;
     if !rules.text_ok(display, what) {
         return Err("provenance_text");
@@ -198,11 +212,8 @@ pub fn shown_valid(
     if link.mapped_ms >= 253_402_300_800_000 {
         return Err("provenance_time");
     }
-    let mut ids: Vec<&[u8; 36]> = Vec::with_capacity(b.insts.len());
-    for (i, inst) in b.insts.iter().enumerate() {
-        if !emitted[i] {
-            continue;
-        }
+    let mut ids: Vec<&[u8; 36]> = Vec::with_capacity(b.insts.len() + 1);
+    for (inst, _) in b.insts.iter().zip(emitted).filter(|(_, e)| **e) {
         let facts = t.types[inst.ty as usize].as_ref().ok_or("resource_type")?;
         if !facts.resource {
             return Err("resource_type");
@@ -218,35 +229,97 @@ pub fn shown_valid(
     if ids.windows(2).any(|w| w[0] == w[1]) {
         return Err("duplicate_id");
     }
+    Ok(())
+}
 
-    let mut depth = vec![0u16; b.nodes.len()];
-    let mut scratch = Vec::new();
-    for (i, node) in b.nodes.iter().enumerate() {
-        if !live[i] {
-            continue;
+/// The rules of one object, asked as the writer writes it (`emit::Writer::children`): each
+/// key once and of the object's own type, not empty, every element its type requires, the
+/// rules of its kind, and each value by its element's rules. The writer groups an element's
+/// nodes under one key; a second group, or a second value of a single element, would repeat
+/// the key, and that is what [`Object::key`] refuses.
+pub struct Object {
+    ty: TypeId,
+    kind: ObjectKind,
+    root: bool,
+    /// Keys written, by the element's rank within its type.
+    written: [u64; WRITTEN_WORDS],
+    any: bool,
+    /// What the kind's rules read (an Extension's url and value, a Coding's system…).
+    url: Option<(u32, u32)>,
+    value: Option<ElemId>,
+    nested: bool,
+    system: Option<(u32, u32)>,
+    start: Option<(u32, u32)>,
+    end: Option<(u32, u32)>,
+    data: bool,
+    size: bool,
+}
+
+impl Object {
+    /// An object of type `ty` (`root`: a resource, whose `resourceType`, `id` and `meta` the
+    /// writer puts itself). `Err` for the kinds the walk alone checks.
+    pub fn open(ty: TypeId, root: bool) -> Result<Object, &'static str> {
+        let facts = table().types[ty as usize].as_ref().ok_or("object_type")?;
+        // Rules the check does not show (risk predictions, Bundle entries), and types with
+        // more elements than `written` holds.
+        if matches!(
+            facts.kind,
+            ObjectKind::RiskPrediction | ObjectKind::BundleEntry
+        ) || facts.wide
+        {
+            return Err("object_kind");
         }
-        if node.parent == NONE {
-            let ty = b.insts[node.inst as usize].ty;
-            object(t, rules, plan, b, live, i as u32, ty, true, &mut scratch)?;
-            continue;
-        }
-        let d = depth[node.parent as usize] + 1;
-        depth[i] = d;
+        Ok(Object {
+            ty,
+            kind: facts.kind,
+            root,
+            written: [0; WRITTEN_WORDS],
+            any: false,
+            url: None,
+            value: None,
+            nested: false,
+            system: None,
+            start: None,
+            end: None,
+            data: false,
+            size: false,
+        })
+    }
+
+    /// A key the writer puts in this object, for element `elem`, `depth` elements below the
+    /// resource.
+    pub fn key(&mut self, elem: ElemId, depth: usize) -> Result<(), &'static str> {
+        let t = table();
         // An object or array level per element, at most.
-        if LEVELS_ABOVE_RESOURCE + 2 * usize::from(d) + 1 > MAX_DEPTH {
+        if LEVELS_ABOVE_RESOURCE + 2 * depth + 1 > MAX_DEPTH {
             return Err("depth");
         }
+        if t.owner[elem as usize] != self.ty {
+            return Err("element_owner");
+        }
+        let flags = t.flags[elem as usize];
+        if self.root && flags & WRITER_KEY != 0 {
+            // The writer puts these itself.
+            return Err("repeated_key");
+        }
+        let rank = t.rank[elem as usize] as usize;
+        let (word, bit) = (rank / 64, 1u64 << (rank % 64));
+        if self.written[word] & bit != 0 {
+            return Err("repeated_key");
+        }
+        self.written[word] |= bit;
+        self.any = true;
+        Ok(())
+    }
+
+    /// A value the writer puts under the key of `node`'s element (an object's own rules are
+    /// its [`Object`]'s).
+    pub fn value(&mut self, plan: &Plan, b: &Build, node: &Node) -> Result<(), &'static str> {
+        let (t, rules) = (table(), Rules::shared());
         let e = t.elems[node.elem as usize].ok_or("element")?;
         let text = |a: u32, z: u32| &b.text[a as usize..z as usize];
         let ok = match node.val {
-            Val::Obj => {
-                if !rules.is_object(e) {
-                    return Err("object");
-                }
-                let ty = m.elem(node.elem).ty;
-                object(t, rules, plan, b, live, i as u32, ty, false, &mut scratch)?;
-                true
-            }
+            Val::Obj => rules.is_object(e),
             Val::Text(a, z) => rules.text_ok(e, text(a, z)),
             Val::Num(a, z) => rules.number_ok(e, text(a, z)),
             Val::Bool(_) => rules.is_boolean(e),
@@ -257,144 +330,103 @@ pub fn shown_valid(
             Val::B64(a, z) => rules.base64_ok(e, z.saturating_sub(a) as usize),
         };
         if !ok {
-            return Err("value");
+            return Err(if matches!(node.val, Val::Obj) {
+                "object"
+            } else {
+                "value"
+            });
         }
-    }
-    Ok(())
-}
-
-/// The rules of one object: each key once (the writer groups an element's nodes; a second
-/// group or a second value of a single element would repeat the key), not empty, every
-/// element its type requires, and the rules of its kind.
-#[allow(clippy::too_many_arguments)]
-fn object(
-    t: &Table,
-    rules: Rules,
-    plan: &Plan,
-    b: &Build,
-    live: &[bool],
-    node: u32,
-    ty: TypeId,
-    root: bool,
-    written: &mut Vec<ElemId>,
-) -> Result<(), &'static str> {
-    let (m, k) = (plan.model, &plan.known);
-    let facts = t.types[ty as usize].as_ref().ok_or("object_type")?;
-    // Rules the check does not show (risk predictions, Bundle entries).
-    if matches!(
-        facts.kind,
-        ObjectKind::RiskPrediction | ObjectKind::BundleEntry
-    ) {
-        return Err("object_kind");
-    }
-    written.clear();
-    let mut run_elem = ElemId::MAX;
-    let mut run_live = false;
-    let (mut url, mut value, mut nested, mut system) = (None, None, false, None);
-    let (mut start, mut end, mut data, mut size) = (None, None, false, false);
-    let mut c = b.nodes[node as usize].first;
-    while c != NONE {
-        let (ch, is_live) = (&b.nodes[c as usize], live[c as usize]);
-        c = ch.next;
-        if ch.elem != run_elem {
-            run_elem = ch.elem;
-            run_live = false;
+        if self.kind == ObjectKind::Plain {
+            return Ok(());
         }
-        if !is_live {
-            continue;
-        }
-        if t.owner[ch.elem as usize] != ty {
-            return Err("element_owner");
-        }
-        let flags = t.flags[ch.elem as usize];
-        if run_live {
-            if flags & ARRAY == 0 {
-                return Err("repeated_key");
-            }
-        } else {
-            if written.contains(&ch.elem) {
-                return Err("repeated_key");
-            }
-            written.push(ch.elem);
-            run_live = true;
-        }
-        if root && flags & WRITER_KEY != 0 {
-            // The writer puts these itself.
-            return Err("repeated_key");
-        }
-        let s = match ch.val {
-            Val::Text(a, z) => Some(&b.text[a as usize..z as usize]),
+        let (k, elem) = (&plan.known, node.elem);
+        let s = match node.val {
+            Val::Text(a, z) => Some((a, z)),
             _ => None,
         };
-        match facts.kind {
+        match self.kind {
             ObjectKind::Extension => {
-                if ch.elem == t.extension_extension {
-                    nested = true;
-                } else if flags & VALUE_CHOICE != 0 {
-                    if value.is_some() {
+                if elem == t.extension_extension {
+                    self.nested = true;
+                } else if t.flags[elem as usize] & VALUE_CHOICE != 0 {
+                    if self.value.is_some() {
                         return Err("extension");
                     }
-                    value = Some(m.elem(ch.elem).name.as_str());
-                } else if ch.elem == k.extension_url {
-                    url = s;
+                    self.value = Some(elem);
+                } else if elem == k.extension_url {
+                    self.url = s;
                 }
             }
-            ObjectKind::Coding if ch.elem == k.coding_system => system = Some(s.ok_or("coding")?),
-            ObjectKind::Period if ch.elem == t.period_start => start = s,
-            ObjectKind::Period if ch.elem == t.period_end => end = s,
-            ObjectKind::Attachment if ch.elem == t.attachment_data => data = true,
-            ObjectKind::Attachment if ch.elem == t.attachment_size => size = true,
+            ObjectKind::Coding if elem == k.coding_system => {
+                self.system = Some(s.ok_or("coding")?);
+            }
+            ObjectKind::Period if elem == t.period_start => self.start = s,
+            ObjectKind::Period if elem == t.period_end => self.end = s,
+            ObjectKind::Attachment if elem == t.attachment_data => self.data = true,
+            ObjectKind::Attachment if elem == t.attachment_size => self.size = true,
             ObjectKind::Attachment
-                if ch.elem == t.attachment_url
-                    && !s.is_some_and(|u| rules.attachment_url_ok(u)) =>
+                if elem == t.attachment_url
+                    && !s.is_some_and(|(a, z)| rules.attachment_url_ok(text(a, z))) =>
             {
                 return Err("attachment");
             }
             // A reference the writer did not make (`Val::Ref`) is resolved by the walk.
             ObjectKind::Reference
-                if ch.elem == k.reference_reference && !matches!(ch.val, Val::Ref(_)) =>
+                if elem == k.reference_reference && !matches!(node.val, Val::Ref(_)) =>
             {
                 return Err("reference");
             }
             _ => {}
         }
-    }
-    if written.is_empty() && !root {
-        return Err("empty_object");
-    }
-    if !facts
-        .required
-        .iter()
-        .all(|group| group.iter().any(|e| written.contains(e)))
-    {
-        return Err("required");
-    }
-    let ok = match facts.kind {
-        ObjectKind::Extension => {
-            // The walk lets an extension's extension (`….extension[i].extension[j]`) have a
-            // relative url, as complex extensions name their parts (`code`).
-            let n = &b.nodes[node as usize];
-            let in_extension = n.elem == t.extension_extension
-                && n.parent != NONE
-                && t.flags[b.nodes[n.parent as usize].elem as usize] & EXTENSION != 0;
-            rules.extension_ok(url, value, nested, in_extension)
-        }
-        ObjectKind::Coding => system.is_none_or(|s| rules.coding_system_ok(s)),
-        ObjectKind::Period => match (start, end) {
-            (Some(a), Some(z)) => rules.period_ok(a, z),
-            _ => true,
-        },
-        // The walk compares the size with the decoded data.
-        ObjectKind::Attachment => !(data && size),
-        ObjectKind::Plain
-        | ObjectKind::Reference
-        | ObjectKind::RiskPrediction
-        | ObjectKind::BundleEntry => true,
-    };
-    if ok {
         Ok(())
-    } else {
-        Err("object_rule")
+    }
+
+    /// Whether a key was written for every element the type requires.
+    fn required_met(&self) -> bool {
+        let has = |rank: u16| self.written[usize::from(rank) / 64] & (1 << (rank % 64)) != 0;
+        table().types[self.ty as usize]
+            .as_ref()
+            .is_some_and(|f| f.required.iter().all(|g| g.iter().any(|&r| has(r))))
+    }
+
+    /// The object's own rules, once all its keys and values are written; `node` is its node.
+    pub fn close(&self, plan: &Plan, b: &Build, node: u32) -> Result<(), &'static str> {
+        let (t, rules) = (table(), Rules::shared());
+        if !self.any && !self.root {
+            return Err("empty_object");
+        }
+        if !self.required_met() {
+            return Err("required");
+        }
+        let text = |(a, z): (u32, u32)| &b.text[a as usize..z as usize];
+        let ok = match self.kind {
+            ObjectKind::Extension => {
+                // The walk lets an extension's extension (`….extension[i].extension[j]`) have
+                // a relative url, as complex extensions name their parts (`code`).
+                let n = &b.nodes[node as usize];
+                let in_extension = n.elem == t.extension_extension
+                    && n.parent != NONE
+                    && t.flags[b.nodes[n.parent as usize].elem as usize] & EXTENSION != 0;
+                let value = self.value.map(|v| plan.model.elem(v).name.as_str());
+                rules.extension_ok(self.url.map(text), value, self.nested, in_extension)
+            }
+            ObjectKind::Coding => self.system.is_none_or(|s| rules.coding_system_ok(text(s))),
+            ObjectKind::Period => match (self.start, self.end) {
+                (Some(a), Some(z)) => rules.period_ok(text(a), text(z)),
+                _ => true,
+            },
+            // The walk compares the size with the decoded data.
+            ObjectKind::Attachment => !(self.data && self.size),
+            ObjectKind::Plain
+            | ObjectKind::Reference
+            | ObjectKind::RiskPrediction
+            | ObjectKind::BundleEntry => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err("object_rule")
+        }
     }
 }
 
@@ -455,6 +487,38 @@ mod tests {
         }
         let id = format_uuid(&uuid_v5(&u, b"Patient|555001"));
         assert!(is_uuid(std::str::from_utf8(&id).unwrap()));
+    }
+
+    /// The key bits: each key once, of the object's own type, not one the writer puts on a
+    /// resource itself, within the walk's depth; required elements met by either of their
+    /// JSON names.
+    #[test]
+    fn an_objects_keys_are_held_to_its_type() {
+        let m = Model::r4();
+        let ty = |n: &str| m.type_id(n).unwrap();
+        let el = |t: &str, e: &str| m.child(ty(t), e).unwrap();
+        let mut p = Object::open(ty("Patient"), true).unwrap();
+        assert_eq!(p.key(el("Patient", "name"), 1), Ok(()));
+        assert_eq!(p.key(el("Patient", "gender"), 1), Ok(()));
+        assert_eq!(p.key(el("Patient", "name"), 1), Err("repeated_key"));
+        assert_eq!(p.key(el("Patient", "id"), 1), Err("repeated_key"));
+        assert_eq!(p.key(el("HumanName", "family"), 1), Err("element_owner"));
+        assert_eq!(p.key(el("Patient", "active"), 40), Err("depth"));
+        assert!(p.required_met());
+
+        let mut link = Object::open(ty("Patient_Link"), false).unwrap();
+        assert_eq!(link.key(el("Patient_Link", "other"), 1), Ok(()));
+        assert!(!link.required_met(), "type is required");
+        assert_eq!(link.key(el("Patient_Link", "_type"), 1), Ok(()));
+        assert!(link.required_met(), "_type meets type");
+
+        // Every type of the model fits the bits (a wider one would be walked, not refused).
+        let t = table();
+        let wide: Vec<&str> = (0..m.type_count() as TypeId)
+            .filter(|&i| t.types[i as usize].as_ref().is_some_and(|f| f.wide))
+            .map(|i| m.ty(i).name.as_str())
+            .collect();
+        assert_eq!(wide, Vec::<&str>::new());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use base64::Engine as _;
 
+use super::check;
 use super::engine::{Build, Val, NONE};
 use super::model::TypeId;
 use super::plan::Plan;
@@ -67,6 +68,9 @@ struct Writer<'a> {
     b: &'a Build,
     live: Vec<bool>,
     emitted: Vec<bool>,
+    /// `Ok` while the Bundle written so far is shown valid (`check`), else the first rule
+    /// not shown.
+    shown: Result<(), &'static str>,
 }
 
 /// What [`write`] wrote.
@@ -93,17 +97,20 @@ pub fn write(
     }
     label(plan, b, &live, &emitted);
     let b: &Build = b;
-    let mut w = Writer {
-        plan,
-        b,
-        live,
-        emitted,
-    };
     let model = plan.model;
     let bundle_name = format!("Bundle|{}|{}", link.raw_record_id, plan.version);
     let bundle_id = value::format_uuid(&value::uuid_v5(ns, bundle_name.as_bytes()));
     let prov_name = format!("Provenance|{}|{}", link.raw_record_id, plan.version);
     let prov_id = value::format_uuid(&value::uuid_v5(ns, prov_name.as_bytes()));
+    let what = format!("raw record {}", link.raw_record_id);
+    let shown = check.and_then(|()| check::bundle_shown(b, &emitted, link, &what, &prov_id));
+    let mut w = Writer {
+        plan,
+        b,
+        live,
+        emitted,
+        shown,
+    };
     out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"id\":\"");
     out.extend_from_slice(&bundle_id);
     out.extend_from_slice(b"\",\"type\":\"transaction\",\"entry\":[");
@@ -141,7 +148,7 @@ pub fn write(
             }
             out.extend_from_slice(b"]}");
         }
-        w.children(out, inst.root, true);
+        w.children(out, inst.root, true, (inst.ty, true, 0));
         out.extend_from_slice(b"},\"request\":{\"method\":\"PUT\",\"url\":\"");
         escape(out, tname);
         out.push(b'/');
@@ -153,12 +160,8 @@ pub fn write(
             security: labels,
         });
     }
-    let what = format!("raw record {}", link.raw_record_id);
     provenance(plan, b, &w.emitted, link, &prov_id, &what, out);
     out.extend_from_slice(b"]}");
-    let shown_valid = check.and_then(|()| {
-        super::check::shown_valid(plan, b, (&w.live, &w.emitted), link, &what, &prov_id)
-    });
     resources.push(MappedResource {
         resource_type: "Provenance".into(),
         id: std::str::from_utf8(&prov_id)
@@ -168,7 +171,7 @@ pub fn write(
     });
     Written {
         resources,
-        shown_valid,
+        shown_valid: w.shown,
     }
 }
 
@@ -363,9 +366,32 @@ fn label(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
 }
 
 impl Writer<'_> {
-    /// Writes the live children of `node` as `,"key":value…` (a leading comma when `comma`).
-    /// The arena keeps them grouped by element and ordered (see `Build::child`).
-    fn children(&mut self, out: &mut Vec<u8>, node: u32, mut comma: bool) {
+    /// The first rule the check did not show, if it is still asking.
+    fn fail(&mut self, why: &'static str) {
+        if self.shown.is_ok() {
+            self.shown = Err(why);
+        }
+    }
+
+    /// Writes the live children of `node`, an object of type `ty` `depth` elements below its
+    /// resource (`root`: the resource itself), as `,"key":value…` (a leading comma when
+    /// `comma`), and asks the check about each key and value while the Bundle is still shown
+    /// valid. The arena keeps children grouped by element and ordered (see `Build::child`).
+    fn children(
+        &mut self,
+        out: &mut Vec<u8>,
+        node: u32,
+        mut comma: bool,
+        (ty, root, depth): (TypeId, bool, usize),
+    ) {
+        let mut obj = match self.shown.map(|()| check::Object::open(ty, root)) {
+            Ok(Ok(o)) => Some(o),
+            Ok(Err(why)) => {
+                self.fail(why);
+                None
+            }
+            Err(_) => None,
+        };
         let nodes = &self.b.nodes;
         let mut c = nodes[node as usize].first;
         while c != NONE {
@@ -380,6 +406,11 @@ impl Writer<'_> {
             }
             comma = true;
             out.extend_from_slice(def.json_key.as_bytes());
+            if let Some(o) = obj.as_mut().filter(|_| self.shown.is_ok()) {
+                if let Err(why) = o.key(elem, depth + 1) {
+                    self.fail(why);
+                }
+            }
             if def.array {
                 out.push(b'[');
                 let mut first = true;
@@ -389,25 +420,44 @@ impl Writer<'_> {
                             out.push(b',');
                         }
                         first = false;
-                        self.value(out, c);
+                        self.value(out, c, obj.as_mut(), depth + 1);
                     }
                     c = nodes[c as usize].next;
                 }
                 out.push(b']');
             } else {
-                self.value(out, c);
+                self.value(out, c, obj.as_mut(), depth + 1);
                 c = nodes[c as usize].next;
+            }
+        }
+        if let Some(o) = obj.filter(|_| self.shown.is_ok()) {
+            if let Err(why) = o.close(self.plan, self.b, node) {
+                self.fail(why);
             }
         }
     }
 
-    fn value(&mut self, out: &mut Vec<u8>, n: u32) {
+    /// Writes the value of node `n`, a child of the object `parent` is checking, `depth`
+    /// elements below its resource.
+    fn value(
+        &mut self,
+        out: &mut Vec<u8>,
+        n: u32,
+        parent: Option<&mut check::Object>,
+        depth: usize,
+    ) {
         let node = &self.b.nodes[n as usize];
+        if let Some(o) = parent.filter(|_| self.shown.is_ok()) {
+            if let Err(why) = o.value(self.plan, self.b, node) {
+                self.fail(why);
+            }
+        }
         let text = |a: u32, e: u32| &self.b.text[a as usize..e as usize];
         match node.val {
             Val::Obj => {
                 out.push(b'{');
-                self.children(out, n, false);
+                let ty = self.plan.model.elem(node.elem).ty;
+                self.children(out, n, false, (ty, false, depth));
                 out.push(b'}');
             }
             Val::Text(a, e) => string(out, text(a, e)),
