@@ -191,7 +191,9 @@ impl Vocab {
 }
 
 fn fill_in<'a>(pattern: &'a str, value: &str) -> std::borrow::Cow<'a, str> {
-    if pattern.contains("{}") {
+    // Most targets have no `{}`: found by memchr, without `str::contains`'s searcher setup.
+    let b = pattern.as_bytes();
+    if memchr::memchr_iter(b'{', b).any(|i| b.get(i + 1) == Some(&b'}')) {
         std::borrow::Cow::Owned(pattern.replace("{}", value))
     } else {
         std::borrow::Cow::Borrowed(pattern)
@@ -1485,5 +1487,26 @@ impl Plan {
                 .unwrap_or("?"),
             loc.line
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_in;
+
+    #[test]
+    fn a_vocabulary_target_takes_the_code_where_it_says_so() {
+        assert_eq!(fill_in("urn:oid:{}", "1.2.3"), "urn:oid:1.2.3");
+        assert_eq!(fill_in("{x}-{}", "7"), "{x}-7");
+        assert_eq!(fill_in("{}{}", "a"), "aa");
+        assert!(matches!(
+            fill_in("http://loinc.org", "1"),
+            std::borrow::Cow::Borrowed("http://loinc.org")
+        ));
+        assert!(matches!(fill_in("{", "1"), std::borrow::Cow::Borrowed("{")));
+        assert!(matches!(
+            fill_in("}{", "1"),
+            std::borrow::Cow::Borrowed("}{")
+        ));
     }
 }
