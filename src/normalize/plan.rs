@@ -141,9 +141,39 @@ pub struct CMap {
 #[derive(Debug)]
 pub struct VRow {
     pub system: String,
-    pub target_code: String,
+    pub target_code: Target,
     pub target_display: String,
-    pub target_system: String,
+    pub target_system: Target,
+}
+
+/// A vocabulary target: text in which `{}` stands for the code looked up (or what follows a
+/// prefix row's prefix).
+#[derive(Debug)]
+pub struct Target {
+    text: String,
+    /// Whether `text` has a `{}`, settled once when the file is read.
+    fills: bool,
+}
+
+impl Target {
+    fn new(text: &str) -> Target {
+        Target {
+            fills: text.contains("{}"),
+            text: text.to_string(),
+        }
+    }
+
+    /// The target for `value`: borrowed unless `{}` sits inside other text.
+    fn fill<'a>(&'a self, value: &'a str) -> std::borrow::Cow<'a, str> {
+        use std::borrow::Cow;
+        if !self.fills {
+            Cow::Borrowed(&self.text)
+        } else if self.text == "{}" {
+            Cow::Borrowed(value)
+        } else {
+            Cow::Owned(self.text.replace("{}", value))
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -167,12 +197,12 @@ pub struct Translated<'a> {
 
 impl Vocab {
     /// Looks `code` up; a row's system must match unless the row or the value has none.
-    pub fn lookup<'a>(&'a self, code: &str, system: &str) -> Option<Translated<'a>> {
+    pub fn lookup<'a>(&'a self, code: &'a str, system: &str) -> Option<Translated<'a>> {
         let sys_ok = |r: &VRow| r.system.is_empty() || system.is_empty() || r.system == system;
-        let fill = |r: &'a VRow, rest: &str| Translated {
-            code: fill_in(&r.target_code, rest),
+        let fill = |r: &'a VRow, rest: &'a str| Translated {
+            code: r.target_code.fill(rest),
             display: &r.target_display,
-            system: fill_in(&r.target_system, rest),
+            system: r.target_system.fill(rest),
         };
         if let Some(ix) = self.exact.get(code) {
             if let Some(&i) = ix.iter().find(|&&i| sys_ok(&self.rows[i])) {
@@ -187,16 +217,6 @@ impl Vocab {
             }
         }
         self.default.map(|i| fill(&self.rows[i], code))
-    }
-}
-
-fn fill_in<'a>(pattern: &'a str, value: &str) -> std::borrow::Cow<'a, str> {
-    // Most targets have no `{}`: found by memchr, without `str::contains`'s searcher setup.
-    let b = pattern.as_bytes();
-    if memchr::memchr_iter(b'{', b).any(|i| b.get(i + 1) == Some(&b'}')) {
-        std::borrow::Cow::Owned(pattern.replace("{}", value))
-    } else {
-        std::borrow::Cow::Borrowed(pattern)
     }
 }
 
@@ -653,9 +673,9 @@ impl Compiler<'_> {
                 let i = v.rows.len();
                 v.rows.push(VRow {
                     system: r.get(1).to_string(),
-                    target_code: r.get(2).to_string(),
+                    target_code: Target::new(r.get(2)),
                     target_display: r.get(3).to_string(),
-                    target_system: r.get(4).to_string(),
+                    target_system: Target::new(r.get(4)),
                 });
                 if code == "*" {
                     v.default.get_or_insert(i);
@@ -1492,21 +1512,21 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::fill_in;
+    use super::Target;
+    use std::borrow::Cow;
 
     #[test]
     fn a_vocabulary_target_takes_the_code_where_it_says_so() {
-        assert_eq!(fill_in("urn:oid:{}", "1.2.3"), "urn:oid:1.2.3");
-        assert_eq!(fill_in("{x}-{}", "7"), "{x}-7");
-        assert_eq!(fill_in("{}{}", "a"), "aa");
-        assert!(matches!(
-            fill_in("http://loinc.org", "1"),
-            std::borrow::Cow::Borrowed("http://loinc.org")
-        ));
-        assert!(matches!(fill_in("{", "1"), std::borrow::Cow::Borrowed("{")));
-        assert!(matches!(
-            fill_in("}{", "1"),
-            std::borrow::Cow::Borrowed("}{")
-        ));
+        let fill = |t: &str, v: &str| Target::new(t).fill(v).into_owned();
+        assert_eq!(fill("urn:oid:{}", "1.2.3"), "urn:oid:1.2.3");
+        assert_eq!(fill("{x}-{}", "7"), "{x}-7");
+        assert_eq!(fill("{}{}", "a"), "aa");
+        assert_eq!(fill("{}", "F20.9"), "F20.9");
+        assert_eq!(fill("{", "1"), "{");
+        assert_eq!(fill("}{", "1"), "}{");
+        let fixed = Target::new("http://loinc.org");
+        assert!(matches!(fixed.fill("1"), Cow::Borrowed("http://loinc.org")));
+        let whole = Target::new("{}");
+        assert!(matches!(whole.fill("A"), Cow::Borrowed("A")));
     }
 }
