@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{auth, ApiState, Problem};
+use super::{auth, off_runtime, ApiState, Problem};
 use crate::consent::{self, Applicable, Book, Principal, Principals, Requester, Resource, Role};
 use crate::envelope::{now_ms, RecordId};
 use crate::ledger::EventKind;
@@ -649,23 +649,31 @@ pub fn filter_bundle(
     types
 }
 
-/// `GET /v1/records/{id}`.
-pub async fn get_record(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    Query(q): Query<PurposeQuery>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    let (access, caller) = caller(&s, &headers, peer, q.purpose.as_deref())?;
-    let Some(rid) = RecordId::parse(&id) else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad record id",
-            "a record id is 32 hex characters",
-        ));
-    };
-    let found = match find(&s, &rid) {
+/// What a read of one record decided, before its access event is stored.
+enum RecordRead {
+    /// A record with no patient (sealed under the gateway key): its sender's alone, answered
+    /// without an event.
+    Unlogged(Response),
+    /// A patient's record: the answer (or its refusal), once the event is stored.
+    Logged {
+        patient: PatientIndex,
+        response: Response,
+        types: Vec<String>,
+        decision: &'static str,
+        record: String,
+    },
+}
+
+/// The blocking part of `GET /v1/records/{id}` (run by [`off_runtime`]): the record read and
+/// opened, the caller's standing, the answer filtered to what it may see.
+fn read_record(
+    s: &ApiState,
+    access: &Access,
+    caller: &Caller,
+    rid: &RecordId,
+    want_v2: bool,
+) -> Result<RecordRead, Problem> {
+    let found = match find(s, rid) {
         Ok(Some(f)) => f,
         Ok(None) => return Err(not_found("record")),
         Err(r) => {
@@ -675,10 +683,6 @@ pub async fn get_record(
             return Err(r);
         }
     };
-    let want_v2 = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/hl7-v2"));
     // A record with no patient (sealed under the gateway key) is its sender's alone.
     let Some(patient) = found.patient else {
         let sender_ok = match caller.role() {
@@ -693,9 +697,11 @@ pub async fn get_record(
             s.metrics.reads.with_label_values(&["record", "deny"]).inc();
             return Err(forbidden());
         }
-        return Ok(respond_record(&found, want_v2, None).0);
+        return Ok(RecordRead::Unlogged(
+            respond_record(&found, want_v2, None).0,
+        ));
     };
-    let standing = access.standing(&s, &caller, &patient, Some(&found.raw.meta.sender))?;
+    let standing = access.standing(s, caller, &patient, Some(&found.raw.meta.sender))?;
     let record_hex = found.raw_id.to_string();
     let now = now_ms();
     let applicable = match &standing {
@@ -741,6 +747,53 @@ pub async fn get_record(
         "deny"
     } else {
         decision
+    };
+    Ok(RecordRead::Logged {
+        patient,
+        response,
+        types,
+        decision,
+        record: record_hex,
+    })
+}
+
+/// `GET /v1/records/{id}`.
+pub async fn get_record(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    Query(q): Query<PurposeQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, q.purpose.as_deref())?;
+    let Some(rid) = RecordId::parse(&id) else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad record id",
+            "a record id is 32 hex characters",
+        ));
+    };
+    let want_v2 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/hl7-v2"));
+    let (caller, read) = {
+        let (s, access) = (s.clone(), access.clone());
+        off_runtime(move || {
+            let read = read_record(&s, &access, &caller, &rid, want_v2)?;
+            Ok((caller, read))
+        })
+        .await?
+    };
+    let (patient, response, types, decision, record_hex) = match read {
+        RecordRead::Unlogged(response) => return Ok(response),
+        RecordRead::Logged {
+            patient,
+            response,
+            types,
+            decision,
+            record,
+        } => (patient, response, types, decision, record),
     };
     let what = AccessWhat {
         what: "record",
@@ -1032,5 +1085,218 @@ mod tests {
         let (status, body) = read().await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"resourceType\":\"Bundle\""), "{body}");
+    }
+    /// A vault whose record reads wait at a gate once armed: what a slow disk looks like to
+    /// the read side.
+    struct Gated {
+        inner: Arc<dyn crate::vault::Vault>,
+        armed: std::sync::atomic::AtomicBool,
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        /// The gate gave up waiting for its release.
+        expired: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::vault::Vault for Gated {
+        fn commit(
+            &self,
+            puts: &[crate::vault::PutRecord],
+            quarantine: &[(crate::vault::QuarantineEntry, crate::seal::Sealed)],
+        ) -> Result<Vec<crate::vault::PutResult>, crate::vault::VaultError> {
+            self.inner.commit(puts, quarantine)
+        }
+        fn commit_derivations(
+            &self,
+            items: &[crate::vault::Rederive],
+        ) -> Result<Vec<Option<u64>>, crate::vault::VaultError> {
+            self.inner.commit_derivations(items)
+        }
+        fn commit_events(
+            &self,
+            events: &[crate::vault::EventPut],
+        ) -> Result<Vec<u64>, crate::vault::VaultError> {
+            self.inner.commit_events(events)
+        }
+        fn patient_entries(
+            &self,
+            patient: &PatientIndex,
+            kinds: &[u8],
+        ) -> Result<Vec<crate::vault::PatientEntry>, crate::vault::VaultError> {
+            self.inner.patient_entries(patient, kinds)
+        }
+        fn derived_of(&self, raw: &RecordId) -> Result<Vec<RecordId>, crate::vault::VaultError> {
+            self.inner.derived_of(raw)
+        }
+        fn mapping_failures(
+            &self,
+        ) -> Result<Vec<(RecordId, crate::vault::MappingFailure)>, crate::vault::VaultError>
+        {
+            self.inner.mapping_failures()
+        }
+        fn sync(&self) -> Result<(), crate::vault::VaultError> {
+            self.inner.sync()
+        }
+        fn get(
+            &self,
+            id: &RecordId,
+        ) -> Result<Option<crate::vault::StoredRecord>, crate::vault::VaultError> {
+            use std::sync::atomic::Ordering;
+            if self.armed.swap(false, Ordering::SeqCst) {
+                let _ = self.entered.try_send(());
+                let release = self.release.lock().unwrap();
+                if release
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .is_err()
+                {
+                    self.expired.store(true, Ordering::SeqCst);
+                }
+            }
+            self.inner.get(id)
+        }
+        fn for_each_record(
+            &self,
+            f: &mut dyn FnMut(
+                RecordId,
+                Result<crate::vault::StoredRecord, crate::vault::VaultError>,
+            ) -> Result<(), crate::vault::VaultError>,
+        ) -> Result<(), crate::vault::VaultError> {
+            self.inner.for_each_record(f)
+        }
+        fn record_count(&self) -> Result<u64, crate::vault::VaultError> {
+            self.inner.record_count()
+        }
+        fn unanchored(
+            &self,
+            at_least: u64,
+        ) -> Result<Vec<(crate::ledger::Leaf, u64)>, crate::vault::VaultError> {
+            self.inner.unanchored(at_least)
+        }
+        fn mark_anchored(&self, through: u64) -> Result<(), crate::vault::VaultError> {
+            self.inner.mark_anchored(through)
+        }
+        fn quarantine_list(
+            &self,
+        ) -> Result<Vec<crate::vault::QuarantineEntry>, crate::vault::VaultError> {
+            self.inner.quarantine_list()
+        }
+        fn quarantine_expire(&self, before_ms: u64) -> Result<usize, crate::vault::VaultError> {
+            self.inner.quarantine_expire(before_ms)
+        }
+        fn health(&self) -> Result<(), String> {
+            self.inner.health()
+        }
+        fn quarantine_get(
+            &self,
+            id: &str,
+        ) -> Result<Option<(crate::vault::QuarantineEntry, Vec<u8>)>, crate::vault::VaultError>
+        {
+            self.inner.quarantine_get(id)
+        }
+    }
+
+    /// A slow disk under a read holds no runtime worker: on a runtime of one thread, a read
+    /// whose vault read is stuck leaves that thread free (here, for the task that then frees
+    /// the disk), instead of stalling every listener the runtime serves until the disk answers.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_waiting_on_the_disk_holds_no_runtime_worker() {
+        use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome};
+        use axum::body::Body;
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tower_service::Service;
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config {
+            data_dir: dir.path().join("data"),
+            ..crate::config::Config::default()
+        };
+        let stores = crate::pipeline::Stores::open(&cfg, true).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (pipeline, _running) =
+            crate::pipeline::Pipeline::start(&cfg, &stores, metrics.clone()).unwrap();
+        let (token, rx) = AckToken::new();
+        pipeline
+            .submit(Envelope {
+                payload: bytes::Bytes::from_static(
+                    b"MSH|^~\\&|ADT|HOSP|GW|GW|20261130083000||ADT^A01^ADT_A01|G1|P|2.5.1\rPID|1||8^^^HOSP^MR||ROE^RAY||19800101|M\r",
+                ),
+                origin: Origin::Local { name: "t".into() },
+                format: FormatHint::Hl7v2,
+                received_ms: now_ms(),
+                token,
+            })
+            .await;
+        let Ok(Outcome::Stored { receipt, .. }) = rx.await else {
+            panic!("stored")
+        };
+        let principals = Arc::new(crate::consent::Principals::open(dir.path()).unwrap());
+        let pid = stores.keyring.patient("8^HOSP^MR").key_id();
+        let (_, patient_token) = principals
+            .add(
+                &crate::consent::NewPrincipal {
+                    id: "pat-8".into(),
+                    role: Some(Role::Patient),
+                    patients: vec![pid],
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let gated = Arc::new(Gated {
+            inner: stores.vault.clone(),
+            armed: AtomicBool::new(false),
+            entered: entered_tx,
+            release: std::sync::Mutex::new(release_rx),
+            expired: AtomicBool::new(false),
+        });
+        let state = ApiState {
+            metrics,
+            ledger: stores.ledger.clone(),
+            vault: gated.clone(),
+            keyring: stores.keyring.clone(),
+            ready: Arc::new(AtomicBool::new(true)),
+            health: crate::sources::Health::default(),
+            ingest: None,
+            access: Some(Access {
+                pipeline: pipeline.clone(),
+                principals,
+                book: Arc::new(Book::default()),
+                failures: Arc::new(auth::Failures::new(20)),
+                budgets: Arc::new(auth::Budgets::new(0)),
+                jwt: None,
+            }),
+        };
+        let mut app = super::super::router(state);
+        let mut req = axum::http::Request::get(format!("/v1/records/{}", receipt.record_id))
+            .header("authorization", format!("Bearer {patient_token}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+        gated.armed.store(true, Ordering::SeqCst);
+        let read = tokio::spawn(async move { app.call(req).await.unwrap() });
+        // This task runs only if the read yields the runtime's one thread while its vault read
+        // waits; a read done inline would hold the thread until the gate gives up.
+        let mut seen = false;
+        for _ in 0..20_000 {
+            if entered.try_recv().is_ok() {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(seen, "the read never reached the vault");
+        release.send(()).unwrap();
+        let r = read.await.unwrap();
+        assert!(
+            !gated.expired.load(Ordering::SeqCst),
+            "the read held the runtime while waiting on the disk"
+        );
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("ROE"));
     }
 }

@@ -121,6 +121,23 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Runs a read's work (vault and keyring reads, decryption, proofs, the JSON of a patient's
+/// every record) on tokio's blocking pool. Done inline, it would hold one of the runtime's few
+/// workers, which MLLP and the broker sources share, for as long as a large read or a slow disk
+/// takes. A panic in `work` answers 500.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a read task failed");
+        Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error",
+            "the read failed; see the gateway log",
+        ))
+    })
+}
+
 fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     let body = serde_json::json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail });
     (

@@ -15,7 +15,7 @@ use super::access::{
     caller, filter_bundle, find, forbidden, gone, resource_visible, Access, AccessWhat, Caller,
     Found, Standing,
 };
-use super::{ApiState, Problem};
+use super::{off_runtime, ApiState, Problem};
 use crate::consent::{self, fhir, Applicable, GrantBody, Resource, RevokeBody, Role};
 use crate::envelope::{now_ms, RecordId};
 use crate::ledger::{EventKind, Ledger};
@@ -182,19 +182,26 @@ pub async fn list_records(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref())?;
-    let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
-    let listed: Vec<Value> = seen
-        .iter()
-        .filter(|r| q.kind.as_ref().is_none_or(|k| r.types.contains(k)))
-        .map(|r| {
-            json!({
-                "record_id": r.found.raw_id.to_string(),
-                "received_ms": r.found.raw.meta.received_ms,
-                "derived_id": r.found.derived.as_ref().map(|(id, _)| id.to_string()),
-                "resource_types": r.types,
-            })
+    let (caller, listed, decision) = {
+        let (s, access, kind) = (s.clone(), access.clone(), q.kind.clone());
+        off_runtime(move || {
+            let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
+            let listed: Vec<Value> = seen
+                .iter()
+                .filter(|r| kind.as_ref().is_none_or(|k| r.types.contains(k)))
+                .map(|r| {
+                    json!({
+                        "record_id": r.found.raw_id.to_string(),
+                        "received_ms": r.found.raw.meta.received_ms,
+                        "derived_id": r.found.derived.as_ref().map(|(id, _)| id.to_string()),
+                        "resource_types": r.types,
+                    })
+                })
+                .collect();
+            Ok((caller, listed, decision))
         })
-        .collect();
+        .await?
+    };
     let what = AccessWhat {
         what: "records",
         record: None,
@@ -217,7 +224,28 @@ async fn search(
     q: ListQuery,
 ) -> Result<Response, Problem> {
     let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref())?;
-    let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
+    let (caller, body, decision) = {
+        let (s, access, kind) = (s.clone(), access.clone(), kind.clone());
+        off_runtime(move || {
+            let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
+            Ok((caller, searchset(seen, kind.as_deref()), decision))
+        })
+        .await?
+    };
+    let what = AccessWhat {
+        what: "fhir",
+        record: None,
+        types: kind.into_iter().collect(),
+    };
+    access
+        .record_access(&s, &caller, &patient, &what, decision)
+        .await?;
+    Ok(([(header::CONTENT_TYPE, "application/fhir+json")], body).into_response())
+}
+
+/// A FHIR searchset Bundle of the resources in `seen` (of type `kind`, if given), the newest
+/// version of each.
+fn searchset(seen: Vec<Seen>, kind: Option<&str>) -> Vec<u8> {
     let mut entries: Vec<(String, Value)> = Vec::new();
     let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for r in seen {
@@ -244,10 +272,7 @@ async fn search(
                 vec![(url, v)]
             };
         for (url, res) in resources {
-            if kind
-                .as_ref()
-                .is_some_and(|k| res.get("resourceType").and_then(Value::as_str) != Some(k))
-            {
+            if kind.is_some_and(|k| res.get("resourceType").and_then(Value::as_str) != Some(k)) {
                 continue;
             }
             // Records come oldest first: a later version of a resource replaces the earlier.
@@ -260,14 +285,6 @@ async fn search(
             }
         }
     }
-    let what = AccessWhat {
-        what: "fhir",
-        record: None,
-        types: kind.clone().into_iter().collect(),
-    };
-    access
-        .record_access(&s, &caller, &patient, &what, decision)
-        .await?;
     let entry: Vec<Value> = entries
         .into_iter()
         .map(|(u, r)| json!({"fullUrl": u, "resource": r, "search": {"mode": "match"}}))
@@ -278,11 +295,7 @@ async fn search(
         "total": entry.len(),
         "entry": entry,
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        serde_json::to_vec(&bundle).expect("JSON"),
-    )
-        .into_response())
+    serde_json::to_vec(&bundle).expect("JSON")
 }
 
 pub async fn everything(
@@ -331,9 +344,30 @@ pub async fn charges(
     if !caller.principal.is_patient(&patient) || !caller.scopes.allows("ChargeItem") {
         return refuse_read(&s, &access, &caller, &patient, "charges").await;
     }
-    let (seen, _) = visible_records(&s, &access, &caller, &patient, None)?;
+    let (caller, out) = {
+        let (s, access) = (s.clone(), access.clone());
+        off_runtime(move || {
+            let (seen, _) = visible_records(&s, &access, &caller, &patient, None)?;
+            Ok((caller, charge_lines(&s, &seen)))
+        })
+        .await?
+    };
+    let what = AccessWhat {
+        what: "charges",
+        record: None,
+        types: vec!["ChargeItem".into()],
+    };
+    access
+        .record_access(&s, &caller, &patient, &what, "permit")
+        .await?;
+    Ok(Json(json!({"patient": pid, "charges": out})).into_response())
+}
+
+/// The statement's lines: each ChargeItem in `seen` with its performers and the proof of the
+/// record it came from (one proof per record).
+fn charge_lines(s: &ApiState, seen: &[Seen]) -> Vec<Value> {
     let mut out = Vec::new();
-    for r in &seen {
+    for r in seen {
         let Some(bundle) = &r.fhir else { continue };
         let entries = bundle
             .get("entry")
@@ -397,15 +431,7 @@ pub async fn charges(
             }));
         }
     }
-    let what = AccessWhat {
-        what: "charges",
-        record: None,
-        types: vec!["ChargeItem".into()],
-    };
-    access
-        .record_access(&s, &caller, &patient, &what, "permit")
-        .await?;
-    Ok(Json(json!({"patient": pid, "charges": out})).into_response())
+    out
 }
 
 /// Refuses a read of the patient's data the caller has no standing or scope for, after writing
@@ -582,17 +608,23 @@ pub async fn list_consents(
     if !manages(&caller, &patient, true) || !caller.scopes.allows("Consent") {
         return refuse_read(&s, &access, &caller, &patient, "consents").await;
     }
-    let grants = match access.book.grants(&patient, &*s.vault, &s.keyring) {
-        Ok(g) => g,
-        Err(consent::BookError::Erased(at)) => return Err(gone(at)),
-        Err(e) => {
-            tracing::error!(error = %e, "reading grants");
-            return Err(Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-                "reading the grants failed",
-            ));
-        }
+    let grants = {
+        let (s, access) = (s.clone(), access.clone());
+        off_runtime(
+            move || match access.book.grants(&patient, &*s.vault, &s.keyring) {
+                Ok(g) => Ok(g),
+                Err(consent::BookError::Erased(at)) => Err(gone(at)),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading grants");
+                    Err(Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                        "reading the grants failed",
+                    ))
+                }
+            },
+        )
+        .await?
     };
     let entry: Vec<Value> = grants
         .grants
@@ -753,22 +785,6 @@ pub async fn access_log(
         // A refused look at someone's log is itself a read attempt the patient should see.
         return refuse_read(&s, &access, &caller, &patient, "access_log").await;
     }
-    let kinds = [
-        EventKind::ConsentGranted.byte(),
-        EventKind::ConsentRevoked.byte(),
-        EventKind::RecordAccessed.byte(),
-    ];
-    let entries = match s.vault.patient_entries(&patient, &kinds) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "patient index");
-            return Err(Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-                "reading the access log failed",
-            ));
-        }
-    };
     // One page: entries after `after` (an entry id), at most `limit` of them; `next` names the
     // page after it. A log that grows with every read is never answered whole.
     let after = match page.after.as_deref().map(RecordId::parse) {
@@ -785,6 +801,45 @@ pub async fn access_log(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad_request("bad limit", "limit is 1 to 5000"));
     }
+    let (out, next) = {
+        let s = s.clone();
+        off_runtime(move || log_page(&s, &patient, after, limit)).await?
+    };
+    let what = AccessWhat {
+        what: "access_log",
+        record: None,
+        types: vec!["AuditEvent".into()],
+    };
+    access
+        .record_access(&s, &caller, &patient, &what, "permit")
+        .await?;
+    Ok(Json(json!({"patient": pid, "entries": out, "next": next})).into_response())
+}
+
+/// One page of the patient's access log (run by [`off_runtime`]): the events after `after`, at
+/// most `limit`, each opened and with its proof; and the cursor of the next page.
+fn log_page(
+    s: &ApiState,
+    patient: &PatientIndex,
+    after: Option<RecordId>,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<String>), Problem> {
+    let kinds = [
+        EventKind::ConsentGranted.byte(),
+        EventKind::ConsentRevoked.byte(),
+        EventKind::RecordAccessed.byte(),
+    ];
+    let entries = match s.vault.patient_entries(patient, &kinds) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "patient index");
+            return Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                "reading the access log failed",
+            ));
+        }
+    };
     let mut entries: Vec<_> = entries
         .into_iter()
         .filter(|e| after.is_none_or(|a| e.record_id.0 > a.0))
@@ -826,15 +881,7 @@ pub async fn access_log(
             "proof": proof,
         }));
     }
-    let what = AccessWhat {
-        what: "access_log",
-        record: None,
-        types: vec!["AuditEvent".into()],
-    };
-    access
-        .record_access(&s, &caller, &patient, &what, "permit")
-        .await?;
-    Ok(Json(json!({"patient": pid, "entries": out, "next": next})).into_response())
+    Ok((out, next))
 }
 
 /// `DELETE /v1/patients/{pid}?reason=` (admin): destroys the patient's data key, then stores
