@@ -982,17 +982,105 @@ mod tests {
         assert!(bundles >= 100, "{bundles}");
     }
 
+    /// A read side in-process: a pipeline on `stores`, one HL7v2 message of patient `8^HOSP^MR`
+    /// stored, a patient principal for them, and the API router over the vault `api_vault`
+    /// makes of the pipeline's.
+    struct OnePatient {
+        app: axum::Router,
+        record_id: String,
+        pid: String,
+        token: String,
+        _running: crate::pipeline::Running,
+    }
+
+    async fn one_patient(
+        dir: &std::path::Path,
+        cfg: &crate::config::Config,
+        stores: crate::pipeline::Stores,
+        api_vault: impl FnOnce(Arc<dyn crate::vault::Vault>) -> Arc<dyn crate::vault::Vault>,
+    ) -> OnePatient {
+        use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome};
+        use std::sync::atomic::AtomicBool;
+
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let (pipeline, running) =
+            crate::pipeline::Pipeline::start(cfg, &stores, metrics.clone()).unwrap();
+        let (token, rx) = AckToken::new();
+        pipeline
+            .submit(Envelope {
+                payload: bytes::Bytes::from_static(
+                    b"MSH|^~\\&|ADT|HOSP|GW|GW|20261130083000||ADT^A01^ADT_A01|F1|P|2.5.1\rPID|1||8^^^HOSP^MR||ROE^RAY||19800101|M\r",
+                ),
+                origin: Origin::Local { name: "t".into() },
+                format: FormatHint::Hl7v2,
+                received_ms: now_ms(),
+                token,
+            })
+            .await;
+        let Ok(Outcome::Stored { receipt, .. }) = rx.await else {
+            panic!("stored")
+        };
+        let principals = Arc::new(crate::consent::Principals::open(dir).unwrap());
+        let pid = stores.keyring.patient("8^HOSP^MR").key_id();
+        let (_, token) = principals
+            .add(
+                &crate::consent::NewPrincipal {
+                    id: "pat-8".into(),
+                    role: Some(Role::Patient),
+                    patients: vec![pid.clone()],
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        let state = ApiState {
+            metrics,
+            ledger: stores.ledger.clone(),
+            vault: api_vault(stores.vault.clone()),
+            keyring: stores.keyring.clone(),
+            ready: Arc::new(AtomicBool::new(true)),
+            health: crate::sources::Health::default(),
+            ingest: None,
+            access: Some(Access {
+                pipeline: pipeline.clone(),
+                principals,
+                book: Arc::new(Book::default()),
+                failures: Arc::new(auth::Failures::new(20)),
+                budgets: Arc::new(auth::Budgets::new(0)),
+                jwt: None,
+            }),
+        };
+        OnePatient {
+            app: super::super::router(state),
+            record_id: receipt.record_id,
+            pid,
+            token,
+            _running: running,
+        }
+    }
+
+    /// `GET path` as the patient: status and body.
+    async fn get_as(one: &mut OnePatient, path: &str) -> (StatusCode, String) {
+        use axum::body::Body;
+        use http_body_util::BodyExt;
+        use tower_service::Service;
+        let mut req = axum::http::Request::get(path)
+            .header("authorization", format!("Bearer {}", one.token))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let r = one.app.call(req).await.unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// A failing disk's view of a read: while the vault cannot store the access event, the read
     /// is not answered (503, nothing of the record in the answer); once storage works again the
     /// same read succeeds and its event is stored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_whose_access_event_cannot_be_stored_is_not_answered() {
-        use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome};
-        use axum::body::Body;
-        use http_body_util::BodyExt;
-        use std::sync::atomic::AtomicBool;
-        use tower_service::Service;
-
         let dir = tempfile::tempdir().unwrap();
         let cfg = crate::config::Config {
             data_dir: dir.path().join("data"),
@@ -1010,77 +1098,19 @@ mod tests {
             )
             .unwrap(),
         );
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let (pipeline, _running) =
-            crate::pipeline::Pipeline::start(&cfg, &stores, metrics.clone()).unwrap();
-        let (token, rx) = AckToken::new();
-        pipeline
-            .submit(Envelope {
-                payload: bytes::Bytes::from_static(
-                    b"MSH|^~\\&|ADT|HOSP|GW|GW|20261130083000||ADT^A01^ADT_A01|F1|P|2.5.1\rPID|1||7^^^HOSP^MR||DOE^JANE||19800101|F\r",
-                ),
-                origin: Origin::Local { name: "t".into() },
-                format: FormatHint::Hl7v2,
-                received_ms: now_ms(),
-                token,
-            })
-            .await;
-        let Ok(Outcome::Stored { receipt, .. }) = rx.await else {
-            panic!("stored")
-        };
-        let principals = Arc::new(crate::consent::Principals::open(dir.path()).unwrap());
-        let pid = stores.keyring.patient("7^HOSP^MR").key_id();
-        let (_, patient_token) = principals
-            .add(
-                &crate::consent::NewPrincipal {
-                    id: "pat-7".into(),
-                    role: Some(Role::Patient),
-                    patients: vec![pid],
-                    ..Default::default()
-                },
-                1,
-            )
-            .unwrap();
-        let state = ApiState {
-            metrics,
-            ledger: stores.ledger.clone(),
-            vault: stores.vault.clone(),
-            keyring: stores.keyring.clone(),
-            ready: Arc::new(AtomicBool::new(true)),
-            health: crate::sources::Health::default(),
-            ingest: None,
-            access: Some(Access {
-                pipeline: pipeline.clone(),
-                principals,
-                book: Arc::new(Book::default()),
-                failures: Arc::new(auth::Failures::new(20)),
-                budgets: Arc::new(auth::Budgets::new(0)),
-                jwt: None,
-            }),
-        };
-        let mut app = super::super::router(state);
-        let mut read = async || {
-            let mut req = axum::http::Request::get(format!("/v1/records/{}", receipt.record_id))
-                .header("authorization", format!("Bearer {patient_token}"))
-                .body(Body::empty())
-                .unwrap();
-            req.extensions_mut()
-                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
-            let r = app.call(req).await.unwrap();
-            let status = r.status();
-            let body = r.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        };
+        let mut one = one_patient(dir.path(), &cfg, stores, |v| v).await;
+        let path = format!("/v1/records/{}", one.record_id);
         faults.fail_all();
-        let (status, body) = read().await;
+        let (status, body) = get_as(&mut one, &path).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(body.contains("access log cannot be written"), "{body}");
-        assert!(!body.contains("DOE"), "nothing of the record: {body}");
+        assert!(!body.contains("ROE"), "nothing of the record: {body}");
         faults.clear();
-        let (status, body) = read().await;
+        let (status, body) = get_as(&mut one, &path).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"resourceType\":\"Bundle\""), "{body}");
     }
+
     /// A vault whose record reads wait at a gate once armed: what a slow disk looks like to
     /// the read side.
     struct Gated {
@@ -1194,11 +1224,7 @@ mod tests {
     /// that then frees the disk), instead of stalling every listener the runtime serves.
     #[tokio::test(flavor = "current_thread")]
     async fn a_list_waiting_on_the_disk_holds_no_runtime_worker() {
-        use crate::envelope::{AckToken, Envelope, FormatHint, Origin, Outcome};
-        use axum::body::Body;
-        use http_body_util::BodyExt;
         use std::sync::atomic::{AtomicBool, Ordering};
-        use tower_service::Service;
 
         let dir = tempfile::tempdir().unwrap();
         let cfg = crate::config::Config {
@@ -1206,72 +1232,26 @@ mod tests {
             ..crate::config::Config::default()
         };
         let stores = crate::pipeline::Stores::open(&cfg, true).unwrap();
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let (pipeline, _running) =
-            crate::pipeline::Pipeline::start(&cfg, &stores, metrics.clone()).unwrap();
-        let (token, rx) = AckToken::new();
-        pipeline
-            .submit(Envelope {
-                payload: bytes::Bytes::from_static(
-                    b"MSH|^~\\&|ADT|HOSP|GW|GW|20261130083000||ADT^A01^ADT_A01|G1|P|2.5.1\rPID|1||8^^^HOSP^MR||ROE^RAY||19800101|M\r",
-                ),
-                origin: Origin::Local { name: "t".into() },
-                format: FormatHint::Hl7v2,
-                received_ms: now_ms(),
-                token,
-            })
-            .await;
-        let Ok(Outcome::Stored { receipt, .. }) = rx.await else {
-            panic!("stored")
-        };
-        let principals = Arc::new(crate::consent::Principals::open(dir.path()).unwrap());
-        let pid = stores.keyring.patient("8^HOSP^MR").key_id();
-        let (_, patient_token) = principals
-            .add(
-                &crate::consent::NewPrincipal {
-                    id: "pat-8".into(),
-                    role: Some(Role::Patient),
-                    patients: vec![pid.clone()],
-                    ..Default::default()
-                },
-                1,
-            )
-            .unwrap();
         let (entered_tx, entered) = std::sync::mpsc::sync_channel(1);
         let (release, release_rx) = std::sync::mpsc::channel();
-        let gated = Arc::new(Gated {
-            inner: stores.vault.clone(),
-            armed: AtomicBool::new(false),
-            entered: entered_tx,
-            release: std::sync::Mutex::new(release_rx),
-            expired: AtomicBool::new(false),
-        });
-        let state = ApiState {
-            metrics,
-            ledger: stores.ledger.clone(),
-            vault: gated.clone(),
-            keyring: stores.keyring.clone(),
-            ready: Arc::new(AtomicBool::new(true)),
-            health: crate::sources::Health::default(),
-            ingest: None,
-            access: Some(Access {
-                pipeline: pipeline.clone(),
-                principals,
-                book: Arc::new(Book::default()),
-                failures: Arc::new(auth::Failures::new(20)),
-                budgets: Arc::new(auth::Budgets::new(0)),
-                jwt: None,
-            }),
-        };
-        let mut app = super::super::router(state);
-        let mut req = axum::http::Request::get(format!("/v1/patients/{pid}/records"))
-            .header("authorization", format!("Bearer {patient_token}"))
-            .body(Body::empty())
-            .unwrap();
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let mut gated = None;
+        let mut one = one_patient(dir.path(), &cfg, stores, |inner| {
+            let g = Arc::new(Gated {
+                inner,
+                armed: AtomicBool::new(false),
+                entered: entered_tx,
+                release: std::sync::Mutex::new(release_rx),
+                expired: AtomicBool::new(false),
+            });
+            gated = Some(g.clone());
+            g
+        })
+        .await;
+        let gated = gated.unwrap();
+        let path = format!("/v1/patients/{}/records", one.pid);
+        let record_id = one.record_id.clone();
         gated.armed.store(true, Ordering::SeqCst);
-        let read = tokio::spawn(async move { app.call(req).await.unwrap() });
+        let read = tokio::spawn(async move { get_as(&mut one, &path).await });
         // This task runs only if the read yields the runtime's one thread while its vault read
         // waits; a read done inline would hold the thread until the gate gives up.
         let mut seen = false;
@@ -1284,14 +1264,12 @@ mod tests {
         }
         assert!(seen, "the read never reached the vault");
         release.send(()).unwrap();
-        let r = read.await.unwrap();
+        let (status, body) = read.await.unwrap();
         assert!(
             !gated.expired.load(Ordering::SeqCst),
             "the read held the runtime while waiting on the disk"
         );
-        let status = r.status();
-        let body = r.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
-        assert!(String::from_utf8_lossy(&body).contains(&receipt.record_id));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains(&record_id), "{body}");
     }
 }
