@@ -124,17 +124,34 @@ impl IntoResponse for Problem {
 /// Runs a read's work (vault and keyring reads, decryption, proofs, the JSON of a patient's
 /// every record) on tokio's blocking pool. Done inline, it would hold one of the runtime's few
 /// workers, which MLLP and the broker sources share, for as long as a large read or a slow disk
-/// takes. A panic in `work` answers 500.
+/// takes. At most [`read_slots`] run at once; the others wait for a slot holding no thread. A
+/// panic in `work` answers 500.
 pub(crate) async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "a read task failed");
-        Err(Problem::new(
+    let failed = || {
+        Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error",
             "the read failed; see the gateway log",
-        ))
+        )
+    };
+    // Never closed, so acquiring fails only if that changes.
+    let _slot = read_slots().acquire().await.map_err(|_| failed())?;
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a read task failed");
+        Err(failed())
+    })
+}
+
+/// Reads on the blocking pool at once: four per core, enough to keep the cores busy and to
+/// overlap disk waits, and few enough that reads cannot take the pool's threads from the
+/// ledger's batches and the quarantine, which use it too.
+fn read_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores * 4)
     })
 }
 

@@ -81,13 +81,14 @@ pub struct Written {
     pub shown_valid: Result<(), &'static str>,
 }
 
-/// Writes the Bundle into `out` and returns what is in it.
+/// Writes the Bundle into `out` and returns what is in it. `asked`: `Ok` when the Bundle is to
+/// be shown valid as it is written (`Normalizer::check`), else the label to report instead.
 pub fn write(
     plan: &Plan,
     b: &mut Build,
     ns: &[u8; 16],
     link: &Link<'_>,
-    check: Result<(), &'static str>,
+    asked: Result<(), &'static str>,
     out: &mut Vec<u8>,
 ) -> Written {
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
@@ -103,7 +104,7 @@ pub fn write(
     let prov_name = format!("Provenance|{}|{}", link.raw_record_id, plan.version);
     let prov_id = value::format_uuid(&value::uuid_v5(ns, prov_name.as_bytes()));
     let what = format!("raw record {}", link.raw_record_id);
-    let shown = check.and_then(|()| check::bundle_shown(b, &emitted, link, &what, &prov_id));
+    let shown = asked.and_then(|()| check::bundle_shown(b, &emitted, link, &what, &prov_id));
     let mut w = Writer {
         plan,
         b,
