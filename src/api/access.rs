@@ -649,31 +649,25 @@ pub fn filter_bundle(
     types
 }
 
-/// What a read of one record decided, before its access event is stored.
-enum RecordRead {
-    /// A record with no patient (sealed under the gateway key): its sender's alone, answered
-    /// without an event.
-    Unlogged(Response),
-    /// A patient's record: the answer (or its refusal), once the event is stored.
-    Logged {
-        patient: PatientIndex,
-        response: Response,
-        types: Vec<String>,
-        decision: &'static str,
-        record: String,
-    },
-}
-
-/// `GET /v1/records/{id}` before its access event: the record read and opened, the caller's
-/// standing, the answer filtered to what it may see.
-fn read_record(
-    s: &ApiState,
-    access: &Access,
-    caller: &Caller,
-    rid: &RecordId,
-    want_v2: bool,
-) -> Result<RecordRead, Problem> {
-    let found = match find(s, rid) {
+/// `GET /v1/records/{id}`.
+pub async fn get_record(
+    State(s): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    Query(q): Query<PurposeQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let (access, caller) = caller(&s, &headers, peer, q.purpose.as_deref())?;
+    let Some(rid) = RecordId::parse(&id) else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad record id",
+            "a record id is 32 hex characters",
+        ));
+    };
+    // One record is bounded work (a read, a decryption, a filter), done on the worker: handed
+    // to the blocking pool it cost 15% of reads/s on one core, 23% filtered (docs/read-side.md).
+    let found = match find(&s, &rid) {
         Ok(Some(f)) => f,
         Ok(None) => return Err(not_found("record")),
         Err(r) => {
@@ -683,6 +677,10 @@ fn read_record(
             return Err(r);
         }
     };
+    let want_v2 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/hl7-v2"));
     // A record with no patient (sealed under the gateway key) is its sender's alone.
     let Some(patient) = found.patient else {
         let sender_ok = match caller.role() {
@@ -697,11 +695,9 @@ fn read_record(
             s.metrics.reads.with_label_values(&["record", "deny"]).inc();
             return Err(forbidden());
         }
-        return Ok(RecordRead::Unlogged(
-            respond_record(&found, want_v2, None).0,
-        ));
+        return Ok(respond_record(&found, want_v2, None).0);
     };
-    let standing = access.standing(s, caller, &patient, Some(&found.raw.meta.sender))?;
+    let standing = access.standing(&s, &caller, &patient, Some(&found.raw.meta.sender))?;
     let record_hex = found.raw_id.to_string();
     let now = now_ms();
     let applicable = match &standing {
@@ -747,48 +743,6 @@ fn read_record(
         "deny"
     } else {
         decision
-    };
-    Ok(RecordRead::Logged {
-        patient,
-        response,
-        types,
-        decision,
-        record: record_hex,
-    })
-}
-
-/// `GET /v1/records/{id}`.
-pub async fn get_record(
-    State(s): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    Query(q): Query<PurposeQuery>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    let (access, caller) = caller(&s, &headers, peer, q.purpose.as_deref())?;
-    let Some(rid) = RecordId::parse(&id) else {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad record id",
-            "a record id is 32 hex characters",
-        ));
-    };
-    let want_v2 = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/hl7-v2"));
-    // One record is bounded work (a read, a decryption, a filter), done on the worker: handed
-    // to the blocking pool it cost 15% of reads/s on one core, 23% filtered (docs/read-side.md).
-    let read = read_record(&s, &access, &caller, &rid, want_v2)?;
-    let (patient, response, types, decision, record_hex) = match read {
-        RecordRead::Unlogged(response) => return Ok(response),
-        RecordRead::Logged {
-            patient,
-            response,
-            types,
-            decision,
-            record,
-        } => (patient, response, types, decision, record),
     };
     let what = AccessWhat {
         what: "record",

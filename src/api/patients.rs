@@ -173,6 +173,24 @@ fn visible_records(
     Ok((out, decision))
 }
 
+/// [`visible_records`] on the blocking pool ([`off_runtime`]), and `then` made of them there
+/// (the answer's body); the caller comes back with it, for the access event.
+async fn visible_off_runtime<T: Send + 'static>(
+    s: &ApiState,
+    access: &Access,
+    caller: Caller,
+    patient: PatientIndex,
+    since: Option<u64>,
+    then: impl FnOnce(&ApiState, Vec<Seen>) -> T + Send + 'static,
+) -> Result<(Caller, T, &'static str), Problem> {
+    let (s, access) = (s.clone(), access.clone());
+    off_runtime(move || {
+        let (seen, decision) = visible_records(&s, &access, &caller, &patient, since)?;
+        Ok((caller, then(&s, seen), decision))
+    })
+    .await
+}
+
 /// `GET /v1/patients/{pid}/records?type=&since=`.
 pub async fn list_records(
     State(s): State<ApiState>,
@@ -182,12 +200,10 @@ pub async fn list_records(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref())?;
-    let (caller, listed, decision) = {
-        let (s, access, kind) = (s.clone(), access.clone(), q.kind.clone());
-        off_runtime(move || {
-            let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
-            let listed: Vec<Value> = seen
-                .iter()
+    let kind = q.kind.clone();
+    let (caller, listed, decision) =
+        visible_off_runtime(&s, &access, caller, patient, q.since, move |_, seen| {
+            seen.iter()
                 .filter(|r| kind.as_ref().is_none_or(|k| r.types.contains(k)))
                 .map(|r| {
                     json!({
@@ -197,11 +213,9 @@ pub async fn list_records(
                         "resource_types": r.types,
                     })
                 })
-                .collect();
-            Ok((caller, listed, decision))
+                .collect::<Vec<Value>>()
         })
-        .await?
-    };
+        .await?;
     let what = AccessWhat {
         what: "records",
         record: None,
@@ -224,14 +238,12 @@ async fn search(
     q: ListQuery,
 ) -> Result<Response, Problem> {
     let (access, caller, patient) = patient_caller(&s, &headers, peer, &pid, q.purpose.as_deref())?;
-    let (caller, body, decision) = {
-        let (s, access, kind) = (s.clone(), access.clone(), kind.clone());
-        off_runtime(move || {
-            let (seen, decision) = visible_records(&s, &access, &caller, &patient, q.since)?;
-            Ok((caller, searchset(seen, kind.as_deref()), decision))
+    let wanted = kind.clone();
+    let (caller, body, decision) =
+        visible_off_runtime(&s, &access, caller, patient, q.since, move |_, seen| {
+            searchset(seen, wanted.as_deref())
         })
-        .await?
-    };
+        .await?;
     let what = AccessWhat {
         what: "fhir",
         record: None,
@@ -344,14 +356,10 @@ pub async fn charges(
     if !caller.principal.is_patient(&patient) || !caller.scopes.allows("ChargeItem") {
         return refuse_read(&s, &access, &caller, &patient, "charges").await;
     }
-    let (caller, out) = {
-        let (s, access) = (s.clone(), access.clone());
-        off_runtime(move || {
-            let (seen, _) = visible_records(&s, &access, &caller, &patient, None)?;
-            Ok((caller, charge_lines(&s, &seen)))
-        })
-        .await?
-    };
+    let (caller, out, _) = visible_off_runtime(&s, &access, caller, patient, None, |s, seen| {
+        charge_lines(s, &seen)
+    })
+    .await?;
     let what = AccessWhat {
         what: "charges",
         record: None,

@@ -243,7 +243,6 @@ pub struct Object {
     root: bool,
     /// Keys written, by the element's rank within its type.
     written: [u64; WRITTEN_WORDS],
-    any: bool,
     /// What the kind's rules read (an Extension's url and value, a Coding's system…).
     url: Option<(u32, u32)>,
     value: Option<ElemId>,
@@ -276,7 +275,6 @@ impl Object {
             kind: facts.kind,
             root,
             written: [0; WRITTEN_WORDS],
-            any: false,
             url: None,
             value: None,
             nested: false,
@@ -310,7 +308,6 @@ impl Object {
             return Err("repeated_key");
         }
         self.written[word] |= bit;
-        self.any = true;
         Ok(())
     }
 
@@ -394,7 +391,7 @@ impl Object {
     /// The object's own rules, once all its keys and values are written; `node` is its node.
     pub fn close(&self, plan: &Plan, b: &Build, node: u32) -> Result<(), &'static str> {
         let (t, rules) = (table(), Rules::shared());
-        if !self.any && !self.root {
+        if !self.root && self.written.iter().all(|&w| w == 0) {
             return Err("empty_object");
         }
         if !self.required_met() {

@@ -385,14 +385,13 @@ impl Writer<'_> {
         mut comma: bool,
         (ty, root, depth): (TypeId, bool, usize),
     ) {
-        let mut obj = match self.shown.map(|()| check::Object::open(ty, root)) {
-            Ok(Ok(o)) => Some(o),
-            Ok(Err(why)) => {
-                self.fail(why);
-                None
+        let mut obj = None;
+        if self.shown.is_ok() {
+            match check::Object::open(ty, root) {
+                Ok(o) => obj = Some(o),
+                Err(why) => self.fail(why),
             }
-            Err(_) => None,
-        };
+        }
         let nodes = &self.b.nodes;
         let mut c = nodes[node as usize].first;
         while c != NONE {
