@@ -85,18 +85,151 @@ impl Cond {
                 Ref::Segment(_) => env.count(r) > 0,
                 _ => env.valued(r),
             },
-            Cond::In(r, set) => {
-                if let Some(raw) = env.plain(r) {
-                    let raw = raw.trim_ascii();
-                    return set.iter().any(|s| s.as_bytes() == raw);
-                }
-                let t = env.text(r);
-                let t = trim(&t);
-                set.iter().any(|s| s == t)
-            }
+            Cond::In(r, set) => matched(env, r, set).is_some(),
             Cond::Length(r, cmp, n) => cmp.holds(trim(&env.text(r)).chars().count(), *n),
             Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
         }
+    }
+}
+
+/// Which text of `set` the value at `r` is (trimmed), if any: `IN`'s comparison.
+pub fn matched(env: &dyn Env, r: &Ref, set: &[String]) -> Option<usize> {
+    if let Some(raw) = env.plain(r) {
+        let raw = raw.trim_ascii();
+        return set.iter().position(|s| s.as_bytes() == raw);
+    }
+    let t = env.text(r);
+    let t = trim(&t);
+    set.iter().position(|s| s == t)
+}
+
+/// Guards per map, and texts per guard, at most: a map's guard values are a small array,
+/// and a row's allowed values one word.
+pub const MAX_GUARDS: usize = 4;
+const MAX_GUARD_TEXTS: usize = 63;
+
+/// A comparison many rows of a map make on one value that is the same for all of them (an
+/// OBX's rows each ask `OBX-2 EQUALS …` for their value type): the map asks it once per call,
+/// and each row tests one bit instead of resolving and comparing the value again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub r: Ref,
+    /// Every text a row compares the value with; a value matching none is `texts.len()`.
+    pub texts: Vec<String>,
+}
+
+/// A row's part of a guard: the conjunct `r IN (…)` or `r NOT IN (…)` split off its condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowGuard {
+    pub guard: u8,
+    /// Bit `i`: the row may run when the value is `texts[i]` (bit `texts.len()`: none of them).
+    pub allowed: u64,
+}
+
+impl Guard {
+    /// The value's index among `texts` (`texts.len()` when none), as `RowGuard::admits` takes it.
+    pub fn value(&self, env: &dyn Env) -> u8 {
+        matched(env, &self.r, &self.texts).unwrap_or(self.texts.len()) as u8
+    }
+}
+
+impl RowGuard {
+    pub fn admits(self, values: &[u8; MAX_GUARDS]) -> bool {
+        self.allowed >> values[self.guard as usize] & 1 == 1
+    }
+}
+
+/// Splits guards off the conditions of one map's rows. `fixed(row, r)`: whether `r` reads the
+/// same value for every row and repetition of a call, so that it can be asked once. A row keeps
+/// what remains of its condition (`Const(true)` when nothing does, so that a condition still
+/// decides and a row without a value still fires as before).
+pub fn split_guards<R>(
+    rows: &mut [R],
+    cond: impl Fn(&mut R) -> &mut Option<Cond>,
+    guard: impl Fn(&mut R) -> &mut Option<RowGuard>,
+    fixed: impl Fn(&R, &Ref) -> bool,
+) -> Vec<Guard> {
+    let mut guards: Vec<Guard> = Vec::new();
+    for row in rows.iter_mut() {
+        let Some(c) = cond(row).take() else {
+            continue;
+        };
+        let mut conjuncts = match c {
+            Cond::All(v) => v,
+            c => vec![c],
+        };
+        let pick = conjuncts.iter().position(|c| {
+            let Some((r, set)) = in_list(c) else {
+                return false;
+            };
+            if !fixed(row, r) {
+                return false;
+            }
+            match guards.iter().position(|g| g.r == *r) {
+                Some(i) => {
+                    let texts = &guards[i].texts;
+                    let new = set.iter().filter(|s| !texts.contains(s)).count();
+                    texts.len() + new <= MAX_GUARD_TEXTS
+                }
+                None => guards.len() < MAX_GUARDS && set.len() <= MAX_GUARD_TEXTS,
+            }
+        });
+        if let Some(i) = pick {
+            let (r, set, negated) = match conjuncts.remove(i) {
+                Cond::In(r, set) => (r, set, false),
+                Cond::Not(c) => match *c {
+                    Cond::In(r, set) => (r, set, true),
+                    _ => unreachable!("picked as IN or NOT IN"),
+                },
+                _ => unreachable!("picked as IN or NOT IN"),
+            };
+            let g = match guards.iter().position(|g| g.r == r) {
+                Some(g) => g,
+                None => {
+                    guards.push(Guard {
+                        r,
+                        texts: Vec::new(),
+                    });
+                    guards.len() - 1
+                }
+            };
+            let texts = &mut guards[g].texts;
+            let mut listed = 0u64;
+            for s in set {
+                let at = match texts.iter().position(|t| *t == s) {
+                    Some(at) => at,
+                    None => {
+                        texts.push(s);
+                        texts.len() - 1
+                    }
+                };
+                listed |= 1 << at;
+            }
+            *guard(row) = Some(RowGuard {
+                guard: g as u8,
+                // A text added later by another row is never one this row listed: `NOT IN`
+                // admits it through the complement, `IN` does not.
+                allowed: if negated { !listed } else { listed },
+            });
+        }
+        *cond(row) = Some(match conjuncts.len() {
+            0 => Cond::Const(true),
+            1 => conjuncts.pop().expect("one conjunct"),
+            _ => Cond::All(conjuncts),
+        });
+    }
+    guards
+}
+
+/// `r IN (…)` or `r NOT IN (…)`: the reference and the list.
+fn in_list(c: &Cond) -> Option<(&Ref, &[String])> {
+    match c {
+        Cond::In(r, set) => Some((r, set)),
+        Cond::Not(c) => match &**c {
+            Cond::In(r, set) => Some((r, set)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -635,6 +768,60 @@ mod tests {
             .iter()
             .map(|(r, v)| (format!("{:?}", parse_ref(r, scope).unwrap()), v.to_string()))
             .collect())
+    }
+
+    #[test]
+    fn a_guard_split_off_decides_as_the_whole_condition_did() {
+        let s = Scope::Segment;
+        let conds = [
+            r#"IF OBX-2 EQUALS "NM""#,
+            r#"IF OBX-2 IN ("NM", "NA")"#,
+            r#"IF OBX-2 EQUALS "SN" AND OBX-5.3 EQUALS "-""#,
+            r#"IF OBX-5.3 VALUED AND OBX-2 NOT IN ("ST", "TX")"#,
+            r#"IF OBX-2 NOT EQUALS "CWE""#,
+            r#"IF OBX-2 EQUALS "ST" OR OBX-11 EQUALS "F""#,
+            r#"IF OBX-5 EQUALS "x""#,
+            r#"IF OBX-11 IN ("F", "C")"#,
+            r#"IF OBX-3 EQUALS "a""#,
+            r#"IF OBX-4 EQUALS "a""#,
+            r#"IF OBX-6 EQUALS "a""#,
+        ];
+        let whole: Vec<Cond> = conds.iter().map(|c| parse_cond(c, s).unwrap()).collect();
+        let mut rows: Vec<(Option<Cond>, Option<RowGuard>)> =
+            whole.iter().map(|c| (Some(c.clone()), None)).collect();
+        // OBX-5 stands for the field a row iterates: never asked once for all rows.
+        let own = parse_ref("OBX-5", s).unwrap();
+        let guards = split_guards(&mut rows, |r| &mut r.0, |r| &mut r.1, |_, r| *r != own);
+        let guarded: Vec<bool> = rows.iter().map(|r| r.1.is_some()).collect();
+        assert_eq!(
+            guarded,
+            [true, true, true, true, true, false, false, true, true, true, false],
+            "OR and the iterated field keep their condition whole; a fifth value is not guarded"
+        );
+        assert_eq!(guards.len(), MAX_GUARDS);
+        assert_eq!(guards[0].texts, ["NM", "NA", "SN", "ST", "TX", "CWE"]);
+        for obx2 in ["NM", "NA", "SN", " SN ", "ST", "TX", "CWE", "CE", "", "\"\""] {
+            for obx11 in ["F", "X"] {
+                let e = env(
+                    &[
+                        ("OBX-2", obx2),
+                        ("OBX-5.3", "-"),
+                        ("OBX-11", obx11),
+                        ("OBX-3", "a"),
+                    ],
+                    s,
+                );
+                let mut values = [0; MAX_GUARDS];
+                for (v, g) in values.iter_mut().zip(&guards) {
+                    *v = g.value(&e);
+                }
+                for (i, (row, c)) in rows.iter().zip(&whole).enumerate() {
+                    let split = row.1.is_none_or(|g| g.admits(&values))
+                        && row.0.as_ref().unwrap().eval(&e);
+                    assert_eq!(split, c.eval(&e), "{} with OBX-2 {obx2:?}", conds[i]);
+                }
+            }
+        }
     }
 
     #[test]

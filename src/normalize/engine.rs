@@ -6,9 +6,9 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use super::cond::{Env, Ref};
+use super::cond::{Env, Ref, MAX_GUARDS};
 use super::model::{ElemId, Model, Prim, TypeId};
-use super::plan::{Action, KeyPart, Member, MessageMap, Path, Plan, Row, Src, Xform};
+use super::plan::{Action, CMap, KeyPart, Member, MessageMap, Path, Plan, Row, Src, Xform};
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::hl7::{Charset, Field, Message, Segment};
@@ -186,6 +186,15 @@ impl<'m> Walk<'m> {
         }
         self.msg.text(raw).unwrap_or(Cow::Borrowed(""))
     }
+}
+
+/// Where a map call's guards stand (`cond::Guard`): asked once, before its rows.
+fn guard_values(map: &CMap, env: &dyn Env) -> [u8; MAX_GUARDS] {
+    let mut values = [0; MAX_GUARDS];
+    for (v, g) in values.iter_mut().zip(&map.guards) {
+        *v = g.value(env);
+    }
+    values
 }
 
 /// Whether a part holds a value: something other than blanks, and not HL7's `""` null.
@@ -883,7 +892,20 @@ impl<'p> Mapper<'p> {
         used: &mut [bool],
     ) {
         let max_reps = self.plan.settings.max_repetitions;
-        for row in &self.plan.maps[map].rows {
+        let map = &self.plan.maps[map];
+        let guards = guard_values(
+            map,
+            &SegView {
+                walk,
+                id,
+                fields,
+                cur: None,
+            },
+        );
+        for row in &map.rows {
+            if row.guard.is_some_and(|g| !g.admits(&guards)) {
+                continue;
+            }
             match row.src {
                 Src::Whole | Src::Comp { .. } => {
                     let view = SegView {
@@ -985,7 +1007,12 @@ impl<'p> Mapper<'p> {
         }
         let view = DtView::new(walk, v, level);
         let mut element = None;
-        for row in &self.plan.maps[map].rows {
+        let map = &self.plan.maps[map];
+        let guards = guard_values(map, &view);
+        for row in &map.rows {
+            if row.guard.is_some_and(|g| !g.admits(&guards)) {
+                continue;
+            }
             let value = match row.src {
                 Src::Whole => Some((v, level)),
                 Src::Comp { comp, sub } => view.comp(comp, sub),

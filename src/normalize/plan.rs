@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 /// and the fixed seed keeps every run's plan the same.
 pub type TableMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
-use super::cond::{self, Cond, Expr, Ref, Scope};
+use super::cond::{self, Cond, Expr, Guard, Ref, RowGuard, Scope};
 use super::csv::Record;
 use super::files::{Files, MergedFile};
 use super::model::{ElemId, Model, TypeId};
@@ -123,6 +123,8 @@ pub struct Row {
     pub repeats: bool,
     pub src: Src,
     pub cond: Option<Cond>,
+    /// The part of the condition asked once per map call (`CMap::guards`), not per row.
+    pub guard: Option<RowGuard>,
     pub path: Path,
     pub action: Action,
 }
@@ -136,6 +138,7 @@ pub struct CMap {
     /// the id rules are read.
     pub id_source: String,
     pub rows: Vec<Row>,
+    pub guards: Vec<Guard>,
 }
 
 #[derive(Debug)]
@@ -913,12 +916,30 @@ impl Compiler<'_> {
                 }
             }
         }
+        let own = <[u8; 3]>::try_from(v2.as_bytes()).ok();
+        let guards = cond::split_guards(
+            &mut rows,
+            |r| &mut r.cond,
+            |r| &mut r.guard,
+            |row, r| match (scope, *r) {
+                // A data-type map's view is the same value for all its rows.
+                (Scope::Datatype, Ref::Comp { .. }) => true,
+                // Any field but the one the row iterates (whose current repetition a condition
+                // sees) reads the same for every row of a segment.
+                (Scope::Segment, Ref::Field { seg, field, .. }) => match row.src {
+                    Src::Field { field: f, .. } => f != field || !(seg.is_none() || seg == own),
+                    Src::Whole | Src::Comp { .. } => true,
+                },
+                _ => false,
+            },
+        );
         self.in_progress.remove(&key);
         let i = self.maps.len();
         self.maps.push(CMap {
             name: name.to_string(),
             id_source: v2,
             rows,
+            guards,
         });
         self.map_cache.insert(key, i);
         Some(i)
@@ -981,6 +1002,7 @@ impl Compiler<'_> {
                 repeats: true,
                 src: s,
                 cond,
+                guard: None,
                 path: Path {
                     sub: 1,
                     steps: Vec::new(),
@@ -1025,6 +1047,7 @@ impl Compiler<'_> {
                     repeats: path.steps.iter().any(|s| s.array),
                     src: s,
                     cond,
+                    guard: None,
                     path,
                     action: Action::Link(t),
                 });
@@ -1123,6 +1146,7 @@ impl Compiler<'_> {
             repeats,
             src: s,
             cond,
+            guard: None,
             path,
             action,
         })
