@@ -179,7 +179,7 @@ pub enum EventError {
 /// The running pipeline that sources submit to.
 pub struct Pipeline {
     keyring: Arc<Keyring>,
-    writer: mpsc::Sender<WriteOp>,
+    writer: mpsc::Sender<writer::Unit>,
     pool: rayon::ThreadPool,
     rules: AcceptRules,
     pub metrics: Arc<Metrics>,
@@ -268,7 +268,7 @@ impl Pipeline {
             );
         }
         metrics.log_size.set(stores.ledger.size() as i64);
-        let (wtx, wrx) = mpsc::channel(cfg.vault.max_batch * 2);
+        let (wtx, wrx) = mpsc::channel(writer::queue_units(cfg.vault.max_batch, SEAL_BATCH));
         let (atx, arx) = mpsc::channel(cfg.ledger.batch_leaves.max(1024) * 4);
         let vault: Arc<dyn Vault> = stores.vault.clone();
         let ledger: Arc<dyn Ledger> = stores.ledger.clone();
@@ -373,7 +373,7 @@ impl Pipeline {
             },
             token,
         };
-        if self.writer.send(op).await.is_err() {
+        if self.writer.send(vec![op]).await.is_err() {
             return Err(EventError::Unavailable(
                 "the gateway is shutting down".into(),
             ));
@@ -469,9 +469,9 @@ impl Pipeline {
                 batch.into_iter().unzip();
             let ops = self.decode_and_seal(envelopes);
             drop(permits);
-            for op in ops {
-                // A closed writer drops the op, and its token asks the sender to resend.
-                let _ = self.writer.blocking_send(op);
+            // A closed writer drops the ops, and their tokens ask the senders to resend.
+            if !ops.is_empty() {
+                let _ = self.writer.blocking_send(ops);
             }
         }
     }
@@ -491,7 +491,7 @@ impl Pipeline {
         })
         .await;
         if let Ok(Some(op)) = op {
-            let _ = self.writer.send(op).await;
+            let _ = self.writer.send(vec![op]).await;
         }
     }
 

@@ -800,7 +800,9 @@ mod tests {
         );
         assert_eq!(guards.len(), MAX_GUARDS);
         assert_eq!(guards[0].texts, ["NM", "NA", "SN", "ST", "TX", "CWE"]);
-        for obx2 in ["NM", "NA", "SN", " SN ", "ST", "TX", "CWE", "CE", "", "\"\""] {
+        for obx2 in [
+            "NM", "NA", "SN", " SN ", "ST", "TX", "CWE", "CE", "", "\"\"",
+        ] {
             for obx11 in ["F", "X"] {
                 let e = env(
                     &[
@@ -816,8 +818,8 @@ mod tests {
                     *v = g.value(&e);
                 }
                 for (i, (row, c)) in rows.iter().zip(&whole).enumerate() {
-                    let split = row.1.is_none_or(|g| g.admits(&values))
-                        && row.0.as_ref().unwrap().eval(&e);
+                    let split =
+                        row.1.is_none_or(|g| g.admits(&values)) && row.0.as_ref().unwrap().eval(&e);
                     assert_eq!(split, c.eval(&e), "{} with OBX-2 {obx2:?}", conds[i]);
                 }
             }

@@ -33,13 +33,25 @@ pub enum WriteOp {
     },
 }
 
+/// What reaches the writer at once: one op, or all a seal batch produced. A batch is sent as
+/// one unit because, sent op by op, the first op woke the writer, which on a busy core took it
+/// alone into a commit of its own (with its own `fdatasync`) while the rest of the batch
+/// waited: a third of all commits held one record.
+pub type Unit = Vec<WriteOp>;
+
+/// Units the writer's queue holds: about `max_batch` twice over in ops when every unit is a
+/// full seal batch, so that memory waiting for the disk stays bounded as when the queue held ops.
+pub fn queue_units(max_batch: usize, ops_per_unit: usize) -> usize {
+    (max_batch * 2).div_ceil(ops_per_unit.max(1)).max(1)
+}
+
 /// A committed record on its way to the log, with its place in the vault's commit order.
 pub type ToAnchor = (Leaf, Position, Instant);
 
 pub fn spawn(
     vault: Arc<dyn Vault>,
     max_batch: usize,
-    mut rx: mpsc::Receiver<WriteOp>,
+    mut rx: mpsc::Receiver<Unit>,
     anchor: mpsc::Sender<ToAnchor>,
     metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
@@ -50,12 +62,19 @@ pub fn spawn(
             // A full disk fails every commit: said once per interval with a count, not per batch.
             let failures = Throttle::new(std::time::Duration::from_secs(10));
             while let Some(first) = rx.blocking_recv() {
-                ops.push(first);
+                ops.extend(first);
                 while ops.len() < max_batch {
                     match rx.try_recv() {
-                        Ok(op) => ops.push(op),
+                        Ok(unit) => ops.extend(unit),
                         Err(_) => break,
                     }
+                }
+                // A unit is not split on the way in, so the last one may carry the batch past
+                // `max_batch`: what is past it commits next, on its own.
+                while ops.len() > max_batch {
+                    let rest = ops.split_off(max_batch);
+                    commit_batch(&*vault, &mut ops, &anchor, &metrics, &failures);
+                    ops = rest;
                 }
                 commit_batch(&*vault, &mut ops, &anchor, &metrics, &failures);
             }
