@@ -1532,31 +1532,38 @@ mod tests {
     }
 
     /// A seal batch reaches the writer as one unit and commits together, but never as more than
-    /// `vault.max_batch` records: the part past it commits next, and every token is answered.
+    /// `vault.max_batch` records: the part past it starts the next commit, which takes what else
+    /// is waiting, and every token is answered.
     #[test]
-    fn a_unit_past_max_batch_commits_in_parts_and_every_record_is_answered() {
+    fn a_unit_past_max_batch_carries_over_and_every_record_is_answered() {
         use crate::envelope::{AckToken, Outcome};
         use crate::vault::writer::{self, WriteOp};
         let dir = tempfile::tempdir().unwrap();
         let vault: std::sync::Arc<dyn Vault> = std::sync::Arc::new(open_in(dir.path()));
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let (tx, rx) = tokio::sync::mpsc::channel(writer::queue_units(4, 16));
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
         let (atx, mut arx) = tokio::sync::mpsc::channel(64);
-        let thread = writer::spawn(vault, 4, rx, atx, metrics.clone());
         let mut answers = Vec::new();
-        let unit: Vec<WriteOp> = (0..10)
-            .map(|i| {
-                let (token, answer) = AckToken::new();
-                answers.push(answer);
-                WriteOp::Put {
-                    put: put_of(&message(i)),
-                    token,
-                }
-            })
-            .collect();
-        tx.blocking_send(unit).unwrap();
+        let mut unit = |records: std::ops::Range<usize>| -> Vec<WriteOp> {
+            records
+                .map(|i| {
+                    let (token, answer) = AckToken::new();
+                    answers.push(answer);
+                    WriteOp::Put {
+                        put: put_of(&message(i)),
+                        token,
+                    }
+                })
+                .collect()
+        };
+        // Both wait before the writer starts: ten records, then two.
+        let (first, second) = (unit(0..10), unit(10..12));
+        tx.blocking_send(first).unwrap();
+        tx.blocking_send(second).unwrap();
         drop(tx);
-        thread.join().unwrap();
+        writer::spawn(vault, 4, rx, atx, metrics.clone())
+            .join()
+            .unwrap();
         for (i, a) in answers.into_iter().enumerate() {
             let outcome = a.blocking_recv().unwrap();
             assert!(
@@ -1573,18 +1580,23 @@ mod tests {
         let sizes = &metrics.vault_batch_size;
         assert_eq!(
             (sizes.get_sample_count(), sizes.get_sample_sum()),
-            (3, 10.0),
-            "ten records in commits of 4, 4 and 2"
+            (3, 12.0),
+            "twelve records in commits of 4, 4 and 4 (the first unit's last two go with the second)"
         );
-        let mut anchored = 0;
-        while arx.try_recv().is_ok() {
-            anchored += 1;
+        let mut positions = Vec::new();
+        while let Ok((_, position, _)) = arx.try_recv() {
+            positions.push(position);
         }
         assert_eq!(
-            anchored,
-            10 + 4,
-            "ten raw records and four derived (0, 3, 6, 9)"
+            positions.len(),
+            12 + 4,
+            "twelve raw records and four derived (0, 3, 6, 9)"
         );
+        assert!(
+            positions.is_sorted(),
+            "anchored in commit order: {positions:?}"
+        );
+        assert_eq!(writer::queue_units(1024, 16), 128);
     }
 
     /// The patient index is checked against the entries: a row lost, or one naming another

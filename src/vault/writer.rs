@@ -61,20 +61,26 @@ pub fn spawn(
             let mut ops = Vec::with_capacity(max_batch);
             // A full disk fails every commit: said once per interval with a count, not per batch.
             let failures = Throttle::new(std::time::Duration::from_secs(10));
-            while let Some(first) = rx.blocking_recv() {
-                ops.extend(first);
+            // A unit is not split on the way in, so the last one may carry a batch past
+            // `max_batch`: what is past it starts the next batch, which fills up as usual.
+            let mut carried: Vec<WriteOp> = Vec::new();
+            loop {
+                if carried.is_empty() {
+                    match rx.blocking_recv() {
+                        Some(unit) => ops.extend(unit),
+                        None => break,
+                    }
+                } else {
+                    ops.append(&mut carried);
+                }
                 while ops.len() < max_batch {
                     match rx.try_recv() {
                         Ok(unit) => ops.extend(unit),
                         Err(_) => break,
                     }
                 }
-                // A unit is not split on the way in, so the last one may carry the batch past
-                // `max_batch`: what is past it commits next, on its own.
-                while ops.len() > max_batch {
-                    let rest = ops.split_off(max_batch);
-                    commit_batch(&*vault, &mut ops, &anchor, &metrics, &failures);
-                    ops = rest;
+                if ops.len() > max_batch {
+                    carried.extend(ops.drain(max_batch..));
                 }
                 commit_batch(&*vault, &mut ops, &anchor, &metrics, &failures);
             }
