@@ -1536,8 +1536,50 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::Target;
+    use super::{Ref, Src, Target};
     use std::borrow::Cow;
+
+    /// In the shipped set, no row's guard reads the field the row iterates (whose current
+    /// repetition its condition sees, and which differs from one repetition to the next), and
+    /// the OBX value rows do share one guard on OBX-2.
+    #[test]
+    fn guards_never_read_the_field_a_row_iterates() {
+        let n = super::super::Normalizer::load(&Default::default()).unwrap();
+        let plan = &n.plan;
+        let mut guarded = 0;
+        for map in &plan.maps {
+            for row in &map.rows {
+                let Some(g) = row.guard else { continue };
+                guarded += 1;
+                let r = map.guards[g.guard as usize].r;
+                if let (Src::Field { field, .. }, Ref::Field { seg, field: f, .. }) = (row.src, r) {
+                    let id = map.name.split('[').next().unwrap_or_default();
+                    let own = seg.is_none_or(|s| id.as_bytes() == s);
+                    assert!(
+                        !(own && f == field),
+                        "{}: {:?} guards its own field",
+                        map.name,
+                        r
+                    );
+                }
+            }
+            if map.name == "RXA[Immunization]" {
+                // `IF RXA-9.1 EQUALS "00"` on RXA-9 rows: per repetition, never a guard.
+                assert!(map
+                    .rows
+                    .iter()
+                    .all(|r| r.guard.is_none() || !matches!(r.src, Src::Field { field: 9, .. })));
+            }
+        }
+        let obx = plan
+            .maps
+            .iter()
+            .find(|m| m.name == "OBX[Observation]")
+            .unwrap();
+        assert_eq!(obx.guards.len(), 1, "{:?}", obx.guards);
+        assert!(obx.rows.iter().filter(|r| r.guard.is_some()).count() >= 15);
+        assert!(guarded > 20, "{guarded} guarded rows");
+    }
 
     #[test]
     fn a_vocabulary_target_takes_the_code_where_it_says_so() {
