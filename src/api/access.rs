@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{auth, ApiState, Problem};
+use super::{auth, internal, ApiState, Problem};
 use crate::consent::{self, Applicable, Book, Principal, Principals, Requester, Resource, Role};
 use crate::envelope::{now_ms, RecordId};
 use crate::ledger::EventKind;
@@ -156,14 +156,6 @@ impl Standing {
             _ => "permit",
         }
     }
-}
-
-fn internal(what: &str) -> Problem {
-    Problem::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error",
-        format!("{what} failed; see the gateway log"),
-    )
 }
 
 fn unavailable(detail: &str) -> Problem {

@@ -129,19 +129,25 @@ impl IntoResponse for Problem {
 pub(crate) async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
-    let failed = || {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error",
-            "the read failed; see the gateway log",
-        )
-    };
     // Never closed, so acquiring fails only if that changes.
-    let _slot = read_slots().acquire().await.map_err(|_| failed())?;
+    let _slot = read_slots()
+        .acquire()
+        .await
+        .map_err(|_| internal("the read"))?;
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "a read task failed");
-        Err(failed())
+        Err(internal("the read"))
     })
+}
+
+/// A 500 whose detail names what failed and sends the reader to the log (where the error is),
+/// never the error itself.
+pub(crate) fn internal(what: &str) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error",
+        format!("{what} failed; see the gateway log"),
+    )
 }
 
 /// Reads on the blocking pool at once: four per core, enough to keep the cores busy and to

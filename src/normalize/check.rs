@@ -232,6 +232,12 @@ pub fn bundle_shown(
     Ok(())
 }
 
+/// Where the key of the element of `rank` in its type is among an [`Object`]'s bits: the word
+/// and the bit in it.
+fn key_bit(rank: u16) -> (usize, u64) {
+    (usize::from(rank) / 64, 1 << (rank % 64))
+}
+
 /// The rules of one object, asked as the writer writes it (`emit::Writer::children`): each
 /// key once and of the object's own type, not empty, every element its type requires, the
 /// rules of its kind, and each value by its element's rules. The writer groups an element's
@@ -302,8 +308,7 @@ impl Object {
             // The writer puts these itself.
             return Err("repeated_key");
         }
-        let rank = t.rank[elem as usize] as usize;
-        let (word, bit) = (rank / 64, 1u64 << (rank % 64));
+        let (word, bit) = key_bit(t.rank[elem as usize]);
         if self.written[word] & bit != 0 {
             return Err("repeated_key");
         }
@@ -382,7 +387,10 @@ impl Object {
 
     /// Whether a key was written for every element the type requires.
     fn required_met(&self) -> bool {
-        let has = |rank: u16| self.written[usize::from(rank) / 64] & (1 << (rank % 64)) != 0;
+        let has = |rank: u16| {
+            let (word, bit) = key_bit(rank);
+            self.written[word] & bit != 0
+        };
         table().types[self.ty as usize]
             .as_ref()
             .is_some_and(|f| f.required.iter().all(|g| g.iter().any(|&r| has(r))))

@@ -175,13 +175,12 @@ pub fn split_guards<R>(
             }
         });
         if let Some(i) = pick {
-            let (r, set, negated) = match conjuncts.remove(i) {
-                Cond::In(r, set) => (r, set, false),
-                Cond::Not(c) => match *c {
-                    Cond::In(r, set) => (r, set, true),
-                    _ => unreachable!("picked as IN or NOT IN"),
-                },
-                _ => unreachable!("picked as IN or NOT IN"),
+            let (negated, picked) = match conjuncts.remove(i) {
+                Cond::Not(c) => (true, *c),
+                c => (false, c),
+            };
+            let Cond::In(r, set) = picked else {
+                unreachable!("picked as IN or NOT IN")
             };
             let g = match guards.iter().position(|g| g.r == r) {
                 Some(g) => g,
