@@ -18,6 +18,7 @@
 use std::sync::OnceLock;
 
 use crate::fhir::validate::element::{Element, ObjectKind, Rules};
+use crate::fhir::validate::primitive::Scan;
 use crate::fhir::validate::MAX_DEPTH;
 
 use super::engine::{Build, Node, Val, NONE};
@@ -317,14 +318,23 @@ impl Object {
     }
 
     /// A value the writer puts under the key of `node`'s element (an object's own rules are
-    /// its [`Object`]'s).
-    pub fn value(&mut self, plan: &Plan, b: &Build, node: &Node) -> Result<(), &'static str> {
+    /// its [`Object`]'s); `scan`: a text value's byte classes, as the writer found them.
+    pub fn value(
+        &mut self,
+        plan: &Plan,
+        b: &Build,
+        node: &Node,
+        scan: Option<Scan>,
+    ) -> Result<(), &'static str> {
         let (t, rules) = (table(), Rules::shared());
         let e = t.elems[node.elem as usize].ok_or("element")?;
         let text = |a: u32, z: u32| &b.text[a as usize..z as usize];
         let ok = match node.val {
             Val::Obj => rules.is_object(e),
-            Val::Text(a, z) => rules.text_ok(e, text(a, z)),
+            Val::Text(a, z) => {
+                let s = text(a, z);
+                rules.text_ok_scanned(e, s, scan.unwrap_or_else(|| Scan::of(s)))
+            }
             Val::Num(a, z) => rules.number_ok(e, text(a, z)),
             Val::Bool(_) => rules.is_boolean(e),
             // `urn:uuid:` of a resource that is sent: written only where a Reference's

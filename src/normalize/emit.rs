@@ -11,6 +11,7 @@ use super::model::TypeId;
 use super::plan::Plan;
 use super::value;
 use super::{Link, MappedResource};
+use crate::fhir::validate::primitive::Scan;
 
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
@@ -447,12 +448,17 @@ impl Writer<'_> {
         depth: usize,
     ) {
         let node = &self.b.nodes[n as usize];
+        let text = |a: u32, e: u32| &self.b.text[a as usize..e as usize];
+        // One pass over a text finds what both the check and the escaping look for.
+        let scan = match node.val {
+            Val::Text(a, e) => Some(Scan::of(text(a, e))),
+            _ => None,
+        };
         if let Some(o) = parent.filter(|_| self.shown.is_ok()) {
-            if let Err(why) = o.value(self.plan, self.b, node) {
+            if let Err(why) = o.value(self.plan, self.b, node, scan) {
                 self.fail(why);
             }
         }
-        let text = |a: u32, e: u32| &self.b.text[a as usize..e as usize];
         match node.val {
             Val::Obj => {
                 out.push(b'{');
@@ -460,7 +466,16 @@ impl Writer<'_> {
                 self.children(out, n, false, (ty, false, depth));
                 out.push(b'}');
             }
-            Val::Text(a, e) => string(out, text(a, e)),
+            Val::Text(a, e) => {
+                let t = text(a, e);
+                out.push(b'"');
+                if scan.is_some_and(|s| !s.has(Scan::JSON_ESCAPE)) {
+                    out.extend_from_slice(t.as_bytes());
+                } else {
+                    escape(out, t);
+                }
+                out.push(b'"');
+            }
             Val::Num(a, e) => out.extend_from_slice(text(a, e).as_bytes()),
             Val::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
             Val::Ref(t) => {

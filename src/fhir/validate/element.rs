@@ -112,6 +112,12 @@ impl Rules {
     /// (not empty, at most 1 MB), the schema's pattern and codes, and the rules of its
     /// primitive type (calendar dates, base64, active HTML in plain text).
     pub fn text_ok(&self, e: Element, s: &str) -> bool {
+        self.text_ok_scanned(e, s, p::Scan::of(s))
+    }
+
+    /// [`Rules::text_ok`] for a value whose byte classes are `scan` (a writer that escapes
+    /// the value scans it once for both).
+    pub fn text_ok_scanned(&self, e: Element, s: &str, scan: p::Scan) -> bool {
         if s.is_empty() || s.len() > MAX_STRING_BYTES {
             return false;
         }
@@ -123,7 +129,7 @@ impl Rules {
             _ => return false,
         };
         if let Some(i) = e.prop.pattern {
-            if !self.model.patterns[usize::from(i)].is_match(s) {
+            if !self.model.patterns[usize::from(i)].is_match_scanned(s, scan) {
                 return false;
             }
         }
@@ -133,7 +139,11 @@ impl Rules {
         match prim {
             Prim::Date => p::calendar_ok(s) != Some(false),
             Prim::Base64 => p::base64_len(s).is_some(),
-            Prim::String => !(self.opts.security_checks && p::looks_like_active_html(s)),
+            Prim::String => {
+                !(self.opts.security_checks
+                    && scan.has(p::Scan::MARKUP)
+                    && p::looks_like_active_html(s))
+            }
             Prim::Markdown => self.opts.markdown_html || !p::has_html_tag(s),
             // A local `#id` counts as a reference to a contained resource (dom-3, ref-1).
             Prim::Canonical | Prim::Uri => !s.starts_with('#'),

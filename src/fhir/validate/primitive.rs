@@ -1,6 +1,61 @@
 //! Checks on primitive values that the schema's patterns do not make: real calendar dates,
 //! base64, id/uuid/oid syntax, absolute URIs, text that looks like HTML.
 
+/// The byte classes the string rules look for, found in one pass over a value: the pattern
+/// shortcuts, the active-HTML check and a JSON writer's escaping each read a bit instead of
+/// scanning the value again (a Bundle's values are short, so the passes, not the bytes, cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan(u8);
+
+impl Scan {
+    /// A byte of 0x80 or above (the value may hold non-ASCII white space).
+    pub const NON_ASCII: u8 = 1;
+    /// Vertical tab or form feed: ASCII white space that `string`'s pattern refuses.
+    pub const VT_FF: u8 = 2;
+    /// ASCII white space (tab to carriage return, space).
+    pub const SPACE: u8 = 4;
+    /// `<` or `:`, where active HTML starts (a tag, a `javascript:` scheme).
+    pub const MARKUP: u8 = 8;
+    /// What JSON must escape in a string: control characters, `"` and `\`.
+    pub const JSON_ESCAPE: u8 = 16;
+
+    const TABLE: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            let b = i as u8;
+            let mut c = 0;
+            if b >= 0x80 {
+                c |= Scan::NON_ASCII;
+            }
+            if b == 0x0B || b == 0x0C {
+                c |= Scan::VT_FF;
+            }
+            if matches!(b, b'\t'..=b'\r' | b' ') {
+                c |= Scan::SPACE;
+            }
+            if b == b'<' || b == b':' {
+                c |= Scan::MARKUP;
+            }
+            if b < 0x20 || b == b'"' || b == b'\\' {
+                c |= Scan::JSON_ESCAPE;
+            }
+            t[i] = c;
+            i += 1;
+        }
+        t
+    };
+
+    pub fn of(s: &str) -> Scan {
+        Scan(s.bytes().fold(0, |acc, b| acc | Scan::TABLE[b as usize]))
+    }
+
+    /// Whether a byte of any of the classes `bits` was seen.
+    pub fn has(self, bits: u8) -> bool {
+        self.0 & bits != 0
+    }
+}
+
 /// `[A-Za-z0-9\-\.]{1,64}`.
 pub fn is_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -8,18 +63,21 @@ pub fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// The number a few ASCII digits write (`None` when one is not a digit, or for none).
+fn digits(part: &[u8]) -> Option<u32> {
+    if part.is_empty() || part.len() > 9 {
+        return None;
+    }
+    part.iter().try_fold(0u32, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+    })
+}
+
 /// A FHIR date, dateTime or instant (already of the schema's shape, or not): whether its
 /// year-month-day is a day of the calendar. `None` when the text is not of that shape at all.
 pub fn calendar_ok(s: &str) -> Option<bool> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = b.get(r)?;
-        if part.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(part).ok()?.parse().ok()
-        } else {
-            None
-        }
-    };
+    let num = |r: std::ops::Range<usize>| digits(b.get(r)?);
     let year = num(0..4)?;
     if b.len() == 4 {
         return Some(year > 0);
@@ -52,12 +110,7 @@ pub fn calendar_ok(s: &str) -> Option<bool> {
 /// Partial dates give the start of the period they name; `None` if the text is not a dateTime.
 pub fn sort_key(s: &str) -> Option<(i64, bool)> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(r)?;
-        part.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| std::str::from_utf8(part).ok()?.parse().ok())?
-    };
+    let num = |r: std::ops::Range<usize>| digits(b.get(r)?).map(i64::from);
     let year = num(0..4)?;
     let month = if b.len() >= 7 { num(5..7)? } else { 1 };
     let day = if b.len() >= 10 { num(8..10)? } else { 1 };
@@ -232,6 +285,45 @@ pub fn has_html_tag(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_sees_each_class_in_any_position() {
+        let classes = [
+            (Scan::NON_ASCII, "é\u{a0}\u{2003}"),
+            (Scan::VT_FF, "\u{b}\u{c}"),
+            (Scan::SPACE, "\t\n\u{b}\u{c}\r "),
+            (Scan::MARKUP, "<:"),
+            (Scan::JSON_ESCAPE, "\u{0}\u{1f}\"\\\n"),
+        ];
+        for (bit, members) in classes {
+            for c in members.chars() {
+                for s in [
+                    format!("{c}"),
+                    format!("ab{c}"),
+                    format!("{c}cd"),
+                    format!("a{c}b"),
+                ] {
+                    assert!(Scan::of(&s).has(bit), "{bit} in {s:?}");
+                }
+            }
+        }
+        // Every other printable ASCII byte is in no class; the classes are told apart.
+        for b in 0x20u8..0x7f {
+            let s = (b as char).to_string();
+            let want = match b {
+                b' ' => Scan::SPACE,
+                b'<' | b':' => Scan::MARKUP,
+                b'"' | b'\\' => Scan::JSON_ESCAPE,
+                _ => 0,
+            };
+            assert_eq!(Scan::of(&s), Scan(want), "{s:?}");
+        }
+        assert_eq!(
+            Scan::of("\u{b}"),
+            Scan(Scan::VT_FF | Scan::SPACE | Scan::JSON_ESCAPE)
+        );
+        assert_eq!(Scan::of(""), Scan(0));
+    }
 
     /// The scheme is found where a scan of every position finds it: any case, at the start,
     /// after other colons, at the very end, and not when a letter of it is missing.

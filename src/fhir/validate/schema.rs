@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
+use super::primitive::Scan;
+
 /// The file, embedded: the gateway needs no file system to validate.
 pub(crate) const SCHEMA_JSON: &str = include_str!("../../../schemas/fhir/fhir.schema.json");
 
@@ -249,11 +251,6 @@ impl Fast {
     }
 }
 
-/// White_Space among ASCII: tab, line feed, vertical tab, form feed, carriage return, space.
-fn ascii_space(b: u8) -> bool {
-    matches!(b, b'\t'..=b'\r' | b' ')
-}
-
 impl Pattern {
     fn new(text: &str, ty: &str) -> Result<Pattern, String> {
         Ok(Pattern {
@@ -266,18 +263,25 @@ impl Pattern {
 
     /// Whether `s` matches.
     pub fn is_match(&self, s: &str) -> bool {
+        self.is_match_scanned(s, Scan::of(s))
+    }
+
+    /// Whether `s`, whose byte classes are `scan`, matches.
+    pub fn is_match_scanned(&self, s: &str, scan: Scan) -> bool {
+        let ascii = !scan.has(Scan::NON_ASCII);
         match self.fast {
             Fast::Regex => self.re.is_match(s),
-            // ASCII without a vertical tab or form feed, decided in one pass; else by character.
-            Fast::Text if s.bytes().all(|b| b < 0x80 && b != 0x0B && b != 0x0C) => !s.is_empty(),
-            Fast::Text if s.is_ascii() => false,
+            // ASCII without a vertical tab or form feed; else by character.
+            Fast::Text if ascii => !s.is_empty() && !scan.has(Scan::VT_FF),
             Fast::Text => {
                 !s.is_empty()
                     && s.chars()
                         .all(|c| matches!(c, ' ' | '\r' | '\n' | '\t') || !c.is_whitespace())
             }
-            Fast::NoSpace if s.is_ascii() => !s.bytes().any(ascii_space),
+            Fast::NoSpace if ascii => !scan.has(Scan::SPACE),
             Fast::NoSpace => !s.chars().any(char::is_whitespace),
+            // Without white space, a code is one word.
+            Fast::Code if ascii && !scan.has(Scan::SPACE) => !s.is_empty(),
             Fast::Code => {
                 // Before the first character counts as a space: no leading space, no two in a
                 // row, and the last character is not one (nor is the string empty).
