@@ -485,6 +485,113 @@ OBX|1|NM|1-1^A^LN||2\r";
     assert_eq!(deref(&b, &dr[1]["result"][0])["valueQuantity"]["value"], 2);
 }
 
+/// Resources of two patients' messages never share an id through a key that holds only what
+/// qualifies an identifier: an assigning authority, a set id, an order's code, a payer, a
+/// relationship. Two ids shared would be one resource: the second message's PUT overwrites
+/// the first patient's data on the server.
+#[test]
+fn keys_without_an_identifier_never_join_two_patients_resources() {
+    let n = normalizer();
+    let message = |mrn: &str, name: &str, value: &str| {
+        format!(
+            "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|{mrn}|P|2.5.1\r\
+PID|1||{mrn}^^^H^MR||{name}^Pat\r\
+PV1|1|O|||||^Smith^John^^^^^^EPIC|^Jones^Mary^^^^^^EPIC||||||||||^^^EPIC^VN\r\
+OBR|1|||GLU^Glucose POC^L\r\
+OBX|1|NM|GLU^Glucose^L||{value}|mg/dL\r\
+SPM|1|||BLD^Blood^HL70487\r"
+        )
+    };
+    let adt = |mrn: &str, name: &str| {
+        format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|{mrn}|P|2.5.1\r\
+PID|1||{mrn}^^^H^MR||{name}^Pat\r\
+NK1|1||MTH\r\
+PV1|1|I\r\
+IN1|1|PPO1^Aetna PPO|AET01^^^NAIC|Aetna\r"
+        )
+    };
+    let map = |text: String, raw: &'static str| {
+        let bytes = cr(text.as_bytes());
+        let msg = Message::parse(&bytes).expect("parses");
+        let link = Link {
+            raw_record_id: raw,
+            ..link()
+        };
+        let m = n.map(&msg, &link).expect("maps");
+        let v: Value = serde_json::from_slice(&m.bundle).expect("JSON");
+        check_bundle(&v);
+        v
+    };
+    let ids = |b: &Value| -> Vec<(String, String)> {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let r = &e["resource"];
+                (
+                    r["resourceType"].as_str().unwrap().to_string(),
+                    r["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let alice = map(
+        message("A1", "Alpha", "95"),
+        "00000000000000000000000000000001",
+    );
+    let bob = map(
+        message("B2", "Beta", "250"),
+        "00000000000000000000000000000002",
+    );
+    let alice_adt = map(adt("A1", "Alpha"), "00000000000000000000000000000003");
+    let bob_adt = map(adt("B2", "Beta"), "00000000000000000000000000000004");
+    for (a, b) in [(&alice, &bob), (&alice_adt, &bob_adt)] {
+        let b_ids = ids(b);
+        for (ty, id) in ids(a) {
+            let shared = b_ids.iter().any(|(_, other)| *other == id);
+            // The payer is master data: one Organization for both is right.
+            assert!(
+                !shared || ty == "Organization",
+                "{ty} {id} in both patients' Bundles"
+            );
+        }
+    }
+    assert_eq!(resources(&alice, "Specimen").len(), 1);
+    assert_eq!(resources(&alice_adt, "Coverage").len(), 1);
+    assert_eq!(resources(&alice_adt, "RelatedPerson").len(), 1);
+    // Two practitioners named only with an authority stay two in one message.
+    assert_eq!(resources(&alice, "Practitioner").len(), 2);
+}
+
+/// Many resources with one key (a report's OBX lines without set ids, all with one code)
+/// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
+#[test]
+fn many_resources_with_one_key_each_get_their_own_id() {
+    let n = normalizer();
+    let mut text = String::from(
+        "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+OBR|1|PL-7^EHR||GLU^Glucose^L\r",
+    );
+    for _ in 0..1000 {
+        text.push_str("OBX||NM|GLU^Glucose^L||1|mg/dL\r");
+    }
+    let (_, b) = map_bytes(&n, text.as_bytes());
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs.len(), 1000);
+    let distinct: std::collections::HashSet<&str> =
+        obs.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    assert_eq!(distinct.len(), 1000);
+    let (_, again) = map_bytes(&n, text.as_bytes());
+    assert_eq!(
+        resources(&again, "Observation")[999]["id"],
+        obs[999]["id"],
+        "the same message gives the same ids"
+    );
+}
+
 #[test]
 fn ids_are_deterministic_and_follow_business_identifiers() {
     let n = normalizer();

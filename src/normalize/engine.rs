@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 
 use super::cond::{Env, Ref, MAX_GUARDS};
 use super::model::{ElemId, Model, Prim, TypeId};
-use super::plan::{Action, CMap, KeyPart, Member, MessageMap, Path, Plan, Row, Src, Xform};
+use super::plan::{
+    Action, CMap, KeyPart, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap, Xform,
+};
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::hl7::{Charset, Field, Message, Segment};
@@ -391,6 +393,11 @@ pub struct Build {
     pub nodes: Vec<Node>,
     pub text: String,
     pub insts: Vec<Inst>,
+    /// `insts` by id, so that making a resource does not compare its id with every other.
+    by_id: TableMap<[u8; 36], u32>,
+    /// The last `|#n` a `distinct` key took, by key: the next resource with that key starts
+    /// there (n resources with one key cost n tries, not n²/2).
+    suffixes: TableMap<String, u32>,
     bindings: Vec<Binding>,
     pub warnings: Vec<String>,
     pub unmapped: Vec<String>,
@@ -447,6 +454,8 @@ impl<'p> Mapper<'p> {
             nodes: Vec::with_capacity(64 + msg.bytes().len() / 2),
             text: String::with_capacity(256 + msg.bytes().len() * 2),
             insts: Vec::with_capacity(16),
+            by_id: TableMap::default(),
+            suffixes: TableMap::default(),
             bindings: Vec::new(),
             warnings: Vec::new(),
             unmapped: Vec::new(),
@@ -731,17 +740,17 @@ impl<'p> Mapper<'p> {
             .map(|(_, r)| r)?;
         let mut key = String::with_capacity(96);
         key.push_str(&self.plan.model.ty(ty).name);
-        let mut any = false;
-        for p in &rule.parts {
+        let mut identified = false;
+        for (p, role) in &rule.parts {
             key.push('|');
-            match p {
+            let valued = match p {
                 KeyPart::Ref(r) => {
                     let t = env.text(r);
                     let t = value::trim(&t);
-                    any |= !t.is_empty();
                     key.push_str(t);
+                    !t.is_empty()
                 }
-                KeyPart::Empty => {}
+                KeyPart::Empty => false,
                 KeyPart::Context(t) => {
                     let found = b
                         .insts
@@ -749,10 +758,12 @@ impl<'p> Mapper<'p> {
                         .rev()
                         .find(|x| x.ty == *t && walk.visible(x.scope, x.group))?;
                     key.push_str(std::str::from_utf8(&found.id).unwrap_or(""));
+                    true
                 }
-            }
+            };
+            identified |= valued && *role == Role::Identifies;
         }
-        any.then_some((key, rule.merge))
+        identified.then_some((key, rule.merge))
     }
 
     /// Makes a resource (or finds the one with the same id when its rule merges).
@@ -785,16 +796,23 @@ impl<'p> Mapper<'p> {
         let mut n = 1;
         let id = loop {
             let id = value::format_uuid(&value::uuid_v5(&self.ns, name.as_bytes()));
-            match b.insts.iter().position(|x| x.ty == ty && x.id == id) {
+            match b.by_id.get(&id) {
                 None => break id,
-                Some(i) if merge => return i as u32,
+                Some(&i) if merge && b.insts[i as usize].ty == ty => return i,
                 Some(_) => {
+                    if n == 1 {
+                        n = b.suffixes.get(&name).copied().unwrap_or(1);
+                    }
                     n += 1;
                     name.truncate(base_len);
                     let _ = write!(name, "|#{n}");
                 }
             }
         };
+        if n > 1 {
+            name.truncate(base_len);
+            b.suffixes.insert(name, n);
+        }
         if b.insts.len() >= self.plan.settings.max_resources {
             b.too_many = true;
         }
@@ -812,6 +830,7 @@ impl<'p> Mapper<'p> {
             inst,
             val: Val::Obj,
         });
+        b.by_id.insert(id, inst);
         b.insts.push(Inst {
             ty,
             root,

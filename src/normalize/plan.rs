@@ -223,10 +223,12 @@ impl Vocab {
     }
 }
 
-/// How a resource's id is made: UUIDv5 of its type and these parts.
+/// How a resource's id is made: UUIDv5 of its type and these parts. The key counts only when
+/// a part that identifies is valued; a qualifying part (`(PID-3.4)`, an assigning authority)
+/// is in the key but makes none alone, or every patient an authority names would be one.
 #[derive(Debug, Clone)]
 pub struct IdRule {
-    pub parts: Vec<KeyPart>,
+    pub parts: Vec<(KeyPart, Role)>,
     /// Same key in one Bundle: the same resource (master data), or two that must stay apart.
     pub merge: bool,
 }
@@ -238,6 +240,16 @@ pub enum KeyPart {
     Empty,
     /// `@DiagnosticReport`: the id of the nearest open resource of that type.
     Context(TypeId),
+}
+
+/// What a key part does for a key ([`IdRule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Valued, it makes the key (an id, a placer number, the resource a key is made in).
+    Identifies,
+    /// Written in parentheses: it tells apart keys that have an identifying part (a namespace,
+    /// a set id, a code), and makes none alone.
+    Qualifies,
 }
 
 /// Messages' group structure: members in order, a member either a segment or a group.
@@ -450,7 +462,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         if b.len() != 3 {
             continue;
         }
-        for p in rules.iter().flat_map(|(_, r)| &r.parts) {
+        for (p, _) in rules.iter().flat_map(|(_, r)| &r.parts) {
             if let KeyPart::Ref(Ref::Field { seg, field, .. }) = p {
                 if seg.is_none_or(|s| s == b) {
                     id_fields
@@ -732,13 +744,17 @@ impl Compiler<'_> {
             }
             let mut parts = Vec::new();
             for tok in r.get(2).split_whitespace() {
+                let (tok, role) = match tok.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+                    Some(inner) => (inner, Role::Qualifies),
+                    None => (tok, Role::Identifies),
+                };
                 if tok == "-" {
-                    parts.push(KeyPart::Empty);
+                    parts.push((KeyPart::Empty, role));
                     continue;
                 }
                 if let Some(t) = tok.strip_prefix('@') {
                     match self.model.type_id(t).filter(|t| self.model.is_resource(*t)) {
-                        Some(t) => parts.push(KeyPart::Context(t)),
+                        Some(t) => parts.push((KeyPart::Context(t), role)),
                         None => {
                             self.err_at(*src, r.line, format!("key: `@{t}` is not a resource type"))
                         }
@@ -751,9 +767,16 @@ impl Compiler<'_> {
                     Scope::Datatype
                 };
                 match cond::parse_ref(tok, scope) {
-                    Ok(rf) => parts.push(KeyPart::Ref(rf)),
+                    Ok(rf) => parts.push((KeyPart::Ref(rf), role)),
                     Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
                 }
+            }
+            if !parts.is_empty() && parts.iter().all(|(_, role)| *role == Role::Qualifies) {
+                self.err_at(
+                    *src,
+                    r.line,
+                    "key: every part is in parentheses (qualifies), so no key is ever made".into(),
+                );
             }
             let merge = match r.get(3) {
                 "merge" => true,
