@@ -565,6 +565,39 @@ IN1|1|PPO1^Aetna PPO|AET01^^^NAIC|Aetna\r"
     assert_eq!(resources(&alice, "Practitioner").len(), 2);
 }
 
+/// An ORU^R01 with two PATIENT_RESULT groups: the second patient's report and results refer
+/// to the second patient, and not to the encounter of the first (that PV1 belongs to the first
+/// PATIENT_RESULT, closed when the second opened).
+#[test]
+fn a_second_patient_result_does_not_see_the_first_patients_encounter() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|LIS|LAB|EHR|H|20230101120000+0000||ORU^R01|TP1|P|2.5.1\r\
+PID|1||MRNA^^^HOSP^MR||Alpha^Alice\r\
+PV1|1|O|||||||||||||||||VA^^^HOSP^VN\r\
+OBR|1|ORDA^EHR||GLU^Glucose^L\r\
+OBX|1|NM|2345-7^Glucose^LN||95|mg/dL\r\
+PID|2||MRNB^^^HOSP^MR||Beta^Bob\r\
+OBR|1|ORDB^EHR||GLU^Glucose^L\r\
+OBX|1|NM|2345-7^Glucose^LN||250|mg/dL\r";
+    let (_, b) = map_bytes(&n, msg);
+    let reports = resources(&b, "DiagnosticReport");
+    assert_eq!(reports.len(), 2);
+    let mrn = |r: &Value| deref(&b, &r["subject"])["identifier"][0]["value"].clone();
+    assert_eq!(mrn(reports[0]), "MRNA");
+    assert_eq!(mrn(reports[1]), "MRNB");
+    assert_eq!(
+        deref(&b, &reports[0]["encounter"])["identifier"][0]["value"],
+        "VA"
+    );
+    for o in resources(&b, "Observation") {
+        if o["valueQuantity"]["value"] == 250 {
+            assert!(o.get("encounter").is_none(), "{o}");
+            assert_eq!(mrn(o), "MRNB");
+        }
+    }
+    assert!(reports[1].get("encounter").is_none(), "{}", reports[1]);
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]

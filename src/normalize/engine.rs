@@ -124,6 +124,9 @@ struct Walk<'m> {
     /// The scope of the segment being mapped: what a repeating segment makes belongs to it
     /// alone (each AL1 its own AllergyIntolerance), open only while that segment is mapped.
     seg_scope: u32,
+    /// Per scope id (group instances and segment scopes, numbered as made): the scope it was
+    /// made in and its group's definition (`usize::MAX` for a segment's own scope).
+    scopes: Vec<(u32, usize)>,
     /// ASCII bytes are their own text in this message's character set.
     ascii_fast: bool,
     escape: Option<u8>,
@@ -138,10 +141,36 @@ impl<'m> Walk<'m> {
 
     /// Whether a resource made in (scope, group) can be referred to from here: its group is
     /// still open, or it was made in another branch of the message (the PATIENT group's Patient
-    /// from an ORDER_OBSERVATION). An earlier instance of a group that is open again (the
-    /// previous order's ServiceRequest) cannot.
+    /// from an ORDER_OBSERVATION). What was made in or under an earlier instance of a group
+    /// that is open again cannot: the previous order's ServiceRequest, the previous
+    /// PATIENT_RESULT's Encounter (another patient's, seen from this one's orders).
     fn visible(&self, scope: u32, group: usize) -> bool {
-        self.is_open(scope) || !self.stack.iter().any(|f| f.group == group)
+        if self.is_open(scope) {
+            return true;
+        }
+        if self.stack.iter().any(|f| f.group == group) {
+            return false;
+        }
+        let mut at = scope;
+        while let Some(&(parent, g)) = self.scopes.get(at as usize) {
+            if self.stack.iter().any(|f| f.group == g && f.inst != at) {
+                return false;
+            }
+            if parent == NONE {
+                break;
+            }
+            at = parent;
+        }
+        true
+    }
+
+    /// A new scope, made in the innermost open group (its id is the next number).
+    fn new_scope(&mut self, next: &mut u32, group: usize) -> u32 {
+        let parent = self.stack.last().map_or(NONE, |f| f.inst);
+        debug_assert_eq!(self.scopes.len(), *next as usize);
+        self.scopes.push((parent, group));
+        *next += 1;
+        *next - 1
     }
 
     /// The latest segment `id` in an open group (for conditions that look at another segment).
@@ -443,6 +472,7 @@ impl<'p> Mapper<'p> {
                 inst: 0,
             }],
             seg_scope: u32::MAX,
+            scopes: vec![(NONE, 0)],
             ascii_fast: match msg.charset() {
                 Charset::Ascii | Charset::Latin1 | Charset::Utf8 => true,
                 Charset::Other(e) => e.is_ascii_compatible(),
@@ -492,8 +522,7 @@ impl<'p> Mapper<'p> {
             let member = self.place(&mut walk, id, &mut next_group);
             let scope = walk.stack.last().map(|f| f.inst).unwrap_or(0);
             walk.segs.push((seg, scope));
-            walk.seg_scope = next_group;
-            next_group += 1;
+            walk.seg_scope = walk.new_scope(&mut next_group, usize::MAX);
             // MSH is the envelope: its fields go into the record's metadata and the Provenance.
             if id == *b"MSH" {
                 continue;
@@ -672,12 +701,12 @@ impl<'p> Mapper<'p> {
     ) -> (usize, usize) {
         let mut last = None;
         for &(g, m) in path {
+            let inst = walk.new_scope(next, g);
             walk.stack.push(Frame {
                 group: g,
                 pos: m,
-                inst: *next,
+                inst,
             });
-            *next += 1;
             last = Some((g, m));
         }
         last.unwrap_or_else(|| {
