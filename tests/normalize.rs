@@ -598,6 +598,64 @@ OBX|1|NM|2345-7^Glucose^LN||250|mg/dL\r";
     assert!(reports[1].get("encounter").is_none(), "{}", reports[1]);
 }
 
+/// White space a FHIR string refuses (a Latin-1 no-break space, U+2028, a vertical tab sent
+/// as `\X0B\`) becomes a space, and a system that is not the OID or UUID its `urn:` says is
+/// left out with a warning: one such value made the whole Bundle invalid, so the message got
+/// no FHIR at all.
+#[test]
+fn text_fhir_refuses_is_made_valid_or_left_out_with_a_warning() {
+    let n = normalizer();
+    let mut latin1 = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1|||||||8859/1\r\
+PID|1||M1^^^&not an oid&ISO^MR~M2^^^&1.2.x&ISO^PI~M3^^^&urn:oid:1.2.3&ISO^PI~M4^^^&zz-1&UUID^PI||Garc"
+        .to_vec();
+    latin1.extend_from_slice(b"\xeda\xa0L\xf3pez^Ana\r");
+    let utf8 = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|2|P|2.5.1|||||||UNICODE UTF-8\r\
+PID|1||M5^^^H^MR||Line\u{2028}Sep\u{3000}Ideo^Ana\r\
+PV1|1|I|||||||||||||||||||||||||||||||||||||||||||Note\\X0B\\tab\r";
+    for bytes in [latin1, utf8.as_bytes().to_vec()] {
+        let bytes = cr(&bytes);
+        let msg = Message::parse(&bytes).expect("parses");
+        let m = n.map(&msg, &link()).expect("maps");
+        assert_eq!(
+            m.shown_valid,
+            Ok(()),
+            "{}",
+            String::from_utf8_lossy(&m.bundle)
+        );
+        Validator::shared()
+            .validate_bytes(&m.bundle)
+            .expect("the full check accepts it");
+        let b: Value = serde_json::from_slice(&m.bundle).unwrap();
+        let family = one(&b, "Patient")["name"][0]["family"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            family == "García López" || family == "Line Sep Ideo",
+            "{family:?}"
+        );
+        if family == "García López" {
+            let systems: Vec<&Value> = one(&b, "Patient")["identifier"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| &i["system"])
+                .collect();
+            assert!(
+                systems.iter().all(|s| s.is_null()),
+                "no system from a bad OID or UUID: {systems:?}"
+            );
+            for w in ["not an OID after urn:oid:", "not a UUID after urn:uuid:"] {
+                assert!(
+                    m.warnings.iter().any(|x| x.contains(w)),
+                    "{w}: {:?}",
+                    m.warnings
+                );
+            }
+        }
+    }
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]

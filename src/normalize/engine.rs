@@ -1359,12 +1359,22 @@ impl<'p> Mapper<'p> {
                     }
                 }
             },
-            _ => {
-                if xform == Xform::Lines {
-                    b.text.push_str(text.trim_end());
-                } else {
-                    b.text.push_str(t);
+            Prim::Uri | Prim::Url | Prim::Canonical | Prim::Oid | Prim::Uuid => {
+                match value::uri_problem(t) {
+                    None => {
+                        b.text.push_str(t);
+                        Ok(Val::Text(0, 0))
+                    }
+                    Some(e) => Err(e),
                 }
+            }
+            _ => {
+                let t = if xform == Xform::Lines {
+                    text.trim_end()
+                } else {
+                    t
+                };
+                value::push_text(t, &mut b.text);
                 Ok(Val::Text(0, 0))
             }
         };

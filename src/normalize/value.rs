@@ -370,6 +370,55 @@ pub fn is_base64(s: &str) -> bool {
 }
 
 /// Collapses whitespace runs and trims (FHIR `code` allows single inner spaces only).
+/// Text as a FHIR string or markdown holds it: white space other than space, tab, CR and LF
+/// (a no-break space from Latin-1 data, a vertical tab, U+2028) becomes a space. The R4
+/// pattern `^[ \r\n\t\S]+$` refuses those characters, and one of them would make the whole
+/// Bundle invalid.
+pub fn push_text(s: &str, out: &mut String) {
+    if s.bytes().all(|c| c < 0x80 && c != 0x0B && c != 0x0C) {
+        out.push_str(s);
+        return;
+    }
+    out.extend(s.chars().map(|c| {
+        if c.is_whitespace() && !matches!(c, ' ' | '\t' | '\r' | '\n') {
+            ' '
+        } else {
+            c
+        }
+    }));
+}
+
+/// Why `s` is not a URI to write (`None`: it is): white space, which no URI holds, or a
+/// `urn:oid:` that is not an OID (`urn:oid:urn:oid:1.2`, an authority named in words) or a
+/// `urn:uuid:` that is not a UUID.
+pub fn uri_problem(s: &str) -> Option<&'static str> {
+    if s.chars().any(char::is_whitespace) {
+        return Some("white space in a URI");
+    }
+    if let Some(oid) = s.strip_prefix("urn:oid:") {
+        let arcs_ok = oid.split('.').all(|a| {
+            !a.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && (a == "0" || !a.starts_with('0'))
+        });
+        if !(arcs_ok && oid.contains('.') && matches!(oid.as_bytes()[0], b'0'..=b'2')) {
+            return Some("not an OID after urn:oid:");
+        }
+    }
+    if let Some(uuid) = s.strip_prefix("urn:uuid:") {
+        let b = uuid.as_bytes();
+        let ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, &c)| match i {
+                8 | 13 | 18 | 23 => c == b'-',
+                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+            });
+        if !ok {
+            return Some("not a UUID after urn:uuid:");
+        }
+    }
+    None
+}
+
 pub fn normalize_code(s: &str, out: &mut String) {
     // Most codes are one word of ASCII: nothing to join.
     if s.bytes().all(|c| c > b' ' && c < 0x80) {
@@ -437,6 +486,45 @@ pub fn instant_from_ms(ms: u64, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uris_with_space_or_a_false_oid_or_uuid_are_named() {
+        for ok in [
+            "http://loinc.org",
+            "urn:oid:2.16.840.1.113883.6.1",
+            "urn:oid:0.1",
+            "urn:uuid:0123abcd-0000-5000-8000-00000000000f",
+            "urn:ietf:rfc:3986",
+        ] {
+            assert_eq!(uri_problem(ok), None, "{ok}");
+        }
+        for bad in ["urn:oid:not an oid", "http://a b", "urn:oid:\u{a0}1.2"] {
+            assert_eq!(uri_problem(bad), Some("white space in a URI"), "{bad}");
+        }
+        for bad in [
+            "urn:oid:urn:oid:1.2",
+            "urn:oid:1",
+            "urn:oid:3.1",
+            "urn:oid:1.02",
+            "urn:oid:1..2",
+            "urn:oid:",
+        ] {
+            assert_eq!(uri_problem(bad), Some("not an OID after urn:oid:"), "{bad}");
+        }
+        for bad in [
+            "urn:uuid:ID",
+            "urn:uuid:0123ABCD-0000-5000-8000-00000000000f",
+        ] {
+            assert_eq!(
+                uri_problem(bad),
+                Some("not a UUID after urn:uuid:"),
+                "{bad}"
+            );
+        }
+        let mut out = String::new();
+        push_text("a\u{a0}b\u{b}c\td\u{2028}e", &mut out);
+        assert_eq!(out, "a b c\td e");
+    }
 
     fn time(
         s: &str,
