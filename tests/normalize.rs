@@ -656,6 +656,32 @@ PV1|1|I|||||||||||||||||||||||||||||||||||||||||||Note\\X0B\\tab\r";
     }
 }
 
+/// A second PID where one belongs maps into the first one's Patient, whose values stand: the
+/// values that lose are named (a warning for the segment, its fields as unmapped), never
+/// dropped in silence. A data-type value counts as mapped only when something of it was
+/// written.
+#[test]
+fn a_second_pid_is_named_and_what_it_loses_is_listed() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||MRNX^^^H^MR||First^Ann||19700101|F\r\
+PID|1||MRNY^^^H^MR||Second^Bea||19800101|M\r\
+PV1|1|I\r";
+    let (m, b) = map_bytes(&n, msg);
+    assert_eq!(resources(&b, "Patient").len(), 1);
+    assert_eq!(one(&b, "Patient")["name"][0]["family"], "First");
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.starts_with("PID: a second one")),
+        "{:?}",
+        m.warnings
+    );
+    for f in ["PID-5", "PID-7", "PID-8"] {
+        assert!(m.unmapped.iter().any(|u| u == f), "{f}: {:?}", m.unmapped);
+    }
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]

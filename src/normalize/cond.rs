@@ -243,6 +243,11 @@ pub enum Term {
 pub struct Expr(pub Vec<Term>);
 
 impl Expr {
+    /// Whether the assignment reads the message (else it writes a constant).
+    pub fn reads_message(&self) -> bool {
+        self.0.iter().any(|t| matches!(t, Term::Ref(_)))
+    }
+
     /// The assigned text; `None` when a referenced part is empty (`"urn:oid:"+HD.2` without an
     /// HD.2 must not write `urn:oid:`).
     pub fn eval<'a>(&'a self, env: &'a dyn Env) -> Option<Cow<'a, str>> {

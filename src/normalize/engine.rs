@@ -497,6 +497,8 @@ impl<'p> Mapper<'p> {
         let mut next_group = 1u32;
         let mut fields: Vec<Field<'_>> = Vec::with_capacity(64);
         let mut used: Vec<bool> = Vec::with_capacity(64);
+        // Segments that do not repeat, by (group instance, group, member), as mapped.
+        let mut seen_once: Vec<(u32, usize, usize)> = Vec::new();
         let max_fields = self.plan.settings.max_fields;
         for (seg_index, seg) in msg.segments().enumerate() {
             let id: [u8; 3] = seg.id().try_into().unwrap_or(*b"???");
@@ -539,6 +541,17 @@ impl<'p> Mapper<'p> {
             let (scope, group) = if *repeats {
                 (walk.seg_scope, g)
             } else {
+                if seen_once.contains(&(scope, g, m)) {
+                    // A second PID or PV1 where one belongs: it maps into the resources the
+                    // first made, whose values stand; what loses is listed as unmapped.
+                    b.warn(format_args!(
+                        "{}: a second one in its group adds to what the first made; values \
+                         the first set are kept",
+                        String::from_utf8_lossy(&id)
+                    ));
+                } else {
+                    seen_once.push((scope, g, m));
+                }
                 (scope, g)
             };
             used.clear();
@@ -1039,7 +1052,8 @@ impl<'p> Mapper<'p> {
         }
     }
 
-    /// Applies a data-type map to `v` at `anchor`.
+    /// Applies a data-type map to `v` at `anchor`. Returns whether a row wrote something from
+    /// the value (a value whose every part lost to what was there is then reported unmapped).
     #[allow(clippy::too_many_arguments)]
     fn dtmap<'m>(
         &self,
@@ -1051,10 +1065,11 @@ impl<'p> Mapper<'p> {
         v: Field<'m>,
         level: Level,
         depth: usize,
-    ) {
+    ) -> bool {
         if depth > 8 {
-            return;
+            return false;
         }
+        let mut wrote = false;
         let view = DtView::new(walk, v, level);
         let mut element = None;
         let map = &self.plan.maps[map];
@@ -1106,7 +1121,7 @@ impl<'p> Mapper<'p> {
                 },
                 a => a,
             };
-            self.action_at(
+            wrote |= self.action_at(
                 walk,
                 b,
                 row,
@@ -1118,6 +1133,7 @@ impl<'p> Mapper<'p> {
                 depth + 1,
             );
         }
+        wrote
     }
 
     /// Does what a row says with a value. Returns whether it wrote something from the message.
@@ -1148,8 +1164,9 @@ impl<'p> Mapper<'p> {
                     let a = leaf_anchor(model, b, anchor, path, rep);
                     materialize(model, b, a)
                 };
-                self.write_prim(b, node, prim, &text, Xform::None, false);
-                false
+                // A constant alone does not make a resource worth sending; a value read from
+                // the message and written counts as the field mapped.
+                self.write_prim(b, node, prim, &text, Xform::None, false) && x.reads_message()
             }
             Action::Ignore => true,
             Action::Link(t) => {
@@ -1216,18 +1233,18 @@ impl<'p> Mapper<'p> {
                                 self.write_prim(b, s, Prim::Uri, &t.system, Xform::None, true);
                             }
                             let c = b.child(node, k.coding_code, 1, 0, 1, false, inst);
-                            self.write_prim(b, c, Prim::Code, &t.code, Xform::None, true);
+                            let wrote =
+                                self.write_prim(b, c, Prim::Code, &t.code, Xform::None, true);
                             if !t.display.is_empty() {
                                 let d = b.child(node, k.coding_display, 1, 0, 1, false, inst);
                                 self.write_prim(b, d, Prim::String, t.display, Xform::None, true);
                             }
-                            return true;
+                            return wrote;
                         }
                     }
                 }
                 if let Some(m) = map {
-                    self.dtmap(walk, b, *m, leaf, inst, v, level, depth);
-                    return true;
+                    return self.dtmap(walk, b, *m, leaf, inst, v, level, depth);
                 }
                 if vocab.is_some_and(|vi| self.plan.vocabs[vi].drop_unknown) {
                     return false;
