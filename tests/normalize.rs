@@ -682,6 +682,25 @@ PV1|1|I\r";
     }
 }
 
+/// SN `<>` (not equal) has no FHIR comparator: as a Quantity without one it would read as
+/// equal to the number, the opposite of what was sent. It is kept as text.
+#[test]
+fn a_not_equal_structured_numeric_stays_text() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
+OBX|1|SN|1-1^A^L||<>^5|mg^^UCUM|||||F\r\
+OBX|2|SN|1-2^A^L||<>^7||||||F\r\
+OBX|3|SN|1-3^A^L||<=^5|mg^^UCUM|||||F\r";
+    let (_, b) = map_bytes(&n, msg);
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs[0]["valueString"], "<>5 mg");
+    assert!(obs[0].get("valueQuantity").is_none(), "{}", obs[0]);
+    assert_eq!(obs[1]["valueString"], "<>7");
+    assert_eq!(obs[2]["valueQuantity"]["comparator"], "<=");
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]

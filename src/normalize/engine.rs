@@ -1039,8 +1039,13 @@ impl<'p> Mapper<'p> {
                         }
                         b.cur_field = (id, field);
                         let value = value.filter(|_| valued);
+                        // An assignment counts when it wrote what it read from the message
+                        // (`"<>"+OBX-5.2`): `action_at` says so.
                         if self.action_at(walk, b, row, value, r as u32, anchor, inst, &view, 0)
-                            && matches!(row.action, Action::Copy { .. } | Action::Ignore)
+                            && matches!(
+                                row.action,
+                                Action::Copy { .. } | Action::Ignore | Action::Assign(_)
+                            )
                         {
                             if let Some(u) = used.get_mut(field as usize) {
                                 *u = true;
