@@ -701,6 +701,38 @@ OBX|3|SN|1-3^A^L||<=^5|mg^^UCUM|||||F\r";
     assert_eq!(obs[2]["valueQuantity"]["comparator"], "<=");
 }
 
+/// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
+/// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
+#[test]
+fn encapsulated_data_and_text_lines_are_two_contents() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|DOC|H|EHR|H|20230901110000+0000||MDM^T02|1|P|2.5.1\r\
+EVN|T02|20230901110000+0000\r\
+PID|1||MRN401^^^HOSP^MR||Doc^Dora||19600101|F\r\
+PV1|1|O\r\
+TXA|1|DS^Discharge summary^HL70270|AP|20230901110000+0000|||||||||DOC125^TRANS||||||AU||AV\r\
+OBX|1|ED|PDF^PDF||^AP^PDF^Base64^JVBERi0xLjQK||||||F\r\
+OBX|2|TX|DS^DS||Follow-up in 2 weeks||||||F\r";
+    let (_, b) = map_bytes(&n, msg);
+    let content = one(&b, "DocumentReference")["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(content.len(), 2, "{content:?}");
+    let text = content
+        .iter()
+        .find(|c| c["attachment"]["contentType"] == "text/plain");
+    let pdf = content
+        .iter()
+        .find(|c| c["attachment"]["contentType"] == "application/PDF");
+    assert_eq!(pdf.unwrap()["attachment"]["data"], "JVBERi0xLjQK");
+    assert_eq!(
+        text.unwrap()["attachment"]["data"],
+        "Rm9sbG93LXVwIGluIDIgd2Vla3M=",
+        "base64 of the note alone"
+    );
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]
