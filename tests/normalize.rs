@@ -733,6 +733,29 @@ OBX|2|TX|DS^DS||Follow-up in 2 weeks||||||F\r";
     );
 }
 
+/// An A40 whose MRG-1 names the surviving patient itself (or an A41 merging accounts of one
+/// patient): the patient "merged away" would be the survivor, deactivated. Its rows are not
+/// mapped, and a warning says why.
+#[test]
+fn a_merge_of_a_patient_into_itself_does_not_deactivate_it() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A40^ADT_A39|1|P|2.5.1\r\
+EVN|A40|20240101120000+0000\r\
+PID|1||M111^^^MH^MR||Keep^Kim||19700101|F\r\
+MRG|M111^^^MH^MR\r";
+    let (m, b) = map_bytes(&n, msg);
+    let p = one(&b, "Patient");
+    assert!(p.get("active").is_none(), "{p}");
+    assert!(p.get("link").is_none(), "{p}");
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("Patient[2] has the id of Patient[1]")),
+        "{:?}",
+        m.warnings
+    );
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]

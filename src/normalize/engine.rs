@@ -576,7 +576,10 @@ impl<'p> Mapper<'p> {
                         None => continue,
                     }
                 } else {
-                    self.instance_for(&walk, &mut b, label, &view, scope, group)
+                    match self.instance_for(&walk, &mut b, label, &view, scope, group) {
+                        Some(i) => i,
+                        None => continue,
+                    }
                 };
                 if b.too_many {
                     return Err(MapError {
@@ -738,6 +741,10 @@ impl<'p> Mapper<'p> {
     }
 
     /// The instance a message row's label refers to: the one open in this scope, else a new one.
+    /// `None` when the new one's key is that of a resource made for a label the message map
+    /// links this one to (an A40 whose MRG-1 names the surviving patient itself): the two
+    /// would be one resource, and the row's data (`active: false` for the patient merged away)
+    /// would land on the other; the row is not mapped and a warning says so.
     #[allow(clippy::too_many_arguments)]
     fn instance_for(
         &self,
@@ -747,21 +754,41 @@ impl<'p> Mapper<'p> {
         view: &SegView<'_, '_>,
         scope: u32,
         group: usize,
-    ) -> u32 {
+    ) -> Option<u32> {
         if let Some(i) = self.open_instance(walk, b, label) {
-            return i;
+            return Some(i);
         }
         let def = &self.mm.labels[label];
         let v2 = std::str::from_utf8(&view.id).unwrap_or("");
         let key = self.key(b, walk, def.ty, v2, view);
         let inst = self.create(b, def.ty, key, &def.name, scope, group);
+        // Labels the message map links to each other (`Patient[2].link.other=Patient[1]`)
+        // are two resources by design; others may share one (the same IN1 in two groups).
+        let linked = |a: usize, z: usize| {
+            self.mm.rows.iter().any(|r| {
+                r.refs
+                    .iter()
+                    .any(|rr| (rr.from, rr.to) == (a, z) || (rr.from, rr.to) == (z, a))
+            })
+        };
+        if let Some(other) = b
+            .bindings
+            .iter()
+            .find(|bd| bd.inst == inst && bd.label != label && linked(bd.label, label))
+        {
+            b.warn(format_args!(
+                "{v2}: {} has the id of {}: one resource, so {v2}'s rows for {} are not mapped",
+                def.name, self.mm.labels[other.label].name, def.name
+            ));
+            return None;
+        }
         b.bindings.push(Binding {
             label,
             inst,
             scope,
             group,
         });
-        inst
+        Some(inst)
     }
 
     /// The business key of a new resource, by the id rule for (type, v2 source).
