@@ -756,6 +756,30 @@ MRG|M111^^^MH^MR\r";
     );
 }
 
+/// A patient class the vocabulary does not know keeps its code without a system (NullFlavor,
+/// the default for no class at all, would misname it).
+#[test]
+fn an_unknown_patient_class_is_not_called_a_null_flavor() {
+    let n = normalizer();
+    let msg = |class: &str| {
+        format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+PV1|1|{class}|||||||||||||||||V1^^^H^VN\r"
+        )
+    };
+    let (_, b) = map_bytes(&n, msg("SDC").as_bytes());
+    assert_eq!(
+        one(&b, "Encounter")["class"],
+        serde_json::json!({"code": "SDC"})
+    );
+    let (_, b) = map_bytes(&n, msg("").as_bytes());
+    assert_eq!(
+        one(&b, "Encounter")["class"],
+        serde_json::json!({"code": "UNK", "system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"})
+    );
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]
