@@ -605,11 +605,11 @@ OBX|1|NM|2345-7^Glucose^LN||250|mg/dL\r";
 #[test]
 fn text_fhir_refuses_is_made_valid_or_left_out_with_a_warning() {
     let n = normalizer();
-    let mut latin1 = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1|||||||8859/1\r\
+    let mut latin1 = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||8859/1\r\
 PID|1||M1^^^&not an oid&ISO^MR~M2^^^&1.2.x&ISO^PI~M3^^^&urn:oid:1.2.3&ISO^PI~M4^^^&zz-1&UUID^PI||Garc"
         .to_vec();
     latin1.extend_from_slice(b"\xeda\xa0L\xf3pez^Ana\r");
-    let utf8 = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|2|P|2.5.1|||||||UNICODE UTF-8\r\
+    let utf8 = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|2|P|2.5.1||||||UNICODE UTF-8\r\
 PID|1||M5^^^H^MR||Line\u{2028}Sep\u{3000}Ideo^Ana\r\
 PV1|1|I|||||||||||||||||||||||||||||||||||||||||||Note\\X0B\\tab\r";
     for bytes in [latin1, utf8.as_bytes().to_vec()] {
@@ -778,6 +778,29 @@ PV1|1|{class}|||||||||||||||||V1^^^H^VN\r"
         one(&b, "Encounter")["class"],
         serde_json::json!({"code": "UNK", "system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"})
     );
+}
+
+/// A message that says UTF-8 but holds a Latin-1 byte maps, with a warning that text was
+/// replaced (the raw record keeps the bytes).
+#[test]
+fn bytes_outside_the_declared_character_set_are_named() {
+    let n = normalizer();
+    let mut msg =
+        b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||UNICODE UTF-8\r\
+PID|1||42^^^H^MR||M"
+            .to_vec();
+    msg.extend_from_slice(b"\xfcller^Jo\r");
+    let (m, b) = map_bytes(&n, &msg);
+    assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fffd}ller");
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("not text in its character set")),
+        "{:?}",
+        m.warnings
+    );
+    let (m, _) = map_bytes(&n, "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||UNICODE UTF-8\rPID|1||42^^^H^MR||Müller^Jo\r".as_bytes());
+    assert!(m.warnings.iter().all(|w| !w.contains("character set")));
 }
 
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)

@@ -79,6 +79,18 @@ impl Charset {
         }
     }
 
+    /// Whether every byte sequence of `raw` is text in this set (else [`Charset::decode`]
+    /// writes U+FFFD for some: a Latin-1 `ü` in a message that says UTF-8).
+    pub fn holds(&self, raw: &[u8]) -> bool {
+        match self {
+            Charset::Ascii | Charset::Latin1 => true,
+            Charset::Utf8 => std::str::from_utf8(raw).is_ok(),
+            Charset::Other(enc) => enc
+                .decode_without_bom_handling_and_without_replacement(raw)
+                .is_some(),
+        }
+    }
+
     /// The whole message as UTF-8, for sets that [`needs_transcoding`](Self::needs_transcoding).
     pub fn transcode(&self, raw: &[u8]) -> Vec<u8> {
         self.decode(raw).into_owned().into_bytes()

@@ -494,6 +494,13 @@ impl<'p> Mapper<'p> {
             left_out: Vec::new(),
             too_many: false,
         };
+        if !msg.charset().holds(msg.bytes()) {
+            // Named once: which field holds such bytes would take a decode per field.
+            b.warn(format_args!(
+                "the message holds bytes that are not text in its character set (MSH-18): \
+                 each such sequence is written as U+FFFD"
+            ));
+        }
         let mut next_group = 1u32;
         let mut fields: Vec<Field<'_>> = Vec::with_capacity(64);
         let mut used: Vec<bool> = Vec::with_capacity(64);
