@@ -15,26 +15,13 @@ use crate::fhir::validate::primitive::Scan;
 
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
-/// Bytes a JSON string cannot hold as they are: control characters, `"` and `\\`.
-static NEEDS_ESCAPE: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = true;
-        i += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
 /// JSON string contents (without quotes), escaped as `serde_json` escapes them, so that text
 /// written here and there reads the same byte for byte.
 pub fn escape(out: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
-        if !NEEDS_ESCAPE[c as usize] {
+        if Scan::class(c) & Scan::JSON_ESCAPE == 0 {
             continue;
         }
         out.extend_from_slice(&b[start..i]);

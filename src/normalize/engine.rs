@@ -14,6 +14,7 @@ use super::plan::{
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::hl7::{Charset, Field, Message, Segment};
+use foldhash::fast::FixedState;
 
 pub const NONE: u32 = u32::MAX;
 
@@ -426,7 +427,7 @@ pub struct Build {
     by_id: TableMap<[u8; 36], u32>,
     /// The last `|#n` a `distinct` key took, by key: the next resource with that key starts
     /// there (n resources with one key cost n tries, not n²/2).
-    suffixes: TableMap<String, u32>,
+    suffixes: TableMap<[u8; 36], u32>,
     bindings: Vec<Binding>,
     pub warnings: Vec<String>,
     pub unmapped: Vec<String>,
@@ -505,7 +506,8 @@ impl<'p> Mapper<'p> {
         let mut fields: Vec<Field<'_>> = Vec::with_capacity(64);
         let mut used: Vec<bool> = Vec::with_capacity(64);
         // Segments that do not repeat, by (group instance, group, member), as mapped.
-        let mut seen_once: Vec<(u32, usize, usize)> = Vec::new();
+        let mut seen_once: std::collections::HashSet<(u32, usize, usize), FixedState> =
+            Default::default();
         let max_fields = self.plan.settings.max_fields;
         for (seg_index, seg) in msg.segments().enumerate() {
             let id: [u8; 3] = seg.id().try_into().unwrap_or(*b"???");
@@ -548,7 +550,7 @@ impl<'p> Mapper<'p> {
             let (scope, group) = if *repeats {
                 (walk.seg_scope, g)
             } else {
-                if seen_once.contains(&(scope, g, m)) {
+                if !seen_once.insert((scope, g, m)) {
                     // A second PID or PV1 where one belongs: it maps into the resources the
                     // first made, whose values stand; what loses is listed as unmapped.
                     b.warn(format_args!(
@@ -556,8 +558,6 @@ impl<'p> Mapper<'p> {
                          the first set are kept",
                         String::from_utf8_lossy(&id)
                     ));
-                } else {
-                    seen_once.push((scope, g, m));
                 }
                 (scope, g)
             };
@@ -778,11 +778,12 @@ impl<'p> Mapper<'p> {
                     .any(|rr| (rr.from, rr.to) == (a, z) || (rr.from, rr.to) == (z, a))
             })
         };
-        if let Some(other) = b
-            .bindings
-            .iter()
-            .find(|bd| bd.inst == inst && bd.label != label && linked(bd.label, label))
-        {
+        if let Some(other) = b.bindings.iter().find(|bd| {
+            bd.inst == inst
+                && bd.label != label
+                && walk.is_open(bd.scope)
+                && linked(bd.label, label)
+        }) {
             b.warn(format_args!(
                 "{v2}: {} has the id of {}: one resource, so {v2}'s rows for {} are not mapped",
                 def.name, self.mm.labels[other.label].name, def.name
@@ -870,14 +871,18 @@ impl<'p> Mapper<'p> {
         };
         let base_len = name.len();
         let mut n = 1;
+        // The id of the key without a suffix: the suffixes it took are counted under it (an
+        // id, not the sender's text, so no key of the sender's choosing picks the hash).
+        let mut base = None;
         let id = loop {
             let id = value::format_uuid(&value::uuid_v5(&self.ns, name.as_bytes()));
             match b.by_id.get(&id) {
                 None => break id,
                 Some(&i) if merge && b.insts[i as usize].ty == ty => return i,
                 Some(_) => {
-                    if n == 1 {
-                        n = b.suffixes.get(&name).copied().unwrap_or(1);
+                    if base.is_none() {
+                        n = b.suffixes.get(&id).copied().unwrap_or(1);
+                        base = Some(id);
                     }
                     n += 1;
                     name.truncate(base_len);
@@ -885,9 +890,8 @@ impl<'p> Mapper<'p> {
                 }
             }
         };
-        if n > 1 {
-            name.truncate(base_len);
-            b.suffixes.insert(name, n);
+        if let Some(base) = base {
+            b.suffixes.insert(base, n);
         }
         if b.insts.len() >= self.plan.settings.max_resources {
             b.too_many = true;
@@ -1325,7 +1329,11 @@ impl<'p> Mapper<'p> {
                     let start = b.text.len() as u32;
                     b.text.push_str(&old);
                     b.text.push('\n');
-                    b.text.push_str(text.trim_end());
+                    match n.val {
+                        // Base64 is written from bytes: the text as it is.
+                        Val::B64(..) => b.text.push_str(text.trim_end()),
+                        _ => value::push_text(text.trim_end(), &mut b.text),
+                    }
                     let end = b.text.len() as u32;
                     b.nodes[node as usize].val = match n.val {
                         Val::B64(..) => Val::B64(start, end),

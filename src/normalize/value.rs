@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use crate::fhir::validate::primitive::{self, Scan};
+
 /// A fixed UTC offset in minutes, from the settings (`default_timezone`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offset(pub i16);
@@ -369,13 +371,12 @@ pub fn is_base64(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
 }
 
-/// Collapses whitespace runs and trims (FHIR `code` allows single inner spaces only).
 /// Text as a FHIR string or markdown holds it: white space other than space, tab, CR and LF
 /// (a no-break space from Latin-1 data, a vertical tab, U+2028) becomes a space. The R4
 /// pattern `^[ \r\n\t\S]+$` refuses those characters, and one of them would make the whole
 /// Bundle invalid.
 pub fn push_text(s: &str, out: &mut String) {
-    if s.bytes().all(|c| c < 0x80 && c != 0x0B && c != 0x0C) {
+    if !Scan::of(s).has(Scan::NON_ASCII | Scan::VT_FF) {
         out.push_str(s);
         return;
     }
@@ -390,35 +391,20 @@ pub fn push_text(s: &str, out: &mut String) {
 
 /// Why `s` is not a URI to write (`None`: it is): white space, which no URI holds, or a
 /// `urn:oid:` that is not an OID (`urn:oid:urn:oid:1.2`, an authority named in words) or a
-/// `urn:uuid:` that is not a UUID.
+/// `urn:uuid:` that is not a UUID, by the validator's own rules for those forms.
 pub fn uri_problem(s: &str) -> Option<&'static str> {
     if s.chars().any(char::is_whitespace) {
-        return Some("white space in a URI");
+        Some("white space in a URI")
+    } else if s.starts_with("urn:oid:") && !primitive::is_urn_oid(s) {
+        Some("not an OID after urn:oid:")
+    } else if s.starts_with("urn:uuid:") && !primitive::is_urn_uuid(s) {
+        Some("not a UUID after urn:uuid:")
+    } else {
+        None
     }
-    if let Some(oid) = s.strip_prefix("urn:oid:") {
-        let arcs_ok = oid.split('.').all(|a| {
-            !a.is_empty()
-                && a.bytes().all(|c| c.is_ascii_digit())
-                && (a == "0" || !a.starts_with('0'))
-        });
-        if !(arcs_ok && oid.contains('.') && matches!(oid.as_bytes()[0], b'0'..=b'2')) {
-            return Some("not an OID after urn:oid:");
-        }
-    }
-    if let Some(uuid) = s.strip_prefix("urn:uuid:") {
-        let b = uuid.as_bytes();
-        let ok = b.len() == 36
-            && b.iter().enumerate().all(|(i, &c)| match i {
-                8 | 13 | 18 | 23 => c == b'-',
-                _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-            });
-        if !ok {
-            return Some("not a UUID after urn:uuid:");
-        }
-    }
-    None
 }
 
+/// Collapses whitespace runs and trims (FHIR `code` allows single inner spaces only).
 pub fn normalize_code(s: &str, out: &mut String) {
     // Most codes are one word of ASCII: nothing to join.
     if s.bytes().all(|c| c > b' ' && c < 0x80) {
@@ -505,15 +491,21 @@ mod tests {
             "urn:oid:urn:oid:1.2",
             "urn:oid:1",
             "urn:oid:3.1",
+            "urn:oid:12.3",
             "urn:oid:1.02",
             "urn:oid:1..2",
             "urn:oid:",
         ] {
             assert_eq!(uri_problem(bad), Some("not an OID after urn:oid:"), "{bad}");
         }
+        // Upper-case hex is a UUID too (RFC 9562 reads either case).
+        assert_eq!(
+            uri_problem("urn:uuid:0123ABCD-0000-5000-8000-00000000000F"),
+            None
+        );
         for bad in [
             "urn:uuid:ID",
-            "urn:uuid:0123ABCD-0000-5000-8000-00000000000f",
+            "urn:uuid:0123abcd-0000-5000-8000-00000000000",
         ] {
             assert_eq!(
                 uri_problem(bad),

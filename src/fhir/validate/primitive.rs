@@ -46,6 +46,11 @@ impl Scan {
         t
     };
 
+    /// The classes of one byte.
+    pub fn class(b: u8) -> u8 {
+        Scan::TABLE[b as usize]
+    }
+
     pub fn of(s: &str) -> Scan {
         Scan(s.bytes().fold(0, |acc, b| acc | Scan::TABLE[b as usize]))
     }
