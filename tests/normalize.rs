@@ -835,6 +835,23 @@ MRG|MC^^^MH^MR\r";
     assert_eq!(resources(&b, "Patient").len(), 3);
 }
 
+/// Text lines gathered from repetitions (a TX value) are made valid line by line: a no-break
+/// space in the second line is a space too.
+#[test]
+fn every_gathered_text_line_is_made_valid() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1||||||UNICODE UTF-8\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
+OBX|1|TX|1-1^Note^L||first\u{a0}line~second\u{a0}line\u{2028}end||||||F\r";
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    assert_eq!(m.shown_valid, Ok(()));
+    assert_eq!(
+        one(&b, "Observation")["valueString"],
+        "first line\nsecond line end"
+    );
+}
+
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)
 /// each get their own id, in order: the n-th takes `|#n` after the n-1 before it.
 #[test]
