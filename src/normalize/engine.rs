@@ -14,7 +14,6 @@ use super::plan::{
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::hl7::{Charset, Field, Message, Segment};
-use foldhash::fast::FixedState;
 
 pub const NONE: u32 = u32::MAX;
 
@@ -84,6 +83,8 @@ struct Frame {
     /// Member index, or `usize::MAX` before the first.
     pos: usize,
     inst: u32,
+    /// Members that do not repeat, mapped in this instance (bit = member index, the first 64).
+    mapped_once: u64,
 }
 
 /// Where a row's path starts: a node, or an element (not made yet) of a parent node.
@@ -471,6 +472,7 @@ impl<'p> Mapper<'p> {
                 group: 0,
                 pos: usize::MAX,
                 inst: 0,
+                mapped_once: 0,
             }],
             seg_scope: u32::MAX,
             scopes: vec![(NONE, 0)],
@@ -485,7 +487,7 @@ impl<'p> Mapper<'p> {
             nodes: Vec::with_capacity(64 + msg.bytes().len() / 2),
             text: String::with_capacity(256 + msg.bytes().len() * 2),
             insts: Vec::with_capacity(16),
-            by_id: TableMap::default(),
+            by_id: TableMap::with_capacity_and_hasher(32, Default::default()),
             suffixes: TableMap::default(),
             bindings: Vec::new(),
             warnings: Vec::new(),
@@ -505,9 +507,6 @@ impl<'p> Mapper<'p> {
         let mut next_group = 1u32;
         let mut fields: Vec<Field<'_>> = Vec::with_capacity(64);
         let mut used: Vec<bool> = Vec::with_capacity(64);
-        // Segments that do not repeat, by (group instance, group, member), as mapped.
-        let mut seen_once: std::collections::HashSet<(u32, usize, usize), FixedState> =
-            Default::default();
         let max_fields = self.plan.settings.max_fields;
         for (seg_index, seg) in msg.segments().enumerate() {
             let id: [u8; 3] = seg.id().try_into().unwrap_or(*b"???");
@@ -550,7 +549,17 @@ impl<'p> Mapper<'p> {
             let (scope, group) = if *repeats {
                 (walk.seg_scope, g)
             } else {
-                if !seen_once.insert((scope, g, m)) {
+                let bit = 1u64.checked_shl(m as u32).unwrap_or(0);
+                let frame = walk
+                    .stack
+                    .last_mut()
+                    .filter(|f| f.inst == scope && f.group == g);
+                let again = frame.is_some_and(|f| {
+                    let seen = f.mapped_once & bit != 0;
+                    f.mapped_once |= bit;
+                    seen
+                });
+                if again {
                     // A second PID or PV1 where one belongs: it maps into the resources the
                     // first made, whose values stand; what loses is listed as unmapped.
                     b.warn(format_args!(
@@ -729,6 +738,7 @@ impl<'p> Mapper<'p> {
                 group: g,
                 pos: m,
                 inst,
+                mapped_once: 0,
             });
             last = Some((g, m));
         }

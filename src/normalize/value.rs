@@ -393,7 +393,10 @@ pub fn push_text(s: &str, out: &mut String) {
 /// `urn:oid:` that is not an OID (`urn:oid:urn:oid:1.2`, an authority named in words) or a
 /// `urn:uuid:` that is not a UUID, by the validator's own rules for those forms.
 pub fn uri_problem(s: &str) -> Option<&'static str> {
-    if s.chars().any(char::is_whitespace) {
+    let scan = Scan::of(s);
+    let space =
+        scan.has(Scan::SPACE) || (scan.has(Scan::NON_ASCII) && s.chars().any(char::is_whitespace));
+    if space {
         Some("white space in a URI")
     } else if s.starts_with("urn:oid:") && !primitive::is_urn_oid(s) {
         Some("not an OID after urn:oid:")
