@@ -67,6 +67,20 @@ fn check_shown_valid(m: &Mapped) {
     }
 }
 
+/// A warning holding `part` was given (warnings name fields and reasons, never values).
+fn assert_warned(m: &Mapped, part: &str) {
+    assert!(
+        m.warnings.iter().any(|w| w.contains(part)),
+        "no warning with {part:?}: {:?}",
+        m.warnings
+    );
+}
+
+/// An ORU^R01 up to its first OBR, for tests that vary the results.
+const ORU_HEAD: &str = "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+OBR|1|PL-1^EHR||1234-5^Panel^LN\r";
+
 fn map_file(n: &Normalizer, p: &str) -> (Mapped, Value) {
     map_bytes(n, &fixture(p))
 }
@@ -274,13 +288,7 @@ IN1|1|PLAN1\r";
     assert_eq!(one(&b, "Patient")["contact"].as_array().unwrap().len(), 2);
     // IN1 names no payor (IN1-3, IN1-4): no Coverage, and a warning says why.
     assert!(resources(&b, "Coverage").is_empty());
-    assert!(
-        m.warnings
-            .iter()
-            .any(|w| w.starts_with("Coverage: left out")),
-        "{:?}",
-        m.warnings
-    );
+    assert_warned(&m, "Coverage: left out");
     // Counted by type, for `medanchor_normalize_left_out_total`.
     assert_eq!(m.left_out, ["Coverage"]);
 }
@@ -469,13 +477,12 @@ fn oru_corpus_messages() {
 #[test]
 fn two_orders_with_one_placer_number_stay_two_resources() {
     let n = normalizer();
-    let msg = b"MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
-PID|1||42^^^H^MR||Doe^Jo\r\
-OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
-OBX|1|NM|1-1^A^LN||1\r\
+    let msg = format!(
+        "{ORU_HEAD}OBX|1|NM|1-1^A^LN||1\r\
 OBR|2|PL-1^EHR||1234-5^Panel^LN\r\
-OBX|1|NM|1-1^A^LN||2\r";
-    let (_, b) = map_bytes(&n, msg);
+OBX|1|NM|1-1^A^LN||2\r"
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
     let dr = resources(&b, "DiagnosticReport");
     assert_eq!(dr.len(), 2);
     assert_ne!(dr[0]["id"], dr[1]["id"]);
@@ -657,11 +664,7 @@ AL1|1|DA|PCN^Penicillin^L|SV|Hives\\X0C\\today\r";
                 "no system from a bad OID or UUID: {systems:?}"
             );
             for w in ["not an OID after urn:oid:", "not a UUID after urn:uuid:"] {
-                assert!(
-                    m.warnings.iter().any(|x| x.contains(w)),
-                    "{w}: {:?}",
-                    m.warnings
-                );
+                assert_warned(&m, w);
             }
         }
     }
@@ -681,13 +684,7 @@ PV1|1|I\r";
     let (m, b) = map_bytes(&n, msg);
     assert_eq!(resources(&b, "Patient").len(), 1);
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "First");
-    assert!(
-        m.warnings
-            .iter()
-            .any(|w| w.starts_with("PID: a second one")),
-        "{:?}",
-        m.warnings
-    );
+    assert_warned(&m, "PID: a second one");
     for f in ["PID-5", "PID-7", "PID-8"] {
         assert!(m.unmapped.iter().any(|u| u == f), "{f}: {:?}", m.unmapped);
     }
@@ -698,13 +695,12 @@ PV1|1|I\r";
 #[test]
 fn a_not_equal_structured_numeric_stays_text() {
     let n = normalizer();
-    let msg = b"MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
-PID|1||42^^^H^MR||Doe^Jo\r\
-OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
-OBX|1|SN|1-1^A^L||<>^5|mg^^UCUM|||||F\r\
+    let msg = format!(
+        "{ORU_HEAD}OBX|1|SN|1-1^A^L||<>^5|mg^^UCUM|||||F\r\
 OBX|2|SN|1-2^A^L||<>^7||||||F\r\
-OBX|3|SN|1-3^A^L||<=^5|mg^^UCUM|||||F\r";
-    let (_, b) = map_bytes(&n, msg);
+OBX|3|SN|1-3^A^L||<=^5|mg^^UCUM|||||F\r"
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
     let obs = resources(&b, "Observation");
     assert_eq!(obs[0]["valueString"], "<>5 mg");
     assert!(obs[0].get("valueQuantity").is_none(), "{}", obs[0]);
@@ -758,13 +754,7 @@ MRG|M111^^^MH^MR\r";
     let p = one(&b, "Patient");
     assert!(p.get("active").is_none(), "{p}");
     assert!(p.get("link").is_none(), "{p}");
-    assert!(
-        m.warnings
-            .iter()
-            .any(|w| w.contains("Patient[2] has the id of Patient[1]")),
-        "{:?}",
-        m.warnings
-    );
+    assert_warned(&m, "Patient[2] has the id of Patient[1]");
 }
 
 /// A patient class the vocabulary does not know keeps its code without a system (NullFlavor,
@@ -803,13 +793,7 @@ PID|1||42^^^H^MR||M"
     msg.extend_from_slice(b"\xfcller^Jo\r");
     let (m, b) = map_bytes(&n, &msg);
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fffd}ller");
-    assert!(
-        m.warnings
-            .iter()
-            .any(|w| w.contains("not text in its character set")),
-        "{:?}",
-        m.warnings
-    );
+    assert_warned(&m, "not text in its character set");
     let (m, _) = map_bytes(&n, "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||UNICODE UTF-8\rPID|1||42^^^H^MR||Müller^Jo\r".as_bytes());
     assert!(m.warnings.iter().all(|w| !w.contains("character set")));
 }
