@@ -592,7 +592,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Panics are reported by place, and with their message only when it is a literal of the
+/// source: a formatted one can quote what it failed on (std's slicing panics quote the
+/// string), and in a gateway that is a patient's record.
+fn redacting_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_else(|| "an unknown place".into());
+        let what = info
+            .payload()
+            .downcast_ref::<&'static str>()
+            .copied()
+            .unwrap_or("(message withheld: it may quote data)");
+        let thread = std::thread::current();
+        eprintln!(
+            "panic in thread {} at {place}: {what}",
+            thread.name().unwrap_or("unnamed")
+        );
+    }));
+}
+
 fn main() -> ExitCode {
+    redacting_panic_hook();
     let cli = Cli::parse();
     // Logs go to stderr; stdout carries the listening addresses and command output. Colours
     // only on a terminal: escape codes in a log file or journald hinder grep.

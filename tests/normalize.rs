@@ -690,22 +690,35 @@ PV1|1|I\r";
     }
 }
 
-/// SN `<>` (not equal) has no FHIR comparator: as a Quantity without one it would read as
-/// equal to the number, the opposite of what was sent. It is kept as text.
+/// SN comparators FHIR has not (`<>`, `!=`), or before a ratio or range, are kept as the text
+/// sent: as a Quantity without one, `<>^5` would read as equal to 5, the opposite of what was
+/// sent, and `<^1^:^10` as a titer of 1:10.
 #[test]
 fn a_not_equal_structured_numeric_stays_text() {
     let n = normalizer();
     let msg = format!(
         "{ORU_HEAD}OBX|1|SN|1-1^A^L||<>^5|mg^^UCUM|||||F\r\
 OBX|2|SN|1-2^A^L||<>^7||||||F\r\
-OBX|3|SN|1-3^A^L||<=^5|mg^^UCUM|||||F\r"
+OBX|3|SN|1-3^A^L||<=^5|mg^^UCUM|||||F\r\
+OBX|4|SN|1-4^A^L||<^1^:^10|||||F\r\
+OBX|5|SN|1-5^A^L||!=^5|||||F\r\
+OBX|6|SN|1-6^A^L||^1^:^10|||||F\r"
     );
-    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let (m, b) = map_bytes(&n, msg.as_bytes());
     let obs = resources(&b, "Observation");
     assert_eq!(obs[0]["valueString"], "<>5 mg");
     assert!(obs[0].get("valueQuantity").is_none(), "{}", obs[0]);
     assert_eq!(obs[1]["valueString"], "<>7");
     assert_eq!(obs[2]["valueQuantity"]["comparator"], "<=");
+    // A ratio below 1:10 is not a titer of 1:10; `!=` is no FHIR comparator.
+    assert_eq!(obs[3]["valueString"], "<1:10");
+    assert_eq!(obs[4]["valueString"], "!=5");
+    assert_eq!(obs[5]["valueRatio"]["denominator"]["value"], 10);
+    assert!(
+        !m.unmapped.iter().any(|u| u == "OBX-5" || u == "OBX-6"),
+        "{:?}",
+        m.unmapped
+    );
 }
 
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
@@ -834,6 +847,34 @@ OBX|1|TX|1-1^Note^L||first\u{a0}line~second\u{a0}line\u{2028}end||||||F\r";
         one(&b, "Observation")["valueString"],
         "first line\nsecond line end"
     );
+}
+
+/// A document of 8,000 text lines (1 MB, within the largest frame) is gathered in linear time
+/// and space: each line used to copy all the text before it (gigabytes, then a wrapped u32
+/// offset and a panic).
+#[test]
+fn a_long_document_is_gathered_line_by_line() {
+    let n = normalizer();
+    let mut msg = b"MSH|^~\\&|DOC|H|EHR|H|20230901110000+0000||MDM^T02|1|P|2.5.1||||||8859/1\r\
+PID|1||MRN1^^^HOSP^MR||Doc^Dora\r\
+TXA|1|DS|TX||||||||||DOC1\r"
+        .to_vec();
+    for _ in 0..8000 {
+        msg.extend_from_slice(b"OBX||TX|||");
+        msg.extend(std::iter::repeat_n(0xE9u8, 118));
+        msg.extend_from_slice(b"\r");
+    }
+    let (_, b) = map_bytes(&n, &msg);
+    let data = one(&b, "DocumentReference")["content"][0]["attachment"]["data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    // 8,000 lines of 118 two-byte characters, 7,999 line breaks between them.
+    assert_eq!(text.len(), 8000 * 118 * 2 + 7999);
 }
 
 /// Many resources with one key (a report's OBX lines without set ids, all with one code)

@@ -17,6 +17,10 @@ use crate::hl7::{Charset, Field, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
 
+/// Bytes of text one mapping may hold (values and gathered lines): far above what a message
+/// of the largest frame makes, and far below where the arena's u32 offsets would wrap.
+const MAX_TEXT: usize = 64 << 20;
+
 /// Where a child goes among its siblings ([`Build::place`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -1335,14 +1339,31 @@ impl<'p> Mapper<'p> {
         if n.val != Val::Obj || n.first != NONE {
             if xform == Xform::Lines {
                 if let Val::Text(a, e) | Val::B64(a, e) = n.val {
-                    let old = b.text[a as usize..e as usize].to_string();
-                    let start = b.text.len() as u32;
-                    b.text.push_str(&old);
+                    let line = text.trim_end();
+                    // A gathered text grows at the end of the arena: in place when it is the
+                    // last thing written (a line costs its own length), else moved there once.
+                    // Copied on every line, 8,000 lines of a 1 MB document took gigabytes.
+                    let moved = if e as usize == b.text.len() { 0 } else { e - a };
+                    if b.text.len() + moved as usize + line.len() + 1 > MAX_TEXT {
+                        b.warn(format_args!(
+                            "{}: lines beyond {MAX_TEXT} bytes of text not mapped",
+                            b.field_name()
+                        ));
+                        return false;
+                    }
+                    let start = if moved == 0 {
+                        a
+                    } else {
+                        let old = b.text[a as usize..e as usize].to_string();
+                        let start = b.text.len() as u32;
+                        b.text.push_str(&old);
+                        start
+                    };
                     b.text.push('\n');
                     match n.val {
                         // Base64 is written from bytes: the text as it is.
-                        Val::B64(..) => b.text.push_str(text.trim_end()),
-                        _ => value::push_text(text.trim_end(), &mut b.text),
+                        Val::B64(..) => b.text.push_str(line),
+                        _ => value::push_text(line, &mut b.text),
                     }
                     let end = b.text.len() as u32;
                     b.nodes[node as usize].val = match n.val {

@@ -197,6 +197,21 @@ impl Normalizer {
 
     /// Maps one message.
     pub fn map(&self, msg: &Message<'_>, link: &Link<'_>) -> Result<Mapped, MapError> {
+        // A defect met on one message fails that message (its raw record stays, its failure is
+        // listed and replayable) instead of the thread that seals it. The map reads the plan
+        // and writes only its own Build, so nothing shared is left half-changed.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.map_message(msg, link)))
+            .unwrap_or_else(|_| {
+                Err(MapError {
+                    label: "internal",
+                    detail: "the mapper failed on this message (a defect; the gateway log \
+                             names where)"
+                        .into(),
+                })
+            })
+    }
+
+    fn map_message(&self, msg: &Message<'_>, link: &Link<'_>) -> Result<Mapped, MapError> {
         let Some(mi) = self.choose(msg) else {
             return Err(MapError {
                 label: "no_message_map",
