@@ -670,24 +670,40 @@ AL1|1|DA|PCN^Penicillin^L|SV|Hives\\X0C\\today\r";
     }
 }
 
-/// A second PID where one belongs maps into the first one's Patient, whose values stand: the
-/// values that lose are named (a warning for the segment, its fields as unmapped), never
-/// dropped in silence. A data-type value counts as mapped only when something of it was
-/// written.
+/// A second PID where one belongs: naming the same patient, it adds to the first one's
+/// Patient, whose values stand, and what loses is named (a warning for the segment, its fields
+/// as unmapped), never dropped in silence. Naming another patient, the message is not mapped
+/// (what follows, the AL1, would go to either); a second PV1 naming another encounter is not
+/// mapped into the first.
 #[test]
 fn a_second_pid_is_named_and_what_it_loses_is_listed() {
     let n = normalizer();
-    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+    let msg = |second: &str| {
+        format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
 PID|1||MRNX^^^H^MR||First^Ann||19700101|F\r\
-PID|1||MRNY^^^H^MR||Second^Bea||19800101|M\r\
-PV1|1|I\r";
-    let (m, b) = map_bytes(&n, msg);
+PID|1||{second}^^^H^MR||Second^Bea||19800101|M\r\
+PV1|1|I|||||||||||||||||V1^^^H^VN\r\
+PV1|1|E|||||||||||||||||V2^^^H^VN\r\
+AL1|1|DA|LAT^Latex^L\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, msg("MRNX").as_bytes());
     assert_eq!(resources(&b, "Patient").len(), 1);
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "First");
     assert_warned(&m, "PID: a second one");
-    for f in ["PID-5", "PID-7", "PID-8"] {
+    assert_warned(&m, "PV1: a second one in its group names another Encounter");
+    for f in ["PID-5", "PID-7", "PID-8", "PV1-2"] {
         assert!(m.unmapped.iter().any(|u| u == f), "{f}: {:?}", m.unmapped);
     }
+    assert_eq!(one(&b, "Encounter")["identifier"][0]["value"], "V1");
+    let bytes = cr(msg("MRNY").as_bytes());
+    let parsed = Message::parse(&bytes).unwrap();
+    let Err(e) = n.map(&parsed, &link()) else {
+        panic!("two patients in one PATIENT: no mapping");
+    };
+    assert_eq!(e.label, "conflicting_segment");
+    assert!(!e.detail.contains("MRN"), "names no values: {}", e.detail);
 }
 
 /// SN comparators FHIR has not (`<>`, `!=`), or before a ratio or range, are kept as the text

@@ -550,6 +550,7 @@ impl<'p> Mapper<'p> {
             let Member::Seg { rows, repeats, .. } = &self.mm.groups[g].members[m] else {
                 continue;
             };
+            let mut again = false;
             let (scope, group) = if *repeats {
                 (walk.seg_scope, g)
             } else {
@@ -558,7 +559,7 @@ impl<'p> Mapper<'p> {
                     .stack
                     .last_mut()
                     .filter(|f| f.inst == scope && f.group == g);
-                let again = frame.is_some_and(|f| {
+                again = frame.is_some_and(|f| {
                     let seen = f.mapped_once & bit != 0;
                     f.mapped_once |= bit;
                     seen
@@ -601,6 +602,27 @@ impl<'p> Mapper<'p> {
                         None => continue,
                     }
                 };
+                if again && !self.same_identity(&walk, &b, inst, &view) {
+                    let ty = b.insts[inst as usize].ty;
+                    let name = &self.plan.model.ty(ty).name;
+                    if ty == self.plan.known.patient {
+                        // What follows (an AL1, an OBX) would go to either patient.
+                        return Err(MapError {
+                            label: "conflicting_segment",
+                            detail: format!(
+                                "a second {} in its group names another Patient than the \
+                                 first (its identifier differs)",
+                                String::from_utf8_lossy(&id)
+                            ),
+                        });
+                    }
+                    b.warn(format_args!(
+                        "{}: a second one in its group names another {name}: not mapped into \
+                         the first one's",
+                        String::from_utf8_lossy(&id)
+                    ));
+                    continue;
+                }
                 if b.too_many {
                     return Err(MapError {
                         label: "too_many_resources",
@@ -811,6 +833,21 @@ impl<'p> Mapper<'p> {
             group,
         });
         Some(inst)
+    }
+
+    /// Whether a second segment where one belongs (a second PID, PV1) names the resource the
+    /// first made (`inst`), or names none by its key. Another PID-3 or PV1-19 mapped into the
+    /// first one's resource would give it the other's values: a second patient fails the
+    /// mapping (what follows, an AL1, would go to either; the raw record keeps all), a second
+    /// encounter is not mapped into the first.
+    fn same_identity(&self, walk: &Walk<'_>, b: &Build, inst: u32, view: &SegView<'_, '_>) -> bool {
+        let found = &b.insts[inst as usize];
+        let v2 = std::str::from_utf8(&view.id).unwrap_or("");
+        // Only keys that name one thing (`merge`): a `distinct` resource's id may carry `|#n`.
+        let Some((key, true)) = self.key(b, walk, found.ty, v2, view) else {
+            return true;
+        };
+        value::format_uuid(&value::uuid_v5(&self.ns, key.as_bytes())) == found.id
     }
 
     /// The business key of a new resource, by the id rule for (type, v2 source).

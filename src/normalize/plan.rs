@@ -358,6 +358,7 @@ pub struct Known {
     pub cc_coding: ElemId,
     pub extension: TypeId,
     pub extension_url: ElemId,
+    pub patient: TypeId,
 }
 
 #[derive(Debug)]
@@ -524,6 +525,7 @@ fn known(m: &Model) -> Known {
         cc_coding: e(codeable_concept, "coding"),
         extension,
         extension_url: e(extension, "url"),
+        patient: t("Patient"),
     }
 }
 
