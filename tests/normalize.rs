@@ -767,6 +767,21 @@ OBX|2|TX|DS^DS||Follow-up in 2 weeks||||||F\r";
         "Rm9sbG93LXVwIGluIDIgd2Vla3M=",
         "base64 of the note alone"
     );
+    // An ED without data before the PDF does not lend the PDF its type.
+    let msg = String::from_utf8_lossy(msg).replace(
+        "OBX|1|ED|PDF^PDF||^AP^PDF^Base64^JVBERi0xLjQK",
+        "OBX|1|ED|IMG^IMG||^IMAGE^JPEG^Base64^\rOBX|2|ED|PDF^PDF||^AP^PDF^Base64^JVBERi0xLjQK",
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let content = one(&b, "DocumentReference")["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let pdf = content
+        .iter()
+        .find(|c| c["attachment"]["data"] == "JVBERi0xLjQK")
+        .expect("the PDF");
+    assert_eq!(pdf["attachment"]["contentType"], "application/PDF");
 }
 
 /// An A40 whose MRG-1 names the surviving patient itself (or an A41 merging accounts of one
