@@ -46,8 +46,18 @@ pub fn escape(out: &mut Vec<u8>, s: &str) {
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
+    string_scanned(out, s, Scan::of(s));
+}
+
+/// [`string`] for a value whose byte classes are known: copied as it is when nothing in it
+/// needs escaping.
+fn string_scanned(out: &mut Vec<u8>, s: &str, scan: Scan) {
     out.push(b'"');
-    escape(out, s);
+    if scan.has(Scan::JSON_ESCAPE) {
+        escape(out, s);
+    } else {
+        out.extend_from_slice(s.as_bytes());
+    }
     out.push(b'"');
 }
 
@@ -88,9 +98,9 @@ pub fn write(
     let b: &Build = b;
     let model = plan.model;
     let bundle_name = format!("Bundle|{}|{}", link.raw_record_id, plan.version);
-    let bundle_id = value::format_uuid(&value::uuid_v5(ns, bundle_name.as_bytes()));
+    let bundle_id = value::id_of(ns, &bundle_name);
     let prov_name = format!("Provenance|{}|{}", link.raw_record_id, plan.version);
-    let prov_id = value::format_uuid(&value::uuid_v5(ns, prov_name.as_bytes()));
+    let prov_id = value::id_of(ns, &prov_name);
     let what = format!("raw record {}", link.raw_record_id);
     let shown = asked.and_then(|()| check::bundle_shown(b, &emitted, link, &what, &prov_id));
     let mut w = Writer {
@@ -455,13 +465,7 @@ impl Writer<'_> {
             }
             Val::Text(a, e) => {
                 let t = text(a, e);
-                out.push(b'"');
-                if scan.is_some_and(|s| !s.has(Scan::JSON_ESCAPE)) {
-                    out.extend_from_slice(t.as_bytes());
-                } else {
-                    escape(out, t);
-                }
-                out.push(b'"');
+                string_scanned(out, t, scan.unwrap_or_else(|| Scan::of(t)));
             }
             Val::Num(a, e) => out.extend_from_slice(text(a, e).as_bytes()),
             Val::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),

@@ -847,7 +847,7 @@ impl<'p> Mapper<'p> {
         let Some((key, true)) = self.key(b, walk, found.ty, v2, view) else {
             return true;
         };
-        value::format_uuid(&value::uuid_v5(&self.ns, key.as_bytes())) == found.id
+        value::id_of(&self.ns, &key) == found.id
     }
 
     /// The business key of a new resource, by the id rule for (type, v2 source).
@@ -926,7 +926,7 @@ impl<'p> Mapper<'p> {
         // id, not the sender's text, so no key of the sender's choosing picks the hash).
         let mut base = None;
         let id = loop {
-            let id = value::format_uuid(&value::uuid_v5(&self.ns, name.as_bytes()));
+            let id = value::id_of(&self.ns, &name);
             match b.by_id.get(&id) {
                 None => break id,
                 Some(&i) if merge && b.insts[i as usize].ty == ty => return i,

@@ -438,6 +438,11 @@ pub fn uuid_v5(namespace: &[u8; 16], name: &[u8]) -> [u8; 16] {
     u
 }
 
+/// The id of what `name` names in `namespace`: its UUIDv5 as the Bundle writes it.
+pub fn id_of(namespace: &[u8; 16], name: &str) -> [u8; 36] {
+    format_uuid(&uuid_v5(namespace, name.as_bytes()))
+}
+
 /// `8-4-4-4-12` lower-case hex.
 pub fn format_uuid(u: &[u8; 16]) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
