@@ -572,6 +572,31 @@ IN1|1|PPO1^Aetna PPO|AET01^^^NAIC|Aetna||||||||||||||||||||||||||||||||FAMILY-77
     assert_eq!(resources(&alice, "Practitioner").len(), 2);
 }
 
+/// A key's parts are joined with `|`; an identifier sent with `\F\` holds one. Escaped, the
+/// MRN `A|B` without an authority and the MRN `A` of authority `B|` are two patients.
+#[test]
+fn a_separator_inside_an_identifier_does_not_join_two_keys() {
+    let n = normalizer();
+    let patient = |pid3: &str| {
+        let msg = format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|CTRL1|P|2.5.1\r\
+PID|1||{pid3}||Alpha^Pat\r\
+PV1|1|I\r"
+        );
+        let (_, b) = map_bytes(&n, msg.as_bytes());
+        let p = resources(&b, "Patient");
+        assert_eq!(p.len(), 1, "{pid3}");
+        (p[0]["id"].clone(), p[0]["identifier"][0]["value"].clone())
+    };
+    let (one, one_mrn) = patient("A\\F\\B");
+    let (two, two_mrn) = patient("A^^^B\\F\\");
+    assert_eq!(one_mrn, "A|B");
+    assert_eq!(two_mrn, "A");
+    assert_ne!(one, two, "two patients, one id");
+    // The same identifier still gives the same id.
+    assert_eq!(patient("A\\F\\B").0, one);
+}
+
 /// An ORU^R01 with two PATIENT_RESULT groups: the second patient's report and results refer
 /// to the second patient, and not to the encounter of the first (that PV1 belongs to the first
 /// PATIENT_RESULT, closed when the second opened).

@@ -875,7 +875,18 @@ impl<'p> Mapper<'p> {
                 KeyPart::Ref(r) => {
                     let t = env.text(r);
                     let t = value::trim(&t);
-                    key.push_str(t);
+                    // Escaped, so that no text (an identifier sent as `A\F\B`) can end one
+                    // part and start the next: the parts of two keys stay apart.
+                    if t.bytes().any(|b| b == b'|' || b == b'\\') {
+                        for c in t.chars() {
+                            if matches!(c, '|' | '\\') {
+                                key.push('\\');
+                            }
+                            key.push(c);
+                        }
+                    } else {
+                        key.push_str(t);
+                    }
                     !t.is_empty()
                 }
                 KeyPart::Empty => false,
