@@ -269,7 +269,8 @@ fn bad_patient() -> Value {
         "photo": [{"data": "SECRET!!", "size": 3}],
         "managingOrganization": {"reference": "SECRET reference"},
         "extension": [{"url": "http://x.org/SECRET|1", "valueString": "SECRET"}],
-        "contact": [{}]
+        "contact": [{}],
+        "address": [{"line": ["SECRET\u{0}"], "city": "SECRET\u{1b}[2J", "text": "SECRET\t\r\n"}]
     })
 }
 
@@ -280,6 +281,9 @@ fn issues_name_paths_and_rules_never_values() {
     paths.sort();
     for expected in [
         "Patient.active",
+        // The spec's rule for every string: no control character but tab, CR and LF.
+        "Patient.address[0].city",
+        "Patient.address[0].line[0]",
         "Patient.birthDate",
         "Patient.contact[0]",
         "Patient.extension[0].url",
@@ -294,6 +298,7 @@ fn issues_name_paths_and_rules_never_values() {
     ] {
         assert!(paths.contains(&expected), "{expected} not in {paths:#?}");
     }
+    assert!(!paths.contains(&"Patient.address[0].text"), "{paths:#?}");
     for i in &issues {
         let text = format!("{} {}", i.path, i.message);
         assert!(!text.to_lowercase().contains("secret"), "{text}");

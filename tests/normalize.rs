@@ -597,6 +597,22 @@ PV1|1|I\r"
     assert_eq!(patient("A\\F\\B").0, one);
 }
 
+/// `\X00\` and other hex escapes of control characters decode to characters no FHIR string
+/// may hold: text gets U+FFFD in their place and a warning, a code or URI is not mapped, and
+/// the Bundle stays valid.
+#[test]
+fn control_characters_sent_as_hex_never_reach_the_bundle() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|CTL1|P|2.5.1\r\
+PID|1||M1^^^H^MR||Al\\X00\\pha\\X1B\\^Pat||19800101|F\\X07\\|||1 Main St\r\
+PV1|1|I\r";
+    let (m, b) = map_bytes(&n, msg);
+    let p = resources(&b, "Patient");
+    assert_eq!(p[0]["name"][0]["family"], "Al\u{fffd}pha\u{fffd}");
+    assert!(p[0].get("gender").is_none(), "{}", p[0]["gender"]);
+    assert_warned(&m, "PID-5: control characters replaced with U+FFFD");
+}
+
 /// An ORU^R01 with two PATIENT_RESULT groups: the second patient's report and results refer
 /// to the second patient, and not to the encounter of the first (that PV1 belongs to the first
 /// PATIENT_RESULT, closed when the second opened).

@@ -1408,16 +1408,26 @@ impl<'p> Mapper<'p> {
                         start
                     };
                     b.text.push('\n');
-                    match n.val {
-                        // Base64 is written from bytes: the text as it is.
-                        Val::B64(..) => b.text.push_str(line),
-                        _ => value::push_text(line, &mut b.text),
-                    }
-                    let end = b.text.len() as u32;
-                    b.nodes[node as usize].val = match n.val {
-                        Val::B64(..) => Val::B64(start, end),
-                        _ => Val::Text(start, end),
+                    let b64 = matches!(n.val, Val::B64(..));
+                    // Base64 is written from bytes: the text as it is.
+                    let replaced = if b64 {
+                        b.text.push_str(line);
+                        false
+                    } else {
+                        value::push_text(line, &mut b.text)
                     };
+                    let end = b.text.len() as u32;
+                    b.nodes[node as usize].val = if b64 {
+                        Val::B64(start, end)
+                    } else {
+                        Val::Text(start, end)
+                    };
+                    if replaced {
+                        b.warn(format_args!(
+                            "{}: control characters replaced with U+FFFD",
+                            b.field_name()
+                        ));
+                    }
                     return true;
                 }
             }
@@ -1461,7 +1471,12 @@ impl<'p> Mapper<'p> {
             Prim::Time => value::write_tm(t, &mut b.text).map(|_| Val::Text(0, 0)),
             Prim::Code => {
                 value::normalize_code(t, &mut b.text);
-                if !codes.is_empty() && !codes.iter().any(|c| c.as_str() == &b.text[start..]) {
+                // Normalized, the code's only white space is single spaces: any byte below
+                // a space left is a control character.
+                if b.text.as_bytes()[start..].iter().any(|&c| c < b' ') {
+                    Err("a control character in a code")
+                } else if !codes.is_empty() && !codes.iter().any(|c| c.as_str() == &b.text[start..])
+                {
                     Err("code not in the FHIR value set of its element")
                 } else {
                     Ok(Val::Text(0, 0))
@@ -1517,7 +1532,12 @@ impl<'p> Mapper<'p> {
                 } else {
                     t
                 };
-                value::push_text(t, &mut b.text);
+                if value::push_text(t, &mut b.text) {
+                    b.warn(format_args!(
+                        "{}: control characters replaced with U+FFFD",
+                        b.field_name()
+                    ));
+                }
                 Ok(Val::Text(0, 0))
             }
         };

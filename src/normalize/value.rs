@@ -372,21 +372,28 @@ pub fn is_base64(s: &str) -> bool {
 }
 
 /// Text as a FHIR string or markdown holds it: white space other than space, tab, CR and LF
-/// (a no-break space from Latin-1 data, a vertical tab, U+2028) becomes a space. The R4
-/// pattern `^[ \r\n\t\S]+$` refuses those characters, and one of them would make the whole
-/// Bundle invalid.
-pub fn push_text(s: &str, out: &mut String) {
-    if !Scan::of(s).has(Scan::NON_ASCII | Scan::VT_FF) {
+/// (a no-break space from Latin-1 data, a vertical tab, U+2028) becomes a space, and any other
+/// control character (`\X00\`, `\X1B\` sent as hex) U+FFFD. The R4 pattern `^[ \r\n\t\S]+$`
+/// refuses those white spaces and the spec every control character, and one of them would make
+/// the whole Bundle invalid. Returns whether a control character was replaced (the sender's
+/// text changed, not only its spacing).
+pub fn push_text(s: &str, out: &mut String) -> bool {
+    if !Scan::of(s).has(Scan::NON_ASCII | Scan::CONTROL) {
         out.push_str(s);
-        return;
+        return false;
     }
+    let mut replaced = false;
     out.extend(s.chars().map(|c| {
         if c.is_whitespace() && !matches!(c, ' ' | '\t' | '\r' | '\n') {
             ' '
+        } else if c.is_ascii_control() && c != '\u{7f}' && !matches!(c, '\t' | '\r' | '\n') {
+            replaced = true;
+            char::REPLACEMENT_CHARACTER
         } else {
             c
         }
     }));
+    replaced
 }
 
 /// Why `s` is not a URI to write (`None`: it is): white space, which no URI holds, or a
@@ -398,6 +405,8 @@ pub fn uri_problem(s: &str) -> Option<&'static str> {
         scan.has(Scan::SPACE) || (scan.has(Scan::NON_ASCII) && s.chars().any(char::is_whitespace));
     if space {
         Some("white space in a URI")
+    } else if scan.has(Scan::CONTROL) {
+        Some("a control character in a URI")
     } else if s.starts_with("urn:oid:") && !primitive::is_urn_oid(s) {
         Some("not an OID after urn:oid:")
     } else if s.starts_with("urn:uuid:") && !primitive::is_urn_uuid(s) {
@@ -522,8 +531,15 @@ mod tests {
             );
         }
         let mut out = String::new();
-        push_text("a\u{a0}b\u{b}c\td\u{2028}e", &mut out);
+        assert!(!push_text("a\u{a0}b\u{b}c\td\u{2028}e", &mut out));
         assert_eq!(out, "a b c\td e");
+        out.clear();
+        assert!(push_text("Al\u{0}pha\u{7}\r\n\u{1f}", &mut out));
+        assert_eq!(out, "Al\u{fffd}pha\u{fffd}\r\n\u{fffd}");
+        assert_eq!(
+            uri_problem("urn:x\u{1}"),
+            Some("a control character in a URI")
+        );
     }
 
     fn time(

@@ -109,7 +109,7 @@ impl Rules {
     }
 
     /// Whether `s` is a valid JSON string value of the element: the walk's string rules
-    /// (not empty, at most 1 MB), the schema's pattern and codes, and the rules of its
+    /// (not empty, at most 1 MB, no control character but tab, LF and CR), the schema's pattern and codes, and the rules of its
     /// primitive type (calendar dates, base64, active HTML in plain text).
     pub fn text_ok(&self, e: Element, s: &str) -> bool {
         self.text_ok_scanned(e, s, p::Scan::of(s))
@@ -118,7 +118,7 @@ impl Rules {
     /// [`Rules::text_ok`] for a value whose byte classes are `scan` (a writer that escapes
     /// the value scans it once for both).
     pub fn text_ok_scanned(&self, e: Element, s: &str, scan: p::Scan) -> bool {
-        if s.is_empty() || s.len() > MAX_STRING_BYTES {
+        if s.is_empty() || s.len() > MAX_STRING_BYTES || scan.has(p::Scan::CONTROL) {
             return false;
         }
         // An inline code list (`Patient.gender`) has no JSON type in the schema: its values are

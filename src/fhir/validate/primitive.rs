@@ -18,6 +18,9 @@ impl Scan {
     pub const MARKUP: u8 = 8;
     /// What JSON must escape in a string: control characters, `"` and `\`.
     pub const JSON_ESCAPE: u8 = 16;
+    /// A control character no FHIR string may hold: below 0x20, other than tab, LF and CR
+    /// (the spec's rule for every string type; the schema's patterns let most of them by).
+    pub const CONTROL: u8 = 32;
 
     const TABLE: [u8; 256] = {
         let mut t = [0u8; 256];
@@ -39,6 +42,9 @@ impl Scan {
             }
             if b < 0x20 || b == b'"' || b == b'\\' {
                 c |= Scan::JSON_ESCAPE;
+            }
+            if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') {
+                c |= Scan::CONTROL;
             }
             t[i] = c;
             i += 1;
@@ -299,6 +305,7 @@ mod tests {
             (Scan::SPACE, "\t\n\u{b}\u{c}\r "),
             (Scan::MARKUP, "<:"),
             (Scan::JSON_ESCAPE, "\u{0}\u{1f}\"\\\n"),
+            (Scan::CONTROL, "\u{0}\u{7}\u{b}\u{c}\u{1b}\u{1f}"),
         ];
         for (bit, members) in classes {
             for c in members.chars() {
@@ -325,8 +332,10 @@ mod tests {
         }
         assert_eq!(
             Scan::of("\u{b}"),
-            Scan(Scan::VT_FF | Scan::SPACE | Scan::JSON_ESCAPE)
+            Scan(Scan::VT_FF | Scan::SPACE | Scan::JSON_ESCAPE | Scan::CONTROL)
         );
+        // Tab, LF and CR are JSON escapes but no control a string refuses.
+        assert!(!Scan::of("\t\n\r").has(Scan::CONTROL));
         assert_eq!(Scan::of(""), Scan(0));
     }
 

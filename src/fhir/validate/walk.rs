@@ -605,6 +605,12 @@ impl<'v, 'o> Walker<'v, 'o> {
                     path,
                     "value is longer than 1 MB (1048576 bytes)",
                 );
+            } else if p::Scan::of(s).has(p::Scan::CONTROL) {
+                self.error(
+                    IssueCode::Value,
+                    path,
+                    "a string holds a control character (only tab, CR and LF are allowed)",
+                );
             }
         }
     }
