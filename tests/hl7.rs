@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use medanchor::hl7::{decode_escapes, split_batch, Charset, Delimiters, Message, ParseError};
+use medanchor::hl7::{
+    decode_escapes, decode_escapes_as, split_batch, Charset, Delimiters, Formatting, Message,
+    ParseError, MAX_FORMAT_REPEAT,
+};
 use serde_json::Value;
 
 fn fixture(p: &str) -> Vec<u8> {
@@ -46,6 +49,41 @@ fn escape_vectors_decode_as_listed() {
         n += 1;
     }
     assert_eq!(n, 14 + 7);
+}
+
+/// Formatted text as plain text (the mapper's view): highlighting marks dropped, line and skip
+/// commands as line breaks and spaces, modes and indents dropped; a count is capped, and what is
+/// not a formatting command stays as sent.
+#[test]
+fn formatting_commands_become_plain_text() {
+    let d = Delimiters::default();
+    let plain = |s: &str| decode_escapes_as(s, &d, Charset::Ascii, Formatting::Plain);
+    for (input, want) in [
+        ("\\H\\HIGH\\N\\ glucose", "HIGH glucose"),
+        ("one\\.sp\\two\\.sp2\\three", "one\ntwo\n\nthree"),
+        ("a\\.br\\b\\.ce\\c", "a\nb\nc"),
+        ("a\\.sk3\\b", "a   b"),
+        ("\\.in+4\\\\.ti-2\\\\.fi\\\\.nf\\x", "x"),
+        ("\\.in4\\x", "x"),
+        // Not formatting commands: kept as sent.
+        (
+            "\\.zz\\ \\.spx\\ \\.ce1\\ \\Zloc\\",
+            "\\.zz\\ \\.spx\\ \\.ce1\\ \\Zloc\\",
+        ),
+    ] {
+        assert_eq!(plain(input), want, "{input}");
+    }
+    // A hostile count is capped (not 999,999,999 line breaks), and an overflowing one too.
+    assert_eq!(plain("\\.sp999999999\\").len(), MAX_FORMAT_REPEAT);
+    assert_eq!(
+        plain("\\.sk99999999999999999999999\\").len(),
+        MAX_FORMAT_REPEAT
+    );
+    // Kept as sent by the parser's own decoding.
+    assert_eq!(
+        decode_escapes("\\H\\x\\N\\\\.sp\\", &d, Charset::Ascii),
+        "\\H\\x\\N\\\\.sp\\"
+    );
 }
 
 #[test]

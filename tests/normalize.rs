@@ -778,6 +778,54 @@ OBX|6|SN|1-6^A^L||^1^:^10|||||F\r"
     );
 }
 
+/// Highlighting and FT formatting commands in a result's text reach the Bundle as plain text:
+/// a clinician reading the Observation sees `CRITICAL`, not `\H\CRITICAL\N\`.
+#[test]
+fn formatted_text_is_written_as_plain_text() {
+    let n = normalizer();
+    let msg = format!(
+        "{ORU_HEAD}OBX|1|TX|1-1^A^L||\\H\\CRITICAL\\N\\ potassium\\.sp\\Called Dr Lee\\.sk2\\x||||||F\r\
+OBX|2|ST|1-2^A^L||\\.in+2\\indented \\Zlocal\\||||||F\r"
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let obs = resources(&b, "Observation");
+    assert_eq!(
+        obs[0]["valueString"],
+        "CRITICAL potassium\nCalled Dr Lee  x"
+    );
+    // A local escape is no formatting: kept as sent.
+    assert_eq!(obs[1]["valueString"], "indented \\Zlocal\\");
+}
+
+/// An NM that is no number (`<0.5`, `POS`) is kept as text with its unit, not as a Quantity
+/// holding the unit alone; a number stays a Quantity.
+#[test]
+fn a_numeric_result_that_is_no_number_stays_text() {
+    let n = normalizer();
+    let msg = format!(
+        "{ORU_HEAD}OBX|1|NM|1-1^A^L||<0.5|mg/dL^^UCUM|||||F\r\
+OBX|2|NM|1-2^A^L||POS||||||F\r\
+OBX|3|NM|1-3^A^L||+007.50|mg/dL^^UCUM|||||F\r\
+OBX|4|NM|1-4^A^L|||mg/dL^^UCUM|||||F\r"
+    );
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs[0]["valueString"], "<0.5 mg/dL");
+    assert!(obs[0].get("valueQuantity").is_none(), "{}", obs[0]);
+    assert_eq!(obs[1]["valueString"], "POS");
+    // The decimal as sent, without its sign and leading zeros (serde_json reads it as 7.5).
+    assert!(String::from_utf8_lossy(&m.bundle).contains(r#""value":7.50"#));
+    assert_eq!(obs[2]["valueQuantity"]["unit"], "mg/dL");
+    // No value: no Quantity of a unit alone, and the unit is listed as not mapped.
+    assert!(obs[3].get("valueQuantity").is_none(), "{}", obs[3]);
+    assert!(m.unmapped.iter().any(|u| u == "OBX-6"), "{:?}", m.unmapped);
+    assert!(
+        !m.warnings.iter().any(|w| w.contains("decimal")),
+        "{:?}",
+        m.warnings
+    );
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]
@@ -1442,8 +1490,8 @@ fn hostile_input_gives_warnings_not_panics() {
         "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5\r\
 PID|1||{long}^^^H^MR~{reps}||{reps}||99999999|Q\r\
 OBR|1|P|F|X^Y^LN|||2024133299\r\
-OBX|1|NM|1^a^LN||{long}|\r\
-OBX|2|NM|1^a^LN||1e99999|\r\
+OBX|1|SN|1^a^LN||^{long}|\r\
+OBX|2|SN|1^a^LN||^1e99999|\r\
 OBX|3|DT|1^a^LN||20240230|\r\
 OBX|4|TS|1^a^LN||2024010112+9999|\r\
 OBX|5|ED|1^a^LN||^TEXT^plain^Hex^zz|\r\

@@ -14,5 +14,5 @@ mod tokenizer;
 pub use ack::{AckCode, AckMode, AckRequest};
 pub use batch::{split_batch, BatchError};
 pub use charset::Charset;
-pub use escape::decode_escapes;
+pub use escape::{decode_escapes, decode_escapes_as, Formatting, MAX_FORMAT_REPEAT};
 pub use tokenizer::{Delimiters, Field, Message, ParseError, Parts, Segment};

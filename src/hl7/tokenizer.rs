@@ -1,7 +1,7 @@
 use std::borrow::Cow;
 
 use super::charset::Charset;
-use super::escape::decode_escapes;
+use super::escape::{decode_escapes_as, Formatting};
 
 /// Why bytes are not an HL7v2 message. Reasons name positions, never content.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -365,11 +365,24 @@ impl<'a> Message<'a> {
     /// Decodes a field, component or subcomponent into text: character set first (so multi-byte
     /// text cannot be mistaken for delimiters), then escape sequences.
     pub fn text<'r>(&self, raw: &'r [u8]) -> Result<Cow<'r, str>, ParseError> {
+        self.text_as(raw, Formatting::Keep)
+    }
+
+    /// [`Message::text`], with highlighting and formatting commands as `formatting` says
+    /// (`Plain`: the text a FHIR string holds).
+    pub fn text_as<'r>(
+        &self,
+        raw: &'r [u8],
+        formatting: Formatting,
+    ) -> Result<Cow<'r, str>, ParseError> {
         let decoded = self.charset.decode(raw);
         Ok(match self.delims.escape {
-            Some(esc) if decoded.as_bytes().contains(&esc) => {
-                Cow::Owned(decode_escapes(&decoded, &self.delims, self.charset))
-            }
+            Some(esc) if decoded.as_bytes().contains(&esc) => Cow::Owned(decode_escapes_as(
+                &decoded,
+                &self.delims,
+                self.charset,
+                formatting,
+            )),
             _ => decoded,
         })
     }

@@ -55,6 +55,9 @@ pub enum Cond {
     In(Ref, Vec<String>),
     Length(Ref, Cmp, usize),
     Count(Ref, Cmp, usize),
+    /// `IS NUMERIC`: the text is a decimal number the mapper writes as one (an NM sent as
+    /// `<0.5` or `POS` is not).
+    Numeric(Ref),
 }
 
 /// What a condition is evaluated against (the engine's view of the message).
@@ -88,6 +91,7 @@ impl Cond {
             Cond::In(r, set) => matched(env, r, set).is_some(),
             Cond::Length(r, cmp, n) => cmp.holds(trim(&env.text(r)).chars().count(), *n),
             Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
+            Cond::Numeric(r) => super::value::is_decimal(&env.text(r)),
         }
     }
 }
@@ -679,6 +683,9 @@ impl Parser<'_> {
         if self.eat_word("IN") {
             return Ok(wrap(Cond::In(r, self.list()?)));
         }
+        if self.eat_word("NUMERIC") {
+            return Ok(wrap(Cond::Numeric(r)));
+        }
         if self.eat_word("EQUALS") || self.eat_word("EQUAL") {
             self.eat_word("TO");
             return Ok(wrap(Cond::In(r, vec![self.literal()?])));
@@ -690,7 +697,7 @@ impl Parser<'_> {
             return Ok(wrap(Cond::In(r, vec![self.literal()?])));
         }
         Err(format!(
-            "expected VALUED, EQUALS \"…\", IN (…), LENGTH or LST.COUNT {}",
+            "expected VALUED, EQUALS \"…\", IN (…), NUMERIC, LENGTH or LST.COUNT {}",
             self.here()
         ))
     }
@@ -838,10 +845,15 @@ mod tests {
                 ("PID-7", "198808181126"),
                 ("PID-11", "a~b"),
                 ("PID-13.2", ""),
+                ("PID-9", "<0.5"),
             ],
             s,
         );
         for (c, want) in [
+            ("IF PID-7 IS NUMERIC", true),
+            ("IF PID-9 IS NUMERIC", false),
+            ("IF PID-9 IS NOT NUMERIC", true),
+            ("IF PID-13.2 NUMERIC", false),
             ("IF PID-7 LENGTH GREATER THAN 8", true),
             ("IF PID-7 VALUED", true),
             ("IF PID-8 NOT VALUED", true),
@@ -855,7 +867,7 @@ mod tests {
             ("IF PID-8 IS VALUED OR PID-7 IS VALUED", true),
             ("IF PID-8 IS VALUED AND IF PID-7 IS VALUED", false),
             (
-                "IF (PID-8 IS VALUED OR PID-7 IS VALUED) AND PID-9 NOT VALUED",
+                "IF (PID-8 IS VALUED OR PID-7 IS VALUED) AND PID-10 NOT VALUED",
                 true,
             ),
             ("IF PID-7 IN (\"1\", \"198808181126\")", true),

@@ -13,7 +13,7 @@ use super::plan::{
 };
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
-use crate::hl7::{Charset, Field, Message, Segment};
+use crate::hl7::{Charset, Field, Formatting, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -221,7 +221,10 @@ impl<'m> Walk<'m> {
         if let Some(t) = self.as_is(raw) {
             return Cow::Borrowed(t);
         }
-        self.msg.text(raw).unwrap_or(Cow::Borrowed(""))
+        // Highlighting and FT formatting commands as plain text: a FHIR string has no markup.
+        self.msg
+            .text_as(raw, Formatting::Plain)
+            .unwrap_or(Cow::Borrowed(""))
     }
 }
 

@@ -293,7 +293,9 @@ pub const MAX_DECIMAL_LEN: usize = 40;
 /// Normalizes a v2 NM lexically into a JSON/FHIR decimal: `+5` → `5`, `.5` → `0.5`, `007.50` →
 /// `7.50`, `5.` → `5`, `-0.0` kept. The digits after the point are kept as written: they carry
 /// the precision.
-pub fn write_decimal(s: &str, out: &mut String) -> Result<(), &'static str> {
+/// An HL7 NM's sign, integer digits without leading zeros and fraction digits, or why it is
+/// none (`<0.5`, `POS`, 41 digits).
+fn decimal_parts(s: &str) -> Result<(bool, &str, &str), &'static str> {
     let s = trim(s);
     let (neg, body) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
@@ -314,6 +316,16 @@ pub fn write_decimal(s: &str, out: &mut String) -> Result<(), &'static str> {
     if int.len() + frac.len() > MAX_DECIMAL_LEN {
         return Err("decimal number too long");
     }
+    Ok((neg, int, frac))
+}
+
+/// Whether `s` is a number [`write_decimal`] writes (the condition `IS NUMERIC`).
+pub fn is_decimal(s: &str) -> bool {
+    decimal_parts(s).is_ok()
+}
+
+pub fn write_decimal(s: &str, out: &mut String) -> Result<(), &'static str> {
+    let (neg, int, frac) = decimal_parts(s)?;
     if neg {
         out.push('-');
     }
