@@ -826,6 +826,36 @@ OBX|4|NM|1-4^A^L|||mg/dL^^UCUM|||||F\r"
     );
 }
 
+/// Status codes R4 binds to a value set that its JSON schema does not list (ServiceRequest,
+/// Immunization): a v2 code outside it is not copied. ORC-1 `RE` says nothing of the order, so
+/// ORC-5 decides; an unknown order control code is refused with a warning.
+#[test]
+fn status_codes_outside_their_r4_value_set_are_not_copied() {
+    let n = normalizer();
+    let oru = "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|S1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+ORC|RE|PL-1^EHR|FL-1^LAB||CM\r\
+OBR|1|PL-1^EHR|FL-1^LAB|1234-5^Panel^LN\r\
+OBX|1|NM|1-1^A^LN||5|mg|||||F\r";
+    let (m, b) = map_bytes(&n, oru.as_bytes());
+    assert_eq!(one(&b, "ServiceRequest")["status"], "completed");
+    assert!(!m.unmapped.iter().any(|u| u == "ORC-1"), "{:?}", m.unmapped);
+    let orm = "MSH|^~\\&|EHR|H|LAB|H|20240101120000+0000||ORM^O01|S2|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+ORC|XO|PL-2^EHR\r\
+OBR|1|PL-2^EHR||1234-5^Panel^LN\r";
+    let (m, b) = map_bytes(&n, orm.as_bytes());
+    assert_eq!(one(&b, "ServiceRequest")["status"], "unknown");
+    assert_warned(&m, "ORC-1: code not in the FHIR value set of its element");
+    let vxu = "MSH|^~\\&|EHR|H|IIS|S|20240101120000+0000||VXU^V04|S3|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+ORC|RE||IZ-1^EHR\r\
+RXA|0|1|20240101|20240101|08^HepB^CVX|1|mL||00^New^NIP001|||||||||||xx\r";
+    let (m, b) = map_bytes(&n, vxu.as_bytes());
+    assert_eq!(one(&b, "Immunization")["status"], "completed");
+    assert_warned(&m, "RXA-20");
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]
