@@ -856,6 +856,91 @@ RXA|0|1|20240101|20240101|08^HepB^CVX|1|mL||00^New^NIP001|||||||||||xx\r";
     assert_warned(&m, "RXA-20");
 }
 
+/// What a sender numbers without regard to the patient keys per patient: two children's
+/// historical doses under the CDC's placeholder order number 9999, two labs' specimen 10001,
+/// one guarantor account for two family members. Each is its own resource in each Bundle, so
+/// one patient's PUT does not overwrite the other's.
+#[test]
+fn numbers_shared_between_patients_do_not_share_resources() {
+    let n = normalizer();
+    let ids = |b: &Value, ty: &str| -> Vec<String> {
+        resources(b, ty)
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let vxu = |mrn: &str| {
+        format!(
+            "MSH|^~\\&|EHR|CLINIC|IIS|STATE|20240105143000-0500||VXU^V04^VXU_V04|V{mrn}|P|2.5.1\r\
+PID|1||{mrn}^^^CLINIC^MR||CHILD^A||20190312|F\r\
+ORC|RE||9999^CDC\r\
+RXA|0|1|20200101|20200101|08^HepB^CVX|999|||01^Historical^NIP001\r"
+        )
+    };
+    let (_, a) = map_bytes(&n, vxu("KIDA").as_bytes());
+    let (_, b) = map_bytes(&n, vxu("KIDB").as_bytes());
+    let (_, a2) = map_bytes(&n, vxu("KIDA").as_bytes());
+    assert_eq!(ids(&a, "Immunization").len(), 1);
+    assert_ne!(ids(&a, "Immunization"), ids(&b, "Immunization"));
+    assert_eq!(ids(&a, "Immunization"), ids(&a2, "Immunization"), "stable");
+    let oru = |mrn: &str, lab: &str| {
+        format!(
+            "MSH|^~\\&|{lab}|H|EHR|H|20240101120000+0000||ORU^R01|{mrn}|P|2.5.1\r\
+PID|1||{mrn}^^^H^MR||Doe^Jo\r\
+OBR|1|PL-{mrn}^EHR||1234-5^Panel^LN\r\
+OBX|1|NM|1-1^A^LN||5|mg|||||F\r\
+SPM|1|10001&{lab}&1.2.3.{lab}&ISO||BLD^Blood^HL70487\r"
+        )
+    };
+    let (_, a) = map_bytes(&n, oru("M1", "LISA").as_bytes());
+    let (_, b) = map_bytes(&n, oru("M2", "LISB").as_bytes());
+    assert_eq!(ids(&a, "Specimen").len(), 1);
+    assert_ne!(ids(&a, "Specimen"), ids(&b, "Specimen"));
+    let adt = |mrn: &str| {
+        format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|{mrn}|P|2.5.1\r\
+PID|1||{mrn}^^^H^MR||Doe^Jo|||||||||||||G5000^^^H^AN\r\
+PV1|1|I\r"
+        )
+    };
+    let (_, a) = map_bytes(&n, adt("M1").as_bytes());
+    let (_, b) = map_bytes(&n, adt("M2").as_bytes());
+    assert_eq!(ids(&a, "Account").len(), 1);
+    assert_ne!(ids(&a, "Account"), ids(&b, "Account"));
+}
+
+/// An SN whose number is no number (`^6,8`, `<^n.d.`, a comparator alone) is kept as the text
+/// sent with its unit, never as a Quantity that holds only the unit or the comparator.
+#[test]
+fn a_structured_numeric_without_a_number_stays_text() {
+    let n = normalizer();
+    let msg = format!(
+        "{ORU_HEAD}OBX|1|SN|2823-3^Potassium^LN||^6,8|mmol/L^^UCUM|||||F\r\
+OBX|2|SN|2160-0^Creatinine^LN||<^n.d.|mg/dL^^UCUM|||||F\r\
+OBX|3|SN|1-3^A^L||>^||||||F\r\
+OBX|4|SN|1-4^A^L||^1^-^x|mg|||||F\r\
+OBX|5|SN|1-5^A^L||>^5|mg^^UCUM|||||F\r\
+OBX|6|SN|1-6^A^L||^2^+||||||F\r"
+    );
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs[0]["valueString"], "6,8 mmol/L");
+    assert_eq!(obs[1]["valueString"], "<n.d. mg/dL");
+    assert_eq!(obs[2]["valueString"], ">");
+    assert_eq!(obs[3]["valueString"], "1-x mg");
+    for o in &obs[..4] {
+        assert!(o.get("valueQuantity").is_none(), "{o}");
+    }
+    assert_eq!(obs[4]["valueQuantity"]["comparator"], ">");
+    assert_eq!(obs[4]["valueQuantity"]["value"], 5);
+    assert_eq!(obs[5]["valueString"], "2+");
+    assert!(
+        !m.unmapped.iter().any(|u| u == "OBX-5" || u == "OBX-6"),
+        "{:?}",
+        m.unmapped
+    );
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]
@@ -1531,9 +1616,11 @@ OBX|6|SN|1^a^LN||<>^^-^|\r"
     let m = n.map(&parsed, &link()).expect("maps with warnings");
     let v: Value = serde_json::from_slice(&m.bundle).unwrap();
     check_bundle(&v);
+    // The 100,000 digits and `1e99999` are no numbers: kept as text (the raw record has them).
+    let obs = resources(&v, "Observation");
+    assert_eq!(obs[0]["valueString"].as_str().map(str::len), Some(100_000));
+    assert_eq!(obs[1]["valueString"], "1e99999");
     for w in [
-        "OBX-5: decimal number too long",
-        "OBX-5: not a decimal number",
         "OBX-5: day out of range",
         "OBX-5: not hexadecimal",
         "PID-7: month out of range",

@@ -686,10 +686,17 @@ mod tests {
         assert_eq!(d("5.").unwrap(), "5");
         assert_eq!(d(" 0 ").unwrap(), "0");
         assert_eq!(d("000").unwrap(), "0");
-        for bad in ["", "+", ".", "1e5", "1,5", "abc", "--1", "1.2.3", "NaN"] {
+        for bad in [
+            "", "+", ".", "1e5", "1,5", "abc", "--1", "1.2.3", "NaN", "<0.5",
+        ] {
             assert!(d(bad).is_err(), "{bad}");
+            assert!(!is_decimal(bad), "{bad}");
         }
-        assert!(d(&"9".repeat(100)).is_err());
+        assert_eq!(d(&"9".repeat(100)), Err("decimal number too long"));
+        assert!(!is_decimal(&"9".repeat(100)));
+        // Leading zeros do not count towards the length; the condition and the writer agree.
+        assert!(is_decimal(&format!("{}1", "0".repeat(100))));
+        assert!(is_decimal(" 007.50 "));
     }
 
     #[test]
