@@ -941,6 +941,43 @@ OBX|6|SN|1-6^A^L||^2^+||||||F\r"
     );
 }
 
+/// Events that undo another: an A13 (discharge cancelled) leaves the Encounter in progress and
+/// its PV1-45 is no end; an S17 (appointment deleted) is no booked Appointment.
+#[test]
+fn cancelling_events_do_not_read_as_what_they_cancel() {
+    let n = normalizer();
+    let a13 = "MSH|^~\\&|ADT|H|EHR|H|20240301080000+0000||ADT^A13|C13|P|2.5.1\r\
+PID|1||M1^^^H^MR||Doe^Jo\r\
+PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240301070000+0000|20240302070000+0000\r";
+    let (m, b) = map_bytes(&n, a13.as_bytes());
+    let enc = one(&b, "Encounter");
+    assert_eq!(enc["status"], "in-progress");
+    assert!(enc["period"].get("end").is_none(), "{enc}");
+    assert_eq!(enc["period"]["start"], "2024-03-01T07:00:00+00:00");
+    assert!(
+        !m.unmapped.iter().any(|u| u == "PV1-45"),
+        "{:?}",
+        m.unmapped
+    );
+    let siu = |event: &str| {
+        format!(
+            "MSH|^~\\&|SCHED|H|EHR|H|20240301080000+0000||SIU^{event}|C{event}|P|2.5.1\r\
+SCH|APT-1^SCHED|APT-1^SCHED|||||ROUTINE\r\
+PID|1||M1^^^H^MR||Doe^Jo\r"
+        )
+    };
+    let status = |event: &str| {
+        let (_, b) = map_bytes(&n, siu(event).as_bytes());
+        one(&b, "Appointment")["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("S12"), "booked");
+    assert_eq!(status("S16"), "cancelled");
+    assert_eq!(status("S17"), "entered-in-error");
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]
