@@ -978,6 +978,30 @@ PID|1||M1^^^H^MR||Doe^Jo\r"
     assert_eq!(status("S17"), "entered-in-error");
 }
 
+/// An OBR after the OBR of its order, without an ORC of its own, is another order: it does
+/// not give the first ServiceRequest its time and priority, and what it holds is listed.
+#[test]
+fn a_second_order_detail_is_not_mapped_into_the_first_order() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|EPIC|HOSP|LIS|LAB|20240310070000-0500||ORM^O01|ORM3|P|2.3\r\
+PID|1||OM003^^^HOSP^MR||Orm^Pat||19700704|M\r\
+ORC|NW|P-5^EPIC\r\
+OBR|1|P-5^EPIC||CBC^CBC^L\r\
+OBR|2|P-6^EPIC||BMP^BMP^L|S||20240310063000-0500\r";
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let sr = one(&b, "ServiceRequest");
+    assert_eq!(sr["code"]["coding"][0]["code"], "CBC");
+    assert!(sr.get("occurrenceDateTime").is_none(), "{sr}");
+    assert!(sr.get("priority").is_none(), "{sr}");
+    assert_warned(
+        &m,
+        "OBR: a second one in its group names another ServiceRequest",
+    );
+    for f in ["OBR-2", "OBR-4", "OBR-7"] {
+        assert!(m.unmapped.iter().any(|u| u == f), "{f}: {:?}", m.unmapped);
+    }
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]

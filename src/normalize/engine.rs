@@ -65,6 +65,9 @@ pub struct Inst {
     pub ty: TypeId,
     pub root: u32,
     pub id: [u8; 36],
+    /// The id of its key without a `|#n` suffix (`id` unless a `distinct` key was taken): what
+    /// a later segment naming the same thing would get.
+    key_id: [u8; 36],
     /// Something from the message was written (constants and references alone do not make a
     /// resource worth sending).
     pub has_data: bool,
@@ -447,6 +450,9 @@ pub struct Build {
     /// The segment field rows are reading now (`PID`, 7), named in warnings.
     cur_field: ([u8; 3], u16),
     too_many: bool,
+    /// (resource, segment id, segment number) for segments that occur once where they belong
+    /// (OBR in an order): a second such segment mapping into the same resource is found here.
+    once_into: Vec<(u32, [u8; 3], u32)>,
 }
 
 pub struct Mapper<'p> {
@@ -503,6 +509,7 @@ impl<'p> Mapper<'p> {
             cur_field: (*b"MSH", 0),
             left_out: Vec::new(),
             too_many: false,
+            once_into: Vec::new(),
         };
         if !msg.charset().holds(msg.bytes()) {
             // Named once: which field holds such bytes would take a decode per field.
@@ -580,6 +587,11 @@ impl<'p> Mapper<'p> {
             };
             used.clear();
             used.resize(fields.len() + 1, false);
+            // Resources a segment that belongs once found an earlier one of its kind mapped
+            // into: an OBR after the OBR of its order (no ORC of its own) is another order.
+            let mut second_into: Option<u32> = None;
+            // A row skipped for naming another resource: the key fields it read are lost too.
+            let mut other_identity = false;
             for &ri in rows {
                 let row = &self.mm.rows[ri];
                 let view = SegView {
@@ -605,6 +617,28 @@ impl<'p> Mapper<'p> {
                         None => continue,
                     }
                 };
+                let mut again = again;
+                if !*repeats && !again {
+                    let n = seg_index as u32;
+                    if let Some(&(_, _, k)) =
+                        b.once_into.iter().find(|(i, s, _)| *i == inst && *s == id)
+                    {
+                        // Only where the segment names resources that stay apart (`distinct`):
+                        // a second IN1 or PV1 naming the same Coverage or Encounter (`merge`),
+                        // or AIS adding participants to the Appointment, is as it should be.
+                        again = k != n && self.names_distinct(b.insts[inst as usize].ty, &id);
+                    } else {
+                        b.once_into.push((inst, id, n));
+                    }
+                    if again && second_into != Some(inst) {
+                        second_into = Some(inst);
+                        b.warn(format_args!(
+                            "{}: a second one where one belongs adds to what the first made; \
+                             values the first set are kept",
+                            String::from_utf8_lossy(&id)
+                        ));
+                    }
+                }
                 if again && !self.same_identity(&walk, &b, inst, &view) {
                     let ty = b.insts[inst as usize].ty;
                     let name = &self.plan.model.ty(ty).name;
@@ -624,6 +658,7 @@ impl<'p> Mapper<'p> {
                          the first one's",
                         String::from_utf8_lossy(&id)
                     ));
+                    other_identity = true;
                     continue;
                 }
                 if b.too_many {
@@ -655,7 +690,7 @@ impl<'p> Mapper<'p> {
                     self.link_ref(&walk, &mut b, rr.from, &rr.path, rr.to);
                 }
             }
-            if let Some(keyed) = self.plan.id_fields.get(&id) {
+            if let Some(keyed) = self.plan.id_fields.get(&id).filter(|_| !other_identity) {
                 for &f in keyed {
                     if let Some(u) = used.get_mut(f as usize) {
                         *u = true;
@@ -846,11 +881,21 @@ impl<'p> Mapper<'p> {
     fn same_identity(&self, walk: &Walk<'_>, b: &Build, inst: u32, view: &SegView<'_, '_>) -> bool {
         let found = &b.insts[inst as usize];
         let v2 = std::str::from_utf8(&view.id).unwrap_or("");
-        // Only keys that name one thing (`merge`): a `distinct` resource's id may carry `|#n`.
-        let Some((key, true)) = self.key(b, walk, found.ty, v2, view) else {
+        // Against the id of its key without a `|#n` suffix, which a `distinct` one may carry.
+        let Some((key, _)) = self.key(b, walk, found.ty, v2, view) else {
             return true;
         };
-        value::id_of(&self.ns, &key) == found.id
+        value::id_of(&self.ns, &key) == found.key_id
+    }
+
+    /// Whether segment `id` names resources of type `ty` by a `distinct` key (OBR, an order).
+    fn names_distinct(&self, ty: TypeId, id: &[u8; 3]) -> bool {
+        let v2 = std::str::from_utf8(id).unwrap_or("");
+        self.plan
+            .ids
+            .get(v2)
+            .and_then(|rules| rules.iter().find(|(t, _)| *t == ty))
+            .is_some_and(|(_, r)| !r.merge)
     }
 
     /// The business key of a new resource, by the id rule for (type, v2 source).
@@ -980,6 +1025,7 @@ impl<'p> Mapper<'p> {
             ty,
             root,
             id,
+            key_id: base.unwrap_or(id),
             has_data: false,
             labels: 0,
             scope,
