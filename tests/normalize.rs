@@ -1002,6 +1002,32 @@ OBR|2|P-6^EPIC||BMP^BMP^L|S||20240310063000-0500\r";
     }
 }
 
+/// Two doctors sent with one placeholder id (999999) are one Practitioner by key; the second
+/// mention's other name is named and listed, not dropped unseen. The same doctor named twice
+/// (attending and admitting) is no loss.
+#[test]
+fn a_second_mention_of_a_merged_resource_lists_what_it_loses() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|PM1|P|2.5.1\r\
+PID|1||M1^^^H^MR||Doe^Jo\r\
+PV1|1|I|||||999999^SMITH^JOHN|999999^JONES^MARY|||||||||1234^LEE^ANN\r\
+PV2|||||||||||||1234^LEE^ANN\r";
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    assert_eq!(resources(&b, "Practitioner").len(), 2);
+    assert!(m.unmapped.iter().any(|u| u == "PV1-8"), "{:?}", m.unmapped);
+    assert_warned(&m, "PV1-8: names the Practitioner an earlier field named");
+    assert!(
+        !m.unmapped.iter().any(|u| u == "PV2-13"),
+        "{:?}",
+        m.unmapped
+    );
+    assert!(
+        !m.warnings.iter().any(|w| w.starts_with("PV2-13")),
+        "{:?}",
+        m.warnings
+    );
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]

@@ -453,6 +453,9 @@ pub struct Build {
     /// (resource, segment id, segment number) for segments that occur once where they belong
     /// (OBR in an order): a second such segment mapping into the same resource is found here.
     once_into: Vec<(u32, [u8; 3], u32)>,
+    /// Values not written because the element held another one (first write wins): counted,
+    /// so that a later mention of a merged resource can tell that it lost something.
+    lost: u32,
 }
 
 pub struct Mapper<'p> {
@@ -510,6 +513,7 @@ impl<'p> Mapper<'p> {
             left_out: Vec::new(),
             too_many: false,
             once_into: Vec::new(),
+            lost: 0,
         };
         if !msg.charset().holds(msg.bytes()) {
             // Named once: which field holds such bytes would take a decode per field.
@@ -1350,11 +1354,21 @@ impl<'p> Mapper<'p> {
                     );
                     let known = b.insts.len();
                     let new = self.create(b, t, key, &cm.name, scope, group);
+                    let root = b.insts[new as usize].root;
+                    let lost = b.lost;
+                    let filled = self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
                     // The same practitioner or location named twice (PV1-7 and PV1-17) is one
-                    // resource with one key: it was filled the first time.
-                    if new as usize >= known {
-                        let root = b.insts[new as usize].root;
-                        self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    // resource with one key, filled the first time: a later mention adds what
+                    // the first lacked, and one with other values (999999 for two doctors) is
+                    // named in a warning and listed as unmapped, not counted as mapped.
+                    let used = new as usize >= known || (filled && b.lost == lost);
+                    if !used {
+                        b.warn(format_args!(
+                            "{}: names the {} an earlier field named (same key) with other \
+                             values; the first mention's are kept",
+                            b.field_name(),
+                            self.plan.model.ty(t).name
+                        ));
                     }
                     // What the referenced resource holds came from this row's field: the
                     // resource that points at it carries that data too (an IN1 naming only its
@@ -1363,7 +1377,7 @@ impl<'p> Mapper<'p> {
                         b.insts[inst as usize].has_data = true;
                     }
                     self.point_at(b, anchor, path, rep, inst, new);
-                    return true;
+                    return used;
                 }
                 let leaf = leaf_anchor(model, b, anchor, path, rep);
                 if let Some(vi) = vocab {
@@ -1480,6 +1494,13 @@ impl<'p> Mapper<'p> {
                     return true;
                 }
             }
+            // The same value again (PV1-7 and PV1-17 naming one doctor) is no value lost.
+            if let Val::Text(a, e) = n.val {
+                if b.text[a as usize..e as usize] == *value::trim(text) {
+                    return true;
+                }
+            }
+            b.lost += 1;
             return false;
         }
         let codes = &self.plan.model.elem(n.elem).codes;
