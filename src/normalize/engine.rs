@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use super::cond::{Env, Ref, MAX_GUARDS};
+use super::cond::{Cond, Env, Ref, MAX_GUARDS};
 use super::model::{ElemId, Model, Prim, TypeId};
 use super::plan::{
     Action, CMap, KeyPart, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap, Xform,
@@ -68,6 +68,9 @@ pub struct Inst {
     /// The id of its key without a `|#n` suffix (`id` unless a `distinct` key was taken): what
     /// a later segment naming the same thing would get.
     key_id: [u8; 36],
+    /// Where in the message the value that filled it lies (offset, length, level), so that the
+    /// same value named again costs a comparison, not a second map.
+    filled_from: Option<(u32, u32, Level)>,
     /// Something from the message was written (constants and references alone do not make a
     /// resource worth sending).
     pub has_data: bool,
@@ -228,6 +231,26 @@ impl<'m> Walk<'m> {
         self.msg
             .text_as(raw, Formatting::Plain)
             .unwrap_or(Cow::Borrowed(""))
+    }
+}
+
+/// The answers of conditions several rows of a map share (`Row::shared_cond`), asked once per
+/// map call and value: by condition, the field the row iterates and its repetition (a reference
+/// to that field reads the current repetition).
+#[derive(Default)]
+struct Asked(Vec<(u16, (u16, u32), bool)>);
+
+impl Asked {
+    fn eval(&mut self, shared: Option<u16>, at: (u16, u32), c: &Cond, env: &dyn Env) -> bool {
+        let Some(id) = shared else {
+            return c.eval(env);
+        };
+        if let Some(&(_, _, v)) = self.0.iter().find(|(i, a, _)| *i == id && *a == at) {
+            return v;
+        }
+        let v = c.eval(env);
+        self.0.push((id, at, v));
+        v
     }
 }
 
@@ -1030,6 +1053,7 @@ impl<'p> Mapper<'p> {
             root,
             id,
             key_id: base.unwrap_or(id),
+            filled_from: None,
             has_data: false,
             labels: 0,
             scope,
@@ -1118,6 +1142,7 @@ impl<'p> Mapper<'p> {
                 cur: None,
             },
         );
+        let mut asked = Asked::default();
         for row in &map.rows {
             if row.guard.is_some_and(|g| !g.admits(&guards)) {
                 continue;
@@ -1130,7 +1155,11 @@ impl<'p> Mapper<'p> {
                         fields,
                         cur: None,
                     };
-                    if row.cond.as_ref().is_none_or(|c| c.eval(&view)) {
+                    if row
+                        .cond
+                        .as_ref()
+                        .is_none_or(|c| asked.eval(row.shared_cond, (0, 0), c, &view))
+                    {
                         b.cur_field = (id, 0);
                         self.action_at(walk, b, row, None, 0, anchor, inst, &view, 0);
                     }
@@ -1176,7 +1205,7 @@ impl<'p> Mapper<'p> {
                             continue;
                         }
                         let fire = match &row.cond {
-                            Some(c) => c.eval(&view),
+                            Some(c) => asked.eval(row.shared_cond, (field, r as u32), c, &view),
                             None => valued,
                         };
                         if !fire {
@@ -1232,6 +1261,7 @@ impl<'p> Mapper<'p> {
         let mut element = None;
         let map = &self.plan.maps[map];
         let guards = guard_values(map, &view);
+        let mut asked = Asked::default();
         for row in &map.rows {
             if row.guard.is_some_and(|g| !g.admits(&guards)) {
                 continue;
@@ -1247,7 +1277,7 @@ impl<'p> Mapper<'p> {
                 continue;
             }
             let fire = match &row.cond {
-                Some(c) => c.eval(&view),
+                Some(c) => asked.eval(row.shared_cond, (0, 0), c, &view),
                 None => valued,
             };
             if !fire {
@@ -1355,13 +1385,30 @@ impl<'p> Mapper<'p> {
                     let known = b.insts.len();
                     let new = self.create(b, t, key, &cm.name, scope, group);
                     let root = b.insts[new as usize].root;
-                    let lost = b.lost;
-                    let filled = self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                    let raw = v.raw();
+                    let bytes = walk.msg.bytes();
+                    let at = (raw.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+                    let span = (at.checked_add(raw.len()).is_some_and(|e| e <= bytes.len()))
+                        .then_some((at as u32, raw.len() as u32, level));
+                    let again = b.insts[new as usize].filled_from.is_some_and(|(a, n, l)| {
+                        l == level && bytes.get(a as usize..(a + n) as usize) == Some(raw)
+                    });
                     // The same practitioner or location named twice (PV1-7 and PV1-17) is one
-                    // resource with one key, filled the first time: a later mention adds what
-                    // the first lacked, and one with other values (999999 for two doctors) is
-                    // named in a warning and listed as unmapped, not counted as mapped.
-                    let used = new as usize >= known || (filled && b.lost == lost);
+                    // resource with one key, filled the first time: the same value again adds
+                    // nothing; another (999999 for two doctors) adds what the first lacked and
+                    // is named in a warning and listed as unmapped where it differs.
+                    let used = if new as usize >= known {
+                        self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                        b.insts[new as usize].filled_from = span;
+                        true
+                    } else if again {
+                        true
+                    } else {
+                        let lost = b.lost;
+                        let filled =
+                            self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                        filled && b.lost == lost
+                    };
                     if !used {
                         b.warn(format_args!(
                             "{}: names the {} an earlier field named (same key) with other \

@@ -125,6 +125,10 @@ pub struct Row {
     pub cond: Option<Cond>,
     /// The part of the condition asked once per map call (`CMap::guards`), not per row.
     pub guard: Option<RowGuard>,
+    /// Set when another row of the map has the same condition (what remains after the guard):
+    /// the map call asks it once per value and reuses the answer (`OBX[Observation]`'s ten SN
+    /// text rows share one long condition).
+    pub shared_cond: Option<u16>,
     pub path: Path,
     pub action: Action,
 }
@@ -399,6 +403,33 @@ struct Compiler<'a> {
     map_cache: HashMap<(String, TypeId), usize>,
     in_progress: HashSet<(String, TypeId)>,
     vocab_index: HashMap<String, usize>,
+}
+
+/// Numbers the conditions that more than one row of a map has (what remains after the guard;
+/// `Const(true)` is no condition to ask).
+fn share_conditions(rows: &mut [Row]) {
+    let mut seen: Vec<(usize, Option<u16>)> = Vec::new();
+    let mut next = 0u16;
+    for i in 0..rows.len() {
+        let Some(c) = rows[i].cond.as_ref().filter(|c| **c != Cond::Const(true)) else {
+            continue;
+        };
+        match seen
+            .iter_mut()
+            .find(|(j, _)| rows[*j].cond.as_ref() == Some(c))
+        {
+            Some((j, id)) => {
+                let id = *id.get_or_insert_with(|| {
+                    next += 1;
+                    next - 1
+                });
+                let j = *j;
+                rows[j].shared_cond = Some(id);
+                rows[i].shared_cond = Some(id);
+            }
+            None => seen.push((i, None)),
+        }
+    }
 }
 
 /// Builds the plan, or every problem found.
@@ -958,6 +989,7 @@ impl Compiler<'_> {
                 _ => false,
             },
         );
+        share_conditions(&mut rows);
         self.in_progress.remove(&key);
         let i = self.maps.len();
         self.maps.push(CMap {
@@ -1028,6 +1060,7 @@ impl Compiler<'_> {
                 src: s,
                 cond,
                 guard: None,
+                shared_cond: None,
                 path: Path {
                     sub: 1,
                     steps: Vec::new(),
@@ -1073,6 +1106,7 @@ impl Compiler<'_> {
                     src: s,
                     cond,
                     guard: None,
+                    shared_cond: None,
                     path,
                     action: Action::Link(t),
                 });
@@ -1172,6 +1206,7 @@ impl Compiler<'_> {
             src: s,
             cond,
             guard: None,
+            shared_cond: None,
             path,
             action,
         })
