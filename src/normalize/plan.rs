@@ -1598,6 +1598,7 @@ impl Plan {
 mod tests {
     use super::{Ref, Src, Target};
     use std::borrow::Cow;
+    use std::collections::HashMap;
 
     /// In the shipped set, no row's guard reads the field the row iterates (whose current
     /// repetition its condition sees, and which differs from one repetition to the next), and
@@ -1637,6 +1638,23 @@ mod tests {
             .find(|m| m.name == "OBX[Observation]")
             .unwrap();
         assert_eq!(obx.guards.len(), 1, "{:?}", obx.guards);
+        // The SN text rows share one condition, asked once per OBX-5 value; no condition is
+        // shared by rows whose conditions differ.
+        let mut by_id: HashMap<u16, Vec<&super::Row>> = HashMap::new();
+        for r in &obx.rows {
+            if let Some(id) = r.shared_cond {
+                by_id.entry(id).or_default().push(r);
+            }
+        }
+        assert!(
+            by_id.values().any(|rows| rows.len() >= 10),
+            "{}",
+            by_id.len()
+        );
+        for rows in by_id.values() {
+            assert!(rows.len() >= 2);
+            assert!(rows.iter().all(|r| r.cond == rows[0].cond));
+        }
         assert!(obx.rows.iter().filter(|r| r.guard.is_some()).count() >= 15);
         assert!(guarded > 20, "{guarded} guarded rows");
     }
