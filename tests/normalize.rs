@@ -1028,6 +1028,35 @@ PV2|||||||||||||1234^LEE^ANN\r";
     );
 }
 
+/// An order is its placer number from the ORM that placed it to the ORU that reports on it
+/// (which adds the filler number): one ServiceRequest, updated, not a second one beside the
+/// first, which stayed active. Without a placer number the filler number keys it.
+#[test]
+fn an_order_and_its_result_are_one_service_request() {
+    let n = normalizer();
+    let orm = "MSH|^~\\&|EPIC|HOSP|LIS|LAB|20240310070000-0500||ORM^O01|O1|P|2.5.1\r\
+PID|1||M1^^^HOSP^MR||Doe^Jo\r\
+ORC|NW|PL-1001^EPIC\r\
+OBR|1|PL-1001^EPIC||2345-7^Glucose^LN\r";
+    let oru = |placer: &str| {
+        format!(
+            "MSH|^~\\&|LIS|LAB|EPIC|HOSP|20240310090000-0500||ORU^R01|R1|P|2.5.1\r\
+PID|1||M1^^^HOSP^MR||Doe^Jo\r\
+ORC|RE|{placer}|FL-2002^LAB||CM\r\
+OBR|1|{placer}|FL-2002^LAB|2345-7^Glucose^LN\r\
+OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|||||F\r"
+        )
+    };
+    let (_, placed) = map_bytes(&n, orm.as_bytes());
+    let (_, reported) = map_bytes(&n, oru("PL-1001^EPIC").as_bytes());
+    let (_, filler_only) = map_bytes(&n, oru("").as_bytes());
+    let id = |b: &Value| one(b, "ServiceRequest")["id"].clone();
+    assert_eq!(id(&placed), id(&reported));
+    assert_eq!(one(&reported, "ServiceRequest")["status"], "completed");
+    assert_ne!(id(&filler_only), id(&placed));
+    assert_eq!(id(&filler_only), id(&map_bytes(&n, oru("").as_bytes()).1));
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]
@@ -1648,6 +1677,10 @@ fn lint_names_file_line_and_field() {
             "messages/ADT_A01.csv",
             &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\n"),
         ),
+        (
+            "tables/ids.csv",
+            "resource,source,key,same_key\nServiceRequest,ORC,ORC-2.1 OR (ORC-3.1),distinct\n",
+        ),
     ]);
     let errors = match Normalizer::lint(&NormalizeConfig {
         site_dir: Some(site.clone()),
@@ -1677,6 +1710,11 @@ fn lint_names_file_line_and_field() {
     assert!(
         text.iter()
             .any(|t| t.contains("messages/ADT_A01.csv:2: resource: `Patinet`")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("tables/ids.csv:2: key: an alternative")),
         "{text:#?}"
     );
     assert!(matches!(errors[0], LoadError::Invalid { .. }));

@@ -942,42 +942,59 @@ impl<'p> Mapper<'p> {
             .find(|(t, _)| *t == ty)
             .map(|(_, r)| r)?;
         let mut key = String::with_capacity(96);
-        key.push_str(&self.plan.model.ty(ty).name);
-        let mut identified = false;
-        for (p, role) in &rule.parts {
-            key.push('|');
-            let valued = match p {
-                KeyPart::Ref(r) => {
-                    let t = env.text(r);
-                    let t = value::trim(&t);
-                    // Escaped, so that no text (an identifier sent as `A\F\B`) can end one
-                    // part and start the next: the parts of two keys stay apart.
-                    if t.bytes().any(|b| b == b'|' || b == b'\\') {
-                        for c in t.chars() {
-                            if matches!(c, '|' | '\\') {
-                                key.push('\\');
+        // The first alternative (`… OR …`) with an identifying part valued is the key; a later
+        // one is marked, so that it never equals an earlier one's key.
+        for (alt, parts) in rule
+            .parts
+            .split(|(p, _)| matches!(p, KeyPart::Or))
+            .enumerate()
+        {
+            key.clear();
+            key.push_str(&self.plan.model.ty(ty).name);
+            if alt > 0 {
+                key.push_str("|#or");
+                value::push_int(&mut key, alt as i64);
+            }
+            let mut identified = false;
+            for (p, role) in parts {
+                key.push('|');
+                let valued = match p {
+                    KeyPart::Ref(r) => {
+                        let t = env.text(r);
+                        let t = value::trim(&t);
+                        // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
+                        // can end one part and start the next, or read as a suffix or marker:
+                        // the parts of two keys stay apart.
+                        if t.bytes().any(|b| matches!(b, b'|' | b'\\' | b'#')) {
+                            for c in t.chars() {
+                                if matches!(c, '|' | '\\' | '#') {
+                                    key.push('\\');
+                                }
+                                key.push(c);
                             }
-                            key.push(c);
+                        } else {
+                            key.push_str(t);
                         }
-                    } else {
-                        key.push_str(t);
+                        !t.is_empty()
                     }
-                    !t.is_empty()
-                }
-                KeyPart::Empty => false,
-                KeyPart::Context(t) => {
-                    let found = b
-                        .insts
-                        .iter()
-                        .rev()
-                        .find(|x| x.ty == *t && walk.visible(x.scope, x.group))?;
-                    key.push_str(std::str::from_utf8(&found.id).unwrap_or(""));
-                    true
-                }
-            };
-            identified |= valued && *role == Role::Identifies;
+                    KeyPart::Empty | KeyPart::Or => false,
+                    KeyPart::Context(t) => {
+                        let found = b
+                            .insts
+                            .iter()
+                            .rev()
+                            .find(|x| x.ty == *t && walk.visible(x.scope, x.group))?;
+                        key.push_str(std::str::from_utf8(&found.id).unwrap_or(""));
+                        true
+                    }
+                };
+                identified |= valued && *role == Role::Identifies;
+            }
+            if identified {
+                return Some((key, rule.merge));
+            }
         }
-        identified.then_some((key, rule.merge))
+        None
     }
 
     /// Makes a resource (or finds the one with the same id when its rule merges).

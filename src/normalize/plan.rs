@@ -244,6 +244,9 @@ pub enum KeyPart {
     Empty,
     /// `@DiagnosticReport`: the id of the nearest open resource of that type.
     Context(TypeId),
+    /// `OR`: what follows is the key when nothing before it identifies (an order by its placer
+    /// number, else by its filler number).
+    Or,
 }
 
 /// What a key part does for a key ([`IdRule`]).
@@ -777,6 +780,10 @@ impl Compiler<'_> {
             }
             let mut parts = Vec::new();
             for tok in r.get(2).split_whitespace() {
+                if tok == "OR" {
+                    parts.push((KeyPart::Or, Role::Qualifies));
+                    continue;
+                }
                 let (tok, role) = match tok.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
                     Some(inner) => (inner, Role::Qualifies),
                     None => (tok, Role::Identifies),
@@ -804,11 +811,18 @@ impl Compiler<'_> {
                     Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
                 }
             }
-            if !parts.is_empty() && parts.iter().all(|(_, role)| *role == Role::Qualifies) {
+            let alternatives = parts.split(|(p, _)| matches!(p, KeyPart::Or));
+            if !parts.is_empty()
+                && alternatives
+                    .clone()
+                    .any(|alt| alt.iter().all(|(_, role)| *role == Role::Qualifies))
+            {
                 self.err_at(
                     *src,
                     r.line,
-                    "key: every part is in parentheses (qualifies), so no key is ever made".into(),
+                    "key: an alternative (before, between or after OR) has no part outside \
+                     parentheses, so it never makes a key"
+                        .into(),
                 );
             }
             let merge = match r.get(3) {
