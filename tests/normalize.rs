@@ -76,6 +76,31 @@ fn assert_warned(m: &Mapped, part: &str) {
     );
 }
 
+fn assert_not_warned(m: &Mapped, part: &str) {
+    assert!(
+        !m.warnings.iter().any(|w| w.contains(part)),
+        "a warning with {part:?}: {:?}",
+        m.warnings
+    );
+}
+
+/// `field` is listed as holding data no row mapped.
+fn assert_unmapped(m: &Mapped, field: &str) {
+    assert!(
+        m.unmapped.iter().any(|u| u == field),
+        "{field} not listed: {:?}",
+        m.unmapped
+    );
+}
+
+fn assert_not_unmapped(m: &Mapped, field: &str) {
+    assert!(
+        !m.unmapped.iter().any(|u| u == field),
+        "{field} listed: {:?}",
+        m.unmapped
+    );
+}
+
 /// An ORU^R01 up to its first OBR, for tests that vary the results.
 const ORU_HEAD: &str = "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
 PID|1||42^^^H^MR||Doe^Jo\r\
@@ -818,12 +843,8 @@ OBX|4|NM|1-4^A^L|||mg/dL^^UCUM|||||F\r"
     assert_eq!(obs[2]["valueQuantity"]["unit"], "mg/dL");
     // No value: no Quantity of a unit alone, and the unit is listed as not mapped.
     assert!(obs[3].get("valueQuantity").is_none(), "{}", obs[3]);
-    assert!(m.unmapped.iter().any(|u| u == "OBX-6"), "{:?}", m.unmapped);
-    assert!(
-        !m.warnings.iter().any(|w| w.contains("decimal")),
-        "{:?}",
-        m.warnings
-    );
+    assert_unmapped(&m, "OBX-6");
+    assert_not_warned(&m, "decimal");
 }
 
 /// Status codes R4 binds to a value set that its JSON schema does not list (ServiceRequest,
@@ -839,7 +860,7 @@ OBR|1|PL-1^EHR|FL-1^LAB|1234-5^Panel^LN\r\
 OBX|1|NM|1-1^A^LN||5|mg|||||F\r";
     let (m, b) = map_bytes(&n, oru.as_bytes());
     assert_eq!(one(&b, "ServiceRequest")["status"], "completed");
-    assert!(!m.unmapped.iter().any(|u| u == "ORC-1"), "{:?}", m.unmapped);
+    assert_not_unmapped(&m, "ORC-1");
     let orm = "MSH|^~\\&|EHR|H|LAB|H|20240101120000+0000||ORM^O01|S2|P|2.5.1\r\
 PID|1||42^^^H^MR||Doe^Jo\r\
 ORC|XO|PL-2^EHR\r\
@@ -954,11 +975,7 @@ PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240301070000+0
     assert_eq!(enc["status"], "in-progress");
     assert!(enc["period"].get("end").is_none(), "{enc}");
     assert_eq!(enc["period"]["start"], "2024-03-01T07:00:00+00:00");
-    assert!(
-        !m.unmapped.iter().any(|u| u == "PV1-45"),
-        "{:?}",
-        m.unmapped
-    );
+    assert_not_unmapped(&m, "PV1-45");
     let siu = |event: &str| {
         format!(
             "MSH|^~\\&|SCHED|H|EHR|H|20240301080000+0000||SIU^{event}|C{event}|P|2.5.1\r\
@@ -1014,18 +1031,10 @@ PV1|1|I|||||999999^SMITH^JOHN|999999^JONES^MARY|||||||||1234^LEE^ANN\r\
 PV2|||||||||||||1234^LEE^ANN\r";
     let (m, b) = map_bytes(&n, msg.as_bytes());
     assert_eq!(resources(&b, "Practitioner").len(), 2);
-    assert!(m.unmapped.iter().any(|u| u == "PV1-8"), "{:?}", m.unmapped);
+    assert_unmapped(&m, "PV1-8");
     assert_warned(&m, "PV1-8: names the Practitioner an earlier field named");
-    assert!(
-        !m.unmapped.iter().any(|u| u == "PV2-13"),
-        "{:?}",
-        m.unmapped
-    );
-    assert!(
-        !m.warnings.iter().any(|w| w.starts_with("PV2-13")),
-        "{:?}",
-        m.warnings
-    );
+    assert_not_unmapped(&m, "PV2-13");
+    assert_not_warned(&m, "PV2-13");
 }
 
 /// An order is its placer number from the ORM that placed it to the ORU that reports on it
