@@ -604,10 +604,12 @@ impl Pipeline {
                 Ok((derived, remarks)) => {
                     self.metrics.normalized.with_label_values(&["mapped"]).inc();
                     for item in &remarks.unmapped {
-                        self.metrics
-                            .unmapped
-                            .with_label_values(&[&self.metrics.item_label(item)])
-                            .inc();
+                        let label = if normalizer.names_segment(item) {
+                            self.metrics.item_label(item)
+                        } else {
+                            "other".into()
+                        };
+                        self.metrics.unmapped.with_label_values(&[&label]).inc();
                     }
                     for ty in &remarks.left_out {
                         self.metrics.left_out.with_label_values(&[ty]).inc();

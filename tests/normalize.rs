@@ -1066,6 +1066,23 @@ OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|||||F\r"
     assert_eq!(id(&filler_only), id(&map_bytes(&n, oru("").as_bytes()).1));
 }
 
+/// A line of clinical text after a stray CR reads as a segment (`HIV|positive…`): the mapping
+/// lists it for the engineer, but only segment ids the set knows, and Z-segments, may label a
+/// metric.
+#[test]
+fn only_known_segment_ids_label_metrics() {
+    let n = normalizer();
+    let msg = format!("{ORU_HEAD}OBX|1|TX|1-1^A^L||Patient informed\rHIV|positive, counselled\r");
+    let (m, _) = map_bytes(&n, msg.as_bytes());
+    assert_unmapped(&m, "HIV");
+    assert!(!n.names_segment("HIV"));
+    assert!(!n.names_segment("HIV-1"));
+    assert!(!n.names_segment(""));
+    for known in ["PID-10", "OBX-5", "ZPI", "ZZZ-1", "GT1"] {
+        assert!(n.names_segment(known), "{known}");
+    }
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]

@@ -105,6 +105,9 @@ pub struct Normalizer {
     /// ([`Mapped::shown_valid`]): the configuration asks for it and what the plan itself writes
     /// (the Provenance's text, label codes) is shown once, here. Else every Bundle's label.
     check: Result<(), &'static str>,
+    /// The segment ids the set's message maps name: what an unmapped item may be labelled by in
+    /// metrics (a sender's made-up id, three letters of clinical text after a stray CR, is not).
+    segments: std::collections::HashSet<[u8; 3]>,
 }
 
 impl Normalizer {
@@ -147,12 +150,37 @@ impl Normalizer {
         let files = files::load(base, site).map_err(|e| vec![e])?;
         let plan = plan::compile(&files)?;
         let check = check::plan_shown(&plan);
-        Ok(Normalizer { plan, ns, check })
+        let segments = plan
+            .messages
+            .iter()
+            .flat_map(|m| &m.groups)
+            .flat_map(|g| &g.members)
+            .filter_map(|m| match m {
+                plan::Member::Seg { id, .. } => Some(*id),
+                plan::Member::Group(_) => None,
+            })
+            .collect();
+        Ok(Normalizer {
+            plan,
+            ns,
+            check,
+            segments,
+        })
     }
 
     /// The built-in mapping files (what `adapters_dir` unset means).
     pub fn default_files() -> Vec<SourceFile> {
         defaults::files()
+    }
+
+    /// Whether an unmapped item (`PID-10`, `ZPI`) names a segment the set knows or a Z-segment,
+    /// so that it may be a metric label; else it is counted as `other`.
+    pub fn names_segment(&self, item: &str) -> bool {
+        match item.as_bytes() {
+            [b'Z', ..] => true,
+            [a, b, c, ..] => self.segments.contains(&[*a, *b, *c]),
+            _ => false,
+        }
     }
 
     /// The mapping-set version: a hash of the files in use (also in every Provenance).
