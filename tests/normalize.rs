@@ -1083,6 +1083,23 @@ fn only_known_segment_ids_label_metrics() {
     }
 }
 
+/// A key reads a field's first valued repetition: PID-3 sent as `~E123^^^HOSP^MR` is patient
+/// E123, with the id the same patient gets from `E123^^^HOSP^MR`, not an id of its own.
+#[test]
+fn an_empty_first_repetition_does_not_hide_the_identifier() {
+    let n = normalizer();
+    let adt = |pid3: &str| {
+        let msg = format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A08|R1|P|2.5.1\r\
+PID|1||{pid3}||Doe^Jo\r\
+PV1|1|I\r"
+        );
+        one(&map_bytes(&n, msg.as_bytes()).1, "Patient")["id"].clone()
+    };
+    assert_eq!(adt("~E123^^^HOSP^MR"), adt("E123^^^HOSP^MR"));
+    assert_eq!(adt("\"\"~E123^^^HOSP^MR"), adt("E123^^^HOSP^MR"));
+}
+
 /// A document sent as a PDF (ED) and a text note (TX) in one MDM: two contents, the PDF's
 /// base64 as sent. Gathered into one attachment, the text was appended to the PDF's base64.
 #[test]

@@ -263,6 +263,16 @@ fn guard_values(map: &CMap, env: &dyn Env) -> [u8; MAX_GUARDS] {
     values
 }
 
+/// The first repetition of `f` that holds a value, else its first (an empty field's).
+fn first_valued(f: Field<'_>) -> Option<Field<'_>> {
+    let mut reps = f.repetitions();
+    let first = reps.next()?;
+    if valued(first) {
+        return Some(first);
+    }
+    Some(reps.find(|r| valued(*r)).unwrap_or(first))
+}
+
 /// Whether a part holds a value: something other than blanks, and not HL7's `""` null.
 fn valued(f: Field<'_>) -> bool {
     let raw = f.raw();
@@ -297,14 +307,16 @@ impl<'m> SegView<'_, 'm> {
         else {
             return None;
         };
+        // A field read whole (not the one a row iterates) reads its first valued repetition:
+        // `PID-3` sent as `~E123^^^H^MR` is patient E123, not a patient without an identifier.
         let rep = match seg {
             Some(s) if s != self.id => {
                 let other = self.walk.segment(&s)?;
-                other.field(field as usize).repetitions().next()?
+                first_valued(other.field(field as usize))?
             }
             _ => match self.cur {
                 Some((f, rep)) if f == field => rep,
-                _ => self.field(field)?.repetitions().next()?,
+                _ => first_valued(self.field(field)?)?,
             },
         };
         let c = if comp > 0 {
