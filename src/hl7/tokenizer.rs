@@ -454,6 +454,10 @@ impl<'m> Field<'m> {
     pub fn raw(&self) -> &'m [u8] {
         &self.index.bytes[self.start as usize..self.end as usize]
     }
+    /// Where its bytes are: `Message::bytes()[start..end]`.
+    pub fn span(&self) -> (u32, u32) {
+        (self.start, self.end)
+    }
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }

@@ -68,9 +68,9 @@ pub struct Inst {
     /// The id of its key without a `|#n` suffix (`id` unless a `distinct` key was taken): what
     /// a later segment naming the same thing would get.
     key_id: [u8; 36],
-    /// Where in the message the value that filled it lies (offset, length, level), so that the
+    /// Where in the message the value that filled it lies (`Field::span`, level), so that the
     /// same value named again costs a comparison, not a second map.
-    filled_from: Option<(u32, u32, Level)>,
+    filled_from: Option<((u32, u32), Level)>,
     /// Something from the message was written (constants and references alone do not make a
     /// resource worth sending).
     pub has_data: bool,
@@ -1414,21 +1414,19 @@ impl<'p> Mapper<'p> {
                     let known = b.insts.len();
                     let new = self.create(b, t, key, &cm.name, scope, group);
                     let root = b.insts[new as usize].root;
-                    let raw = v.raw();
-                    let bytes = walk.msg.bytes();
-                    let at = (raw.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
-                    let span = (at.checked_add(raw.len()).is_some_and(|e| e <= bytes.len()))
-                        .then_some((at as u32, raw.len() as u32, level));
-                    let again = b.insts[new as usize].filled_from.is_some_and(|(a, n, l)| {
-                        l == level && bytes.get(a as usize..(a + n) as usize) == Some(raw)
-                    });
+                    let again = b.insts[new as usize]
+                        .filled_from
+                        .is_some_and(|((s, e), l)| {
+                            l == level
+                                && walk.msg.bytes().get(s as usize..e as usize) == Some(v.raw())
+                        });
                     // The same practitioner or location named twice (PV1-7 and PV1-17) is one
                     // resource with one key, filled the first time: the same value again adds
                     // nothing; another (999999 for two doctors) adds what the first lacked and
                     // is named in a warning and listed as unmapped where it differs.
                     let used = if new as usize >= known {
                         self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
-                        b.insts[new as usize].filled_from = span;
+                        b.insts[new as usize].filled_from = Some((v.span(), level));
                         true
                     } else if again {
                         true

@@ -811,10 +811,9 @@ impl Compiler<'_> {
                     Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
                 }
             }
-            let alternatives = parts.split(|(p, _)| matches!(p, KeyPart::Or));
             if !parts.is_empty()
-                && alternatives
-                    .clone()
+                && parts
+                    .split(|(p, _)| matches!(p, KeyPart::Or))
                     .any(|alt| alt.iter().all(|(_, role)| *role == Role::Qualifies))
             {
                 self.err_at(

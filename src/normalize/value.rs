@@ -290,9 +290,6 @@ pub fn write_tm(s: &str, out: &mut String) -> Result<(), &'static str> {
 /// message cannot put a megabyte number into a Bundle that other readers parse as a double.
 pub const MAX_DECIMAL_LEN: usize = 40;
 
-/// Normalizes a v2 NM lexically into a JSON/FHIR decimal: `+5` → `5`, `.5` → `0.5`, `007.50` →
-/// `7.50`, `5.` → `5`, `-0.0` kept. The digits after the point are kept as written: they carry
-/// the precision.
 /// An HL7 NM's sign, integer digits without leading zeros and fraction digits, or why it is
 /// none (`<0.5`, `POS`, 41 digits).
 fn decimal_parts(s: &str) -> Result<(bool, &str, &str), &'static str> {
@@ -324,6 +321,9 @@ pub fn is_decimal(s: &str) -> bool {
     decimal_parts(s).is_ok()
 }
 
+/// Normalizes a v2 NM lexically into a JSON/FHIR decimal: `+5` → `5`, `.5` → `0.5`, `007.50` →
+/// `7.50`, `5.` → `5`, `-0.0` kept. The digits after the point are kept as written: they carry
+/// the precision.
 pub fn write_decimal(s: &str, out: &mut String) -> Result<(), &'static str> {
     let (neg, int, frac) = decimal_parts(s)?;
     if neg {
@@ -398,7 +398,7 @@ pub fn push_text(s: &str, out: &mut String) -> bool {
     out.extend(s.chars().map(|c| {
         if c.is_whitespace() && !matches!(c, ' ' | '\t' | '\r' | '\n') {
             ' '
-        } else if c.is_ascii_control() && c != '\u{7f}' && !matches!(c, '\t' | '\r' | '\n') {
+        } else if c.is_ascii() && Scan::class(c as u8) & Scan::CONTROL != 0 {
             replaced = true;
             char::REPLACEMENT_CHARACTER
         } else {

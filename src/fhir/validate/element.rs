@@ -109,8 +109,9 @@ impl Rules {
     }
 
     /// Whether `s` is a valid JSON string value of the element: the walk's string rules
-    /// (not empty, at most 1 MB, no control character but tab, LF and CR), the schema's pattern and codes, and the rules of its
-    /// primitive type (calendar dates, base64, active HTML in plain text).
+    /// (not empty, at most 1 MB, no control character but tab, LF and CR), the schema's
+    /// pattern and codes, and the rules of its primitive type (calendar dates, base64, active
+    /// HTML in plain text).
     pub fn text_ok(&self, e: Element, s: &str) -> bool {
         self.text_ok_scanned(e, s, p::Scan::of(s))
     }
