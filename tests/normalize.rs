@@ -517,6 +517,52 @@ OBX|1|NM|1-1^A^LN||2\r"
     assert_eq!(deref(&b, &dr[1]["result"][0])["valueQuantity"]["value"], 2);
 }
 
+/// One order number (ORC-2, no filler number in the ORC) with two reports: each report is the
+/// one its OBR names (filler number, code), so the second report's correction, sent alone,
+/// updates the second report, not the first. Keyed by the order alone, it took the first
+/// one's id: a PUT on the server would have overwritten the first report with the second's.
+#[test]
+fn a_report_begun_at_its_order_takes_the_id_its_obr_names() {
+    let n = normalizer();
+    let head = "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r";
+    let group = |set: u32, filler: &str, code: &str, status: &str, value: u32| {
+        format!(
+            "ORC|RE|PL-1^EHR\r\
+OBR|{set}|PL-1^EHR|{filler}^LAB|{code}^Test^LN|||20240101100000+0000||||||||||||||||||{status}\r\
+OBX|1|NM|{code}^Test^LN||{value}||||||{status}\r"
+        )
+    };
+    let both = format!(
+        "{head}{}{}",
+        group(1, "F-1", "1111-1", "F", 1),
+        group(2, "F-2", "2222-2", "F", 2)
+    );
+    let (_, first) = map_bytes(&n, both.as_bytes());
+    let reports = resources(&first, "DiagnosticReport");
+    assert_eq!(reports.len(), 2);
+    assert_ne!(reports[0]["id"], reports[1]["id"]);
+    let correction = format!("{head}{}", group(1, "F-2", "2222-2", "C", 3));
+    let (_, later) = map_bytes(&n, correction.as_bytes());
+    let corrected = one(&later, "DiagnosticReport");
+    assert_eq!(corrected["status"], "corrected");
+    assert_eq!(
+        corrected["id"], reports[1]["id"],
+        "the correction updates the second report"
+    );
+    assert_eq!(
+        one(&later, "Observation")["id"],
+        deref(&first, &reports[1]["result"][0])["id"],
+        "and its result"
+    );
+    // A report whose ORC and OBR carry no number: an id of its own (from the raw record),
+    // never the id of another message's report.
+    let bare = format!("{head}ORC|RE\rOBR|1|||3333-3^Test^LN\rOBX|1|NM|3333-3^Test^LN||4\r");
+    let (_, b) = map_bytes(&n, bare.as_bytes());
+    let id = one(&b, "DiagnosticReport")["id"].clone();
+    assert!(reports.iter().all(|r| r["id"] != id));
+}
+
 /// Resources of two patients' messages never share an id through a key that holds only what
 /// qualifies an identifier: an assigning authority, a set id, an order's code, a payer, a
 /// relationship, a family's shared policy number. Two ids shared would be one resource: the second message's PUT overwrites
@@ -1716,7 +1762,9 @@ fn lint_names_file_line_and_field() {
         ),
         (
             "tables/ids.csv",
-            "resource,source,key,same_key\nServiceRequest,ORC,ORC-2.1 OR (ORC-3.1),distinct\n",
+            "resource,source,key,same_key\nServiceRequest,ORC,ORC-2.1 OR (ORC-3.1),distinct\n\
+             DiagnosticReport,ORC,ORC-2.1,distinct until obr\n\
+             Specimen,SPM,SPM-2.1,distinct until PID\n",
         ),
     ]);
     let errors = match Normalizer::lint(&NormalizeConfig {
@@ -1752,6 +1800,17 @@ fn lint_names_file_line_and_field() {
     assert!(
         text.iter()
             .any(|t| t.contains("tables/ids.csv:2: key: an alternative")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("tables/ids.csv:3: same_key: `obr` after `until`")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains(
+            "tables/ids.csv:4: same_key: `until PID`, but no rule makes a Specimen from PID"
+        )),
         "{text:#?}"
     );
     assert!(matches!(errors[0], LoadError::Invalid { .. }));

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use super::cond::{Cond, Env, Ref, MAX_GUARDS};
 use super::model::{ElemId, Model, Prim, TypeId};
 use super::plan::{
-    Action, CMap, KeyPart, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap, Xform,
+    Action, CMap, IdRule, KeyPart, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap, Xform,
 };
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
@@ -68,6 +68,9 @@ pub struct Inst {
     /// The id of its key without a `|#n` suffix (`id` unless a `distinct` key was taken): what
     /// a later segment naming the same thing would get.
     key_id: [u8; 36],
+    /// The segment that names it by its own key when it maps into it (`until OBR` in
+    /// tables/ids.csv: a report begun at its ORC), until then.
+    until: Option<[u8; 3]>,
     /// Where in the message the value that filled it lies (`Field::span`, level), so that the
     /// same value named again costs a comparison, not a second map.
     filled_from: Option<((u32, u32), Level)>,
@@ -656,6 +659,9 @@ impl<'p> Mapper<'p> {
                         None => continue,
                     }
                 };
+                if b.insts[inst as usize].until == Some(id) {
+                    self.rekey(&walk, &mut b, inst, &view);
+                }
                 let mut again = again;
                 if !*repeats && !again {
                     let n = seg_index as u32;
@@ -881,7 +887,8 @@ impl<'p> Mapper<'p> {
         let def = &self.mm.labels[label];
         let v2 = std::str::from_utf8(&view.id).unwrap_or("");
         let key = self.key(b, walk, def.ty, v2, view);
-        let inst = self.create(b, def.ty, key, &def.name, scope, group);
+        let until = self.rule(def.ty, v2).and_then(|r| r.until);
+        let inst = self.create(b, def.ty, key, &def.name, scope, group, until);
         // Labels the message map links to each other (`Patient[2].link.other=Patient[1]`)
         // are two resources by design; others may share one (the same IN1 in two groups).
         let linked = |a: usize, z: usize| {
@@ -930,11 +937,42 @@ impl<'p> Mapper<'p> {
     /// Whether segment `id` names resources of type `ty` by a `distinct` key (OBR, an order).
     fn names_distinct(&self, ty: TypeId, id: &[u8; 3]) -> bool {
         let v2 = std::str::from_utf8(id).unwrap_or("");
+        self.rule(ty, v2).is_some_and(|r| !r.merge)
+    }
+
+    /// The id rule for resources of type `ty` that segment or data type `v2` makes.
+    fn rule(&self, ty: TypeId, v2: &str) -> Option<&'p IdRule> {
         self.plan
             .ids
-            .get(v2)
-            .and_then(|rules| rules.iter().find(|(t, _)| *t == ty))
-            .is_some_and(|(_, r)| !r.merge)
+            .get(v2)?
+            .iter()
+            .find(|(t, _)| *t == ty)
+            .map(|(_, r)| r)
+    }
+
+    /// Gives `inst`, made by another segment whose rule says `until` this one, the id of this
+    /// segment's key, if it has one (else it keeps the id it has). Nothing has read its id yet:
+    /// references are written by instance, and keys that name it (`@DiagnosticReport`) are
+    /// read from the segments after this one.
+    fn rekey(&self, walk: &Walk<'_>, b: &mut Build, inst: u32, view: &SegView<'_, '_>) {
+        let found = &mut b.insts[inst as usize];
+        found.until = None;
+        let (ty, old) = (found.ty, found.id);
+        let v2 = std::str::from_utf8(&view.id).unwrap_or("");
+        let Some((key, _)) = self.key(b, walk, ty, v2, view) else {
+            return;
+        };
+        if b.by_id.get(&old) == Some(&inst) {
+            b.by_id.remove(&old);
+        }
+        let (id, base) = match self.claim_id(b, key, false, ty) {
+            Ok(ids) => ids,
+            Err(_) => unreachable!("a distinct key claims an id of its own"),
+        };
+        b.by_id.insert(id, inst);
+        let found = &mut b.insts[inst as usize];
+        found.id = id;
+        found.key_id = base.unwrap_or(id);
     }
 
     /// The business key of a new resource, by the id rule for (type, v2 source).
@@ -946,13 +984,7 @@ impl<'p> Mapper<'p> {
         v2: &str,
         env: &dyn Env,
     ) -> Option<(String, bool)> {
-        let rule = self
-            .plan
-            .ids
-            .get(v2)?
-            .iter()
-            .find(|(t, _)| *t == ty)
-            .map(|(_, r)| r)?;
+        let rule = self.rule(ty, v2)?;
         let mut key = String::with_capacity(96);
         // The first alternative (`… OR …`) with an identifying part valued is the key; a later
         // one is marked, so that it never equals an earlier one's key.
@@ -1019,8 +1051,9 @@ impl<'p> Mapper<'p> {
         what: &str,
         scope: u32,
         group: usize,
+        until: Option<[u8; 3]>,
     ) -> u32 {
-        let (mut name, merge) = match key {
+        let (name, merge) = match key {
             Some((k, merge)) => (k, merge),
             // No business identifier: an id only this message's resource can have.
             None => {
@@ -1035,30 +1068,10 @@ impl<'p> Mapper<'p> {
                 (k, false)
             }
         };
-        let base_len = name.len();
-        let mut n = 1;
-        // The id of the key without a suffix: the suffixes it took are counted under it (an
-        // id, not the sender's text, so no key of the sender's choosing picks the hash).
-        let mut base = None;
-        let id = loop {
-            let id = value::id_of(&self.ns, &name);
-            match b.by_id.get(&id) {
-                None => break id,
-                Some(&i) if merge && b.insts[i as usize].ty == ty => return i,
-                Some(_) => {
-                    if base.is_none() {
-                        n = b.suffixes.get(&id).copied().unwrap_or(1);
-                        base = Some(id);
-                    }
-                    n += 1;
-                    name.truncate(base_len);
-                    let _ = write!(name, "|#{n}");
-                }
-            }
+        let (id, base) = match self.claim_id(b, name, merge, ty) {
+            Ok(ids) => ids,
+            Err(merged) => return merged,
         };
-        if let Some(base) = base {
-            b.suffixes.insert(base, n);
-        }
         if b.insts.len() >= self.plan.settings.max_resources {
             b.too_many = true;
         }
@@ -1082,6 +1095,7 @@ impl<'p> Mapper<'p> {
             root,
             id,
             key_id: base.unwrap_or(id),
+            until,
             filled_from: None,
             has_data: false,
             labels: 0,
@@ -1089,6 +1103,43 @@ impl<'p> Mapper<'p> {
             group,
         });
         inst
+    }
+
+    /// The id for key `name`: its UUIDv5, or with `|#n` added where another resource of this
+    /// Bundle has it (and the key is `distinct`), with the id of the key without a suffix when
+    /// one was added. `Err` is the resource of type `ty` that a `merge` key names already.
+    fn claim_id(
+        &self,
+        b: &mut Build,
+        mut name: String,
+        merge: bool,
+        ty: TypeId,
+    ) -> Result<([u8; 36], Option<[u8; 36]>), u32> {
+        let base_len = name.len();
+        let mut n = 1;
+        // The id of the key without a suffix: the suffixes it took are counted under it (an
+        // id, not the sender's text, so no key of the sender's choosing picks the hash).
+        let mut base = None;
+        let id = loop {
+            let id = value::id_of(&self.ns, &name);
+            match b.by_id.get(&id) {
+                None => break id,
+                Some(&i) if merge && b.insts[i as usize].ty == ty => return Err(i),
+                Some(_) => {
+                    if base.is_none() {
+                        n = b.suffixes.get(&id).copied().unwrap_or(1);
+                        base = Some(id);
+                    }
+                    n += 1;
+                    name.truncate(base_len);
+                    let _ = write!(name, "|#{n}");
+                }
+            }
+        };
+        if let Some(base) = base {
+            b.suffixes.insert(base, n);
+        }
+        Ok((id, base))
     }
 
     /// Points `from.path` at `to` (both the latest instances of their labels).
@@ -1412,7 +1463,7 @@ impl<'p> Mapper<'p> {
                         walk.stack.last().map(|f| f.group).unwrap_or(0),
                     );
                     let known = b.insts.len();
-                    let new = self.create(b, t, key, &cm.name, scope, group);
+                    let new = self.create(b, t, key, &cm.name, scope, group, None);
                     let root = b.insts[new as usize].root;
                     let again = b.insts[new as usize]
                         .filled_from

@@ -235,6 +235,11 @@ pub struct IdRule {
     pub parts: Vec<(KeyPart, Role)>,
     /// Same key in one Bundle: the same resource (master data), or two that must stay apart.
     pub merge: bool,
+    /// `until OBR`: the key stands until that segment, mapping into the resource, names it by
+    /// its own rule. A report begun at its ORC is the report its OBR (filler number, code)
+    /// names; two reports under one order number must not share the order's key, or the
+    /// second one's correction, sent alone, would take the first one's id.
+    pub until: Option<[u8; 3]>,
 }
 
 #[derive(Debug, Clone)]
@@ -756,6 +761,8 @@ impl Compiler<'_> {
             );
             return out;
         }
+        // `until SEG` rules, checked once all rules are read: SEG needs a rule of its own.
+        let mut pending = Vec::new();
         for (src, r) in &f.records {
             let Some(ty) = self
                 .model
@@ -824,7 +831,11 @@ impl Compiler<'_> {
                         .into(),
                 );
             }
-            let merge = match r.get(3) {
+            let (same, until) = match r.get(3).split_once(" until ") {
+                Some((same, seg)) => (same.trim(), Some(seg.trim())),
+                None => (r.get(3).trim(), None),
+            };
+            let merge = match same {
                 "merge" => true,
                 "distinct" | "" => false,
                 other => {
@@ -836,9 +847,57 @@ impl Compiler<'_> {
                     false
                 }
             };
+            let until = match until.map(|s| <[u8; 3]>::try_from(s.as_bytes())) {
+                None => None,
+                Some(Ok(seg))
+                    if seg
+                        .iter()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                        && seg != *source.as_bytes() =>
+                {
+                    Some(seg)
+                }
+                Some(_) => {
+                    self.err_at(
+                        *src,
+                        r.line,
+                        format!(
+                            "same_key: `{}` after `until` is not a segment id other than {source}",
+                            until.unwrap_or_default()
+                        ),
+                    );
+                    None
+                }
+            };
+            if let Some(seg) = until {
+                pending.push((*src, r.line, ty, seg));
+            }
             let rules: &mut Vec<(TypeId, IdRule)> = out.entry(source).or_default();
             rules.retain(|(t, _)| *t != ty);
-            rules.push((ty, IdRule { parts, merge }));
+            rules.push((
+                ty,
+                IdRule {
+                    parts,
+                    merge,
+                    until,
+                },
+            ));
+        }
+        for (src, line, ty, seg) in pending {
+            let v2 = String::from_utf8_lossy(&seg);
+            if !out
+                .get(v2.as_ref())
+                .is_some_and(|rules| rules.iter().any(|(t, _)| *t == ty))
+            {
+                self.err_at(
+                    src,
+                    line,
+                    format!(
+                        "same_key: `until {v2}`, but no rule makes a {} from {v2}",
+                        self.model.ty(ty).name
+                    ),
+                );
+            }
         }
         out
     }
