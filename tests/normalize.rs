@@ -1582,6 +1582,45 @@ PID|1||42^^^H^MR||Doe^Jo|||||2106-3^White^CDCREC\r";
     assert!(m.unmapped.iter().all(|u| !u.contains("White")));
 }
 
+/// A field an id rule reads counts as mapped only where the message names a resource by that
+/// key: then the id carries it. PID-18 keys the Account of an ADT; an ORU makes no Account, so
+/// its PID-18 reached nothing and is listed. The sub-id OBX-4 qualifies an Observation's key
+/// and is kept as sent (observation-v2-subid), also where the key cannot be made.
+#[test]
+fn a_field_only_a_key_reads_is_listed_where_no_key_was_made() {
+    let n = normalizer();
+    let pid = "PID|1||42^^^H^MR||Doe^Jo|||||||||||||ACC-7\r";
+    let adt =
+        format!("MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|3|P|2.5.1\r{pid}PV1|1|I\r");
+    let (m, b) = map_bytes(&n, adt.as_bytes());
+    assert_not_unmapped(&m, "PID-18");
+    assert_eq!(one(&b, "Account")["identifier"][0]["value"], "ACC-7");
+    let oru = format!(
+        "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r{pid}\
+OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
+OBX|1|NM|1-1^A^LN|2a|5\r"
+    );
+    let (m, b) = map_bytes(&n, oru.as_bytes());
+    assert_unmapped(&m, "PID-18");
+    assert!(resources(&b, "Account").is_empty());
+    assert_not_unmapped(&m, "OBX-4");
+    let sub = &one(&b, "Observation")["extension"][0];
+    assert_eq!(
+        sub["url"],
+        "http://hl7.org/fhir/StructureDefinition/observation-v2-subid"
+    );
+    assert_eq!(sub["extension"][0]["url"], "original-sub-identifier");
+    assert_eq!(sub["extension"][0]["valueString"], "2a");
+    // No report to key it by: the Observation's id is its own, and OBX-4 is still written.
+    let adt_obx = format!("{adt}OBX|1|NM|8302-2^Height^LN|1|180|cm\r");
+    let (m, b) = map_bytes(&n, adt_obx.as_bytes());
+    assert_not_unmapped(&m, "OBX-4");
+    assert_eq!(
+        one(&b, "Observation")["extension"][0]["extension"][0]["valueString"],
+        "1"
+    );
+}
+
 #[test]
 fn unknown_message_types_map_what_is_known() {
     let n = normalizer();

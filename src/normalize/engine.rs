@@ -494,6 +494,8 @@ pub struct Build {
     /// Values not written because the element held another one (first write wins): counted,
     /// so that a later mention of a merged resource can tell that it lost something.
     lost: u32,
+    /// Fields of the segment being mapped that the key of a resource it names was read from.
+    keyed: Vec<u16>,
 }
 
 pub struct Mapper<'p> {
@@ -552,6 +554,7 @@ impl<'p> Mapper<'p> {
             too_many: false,
             once_into: Vec::new(),
             lost: 0,
+            keyed: Vec::new(),
         };
         if !msg.charset().holds(msg.bytes()) {
             // Named once: which field holds such bytes would take a decode per field.
@@ -629,6 +632,7 @@ impl<'p> Mapper<'p> {
             };
             used.clear();
             used.resize(fields.len() + 1, false);
+            b.keyed.clear();
             // Resources a segment that belongs once found an earlier one of its kind mapped
             // into: an OBR after the OBR of its order (no ORC of its own) is another order.
             let mut second_into: Option<u32> = None;
@@ -684,7 +688,7 @@ impl<'p> Mapper<'p> {
                         ));
                     }
                 }
-                if again && !self.same_identity(&walk, &b, inst, &view) {
+                if again && !self.same_identity(&walk, &mut b, inst, &view) {
                     let ty = b.insts[inst as usize].ty;
                     let name = &self.plan.model.ty(ty).name;
                     if ty == self.plan.known.patient {
@@ -735,8 +739,8 @@ impl<'p> Mapper<'p> {
                     self.link_ref(&walk, &mut b, rr.from, &rr.path, rr.to);
                 }
             }
-            if let Some(keyed) = self.plan.id_fields.get(&id).filter(|_| !other_identity) {
-                for &f in keyed {
+            if !other_identity {
+                for &f in &b.keyed {
                     if let Some(u) = used.get_mut(f as usize) {
                         *u = true;
                     }
@@ -924,14 +928,20 @@ impl<'p> Mapper<'p> {
     /// first one's resource would give it the other's values: a second patient fails the
     /// mapping (what follows, an AL1, would go to either; the raw record keeps all), a second
     /// encounter is not mapped into the first.
-    fn same_identity(&self, walk: &Walk<'_>, b: &Build, inst: u32, view: &SegView<'_, '_>) -> bool {
-        let found = &b.insts[inst as usize];
+    fn same_identity(
+        &self,
+        walk: &Walk<'_>,
+        b: &mut Build,
+        inst: u32,
+        view: &SegView<'_, '_>,
+    ) -> bool {
+        let (ty, key_id) = (b.insts[inst as usize].ty, b.insts[inst as usize].key_id);
         let v2 = std::str::from_utf8(&view.id).unwrap_or("");
         // Against the id of its key without a `|#n` suffix, which a `distinct` one may carry.
-        let Some((key, _)) = self.key(b, walk, found.ty, v2, view) else {
+        let Some((key, _)) = self.key(b, walk, ty, v2, view) else {
             return true;
         };
-        value::id_of(&self.ns, &key) == found.key_id
+        value::id_of(&self.ns, &key) == key_id
     }
 
     /// Whether segment `id` names resources of type `ty` by a `distinct` key (OBR, an order).
@@ -975,10 +985,12 @@ impl<'p> Mapper<'p> {
         found.key_id = base.unwrap_or(id);
     }
 
-    /// The business key of a new resource, by the id rule for (type, v2 source).
+    /// The business key of a new resource, by the id rule for (type, v2 source). The fields of
+    /// the segment a key was read from are noted (`Build::keyed`): what identifies a resource
+    /// the message names is what its id carries, so they are not listed as unmapped.
     fn key(
         &self,
-        b: &Build,
+        b: &mut Build,
         walk: &Walk<'_>,
         ty: TypeId,
         v2: &str,
@@ -1035,6 +1047,14 @@ impl<'p> Mapper<'p> {
                 identified |= valued && *role == Role::Identifies;
             }
             if identified {
+                let seg = v2.as_bytes();
+                for (p, _) in parts {
+                    if let KeyPart::Ref(Ref::Field { seg: s, field, .. }) = p {
+                        if s.is_none_or(|s| s == seg) {
+                            b.keyed.push(*field);
+                        }
+                    }
+                }
                 return Some((key, rule.merge));
             }
         }

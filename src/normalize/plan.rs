@@ -392,8 +392,6 @@ pub struct Plan {
     pub vocabs: Vec<Vocab>,
     /// v2 source (`PID`, `XCN`) → the rules of the resource types it makes.
     pub ids: TableMap<String, Vec<(TypeId, IdRule)>>,
-    /// Segment fields id rules read (they count as used even when no row maps them, e.g. OBX-1).
-    pub id_fields: HashMap<[u8; 3], Vec<u16>>,
     pub labels: Labels,
     /// Labels of resources referenced from `element` flow into the referencing resource.
     pub propagation: Vec<(TypeId, ElemId)>,
@@ -496,23 +494,6 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
     let by_type = c.message_types(&by_name);
     let default_message = by_name.get("_default").copied();
     let known = known(model);
-    let mut id_fields: HashMap<[u8; 3], Vec<u16>> = HashMap::new();
-    for (source, rules) in &ids {
-        let b = source.as_bytes();
-        if b.len() != 3 {
-            continue;
-        }
-        for (p, _) in rules.iter().flat_map(|(_, r)| &r.parts) {
-            if let KeyPart::Ref(Ref::Field { seg, field, .. }) = p {
-                if seg.is_none_or(|s| s == b) {
-                    id_fields
-                        .entry([b[0], b[1], b[2]])
-                        .or_default()
-                        .push(*field);
-                }
-            }
-        }
-    }
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -539,7 +520,6 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         maps: c.maps,
         vocabs,
         ids,
-        id_fields,
         labels,
         propagation,
         elem_kind: model.elem_kinds(known.extension, known.coding),
