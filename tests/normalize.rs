@@ -563,6 +563,79 @@ OBX|1|NM|{code}^Test^LN||{value}||||||{status}\r"
     assert!(reports.iter().all(|r| r["id"] != id));
 }
 
+/// Ids of orders, reports and immunizations, attacked: an order number whose authority is
+/// sent only as an OID (EI.3) is two senders' orders, not one; one order number's reports
+/// and requests without numbers of their own (the ORC has them) are told apart by their code,
+/// so a correction or cancel sent alone reaches the one it names; historical doses under
+/// the CDC placeholder 9999 are their vaccine and date. Before, each of these took another
+/// resource's id, and a PUT would have moved or overwritten it.
+#[test]
+fn corrections_and_cancels_sent_alone_reach_the_resource_they_name() {
+    let n = normalizer();
+    let ids = |text: &str, ty: &str| -> Vec<String> {
+        let (_, b) = map_bytes(&n, text.as_bytes());
+        resources(&b, ty)
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let pid = "PID|1||MRN1^^^HOSP^MR||Doe^John||19800101|M\r";
+    let oru = |body: &str| {
+        format!("MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r{pid}{body}")
+    };
+    let by_oid = |oid: &str| {
+        oru(&format!(
+            "OBR|1|ORD1^^{oid}^ISO|FIL1^^{oid}^ISO|CBC^CBC^L\rOBX|1|NM|WBC^WBC^L||5.2\r"
+        ))
+    };
+    assert_ne!(
+        ids(&by_oid("1.2.3.4"), "DiagnosticReport"),
+        ids(&by_oid("1.2.3.5"), "DiagnosticReport")
+    );
+    let group = |set: u32, code: &str, status: &str| {
+        format!(
+            "ORC|RE|ORD1^EHR|FIL1^LAB\rOBR|{set}|||{code}^{code}^L|||||||||||||||||||||{status}\r\
+OBX|1|NM|{code}1^X^L||5||||||{status}\r"
+        )
+    };
+    let both = oru(&format!("{}{}", group(1, "CBC", "F"), group(2, "BMP", "F")));
+    let correction = oru(&group(1, "BMP", "C"));
+    for ty in ["DiagnosticReport", "ServiceRequest", "Observation"] {
+        let first = ids(&both, ty);
+        assert_eq!(first.len(), 2, "{ty}");
+        assert_eq!(ids(&correction, ty), vec![first[1].clone()], "{ty}");
+    }
+    let orm = |body: &str| {
+        format!("MSH|^~\\&|EHR|H|LAB|H|20240101120000+0000||ORM^O01|4|P|2.5.1\r{pid}{body}")
+    };
+    let placed = orm("ORC|NW|ORD1^EHR\rOBR|1|ORD1^EHR||CBC^CBC^L\r\
+ORC|NW|ORD1^EHR\rOBR|2|ORD1^EHR||BMP^BMP^L\r");
+    let cancel = orm("ORC|OC|ORD1^EHR\rOBR|1|ORD1^EHR||BMP^BMP^L\r");
+    let orders = ids(&placed, "ServiceRequest");
+    assert_eq!(orders.len(), 2);
+    assert_eq!(ids(&cancel, "ServiceRequest"), vec![orders[1].clone()]);
+    let vxu = |doses: &[(&str, &str)]| {
+        let mut m =
+            format!("MSH|^~\\&|EHR|C|IIS|S|20240101120000+0000||VXU^V04^VXU_V04|2|P|2.5.1\r{pid}");
+        for (date, cvx) in doses {
+            m.push_str(&format!(
+                "ORC|RE||9999^CDC\rRXA|0|1|{date}|{date}|{cvx}^V^CVX|999|||01^Historical^NIP001\r"
+            ));
+        }
+        m
+    };
+    let history = ids(
+        &vxu(&[("20100101", "03"), ("20110101", "20")]),
+        "Immunization",
+    );
+    assert_eq!(history.len(), 2);
+    assert_ne!(history[0], history[1]);
+    assert_eq!(
+        ids(&vxu(&[("20110101", "20")]), "Immunization"),
+        vec![history[1].clone()]
+    );
+}
+
 /// Resources of two patients' messages never share an id through a key that holds only what
 /// qualifies an identifier: an assigning authority, a set id, an order's code, a payer, a
 /// relationship, a family's shared policy number. Two ids shared would be one resource: the second message's PUT overwrites
@@ -984,10 +1057,15 @@ OBX|2|SN|2160-0^Creatinine^LN||<^n.d.|mg/dL^^UCUM|||||F\r\
 OBX|3|SN|1-3^A^L||>^||||||F\r\
 OBX|4|SN|1-4^A^L||^1^-^x|mg|||||F\r\
 OBX|5|SN|1-5^A^L||>^5|mg^^UCUM|||||F\r\
-OBX|6|SN|1-6^A^L||^2^+||||||F\r"
+OBX|6|SN|1-6^A^L||^2^+||||||F\r\
+OBX|7|SN|1-7^A^L||^1^:||||||F\r\
+OBX|8|SN|1-8^A^L||^^:^10||||||F\r"
     );
     let (m, b) = map_bytes(&n, msg.as_bytes());
     let obs = resources(&b, "Observation");
+    // A ratio holds both numbers or is text (R4's rat-1).
+    assert_eq!(obs[6]["valueString"], "1:");
+    assert_eq!(obs[7]["valueString"], ":10");
     assert_eq!(obs[0]["valueString"], "6,8 mmol/L");
     assert_eq!(obs[1]["valueString"], "<n.d. mg/dL");
     assert_eq!(obs[2]["valueString"], ">");
@@ -1611,6 +1689,21 @@ OBX|1|NM|1-1^A^LN|2a|5\r"
     );
     assert_eq!(sub["extension"][0]["url"], "original-sub-identifier");
     assert_eq!(sub["extension"][0]["valueString"], "2a");
+    // The OG form of later versions: original sub-id, group, sequence, identifier.
+    let og = format!(
+        "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r{pid}\
+OBR|1|PL-1^EHR||1234-5^Panel^LN\r\
+OBX|1|NM|1-1^A^LN|^1^2^ISO1|5\r"
+    );
+    let (m, b) = map_bytes(&n, og.as_bytes());
+    assert_not_unmapped(&m, "OBX-4");
+    let parts = &one(&b, "Observation")["extension"][0]["extension"];
+    assert_eq!(parts[0]["url"], "group");
+    assert_eq!(parts[0]["valueDecimal"], 1);
+    assert_eq!(parts[1]["url"], "sequence");
+    assert_eq!(parts[1]["valueDecimal"], 2);
+    assert_eq!(parts[2]["url"], "identifier");
+    assert_eq!(parts[2]["valueString"], "ISO1");
     // No report to key it by: the Observation's id is its own, and OBX-4 is still written.
     let adt_obx = format!("{adt}OBX|1|NM|8302-2^Height^LN|1|180|cm\r");
     let (m, b) = map_bytes(&n, adt_obx.as_bytes());
