@@ -961,6 +961,12 @@ OBX|4|NM|1-4^A^L|||mg/dL^^UCUM|||||F\r"
     assert!(obs[3].get("valueQuantity").is_none(), "{}", obs[3]);
     assert_unmapped(&m, "OBX-6");
     assert_not_warned(&m, "decimal");
+    // A numeric array has no row: value and unit listed, no Quantity of a unit alone.
+    let na = format!("{ORU_HEAD}OBX|1|NA|1-1^A^LN||1^2^3|mV|||||F\r");
+    let (m, b) = map_bytes(&n, na.as_bytes());
+    assert!(one(&b, "Observation").get("valueQuantity").is_none());
+    assert_unmapped(&m, "OBX-5");
+    assert_unmapped(&m, "OBX-6");
 }
 
 /// Status codes R4 binds to a value set that its JSON schema does not list (ServiceRequest,
