@@ -975,9 +975,9 @@ impl<'p> Mapper<'p> {
         if b.by_id.get(&old) == Some(&inst) {
             b.by_id.remove(&old);
         }
-        let (id, base) = match self.claim_id(b, key, false, ty) {
-            Ok(ids) => ids,
-            Err(_) => unreachable!("a distinct key claims an id of its own"),
+        // Claimed as `distinct` (two instances cannot become one), so it is never `Err`.
+        let Ok((id, base)) = self.claim_id(b, key, false, ty) else {
+            return;
         };
         b.by_id.insert(id, inst);
         let found = &mut b.insts[inst as usize];
