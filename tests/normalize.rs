@@ -791,6 +791,34 @@ OBX|1|NM|2345-7^Glucose^LN||250|mg/dL\r";
     assert!(reports[1].get("encounter").is_none(), "{}", reports[1]);
 }
 
+/// A BAR^P02 batch of two patients whose visit numbers are both `1` with no authority: two
+/// encounters, each its own patient's. Keyed by the visit number alone they were one resource,
+/// and the second patient's visit overwrote the first one's; the same patient and visit in a
+/// later message still get the first message's id.
+#[test]
+fn two_patients_with_one_visit_number_have_two_encounters() {
+    let n = normalizer();
+    let batch = b"MSH|^~\\&|ADT|H|FIN|H|20240101120000+0000||BAR^P02|B1|P|2.5.1\r\
+EVN|P02|20240101120000\r\
+PID|1||MRNA^^^HOSP^MR||Alpha^Alice\r\
+PV1|1|I|W1||||||||||||||||1\r\
+PID|2||MRNB^^^HOSP^MR||Beta^Bob\r\
+PV1|1|O|C2||||||||||||||||1\r";
+    let (_, b) = map_bytes(&n, batch);
+    let encounters = resources(&b, "Encounter");
+    assert_eq!(encounters.len(), 2, "{b}");
+    assert_ne!(encounters[0]["id"], encounters[1]["id"]);
+    let mrn = |r: &Value| deref(&b, &r["subject"])["identifier"][0]["value"].clone();
+    assert_eq!(mrn(encounters[0]), "MRNA");
+    assert_eq!(mrn(encounters[1]), "MRNB");
+    let later = b"MSH|^~\\&|ADT|H|EHR|H|20240102120000+0000||ADT^A08|2|P|2.5.1\r\
+EVN|A08|20240102120000\r\
+PID|1||MRNB^^^HOSP^MR||Beta^Bob\r\
+PV1|1|O|C2||||||||||||||||1\r";
+    let (_, l) = map_bytes(&n, later);
+    assert_eq!(one(&l, "Encounter")["id"], encounters[1]["id"]);
+}
+
 /// White space a FHIR string refuses (a Latin-1 no-break space, U+2028, a vertical tab sent
 /// as `\X0B\`) becomes a space, and a system that is not the OID or UUID its `urn:` says is
 /// left out with a warning: one such value made the whole Bundle invalid, so the message got
@@ -870,7 +898,9 @@ PID|1||MRNX^^^H^MR||First^Ann||19700101|F\r\
 PID|1||{second}^^^H^MR||Second^Bea||19800101|M\r\
 PV1|1|I|||||||||||||||||V1^^^H^VN\r\
 PV1|1|E|||||||||||||||||V2^^^H^VN\r\
-AL1|1|DA|LAT^Latex^L\r"
+PV2|||^Second visit's reason\r\
+AL1|1|DA|LAT^Latex^L\r\
+DG1|1||I10^Hypertension^I10\r"
         )
     };
     let (m, b) = map_bytes(&n, msg("MRNX").as_bytes());
@@ -878,6 +908,18 @@ AL1|1|DA|LAT^Latex^L\r"
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "First");
     assert_warned(&m, "PID: a second one");
     assert_warned(&m, "PV1: a second one in its group names another Encounter");
+    // What follows the second PV1 is not the first visit's (either visit's diagnosis).
+    assert_warned(&m, "PV2: follows a segment that named another Encounter");
+    assert_unmapped(&m, "PV2-3");
+    let enc = one(&b, "Encounter");
+    assert!(enc.get("reasonCode").is_none(), "{enc}");
+    assert!(enc.get("diagnosis").is_none(), "{enc}");
+    let condition = one(&b, "Condition");
+    assert!(condition.get("encounter").is_none(), "{condition}");
+    assert_eq!(
+        one(&b, "AllergyIntolerance")["code"]["coding"][0]["code"],
+        "LAT"
+    );
     for f in ["PID-5", "PID-7", "PID-8", "PV1-2"] {
         assert!(m.unmapped.iter().any(|u| u == f), "{f}: {:?}", m.unmapped);
     }
@@ -1120,7 +1162,9 @@ PID|1||M1^^^H^MR||Doe^Jo\r"
 }
 
 /// An OBR after the OBR of its order, without an ORC of its own, is another order: it does
-/// not give the first ServiceRequest its time and priority, and what it holds is listed.
+/// not give the first ServiceRequest its time and priority, and what it holds is listed. Nor
+/// does what follows it: its note, result and specimen belong to the second order, and
+/// attached to the first they would put one test's specimen on another.
 #[test]
 fn a_second_order_detail_is_not_mapped_into_the_first_order() {
     let n = normalizer();
@@ -1128,19 +1172,36 @@ fn a_second_order_detail_is_not_mapped_into_the_first_order() {
 PID|1||OM003^^^HOSP^MR||Orm^Pat||19700704|M\r\
 ORC|NW|P-5^EPIC\r\
 OBR|1|P-5^EPIC||CBC^CBC^L\r\
-OBR|2|P-6^EPIC||BMP^BMP^L|S||20240310063000-0500\r";
+NTE|1||For the CBC\r\
+OBR|2|P-6^EPIC||BMP^BMP^L|S||20240310063000-0500\r\
+NTE|1||For the BMP\r\
+OBX|1|NM|2345-7^Glucose^LN||95|mg/dL\r";
     let (m, b) = map_bytes(&n, msg.as_bytes());
     let sr = one(&b, "ServiceRequest");
     assert_eq!(sr["code"]["coding"][0]["code"], "CBC");
     assert!(sr.get("occurrenceDateTime").is_none(), "{sr}");
     assert!(sr.get("priority").is_none(), "{sr}");
+    assert_eq!(sr["note"].as_array().map(Vec::len), Some(1), "{sr}");
+    assert_eq!(sr["note"][0]["text"], "For the CBC");
+    assert!(sr.get("supportingInfo").is_none(), "{sr}");
     assert_warned(
         &m,
         "OBR: a second one in its group names another ServiceRequest",
     );
-    for f in ["OBR-2", "OBR-4", "OBR-7"] {
-        assert!(m.unmapped.iter().any(|u| u == f), "{f}: {:?}", m.unmapped);
+    assert_warned(
+        &m,
+        "NTE: follows a segment that named another ServiceRequest",
+    );
+    for f in ["OBR-2", "OBR-4", "OBR-7", "NTE-3"] {
+        assert_unmapped(&m, f);
     }
+    // The result itself is kept, as the patient's.
+    let obs = one(&b, "Observation");
+    assert_eq!(obs["valueQuantity"]["value"], 95);
+    assert_eq!(
+        deref(&b, &obs["subject"])["identifier"][0]["value"],
+        "OM003"
+    );
 }
 
 /// Two doctors sent with one placeholder id (999999) are one Practitioner by key; the second

@@ -496,6 +496,10 @@ pub struct Build {
     lost: u32,
     /// Fields of the segment being mapped that the key of a resource it names was read from.
     keyed: Vec<u16>,
+    /// (resource, group instance): a second segment where one belongs named another resource
+    /// than this one, so what follows it in that group instance (the NTE and OBX of a second
+    /// OBR) is not mapped into this one, nor linked to it.
+    closed: Vec<(u32, u32)>,
 }
 
 pub struct Mapper<'p> {
@@ -555,6 +559,7 @@ impl<'p> Mapper<'p> {
             once_into: Vec::new(),
             lost: 0,
             keyed: Vec::new(),
+            closed: Vec::new(),
         };
         if !msg.charset().holds(msg.bytes()) {
             // Named once: which field holds such bytes would take a decode per field.
@@ -638,6 +643,7 @@ impl<'p> Mapper<'p> {
             let mut second_into: Option<u32> = None;
             // A row skipped for naming another resource: the key fields it read are lost too.
             let mut other_identity = false;
+            let mut after_other = false;
             for &ri in rows {
                 let row = &self.mm.rows[ri];
                 let view = SegView {
@@ -663,6 +669,18 @@ impl<'p> Mapper<'p> {
                         None => continue,
                     }
                 };
+                if b.is_closed(&walk, inst) {
+                    if !after_other && !other_identity {
+                        after_other = true;
+                        let name = &self.plan.model.ty(b.insts[inst as usize].ty).name;
+                        b.warn(format_args!(
+                            "{}: follows a segment that named another {name} where one \
+                             belongs: not mapped into the first one's",
+                            String::from_utf8_lossy(&id)
+                        ));
+                    }
+                    continue;
+                }
                 if b.insts[inst as usize].until == Some(id) {
                     self.rekey(&walk, &mut b, inst, &view);
                 }
@@ -708,6 +726,7 @@ impl<'p> Mapper<'p> {
                         String::from_utf8_lossy(&id)
                     ));
                     other_identity = true;
+                    b.closed.push((inst, scope));
                     continue;
                 }
                 if b.too_many {
@@ -1174,7 +1193,7 @@ impl<'p> Mapper<'p> {
         let (Some(f), Some(t)) = (latest(from), latest(to)) else {
             return;
         };
-        if f == t {
+        if f == t || b.is_closed(walk, f) || b.is_closed(walk, t) {
             return;
         }
         let root = b.insts[f as usize].root;
@@ -1908,6 +1927,13 @@ fn materialize(model: &Model, b: &mut Build, a: Anchor) -> u32 {
 }
 
 impl Build {
+    /// Whether `inst` is closed to the segment being mapped ([`Build::closed`]).
+    fn is_closed(&self, walk: &Walk<'_>, inst: u32) -> bool {
+        self.closed
+            .iter()
+            .any(|&(i, scope)| i == inst && walk.is_open(scope))
+    }
+
     fn warn(&mut self, args: std::fmt::Arguments<'_>) {
         let s = args.to_string();
         if !self.warnings.contains(&s) {
