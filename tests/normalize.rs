@@ -1605,6 +1605,72 @@ fn siu_makes_appointments() {
     assert_eq!(a["comment"], "Appointment booked for emergency procedure");
 }
 
+/// `override` replaces a value once: the first TQ1's times replace SCH-11's, and a second
+/// TQ1 (another timing the Appointment has no room for) does not move them; its times are
+/// listed. A TQ1 time the element cannot take replaces nothing.
+#[test]
+fn a_second_tq1_does_not_override_the_first() {
+    let n = normalizer();
+    let msg = |tq1: &str| {
+        format!(
+            "MSH|^~\\&|S|H|R|H|20240101120000+0000||SIU^S12|1|P|2.5.1\r\
+SCH|A1^S||||||||||^^^20240105080000+0000|||||||||||||||BOOKED\r\
+{tq1}\
+PID|1||42^^^H^MR||Doe^Jo\r\
+RGS|1\r\
+AIS|1||XRAY^Chest^L\r"
+        )
+    };
+    let two = msg("TQ1|1||||||20240105100000+0000|20240105103000+0000\r\
+TQ1|2||||||20240106100000+0000|20240106110000+0000\r");
+    let (m, b) = map_bytes(&n, two.as_bytes());
+    let a = one(&b, "Appointment");
+    assert_eq!(a["start"], "2024-01-05T10:00:00+00:00");
+    assert_eq!(a["end"], "2024-01-05T10:30:00+00:00");
+    assert_unmapped(&m, "TQ1-7");
+    assert_unmapped(&m, "TQ1-8");
+    let bad = msg("TQ1|1||||||2024010599\r");
+    let (m, b) = map_bytes(&n, bad.as_bytes());
+    assert_eq!(one(&b, "Appointment")["start"], "2024-01-05T08:00:00+00:00");
+    assert_warned(&m, "TQ1-7: ");
+}
+
+/// A discharge (PV1-45) before the admission (PV1-44) would make a Period R4 refuses (per-1),
+/// and the whole transaction with it: the end is left out, named and listed.
+#[test]
+fn a_period_that_would_end_before_it_starts_keeps_its_start() {
+    let n = normalizer();
+    let msg = |admit: &str, discharge: &str| {
+        format!(
+            "MSH|^~\\&|A|H|R|H|20240101120000+0000||ADT^A03|1|P|2.5.1\r\
+EVN|A03|20240101120000\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+PV1|1|I|||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||{admit}|{discharge}\r"
+        )
+    };
+    let (m, b) = map_bytes(
+        &n,
+        msg("20240105100000+0000", "20240101100000+0000").as_bytes(),
+    );
+    let period = &one(&b, "Encounter")["period"];
+    assert_eq!(period["start"], "2024-01-05T10:00:00+00:00");
+    assert!(period.get("end").is_none(), "{period}");
+    assert_warned(&m, "PV1-45: the period would end before it starts");
+    assert_unmapped(&m, "PV1-45");
+    // The same instant in two zones, and a date against a time, are no conflict.
+    for (admit, discharge) in [
+        ("20240105100000+0100", "20240105090000+0000"),
+        ("20240105100000+0000", "20240105"),
+    ] {
+        let (m, b) = map_bytes(&n, msg(admit, discharge).as_bytes());
+        assert!(
+            one(&b, "Encounter")["period"].get("end").is_some(),
+            "{admit} {discharge}"
+        );
+        assert_not_warned(&m, "end before it starts");
+    }
+}
+
 #[test]
 fn mdm_keeps_the_document_as_attachment() {
     use base64::Engine as _;

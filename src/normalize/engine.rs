@@ -500,6 +500,8 @@ pub struct Build {
     /// than this one, so what follows it in that group instance (the NTE and OBX of a second
     /// OBR) is not mapped into this one, nor linked to it.
     closed: Vec<(u32, u32)>,
+    /// Nodes an `override` row has written: they are not overridden again.
+    overridden: Vec<u32>,
 }
 
 pub struct Mapper<'p> {
@@ -560,6 +562,7 @@ impl<'p> Mapper<'p> {
             lost: 0,
             keyed: Vec::new(),
             closed: Vec::new(),
+            overridden: Vec::new(),
         };
         if !msg.charset().holds(msg.bytes()) {
             // Named once: which field holds such bytes would take a decode per field.
@@ -1596,7 +1599,9 @@ impl<'p> Mapper<'p> {
     }
 
     /// Writes a primitive; the first write to an element wins (default rows go last), except
-    /// `lines`, which appends.
+    /// `lines`, which appends, and `override`, which replaces a value once: a TQ1's times
+    /// replace SCH-11's, a second TQ1's do not replace the first one's (an Appointment has one
+    /// start), and a value the element cannot take replaces nothing.
     fn write_prim(
         &self,
         b: &mut Build,
@@ -1606,9 +1611,32 @@ impl<'p> Mapper<'p> {
         xform: Xform,
         data: bool,
     ) -> bool {
-        if xform == Xform::Override && b.nodes[node as usize].first == NONE {
+        let n = &b.nodes[node as usize];
+        if xform == Xform::Override && n.first == NONE && !b.overridden.contains(&node) {
+            let before = n.val;
             b.nodes[node as usize].val = Val::Obj;
+            if self.write_value(b, node, prim, text, xform, data) {
+                b.overridden.push(node);
+                return true;
+            }
+            let n = &mut b.nodes[node as usize];
+            if n.val == Val::Obj && n.first == NONE {
+                n.val = before;
+            }
+            return false;
         }
+        self.write_value(b, node, prim, text, xform, data)
+    }
+
+    fn write_value(
+        &self,
+        b: &mut Build,
+        node: u32,
+        prim: Prim,
+        text: &str,
+        xform: Xform,
+        data: bool,
+    ) -> bool {
         let n = &b.nodes[node as usize];
         let inst = n.inst;
         if n.val != Val::Obj || n.first != NONE {
@@ -1781,6 +1809,14 @@ impl<'p> Mapper<'p> {
                 if end as usize == start && !matches!(v, Val::Bool(_)) {
                     return false;
                 }
+                if self.ends_before_start(b, node, start) {
+                    b.text.truncate(start);
+                    b.warn(format_args!(
+                        "{}: the period would end before it starts (R4 per-1): not mapped",
+                        b.field_name()
+                    ));
+                    return false;
+                }
                 let s = start as u32;
                 b.nodes[node as usize].val = match v {
                     Val::Text(..) => Val::Text(s, end),
@@ -1799,6 +1835,39 @@ impl<'p> Mapper<'p> {
                 false
             }
         }
+    }
+}
+
+impl Mapper<'_> {
+    /// Whether the time just written at `b.text[from..]` for `node`, a Period's start or end,
+    /// puts that end before that start (the other one written earlier, by another field).
+    fn ends_before_start(&self, b: &Build, node: u32, from: usize) -> bool {
+        let k = &self.plan.known;
+        let n = &b.nodes[node as usize];
+        let other = if n.elem == k.period_start {
+            k.period_end
+        } else if n.elem == k.period_end {
+            k.period_start
+        } else {
+            return false;
+        };
+        if n.parent == NONE {
+            return false;
+        }
+        let mut c = b.nodes[n.parent as usize].first;
+        while c != NONE {
+            let sib = &b.nodes[c as usize];
+            if let (true, Val::Text(a, e)) = (sib.elem == other, sib.val) {
+                let (this, that) = (&b.text[from..], &b.text[a as usize..e as usize]);
+                return if n.elem == k.period_start {
+                    value::ends_before_start(this, that)
+                } else {
+                    value::ends_before_start(that, this)
+                };
+            }
+            c = sib.next;
+        }
+        false
     }
 }
 

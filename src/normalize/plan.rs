@@ -371,6 +371,8 @@ pub struct Known {
     pub extension: TypeId,
     pub extension_url: ElemId,
     pub patient: TypeId,
+    pub period_start: ElemId,
+    pub period_end: ElemId,
 }
 
 #[derive(Debug)]
@@ -534,6 +536,7 @@ fn known(m: &Model) -> Known {
     let coding = t("Coding");
     let codeable_concept = t("CodeableConcept");
     let extension = t("Extension");
+    let period = t("Period");
     Known {
         reference_reference: e(reference, "reference"),
         coding,
@@ -545,6 +548,8 @@ fn known(m: &Model) -> Known {
         extension,
         extension_url: e(extension, "url"),
         patient: t("Patient"),
+        period_start: e(period, "start"),
+        period_end: e(period, "end"),
     }
 }
 
