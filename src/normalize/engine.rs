@@ -1809,7 +1809,8 @@ impl<'p> Mapper<'p> {
                 if end as usize == start && !matches!(v, Val::Bool(_)) {
                     return false;
                 }
-                if self.ends_before_start(b, node, start) {
+                let timed = matches!(prim, Prim::Date | Prim::DateTime | Prim::Instant);
+                if timed && self.ends_before_start(b, node, start) {
                     b.text.truncate(start);
                     b.warn(format_args!(
                         "{}: the period would end before it starts (R4 per-1): not mapped",
