@@ -1657,7 +1657,12 @@ PV1|1|I|||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||{admit}|{discharge}\r"
     assert!(period.get("end").is_none(), "{period}");
     assert_warned(&m, "PV1-45: the period would end before it starts");
     assert_unmapped(&m, "PV1-45");
-    // The same instant in two zones, and a date against a time, are no conflict.
+    // A date against a time is ordered to the day (FHIRPath compares to the precision both
+    // have): a discharge the day before an admission whose time is not known is out of order.
+    let (m, b) = map_bytes(&n, msg("20240102", "20240101100000+0000").as_bytes());
+    assert!(one(&b, "Encounter")["period"].get("end").is_none());
+    assert_warned(&m, "PV1-45: the period would end before it starts");
+    // The same instant in two zones, and a date against a time that day, are no conflict.
     for (admit, discharge) in [
         ("20240105100000+0100", "20240105090000+0000"),
         ("20240105100000+0000", "20240105"),
@@ -1669,6 +1674,79 @@ PV1|1|I|||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||{admit}|{discharge}\r"
         );
         assert_not_warned(&m, "end before it starts");
     }
+}
+
+/// Two labs that number reports alike (OBR-2 1001, OBR-3 5001, no namespace) for two
+/// patients: two reports and two results. Keyed by the numbers alone they were one
+/// DiagnosticReport and one Observation, and the second lab's PUT replaced the first patient's
+/// result with the second's. The same patient's report in a later message keeps its id.
+#[test]
+fn two_patients_reports_with_one_number_stay_apart() {
+    let n = normalizer();
+    let oru = |mrn: &str, value: &str| {
+        format!(
+            "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||{mrn}^^^H^MR||Doe^Jo\r\
+OBR|1|1001|5001|718-7^Hgb^LN\r\
+OBX|1|NM|718-7^Hgb^LN||{value}|g/dL\r"
+        )
+    };
+    let (_, a) = map_bytes(&n, oru("MRNA", "7.1").as_bytes());
+    let (_, b) = map_bytes(&n, oru("MRNB", "15.2").as_bytes());
+    for ty in ["DiagnosticReport", "Observation"] {
+        assert_ne!(one(&a, ty)["id"], one(&b, ty)["id"], "{ty}");
+    }
+    let (_, again) = map_bytes(&n, oru("MRNA", "7.3").as_bytes());
+    assert_eq!(
+        one(&a, "Observation")["id"],
+        one(&again, "Observation")["id"]
+    );
+}
+
+/// The order's status is ORC-5 when it is an order status (the guide: ORC-1 only IF ORC-5 NOT
+/// VALUED): a cancel request (CA) of an order already completed (CM) is completed. An ORC-5
+/// that is no order status (a sender's NW) leaves the status to ORC-1.
+#[test]
+fn the_order_status_is_orc_5_before_orc_1() {
+    let n = normalizer();
+    let orm = |orc1: &str, orc5: &str| {
+        format!(
+            "MSH|^~\\&|EHR|H|LAB|H|20240101120000+0000||ORM^O01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+ORC|{orc1}|ORD1^EHR|||{orc5}\r\
+OBR|1|ORD1^EHR||CBC^CBC^L\r"
+        )
+    };
+    for (orc1, orc5, status) in [
+        ("CA", "CM", "completed"),
+        ("NW", "", "active"),
+        ("NW", "NW", "active"),
+        // The guide: CA asks to cancel (the order stands until CR says it was).
+        ("CA", "", "active"),
+        ("CR", "", "revoked"),
+    ] {
+        let (_, b) = map_bytes(&n, orm(orc1, orc5).as_bytes());
+        assert_eq!(one(&b, "ServiceRequest")["status"], status, "{orc1} {orc5}");
+    }
+}
+
+/// An SN range whose low is above its high (`^5^-^3`) would make a Range R4 refuses (rng-2);
+/// a low alone would say "at least 5". The range is left out, with its units, and named.
+#[test]
+fn a_reversed_sn_range_is_left_out_and_named() {
+    let n = normalizer();
+    let msg =
+        format!("{ORU_HEAD}OBX|1|SN|A^A^L||^5^-^3|mg|||||F\rOBX|2|SN|B^B^L||^3^-^5|mg|||||F\r");
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs.len(), 2);
+    assert!(obs[0].get("valueRange").is_none(), "{}", obs[0]);
+    assert_eq!(obs[1]["valueRange"]["low"]["value"], 3);
+    assert_eq!(obs[1]["valueRange"]["high"]["value"], 5);
+    assert_warned(
+        &m,
+        "Observation.valueRange: the range's low is above its high",
+    );
 }
 
 #[test]

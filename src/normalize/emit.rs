@@ -90,6 +90,7 @@ pub fn write(
     out: &mut Vec<u8>,
 ) -> Written {
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
+    drop_reversed_ranges(plan, b);
     let mut live = liveness(plan, b, &emitted);
     while drop_incomplete(plan, b, &live, &mut emitted) {
         live = liveness(plan, b, &emitted);
@@ -278,6 +279,52 @@ fn has_required(plan: &Plan, b: &Build, live: &[bool], i: usize, ty: TypeId) -> 
         }
         false
     })
+}
+
+/// Leaves out each Range whose low is above its high (R4 rng-2: an SN `^5^-^3`), with its
+/// units: a low alone would say "at least", which the sender did not say. A warning names the
+/// element; the raw message keeps the value.
+fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
+    let k = &plan.known;
+    for i in 0..b.nodes.len() {
+        let node = &b.nodes[i];
+        // A resource's root has no element.
+        if node.val != Val::Obj
+            || node.parent == NONE
+            || plan.elem_kind[node.elem as usize] & 4 == 0
+        {
+            continue;
+        }
+        let bound = |elem| {
+            let v = b.child_of(b.child_of(i as u32, elem)?, k.quantity_value)?;
+            b.value_text(v)?.parse::<f64>().ok()
+        };
+        let (Some(low), Some(high)) = (bound(k.range_low), bound(k.range_high)) else {
+            continue;
+        };
+        if low <= high {
+            continue;
+        }
+        // Values made objects without children are not live, nor is what holds only them.
+        let mut todo = vec![node.first];
+        while let Some(c) = todo.pop() {
+            if c == NONE {
+                continue;
+            }
+            let n = &mut b.nodes[c as usize];
+            n.val = Val::Obj;
+            todo.push(n.first);
+            todo.push(n.next);
+        }
+        let owner = &plan.model.ty(b.insts[b.nodes[i].inst as usize].ty).name;
+        let w = format!(
+            "{owner}.{}: the range's low is above its high (R4 rng-2): left out",
+            plan.model.elem(b.nodes[i].elem).name
+        );
+        if !b.warnings.contains(&w) {
+            b.warnings.push(w);
+        }
+    }
 }
 
 /// Leaves out the resources that lack an element R4 requires (a Coverage whose IN1 names no

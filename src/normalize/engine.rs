@@ -1809,13 +1809,9 @@ impl<'p> Mapper<'p> {
                 if end as usize == start && !matches!(v, Val::Bool(_)) {
                     return false;
                 }
-                let timed = matches!(prim, Prim::Date | Prim::DateTime | Prim::Instant);
-                if timed && self.ends_before_start(b, node, start) {
+                if let Some(why) = self.out_of_order(b, node, prim, start) {
                     b.text.truncate(start);
-                    b.warn(format_args!(
-                        "{}: the period would end before it starts (R4 per-1): not mapped",
-                        b.field_name()
-                    ));
+                    b.warn(format_args!("{}: {why}: not mapped", b.field_name()));
                     return false;
                 }
                 let s = start as u32;
@@ -1840,35 +1836,34 @@ impl<'p> Mapper<'p> {
 }
 
 impl Mapper<'_> {
-    /// Whether the time just written at `b.text[from..]` for `node`, a Period's start or end,
-    /// puts that end before that start (the other one written earlier, by another field).
-    fn ends_before_start(&self, b: &Build, node: u32, from: usize) -> bool {
+    /// Whether the value just written at `b.text[from..]` for `node`, a Period's start or end,
+    /// would end that period before it starts (R4 per-1: a discharge before the admission),
+    /// against the other one, written earlier by another field. (A Range's order, rng-2, is
+    /// settled when the Bundle is written: both of its bounds come from one value.)
+    fn out_of_order(&self, b: &Build, node: u32, prim: Prim, from: usize) -> Option<&'static str> {
+        if !matches!(prim, Prim::Date | Prim::DateTime | Prim::Instant) {
+            return None;
+        }
         let k = &self.plan.known;
         let n = &b.nodes[node as usize];
-        let other = if n.elem == k.period_start {
-            k.period_end
+        let (is_start, other) = if n.elem == k.period_start {
+            (true, k.period_end)
         } else if n.elem == k.period_end {
-            k.period_start
+            (false, k.period_start)
         } else {
-            return false;
+            return None;
         };
         if n.parent == NONE {
-            return false;
+            return None;
         }
-        let mut c = b.nodes[n.parent as usize].first;
-        while c != NONE {
-            let sib = &b.nodes[c as usize];
-            if let (true, Val::Text(a, e)) = (sib.elem == other, sib.val) {
-                let (this, that) = (&b.text[from..], &b.text[a as usize..e as usize]);
-                return if n.elem == k.period_start {
-                    value::ends_before_start(this, that)
-                } else {
-                    value::ends_before_start(that, this)
-                };
-            }
-            c = sib.next;
-        }
-        false
+        let that = b.value_text(b.child_of(n.parent, other)?)?;
+        let this = &b.text[from..];
+        let bad = if is_start {
+            value::ends_before_start(this, that)
+        } else {
+            value::ends_before_start(that, this)
+        };
+        bad.then_some("the period would end before it starts (R4 per-1)")
     }
 }
 
@@ -2017,6 +2012,27 @@ impl Build {
             String::from_utf8_lossy(&id).into_owned()
         } else {
             format!("{}-{f}", String::from_utf8_lossy(&id))
+        }
+    }
+
+    /// The first child of `parent` that is an `elem`.
+    pub fn child_of(&self, parent: u32, elem: ElemId) -> Option<u32> {
+        let mut c = self.nodes[parent as usize].first;
+        while c != NONE {
+            let n = &self.nodes[c as usize];
+            if n.elem == elem {
+                return Some(c);
+            }
+            c = n.next;
+        }
+        None
+    }
+
+    /// The text of a node holding a string or number.
+    pub fn value_text(&self, node: u32) -> Option<&str> {
+        match self.nodes[node as usize].val {
+            Val::Text(a, e) | Val::Num(a, e) => Some(&self.text[a as usize..e as usize]),
+            _ => None,
         }
     }
 

@@ -201,11 +201,16 @@ impl Model {
         self.types[owner as usize].elems.get(name).copied()
     }
 
-    /// 1 for elements of type `ext`, 2 for elements of type `coding`, else 0; indexed by ElemId.
-    pub fn elem_kinds(&self, ext: TypeId, coding: TypeId) -> Vec<u8> {
+    /// 1 for elements of type `ext`, 2 for elements of type `coding`, 4 for elements of type
+    /// `range`, else 0; indexed by ElemId.
+    pub fn elem_kinds(&self, ext: TypeId, coding: TypeId, range: TypeId) -> Vec<u8> {
         self.elems
             .iter()
-            .map(|e| u8::from(e.ty == ext) | (u8::from(e.ty == coding) << 1))
+            .map(|e| {
+                u8::from(e.ty == ext)
+                    | (u8::from(e.ty == coding) << 1)
+                    | (u8::from(e.ty == range) << 2)
+            })
             .collect()
     }
 

@@ -373,6 +373,10 @@ pub struct Known {
     pub patient: TypeId,
     pub period_start: ElemId,
     pub period_end: ElemId,
+    pub range: TypeId,
+    pub range_low: ElemId,
+    pub range_high: ElemId,
+    pub quantity_value: ElemId,
 }
 
 #[derive(Debug)]
@@ -398,8 +402,8 @@ pub struct Plan {
     /// Labels of resources referenced from `element` flow into the referencing resource.
     pub propagation: Vec<(TypeId, ElemId)>,
     pub known: Known,
-    /// Per element: 1 when it is an Extension, 2 when a Coding (the writer's checks, dense so
-    /// they cost a byte load per node).
+    /// Per element: 1 when it is an Extension, 2 when a Coding, 4 when a Range (the writer's
+    /// checks, dense so they cost a byte load per node).
     pub elem_kind: Vec<u8>,
 }
 
@@ -524,7 +528,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         ids,
         labels,
         propagation,
-        elem_kind: model.elem_kinds(known.extension, known.coding),
+        elem_kind: model.elem_kinds(known.extension, known.coding, known.range),
         known,
     })
 }
@@ -537,6 +541,7 @@ fn known(m: &Model) -> Known {
     let codeable_concept = t("CodeableConcept");
     let extension = t("Extension");
     let period = t("Period");
+    let range = t("Range");
     Known {
         reference_reference: e(reference, "reference"),
         coding,
@@ -550,6 +555,10 @@ fn known(m: &Model) -> Known {
         patient: t("Patient"),
         period_start: e(period, "start"),
         period_end: e(period, "end"),
+        range,
+        range_low: e(range, "low"),
+        range_high: e(range, "high"),
+        quantity_value: e(t("Quantity"), "value"),
     }
 }
 

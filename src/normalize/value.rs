@@ -491,15 +491,22 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 
 /// Unix milliseconds as a FHIR instant in UTC (`Provenance.recorded`).
 /// Whether a Period written as `start` and `end` (FHIR dates or dateTimes as this module writes
-/// them) ends before it starts, by the comparison R4's invariant per-1 makes: two times of day
-/// as instants, two dates of one precision as dates; other pairs (a date against a time) are
-/// not ordered, so they pass.
+/// them) ends before it starts, by the comparison R4's invariant per-1 makes (FHIRPath): two
+/// times of day as instants; otherwise to the precision both have, the dates as far as the less
+/// precise one goes (`2024-02` against `2024-01-15` is ordered, `2024-01` against `2024-01-15`
+/// is not).
 pub fn ends_before_start(start: &str, end: &str) -> bool {
-    match (instant_ms(start), instant_ms(end)) {
-        (Some(s), Some(e)) => e < s,
-        (None, None) if start.len() == end.len() && !start.contains('T') => end < start,
-        _ => false,
+    if let (Some(s), Some(e)) = (instant_ms(start), instant_ms(end)) {
+        return e < s;
     }
+    let (s, e) = (date_part(start), date_part(end));
+    let common = s.len().min(e.len());
+    e[..common] < s[..common]
+}
+
+/// The date of a FHIR date or dateTime (`2024-01-05` of `2024-01-05T10:00:00Z`).
+fn date_part(t: &str) -> &[u8] {
+    t.split('T').next().unwrap_or_default().as_bytes()
 }
 
 /// A dateTime with its time of day and zone (`2024-01-05T10:00:00.5+01:00`) as Unix
@@ -594,10 +601,15 @@ mod tests {
             ("2024-01-05", "2024-01-04", true),
             ("2024-01", "2023-12", true),
             ("2024", "2024", false),
-            // A date against a time of day is not ordered (FHIRPath: empty), so it passes.
-            ("2024-01-05T10:00:00Z", "2024-01-04", false),
-            ("2024-01-05", "2024-01-04T10:00:00Z", false),
-            ("2024-01-05", "2023-12", false),
+            // A date against a time of day: ordered to the precision both have.
+            ("2024-01-05T10:00:00Z", "2024-01-04", true),
+            ("2024-01-05", "2024-01-04T10:00:00Z", true),
+            ("2024-01-02", "2024-01-01T23:59:59+14:00", true),
+            ("2024-01-05", "2023-12", true),
+            ("2024-02", "2024-01-15", true),
+            ("2024-01-05T10:00:00Z", "2024-01-05", false),
+            ("2024-01", "2024-01-15", false),
+            ("2024-01-15", "2024", false),
             ("garbage", "", false),
         ];
         for (start, end, before) in ordered {
