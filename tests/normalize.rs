@@ -1635,6 +1635,28 @@ TQ1|2||||||20240106100000+0000|20240106110000+0000\r");
     assert_warned(&m, "TQ1-7: ");
 }
 
+/// A resource whose segment action code is D (table 0206) is being taken off the appointment:
+/// it is not added as a participant, and its fields are listed.
+#[test]
+fn a_resource_marked_for_deletion_is_no_participant() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|S|H|R|H|20240101120000+0000||SIU^S14|1|P|2.5.1\r\
+SCH|A1^S||||||||||^^^20240105080000+0000|||||||||||||||BOOKED\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+RGS|1\r\
+AIS|1||X^X\r\
+AIP|1|D|1234^SMITH^JOHN|ATND\r\
+AIP|2|A|5678^JONES^MARY|ATND\r\
+AIL|1|D|ROOM1^^^CLINIC\r";
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let practitioners = resources(&b, "Practitioner");
+    assert_eq!(practitioners.len(), 1);
+    assert_eq!(practitioners[0]["name"][0]["family"], "JONES");
+    assert!(resources(&b, "Location").is_empty());
+    assert_unmapped(&m, "AIP-3");
+    assert_unmapped(&m, "AIL-3");
+}
+
 /// A discharge (PV1-45) before the admission (PV1-44) would make a Period R4 refuses (per-1),
 /// and the whole transaction with it: the end is left out, named and listed.
 #[test]
