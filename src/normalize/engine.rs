@@ -13,6 +13,7 @@ use super::plan::{
 };
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
+use crate::fhir::validate::period_ordered;
 use crate::hl7::{Charset, Field, Formatting, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
@@ -1837,8 +1838,9 @@ impl<'p> Mapper<'p> {
 
 impl Mapper<'_> {
     /// Whether the value just written at `b.text[from..]` for `node`, a Period's start or end,
-    /// would end that period before it starts (R4 per-1: a discharge before the admission),
-    /// against the other one, written earlier by another field. (A Range's order, rng-2, is
+    /// would put that period out of order (R4 per-1: a discharge before the admission; a date
+    /// and a time of that same day, which cannot be ordered), against the other one, written
+    /// earlier by another field. Such a Bundle failed its check, and the message got no FHIR. (A Range's order, rng-2, is
     /// settled when the Bundle is written: both of its bounds come from one value.)
     fn out_of_order(&self, b: &Build, node: u32, prim: Prim, from: usize) -> Option<&'static str> {
         if !matches!(prim, Prim::Date | Prim::DateTime | Prim::Instant) {
@@ -1858,12 +1860,13 @@ impl Mapper<'_> {
         }
         let that = b.value_text(b.child_of(n.parent, other)?)?;
         let this = &b.text[from..];
-        let bad = if is_start {
-            value::ends_before_start(this, that)
+        // The walk's reading of per-1, so that what is written here is what the check shows.
+        let ordered = if is_start {
+            period_ordered(this, that)
         } else {
-            value::ends_before_start(that, this)
+            period_ordered(that, this)
         };
-        bad.then_some("the period would end before it starts (R4 per-1)")
+        (!ordered).then_some("the period would end before it starts (R4 per-1)")
     }
 }
 

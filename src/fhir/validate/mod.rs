@@ -14,6 +14,8 @@ mod oracle;
 pub(crate) mod primitive;
 mod schema;
 mod walk;
+/// `per-1` as the walk reads it, for the mapper to keep a Period it writes ordered.
+pub(crate) use walk::period_ordered;
 mod xhtml;
 
 use std::sync::OnceLock;
