@@ -1003,7 +1003,7 @@ pub fn failure(normalizer: &Normalizer, label: &str, detail: String, at_ms: u64)
 /// (`invalid_output`) naming paths and rules, never values. One the mapper showed valid as it
 /// built it is not parsed back (the mapper does not try under `normalize.output_check = "walk"`);
 /// `Ok` says why the walk ran, if it did.
-fn check_output(
+pub(crate) fn check_output(
     cfg: &NormalizeConfig,
     mapped: &crate::normalize::Mapped,
 ) -> Result<Option<&'static str>, MapError> {

@@ -1975,6 +1975,14 @@ fn unknown_message_types_map_what_is_known() {
     let msg = Message::parse(bytes).unwrap();
     let e = n.map(&msg, &link()).unwrap_err();
     assert_eq!(e.label, "no_resources");
+    // An order without its patient: the ServiceRequest R4 cannot hold without a subject is
+    // left out, and with nothing left the message is a failure too. It was a Bundle of one
+    // Provenance whose `target` was an empty array, which the output check refused.
+    let bytes = b"MSH|^~\\&|||||20210407191342||ORM^O01|M1|P|2.6\rORC|OP|1000|9999999\r";
+    let msg = Message::parse(bytes).unwrap();
+    let e = n.map(&msg, &link()).unwrap_err();
+    assert_eq!(e.label, "no_resources");
+    assert!(e.to_string().contains("ServiceRequest"), "{e}");
 }
 
 #[test]

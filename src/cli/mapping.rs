@@ -70,11 +70,21 @@ fn messages(path: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(crate::cli::client::messages_of(&bytes, false))
 }
 
-fn map_one(n: &Normalizer, bytes: &[u8], mapped_ms: u64) -> Result<Mapped, String> {
+/// Maps one message as the gateway does, the check of the Bundle made included: a Bundle the
+/// gateway would refuse (`invalid_output`) fails here too, rather than being shown as if it
+/// would be stored.
+fn map_one(
+    cfg: &NormalizeConfig,
+    n: &Normalizer,
+    bytes: &[u8],
+    mapped_ms: u64,
+) -> Result<Mapped, String> {
     let msg = Message::parse(bytes).map_err(|e| format!("not HL7v2: {e}"))?;
     let stand_in = StandIn::of(bytes);
-    n.map(&msg, &stand_in.link(mapped_ms))
-        .map_err(|e| format!("mapping failed ({}): {e}", e.label))
+    let failed = |e: crate::normalize::MapError| format!("mapping failed ({}): {e}", e.label);
+    let m = n.map(&msg, &stand_in.link(mapped_ms)).map_err(failed)?;
+    crate::pipeline::check_output(cfg, &m).map_err(failed)?;
+    Ok(m)
 }
 
 /// `mapping test`: the Bundle each message produces. With `json`, exactly one line per message
@@ -93,7 +103,7 @@ pub fn test(cfg: &NormalizeConfig, files: &[PathBuf], json: bool) -> Result<bool
             } else {
                 f.display().to_string()
             };
-            match map_one(&n, bytes, now) {
+            match map_one(cfg, &n, bytes, now) {
                 Ok(m) => {
                     if json {
                         out.write_all(&m.bundle)?;
@@ -209,8 +219,8 @@ pub fn diff(cfg: &NormalizeConfig, file: &Path) -> Result<bool> {
     );
     let mut same = true;
     for (i, bytes) in messages(file)?.iter().enumerate() {
-        let a = map_one(&without, bytes, 0);
-        let b = map_one(&with, bytes, 0);
+        let a = map_one(&base_cfg, &without, bytes, 0);
+        let b = map_one(cfg, &with, bytes, 0);
         println!("{} #{}:", file.display(), i + 1);
         let (a, b) = match (a, b) {
             (Ok(a), Ok(b)) => (a, b),

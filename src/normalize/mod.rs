@@ -264,6 +264,18 @@ impl Normalizer {
             self.check,
             &mut bundle,
         );
+        if written.resources.len() <= 1 {
+            // Only the Provenance: every resource lacked an element R4 requires (a
+            // ServiceRequest without its patient), and a Provenance with no target is invalid.
+            return Err(MapError {
+                label: "no_resources",
+                detail: format!(
+                    "message map {} made no resource R4 can hold from this message ({})",
+                    mm.name,
+                    build.left_out.join(", ")
+                ),
+            });
+        }
         Ok(Mapped {
             bundle,
             shown_valid: written.shown_valid,
