@@ -1204,6 +1204,48 @@ OBX|1|NM|2345-7^Glucose^LN||95|mg/dL\r";
     );
 }
 
+/// A second PV1 or OBR that names no visit or order by its key is not taken for the first
+/// one's: the second visit's discharge time would end the first visit, the second test's
+/// result would be the first order's. What it holds is listed, and the warning says why.
+#[test]
+fn a_second_segment_without_a_key_is_not_mapped_into_the_first() {
+    let n = normalizer();
+    let adt = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||MRNX^^^H^MR||First^Ann||19700101|F\r\
+PV1|1|I|||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240101080000\r\
+PV1|1|E|||||||||||||||||||||||||||||||||||||||||||20240105080000\r";
+    let (m, b) = map_bytes(&n, adt.as_bytes());
+    let enc = one(&b, "Encounter");
+    assert_eq!(enc["identifier"][0]["value"], "V1");
+    assert_eq!(enc["period"]["start"], "2024-01-01");
+    assert!(enc["period"].get("end").is_none(), "{enc}");
+    assert_eq!(enc["class"]["code"], "IMP");
+    assert_warned(&m, "PV1: a second one in its group names no Encounter");
+    assert_unmapped(&m, "PV1-45");
+    // Two orders without numbers under one ORC: the second test's note is not the first's.
+    let orm = "MSH|^~\\&|EPIC|HOSP|LIS|LAB|20240310070000-0500||ORM^O01|ORM3|P|2.3\r\
+PID|1||OM003^^^HOSP^MR||Orm^Pat||19700704|M\r\
+ORC|NW\r\
+OBR|1|||CBC^CBC^L\r\
+NTE|1||For the CBC\r\
+OBR|2|||BMP^BMP^L|S\r\
+NTE|1||For the BMP\r";
+    let (m, b) = map_bytes(&n, orm.as_bytes());
+    let sr = one(&b, "ServiceRequest");
+    assert_eq!(sr["code"]["coding"][0]["code"], "CBC");
+    assert_eq!(sr["note"].as_array().map(Vec::len), Some(1), "{sr}");
+    assert_eq!(sr["note"][0]["text"], "For the CBC");
+    assert!(sr.get("priority").is_none(), "{sr}");
+    assert_warned(&m, "OBR: a second one in its group names no ServiceRequest");
+    assert_warned(
+        &m,
+        "NTE: follows a segment that named another ServiceRequest",
+    );
+    for f in ["OBR-4", "OBR-5", "NTE-3"] {
+        assert_unmapped(&m, f);
+    }
+}
+
 /// Two doctors sent with one placeholder id (999999) are one Practitioner by key; the second
 /// mention's other name is named and listed, not dropped unseen. The same doctor named twice
 /// (attending and admitting) is no loss.

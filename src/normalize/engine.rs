@@ -84,6 +84,18 @@ pub struct Inst {
     pub group: usize,
 }
 
+/// What a second segment where one belongs says of the resource the first one made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// The same resource by its key; or the segment names no resource of the type by a key
+    /// (a second PV2), or is a second PID without identifiers.
+    Same,
+    /// Another resource: its key differs.
+    Other,
+    /// The segment names resources of the type but sends no key.
+    Unnamed,
+}
+
 struct Binding {
     label: usize,
     inst: u32,
@@ -710,7 +722,11 @@ impl<'p> Mapper<'p> {
                         ));
                     }
                 }
-                if again && !self.same_identity(&walk, &mut b, inst, &view) {
+                let identity = match again {
+                    true => self.same_identity(&walk, &mut b, inst, &view),
+                    false => Identity::Same,
+                };
+                if identity != Identity::Same {
                     let ty = b.insts[inst as usize].ty;
                     let name = &self.plan.model.ty(ty).name;
                     if ty == self.plan.known.patient {
@@ -724,9 +740,13 @@ impl<'p> Mapper<'p> {
                             ),
                         });
                     }
+                    let names = match identity {
+                        Identity::Unnamed => "names no",
+                        _ => "names another",
+                    };
                     b.warn(format_args!(
-                        "{}: a second one in its group names another {name}: not mapped into \
-                         the first one's",
+                        "{}: a second one in its group {names} {name}: not mapped into the \
+                         first one's",
                         String::from_utf8_lossy(&id)
                     ));
                     other_identity = true;
@@ -913,8 +933,9 @@ impl<'p> Mapper<'p> {
         }
         let def = &self.mm.labels[label];
         let v2 = std::str::from_utf8(&view.id).unwrap_or("");
-        let key = self.key(b, walk, def.ty, v2, view);
-        let until = self.rule(def.ty, v2).and_then(|r| r.until);
+        let rule = self.rule(def.ty, v2);
+        let key = rule.and_then(|r| self.key_by(r, b, walk, def.ty, v2, view));
+        let until = rule.and_then(|r| r.until);
         let inst = self.create(b, def.ty, key, &def.name, scope, group, until);
         // Labels the message map links to each other (`Patient[2].link.other=Patient[1]`)
         // are two resources by design; others may share one (the same IN1 in two groups).
@@ -947,24 +968,34 @@ impl<'p> Mapper<'p> {
     }
 
     /// Whether a second segment where one belongs (a second PID, PV1) names the resource the
-    /// first made (`inst`), or names none by its key. Another PID-3 or PV1-19 mapped into the
-    /// first one's resource would give it the other's values: a second patient fails the
-    /// mapping (what follows, an AL1, would go to either; the raw record keeps all), a second
-    /// encounter is not mapped into the first.
+    /// first made (`inst`). Another PID-3 or PV1-19 mapped into the first one's resource would
+    /// give it the other's values: a second patient fails the mapping (what follows, an AL1,
+    /// would go to either; the raw record keeps all), a second encounter is not mapped into
+    /// the first. A segment that names resources of the type but sends no key (a second PV1
+    /// without PV1-19, a second OBR without numbers) is not taken for the first one's either:
+    /// its discharge time or results would be the first visit's or order's, a claim nothing
+    /// in the message makes. Only a second PID without identifiers still adds to the first
+    /// patient (two patients cannot be told apart there; the message is not refused for it).
+    /// A segment that names no resource of the type (a second PV2) adds to the first one's.
     fn same_identity(
         &self,
         walk: &Walk<'_>,
         b: &mut Build,
         inst: u32,
         view: &SegView<'_, '_>,
-    ) -> bool {
+    ) -> Identity {
         let (ty, key_id) = (b.insts[inst as usize].ty, b.insts[inst as usize].key_id);
         let v2 = std::str::from_utf8(&view.id).unwrap_or("");
-        // Against the id of its key without a `|#n` suffix, which a `distinct` one may carry.
-        let Some((key, _)) = self.key(b, walk, ty, v2, view) else {
-            return true;
+        let Some(rule) = self.rule(ty, v2) else {
+            return Identity::Same;
         };
-        value::id_of(&self.ns, &key) == key_id
+        // Against the id of its key without a `|#n` suffix, which a `distinct` one may carry.
+        match self.key_by(rule, b, walk, ty, v2, view) {
+            Some((key, _)) if value::id_of(&self.ns, &key) == key_id => Identity::Same,
+            Some(_) => Identity::Other,
+            None if ty == self.plan.known.patient => Identity::Same,
+            None => Identity::Unnamed,
+        }
     }
 
     /// Whether segment `id` names resources of type `ty` by a `distinct` key (OBR, an order).
@@ -1019,7 +1050,20 @@ impl<'p> Mapper<'p> {
         v2: &str,
         env: &dyn Env,
     ) -> Option<(String, bool)> {
-        let rule = self.rule(ty, v2)?;
+        self.key_by(self.rule(ty, v2)?, b, walk, ty, v2, env)
+    }
+
+    /// [`Self::key`] by a rule already looked up.
+    #[allow(clippy::too_many_arguments)]
+    fn key_by(
+        &self,
+        rule: &IdRule,
+        b: &mut Build,
+        walk: &Walk<'_>,
+        ty: TypeId,
+        v2: &str,
+        env: &dyn Env,
+    ) -> Option<(String, bool)> {
         let mut key = String::with_capacity(96);
         // The first alternative (`… OR …`) with an identifying part valued is the key; a later
         // one is marked, so that it never equals an earlier one's key.
