@@ -149,6 +149,22 @@ fn build_table(m: &Model, rules: Rules) -> Table {
     }
 }
 
+/// Whether an object of type `ty` whose children's elements `kids` yields (afresh on each
+/// call) meets every element R4 requires of it, as the check and the walk read them: a
+/// primitive by its `_name` too, a choice by any of its types. The mapper leaves out what
+/// does not, so that it never writes what the check refuses. Types the check does not know
+/// (primitives) require nothing.
+pub fn meets_required<I: Iterator<Item = ElemId>>(ty: TypeId, kids: impl Fn() -> I) -> bool {
+    let t = table();
+    let Some(Some(facts)) = t.types.get(ty as usize) else {
+        return true;
+    };
+    facts
+        .required
+        .iter()
+        .all(|group| kids().any(|e| group.contains(&t.rank[e as usize])))
+}
+
 /// Whether an element named `have` meets the requirement `want` (`status`, `value[x]`), as
 /// the walk reads its required lists: the primitive's `_name` counts too where `underscore`.
 fn meets(have: &str, want: &str, underscore: bool) -> bool {
@@ -536,6 +552,36 @@ mod tests {
             .map(|i| m.ty(i).name.as_str())
             .collect();
         assert_eq!(wide, Vec::<&str>::new());
+    }
+
+    /// What the mapper leaves out as incomplete is what the check refuses: required
+    /// primitives (`Appointment.status`, by `_status` too) and choices
+    /// (`Immunization.occurrence[x]`), not only the schema's `required` lists.
+    #[test]
+    fn what_an_object_requires_counts_primitives_and_choices() {
+        let m = Model::r4();
+        let ty = |n: &str| m.type_id(n).unwrap();
+        let el = |t: &str, e: &str| m.child(ty(t), e).unwrap();
+        let meets =
+            |t: &str, kids: &[&str]| meets_required(ty(t), || kids.iter().map(|k| el(t, k)));
+        assert!(!meets("Appointment", &["participant"]));
+        assert!(meets("Appointment", &["participant", "status"]));
+        assert!(meets("Appointment", &["participant", "_status"]));
+        assert!(
+            !meets("Appointment", &["status"]),
+            "participant is required"
+        );
+        assert!(!meets(
+            "Immunization",
+            &["status", "vaccineCode", "patient"]
+        ));
+        assert!(meets(
+            "Immunization",
+            &["status", "vaccineCode", "patient", "occurrenceString"]
+        ));
+        assert!(!meets("Patient_Link", &["other"]));
+        assert!(meets("Patient_Link", &["other", "type"]));
+        assert!(meets("HumanName", &[]));
     }
 
     #[test]

@@ -244,8 +244,7 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
                 } else if plan.elem_kind[node.elem as usize] & 1 != 0 {
                     kids[i] & 2 != 0
                 } else {
-                    kids[i] & 1 != 0
-                        && has_required(plan, b, &live, i, plan.model.elem(node.elem).ty)
+                    kids[i] & 1 != 0 && has_required(b, &live, i, plan.model.elem(node.elem).ty)
                 }
             }
             Val::Ref(t) => emitted.get(t as usize).copied().unwrap_or(false),
@@ -264,20 +263,23 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
 }
 
 /// Whether the object node `i` has a live child for every element its type requires (an
-/// `Encounter.location` without its `location`, a `Patient.link` without `other`): an element
-/// that would be incomplete is left out, with what it holds, rather than written invalid. Its
-/// children come after it in the arena, so their liveness is settled.
-fn has_required(plan: &Plan, b: &Build, live: &[bool], i: usize, ty: TypeId) -> bool {
-    plan.model.required(ty).iter().all(|&req| {
+/// `Encounter.location` without its `location`, an Appointment without `status`, an
+/// Immunization without `occurrence[x]`): an element or resource that would be incomplete is
+/// left out, with what it holds, rather than written invalid. Its children come after it in
+/// the arena, so their liveness is settled.
+fn has_required(b: &Build, live: &[bool], i: usize, ty: TypeId) -> bool {
+    check::meets_required(ty, || {
         let mut c = b.nodes[i].first;
-        while c != NONE {
-            let ch = &b.nodes[c as usize];
-            if ch.elem == req && live[c as usize] {
-                return true;
+        std::iter::from_fn(move || {
+            while c != NONE {
+                let (at, ch) = (c as usize, &b.nodes[c as usize]);
+                c = ch.next;
+                if live[at] {
+                    return Some(ch.elem);
+                }
             }
-            c = ch.next;
-        }
-        false
+            None
+        })
     })
 }
 
@@ -333,7 +335,7 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
 fn drop_incomplete(plan: &Plan, b: &mut Build, live: &[bool], emitted: &mut [bool]) -> bool {
     let mut left_out = Vec::new();
     for (i, inst) in b.insts.iter().enumerate() {
-        if emitted[i] && !has_required(plan, b, live, inst.root as usize, inst.ty) {
+        if emitted[i] && !has_required(b, live, inst.root as usize, inst.ty) {
             emitted[i] = false;
             left_out.push(inst.ty);
         }

@@ -71,8 +71,6 @@ pub struct TypeDef {
     pub prim: Option<Prim>,
     pub resource: bool,
     elems: HashMap<String, ElemId>,
-    /// Elements the R4 schema requires (`Encounter_Location.location`, `Patient_Link.other`).
-    required: Vec<ElemId>,
 }
 
 #[derive(Debug)]
@@ -133,10 +131,10 @@ impl Model {
             let owner = m.type_id_or_add(owner);
             let ty = m.type_id_or_add(ty_name);
             let array = flags.contains('*');
-            let id = m.add_elem(owner, name, ty, array, codes);
-            if flags.contains('!') {
-                m.types[owner as usize].required.push(id);
-            }
+            // The flag `!` (the schema requires the element) is not read here: what an object
+            // requires, required primitives and choices too, is the check's to say
+            // (`check::meets_required`).
+            m.add_elem(owner, name, ty, array, codes);
             if m.types[ty as usize].prim.is_some() {
                 // `_birthDate`: where a primitive's own extensions go in JSON.
                 let element = m.type_id_or_add("Element");
@@ -178,7 +176,6 @@ impl Model {
             prim: Prim::parse(name),
             resource: false,
             elems: HashMap::new(),
-            required: Vec::new(),
         });
         self.by_name.insert(name.to_string(), id);
         id
@@ -212,11 +209,6 @@ impl Model {
                     | (u8::from(e.ty == range) << 2)
             })
             .collect()
-    }
-
-    /// The elements of `t` the R4 schema requires (empty for most types).
-    pub fn required(&self, t: TypeId) -> &[ElemId] {
-        &self.types[t as usize].required
     }
 
     /// How many types the table has (type ids run below it).
@@ -267,8 +259,5 @@ mod tests {
         let ext = m.type_id("Extension").unwrap();
         let vd = m.elem(m.child(ext, "valueDecimal").unwrap());
         assert_eq!(m.prim(vd.ty), Some(Prim::Decimal));
-        let loc = m.type_id("Encounter_Location").unwrap();
-        assert_eq!(m.required(loc), [m.child(loc, "location").unwrap()]);
-        assert!(m.required(hn).is_empty());
     }
 }
