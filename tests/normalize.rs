@@ -2457,3 +2457,95 @@ TXA|1|OP^Operative Report|TX||||201801171442||||||||||||AV\r",
         "{issues:#?}"
     );
 }
+
+/// Attack round 6: statuses that would assert what the message does not say. A dose sent for
+/// deletion (RXA-21 D) is entered in error even with a completion status; an allergy is active
+/// (ait-1 requires a clinical status, as the guide sets); a payment or credit (FT1-6) is no
+/// billable charge; an appointment status with no FHIR status is not booked (the Appointment
+/// is left out, with a warning); a constant that stands for its field's value counts that
+/// field as mapped.
+#[test]
+fn statuses_say_what_the_message_says() {
+    let n = normalizer();
+    let vxu = "MSH|^~\\&|IIS|FAC|RCV|RF|20240301120000-0500||VXU^V04^VXU_V04|M1|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||20200101|F\r\
+ORC|RE|ORD1^HOSP\r\
+RXA|0|1|20240301||08^HepB^CVX|0.5|mL^^UCUM||00|||||||||||CP|D\r";
+    let (m, b) = map_bytes(&n, vxu.as_bytes());
+    let imm = one(&b, "Immunization");
+    assert_eq!(imm["status"], "entered-in-error", "{imm}");
+    assert_eq!(imm["primarySource"], true);
+    assert_not_unmapped(&m, "RXA-21");
+    assert_not_unmapped(&m, "RXA-9");
+    assert_unmapped(&m, "RXA-20");
+    let kept = vxu.replace("|CP|D\r", "|CP|A\r");
+    let (_, b) = map_bytes(&n, kept.as_bytes());
+    assert_eq!(one(&b, "Immunization")["status"], "completed");
+
+    let adt = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A08|1|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r\
+AL1|1|DA^Drug allergy^HL70127|PCN^Penicillin^L|SV\r";
+    let (_, b) = map_bytes(&n, adt.as_bytes());
+    let allergy = one(&b, "AllergyIntolerance");
+    assert_eq!(allergy["clinicalStatus"]["coding"][0]["code"], "active");
+
+    let dft = "MSH|^~\\&|BILL|FAC|RCV|RF|20240301120000-0500||DFT^P03^DFT_P03|M1|P|2.5.1\r\
+EVN|P03\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19900101|F\r\
+FT1|1|T100^HOSP||20240301||CG|99213^Office visit^C4|||1|125.00&USD\r\
+FT1|2|T200^HOSP||20240301||PY|PAY^Patient payment^L|||1|50.00&USD\r\
+FT1|3|T201^HOSP||20240301||CD|99213^Office visit^C4|||1|125.00&USD\r";
+    let (m, b) = map_bytes(&n, dft.as_bytes());
+    let charge = one(&b, "ChargeItem");
+    assert_eq!(charge["identifier"][0]["value"], "T100");
+    assert_eq!(charge["status"], "billable");
+    assert_unmapped(&m, "FT1-6");
+    assert_unmapped(&m, "FT1-11");
+
+    let siu = |status: &str| {
+        format!(
+            "MSH|^~\\&|SCHED|H|EHR|H|20240301120000-0500||SIU^S14|M1|P|2.5.1\r\
+SCH|A1^SCHED|||||||||^^30^202403051000-0500^202403051030-0500|||||||||||||||{status}\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19900101|F\r"
+        )
+    };
+    let (_, b) = map_bytes(&n, siu("Booked").as_bytes());
+    assert_eq!(one(&b, "Appointment")["status"], "booked");
+    let (_, b) = map_bytes(&n, siu("Overbook").as_bytes());
+    assert_eq!(one(&b, "Appointment")["status"], "booked");
+    let (_, b) = map_bytes(&n, siu("").as_bytes());
+    assert_eq!(one(&b, "Appointment")["status"], "booked");
+    let (m, b) = map_bytes(&n, siu("Dc").as_bytes());
+    assert!(resources(&b, "Appointment").is_empty(), "{b}");
+    assert_warned(
+        &m,
+        "Appointment: left out, an element R4 requires was not mapped",
+    );
+    assert!(
+        m.left_out.iter().any(|t| t == "Appointment"),
+        "{:?}",
+        m.left_out
+    );
+}
+
+/// CMS assigns NPIs and Medicare numbers alike: its name gives no system, and a Medicare
+/// number is never labelled an NPI. An identifier typed NPI has the NPI system.
+#[test]
+fn an_identifier_is_an_npi_by_its_type_not_by_cms() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A08|1|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR~1EG4TE5MK73^^^CMS^MC~1234567893^^^CMS^NPI\r\
+PV1|1|I|||||1234567890^SMITH^JOHN^^^^^^CMS^^^^NPI\r";
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let ids = one(&b, "Patient")["identifier"].as_array().unwrap().clone();
+    let medicare = ids.iter().find(|i| i["value"] == "1EG4TE5MK73").unwrap();
+    assert!(medicare.get("system").is_none(), "{medicare}");
+    assert_eq!(medicare["assigner"]["display"], "CMS");
+    let npi = ids.iter().find(|i| i["value"] == "1234567893").unwrap();
+    assert_eq!(npi["system"], "http://hl7.org/fhir/sid/us-npi");
+    let doctor = one(&b, "Practitioner");
+    assert_eq!(
+        doctor["identifier"][0]["system"],
+        "http://hl7.org/fhir/sid/us-npi"
+    );
+}

@@ -78,6 +78,19 @@ pub trait Env {
 }
 
 impl Cond {
+    /// Whether the condition compares something `at` picks out with codes (`EQUALS`, `IN`),
+    /// anywhere in it: what a constant written under it stands for. (A length or `IS NUMERIC`
+    /// says nothing of which value was sent.)
+    pub fn compares(&self, at: &dyn Fn(&Ref) -> bool) -> bool {
+        match self {
+            Cond::Const(_) | Cond::Valued(_) | Cond::Count(..) => false,
+            Cond::Length(..) | Cond::Numeric(_) => false,
+            Cond::In(r, _) => at(r),
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.compares(at)),
+            Cond::Not(c) => c.compares(at),
+        }
+    }
+
     pub fn eval(&self, env: &dyn Env) -> bool {
         match self {
             Cond::Const(b) => *b,

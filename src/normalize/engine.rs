@@ -1393,7 +1393,7 @@ impl<'p> Mapper<'p> {
                         if self.action_at(walk, b, row, value, r as u32, anchor, inst, &view, 0)
                             && matches!(
                                 row.action,
-                                Action::Copy { .. } | Action::Ignore | Action::Assign(_)
+                                Action::Copy { .. } | Action::Ignore | Action::Assign { .. }
                             )
                         {
                             if let Some(u) = used.get_mut(field as usize) {
@@ -1508,7 +1508,7 @@ impl<'p> Mapper<'p> {
         let model = self.plan.model;
         let path = &row.path;
         match &row.action {
-            Action::Assign(x) => {
+            Action::Assign { expr: x, decided } => {
                 let Some(text) = x.eval(env) else {
                     return false;
                 };
@@ -1520,8 +1520,10 @@ impl<'p> Mapper<'p> {
                     materialize(model, b, a)
                 };
                 // A constant alone does not make a resource worth sending; a value read from
-                // the message and written counts as the field mapped.
-                self.write_prim(b, node, prim, &text, Xform::None, false) && x.reads_message()
+                // the message and written, or a constant its own value decided, counts as the
+                // field mapped.
+                self.write_prim(b, node, prim, &text, Xform::None, false)
+                    && (x.reads_message() || *decided)
             }
             Action::Ignore => true,
             Action::Link(t) => {

@@ -96,7 +96,10 @@ pub enum Action {
         vocab: Option<usize>,
         xform: Xform,
     },
-    Assign(Expr),
+    /// `decided`: the row's condition compares the very field or component the row is about
+    /// (`RXA-21,IF RXA-21 EQUALS "D",status,"entered-in-error"`), so the constant it writes
+    /// stands for that value, and the field counts as mapped.
+    Assign { expr: Expr, decided: bool },
     /// `@Patient`: a reference to the nearest resource of that type.
     Link(TypeId),
     /// A segment row with no FHIR path: the field is read and deliberately not mapped (a set
@@ -1186,7 +1189,18 @@ impl Compiler<'_> {
                 return None;
             }
             match cond::parse_expr(assignment, scope) {
-                Ok(x) => Action::Assign(x),
+                Ok(expr) => Action::Assign {
+                    expr,
+                    decided: cond.as_ref().is_some_and(|c| {
+                        c.compares(&|r| match (r, s) {
+                            (Ref::Field { seg, field, .. }, Src::Field { field: own, .. }) => {
+                                *field == own && seg.is_none_or(|g| g.as_slice() == v2.as_bytes())
+                            }
+                            (Ref::Comp { comp, .. }, Src::Comp { comp: own, .. }) => *comp == own,
+                            _ => false,
+                        })
+                    }),
+                },
                 Err(e) => {
                     self.err_at(src, line, format!("assignment: {e}"));
                     return None;
