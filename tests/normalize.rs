@@ -2549,3 +2549,28 @@ PV1|1|I|||||1234567890^SMITH^JOHN^^^^^^CMS^^^^NPI\r";
         "http://hl7.org/fhir/sid/us-npi"
     );
 }
+
+/// An A28 or A31 without a visit sends PV1 with class N (not applicable): that is no visit,
+/// and a new in-progress Encounter per message would fill census queries. With a visit
+/// number it is one, whatever its class.
+#[test]
+fn a_pv1_that_says_not_applicable_makes_no_encounter() {
+    let n = normalizer();
+    let msg = |pv1: &str| {
+        format!(
+            "MSH|^~\\&|SND|FAC|RCV|RF|20240301120000-0500||ADT^A31^ADT_A05|M1|P|2.5.1\r\
+EVN|A31|20240301120000-0500\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r\
+{pv1}\r\
+PV2|||^Checkup\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, msg("PV1|1|N").as_bytes());
+    assert!(resources(&b, "Encounter").is_empty(), "{b}");
+    assert_unmapped(&m, "PV1-2");
+    assert_unmapped(&m, "PV2-3");
+    let (_, b) = map_bytes(&n, msg("PV1|1|N|||||||||||||||||V1^^^HOSP^VN").as_bytes());
+    assert_eq!(one(&b, "Encounter")["identifier"][0]["value"], "V1");
+    let (_, b) = map_bytes(&n, msg("PV1|1|O").as_bytes());
+    assert_eq!(one(&b, "Encounter")["class"]["code"], "AMB");
+}
