@@ -2574,3 +2574,34 @@ PV2|||^Checkup\r"
     let (_, b) = map_bytes(&n, msg("PV1|1|O").as_bytes());
     assert_eq!(one(&b, "Encounter")["class"]["code"], "AMB");
 }
+
+/// A local number sent without an area code is the number (it was lost without a word), and
+/// every ContactPoint with a value has a system (cpt-2): a phone when no equipment type was
+/// sent, "other" when the type has no FHIR system (CELL, where table 0202 has CP).
+#[test]
+fn every_number_sent_is_kept_with_a_system() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A08|1|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F|||||^PRN^PH^^^^5551234~^PRN^CELL^^1^617^5551235~^PRN^^^^^5551237^9~^PRN^PH^^^^1111^^^^^2222\r";
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let telecom = one(&b, "Patient")["telecom"].as_array().unwrap().clone();
+    let got: Vec<(&str, &str)> = telecom
+        .iter()
+        .map(|t| {
+            (
+                t["system"].as_str().unwrap_or("-"),
+                t["value"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("phone", "5551234"),
+            ("other", "+1 617 5551235"),
+            ("phone", "5551237 X9"),
+            // The unformatted number before the local one, as the guide orders them.
+            ("phone", "2222"),
+        ]
+    );
+}
