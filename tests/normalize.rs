@@ -1145,7 +1145,7 @@ PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240301070000+0
     let siu = |event: &str| {
         format!(
             "MSH|^~\\&|SCHED|H|EHR|H|20240301080000+0000||SIU^{event}|C{event}|P|2.5.1\r\
-SCH|APT-1^SCHED|APT-1^SCHED|||||ROUTINE\r\
+SCH|APT-1^SCHED|APT-1^SCHED|||||ROUTINE||||^^^20240305100000+0000^20240305103000+0000\r\
 PID|1||M1^^^H^MR||Doe^Jo\r"
         )
     };
@@ -1656,7 +1656,7 @@ fn a_second_tq1_does_not_override_the_first() {
     let msg = |tq1: &str| {
         format!(
             "MSH|^~\\&|S|H|R|H|20240101120000+0000||SIU^S12|1|P|2.5.1\r\
-SCH|A1^S||||||||||^^^20240105080000+0000|||||||||||||||BOOKED\r\
+SCH|A1^S||||||||||^^^20240105080000+0000^20240105083000+0000|||||||||||||||BOOKED\r\
 {tq1}\
 PID|1||42^^^H^MR||Doe^Jo\r\
 RGS|1\r\
@@ -1674,6 +1674,7 @@ TQ1|2||||||20240106100000+0000|20240106110000+0000\r");
     let bad = msg("TQ1|1||||||2024010599\r");
     let (m, b) = map_bytes(&n, bad.as_bytes());
     assert_eq!(one(&b, "Appointment")["start"], "2024-01-05T08:00:00+00:00");
+    assert_eq!(one(&b, "Appointment")["end"], "2024-01-05T08:30:00+00:00");
     assert_warned(&m, "TQ1-7: ");
 }
 
@@ -2505,7 +2506,7 @@ FT1|3|T201^HOSP||20240301||CD|99213^Office visit^C4|||1|125.00&USD\r";
     let siu = |status: &str| {
         format!(
             "MSH|^~\\&|SCHED|H|EHR|H|20240301120000-0500||SIU^S14|M1|P|2.5.1\r\
-SCH|A1^SCHED|||||||||^^30^202403051000-0500^202403051030-0500|||||||||||||||{status}\r\
+SCH|A1^SCHED||||||||||^^M30^202403051000-0500^202403051030-0500||||||||||||||{status}\r\
 PID|1||MRN1^^^HOSP^MR||DOE^JANE||19900101|F\r"
         )
     };
@@ -2604,4 +2605,37 @@ PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F|||||^PRN^PH^^^^5551234~^PRN^CELL^^1^
             ("phone", "2222"),
         ]
     );
+}
+
+/// R4 app-2 and app-3: an Appointment sent with a start and a duration (SCH-11 `^^M30^start`)
+/// gets the end they give; one that still has a start alone, or is booked without times (its
+/// times sent without a zone and none configured), is left out with a warning rather than
+/// sent for a validating server to refuse the whole transaction.
+#[test]
+fn an_appointment_has_both_times_or_is_left_out() {
+    let n = normalizer();
+    let msg = |tq: &str| {
+        format!(
+            "MSH|^~\\&|SCHED|H|EHR|H|20240301120000-0500||SIU^S12|M1|P|2.5.1\r\
+SCH|A1^SCHED||||||||30|min|{tq}\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19900101|F\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, msg("^^M30^202403051000-0500").as_bytes());
+    let appt = one(&b, "Appointment");
+    assert_eq!(appt["start"], "2024-03-05T10:00:00-05:00");
+    assert_eq!(appt["end"], "2024-03-05T10:30:00-05:00");
+    assert_not_warned(&m, "app-2");
+    let (_, b) = map_bytes(
+        &n,
+        msg("^^M30^202403051000-0500^202403051100-0500").as_bytes(),
+    );
+    assert_eq!(one(&b, "Appointment")["end"], "2024-03-05T11:00:00-05:00");
+    let (m, b) = map_bytes(&n, msg("^^M30^202403051000").as_bytes());
+    assert!(resources(&b, "Appointment").is_empty(), "{b}");
+    assert_warned(
+        &m,
+        "Appointment: left out, its times break R4 app-2 or app-3",
+    );
+    assert!(m.left_out.iter().any(|t| t == "Appointment"));
 }

@@ -7,7 +7,7 @@ use base64::Engine as _;
 
 use super::check;
 use super::engine::{Build, Val, NONE};
-use super::model::TypeId;
+use super::model::{ElemId, TypeId};
 use super::plan::Plan;
 use super::value;
 use super::{Link, MappedResource};
@@ -91,6 +91,7 @@ pub fn write(
 ) -> Written {
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
     drop_reversed_ranges(plan, b);
+    appointment_times(plan, b, &mut emitted);
     let mut live = liveness(plan, b, &emitted);
     while drop_incomplete(plan, b, &live, &mut emitted) {
         live = liveness(plan, b, &emitted);
@@ -323,6 +324,53 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
             "{owner}.{}: the range's low is above its high (R4 rng-2): left out",
             plan.model.elem(b.nodes[i].elem).name
         );
+        if !b.warnings.contains(&w) {
+            b.warnings.push(w);
+        }
+    }
+}
+
+/// R4 app-2 and app-3 for each Appointment: a start has an end, and only a proposed, cancelled
+/// or waitlisted appointment may have neither. An end not sent is the start plus
+/// `minutesDuration` (SCH-11 sent as start and duration, the common form). An Appointment that
+/// still breaks them (a start alone; booked, with its times sent without a zone, which an
+/// instant must have) is left out with a warning, rather than sent for a server to refuse the
+/// whole transaction; the raw message keeps it.
+fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
+    let k = &plan.known;
+    for i in 0..b.insts.len() {
+        if b.insts[i].ty != k.appointment || !emitted[i] {
+            continue;
+        }
+        let root = b.insts[i].root;
+        fn text(b: &Build, root: u32, elem: ElemId) -> Option<&str> {
+            b.child_of(root, elem).and_then(|n| b.value_text(n))
+        }
+        let mut end = text(b, root, k.appointment_end).is_some();
+        if let (Some(start), false) = (text(b, root, k.appointment_start), end) {
+            let minutes = text(b, root, k.appointment_minutes).and_then(|m| m.parse::<u32>().ok());
+            if let Some(at) = minutes.and_then(|m| value::add_minutes(start, m)) {
+                let (a, e) = (b.text.len() as u32, (b.text.len() + at.len()) as u32);
+                b.text.push_str(&at);
+                let node = b.append_child(root, k.appointment_end, i as u32);
+                b.nodes[node as usize].val = Val::Text(a, e);
+                end = true;
+            }
+        }
+        let start = text(b, root, k.appointment_start).is_some();
+        let untimed = matches!(
+            text(b, root, k.appointment_status),
+            Some("proposed" | "cancelled" | "waitlist")
+        );
+        if start == end && (start || untimed) {
+            continue;
+        }
+        emitted[i] = false;
+        b.left_out.push("Appointment".into());
+        let w = "Appointment: left out, its times break R4 app-2 or app-3 (a start without an \
+                 end, or booked without times; a time sent without a zone is kept only with \
+                 the setting default_timezone)"
+            .to_string();
         if !b.warnings.contains(&w) {
             b.warnings.push(w);
         }

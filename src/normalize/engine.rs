@@ -2077,6 +2077,13 @@ impl Build {
         None
     }
 
+    /// A new last child of `parent`, an object until its value is set (for what the writer
+    /// adds after the rows ran: an Appointment's end from its start and duration).
+    pub fn append_child(&mut self, parent: u32, elem: ElemId, inst: u32) -> u32 {
+        let last = self.nodes[parent as usize].last;
+        self.push_child(parent, last, elem, (0, 0, 0), inst)
+    }
+
     /// The text of a node holding a string or number.
     pub fn value_text(&self, node: u32) -> Option<&str> {
         match self.nodes[node as usize].val {

@@ -380,6 +380,11 @@ pub struct Known {
     pub range_low: ElemId,
     pub range_high: ElemId,
     pub quantity_value: ElemId,
+    pub appointment: TypeId,
+    pub appointment_status: ElemId,
+    pub appointment_start: ElemId,
+    pub appointment_end: ElemId,
+    pub appointment_minutes: ElemId,
 }
 
 #[derive(Debug)]
@@ -545,6 +550,7 @@ fn known(m: &Model) -> Known {
     let extension = t("Extension");
     let period = t("Period");
     let range = t("Range");
+    let appointment = t("Appointment");
     Known {
         reference_reference: e(reference, "reference"),
         coding,
@@ -562,6 +568,11 @@ fn known(m: &Model) -> Known {
         range_low: e(range, "low"),
         range_high: e(range, "high"),
         quantity_value: e(t("Quantity"), "value"),
+        appointment,
+        appointment_status: e(appointment, "status"),
+        appointment_start: e(appointment, "start"),
+        appointment_end: e(appointment, "end"),
+        appointment_minutes: e(appointment, "minutesDuration"),
     }
 }
 

@@ -489,6 +489,42 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     v.try_into().ok()
 }
 
+/// A FHIR instant (`2024-03-05T10:00:00-05:00`) `minutes` later, in the same zone and with
+/// its fraction of a second; `None` for what is not a whole instant, or past year 9999.
+pub fn add_minutes(instant: &str, minutes: u32) -> Option<String> {
+    let ms = crate::consent::fhir::ms_from_instant(instant)?;
+    if instant.len() < 20 {
+        return None;
+    }
+    let zone = match instant.strip_suffix('Z') {
+        Some(_) => "Z",
+        None => instant.get(instant.len() - 6..)?,
+    };
+    let offset_ms = match zone.as_bytes() {
+        [sign @ (b'+' | b'-'), ..] => {
+            let m = zone[1..3].parse::<i64>().ok()? * 60 + zone[4..6].parse::<i64>().ok()?;
+            if *sign == b'-' {
+                -m * 60_000
+            } else {
+                m * 60_000
+            }
+        }
+        _ => 0,
+    };
+    let local = i64::try_from(ms).ok()? + offset_ms + i64::from(minutes) * 60_000;
+    let (y, m, d, hh, mm, ss, millis) = crate::hl7::ack::utc_fields(u64::try_from(local).ok()?);
+    if y > 9999 {
+        return None;
+    }
+    let mut out = String::with_capacity(instant.len());
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
+    if instant.as_bytes().get(19) == Some(&b'.') {
+        let _ = write!(out, ".{millis:03}");
+    }
+    out.push_str(zone);
+    Some(out)
+}
+
 /// Unix milliseconds as a FHIR instant in UTC (`Provenance.recorded`).
 pub fn instant_from_ms(ms: u64, out: &mut String) {
     let (y, m, d, hh, mm, ss, millis) = crate::hl7::ack::utc_fields(ms);
@@ -501,6 +537,38 @@ pub fn instant_from_ms(ms: u64, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minutes_are_added_in_the_instants_own_zone() {
+        for (at, minutes, want) in [
+            (
+                "2024-03-05T10:00:00-05:00",
+                30,
+                Some("2024-03-05T10:30:00-05:00"),
+            ),
+            (
+                "2024-02-28T23:45:00+05:30",
+                30,
+                Some("2024-02-29T00:15:00+05:30"),
+            ),
+            (
+                "2023-12-31T23:59:59.5Z",
+                1,
+                Some("2024-01-01T00:00:59.500Z"),
+            ),
+            (
+                "2024-03-05T10:00:00-05:00",
+                0,
+                Some("2024-03-05T10:00:00-05:00"),
+            ),
+            ("9999-12-31T23:00:00Z", 120, None),
+            ("2024-03-05", 30, None),
+            ("2024-03-05T10:00:00", 30, None),
+            ("2024-02-30T10:00:00Z", 30, None),
+        ] {
+            assert_eq!(add_minutes(at, minutes).as_deref(), want, "{at}");
+        }
+    }
 
     #[test]
     fn uris_with_space_or_a_false_oid_or_uuid_are_named() {
