@@ -338,8 +338,8 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
 /// whole transaction; the raw message keeps it.
 fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
     let k = &plan.known;
-    for i in 0..b.insts.len() {
-        if b.insts[i].ty != k.appointment || !emitted[i] {
+    for (i, sent) in emitted.iter_mut().enumerate() {
+        if b.insts[i].ty != k.appointment || !*sent {
             continue;
         }
         let root = b.insts[i].root;
@@ -365,7 +365,7 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
         if start == end && (start || untimed) {
             continue;
         }
-        emitted[i] = false;
+        *sent = false;
         b.left_out.push("Appointment".into());
         let w = "Appointment: left out, its times break R4 app-2 or app-3 (a start without an \
                  end, or booked without times; a time sent without a zone is kept only with \
