@@ -2082,6 +2082,28 @@ PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240101093000\r
         "2024-01-01T09:30:00+01:00"
     );
     let _ = std::fs::remove_dir_all(site);
+    // A zone by name: summer and winter times each get the offset in force then.
+    let site = tempdir_with(&[(
+        "settings.csv",
+        "key,value\ndefault_timezone,America/New_York\n",
+    )]);
+    let n = Normalizer::load(&NormalizeConfig {
+        site_dir: Some(site.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let summer = String::from_utf8_lossy(msg).replace("20240101093000", "20240715093000");
+    let (_, b) = map_bytes(&n, summer.as_bytes());
+    assert_eq!(
+        one(&b, "Encounter")["period"]["start"],
+        "2024-07-15T09:30:00-04:00"
+    );
+    let (_, b) = map_bytes(&n, msg);
+    assert_eq!(
+        one(&b, "Encounter")["period"]["start"],
+        "2024-01-01T09:30:00-05:00"
+    );
+    let _ = std::fs::remove_dir_all(site);
 }
 
 /// A fresh directory with these files (a site directory).

@@ -1745,7 +1745,7 @@ impl<'p> Mapper<'p> {
         let codes = &self.plan.model.elem(n.elem).codes;
         let start = b.text.len();
         let t = value::trim(text);
-        let zone = self.plan.settings.default_timezone;
+        let zone = self.plan.settings.default_timezone.as_ref();
         let res: Result<Val, &'static str> = match prim {
             Prim::Boolean => value::parse_bool(t)
                 .map(Val::Bool)
@@ -1769,6 +1769,14 @@ impl<'p> Mapper<'p> {
                     Ok(Converted::TimeDropped) => {
                         b.warn(format_args!(
                             "{}: time of day dropped (no time zone given or configured)",
+                            b.field_name()
+                        ));
+                        Ok(Val::Text(0, 0))
+                    }
+                    Ok(Converted::TimeAmbiguous) => {
+                        b.warn(format_args!(
+                            "{}: time of day dropped (the configured zone's clocks skip or \
+                             repeat it: a daylight saving change)",
                             b.field_name()
                         ));
                         Ok(Val::Text(0, 0))

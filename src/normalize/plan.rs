@@ -17,7 +17,7 @@ use super::cond::{self, Cond, Expr, Guard, Ref, RowGuard, Scope};
 use super::csv::Record;
 use super::files::{Files, MergedFile};
 use super::model::{ElemId, Model, TypeId};
-use super::value::Offset;
+use super::value::Zone;
 use super::LoadError;
 
 /// Where a compiled row came from (for errors at load and in lint output).
@@ -30,7 +30,7 @@ pub struct Loc {
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Zone for v2 times that carry none; `None`: such times keep their date only.
-    pub default_timezone: Option<Offset>,
+    pub default_timezone: Option<Zone>,
     /// Repetitions of one field that are mapped; more are a warning.
     pub max_repetitions: usize,
     /// Fields of one segment that are read; more are a warning.
@@ -660,12 +660,12 @@ impl Compiler<'_> {
                         s.default_timezone = None;
                         None
                     } else {
-                        match Offset::parse(v) {
+                        match Zone::parse(v) {
                             Some(o) => {
                                 s.default_timezone = Some(o);
                                 None
                             }
-                            None => Some("value: a zone is `Z` or `+hh:mm` / `-hh:mm`, or empty".to_string()),
+                            None => Some("value: a zone is `Z`, `+hh:mm` / `-hh:mm`, an IANA zone name (`America/New_York`), or empty".to_string()),
                         }
                     }
                 }

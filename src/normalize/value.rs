@@ -6,9 +6,64 @@ use std::fmt::Write;
 
 use crate::fhir::validate::primitive::{self, Scan};
 
-/// A fixed UTC offset in minutes, from the settings (`default_timezone`).
+/// A fixed UTC offset in minutes (a time's own, or the settings' `default_timezone`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offset(pub i16);
+
+/// The zone of v2 times sent without one (`default_timezone`): a fixed offset, or an IANA zone
+/// (`America/New_York`), whose offset is the one in force at each time's own date and hour,
+/// daylight saving time included. The zone database is the one built into the binary.
+#[derive(Debug, Clone)]
+pub enum Zone {
+    Fixed(Offset),
+    Named(jiff::tz::TimeZone),
+}
+
+impl Zone {
+    /// `Z`, `+01:00`, `-0500`, or an IANA zone name.
+    pub fn parse(s: &str) -> Option<Zone> {
+        if let Some(o) = Offset::parse(s) {
+            return Some(Zone::Fixed(o));
+        }
+        let s = s.trim();
+        // A name of the database, not a POSIX TZ string or a file path.
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b)) {
+            return None;
+        }
+        jiff::tz::TimeZone::get(s).ok().map(Zone::Named)
+    }
+
+    /// The offset of the local time `t` (which has at least an hour): `None` for a time the
+    /// zone's clocks skipped or passed twice (a daylight saving change), or a historic offset
+    /// of seconds FHIR cannot write. Such a time keeps its date only, as one without a zone.
+    fn offset_at(&self, t: &V2Time<'_>) -> Option<Offset> {
+        let tz = match self {
+            Zone::Fixed(o) => return Some(*o),
+            Zone::Named(tz) => tz,
+        };
+        let n = |s: Option<&str>| s.unwrap_or("0").parse::<i8>().ok();
+        let dt = jiff::civil::DateTime::new(
+            t.year.parse().ok()?,
+            n(t.month)?,
+            n(t.day)?,
+            n(t.hour)?,
+            n(t.minute)?,
+            n(t.second)?,
+            0,
+        )
+        .ok()?;
+        match tz.to_ambiguous_timestamp(dt).offset() {
+            jiff::tz::AmbiguousOffset::Unambiguous { offset } => {
+                let secs = offset.seconds();
+                if secs % 60 != 0 {
+                    return None;
+                }
+                i16::try_from(secs / 60).ok().map(Offset)
+            }
+            _ => None,
+        }
+    }
+}
 
 impl Offset {
     /// `Z`, `+01:00`, `-0500`, `+02`.
@@ -187,6 +242,9 @@ pub enum Converted {
     Exact,
     /// The time of day was dropped: no zone in the value and none configured.
     TimeDropped,
+    /// The time of day was dropped: the configured zone's clocks skipped or repeated it (a
+    /// daylight saving change), so its offset is not known.
+    TimeAmbiguous,
     /// Seconds were added (v2 allows HH or HHMM; FHIR needs seconds once a time is given).
     Padded,
 }
@@ -199,7 +257,7 @@ pub enum Converted {
 pub fn write_time(
     s: &str,
     kind: TimeKind,
-    default_zone: Option<Offset>,
+    default_zone: Option<&Zone>,
     out: &mut String,
 ) -> Result<Converted, &'static str> {
     let t = parse_v2_time(s)?;
@@ -233,7 +291,18 @@ pub fn write_time(
             Ok(status)
         };
     };
-    let Some(zone) = t.offset.or(default_zone) else {
+    let zone = match (t.offset, default_zone) {
+        (Some(o), _) => Some(o),
+        (None, Some(z)) => match z.offset_at(&t) {
+            Some(o) => Some(o),
+            None if kind == TimeKind::Instant => {
+                return Err("the time falls where the configured zone's clocks skip or repeat");
+            }
+            None => return Ok(Converted::TimeAmbiguous),
+        },
+        (None, None) => None,
+    };
+    let Some(zone) = zone else {
         if kind == TimeKind::Instant {
             return Err("an instant needs a time zone (none in the value, none configured)");
         }
@@ -628,7 +697,7 @@ mod tests {
         zone: Option<&str>,
     ) -> Result<(String, Converted), &'static str> {
         let mut out = String::new();
-        let c = write_time(s, kind, zone.and_then(Offset::parse), &mut out)?;
+        let c = write_time(s, kind, zone.and_then(Zone::parse).as_ref(), &mut out)?;
         Ok((out, c))
     }
 
@@ -723,6 +792,40 @@ mod tests {
             "2024-01-02T03:04:05+00:00"
         );
         assert!(time("20240102", Instant, Some("Z")).is_err());
+        // An IANA zone: the offset in force at the time's own date, daylight saving included.
+        let ny = Some("America/New_York");
+        assert_eq!(
+            time("20240715103000", DateTime, ny).unwrap().0,
+            "2024-07-15T10:30:00-04:00"
+        );
+        assert_eq!(
+            time("20240115103000", DateTime, ny).unwrap().0,
+            "2024-01-15T10:30:00-05:00"
+        );
+        assert_eq!(
+            time("202407151030", Instant, ny).unwrap().0,
+            "2024-07-15T10:30:00-04:00"
+        );
+        // A value's own zone wins over the configured one.
+        assert_eq!(
+            time("20240715103000+0000", DateTime, ny).unwrap().0,
+            "2024-07-15T10:30:00+00:00"
+        );
+        // 02:30 on 10 March 2024 never happened in New York, and 01:30 on 3 November happened
+        // twice: the date alone is kept (an instant fails).
+        for gap_or_fold in ["20240310023000", "20241103013000"] {
+            assert_eq!(
+                time(gap_or_fold, DateTime, ny).unwrap().1,
+                Converted::TimeAmbiguous,
+                "{gap_or_fold}"
+            );
+            assert!(time(gap_or_fold, Instant, ny).is_err());
+        }
+        assert_eq!(time("2024031002", DateTime, ny).unwrap().0, "2024-03-10");
+        for not_a_zone in ["Mars/Olympus", "../etc/passwd", "EST5EDT,M3.2.0,M11.1.0", "", "New York"] {
+            assert!(Zone::parse(not_a_zone).is_none(), "{not_a_zone}");
+        }
+        assert!(Zone::parse("Europe/Berlin").is_some());
         for bad in [
             "2024130101",
             "20240230",
