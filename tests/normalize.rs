@@ -2661,3 +2661,36 @@ PID|1||MRN1^^^HOSP^MR||DOE^JANE||19900101|F\r"
     );
     assert!(m.left_out.iter().any(|t| t == "Appointment"));
 }
+
+/// R4 invariants a validating server checks, which the output check did not: a contact with
+/// only a relationship is no contact (pat-1, left out and named), data has a content type
+/// (att-1), and a reason for an absent value goes only where no value was sent (obs-6).
+#[test]
+fn invariants_a_receiver_checks_hold() {
+    let n = normalizer();
+    let adt = "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A08|1|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r\
+NK1|1||SPO^Spouse^HL70063\r\
+NK1|2|DOE^JOHN|SPO^Spouse^HL70063\r";
+    let (m, b) = map_bytes(&n, adt.as_bytes());
+    let contacts = one(&b, "Patient")["contact"].as_array().unwrap().clone();
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(contacts[0]["name"]["family"], "DOE");
+    assert_warned(&m, "Patient.contact: left out with what it holds");
+    let oru = format!(
+        "{ORU_HEAD}OBX|1|ED|11502-2^Report^LN||^^^Base64^SGVsbG8=||||||F\r\
+OBX|2|ED|11502-2^Report^LN||^^^A^Hello||||||F\r\
+OBX|3|NM|718-7^Hgb^LN||13.5|g/dL|||||N\r\
+OBX|4|NM|718-7^Hgb^LN|||g/dL|||||N\r"
+    );
+    let (_, b) = map_bytes(&n, oru.as_bytes());
+    let obs = resources(&b, "Observation");
+    // R4 Observation has no Attachment value: ED goes into an extension.
+    let att = |o: &Value| o["extension"][0]["valueAttachment"].clone();
+    assert_eq!(att(obs[0])["contentType"], "application/octet-stream");
+    assert_eq!(att(obs[0])["data"], "SGVsbG8=");
+    assert_eq!(att(obs[1])["contentType"], "text/plain");
+    assert_eq!(obs[2]["valueQuantity"]["value"], 13.5);
+    assert!(obs[2].get("dataAbsentReason").is_none(), "{}", obs[2]);
+    assert_eq!(obs[3]["dataAbsentReason"]["coding"][0]["code"], "not-asked");
+}

@@ -108,7 +108,7 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             ) | bit(Rules::is_value_choice(&d.name), VALUE_CHOICE)
                 | bit(d.name == "extension", EXTENSION);
         }
-        let required = rules
+        let mut required: Vec<Vec<u16>> = rules
             .required(ty)
             // The writer puts a resource's type itself.
             .filter(|(name, _)| *name != "resourceType")
@@ -119,6 +119,14 @@ fn build_table(m: &Model, rules: Rules) -> Table {
                     .collect()
             })
             .collect();
+        for (_, names) in ONE_OF.iter().filter(|(owner, _)| *owner == def.name) {
+            required.push(
+                m.elems_of(t)
+                    .filter(|&e| names.contains(&m.elem(e).name.as_str()))
+                    .map(|e| rank[e as usize])
+                    .collect(),
+            );
+        }
         types.push(Some(TypeFacts {
             kind: rules.kind(ty),
             resource: m.is_resource(t) && rules.is_plain_resource_type(&def.name),
@@ -164,6 +172,15 @@ pub fn meets_required<I: Iterator<Item = ElemId>>(ty: TypeId, kids: impl Fn() ->
         .iter()
         .all(|group| kids().any(|e| group.contains(&t.rank[e as usize])))
 }
+
+/// R4 invariants that ask for at least one of some elements, held as one more requirement of
+/// the type: the mapper leaves out an object that meets none (and the check would not show
+/// it). `pat-1`: a patient's contact has a name, telecom, address or organization (an NK1 that
+/// sends only the relationship is no contact).
+const ONE_OF: &[(&str, &[&str])] = &[(
+    "Patient_Contact",
+    &["name", "telecom", "address", "organization"],
+)];
 
 /// Whether an element named `have` meets the requirement `want` (`status`, `value[x]`), as
 /// the walk reads its required lists: the primitive's `_name` counts too where `underscore`.
@@ -579,6 +596,8 @@ mod tests {
             "Immunization",
             &["status", "vaccineCode", "patient", "occurrenceString"]
         ));
+        assert!(!meets("Patient_Contact", &["relationship"]), "pat-1");
+        assert!(meets("Patient_Contact", &["relationship", "telecom"]));
         assert!(!meets("Patient_Link", &["other"]));
         assert!(meets("Patient_Link", &["other", "type"]));
         assert!(meets("HumanName", &[]));

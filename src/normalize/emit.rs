@@ -96,6 +96,7 @@ pub fn write(
     while drop_incomplete(plan, b, &live, &mut emitted) {
         live = liveness(plan, b, &emitted);
     }
+    name_incomplete(plan, b, &live, &emitted);
     label(plan, b, &live, &emitted);
     let b: &Build = b;
     let model = plan.model;
@@ -371,6 +372,43 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
                  end, or booked without times; a time sent without a zone is kept only with \
                  the setting default_timezone)"
             .to_string();
+        if !b.warnings.contains(&w) {
+            b.warnings.push(w);
+        }
+    }
+}
+
+/// Names the elements left out with what they held because they lack what R4 requires of them
+/// (`Patient.contact` with only a relationship, pat-1; `Encounter.location` whose PL made no
+/// Location): their fields were read, so only this warning says they are not in the Bundle.
+fn name_incomplete(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
+    let mut named = Vec::new();
+    for (i, node) in b.nodes.iter().enumerate() {
+        if live[i]
+            || node.val != Val::Obj
+            || node.parent == NONE
+            || !emitted[node.inst as usize]
+            || plan.elem_kind[node.elem as usize] & 1 != 0
+        {
+            continue;
+        }
+        let mut c = node.first;
+        while c != NONE && !live[c as usize] {
+            c = b.nodes[c as usize].next;
+        }
+        if c == NONE {
+            continue;
+        }
+        let owner = &plan.model.ty(b.insts[node.inst as usize].ty).name;
+        let w = format!(
+            "{owner}.{}: left out with what it holds, it lacks an element R4 requires",
+            plan.model.elem(node.elem).name
+        );
+        if !named.contains(&w) {
+            named.push(w);
+        }
+    }
+    for w in named {
         if !b.warnings.contains(&w) {
             b.warnings.push(w);
         }
