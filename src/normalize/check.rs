@@ -157,20 +157,32 @@ fn build_table(m: &Model, rules: Rules) -> Table {
     }
 }
 
-/// Whether an object of type `ty` whose children's elements `kids` yields (afresh on each
-/// call) meets every element R4 requires of it, as the check and the walk read them: a
-/// primitive by its `_name` too, a choice by any of its types. The mapper leaves out what
-/// does not, so that it never writes what the check refuses. Types the check does not know
-/// (primitives) require nothing.
-pub fn meets_required<I: Iterator<Item = ElemId>>(ty: TypeId, kids: impl Fn() -> I) -> bool {
+/// Whether an object of type `ty` whose children's elements are `kids` meets every element R4
+/// requires of it, as the check and the walk read them: a primitive by its `_name` too, a
+/// choice by any of its types. The mapper leaves out what does not, so that it never writes
+/// what the check refuses. Types the check does not know (primitives) require nothing. The
+/// children are read only for the few types that require something, once, as the key bits an
+/// [`Object`] keeps (no type is wider than they are: a test holds the model to that).
+pub fn meets_required(ty: TypeId, kids: impl Iterator<Item = ElemId>) -> bool {
     let t = table();
     let Some(Some(facts)) = t.types.get(ty as usize) else {
         return true;
     };
-    facts
-        .required
-        .iter()
-        .all(|group| kids().any(|e| group.contains(&t.rank[e as usize])))
+    if facts.required.is_empty() {
+        return true;
+    }
+    let mut written = [0u64; WRITTEN_WORDS];
+    for e in kids {
+        let (word, bit) = key_bit(t.rank[e as usize]);
+        if let Some(w) = written.get_mut(word) {
+            *w |= bit;
+        }
+    }
+    let has = |rank: u16| {
+        let (word, bit) = key_bit(rank);
+        written.get(word).is_some_and(|w| w & bit != 0)
+    };
+    facts.required.iter().all(|g| g.iter().any(|&r| has(r)))
 }
 
 /// R4 invariants that ask for at least one of some elements, held as one more requirement of
@@ -579,8 +591,7 @@ mod tests {
         let m = Model::r4();
         let ty = |n: &str| m.type_id(n).unwrap();
         let el = |t: &str, e: &str| m.child(ty(t), e).unwrap();
-        let meets =
-            |t: &str, kids: &[&str]| meets_required(ty(t), || kids.iter().map(|k| el(t, k)));
+        let meets = |t: &str, kids: &[&str]| meets_required(ty(t), kids.iter().map(|k| el(t, k)));
         assert!(!meets("Appointment", &["participant"]));
         assert!(meets("Appointment", &["participant", "status"]));
         assert!(meets("Appointment", &["participant", "_status"]));

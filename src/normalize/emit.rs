@@ -270,19 +270,18 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
 /// left out, with what it holds, rather than written invalid. Its children come after it in
 /// the arena, so their liveness is settled.
 fn has_required(b: &Build, live: &[bool], i: usize, ty: TypeId) -> bool {
-    check::meets_required(ty, || {
-        let mut c = b.nodes[i].first;
-        std::iter::from_fn(move || {
-            while c != NONE {
-                let (at, ch) = (c as usize, &b.nodes[c as usize]);
-                c = ch.next;
-                if live[at] {
-                    return Some(ch.elem);
-                }
+    let mut c = b.nodes[i].first;
+    let kids = std::iter::from_fn(move || {
+        while c != NONE {
+            let (at, ch) = (c as usize, &b.nodes[c as usize]);
+            c = ch.next;
+            if live[at] {
+                return Some(ch.elem);
             }
-            None
-        })
-    })
+        }
+        None
+    });
+    check::meets_required(ty, kids)
 }
 
 /// Leaves out each Range whose low is above its high (R4 rng-2: an SN `^5^-^3`), with its

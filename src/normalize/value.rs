@@ -27,7 +27,11 @@ impl Zone {
         }
         let s = s.trim();
         // A name of the database, not a POSIX TZ string or a file path.
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b)) {
+        if s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b))
+        {
             return None;
         }
         jiff::tz::TimeZone::get(s).ok().map(Zone::Named)
@@ -822,7 +826,13 @@ mod tests {
             assert!(time(gap_or_fold, Instant, ny).is_err());
         }
         assert_eq!(time("2024031002", DateTime, ny).unwrap().0, "2024-03-10");
-        for not_a_zone in ["Mars/Olympus", "../etc/passwd", "EST5EDT,M3.2.0,M11.1.0", "", "New York"] {
+        for not_a_zone in [
+            "Mars/Olympus",
+            "../etc/passwd",
+            "EST5EDT,M3.2.0,M11.1.0",
+            "",
+            "New York",
+        ] {
             assert!(Zone::parse(not_a_zone).is_none(), "{not_a_zone}");
         }
         assert!(Zone::parse("Europe/Berlin").is_some());
