@@ -2694,3 +2694,26 @@ OBX|4|NM|718-7^Hgb^LN|||g/dL|||||N\r"
     assert!(obs[2].get("dataAbsentReason").is_none(), "{}", obs[2]);
     assert_eq!(obs[3]["dataAbsentReason"]["coding"][0]["code"], "not-asked");
 }
+
+/// Text sent with an unescaped `^` loses what follows it (ST has no components): never
+/// silently, a warning names the field.
+#[test]
+fn text_after_an_unescaped_separator_is_named() {
+    let n = normalizer();
+    let msg = format!(
+        "{ORU_HEAD}OBX|1|ST|1-1^Note^L||See note^call lab x1234||||||F\r\
+OBX|2|ST|1-2^Note^L||Plain note||||||F\r"
+    );
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let obs = resources(&b, "Observation");
+    assert_eq!(obs[0]["valueString"], "See note");
+    assert_eq!(obs[1]["valueString"], "Plain note");
+    assert_warned(&m, "OBX-5: what follows its first part");
+    assert_eq!(
+        m.warnings
+            .iter()
+            .filter(|w| w.contains("what follows its first part"))
+            .count(),
+        1
+    );
+}

@@ -525,12 +525,21 @@ pub struct Mapper<'p> {
 }
 
 /// The text a primitive takes from a value: a field repetition's first component (whole, so an
-/// unescaped `&` in text survives), a component's first subcomponent, a subcomponent itself.
-fn first_part(v: Field<'_>, level: Level) -> Field<'_> {
+/// unescaped `&` in text survives), a component's first subcomponent, a subcomponent itself;
+/// and whether a later part holds something (which the primitive then loses).
+fn first_part(v: Field<'_>, level: Level) -> (Field<'_>, bool) {
     match level {
-        Level::Rep => v.components().next().unwrap_or(v),
-        Level::Comp => v.subcomponents().next().unwrap_or(v),
-        Level::Sub => v,
+        Level::Rep => {
+            let mut parts = v.components();
+            let first = parts.next().unwrap_or(v);
+            (first, parts.any(valued))
+        }
+        Level::Comp => {
+            let mut parts = v.subcomponents();
+            let first = parts.next().unwrap_or(v);
+            (first, parts.any(valued))
+        }
+        Level::Sub => (v, false),
     }
 }
 
@@ -1634,10 +1643,20 @@ impl<'p> Mapper<'p> {
                 let Some(prim) = model.prim(path.leaf) else {
                     return false;
                 };
-                let part = first_part(v, level);
+                let (part, more) = first_part(v, level);
                 let text = walk.text(part);
                 if value::trim(&text).is_empty() {
                     return false;
+                }
+                if more && *xform == Xform::Lines {
+                    // Free text (ST, TX, FT, mapped as lines) has no components: a `^` in it
+                    // is one the sender did not escape (`See note^call lab`), and what follows
+                    // it is lost. (Elsewhere a row taking a field's first component on
+                    // purpose, PID-20's number without its state, is a choice of the map.)
+                    b.warn(format_args!(
+                        "{}: what follows its first part (an unescaped ^ or &?) is not mapped",
+                        b.field_name()
+                    ));
                 }
                 let node = materialize(model, b, leaf);
                 self.write_prim(b, node, prim, &text, *xform, true)
