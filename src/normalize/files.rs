@@ -166,7 +166,8 @@ pub fn load(base: Vec<SourceFile>, site: Vec<SourceFile>) -> Result<Files, LoadE
 
 /// A site row replaces every base row with its key (at the place of the first); rows with new
 /// keys go after the last row about the same source (so a new mapping of a field sits with the
-/// others), else at the end.
+/// others), else at the end; a vocabulary row without a system goes before the rows about its
+/// code.
 fn merge_rows(m: &mut MergedFile, file: usize, rows: Vec<Record>) {
     let name = m.name.clone();
     let mut by_key: BTreeMap<Vec<String>, Vec<Record>> = BTreeMap::new();
@@ -195,12 +196,18 @@ fn merge_rows(m: &mut MergedFile, file: usize, rows: Vec<Record>) {
             m.records.splice(first..first, tagged);
         } else {
             let source = &k[0];
-            let at = m
-                .records
-                .iter()
-                .rposition(|(_, r)| r.get(0).replace(' ', "") == *source)
-                .map(|p| p + 1)
-                .unwrap_or(m.records.len());
+            let about = |r: &Record| r.get(0).replace(' ', "") == *source;
+            // A vocabulary row that names no system matches the code whatever its system, and
+            // the first row that matches wins: after the base rows about the code it would
+            // never be reached (`F,,male` behind `F,HL70001,female`), so it goes before them.
+            let wildcard =
+                name.starts_with("vocabulary/") && k.get(1).is_some_and(|s| s.is_empty());
+            let at = if wildcard {
+                m.records.iter().position(|(_, r)| about(r))
+            } else {
+                m.records.iter().rposition(|(_, r)| about(r)).map(|p| p + 1)
+            }
+            .unwrap_or(m.records.len());
             m.records.splice(at..at, tagged);
         }
     }
@@ -272,6 +279,40 @@ mod tests {
         .unwrap();
         assert_ne!(files.version, only_base.version);
         assert_eq!(files.version.len(), 64);
+    }
+
+    /// A site's vocabulary row without a system is reached: it goes before the base rows
+    /// about its code (after them, the base row with a system would always match first). One
+    /// with a system goes after them, as other new rows do.
+    #[test]
+    fn a_site_vocabulary_row_without_a_system_comes_first() {
+        let base = f(
+            "vocabulary/AdministrativeSex.csv",
+            "code,system,target_code,target_display,target_system\n\
+             F,HL70001,female,,\nM,HL70001,male,,\n",
+            false,
+        );
+        let site = f(
+            "vocabulary/AdministrativeSex.csv",
+            "code,system,target_code,target_display,target_system\n\
+             F,,other,,\nM,LOCAL,unknown,,\n",
+            true,
+        );
+        let files = load(vec![base], vec![site]).unwrap();
+        let rows: Vec<String> = files.merged["vocabulary/AdministrativeSex.csv"]
+            .records
+            .iter()
+            .map(|(_, r)| format!("{}:{}:{}", r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "F::other",
+                "F:HL70001:female",
+                "M:HL70001:male",
+                "M:LOCAL:unknown"
+            ]
+        );
     }
 
     #[test]
