@@ -2717,3 +2717,41 @@ OBX|2|ST|1-2^Note^L||Plain note||||||F\r"
         1
     );
 }
+
+/// A site file that no row names changes nothing; lint names it (a misspelt vocabulary, a
+/// segment map no message map uses). One that overrides a file of the set, or one a site
+/// message map uses, is not named.
+#[test]
+fn a_site_file_nothing_uses_is_named() {
+    let vocab = "code,system,target_code,target_display,target_system\nF,,male,,\n";
+    let seg =
+        "field,condition,fhir_path,datatype_map,vocabulary_map,assignment\nZPI-2,,active,,,\n";
+    let site = tempdir_with(&[
+        ("vocabulary/AdminstrativeSex.csv", vocab),
+        ("vocabulary/AdministrativeSex.csv", vocab),
+        ("segments/ZPI[Patient].csv", seg),
+        ("segments/ZPX[Patient].csv", &seg.replace("ZPI-2", "ZPX-2")),
+        (
+            "messages/ADT_A01.csv",
+            "segment,syntax,condition,resource,segment_map,references\nZPX,[ZPX],,Patient[1],ZPX[Patient],\n",
+        ),
+    ]);
+    let n = Normalizer::lint(&NormalizeConfig {
+        site_dir: Some(site.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut unused: Vec<&str> = n
+        .unused_site_files()
+        .iter()
+        .map(|f| f.rsplit_once(['/', '\\']).map_or(f.as_str(), |(_, n)| n))
+        .collect();
+    unused.sort_unstable();
+    assert_eq!(
+        unused,
+        ["AdminstrativeSex.csv", "ZPI[Patient].csv"],
+        "{:?}",
+        n.unused_site_files()
+    );
+    let _ = std::fs::remove_dir_all(site);
+}

@@ -174,6 +174,12 @@ fn summary(m: &Mapped) -> String {
 pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
     match Normalizer::lint(cfg) {
         Ok(n) => {
+            for f in n.unused_site_files() {
+                println!(
+                    "warning: {f}: no row names this map or vocabulary, so it changes nothing \
+                     (is its name that of the file it should override?)"
+                );
+            }
             println!(
                 "ok: mapping set {} ({} files; message maps: {})",
                 n.version(),

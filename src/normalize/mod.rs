@@ -188,6 +188,11 @@ impl Normalizer {
         &self.plan.version
     }
 
+    /// Site files (maps, vocabularies) no row names, which change nothing (a misspelt name).
+    pub fn unused_site_files(&self) -> &[String] {
+        &self.plan.unused
+    }
+
     /// How many mapping files are in use (defaults and site).
     pub fn file_count(&self) -> usize {
         self.plan.files.len()

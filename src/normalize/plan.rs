@@ -392,6 +392,8 @@ pub struct Plan {
     pub model: &'static Model,
     /// Shown names of the files rows came from (`Loc::file`).
     pub files: Vec<String>,
+    /// Site files (maps, vocabularies) that no row names: they change nothing.
+    pub unused: Vec<String>,
     pub version: String,
     pub settings: Settings,
     /// The Provenance agent's text: the gateway, its version and the mapping set's.
@@ -423,6 +425,8 @@ struct Compiler<'a> {
     map_cache: HashMap<(String, TypeId), usize>,
     in_progress: HashSet<(String, TypeId)>,
     vocab_index: HashMap<String, usize>,
+    /// Maps and vocabularies a row names (`PID[Patient]`, `AdministrativeSex`).
+    used: HashSet<String>,
 }
 
 /// Numbers the conditions that more than one row of a map has (what remains after the guard;
@@ -463,6 +467,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         map_cache: HashMap::new(),
         in_progress: HashSet::new(),
         vocab_index: HashMap::new(),
+        used: HashSet::new(),
     };
     let settings = c.settings();
     let vocabs = c.vocabs();
@@ -516,8 +521,25 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
             m.id_source = m.name.clone();
         }
     }
+    // A map or vocabulary file only the site has, which no row names, changes nothing: most
+    // often its name is misspelt (`AdminstrativeSex.csv`), or no message map uses a new
+    // segment map. Lint says so.
+    let unused = files
+        .sources
+        .iter()
+        .filter(|s| s.site && !files.sources.iter().any(|b| !b.site && b.name == s.name))
+        .filter(|s| {
+            let Some((dir, name)) = s.name.split_once('/') else {
+                return false;
+            };
+            matches!(dir, "segments" | "datatypes" | "vocabulary")
+                && !c.used.contains(name.trim_end_matches(".csv"))
+        })
+        .map(|s| s.shown.clone())
+        .collect();
     Ok(Plan {
         model,
+        unused,
         files: files.sources.iter().map(|s| s.shown.clone()).collect(),
         version: files.version.clone(),
         agent_display: format!(
@@ -1006,6 +1028,9 @@ impl Compiler<'_> {
 
     /// Compiles (or returns the compiled) map `name` for target type `ty`.
     fn map(&mut self, name: &str, ty: TypeId, from: Option<(usize, usize)>) -> Option<usize> {
+        if from.is_some() {
+            self.used.insert(name.to_string());
+        }
         let key = (name.to_string(), ty);
         if let Some(&i) = self.map_cache.get(&key) {
             return Some(i);
@@ -1225,7 +1250,10 @@ impl Compiler<'_> {
             let vocab = match r.get(4) {
                 "" => None,
                 v => match self.vocab_index.get(v) {
-                    Some(&i) => Some(i),
+                    Some(&i) => {
+                        self.used.insert(v.to_string());
+                        Some(i)
+                    }
                     None => {
                         self.err_at(
                             src,
