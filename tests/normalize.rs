@@ -34,6 +34,14 @@ fn normalizer() -> Normalizer {
     Normalizer::load(&NormalizeConfig::default()).expect("default mapping set")
 }
 
+/// The default mapping set with the site overrides in `site`.
+fn with_site(site: &std::path::Path) -> NormalizeConfig {
+    NormalizeConfig {
+        site_dir: Some(site.to_path_buf()),
+        ..Default::default()
+    }
+}
+
 const COMMITMENT: [u8; 32] = [7u8; 32];
 
 fn link() -> Link<'static> {
@@ -2071,11 +2079,7 @@ PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240101093000\r
         .warnings
         .contains(&"PV1-44: time of day dropped (no time zone given or configured)".to_string()));
     let site = tempdir_with(&[("settings.csv", "key,value\ndefault_timezone,+01:00\n")]);
-    let n = Normalizer::load(&NormalizeConfig {
-        site_dir: Some(site.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let n = Normalizer::load(&with_site(&site)).unwrap();
     let (_, b) = map_bytes(&n, msg);
     assert_eq!(
         one(&b, "Encounter")["period"]["start"],
@@ -2087,11 +2091,7 @@ PV1|1|I|W1^1^1||||||||||||||||V1^^^H^VN|||||||||||||||||||||||||20240101093000\r
         "settings.csv",
         "key,value\ndefault_timezone,America/New_York\n",
     )]);
-    let n = Normalizer::load(&NormalizeConfig {
-        site_dir: Some(site.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let n = Normalizer::load(&with_site(&site)).unwrap();
     let summer = String::from_utf8_lossy(msg).replace("20240101093000", "20240715093000");
     let (_, b) = map_bytes(&n, summer.as_bytes());
     assert_eq!(
@@ -2160,10 +2160,7 @@ OBX|1|NM|GLU^Glucose^LOCALLAB||95|mg/dL^mg/dL^UCUM\r";
             "code,system,target_code,target_display,target_system\nGLU,LOCALLAB,2345-7,Glucose [Mass/volume] in Serum or Plasma,http://loinc.org\n",
         ),
     ]);
-    let cfg = NormalizeConfig {
-        site_dir: Some(site.clone()),
-        ..Default::default()
-    };
+    let cfg = with_site(&site);
     let n = Normalizer::load(&cfg).unwrap();
     assert_ne!(n.version(), base.version());
     let (m, b) = map_bytes(&n, msg);
@@ -2214,10 +2211,7 @@ fn lint_names_file_line_and_field() {
              Specimen,SPM,SPM-2.1,distinct until PID\n",
         ),
     ]);
-    let errors = match Normalizer::lint(&NormalizeConfig {
-        site_dir: Some(site.clone()),
-        ..Default::default()
-    }) {
+    let errors = match Normalizer::lint(&with_site(&site)) {
         Err(e) => e,
         Ok(_) => panic!("broken files load"),
     };
@@ -2736,11 +2730,7 @@ fn a_site_file_nothing_uses_is_named() {
             "segment,syntax,condition,resource,segment_map,references\nZPX,[ZPX],,Patient[1],ZPX[Patient],\n",
         ),
     ]);
-    let n = Normalizer::lint(&NormalizeConfig {
-        site_dir: Some(site.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let n = Normalizer::lint(&with_site(&site)).unwrap();
     let mut unused: Vec<&str> = n
         .unused_site_files()
         .iter()

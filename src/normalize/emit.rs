@@ -92,11 +92,11 @@ pub fn write(
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
     drop_reversed_ranges(plan, b);
     appointment_times(plan, b, &mut emitted);
-    let mut live = liveness(plan, b, &emitted);
+    let (mut live, mut incomplete) = liveness(plan, b, &emitted);
     while drop_incomplete(plan, b, &live, &mut emitted) {
-        live = liveness(plan, b, &emitted);
+        (live, incomplete) = liveness(plan, b, &emitted);
     }
-    name_incomplete(plan, b, &live, &emitted);
+    name_incomplete(plan, b, &incomplete);
     label(plan, b, &live, &emitted);
     let b: &Build = b;
     let model = plan.model;
@@ -227,13 +227,15 @@ fn provenance(
 
 /// Which nodes are written: values, references to resources that are sent, and objects with a
 /// written child (an Extension needs more than its url) and every child their type requires.
-/// Children come after their parents in the arena, so one backward pass settles it.
-fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
+/// Children come after their parents in the arena, so one backward pass settles it. Also the
+/// objects left out with live children because they lack what their type requires.
+fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> (Vec<bool>, Vec<u32>) {
     let k = &plan.known;
     let n = b.nodes.len();
     let mut live = vec![false; n];
     // bit 0: a live child; bit 1: a live child other than an extension's url.
     let mut kids = vec![0u8; n];
+    let mut incomplete = Vec::new();
     for i in (0..n).rev() {
         let node = &b.nodes[i];
         if !emitted[node.inst as usize] {
@@ -245,8 +247,14 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
                     true
                 } else if plan.elem_kind[node.elem as usize] & 1 != 0 {
                     kids[i] & 2 != 0
+                } else if kids[i] & 1 == 0 {
+                    false
                 } else {
-                    kids[i] & 1 != 0 && has_required(b, &live, i, plan.model.elem(node.elem).ty)
+                    let complete = has_required(b, &live, i, plan.model.elem(node.elem).ty);
+                    if !complete {
+                        incomplete.push(i as u32);
+                    }
+                    complete
                 }
             }
             Val::Ref(t) => emitted.get(t as usize).copied().unwrap_or(false),
@@ -261,7 +269,7 @@ fn liveness(plan: &Plan, b: &Build, emitted: &[bool]) -> Vec<bool> {
             }
         }
     }
-    live
+    (live, incomplete)
 }
 
 /// Whether the object node `i` has a live child for every element its type requires (an
@@ -379,35 +387,16 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
 
 /// Names the elements left out with what they held because they lack what R4 requires of them
 /// (`Patient.contact` with only a relationship, pat-1; `Encounter.location` whose PL made no
-/// Location): their fields were read, so only this warning says they are not in the Bundle.
-fn name_incomplete(plan: &Plan, b: &mut Build, live: &[bool], emitted: &[bool]) {
-    let mut named = Vec::new();
-    for (i, node) in b.nodes.iter().enumerate() {
-        if live[i]
-            || node.val != Val::Obj
-            || node.parent == NONE
-            || !emitted[node.inst as usize]
-            || plan.elem_kind[node.elem as usize] & 1 != 0
-        {
-            continue;
-        }
-        let mut c = node.first;
-        while c != NONE && !live[c as usize] {
-            c = b.nodes[c as usize].next;
-        }
-        if c == NONE {
-            continue;
-        }
+/// Location; `liveness` finds them): their fields were read, so only this warning says they
+/// are not in the Bundle.
+fn name_incomplete(plan: &Plan, b: &mut Build, incomplete: &[u32]) {
+    for &i in incomplete.iter().rev() {
+        let node = &b.nodes[i as usize];
         let owner = &plan.model.ty(b.insts[node.inst as usize].ty).name;
         let w = format!(
             "{owner}.{}: left out with what it holds, it lacks an element R4 requires",
             plan.model.elem(node.elem).name
         );
-        if !named.contains(&w) {
-            named.push(w);
-        }
-    }
-    for w in named {
         if !b.warnings.contains(&w) {
             b.warnings.push(w);
         }

@@ -525,21 +525,22 @@ pub struct Mapper<'p> {
 }
 
 /// The text a primitive takes from a value: a field repetition's first component (whole, so an
-/// unescaped `&` in text survives), a component's first subcomponent, a subcomponent itself;
-/// and whether a later part holds something (which the primitive then loses).
-fn first_part(v: Field<'_>, level: Level) -> (Field<'_>, bool) {
+/// unescaped `&` in text survives), a component's first subcomponent, a subcomponent itself.
+fn first_part(v: Field<'_>, level: Level) -> Field<'_> {
     match level {
-        Level::Rep => {
-            let mut parts = v.components();
-            let first = parts.next().unwrap_or(v);
-            (first, parts.any(valued))
-        }
-        Level::Comp => {
-            let mut parts = v.subcomponents();
-            let first = parts.next().unwrap_or(v);
-            (first, parts.any(valued))
-        }
-        Level::Sub => (v, false),
+        Level::Rep => v.components().next().unwrap_or(v),
+        Level::Comp => v.subcomponents().next().unwrap_or(v),
+        Level::Sub => v,
+    }
+}
+
+/// Whether a part after the first of `v` holds something (which a primitive taking
+/// [`first_part`] loses).
+fn later_parts_valued(v: Field<'_>, level: Level) -> bool {
+    match level {
+        Level::Rep => v.components().skip(1).any(valued),
+        Level::Comp => v.subcomponents().skip(1).any(valued),
+        Level::Sub => false,
     }
 }
 
@@ -1643,12 +1644,12 @@ impl<'p> Mapper<'p> {
                 let Some(prim) = model.prim(path.leaf) else {
                     return false;
                 };
-                let (part, more) = first_part(v, level);
+                let part = first_part(v, level);
                 let text = walk.text(part);
                 if value::trim(&text).is_empty() {
                     return false;
                 }
-                if more && *xform == Xform::Lines {
+                if *xform == Xform::Lines && later_parts_valued(v, level) {
                     // Free text (ST, TX, FT, mapped as lines) has no components: a `^` in it
                     // is one the sender did not escape (`See note^call lab`), and what follows
                     // it is lost. (Elsewhere a row taking a field's first component on
