@@ -601,3 +601,56 @@ fn import_quarantines_invalid_fhir_and_stores_the_rest() {
         "{out}{err}"
     );
 }
+
+/// The invariants of the types records are shared in, inbound as the mapper keeps them: each
+/// is an error at the object that breaks it, naming the rule, and the guideline con-3 is a
+/// warning only.
+#[test]
+fn sharing_invariants_are_errors_at_the_object() {
+    let patient = serde_json::json!({
+        "resourceType": "Patient",
+        "telecom": [{"value": "555-1234"}],
+        "contact": [{"relationship": [{"text": "mother"}]}],
+    });
+    let issues = Validator::shared().validate(&patient).unwrap_err();
+    let at = |path: &str, rule: &str| {
+        issues
+            .iter()
+            .any(|i| i.path == path && i.message.starts_with(rule) && i.severity.is_error())
+    };
+    assert!(at("Patient.telecom[0]", "cpt-2"), "{issues:#?}");
+    assert!(at("Patient.contact[0]", "pat-1"), "{issues:#?}");
+    assert!(issues.iter().all(|i| !i.message.contains("555")));
+
+    let obs = serde_json::json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "potassium"},
+        "valueQuantity": {"value": 6, "code": "mmol/L"},
+        "referenceRange": [{"type": {"text": "x"}}],
+        "component": [{"code": {"text": "c"}, "valueRange": {"low": {"value": 5}, "high": {"value": 3}}}],
+        "dataAbsentReason": {"text": "error"},
+    });
+    let issues = Validator::shared().validate(&obs).unwrap_err();
+    let rules: Vec<&str> = issues
+        .iter()
+        .map(|i| i.message.split(':').next().unwrap_or(""))
+        .collect();
+    for rule in ["qty-3", "rng-2", "obs-3", "obs-6"] {
+        assert!(rules.contains(&rule), "{rule}: {issues:#?}");
+    }
+
+    let condition = serde_json::json!({
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/1"},
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/condition-category",
+            "code": "problem-list-item"
+        }]}],
+    });
+    assert_eq!(Validator::shared().validate(&condition), Ok(()));
+    let issues = Validator::shared().check(&condition);
+    assert!(issues
+        .iter()
+        .any(|i| i.message.starts_with("con-3") && !i.severity.is_error()));
+}

@@ -18,6 +18,7 @@
 use std::sync::OnceLock;
 
 use crate::fhir::validate::element::{Element, ObjectKind, Rules};
+use crate::fhir::validate::invariant::{self, Holds};
 use crate::fhir::validate::primitive::Scan;
 use crate::fhir::validate::MAX_DEPTH;
 
@@ -61,6 +62,21 @@ struct TypeFacts {
     required: Vec<Vec<u16>>,
     /// More elements than an [`Object`]'s bits hold: its objects go to the walk.
     wide: bool,
+    /// The type's invariants as key bits (`invariant`).
+    invariants: Vec<Invariant>,
+}
+
+/// An invariant of `fhir::validate::invariant` as the check reads it, by element ranks.
+enum Invariant {
+    /// A [`invariant::PRESENCE`] rule: the ranks that are its first and its second element.
+    Presence(Holds, Vec<u16>, Vec<u16>),
+    /// Shown by the walk alone when every group has an element written (rules on values).
+    WalkIf(Vec<Vec<u16>>),
+    /// Shown by the walk alone unless every group has an element written (`app-3` holds for
+    /// any status once start and end are there; `ait-1` once clinicalStatus is).
+    WalkUnless(Vec<Vec<u16>>),
+    /// `rng-2`, compared on the values written.
+    RangeOrder,
 }
 
 /// Words of an [`Object`]'s key bits: types of up to 512 elements (R4's largest,
@@ -119,7 +135,10 @@ fn build_table(m: &Model, rules: Rules) -> Table {
                     .collect()
             })
             .collect();
-        for (_, names) in ONE_OF.iter().filter(|(owner, _)| *owner == def.name) {
+        for (_, names, _) in invariant::ONE_OF
+            .iter()
+            .filter(|(owner, _, _)| *owner == def.name)
+        {
             required.push(
                 m.elems_of(t)
                     .filter(|&e| names.contains(&m.elem(e).name.as_str()))
@@ -127,11 +146,39 @@ fn build_table(m: &Model, rules: Rules) -> Table {
                     .collect(),
             );
         }
+        let ranks = |want: &str| -> Vec<u16> {
+            m.elems_of(t)
+                .filter(|&e| invariant::names(&m.elem(e).name, want))
+                .map(|e| rank[e as usize])
+                .collect()
+        };
+        let groups = |names: &[&str]| names.iter().map(|n| ranks(n)).collect::<Vec<_>>();
+        let mut invariants: Vec<Invariant> = invariant::PRESENCE
+            .iter()
+            .filter(|r| r.ty == def.name)
+            .map(|r| Invariant::Presence(r.holds, ranks(r.first), ranks(r.second)))
+            .collect();
+        for (_, names) in invariant::WALK_DECIDES
+            .iter()
+            .filter(|(owner, _)| *owner == def.name)
+        {
+            invariants.extend(names.iter().map(|n| Invariant::WalkIf(groups(&[n]))));
+        }
+        match def.name.as_str() {
+            "Range" => invariants.push(Invariant::RangeOrder),
+            "Appointment" => invariants.push(Invariant::WalkUnless(groups(&["start", "end"]))),
+            "AllergyIntolerance" => {
+                invariants.push(Invariant::WalkUnless(groups(&["clinicalStatus"])))
+            }
+            "Observation" => invariants.push(Invariant::WalkIf(groups(&["value[x]", "component"]))),
+            _ => {}
+        }
         types.push(Some(TypeFacts {
             kind: rules.kind(ty),
             resource: m.is_resource(t) && rules.is_plain_resource_type(&def.name),
             required,
             wide,
+            invariants,
         }));
     }
     let id = |t: &str, e: &str| {
@@ -184,15 +231,6 @@ pub fn meets_required(ty: TypeId, kids: impl Iterator<Item = ElemId>) -> bool {
     };
     facts.required.iter().all(|g| g.iter().any(|&r| has(r)))
 }
-
-/// R4 invariants that ask for at least one of some elements, held as one more requirement of
-/// the type: the mapper leaves out an object that meets none (and the check would not show
-/// it). `pat-1`: a patient's contact has a name, telecom, address or organization (an NK1 that
-/// sends only the relationship is no contact).
-const ONE_OF: &[(&str, &[&str])] = &[(
-    "Patient_Contact",
-    &["name", "telecom", "address", "organization"],
-)];
 
 /// Whether an element named `have` meets the requirement `want` (`status`, `value[x]`), as
 /// the walk reads its required lists: the primitive's `_name` counts too where `underscore`.
@@ -440,6 +478,45 @@ impl Object {
         Ok(())
     }
 
+    /// The type's invariants (`fhir::validate::invariant`) on the keys written, and `rng-2` on
+    /// the values.
+    fn invariants_shown(&self, plan: &Plan, b: &Build, node: u32) -> Result<(), &'static str> {
+        let Some(facts) = table().types[self.ty as usize].as_ref() else {
+            return Ok(());
+        };
+        let has = |ranks: &[u16]| {
+            ranks.iter().any(|&r| {
+                let (word, bit) = key_bit(r);
+                self.written[word] & bit != 0
+            })
+        };
+        for inv in &facts.invariants {
+            let shown = match inv {
+                Invariant::Presence(h, first, second) => {
+                    invariant::holds(*h, has(first), has(second))
+                }
+                Invariant::WalkIf(groups) => !groups.iter().all(|g| has(g)),
+                Invariant::WalkUnless(groups) => groups.iter().all(|g| has(g)),
+                Invariant::RangeOrder => {
+                    let k = &plan.known;
+                    let bound = |elem| {
+                        let v = b.child_of(b.child_of(node, elem)?, k.quantity_value)?;
+                        Some(b.value_text(v).and_then(|t| t.parse::<f64>().ok()))
+                    };
+                    match (bound(k.range_low), bound(k.range_high)) {
+                        (Some(Some(low)), Some(Some(high))) => low <= high,
+                        (Some(None), _) | (_, Some(None)) => false,
+                        _ => true,
+                    }
+                }
+            };
+            if !shown {
+                return Err("invariant");
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a key was written for every element the type requires.
     fn required_met(&self) -> bool {
         let has = |rank: u16| {
@@ -460,6 +537,7 @@ impl Object {
         if !self.required_met() {
             return Err("required");
         }
+        self.invariants_shown(plan, b, node)?;
         let text = |(a, z): (u32, u32)| &b.text[a as usize..z as usize];
         let ok = match self.kind {
             ObjectKind::Extension => {

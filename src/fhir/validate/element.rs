@@ -95,12 +95,11 @@ impl Rules {
     }
 
     /// Whether `raw_len` bytes, written as base64, are a valid value of the element: a
-    /// base64Binary string within the walk's 1 MB.
+    /// base64Binary string, which R4 does not bound (its 1 MB is `string`'s).
     pub fn base64_ok(&self, e: Element, raw_len: usize) -> bool {
         matches!(e.shape, Shape::Primitive(d) if d.prim == Prim::Base64)
             && e.prop.json == Json::String
             && raw_len > 0
-            && raw_len.div_ceil(3) * 4 <= MAX_STRING_BYTES
     }
 
     /// Whether the element is a boolean.
@@ -119,7 +118,7 @@ impl Rules {
     /// [`Rules::text_ok`] for a value whose byte classes are `scan` (a writer that escapes
     /// the value scans it once for both).
     pub fn text_ok_scanned(&self, e: Element, s: &str, scan: p::Scan) -> bool {
-        if s.is_empty() || s.len() > MAX_STRING_BYTES || scan.has(p::Scan::CONTROL) {
+        if s.is_empty() || scan.has(p::Scan::CONTROL) {
             return false;
         }
         // An inline code list (`Patient.gender`) has no JSON type in the schema: its values are
@@ -129,6 +128,9 @@ impl Rules {
             (Shape::Code, Json::String | Json::Any) if !e.prop.values.is_empty() => Prim::Other,
             _ => return false,
         };
+        if s.len() > MAX_STRING_BYTES && prim != Prim::Base64 {
+            return false;
+        }
         if let Some(i) = e.prop.pattern {
             if !self.model.patterns[usize::from(i)].is_match_scanned(s, scan) {
                 return false;
@@ -279,8 +281,12 @@ mod tests {
         assert!(r.is_object(el("Patient", "name", true)));
         assert!(r.is_boolean(el("Patient", "active", false)));
         let data = el("Attachment", "data", false);
-        assert!(r.base64_ok(data, 786_432), "1 MB encoded");
-        assert!(!r.base64_ok(data, 786_433), "beyond 1 MB encoded");
+        // R4 bounds strings at 1 MB, not base64Binary.
+        assert!(r.base64_ok(data, 786_433), "beyond 1 MB encoded");
+        assert!(
+            !r.base64_ok(el("Attachment", "url", false), 3),
+            "not base64Binary"
+        );
         assert!(!r.base64_ok(data, 0));
         assert!(r.object_type("string").is_none());
         assert_eq!(r.kind(r.object_type("Period").unwrap()), ObjectKind::Period);

@@ -9,6 +9,7 @@
 mod bundle;
 pub mod doc;
 pub(crate) mod element;
+pub(crate) mod invariant;
 #[cfg(test)]
 mod oracle;
 pub(crate) mod primitive;

@@ -344,6 +344,8 @@ pub(crate) struct Def {
     /// The schema's `required` list.
     pub schema_required: Box<[Box<str>]>,
     pub kind: Kind,
+    /// The type has invariants of `invariant` (decided once per definition).
+    pub invariants: bool,
 }
 
 /// Maps keyed by element or type names, hashed with a fast non-cryptographic hash: the keys
@@ -504,6 +506,7 @@ impl Model {
                     "Bundle_Entry" => Kind::BundleEntry,
                     _ => Kind::Plain,
                 },
+                invariants: super::invariant::applies(name),
                 ..Def::default()
             };
             let no_props = Map::new();

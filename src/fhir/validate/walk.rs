@@ -9,7 +9,7 @@ use super::doc::{Node, Object};
 
 use super::primitive as p;
 use super::schema::{push_name, Def, Kind, Model, Prim, Prop, Ty};
-use super::{bundle, xhtml, Issue, IssueCode, Options, Severity};
+use super::{bundle, invariant, xhtml, Issue, IssueCode, Options, Severity};
 
 /// Deepest JSON nesting walked (objects and arrays). FHIR content nests far less (a Bundle
 /// entry's resource's contained resource's nested extensions are about 12 levels); serde_json
@@ -479,6 +479,17 @@ impl<'v, 'o> Walker<'v, 'o> {
         if def.kind != Kind::Plain {
             self.type_rules(obj, def, path, res);
         }
+        if def.invariants {
+            for (message, error) in invariant::broken(&def.name, obj) {
+                let severity = if error {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                };
+                let issue = Issue::new(severity, IssueCode::Invariant, path, message.into());
+                self.issues.push(issue);
+            }
+        }
     }
 
     /// What the schema says of one value (an array's item, or the property's value): its JSON
@@ -566,7 +577,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     });
                 }
             }
-            Ty::Code => self.string_value(v, path),
+            Ty::Code => self.string_value(v, path, true),
             Ty::Xhtml => {
                 if let Some(s) = v.as_str() {
                     if let Err(e) = xhtml::check(s) {
@@ -591,7 +602,9 @@ impl<'v, 'o> Walker<'v, 'o> {
         }
     }
 
-    fn string_value(&mut self, v: &Node<'_>, path: &str) {
+    /// `bounded`: R4's 1 MB applies (`string` and what derives from it, not base64Binary,
+    /// whose size R4 leaves to the systems: the frame or body limit of the source bounds it).
+    fn string_value(&mut self, v: &Node<'_>, path: &str, bounded: bool) {
         if let Some(s) = v.as_str() {
             if s.is_empty() {
                 self.error(
@@ -599,7 +612,7 @@ impl<'v, 'o> Walker<'v, 'o> {
                     path,
                     "a primitive value must not be an empty string: leave the element out instead",
                 );
-            } else if s.len() > MAX_STRING_BYTES {
+            } else if bounded && s.len() > MAX_STRING_BYTES {
                 self.error(
                     IssueCode::TooLong,
                     path,
@@ -619,7 +632,7 @@ impl<'v, 'o> Walker<'v, 'o> {
         let ty = &*def.name;
         match v {
             Node::String(s) => {
-                self.string_value(v, path);
+                self.string_value(v, path, def.prim != Prim::Base64);
                 if s.is_empty() {
                     return;
                 }
