@@ -1084,12 +1084,23 @@ impl<'p> Mapper<'p> {
         {
             key.clear();
             key.push_str(&self.plan.model.ty(ty).name);
-            if alt > 0 {
-                key.push_str("|#or");
-                value::push_int(&mut key, alt as i64);
+            match parts.first() {
+                Some((KeyPart::Label(label), _)) => {
+                    key.push_str("|#[");
+                    key.push_str(label);
+                    key.push(']');
+                }
+                _ if alt > 0 => {
+                    key.push_str("|#or");
+                    value::push_int(&mut key, alt as i64);
+                }
+                _ => {}
             }
             let mut identified = false;
             for (p, role) in parts {
+                if matches!(p, KeyPart::Label(_)) {
+                    continue;
+                }
                 key.push('|');
                 let valued = match p {
                     KeyPart::Ref(r) => {
@@ -1110,7 +1121,7 @@ impl<'p> Mapper<'p> {
                         }
                         !t.is_empty()
                     }
-                    KeyPart::Empty | KeyPart::Or => false,
+                    KeyPart::Empty | KeyPart::Or | KeyPart::Label(_) => false,
                     KeyPart::Context(t) => {
                         let found = b
                             .insts
@@ -1603,6 +1614,10 @@ impl<'p> Mapper<'p> {
                     self.point_at(b, anchor, path, rep, inst, new);
                     return used;
                 }
+                // Lines gather into one text, the repetitions of a field as its lines (in an
+                // element that repeats, one element per repetition split a document and
+                // left the later parts without the content type of the first).
+                let rep = if *xform == Xform::Lines { 0 } else { rep };
                 let leaf = leaf_anchor(model, b, anchor, path, rep);
                 if let Some(vi) = vocab {
                     let (code, system) = code_and_system(walk, v, level);

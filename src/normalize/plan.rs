@@ -255,6 +255,11 @@ pub enum KeyPart {
     /// `OR`: what follows is the key when nothing before it identifies (an order by its placer
     /// number, else by its filler number).
     Or,
+    /// `[placer]` first in an alternative: what its key stands for. Alternatives with the same
+    /// label read the same number from different fields (a placer number in OBR-2 or in
+    /// ORC-2), so the same values make the same key; without one, an alternative after the
+    /// first is marked by its position, so that it never equals another's key.
+    Label(Box<str>),
 }
 
 /// What a key part does for a key ([`IdRule`]).
@@ -537,17 +542,29 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         })
         .map(|s| s.shown.clone())
         .collect();
+    let version = match &settings.default_timezone {
+        // Times sent without a zone map by a named zone's rules too, which are not in the
+        // files but in the binary's zone database: they are part of the set.
+        Some(zone @ Zone::Named(_)) => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"medanchor mapping set and zone v1\0");
+            h.update(files.version.as_bytes());
+            zone.rules_hash(&mut h);
+            h.finalize().to_hex().to_string()
+        }
+        _ => files.version.clone(),
+    };
     Ok(Plan {
         model,
         unused,
         files: files.sources.iter().map(|s| s.shown.clone()).collect(),
-        version: files.version.clone(),
         agent_display: format!(
             "{} {} (mapping set {})",
             settings.gateway_name,
             env!("CARGO_PKG_VERSION"),
-            &files.version[..files.version.len().min(12)]
+            &version[..version.len().min(12)]
         ),
+        version,
         settings,
         messages,
         by_type,
@@ -819,6 +836,26 @@ impl Compiler<'_> {
             for tok in r.get(2).split_whitespace() {
                 if tok == "OR" {
                     parts.push((KeyPart::Or, Role::Qualifies));
+                    continue;
+                }
+                if let Some(label) = tok.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                    let first = parts.last().is_none_or(|(p, _)| matches!(p, KeyPart::Or));
+                    if first
+                        && !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    {
+                        parts.push((KeyPart::Label(label.into()), Role::Qualifies));
+                    } else {
+                        self.err_at(
+                            *src,
+                            r.line,
+                            "key: a label (`[placer]`: letters, digits, `-`) goes first in its \
+                             alternative, once"
+                                .into(),
+                        );
+                    }
                     continue;
                 }
                 let (tok, role) = match tok.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {

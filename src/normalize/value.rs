@@ -37,6 +37,39 @@ impl Zone {
         jiff::tz::TimeZone::get(s).ok().map(Zone::Named)
     }
 
+    /// What the times a zone gives depend on, for the mapping-set version: a fixed offset, or
+    /// a named zone's offset in 1800 and every change of it up to 2200 as the zone database
+    /// built into the binary has them. A binary whose database changed a zone's rules then
+    /// names another mapping set, as a changed file does.
+    pub fn rules_hash(&self, h: &mut blake3::Hasher) {
+        match self {
+            Zone::Fixed(o) => {
+                h.update(b"fixed\0");
+                h.update(&o.0.to_le_bytes());
+            }
+            Zone::Named(tz) => {
+                h.update(b"named\0");
+                let name = tz.iana_name().unwrap_or_default();
+                h.update(&(name.len() as u64).to_le_bytes());
+                h.update(name.as_bytes());
+                // 1800-01-01 and 2200-01-01, in seconds since 1970.
+                let (from, until) = (-5_364_662_400_i64, 7_258_118_400_i64);
+                let Ok(start) = jiff::Timestamp::from_second(from) else {
+                    return;
+                };
+                h.update(&tz.to_offset(start).seconds().to_le_bytes());
+                for t in tz.following(start) {
+                    let at = t.timestamp().as_second();
+                    if at >= until {
+                        break;
+                    }
+                    h.update(&at.to_le_bytes());
+                    h.update(&t.offset().seconds().to_le_bytes());
+                }
+            }
+        }
+    }
+
     /// The offset of the local time `t` (which has at least an hour): `None` for a time the
     /// zone's clocks skipped or passed twice (a daylight saving change), or a historic offset
     /// of seconds FHIR cannot write. Such a time keeps its date only, as one without a zone.
