@@ -654,3 +654,28 @@ fn sharing_invariants_are_errors_at_the_object() {
         .iter()
         .any(|i| i.message.starts_with("con-3") && !i.severity.is_error()));
 }
+
+/// A choice element holds one type: `deceasedBoolean` beside `deceasedDateTime` is refused at
+/// the second, while a primitive's `_name` beside its own type is one choice.
+#[test]
+fn a_choice_holds_one_type() {
+    let two = json!({
+        "resourceType": "Patient",
+        "deceasedBoolean": true,
+        "deceasedDateTime": "2024-01-01",
+    });
+    let issues = Validator::shared().validate(&two).unwrap_err();
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.path == "Patient.deceasedDateTime" && i.message.contains("choice")),
+        "{issues:#?}"
+    );
+    let one = json!({
+        "resourceType": "Patient",
+        "deceasedDateTime": "2024-01-01",
+        "_deceasedDateTime": {"id": "d"},
+        "multipleBirthBoolean": true,
+    });
+    assert_eq!(Validator::shared().validate(&one), Ok(()));
+}

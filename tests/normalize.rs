@@ -2911,3 +2911,62 @@ fn a_site_file_nothing_uses_is_named() {
     );
     let _ = std::fs::remove_dir_all(site);
 }
+
+/// Attack round 7: PID-29 sent as no valid date with PID-30 `Y` left out both, and the
+/// deceased patient read as alive. A choice element holds one type: the date when it is one,
+/// else the flag (the first written stays, as for any element written twice).
+#[test]
+fn a_death_is_kept_when_its_date_is_not_valid() {
+    let n = normalizer();
+    let msg = |date: &str, flag: &str| {
+        let mut f = vec![
+            "PID", "1", "", "1^^^H^MR", "", "Doe^Ann", "", "19500101", "F",
+        ];
+        f.extend([""; 22]);
+        f[29] = date;
+        f[30] = flag;
+        format!(
+            "MSH|^~\\&|A|B|C|D|20240101||ADT^A08|1|P|2.5\r{}\r",
+            f.join("|")
+        )
+    };
+    let (_, b) = map_bytes(&n, msg("20240101", "Y").as_bytes());
+    let p = one(&b, "Patient");
+    assert_eq!(p["deceasedDateTime"], "2024-01-01");
+    assert!(p.get("deceasedBoolean").is_none(), "{p}");
+    let (_, b) = map_bytes(&n, msg("20240230", "Y").as_bytes());
+    let p = one(&b, "Patient");
+    assert_eq!(p["deceasedBoolean"], true, "{p}");
+    assert!(p.get("deceasedDateTime").is_none());
+    let (_, b) = map_bytes(&n, msg("", "N").as_bytes());
+    assert_eq!(one(&b, "Patient")["deceasedBoolean"], false);
+}
+
+/// Attack round 7: an order whose reason is a psychiatric diagnosis was not labelled as one,
+/// though a patient who withholds PSY would be shown the order naming it. An order's and an
+/// appointment's reasons pass their labels on, as a report's results do.
+#[test]
+fn an_order_for_a_sensitive_reason_is_labelled_as_it() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|EHR|H|LAB|H|20240101120000+0000||ORM^O01|2|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r\
+ORC|NW|P2^HOSP\rOBR|1|P2^HOSP||2345-7^Glucose^LN\rDG1|1||F20.9^Schizophrenia^I10\r";
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let labels = |r: &Value| -> Vec<String> {
+        r["meta"]["security"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["code"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        labels(one(&b, "Condition")).contains(&"PSY".to_string()),
+        "{b}"
+    );
+    assert!(
+        labels(one(&b, "ServiceRequest")).contains(&"PSY".to_string()),
+        "{b}"
+    );
+    assert!(labels(one(&b, "Patient")).is_empty());
+}

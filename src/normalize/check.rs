@@ -64,6 +64,8 @@ struct TypeFacts {
     wide: bool,
     /// The type's invariants as key bits (`invariant`).
     invariants: Vec<Invariant>,
+    /// Per choice element of the type (`deceased[x]`), its types' key bits: one at most.
+    choices: Vec<[u64; WRITTEN_WORDS]>,
 }
 
 /// An invariant of `fhir::validate::invariant` as the check reads it, by element ranks.
@@ -173,12 +175,28 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             "Observation" => invariants.push(Invariant::WalkIf(groups(&["value[x]", "component"]))),
             _ => {}
         }
+        let mut choices: Vec<(u32, [u64; WRITTEN_WORDS])> = Vec::new();
+        for e in m.elems_of(t).filter(|&e| m.elem(e).choice != 0) {
+            let c = m.elem(e).choice;
+            let at = match choices.iter().position(|(k, _)| *k == c) {
+                Some(at) => at,
+                None => {
+                    choices.push((c, [0; WRITTEN_WORDS]));
+                    choices.len() - 1
+                }
+            };
+            let (word, bit) = key_bit(rank[e as usize]);
+            if let Some(w) = choices[at].1.get_mut(word) {
+                *w |= bit;
+            }
+        }
         types.push(Some(TypeFacts {
             kind: rules.kind(ty),
             resource: m.is_resource(t) && rules.is_plain_resource_type(&def.name),
             required,
             wide,
             invariants,
+            choices: choices.into_iter().map(|(_, mask)| mask).collect(),
         }));
     }
     let id = |t: &str, e: &str| {
@@ -484,6 +502,17 @@ impl Object {
         let Some(facts) = table().types[self.ty as usize].as_ref() else {
             return Ok(());
         };
+        for mask in &facts.choices {
+            let types: u32 = mask
+                .iter()
+                .zip(&self.written)
+                .map(|(m, w)| (m & w).count_ones())
+                .sum();
+            // `_name` and `name` of one type are one choice made; a second type is not.
+            if types > 1 && !self.one_type(mask) {
+                return Err("choice");
+            }
+        }
         let has = |ranks: &[u16]| {
             ranks.iter().any(|&r| {
                 let (word, bit) = key_bit(r);
@@ -515,6 +544,22 @@ impl Object {
             }
         }
         Ok(())
+    }
+
+    /// Whether the keys written of a choice's types (`mask`) are one type's `name` and
+    /// `_name`.
+    fn one_type(&self, mask: &[u64; WRITTEN_WORDS]) -> bool {
+        let m = Model::r4();
+        let t = table();
+        let names: Vec<&str> = m
+            .elems_of(self.ty)
+            .filter(|&e| {
+                let (word, bit) = key_bit(t.rank[e as usize]);
+                mask[word] & bit != 0 && self.written[word] & bit != 0
+            })
+            .map(|e| m.elem(e).name.trim_start_matches('_'))
+            .collect();
+        names.windows(2).all(|w| w[0] == w[1])
     }
 
     /// Whether a key was written for every element the type requires.

@@ -90,6 +90,7 @@ pub fn write(
     out: &mut Vec<u8>,
 ) -> Written {
     let mut emitted: Vec<bool> = b.insts.iter().map(|i| i.has_data).collect();
+    one_type_per_choice(plan, b);
     drop_reversed_ranges(plan, b);
     appointment_times(plan, b, &mut emitted);
     let (mut live, mut incomplete) = liveness(plan, b, &emitted);
@@ -292,6 +293,68 @@ fn has_required(b: &Build, live: &[bool], i: usize, ty: TypeId) -> bool {
     check::meets_required(ty, kids)
 }
 
+/// A choice element (`deceased[x]`) holds one type: where rows wrote two of an object's (a
+/// valid PID-29 date and PID-30's flag), the one written first stays, as the first write to any
+/// element wins; the later one is left out with what it holds.
+fn one_type_per_choice(plan: &Plan, b: &mut Build) {
+    for i in 0..b.nodes.len() {
+        let node = &b.nodes[i];
+        if node.parent == NONE || plan.elem_kind[node.elem as usize] & 8 == 0 {
+            continue;
+        }
+        let (elem, choice) = (node.elem, plan.model.elem(node.elem).choice);
+        let mut c = b.nodes[node.parent as usize].first;
+        let mut taken = false;
+        while c != NONE {
+            let s = &b.nodes[c as usize];
+            if (c as usize) < i
+                && s.elem != elem
+                && plan.model.elem(s.elem).choice == choice
+                && holds_value(b, c)
+            {
+                taken = true;
+                break;
+            }
+            c = s.next;
+        }
+        if taken {
+            empty(b, i as u32);
+        }
+    }
+}
+
+/// Whether node `n` or a node under it holds a value.
+fn holds_value(b: &Build, n: u32) -> bool {
+    let mut todo = vec![n];
+    while let Some(c) = todo.pop() {
+        let node = &b.nodes[c as usize];
+        if node.val != Val::Obj {
+            return true;
+        }
+        let mut k = node.first;
+        while k != NONE {
+            todo.push(k);
+            k = b.nodes[k as usize].next;
+        }
+    }
+    false
+}
+
+/// Makes node `n` and what is under it objects without values: not live, so not written.
+fn empty(b: &mut Build, n: u32) {
+    b.nodes[n as usize].val = Val::Obj;
+    let mut todo = vec![b.nodes[n as usize].first];
+    while let Some(c) = todo.pop() {
+        if c == NONE {
+            continue;
+        }
+        let node = &mut b.nodes[c as usize];
+        node.val = Val::Obj;
+        todo.push(node.first);
+        todo.push(node.next);
+    }
+}
+
 /// Leaves out each Range whose low is above its high (R4 rng-2: an SN `^5^-^3`), with its
 /// units: a low alone would say "at least", which the sender did not say. A warning names the
 /// element; the raw message keeps the value.
@@ -317,16 +380,7 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
             continue;
         }
         // Values made objects without children are not live, nor is what holds only them.
-        let mut todo = vec![node.first];
-        while let Some(c) = todo.pop() {
-            if c == NONE {
-                continue;
-            }
-            let n = &mut b.nodes[c as usize];
-            n.val = Val::Obj;
-            todo.push(n.first);
-            todo.push(n.next);
-        }
+        empty(b, i as u32);
         let owner = &plan.model.ty(b.insts[b.nodes[i].inst as usize].ty).name;
         let w = format!(
             "{owner}.{}: the range's low is above its high (R4 rng-2): left out",

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use crate::fhir::validate::choice_base;
+
 const TABLE: &str = include_str!("r4-elements.tsv");
 
 pub type TypeId = u16;
@@ -83,6 +85,9 @@ pub struct ElemDef {
     pub array: bool,
     /// Codes of an inline required binding (e.g. `Patient.gender`), else empty.
     pub codes: Vec<String>,
+    /// The choice element it is a type of (`deceasedBoolean`, and `_deceasedBoolean`, of
+    /// `Patient.deceased[x]`): one number per choice of the table; 0 for none.
+    pub choice: u32,
 }
 
 #[derive(Debug)]
@@ -141,7 +146,38 @@ impl Model {
                 m.add_elem(owner, &format!("_{name}"), element, array, Vec::new());
             }
         }
+        m.number_choices();
         m
+    }
+
+    /// Gives the types of each choice element their choice's number: elements named their
+    /// base and their type (`deceasedDateTime`), two or more of one base in a type, as the
+    /// validator reads the schema (`choice_base`).
+    fn number_choices(&mut self) {
+        let mut next = 0u32;
+        for t in 0..self.types.len() {
+            let mut groups: Vec<(String, Vec<ElemId>)> = Vec::new();
+            for (name, &e) in &self.types[t].elems {
+                let ty = &self.types[self.elems[e as usize].ty as usize].name;
+                let Some(base) = choice_base(name, ty) else {
+                    continue;
+                };
+                match groups.iter_mut().find(|(b, _)| b == base) {
+                    Some((_, es)) => es.push(e),
+                    None => groups.push((base.to_string(), vec![e])),
+                }
+            }
+            for (_, es) in groups.into_iter().filter(|(_, es)| es.len() > 1) {
+                next += 1;
+                for e in es {
+                    let under = format!("_{}", self.elems[e as usize].name);
+                    self.elems[e as usize].choice = next;
+                    if let Some(&u) = self.types[t].elems.get(&under) {
+                        self.elems[u as usize].choice = next;
+                    }
+                }
+            }
+        }
     }
 
     fn add_elem(
@@ -159,6 +195,7 @@ impl Model {
             ty,
             array,
             codes,
+            choice: 0,
         });
         self.types[owner as usize]
             .elems
@@ -199,7 +236,7 @@ impl Model {
     }
 
     /// 1 for elements of type `ext`, 2 for elements of type `coding`, 4 for elements of type
-    /// `range`, else 0; indexed by ElemId.
+    /// `range`, 8 for a type of a choice element, else 0; indexed by ElemId.
     pub fn elem_kinds(&self, ext: TypeId, coding: TypeId, range: TypeId) -> Vec<u8> {
         self.elems
             .iter()
@@ -207,6 +244,7 @@ impl Model {
                 u8::from(e.ty == ext)
                     | (u8::from(e.ty == coding) << 1)
                     | (u8::from(e.ty == range) << 2)
+                    | (u8::from(e.choice != 0) << 3)
             })
             .collect()
     }
@@ -259,5 +297,12 @@ mod tests {
         let ext = m.type_id("Extension").unwrap();
         let vd = m.elem(m.child(ext, "valueDecimal").unwrap());
         assert_eq!(m.prim(vd.ty), Some(Prim::Decimal));
+        let choice = |n: &str| m.elem(m.child(p, n).unwrap()).choice;
+        assert_ne!(choice("deceasedBoolean"), 0);
+        assert_eq!(choice("deceasedBoolean"), choice("deceasedDateTime"));
+        assert_eq!(choice("deceasedBoolean"), choice("_deceasedDateTime"));
+        assert_ne!(choice("deceasedBoolean"), choice("multipleBirthBoolean"));
+        assert_eq!(choice("gender"), 0);
+        assert_eq!(choice("birthDate"), 0);
     }
 }

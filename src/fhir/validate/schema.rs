@@ -45,6 +45,9 @@ pub(crate) struct Prop {
     pub pattern: Option<u16>,
     /// The allowed values (`enum`, or `const` as the one value); empty: any.
     pub values: Box<[Box<str>]>,
+    /// The choice element it is a type of (`deceasedBoolean` of `deceased[x]`): 1 + the
+    /// choice's index within its type (the same for a primitive's `_name`); 0 for none.
+    pub choice: u8,
 }
 
 /// The JSON type the schema gives a value. Complex types have none in the schema (it names
@@ -576,8 +579,36 @@ impl Model {
                         json,
                         pattern,
                         values,
+                        choice: 0,
                     },
                 );
+            }
+            // Choice elements: properties named their base and their own type
+            // (`deceasedBoolean`, `deceasedDateTime`), two or more of one base.
+            let type_name = |t: &Ty| match t {
+                Ty::Def(i) => Some(def_names[*i as usize]),
+                _ => None,
+            };
+            let mut groups: Vec<(String, Vec<Box<str>>)> = Vec::new();
+            for (pname, prop) in def.props.iter() {
+                let Some(base) = type_name(&prop.ty).and_then(|t| choice_base(pname, t)) else {
+                    continue;
+                };
+                match groups.iter_mut().find(|(b, _)| b == base) {
+                    Some((_, names)) => names.push(pname.clone()),
+                    None => groups.push((base.to_string(), vec![pname.clone()])),
+                }
+            }
+            let mut choice = 0u8;
+            for (_, names) in groups.into_iter().filter(|(_, n)| n.len() > 1) {
+                choice = choice.saturating_add(1);
+                for n in names {
+                    for key in [n.to_string(), format!("_{n}")] {
+                        if let Some(p) = def.props.get_mut(key.as_str()) {
+                            p.choice = choice;
+                        }
+                    }
+                }
             }
             types.push(def);
         }
@@ -672,6 +703,18 @@ const PRIMITIVES: &[(&str, &str)] = &[
     ("Uuid", "uuid"),
     ("Id", "id"),
 ];
+
+/// The base of a choice element's type (`deceasedDateTime` of type `dateTime` → `deceased`):
+/// the name is the base and the type's name with a capital. Also the normalizer's model reads
+/// choices so.
+pub(crate) fn choice_base<'n>(name: &'n str, type_name: &str) -> Option<&'n str> {
+    let mut t = type_name.chars();
+    let first = t.next()?;
+    let rest = t.as_str();
+    let base = name.strip_suffix(rest)?;
+    let base = base.strip_suffix(first.to_ascii_uppercase())?;
+    (!base.is_empty() && !base.starts_with('_')).then_some(base)
+}
 
 /// The primitive type of an inline choice property (`valueDateTime` → `dateTime`).
 fn primitive_of(property: &str) -> Option<&'static str> {

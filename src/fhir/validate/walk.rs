@@ -379,6 +379,9 @@ impl<'v, 'o> Walker<'v, 'o> {
             );
             return;
         }
+        // The choices one of whose types was seen, and which (bit per choice, first 64).
+        let mut chosen = 0u64;
+        let mut chosen_as: [&str; 64] = [""; 64];
         for (k, v) in obj.iter() {
             let len = path.len();
             path.push('.');
@@ -392,6 +395,22 @@ impl<'v, 'o> Walker<'v, 'o> {
                 path.truncate(len);
                 continue;
             };
+            if prop.choice != 0 && prop.choice <= 64 {
+                let (bit, at) = (1u64 << (prop.choice - 1), usize::from(prop.choice - 1));
+                let name = k.strip_prefix('_').unwrap_or(k);
+                if chosen & bit != 0 && chosen_as[at] != name {
+                    // A property of the type: its name is the schema's, never data.
+                    let p = format!("{path}{name}");
+                    self.error(
+                        IssueCode::Structure,
+                        &p,
+                        "a choice element (name[x]) holds one type: another of its types is here too",
+                    );
+                } else {
+                    chosen |= bit;
+                    chosen_as[at] = name;
+                }
+            }
             // FHIRPath names a primitive's extensions under the primitive (`birthDate.extension`).
             path.push_str(k.strip_prefix('_').unwrap_or(k));
             if prop.array {
