@@ -2970,3 +2970,27 @@ ORC|NW|P2^HOSP\rOBR|1|P2^HOSP||2345-7^Glucose^LN\rDG1|1||F20.9^Schizophrenia^I10
     );
     assert!(labels(one(&b, "Patient")).is_empty());
 }
+
+/// Attack round 7: a reschedule (S13) whose TQ1-7 replaced the start kept SCH-11's end, a day
+/// before the new start. The end is the new start plus the duration; without a duration the
+/// Appointment is left out (app-2), with a warning either way.
+#[test]
+fn a_rescheduled_appointment_does_not_end_before_it_starts() {
+    let n = normalizer();
+    let msg = |duration: &str| {
+        format!(
+            "MSH|^~\\&|SCH|H|EHR|H|20240101120000+0100||SIU^S13|1|P|2.5.1\r\
+SCH|A1^HOSP|F1^SCHED|||||||{duration}|min|^^^20240115100000+0100^20240115103000+0100||||||||||||||Booked\r\
+TQ1|1||||||20240116140000+0100\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, msg("30").as_bytes());
+    let a = one(&b, "Appointment");
+    assert_eq!(a["start"], "2024-01-16T14:00:00+01:00");
+    assert_eq!(a["end"], "2024-01-16T14:30:00+01:00", "{a}");
+    assert_warned(&m, "its end came before its start");
+    let (m, b) = map_bytes(&n, msg("").as_bytes());
+    assert!(resources(&b, "Appointment").is_empty(), "{b}");
+    assert_warned(&m, "app-2");
+}

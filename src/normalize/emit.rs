@@ -11,6 +11,7 @@ use super::model::{ElemId, TypeId};
 use super::plan::Plan;
 use super::value;
 use super::{Link, MappedResource};
+use crate::fhir::validate::period_ordered;
 use crate::fhir::validate::primitive::Scan;
 
 const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
@@ -408,13 +409,35 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
         fn text(b: &Build, root: u32, elem: ElemId) -> Option<&str> {
             b.child_of(root, elem).and_then(|n| b.value_text(n))
         }
+        // A start that TQ1-7 replaced after SCH-11 gave both times leaves SCH-11's end behind,
+        // which may come before the new start: that end is not the appointment's.
+        if let (Some(start), Some(end)) = (
+            text(b, root, k.appointment_start),
+            text(b, root, k.appointment_end),
+        ) {
+            if !period_ordered(start, end) {
+                if let Some(n) = b.child_of(root, k.appointment_end) {
+                    b.nodes[n as usize].val = Val::Obj;
+                }
+                let w = "Appointment: its end came before its start (a start replaced by TQ1-7, \
+                         the end left from SCH-11?): the end is the start plus the duration, \
+                         or the Appointment is left out"
+                    .to_string();
+                if !b.warnings.contains(&w) {
+                    b.warnings.push(w);
+                }
+            }
+        }
         let mut end = text(b, root, k.appointment_end).is_some();
         if let (Some(start), false) = (text(b, root, k.appointment_start), end) {
             let minutes = text(b, root, k.appointment_minutes).and_then(|m| m.parse::<u32>().ok());
             if let Some(at) = minutes.and_then(|m| value::add_minutes(start, m)) {
                 let (a, e) = (b.text.len() as u32, (b.text.len() + at.len()) as u32);
                 b.text.push_str(&at);
-                let node = b.append_child(root, k.appointment_end, i as u32);
+                let node = match b.child_of(root, k.appointment_end) {
+                    Some(n) => n,
+                    None => b.append_child(root, k.appointment_end, i as u32),
+                };
                 b.nodes[node as usize].val = Val::Text(a, e);
                 end = true;
             }
