@@ -2994,3 +2994,38 @@ PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r"
     assert!(resources(&b, "Appointment").is_empty(), "{b}");
     assert_warned(&m, "app-2");
 }
+
+/// Attack round 7: every update (A08) gave the patient's allergies and the visit's diagnoses
+/// new ids, so a server kept one more copy of each per message. An allergy is its patient's
+/// to its allergen; a diagnosis is its visit's to its code.
+#[test]
+fn an_update_names_the_same_allergies_and_diagnoses() {
+    let n = normalizer();
+    let msg = |control: &str, pv1: &str| {
+        format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A08|{control}|P|2.5.1\r\
+PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r{pv1}\r\
+AL1|1|DA|PCN^Penicillin^L|SV\r\
+DG1|1||I10^Hypertension^I10||||W\r"
+        )
+    };
+    let visit = "PV1|1|I|||||||||||||||||V1^^^HOSP^VN";
+    let (_, a) = map_bytes(&n, msg("1", visit).as_bytes());
+    let (_, b) = map_bytes(&n, msg("2", visit).as_bytes());
+    for ty in ["AllergyIntolerance", "Condition"] {
+        assert_eq!(one(&a, ty)["id"], one(&b, ty)["id"], "{ty}");
+    }
+    // Another visit's diagnosis is another record; the allergy is the patient's.
+    let (_, c) = map_bytes(&n, msg("3", &visit.replace("V1^", "V2^")).as_bytes());
+    assert_ne!(one(&a, "Condition")["id"], one(&c, "Condition")["id"]);
+    assert_eq!(
+        one(&a, "AllergyIntolerance")["id"],
+        one(&c, "AllergyIntolerance")["id"]
+    );
+    // Another patient's allergy to the same allergen is theirs.
+    let (_, d) = map_bytes(&n, msg("4", visit).replace("MRN1", "MRN2").as_bytes());
+    assert_ne!(
+        one(&a, "AllergyIntolerance")["id"],
+        one(&d, "AllergyIntolerance")["id"]
+    );
+}
