@@ -1810,8 +1810,9 @@ impl<'p> Mapper<'p> {
                     }
                     Ok(Converted::TimeAmbiguous) => {
                         b.warn(format_args!(
-                            "{}: time of day dropped (the configured zone's clocks skip or \
-                             repeat it: a daylight saving change)",
+                            "{}: time of day dropped (the configured zone gives it no one offset \
+                             in minutes: its clocks skip or repeat it, or its offset then had \
+                             seconds)",
                             b.field_name()
                         ));
                         Ok(Val::Text(0, 0))

@@ -280,7 +280,8 @@ pub enum Converted {
     /// The time of day was dropped: no zone in the value and none configured.
     TimeDropped,
     /// The time of day was dropped: the configured zone's clocks skipped or repeated it (a
-    /// daylight saving change), so its offset is not known.
+    /// daylight saving change), or its offset then had seconds (Monrovia until 1972), so it has
+    /// no offset FHIR can write.
     TimeAmbiguous,
     /// Seconds were added (v2 allows HH or HHMM; FHIR needs seconds once a time is given).
     Padded,
@@ -333,7 +334,7 @@ pub fn write_time(
         (None, Some(z)) => match z.offset_at(&t) {
             Some(o) => Some(o),
             None if kind == TimeKind::Instant => {
-                return Err("the time falls where the configured zone's clocks skip or repeat");
+                return Err("the configured zone gives the time no one offset in minutes (its clocks skip or repeat it, or the offset then had seconds)");
             }
             None => return Ok(Converted::TimeAmbiguous),
         },
