@@ -678,4 +678,37 @@ fn a_choice_holds_one_type() {
         "multipleBirthBoolean": true,
     });
     assert_eq!(Validator::shared().validate(&one), Ok(()));
+    // Named like one choice's types, but separate elements of R4 (attack round 8: refused).
+    for separate in [
+        json!({
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/1"},
+            "instantiatesCanonical": ["http://example.org/fhir/PlanDefinition/a"],
+            "instantiatesUri": ["http://example.org/protocol"],
+        }),
+        json!({
+            "resourceType": "PaymentReconciliation",
+            "status": "active",
+            "created": "2024-01-01",
+            "paymentDate": "2024-01-01",
+            "paymentAmount": {"value": 10, "currency": "USD"},
+            "paymentIdentifier": {"value": "P1"},
+        }),
+        json!({
+            "resourceType": "ChargeItem",
+            "status": "billable",
+            "code": {"text": "visit"},
+            "subject": {"reference": "Patient/1"},
+            "definitionUri": ["http://example.org/charge"],
+            "definitionCanonical": ["http://example.org/fhir/ChargeItemDefinition/a"],
+        }),
+    ] {
+        assert_eq!(
+            Validator::shared().validate(&separate),
+            Ok(()),
+            "{separate}"
+        );
+    }
 }

@@ -2701,6 +2701,23 @@ OBX|1|NM|2345-7^Glucose^LN||5.5|mmol/L|||||F\r"
         one(&placed, "ServiceRequest")["id"],
         one(&reported, "ServiceRequest")["id"]
     );
+
+    // Attack round 8: the placer number in ORC-2 and the filler number in OBR-3 (OBR-2 empty)
+    // took the filler alternative first, so the order and its report had other ids than with
+    // both numbers in OBR.
+    let both = format!(
+        "{head}ORC|RE\rOBR|1|P3^HOSP|F3^LAB|2345-7^Glucose^LN\r\
+OBX|1|NM|2345-7^Glucose^LN||5.5|mmol/L|||||P\r"
+    );
+    let split = format!(
+        "{head}ORC|RE|P3^HOSP\rOBR|1||F3^LAB|2345-7^Glucose^LN\r\
+OBX|1|NM|2345-7^Glucose^LN||5.9|mmol/L|||||F\r"
+    );
+    let (_, a) = map_bytes(&n, both.as_bytes());
+    let (_, b) = map_bytes(&n, split.as_bytes());
+    for ty in ["ServiceRequest", "DiagnosticReport", "Observation"] {
+        assert_eq!(one(&a, ty)["id"], one(&b, ty)["id"], "{ty}");
+    }
 }
 
 /// Attack round 7: the repetitions of a document's text line (OBX-5 TX `a~b`) went into
@@ -2969,30 +2986,59 @@ ORC|NW|P2^HOSP\rOBR|1|P2^HOSP||2345-7^Glucose^LN\rDG1|1||F20.9^Schizophrenia^I10
         "{b}"
     );
     assert!(labels(one(&b, "Patient")).is_empty());
+    // What the order rests on (attack round 8: an HIV result as supporting information).
+    let hiv = msg.replace(
+        "DG1|1||F20.9^Schizophrenia^I10\r",
+        "OBX|1|ST|7917-8^HIV 1+2 Ab^LN||Positive||||||F\r",
+    );
+    let (_, b) = map_bytes(&n, hiv.as_bytes());
+    assert!(
+        labels(one(&b, "Observation")).contains(&"HIV".to_string()),
+        "{b}"
+    );
+    assert!(
+        labels(one(&b, "ServiceRequest")).contains(&"HIV".to_string()),
+        "{b}"
+    );
 }
 
-/// Attack round 7: a reschedule (S13) whose TQ1-7 replaced the start kept SCH-11's end, a day
-/// before the new start. The end is the new start plus the duration; without a duration the
-/// Appointment is left out (app-2), with a warning either way.
+/// Attack rounds 7 and 8: a reschedule (S13) whose TQ1-7 replaced the start kept SCH-11's
+/// end, which belongs to the old start. The end is the new start plus the duration; without a
+/// duration the Appointment is left out (app-2); an end TQ1-8 sends before its start is none.
 #[test]
 fn a_rescheduled_appointment_does_not_end_before_it_starts() {
     let n = normalizer();
-    let msg = |duration: &str| {
+    let msg = |duration: &str, tq1: &str| {
         format!(
             "MSH|^~\\&|SCH|H|EHR|H|20240101120000+0100||SIU^S13|1|P|2.5.1\r\
 SCH|A1^HOSP|F1^SCHED|||||||{duration}|min|^^^20240115100000+0100^20240115103000+0100||||||||||||||Booked\r\
-TQ1|1||||||20240116140000+0100\r\
+TQ1|1||||||{tq1}\r\
 PID|1||MRN1^^^HOSP^MR||DOE^JANE||19500101|F\r"
         )
     };
-    let (m, b) = map_bytes(&n, msg("30").as_bytes());
-    let a = one(&b, "Appointment");
-    assert_eq!(a["start"], "2024-01-16T14:00:00+01:00");
-    assert_eq!(a["end"], "2024-01-16T14:30:00+01:00", "{a}");
-    assert_warned(&m, "its end came before its start");
-    let (m, b) = map_bytes(&n, msg("").as_bytes());
+    // Later or earlier than SCH-11's times (attack round 8: an earlier start kept SCH-11's end
+    // and made a 25-hour appointment), the new start's end is its start plus the duration.
+    for (start, end) in [
+        ("20240116140000+0100", "2024-01-16T14:30:00+01:00"),
+        ("20240114090000+0100", "2024-01-14T09:30:00+01:00"),
+        ("20240115101500+0100", "2024-01-15T10:45:00+01:00"),
+    ] {
+        let (m, b) = map_bytes(&n, msg("30", start).as_bytes());
+        let a = one(&b, "Appointment");
+        assert_eq!(a["end"], end, "{a}");
+        assert_not_warned(&m, "its end came before its start");
+    }
+    // Without a duration there is no end to give it: left out (app-2).
+    let (m, b) = map_bytes(&n, msg("", "20240116140000+0100").as_bytes());
     assert!(resources(&b, "Appointment").is_empty(), "{b}");
     assert_warned(&m, "app-2");
+    // An end TQ1-8 sends before TQ1-7's start is no end.
+    let (m, b) = map_bytes(
+        &n,
+        msg("30", "20240116140000+0100|20240116130000+0100").as_bytes(),
+    );
+    assert_eq!(one(&b, "Appointment")["end"], "2024-01-16T14:30:00+01:00");
+    assert_warned(&m, "its end came before its start");
 }
 
 /// Attack round 7: every update (A08) gave the patient's allergies and the visit's diagnoses

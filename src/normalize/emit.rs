@@ -409,19 +409,27 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
         fn text(b: &Build, root: u32, elem: ElemId) -> Option<&str> {
             b.child_of(root, elem).and_then(|n| b.value_text(n))
         }
-        // A start that TQ1-7 replaced after SCH-11 gave both times leaves SCH-11's end behind,
-        // which may come before the new start: that end is not the appointment's.
-        if let (Some(start), Some(end)) = (
+        // A start that TQ1-7 replaced after SCH-11 gave both times leaves SCH-11's end behind:
+        // that end is not the rescheduled appointment's (it may even come before the new
+        // start), unless TQ1-8 replaced it too. An end before its start is no end either.
+        let (start_node, end_node) = (
+            b.child_of(root, k.appointment_start),
+            b.child_of(root, k.appointment_end),
+        );
+        if let (Some(s), Some(e), Some(start), Some(end)) = (
+            start_node,
+            end_node,
             text(b, root, k.appointment_start),
             text(b, root, k.appointment_end),
         ) {
-            if !period_ordered(start, end) {
-                if let Some(n) = b.child_of(root, k.appointment_end) {
-                    b.nodes[n as usize].val = Val::Obj;
-                }
-                let w = "Appointment: its end came before its start (a start replaced by TQ1-7, \
-                         the end left from SCH-11?): the end is the start plus the duration, \
-                         or the Appointment is left out"
+            let stale = b.was_overridden(s) && !b.was_overridden(e);
+            let reversed = !period_ordered(start, end);
+            if stale || reversed {
+                b.nodes[e as usize].val = Val::Obj;
+            }
+            if reversed && !stale {
+                let w = "Appointment: its end came before its start: the end is the start plus \
+                         the duration, or the Appointment is left out"
                     .to_string();
                 if !b.warnings.contains(&w) {
                     b.warnings.push(w);

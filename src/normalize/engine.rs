@@ -2128,6 +2128,11 @@ impl Build {
         self.push_child(parent, last, elem, (0, 0, 0), inst)
     }
 
+    /// Whether an `override` row wrote node `n` (a TQ1's time that replaced SCH-11's).
+    pub fn was_overridden(&self, n: u32) -> bool {
+        self.overridden.contains(&n)
+    }
+
     /// The text of a node holding a string or number.
     pub fn value_text(&self, node: u32) -> Option<&str> {
         match self.nodes[node as usize].val {

@@ -157,9 +157,10 @@ impl Model {
         let mut next = 0u32;
         for t in 0..self.types.len() {
             let mut groups: Vec<(String, Vec<ElemId>)> = Vec::new();
+            let owner = &self.types[t].name;
             for (name, &e) in &self.types[t].elems {
                 let ty = &self.types[self.elems[e as usize].ty as usize].name;
-                let Some(base) = choice_base(name, ty) else {
+                let Some(base) = choice_base(owner, name, ty) else {
                     continue;
                 };
                 match groups.iter_mut().find(|(b, _)| b == base) {
@@ -304,5 +305,9 @@ mod tests {
         assert_ne!(choice("deceasedBoolean"), choice("multipleBirthBoolean"));
         assert_eq!(choice("gender"), 0);
         assert_eq!(choice("birthDate"), 0);
+        // Separate elements R4 names like one choice's types.
+        let sr = m.type_id("ServiceRequest").unwrap();
+        assert_eq!(m.elem(m.child(sr, "instantiatesUri").unwrap()).choice, 0);
+        assert_ne!(m.elem(m.child(sr, "occurrenceDateTime").unwrap()).choice, 0);
     }
 }

@@ -234,7 +234,9 @@ fn values(ty: &str, obj: &Object<'_>, out: &mut Vec<(&'static str, bool)>) {
                     true,
                 ));
             }
-            if exists(obj, "cancelationReason") && !matches!(status, Some("no-show" | "cancelled"))
+            // R4's expression says `no-show`, its code is `noshow`: either is a no-show.
+            if exists(obj, "cancelationReason")
+                && !matches!(status, Some("noshow" | "no-show" | "cancelled"))
             {
                 out.push((
                     "app-4: cancelation reason is only used for appointments that have been cancelled, or no-show",
@@ -302,25 +304,21 @@ fn values(ty: &str, obj: &Object<'_>, out: &mut Vec<(&'static str, bool)>) {
         }
         "Observation" => {
             // obs-7: a component with the Observation's own code carries the value, not both.
-            let code_of = |n: Option<&Node<'_>>| -> Vec<(Option<String>, Option<String>)> {
+            // FHIRPath's `intersect` compares whole Codings (a display that differs makes
+            // another Coding).
+            fn codings<'a, 'v>(n: Option<&'a Node<'v>>) -> &'a [Node<'v>] {
                 n.and_then(|c| c.get("coding"))
                     .and_then(Node::as_array)
-                    .into_iter()
-                    .flatten()
-                    .map(|c| {
-                        let t = |k| c.get(k).and_then(Node::as_str).map(str::to_string);
-                        (t("system"), t("code"))
-                    })
-                    .collect()
-            };
+                    .unwrap_or(&[])
+            }
             if exists(obj, "value[x]") {
-                let own = code_of(obj.get("code"));
+                let own = codings(obj.get("code"));
                 let clash = obj
                     .get("component")
                     .and_then(Node::as_array)
                     .into_iter()
                     .flatten()
-                    .any(|comp| code_of(comp.get("code")).iter().any(|c| own.contains(c)));
+                    .any(|comp| codings(comp.get("code")).iter().any(|c| own.contains(c)));
                 if clash {
                     out.push((
                         "obs-7: if Observation.code is the same as an Observation.component.code then the value element associated with the code shall not be present",
@@ -436,5 +434,16 @@ mod tests {
             ),
             ["obs-7"]
         );
+        // Whole Codings compare: another display is another Coding (attack round 8).
+        assert!(rules(
+            "Observation",
+            r#"{"code":{"coding":[{"system":"s","code":"c","display":"a"}]},"valueString":"x","component":[{"code":{"coding":[{"system":"s","code":"c","display":"b"}]}}]}"#
+        )
+        .is_empty());
+        assert!(rules(
+            "Appointment",
+            r#"{"status":"noshow","start":"a","end":"b","cancelationReason":{"text":"x"}}"#
+        )
+        .is_empty());
     }
 }

@@ -591,7 +591,8 @@ impl Model {
             };
             let mut groups: Vec<(String, Vec<Box<str>>)> = Vec::new();
             for (pname, prop) in def.props.iter() {
-                let Some(base) = type_name(&prop.ty).and_then(|t| choice_base(pname, t)) else {
+                let Some(base) = type_name(&prop.ty).and_then(|t| choice_base(name, pname, t))
+                else {
                     continue;
                 };
                 match groups.iter_mut().find(|(b, _)| b == base) {
@@ -704,10 +705,28 @@ const PRIMITIVES: &[(&str, &str)] = &[
     ("Id", "id"),
 ];
 
-/// The base of a choice element's type (`deceasedDateTime` of type `dateTime` → `deceased`):
-/// the name is the base and the type's name with a capital. Also the normalizer's model reads
-/// choices so.
-pub(crate) fn choice_base<'n>(name: &'n str, type_name: &str) -> Option<&'n str> {
+/// Elements R4 names like the types of one choice that are separate elements, each of its own
+/// (both may be sent): (owner type, or `*` for any; base).
+const NOT_CHOICES: &[(&str, &str)] = &[
+    // instantiatesCanonical and instantiatesUri (ServiceRequest, CarePlan, Task, …).
+    ("*", "instantiates"),
+    ("ChargeItem", "definition"),
+    ("PaymentReconciliation", "payment"),
+];
+
+/// The base of a choice element's type (`deceasedDateTime` of type `dateTime` → `deceased`)
+/// in an object of type `owner`: the name is the base and the type's name with a capital,
+/// unless R4 has separate elements of that name ([`NOT_CHOICES`]). The normalizer's model
+/// reads choices so too.
+pub(crate) fn choice_base<'n>(owner: &str, name: &'n str, type_name: &str) -> Option<&'n str> {
+    let base = typed_base(name, type_name)?;
+    let separate = NOT_CHOICES
+        .iter()
+        .any(|(o, b)| *b == base && (*o == "*" || *o == owner));
+    (!separate).then_some(base)
+}
+
+fn typed_base<'n>(name: &'n str, type_name: &str) -> Option<&'n str> {
     let mut t = type_name.chars();
     let first = t.next()?;
     let rest = t.as_str();
