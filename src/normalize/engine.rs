@@ -99,10 +99,13 @@ enum Identity {
 }
 
 struct Binding {
-    label: usize,
     inst: u32,
     scope: u32,
     group: usize,
+    /// The binding of the same label made before it (`NONE`: the first), and the one that was
+    /// the label's open head then ([`Build::open_head`]).
+    prev: u32,
+    prev_open: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -149,12 +152,15 @@ impl Level {
 /// The read-only side while rows run: the message, the segments seen, the open groups.
 struct Walk<'m> {
     msg: &'m Message<'m>,
-    segs: Vec<(Segment<'m>, u32)>,
-    /// Per segment id, where in `segs` it was seen, those in groups that closed taken off the
-    /// end as lookups find them ([`Walk::segment`]): a group that closes never opens again,
-    /// so a lookup costs what it pops, not a scan of every segment seen (150,000 NTE that
-    /// each asked for an ORC took 12 s).
-    by_id: RefCell<HashMap<[u8; 3], Vec<u32>>>,
+    /// The segments seen, each with its group instance and the one seen before it with its
+    /// id (`NONE` for none).
+    segs: Vec<(Segment<'m>, u32, u32)>,
+    /// Per segment id, the latest seen whose group may still be open: those in groups that
+    /// closed are passed for good as lookups find them ([`Walk::segment`]). A group that
+    /// closes never opens again, so a lookup costs what it passes, not a scan of every segment
+    /// seen (150,000 NTE that each asked for an ORC took 12 s). Seeded per process: segment
+    /// ids are the sender's to choose.
+    by_id: RefCell<HashMap<[u8; 3], u32, foldhash::fast::RandomState>>,
     stack: Vec<Frame>,
     /// The scope of the segment being mapped: what a repeating segment makes belongs to it
     /// alone (each AL1 its own AllergyIntolerance), open only while that segment is mapped.
@@ -211,13 +217,13 @@ impl<'m> Walk<'m> {
     /// The latest segment `id` in an open group (for conditions that look at another segment).
     fn segment(&self, id: &[u8; 3]) -> Option<Segment<'m>> {
         let mut by_id = self.by_id.borrow_mut();
-        let seen = by_id.get_mut(id)?;
-        while let Some(&at) = seen.last() {
-            let (s, g) = self.segs[at as usize];
+        let latest = by_id.get_mut(id)?;
+        while *latest != NONE {
+            let (s, g, before) = self.segs[*latest as usize];
             if self.is_open(g) {
                 return Some(s);
             }
-            seen.pop();
+            *latest = before;
         }
         None
     }
@@ -503,15 +509,13 @@ pub struct Build {
     /// there (n resources with one key cost n tries, not n²/2).
     suffixes: TableMap<[u8; 36], u32>,
     bindings: Vec<Binding>,
-    /// `bindings` by label (positions, oldest first) and by resource, so that a lookup reads
-    /// its own label's or resource's alone: scanning them all, 95,000 NK1 took 11 s.
-    by_label: Vec<Vec<u32>>,
-    /// Per resource, per label bound to it, the positions whose scope may still be open (one
-    /// found closed is taken off for good, as in `open_by_label`).
-    by_inst: HashMap<u32, Vec<(usize, Vec<u32>)>>,
-    /// Per label, the positions whose scope may still be open; one found closed is taken off
-    /// the end for good (a closed group instance never opens again).
-    open_by_label: Vec<Vec<u32>>,
+    /// Per label, its latest binding (the others by `Binding::prev`), so that a lookup reads
+    /// its own label's alone: scanning them all, 95,000 NK1 took 11 s.
+    head: Vec<u32>,
+    /// Per label, the latest binding whose scope may still be open (the others by
+    /// `Binding::prev_open`): one found closed is passed for good, since a closed group
+    /// instance never opens again.
+    open_head: Vec<u32>,
     pub warnings: Vec<String>,
     pub unmapped: Vec<String>,
     /// `unmapped` as keys (segment id, field number; 0 for a whole segment), to find repeats
@@ -574,7 +578,7 @@ impl<'p> Mapper<'p> {
         let mut walk = Walk {
             msg,
             segs: Vec::with_capacity(msg.segment_count()),
-            by_id: RefCell::new(HashMap::new()),
+            by_id: RefCell::new(HashMap::default()),
             stack: vec![Frame {
                 group: 0,
                 pos: usize::MAX,
@@ -597,9 +601,8 @@ impl<'p> Mapper<'p> {
             by_id: TableMap::with_capacity_and_hasher(32, Default::default()),
             suffixes: TableMap::default(),
             bindings: Vec::new(),
-            by_label: Vec::new(),
-            by_inst: HashMap::new(),
-            open_by_label: Vec::new(),
+            head: Vec::new(),
+            open_head: Vec::new(),
             warnings: Vec::new(),
             unmapped: Vec::new(),
             unmapped_keys: Vec::new(),
@@ -647,8 +650,8 @@ impl<'p> Mapper<'p> {
             let member = self.place(&mut walk, id, &mut next_group);
             let scope = walk.stack.last().map(|f| f.inst).unwrap_or(0);
             let at = walk.segs.len() as u32;
-            walk.by_id.get_mut().entry(id).or_default().push(at);
-            walk.segs.push((seg, scope));
+            let before = walk.by_id.get_mut().insert(id, at).unwrap_or(NONE);
+            walk.segs.push((seg, scope, before));
             walk.seg_scope = walk.new_scope(&mut next_group, usize::MAX);
             // MSH is the envelope: its fields go into the record's metadata and the Provenance.
             if id == *b"MSH" {
@@ -943,14 +946,16 @@ impl<'p> Mapper<'p> {
 
     /// The instance of `label` open in this scope, if any.
     fn open_instance(&self, walk: &Walk<'_>, b: &mut Build, label: usize) -> Option<u32> {
-        let open = b.open_by_label.get_mut(label)?;
-        while let Some(&at) = open.last() {
+        let mut at = *b.open_head.get(label)?;
+        while at != NONE {
             let bd = &b.bindings[at as usize];
             if walk.is_open(bd.scope) {
+                b.open_head[label] = at;
                 return Some(bd.inst);
             }
-            open.pop();
+            at = bd.prev_open;
         }
+        b.open_head[label] = NONE;
         None
     }
 
@@ -977,32 +982,22 @@ impl<'p> Mapper<'p> {
         let rule = self.rule(def.ty, v2);
         let key = rule.and_then(|r| self.key_by(r, b, walk, def.ty, v2, view));
         let until = rule.and_then(|r| r.until);
+        let made = b.insts.len();
         let inst = self.create(b, def.ty, key, &def.name, scope, group, until);
+        // A resource made now is no other label's.
+        let merged = b.insts.len() == made;
         // Labels the message map links to each other (`Patient[2].link.other=Patient[1]`)
         // are two resources by design; others may share one (the same IN1 in two groups).
-        let linked = |a: usize, z: usize| {
-            self.mm.rows.iter().any(|r| {
-                r.refs
-                    .iter()
-                    .any(|rr| (rr.from, rr.to) == (a, z) || (rr.from, rr.to) == (z, a))
-            })
-        };
         let mut other = None;
-        if let Some(labels) = b.by_inst.get_mut(&inst) {
-            for (l, open) in labels.iter_mut() {
-                if *l == label || !linked(*l, label) {
-                    continue;
-                }
-                while let Some(&at) = open.last() {
-                    if walk.is_open(b.bindings[at as usize].scope) {
-                        other = Some(*l);
-                        break;
-                    }
-                    open.pop();
-                }
-                if other.is_some() {
-                    break;
-                }
+        for &(a, z) in self.mm.links.iter().filter(|_| merged) {
+            let l = match (a == label, z == label) {
+                (true, false) => z,
+                (false, true) => a,
+                _ => continue,
+            };
+            if self.open_instance(walk, b, l) == Some(inst) {
+                other = Some(l);
+                break;
             }
         }
         if let Some(other) = other {
@@ -1012,12 +1007,7 @@ impl<'p> Mapper<'p> {
             ));
             return None;
         }
-        b.bind(Binding {
-            label,
-            inst,
-            scope,
-            group,
-        });
+        b.bind(label, inst, scope, group);
         Some(inst)
     }
 
@@ -1297,13 +1287,15 @@ impl<'p> Mapper<'p> {
     /// Points `from.path` at `to` (both the latest instances of their labels).
     fn link_ref(&self, walk: &Walk<'_>, b: &mut Build, from: usize, path: &Path, to: usize) {
         let latest = |label: usize| {
-            b.by_label
-                .get(label)?
-                .iter()
-                .rev()
-                .map(|&at| &b.bindings[at as usize])
-                .find(|x| walk.visible(x.scope, x.group))
-                .map(|x| x.inst)
+            let mut at = *b.head.get(label)?;
+            while at != NONE {
+                let x = &b.bindings[at as usize];
+                if walk.visible(x.scope, x.group) {
+                    return Some(x.inst);
+                }
+                at = x.prev;
+            }
+            None
         };
         let (Some(f), Some(t)) = (latest(from), latest(to)) else {
             return;
@@ -2131,22 +2123,22 @@ fn materialize(model: &Model, b: &mut Build, a: Anchor) -> u32 {
 }
 
 impl Build {
-    /// Records that `bd.label` stands for `bd.inst` in `bd.scope`.
-    fn bind(&mut self, bd: Binding) {
+    /// Records that `label` stands for `inst` in `scope`.
+    fn bind(&mut self, label: usize, inst: u32, scope: u32, group: usize) {
+        if self.head.len() <= label {
+            self.head.resize(label + 1, NONE);
+            self.open_head.resize(label + 1, NONE);
+        }
         let at = self.bindings.len() as u32;
-        let label = bd.label;
-        if self.by_label.len() <= label {
-            self.by_label.resize_with(label + 1, Vec::new);
-            self.open_by_label.resize_with(label + 1, Vec::new);
-        }
-        self.by_label[label].push(at);
-        self.open_by_label[label].push(at);
-        let labels = self.by_inst.entry(bd.inst).or_default();
-        match labels.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, open)) => open.push(at),
-            None => labels.push((label, vec![at])),
-        }
-        self.bindings.push(bd);
+        self.bindings.push(Binding {
+            inst,
+            scope,
+            group,
+            prev: self.head[label],
+            prev_open: self.open_head[label],
+        });
+        self.head[label] = at;
+        self.open_head[label] = at;
     }
 
     /// Whether `inst` is closed to the segment being mapped ([`Build::closed`]).

@@ -323,6 +323,9 @@ pub struct MessageMap {
     pub groups: Vec<Group>,
     pub labels: Vec<LabelDef>,
     pub rows: Vec<MsgRow>,
+    /// The pairs of labels a row's references link (`Patient[2].link.other=Patient[1]`): two
+    /// resources by design, whatever their keys.
+    pub links: Vec<(usize, usize)>,
 }
 
 #[derive(Debug, Default)]
@@ -1499,6 +1502,7 @@ impl Compiler<'_> {
             }],
             labels: Vec::new(),
             rows: Vec::new(),
+            links: Vec::new(),
         };
         if !header_is(f, &header) {
             self.err_file(&f.name, format!("header: expected {}", header.join(",")));
@@ -1664,6 +1668,18 @@ impl Compiler<'_> {
                 Err(e) => self.err_at(src, line, format!("references: `{item}`: {e}")),
             }
         }
+        let mut links: Vec<(usize, usize)> = mm
+            .rows
+            .iter()
+            .flat_map(|r| {
+                r.refs
+                    .iter()
+                    .map(|rr| (rr.from.min(rr.to), rr.from.max(rr.to)))
+            })
+            .collect();
+        links.sort_unstable();
+        links.dedup();
+        mm.links = links;
         mm
     }
 
