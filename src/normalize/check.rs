@@ -18,7 +18,7 @@
 use std::sync::OnceLock;
 
 use crate::fhir::validate::element::{Element, ObjectKind, Rules};
-use crate::fhir::validate::invariant::{self, Holds};
+use crate::fhir::validate::invariant::{self, Decides, Holds};
 use crate::fhir::validate::primitive::Scan;
 use crate::fhir::validate::MAX_DEPTH;
 
@@ -64,8 +64,9 @@ struct TypeFacts {
     wide: bool,
     /// The type's invariants as key bits (`invariant`).
     invariants: Vec<Invariant>,
-    /// Per choice element of the type (`deceased[x]`), its types' key bits: one at most.
-    choices: Vec<[u64; WRITTEN_WORDS]>,
+    /// Per choice element of the type (`deceased[x]`), the key bits of all its types, and of
+    /// each (a type's `name` and `_name`): the keys written of the choice are one type's.
+    choices: Vec<(KeyBits, Vec<KeyBits>)>,
 }
 
 /// An invariant of `fhir::validate::invariant` as the check reads it, by element ranks.
@@ -84,6 +85,9 @@ enum Invariant {
 /// Words of an [`Object`]'s key bits: types of up to 512 elements (R4's largest,
 /// ElementDefinition, has fewer than 350 with the primitives' `_name` elements).
 const WRITTEN_WORDS: usize = 8;
+
+/// Key bits of an object's elements, by their rank in the type.
+type KeyBits = [u64; WRITTEN_WORDS];
 
 /// Named like a key the writer puts on every resource itself (`id`, `meta`, `resourceType`).
 const WRITER_KEY: u8 = 2;
@@ -160,33 +164,39 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             .filter(|r| r.ty == def.name)
             .map(|r| Invariant::Presence(r.holds, ranks(r.first), ranks(r.second)))
             .collect();
-        for (_, names) in invariant::WALK_DECIDES
-            .iter()
-            .filter(|(owner, _)| *owner == def.name)
-        {
-            invariants.extend(names.iter().map(|n| Invariant::WalkIf(groups(&[n]))));
+        invariants.extend(
+            invariant::WALK_DECIDES
+                .iter()
+                .filter(|(owner, _)| *owner == def.name)
+                .map(|(_, d)| match d {
+                    Decides::If(names) => Invariant::WalkIf(groups(names)),
+                    Decides::Unless(names) => Invariant::WalkUnless(groups(names)),
+                }),
+        );
+        if def.name == "Range" {
+            invariants.push(Invariant::RangeOrder);
         }
-        match def.name.as_str() {
-            "Range" => invariants.push(Invariant::RangeOrder),
-            "Appointment" => invariants.push(Invariant::WalkUnless(groups(&["start", "end"]))),
-            "AllergyIntolerance" => {
-                invariants.push(Invariant::WalkUnless(groups(&["clinicalStatus"])))
-            }
-            "Observation" => invariants.push(Invariant::WalkIf(groups(&["value[x]", "component"]))),
-            _ => {}
-        }
-        let mut choices: Vec<(u32, [u64; WRITTEN_WORDS])> = Vec::new();
+        // Per choice, per type (its name without `_`), the key bits.
+        let mut choices: Vec<(u32, Vec<(&str, KeyBits)>)> = Vec::new();
         for e in m.elems_of(t).filter(|&e| m.elem(e).choice != 0) {
-            let c = m.elem(e).choice;
+            let (c, name) = (m.elem(e).choice, m.elem(e).name.trim_start_matches('_'));
             let at = match choices.iter().position(|(k, _)| *k == c) {
                 Some(at) => at,
                 None => {
-                    choices.push((c, [0; WRITTEN_WORDS]));
+                    choices.push((c, Vec::new()));
                     choices.len() - 1
                 }
             };
+            let types = &mut choices[at].1;
+            let ty_at = match types.iter().position(|(n, _)| *n == name) {
+                Some(i) => i,
+                None => {
+                    types.push((name, [0; WRITTEN_WORDS]));
+                    types.len() - 1
+                }
+            };
             let (word, bit) = key_bit(rank[e as usize]);
-            if let Some(w) = choices[at].1.get_mut(word) {
+            if let Some(w) = types[ty_at].1.get_mut(word) {
                 *w |= bit;
             }
         }
@@ -196,7 +206,16 @@ fn build_table(m: &Model, rules: Rules) -> Table {
             required,
             wide,
             invariants,
-            choices: choices.into_iter().map(|(_, mask)| mask).collect(),
+            choices: choices
+                .into_iter()
+                .map(|(_, types)| {
+                    let mut all = [0; WRITTEN_WORDS];
+                    for (_, mask) in &types {
+                        all.iter_mut().zip(mask).for_each(|(a, m)| *a |= m);
+                    }
+                    (all, types.into_iter().map(|(_, mask)| mask).collect())
+                })
+                .collect(),
         }));
     }
     let id = |t: &str, e: &str| {
@@ -350,7 +369,7 @@ pub struct Object {
     kind: ObjectKind,
     root: bool,
     /// Keys written, by the element's rank within its type.
-    written: [u64; WRITTEN_WORDS],
+    written: KeyBits,
     /// What the kind's rules read (an Extension's url and value, a Coding's system…).
     url: Option<(u32, u32)>,
     value: Option<ElemId>,
@@ -502,14 +521,15 @@ impl Object {
         let Some(facts) = table().types[self.ty as usize].as_ref() else {
             return Ok(());
         };
-        for mask in &facts.choices {
-            let types: u32 = mask
-                .iter()
+        let written = |mask: &KeyBits| -> u32 {
+            mask.iter()
                 .zip(&self.written)
                 .map(|(m, w)| (m & w).count_ones())
-                .sum();
-            // `_name` and `name` of one type are one choice made; a second type is not.
-            if types > 1 && !self.one_type(mask) {
+                .sum()
+        };
+        for (all, types) in &facts.choices {
+            // One key is one type; more may be one type's `name` and `_name`.
+            if written(all) > 1 && types.iter().filter(|m| written(m) > 0).count() > 1 {
                 return Err("choice");
             }
         }
@@ -528,10 +548,7 @@ impl Object {
                 Invariant::WalkUnless(groups) => groups.iter().all(|g| has(g)),
                 Invariant::RangeOrder => {
                     let k = &plan.known;
-                    let bound = |elem| {
-                        let v = b.child_of(b.child_of(node, elem)?, k.quantity_value)?;
-                        Some(b.value_text(v).and_then(|t| t.parse::<f64>().ok()))
-                    };
+                    let bound = |elem| b.range_bound(k, node, elem);
                     match (bound(k.range_low), bound(k.range_high)) {
                         (Some(Some(low)), Some(Some(high))) => low <= high,
                         (Some(None), _) | (_, Some(None)) => false,
@@ -544,22 +561,6 @@ impl Object {
             }
         }
         Ok(())
-    }
-
-    /// Whether the keys written of a choice's types (`mask`) are one type's `name` and
-    /// `_name`.
-    fn one_type(&self, mask: &[u64; WRITTEN_WORDS]) -> bool {
-        let m = Model::r4();
-        let t = table();
-        let names: Vec<&str> = m
-            .elems_of(self.ty)
-            .filter(|&e| {
-                let (word, bit) = key_bit(t.rank[e as usize]);
-                mask[word] & bit != 0 && self.written[word] & bit != 0
-            })
-            .map(|e| m.elem(e).name.trim_start_matches('_'))
-            .collect();
-        names.windows(2).all(|w| w[0] == w[1])
     }
 
     /// Whether a key was written for every element the type requires.

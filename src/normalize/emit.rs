@@ -370,10 +370,7 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
         {
             continue;
         }
-        let bound = |elem| {
-            let v = b.child_of(b.child_of(i as u32, elem)?, k.quantity_value)?;
-            b.value_text(v)?.parse::<f64>().ok()
-        };
+        let bound = |elem| b.range_bound(k, i as u32, elem).flatten();
         let (Some(low), Some(high)) = (bound(k.range_low), bound(k.range_high)) else {
             continue;
         };
@@ -383,13 +380,10 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
         // Values made objects without children are not live, nor is what holds only them.
         empty(b, i as u32);
         let owner = &plan.model.ty(b.insts[b.nodes[i].inst as usize].ty).name;
-        let w = format!(
-            "{owner}.{}: the range's low is above its high (R4 rng-2): left out",
-            plan.model.elem(b.nodes[i].elem).name
-        );
-        if !b.warnings.contains(&w) {
-            b.warnings.push(w);
-        }
+        let elem = &plan.model.elem(b.nodes[i].elem).name;
+        b.warn(format_args!(
+            "{owner}.{elem}: the range's low is above its high (R4 rng-2): left out"
+        ));
     }
 }
 
@@ -412,27 +406,22 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
         // A start that TQ1-7 replaced after SCH-11 gave both times leaves SCH-11's end behind:
         // that end is not the rescheduled appointment's (it may even come before the new
         // start), unless TQ1-8 replaced it too. An end before its start is no end either.
-        let (start_node, end_node) = (
+        let times = (
             b.child_of(root, k.appointment_start),
             b.child_of(root, k.appointment_end),
         );
-        if let (Some(s), Some(e), Some(start), Some(end)) = (
-            start_node,
-            end_node,
-            text(b, root, k.appointment_start),
-            text(b, root, k.appointment_end),
-        ) {
-            let stale = b.was_overridden(s) && !b.was_overridden(e);
-            let reversed = !period_ordered(start, end);
-            if stale || reversed {
-                b.nodes[e as usize].val = Val::Obj;
-            }
-            if reversed && !stale {
-                let w = "Appointment: its end came before its start: the end is the start plus \
+        if let (Some(s), Some(e)) = times {
+            if let (Some(start), Some(end)) = (b.value_text(s), b.value_text(e)) {
+                let stale = b.was_overridden(s) && !b.was_overridden(e);
+                let reversed = !period_ordered(start, end);
+                if stale || reversed {
+                    b.nodes[e as usize].val = Val::Obj;
+                }
+                if reversed && !stale {
+                    b.warn(format_args!(
+                        "Appointment: its end came before its start: the end is the start plus \
                          the duration, or the Appointment is left out"
-                    .to_string();
-                if !b.warnings.contains(&w) {
-                    b.warnings.push(w);
+                    ));
                 }
             }
         }
@@ -442,7 +431,7 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
             if let Some(at) = minutes.and_then(|m| value::add_minutes(start, m)) {
                 let (a, e) = (b.text.len() as u32, (b.text.len() + at.len()) as u32);
                 b.text.push_str(&at);
-                let node = match b.child_of(root, k.appointment_end) {
+                let node = match times.1 {
                     Some(n) => n,
                     None => b.append_child(root, k.appointment_end, i as u32),
                 };
@@ -460,13 +449,11 @@ fn appointment_times(plan: &Plan, b: &mut Build, emitted: &mut [bool]) {
         }
         *sent = false;
         b.left_out.push("Appointment".into());
-        let w = "Appointment: left out, its times break R4 app-2 or app-3 (a start without an \
-                 end, or booked without times; a time sent without a zone is kept only with \
-                 the setting default_timezone)"
-            .to_string();
-        if !b.warnings.contains(&w) {
-            b.warnings.push(w);
-        }
+        b.warn(format_args!(
+            "Appointment: left out, its times break R4 app-2 or app-3 (a start without an end, \
+             or booked without times; a time sent without a zone is kept only with the setting \
+             default_timezone)"
+        ));
     }
 }
 
@@ -478,13 +465,10 @@ fn name_incomplete(plan: &Plan, b: &mut Build, incomplete: &[u32]) {
     for &i in incomplete.iter().rev() {
         let node = &b.nodes[i as usize];
         let owner = &plan.model.ty(b.insts[node.inst as usize].ty).name;
-        let w = format!(
-            "{owner}.{}: left out with what it holds, it lacks an element R4 requires",
-            plan.model.elem(node.elem).name
-        );
-        if !b.warnings.contains(&w) {
-            b.warnings.push(w);
-        }
+        let elem = &plan.model.elem(node.elem).name;
+        b.warn(format_args!(
+            "{owner}.{elem}: left out with what it holds, it lacks an element R4 requires"
+        ));
     }
 }
 
@@ -502,10 +486,9 @@ fn drop_incomplete(plan: &Plan, b: &mut Build, live: &[bool], emitted: &mut [boo
     for &ty in &left_out {
         let name = &plan.model.ty(ty).name;
         b.left_out.push(name.clone());
-        let w = format!("{name}: left out, an element R4 requires was not mapped");
-        if !b.warnings.contains(&w) {
-            b.warnings.push(w);
-        }
+        b.warn(format_args!(
+            "{name}: left out, an element R4 requires was not mapped"
+        ));
     }
     !left_out.is_empty()
 }

@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use super::cond::{Cond, Env, Ref, MAX_GUARDS};
 use super::model::{ElemId, Model, Prim, TypeId};
 use super::plan::{
-    Action, CMap, IdRule, KeyPart, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap, Xform,
+    Action, CMap, IdRule, KeyPart, Known, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap,
+    Xform,
 };
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
@@ -523,8 +524,6 @@ pub struct Build {
     /// (A set: a frame of 46,000 distinct Z-segment ids made the list's scan cost 0.5 s.
     /// Seeded per process, as the ids are the sender's to choose.)
     unmapped_keys: HashSet<([u8; 3], usize), foldhash::fast::RandomState>,
-    /// The names of segments whose ids are not ASCII, as listed (ids that read alike once).
-    unmapped_lossy: HashSet<String, foldhash::fast::RandomState>,
     /// Resources left out for lack of an element R4 requires, by type name, one per resource.
     pub left_out: Vec<String>,
     /// The segment field rows are reading now (`PID`, 7), named in warnings.
@@ -610,7 +609,6 @@ impl<'p> Mapper<'p> {
             warnings: Vec::new(),
             unmapped: Vec::new(),
             unmapped_keys: HashSet::default(),
-            unmapped_lossy: HashSet::default(),
             cur_field: (*b"MSH", 0),
             left_out: Vec::new(),
             too_many: false,
@@ -2153,7 +2151,8 @@ impl Build {
             .any(|&(i, scope)| i == inst && walk.is_open(scope))
     }
 
-    fn warn(&mut self, args: std::fmt::Arguments<'_>) {
+    /// Adds a warning, once.
+    pub(super) fn warn(&mut self, args: std::fmt::Arguments<'_>) {
         let s = args.to_string();
         if !self.warnings.contains(&s) {
             self.warnings.push(s);
@@ -2194,6 +2193,13 @@ impl Build {
         self.overridden.contains(&n)
     }
 
+    /// The value of bound `elem` (`range_low`, `range_high`) of the Range node `range`: `None`
+    /// when it has none, `Some(None)` when its value is no number.
+    pub fn range_bound(&self, k: &Known, range: u32, elem: ElemId) -> Option<Option<f64>> {
+        let v = self.child_of(self.child_of(range, elem)?, k.quantity_value)?;
+        Some(self.value_text(v).and_then(|t| t.parse::<f64>().ok()))
+    }
+
     /// The text of a node holding a string or number.
     pub fn value_text(&self, node: u32) -> Option<&str> {
         match self.nodes[node as usize].val {
@@ -2203,13 +2209,9 @@ impl Build {
     }
 
     fn unmapped_segment(&mut self, id: &[u8; 3]) {
-        if !self.unmapped_keys.insert((*id, 0)) {
-            return;
-        }
-        // Ids that are not UTF-8 can read alike (`�`): listed once, as the names are.
-        let s = String::from_utf8_lossy(id).into_owned();
-        if id.is_ascii() || self.unmapped_lossy.insert(s.clone()) {
-            self.unmapped.push(s);
+        // A segment id is three ASCII letters or digits (the tokenizer refuses others).
+        if self.unmapped_keys.insert((*id, 0)) {
+            self.unmapped.push(String::from_utf8_lossy(id).into_owned());
         }
     }
 

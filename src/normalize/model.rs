@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use crate::fhir::validate::choice_base;
+use crate::fhir::validate::choice_groups;
 
 const TABLE: &str = include_str!("r4-elements.tsv");
 
@@ -152,31 +152,31 @@ impl Model {
 
     /// Gives the types of each choice element their choice's number: elements named their
     /// base and their type (`deceasedDateTime`), two or more of one base in a type, as the
-    /// validator reads the schema (`choice_base`).
+    /// validator reads the schema (`choice_groups`).
     fn number_choices(&mut self) {
         let mut next = 0u32;
         for t in 0..self.types.len() {
-            let mut groups: Vec<(String, Vec<ElemId>)> = Vec::new();
-            let owner = &self.types[t].name;
-            for (name, &e) in &self.types[t].elems {
-                let ty = &self.types[self.elems[e as usize].ty as usize].name;
-                let Some(base) = choice_base(owner, name, ty) else {
-                    continue;
-                };
-                match groups.iter_mut().find(|(b, _)| b == base) {
-                    Some((_, es)) => es.push(e),
-                    None => groups.push((base.to_string(), vec![e])),
-                }
-            }
-            for (_, es) in groups.into_iter().filter(|(_, es)| es.len() > 1) {
+            let ty = &self.types[t];
+            let elems: Vec<ElemId> = ty.elems.values().copied().collect();
+            let pairs: Vec<(&str, &str)> = elems
+                .iter()
+                .map(|&e| {
+                    let d = &self.elems[e as usize];
+                    (d.name.as_str(), self.types[d.ty as usize].name.as_str())
+                })
+                .collect();
+            let mut numbered = Vec::new();
+            for group in choice_groups(&ty.name, &pairs) {
                 next += 1;
-                for e in es {
-                    let under = format!("_{}", self.elems[e as usize].name);
-                    self.elems[e as usize].choice = next;
-                    if let Some(&u) = self.types[t].elems.get(&under) {
-                        self.elems[u as usize].choice = next;
+                for at in group {
+                    numbered.push((elems[at], next));
+                    if let Some(&u) = ty.elems.get(&format!("_{}", pairs[at].0)) {
+                        numbered.push((u, next));
                     }
                 }
+            }
+            for (e, choice) in numbered {
+                self.elems[e as usize].choice = choice;
             }
         }
     }

@@ -15,8 +15,8 @@ mod oracle;
 pub(crate) mod primitive;
 mod schema;
 mod walk;
-/// How a choice element's types are named (`deceasedDateTime`), for the mapper's model.
-pub(crate) use schema::choice_base;
+/// Which elements are the types of one choice (`deceasedDateTime`), for the mapper's model.
+pub(crate) use schema::choice_groups;
 /// `per-1` as the walk reads it, for the mapper to keep a Period it writes ordered.
 pub(crate) use walk::period_ordered;
 mod xhtml;

@@ -589,21 +589,16 @@ impl Model {
                 Ty::Def(i) => Some(def_names[*i as usize]),
                 _ => None,
             };
-            let mut groups: Vec<(String, Vec<Box<str>>)> = Vec::new();
-            for (pname, prop) in def.props.iter() {
-                let Some(base) = type_name(&prop.ty).and_then(|t| choice_base(name, pname, t))
-                else {
-                    continue;
-                };
-                match groups.iter_mut().find(|(b, _)| b == base) {
-                    Some((_, names)) => names.push(pname.clone()),
-                    None => groups.push((base.to_string(), vec![pname.clone()])),
-                }
-            }
-            let mut choice = 0u8;
-            for (_, names) in groups.into_iter().filter(|(_, n)| n.len() > 1) {
-                choice = choice.saturating_add(1);
-                for n in names {
+            let typed: Vec<(Box<str>, &str)> = def
+                .props
+                .iter()
+                .filter_map(|(n, p)| Some((n.clone(), type_name(&p.ty)?)))
+                .collect();
+            let pairs: Vec<(&str, &str)> = typed.iter().map(|(n, t)| (&**n, *t)).collect();
+            for (i, group) in choice_groups(name, &pairs).into_iter().enumerate() {
+                let choice = u8::try_from(i + 1).unwrap_or(u8::MAX);
+                for at in group {
+                    let n = pairs[at].0;
                     for key in [n.to_string(), format!("_{n}")] {
                         if let Some(p) = def.props.get_mut(key.as_str()) {
                             p.choice = choice;
@@ -718,12 +713,33 @@ const NOT_CHOICES: &[(&str, &str)] = &[
 /// in an object of type `owner`: the name is the base and the type's name with a capital,
 /// unless R4 has separate elements of that name ([`NOT_CHOICES`]). The normalizer's model
 /// reads choices so too.
-pub(crate) fn choice_base<'n>(owner: &str, name: &'n str, type_name: &str) -> Option<&'n str> {
+fn choice_base<'n>(owner: &str, name: &'n str, type_name: &str) -> Option<&'n str> {
     let base = typed_base(name, type_name)?;
     let separate = NOT_CHOICES
         .iter()
         .any(|(o, b)| *b == base && (*o == "*" || *o == owner));
     (!separate).then_some(base)
+}
+
+/// The choice elements among the elements (name, type name) of type `owner`: each a group of
+/// two or more of one base, as positions in `elements`. The validator's schema and the
+/// normalizer's model number their choices from these.
+pub(crate) fn choice_groups(owner: &str, elements: &[(&str, &str)]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (at, (name, ty)) in elements.iter().enumerate() {
+        let Some(base) = choice_base(owner, name, ty) else {
+            continue;
+        };
+        match groups.iter_mut().find(|(b, _)| *b == base) {
+            Some((_, members)) => members.push(at),
+            None => groups.push((base, vec![at])),
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, members)| members.len() > 1)
+        .map(|(_, members)| members)
+        .collect()
 }
 
 fn typed_base<'n>(name: &'n str, type_name: &str) -> Option<&'n str> {

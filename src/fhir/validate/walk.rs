@@ -379,9 +379,8 @@ impl<'v, 'o> Walker<'v, 'o> {
             );
             return;
         }
-        // The choices one of whose types was seen, and which (bit per choice, first 64).
+        // The choices one of whose types was seen (bit per choice, the first 64).
         let mut chosen = 0u64;
-        let mut chosen_as: [&str; 64] = [""; 64];
         for (k, v) in obj.iter() {
             let len = path.len();
             path.push('.');
@@ -396,9 +395,16 @@ impl<'v, 'o> Walker<'v, 'o> {
                 continue;
             };
             if prop.choice != 0 && prop.choice <= 64 {
-                let (bit, at) = (1u64 << (prop.choice - 1), usize::from(prop.choice - 1));
+                let bit = 1u64 << (prop.choice - 1);
                 let name = k.strip_prefix('_').unwrap_or(k);
-                if chosen & bit != 0 && chosen_as[at] != name {
+                // Seen before (rare): the first key of the choice says which type it took
+                // (`_name` beside `name` is one type).
+                let other = chosen & bit != 0
+                    && obj
+                        .keys()
+                        .find(|o| def.props.get(*o).is_some_and(|p| p.choice == prop.choice))
+                        .is_some_and(|first| first.strip_prefix('_').unwrap_or(first) != name);
+                if other {
                     // A property of the type: its name is the schema's, never data.
                     let p = format!("{path}{name}");
                     self.error(
@@ -406,10 +412,8 @@ impl<'v, 'o> Walker<'v, 'o> {
                         &p,
                         "a choice element (name[x]) holds one type: another of its types is here too",
                     );
-                } else {
-                    chosen |= bit;
-                    chosen_as[at] = name;
                 }
+                chosen |= bit;
             }
             // FHIRPath names a primitive's extensions under the primitive (`birthDate.extension`).
             path.push_str(k.strip_prefix('_').unwrap_or(k));
