@@ -599,7 +599,7 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 /// A FHIR instant (`2024-03-05T10:00:00-05:00`) `minutes` later, in the same zone and with
 /// its fraction of a second; `None` for what is not a whole instant, or past year 9999.
 pub fn add_minutes(instant: &str, minutes: u32) -> Option<String> {
-    let ms = crate::consent::fhir::ms_from_instant(instant)?;
+    let ms = crate::fhir::validate::primitive::ms_from_instant(instant)?;
     if instant.len() < 20 {
         return None;
     }

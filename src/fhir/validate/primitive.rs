@@ -153,6 +153,55 @@ pub fn sort_key(s: &str) -> Option<(i64, bool)> {
     Some((t, true))
 }
 
+/// `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)` as Unix ms. The
+/// calendar and the arithmetic are the validator's (`calendar_ok`, `sort_key`).
+pub fn ms_from_instant(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>, max: u32| {
+        s.get(r)
+            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|t| t.parse::<u32>().ok())
+            .is_some_and(|v| v <= max)
+    };
+    if !s.is_ascii() || b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    if calendar_ok(&s[..10]) != Some(true) {
+        return None;
+    }
+    let mut millis = 0u64;
+    if b.len() > 10 {
+        if b.len() < 20 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        if !(digits(11..13, 23) && digits(14..16, 59) && digits(17..19, 60)) {
+            return None;
+        }
+        let mut rest = &s[19..];
+        if let Some(frac) = rest.strip_prefix('.') {
+            let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+            if n == 0 || n > 9 {
+                return None;
+            }
+            millis = format!("{:0<3}", &frac[..n])[..3].parse().ok()?;
+            rest = &frac[n..];
+        }
+        let zone_ok = rest == "Z"
+            || (rest.len() == 6
+                && (rest.starts_with('+') || rest.starts_with('-'))
+                && &rest[3..4] == ":"
+                && digits(s.len() - 5..s.len() - 3, 23)
+                && digits(s.len() - 2..s.len(), 59));
+        if !zone_ok {
+            return None;
+        }
+    }
+    let (t, _) = sort_key(s)?;
+    let (epoch, _) = sort_key("1970-01-01")?;
+    let secs = u64::try_from(t - epoch).ok()?;
+    Some(secs * 1000 + millis)
+}
+
 /// Standard base64 (RFC 4648 alphabet, `=` padding, whitespace between groups allowed).
 /// Returns the decoded length.
 pub fn base64_len(s: &str) -> Option<usize> {
@@ -428,5 +477,35 @@ mod tests {
             "<a href='JavaScript:alert(1)'>x</a>"
         ));
         assert!(has_html_tag("<resource type>\\<id>") && !has_html_tag("a < b"));
+    }
+
+    #[test]
+    fn instants_parse_with_zones_and_dates_alone() {
+        assert_eq!(ms_from_instant("1970-01-01"), Some(0));
+        assert_eq!(
+            ms_from_instant("2026-11-30T00:00:00Z"),
+            Some(1_795_996_800_000)
+        );
+        assert_eq!(
+            ms_from_instant("2026-11-30T01:00:00.5+01:00"),
+            Some(1_795_996_800_500)
+        );
+        assert_eq!(
+            ms_from_instant("2026-11-29T23:00:00-01:00"),
+            Some(1_795_996_800_000)
+        );
+        for bad in [
+            "2026-13-01",
+            "2026-11-30T00:00:00",
+            "2026-11-30T25:00:00Z",
+            "x",
+            "2026-11-30T00:00:00.Z",
+            "2025-01-0\u{e9}",
+            "2025-01-01T00:00:00+0\u{e9}00",
+            "2025-01-01T00:00:0\u{e9}Z",
+            "",
+        ] {
+            assert_eq!(ms_from_instant(bad), None, "{bad}");
+        }
     }
 }
