@@ -38,8 +38,10 @@ pub enum OpenError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("signing key: {0}")]
     Signing(String),
+    /// Its detail is in its text and not its source, so that the error chain `serve` prints
+    /// names each problem once.
     #[error("mapping files: {0}")]
-    Mapping(#[from] crate::normalize::LoadError),
+    Mapping(crate::normalize::LoadError),
     /// The storage engine failed on a damaged file instead of returning an error.
     #[error("{0}")]
     Damaged(String),
@@ -254,6 +256,28 @@ impl Pipeline {
         stores: &Stores,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Pipeline>, Running), OpenError> {
+        Self::start_with(cfg, stores, metrics, Self::normalizer(cfg)?)
+    }
+
+    /// The normalizer `cfg` asks for (`None` when normalization is off). `serve` loads it
+    /// before it opens the data directory, so that mapping files that do not load stop the
+    /// start before it creates anything (keys, the admin token).
+    pub fn normalizer(cfg: &Config) -> Result<Option<Arc<Normalizer>>, OpenError> {
+        if !cfg.normalize.enabled {
+            return Ok(None);
+        }
+        Normalizer::load(&cfg.normalize)
+            .map(|n| Some(Arc::new(n)))
+            .map_err(OpenError::Mapping)
+    }
+
+    /// [`Pipeline::start`] with the normalizer loaded already ([`Pipeline::normalizer`]).
+    pub fn start_with(
+        cfg: &Config,
+        stores: &Stores,
+        metrics: Arc<Metrics>,
+        normalizer: Option<Arc<Normalizer>>,
+    ) -> Result<(Arc<Pipeline>, Running), OpenError> {
         let pending = stores.vault.unanchored(stores.ledger.anchored_through()?)?;
         if !pending.is_empty() {
             let records: Vec<_> = pending.iter().map(|(leaf, _)| *leaf).collect();
@@ -293,11 +317,6 @@ impl Pipeline {
                 .unwrap_or(1)
         } else {
             cfg.pipeline.workers
-        };
-        let normalizer = if cfg.normalize.enabled {
-            Some(Arc::new(Normalizer::load(&cfg.normalize)?))
-        } else {
-            None
         };
         // The FHIR schema is read and compiled here rather than on the first message that needs
         // it (inbound FHIR, or a Bundle to check), which would otherwise wait for it.
@@ -1020,8 +1039,9 @@ pub(crate) fn check_output(
             MapError {
                 label: "invalid_output",
                 detail: format!(
-                    "the Bundle made is not valid FHIR R4 ({} issues): {}",
+                    "the Bundle made is not valid FHIR R4 ({} issue{}): {}",
                     issues.len(),
+                    if issues.len() == 1 { "" } else { "s" },
                     shown.join("; ")
                 ),
             }

@@ -43,13 +43,14 @@ pub async fn run(cfg: Config) -> Result<(), ServeError> {
     // Installed before anything is announced: a SIGTERM that arrives right after the
     // "listening" lines must stop the gateway gracefully, not kill it.
     let stop_signal = StopSignal::install().map_err(ServeError::Signal)?;
+    let normalizer = Pipeline::normalizer(&cfg)?;
     let stores = Stores::open(&cfg, true)?;
     let principals = Arc::new(crate::consent::Principals::open(&cfg.data_dir)?);
     if let Some(path) = principals.bootstrap_admin(&cfg.data_dir, crate::envelope::now_ms())? {
         tracing::info!(file = %path.display(), "first start: the admin principal's token is in this file (mode 0600)");
     }
     let metrics = Arc::new(Metrics::new());
-    let (pipeline, running) = Pipeline::start(&cfg, &stores, metrics.clone())?;
+    let (pipeline, running) = Pipeline::start_with(&cfg, &stores, metrics.clone(), normalizer)?;
     // Each listener's TLS, when its section is set.
     let tls_of = |t: Option<&crate::config::TlsConfig>, section: &'static str| {
         t.map(|t| crate::tls::load_tls(t, section)).transpose()

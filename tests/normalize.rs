@@ -2209,12 +2209,13 @@ fn lint_names_file_line_and_field() {
         (
             "segments/PID[Patient].csv",
             &format!(
-                "{SEG_HEADER}# a comment\nPID-7,,birthDat,,,\nPID-8,IF PID-8 GREATER 3,gender,,,\nPID-9,,name[1],NOPE[HumanName],,\n"
+                "{SEG_HEADER}# a comment\nPID-7,,birthDat,,,\nPID-8,IF PID-8 GREATER 3,gender,,,\nPID-9,,name[1],NOPE[HumanName],,\nPID-999,,active,,,\nPID-10,IF {}PID-10 VALUED,active,,,\n",
+                "NOT ".repeat(50_000)
             ),
         ),
         (
             "messages/ADT_A01.csv",
-            &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\n"),
+            &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\nZPI,[ZPI,,,,\n"),
         ),
         (
             "tables/ids.csv",
@@ -2251,6 +2252,36 @@ fn lint_names_file_line_and_field() {
             .any(|t| t.contains("messages/ADT_A01.csv:2: resource: `Patinet`")),
         "{text:#?}"
     );
+    // A row no message can reach, a condition nested past the bound (50,000 NOTs overflowed
+    // the stack), and a syntax the guide does not have: each named, none read as something else.
+    assert!(
+        text.iter().any(|t| t.starts_with(&format!(
+            "{file}:6: field: field 999 is beyond max_fields (300"
+        ))),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.starts_with(&format!(
+            "{file}:7: condition: NOT and parentheses nest deeper"
+        ))),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains(
+            "messages/ADT_A01.csv:3: syntax: `[ZPI` is not ZPI, [ZPI], {ZPI} or [{ZPI}]"
+        )),
+        "{text:#?}"
+    );
+    let mut lines: Vec<(String, usize)> = errors
+        .iter()
+        .map(|e| match e {
+            LoadError::Invalid { file, line, .. } => (file.clone(), *line),
+            LoadError::Io { .. } => panic!("{e}"),
+        })
+        .collect();
+    let shown = lines.clone();
+    lines.sort();
+    assert_eq!(shown, lines, "problems by file and line");
     assert!(
         text.iter()
             .any(|t| t.contains("tables/ids.csv:2: key: an alternative")),

@@ -172,25 +172,29 @@ fn summary(m: &Mapped) -> String {
 
 /// `mapping lint`: every problem of every file, or a summary of the set.
 pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
+    // Written, not printed: a reader that stops early (`| head`) ends the command, not a panic.
+    let mut out = std::io::stdout().lock();
     match Normalizer::lint(cfg) {
         Ok(n) => {
             for f in n.unused_site_files() {
-                println!(
+                writeln!(
+                    out,
                     "warning: {f}: no row names this map or vocabulary, so it changes nothing \
                      (is its name that of the file it should override?)"
-                );
+                )?;
             }
-            println!(
+            writeln!(
+                out,
                 "ok: mapping set {} ({} files; message maps: {})",
                 n.version(),
                 n.file_count(),
                 n.message_maps().join(", ")
-            );
+            )?;
             Ok(true)
         }
         Err(errors) => {
             for e in &errors {
-                println!("{e}");
+                writeln!(out, "{e}")?;
             }
             eprintln!(
                 "{} {}",
@@ -217,28 +221,32 @@ pub fn diff(cfg: &NormalizeConfig, file: &Path) -> Result<bool> {
     let mut base_cfg = cfg.clone();
     base_cfg.site_dir = None;
     let without = load(&base_cfg)?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "site {}: mapping set {} (without it {})",
         site.display(),
         &with.version()[..12],
         &without.version()[..12]
-    );
+    )?;
     let mut same = true;
     for (i, bytes) in messages(file)?.iter().enumerate() {
         let a = map_one(&base_cfg, &without, bytes, 0);
         let b = map_one(cfg, &with, bytes, 0);
-        println!("{} #{}:", file.display(), i + 1);
+        writeln!(out, "{} #{}:", file.display(), i + 1)?;
         let (a, b) = match (a, b) {
             (Ok(a), Ok(b)) => (a, b),
             (a, b) => {
-                println!(
+                writeln!(
+                    out,
                     "  without site: {}",
                     a.map(|_| "mapped".to_string()).unwrap_or_else(|e| e)
-                );
-                println!(
+                )?;
+                writeln!(
+                    out,
                     "  with site:    {}",
                     b.map(|_| "mapped".to_string()).unwrap_or_else(|e| e)
-                );
+                )?;
                 same = false;
                 continue;
             }
@@ -258,11 +266,11 @@ pub fn diff(cfg: &NormalizeConfig, file: &Path) -> Result<bool> {
             }
         }
         if lines.is_empty() {
-            println!("  no difference");
+            writeln!(out, "  no difference")?;
         } else {
             same = false;
             for l in lines {
-                println!("{l}");
+                writeln!(out, "{l}")?;
             }
         }
     }

@@ -91,6 +91,17 @@ impl Cond {
         }
     }
 
+    /// Every reference the condition reads.
+    pub fn refs(&self, f: &mut dyn FnMut(&Ref)) {
+        match self {
+            Cond::Const(_) => {}
+            Cond::Valued(r) | Cond::In(r, _) | Cond::Numeric(r) => f(r),
+            Cond::Length(r, ..) | Cond::Count(r, ..) => f(r),
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| c.refs(f)),
+            Cond::Not(c) => c.refs(f),
+        }
+    }
+
     pub fn eval(&self, env: &dyn Env) -> bool {
         match self {
             Cond::Const(b) => *b,
@@ -465,10 +476,17 @@ pub fn parse_ref(w: &str, scope: Scope) -> Result<Ref, String> {
     Err(bad())
 }
 
+/// How deep `NOT` and parentheses may nest in one condition. The guide's deepest is three;
+/// the parser, the evaluator and the drop of a condition recurse once per level, so a file of
+/// 50,000 `NOT`s overflowed the stack of `serve` and `lint`.
+const MAX_NESTING: usize = 32;
+
 struct Parser<'a> {
     toks: &'a [Tok],
     pos: usize,
     scope: Scope,
+    /// `NOT`s and open parentheses around the current token.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -535,19 +553,46 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Cond, String> {
-        if self.eat_word("NOT") {
-            return Ok(Cond::Not(Box::new(self.unary()?)));
+        let nests = self.is_word(0, "NOT") || self.toks.get(self.pos) == Some(&Tok::Open);
+        if nests {
+            if self.depth == MAX_NESTING {
+                return Err(format!(
+                    "NOT and parentheses nest deeper than {MAX_NESTING} {}",
+                    self.here()
+                ));
+            }
+            self.depth += 1;
         }
-        if self.toks.get(self.pos) == Some(&Tok::Open) {
-            self.pos += 1;
-            self.eat_word("IF");
-            let c = self.or()?;
+        let c = self.nested();
+        if nests {
+            self.depth -= 1;
+        }
+        match c {
+            Some(c) => c,
+            None => self.constant_or_predicate(),
+        }
+    }
+
+    /// A `NOT …` or `( … )`, if one starts here.
+    fn nested(&mut self) -> Option<Result<Cond, String>> {
+        if self.eat_word("NOT") {
+            return Some(self.unary().map(|c| Cond::Not(Box::new(c))));
+        }
+        if self.toks.get(self.pos) != Some(&Tok::Open) {
+            return None;
+        }
+        self.pos += 1;
+        self.eat_word("IF");
+        Some(self.or().and_then(|c| {
             if self.toks.get(self.pos) != Some(&Tok::Close) {
                 return Err(format!("expected `)` {}", self.here()));
             }
             self.pos += 1;
-            return Ok(c);
-        }
+            Ok(c)
+        }))
+    }
+
+    fn constant_or_predicate(&mut self) -> Result<Cond, String> {
         if self.eat_word("NEVER") || self.eat_word("FALSE") {
             return Ok(Cond::Const(false));
         }
@@ -723,6 +768,7 @@ pub fn parse_cond(s: &str, scope: Scope) -> Result<Cond, String> {
         toks: &toks,
         pos: 0,
         scope,
+        depth: 0,
     };
     p.eat_word("IF");
     let c = p.or()?;
@@ -923,6 +969,29 @@ mod tests {
             assert!(parse_cond(bad, Scope::Segment).is_err(), "{bad}");
         }
         assert!(parse_cond("IF PID-7 VALUED", Scope::Datatype).is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded_not_a_stack_overflow() {
+        let s = Scope::Segment;
+        let within = format!("IF {}PID-8 VALUED", "NOT ".repeat(MAX_NESTING));
+        assert!(parse_cond(&within, s).is_ok());
+        let e = parse_cond(&format!("IF NOT {within}"), s).unwrap_err();
+        assert!(e.contains("nest deeper than 32"), "{e}");
+        // A file's worth, as the attack sent it: refused, not an abort.
+        for deep in [
+            format!("IF {}PID-8 VALUED", "NOT ".repeat(50_000)),
+            format!(
+                "IF {}PID-8 VALUED{}",
+                "(".repeat(200_000),
+                ")".repeat(200_000)
+            ),
+            format!("IF {}PID-8 VALUED", "(NOT ".repeat(20)),
+        ] {
+            assert!(parse_cond(&deep, s).is_err());
+        }
+        let mixed = format!("IF {}PID-8 VALUED{}", "(NOT ".repeat(16), ")".repeat(16));
+        assert!(parse_cond(&mixed, s).is_ok());
     }
 
     #[test]

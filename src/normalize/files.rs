@@ -35,13 +35,27 @@ pub struct Files {
     pub version: String,
 }
 
-/// Reads every `*.csv` under `dir` (recursively).
-pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, LoadError> {
+/// Where a file stops being UTF-8: its line, and the character on it.
+fn not_utf8(p: &Path, bytes: &[u8], e: std::str::Utf8Error) -> LoadError {
+    let good = &bytes[..e.valid_up_to()];
+    let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+    LoadError::Invalid {
+        file: p.display().to_string(),
+        line: good.iter().filter(|&&b| b == b'\n').count() + 1,
+        reason: format!("character {column}: not UTF-8 (mapping files are UTF-8 text)"),
+    }
+}
+
+/// Reads every `*.csv` under `dir` (recursively); a file that is not UTF-8 is named by its line
+/// and the others are still read, so that lint names every problem.
+pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, Vec<LoadError>> {
     fn walk(
         base: &Path,
         dir: &Path,
         site: bool,
         out: &mut Vec<SourceFile>,
+        bad_text: &mut Vec<LoadError>,
     ) -> Result<(), LoadError> {
         let io = |e| LoadError::Io {
             path: dir.to_path_buf(),
@@ -55,12 +69,19 @@ pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, LoadError> {
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                walk(base, &p, site, out)?;
+                walk(base, &p, site, out, bad_text)?;
             } else if p.extension().is_some_and(|e| e == "csv") {
-                let text = std::fs::read_to_string(&p).map_err(|e| LoadError::Io {
+                let bytes = std::fs::read(&p).map_err(|e| LoadError::Io {
                     path: p.clone(),
                     source: e,
                 })?;
+                let text = match String::from_utf8(bytes) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        bad_text.push(not_utf8(&p, e.as_bytes(), e.utf8_error()));
+                        continue;
+                    }
+                };
                 let rel = p
                     .strip_prefix(base)
                     .unwrap_or(&p)
@@ -79,13 +100,16 @@ pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, LoadError> {
         Ok(())
     }
     if !dir.is_dir() {
-        return Err(LoadError::Io {
+        return Err(vec![LoadError::Io {
             path: dir.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
-        });
+        }]);
     }
-    let mut out = Vec::new();
-    walk(dir, dir, site, &mut out)?;
+    let (mut out, mut bad_text) = (Vec::new(), Vec::new());
+    walk(dir, dir, site, &mut out, &mut bad_text).map_err(|e| vec![e])?;
+    if !bad_text.is_empty() {
+        return Err(bad_text);
+    }
     Ok(out)
 }
 
@@ -115,21 +139,54 @@ fn key_of(name: &str, r: &Record) -> Vec<String> {
         .collect()
 }
 
-pub fn load(base: Vec<SourceFile>, site: Vec<SourceFile>) -> Result<Files, LoadError> {
+/// Reads and merges the files. Every file is read, so that each problem of each file is
+/// named at once (a file that does not parse, a row with more or fewer columns than its
+/// header, an override whose header differs).
+pub fn load(base: Vec<SourceFile>, site: Vec<SourceFile>) -> Result<Files, Vec<LoadError>> {
     let mut sources = base;
     sources.extend(site);
     let mut merged: BTreeMap<String, MergedFile> = BTreeMap::new();
+    let mut errors = Vec::new();
     for (i, f) in sources.iter().enumerate() {
-        let recs = csv::parse(&f.text).map_err(|e| LoadError::Invalid {
+        let invalid = |line: usize, reason: String| LoadError::Invalid {
             file: f.shown.clone(),
-            line: e.line,
-            reason: e.reason,
-        })?;
+            line,
+            reason,
+        };
+        let recs = match csv::parse(&f.text) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(invalid(e.line, e.reason));
+                continue;
+            }
+        };
         let mut it = recs.into_iter();
         let Some(header) = it.next() else {
             continue;
         };
         let header: Vec<String> = header.fields.iter().map(|h| h.trim().to_string()).collect();
+        // A row one column short reads every later value in the wrong column (an identifier
+        // written as its system): refused, never guessed at.
+        let rows: Vec<Record> = it.collect();
+        let mut short_or_long = false;
+        for r in &rows {
+            if r.fields.len() != header.len() {
+                short_or_long = true;
+                errors.push(invalid(
+                    r.line,
+                    format!(
+                        "{} columns where the header has {} ({}): leave a column empty, \
+                         not out",
+                        r.fields.len(),
+                        header.len(),
+                        header.join(",")
+                    ),
+                ));
+            }
+        }
+        if short_or_long {
+            continue;
+        }
         match merged.get_mut(&f.name) {
             None => {
                 merged.insert(
@@ -137,24 +194,27 @@ pub fn load(base: Vec<SourceFile>, site: Vec<SourceFile>) -> Result<Files, LoadE
                     MergedFile {
                         name: f.name.clone(),
                         header,
-                        records: it.map(|r| (i, r)).collect(),
+                        records: rows.into_iter().map(|r| (i, r)).collect(),
                     },
                 );
             }
             Some(m) => {
                 if header != m.header {
-                    return Err(LoadError::Invalid {
-                        file: f.shown.clone(),
-                        line: 1,
-                        reason: format!(
+                    errors.push(invalid(
+                        1,
+                        format!(
                             "the header must be the same as the file it overrides: {}",
                             m.header.join(",")
                         ),
-                    });
+                    ));
+                    continue;
                 }
-                merge_rows(m, i, it.collect());
+                merge_rows(m, i, rows);
             }
         }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     let version = version(&sources);
     Ok(Files {
@@ -234,11 +294,11 @@ fn version(sources: &[SourceFile]) -> String {
 mod tests {
     use super::*;
 
-    fn f(name: &str, text: &'static str, site: bool) -> SourceFile {
+    fn f(name: &str, text: impl Into<Cow<'static, str>>, site: bool) -> SourceFile {
         SourceFile {
             name: name.into(),
             shown: name.into(),
-            text: Cow::Borrowed(text),
+            text: text.into(),
             site,
         }
     }
@@ -319,9 +379,44 @@ mod tests {
     fn a_site_file_with_another_header_is_refused() {
         let base = f("settings.csv", "key,value\na,b\n", false);
         let site = f("settings.csv", "key,value,extra\na,c,d\n", true);
-        assert!(matches!(
-            load(vec![base], vec![site]),
-            Err(LoadError::Invalid { line: 1, .. })
-        ));
+        let errors = load(vec![base], vec![site]).unwrap_err();
+        assert!(
+            matches!(errors[..], [LoadError::Invalid { line: 1, .. }]),
+            "{errors:?}"
+        );
+    }
+
+    /// A row one column short or long is refused by its line (read as it is, the MRN of a
+    /// five-column PID-3 row became the identifier's system), and every file's problems are
+    /// named, not the first file's alone.
+    #[test]
+    fn rows_have_their_headers_columns_and_every_file_is_read() {
+        let seg = "field,condition,fhir_path,datatype_map,vocabulary_map,assignment\n";
+        let short = f(
+            "segments/PID[Patient].csv",
+            &format!("{seg}PID-7,,birthDate,,,\nPID-3,,identifier[2].system,,\n"),
+            true,
+        );
+        let long = f(
+            "vocabulary/Local.csv",
+            "code,system,target_code,target_display,target_system\nGLU,L,2345-7,,http://loinc.org,x\n",
+            true,
+        );
+        let open = f("settings.csv", "key,value\na,\"b\n", true);
+        let errors = load(vec![], vec![short, long, open]).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert!(
+            shown[0].starts_with("segments/PID[Patient].csv:3: 5 columns where the header has 6"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("vocabulary/Local.csv:2: 6 columns where the header has 5"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[2].starts_with("settings.csv:2: a quoted field"),
+            "{shown:?}"
+        );
     }
 }

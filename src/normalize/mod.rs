@@ -120,14 +120,21 @@ impl Normalizer {
     /// Like [`Normalizer::load`], with every problem of every file.
     pub fn lint(cfg: &NormalizeConfig) -> Result<Normalizer, Vec<LoadError>> {
         let base = match &cfg.adapters_dir {
-            Some(d) => files::read_dir(d, false).map_err(|e| vec![e])?,
+            Some(d) => files::read_dir(d, false)?,
             None => defaults::files(),
         };
         let site = match &cfg.site_dir {
-            Some(d) => files::read_dir(d, true).map_err(|e| vec![e])?,
+            Some(d) => files::read_dir(d, true)?,
             None => Vec::new(),
         };
-        let mut n = Self::from_files(base, site, &cfg.id_namespace)?;
+        let mut n = Self::from_files(base, site, &cfg.id_namespace).map_err(|mut errors| {
+            // By file and line, as an editor would walk them.
+            errors.sort_by_cached_key(|e| match e {
+                LoadError::Invalid { file, line, .. } => (file.clone(), *line),
+                LoadError::Io { path, .. } => (path.display().to_string(), 0),
+            });
+            errors
+        })?;
         if !cfg.validate_output || cfg.output_check == OutputCheck::Walk {
             n.check = Err("configured");
         }
@@ -147,7 +154,7 @@ impl Normalizer {
                 reason: "normalize.id_namespace is not a UUID".into(),
             }]
         })?;
-        let files = files::load(base, site).map_err(|e| vec![e])?;
+        let files = files::load(base, site)?;
         let plan = plan::compile(&files)?;
         let check = check::plan_shown(&plan);
         let segments = plan

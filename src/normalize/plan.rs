@@ -435,6 +435,8 @@ struct Compiler<'a> {
     vocab_index: HashMap<String, usize>,
     /// Maps and vocabularies a row names (`PID[Patient]`, `AdministrativeSex`).
     used: HashSet<String>,
+    /// `max_fields` of settings.csv: a row about a field beyond it would never run.
+    max_fields: usize,
 }
 
 /// Numbers the conditions that more than one row of a map has (what remains after the guard;
@@ -476,8 +478,10 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         in_progress: HashSet::new(),
         vocab_index: HashMap::new(),
         used: HashSet::new(),
+        max_fields: Settings::default().max_fields,
     };
     let settings = c.settings();
+    c.max_fields = settings.max_fields;
     let vocabs = c.vocabs();
     let ids = c.ids();
     let (labels, propagation) = c.labels();
@@ -647,6 +651,29 @@ const MAP_HEADER_DT: [&str; 6] = [
 ];
 
 impl Compiler<'_> {
+    /// A field number no row can reach: the mapper reads `max_fields` fields of a segment.
+    fn within_fields(&self, field: u16) -> Result<(), String> {
+        if usize::from(field) > self.max_fields {
+            return Err(format!(
+                "field {field} is beyond max_fields ({}, settings.csv): the mapper never reads it",
+                self.max_fields
+            ));
+        }
+        Ok(())
+    }
+
+    fn cond_within_fields(&self, c: Cond) -> Result<Cond, String> {
+        let mut beyond = Ok(());
+        c.refs(&mut |r| {
+            if let Ref::Field { field, .. } = r {
+                if beyond.is_ok() {
+                    beyond = self.within_fields(*field);
+                }
+            }
+        });
+        beyond.map(|()| c)
+    }
+
     fn err_at(&mut self, src: usize, line: usize, reason: String) {
         let file = self
             .files
@@ -1158,7 +1185,10 @@ impl Compiler<'_> {
         let src = *src;
         let line = r.line;
         let source = r.get(0);
-        let s = match parse_src(source, scope, v2) {
+        let s = match parse_src(source, scope, v2).and_then(|s| match s {
+            Src::Field { field, .. } => self.within_fields(field).map(|()| s),
+            _ => Ok(s),
+        }) {
             Ok(s) => s,
             Err(e) => {
                 self.err_at(
@@ -1178,7 +1208,7 @@ impl Compiler<'_> {
         };
         let cond = match r.get(1) {
             "" => None,
-            c => match cond::parse_cond(c, scope) {
+            c => match cond::parse_cond(c, scope).and_then(|c| self.cond_within_fields(c)) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     self.err_at(src, line, format!("condition: {e}"));
@@ -1264,7 +1294,14 @@ impl Compiler<'_> {
                 );
                 return None;
             }
-            match cond::parse_expr(assignment, scope) {
+            let parsed = cond::parse_expr(assignment, scope).and_then(|x| {
+                x.0.iter().try_for_each(|t| match t {
+                    cond::Term::Ref(Ref::Field { field, .. }) => self.within_fields(*field),
+                    _ => Ok(()),
+                })?;
+                Ok(x)
+            });
+            match parsed {
                 Ok(expr) => Action::Assign {
                     expr,
                     decided: cond.as_ref().is_some_and(|c| {
@@ -1547,11 +1584,33 @@ impl Compiler<'_> {
                     }
                 };
             }
-            let repeats = r.get(1).contains('{');
-            let optional = r.get(1).trim_start().starts_with('[');
+            let syntax: String = r.get(1).split_whitespace().collect();
+            let seg_text = std::str::from_utf8(&id).unwrap_or_default();
+            // As in the guide: `X`, `[X]` optional, `{X}` repeating, `[{X}]` both; anything
+            // else (`[ZPI` without its bracket) would be read as one of them silently.
+            let forms = [
+                (seg_text.to_string(), (false, false)),
+                (format!("[{seg_text}]"), (true, false)),
+                (format!("{{{seg_text}}}"), (false, true)),
+                (format!("[{{{seg_text}}}]"), (true, true)),
+            ];
+            let Some(&(_, (optional, repeats))) = forms.iter().find(|(f, _)| *f == syntax) else {
+                self.err_at(
+                    src,
+                    line,
+                    format!(
+                        "syntax: `{}` is not {seg_text}, [{seg_text}], {{{seg_text}}} or \
+                         [{{{seg_text}}}]",
+                        r.get(1)
+                    ),
+                );
+                continue;
+            };
             let cond = match r.get(2) {
                 "" => None,
-                c => match cond::parse_cond(c, Scope::Segment) {
+                c => match cond::parse_cond(c, Scope::Segment)
+                    .and_then(|c| self.cond_within_fields(c))
+                {
                     Ok(c) => Some(c),
                     Err(e) => {
                         self.err_at(src, line, format!("condition: {e}"));
