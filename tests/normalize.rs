@@ -2350,6 +2350,44 @@ OBX|6|SN|1^a^LN||<>^^-^|\r"
     }
 }
 
+/// Attack round 9: a value the output check refuses (markup a browser runs, base64 padded in
+/// the middle) cost the message its whole Bundle (`invalid_output`). Now that value alone is
+/// left out, named in a warning, and the Bundle is shown valid.
+#[test]
+fn a_value_the_check_refuses_is_left_out_not_the_bundle() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5\r\
+PID|1||123^^^H^MR||Doe^Jane\r\
+OBR|1|P1|F1|X^Y^LN\r\
+OBX|1|ST|1^a^LN||see <img src=x> attached|\r\
+OBX|2|ST|2^b^LN||<details open ontoggle=alert(1)>|\r\
+OBX|3|ED|3^c^LN||^AP^PDF^Base64^AB==AB==|\r\
+OBX|4|TX|4^d^LN||line one~<video><source onerror=alert(1)>~line three|\r\
+OBX|5|ST|5^e^LN||BP <120 and a<b|\r";
+    let parsed = Message::parse(msg.as_bytes()).unwrap();
+    let m = n.map(&parsed, &link()).expect("maps");
+    assert_eq!(m.shown_valid, Ok(()), "{:#?}", m.warnings);
+    let v: Value = serde_json::from_slice(&m.bundle).unwrap();
+    check_bundle(&v);
+    let obs = resources(&v, "Observation");
+    assert_eq!(obs.len(), 5);
+    for o in &obs[..3] {
+        assert!(
+            o.get("valueString").is_none() && o.get("valueAttachment").is_none(),
+            "{o}"
+        );
+    }
+    assert_eq!(obs[3]["valueString"], "line one\nline three");
+    assert_eq!(obs[4]["valueString"], "BP <120 and a<b");
+    for w in [
+        "OBX-5: text a browser would run or load as HTML",
+        "OBX-5: not base64",
+        "OBX-5: a line a browser would run or load as HTML: not mapped",
+    ] {
+        assert!(m.warnings.iter().any(|x| x == w), "{w}: {:#?}", m.warnings);
+    }
+}
+
 #[test]
 fn mutated_corpus_messages_never_panic() {
     // Deterministic mutations of every fixture: bytes replaced by delimiters, escapes and high

@@ -1766,6 +1766,13 @@ impl<'p> Mapper<'p> {
             if xform == Xform::Lines {
                 if let Val::Text(a, e) | Val::B64(a, e) = n.val {
                     let line = text.trim_end();
+                    if matches!(n.val, Val::Text(..)) && active_text(prim, line) {
+                        b.warn(format_args!(
+                            "{}: a line a browser would run or load as HTML: not mapped",
+                            b.field_name()
+                        ));
+                        return false;
+                    }
                     // A gathered text grows at the end of the arena: in place when it is the
                     // last thing written (a line costs its own length), else moved there once.
                     // Copied on every line, 8,000 lines of a 1 MB document took gigabytes.
@@ -1902,7 +1909,9 @@ impl<'p> Mapper<'p> {
                     Err(_) => Err("not hexadecimal"),
                 },
                 Xform::None | Xform::Override => {
-                    if value::is_base64(t) {
+                    // The validator's reading (padding only at the end: `AB==AB==` is not
+                    // base64), so that what is written here the check accepts.
+                    if !t.is_empty() && crate::fhir::validate::primitive::base64_len(t).is_some() {
                         b.text
                             .extend(t.chars().filter(|c| !c.is_ascii_whitespace()));
                         Ok(Val::Text(0, 0))
@@ -1926,13 +1935,21 @@ impl<'p> Mapper<'p> {
                 } else {
                     t
                 };
-                if value::push_text(t, &mut b.text) {
-                    b.warn(format_args!(
-                        "{}: control characters replaced with U+FFFD",
-                        b.field_name()
-                    ));
+                let replaced = value::push_text(t, &mut b.text);
+                // What the output check refuses is left out here, with a warning, rather
+                // than costing the message its whole Bundle: text a browser would run as HTML
+                // (`<img src=x>`, an event handler), an HTML tag in markdown.
+                if active_text(prim, &b.text[start..]) {
+                    Err("text a browser would run or load as HTML")
+                } else {
+                    if replaced {
+                        b.warn(format_args!(
+                            "{}: control characters replaced with U+FFFD",
+                            b.field_name()
+                        ));
+                    }
+                    Ok(Val::Text(0, 0))
                 }
-                Ok(Val::Text(0, 0))
             }
         };
         let end = b.text.len() as u32;
@@ -2057,6 +2074,18 @@ fn find(
         }
     }
     false
+}
+
+/// Whether text for a string or markdown element is what the output check refuses (as
+/// `fhir::validate::element` reads it): markup a browser would run or load in a string, an HTML
+/// tag in markdown.
+fn active_text(prim: Prim, s: &str) -> bool {
+    use crate::fhir::validate::primitive::{has_html_tag, looks_like_active_html, Scan};
+    match prim {
+        Prim::String => Scan::of(s).has(Scan::MARKUP) && looks_like_active_html(s),
+        Prim::Markdown => has_html_tag(s),
+        _ => false,
+    }
 }
 
 /// The anchor of a path's leaf: every step but the last made, the last as an element to make.

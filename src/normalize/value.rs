@@ -481,15 +481,6 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// Whether `s` (whitespace ignored) is base64 as FHIR's base64Binary accepts it.
-pub fn is_base64(s: &str) -> bool {
-    let b: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    !b.is_empty()
-        && b.len().is_multiple_of(4)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
-}
-
 /// Text as a FHIR string or markdown holds it: white space other than space, tab, CR and LF
 /// (a no-break space from Latin-1 data, a vertical tab, U+2028) becomes a space, and any other
 /// control character (`\X00\`, `\X1B\` sent as hex) U+FFFD. The R4 pattern `^[ \r\n\t\S]+$`

@@ -318,7 +318,7 @@ pub fn looks_like_active_html(s: &str) -> bool {
         let name = &b[start..end];
         let delimited = matches!(
             b.get(end),
-            None | Some(b'>' | b' ' | b'/' | b'\t' | b'\n' | b'\r')
+            None | Some(b'>' | b' ' | b'/' | b'\t' | b'\n' | b'\r' | b'\x0c')
         );
         if delimited
             && ACTIVE_TAGS
@@ -327,9 +327,121 @@ pub fn looks_like_active_html(s: &str) -> bool {
         {
             return true;
         }
+        // Any element with an event handler (`<details open ontoggle=…>` runs without a
+        // click), or with a script URL spelled so that only a browser reads it as one
+        // (`java&#x09;script:`, `&#106;avascript:`).
+        if !name.is_empty() && name[0].is_ascii_alphabetic() {
+            let close = memchr::memchr(b'>', &b[end..]).map_or(b.len(), |e| end + e);
+            let attrs = &b[end..close];
+            if has_event_handler(attrs) || contains(&as_browser_reads(attrs), b"script:") {
+                return true;
+            }
+        }
         i = start;
     }
     false
+}
+
+/// Whether a tag's attributes (the text after its name) name an event handler: `on` and
+/// letters, then `=`, at the start of an attribute.
+fn has_event_handler(attrs: &[u8]) -> bool {
+    attrs.iter().enumerate().any(|(k, _)| {
+        let starts = k == 0
+            || matches!(
+                attrs[k - 1],
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'/' | b'"' | b'\''
+            );
+        if !starts
+            || !attrs[k..]
+                .get(..2)
+                .is_some_and(|o| o.eq_ignore_ascii_case(b"on"))
+        {
+            return false;
+        }
+        let letters = attrs[k + 2..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .count();
+        let rest = &attrs[k + 2 + letters..];
+        letters > 0 && rest.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'=')
+    })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
+}
+
+/// Attribute text as a browser's URL parser reads it: character references decoded (numeric
+/// ones with or without their `;`, XML's five, and the named ones that spell URL syntax:
+/// `&Tab;`, `&NewLine;`, `&colon;`), tabs, newlines and other controls gone (the parser drops
+/// them), ASCII lower-cased; other characters become `?`.
+pub fn as_browser_reads(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let (c, used) = if b[i] == b'&' {
+            char_ref(&b[i..]).unwrap_or((u32::from(b'&'), 1))
+        } else {
+            (u32::from(b[i]), 1)
+        };
+        i += used;
+        match u8::try_from(c) {
+            Ok(c) if c < 0x80 => {
+                if c >= 0x20 && c != 0x7f {
+                    out.push(c.to_ascii_lowercase());
+                }
+            }
+            _ => out.push(b'?'),
+        }
+    }
+    out
+}
+
+/// The character a reference at the start of `b` (`&…`) stands for, and its length.
+fn char_ref(b: &[u8]) -> Option<(u32, usize)> {
+    if b.get(1) == Some(&b'#') {
+        let hex = matches!(b.get(2), Some(b'x' | b'X'));
+        let from = if hex { 3 } else { 2 };
+        let n = b[from..]
+            .iter()
+            .take_while(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+            .count();
+        if n == 0 {
+            return None;
+        }
+        let digits = std::str::from_utf8(&b[from..from + n]).ok()?;
+        let v = u32::from_str_radix(digits, if hex { 16 } else { 10 }).unwrap_or(u32::MAX);
+        let semi = usize::from(b.get(from + n) == Some(&b';'));
+        return Some((v, from + n + semi));
+    }
+    const NAMED: &[(&[u8], u8)] = &[
+        (b"&tab;", b'\t'),
+        (b"&newline;", b'\n'),
+        (b"&colon;", b':'),
+        (b"&amp;", b'&'),
+        (b"&lt;", b'<'),
+        (b"&gt;", b'>'),
+        (b"&quot;", b'"'),
+        (b"&apos;", b'\''),
+    ];
+    NAMED
+        .iter()
+        .find(|(n, _)| b.get(..n.len()).is_some_and(|x| x.eq_ignore_ascii_case(n)))
+        .map(|(n, c)| (u32::from(*c), n.len()))
+}
+
+/// Whether a link's value (an `href` or `src`, as written in the narrative) is a script URL
+/// once a browser has read it: `javascript:`, `vbscript:` or `data:text`.
+pub fn is_script_url(value: &str) -> bool {
+    let v = as_browser_reads(value.as_bytes());
+    let v = &v[v.iter().position(|c| *c != b' ').unwrap_or(v.len())..];
+    v.starts_with(b"javascript:") || v.starts_with(b"vbscript:") || v.starts_with(b"data:text")
 }
 
 /// Whether markdown holds an HTML tag (`<` followed by a letter or `/letter`).
@@ -477,6 +589,38 @@ mod tests {
             "<a href='JavaScript:alert(1)'>x</a>"
         ));
         assert!(has_html_tag("<resource type>\\<id>") && !has_html_tag("a < b"));
+    }
+
+    /// Attack round 9: what a browser runs that the first checks let through.
+    #[test]
+    fn script_spelled_for_browsers_and_event_handlers_are_active() {
+        for active in [
+            "<details open ontoggle=alert(1)>",
+            "<input autofocus onfocus=alert(1)>",
+            "<video><source onerror=alert(1)>",
+            "<p/onmouseover = x>",
+            "<a href=\"java&#x09;script:alert(1)\">x</a>",
+            "<a href=\"&#106;avascript:alert(1)\">x</a>",
+            "<a href=\"&#106avascript:alert(1)\">x</a>",
+            "<a href=\"\u{1}javascript:alert(1)\">x</a>",
+            "<a href=\"javascript&colon;alert(1)\">x</a>",
+        ] {
+            assert!(looks_like_active_html(active), "{active}");
+        }
+        for text in [
+            "BP <120 and a<b, once daily",
+            "<a href=\"https://example.org/on=1\">report</a>",
+            "see <b>bold</b> online=yes",
+            "onset = 2 days, x <y",
+        ] {
+            assert!(!looks_like_active_html(text), "{text}");
+        }
+        assert!(is_script_url("java&#x09;script:alert(1)"));
+        assert!(is_script_url("&#x6A;avascript:x"));
+        assert!(is_script_url(" \u{1}JavaScript:x"));
+        assert!(is_script_url("java\tscript:x"));
+        assert!(!is_script_url("https://example.org/javascript:x"));
+        assert!(!is_script_url("#javascript"));
     }
 
     #[test]

@@ -278,11 +278,9 @@ pub fn check(div: &str) -> Result<(), Problem> {
                     ));
                 }
                 if matches!(lower.as_str(), "href" | "src" | "longdesc" | "cite") {
-                    let v = value.trim_start().to_ascii_lowercase();
-                    if v.starts_with("javascript:")
-                        || v.starts_with("vbscript:")
-                        || v.starts_with("data:text")
-                    {
+                    // As the browser reads it: `java&#x09;script:` and `&#106;avascript:` are
+                    // script URLs too.
+                    if super::primitive::is_script_url(value) {
                         return Err(problem(
                             true,
                             "txt-1: script URLs are not allowed in a narrative",
