@@ -974,9 +974,9 @@ mod tests {
     #[test]
     fn nesting_is_bounded_not_a_stack_overflow() {
         let s = Scope::Segment;
-        let within = format!("IF {}PID-8 VALUED", "NOT ".repeat(MAX_NESTING));
-        assert!(parse_cond(&within, s).is_ok());
-        let e = parse_cond(&format!("IF NOT {within}"), s).unwrap_err();
+        let nots = |n: usize| format!("IF {}PID-8 VALUED", "NOT ".repeat(n));
+        assert!(parse_cond(&nots(MAX_NESTING), s).is_ok());
+        let e = parse_cond(&nots(MAX_NESTING + 1), s).unwrap_err();
         assert!(e.contains("nest deeper than 32"), "{e}");
         // A file's worth, as the attack sent it: refused, not an abort.
         for deep in [

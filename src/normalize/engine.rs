@@ -298,14 +298,25 @@ fn guard_values(map: &CMap, env: &dyn Env) -> [u8; MAX_GUARDS] {
     values
 }
 
-/// The first repetition of `f` that holds a value, else its first (an empty field's).
+/// The first repetition of `f` whose first component holds a value, else the first that holds
+/// any, else its first (an empty field's). `PID-3` sent as `^^^H^MR~123^^^H^MR` is patient 123:
+/// read from its first repetition, it was a patient without an identifier, a new one per message.
 fn first_valued(f: Field<'_>) -> Option<Field<'_>> {
     let mut reps = f.repetitions();
     let first = reps.next()?;
-    if valued(first) {
+    if valued(first_part(first, Level::Rep)) {
         return Some(first);
     }
-    Some(reps.find(|r| valued(*r)).unwrap_or(first))
+    let mut any = valued(first).then_some(first);
+    for r in reps {
+        if valued(first_part(r, Level::Rep)) {
+            return Some(r);
+        }
+        if any.is_none() && valued(r) {
+            any = Some(r);
+        }
+    }
+    Some(any.unwrap_or(first))
 }
 
 /// Whether a part holds a value: something other than blanks, and not HL7's `""` null.
@@ -1142,7 +1153,15 @@ impl<'p> Mapper<'p> {
                 let valued = match p {
                     KeyPart::Ref(r) => {
                         let t = env.text(r);
-                        let t = value::trim(&t);
+                        // Trailing empty components and subcomponents are the same value
+                        // (`H`, `H&`, `H&&`: one assigning authority, one patient).
+                        let d = walk.msg.delimiters();
+                        let empty = [
+                            char::from(d.component),
+                            char::from(d.subcomponent.unwrap_or(d.component)),
+                        ];
+                        let t = value::trim(&t).trim_end_matches(empty);
+                        let t = value::trim(t);
                         // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
                         // can end one part and start the next, or read as a suffix or marker:
                         // the parts of two keys stay apart.

@@ -394,7 +394,7 @@ mod tests {
         let seg = "field,condition,fhir_path,datatype_map,vocabulary_map,assignment\n";
         let short = f(
             "segments/PID[Patient].csv",
-            &format!("{seg}PID-7,,birthDate,,,\nPID-3,,identifier[2].system,,\n"),
+            format!("{seg}PID-7,,birthDate,,,\nPID-3,,identifier[2].system,,\n"),
             true,
         );
         let long = f(
