@@ -215,3 +215,23 @@ fn a_message_that_cannot_be_mapped_is_stored_and_listed_or_with_reject_refused()
     assert_eq!(report["records"], 0, "{report}");
     assert_eq!(report["quarantined"], 1, "{report}");
 }
+
+/// Attack round 9: a batch whose BTS count disagrees with it was mapped whole as one message
+/// and reported as "does not start with an MSH segment". The tools name the count instead.
+#[test]
+fn mapping_test_names_a_batch_that_does_not_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let msh = "MSH|^~\\&|S|F|R|RF|20240101||ADT^A01|M1|P|2.5.1\rPID|1||123^^^H^MR||DOE^J\r";
+    let file = dir.path().join("batch.hl7");
+    std::fs::write(&file, format!("BHS|^~\\&|S\r{msh}{msh}BTS|3\r")).unwrap();
+    let (ok, _, err) = run(&["mapping", "test", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("not a batch that splits: segment 6: BTS count 3 does not match the 2 found"),
+        "{err}"
+    );
+    std::fs::write(&file, format!("BHS|^~\\&|S\r{msh}{msh}BTS|2\r")).unwrap();
+    let (ok, out, err) = run(&["mapping", "test", "--json", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}

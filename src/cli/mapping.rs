@@ -67,6 +67,13 @@ impl StandIn {
 
 fn messages(path: &Path) -> Result<Vec<Vec<u8>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // A batch that does not split (a BTS count the batch disagrees with) is named as such,
+    // not mapped whole as one "message" that does not start with MSH.
+    if crate::hl7::batch::is_batch(&bytes) {
+        if let Err(e) = crate::hl7::batch::split_batch(&bytes) {
+            anyhow::bail!("{}: not a batch that splits: {e}", path.display());
+        }
+    }
     Ok(crate::cli::client::messages_of(&bytes, false))
 }
 

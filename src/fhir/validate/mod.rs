@@ -539,6 +539,27 @@ mod tests {
         );
     }
 
+    /// R4 JSON: `given` and `_given` line up (attack round 9: one value and three extension
+    /// entries were accepted).
+    #[test]
+    fn a_primitive_array_and_its_extensions_have_one_length() {
+        let v = Validator::shared();
+        let patient = |given: &str, ext: &str| {
+            format!(
+                "{{\"resourceType\":\"Patient\",\"name\":[{{\"given\":{given},\"_given\":{ext}}}]}}"
+            )
+        };
+        let x = "{\"extension\":[{\"url\":\"http://example.org/x\",\"valueString\":\"y\"}]}";
+        let e = v
+            .validate_bytes(patient("[\"Ann\"]", &format!("[{x},{x},{x}]")).as_bytes())
+            .unwrap_err();
+        assert_eq!(e[0].path, "Patient.name[0].given", "{e:?}");
+        assert!(e[0].message.contains("the same length"), "{e:?}");
+        assert!(v
+            .validate_bytes(patient("[\"Ann\",\"Bea\"]", &format!("[null,{x}]")).as_bytes())
+            .is_ok());
+    }
+
     #[test]
     fn outcome_is_an_operation_outcome() {
         let oo = operation_outcome(&[Issue::error(IssueCode::Required, "Patient.x".into(), "m")]);

@@ -427,11 +427,25 @@ impl<'v, 'o> Walker<'v, 'o> {
                     path.truncate(len);
                     continue;
                 };
+                // R4 JSON: a repeating primitive's values and their `_` array line up, with
+                // null where one has nothing.
+                let misaligned = k
+                    .strip_prefix('_')
+                    .and_then(|name| obj.get(name))
+                    .and_then(|p| p.as_array())
+                    .is_some_and(|p| p.len() != items.len());
                 if items.is_empty() {
                     self.error(
                         IssueCode::Invalid,
                         path,
                         "an array must not be empty: leave the element out instead",
+                    );
+                } else if misaligned {
+                    self.error(
+                        IssueCode::Structure,
+                        path,
+                        "a primitive's values and its `_` array (ids and extensions) must have \
+                         the same length, null where one has nothing",
                     );
                 } else if !self.deep(depth + 1, path) {
                     for (i, item) in items.iter().enumerate() {
