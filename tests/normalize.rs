@@ -2218,6 +2218,10 @@ fn lint_names_file_line_and_field() {
             &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\nZPI,[ZPI,,,,\n"),
         ),
         (
+            "tables/security-labels.csv",
+            "system,code,label\nLOCALLAB,GLU,PSY\n",
+        ),
+        (
             "tables/ids.csv",
             "resource,source,key,same_key\nServiceRequest,ORC,ORC-2.1 OR (ORC-3.1),distinct\n\
              DiagnosticReport,ORC,ORC-2.1,distinct until obr\n\
@@ -2270,6 +2274,11 @@ fn lint_names_file_line_and_field() {
         text.iter().any(|t| t.contains(
             "messages/ADT_A01.csv:3: syntax: `[ZPI` is not ZPI, [ZPI], {ZPI} or [{ZPI}]"
         )),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("tables/security-labels.csv:2: system: `LOCALLAB` is not a URI")),
         "{text:#?}"
     );
     let mut lines: Vec<(String, usize)> = errors

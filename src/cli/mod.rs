@@ -42,7 +42,7 @@ pub fn open_offline(cfg: &Config) -> Result<Stores> {
         let text = e.to_string();
         if text.contains("lock") || text.contains("already open") {
             anyhow::anyhow!(
-                "{text}\nthe data directory {} is in use by a running gateway: stop it first, or use its HTTP API (GET /v1/records/ID/proof)",
+                "{text}\nthe data directory {} is in use by a running gateway: stop it first (a record's proof is also served by its HTTP API: GET /v1/records/ID/proof)",
                 cfg.data_dir.display()
             )
         } else {

@@ -1014,6 +1014,19 @@ impl Compiler<'_> {
                         self.err_at(*src, r.line, "code and label must be given".into());
                         continue;
                     }
+                    // Labels are read from the Bundle's codings, whose systems are URIs: a v2
+                    // name (`LOCALLAB`) would never match, and the label never appear.
+                    if !system.is_empty() && !crate::fhir::validate::primitive::has_scheme(system) {
+                        self.err_at(
+                            *src,
+                            r.line,
+                            format!(
+                                "system: `{system}` is not a URI (the FHIR coding system, as \
+                                 vocabulary/CodeSystem.csv maps v2 names to them)"
+                            ),
+                        );
+                        continue;
+                    }
                     let bit = match labels.names.iter().position(|n| n == label) {
                         Some(i) => i,
                         None => {
