@@ -17,6 +17,7 @@ use super::plan::{
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::fhir::validate::period_ordered;
+use crate::fhir::validate::primitive::Scan;
 use crate::hl7::{Charset, Field, Formatting, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
@@ -1954,11 +1955,11 @@ impl<'p> Mapper<'p> {
                 } else {
                     t
                 };
-                let replaced = value::push_text(t, &mut b.text);
+                let (replaced, scan) = value::push_text_scanned(t, &mut b.text);
                 // What the output check refuses is left out here, with a warning, rather
                 // than costing the message its whole Bundle: text a browser would run as HTML
                 // (`<img src=x>`, an event handler), an HTML tag in markdown.
-                if active_text(prim, &b.text[start..]) {
+                if scan.has(Scan::MARKUP) && active_text(prim, &b.text[start..]) {
                     Err("text a browser would run or load as HTML")
                 } else {
                     if replaced {
@@ -2097,11 +2098,11 @@ fn find(
 
 /// Whether text for a string or markdown element is what the output check refuses (as
 /// `fhir::validate::element` reads it): markup a browser would run or load in a string, an HTML
-/// tag in markdown.
+/// tag in markdown. Both need a `<` or a `:` (`Scan::MARKUP`), which most values lack.
 fn active_text(prim: Prim, s: &str) -> bool {
-    use crate::fhir::validate::primitive::{has_html_tag, looks_like_active_html, Scan};
+    use crate::fhir::validate::primitive::{has_html_tag, looks_like_active_html};
     match prim {
-        Prim::String => Scan::of(s).has(Scan::MARKUP) && looks_like_active_html(s),
+        Prim::String => looks_like_active_html(s),
         Prim::Markdown => has_html_tag(s),
         _ => false,
     }

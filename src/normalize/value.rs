@@ -488,9 +488,15 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 /// the whole Bundle invalid. Returns whether a control character was replaced (the sender's
 /// text changed, not only its spacing).
 pub fn push_text(s: &str, out: &mut String) -> bool {
-    if !Scan::of(s).has(Scan::NON_ASCII | Scan::CONTROL) {
+    push_text_scanned(s, out).0
+}
+
+/// [`push_text`], with the byte classes of `s` (its `<` and `:` are those of what was pushed).
+pub fn push_text_scanned(s: &str, out: &mut String) -> (bool, Scan) {
+    let scan = Scan::of(s);
+    if !scan.has(Scan::NON_ASCII | Scan::CONTROL) {
         out.push_str(s);
-        return false;
+        return (false, scan);
     }
     let mut replaced = false;
     out.extend(s.chars().map(|c| {
@@ -503,7 +509,7 @@ pub fn push_text(s: &str, out: &mut String) -> bool {
             c
         }
     }));
-    replaced
+    (replaced, scan)
 }
 
 /// Why `s` is not a URI to write (`None`: it is): white space, which no URI holds, or a
