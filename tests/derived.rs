@@ -230,8 +230,20 @@ fn mapping_test_names_a_batch_that_does_not_split() {
         err.contains("not a batch that splits: segment 6: BTS count 3 does not match the 2 found"),
         "{err}"
     );
-    std::fs::write(&file, format!("BHS|^~\\&|S\r{msh}{msh}BTS|2\r")).unwrap();
-    let (ok, out, err) = run(&["mapping", "test", "--json", file.to_str().unwrap()]);
-    assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 2, "{out}");
+    // The other files are still mapped, one line per message with --json (`null` for the
+    // file that does not split).
+    let good = dir.path().join("good.hl7");
+    std::fs::write(&good, format!("BHS|^~\\&|S\r{msh}{msh}BTS|2\r")).unwrap();
+    let (ok, out, _) = run(&[
+        "mapping",
+        "test",
+        "--json",
+        file.to_str().unwrap(),
+        good.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], "null");
+    assert!(lines[1].starts_with("{\"resourceType\":\"Bundle\""), "{out}");
 }

@@ -103,7 +103,19 @@ pub fn test(cfg: &NormalizeConfig, files: &[PathBuf], json: bool) -> Result<bool
     let mut out = stdout.lock();
     let mut all_ok = true;
     for f in files {
-        let msgs = messages(f)?;
+        // A file that cannot be read or split fails alone (one `null` line with --json); the
+        // other files are still mapped.
+        let msgs = match messages(f) {
+            Ok(m) => m,
+            Err(e) => {
+                all_ok = false;
+                if json {
+                    out.write_all(b"null\n")?;
+                }
+                eprintln!("{e:#}");
+                continue;
+            }
+        };
         for (i, bytes) in msgs.iter().enumerate() {
             let name = if msgs.len() > 1 {
                 format!("{} #{}", f.display(), i + 1)

@@ -1729,7 +1729,9 @@ impl<'p> Mapper<'p> {
                     // Free text (ST, TX, FT, mapped as lines) has no components: a `^` in it
                     // is one the sender did not escape (`See note^call lab`), and what follows
                     // it is lost. (Elsewhere a row taking a field's first component on
-                    // purpose, PID-20's number without its state, is a choice of the map.)
+                    // purpose, PID-20's number without its state, is a choice of the map; so
+                    // is a component's first subcomponent, OBR-32.1's CNN id, which is why
+                    // CX.1 sent as `1&23` is not named here either.)
                     b.warn(format_args!(
                         "{}: what follows its first part (an unescaped ^ or &?) is not mapped",
                         b.field_name()
