@@ -245,5 +245,8 @@ fn mapping_test_names_a_batch_that_does_not_split() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert_eq!(lines[0], "null");
-    assert!(lines[1].starts_with("{\"resourceType\":\"Bundle\""), "{out}");
+    assert!(
+        lines[1].starts_with("{\"resourceType\":\"Bundle\""),
+        "{out}"
+    );
 }

@@ -2372,14 +2372,15 @@ OBX|1|ST|1^a^LN||see <img src=x> attached|\r\
 OBX|2|ST|2^b^LN||<details open ontoggle=alert(1)>|\r\
 OBX|3|ED|3^c^LN||^AP^PDF^Base64^AB==AB==|\r\
 OBX|4|TX|4^d^LN||line one~<video><source onerror=alert(1)>~line three|\r\
-OBX|5|ST|5^e^LN||BP <120 and a<b|\r";
+OBX|5|ST|5^e^LN||BP <120 and a<b|\r\
+OBX|6|TX|6^f^LN||line one~<details open~ontoggle=alert(1)>~line four|\r";
     let parsed = Message::parse(msg.as_bytes()).unwrap();
     let m = n.map(&parsed, &link()).expect("maps");
     assert_eq!(m.shown_valid, Ok(()), "{:#?}", m.warnings);
     let v: Value = serde_json::from_slice(&m.bundle).unwrap();
     check_bundle(&v);
     let obs = resources(&v, "Observation");
-    assert_eq!(obs.len(), 5);
+    assert_eq!(obs.len(), 6);
     for o in &obs[..3] {
         assert!(
             o.get("valueString").is_none() && o.get("valueAttachment").is_none(),
@@ -2388,6 +2389,8 @@ OBX|5|ST|5^e^LN||BP <120 and a<b|\r";
     }
     assert_eq!(obs[3]["valueString"], "line one\nline three");
     assert_eq!(obs[4]["valueString"], "BP <120 and a<b");
+    // A tag the line before left open is read with the line that closes it.
+    assert_eq!(obs[5]["valueString"], "line one\n<details open\nline four");
     for w in [
         "OBX-5: text a browser would run or load as HTML",
         "OBX-5: not base64",

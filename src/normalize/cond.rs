@@ -986,9 +986,10 @@ mod tests {
                 "(".repeat(200_000),
                 ")".repeat(200_000)
             ),
-            format!("IF {}PID-8 VALUED", "(NOT ".repeat(20)),
+            format!("IF {}PID-8 VALUED{}", "(NOT ".repeat(17), ")".repeat(17)),
         ] {
-            assert!(parse_cond(&deep, s).is_err());
+            let e = parse_cond(&deep, s).unwrap_err();
+            assert!(e.contains("nest deeper than 32"), "{e}");
         }
         let mixed = format!("IF {}PID-8 VALUED{}", "(NOT ".repeat(16), ")".repeat(16));
         assert!(parse_cond(&mixed, s).is_ok());

@@ -354,8 +354,9 @@ impl<'m> SegView<'_, 'm> {
         else {
             return None;
         };
-        // A field read whole (not the one a row iterates) reads its first valued repetition:
-        // `PID-3` sent as `~E123^^^H^MR` is patient E123, not a patient without an identifier.
+        // A field read whole (not the one a row iterates) reads its first repetition with a
+        // first component ([`first_valued`]): `PID-3` sent as `~E123^^^H^MR` or
+        // `^^^H^MR~E123^^^H^MR` is patient E123, not a patient without an identifier.
         let rep = match seg {
             Some(s) if s != self.id => {
                 let other = self.walk.segment(&s)?;
@@ -1156,12 +1157,17 @@ impl<'p> Mapper<'p> {
                         let t = env.text(r);
                         // Trailing empty components and subcomponents are the same value
                         // (`H`, `H&`, `H&&`: one assigning authority, one patient).
+                        // Only bytes sent as they are: `AT\\T\\` is the authority `AT&`, not `AT`.
                         let d = walk.msg.delimiters();
                         let empty = [
                             char::from(d.component),
                             char::from(d.subcomponent.unwrap_or(d.component)),
                         ];
-                        let t = value::trim(&t).trim_end_matches(empty);
+                        let t = if env.plain(r).is_some() {
+                            value::trim(&t).trim_end_matches(empty)
+                        } else {
+                            value::trim(&t)
+                        };
                         let t = value::trim(t);
                         // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
                         // can end one part and start the next, or read as a suffix or marker:
@@ -1788,13 +1794,6 @@ impl<'p> Mapper<'p> {
             if xform == Xform::Lines {
                 if let Val::Text(a, e) | Val::B64(a, e) = n.val {
                     let line = text.trim_end();
-                    if matches!(n.val, Val::Text(..)) && active_text(prim, line) {
-                        b.warn(format_args!(
-                            "{}: a line a browser would run or load as HTML: not mapped",
-                            b.field_name()
-                        ));
-                        return false;
-                    }
                     // A gathered text grows at the end of the arena: in place when it is the
                     // last thing written (a line costs its own length), else moved there once.
                     // Copied on every line, 8,000 lines of a 1 MB document took gigabytes.
@@ -1814,6 +1813,7 @@ impl<'p> Mapper<'p> {
                         b.text.push_str(&old);
                         start
                     };
+                    let joint = b.text.len();
                     b.text.push('\n');
                     let b64 = matches!(n.val, Val::B64(..));
                     // Base64 is written from bytes: the text as it is.
@@ -1823,6 +1823,27 @@ impl<'p> Mapper<'p> {
                     } else {
                         value::push_text(line, &mut b.text)
                     };
+                    // The line as written (white space normalized), with the tag the line
+                    // before left open (`<details open` then `ontoggle=…>`): markup the check
+                    // would refuse is left out here, not the whole Bundle. Reading back one
+                    // line keeps a document of many lines linear.
+                    if !b64 {
+                        let prev = b.text[start as usize..joint]
+                            .rfind('\n')
+                            .map_or(start as usize, |i| start as usize + i + 1);
+                        let open = b.text[prev..joint]
+                            .rfind('<')
+                            .filter(|&i| !b.text[prev + i..joint].contains('>'))
+                            .map_or(joint, |i| prev + i);
+                        if active_text(prim, &b.text[open..]) {
+                            b.text.truncate(joint);
+                            b.warn(format_args!(
+                                "{}: a line a browser would run or load as HTML: not mapped",
+                                b.field_name()
+                            ));
+                            return false;
+                        }
+                    }
                     let end = b.text.len() as u32;
                     b.nodes[node as usize].val = if b64 {
                         Val::B64(start, end)

@@ -167,9 +167,15 @@ pub fn load(base: Vec<SourceFile>, site: Vec<SourceFile>) -> Result<Files, Vec<L
         let header: Vec<String> = header.fields.iter().map(|h| h.trim().to_string()).collect();
         // A row one column short reads every later value in the wrong column (an identifier
         // written as its system): refused, never guessed at.
-        let rows: Vec<Record> = it.collect();
+        let mut rows: Vec<Record> = it.collect();
         let mut short_or_long = false;
-        for r in &rows {
+        for r in rows.iter_mut() {
+            // Empty columns after the last (a spreadsheet's export) hold nothing to misread.
+            while r.fields.len() > header.len()
+                && r.fields.last().is_some_and(|f| f.trim().is_empty())
+            {
+                r.fields.pop();
+            }
             if r.fields.len() != header.len() {
                 short_or_long = true;
                 errors.push(invalid(

@@ -1599,13 +1599,14 @@ impl Compiler<'_> {
             }
             let syntax: String = r.get(1).split_whitespace().collect();
             let seg_text = std::str::from_utf8(&id).unwrap_or_default();
-            // As in the guide: `X`, `[X]` optional, `{X}` repeating, `[{X}]` both; anything
+            // As in the guide: `X`, `[X]` optional, `{X}` repeating, `[{X}]` (or `{[X]}`) both; anything
             // else (`[ZPI` without its bracket) would be read as one of them silently.
             let forms = [
                 (seg_text.to_string(), (false, false)),
                 (format!("[{seg_text}]"), (true, false)),
                 (format!("{{{seg_text}}}"), (false, true)),
                 (format!("[{{{seg_text}}}]"), (true, true)),
+                (format!("{{[{seg_text}]}}"), (true, true)),
             ];
             let Some(&(_, (optional, repeats))) = forms.iter().find(|(f, _)| *f == syntax) else {
                 self.err_at(

@@ -292,7 +292,9 @@ const ACTIVE_TAGS: &[&str] = &[
 ];
 
 /// Whether plain text holds something that a browser would run or load if it were pasted into
-/// HTML unescaped: a tag of an active element, or a `javascript:` URL.
+/// HTML unescaped: a tag of an active element; any tag with an event handler or a script URL
+/// among its attributes, read as a browser reads them (quoted values, character references);
+/// or a script URL in the text itself, spelled as the URL parser would still read it.
 pub fn looks_like_active_html(s: &str) -> bool {
     let b = s.as_bytes();
     if memchr::memchr2(b'<', b':', b).is_none() {
@@ -305,7 +307,20 @@ pub fn looks_like_active_html(s: &str) -> bool {
     {
         return true;
     }
+    // Spelled with references or with tabs, newlines or controls inside (`&#106;avascript:`,
+    // `java<TAB>script:`): an `href` given this text runs it. One pass, and only for text
+    // that holds such bytes beside a colon.
+    if memchr::memchr(b':', b).is_some() && b.iter().any(|&c| c == b'&' || c < 0x20 || c == 0x7f) {
+        let read = as_browser_reads(b);
+        if contains(&read, b"javascript:") || contains(&read, b"vbscript:") {
+            return true;
+        }
+    }
     let mut i = 0;
+    // Where the attributes of the last tag read end: a `<` before it lies inside them (a
+    // quoted value), as a browser reads it, and is not read again (read per `<`, a megabyte
+    // of `<a` cost a read of the rest of the text per tag).
+    let mut read_to = 0;
     while let Some(p) = memchr::memchr(b'<', &b[i..]) {
         let mut start = i + p + 1;
         if b.get(start) == Some(&b'/') {
@@ -327,44 +342,76 @@ pub fn looks_like_active_html(s: &str) -> bool {
         {
             return true;
         }
-        // Any element with an event handler (`<details open ontoggle=…>` runs without a
-        // click), or with a script URL spelled so that only a browser reads it as one
-        // (`java&#x09;script:`, `&#106;avascript:`).
-        if !name.is_empty() && name[0].is_ascii_alphabetic() {
-            let close = memchr::memchr(b'>', &b[end..]).map_or(b.len(), |e| end + e);
-            let attrs = &b[end..close];
-            if has_event_handler(attrs) || contains(&as_browser_reads(attrs), b"script:") {
+        if start > read_to && name.first().is_some_and(u8::is_ascii_alphabetic) {
+            let (active, len) = attributes_active(&b[end..]);
+            if active {
                 return true;
             }
+            read_to = end + len;
         }
         i = start;
     }
     false
 }
 
-/// Whether a tag's attributes (the text after its name) name an event handler: `on` and
-/// letters, then `=`, at the start of an attribute.
-fn has_event_handler(attrs: &[u8]) -> bool {
-    attrs.iter().enumerate().any(|(k, _)| {
-        let starts = k == 0
-            || matches!(
-                attrs[k - 1],
-                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'/' | b'"' | b'\''
-            );
-        if !starts
-            || !attrs[k..]
-                .get(..2)
-                .is_some_and(|o| o.eq_ignore_ascii_case(b"on"))
-        {
-            return false;
+/// Reads a tag's attributes (`b` starts just after its name) as a browser's tokenizer does:
+/// names, `=`, values quoted or not, up to the `>` outside quotes. Whether one is an event
+/// handler given a value (`on` and letters: `<details ontoggle=…>` runs without a click; any
+/// such name, as new handlers keep coming) or holds a script URL ([`is_script_url`]), and how
+/// many bytes the attributes take.
+fn attributes_active(b: &[u8]) -> (bool, usize) {
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c');
+    let mut k = 0;
+    loop {
+        while k < b.len() && (space(b[k]) || b[k] == b'/') {
+            k += 1;
         }
-        let letters = attrs[k + 2..]
-            .iter()
-            .take_while(|c| c.is_ascii_alphabetic())
-            .count();
-        let rest = &attrs[k + 2 + letters..];
-        letters > 0 && rest.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'=')
-    })
+        if k >= b.len() || b[k] == b'>' {
+            return (false, k);
+        }
+        // A name runs to white space, `/`, `>` or `=` (a leading `=` is part of it).
+        let name_start = k;
+        k += 1;
+        while k < b.len() && !space(b[k]) && !matches!(b[k], b'/' | b'>' | b'=') {
+            k += 1;
+        }
+        let name = &b[name_start..k];
+        while k < b.len() && space(b[k]) {
+            k += 1;
+        }
+        // Without a value an attribute runs nothing (`a<b, once daily` is text).
+        if b.get(k) != Some(&b'=') {
+            continue;
+        }
+        if name.len() > 2
+            && name[..2].eq_ignore_ascii_case(b"on")
+            && name[2..].iter().all(u8::is_ascii_alphabetic)
+        {
+            return (true, k);
+        }
+        k += 1;
+        while k < b.len() && space(b[k]) {
+            k += 1;
+        }
+        let value = match b.get(k) {
+            Some(&q @ (b'"' | b'\'')) => {
+                let from = k + 1;
+                let to = memchr::memchr(q, &b[from..]).map_or(b.len(), |e| from + e);
+                k = (to + 1).min(b.len());
+                &b[from..to]
+            }
+            _ => {
+                let from = k;
+                while k < b.len() && !space(b[k]) && b[k] != b'>' {
+                    k += 1;
+                }
+                &b[from..k]
+            }
+        };
+        if is_script_url_bytes(value) {
+            return (true, k);
+        }
+    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -373,8 +420,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Attribute text as a browser's URL parser reads it: character references decoded (numeric
 /// ones with or without their `;`, XML's five, and the named ones that spell URL syntax:
-/// `&Tab;`, `&NewLine;`, `&colon;`), tabs, newlines and other controls gone (the parser drops
-/// them), ASCII lower-cased; other characters become `?`.
+/// `&Tab;`, `&NewLine;`, `&colon;`), ASCII lower-cased; other characters become `?`. Tabs and
+/// newlines go (the parser drops them anywhere), and so do other controls (it strips those at
+/// the ends only: dropping them everywhere errs toward refusing).
 pub fn as_browser_reads(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -439,7 +487,11 @@ fn char_ref(b: &[u8]) -> Option<(u32, usize)> {
 /// Whether a link's value (an `href` or `src`, as written in the narrative) is a script URL
 /// once a browser has read it: `javascript:`, `vbscript:` or `data:text`.
 pub fn is_script_url(value: &str) -> bool {
-    let v = as_browser_reads(value.as_bytes());
+    is_script_url_bytes(value.as_bytes())
+}
+
+fn is_script_url_bytes(value: &[u8]) -> bool {
+    let v = as_browser_reads(value);
     let v = &v[v.iter().position(|c| *c != b' ').unwrap_or(v.len())..];
     v.starts_with(b"javascript:") || v.starts_with(b"vbscript:") || v.starts_with(b"data:text")
 }
@@ -604,17 +656,34 @@ mod tests {
             "<a href=\"&#106avascript:alert(1)\">x</a>",
             "<a href=\"\u{1}javascript:alert(1)\">x</a>",
             "<a href=\"javascript&colon;alert(1)\">x</a>",
+            // A `>` inside quotes does not end the tag (the review found these passing).
+            "<details title=\">\" open ontoggle=alert(1)>",
+            "<a title='>' href=\"java&#x09;script:alert(1)\">x</a>",
+            // Outside a tag, spelled so that an `href` given the text runs it.
+            "&#106;avascript:alert(1)",
+            "java\tscript:alert(1)",
+            "java\nscript:alert(1)",
         ] {
-            assert!(looks_like_active_html(active), "{active}");
+            assert!(looks_like_active_html(active), "{active:?}");
         }
         for text in [
             "BP <120 and a<b, once daily",
             "<a href=\"https://example.org/on=1\">report</a>",
+            "<a href=\"https://example.org/online=1\">report</a>",
             "see <b>bold</b> online=yes",
             "onset = 2 days, x <y",
+            "ALT <ULN. Transcript: dictated",
+            "WBC <LLN; postscript: none",
+            "ratio 1:2, see note: x, <5 mg",
+            "Fe &amp; TIBC: low",
         ] {
             assert!(!looks_like_active_html(text), "{text}");
         }
+        // 300,000 tags before one `>`: read once per stretch, not once per tag (per tag, this
+        // text is 10^11 bytes of reading, and the test would not end).
+        let many = "<a ".repeat(300_000);
+        assert!(!looks_like_active_html(&many));
+        assert!(looks_like_active_html(&format!("{many}<b onclick=x>")));
         assert!(is_script_url("java&#x09;script:alert(1)"));
         assert!(is_script_url("&#x6A;avascript:x"));
         assert!(is_script_url(" \u{1}JavaScript:x"));
