@@ -2215,7 +2215,7 @@ fn lint_names_file_line_and_field() {
         ),
         (
             "messages/ADT_A01.csv",
-            &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\nZPI,[ZPI,,,,\n"),
+            &format!("{MSG_HEADER}ZZZ,ZZZ,,Patinet[1],,\nZPI,[ZPI,,,,\nZPJ,{{[ZPJ]}},,,,\n"),
         ),
         (
             "tables/security-labels.csv",
@@ -2280,6 +2280,10 @@ fn lint_names_file_line_and_field() {
         text.iter()
             .any(|t| t.contains("tables/security-labels.csv:2: system: `LOCALLAB` is not a URI")),
         "{text:#?}"
+    );
+    assert!(
+        !text.iter().any(|t| t.contains("messages/ADT_A01.csv:4:")),
+        "{{[X]}} is the guide's too: {text:#?}"
     );
     let mut lines: Vec<(String, usize)> = errors
         .iter()
@@ -2427,7 +2431,13 @@ PID|1||{pid3}||DOE^J\rPV1|1|I|||||||||||||||||V1^^^H\r"
     ] {
         assert_eq!(ids(same), base, "{same}");
     }
-    for other in ["124^^^H^MR", "123^^^H&X^MR", "123^^^G^MR"] {
+    // An escaped `&` is data: `H\\T\\` is the authority `H&`, not `H`.
+    for other in [
+        "124^^^H^MR",
+        "123^^^H&X^MR",
+        "123^^^G^MR",
+        "123^^^H\\T\\^MR",
+    ] {
         assert_ne!(ids(other).0, base.0, "{other}");
     }
 

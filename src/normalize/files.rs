@@ -409,6 +409,9 @@ mod tests {
             true,
         );
         let open = f("settings.csv", "key,value\na,\"b\n", true);
+        // Empty columns after the last, as a spreadsheet exports them, are nothing misread.
+        let padded = f("tables/message-types.csv", "a,b\nx,y,,\n", true);
+        assert!(load(vec![], vec![padded]).is_ok());
         let errors = load(vec![], vec![short, long, open]).unwrap_err();
         let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(shown.len(), 3, "{shown:?}");
