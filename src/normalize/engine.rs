@@ -1163,10 +1163,12 @@ impl<'p> Mapper<'p> {
                             char::from(d.component),
                             char::from(d.subcomponent.unwrap_or(d.component)),
                         ];
-                        let t = if env.plain(r).is_some() {
-                            value::trim(&t).trim_end_matches(empty)
+                        let t = value::trim(&t);
+                        // The raw bytes are read only for a part that ends in one (rare).
+                        let t = if t.ends_with(empty) && env.plain(r).is_some() {
+                            t.trim_end_matches(empty)
                         } else {
-                            value::trim(&t)
+                            t
                         };
                         let t = value::trim(t);
                         // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
