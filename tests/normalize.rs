@@ -2209,7 +2209,7 @@ fn lint_names_file_line_and_field() {
         (
             "segments/PID[Patient].csv",
             &format!(
-                "{SEG_HEADER}# a comment\nPID-7,,birthDat,,,\nPID-8,IF PID-8 GREATER 3,gender,,,\nPID-9,,name[1],NOPE[HumanName],,\nPID-999,,active,,,\nPID-10,IF {}PID-10 VALUED,active,,,\n",
+                "{SEG_HEADER}# a comment\nPID-7,,birthDat,,,\nPID-8,IF PID-8 GREATER 3,gender,,,\nPID-9,,name[1],NOPE[HumanName],,\nPID-999,,active,,,\nPID-10,IF {}PID-10 VALUED,active,,,\nPID-3.1,,id,,,\n",
                 "NOT ".repeat(50_000)
             ),
         ),
@@ -2284,6 +2284,14 @@ fn lint_names_file_line_and_field() {
     assert!(
         !text.iter().any(|t| t.contains("messages/ADT_A01.csv:4:")),
         "{{[X]}} is the guide's too: {text:#?}"
+    );
+    // Attack round 9: a site row writing the resource's id passed lint and failed every
+    // message (two `id` keys).
+    assert!(
+        text.iter().any(|t| t.starts_with(&format!(
+            "{file}:8: fhir_path: `id` of a resource is the gateway's to write"
+        ))),
+        "{text:#?}"
     );
     let mut lines: Vec<(String, usize)> = errors
         .iter()

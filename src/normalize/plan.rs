@@ -1471,6 +1471,14 @@ impl Compiler<'_> {
                 if name.is_empty() {
                     return Err(format!("empty step in `{text}`"));
                 }
+                // The writer puts a resource's `id` (from tables/ids.csv) and `meta` (its
+                // security labels) itself: a row writing either made every Bundle invalid.
+                if steps.is_empty() && m.is_resource(target) && matches!(name, "id" | "meta") {
+                    return Err(format!(
+                        "`{name}` of a resource is the gateway's to write (ids: tables/ids.csv; \
+                         meta: its security labels)"
+                    ));
+                }
                 let elem = match m.child(ty, name) {
                     Some(e) => e,
                     None if m.prim(ty).is_some() && (name == "extension" || name == "id") => {
