@@ -93,7 +93,18 @@ pub fn parse_ack(ack: &[u8]) -> AckSummary {
 /// The messages of a file: batches split, segment terminators normalized to CR (as MLLP senders
 /// do) unless `raw`.
 pub fn messages_of(bytes: &[u8], raw: bool) -> Vec<Vec<u8>> {
-    let parts: Vec<&[u8]> = split_batch(bytes).unwrap_or_else(|_| vec![bytes]);
+    split_messages(bytes, raw).unwrap_or_else(|_| split_messages_of(vec![bytes], raw))
+}
+
+/// [`messages_of`] for input that must split: the batch's own error when it does not.
+pub fn split_messages(
+    bytes: &[u8],
+    raw: bool,
+) -> Result<Vec<Vec<u8>>, crate::hl7::batch::BatchError> {
+    Ok(split_messages_of(split_batch(bytes)?, raw))
+}
+
+fn split_messages_of(parts: Vec<&[u8]>, raw: bool) -> Vec<Vec<u8>> {
     parts
         .into_iter()
         .map(|p| {

@@ -70,9 +70,8 @@ fn messages(path: &Path) -> Result<Vec<Vec<u8>>> {
     // A batch that does not split (a BTS count the batch disagrees with) is named as such,
     // not mapped whole as one "message" that does not start with MSH.
     if crate::hl7::batch::is_batch(&bytes) {
-        if let Err(e) = crate::hl7::batch::split_batch(&bytes) {
-            anyhow::bail!("{}: not a batch that splits: {e}", path.display());
-        }
+        return crate::cli::client::split_messages(&bytes, false)
+            .map_err(|e| anyhow::anyhow!("{}: not a batch that splits: {e}", path.display()));
     }
     Ok(crate::cli::client::messages_of(&bytes, false))
 }
