@@ -539,6 +539,66 @@ fn docs_header(key_id: &str, nonce: &[u8; 24]) -> Vec<u8> {
     h
 }
 
+/// The header of a sealed record of version 2: version 1's with `MAS 0x02` and the encoding's
+/// length after it.
+fn docs_header_v2(key_id: &str, nonce: &[u8; 24], len: usize) -> Vec<u8> {
+    let mut h = docs_header(key_id, nonce);
+    h[3] = 0x02;
+    h.extend_from_slice(&(len as u32).to_be_bytes());
+    h
+}
+
+/// An LZ4 block of `data` as the crate writes it (lz4_flex); the docs side only decodes
+/// ([`docs_lz4_decode`]), and LZ4 allows many blocks for one input.
+fn docs_lz4_block(data: &[u8]) -> Vec<u8> {
+    lz4_flex::block::compress(data)
+}
+
+/// Decodes an LZ4 block (the LZ4 block format, lz4/doc/lz4_Block_format.md) that must give
+/// exactly `n` bytes: sequences of a token (literal length, match length − 4), literals, a
+/// little-endian u16 offset and the match; the last sequence has literals only.
+fn docs_lz4_decode(block: &[u8], n: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(n.min(block.len().saturating_mul(255)));
+    let mut i = 0;
+    let length = |i: &mut usize, base: usize| -> Option<usize> {
+        let mut len = base;
+        if base == 15 {
+            loop {
+                let b = *block.get(*i)?;
+                *i += 1;
+                len += b as usize;
+                if b != 255 {
+                    break;
+                }
+            }
+        }
+        Some(len)
+    };
+    loop {
+        let token = *block.get(i)?;
+        i += 1;
+        let lit = length(&mut i, (token >> 4) as usize)?;
+        out.extend_from_slice(block.get(i..i + lit)?);
+        i += lit;
+        if out.len() > n {
+            return None;
+        }
+        if i == block.len() {
+            break;
+        }
+        let offset = u16::from_le_bytes(block.get(i..i + 2)?.try_into().ok()?) as usize;
+        i += 2;
+        let len = length(&mut i, (token & 15) as usize)? + 4;
+        if offset == 0 || offset > out.len() || out.len() + len > n {
+            return None;
+        }
+        for _ in 0..len {
+            out.push(out[out.len() - offset]);
+        }
+    }
+    (out.len() == n).then_some(out)
+}
+
 /// Seals `plain` (salt || encoding) as the docs say, whatever it holds.
 fn docs_seal(
     key: &[u8; 32],
@@ -547,7 +607,18 @@ fn docs_seal(
     id: &RecordId,
     plain: &[u8],
 ) -> Vec<u8> {
-    let header = docs_header(key_id, nonce);
+    docs_seal_as(key, &docs_header(key_id, nonce), nonce, id, plain)
+}
+
+/// [`docs_seal`] under a header given whole (version 2's, or one made wrong on purpose).
+fn docs_seal_as(
+    key: &[u8; 32],
+    header: &[u8],
+    nonce: &[u8; 24],
+    id: &RecordId,
+    plain: &[u8],
+) -> Vec<u8> {
+    let header = header.to_vec();
     let mut aad = header.clone();
     aad.extend_from_slice(&id.0);
     let mut buf = plain.to_vec();
@@ -566,12 +637,20 @@ fn docs_seal(
 
 /// Opens a sealed record as the docs say: (key id, salt || encoding).
 fn docs_open(key: &[u8; 32], id: &RecordId, sealed: &[u8]) -> Option<(String, Vec<u8>)> {
-    if sealed.get(..4)? != b"MAS\x01" {
+    let v2 = match sealed.get(..4)? {
+        b"MAS\x01" => false,
+        b"MAS\x02" => true,
+        _ => return None,
+    };
+    let kl = *sealed.get(4)? as usize;
+    let header_len = 5 + kl + 24 + 1 + if v2 { 4 } else { 0 };
+    if kl == 0 || sealed.len() < header_len + 32 + 16 || sealed[5 + kl + 24] != 32 {
         return None;
     }
-    let kl = *sealed.get(4)? as usize;
-    let header_len = 5 + kl + 24 + 1;
-    if kl == 0 || sealed.len() < header_len + 32 + 16 || sealed[header_len - 1] != 32 {
+    let packed = v2.then(|| {
+        u32::from_be_bytes(sealed[header_len - 4..header_len].try_into().unwrap()) as usize
+    });
+    if packed.is_some_and(|n| !(4096..=u32::MAX as usize - 4096).contains(&n)) {
         return None;
     }
     let key_id = String::from_utf8(sealed[5..5 + kl].to_vec()).ok()?;
@@ -588,7 +667,15 @@ fn docs_open(key: &[u8; 32], id: &RecordId, sealed: &[u8]) -> Option<(String, Ve
             tag.try_into().unwrap(),
         )
         .ok()?;
-    Some((key_id, buf))
+    match packed {
+        None => Some((key_id, buf)),
+        Some(n) => {
+            let (salt, block) = buf.split_at(32);
+            let mut plain = salt.to_vec();
+            plain.extend_from_slice(&docs_lz4_decode(block, n)?);
+            Some((key_id, plain))
+        }
+    }
 }
 
 fn docs_keyed(key: &[u8; 32], context: &str, parts: &[&[u8]]) -> [u8; 32] {
@@ -1157,7 +1244,9 @@ fn generate() -> Value {
             })
         })
         .collect();
-    let sealed_corruptions = sealed_corruptions(&sealed, &recs);
+    let mut sealed_corruptions = sealed_corruptions(&sealed, &recs);
+    let (sealed_compressed, compressed_corruptions) = compressed_vectors(&sealed, &recs);
+    sealed_corruptions.extend(compressed_corruptions);
 
     // Derived records, sealed under their raw records' keys.
     let ders = derivations(&sealed);
@@ -1242,7 +1331,8 @@ fn generate() -> Value {
         },
         "derived": {"valid": derived_vectors, "corrupt": derived_corruptions(&ders)},
         "commitments": commitments,
-        "sealed": {"valid": sealed_json, "corrupt": sealed_corruptions, "derived": sealed_derived_json},
+        "sealed": {"valid": sealed_json, "corrupt": sealed_corruptions, "derived": sealed_derived_json,
+                   "compressed": sealed_compressed},
         "keys": {
             "index_key": hx(&index_key()),
             "master_key": hx(&master_key()),
@@ -1452,6 +1542,105 @@ fn check_events(v: &Value, n: &mut Count) {
     }
 }
 
+/// The ADT vector record made long enough to be sealed compressed (version 2): its message with
+/// notes appended until the encoding passes `seal::COMPRESS_FROM`.
+fn long_record(recs: &[Rec]) -> Record {
+    let mut r = recs[0].record.clone();
+    let mut raw = r.raw.to_vec();
+    let mut i = 1;
+    while encode(&r).len() < seal::COMPRESS_FROM {
+        raw.extend_from_slice(
+            format!("NTE|{i}||Patient reports no change since the last visit.\r").as_bytes(),
+        );
+        r.raw = Bytes::from(raw.clone());
+        i += 1;
+    }
+    r
+}
+
+/// Sealed records of version 2 (the long ADT record under the ADT vector's key), and version 2
+/// records that must not open: the length in the header changed (the tag fails), and resealed
+/// under the right key, a length one more or one less than the block's, a block cut short, a
+/// byte after the block, a length LZ4 cannot reach and a short encoding compressed.
+fn compressed_vectors(sealed: &[SealedVec], recs: &[Rec]) -> (Vec<Value>, Vec<Value>) {
+    let s = &sealed[0];
+    let record = long_record(recs);
+    let enc = encode(&record);
+    let id = record_id(record.meta.received_ms, 0xc1);
+    let (salt, nonce) = (fill(0xe9), nonce_of(9));
+    let key = DataKey::new(&s.key_id, s.key);
+    let sealed_long = seal::seal_with(&record, id, &key, salt, nonce).unwrap();
+    let header = seal::parse_header(&sealed_long.bytes).unwrap().len;
+    let valid = vec![json!({
+        "name": "adt_a01_long", "key_id": s.key_id, "data_key": hx(&s.key),
+        "record_id": id.to_string(), "salt": hx(&salt), "nonce": hx(&nonce),
+        "encoding_len": enc.len(), "header": hx(&sealed_long.bytes[..header]),
+        "sealed": hx(&sealed_long.bytes), "commitment": hx(&sealed_long.commitment),
+    })];
+    let mut plain = salt.to_vec();
+    plain.extend_from_slice(&docs_lz4_block(&enc));
+    let reseal = |len: usize, plain: &[u8]| {
+        docs_seal_as(
+            &s.key,
+            &docs_header_v2(&s.key_id, &nonce, len),
+            &nonce,
+            &id,
+            plain,
+        )
+    };
+    assert_eq!(hx(&reseal(enc.len(), &plain)), hx(&sealed_long.bytes));
+    let mut corrupt = Vec::new();
+    let mut add = |name: &str, bytes: Vec<u8>, why: &str| {
+        let e = seal::open(&bytes, id, &key)
+            .err()
+            .unwrap_or_else(|| panic!("corruption {name} opens"));
+        corrupt.push(json!({
+            "name": name, "of": "adt_a01_long", "sealed": hx(&bytes), "record_id": id.to_string(),
+            "key_id": s.key_id, "data_key": hx(&s.key), "error": seal_error(&e), "why": why,
+        }));
+    };
+    let mut c = sealed_long.bytes.clone();
+    c[header - 1] ^= 0x01;
+    add(
+        "compressed_length_altered",
+        c,
+        "the encoding length in the header changed: it is authenticated, the tag fails",
+    );
+    add(
+        "compressed_length_one_more",
+        reseal(enc.len() + 1, &plain),
+        "resealed with a length one more than the block decodes to",
+    );
+    add(
+        "compressed_length_one_less",
+        reseal(enc.len() - 1, &plain),
+        "resealed with a length one less than the block decodes to",
+    );
+    add(
+        "compressed_block_truncated",
+        reseal(enc.len(), &plain[..plain.len() - 1]),
+        "resealed with the block's last byte cut off",
+    );
+    let mut trailing = plain.clone();
+    trailing.push(0);
+    add(
+        "compressed_trailing_byte",
+        reseal(enc.len(), &trailing),
+        "resealed with a byte after the block",
+    );
+    add(
+        "compressed_length_unreachable",
+        reseal(u32::MAX as usize - 8192, &plain),
+        "a length more than 255 times the block's: refused before anything is allocated",
+    );
+    add(
+        "compressed_short_encoding",
+        reseal(seal::COMPRESS_FROM - 1, &plain),
+        "a length under 4096: no writer compresses so short an encoding",
+    );
+    (valid, corrupt)
+}
+
 fn sealed_corruptions(sealed: &[SealedVec], recs: &[Rec]) -> Vec<Value> {
     let mut out = Vec::new();
     let mut add = |name: &str,
@@ -1562,10 +1751,10 @@ fn sealed_corruptions(sealed: &[SealedVec], recs: &[Rec]) -> Vec<Value> {
         s.id,
         &s.key_id,
         s.key,
-        "does not start with MAS 0x01",
+        "does not start with MAS 0x01 or MAS 0x02",
     );
     let mut c = b.clone();
-    c[3] = 0x02;
+    c[3] = 0x03;
     add(
         "unknown_version",
         s,
@@ -1573,7 +1762,7 @@ fn sealed_corruptions(sealed: &[SealedVec], recs: &[Rec]) -> Vec<Value> {
         s.id,
         &s.key_id,
         s.key,
-        "format version 2",
+        "format version 3",
     );
     let mut c = b.clone();
     c[header - 1] = 16;
@@ -2837,6 +3026,41 @@ fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], ders: &[DerVec], 
         assert_eq!(docs_commitment(&salt, enc), sealed.commitment);
         n.checked += 1;
     }
+    for s in list(&v["compressed"]) {
+        // Version 2: opened the docs' way (decrypt, then decode the LZ4 block to exactly the
+        // header's length), the record decoded and committed to; then the crate seals the
+        // record it opens to the same bytes.
+        let name = str_of(&s["name"]);
+        let key_id = str_of(&s["key_id"]);
+        let data_key = unhex32(&s["data_key"]);
+        let id = RecordId::parse(str_of(&s["record_id"])).unwrap();
+        let salt = unhex32(&s["salt"]);
+        let nonce: [u8; 24] = unhex(&s["nonce"]).try_into().unwrap();
+        let bytes = unhex(&s["sealed"]);
+        let len = s["encoding_len"].as_u64().unwrap() as usize;
+        assert_eq!(
+            unhex(&s["header"]),
+            docs_header_v2(key_id, &nonce, len),
+            "sealed {name}: header"
+        );
+        assert!(bytes.starts_with(&unhex(&s["header"])));
+        let (got_key_id, plain) = docs_open(&data_key, &id, &bytes).expect("opens by the docs");
+        assert_eq!((got_key_id.as_str(), &plain[..32]), (key_id, &salt[..]));
+        let enc = &plain[32..];
+        assert_eq!(enc.len(), len);
+        assert!(docs_read_record(enc).is_some(), "sealed {name}: encoding");
+        assert_eq!(docs_commitment(&salt, enc), unhex32(&s["commitment"]));
+        let key = DataKey::new(key_id, data_key);
+        let opened = seal::open(&bytes, id, &key).unwrap();
+        assert_eq!(encode(&opened.record), enc);
+        assert_eq!(
+            (opened.salt, opened.commitment),
+            (salt, unhex32(&s["commitment"]))
+        );
+        let sealed = seal::seal_with(&opened.record, id, &key, salt, nonce).unwrap();
+        assert_eq!(hx(&sealed.bytes), hx(&bytes), "sealed {name}: bytes");
+        n.checked += 1;
+    }
     for c in list(&v["corrupt"]) {
         let name = str_of(&c["name"]);
         let id = RecordId::parse(str_of(&c["record_id"])).unwrap();
@@ -2850,6 +3074,11 @@ fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], ders: &[DerVec], 
                 "sealed corruption {name}: {e}"
             ),
         }
+        // Nor by the docs: refused, or not the record under this key id.
+        let docs = docs_open(&unhex32(&c["data_key"]), &id, &bytes).filter(|(k, plain)| {
+            k == str_of(&c["key_id"]) && docs_read_record(&plain[32..]).is_some()
+        });
+        assert!(docs.is_none(), "sealed corruption {name} opens by the docs");
         n.checked += 1;
     }
 }
@@ -3511,7 +3740,7 @@ fn vectors_match_the_code() {
         std::fs::write(&path, text).unwrap();
     }
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.len() < 200_000, "vectors.json is {} bytes", text.len());
+    assert!(text.len() < 224_000, "vectors.json is {} bytes", text.len());
     let v: Value = serde_json::from_str(&text).unwrap();
     let mut n = Count::default();
     let recs = check_records(&v["records"], &mut n);

@@ -46,10 +46,12 @@ const PATIENTS_BUILT: &str = "patients_built";
 
 /// Layout version of the index; 3 = sealed bytes in segment files, dedup under the control key;
 /// 4 = also derived records (their segment entries name their raw record) and the tables
-/// `derived` and `mapping_failures`. A writable open upgrades 3 to 4 (nothing to convert), so a
-/// build that knows only 3 refuses a vault that may hold derived entries.
-const FORMAT: u32 = 4;
+/// `derived` and `mapping_failures`; 5 = also sealed records of version 2 (compressed, `seal`).
+/// A writable open upgrades 3 and 4 to 5 (nothing to convert), so a build that knows only an
+/// earlier one refuses a vault that may hold what it cannot read.
+const FORMAT: u32 = 5;
 const FORMAT_BEFORE_DERIVED: u32 = 3;
+const FORMAT_BEFORE_COMPRESSED: u32 = 4;
 
 /// An index table that a vault written before it existed lacks: read as empty.
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -272,7 +274,10 @@ fn open_index(
         let format = meta.get("format").map_err(err)?.map(|v| v.value().to_vec());
         match format {
             Some(v) if v == FORMAT.to_be_bytes() => {}
-            Some(v) if v == FORMAT_BEFORE_DERIVED.to_be_bytes() => {
+            Some(v)
+                if v == FORMAT_BEFORE_DERIVED.to_be_bytes()
+                    || v == FORMAT_BEFORE_COMPRESSED.to_be_bytes() =>
+            {
                 meta.insert("format", FORMAT.to_be_bytes().as_slice())
                     .map_err(err)?;
             }
@@ -480,6 +485,7 @@ impl EmbeddedVault {
             match meta.get("format").map_err(err)? {
                 Some(v)
                     if v.value() == FORMAT.to_be_bytes()
+                        || v.value() == FORMAT_BEFORE_COMPRESSED.to_be_bytes()
                         || v.value() == FORMAT_BEFORE_DERIVED.to_be_bytes() => {}
                 _ => {
                     return Err(VaultError::Storage(

@@ -372,7 +372,8 @@ fn next_intact(file: &File, path: &Path, from: u64) -> Result<Option<u64>, Segme
     // Only on a damaged log, so reading the rest of one segment (at most its size) is fine.
     let mut rest = vec![0u8; (end - start) as usize];
     file.read_exact_at(&mut rest, start).map_err(io(path))?;
-    for pos in memchr::memmem::find_iter(&rest, crate::seal::MAGIC) {
+    // "MAS", the magic both versions of a sealed record begin with; the checksum confirms.
+    for pos in memchr::memmem::find_iter(&rest, &crate::seal::MAGIC[..3]) {
         let Some(at) = pos.checked_sub(ENTRY_HEADER) else {
             continue;
         };
