@@ -250,9 +250,19 @@ impl Drop for Unmount {
     }
 }
 
-/// A message of about 40 KB (an ORU with a long text result), `i` making it unique.
+/// A message of about 40 KB (an ORU with a long text result), `i` making it unique. The text is
+/// letters and digits drawn at random, which LZ4 cannot shrink: the vault stores it at full size
+/// (records of 4 KiB or more are otherwise stored compressed), so the disk fills as planned.
 fn large_message(i: usize) -> String {
-    let text = "X".repeat(40_000);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+    let text: String = (0..40_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(state % 36) as usize] as char
+        })
+        .collect();
     format!(
         "MSH|^~\\&|LAB|HOSP|GW|HOSP|20250101120000||ORU^R01|BIG-{i}|P|2.5\rPID|1||{}^^^HOSP^MR\rOBX|1|TX|NOTE||{text}\r",
         200_000 + i
