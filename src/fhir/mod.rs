@@ -72,10 +72,10 @@ pub fn read(bytes: &[u8]) -> Result<FhirMeta, Rejection> {
         bad(
             "not_json",
             format!(
-                "not valid JSON at line {} column {} ({:?})",
+                "not valid JSON at line {} column {} ({})",
                 e.line(),
                 e.column(),
-                e.classify()
+                validate::why_not_json(&e)
             ),
         )
     })?;
@@ -249,6 +249,23 @@ mod tests {
             assert_eq!(e.label, label);
             assert!(!e.reason.contains("secret"));
         }
+    }
+
+    /// The sender learns what is wrong with its JSON (a number out of range was only a
+    /// "Syntax" error), from the parser's fixed texts, never from the input's values.
+    #[test]
+    fn json_errors_say_what_the_parser_found() {
+        let e =
+            read(br#"{"resourceType":"Observation","valueQuantity":{"value":1e400}}"#).unwrap_err();
+        assert_eq!(e.label, "not_json");
+        assert!(e.reason.ends_with("(number out of range)"), "{}", e.reason);
+        let e = read(br#"{"resourceType":"Patient","id":"secret-123"#).unwrap_err();
+        assert!(
+            e.reason.ends_with("(EOF while parsing a string)"),
+            "{}",
+            e.reason
+        );
+        assert!(!e.reason.contains("secret"));
     }
 
     #[test]

@@ -274,10 +274,10 @@ pub fn parse<R>(
                 )
             } else {
                 format!(
-                    "not valid JSON at line {} column {} ({:?} error){}",
+                    "not valid JSON at line {} column {} ({}){}",
                     e.line(),
                     e.column(),
-                    e.classify(),
+                    why_not_json(&e),
                     if !allow_comments && has_comment(bytes) {
                         ": comments are not allowed in JSON"
                     } else {
@@ -292,6 +292,21 @@ pub fn parse<R>(
                 message,
             )])
         }
+    }
+}
+
+/// What the parser found wrong, said without echoing the input: a syntax error's own text
+/// (`number out of range`, `EOF while parsing a string`: fixed texts that name no value), and
+/// only the category for anything else.
+pub(crate) fn why_not_json(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => {
+            let text = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            text.strip_suffix(&suffix).unwrap_or(&text).to_string()
+        }
+        other => format!("{other:?} error"),
     }
 }
 
@@ -526,6 +541,23 @@ mod tests {
         )
         .is_ok());
         assert!(parse(b"{\"a\":\"//not a comment\"}", true, |_| ()).is_ok());
+        // A number no reader can hold is said to be one (it was only a "Syntax error").
+        let e = parse(
+            b"{\"resourceType\":\"Observation\",\"valueQuantity\":{\"value\":1e400}}",
+            false,
+            |_| (),
+        )
+        .unwrap_err();
+        assert_eq!(e[0].path, "Observation.valueQuantity.value", "{e:?}");
+        assert_eq!(
+            e[0].message,
+            "not valid JSON at line 1 column 60 (number out of range)"
+        );
+        let e = parse(b"{\"resourceType\":\"Patient\",\"id\":\"ab", false, |_| ()).unwrap_err();
+        assert!(
+            e[0].message.ends_with("(EOF while parsing a string)"),
+            "{e:?}"
+        );
         // The same bytes would be two different resources to readers that keep the first or
         // the last of a repeated key: refused where the parser found it.
         let e = Validator::shared()
