@@ -636,6 +636,9 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of our output went away (`medanchor mapping failures | head`): what it
+        // wanted was written; ending quietly is what a pipeline expects.
+        Err(e) if medanchor::cli::output_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

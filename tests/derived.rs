@@ -216,6 +216,39 @@ fn a_message_that_cannot_be_mapped_is_stored_and_listed_or_with_reject_refused()
     assert_eq!(report["quarantined"], 1, "{report}");
 }
 
+/// A reader that leaves early (`medanchor mapping test --json … | head -1`) ends the output
+/// quietly: exit 0, no panic and no error line (the tools wrote with `println!`, which panics on
+/// a closed pipe, or reported "Broken pipe" as a failure).
+#[test]
+fn mapping_tools_stop_quietly_when_their_reader_leaves() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("batch.hl7");
+    let msgs: String = (0..400)
+        .map(|i| {
+            format!("MSH|^~\\&|S|F|R|RF|20240101||ADT^A01|M{i}|P|2.5.1\rPID|1||{i}^^^H^MR||DOE^J\r")
+        })
+        .collect();
+    std::fs::write(&file, format!("BHS|^~\\&|S\r{msgs}BTS|400\r")).unwrap();
+    let mut child = Command::new(common::BIN)
+        .args(["mapping", "test", "--json", file.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("{\"resourceType\":\"Bundle\""), "{first}");
+    // The reader is gone; 400 Bundles do not fit a pipe's buffer, so a write fails.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+}
+
 /// Attack round 9: a batch whose BTS count disagrees with it was mapped whole as one message
 /// and reported as "does not start with an MSH segment". The tools name the count instead.
 #[test]

@@ -98,8 +98,7 @@ fn map_one(
 pub fn test(cfg: &NormalizeConfig, files: &[PathBuf], json: bool) -> Result<bool> {
     let n = load(cfg)?;
     let now = crate::envelope::now_ms();
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = super::stdout();
     let mut all_ok = true;
     for f in files {
         // A file that cannot be read or split fails alone (one `null` line with --json); the
@@ -191,7 +190,7 @@ fn summary(m: &Mapped) -> String {
 /// `mapping lint`: every problem of every file, or a summary of the set.
 pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
     // Written, not printed: a reader that stops early (`| head`) ends the command, not a panic.
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     match Normalizer::lint(cfg) {
         Ok(n) => {
             for f in n.unused_site_files() {
@@ -239,7 +238,7 @@ pub fn diff(cfg: &NormalizeConfig, file: &Path) -> Result<bool> {
     let mut base_cfg = cfg.clone();
     base_cfg.site_dir = None;
     let without = load(&base_cfg)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     writeln!(
         out,
         "site {}: mapping set {} (without it {})",
@@ -389,21 +388,23 @@ pub fn replay(
             eprint!("\r{} mapped, {} failed", r.mapped, r.failed);
         }
     })?;
+    let mut out = super::stdout();
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
         eprintln!();
         for p in &report.problems {
             eprintln!("FAILED: {p}");
         }
-        println!(
+        writeln!(
+            out,
             "{} records mapped again with mapping set {}: {} mapped, {} failed (`medanchor mapping failures` lists them), {} unreadable",
             report.chosen,
             normalizer.version(),
             report.mapped,
             report.failed,
             report.unreadable
-        );
+        )?;
     }
     Ok(report.unreadable == 0)
 }
@@ -414,13 +415,17 @@ pub fn failures(cfg: &crate::config::Config, json: bool) -> Result<bool> {
     let stores = super::open_offline(cfg)?;
     use crate::vault::Vault;
     let failures = stores.vault.mapping_failures()?;
+    // Written, not printed: a reader that leaves early (`| head`) ends the listing quietly
+    // (`super::Output`) where `println!` would panic.
+    let mut out = super::stdout();
     for (id, f) in &failures {
         if json {
             let mut v = serde_json::to_value(f)?;
             v["record_id"] = Value::String(id.to_string());
-            println!("{v}");
+            writeln!(out, "{v}")?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "{id}  {}  {}  mapping set {}: {}",
                 crate::hl7::ack::hl7_timestamp(f.at_ms),
                 f.label,
@@ -430,7 +435,7 @@ pub fn failures(cfg: &crate::config::Config, json: bool) -> Result<bool> {
                     &f.mapping_version
                 },
                 f.detail
-            );
+            )?;
         }
     }
     if !json {

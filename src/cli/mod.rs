@@ -21,6 +21,48 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Stores};
 use crate::vault::Vault;
 
+/// Standard output for a command's results. A reader that leaves early (`| head`) makes the
+/// next write fail with [`OutputClosed`] inside its `io::Error`, which `main` takes as the end of
+/// the output, not as a failure; any other write error stays what it is.
+pub struct Output(std::io::StdoutLock<'static>);
+
+/// The reader of standard output went away.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed by its reader")]
+pub struct OutputClosed;
+
+pub fn stdout() -> Output {
+    Output(std::io::stdout().lock())
+}
+
+impl Output {
+    fn closed(e: std::io::Error) -> std::io::Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, OutputClosed)
+        } else {
+            e
+        }
+    }
+}
+
+impl std::io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(Output::closed)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(Output::closed)
+    }
+}
+
+/// Whether a command ended because standard output was closed by its reader ([`Output`]).
+pub fn output_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<OutputClosed>())
+    })
+}
+
 /// A progress bar on a terminal, nothing otherwise.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
