@@ -2932,16 +2932,26 @@ fn check_commitments(v: &Value, recs: &[(String, Record, Vec<u8>)], n: &mut Coun
     }
 }
 
+/// What every sealed vector holds: the key id and data key it opens under, its record id, and
+/// the salt, nonce and sealed bytes, in that order.
+type SealedFields<'a> = (&'a str, [u8; 32], RecordId, [u8; 32], [u8; 24], Vec<u8>);
+
+fn sealed_fields(s: &Value) -> SealedFields<'_> {
+    (
+        str_of(&s["key_id"]),
+        unhex32(&s["data_key"]),
+        RecordId::parse(str_of(&s["record_id"])).unwrap(),
+        unhex32(&s["salt"]),
+        unhex(&s["nonce"]).try_into().unwrap(),
+        unhex(&s["sealed"]),
+    )
+}
+
 fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], ders: &[DerVec], n: &mut Count) {
     let find = |name: &str| recs.iter().find(|r| r.0 == name).unwrap();
     for s in list(&v["valid"]) {
         let (name, record, enc) = find(str_of(&s["record"]));
-        let key_id = str_of(&s["key_id"]);
-        let data_key = unhex32(&s["data_key"]);
-        let id = RecordId::parse(str_of(&s["record_id"])).unwrap();
-        let salt = unhex32(&s["salt"]);
-        let nonce: [u8; 24] = unhex(&s["nonce"]).try_into().unwrap();
-        let bytes = unhex(&s["sealed"]);
+        let (key_id, data_key, id, salt, nonce, bytes) = sealed_fields(s);
         let key = DataKey::new(key_id, data_key);
         let sealed = seal::seal_with(record, id, &key, salt, nonce).unwrap();
         assert_eq!(hx(&sealed.bytes), hx(&bytes), "sealed {name}: bytes");
@@ -2976,12 +2986,7 @@ fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], ders: &[DerVec], 
     }
     for s in list(&v["derived"]) {
         let (name, record, enc) = ders.iter().find(|d| d.0 == str_of(&s["derived"])).unwrap();
-        let key_id = str_of(&s["key_id"]);
-        let data_key = unhex32(&s["data_key"]);
-        let id = RecordId::parse(str_of(&s["record_id"])).unwrap();
-        let salt = unhex32(&s["salt"]);
-        let nonce: [u8; 24] = unhex(&s["nonce"]).try_into().unwrap();
-        let bytes = unhex(&s["sealed"]);
+        let (key_id, data_key, id, salt, nonce, bytes) = sealed_fields(s);
         let key = DataKey::new(key_id, data_key);
         let sealed = seal::seal_derived_with(record, id, &key, salt, nonce).unwrap();
         assert_eq!(
@@ -3031,12 +3036,7 @@ fn check_sealed(v: &Value, recs: &[(String, Record, Vec<u8>)], ders: &[DerVec], 
         // header's length), the record decoded and committed to; then the crate seals the
         // record it opens to the same bytes.
         let name = str_of(&s["name"]);
-        let key_id = str_of(&s["key_id"]);
-        let data_key = unhex32(&s["data_key"]);
-        let id = RecordId::parse(str_of(&s["record_id"])).unwrap();
-        let salt = unhex32(&s["salt"]);
-        let nonce: [u8; 24] = unhex(&s["nonce"]).try_into().unwrap();
-        let bytes = unhex(&s["sealed"]);
+        let (key_id, data_key, id, salt, nonce, bytes) = sealed_fields(s);
         let len = s["encoding_len"].as_u64().unwrap() as usize;
         assert_eq!(
             unhex(&s["header"]),
