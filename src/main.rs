@@ -451,17 +451,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let s = medanchor::cli::import::run(&cfg, &paths, format, progress).await?;
             if json {
-                println!("{}", serde_json::to_string(&s)?);
+                medanchor::outln!("{}", serde_json::to_string(&s)?)?;
             } else {
-                println!(
+                medanchor::outln!(
                     "{} files, {} messages: {} stored, {} duplicate, {} rejected, {} to retry",
-                    s.files, s.messages, s.stored, s.duplicate, s.rejected, s.retry
-                );
+                    s.files,
+                    s.messages,
+                    s.stored,
+                    s.duplicate,
+                    s.rejected,
+                    s.retry
+                )?;
                 for (reason, n) in &s.rejected_by_reason {
-                    println!("  rejected {reason}: {n} (see `medanchor quarantine list`)");
+                    medanchor::outln!(
+                        "  rejected {reason}: {n} (see `medanchor quarantine list`)"
+                    )?;
                 }
                 for u in &s.unreadable {
-                    println!("  unreadable: {u}");
+                    medanchor::outln!("  unreadable: {u}")?;
                 }
             }
             let clean = s.retry == 0 && s.unreadable.is_empty() && s.rejected == 0;
@@ -540,12 +547,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
             for r in reports {
                 if json {
-                    println!("{}", serde_json::to_string(&r)?);
+                    medanchor::outln!("{}", serde_json::to_string(&r)?)?;
                 } else {
-                    println!(
+                    medanchor::outln!(
                         "patients with grants loaded: {}; {} reads ({} not 200) of a {} B record in {:.0} req/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                         r.patients_loaded, r.requests, r.errors, r.record_bytes, r.requests_per_s, r.p50_ms, r.p99_ms, r.max_ms
-                    );
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -574,9 +581,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await?;
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                medanchor::outln!("{}", serde_json::to_string(&r)?)?;
             } else {
-                println!(
+                medanchor::outln!(
                     "{} messages ({} not AA) in {:.0} msgs/s; ACK latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; gateway peak RSS {}",
                     r.messages,
                     r.errors,
@@ -585,7 +592,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     r.p99_ms,
                     r.max_ms,
                     r.peak_rss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "unknown".into())
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -649,9 +656,9 @@ fn main() -> ExitCode {
 /// Prints a broker bench report as text or (`--json`) one JSON line.
 fn print_broker_bench(r: medanchor::cli::bench::BrokerBenchReport, json: bool) -> Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        medanchor::outln!("{}", serde_json::to_string(&r)?)?;
     } else {
-        println!(
+        medanchor::outln!(
             "{} messages stored in {:.0} msgs/s (broker took the publishes at {:.0} msgs/s); broker-to-stored p50 {} ms, p99 {} ms; gateway peak RSS {}",
             r.messages,
             r.msgs_per_s,
@@ -659,12 +666,12 @@ fn print_broker_bench(r: medanchor::cli::bench::BrokerBenchReport, json: bool) -
             r.p50_ms.map_or("?".into(), |v| format!("{v:.1}")),
             r.p99_ms.map_or("?".into(), |v| format!("{v:.1}")),
             r.peak_rss_mb.map_or("?".into(), |v| format!("{v:.0} MB")),
-        );
+        )?;
         if let Some(read) = r.broker_read_msgs_per_s {
-            println!(
+            medanchor::outln!(
                 "the broker served the same messages to a plain consumer at {read:.0} msgs/s: the gateway reached {:.0}% of that",
                 100.0 * r.msgs_per_s / read
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -409,7 +409,7 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
 /// Tells whoever runs a `--prefill` bench that the gateway may start now.
 fn announce_published(count: u64) -> Result<()> {
     use std::io::Write;
-    println!("published {count}; start the gateway");
+    crate::outln!("published {count}; start the gateway")?;
     std::io::stdout().flush()?;
     Ok(())
 }
@@ -557,7 +557,7 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
             m.create_topic(topic, partitions, 1)
                 .with_context(|| format!("creating {topic}"))?;
         }
-        println!("mock cluster: {}", m.bootstrap_servers());
+        crate::outln!("mock cluster: {}", m.bootstrap_servers())?;
         use std::io::Write;
         std::io::stdout().flush()?;
         Some(m)

@@ -166,7 +166,7 @@ pub async fn send_files(
         all_ok &= s.code == "AA" || s.code == "CA";
         pb.inc(1);
         if json {
-            println!("{}", serde_json::to_string(&SendLine { file, ack: &s })?);
+            crate::outln!("{}", serde_json::to_string(&SendLine { file, ack: &s })?)?;
         } else {
             pb.suspend(|| {
                 let detail = if s.record_id.is_empty() {
@@ -174,8 +174,8 @@ pub async fn send_files(
                 } else {
                     format!("record {} commitment {}", s.record_id, s.commitment)
                 };
-                println!("{file}  {}  {}  {detail}", s.control_id, s.code);
-            });
+                crate::outln!("{file}  {}  {}  {detail}", s.control_id, s.code)
+            })?;
         }
     }
     pb.finish_and_clear();

@@ -54,6 +54,16 @@ impl std::io::Write for Output {
     }
 }
 
+/// `println!` for a command's output, through [`Output`], so that a reader that leaves early
+/// ends the command quietly instead of a panic; evaluates to `io::Result<()>`.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!($crate::cli::stdout(), $($arg)*)
+    }};
+}
+
 /// Whether a command ended because standard output was closed by its reader ([`Output`]).
 pub fn output_closed(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -109,14 +119,14 @@ pub fn verify_bundle(path: &Path, key: Option<&str>, json: bool) -> Result<bool>
         if let Err(e) = &result {
             v["error"] = e.to_string().into();
         }
-        println!("{v}");
+        crate::outln!("{v}")?;
     } else {
         match &result {
             Ok(cp) => {
                 let key = NoteVerifier::parse(&bundle.public_key)
                     .map(|k| k.key_id())
                     .unwrap_or_default();
-                println!(
+                crate::outln!(
                     "ok: record {} is leaf {} of {} (tree size {}), checkpoint signed by {}{}",
                     bundle.record_id,
                     bundle.leaf_index,
@@ -128,7 +138,7 @@ pub fn verify_bundle(path: &Path, key: Option<&str>, json: bool) -> Result<bool>
                     } else {
                         " (key taken from the bundle; pin it with --key)"
                     }
-                );
+                )?;
             }
             Err(e) => eprintln!("FAILED: record {}: {e}", bundle.record_id),
         }
@@ -158,10 +168,10 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
                 ..Default::default()
             };
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                crate::outln!("{}", serde_json::to_string(&report)?)?;
             } else {
                 eprintln!("FAILED: {}", report.failures[0]);
-                println!("FAILED: the data directory does not open");
+                crate::outln!("FAILED: the data directory does not open")?;
             }
             return Ok(false);
         }
@@ -179,7 +189,7 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
     report.notes.extend(notes);
     pb.finish_and_clear();
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         for n in &report.notes {
             eprintln!("note: {n}");
@@ -187,7 +197,7 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
         for f in &report.failures {
             eprintln!("FAILED: {f}");
         }
-        println!(
+        crate::outln!(
             "{}: {} records, {} derived, {} events, {} erased, {} leaves, {} checkpoints",
             if report.ok { "ok" } else { "FAILED" },
             report.records,
@@ -196,7 +206,7 @@ pub fn verify_all(cfg: &Config, json: bool) -> Result<bool> {
             report.erased,
             report.leaves,
             report.checkpoints
-        );
+        )?;
     }
     Ok(report.ok)
 }
@@ -223,26 +233,26 @@ pub fn repair(cfg: &Config) -> Result<()> {
     )
     .with_context(|| format!("repairing {}", dir.display()))?;
     if let Some(aside) = &r.replaced_index {
-        println!(
+        crate::outln!(
             "vault.redb did not open: moved to {} and rebuilt from the segments; its quarantine entries are lost",
             aside.display()
-        );
+        )?;
     }
     for s in &r.set_aside {
-        println!(
+        crate::outln!(
             "set aside: segment {} offset {} ({} bytes; record {} as its header reads); bytes kept in {}",
             s.segment,
             s.offset,
             s.len,
             s.record,
             s.kept.display()
-        );
+        )?;
     }
-    println!(
+    crate::outln!(
         "{} damaged entries set aside; index rebuilt from the segments: {} records",
         r.set_aside.len(),
         r.reindexed
-    );
+    )?;
     let seed = crate::seal::keyring::load_secret(&dir.join("keys/log-signing.key"), false)?;
     let signer = medanchor_merkle::NoteSigner::new(
         cfg.origin.clone(),
@@ -251,14 +261,14 @@ pub fn repair(cfg: &Config) -> Result<()> {
     let (leaves, checkpoints, old) =
         crate::ledger::EmbeddedLedger::repair(&dir.join("ledger.redb"), &cfg.origin, signer)
             .context("rebuilding ledger.redb")?;
-    println!(
+    crate::outln!(
         "log: ledger.redb rebuilt from its {leaves} leaves and {checkpoints} signed checkpoints (record index, tile rows and tile roots computed anew); the old file is kept as {}",
         old.display()
-    );
+    )?;
     if !r.set_aside.is_empty() {
-        println!(
+        crate::outln!(
             "the records set aside are lost from this vault: have their senders send them again, and keep segments/damaged/ for inspection"
-        );
+        )?;
     }
     Ok(())
 }
@@ -266,8 +276,10 @@ pub fn repair(cfg: &Config) -> Result<()> {
 pub fn keys_rotate(cfg: &Config) -> Result<()> {
     let keyring = crate::seal::Keyring::open(&cfg.data_dir.join("keys"), false)?;
     let (id, n) = keyring.rotate_master()?;
-    println!("master key {id} created; {n} data keys re-wrapped under it");
-    println!("older master-*.key files are no longer needed once you have a backup of the new one");
+    crate::outln!("master key {id} created; {n} data keys re-wrapped under it")?;
+    crate::outln!(
+        "older master-*.key files are no longer needed once you have a backup of the new one"
+    )?;
     Ok(())
 }
 
@@ -276,16 +288,16 @@ pub fn quarantine_list(cfg: &Config, json: bool) -> Result<()> {
     let entries = stores.vault.quarantine_list()?;
     for e in &entries {
         if json {
-            println!("{}", serde_json::to_string(e)?);
+            crate::outln!("{}", serde_json::to_string(e)?)?;
         } else {
-            println!(
+            crate::outln!(
                 "{}  {}  {}  {} bytes  {}",
                 e.id,
                 crate::hl7::ack::hl7_timestamp(e.received_ms),
                 e.origin,
                 e.size,
                 e.reason
-            );
+            )?;
         }
     }
     if !json {
@@ -339,24 +351,24 @@ pub async fn quarantine_replay(cfg: &Config, id: &str) -> Result<bool> {
     running.finish().await;
     Ok(match outcome {
         Outcome::Stored { receipt, duplicate } => {
-            println!(
+            crate::outln!(
                 "{} record {} commitment {}",
                 if duplicate { "duplicate of" } else { "stored" },
                 receipt.record_id,
                 receipt.commitment
-            );
+            )?;
             true
         }
         Outcome::Rejected(r) => {
-            println!(
+            crate::outln!(
                 "rejected again: {} (new quarantine id {})",
                 r.reason,
                 r.quarantine_id.unwrap_or_default()
-            );
+            )?;
             false
         }
         Outcome::Retry { reason } => {
-            println!("not stored: {reason}");
+            crate::outln!("not stored: {reason}")?;
             false
         }
     })

@@ -45,47 +45,48 @@ fn offline(cfg: &Config, principals: &Principals, action: Action) -> Result<()> 
                 .context("opening the keyring (patients are named by its index key)")?;
             let new = add.resolve(&keyring)?;
             let (p, token) = principals.add(&new, now_ms())?;
-            print_added(&json!({"principal": p, "token": token}));
+            print_added(&json!({"principal": p, "token": token}))?;
         }
-        Action::List => print_list(&serde_json::to_value(principals.list())?),
+        Action::List => print_list(&serde_json::to_value(principals.list())?)?,
         Action::Revoke(id) => {
             principals.revoke(&id, now_ms())?;
-            println!("principal {id} revoked");
+            crate::outln!("principal {id} revoked")?;
         }
     }
     Ok(())
 }
 
-fn print_added(v: &Value) {
+fn print_added(v: &Value) -> std::io::Result<()> {
     let p = &v["principal"];
-    println!(
+    crate::outln!(
         "principal {} ({}) added",
         p["id"].as_str().unwrap_or(""),
         p["role"].as_str().unwrap_or("")
-    );
+    )?;
     if let Some(patients) = p["patients"].as_array() {
         for pid in patients {
-            println!("patient id: {}", pid.as_str().unwrap_or(""));
+            crate::outln!("patient id: {}", pid.as_str().unwrap_or(""))?;
         }
     }
-    println!("token (shown this once; only its hash is kept):");
-    println!("{}", v["token"].as_str().unwrap_or(""));
+    crate::outln!("token (shown this once; only its hash is kept):")?;
+    crate::outln!("{}", v["token"].as_str().unwrap_or(""))
 }
 
-fn print_list(list: &Value) {
+fn print_list(list: &Value) -> std::io::Result<()> {
     for p in list.as_array().into_iter().flatten() {
         let revoked = if p["revoked_ms"].is_null() {
             ""
         } else {
             " (revoked)"
         };
-        println!(
+        crate::outln!(
             "{}\t{}{}",
             p["id"].as_str().unwrap_or(""),
             p["role"].as_str().unwrap_or(""),
             revoked
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn online(addr: SocketAddr, token: &str, action: Action) -> Result<()> {
@@ -111,9 +112,9 @@ fn online(addr: SocketAddr, token: &str, action: Action) -> Result<()> {
         );
     }
     match action {
-        Action::Add(_) => print_added(&v),
-        Action::List => print_list(&v["principals"]),
-        Action::Revoke(id) => println!("principal {id} revoked"),
+        Action::Add(_) => print_added(&v)?,
+        Action::List => print_list(&v["principals"])?,
+        Action::Revoke(id) => crate::outln!("principal {id} revoked")?,
     }
     Ok(())
 }
