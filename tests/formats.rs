@@ -548,12 +548,6 @@ fn docs_header_v2(key_id: &str, nonce: &[u8; 24], len: usize) -> Vec<u8> {
     h
 }
 
-/// An LZ4 block of `data` as the crate writes it (lz4_flex); the docs side only decodes
-/// ([`docs_lz4_decode`]), and LZ4 allows many blocks for one input.
-fn docs_lz4_block(data: &[u8]) -> Vec<u8> {
-    lz4_flex::block::compress(data)
-}
-
 /// Decodes an LZ4 block (the LZ4 block format, lz4/doc/lz4_Block_format.md) that must give
 /// exactly `n` bytes: sequences of a token (literal length, match length − 4), literals, a
 /// little-endian u16 offset and the match; the last sequence has literals only.
@@ -1577,8 +1571,10 @@ fn compressed_vectors(sealed: &[SealedVec], recs: &[Rec]) -> (Vec<Value>, Vec<Va
         "encoding_len": enc.len(), "header": hx(&sealed_long.bytes[..header]),
         "sealed": hx(&sealed_long.bytes), "commitment": hx(&sealed_long.commitment),
     })];
+    // The block as the crate writes it (lz4_flex): LZ4 allows many blocks for one input, so the
+    // docs side only decodes ([`docs_lz4_decode`]).
     let mut plain = salt.to_vec();
-    plain.extend_from_slice(&docs_lz4_block(&enc));
+    plain.extend_from_slice(&lz4_flex::block::compress(&enc));
     let reseal = |len: usize, plain: &[u8]| {
         docs_seal_as(
             &s.key,

@@ -410,7 +410,7 @@ pub async fn nats(b: &NatsBench) -> Result<BrokerBenchReport> {
 fn announce_published(count: u64) -> Result<()> {
     use std::io::Write;
     crate::outln!("published {count}; start the gateway")?;
-    std::io::stdout().flush()?;
+    super::stdout().flush()?;
     Ok(())
 }
 
@@ -559,7 +559,7 @@ pub async fn kafka(b: &KafkaBench) -> Result<BrokerBenchReport> {
         }
         crate::outln!("mock cluster: {}", m.bootstrap_servers())?;
         use std::io::Write;
-        std::io::stdout().flush()?;
+        super::stdout().flush()?;
         Some(m)
     } else {
         None

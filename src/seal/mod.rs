@@ -507,7 +507,8 @@ fn decrypt(
 /// (at most 255 bytes per byte) before anything is allocated.
 fn unpack(plain: &[u8], n: usize) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let (salt, block) = plain.split_at(SALT_LEN);
-    if block.is_empty() || n / 255 > block.len() {
+    // `n` is at least COMPRESS_FROM (`parse_header`), so an empty block fails here too.
+    if n / 255 > block.len() {
         return Err(SealError::BadRecord);
     }
     let mut out = Zeroizing::new(vec![0u8; SALT_LEN + n]);
@@ -673,8 +674,7 @@ mod tests {
 
     /// Version 2 records that a key holder could make but no writer does: the length in the
     /// header not the block's, a block cut short or with a byte after it, a length LZ4 cannot
-    /// reach, a short encoding compressed. Each is refused; none panics or allocates the length
-    /// it claims.
+    /// reach, a short encoding compressed. Each is refused, none with a panic.
     #[test]
     fn compressed_records_that_do_not_decode_to_their_length_are_refused() {
         let key = DataKey::new("p-0", [5; 32]);
