@@ -22,7 +22,7 @@ use medanchor::envelope::{FormatHint, Origin, RecordId};
 use medanchor::normalize::Normalizer;
 use medanchor::pipeline::{decode, derive_record, SEAL_BATCH};
 use medanchor::record::AcceptRules;
-use medanchor::seal::{seal_derived_many, seal_many, DataKey};
+use medanchor::seal::{seal_derived_many, seal_many, Compress, DataKey};
 
 /// The gateway's allocator (src/main.rs), so the figures are the gateway's.
 #[global_allocator]
@@ -85,7 +85,10 @@ fn bench_mix(c: &mut Criterion, mix_name: &str, mix: Mix) {
             .iter()
             .map(|r| (r, RecordId([1; 16]), &key))
             .collect();
-        let sealed: Vec<_> = seal_many(&raw).into_iter().map(Result::unwrap).collect();
+        let sealed: Vec<_> = seal_many(&raw, Compress::Lz4)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         if let Some((normalizer, cfg)) = cfg {
             let derived: Vec<_> = records
                 .iter()
@@ -100,7 +103,7 @@ fn bench_mix(c: &mut Criterion, mix_name: &str, mix: Mix) {
                 .iter()
                 .map(|d| (d, RecordId([3; 16]), &key))
                 .collect();
-            black_box(seal_derived_many(&items));
+            black_box(seal_derived_many(&items, Compress::Lz4));
         }
         black_box(sealed);
     };

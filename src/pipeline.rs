@@ -196,6 +196,8 @@ pub struct Pipeline {
     /// HL7v2 → FHIR normalization; `None` when `normalize.enabled` is off.
     normalizer: Option<Arc<Normalizer>>,
     normalize: NormalizeConfig,
+    /// `vault.compress`.
+    compress: seal::Compress,
 }
 
 /// What decoding made of an envelope.
@@ -339,6 +341,7 @@ impl Pipeline {
             key_failures: crate::throttle::Throttle::new(std::time::Duration::from_secs(10)),
             normalizer,
             normalize: cfg.normalize.clone(),
+            compress: cfg.vault.compression(),
         });
         Ok((
             pipeline,
@@ -379,7 +382,7 @@ impl Pipeline {
             body: body.into(),
         };
         let id = RecordId::generate(at_ms);
-        let sealed = seal::seal_events(&[(&event, id, &key)])
+        let sealed = seal::seal_events(&[(&event, id, &key)], self.compress)
             .pop()
             .expect("one result")
             .map_err(|e| EventError::TooLarge(e.to_string()))?;
@@ -533,7 +536,7 @@ impl Pipeline {
             .iter()
             .map(|d| (&d.record, RecordId::generate(d.received_ms), &*d.key))
             .collect();
-        let sealed = seal::seal_many(&items);
+        let sealed = seal::seal_many(&items, self.compress);
         let n = decoded.len();
         let mut derivations = self.derive(&decoded, &sealed);
         for ((sealed, ToSeal { record, token, .. }), derivation) in
@@ -667,7 +670,10 @@ impl Pipeline {
             .iter()
             .map(|(at, r)| (r, RecordId::generate(r.mapped_ms), &*decoded[*at].key))
             .collect();
-        for ((at, _), sealed) in to_seal.iter().zip(seal::seal_derived_many(&items)) {
+        for ((at, _), sealed) in to_seal
+            .iter()
+            .zip(seal::seal_derived_many(&items, self.compress))
+        {
             out[*at] = match sealed {
                 Ok(s) => Derived::Sealed(s),
                 Err(e) => {

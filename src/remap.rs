@@ -52,6 +52,7 @@ pub fn remap(
     normalizer: &Normalizer,
     cfg: &NormalizeConfig,
     filter: &Filter,
+    compress: seal::Compress,
     progress: &mut dyn FnMut(&Report),
 ) -> Result<Report, RemapError> {
     let failed: std::collections::HashSet<RecordId> = if filter.only_failed {
@@ -79,7 +80,7 @@ pub fn remap(
     for chunk in ids.chunks(BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
         for id in chunk {
-            match remap_one(stores, normalizer, cfg, filter, id) {
+            match remap_one(stores, normalizer, cfg, filter, compress, id) {
                 Ok(None) => {}
                 Ok(Some(item)) => {
                     report.chosen += 1;
@@ -124,6 +125,7 @@ fn remap_one(
     normalizer: &Normalizer,
     cfg: &NormalizeConfig,
     filter: &Filter,
+    compress: seal::Compress,
     id: &RecordId,
 ) -> Result<Option<Rederive>, String> {
     let stored = stores
@@ -152,9 +154,10 @@ fn remap_one(
     let raw = (*id, stored.commitment);
     let derived = match derive_record(normalizer, cfg, &record.raw, raw, mapped_ms) {
         Ok((d, _)) => {
-            let sealed = seal::seal_derived_many(&[(&d, RecordId::generate(mapped_ms), &key)])
-                .pop()
-                .expect("one result per record");
+            let sealed =
+                seal::seal_derived_many(&[(&d, RecordId::generate(mapped_ms), &key)], compress)
+                    .pop()
+                    .expect("one result per record");
             match sealed {
                 Ok(s) => Derivation::Mapped(s),
                 Err(e) => {

@@ -145,6 +145,71 @@ fn each_message_is_stored_with_its_bundle_and_the_derived_proof_proves_the_raw_r
     assert_eq!(report["leaves"], 6, "{report}");
 }
 
+/// The sealed bytes' magic of each derived record of `raw`, oldest first.
+fn derived_magic(data: &Path, raw: &RecordId) -> Vec<[u8; 4]> {
+    let cfg = medanchor::config::Config {
+        data_dir: data.into(),
+        ..Default::default()
+    };
+    let stores = medanchor::pipeline::Stores::open(&cfg, false).unwrap();
+    let ids = stores.vault.derived_of(raw).unwrap();
+    ids.iter()
+        .map(|id| {
+            let rec = stores.vault.get(id).unwrap().expect("stored");
+            rec.sealed[..4].try_into().unwrap()
+        })
+        .collect()
+}
+
+/// A Bundle (over 4 KiB of JSON) is stored as an LZ4 block by default; `vault.compress = false`
+/// stores it, and what a replay makes, as version 1, whose length follows the record's alone.
+#[test]
+fn bundles_are_stored_compressed_unless_the_vault_says_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("on");
+    let g = Gateway::start(&data, &[]);
+    let (adt, _) = send(&g, ADT);
+    g.wait_metric(
+        "medanchor_normalize_messages_total{result=\"mapped\"}",
+        1.0,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(g.stop().success());
+    assert_eq!(
+        derived_magic(&data, &adt),
+        [*medanchor::seal::MAGIC_COMPRESSED]
+    );
+
+    let data = dir.path().join("off");
+    let off = [("MEDANCHOR__VAULT__COMPRESS", "false")];
+    let g = Gateway::start(&data, &off);
+    let (adt, _) = send(&g, ADT);
+    g.wait_metric(
+        "medanchor_normalize_messages_total{result=\"mapped\"}",
+        1.0,
+        std::time::Duration::from_secs(30),
+    );
+    assert!(g.stop().success());
+    assert_eq!(derived_magic(&data, &adt), [*medanchor::seal::MAGIC]);
+    let out = std::process::Command::new(BIN)
+        .args(["mapping", "replay", "--data-dir", data.to_str().unwrap()])
+        .env("MEDANCHOR__VAULT__COMPRESS", "false")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        derived_magic(&data, &adt),
+        [*medanchor::seal::MAGIC, *medanchor::seal::MAGIC]
+    );
+    assert_eq!(derived_of(&data, &adt).len(), 2, "both open");
+    let report = verify_all(&data);
+    assert_eq!(report["derived"], 2, "{report}");
+}
+
 /// A commitment that is not `c` (its first hex digit changed).
 fn send_free_commitment(c: &str) -> String {
     let first = if c.starts_with('0') { "1" } else { "0" };

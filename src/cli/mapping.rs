@@ -383,7 +383,8 @@ pub fn replay(
 ) -> Result<bool> {
     let normalizer = load(ncfg)?;
     let stores = super::open_offline(cfg)?;
-    let report = crate::remap::remap(&stores, &normalizer, ncfg, filter, &mut |r| {
+    let compress = cfg.vault.compression();
+    let report = crate::remap::remap(&stores, &normalizer, ncfg, filter, compress, &mut |r| {
         if !json {
             eprint!("\r{} mapped, {} failed", r.mapped, r.failed);
         }

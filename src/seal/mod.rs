@@ -97,7 +97,7 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 /// once for the commitment and encrypted in place. A record that cannot be encoded exactly is
 /// refused (the pipeline checks this before sealing, with a rejection the sender sees).
 pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Result<Sealed, EncodeError> {
-    seal_many(&[(record, record_id, key)])
+    seal_many(&[(record, record_id, key)], Compress::Lz4)
         .pop()
         .expect("one result per record")
 }
@@ -106,32 +106,51 @@ pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Result<Seale
 /// (`Sha3_256::digest_many`, eight at a time on AVX-512F, four on AVX2), which is most of the
 /// work of sealing.
 /// One result per record, in order. Each record gets a fresh salt and nonce from [`random`].
-pub fn seal_many(records: &[(&Record, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
+pub fn seal_many(
+    records: &[(&Record, RecordId, &DataKey)],
+    compress: Compress,
+) -> Vec<Result<Sealed, EncodeError>> {
     let plain: Vec<_> = records
         .iter()
         .map(|&(r, id, key)| (Plain::Record(r), id, key))
         .collect();
-    seal_plain(&plain)
+    seal_plain(&plain, compress)
 }
 
 /// [`seal_many`] for derived records.
 pub fn seal_derived_many(
     records: &[(&DerivedRecord, RecordId, &DataKey)],
+    compress: Compress,
 ) -> Vec<Result<Sealed, EncodeError>> {
     let plain: Vec<_> = records
         .iter()
         .map(|&(r, id, key)| (Plain::Derived(r), id, key))
         .collect();
-    seal_plain(&plain)
+    seal_plain(&plain, compress)
 }
 
 /// [`seal_many`] for events.
-pub fn seal_events(events: &[(&Event, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
+pub fn seal_events(
+    events: &[(&Event, RecordId, &DataKey)],
+    compress: Compress,
+) -> Vec<Result<Sealed, EncodeError>> {
     let plain: Vec<_> = events
         .iter()
         .map(|&(e, id, key)| (Plain::Event(e), id, key))
         .collect();
-    seal_plain(&plain)
+    seal_plain(&plain, compress)
+}
+
+/// Whether an encoding of [`COMPRESS_FROM`] bytes or more is sealed as an LZ4 block (sealed
+/// record version 2) where that saves an eighth. `Never` keeps every stored length equal to
+/// the encoding's, whatever its content: compressed lengths depend on how repetitive a record
+/// is, which someone able both to put text into a patient's messages and to watch stored
+/// sizes could use to guess the rest (docs/FORMATS.md, config `vault.compress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compress {
+    #[default]
+    Lz4,
+    Never,
 }
 
 /// What is sealed: a record as received, one derived from it, or an event (told apart inside
@@ -143,7 +162,10 @@ pub enum Plain<'a> {
     Event(&'a Event),
 }
 
-fn seal_plain(records: &[(Plain<'_>, RecordId, &DataKey)]) -> Vec<Result<Sealed, EncodeError>> {
+fn seal_plain(
+    records: &[(Plain<'_>, RecordId, &DataKey)],
+    compress: Compress,
+) -> Vec<Result<Sealed, EncodeError>> {
     let items: Vec<SealInput<'_>> = records
         .iter()
         .map(|&(record, record_id, key)| {
@@ -155,6 +177,7 @@ fn seal_plain(records: &[(Plain<'_>, RecordId, &DataKey)]) -> Vec<Result<Sealed,
                 key,
                 salt: fresh[..SALT_LEN].try_into().expect("32"),
                 nonce: fresh[SALT_LEN..].try_into().expect("24"),
+                compress,
             }
         })
         .collect();
@@ -214,6 +237,7 @@ fn seal_one_with(
         key,
         salt,
         nonce,
+        compress: Compress::Lz4,
     }])
     .pop()
     .expect("one result per record")
@@ -226,6 +250,7 @@ struct SealInput<'a> {
     key: &'a DataKey,
     salt: [u8; SALT_LEN],
     nonce: [u8; NONCE_LEN],
+    compress: Compress,
 }
 
 /// What [`seal_many`] and [`seal_with`] share: encodes, commits (hashed together) and encrypts.
@@ -249,7 +274,7 @@ fn seal_inputs(items: &[SealInput<'_>]) -> Vec<Result<Sealed, EncodeError>> {
             let commitment = commitments
                 .next()
                 .expect("one commitment per prepared record");
-            Ok(p.finish(commitment, item.record_id, item.key))
+            Ok(p.finish(commitment, item.record_id, item.key, item.compress))
         })
         .collect()
 }
@@ -303,14 +328,24 @@ impl Prepared {
 
     /// Compresses the encoding where that pays ([`COMPRESS_FROM`]), then encrypts salt and
     /// encoding in place and appends the tag.
-    fn finish(self, commitment: [u8; 32], record_id: RecordId, key: &DataKey) -> Sealed {
+    fn finish(
+        self,
+        commitment: [u8; 32],
+        record_id: RecordId,
+        key: &DataKey,
+        compress: Compress,
+    ) -> Sealed {
         let Prepared {
             nonce,
             mut header_len,
             mut out,
             ..
         } = self;
-        if let Some(packed) = compressed(&out, header_len, key.id().as_bytes(), &nonce) {
+        let packed = match compress {
+            Compress::Lz4 => compressed(&out, header_len, key.id().as_bytes(), &nonce),
+            Compress::Never => None,
+        };
+        if let Some(packed) = packed {
             // The plaintext copy is dropped, not encrypted over: wipe it.
             zeroize::Zeroize::zeroize(&mut out);
             header_len += 4;
@@ -356,34 +391,44 @@ fn write_header(out: &mut Vec<u8>, key_id: &[u8], nonce: &[u8; NONCE_LEN], packe
 
 /// The version 2 form of a prepared record (`out`: header of `header_len` bytes, salt,
 /// encoding), still in plaintext, when its encoding is long enough and LZ4 saves an eighth.
+/// LZ4 writes into a per-thread scratch buffer of its worst-case size (zero-filled once, when
+/// it grows, not per record), and the record gets an exact copy: a sealed Bundle holds its own
+/// length until the vault writes it, not the worst case. What LZ4 wrote is wiped after the copy.
 fn compressed(
     out: &[u8],
     header_len: usize,
     key_id: &[u8],
     nonce: &[u8; NONCE_LEN],
 ) -> Option<Vec<u8>> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let (salt, encoded) = out[header_len..].split_at(SALT_LEN);
     if encoded.len() < COMPRESS_FROM {
         return None;
     }
     let len = u32::try_from(encoded.len()).ok()?;
     let room = lz4_flex::block::get_maximum_output_size(encoded.len());
-    let mut packed = Vec::with_capacity(header_len + 4 + SALT_LEN + room + TAG_LEN);
-    write_header(&mut packed, key_id, nonce, Some(len));
-    packed.extend_from_slice(salt);
-    let at = packed.len();
-    packed.resize(at + room, 0);
-    let n = lz4_flex::block::compress_into(encoded, &mut packed[at..]).ok();
-    match n {
-        Some(n) if n <= encoded.len() - encoded.len() / 8 => {
-            packed.truncate(at + n);
-            Some(packed)
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < room {
+            scratch.resize(room, 0);
         }
-        _ => {
-            zeroize::Zeroize::zeroize(&mut packed);
-            None
-        }
-    }
+        let Ok(n) = lz4_flex::block::compress_into(encoded, &mut scratch[..room]) else {
+            // Not reached (the room is LZ4's worst case); what it wrote is wiped all the same.
+            zeroize::Zeroize::zeroize(&mut scratch[..room]);
+            return None;
+        };
+        let block = &mut scratch[..n];
+        let packed = (n <= encoded.len() - encoded.len() / 8).then(|| {
+            let mut packed = Vec::with_capacity(header_len + 4 + SALT_LEN + n + TAG_LEN);
+            write_header(&mut packed, key_id, nonce, Some(len));
+            packed.extend_from_slice(salt);
+            packed.extend_from_slice(block);
+            packed
+        });
+        zeroize::Zeroize::zeroize(block);
+        packed
+    })
 }
 
 /// The parsed header of a sealed record.
@@ -582,7 +627,10 @@ mod tests {
             .enumerate()
             .map(|(i, r)| (r, RecordId([i as u8; 16]), &keys[i % 3]))
             .collect();
-        let mut sealed: Vec<Sealed> = seal_many(&items).into_iter().map(Result::unwrap).collect();
+        let mut sealed: Vec<Sealed> = seal_many(&items, Compress::Lz4)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
         sealed.push(seal(&records[0], RecordId([0; 16]), &keys[0]).unwrap());
         assert_eq!(sealed.len(), 10);
         for (i, s) in sealed.iter().enumerate() {
@@ -644,6 +692,24 @@ mod tests {
         long.encode_into(&origin, &mut enc).unwrap();
         assert_eq!(s.commitment, commitment(&salt, &enc));
         assert!(open(&s.bytes, RecordId([2; 16]), &key).is_err());
+        // LZ4's worst case is a scratch buffer's, not the record's.
+        assert!(
+            s.bytes.capacity() < 2 * s.bytes.len(),
+            "{}",
+            s.bytes.capacity()
+        );
+
+        // `vault.compress = false`: version 1, the same commitment.
+        let plain = seal_many(&[(&long, RecordId([1; 16]), &key)], Compress::Never)
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&plain.bytes[..4], MAGIC);
+        assert_eq!(parse_header(&plain.bytes).unwrap().packed, None);
+        assert!(plain.bytes.len() > encoded_len(&long));
+        let opened = open(&plain.bytes, RecordId([1; 16]), &key).unwrap();
+        assert_eq!(opened.record.raw, long.raw);
+        assert_eq!(opened.commitment, plain.commitment);
 
         // One byte short of the threshold: version 1.
         let short = COMPRESS_FROM - (encoded_len(&long) - long.raw.len()) - 1;

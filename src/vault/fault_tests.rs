@@ -73,10 +73,13 @@ pub(super) fn derived_of(m: &Message, n: u8) -> Sealed {
     };
     let mut id = m.put.sealed.record_id.0;
     id[15] = 0xd0 + n;
-    seal::seal_derived_many(&[(&d, RecordId(id), &DataKey::new(PATIENT_KEY, [5; 32]))])
-        .pop()
-        .expect("one")
-        .expect("encodable")
+    seal::seal_derived_many(
+        &[(&d, RecordId(id), &DataKey::new(PATIENT_KEY, [5; 32]))],
+        seal::Compress::Lz4,
+    )
+    .pop()
+    .expect("one")
+    .expect("encodable")
 }
 
 pub(super) fn put_of(m: &Message) -> PutRecord {
