@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use medanchor::config::NormalizeConfig;
 use medanchor::fhir::validate::Validator;
 use medanchor::hl7::Message;
-use medanchor::normalize::{Link, LoadError, Mapped, Normalizer};
+use medanchor::normalize::{Link, LoadError, Mapped, Normalizer, Unused};
 use serde_json::Value;
 
 fn fixture_path(p: &str) -> PathBuf {
@@ -1424,7 +1424,8 @@ PV1|1|{class}|||||||||||||||||V1^^^H^VN\r"
 }
 
 /// A message that says UTF-8 but holds a Latin-1 byte maps, with a warning that text was
-/// replaced (the raw record keeps the bytes).
+/// replaced (the raw record keeps the bytes); one that names no set and is not UTF-8 is read as
+/// Latin-1, with a warning that this was a guess.
 #[test]
 fn bytes_outside_the_declared_character_set_are_named() {
     let n = normalizer();
@@ -1437,6 +1438,17 @@ PID|1||42^^^H^MR||M"
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fffd}ller");
     assert_warned(&m, "not text in its character set");
     let (m, _) = map_bytes(&n, "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||UNICODE UTF-8\rPID|1||42^^^H^MR||Müller^Jo\r".as_bytes());
+    assert!(m.warnings.iter().all(|w| !w.contains("character set")));
+    // No MSH-18: the Latin-1 value is read as Latin-1, and the warning says that was a guess;
+    // the same message in UTF-8 maps without one.
+    let mut msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||M"
+        .to_vec();
+    msg.extend_from_slice(b"\xfcller^Jo\r");
+    let (m, b) = map_bytes(&n, &msg);
+    assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fc}ller");
+    assert_warned(&m, "MSH-18 names no character set");
+    let (m, _) = map_bytes(&n, "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\rPID|1||42^^^H^MR||Müller^Jo\r".as_bytes());
     assert!(m.warnings.iter().all(|w| !w.contains("character set")));
 }
 
@@ -3044,8 +3056,9 @@ OBX|2|ST|1-2^Note^L||Plain note||||||F\r"
 }
 
 /// A site file that no row names changes nothing; lint names it (a misspelt vocabulary, a
-/// segment map no message map uses). One that overrides a file of the set, or one a site
-/// message map uses, is not named.
+/// segment map no message map uses), and so is a site file without rows (empty, or a header
+/// alone), even under the name of a file it would override. One that overrides a file of the
+/// set, or one a site message map uses, is not named.
 #[test]
 fn a_site_file_nothing_uses_is_named() {
     let vocab = "code,system,target_code,target_display,target_system\nF,,male,,\n";
@@ -3060,17 +3073,29 @@ fn a_site_file_nothing_uses_is_named() {
             "messages/ADT_A01.csv",
             "segment,syntax,condition,resource,segment_map,references\nZPX,[ZPX],,Patient[1],ZPX[Patient],\n",
         ),
+        ("segments/PV1[Encounter].csv", ""),
+        ("segments/PD1[Patient].csv", seg.lines().next().unwrap()),
     ]);
     let n = Normalizer::lint(&with_site(&site)).unwrap();
-    let mut unused: Vec<&str> = n
+    let mut unused: Vec<(&str, Unused)> = n
         .unused_site_files()
         .iter()
-        .map(|f| f.rsplit_once(['/', '\\']).map_or(f.as_str(), |(_, n)| n))
+        .map(|(f, why)| {
+            (
+                f.rsplit_once(['/', '\\']).map_or(f.as_str(), |(_, n)| n),
+                *why,
+            )
+        })
         .collect();
-    unused.sort_unstable();
+    unused.sort_unstable_by_key(|u| u.0);
     assert_eq!(
         unused,
-        ["AdminstrativeSex.csv", "ZPI[Patient].csv"],
+        [
+            ("AdminstrativeSex.csv", Unused::NotNamed),
+            ("PD1[Patient].csv", Unused::NoRows),
+            ("PV1[Encounter].csv", Unused::NoRows),
+            ("ZPI[Patient].csv", Unused::NotNamed)
+        ],
         "{:?}",
         n.unused_site_files()
     );

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::NormalizeConfig;
 use crate::hl7::Message;
-use crate::normalize::{Link, Mapped, Normalizer};
+use crate::normalize::{Link, Mapped, Normalizer, Unused};
 
 /// Where the mapping files come from: the configuration's `[normalize]`, overridden by flags.
 pub fn config(
@@ -193,12 +193,15 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
     let mut out = super::stdout();
     match Normalizer::lint(cfg) {
         Ok(n) => {
-            for f in n.unused_site_files() {
-                writeln!(
-                    out,
-                    "warning: {f}: no row names this map or vocabulary, so it changes nothing \
-                     (is its name that of the file it should override?)"
-                )?;
+            for (f, why) in n.unused_site_files() {
+                let why = match why {
+                    Unused::NotNamed => {
+                        "no row names this map or vocabulary, so it changes nothing (is its \
+                         name that of the file it should override?)"
+                    }
+                    Unused::NoRows => "it holds no rows, so it changes nothing",
+                };
+                writeln!(out, "warning: {f}: {why}")?;
             }
             writeln!(
                 out,

@@ -18,6 +18,7 @@ mod engine;
 mod files;
 mod model;
 mod plan;
+pub use plan::Unused;
 pub(crate) mod value;
 
 use crate::config::{NormalizeConfig, OutputCheck};
@@ -195,8 +196,9 @@ impl Normalizer {
         &self.plan.version
     }
 
-    /// Site files (maps, vocabularies) no row names, which change nothing (a misspelt name).
-    pub fn unused_site_files(&self) -> &[String] {
+    /// Site files that change nothing: maps and vocabularies no row names (a misspelt name),
+    /// and files without rows.
+    pub fn unused_site_files(&self) -> &[(String, Unused)] {
         &self.plan.unused
     }
 

@@ -395,13 +395,23 @@ pub struct Known {
     pub appointment_minutes: ElemId,
 }
 
+/// Why a site file changes nothing (`mapping lint` warns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unused {
+    /// A map or vocabulary that no row names (a misspelt name, a segment map no message map
+    /// uses).
+    NotNamed,
+    /// No rows: empty, or a header alone.
+    NoRows,
+}
+
 #[derive(Debug)]
 pub struct Plan {
     pub model: &'static Model,
     /// Shown names of the files rows came from (`Loc::file`).
     pub files: Vec<String>,
-    /// Site files (maps, vocabularies) that no row names: they change nothing.
-    pub unused: Vec<String>,
+    /// Site files that change nothing, and why.
+    pub unused: Vec<(String, Unused)>,
     pub version: String,
     pub settings: Settings,
     /// The Provenance agent's text: the gateway, its version and the mapping set's.
@@ -535,19 +545,27 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
     }
     // A map or vocabulary file only the site has, which no row names, changes nothing: most
     // often its name is misspelt (`AdminstrativeSex.csv`), or no message map uses a new
-    // segment map. Lint says so.
+    // segment map. Nor does a site file without rows (empty, or a header alone: a file saved
+    // before its rows were written), whatever its name. Lint says so.
+    let rowless = |s: &&super::files::SourceFile| {
+        super::csv::parse(&s.text).is_ok_and(|records| records.len() <= 1)
+    };
     let unused = files
         .sources
         .iter()
-        .filter(|s| s.site && !files.sources.iter().any(|b| !b.site && b.name == s.name))
-        .filter(|s| {
-            let Some((dir, name)) = s.name.split_once('/') else {
-                return false;
-            };
-            matches!(dir, "segments" | "datatypes" | "vocabulary")
-                && !c.used.contains(name.trim_end_matches(".csv"))
+        .filter(|s| s.site)
+        .filter_map(|s| {
+            if rowless(&s) {
+                return Some((s.shown.clone(), Unused::NoRows));
+            }
+            if files.sources.iter().any(|b| !b.site && b.name == s.name) {
+                return None;
+            }
+            let (dir, name) = s.name.split_once('/')?;
+            (matches!(dir, "segments" | "datatypes" | "vocabulary")
+                && !c.used.contains(name.trim_end_matches(".csv")))
+            .then(|| (s.shown.clone(), Unused::NotNamed))
         })
-        .map(|s| s.shown.clone())
         .collect();
     let version = match &settings.default_timezone {
         // Times sent without a zone map by a named zone's rules too, which are not in the
