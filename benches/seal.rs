@@ -9,7 +9,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use medanchor::envelope::{Origin, RecordId};
 use medanchor::record::{Record, RecordMeta};
-use medanchor::seal::{seal, DataKey};
+use medanchor::seal::{seal, Compress, DataKey};
 use medanchor_sha3::{Backend, Sha3_256};
 use sha3::Digest;
 
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(1500));
     g.measurement_time(Duration::from_secs(4));
     g.bench_function("medanchor_seal", |b| {
-        b.iter(|| seal(black_box(&record), RecordId([1; 16]), &key).unwrap())
+        b.iter(|| seal(black_box(&record), RecordId([1; 16]), &key, Compress::Lz4).unwrap())
     });
     g.bench_function("standalone_sha3_aes_gcm", |b| {
         b.iter(|| {

@@ -821,7 +821,7 @@ impl Pipeline {
             raw: payload,
         };
         let id = RecordId::generate(received_ms);
-        let sealed = match seal::seal(&record, id, &key) {
+        let sealed = match seal::seal(&record, id, &key, self.compress) {
             Ok(s) => s,
             Err(e) => {
                 // Input too large to keep even as quarantine: answered, not kept.

@@ -161,14 +161,43 @@ fn derived_magic(data: &Path, raw: &RecordId) -> Vec<[u8; 4]> {
         .collect()
 }
 
-/// A Bundle (over 4 KiB of JSON) is stored as an LZ4 block by default; `vault.compress = false`
-/// stores it, and what a replay makes, as version 1, whose length follows the record's alone.
+/// The first four bytes of every quarantined input's sealed record.
+fn quarantined_magic(data: &Path) -> Vec<[u8; 4]> {
+    let cfg = medanchor::config::Config {
+        data_dir: data.into(),
+        ..Default::default()
+    };
+    let stores = medanchor::pipeline::Stores::open(&cfg, false).unwrap();
+    let entries = stores.vault.quarantine_list().unwrap();
+    entries
+        .iter()
+        .map(|e| {
+            let (_, sealed) = stores.vault.quarantine_get(&e.id).unwrap().expect("kept");
+            sealed[..4].try_into().unwrap()
+        })
+        .collect()
+}
+
+/// Sends a refused message (MSH-9 empty) of about 6 KB that LZ4 shrinks to almost nothing.
+fn send_a_large_refused_message(g: &Gateway) {
+    let msg = format!(
+        "MSH|^~\\&|EHR|HOSP|GW|HOSP|20250101120000|||BIG-1|P|2.5\rNTE|1||{}\r",
+        "A".repeat(6000)
+    );
+    let ack = mllp_exchange(g.mllp, msg.as_bytes());
+    assert_eq!(msa(&ack).0, "AE", "{}", String::from_utf8_lossy(&ack));
+}
+
+/// A Bundle (over 4 KiB of JSON) and a large quarantined input are stored as LZ4 blocks by
+/// default; `vault.compress = false` stores them, and what a replay makes, as version 1, whose
+/// length follows the record's alone.
 #[test]
 fn bundles_are_stored_compressed_unless_the_vault_says_not() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("on");
     let g = Gateway::start(&data, &[]);
     let (adt, _) = send(&g, ADT);
+    send_a_large_refused_message(&g);
     g.wait_metric(
         "medanchor_normalize_messages_total{result=\"mapped\"}",
         1.0,
@@ -179,11 +208,16 @@ fn bundles_are_stored_compressed_unless_the_vault_says_not() {
         derived_magic(&data, &adt),
         [*medanchor::seal::MAGIC_COMPRESSED]
     );
+    assert_eq!(
+        quarantined_magic(&data),
+        [*medanchor::seal::MAGIC_COMPRESSED]
+    );
 
     let data = dir.path().join("off");
     let off = [("MEDANCHOR__VAULT__COMPRESS", "false")];
     let g = Gateway::start(&data, &off);
     let (adt, _) = send(&g, ADT);
+    send_a_large_refused_message(&g);
     g.wait_metric(
         "medanchor_normalize_messages_total{result=\"mapped\"}",
         1.0,
@@ -191,6 +225,7 @@ fn bundles_are_stored_compressed_unless_the_vault_says_not() {
     );
     assert!(g.stop().success());
     assert_eq!(derived_magic(&data, &adt), [*medanchor::seal::MAGIC]);
+    assert_eq!(quarantined_magic(&data), [*medanchor::seal::MAGIC]);
     let out = std::process::Command::new(BIN)
         .args(["mapping", "replay", "--data-dir", data.to_str().unwrap()])
         .env("MEDANCHOR__VAULT__COMPRESS", "false")

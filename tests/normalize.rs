@@ -1424,8 +1424,8 @@ PV1|1|{class}|||||||||||||||||V1^^^H^VN\r"
 }
 
 /// A message that says UTF-8 but holds a Latin-1 byte maps, with a warning that text was
-/// replaced (the raw record keeps the bytes); one that names no set and is not UTF-8 is read as
-/// Latin-1, with a warning that this was a guess.
+/// replaced (the raw record keeps the bytes); one that names no set, or ASCII, and is not UTF-8
+/// is read as Latin-1, with a warning that this was a guess.
 #[test]
 fn bytes_outside_the_declared_character_set_are_named() {
     let n = normalizer();
@@ -1447,7 +1447,15 @@ PID|1||42^^^H^MR||M"
     msg.extend_from_slice(b"\xfcller^Jo\r");
     let (m, b) = map_bytes(&n, &msg);
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fc}ller");
-    assert_warned(&m, "MSH-18 names no character set");
+    assert_warned(&m, "MSH-18 is empty or ASCII and the message is not UTF-8");
+    // Named ASCII, it is read the same way, with the same warning.
+    let mut msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||ASCII\r\
+PID|1||42^^^H^MR||M"
+        .to_vec();
+    msg.extend_from_slice(b"\xfcller^Jo\r");
+    let (m, b) = map_bytes(&n, &msg);
+    assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fc}ller");
+    assert_warned(&m, "MSH-18 is empty or ASCII and the message is not UTF-8");
     let (m, _) = map_bytes(&n, "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\rPID|1||42^^^H^MR||Müller^Jo\r".as_bytes());
     assert!(m.warnings.iter().all(|w| !w.contains("character set")));
 }
@@ -3056,9 +3064,10 @@ OBX|2|ST|1-2^Note^L||Plain note||||||F\r"
 }
 
 /// A site file that no row names changes nothing; lint names it (a misspelt vocabulary, a
-/// segment map no message map uses), and so is a site file without rows (empty, or a header
-/// alone), even under the name of a file it would override. One that overrides a file of the
-/// set, or one a site message map uses, is not named.
+/// segment map no message map uses), and so is an override without rows (empty, or a header
+/// alone: overrides merge row by row). An override with rows, a site file a row names, and a
+/// site-only file without rows that a row names (an empty vocabulary still decides that row)
+/// are not named.
 #[test]
 fn a_site_file_nothing_uses_is_named() {
     let vocab = "code,system,target_code,target_display,target_system\nF,,male,,\n";
@@ -3068,7 +3077,13 @@ fn a_site_file_nothing_uses_is_named() {
         ("vocabulary/AdminstrativeSex.csv", vocab),
         ("vocabulary/AdministrativeSex.csv", vocab),
         ("segments/ZPI[Patient].csv", seg),
-        ("segments/ZPX[Patient].csv", &seg.replace("ZPI-2", "ZPX-2")),
+        (
+            "segments/ZPX[Patient].csv",
+            &format!("{}ZPX-3,,gender,,SiteSex,\n", seg.replace("ZPI-2", "ZPX-2")),
+        ),
+        // Site-only and without rows: named by a row (it decides that row), or not named.
+        ("vocabulary/SiteSex.csv", vocab.lines().next().unwrap()),
+        ("vocabulary/NoOne.csv", vocab.lines().next().unwrap()),
         (
             "messages/ADT_A01.csv",
             "segment,syntax,condition,resource,segment_map,references\nZPX,[ZPX],,Patient[1],ZPX[Patient],\n",
@@ -3092,6 +3107,7 @@ fn a_site_file_nothing_uses_is_named() {
         unused,
         [
             ("AdminstrativeSex.csv", Unused::NotNamed),
+            ("NoOne.csv", Unused::NotNamed),
             ("PD1[Patient].csv", Unused::NoRows),
             ("PV1[Encounter].csv", Unused::NoRows),
             ("ZPI[Patient].csv", Unused::NotNamed)

@@ -175,7 +175,7 @@ fn main() {
         put(
             "sealed_open",
             &format!("sealed-{i}"),
-            &seal::seal(r, id, &key).unwrap().bytes,
+            &seal::seal(r, id, &key, seal::Compress::Lz4).unwrap().bytes,
         );
     }
     put(
@@ -202,7 +202,7 @@ fn main() {
             ..r.clone()
         };
         let rid = RecordId([i as u8 + 1; 16]);
-        let s = seal::seal(&r, rid, &key).unwrap();
+        let s = seal::seal(&r, rid, &key, seal::Compress::Lz4).unwrap();
         let (off, len) = SegmentLog::stage(
             &mut staged,
             &EntryHeader {

@@ -86,7 +86,7 @@ fn structured(data: &[u8]) {
     let (edits, raw) = rest.split_at(4 * n);
     let r = record(raw);
     let k = key();
-    let sealed = seal::seal(&r, ID, &k).expect("a small record seals");
+    let sealed = seal::seal(&r, ID, &k, seal::Compress::Lz4).expect("a small record seals");
     let mut bytes = sealed.bytes.clone();
     let mut id = ID;
     let (mut key_id, mut secret) = ("p-x", [7u8; 32]);

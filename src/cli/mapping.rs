@@ -199,7 +199,10 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
                         "no row names this map or vocabulary, so it changes nothing (is its \
                          name that of the file it should override?)"
                     }
-                    Unused::NoRows => "it holds no rows, so it changes nothing",
+                    Unused::NoRows => {
+                        "it overrides a file of the set with no rows (overrides merge row by \
+                         row), so it changes nothing"
+                    }
                 };
                 writeln!(out, "warning: {f}: {why}")?;
             }

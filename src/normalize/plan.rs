@@ -401,7 +401,7 @@ pub enum Unused {
     /// A map or vocabulary that no row names (a misspelt name, a segment map no message map
     /// uses).
     NotNamed,
-    /// No rows: empty, or a header alone.
+    /// An override of one of the set's files with no rows: empty, or a header alone.
     NoRows,
 }
 
@@ -545,21 +545,18 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
     }
     // A map or vocabulary file only the site has, which no row names, changes nothing: most
     // often its name is misspelt (`AdminstrativeSex.csv`), or no message map uses a new
-    // segment map. Nor does a site file without rows (empty, or a header alone: a file saved
-    // before its rows were written), whatever its name. Lint says so.
-    let rowless = |s: &&super::files::SourceFile| {
-        super::csv::parse(&s.text).is_ok_and(|records| records.len() <= 1)
-    };
+    // segment map. Nor does an override without rows (empty, or a header alone: a file saved
+    // before its rows were written): overrides merge row by row. Lint says so. A site-only
+    // file without rows is not one of these: an empty vocabulary or datatype map that a row
+    // names still decides what that row does.
     let unused = files
         .sources
         .iter()
         .filter(|s| s.site)
         .filter_map(|s| {
-            if rowless(&s) {
-                return Some((s.shown.clone(), Unused::NoRows));
-            }
             if files.sources.iter().any(|b| !b.site && b.name == s.name) {
-                return None;
+                let rowless = super::csv::parse(&s.text).is_ok_and(|records| records.len() <= 1);
+                return rowless.then(|| (s.shown.clone(), Unused::NoRows));
             }
             let (dir, name) = s.name.split_once('/')?;
             (matches!(dir, "segments" | "datatypes" | "vocabulary")

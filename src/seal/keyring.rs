@@ -703,9 +703,14 @@ mod tests {
     /// A record sealed under `key_id` from `k`.
     fn sealed_by(k: &Keyring, key_id: &str) -> Vec<u8> {
         let key = k.get(key_id).unwrap();
-        crate::seal::seal(&record(), RecordId([3; 16]), &key)
-            .unwrap()
-            .bytes
+        crate::seal::seal(
+            &record(),
+            RecordId([3; 16]),
+            &key,
+            crate::seal::Compress::Lz4,
+        )
+        .unwrap()
+        .bytes
     }
 
     /// Whether `sealed` opens under `key_id` from `k`.

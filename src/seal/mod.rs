@@ -96,8 +96,14 @@ pub(crate) fn random<const N: usize>() -> [u8; N] {
 /// Seals `record` under `key`. The record bytes are copied once into the output buffer, hashed
 /// once for the commitment and encrypted in place. A record that cannot be encoded exactly is
 /// refused (the pipeline checks this before sealing, with a rejection the sender sees).
-pub fn seal(record: &Record, record_id: RecordId, key: &DataKey) -> Result<Sealed, EncodeError> {
-    seal_many(&[(record, record_id, key)], Compress::Lz4)
+/// `compress` is the vault's setting (`vault.compress`): no caller may default it.
+pub fn seal(
+    record: &Record,
+    record_id: RecordId,
+    key: &DataKey,
+    compress: Compress,
+) -> Result<Sealed, EncodeError> {
+    seal_many(&[(record, record_id, key)], compress)
         .pop()
         .expect("one result per record")
 }
@@ -394,28 +400,24 @@ fn write_header(out: &mut Vec<u8>, key_id: &[u8], nonce: &[u8; NONCE_LEN], packe
 /// LZ4 writes into a per-thread scratch buffer of its worst-case size (zero-filled once, when
 /// it grows, not per record), and the record gets an exact copy: a sealed Bundle holds its own
 /// length until the vault writes it, not the worst case. What LZ4 wrote is wiped after the copy.
+/// A record too long for the kept buffer ([`SCRATCH_MAX`]) gets a buffer of its own instead, so
+/// one large message does not hold its worst case on every sealing thread for good.
 fn compressed(
     out: &[u8],
     header_len: usize,
     key_id: &[u8],
     nonce: &[u8; NONCE_LEN],
 ) -> Option<Vec<u8>> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     let (salt, encoded) = out[header_len..].split_at(SALT_LEN);
     if encoded.len() < COMPRESS_FROM {
         return None;
     }
     let len = u32::try_from(encoded.len()).ok()?;
     let room = lz4_flex::block::get_maximum_output_size(encoded.len());
-    SCRATCH.with_borrow_mut(|scratch| {
-        if scratch.len() < room {
-            scratch.resize(room, 0);
-        }
-        let Ok(n) = lz4_flex::block::compress_into(encoded, &mut scratch[..room]) else {
+    let pack = |scratch: &mut [u8]| {
+        let Ok(n) = lz4_flex::block::compress_into(encoded, scratch) else {
             // Not reached (the room is LZ4's worst case); what it wrote is wiped all the same.
-            zeroize::Zeroize::zeroize(&mut scratch[..room]);
+            zeroize::Zeroize::zeroize(scratch);
             return None;
         };
         let block = &mut scratch[..n];
@@ -428,7 +430,25 @@ fn compressed(
         });
         zeroize::Zeroize::zeroize(block);
         packed
+    };
+    if room > SCRATCH_MAX {
+        return pack(&mut vec![0; room]);
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < room {
+            scratch.resize(room, 0);
+        }
+        pack(&mut scratch[..room])
     })
+}
+
+/// The largest scratch buffer a sealing thread keeps between records (LZ4's worst case for an
+/// encoding of about 1 MiB; typical Bundles need a few KiB).
+const SCRATCH_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// [`compressed`]'s LZ4 output, zero between records.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The parsed header of a sealed record.
@@ -631,7 +651,7 @@ mod tests {
             .into_iter()
             .map(Result::unwrap)
             .collect();
-        sealed.push(seal(&records[0], RecordId([0; 16]), &keys[0]).unwrap());
+        sealed.push(seal(&records[0], RecordId([0; 16]), &keys[0], Compress::Lz4).unwrap());
         assert_eq!(sealed.len(), 10);
         for (i, s) in sealed.iter().enumerate() {
             let i = i % 9;
@@ -692,12 +712,28 @@ mod tests {
         long.encode_into(&origin, &mut enc).unwrap();
         assert_eq!(s.commitment, commitment(&salt, &enc));
         assert!(open(&s.bytes, RecordId([2; 16]), &key).is_err());
-        // LZ4's worst case is a scratch buffer's, not the record's.
+        // LZ4's worst case is a scratch buffer's, not the record's, and what LZ4 wrote there
+        // is wiped once the record has its copy.
         assert!(
             s.bytes.capacity() < 2 * s.bytes.len(),
             "{}",
             s.bytes.capacity()
         );
+        let scratch = || SCRATCH.with_borrow(|b| (b.len(), b.iter().all(|&x| x == 0)));
+        let (kept, wiped) = scratch();
+        assert!(
+            kept >= COMPRESS_FROM && wiped,
+            "{kept} bytes, wiped: {wiped}"
+        );
+
+        // An encoding over the kept buffer's size gets a buffer of its own: the thread keeps
+        // what it had.
+        let huge = record(1, 2 * SCRATCH_MAX);
+        let s = seal_with(&huge, RecordId([1; 16]), &key, salt, nonce).unwrap();
+        assert_eq!(&s.bytes[..4], MAGIC_COMPRESSED);
+        let opened = open(&s.bytes, RecordId([1; 16]), &key).unwrap();
+        assert_eq!(opened.record.raw, huge.raw);
+        assert_eq!(scratch(), (kept, true));
 
         // `vault.compress = false`: version 1, the same commitment.
         let plain = seal_many(&[(&long, RecordId([1; 16]), &key)], Compress::Never)

@@ -1673,7 +1673,7 @@ mod tests {
                 },
                 raw: bytes::Bytes::from_static(b"not hl7"),
             };
-            let sealed = crate::seal::seal(&record, id, &key).unwrap();
+            let sealed = crate::seal::seal(&record, id, &key, crate::seal::Compress::Lz4).unwrap();
             let e = QuarantineEntry {
                 id: id.to_string(),
                 reason: "r".into(),

@@ -40,7 +40,13 @@ pub(super) fn message(i: usize) -> Message {
     };
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-    let sealed = seal::seal(&record, RecordId(id), &DataKey::new(PATIENT_KEY, [5; 32])).unwrap();
+    let sealed = seal::seal(
+        &record,
+        RecordId(id),
+        &DataKey::new(PATIENT_KEY, [5; 32]),
+        seal::Compress::Lz4,
+    )
+    .unwrap();
     let mut dedup = [0u8; 32];
     dedup[..8].copy_from_slice(&(i as u64).to_be_bytes());
     let mut control = [0u8; 32];
