@@ -3264,3 +3264,170 @@ DG1|1||I10^Hypertension^I10||||W\r"
         one(&d, "AllergyIntolerance")["id"]
     );
 }
+
+/// Attack round 9: an OBX-1 sent zero-padded (`01`) in one message and as `1` in its
+/// correction made two Observations. A set id is a number (`#OBX-1` in tables/ids.csv); an
+/// identifier's leading zeros stay its own (PID-3.1 `0042` and `42` are two patients).
+#[test]
+fn a_set_id_compares_as_a_number_and_an_identifier_does_not() {
+    let n = normalizer();
+    let oru = |mrn: &str, set_id: &str| {
+        format!(
+            "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||{mrn}^^^HOSP^MR||DOE^JANE\rOBR|1|P1^HOSP|F1^LAB|2345-7^Glucose^LN\r\
+OBX|{set_id}|NM|2345-7^Glucose^LN||5.5|mmol/L|||||F\r"
+        )
+    };
+    let id = |mrn: &str, set_id: &str, ty: &str| {
+        let (_, b) = map_bytes(&n, oru(mrn, set_id).as_bytes());
+        one(&b, ty)["id"].as_str().unwrap().to_string()
+    };
+    let obs = id("42", "1", "Observation");
+    assert_eq!(id("42", "01", "Observation"), obs);
+    assert_eq!(id("42", "0001", "Observation"), obs);
+    assert_ne!(id("42", "2", "Observation"), obs);
+    assert_ne!(id("42", "1a", "Observation"), obs);
+    assert_eq!(id("42", "00", "Observation"), id("42", "0", "Observation"));
+    assert_ne!(id("42", "0", "Observation"), id("42", "", "Observation"));
+    assert_ne!(id("0042", "1", "Patient"), id("42", "1", "Patient"));
+}
+
+/// Attack round 9: a constant `text.div` without the XHTML namespace passed lint, and every
+/// message then failed its output check. Lint refuses it, naming the rule; a div the check
+/// accepts is written; a div filled from a field that is not narrative XHTML is left out (with
+/// its Narrative, whose div is required) with a warning, and the message still maps.
+#[test]
+fn narrative_the_output_check_refuses_is_refused_by_lint_or_left_out() {
+    let site = |div: &str| {
+        tempdir_with(&[(
+            "segments/PID[Patient].csv",
+            &format!(
+                "{SEG_HEADER}PID-5,,text.status,,,\"\"\"generated\"\"\"\nPID-5,,text.div,,,{div}\n"
+            ),
+        )])
+    };
+    let bare = site("\"\"\"<div>Jane</div>\"\"\"");
+    let errors = match Normalizer::lint(&with_site(&bare)) {
+        Err(e) => e,
+        Ok(_) => panic!("a div without the XHTML namespace loads"),
+    };
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter().any(
+            |t| t.contains(":3: assignment: `text.div` is narrative XHTML")
+                && t.contains("XHTML namespace")
+        ),
+        "{text:#?}"
+    );
+
+    let msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||DOE^JANE\r";
+    let good = site("\"\"\"<div xmlns='http://www.w3.org/1999/xhtml'>A patient</div>\"\"\"");
+    let n = Normalizer::load(&with_site(&good)).unwrap();
+    let (m, b) = map_bytes(&n, msg);
+    assert_eq!(
+        one(&b, "Patient")["text"]["div"],
+        "<div xmlns='http://www.w3.org/1999/xhtml'>A patient</div>"
+    );
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+
+    let from_field = site("PID-5.1");
+    let n = Normalizer::load(&with_site(&from_field)).unwrap();
+    let (m, b) = map_bytes(&n, msg);
+    let p = one(&b, "Patient");
+    assert!(p.get("text").is_none(), "{p}");
+    assert_eq!(p["name"][0]["family"], "DOE");
+    assert_warned(&m, "not narrative XHTML");
+    for dir in [bare, good, from_field] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Attack round 9: a currency of `DOLLARS` and a media type with a space were written, and the
+/// check showed them valid. R4 binds both (ISO 4217, BCP 13); the mapper leaves such a code out
+/// with a warning and the validator refuses it.
+#[test]
+fn currencies_and_media_types_are_held_to_their_code_systems() {
+    let n = normalizer();
+    let dft = |currency: &str| {
+        format!(
+            "MSH|^~\\&|BILL|FAC|RCV|RF|20240301120000-0500||DFT^P03^DFT_P03|M1|P|2.5.1\r\
+EVN|P03\rPID|1||MRN1^^^HOSP^MR||DOE^JANE||19900101|F\r\
+FT1|1|T100^HOSP||20240301||CG|99213^Office visit^C4|||1|125.00&{currency}\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, dft("USD").as_bytes());
+    assert_eq!(one(&b, "ChargeItem")["priceOverride"]["currency"], "USD");
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    let (m, b) = map_bytes(&n, dft("DOLLARS").as_bytes());
+    let price = &one(&b, "ChargeItem")["priceOverride"];
+    assert_eq!(price["value"], 125.0);
+    assert!(price.get("currency").is_none(), "{price}");
+    assert_warned(&m, "not an ISO 4217 currency code");
+
+    let oru = |subtype: &str| {
+        format!(
+            "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||DOE^JANE\rOBR|1|P1^HOSP|F1^LAB|11502-2^Lab report^LN\r\
+OBX|1|ED|11502-2^Lab report^LN||^AP^{subtype}^Base64^QUJD||||||F\r"
+        )
+    };
+    // Every contentType in the Bundle (an ORU's ED is the Observation's attachment).
+    fn attachments(v: &Value, found: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(t)) = o.get("contentType") {
+                    found.push(t.clone());
+                }
+                o.values().for_each(|v| attachments(v, found));
+            }
+            Value::Array(a) => a.iter().for_each(|v| attachments(v, found)),
+            _ => {}
+        }
+    }
+    let attachments = |b: &Value| {
+        let mut found = Vec::new();
+        attachments(b, &mut found);
+        found
+    };
+    let (_, b) = map_bytes(&n, oru("pdf").as_bytes());
+    assert_eq!(attachments(&b), ["application/pdf"]);
+    // The ED's own subtype is not a media type: the encoding's fallback row names one.
+    let (m, b) = map_bytes(&n, oru("octet stream").as_bytes());
+    assert_eq!(attachments(&b), ["application/octet-stream"]);
+    assert_warned(&m, "not a media type");
+
+    // The validator, inbound: the same codes refused by name.
+    let patient = |currency: &str, media: &str| {
+        serde_json::json!({
+            "resourceType": "Bundle", "type": "collection",
+            "entry": [{"fullUrl": "urn:uuid:6f1c3a5e-2b4d-4c8e-9a7f-1d2e3f4a5b6c",
+                "resource": {"resourceType": "ChargeItem", "status": "billable",
+                    "code": {"text": "x"}, "subject": {"display": "x"},
+                    "priceOverride": {"value": 1, "currency": currency},
+                    "extension": [{"url": "http://example.org/a",
+                        "valueAttachment": {"contentType": media}}]}}]
+        })
+    };
+    let issues = |v: Value| -> Vec<String> {
+        match medanchor::fhir::validate::Validator::shared().validate(&v) {
+            Ok(()) => Vec::new(),
+            Err(found) => found.iter().map(|i| i.to_string()).collect(),
+        }
+    };
+    let none: Vec<String> = Vec::new();
+    assert_eq!(issues(patient("EUR", "text/plain; charset=UTF-8")), none);
+    let found = issues(patient("DOLLARS", "application/octet stream"));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.contains("priceOverride.currency") && i.contains("ISO 4217")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|i| i.contains("contentType") && i.contains("media type")),
+        "{found:#?}"
+    );
+}

@@ -1161,7 +1161,7 @@ impl<'p> Mapper<'p> {
                 }
                 key.push('|');
                 let valued = match p {
-                    KeyPart::Ref(r) => {
+                    KeyPart::Ref(r) | KeyPart::Number(r) => {
                         let t = env.text(r);
                         // Trailing empty components and subcomponents are the same value
                         // (`H`, `H&`, `H&&`: one assigning authority, one patient).
@@ -1178,7 +1178,17 @@ impl<'p> Mapper<'p> {
                         } else {
                             t
                         };
-                        let t = value::trim(t);
+                        let mut t = value::trim(t);
+                        if matches!(p, KeyPart::Number(_)) && t.bytes().all(|b| b.is_ascii_digit())
+                        {
+                            // `01` is `1`; `0` and `00` are `0`.
+                            let digits = t.trim_start_matches('0');
+                            t = if digits.is_empty() && !t.is_empty() {
+                                "0"
+                            } else {
+                                digits
+                            };
+                        }
                         // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
                         // can end one part and start the next, or read as a suffix or marker:
                         // the parts of two keys stay apart.
@@ -1210,7 +1220,9 @@ impl<'p> Mapper<'p> {
             if identified {
                 let seg = v2.as_bytes();
                 for (p, _) in parts {
-                    if let KeyPart::Ref(Ref::Field { seg: s, field, .. }) = p {
+                    if let KeyPart::Ref(Ref::Field { seg: s, field, .. })
+                    | KeyPart::Number(Ref::Field { seg: s, field, .. }) = p
+                    {
                         if s.is_none_or(|s| s == seg) {
                             b.keyed.push(*field);
                         }
@@ -1879,6 +1891,7 @@ impl<'p> Mapper<'p> {
             return false;
         }
         let codes = &self.plan.model.elem(n.elem).codes;
+        let binding = self.plan.model.elem(n.elem).binding;
         let start = b.text.len();
         let t = value::trim(text);
         let zone = self.plan.settings.default_timezone.as_ref();
@@ -1932,6 +1945,8 @@ impl<'p> Mapper<'p> {
                 } else if !codes.is_empty() && !codes.iter().any(|c| c.as_str() == &b.text[start..])
                 {
                     Err("code not in the FHIR value set of its element")
+                } else if let Some(bound) = binding.filter(|k| !k.holds(&b.text[start..])) {
+                    Err(bound.problem())
                 } else {
                     Ok(Val::Text(0, 0))
                 }
@@ -1972,6 +1987,16 @@ impl<'p> Mapper<'p> {
                         Err("not base64")
                     }
                 }
+            },
+            // Narrative: what the output check refuses (not a `div` in the XHTML namespace,
+            // scripts, elements outside R4's txt-1) is left out, and the Narrative with it
+            // (its div is required), rather than costing the message its whole Bundle.
+            Prim::Xhtml => match crate::fhir::validate::check_xhtml(t) {
+                Ok(()) => {
+                    b.text.push_str(t);
+                    Ok(Val::Text(0, 0))
+                }
+                Err(_) => Err("not narrative XHTML (a div in the XHTML namespace, FHIR R4 txt-1)"),
             },
             Prim::Uri | Prim::Url | Prim::Canonical | Prim::Oid | Prim::Uuid => {
                 match value::uri_problem(t) {

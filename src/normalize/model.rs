@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::fhir::validate::choice_groups;
+use crate::fhir::validate::primitive::Binding;
 
 const TABLE: &str = include_str!("r4-elements.tsv");
 
@@ -85,6 +86,8 @@ pub struct ElemDef {
     pub array: bool,
     /// Codes of an inline required binding (e.g. `Patient.gender`), else empty.
     pub codes: Vec<String>,
+    /// A required binding the schema does not list (`Money.currency`), by the form of its codes.
+    pub binding: Option<Binding>,
     /// The choice element it is a type of (`deceasedBoolean`, and `_deceasedBoolean`, of
     /// `Patient.deceased[x]`): one number per choice of the table; 0 for none.
     pub choice: u32,
@@ -190,12 +193,14 @@ impl Model {
         codes: Vec<String>,
     ) -> ElemId {
         let id = self.elems.len() as ElemId;
+        let binding = Binding::of(&self.types[owner as usize].name, name);
         self.elems.push(ElemDef {
             name: name.to_string(),
             json_key: format!("\"{name}\":"),
             ty,
             array,
             codes,
+            binding,
             choice: 0,
         });
         self.types[owner as usize]

@@ -16,7 +16,7 @@ pub type TableMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use super::cond::{self, Cond, Expr, Guard, Ref, RowGuard, Scope};
 use super::csv::Record;
 use super::files::{Files, MergedFile};
-use super::model::{ElemId, Model, TypeId};
+use super::model::{ElemId, Model, Prim, TypeId};
 use super::value::Zone;
 use super::LoadError;
 
@@ -248,6 +248,10 @@ pub struct IdRule {
 #[derive(Debug, Clone)]
 pub enum KeyPart {
     Ref(Ref),
+    /// `#OBX-1`: a number (a set id), compared as one: `01` and `1` are one key part. Only
+    /// where the field is a number by definition: an identifier's leading zeros are its own
+    /// (`0042` and `42` are two patients).
+    Number(Ref),
     /// `-`: a part left empty on purpose (a room's key is its Location's key without the bed).
     Empty,
     /// `@DiagnosticReport`: the id of the nearest open resource of that type.
@@ -920,12 +924,17 @@ impl Compiler<'_> {
                     }
                     continue;
                 }
+                let (tok, number) = match tok.strip_prefix('#') {
+                    Some(t) => (t, true),
+                    None => (tok, false),
+                };
                 let scope = if tok.contains('-') {
                     Scope::Segment
                 } else {
                     Scope::Datatype
                 };
                 match cond::parse_ref(tok, scope) {
+                    Ok(rf) if number => parts.push((KeyPart::Number(rf), role)),
                     Ok(rf) => parts.push((KeyPart::Ref(rf), role)),
                     Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
                 }
@@ -1329,6 +1338,33 @@ impl Compiler<'_> {
                 })?;
                 Ok(x)
             });
+            // A constant narrative the output check refuses would be left out of every message
+            // (a div without the XHTML namespace is the usual slip): said now.
+            if let (Ok(expr), Some(Prim::Xhtml)) = (&parsed, leaf_prim) {
+                if !expr.reads_message() {
+                    let text: String = expr
+                        .0
+                        .iter()
+                        .filter_map(|t| match t {
+                            cond::Term::Lit(l) => Some(l.as_str()),
+                            cond::Term::Ref(_) => None,
+                        })
+                        .collect();
+                    if let Err(e) = crate::fhir::validate::check_xhtml(&text) {
+                        self.err_at(
+                            src,
+                            line,
+                            format!(
+                                "assignment: `{}` is narrative XHTML, and this is not: {} (it \
+                                 needs <div xmlns='http://www.w3.org/1999/xhtml'>…</div>)",
+                                r.get(2),
+                                e.message
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
             match parsed {
                 Ok(expr) => Action::Assign {
                     expr,

@@ -139,6 +139,9 @@ impl Rules {
         if !e.prop.values.is_empty() && !e.prop.values.iter().any(|c| &**c == s) {
             return false;
         }
+        if e.prop.binding.is_some_and(|b| !b.holds(s)) {
+            return false;
+        }
         match prim {
             Prim::Date => p::calendar_ok(s) != Some(false),
             Prim::Base64 => p::base64_len(s).is_some(),

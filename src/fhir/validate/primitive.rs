@@ -506,6 +506,82 @@ pub fn has_html_tag(s: &str) -> bool {
     })
 }
 
+/// A required binding to a code system R4's schema does not list (ISO 4217 currencies, BCP 13
+/// media types), held to the form of its codes. Not to a list: a list would refuse every code
+/// added after it was copied (ISO 4217 gained ZWG in 2024), and the form is what tells a code
+/// from text (`DOLLARS`, `application/octet stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// `Money.currency`: three capital letters.
+    Currency,
+    /// `Attachment.contentType`: `type/subtype` (RFC 6838 names), then `; name=value`
+    /// parameters (RFC 2045 tokens or quoted strings).
+    MediaType,
+}
+
+impl Binding {
+    /// The binding of element `name` of type `owner`, if it is one of these.
+    pub fn of(owner: &str, name: &str) -> Option<Binding> {
+        match (owner, name) {
+            ("Money", "currency") => Some(Binding::Currency),
+            ("Attachment", "contentType") => Some(Binding::MediaType),
+            _ => None,
+        }
+    }
+
+    pub fn holds(self, s: &str) -> bool {
+        match self {
+            Binding::Currency => s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()),
+            Binding::MediaType => media_type_ok(s),
+        }
+    }
+
+    /// What is wrong with a code that does not hold, for an issue or a warning.
+    pub fn problem(self) -> &'static str {
+        match self {
+            Binding::Currency => "not an ISO 4217 currency code (three capital letters, e.g. USD)",
+            Binding::MediaType => "not a media type (BCP 13: type/subtype, e.g. application/pdf)",
+        }
+    }
+}
+
+/// RFC 6838 `type/subtype` with RFC 2045 parameters (`; charset=UTF-8`).
+fn media_type_ok(s: &str) -> bool {
+    // restricted-name: a letter or digit, then up to 126 of these.
+    fn name(n: &str) -> bool {
+        let b = n.as_bytes();
+        !b.is_empty()
+            && b.len() <= 127
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
+    }
+    // RFC 2045 token: printable ASCII but space and tspecials.
+    fn token(t: &str) -> bool {
+        !t.is_empty()
+            && t.bytes()
+                .all(|c| c.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&c))
+    }
+    let mut parts = s.split(';');
+    let Some((ty, sub)) = parts.next().and_then(|m| m.trim_end().split_once('/')) else {
+        return false;
+    };
+    name(ty)
+        && name(sub)
+        && parts.all(|p| {
+            let Some((k, v)) = p.trim().split_once('=') else {
+                return false;
+            };
+            let quoted = v.len() >= 2
+                && v.starts_with('"')
+                && v.ends_with('"')
+                && v[1..v.len() - 1]
+                    .bytes()
+                    .all(|c| (c.is_ascii_graphic() || c == b' ') && c != b'"' && c != b'\\');
+            token(k) && (token(v) || quoted)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,5 +796,43 @@ mod tests {
         ] {
             assert_eq!(ms_from_instant(bad), None, "{bad}");
         }
+    }
+
+    /// Attack round 9: `DOLLARS` and `application/octet stream` were written and shown valid.
+    #[test]
+    fn externally_bound_codes_are_held_to_their_form() {
+        let c = Binding::of("Money", "currency").unwrap();
+        for ok in ["USD", "EUR", "ZWG", "XXX"] {
+            assert!(c.holds(ok), "{ok}");
+        }
+        for bad in ["DOLLARS", "usd", "US", "U$D", "", "USD "] {
+            assert!(!c.holds(bad), "{bad}");
+        }
+        let m = Binding::of("Attachment", "contentType").unwrap();
+        for ok in [
+            "application/pdf",
+            "text/plain; charset=UTF-8",
+            "text/plain;charset=utf-8",
+            "application/fhir+json",
+            "image/svg+xml",
+            "application/vnd.ms-excel",
+            "multipart/mixed; boundary=\"a b\"",
+        ] {
+            assert!(m.holds(ok), "{ok}");
+        }
+        for bad in [
+            "application/octet stream",
+            "pdf",
+            "application/",
+            "/pdf",
+            "text/plain; charset",
+            "text/plain; =x",
+            "text/plain;",
+            "application/p(d)f",
+            "",
+        ] {
+            assert!(!m.holds(bad), "{bad}");
+        }
+        assert_eq!(Binding::of("Money", "value"), None);
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Prop {
     pub pattern: Option<u16>,
     /// The allowed values (`enum`, or `const` as the one value); empty: any.
     pub values: Box<[Box<str>]>,
+    /// A required binding the schema does not list, held to the form of its codes.
+    pub binding: Option<super::primitive::Binding>,
     /// The choice element it is a type of (`deceasedBoolean` of `deceased[x]`): 1 + the
     /// choice's index within its type (the same for a primitive's `_name`); 0 for none.
     pub choice: u8,
@@ -579,6 +581,7 @@ impl Model {
                         json,
                         pattern,
                         values,
+                        binding: super::primitive::Binding::of(name, pname),
                         choice: 0,
                     },
                 );

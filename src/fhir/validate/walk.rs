@@ -575,6 +575,15 @@ impl<'v, 'o> Walker<'v, 'o> {
                 "code is not in the value set this element is bound to (required binding)",
             );
         }
+        if let (Some(b), Some(s)) = (prop.binding, v.as_str()) {
+            if !b.holds(s) {
+                self.error(
+                    IssueCode::CodeInvalid,
+                    path,
+                    format!("required binding: {}", b.problem()),
+                );
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
