@@ -1447,7 +1447,10 @@ PID|1||42^^^H^MR||M"
     msg.extend_from_slice(b"\xfcller^Jo\r");
     let (m, b) = map_bytes(&n, &msg);
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fc}ller");
-    assert_warned(&m, "MSH-18 is empty or ASCII and the message is not UTF-8");
+    assert_warned(
+        &m,
+        "MSH-18 is empty or ASCII (ISO IR6) and the message is not UTF-8",
+    );
     // Named ASCII, it is read the same way, with the same warning.
     let mut msg = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1||||||ASCII\r\
 PID|1||42^^^H^MR||M"
@@ -1455,7 +1458,10 @@ PID|1||42^^^H^MR||M"
     msg.extend_from_slice(b"\xfcller^Jo\r");
     let (m, b) = map_bytes(&n, &msg);
     assert_eq!(one(&b, "Patient")["name"][0]["family"], "M\u{fc}ller");
-    assert_warned(&m, "MSH-18 is empty or ASCII and the message is not UTF-8");
+    assert_warned(
+        &m,
+        "MSH-18 is empty or ASCII (ISO IR6) and the message is not UTF-8",
+    );
     let (m, _) = map_bytes(&n, "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\rPID|1||42^^^H^MR||Müller^Jo\r".as_bytes());
     assert!(m.warnings.iter().all(|w| !w.contains("character set")));
 }
@@ -3290,6 +3296,18 @@ OBX|{set_id}|NM|2345-7^Glucose^LN||5.5|mmol/L|||||F\r"
     assert_eq!(id("42", "00", "Observation"), id("42", "0", "Observation"));
     assert_ne!(id("42", "0", "Observation"), id("42", "", "Observation"));
     assert_ne!(id("0042", "1", "Patient"), id("42", "1", "Patient"));
+    // In one message, `1` and `01` of one code are one key: `distinct` keeps them two.
+    let two = format!(
+        "{}OBX|01|NM|2345-7^Glucose^LN||6.1|mmol/L|||||F\r",
+        oru("42", "1")
+    );
+    let (_, b) = map_bytes(&n, two.as_bytes());
+    let ids: Vec<&str> = resources(&b, "Observation")
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
 }
 
 /// Attack round 9: a constant `text.div` without the XHTML namespace passed lint, and every
@@ -3364,6 +3382,9 @@ FT1|1|T100^HOSP||20240301||CG|99213^Office visit^C4|||1|125.00&{currency}\r"
     assert_eq!(price["value"], 125.0);
     assert!(price.get("currency").is_none(), "{price}");
     assert_warned(&m, "not an ISO 4217 currency code");
+    // Lower case is the same code.
+    let (_, b) = map_bytes(&n, dft("usd").as_bytes());
+    assert_eq!(one(&b, "ChargeItem")["priceOverride"]["currency"], "USD");
 
     let oru = |subtype: &str| {
         format!(
@@ -3392,10 +3413,29 @@ OBX|1|ED|11502-2^Lab report^LN||^AP^{subtype}^Base64^QUJD||||||F\r"
     };
     let (_, b) = map_bytes(&n, oru("pdf").as_bytes());
     assert_eq!(attachments(&b), ["application/pdf"]);
-    // The ED's own subtype is not a media type: the encoding's fallback row names one.
+    // Not a media type: bytes of no known type, said so (an Attachment with data needs a
+    // type, att-1).
     let (m, b) = map_bytes(&n, oru("octet stream").as_bytes());
     assert_eq!(attachments(&b), ["application/octet-stream"]);
     assert_warned(&m, "not a media type");
+    assert_warned(&m, "written as application/octet-stream");
+    // A site map without the shipped fallback rows: the Attachment keeps a type all the same,
+    // and the Bundle its check.
+    let site = tempdir_with(&[(
+        "datatypes/ED[Attachment].csv",
+        "component,condition,fhir_path,datatype_map,vocabulary_map,assignment\n\
+         ED.3,,contentType,,,\nED.5,,data,,,\n",
+    )]);
+    let bare = Normalizer::load(&with_site(&site)).unwrap();
+    let (m, b) = map_bytes(&bare, oru("octet stream").as_bytes());
+    assert_eq!(attachments(&b), ["application/octet-stream"]);
+    assert_warned(&m, "written as application/octet-stream");
+    let _ = std::fs::remove_dir_all(site);
+    let rp = "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||DOE^JANE\rOBR|1|P1^HOSP|F1^LAB|11502-2^Lab report^LN\r\
+OBX|1|RP|11502-2^Lab report^LN||http://docs.example/1^DOCS^AP^PDF||||||F\r";
+    let (_, b) = map_bytes(&n, rp.as_bytes());
+    assert_eq!(attachments(&b), ["application/PDF"]);
 
     // The validator, inbound: the same codes refused by name.
     let patient = |currency: &str, media: &str| {
@@ -3430,4 +3470,53 @@ OBX|1|ED|11502-2^Lab report^LN||^AP^{subtype}^Base64^QUJD||||||F\r"
             .any(|i| i.contains("contentType") && i.contains("media type")),
         "{found:#?}"
     );
+}
+
+/// Review: lint refuses what the mapper would leave out of, or break in, every message: a
+/// constant code outside its value set or not in its code system's form, and `lines` into an
+/// element that cannot hold a line feed.
+#[test]
+fn lint_refuses_constants_and_lines_every_message_would_lose() {
+    let site = tempdir_with(&[
+        (
+            "segments/FT1[ChargeItem].csv",
+            &format!(
+                "{SEG_HEADER}FT1-11.1.2,,priceOverride.currency,,,\"\"\"dollars\"\"\"\n\
+                 FT1-13,,status,,,\"\"\"charged\"\"\"\n"
+            ),
+        ),
+        (
+            "segments/PID[Patient].csv",
+            &format!("{SEG_HEADER}PID-8,,gender,lines,,\n"),
+        ),
+    ]);
+    let errors = match Normalizer::lint(&with_site(&site)) {
+        Err(e) => e,
+        Ok(_) => panic!("loads"),
+    };
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for (file, line, what) in [
+        (
+            "FT1[ChargeItem].csv",
+            2,
+            "`priceOverride.currency` is bound: `dollars` is not an ISO 4217",
+        ),
+        (
+            "FT1[ChargeItem].csv",
+            3,
+            "`status` is bound to a FHIR value set without `charged`",
+        ),
+        (
+            "PID[Patient].csv",
+            2,
+            "`lines` gathers text, and `gender` is a code",
+        ),
+    ] {
+        assert!(
+            text.iter()
+                .any(|t| t.contains(&format!("{file}:{line}: ")) && t.contains(what)),
+            "{what}: {text:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(site);
 }

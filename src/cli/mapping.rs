@@ -200,8 +200,8 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
                          name that of the file it should override?)"
                     }
                     Unused::NoRows => {
-                        "it overrides a file of the set with no rows (overrides merge row by \
-                         row), so it changes nothing"
+                        "it has no rows and overrides a file of the set (overrides merge row \
+                         by row), so it changes nothing"
                     }
                 };
                 writeln!(out, "warning: {f}: {why}")?;

@@ -313,7 +313,6 @@ impl Expr {
     }
 
     /// The literal, when the expression is one.
-    #[cfg(test)]
     pub fn literal(&self) -> Option<&str> {
         match self.0.as_slice() {
             [Term::Lit(l)] => Some(l),

@@ -17,7 +17,7 @@ use super::plan::{
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::fhir::validate::period_ordered;
-use crate::fhir::validate::primitive::Scan;
+use crate::fhir::validate::primitive::{Binding as CodeForm, Scan};
 use crate::hl7::{Charset, Field, Formatting, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
@@ -638,12 +638,13 @@ impl<'p> Mapper<'p> {
                  each such sequence is written as U+FFFD"
             ));
         } else if msg.charset() == Charset::Ascii && std::str::from_utf8(msg.bytes()).is_err() {
-            // No set named (or ASCII, which such senders name just as often), and not UTF-8:
+            // No set named (or ASCII, `ISO IR6`, which such senders name just as often), and
+            // not UTF-8:
             // a value that is not UTF-8 is read as ISO 8859-1 (the common case of such
             // senders), which may not be what the sender meant.
             b.warn(format_args!(
-                "MSH-18 is empty or ASCII and the message is not UTF-8: values that are not \
-                 UTF-8 were read as ISO 8859-1 (set MSH-18 to say which)"
+                "MSH-18 is empty or ASCII (ISO IR6) and the message is not UTF-8: values that \
+                 are not UTF-8 were read as ISO 8859-1 (set MSH-18 to say which)"
             ));
         }
         let mut next_group = 1u32;
@@ -1945,8 +1946,24 @@ impl<'p> Mapper<'p> {
                 } else if !codes.is_empty() && !codes.iter().any(|c| c.as_str() == &b.text[start..])
                 {
                     Err("code not in the FHIR value set of its element")
-                } else if let Some(bound) = binding.filter(|k| !k.holds(&b.text[start..])) {
-                    Err(bound.problem())
+                } else if let Some(bound) = binding {
+                    bound.fold(&mut b.text[start..]);
+                    if bound.holds(&b.text[start..]) {
+                        Ok(Val::Text(0, 0))
+                    } else if bound == CodeForm::MediaType {
+                        // Said to be bytes of no known type, not left out: an Attachment with
+                        // data needs a type (att-1), and the Bundle would fail without one.
+                        b.text.truncate(start);
+                        b.text.push_str("application/octet-stream");
+                        b.warn(format_args!(
+                            "{}: {}: written as application/octet-stream",
+                            b.field_name(),
+                            bound.problem()
+                        ));
+                        Ok(Val::Text(0, 0))
+                    } else {
+                        Err(bound.problem())
+                    }
                 } else {
                     Ok(Val::Text(0, 0))
                 }

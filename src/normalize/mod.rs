@@ -197,7 +197,7 @@ impl Normalizer {
     }
 
     /// Site files that change nothing: maps and vocabularies no row names (a misspelt name),
-    /// and files without rows.
+    /// and overrides without rows.
     pub fn unused_site_files(&self) -> &[(String, Unused)] {
         &self.plan.unused
     }

@@ -1338,29 +1338,47 @@ impl Compiler<'_> {
                 })?;
                 Ok(x)
             });
-            // A constant narrative the output check refuses would be left out of every message
-            // (a div without the XHTML namespace is the usual slip): said now.
-            if let (Ok(expr), Some(Prim::Xhtml)) = (&parsed, leaf_prim) {
-                if !expr.reads_message() {
-                    let text: String = expr
-                        .0
-                        .iter()
-                        .filter_map(|t| match t {
-                            cond::Term::Lit(l) => Some(l.as_str()),
-                            cond::Term::Ref(_) => None,
-                        })
-                        .collect();
-                    if let Err(e) = crate::fhir::validate::check_xhtml(&text) {
-                        self.err_at(
-                            src,
-                            line,
+            // A constant the mapper would leave out of every message (a narrative without the
+            // XHTML namespace, the usual slip; a currency that is no ISO 4217 code; a code
+            // outside its element's value set) is said now.
+            if let (Ok(expr), Some(prim)) = (&parsed, leaf_prim) {
+                if let (Some(lit), Some(step)) = (expr.literal(), path.steps.last()) {
+                    let elem = self.model.elem(step.elem);
+                    // As the mapper writes a code: white space trimmed and single.
+                    let mut text = String::new();
+                    if prim == Prim::Code {
+                        super::value::normalize_code(lit, &mut text);
+                        if let Some(b) = elem.binding {
+                            b.fold(&mut text);
+                        }
+                    } else {
+                        text.push_str(lit);
+                    }
+                    let text = text.as_str();
+                    let problem = match prim {
+                        Prim::Xhtml => crate::fhir::validate::check_xhtml(text).err().map(|e| {
                             format!(
-                                "assignment: `{}` is narrative XHTML, and this is not: {} (it \
-                                 needs <div xmlns='http://www.w3.org/1999/xhtml'>…</div>)",
-                                r.get(2),
+                                "is narrative XHTML, and this is not: {} (it needs <div \
+                                     xmlns='http://www.w3.org/1999/xhtml'>…</div>)",
                                 e.message
-                            ),
-                        );
+                            )
+                        }),
+                        Prim::Code
+                            if !elem.codes.is_empty() && !elem.codes.iter().any(|c| c == text) =>
+                        {
+                            Some(format!(
+                                "is bound to a FHIR value set without `{text}` (one of: {})",
+                                elem.codes.join(", ")
+                            ))
+                        }
+                        Prim::Code => elem
+                            .binding
+                            .filter(|b| !b.holds(text))
+                            .map(|b| format!("is bound: `{text}` is {}", b.problem())),
+                        _ => None,
+                    };
+                    if let Some(problem) = problem {
+                        self.err_at(src, line, format!("assignment: `{}` {problem}", r.get(2)));
                         return None;
                     }
                 }
@@ -1445,6 +1463,26 @@ impl Compiler<'_> {
             }
             if path.creates.is_some() && map.is_none() {
                 self.err_at(src, line, "datatype_map: a path that makes a resource needs the map that fills it (e.g. XCN[Practitioner])".into());
+                return None;
+            }
+            // Lines are joined with line feeds, which only text and bytes can hold: a code, a
+            // date or a narrative of two lines is no longer one (and its Bundle would fail).
+            if xform == Xform::Lines
+                && !matches!(
+                    leaf_prim,
+                    Some(Prim::String | Prim::Markdown | Prim::Base64Binary)
+                )
+            {
+                self.err_at(
+                    src,
+                    line,
+                    format!(
+                        "datatype_map: `lines` gathers text, and `{}` is a {} (lines go into a \
+                         string, markdown or base64Binary element)",
+                        r.get(2),
+                        self.model.ty(path.leaf).name
+                    ),
+                );
                 return None;
             }
             Action::Copy { map, vocab, xform }

@@ -230,6 +230,8 @@ pub fn seal_event_with(
     seal_one_with(Plain::Event(event), record_id, key, salt, nonce)
 }
 
+/// The known-answer path: compression as the default vault has it (the vectors hold both
+/// forms; tests only, so it is the one place that does not take the vault's setting).
 fn seal_one_with(
     record: Plain<'_>,
     record_id: RecordId,

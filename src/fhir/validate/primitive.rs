@@ -529,6 +529,14 @@ impl Binding {
         }
     }
 
+    /// The same code in the system's own spelling, where that is unambiguous: ISO 4217 codes
+    /// are capitals (`usd` is USD).
+    pub fn fold(self, s: &mut str) {
+        if self == Binding::Currency && s.len() == 3 {
+            s.make_ascii_uppercase();
+        }
+    }
+
     pub fn holds(self, s: &str) -> bool {
         match self {
             Binding::Currency => s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase()),
@@ -545,41 +553,84 @@ impl Binding {
     }
 }
 
-/// RFC 6838 `type/subtype` with RFC 2045 parameters (`; charset=UTF-8`).
+/// RFC 6838 `type/subtype`, then RFC 9110 parameters: `; name=value`, the value a token or a
+/// quoted string (which may hold `;` and `\"`), white space around the `;`, an empty one
+/// allowed (`text/plain;`).
 fn media_type_ok(s: &str) -> bool {
     // restricted-name: a letter or digit, then up to 126 of these.
-    fn name(n: &str) -> bool {
-        let b = n.as_bytes();
-        !b.is_empty()
-            && b.len() <= 127
-            && b[0].is_ascii_alphanumeric()
-            && b.iter()
+    fn name(n: &[u8]) -> bool {
+        !n.is_empty()
+            && n.len() <= 127
+            && n[0].is_ascii_alphanumeric()
+            && n.iter()
                 .all(|&c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
     }
-    // RFC 2045 token: printable ASCII but space and tspecials.
-    fn token(t: &str) -> bool {
-        !t.is_empty()
-            && t.bytes()
-                .all(|c| c.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&c))
+    // token: printable ASCII but delimiters.
+    fn tchar(c: u8) -> bool {
+        c.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&c)
     }
-    let mut parts = s.split(';');
-    let Some((ty, sub)) = parts.next().and_then(|m| m.trim_end().split_once('/')) else {
+    let b = s.as_bytes();
+    let end = b
+        .iter()
+        .position(|&c| c == b';' || c == b' ' || c == b'\t')
+        .unwrap_or(b.len());
+    let Some(slash) = b[..end].iter().position(|&c| c == b'/') else {
         return false;
     };
-    name(ty)
-        && name(sub)
-        && parts.all(|p| {
-            let Some((k, v)) = p.trim().split_once('=') else {
+    if !name(&b[..slash]) || !name(&b[slash + 1..end]) {
+        return false;
+    }
+    let ows = |mut i: usize| {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        i
+    };
+    let mut i = end;
+    loop {
+        i = ows(i);
+        if i == b.len() {
+            return true;
+        }
+        if b[i] != b';' {
+            return false;
+        }
+        i = ows(i + 1);
+        if i == b.len() || b[i] == b';' {
+            continue;
+        }
+        let k = i;
+        while i < b.len() && tchar(b[i]) {
+            i += 1;
+        }
+        if i == k || b.get(i) != Some(&b'=') {
+            return false;
+        }
+        i += 1;
+        if b.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return false,
+                    Some(b'"') => break,
+                    Some(b'\\') if i + 1 < b.len() => i += 2,
+                    Some(&c) if c == b'\t' || c == b' ' || c.is_ascii_graphic() || c >= 0x80 => {
+                        i += 1
+                    }
+                    Some(_) => return false,
+                }
+            }
+            i += 1;
+        } else {
+            let v = i;
+            while i < b.len() && tchar(b[i]) {
+                i += 1;
+            }
+            if i == v {
                 return false;
-            };
-            let quoted = v.len() >= 2
-                && v.starts_with('"')
-                && v.ends_with('"')
-                && v[1..v.len() - 1]
-                    .bytes()
-                    .all(|c| (c.is_ascii_graphic() || c == b' ') && c != b'"' && c != b'\\');
-            token(k) && (token(v) || quoted)
-        })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -817,6 +868,12 @@ mod tests {
             "image/svg+xml",
             "application/vnd.ms-excel",
             "multipart/mixed; boundary=\"a b\"",
+            "multipart/mixed; boundary=\"a;b\"",
+            "text/plain; charset=\"utf-8\"",
+            "text/plain; name=\"a \\\"b\\\"\"",
+            "text/plain;",
+            "APPLICATION/PDF",
+            "application/x-hl7-cda-level-one+xml",
         ] {
             assert!(m.holds(ok), "{ok}");
         }
@@ -827,7 +884,8 @@ mod tests {
             "/pdf",
             "text/plain; charset",
             "text/plain; =x",
-            "text/plain;",
+            "text/plain; a=\"open",
+            "text/plain charset=x",
             "application/p(d)f",
             "",
         ] {
