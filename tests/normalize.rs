@@ -3520,3 +3520,33 @@ fn lint_refuses_constants_and_lines_every_message_would_lose() {
     }
     let _ = std::fs::remove_dir_all(site);
 }
+
+/// Attack round 9: an A41 (account merge) left PID-18, the surviving account, unmapped. It is
+/// the Account an ADT^A01 with that number names; MRG-3 is the account merged away.
+#[test]
+fn an_account_merge_names_the_surviving_account_and_the_one_merged_away() {
+    let n = normalizer();
+    let a41 = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A41^ADT_A39|1|P|2.5.1\r\
+EVN|A41|20240101120000+0000\r\
+PID|1||M111^^^MH^MR||Keep^Kim||19700101|F||||||||||ACC2^^^MH^AN\r\
+MRG|M111^^^MH^MR||ACC1^^^MH^AN\r";
+    let (_, b) = map_bytes(&n, a41);
+    let accounts = resources(&b, "Account");
+    let by_number = |v: &str| {
+        accounts
+            .iter()
+            .find(|a| a["identifier"][0]["value"] == v)
+            .unwrap_or_else(|| panic!("no account {v}: {accounts:?}"))
+    };
+    let survivor = by_number("ACC2");
+    assert_eq!(survivor["status"], "active");
+    assert_ne!(by_number("ACC1")["id"], survivor["id"]);
+    assert_eq!(
+        deref(&b, &survivor["subject"][0])["id"],
+        one(&b, "Patient")["id"]
+    );
+    let a01 = b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|2|P|2.5.1\r\
+PID|1||M111^^^MH^MR||Keep^Kim||19700101|F||||||||||ACC2^^^MH^AN\r";
+    let (_, b) = map_bytes(&n, a01);
+    assert_eq!(one(&b, "Account")["id"], survivor["id"]);
+}
