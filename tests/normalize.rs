@@ -3550,3 +3550,36 @@ PID|1||M111^^^MH^MR||Keep^Kim||19700101|F||||||||||ACC2^^^MH^AN\r";
     let (_, b) = map_bytes(&n, a01);
     assert_eq!(one(&b, "Account")["id"], survivor["id"]);
 }
+
+/// A file that is not UTF-8 is named by line and column, and does not hide the other files'
+/// own problems (a row one column short): lint names both at once.
+#[test]
+fn a_file_that_is_not_text_does_not_hide_the_others_problems() {
+    let site = tempdir_with(&[(
+        "segments/PID[Patient].csv",
+        &format!("{SEG_HEADER}PID-8,,gender,,\n"),
+    )]);
+    std::fs::create_dir_all(site.join("vocabulary")).unwrap();
+    std::fs::write(
+        site.join("vocabulary/AdministrativeSex.csv"),
+        b"code,system,target_code,target_display,target_system\nF,,fem\xe9nin,,\n",
+    )
+    .unwrap();
+    let errors = match Normalizer::lint(&with_site(&site)) {
+        Err(e) => e,
+        Ok(_) => panic!("loads"),
+    };
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|t| t.contains("AdministrativeSex.csv:2") && t.contains("character 7: not UTF-8")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("PID[Patient].csv:2")
+                && t.contains("5 columns where the header has 6")),
+        "{text:#?}"
+    );
+    let _ = std::fs::remove_dir_all(site);
+}

@@ -223,7 +223,8 @@ mod tests {
     fn lists_every_file_under_adapters() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters");
         let on_disk = super::super::files::read_dir(&root, false).expect("adapters/");
-        let mut names: Vec<String> = on_disk.into_iter().map(|f| f.name).collect();
+        assert!(on_disk.not_text.is_empty(), "{:?}", on_disk.not_text);
+        let mut names: Vec<String> = on_disk.files.into_iter().map(|f| f.name).collect();
         names.sort();
         let listed: Vec<String> = super::FILES.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(listed, names, "run scripts/adapters-list.py");

@@ -47,9 +47,17 @@ fn not_utf8(p: &Path, bytes: &[u8], e: std::str::Utf8Error) -> LoadError {
     }
 }
 
+/// What [`read_dir`] found: the files it could read, and one problem per file that is not
+/// UTF-8 (named by its line and column).
+pub struct Read {
+    pub files: Vec<SourceFile>,
+    pub not_text: Vec<LoadError>,
+}
+
 /// Reads every `*.csv` under `dir` (recursively); a file that is not UTF-8 is named by its line
-/// and the others are still read, so that lint names every problem.
-pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, Vec<LoadError>> {
+/// and the others are still read, so that lint names every problem. `Err` only when the
+/// directory cannot be read.
+pub fn read_dir(dir: &Path, site: bool) -> Result<Read, Vec<LoadError>> {
     fn walk(
         base: &Path,
         dir: &Path,
@@ -105,12 +113,9 @@ pub fn read_dir(dir: &Path, site: bool) -> Result<Vec<SourceFile>, Vec<LoadError
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         }]);
     }
-    let (mut out, mut bad_text) = (Vec::new(), Vec::new());
-    walk(dir, dir, site, &mut out, &mut bad_text).map_err(|e| vec![e])?;
-    if !bad_text.is_empty() {
-        return Err(bad_text);
-    }
-    Ok(out)
+    let (mut files, mut not_text) = (Vec::new(), Vec::new());
+    walk(dir, dir, site, &mut files, &mut not_text).map_err(|e| vec![e])?;
+    Ok(Read { files, not_text })
 }
 
 /// The key a row is replaced by in a site override: which columns identify "the same row".

@@ -120,22 +120,35 @@ impl Normalizer {
 
     /// Like [`Normalizer::load`], with every problem of every file.
     pub fn lint(cfg: &NormalizeConfig) -> Result<Normalizer, Vec<LoadError>> {
+        let mut not_text = Vec::new();
+        let mut read = |dir: &std::path::Path, site| -> Result<_, Vec<LoadError>> {
+            let r = files::read_dir(dir, site)?;
+            not_text.extend(r.not_text);
+            Ok(r.files)
+        };
         let base = match &cfg.adapters_dir {
-            Some(d) => files::read_dir(d, false)?,
+            Some(d) => read(d, false)?,
             None => defaults::files(),
         };
         let site = match &cfg.site_dir {
-            Some(d) => files::read_dir(d, true)?,
+            Some(d) => read(d, true)?,
             None => Vec::new(),
         };
-        let mut n = Self::from_files(base, site, &cfg.id_namespace).map_err(|mut errors| {
-            // By file and line, as an editor would walk them.
+        // By file and line, as an editor would walk them.
+        let sorted = |mut errors: Vec<LoadError>| {
             errors.sort_by_cached_key(|e| match e {
                 LoadError::Invalid { file, line, .. } => (file.clone(), *line),
                 LoadError::Io { path, .. } => (path.display().to_string(), 0),
             });
             errors
-        })?;
+        };
+        if !not_text.is_empty() {
+            // The set is not whole, so it is not compiled (a file left out would show as
+            // names that nothing defines); the other files' own problems are still named.
+            not_text.extend(files::load(base, site).err().unwrap_or_default());
+            return Err(sorted(not_text));
+        }
+        let mut n = Self::from_files(base, site, &cfg.id_namespace).map_err(sorted)?;
         if !cfg.validate_output || cfg.output_check == OutputCheck::Walk {
             n.check = Err("configured");
         }
