@@ -194,16 +194,21 @@ fn send_a_large_refused_message(g: &Gateway) {
 #[test]
 fn bundles_are_stored_compressed_unless_the_vault_says_not() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("on");
-    let g = Gateway::start(&data, &[]);
-    let (adt, _) = send(&g, ADT);
-    send_a_large_refused_message(&g);
-    g.wait_metric(
-        "medanchor_normalize_messages_total{result=\"mapped\"}",
-        1.0,
-        std::time::Duration::from_secs(30),
-    );
-    assert!(g.stop().success());
+    // A gateway with `env` is sent the ADT and a large refused message, and stopped.
+    let stored = |name: &str, env: &[(&str, &str)]| {
+        let data = dir.path().join(name);
+        let g = Gateway::start(&data, env);
+        let (adt, _) = send(&g, ADT);
+        send_a_large_refused_message(&g);
+        g.wait_metric(
+            "medanchor_normalize_messages_total{result=\"mapped\"}",
+            1.0,
+            std::time::Duration::from_secs(30),
+        );
+        assert!(g.stop().success());
+        (data, adt)
+    };
+    let (data, adt) = stored("on", &[]);
     assert_eq!(
         derived_magic(&data, &adt),
         [*medanchor::seal::MAGIC_COMPRESSED]
@@ -213,17 +218,7 @@ fn bundles_are_stored_compressed_unless_the_vault_says_not() {
         [*medanchor::seal::MAGIC_COMPRESSED]
     );
 
-    let data = dir.path().join("off");
-    let off = [("MEDANCHOR__VAULT__COMPRESS", "false")];
-    let g = Gateway::start(&data, &off);
-    let (adt, _) = send(&g, ADT);
-    send_a_large_refused_message(&g);
-    g.wait_metric(
-        "medanchor_normalize_messages_total{result=\"mapped\"}",
-        1.0,
-        std::time::Duration::from_secs(30),
-    );
-    assert!(g.stop().success());
+    let (data, adt) = stored("off", &[("MEDANCHOR__VAULT__COMPRESS", "false")]);
     assert_eq!(derived_magic(&data, &adt), [*medanchor::seal::MAGIC]);
     assert_eq!(quarantined_magic(&data), [*medanchor::seal::MAGIC]);
     let out = std::process::Command::new(BIN)
