@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use super::cond::{Cond, Env, Ref, MAX_GUARDS};
-use super::model::{ElemId, Model, Prim, TypeId};
+use super::model::{CodeRefused, ElemId, Model, Prim, TypeId};
 use super::plan::{
     Action, CMap, IdRule, KeyPart, Known, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap,
     Xform,
@@ -639,9 +639,8 @@ impl<'p> Mapper<'p> {
             ));
         } else if msg.charset() == Charset::Ascii && std::str::from_utf8(msg.bytes()).is_err() {
             // No set named (or ASCII, `ISO IR6`, which such senders name just as often), and
-            // not UTF-8:
-            // a value that is not UTF-8 is read as ISO 8859-1 (the common case of such
-            // senders), which may not be what the sender meant.
+            // not UTF-8: a value that is not UTF-8 is read as ISO 8859-1 (the common case of
+            // such senders), which may not be what the sender meant.
             b.warn(format_args!(
                 "MSH-18 is empty or ASCII (ISO IR6) and the message is not UTF-8: values that \
                  are not UTF-8 were read as ISO 8859-1 (set MSH-18 to say which)"
@@ -1891,8 +1890,7 @@ impl<'p> Mapper<'p> {
             b.lost += 1;
             return false;
         }
-        let codes = &self.plan.model.elem(n.elem).codes;
-        let binding = self.plan.model.elem(n.elem).binding;
+        let elem = self.plan.model.elem(n.elem);
         let start = b.text.len();
         let t = value::trim(text);
         let zone = self.plan.settings.default_timezone.as_ref();
@@ -1939,18 +1937,9 @@ impl<'p> Mapper<'p> {
             Prim::Time => value::write_tm(t, &mut b.text).map(|_| Val::Text(0, 0)),
             Prim::Code => {
                 value::normalize_code(t, &mut b.text);
-                // Normalized, the code's only white space is single spaces: any byte below
-                // a space left is a control character.
-                if b.text.as_bytes()[start..].iter().any(|&c| c < b' ') {
-                    Err("a control character in a code")
-                } else if !codes.is_empty() && !codes.iter().any(|c| c.as_str() == &b.text[start..])
-                {
-                    Err("code not in the FHIR value set of its element")
-                } else if let Some(bound) = binding {
-                    bound.fold(&mut b.text[start..]);
-                    if bound.holds(&b.text[start..]) {
-                        Ok(Val::Text(0, 0))
-                    } else if bound == CodeForm::MediaType {
+                match elem.refuses_code(&mut b.text[start..]) {
+                    None => Ok(Val::Text(0, 0)),
+                    Some(refused @ CodeRefused::Form(CodeForm::MediaType)) => {
                         // Said to be bytes of no known type, not left out: an Attachment with
                         // data needs a type (att-1), and the Bundle would fail without one.
                         b.text.truncate(start);
@@ -1958,14 +1947,11 @@ impl<'p> Mapper<'p> {
                         b.warn(format_args!(
                             "{}: {}: written as application/octet-stream",
                             b.field_name(),
-                            bound.problem()
+                            refused.problem()
                         ));
                         Ok(Val::Text(0, 0))
-                    } else {
-                        Err(bound.problem())
                     }
-                } else {
-                    Ok(Val::Text(0, 0))
+                    Some(refused) => Err(refused.problem()),
                 }
             }
             Prim::Id => {

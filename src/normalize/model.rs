@@ -93,6 +93,43 @@ pub struct ElemDef {
     pub choice: u32,
 }
 
+/// Why a code element cannot hold a code ([`ElemDef::refuses_code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeRefused {
+    Control,
+    NotInValueSet,
+    Form(Binding),
+}
+
+impl CodeRefused {
+    pub fn problem(self) -> &'static str {
+        match self {
+            CodeRefused::Control => "a control character in a code",
+            CodeRefused::NotInValueSet => "code not in the FHIR value set of its element",
+            CodeRefused::Form(b) => b.problem(),
+        }
+    }
+}
+
+impl ElemDef {
+    /// Why `code`, normalized as the mapper writes it (`value::normalize_code`), cannot be this
+    /// element's value, after folding it to its code system's spelling (`usd` is USD). The
+    /// mapper asks it of every code it writes, and lint of every constant code.
+    pub fn refuses_code(&self, code: &mut str) -> Option<CodeRefused> {
+        // Normalized, the code's only white space is single spaces: any byte below a space
+        // left is a control character.
+        if code.bytes().any(|c| c < b' ') {
+            return Some(CodeRefused::Control);
+        }
+        if !self.codes.is_empty() && !self.codes.iter().any(|c| c == code) {
+            return Some(CodeRefused::NotInValueSet);
+        }
+        let form = self.binding?;
+        form.fold(code);
+        (!form.holds(code)).then_some(CodeRefused::Form(form))
+    }
+}
+
 #[derive(Debug)]
 pub struct Model {
     types: Vec<TypeDef>,

@@ -16,7 +16,7 @@ pub type TableMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 use super::cond::{self, Cond, Expr, Guard, Ref, RowGuard, Scope};
 use super::csv::Record;
 use super::files::{Files, MergedFile};
-use super::model::{ElemId, Model, Prim, TypeId};
+use super::model::{CodeRefused, ElemId, Model, Prim, TypeId};
 use super::value::Zone;
 use super::LoadError;
 
@@ -1341,46 +1341,38 @@ impl Compiler<'_> {
             // A constant the mapper would leave out of every message (a narrative without the
             // XHTML namespace, the usual slip; a currency that is no ISO 4217 code; a code
             // outside its element's value set) is said now.
-            if let (Ok(expr), Some(prim)) = (&parsed, leaf_prim) {
-                if let (Some(lit), Some(step)) = (expr.literal(), path.steps.last()) {
-                    let elem = self.model.elem(step.elem);
-                    // As the mapper writes a code: white space trimmed and single.
-                    let mut text = String::new();
-                    if prim == Prim::Code {
-                        super::value::normalize_code(lit, &mut text);
-                        if let Some(b) = elem.binding {
-                            b.fold(&mut text);
-                        }
-                    } else {
-                        text.push_str(lit);
-                    }
-                    let text = text.as_str();
-                    let problem = match prim {
-                        Prim::Xhtml => crate::fhir::validate::check_xhtml(text).err().map(|e| {
-                            format!(
-                                "is narrative XHTML, and this is not: {} (it needs <div \
-                                     xmlns='http://www.w3.org/1999/xhtml'>…</div>)",
-                                e.message
-                            )
-                        }),
-                        Prim::Code
-                            if !elem.codes.is_empty() && !elem.codes.iter().any(|c| c == text) =>
-                        {
-                            Some(format!(
-                                "is bound to a FHIR value set without `{text}` (one of: {})",
+            let constant = parsed.as_ref().ok().and_then(|e| e.literal());
+            if let (Some(lit), Some(prim), Some(step)) = (constant, leaf_prim, path.steps.last()) {
+                let problem = match prim {
+                    Prim::Xhtml => crate::fhir::validate::check_xhtml(lit).err().map(|e| {
+                        format!(
+                            "is narrative XHTML, and this is not: {} (it needs <div \
+                             xmlns='http://www.w3.org/1999/xhtml'>…</div>)",
+                            e.message
+                        )
+                    }),
+                    Prim::Code => {
+                        let elem = self.model.elem(step.elem);
+                        let mut code = String::new();
+                        super::value::normalize_code(lit, &mut code);
+                        elem.refuses_code(&mut code).map(|refused| match refused {
+                            CodeRefused::NotInValueSet => format!(
+                                "is bound to a FHIR value set without `{code}` (one of: {})",
                                 elem.codes.join(", ")
-                            ))
-                        }
-                        Prim::Code => elem
-                            .binding
-                            .filter(|b| !b.holds(text))
-                            .map(|b| format!("is bound: `{text}` is {}", b.problem())),
-                        _ => None,
-                    };
-                    if let Some(problem) = problem {
-                        self.err_at(src, line, format!("assignment: `{}` {problem}", r.get(2)));
-                        return None;
+                            ),
+                            CodeRefused::Form(_) => {
+                                format!("is bound: `{code}` is {}", refused.problem())
+                            }
+                            CodeRefused::Control => {
+                                format!("cannot hold `{code}`: {}", refused.problem())
+                            }
+                        })
                     }
+                    _ => None,
+                };
+                if let Some(problem) = problem {
+                    self.err_at(src, line, format!("assignment: `{}` {problem}", r.get(2)));
+                    return None;
                 }
             }
             match parsed {
