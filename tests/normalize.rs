@@ -3062,6 +3062,47 @@ OBX|2|ST|1-2^Note^L||Plain note||||||F\r"
     );
 }
 
+/// An `&` the sender did not escape in a text component (CX.1 and XON.1 are ST) is text: the
+/// component is copied whole, as the key that names the resource read it, so `12&34` and
+/// `12&56` are two patients with two identifiers, not two with one identifier `12`. In a date
+/// (CX.7 is DT) what follows it is lost, and a warning names the field; a composite's first
+/// part read on purpose (an authority's namespace) is not named.
+#[test]
+fn an_unescaped_ampersand_is_text_in_text_and_named_elsewhere() {
+    let n = normalizer();
+    let adt = |mrn: &str| {
+        format!(
+            "MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||{mrn}^^^H&1.2.3&ISO^MR^^20200101&X||Doe^Jo\r\
+PV1|1|I\r\
+IN1|1|PPO1^Aetna PPO|AET01^^^NAIC|Smith & Jones Mutual\r"
+        )
+    };
+    let (m, one_b) = map_bytes(&n, adt("12&34").as_bytes());
+    let (_, other_b) = map_bytes(&n, adt("12&56").as_bytes());
+    let value = |b: &Value| one(b, "Patient")["identifier"][0]["value"].clone();
+    assert_eq!(value(&one_b), "12&34");
+    assert_eq!(value(&other_b), "12&56");
+    assert_ne!(one(&one_b, "Patient")["id"], one(&other_b, "Patient")["id"]);
+    assert_eq!(
+        one(&one_b, "Patient")["identifier"][0]["period"]["start"],
+        "2020-01-01"
+    );
+    assert!(
+        resources(&one_b, "Organization")
+            .iter()
+            .any(|o| o["name"] == "Smith & Jones Mutual"),
+        "{one_b}"
+    );
+    assert_warned(&m, "PID-3: what follows its first part");
+    let named: Vec<_> = m
+        .warnings
+        .iter()
+        .filter(|w| w.contains("what follows its first part"))
+        .collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+}
+
 /// A site file that no row names changes nothing; lint names it (a misspelt vocabulary, a
 /// segment map no message map uses), and so is an override without rows (empty, or a header
 /// alone: overrides merge row by row). An override with rows, a site file a row names, and a

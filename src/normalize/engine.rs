@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 use super::cond::{Cond, Env, Ref, MAX_GUARDS};
 use super::model::{CodeRefused, ElemId, Model, Prim, TypeId};
 use super::plan::{
-    Action, CMap, IdRule, KeyPart, Known, Member, MessageMap, Path, Plan, Role, Row, Src, TableMap,
-    Xform,
+    Action, CMap, IdRule, KeyPart, Known, Member, MessageMap, Path, Plan, Rest, Role, Row, Src,
+    TableMap, Xform,
 };
 use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
@@ -1648,7 +1648,12 @@ impl<'p> Mapper<'p> {
                 self.point_at(b, anchor, path, rep, inst, target as u32);
                 false
             }
-            Action::Copy { map, vocab, xform } => {
+            Action::Copy {
+                map,
+                vocab,
+                xform,
+                rest,
+            } => {
                 let Some((v, level)) = value else {
                     return false;
                 };
@@ -1748,18 +1753,24 @@ impl<'p> Mapper<'p> {
                 let Some(prim) = model.prim(path.leaf) else {
                     return false;
                 };
-                let part = first_part(v, level);
+                // A text component is copied whole: an `&` the sender did not escape in it
+                // (`Smith & Jones` in XON.1, `12&34` in CX.1) is text, as it is in a text
+                // field, and what the resource's key already read.
+                let part = match (rest, level) {
+                    (Rest::Text, Level::Comp) => v,
+                    _ => first_part(v, level),
+                };
                 let text = walk.text(part);
                 if value::trim(&text).is_empty() {
                     return false;
                 }
-                if *xform == Xform::Lines && later_parts_valued(v, level) {
-                    // Free text (ST, TX, FT, mapped as lines) has no components: a `^` in it
-                    // is one the sender did not escape (`See note^call lab`), and what follows
-                    // it is lost. (Elsewhere a row taking a field's first component on
-                    // purpose, PID-20's number without its state, is a choice of the map; so
-                    // is a component's first subcomponent, OBR-32.1's CNN id, which is why
-                    // CX.1 sent as `1&23` is not named here either.)
+                if (*xform == Xform::Lines || *rest == Rest::Named) && later_parts_valued(v, level)
+                {
+                    // Free text (mapped as lines), an identifier, a number or a date has no
+                    // parts: a `^` or `&` in it is one the sender did not escape (`See
+                    // note^call lab`), and what follows it is lost. (A row taking a
+                    // composite's first part, PID-20's number without its state or OBR-32.1's
+                    // CNN id, does so on purpose: `Rest::Chosen`.)
                     b.warn(format_args!(
                         "{}: what follows its first part (an unescaped ^ or &?) is not mapped",
                         b.field_name()

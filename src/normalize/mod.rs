@@ -18,6 +18,7 @@ mod engine;
 mod files;
 mod model;
 mod plan;
+mod v2types;
 pub use plan::Unused;
 pub(crate) mod value;
 

@@ -89,12 +89,67 @@ pub enum Xform {
     Override,
 }
 
+/// What a copy into a primitive does with a value's parts after the first, by the v2 data type
+/// of what the row reads (`v2types`, the guide's types): there, a separator is one the sender
+/// did not escape, or the map reads the first part of a composite on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rest {
+    /// A composite (HD, CWE) or a type not known: its first part is what the map reads (a
+    /// CNN's id, a number without its state).
+    Chosen,
+    /// A text component (CX.1, XON.1: ST): an `&` in it is text (`Smith & Jones`), as it is
+    /// in a text field; the component is copied whole.
+    Text,
+    /// An identifier, code, number or date, or text read as a field (a `^` ends its only
+    /// component): what follows the first part is lost, and named in a warning.
+    Named,
+}
+
+impl Rest {
+    /// For a row of map `v2` (`CX`, `PID`) reading `src`.
+    fn of(scope: Scope, v2: &str, src: Src) -> Rest {
+        let find = |part: String| {
+            super::v2types::TYPES
+                .binary_search_by(|(p, _)| (*p).cmp(part.as_str()))
+                .ok()
+                .map(|i| super::v2types::TYPES[i].1)
+        };
+        let (ty, whole_field) = match (scope, src) {
+            (Scope::Datatype, Src::Comp { comp, sub: 0 }) => (find(format!("{v2}.{comp}")), false),
+            (Scope::Segment, Src::Field { field, comp: 0, .. }) => {
+                (find(format!("{v2}-{field}")), true)
+            }
+            (
+                Scope::Segment,
+                Src::Field {
+                    field,
+                    comp,
+                    sub: 0,
+                },
+            ) => (
+                find(format!("{v2}-{field}")).and_then(|t| find(format!("{t}.{comp}"))),
+                false,
+            ),
+            _ => (None, false),
+        };
+        match ty {
+            Some("ST" | "TX" | "FT") if !whole_field => Rest::Text,
+            Some(
+                "ST" | "TX" | "FT" | "ID" | "IS" | "NM" | "SI" | "DT" | "DTM" | "TM" | "GTS"
+                | "SNM",
+            ) => Rest::Named,
+            _ => Rest::Chosen,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Copy {
         map: Option<usize>,
         vocab: Option<usize>,
         xform: Xform,
+        rest: Rest,
     },
     /// `decided`: the row's condition compares the very field or component the row is about
     /// (`RXA-21,IF RXA-21 EQUALS "D",status,"entered-in-error"`), so the constant it writes
@@ -1477,7 +1532,12 @@ impl Compiler<'_> {
                 );
                 return None;
             }
-            Action::Copy { map, vocab, xform }
+            Action::Copy {
+                map,
+                vocab,
+                xform,
+                rest: Rest::of(scope, v2, s),
+            }
         };
         let repeats = path.steps.iter().any(|s| s.array)
             || matches!(
@@ -1930,9 +1990,40 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::{Ref, Src, Target};
+    use super::{Ref, Rest, Scope, Src, Target};
     use std::borrow::Cow;
     use std::collections::HashMap;
+
+    /// A second part means what the v2 type of the copied field or component says (text: `&`
+    /// is text; an identifier or date: lost and named; a composite: read on purpose), looked up
+    /// by binary search in the generated table, which must therefore stay sorted.
+    #[test]
+    fn a_second_part_means_what_the_v2_type_says() {
+        let types = super::super::v2types::TYPES;
+        assert!(
+            types.windows(2).all(|w| w[0].0 < w[1].0),
+            "v2types::TYPES unsorted"
+        );
+        let comp = |comp| Src::Comp { comp, sub: 0 };
+        let field = |field, comp| Src::Field {
+            field,
+            comp,
+            sub: 0,
+        };
+        assert_eq!(Rest::of(Scope::Datatype, "CX", comp(1)), Rest::Text);
+        assert_eq!(Rest::of(Scope::Datatype, "XON", comp(1)), Rest::Text);
+        assert_eq!(Rest::of(Scope::Datatype, "CX", comp(7)), Rest::Named);
+        assert_eq!(Rest::of(Scope::Datatype, "CX", comp(4)), Rest::Chosen);
+        assert_eq!(Rest::of(Scope::Datatype, "ZZ", comp(1)), Rest::Chosen);
+        // A subcomponent is one part already.
+        let sub = Src::Comp { comp: 1, sub: 2 };
+        assert_eq!(Rest::of(Scope::Datatype, "CX", sub), Rest::Chosen);
+        // A text field's `^` cannot be kept: named. A field read through its type's component.
+        assert_eq!(Rest::of(Scope::Segment, "PID", field(19, 0)), Rest::Named);
+        assert_eq!(Rest::of(Scope::Segment, "PID", field(3, 1)), Rest::Text);
+        assert_eq!(Rest::of(Scope::Segment, "PID", field(3, 4)), Rest::Chosen);
+        assert_eq!(Rest::of(Scope::Segment, "PID", field(3, 0)), Rest::Chosen);
+    }
 
     /// In the shipped set, no row's guard reads the field the row iterates (whose current
     /// repetition its condition sees, and which differs from one repetition to the next), and
