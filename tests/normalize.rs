@@ -2245,7 +2245,9 @@ fn lint_names_file_line_and_field() {
             "resource,source,key,same_key\nServiceRequest,ORC,ORC-2.1 OR (ORC-3.1),distinct\n\
              DiagnosticReport,ORC,ORC-2.1,distinct until obr\n\
              Specimen,SPM,SPM-2.1,distinct until PID\n\
-             Location,PL,PL.1 [late],merge\n",
+             Location,PL,PL.1 [late],merge\n\
+             Observation,OBX,@DiagnosticReport (#OBX-3) (#OBX-1) (#ZXY-2),distinct\n\
+             Organization,XON,#XON.10,merge\n",
         ),
     ]);
     let errors = match Normalizer::lint(&with_site(&site)) {
@@ -2341,6 +2343,28 @@ fn lint_names_file_line_and_field() {
     assert!(
         text.iter()
             .any(|t| t.contains("tables/ids.csv:5: key: a label")),
+        "{text:#?}"
+    );
+    // `#` compares as a number: for a set id (SI) or a number (NM), not a code or an
+    // identifier (`0042` is not `42`); a field the guide's types do not know is taken on trust.
+    assert!(
+        text.iter().any(|t| t.contains(
+            "tables/ids.csv:6: key: `#OBX-3` compares as a number, and OBX-3 is of v2 type CWE"
+        )),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains(
+            "tables/ids.csv:7: key: `#XON.10` compares as a number, and \
+                                XON.10 is of v2 type ST"
+        )),
+        "{text:#?}"
+    );
+    assert_eq!(
+        text.iter()
+            .filter(|t| t.contains("tables/ids.csv:6:"))
+            .count(),
+        1,
         "{text:#?}"
     );
     assert!(matches!(errors[0], LoadError::Invalid { .. }));

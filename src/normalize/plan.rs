@@ -107,32 +107,26 @@ pub enum Rest {
 
 impl Rest {
     /// For a row of map `v2` (`CX`, `PID`) reading `src`.
-    fn of(scope: Scope, v2: &str, src: Src) -> Rest {
-        let find = |part: String| {
-            super::v2types::TYPES
-                .binary_search_by(|(p, _)| (*p).cmp(part.as_str()))
-                .ok()
-                .map(|i| super::v2types::TYPES[i].1)
-        };
-        let (ty, whole_field) = match (scope, src) {
-            (Scope::Datatype, Src::Comp { comp, sub: 0 }) => (find(format!("{v2}.{comp}")), false),
-            (Scope::Segment, Src::Field { field, comp: 0, .. }) => {
-                (find(format!("{v2}-{field}")), true)
-            }
-            (
-                Scope::Segment,
-                Src::Field {
+    fn of(v2: &str, src: Src) -> Rest {
+        let (r, whole_field) = match src {
+            Src::Comp { comp, sub: 0 } => (Ref::Comp { comp, sub: 0 }, false),
+            Src::Field {
+                field,
+                comp,
+                sub: 0,
+            } => (
+                Ref::Field {
+                    seg: None,
                     field,
                     comp,
                     sub: 0,
                 },
-            ) => (
-                find(format!("{v2}-{field}")).and_then(|t| find(format!("{t}.{comp}"))),
-                false,
+                comp == 0,
             ),
-            _ => (None, false),
+            // A subcomponent is one part already; the whole segment or value is not copied.
+            _ => return Rest::Chosen,
         };
-        match ty {
+        match v2_type(v2, &r) {
             Some("ST" | "TX" | "FT") if !whole_field => Rest::Text,
             Some(
                 "ST" | "TX" | "FT" | "ID" | "IS" | "NM" | "SI" | "DT" | "DTM" | "TM" | "GTS"
@@ -141,6 +135,39 @@ impl Rest {
             _ => Rest::Chosen,
         }
     }
+}
+
+/// The v2 data type of what `r` reads in a map or id rule about `v2` (`PID`, `CX`), as the
+/// guide gives it (`v2types`, v2.9); `None` where the table does not know it (a Z-segment, a
+/// site's own data type).
+fn v2_type(v2: &str, r: &Ref) -> Option<&'static str> {
+    use super::v2types::TYPES;
+    let find = |part: String| {
+        TYPES
+            .binary_search_by(|(p, _)| (*p).cmp(part.as_str()))
+            .ok()
+            .map(|i| TYPES[i].1)
+    };
+    let (mut ty, parts) = match *r {
+        Ref::Field {
+            seg,
+            field,
+            comp,
+            sub,
+        } => {
+            let seg = match seg {
+                Some(s) => String::from_utf8_lossy(&s).into_owned(),
+                None => v2.to_string(),
+            };
+            (find(format!("{seg}-{field}"))?, [comp, sub])
+        }
+        Ref::Comp { comp, sub } => (find(format!("{v2}.{comp}"))?, [sub, 0]),
+        Ref::Segment(_) => return None,
+    };
+    for p in parts.into_iter().take_while(|&p| p > 0) {
+        ty = find(format!("{ty}.{p}"))?;
+    }
+    Some(ty)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -988,8 +1015,21 @@ impl Compiler<'_> {
                 } else {
                     Scope::Datatype
                 };
+                let v2 = split_map_name(&source).map_or(source.as_str(), |(v, _)| v);
                 match cond::parse_ref(tok, scope) {
-                    Ok(rf) if number => parts.push((KeyPart::Number(rf), role)),
+                    Ok(rf) if number => match v2_type(v2, &rf) {
+                        // Compared as a number, `01` is `1`: right for a set id, wrong for
+                        // an identifier (`0042` is not `42`).
+                        Some(t) if t != "SI" && t != "NM" => self.err_at(
+                            *src,
+                            r.line,
+                            format!(
+                                "key: `#{tok}` compares as a number, and {tok} is of v2 type {t} \
+                                 (`#` is for set ids, SI, and numbers, NM)"
+                            ),
+                        ),
+                        _ => parts.push((KeyPart::Number(rf), role)),
+                    },
                     Ok(rf) => parts.push((KeyPart::Ref(rf), role)),
                     Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
                 }
@@ -1536,7 +1576,7 @@ impl Compiler<'_> {
                 map,
                 vocab,
                 xform,
-                rest: Rest::of(scope, v2, s),
+                rest: Rest::of(v2, s),
             }
         };
         let repeats = path.steps.iter().any(|s| s.array)
@@ -1990,7 +2030,7 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::{Ref, Rest, Scope, Src, Target};
+    use super::{Ref, Rest, Src, Target};
     use std::borrow::Cow;
     use std::collections::HashMap;
 
@@ -2010,19 +2050,19 @@ mod tests {
             comp,
             sub: 0,
         };
-        assert_eq!(Rest::of(Scope::Datatype, "CX", comp(1)), Rest::Text);
-        assert_eq!(Rest::of(Scope::Datatype, "XON", comp(1)), Rest::Text);
-        assert_eq!(Rest::of(Scope::Datatype, "CX", comp(7)), Rest::Named);
-        assert_eq!(Rest::of(Scope::Datatype, "CX", comp(4)), Rest::Chosen);
-        assert_eq!(Rest::of(Scope::Datatype, "ZZ", comp(1)), Rest::Chosen);
+        assert_eq!(Rest::of("CX", comp(1)), Rest::Text);
+        assert_eq!(Rest::of("XON", comp(1)), Rest::Text);
+        assert_eq!(Rest::of("CX", comp(7)), Rest::Named);
+        assert_eq!(Rest::of("CX", comp(4)), Rest::Chosen);
+        assert_eq!(Rest::of("ZZ", comp(1)), Rest::Chosen);
         // A subcomponent is one part already.
         let sub = Src::Comp { comp: 1, sub: 2 };
-        assert_eq!(Rest::of(Scope::Datatype, "CX", sub), Rest::Chosen);
+        assert_eq!(Rest::of("CX", sub), Rest::Chosen);
         // A text field's `^` cannot be kept: named. A field read through its type's component.
-        assert_eq!(Rest::of(Scope::Segment, "PID", field(19, 0)), Rest::Named);
-        assert_eq!(Rest::of(Scope::Segment, "PID", field(3, 1)), Rest::Text);
-        assert_eq!(Rest::of(Scope::Segment, "PID", field(3, 4)), Rest::Chosen);
-        assert_eq!(Rest::of(Scope::Segment, "PID", field(3, 0)), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(19, 0)), Rest::Named);
+        assert_eq!(Rest::of("PID", field(3, 1)), Rest::Text);
+        assert_eq!(Rest::of("PID", field(3, 4)), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(3, 0)), Rest::Chosen);
     }
 
     /// In the shipped set, no row's guard reads the field the row iterates (whose current
