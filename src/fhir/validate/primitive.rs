@@ -807,10 +807,25 @@ mod tests {
             assert!(!looks_like_active_html(text), "{text}");
         }
         // 300,000 tags before one `>`: read once per stretch, not once per tag (per tag, this
-        // text is 10^11 bytes of reading, and the test would not end).
-        let many = "<a ".repeat(300_000);
-        assert!(!looks_like_active_html(&many));
-        assert!(looks_like_active_html(&format!("{many}<b onclick=x>")));
+        // text is 10^11 bytes of reading). Run on a thread with a deadline far beyond the
+        // milliseconds it takes, so that a quadratic reading fails here instead of hanging CI.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let many = "<a ".repeat(300_000);
+            let found = (
+                looks_like_active_html(&many),
+                looks_like_active_html(&format!("{many}<b onclick=x>")),
+            );
+            let _ = tx.send(found);
+        });
+        let found = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(found) => found,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("300,000 tags not read in two minutes: once per tag, not once")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the reading panicked"),
+        };
+        assert_eq!(found, (false, true));
         assert!(is_script_url("java&#x09;script:alert(1)"));
         assert!(is_script_url("&#x6A;avascript:x"));
         assert!(is_script_url(" \u{1}JavaScript:x"));
