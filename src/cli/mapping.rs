@@ -206,6 +206,9 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
                 };
                 writeln!(out, "warning: {f}: {why}")?;
             }
+            for w in n.lint_warnings() {
+                writeln!(out, "warning: {w}")?;
+            }
             writeln!(
                 out,
                 "ok: mapping set {} ({} files; message maps: {})",

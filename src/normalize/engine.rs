@@ -18,7 +18,7 @@ use super::value::{self, Converted, IntKind, TimeKind};
 use super::{Link, MapError};
 use crate::fhir::validate::period_ordered;
 use crate::fhir::validate::primitive::{Binding as CodeForm, Scan};
-use crate::hl7::{Charset, Field, Formatting, Message, Segment};
+use crate::hl7::{Charset, Delimiters, Field, Formatting, Message, Segment};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -250,6 +250,19 @@ impl<'m> Walk<'m> {
         // SAFETY: every byte of `raw` was just seen below 0x80, and a sequence of ASCII bytes
         // is valid UTF-8 (each is a one-byte scalar value).
         Some(unsafe { std::str::from_utf8_unchecked(raw) })
+    }
+
+    /// A text component whole (an `&` the sender did not escape in it is text: `Smith & Jones`),
+    /// without the empty subcomponents left at its end (`12&` is `12`, as a key reads it).
+    fn whole(&self, f: Field<'m>) -> Cow<'m, str> {
+        match self.text(f) {
+            Cow::Borrowed(t) => {
+                Cow::Borrowed(without_empty_tail(t, &self.msg.delimiters(), || {
+                    self.plain(f).is_some()
+                }))
+            }
+            owned => owned,
+        }
     }
 
     /// Decoded text. Most values are ASCII without escapes: those are the bytes themselves in
@@ -572,6 +585,22 @@ fn first_part(v: Field<'_>, level: Level) -> Field<'_> {
         Level::Rep => v.components().next().unwrap_or(v),
         Level::Comp => v.subcomponents().next().unwrap_or(v),
         Level::Sub => v,
+    }
+}
+
+/// `t` (trimmed) without the empty components and subcomponents a sender left at its end
+/// (`H&&` is `H`), when its bytes were sent as they are (`plain`, asked only then); a separator
+/// decoded from an escape (`H\\T\\` is `H&`) is text and stays.
+fn without_empty_tail<'t>(t: &'t str, d: &Delimiters, plain: impl FnOnce() -> bool) -> &'t str {
+    let empty = [
+        char::from(d.component),
+        char::from(d.subcomponent.unwrap_or(d.component)),
+    ];
+    let t = value::trim(t);
+    if t.ends_with(empty) && plain() {
+        value::trim(t.trim_end_matches(empty))
+    } else {
+        t
     }
 }
 
@@ -1167,18 +1196,7 @@ impl<'p> Mapper<'p> {
                         // (`H`, `H&`, `H&&`: one assigning authority, one patient).
                         // Only bytes sent as they are: `AT\\T\\` is the authority `AT&`, not `AT`.
                         let d = walk.msg.delimiters();
-                        let empty = [
-                            char::from(d.component),
-                            char::from(d.subcomponent.unwrap_or(d.component)),
-                        ];
-                        let t = value::trim(&t);
-                        // The raw bytes are read only for a part that ends in one (rare).
-                        let t = if t.ends_with(empty) && env.plain(r).is_some() {
-                            t.trim_end_matches(empty)
-                        } else {
-                            t
-                        };
-                        let mut t = value::trim(t);
+                        let mut t = without_empty_tail(&t, &d, || env.plain(r).is_some());
                         if matches!(p, KeyPart::Number(_)) && t.bytes().all(|b| b.is_ascii_digit())
                         {
                             // `01` is `1`; `0` and `00` are `0`.
@@ -1713,8 +1731,15 @@ impl<'p> Mapper<'p> {
                 // left the later parts without the content type of the first).
                 let rep = if *xform == Xform::Lines { 0 } else { rep };
                 let leaf = leaf_anchor(model, b, anchor, path, rep);
+                // A text component is read whole: an `&` the sender did not escape in it
+                // (`Smith & Jones` in XON.1, `12&34` in CX.1) is text, as it is in a text
+                // field, and what the resource's key already read. So is a code looked up.
+                let whole = (*rest == Rest::Text && level == Level::Comp).then(|| walk.whole(v));
                 if let Some(vi) = vocab {
-                    let (code, system) = code_and_system(walk, v, level);
+                    let (code, system) = match &whole {
+                        Some(t) => (t.clone(), Cow::Borrowed("")),
+                        None => code_and_system(walk, v, level),
+                    };
                     if let Some(t) =
                         self.plan.vocabs[*vi].lookup(value::trim(&code), value::trim(&system))
                     {
@@ -1753,24 +1778,23 @@ impl<'p> Mapper<'p> {
                 let Some(prim) = model.prim(path.leaf) else {
                     return false;
                 };
-                // A text component is copied whole: an `&` the sender did not escape in it
-                // (`Smith & Jones` in XON.1, `12&34` in CX.1) is text, as it is in a text
-                // field, and what the resource's key already read.
-                let part = match (rest, level) {
-                    (Rest::Text, Level::Comp) => v,
-                    _ => first_part(v, level),
+                let (text, lost) = match whole {
+                    Some(t) => (t, false),
+                    None => (
+                        walk.text(first_part(v, level)),
+                        (*xform == Xform::Lines || *rest == Rest::Named)
+                            && later_parts_valued(v, level),
+                    ),
                 };
-                let text = walk.text(part);
                 if value::trim(&text).is_empty() {
                     return false;
                 }
-                if (*xform == Xform::Lines || *rest == Rest::Named) && later_parts_valued(v, level)
-                {
-                    // Free text (mapped as lines), an identifier, a number or a date has no
-                    // parts: a `^` or `&` in it is one the sender did not escape (`See
-                    // note^call lab`), and what follows it is lost. (A row taking a
-                    // composite's first part, PID-20's number without its state or OBR-32.1's
-                    // CNN id, does so on purpose: `Rest::Chosen`.)
+                if lost {
+                    // Free text read as a field (mapped as lines), a code, an identifier or
+                    // a number has no parts: a `^` or `&` in it is one the sender did not
+                    // escape (`See note^call lab`), and what follows it is lost. (A row taking
+                    // a composite's first part, PID-20's number without its state or
+                    // OBR-32.1's CNN id, does so on purpose: `Rest::Chosen`.)
                     b.warn(format_args!(
                         "{}: what follows its first part (an unescaped ^ or &?) is not mapped",
                         b.field_name()

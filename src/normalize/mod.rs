@@ -216,6 +216,12 @@ impl Normalizer {
         &self.plan.unused
     }
 
+    /// Rows the set loads with that lint warns of (`file:line: why`): a key part compared as a
+    /// number whose v2 type is no number.
+    pub fn lint_warnings(&self) -> &[LoadError] {
+        &self.plan.warnings
+    }
+
     /// How many mapping files are in use (defaults and site).
     pub fn file_count(&self) -> usize {
         self.plan.files.len()

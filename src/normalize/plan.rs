@@ -94,20 +94,24 @@ pub enum Xform {
 /// did not escape, or the map reads the first part of a composite on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rest {
-    /// A composite (HD, CWE) or a type not known: its first part is what the map reads (a
-    /// CNN's id, a number without its state).
+    /// A composite (HD, CWE), a date or time (TS before v2.6 had a second part, its
+    /// precision: `20240101^D`), or a type not known: its first part is what the map reads.
     Chosen,
     /// A text component (CX.1, XON.1: ST): an `&` in it is text (`Smith & Jones`), as it is
     /// in a text field; the component is copied whole.
     Text,
-    /// An identifier, code, number or date, or text read as a field (a `^` ends its only
-    /// component): what follows the first part is lost, and named in a warning.
+    /// A code, identifier or number (ID, IS, NM, SI), or text read as a field (a `^` ends its
+    /// only component): what follows the first part is lost, and named in a warning.
     Named,
 }
 
 impl Rest {
-    /// For a row of map `v2` (`CX`, `PID`) reading `src`.
+    /// For a row of map `v2` (`CX`, `PID`) reading `src`: a field whole, or a component
+    /// (`PID-3.1` through the field's type, `CX.1`). A subcomponent is one part already, and
+    /// a component of a field whose type the table does not know (a Z-segment's) or that has
+    /// none (`PID-7.1` of a DTM) is taken as the map reads it.
     fn of(v2: &str, src: Src) -> Rest {
+        use super::v2types::{NAMED, TEXT};
         let (r, whole_field) = match src {
             Src::Comp { comp, sub: 0 } => (Ref::Comp { comp, sub: 0 }, false),
             Src::Field {
@@ -123,15 +127,11 @@ impl Rest {
                 },
                 comp == 0,
             ),
-            // A subcomponent is one part already; the whole segment or value is not copied.
             _ => return Rest::Chosen,
         };
         match v2_type(v2, &r) {
-            Some("ST" | "TX" | "FT") if !whole_field => Rest::Text,
-            Some(
-                "ST" | "TX" | "FT" | "ID" | "IS" | "NM" | "SI" | "DT" | "DTM" | "TM" | "GTS"
-                | "SNM",
-            ) => Rest::Named,
+            Some(t) if TEXT.contains(&t) && !whole_field => Rest::Text,
+            Some(t) if TEXT.contains(&t) || NAMED.contains(&t) => Rest::Named,
             _ => Rest::Chosen,
         }
     }
@@ -498,6 +498,8 @@ pub struct Plan {
     pub files: Vec<String>,
     /// Site files that change nothing, and why.
     pub unused: Vec<(String, Unused)>,
+    /// Rows lint warns of (file, line, why) that the set still loads with.
+    pub warnings: Vec<LoadError>,
     pub version: String,
     pub settings: Settings,
     /// The Provenance agent's text: the gateway, its version and the mapping set's.
@@ -525,6 +527,9 @@ struct Compiler<'a> {
     model: &'static Model,
     files: &'a Files,
     errors: Vec<LoadError>,
+    /// What `mapping lint` warns of without refusing the set (a choice that may be the
+    /// site's on purpose).
+    warnings: Vec<LoadError>,
     maps: Vec<CMap>,
     map_cache: HashMap<(String, TypeId), usize>,
     in_progress: HashSet<(String, TypeId)>,
@@ -569,6 +574,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
         model,
         files,
         errors: Vec::new(),
+        warnings: Vec::new(),
         maps: Vec::new(),
         map_cache: HashMap::new(),
         in_progress: HashSet::new(),
@@ -665,6 +671,7 @@ pub fn compile(files: &Files) -> Result<Plan, Vec<LoadError>> {
     Ok(Plan {
         model,
         unused,
+        warnings: c.warnings,
         files: files.sources.iter().map(|s| s.shown.clone()).collect(),
         agent_display: format!(
             "{} {} (mapping set {})",
@@ -776,13 +783,23 @@ impl Compiler<'_> {
     }
 
     fn err_at(&mut self, src: usize, line: usize, reason: String) {
+        let e = self.at_row(src, line, reason);
+        self.errors.push(e);
+    }
+
+    fn warn_at(&mut self, src: usize, line: usize, reason: String) {
+        let w = self.at_row(src, line, reason);
+        self.warnings.push(w);
+    }
+
+    fn at_row(&self, src: usize, line: usize, reason: String) -> LoadError {
         let file = self
             .files
             .sources
             .get(src)
             .map(|s| s.shown.clone())
             .unwrap_or_default();
-        self.errors.push(LoadError::Invalid { file, line, reason });
+        LoadError::Invalid { file, line, reason }
     }
 
     fn err_file(&mut self, name: &str, reason: String) {
@@ -1017,19 +1034,23 @@ impl Compiler<'_> {
                 };
                 let v2 = split_map_name(&source).map_or(source.as_str(), |(v, _)| v);
                 match cond::parse_ref(tok, scope) {
-                    Ok(rf) if number => match v2_type(v2, &rf) {
-                        // Compared as a number, `01` is `1`: right for a set id, wrong for
-                        // an identifier (`0042` is not `42`).
-                        Some(t) if t != "SI" && t != "NM" => self.err_at(
-                            *src,
-                            r.line,
-                            format!(
-                                "key: `#{tok}` compares as a number, and {tok} is of v2 type {t} \
-                                 (`#` is for set ids, SI, and numbers, NM)"
-                            ),
-                        ),
-                        _ => parts.push((KeyPart::Number(rf), role)),
-                    },
+                    Ok(rf) if number => {
+                        // Compared as a number, `01` is `1`: right for a set id, wrong for an
+                        // identifier (`0042` is not `42`). A warning, not a refusal: a field's
+                        // type moved between v2 versions (OBX-4 was ST), and the site may mean it.
+                        if let Some(t) = v2_type(v2, &rf).filter(|t| !matches!(*t, "SI" | "NM")) {
+                            self.warn_at(
+                                *src,
+                                r.line,
+                                format!(
+                                    "key: `#{tok}` compares as a number, and {tok} is of v2 \
+                                     type {t} (`#` is for set ids, SI, and numbers, NM: \
+                                     `0042` and `42` would be one)"
+                                ),
+                            );
+                        }
+                        parts.push((KeyPart::Number(rf), role));
+                    }
                     Ok(rf) => parts.push((KeyPart::Ref(rf), role)),
                     Err(e) => self.err_at(*src, r.line, format!("key: {e}")),
                 }
@@ -2052,7 +2073,14 @@ mod tests {
         };
         assert_eq!(Rest::of("CX", comp(1)), Rest::Text);
         assert_eq!(Rest::of("XON", comp(1)), Rest::Text);
-        assert_eq!(Rest::of("CX", comp(7)), Rest::Named);
+        assert_eq!(Rest::of("CX", comp(5)), Rest::Named);
+        // A date may carry a v2.5 TS's precision as a second part (`20240101^D`).
+        assert_eq!(Rest::of("CX", comp(7)), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(7, 0)), Rest::Chosen);
+        // A primitive field has no typed components; sheets that disagree (OBX-4: OG in v2.9,
+        // ST before) settle on the composite.
+        assert_eq!(Rest::of("PID", field(7, 1)), Rest::Chosen);
+        assert_eq!(Rest::of("OBX", field(4, 0)), Rest::Chosen);
         assert_eq!(Rest::of("CX", comp(4)), Rest::Chosen);
         assert_eq!(Rest::of("ZZ", comp(1)), Rest::Chosen);
         // A subcomponent is one part already.

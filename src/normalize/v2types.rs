@@ -3,6 +3,13 @@
 // CC0-1.0): the v2 data type of each field (`PID-19`) and component (`CX.1`) they list.
 // Do not edit by hand; run the script again.
 
+/// Text types: a separator in a component of one is text the sender did not escape.
+pub(super) const TEXT: &[&str] = &["FT", "ST", "TX"];
+
+/// Types in which a separator is one the sender did not escape, and what follows it is
+/// lost (dates and times are not: a v2.5 TS carries its precision as a second part).
+pub(super) const NAMED: &[&str] = &["GTS", "ID", "IS", "NM", "SI", "SNM"];
+
 /// (field or component, its v2 data type), sorted by the first.
 pub(super) static TYPES: &[(&str, &str)] = &[
     ("AIG-1", "SI"),
@@ -104,7 +111,7 @@ pub(super) static TYPES: &[(&str, &str)] = &[
     ("CQ.2", "CWE"),
     ("CWE.1", "ST"),
     ("CWE.10", "ST"),
-    ("CWE.11", "FT"),
+    ("CWE.11", "ST"),
     ("CWE.12", "ID"),
     ("CWE.13", "ST"),
     ("CWE.14", "ST"),
@@ -113,13 +120,13 @@ pub(super) static TYPES: &[(&str, &str)] = &[
     ("CWE.17", "ST"),
     ("CWE.18", "ST"),
     ("CWE.19", "DTM"),
-    ("CWE.2", "FT"),
+    ("CWE.2", "ST"),
     ("CWE.20", "ST"),
     ("CWE.21", "ST"),
     ("CWE.22", "DTM"),
     ("CWE.3", "ID"),
     ("CWE.4", "ST"),
-    ("CWE.5", "FT"),
+    ("CWE.5", "ST"),
     ("CWE.6", "ID"),
     ("CWE.7", "ST"),
     ("CWE.8", "ST"),
@@ -540,7 +547,7 @@ pub(super) static TYPES: &[(&str, &str)] = &[
     ("ORC-36", "DR"),
     ("ORC-37", "DTM"),
     ("ORC-38", "EI"),
-    ("ORC-4", "EI"),
+    ("ORC-4", "EIP"),
     ("ORC-5", "ID"),
     ("ORC-6", "ID"),
     ("ORC-7", "TQ"),
