@@ -3119,6 +3119,57 @@ IN1|1|PPO1^Aetna PPO|AET01^^^NAIC|Smith & Jones Mutual\r"
     assert_eq!(named.len(), 1, "{named:?}");
 }
 
+/// OBR-32 and OBR-34 are NDL: a CNN in the first component, its parts subcomponents, then
+/// times and a location. Read as the components of a CNN, they made the interpreter's given
+/// name the point of care (`Poc-32`) and the room a suffix. Senders that send XCN's shape
+/// (`3065^Mahoney^Paul^J`) are still read by components.
+#[test]
+fn ndl_interpreters_are_read_as_cnn_in_either_shape() {
+    let n = normalizer();
+    let oru = |obr32: &str| {
+        // OBR-25 (status) F, OBR-32 the interpreter.
+        let mut obr = vec![""; 33];
+        obr[0] = "OBR";
+        obr[1] = "1";
+        obr[2] = "P1";
+        obr[4] = "GLU^Glucose^L";
+        obr[7] = "20240101120000+0000";
+        obr[25] = "F";
+        obr[32] = obr32;
+        format!(
+            "MSH|^~\\&|LAB|H|EHR|H|20240101120000+0000||ORU^R01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+{}\r\
+OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|||||F\r",
+            obr.join("|")
+        )
+    };
+    let interpreter = |b: &Value| {
+        let report = one(b, "DiagnosticReport");
+        deref(b, &report["resultsInterpreter"][0]).clone()
+    };
+    let (_, ndl) = map_bytes(
+        &n,
+        oru("Harry&Raud&Geny&&Mr.&Dr.^^^Poc-32^Room-4^Bed3^Facility-3&1.2&ISO").as_bytes(),
+    );
+    let p = interpreter(&ndl);
+    assert_eq!(p["identifier"][0]["value"], "Harry");
+    assert_eq!(p["name"][0]["family"], "Raud");
+    assert_eq!(p["name"][0]["given"], serde_json::json!(["Geny"]));
+    assert_eq!(p["name"][0]["prefix"], serde_json::json!(["Dr."]));
+    assert!(!p.to_string().contains("Poc-32"), "{p}");
+    let (_, xcn) = map_bytes(&n, oru("3065^Mahoney^Paul^J").as_bytes());
+    let p = interpreter(&xcn);
+    assert_eq!(p["identifier"][0]["value"], "3065");
+    assert_eq!(p["name"][0]["family"], "Mahoney");
+    assert_eq!(p["name"][0]["given"], serde_json::json!(["Paul", "J"]));
+    // An id alone with a start time and a location: the NDL shape, no names made of them.
+    let (_, alone) = map_bytes(&n, oru("005454^20240101^^LABUnit01^Room01").as_bytes());
+    let p = interpreter(&alone);
+    assert_eq!(p["identifier"][0]["value"], "005454");
+    assert!(p.get("name").is_none(), "{p}");
+}
+
 /// `#` compares a key part as a number: meant for a set id (SI) or a number (NM), not a code
 /// or an identifier (`0042` and `42` would be one). Lint warns where the guide's v2 type says
 /// otherwise, and the set still loads (a field's type moved between versions; the site may

@@ -110,7 +110,11 @@ impl Rest {
     /// (`PID-3.1` through the field's type, `CX.1`). A subcomponent is one part already, and
     /// a component of a field whose type the table does not know (a Z-segment's) or that has
     /// none (`PID-7.1` of a DTM) is taken as the map reads it.
-    fn of(v2: &str, src: Src) -> Rest {
+    /// `into_text`: the row writes a FHIR string or markdown (a name, an identifier's value);
+    /// a text component written as a code (CWE.1 as `Coding.code`) is a code, and an `&` in
+    /// it a subcomponent the sender meant (`30955-9&30957-5`, the CDC's immunization
+    /// convention): its first part is the code, and the rest is named.
+    fn of(v2: &str, src: Src, into_text: bool) -> Rest {
         use super::v2types::{NAMED, TEXT};
         let (r, whole_field) = match src {
             Src::Comp { comp, sub: 0 } => (Ref::Comp { comp, sub: 0 }, false),
@@ -130,7 +134,7 @@ impl Rest {
             _ => return Rest::Chosen,
         };
         match v2_type(v2, &r) {
-            Some(t) if TEXT.contains(&t) && !whole_field => Rest::Text,
+            Some(t) if TEXT.contains(&t) && !whole_field && into_text => Rest::Text,
             Some(t) if TEXT.contains(&t) || NAMED.contains(&t) => Rest::Named,
             _ => Rest::Chosen,
         }
@@ -1597,7 +1601,11 @@ impl Compiler<'_> {
                 map,
                 vocab,
                 xform,
-                rest: Rest::of(v2, s),
+                rest: Rest::of(
+                    v2,
+                    s,
+                    matches!(leaf_prim, Some(Prim::String | Prim::Markdown)),
+                ),
             }
         };
         let repeats = path.steps.iter().any(|s| s.array)
@@ -2071,26 +2079,28 @@ mod tests {
             comp,
             sub: 0,
         };
-        assert_eq!(Rest::of("CX", comp(1)), Rest::Text);
-        assert_eq!(Rest::of("XON", comp(1)), Rest::Text);
-        assert_eq!(Rest::of("CX", comp(5)), Rest::Named);
+        assert_eq!(Rest::of("CX", comp(1), true), Rest::Text);
+        // Written as a code, a text component is a code: an `&` in it ends it.
+        assert_eq!(Rest::of("CWE", comp(1), false), Rest::Named);
+        assert_eq!(Rest::of("XON", comp(1), true), Rest::Text);
+        assert_eq!(Rest::of("CX", comp(5), true), Rest::Named);
         // A date may carry a v2.5 TS's precision as a second part (`20240101^D`).
-        assert_eq!(Rest::of("CX", comp(7)), Rest::Chosen);
-        assert_eq!(Rest::of("PID", field(7, 0)), Rest::Chosen);
+        assert_eq!(Rest::of("CX", comp(7), true), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(7, 0), true), Rest::Chosen);
         // A primitive field has no typed components; sheets that disagree (OBX-4: OG in v2.9,
         // ST before) settle on the composite.
-        assert_eq!(Rest::of("PID", field(7, 1)), Rest::Chosen);
-        assert_eq!(Rest::of("OBX", field(4, 0)), Rest::Chosen);
-        assert_eq!(Rest::of("CX", comp(4)), Rest::Chosen);
-        assert_eq!(Rest::of("ZZ", comp(1)), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(7, 1), true), Rest::Chosen);
+        assert_eq!(Rest::of("OBX", field(4, 0), true), Rest::Chosen);
+        assert_eq!(Rest::of("CX", comp(4), true), Rest::Chosen);
+        assert_eq!(Rest::of("ZZ", comp(1), true), Rest::Chosen);
         // A subcomponent is one part already.
         let sub = Src::Comp { comp: 1, sub: 2 };
-        assert_eq!(Rest::of("CX", sub), Rest::Chosen);
+        assert_eq!(Rest::of("CX", sub, true), Rest::Chosen);
         // A text field's `^` cannot be kept: named. A field read through its type's component.
-        assert_eq!(Rest::of("PID", field(19, 0)), Rest::Named);
-        assert_eq!(Rest::of("PID", field(3, 1)), Rest::Text);
-        assert_eq!(Rest::of("PID", field(3, 4)), Rest::Chosen);
-        assert_eq!(Rest::of("PID", field(3, 0)), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(19, 0), true), Rest::Named);
+        assert_eq!(Rest::of("PID", field(3, 1), true), Rest::Text);
+        assert_eq!(Rest::of("PID", field(3, 4), true), Rest::Chosen);
+        assert_eq!(Rest::of("PID", field(3, 0), true), Rest::Chosen);
     }
 
     /// In the shipped set, no row's guard reads the field the row iterates (whose current
