@@ -3119,6 +3119,21 @@ IN1|1|PPO1^Aetna PPO|AET01^^^NAIC|Smith & Jones Mutual\r"
     assert_eq!(named.len(), 1, "{named:?}");
 }
 
+/// A data-type map applied to a value of another type reads it as before: ORC-4 read with
+/// `EI[Identifier]` and sent as the guide's EIP (an EI of subcomponents, then the filler's)
+/// keeps the group number alone, not `PG1&EHR` as if EI.1's text held an unescaped `&`.
+#[test]
+fn a_map_of_another_type_keeps_reading_first_parts() {
+    let n = normalizer();
+    let msg = "MSH|^~\\&|EHR|H|LAB|H|20240101120000+0000||ORM^O01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+ORC|NW|P1^EHR||PG1&EHR^FG1&LAB\r\
+OBR|1|P1^EHR||GLU^Glucose^L\r";
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let order = one(&b, "ServiceRequest");
+    assert_eq!(order["requisition"]["value"], "PG1", "{order}");
+}
+
 /// OBR-32 and OBR-34 are NDL: a CNN in the first component, its parts subcomponents, then
 /// times and a location. Read as the components of a CNN, they made the interpreter's given
 /// name the point of care (`Poc-32`) and the room a suffix. Senders that send XCN's shape

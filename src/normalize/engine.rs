@@ -1456,7 +1456,7 @@ impl<'p> Mapper<'p> {
                         .is_none_or(|c| asked.eval(row.shared_cond, (0, 0), c, &view))
                     {
                         b.cur_field = (id, 0);
-                        self.action_at(walk, b, row, None, 0, anchor, inst, &view, 0);
+                        self.action_at(walk, b, row, None, 0, anchor, inst, &view, 0, true);
                     }
                 }
                 Src::Field { field, comp, sub } => {
@@ -1518,7 +1518,8 @@ impl<'p> Mapper<'p> {
                         let value = value.filter(|_| valued);
                         // An assignment counts when it wrote what it read from the message
                         // (`"<>"+OBX-5.2`): `action_at` says so.
-                        if self.action_at(walk, b, row, value, r as u32, anchor, inst, &view, 0)
+                        if self
+                            .action_at(walk, b, row, value, r as u32, anchor, inst, &view, 0, true)
                             && matches!(
                                 row.action,
                                 Action::Copy { .. } | Action::Ignore | Action::Assign { .. }
@@ -1547,6 +1548,7 @@ impl<'p> Mapper<'p> {
         v: Field<'m>,
         level: Level,
         depth: usize,
+        typed: bool,
     ) -> bool {
         if depth > 8 {
             return false;
@@ -1614,6 +1616,7 @@ impl<'p> Mapper<'p> {
                 inst,
                 &view,
                 depth + 1,
+                typed,
             );
         }
         wrote
@@ -1632,6 +1635,7 @@ impl<'p> Mapper<'p> {
         inst: u32,
         env: &dyn Env,
         depth: usize,
+        typed: bool,
     ) -> bool {
         let model = self.plan.model;
         let path = &row.path;
@@ -1671,7 +1675,13 @@ impl<'p> Mapper<'p> {
                 vocab,
                 xform,
                 rest,
+                fits,
             } => {
+                // Inside a data-type map applied to a value of another type (ORC-4 sent as
+                // EIP, whose first component is an EI of subcomponents), the component types
+                // say nothing: each part is read as the map reads it.
+                let rest = if typed { rest } else { &Rest::Chosen };
+                let typed = typed && *fits;
                 let Some((v, level)) = value else {
                     return false;
                 };
@@ -1698,15 +1708,34 @@ impl<'p> Mapper<'p> {
                     // nothing; another (999999 for two doctors) adds what the first lacked and
                     // is named in a warning and listed as unmapped where it differs.
                     let used = if new as usize >= known {
-                        self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                        self.dtmap(
+                            walk,
+                            b,
+                            map,
+                            Anchor::Node(root),
+                            new,
+                            v,
+                            level,
+                            depth,
+                            typed,
+                        );
                         b.insts[new as usize].filled_from = Some((v.span(), level));
                         true
                     } else if again {
                         true
                     } else {
                         let lost = b.lost;
-                        let filled =
-                            self.dtmap(walk, b, map, Anchor::Node(root), new, v, level, depth);
+                        let filled = self.dtmap(
+                            walk,
+                            b,
+                            map,
+                            Anchor::Node(root),
+                            new,
+                            v,
+                            level,
+                            depth,
+                            typed,
+                        );
                         filled && b.lost == lost
                     };
                     if !used {
@@ -1770,7 +1799,7 @@ impl<'p> Mapper<'p> {
                     }
                 }
                 if let Some(m) = map {
-                    return self.dtmap(walk, b, *m, leaf, inst, v, level, depth);
+                    return self.dtmap(walk, b, *m, leaf, inst, v, level, depth, typed);
                 }
                 if vocab.is_some_and(|vi| self.plan.vocabs[vi].drop_unknown) {
                     return false;

@@ -141,6 +141,24 @@ impl Rest {
     }
 }
 
+/// Whether data-type map `map` (`CX[Identifier]`) is of the v2 type of what a row of map `v2`
+/// reading `src` reads, or that type is not known (a Z-segment, a site's own type).
+fn map_fits(v2: &str, src: Src, map: &str) -> bool {
+    let r = match src {
+        Src::Field { field, comp, sub } => Ref::Field {
+            seg: None,
+            field,
+            comp,
+            sub,
+        },
+        Src::Comp { comp, sub } => Ref::Comp { comp, sub },
+        // The whole value: a map of its own type, or of another it is read as.
+        Src::Whole => return split_map_name(map).is_none_or(|(t, _)| t == v2),
+    };
+    let own = split_map_name(map).map_or(map, |(t, _)| t);
+    v2_type(v2, &r).is_none_or(|t| t == own)
+}
+
 /// The v2 data type of what `r` reads in a map or id rule about `v2` (`PID`, `CX`), as the
 /// guide gives it (`v2types`, v2.9); `None` where the table does not know it (a Z-segment, a
 /// site's own data type).
@@ -181,6 +199,11 @@ pub enum Action {
         vocab: Option<usize>,
         xform: Xform,
         rest: Rest,
+        /// The data-type map (`map`) is of the type of what the row reads (`PID-3` is a CX,
+        /// read with `CX[Identifier]`), or the type is not known: the map's component types
+        /// hold for the value (`Rest`). Not so for ORC-4 read with `EI[Identifier]` where the
+        /// guide's type is EIP.
+        fits: bool,
     },
     /// `decided`: the row's condition compares the very field or component the row is about
     /// (`RXA-21,IF RXA-21 EQUALS "D",status,"entered-in-error"`), so the constant it writes
@@ -1606,6 +1629,7 @@ impl Compiler<'_> {
                     s,
                     matches!(leaf_prim, Some(Prim::String | Prim::Markdown)),
                 ),
+                fits: map.is_none() || map_fits(v2, s, dt_name),
             }
         };
         let repeats = path.steps.iter().any(|s| s.array)
