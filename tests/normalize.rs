@@ -3132,6 +3132,32 @@ OBR|1|P1^EHR||GLU^Glucose^L\r";
     let (_, b) = map_bytes(&n, msg.as_bytes());
     let order = one(&b, "ServiceRequest");
     assert_eq!(order["requisition"]["value"], "PG1", "{order}");
+    // The filler's group number (FG1) is not the placer's assigner; EHR is.
+    assert_eq!(
+        order["requisition"]["assigner"]["display"], "EHR",
+        "{order}"
+    );
+    // Sent as an EI (up to v2.5), the components are the EI's.
+    let (_, b) = map_bytes(&n, msg.replace("PG1&EHR^FG1&LAB", "PG1^EHR").as_bytes());
+    let order = one(&b, "ServiceRequest");
+    assert_eq!(order["requisition"]["value"], "PG1", "{order}");
+    assert_eq!(
+        order["requisition"]["assigner"]["display"], "EHR",
+        "{order}"
+    );
+    // A CNE read with the CWE map (one layout): an `&` in its text is text.
+    let (_, b) = map_bytes(
+        &n,
+        b"MSH|^~\\&|ADT|H|EHR|H|20240101120000+0000||ADT^A01|1|P|2.5.1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+PV1|1|I\r\
+PR1|1||44950^Appendectomy & drainage^C4\r",
+    );
+    let procedure = one(&b, "Procedure");
+    assert_eq!(
+        procedure["code"]["coding"][0]["display"], "Appendectomy & drainage",
+        "{procedure}"
+    );
 }
 
 /// OBR-32 and OBR-34 are NDL: a CNN in the first component, its parts subcomponents, then
@@ -3178,11 +3204,32 @@ OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|||||F\r",
     assert_eq!(p["identifier"][0]["value"], "3065");
     assert_eq!(p["name"][0]["family"], "Mahoney");
     assert_eq!(p["name"][0]["given"], serde_json::json!(["Paul", "J"]));
-    // An id alone with a start time and a location: the NDL shape, no names made of them.
-    let (_, alone) = map_bytes(&n, oru("005454^20240101^^LABUnit01^Room01").as_bytes());
-    let p = interpreter(&alone);
-    assert_eq!(p["identifier"][0]["value"], "005454");
-    assert!(p.get("name").is_none(), "{p}");
+    // An id alone with a start time (with or without its zone) and a location, or a CNN
+    // without a family name: the NDL shape, no names made of times or places.
+    for ndl in [
+        "005454^20240101^^LABUnit01^Room01",
+        "005454^200202150730-0500^^LABUnit01",
+        "005454&&ROBIN^200202150730+0215^^LABUnit01",
+    ] {
+        let (m, alone) = map_bytes(&n, oru(ndl).as_bytes());
+        let p = interpreter(&alone);
+        assert_eq!(p["identifier"][0]["value"], "005454", "{ndl}");
+        assert!(!p.to_string().contains("LABUnit01"), "{ndl}: {p}");
+        assert!(!p.to_string().contains("2002"), "{ndl}: {p}");
+        assert!(m.warnings.is_empty(), "{ndl}: {:?}", m.warnings);
+    }
+    // OBR-34, the technician, is read the same way; one doctor named in both is one
+    // Practitioner.
+    let msg =
+        oru("Harry&Raud&Geny").replace("Harry&Raud&Geny\r", "Harry&Raud&Geny||Harry&Raud&Geny\r");
+    let (_, both) = map_bytes(&n, msg.as_bytes());
+    let report = one(&both, "DiagnosticReport");
+    assert_eq!(
+        report["performer"][0], report["resultsInterpreter"][0],
+        "{report}"
+    );
+    assert_eq!(resources(&both, "Practitioner").len(), 1);
+    assert_eq!(interpreter(&both)["name"][0]["family"], "Raud");
 }
 
 /// `#` compares a key part as a number: meant for a set id (SI) or a number (NM), not a code

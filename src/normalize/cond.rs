@@ -58,6 +58,9 @@ pub enum Cond {
     /// `IS NUMERIC`: the text is a decimal number the mapper writes as one (an NM sent as
     /// `<0.5` or `POS` is not).
     Numeric(Ref),
+    /// `IS DATETIME`: the text is a v2 date or time (DT, DTM, a TS's first part), its zone
+    /// included (`200202150730-0500`), as the mapper reads one.
+    Time(Ref),
 }
 
 /// What a condition is evaluated against (the engine's view of the message).
@@ -84,7 +87,7 @@ impl Cond {
     pub fn compares(&self, at: &dyn Fn(&Ref) -> bool) -> bool {
         match self {
             Cond::Const(_) | Cond::Valued(_) | Cond::Count(..) => false,
-            Cond::Length(..) | Cond::Numeric(_) => false,
+            Cond::Length(..) | Cond::Numeric(_) | Cond::Time(_) => false,
             Cond::In(r, _) => at(r),
             Cond::All(cs) | Cond::Any(cs) => cs.iter().any(|c| c.compares(at)),
             Cond::Not(c) => c.compares(at),
@@ -95,7 +98,7 @@ impl Cond {
     pub fn refs(&self, f: &mut dyn FnMut(&Ref)) {
         match self {
             Cond::Const(_) => {}
-            Cond::Valued(r) | Cond::In(r, _) | Cond::Numeric(r) => f(r),
+            Cond::Valued(r) | Cond::In(r, _) | Cond::Numeric(r) | Cond::Time(r) => f(r),
             Cond::Length(r, ..) | Cond::Count(r, ..) => f(r),
             Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| c.refs(f)),
             Cond::Not(c) => c.refs(f),
@@ -116,6 +119,7 @@ impl Cond {
             Cond::Length(r, cmp, n) => cmp.holds(trim(&env.text(r)).chars().count(), *n),
             Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
             Cond::Numeric(r) => super::value::is_decimal(&env.text(r)),
+            Cond::Time(r) => super::value::parse_v2_time(&env.text(r)).is_ok(),
         }
     }
 }
@@ -743,6 +747,9 @@ impl Parser<'_> {
         if self.eat_word("NUMERIC") {
             return Ok(wrap(Cond::Numeric(r)));
         }
+        if self.eat_word("DATETIME") {
+            return Ok(wrap(Cond::Time(r)));
+        }
         if self.eat_word("EQUALS") || self.eat_word("EQUAL") {
             self.eat_word("TO");
             return Ok(wrap(Cond::In(r, vec![self.literal()?])));
@@ -754,7 +761,7 @@ impl Parser<'_> {
             return Ok(wrap(Cond::In(r, vec![self.literal()?])));
         }
         Err(format!(
-            "expected VALUED, EQUALS \"…\", IN (…), NUMERIC, LENGTH or LST.COUNT {}",
+            "expected VALUED, EQUALS \"…\", IN (…), NUMERIC, DATETIME, LENGTH or LST.COUNT {}",
             self.here()
         ))
     }
@@ -904,6 +911,7 @@ mod tests {
                 ("PID-11", "a~b"),
                 ("PID-13.2", ""),
                 ("PID-9", "<0.5"),
+                ("PID-29", "200202150730-0500"),
             ],
             s,
         );
@@ -912,6 +920,12 @@ mod tests {
             ("IF PID-9 IS NUMERIC", false),
             ("IF PID-9 IS NOT NUMERIC", true),
             ("IF PID-13.2 NUMERIC", false),
+            ("IF PID-7 IS DATETIME", true),
+            ("IF PID-7 IS NOT DATETIME", false),
+            ("IF PID-9 IS DATETIME", false),
+            // A time with its zone is a time, and no number.
+            ("IF PID-29 IS DATETIME", true),
+            ("IF PID-29 IS NUMERIC", false),
             ("IF PID-7 LENGTH GREATER THAN 8", true),
             ("IF PID-7 VALUED", true),
             ("IF PID-8 NOT VALUED", true),

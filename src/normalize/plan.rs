@@ -141,22 +141,43 @@ impl Rest {
     }
 }
 
-/// Whether data-type map `map` (`CX[Identifier]`) is of the v2 type of what a row of map `v2`
-/// reading `src` reads, or that type is not known (a Z-segment, a site's own type).
+/// Whether data-type map `map` (`CX[Identifier]`) reads what a row of map `v2` reading `src`
+/// reads as its own type: the same type, one of the same layout (a CNE read with a CWE map:
+/// no component where the two types differ, text counting as one), or a type not known (a
+/// Z-segment, a site's own). An NDL read with a CNN map is not: its first component is the CNN.
 fn map_fits(v2: &str, src: Src, map: &str) -> bool {
-    let r = match src {
-        Src::Field { field, comp, sub } => Ref::Field {
-            seg: None,
-            field,
-            comp,
-            sub,
-        },
-        Src::Comp { comp, sub } => Ref::Comp { comp, sub },
-        // The whole value: a map of its own type, or of another it is read as.
-        Src::Whole => return split_map_name(map).is_none_or(|(t, _)| t == v2),
-    };
     let own = split_map_name(map).map_or(map, |(t, _)| t);
-    v2_type(v2, &r).is_none_or(|t| t == own)
+    let sent = match src {
+        Src::Field { field, comp, sub } => v2_type(
+            v2,
+            &Ref::Field {
+                seg: None,
+                field,
+                comp,
+                sub,
+            },
+        ),
+        Src::Comp { comp, sub } => v2_type(v2, &Ref::Comp { comp, sub }),
+        Src::Whole => Some(v2).filter(|t| !t.is_empty()),
+    };
+    let Some(sent) = sent.filter(|t| *t != own) else {
+        return true;
+    };
+    let kind = |t: &'static str| {
+        if super::v2types::TEXT.contains(&t) {
+            "text"
+        } else {
+            t
+        }
+    };
+    // Components beyond 30 are not in any type the maps read.
+    (1..=30u16).all(|n| {
+        let part = |t: &str| v2_type(t, &Ref::Comp { comp: n, sub: 0 });
+        match (part(sent), part(own)) {
+            (Some(a), Some(b)) => kind(a) == kind(b),
+            _ => true,
+        }
+    })
 }
 
 /// The v2 data type of what `r` reads in a map or id rule about `v2` (`PID`, `CX`), as the
@@ -2083,7 +2104,7 @@ impl Plan {
 
 #[cfg(test)]
 mod tests {
-    use super::{Ref, Rest, Src, Target};
+    use super::{map_fits, Ref, Rest, Src, Target};
     use std::borrow::Cow;
     use std::collections::HashMap;
 
@@ -2125,6 +2146,22 @@ mod tests {
         assert_eq!(Rest::of("PID", field(3, 1), true), Rest::Text);
         assert_eq!(Rest::of("PID", field(3, 4), true), Rest::Chosen);
         assert_eq!(Rest::of("PID", field(3, 0), true), Rest::Chosen);
+        // A map of the value's type, or of one of its layout, or of a type not known, reads
+        // it by its own component types; a map of the type of its first component does not.
+        assert!(map_fits("PID", field(3, 0), "CX[Identifier]"));
+        assert!(
+            map_fits("PR1", field(3, 0), "CWE[CodeableConcept]"),
+            "CNE as CWE"
+        );
+        assert!(map_fits("ZPI", field(2, 0), "CX[Identifier]"));
+        assert!(map_fits("CX", comp(4), "HD[uri]"));
+        assert!(
+            !map_fits("OBR", field(32, 0), "CNN[Practitioner]"),
+            "NDL as CNN"
+        );
+        assert!(map_fits("OBR", field(32, 1), "CNN[Practitioner]"));
+        assert!(!map_fits("ORC", field(4, 0), "EI[Identifier]"), "EIP as EI");
+        assert!(map_fits("ORC", field(4, 1), "EI[Identifier]"));
     }
 
     /// In the shipped set, no row's guard reads the field the row iterates (whose current
