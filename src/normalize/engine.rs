@@ -1707,21 +1707,8 @@ impl<'p> Mapper<'p> {
                     // resource with one key, filled the first time: the same value again adds
                     // nothing; another (999999 for two doctors) adds what the first lacked and
                     // is named in a warning and listed as unmapped where it differs.
-                    let used = if new as usize >= known {
-                        self.dtmap(
-                            walk,
-                            b,
-                            map,
-                            Anchor::Node(root),
-                            new,
-                            v,
-                            level,
-                            depth,
-                            typed,
-                        );
-                        b.insts[new as usize].filled_from = Some((v.span(), level));
-                        true
-                    } else if again {
+                    let fresh = new as usize >= known;
+                    let used = if !fresh && again {
                         true
                     } else {
                         let lost = b.lost;
@@ -1736,7 +1723,10 @@ impl<'p> Mapper<'p> {
                             depth,
                             typed,
                         );
-                        filled && b.lost == lost
+                        if fresh {
+                            b.insts[new as usize].filled_from = Some((v.span(), level));
+                        }
+                        fresh || (filled && b.lost == lost)
                     };
                     if !used {
                         b.warn(format_args!(
