@@ -256,11 +256,9 @@ impl<'m> Walk<'m> {
     /// without the empty subcomponents left at its end (`12&` is `12`, as a key reads it).
     fn whole(&self, f: Field<'m>) -> Cow<'m, str> {
         match self.text(f) {
-            Cow::Borrowed(t) => {
-                Cow::Borrowed(without_empty_tail(t, &self.msg.delimiters(), || {
-                    self.plain(f).is_some()
-                }))
-            }
+            Cow::Borrowed(t) => Cow::Borrowed(without_empty_tail(t, self.msg.delimiters(), || {
+                self.plain(f).is_some()
+            })),
             owned => owned,
         }
     }
@@ -1196,7 +1194,7 @@ impl<'p> Mapper<'p> {
                         // (`H`, `H&`, `H&&`: one assigning authority, one patient).
                         // Only bytes sent as they are: `AT\\T\\` is the authority `AT&`, not `AT`.
                         let d = walk.msg.delimiters();
-                        let mut t = without_empty_tail(&t, &d, || env.plain(r).is_some());
+                        let mut t = without_empty_tail(&t, d, || env.plain(r).is_some());
                         if matches!(p, KeyPart::Number(_)) && t.bytes().all(|b| b.is_ascii_digit())
                         {
                             // `01` is `1`; `0` and `00` are `0`.
