@@ -110,28 +110,20 @@ impl Rest {
     /// (`PID-3.1` through the field's type, `CX.1`). A subcomponent is one part already, and
     /// a component of a field whose type the table does not know (a Z-segment's) or that has
     /// none (`PID-7.1` of a DTM) is taken as the map reads it.
+    ///
     /// `into_text`: the row writes a FHIR string or markdown (a name, an identifier's value);
     /// a text component written as a code (CWE.1 as `Coding.code`) is a code, and an `&` in
     /// it a subcomponent the sender meant (`30955-9&30957-5`, the CDC's immunization
     /// convention): its first part is the code, and the rest is named.
     fn of(v2: &str, src: Src, into_text: bool) -> Rest {
         use super::v2types::{NAMED, TEXT};
-        let (r, whole_field) = match src {
-            Src::Comp { comp, sub: 0 } => (Ref::Comp { comp, sub: 0 }, false),
-            Src::Field {
-                field,
-                comp,
-                sub: 0,
-            } => (
-                Ref::Field {
-                    seg: None,
-                    field,
-                    comp,
-                    sub: 0,
-                },
-                comp == 0,
-            ),
-            _ => return Rest::Chosen,
+        let whole_field = matches!(src, Src::Field { comp: 0, .. });
+        let r = match src {
+            Src::Field { sub: 0, .. } | Src::Comp { sub: 0, .. } => src.reads(),
+            _ => None,
+        };
+        let Some(r) = r else {
+            return Rest::Chosen;
         };
         match v2_type(v2, &r) {
             Some(t) if TEXT.contains(&t) && !whole_field && into_text => Rest::Text,
@@ -147,18 +139,9 @@ impl Rest {
 /// Z-segment, a site's own). An NDL read with a CNN map is not: its first component is the CNN.
 fn map_fits(v2: &str, src: Src, map: &str) -> bool {
     let own = split_map_name(map).map_or(map, |(t, _)| t);
-    let sent = match src {
-        Src::Field { field, comp, sub } => v2_type(
-            v2,
-            &Ref::Field {
-                seg: None,
-                field,
-                comp,
-                sub,
-            },
-        ),
-        Src::Comp { comp, sub } => v2_type(v2, &Ref::Comp { comp, sub }),
-        Src::Whole => Some(v2).filter(|t| !t.is_empty()),
+    let sent = match src.reads() {
+        Some(r) => v2_type(v2, &r),
+        None => Some(v2).filter(|t| !t.is_empty()),
     };
     let Some(sent) = sent.filter(|t| *t != own) else {
         return true;
@@ -246,6 +229,23 @@ pub enum Src {
     Field { field: u16, comp: u16, sub: u16 },
     /// Data-type maps: a component, optionally one subcomponent.
     Comp { comp: u16, sub: u16 },
+}
+
+impl Src {
+    /// What the row reads, as a condition names it (its own segment or value); `None` for
+    /// the whole.
+    fn reads(self) -> Option<Ref> {
+        match self {
+            Src::Whole => None,
+            Src::Field { field, comp, sub } => Some(Ref::Field {
+                seg: None,
+                field,
+                comp,
+                sub,
+            }),
+            Src::Comp { comp, sub } => Some(Ref::Comp { comp, sub }),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1029,6 +1029,8 @@ impl Compiler<'_> {
                 continue;
             }
             let mut parts = Vec::new();
+            // The type the rule's parts belong to (`PL` of `PL[Location-Room]`).
+            let v2 = split_map_name(&source).map_or(source.as_str(), |(v, _)| v);
             for tok in r.get(2).split_whitespace() {
                 if tok == "OR" {
                     parts.push((KeyPart::Or, Role::Qualifies));
@@ -1080,7 +1082,6 @@ impl Compiler<'_> {
                 } else {
                     Scope::Datatype
                 };
-                let v2 = split_map_name(&source).map_or(source.as_str(), |(v, _)| v);
                 match cond::parse_ref(tok, scope) {
                     Ok(rf) if number => {
                         // Compared as a number, `01` is `1`: right for a set id, wrong for an
