@@ -268,9 +268,15 @@ impl Pipeline {
         if !cfg.normalize.enabled {
             return Ok(None);
         }
-        Normalizer::load(&cfg.normalize)
-            .map(|n| Some(Arc::new(n)))
-            .map_err(OpenError::Mapping)
+        let n = Normalizer::load(&cfg.normalize).map_err(OpenError::Mapping)?;
+        // What `mapping lint` warns of, in the log of a gateway that runs the set anyway.
+        for (file, why) in n.unused_site_files() {
+            tracing::warn!(%file, "site mapping file: {why}");
+        }
+        for w in n.lint_warnings() {
+            tracing::warn!("mapping set: {w}");
+        }
+        Ok(Some(Arc::new(n)))
     }
 
     /// [`Pipeline::start`] with the normalizer loaded already ([`Pipeline::normalizer`]).

@@ -378,3 +378,61 @@ fn mapping_test_names_a_batch_that_does_not_split() {
         "{out}"
     );
 }
+
+/// A set that loads with warnings: `mapping lint` names each with its file and line and still
+/// says ok, and a gateway that runs the set logs the same warnings when it starts (an engineer
+/// who never runs lint reads them there).
+#[test]
+fn mapping_warnings_are_printed_by_lint_and_logged_by_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("tables")).unwrap();
+    std::fs::write(
+        site.join("tables/ids.csv"),
+        "resource,source,key,same_key\nOrganization,XON,#XON.10,merge\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(site.join("vocabulary")).unwrap();
+    std::fs::write(
+        site.join("vocabulary/NoSuchVocabulary.csv"),
+        "code,system,target_code,target_display,target_system\nA,L,A,a,http://example.org\n",
+    )
+    .unwrap();
+    let warning =
+        "tables/ids.csv:2: key: `#XON.10` compares as a number, and XON.10 is of v2 type ST";
+    let (ok, out, err) = run(&["mapping", "lint", "--site", site.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("warning: ") && l.contains(warning)),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("warning: ") && l.contains("NoSuchVocabulary.csv: no row names")),
+        "{out}"
+    );
+    assert!(
+        lines.last().unwrap().starts_with("ok: mapping set "),
+        "{out}"
+    );
+
+    let data = dir.path().join("store");
+    let g = Gateway::start(
+        &data,
+        &[("MEDANCHOR__NORMALIZE__SITE_DIR", site.to_str().unwrap())],
+    );
+    let logged = g.log_tail(200);
+    assert!(g.stop().success());
+    let warned: Vec<&str> = logged.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(warned.iter().any(|l| l.contains(warning)), "{logged}");
+    assert!(
+        warned
+            .iter()
+            .any(|l| l.contains("NoSuchVocabulary.csv") && l.contains("changes nothing")),
+        "{logged}"
+    );
+}

@@ -2467,6 +2467,13 @@ PID|1||{pid3}||DOE^J\rPV1|1|I|||||||||||||||||V1^^^H\r"
     ] {
         assert_ne!(ids(other).0, base.0, "{other}");
     }
+    // The authority `H&X` (HD: namespace H, universal id X) is not the namespace `H&X` sent
+    // escaped; the same escaped authority sent twice is one patient, trailing parts or not.
+    let escaped = ids("123^^^H\\T\\X^MR");
+    assert_ne!(escaped.0, ids("123^^^H&X^MR").0);
+    assert_eq!(escaped, ids("123^^^H\\T\\X&^MR"));
+    assert_ne!(escaped.0, ids("123^^^H\\T\\X&Y^MR").0);
+    assert_ne!(ids("123^^^H\\T\\&X^MR").0, ids("123^^^H&\\T\\X^MR").0);
 
     let facility = b"MSH|^~\\&|S|F|R|RF|20240101||ADT^A01|M1|P|2.5.1\r\
 PID|1||123^^^H^MR||DOE^J\rPV1|1|I|W^^^GHH||||||||||||||||V1^^^H\r";
@@ -3230,6 +3237,28 @@ OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|||||F\r",
     );
     assert_eq!(resources(&both, "Practitioner").len(), 1);
     assert_eq!(interpreter(&both)["name"][0]["family"], "Raud");
+}
+
+/// Security labels are what patients grant and revoke by: a label that is no v3 ActCode
+/// sensitivity code (a typo) is warned, and the set still loads; case is not a typo.
+#[test]
+fn a_security_label_that_is_no_actcode_sensitivity_code_is_warned() {
+    let site = tempdir_with(&[(
+        "tables/security-labels.csv",
+        "system,code,label\n\
+         http://loinc.org,7917-8,HVI\n\
+         http://loinc.org,7918-6,hiv\n",
+    )]);
+    let n = Normalizer::lint(&with_site(&site)).expect("loads with warnings");
+    let warned: Vec<String> = n.lint_warnings().iter().map(|e| e.to_string()).collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(
+        warned[0].contains(
+            "tables/security-labels.csv:2: label: `HVI` is not a v3 ActCode sensitivity code"
+        ),
+        "{warned:#?}"
+    );
+    let _ = std::fs::remove_dir_all(site);
 }
 
 /// `#` compares a key part as a number: meant for a set id (SI) or a number (NM), not a code

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::NormalizeConfig;
 use crate::hl7::Message;
-use crate::normalize::{Link, Mapped, Normalizer, Unused};
+use crate::normalize::{Link, Mapped, Normalizer};
 
 /// Where the mapping files come from: the configuration's `[normalize]`, overridden by flags.
 pub fn config(
@@ -194,16 +194,6 @@ pub fn lint(cfg: &NormalizeConfig) -> Result<bool> {
     match Normalizer::lint(cfg) {
         Ok(n) => {
             for (f, why) in n.unused_site_files() {
-                let why = match why {
-                    Unused::NotNamed => {
-                        "no row names this map or vocabulary, so it changes nothing (is its \
-                         name that of the file it should override?)"
-                    }
-                    Unused::NoRows => {
-                        "it has no rows and overrides a file of the set (overrides merge row \
-                         by row), so it changes nothing"
-                    }
-                };
                 writeln!(out, "warning: {f}: {why}")?;
             }
             for w in n.lint_warnings() {

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 
 use super::value::trim;
+use crate::hl7::Field;
 
 /// Where a reference points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,11 @@ pub trait Env {
     /// The raw bytes of `r` when they are their own text (ASCII, no escapes), so comparisons
     /// need no decoding; `None` otherwise.
     fn plain(&self, _r: &Ref) -> Option<&[u8]> {
+        None
+    }
+    /// What `r` points at in the message, so that its parts can be read as the sender split
+    /// them (a key tells `H&X` from `H\\T\\X`); `None` where there is no message.
+    fn field(&self, _r: &Ref) -> Option<Field<'_>> {
         None
     }
 }

@@ -407,6 +407,10 @@ impl Env for SegView<'_, '_> {
         self.walk.plain(self.resolve(r)?)
     }
 
+    fn field(&self, r: &Ref) -> Option<Field<'_>> {
+        self.resolve(r)
+    }
+
     fn count(&self, r: &Ref) -> usize {
         match *r {
             Ref::Segment(id) => usize::from(id == self.id || self.walk.segment(&id).is_some()),
@@ -521,6 +525,13 @@ impl Env for DtView<'_, '_> {
             _ => None,
         }
     }
+
+    fn field(&self, r: &Ref) -> Option<Field<'_>> {
+        match *r {
+            Ref::Comp { comp, sub } => self.comp(comp, sub).map(|(f, _)| f),
+            _ => None,
+        }
+    }
 }
 
 /// What the mapping produced, before it is written.
@@ -600,6 +611,47 @@ fn without_empty_tail<'t>(t: &'t str, d: &Delimiters, plain: impl FnOnce() -> bo
     } else {
         t
     }
+}
+
+/// A key part of a value whose decoded text holds a separator character, read piece by piece
+/// as the sender split it: each component and subcomponent decoded, a separator character in
+/// one (decoded from an escape) marked as a key marks `|`, `\\` and `#`, and the empty pieces
+/// at its end left off (`H&` is `H`). Pushed to `key`; whether it held anything.
+fn key_text(walk: &Walk<'_>, f: Field<'_>, key: &mut String) -> bool {
+    let d = walk.msg.delimiters();
+    let (comp, sub) = (d.component, d.subcomponent.unwrap_or(d.component));
+    let start = key.len();
+    let mut kept = start;
+    for (ci, c) in f.components().enumerate() {
+        for (si, s) in c.subcomponents().enumerate() {
+            if si > 0 {
+                key.push(char::from(sub));
+            } else if ci > 0 {
+                key.push(char::from(comp));
+            }
+            let t = walk.text(s);
+            let t = if ci == 0 && si == 0 {
+                t.trim_start()
+            } else {
+                &t
+            };
+            for ch in t.chars() {
+                if matches!(ch, '|' | '\\' | '#')
+                    || u8::try_from(ch).is_ok_and(|b| b == comp || b == sub)
+                {
+                    key.push('\\');
+                }
+                key.push(ch);
+            }
+            if !t.trim().is_empty() {
+                kept = key.len();
+            }
+        }
+    }
+    key.truncate(kept);
+    let end = key.trim_end().len();
+    key.truncate(end);
+    key.len() > start
 }
 
 /// Whether a part after the first of `v` holds something (which a primitive taking
@@ -1190,35 +1242,45 @@ impl<'p> Mapper<'p> {
                 let valued = match p {
                     KeyPart::Ref(r) | KeyPart::Number(r) => {
                         let t = env.text(r);
-                        // Trailing empty components and subcomponents are the same value
-                        // (`H`, `H&`, `H&&`: one assigning authority, one patient).
-                        // Only bytes sent as they are: `AT\\T\\` is the authority `AT&`, not `AT`.
                         let d = walk.msg.delimiters();
-                        let mut t = without_empty_tail(&t, d, || env.plain(r).is_some());
-                        if matches!(p, KeyPart::Number(_)) && t.bytes().all(|b| b.is_ascii_digit())
-                        {
-                            // `01` is `1`; `0` and `00` are `0`.
-                            let digits = t.trim_start_matches('0');
-                            t = if digits.is_empty() && !t.is_empty() {
-                                "0"
-                            } else {
-                                digits
-                            };
-                        }
-                        // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
-                        // can end one part and start the next, or read as a suffix or marker:
-                        // the parts of two keys stay apart.
-                        if t.bytes().any(|b| matches!(b, b'|' | b'\\' | b'#')) {
-                            for c in t.chars() {
-                                if matches!(c, '|' | '\\' | '#') {
-                                    key.push('\\');
-                                }
-                                key.push(c);
-                            }
+                        let sep = [d.component, d.subcomponent.unwrap_or(d.component)];
+                        if let Some(f) = env.field(r).filter(|_| {
+                            t.bytes().any(|c| sep.contains(&c)) && env.plain(r).is_none()
+                        }) {
+                            // A separator decoded from an escape is text, one the sender
+                            // sent is structure: `H\\T\\X` is not `H&X`.
+                            key_text(walk, f, &mut key)
                         } else {
-                            key.push_str(t);
+                            // Trailing empty components and subcomponents are the same value
+                            // (`H`, `H&`, `H&&`: one assigning authority, one patient).
+                            // Only bytes sent as they are: `AT\\T\\` is the authority `AT&`, not `AT`.
+                            let mut t = without_empty_tail(&t, d, || env.plain(r).is_some());
+                            if matches!(p, KeyPart::Number(_))
+                                && t.bytes().all(|b| b.is_ascii_digit())
+                            {
+                                // `01` is `1`; `0` and `00` are `0`.
+                                let digits = t.trim_start_matches('0');
+                                t = if digits.is_empty() && !t.is_empty() {
+                                    "0"
+                                } else {
+                                    digits
+                                };
+                            }
+                            // Escaped, so that no text (an identifier sent as `A\F\B`, or `#2`)
+                            // can end one part and start the next, or read as a suffix or marker:
+                            // the parts of two keys stay apart.
+                            if t.bytes().any(|b| matches!(b, b'|' | b'\\' | b'#')) {
+                                for c in t.chars() {
+                                    if matches!(c, '|' | '\\' | '#') {
+                                        key.push('\\');
+                                    }
+                                    key.push(c);
+                                }
+                            } else {
+                                key.push_str(t);
+                            }
+                            !t.is_empty()
                         }
-                        !t.is_empty()
                     }
                     KeyPart::Empty | KeyPart::Or | KeyPart::Label(_) => false,
                     KeyPart::Context(t) => {

@@ -529,6 +529,15 @@ pub struct Known {
     pub appointment_minutes: ElemId,
 }
 
+/// The v3 ActCode codes under `_InformationSensitivityPolicy` (act, entity and role
+/// sensitivity policies): what a security label written under the ActCode system may be.
+const SENSITIVITY_CODES: &[&str] = &[
+    "HIV", "PSY", "ETH", "SDV", "SUD", "STD", "BH", "COGN", "DVD", "EMOTDIS", "ETHUD", "GDIS",
+    "MH", "MST", "OPIOIDUD", "PSYTHPN", "SCA", "SEX", "SICKLE", "SPI", "TBOO", "DEMO", "DOB",
+    "GENDER", "LIVARG", "MARST", "PATLOC", "RACE", "REL", "B", "EMPL", "LOCIS", "SSP", "ADOL",
+    "CEL", "DIA", "DRGIS", "EMP", "PDS", "PHY", "PRS",
+];
+
 /// Why a site file changes nothing (`mapping lint` warns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unused {
@@ -537,6 +546,21 @@ pub enum Unused {
     NotNamed,
     /// An override of one of the set's files with no rows: empty, or a header alone.
     NoRows,
+}
+
+impl std::fmt::Display for Unused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unused::NotNamed => {
+                "no row names this map or vocabulary, so it changes nothing (is its name that \
+                 of the file it should override?)"
+            }
+            Unused::NoRows => {
+                "it has no rows and overrides a file of the set (overrides merge row by row), \
+                 so it changes nothing"
+            }
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -1215,6 +1239,21 @@ impl Compiler<'_> {
                             ),
                         );
                         continue;
+                    }
+                    // Written as v3 ActCode codes, which grants name: a label the code system
+                    // does not hold (a typo, a local name) is one no patient can grant or
+                    // revoke by. Warned, not refused: the list below is ActCode's sensitivity
+                    // policies, and a site may know a newer code.
+                    if !SENSITIVITY_CODES.contains(&label.to_ascii_uppercase().as_str()) {
+                        self.warn_at(
+                            *src,
+                            r.line,
+                            format!(
+                                "label: `{label}` is not a v3 ActCode sensitivity code ({}, …): \
+                                 grants and revocations by category will not name it",
+                                SENSITIVITY_CODES[..6].join(", ")
+                            ),
+                        );
                     }
                     let bit = match labels.names.iter().position(|n| n == label) {
                         Some(i) => i,
