@@ -85,7 +85,9 @@ impl Zone {
             n(t.day)?,
             n(t.hour)?,
             n(t.minute)?,
-            n(t.second)?,
+            // A leap second (`:60`) has the offset of the second before it; the civil clock
+            // has no 60th second to ask about.
+            n(t.second)?.min(59),
             0,
         )
         .ok()?;
@@ -258,7 +260,8 @@ pub fn parse_v2_time(s: &str) -> Result<V2Time<'_>, &'static str> {
     }
     if num(t.hour).is_some_and(|h| h > 23)
         || num(t.minute).is_some_and(|m| m > 59)
-        || num(t.second).is_some_and(|s| s > 59)
+        // 60: a leap second, which FHIR's time, dateTime and instant allow.
+        || num(t.second).is_some_and(|s| s > 60)
     {
         return Err("time of day out of range");
     }
@@ -375,7 +378,7 @@ pub fn write_tm(s: &str, out: &mut String) -> Result<(), &'static str> {
         return Err("time is not HH[MM[SS]]");
     }
     let p = |a: usize| digits.get(a..a + 2).unwrap_or("00");
-    if p(0) > "23" || p(2) > "59" || p(4) > "59" {
+    if p(0) > "23" || p(2) > "59" || p(4) > "60" {
         return Err("time of day out of range");
     }
     out.push_str(p(0));
@@ -857,6 +860,24 @@ mod tests {
             assert!(time(gap_or_fold, Instant, ny).is_err());
         }
         assert_eq!(time("2024031002", DateTime, ny).unwrap().0, "2024-03-10");
+        // A leap second is kept as sent (FHIR allows `:60`), in a named zone too; a 61st
+        // second is no time.
+        assert_eq!(
+            time("20161231235960+0000", Instant, None).unwrap().0,
+            "2016-12-31T23:59:60+00:00"
+        );
+        assert_eq!(
+            time("20161231185960", DateTime, ny).unwrap().0,
+            "2016-12-31T18:59:60-05:00"
+        );
+        assert_eq!(
+            time("20161231235961+0000", DateTime, None),
+            Err("time of day out of range")
+        );
+        let mut tm = String::new();
+        assert!(write_tm("235960", &mut tm).is_ok());
+        assert_eq!(tm, "23:59:60");
+        assert!(write_tm("235961", &mut String::new()).is_err());
         for not_a_zone in [
             "Mars/Olympus",
             "../etc/passwd",
