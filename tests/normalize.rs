@@ -3806,3 +3806,92 @@ fn a_file_that_is_not_text_does_not_hide_the_others_problems() {
     );
     let _ = std::fs::remove_dir_all(site);
 }
+
+/// Values senders send slightly off the standard, found by an attack round on messages the
+/// corpus does not hold: none of them may lose data silently or take a wrong system.
+#[test]
+fn documents_numbers_and_code_systems_as_senders_spell_them() {
+    let n = normalizer();
+    let msh = |ty: &str| {
+        format!("MSH|^~\\&|S|F|R|F|20250312081500-0500||{ty}|1|P|2.5.1\nPID|1||T1^^^NWH^MR||Test^Pat||19800101|F\n")
+    };
+    // ED.4 in any case, or not named at all: the document is kept (as Base64 when it is).
+    let oru = msh("ORU^R01^ORU_R01")
+        + "OBR|1|D1^E||11502-2^Report^LN\n\
+           OBX|1|ED|11502-2^Report^LN|1|LAB^AP^PDF^^JVBERi0xLjQK||||||F\n\
+           OBX|2|ED|11502-2^Report^LN|2|LAB^AP^PDF^base64^JVBERi0xLjQK||||||F\n\
+           OBX|3|ED|11502-2^Report^LN|3|LAB^AP^PDF^^not base64!||||||F\n\
+           OBX|4|NM|2345-7^Glucose^LN||98^|mg/dL^^UCUM|||||F\n\
+           OBX|5|NM|2345-8^Other^LN||<0.5^|mmol/L^^UCUM|||||F\n";
+    let (m, b) = map_bytes(&n, oru.as_bytes());
+    let obs = resources(&b, "Observation");
+    let data = |o: &Value| o["extension"][0]["valueAttachment"]["data"].clone();
+    assert_eq!(data(obs[0]), "JVBERi0xLjQK", "no ED.4: {}", obs[0]);
+    assert_eq!(data(obs[1]), "JVBERi0xLjQK", "base64: {}", obs[1]);
+    // Not Base64 and no encoding named: left out with a warning, never written as is.
+    assert_eq!(data(obs[2]), Value::Null, "{}", obs[2]);
+    assert_warned(&m, "OBX-5: not base64");
+    // `98^` is the number 98 (a trailing empty component is no part of the value).
+    assert_eq!(obs[3]["valueQuantity"]["value"], 98, "{}", obs[3]);
+    assert_eq!(obs[4]["valueString"], "<0.5 mmol/L", "{}", obs[4]);
+
+    // Tables HL7 defines by an external system, and NCI Thesaurus routes (the CDC's RXR-1).
+    let vxu = msh("VXU^V04^VXU_V04")
+        + "ORC|RE||X1^DCS\n\
+           RXA|0|1|20240110||03^MMR^HL70292|0.5|mL^^UCUM||||||||L123||MSD^Merck^HL70227|||CP\n\
+           RXR|C28161^Intramuscular^NCIT|LA^Left Arm^HL70163\n";
+    let (_, b) = map_bytes(&n, vxu.as_bytes());
+    let imm = one(&b, "Immunization");
+    assert_eq!(
+        imm["vaccineCode"]["coding"][0]["system"], "http://hl7.org/fhir/sid/cvx",
+        "{imm}"
+    );
+    assert_eq!(
+        imm["route"]["coding"][0]["system"], "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+        "{imm}"
+    );
+    let maker = deref(&b, &imm["manufacturer"]);
+    assert!(
+        maker.to_string().contains("http://hl7.org/fhir/sid/mvx"),
+        "{maker}"
+    );
+
+    // TXA-16 is an identifier (the guide), not a content entry of its own beside the document.
+    let mdm = msh("MDM^T02^MDM_T02")
+        + "PV1|1|I\n\
+           TXA|1|CN|AP|||||||||DX1^EPIC||||c.pdf|AU\n\
+           OBX|1|ED|x^y^LN||LAB^AP^PDF^Base64^JVBERi0xLjQK||||||F\n";
+    let (_, b) = map_bytes(&n, mdm.as_bytes());
+    let doc = one(&b, "DocumentReference");
+    assert_eq!(doc["identifier"][0]["value"], "c.pdf", "{doc}");
+    assert_eq!(doc["content"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(
+        doc["content"][0]["attachment"]["data"], "JVBERi0xLjQK",
+        "{doc}"
+    );
+}
+
+/// A diagnosis is labelled whatever the case of its code, in ICD-9-CM too, and with its
+/// coding system named only by DG1-2 (the v2.3 coding method).
+#[test]
+fn sensitive_diagnoses_are_labelled_as_older_senders_send_them() {
+    let n = normalizer();
+    let adt = "MSH|^~\\&|S|F|R|F|20250312081500-0500||ADT^A08^ADT_A01|1|P|2.3\n\
+               PID|1||T1^^^NWH^MR||Test^Pat||19800101|F\n\
+               PV1|1|I\n\
+               DG1|1|I10|B20^HIV disease^|HIV disease||F\n\
+               DG1|2|I9|042^HIV disease^I9C|||F\n\
+               DG1|3||f32.9^Depression^I10|||F\n";
+    let (_, b) = map_bytes(&n, adt.as_bytes());
+    let conds = resources(&b, "Condition");
+    assert_eq!(conds.len(), 3);
+    assert_eq!(
+        conds[0]["code"]["coding"][0]["system"], "http://hl7.org/fhir/sid/icd-10",
+        "{}",
+        conds[0]
+    );
+    let label = |c: &Value| c["meta"]["security"][0]["code"].clone();
+    assert_eq!(label(conds[0]), "HIV", "{}", conds[0]);
+    assert_eq!(label(conds[1]), "HIV", "{}", conds[1]);
+    assert_eq!(label(conds[2]), "PSY", "{}", conds[2]);
+}

@@ -84,6 +84,12 @@ pub trait Env {
     fn field(&self, _r: &Ref) -> Option<Field<'_>> {
         None
     }
+    /// [`Env::text`] without the empty components and subcomponents a sender left at its end
+    /// (`98^` is the number 98), when its bytes were sent as they are: what a number, a time or
+    /// an assignment reads.
+    fn whole(&self, r: &Ref) -> Cow<'_, str> {
+        self.text(r)
+    }
 }
 
 impl Cond {
@@ -124,8 +130,8 @@ impl Cond {
             Cond::In(r, set) => matched(env, r, set).is_some(),
             Cond::Length(r, cmp, n) => cmp.holds(trim(&env.text(r)).chars().count(), *n),
             Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
-            Cond::Numeric(r) => super::value::is_decimal(&env.text(r)),
-            Cond::Time(r) => super::value::parse_v2_time(&env.text(r)).is_ok(),
+            Cond::Numeric(r) => super::value::is_decimal(&env.whole(r)),
+            Cond::Time(r) => super::value::parse_v2_time(&env.whole(r)).is_ok(),
         }
     }
 }
@@ -294,7 +300,7 @@ impl Expr {
             match t {
                 Term::Lit(l) => Some(Cow::Borrowed(l.as_str())),
                 Term::Ref(r) => {
-                    let v = match env.text(r) {
+                    let v = match env.whole(r) {
                         Cow::Borrowed(v) => Cow::Borrowed(trim(v)),
                         Cow::Owned(v) => Cow::Owned(trim(&v).to_string()),
                     };
@@ -310,7 +316,7 @@ impl Expr {
             match t {
                 Term::Lit(l) => s.push_str(l),
                 Term::Ref(r) => {
-                    let v = env.text(r);
+                    let v = env.whole(r);
                     let v = trim(&v);
                     if v.is_empty() {
                         return None;

@@ -252,8 +252,9 @@ impl<'m> Walk<'m> {
         Some(unsafe { std::str::from_utf8_unchecked(raw) })
     }
 
-    /// A text component whole (an `&` the sender did not escape in it is text: `Smith & Jones`),
-    /// without the empty subcomponents left at its end (`12&` is `12`, as a key reads it).
+    /// A value's text without the empty components and subcomponents left at its end when its
+    /// bytes were sent as they are (`12&` is `12`, as a key reads it; `98^` is the number 98);
+    /// an `&` the sender did not escape inside a text component stays text (`Smith & Jones`).
     fn whole(&self, f: Field<'m>) -> Cow<'m, str> {
         match self.text(f) {
             Cow::Borrowed(t) => Cow::Borrowed(without_empty_tail(t, self.msg.delimiters(), || {
@@ -411,6 +412,13 @@ impl Env for SegView<'_, '_> {
         self.resolve(r)
     }
 
+    fn whole(&self, r: &Ref) -> Cow<'_, str> {
+        match self.resolve(r) {
+            Some(f) => self.walk.whole(f),
+            None => Cow::Borrowed(""),
+        }
+    }
+
     fn count(&self, r: &Ref) -> usize {
         match *r {
             Ref::Segment(id) => usize::from(id == self.id || self.walk.segment(&id).is_some()),
@@ -530,6 +538,13 @@ impl Env for DtView<'_, '_> {
         match *r {
             Ref::Comp { comp, sub } => self.comp(comp, sub).map(|(f, _)| f),
             _ => None,
+        }
+    }
+
+    fn whole(&self, r: &Ref) -> Cow<'_, str> {
+        match self.field(r) {
+            Some(f) => self.walk.whole(f),
+            None => Cow::Borrowed(""),
         }
     }
 }

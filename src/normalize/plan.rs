@@ -466,16 +466,25 @@ pub struct MessageMap {
 pub struct Labels {
     /// Label codes (v3 ActCode), index = bit.
     pub names: Vec<String>,
-    /// code → (system, bits): looked up by the code without allocating.
+    /// code (upper-cased) → (system, bits): looked up by the code, allocating only for a code
+    /// sent in lower case.
     exact: TableMap<String, Vec<(String, u64)>>,
-    /// system → (code prefix, bits); the empty system applies to every coding.
+    /// system → (code prefix, upper-cased; bits); the empty system applies to every coding.
     prefixes: TableMap<String, Vec<(String, u64)>>,
 }
 
 impl Labels {
-    /// Label bits for a coding.
+    /// Label bits for a coding. Codes compare without regard to ASCII case (kept upper-cased):
+    /// a sender's `f32.9` is ICD-10's F32.9, and a label missed costs more than one too many.
     pub fn lookup(&self, system: &str, code: &str) -> u64 {
         let mut bits = 0;
+        let upper;
+        let code = if code.bytes().any(|c| c.is_ascii_lowercase()) {
+            upper = code.to_ascii_uppercase();
+            upper.as_str()
+        } else {
+            code
+        };
         if let Some(v) = self.exact.get(code) {
             for (s, b) in v {
                 if s.is_empty() || s == system {
@@ -1276,10 +1285,10 @@ impl Compiler<'_> {
                             .prefixes
                             .entry(system.to_string())
                             .or_default()
-                            .push((p.to_string(), b)),
+                            .push((p.to_ascii_uppercase(), b)),
                         None => labels
                             .exact
-                            .entry(code.to_string())
+                            .entry(code.to_ascii_uppercase())
                             .or_default()
                             .push((system.to_string(), b)),
                     }
