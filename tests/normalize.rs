@@ -3835,6 +3835,24 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
     assert_eq!(obs[3]["valueQuantity"]["value"], 98, "{}", obs[3]);
     assert_eq!(obs[4]["valueString"], "<0.5 mmol/L", "{}", obs[4]);
 
+    // A narrative of more lines than `max_repetitions` (100) is gathered whole: its lines make
+    // one text, bounded by bytes, not by a count.
+    let lines: Vec<String> = (1..=150).map(|i| format!("line {i}")).collect();
+    let tx = msh("ORU^R01^ORU_R01")
+        + "OBR|1|D2^E||11526-1^Pathology^LN\n"
+        + &format!(
+            "OBX|1|TX|11526-1^Pathology^LN||{}||||||F\n",
+            lines.join("~")
+        );
+    let (m, b) = map_bytes(&n, tx.as_bytes());
+    let text = one(&b, "Observation")["valueString"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.ends_with("line 150"), "{text}");
+    assert_eq!(text.lines().count(), 150);
+    assert_not_warned(&m, "repetitions beyond");
+
     // Tables HL7 defines by an external system, and NCI Thesaurus routes (the CDC's RXR-1).
     let vxu = msh("VXU^V04^VXU_V04")
         + "ORC|RE||X1^DCS\n\

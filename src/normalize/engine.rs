@@ -1541,8 +1541,17 @@ impl<'p> Mapper<'p> {
                     if f.is_empty() {
                         continue;
                     }
+                    // Lines gathered into one text (a report's TX repetitions) make no element
+                    // each: MAX_TEXT bounds them, and a long narrative is not cut at a count.
+                    let gathers = matches!(
+                        row.action,
+                        Action::Copy {
+                            xform: Xform::Lines,
+                            ..
+                        }
+                    );
                     for (r, rep) in f.repetitions().enumerate() {
-                        if r == max_reps {
+                        if r == max_reps && !gathers {
                             b.warn(format_args!(
                                 "{}-{field}: repetitions beyond {max_reps} not mapped",
                                 String::from_utf8_lossy(&id)
