@@ -3913,3 +3913,26 @@ fn sensitive_diagnoses_are_labelled_as_older_senders_send_them() {
     assert_eq!(label(conds[1]), "HIV", "{}", conds[1]);
     assert_eq!(label(conds[2]), "PSY", "{}", conds[2]);
 }
+
+/// `8859/1` (named, or guessed for a message that says ASCII and is not UTF-8) is read as
+/// windows-1252, as browsers read the label: Windows senders' quotes are quotes, not C1
+/// controls.
+#[test]
+fn latin1_is_read_as_windows_1252() {
+    let n = normalizer();
+    for msh18 in ["8859/1", ""] {
+        let mut adt = format!(
+            "MSH|^~\\&|S|F|R|F|20250312081500-0500||ADT^A04^ADT_A01|1|P|2.5.1|||||{msh18}\n\
+             PID|1||T1^^^NWH^MR||"
+        )
+        .into_bytes();
+        adt.extend_from_slice(b"O\x92Neil^\x93Annie\x94 \xe9\x80||19800101|F\nPV1|1|O\n");
+        let (_, b) = map_bytes(&n, &adt);
+        let name = &one(&b, "Patient")["name"][0];
+        assert_eq!(name["family"], "O\u{2019}Neil", "{msh18:?}: {name}");
+        assert_eq!(
+            name["given"][0], "\u{201c}Annie\u{201d} \u{e9}\u{20ac}",
+            "{msh18:?}: {name}"
+        );
+    }
+}

@@ -14,9 +14,13 @@ use super::tokenizer::ParseError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Charset {
     /// MSH-18 empty or `ASCII`. Real senders often put UTF-8 or Latin-1 in such messages anyway,
-    /// so text is read as UTF-8 when it is valid UTF-8 and as ISO 8859-1 otherwise.
+    /// so text is read as UTF-8 when it is valid UTF-8 and as ISO 8859-1 otherwise (read as
+    /// [`Charset::Latin1`] is).
     Ascii,
-    /// `8859/1`: each byte is the code point of the same value.
+    /// `8859/1`, read as its superset windows-1252, as browsers read the label (WHATWG Encoding):
+    /// senders that say 8859/1 send Windows text, and bytes 0x80-0x9F are then quotes, dashes
+    /// and the euro sign (`O\x92Neil` is O’Neil), not C1 control characters. Other bytes are the
+    /// code point of the same value.
     Latin1,
     /// `UNICODE UTF-8` (and the older `UNICODE`, which senders use for UTF-8 in practice).
     Utf8,
@@ -65,15 +69,9 @@ impl Charset {
         match self {
             Charset::Ascii => match std::str::from_utf8(raw) {
                 Ok(s) => Cow::Borrowed(s),
-                Err(_) => Cow::Owned(raw.iter().map(|&b| b as char).collect()),
+                Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(raw).0,
             },
-            Charset::Latin1 => {
-                if raw.is_ascii() {
-                    Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default())
-                } else {
-                    Cow::Owned(raw.iter().map(|&b| b as char).collect())
-                }
-            }
+            Charset::Latin1 => encoding_rs::WINDOWS_1252.decode_without_bom_handling(raw).0,
             Charset::Utf8 => String::from_utf8_lossy(raw),
             Charset::Other(enc) => enc.decode_without_bom_handling(raw).0,
         }

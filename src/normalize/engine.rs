@@ -733,11 +733,12 @@ impl<'p> Mapper<'p> {
             ));
         } else if msg.charset() == Charset::Ascii && std::str::from_utf8(msg.bytes()).is_err() {
             // No set named (or ASCII, `ISO IR6`, which such senders name just as often), and
-            // not UTF-8: a value that is not UTF-8 is read as ISO 8859-1 (the common case of
-            // such senders), which may not be what the sender meant.
+            // not UTF-8: a value that is not UTF-8 is read as ISO 8859-1 (as windows-1252, its
+            // superset: the common case of such senders), which may not be what the sender
+            // meant.
             b.warn(format_args!(
                 "MSH-18 is empty or ASCII (ISO IR6) and the message is not UTF-8: values that \
-                 are not UTF-8 were read as ISO 8859-1 (set MSH-18 to say which)"
+                 are not UTF-8 were read as ISO 8859-1 (windows-1252; set MSH-18 to say which)"
             ));
         }
         let mut next_group = 1u32;
