@@ -3936,3 +3936,48 @@ fn latin1_is_read_as_windows_1252() {
         );
     }
 }
+
+/// An extension whose definition allows one per element gets the field's first repetition,
+/// with a warning naming the rest, not one extension per repetition (which a server knowing the
+/// definition refuses); the mother's maiden name is the surname of the family name (XPN[string]).
+#[test]
+fn a_repeated_field_maps_once_into_an_extension_of_one() {
+    let n = normalizer();
+    let oru = "MSH|^~\\&|S|F|R|F|20250312081500-0500||ORU^R01^ORU_R01|1|P|2.5.1\n\
+               PID|1||T1^^^NWH^MR||Test^Pat|de la Cruz&de la&Cruz^Maria~Lopez^Rosa|19800101|F\n\
+               OBR|1|D1^E||1-1^x^LN\n\
+               OBX|1|ED|1-2^x^LN||^AP^PDF^Base64^SGVs~^AP^PDF^Base64^bG8h||||||F\n";
+    let (m, b) = map_bytes(&n, oru.as_bytes());
+    let ext = |r: &Value, url: &str| -> Vec<Value> {
+        r["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["url"] == url)
+            .cloned()
+            .collect()
+    };
+    let maiden = ext(
+        one(&b, "Patient"),
+        "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
+    );
+    assert_eq!(maiden.len(), 1, "{maiden:?}");
+    assert_eq!(maiden[0]["valueString"], "de la Cruz");
+    let value = ext(
+        one(&b, "Observation"),
+        "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.value",
+    );
+    assert_eq!(value.len(), 1, "{value:?}");
+    assert_eq!(value[0]["valueAttachment"]["data"], "SGVs");
+    assert_warned(&m, "PID-6: only the first repetition maps");
+    assert_warned(&m, "OBX-5: only the first repetition maps");
+    assert_eq!(
+        m.warnings
+            .iter()
+            .filter(|w| w.contains("only the first repetition"))
+            .count(),
+        2,
+        "{:?}",
+        m.warnings
+    );
+}

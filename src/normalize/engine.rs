@@ -1592,6 +1592,12 @@ impl<'p> Mapper<'p> {
                             continue;
                         }
                         if r > 0 && !row.repeats {
+                            // A constant (an extension's url) loses nothing: the row that
+                            // writes the value names the repetitions left.
+                            if matches!(&row.action, Action::Assign { expr, .. } if !expr.reads_message())
+                            {
+                                break;
+                            }
                             b.warn(format_args!(
                                 "{}-{field}: only the first repetition maps to {}",
                                 String::from_utf8_lossy(&id),

@@ -623,6 +623,70 @@ struct Compiler<'a> {
 
 /// Numbers the conditions that more than one row of a map has (what remains after the guard;
 /// `Const(true)` is no condition to ask).
+/// Extensions the rows write whose definitions allow one per element (0..1). A server that
+/// knows the definition refuses a second one, and the check knows only R4's own
+/// cardinalities, so a repeated field (PID-6, an OBX-5 of several ED) maps its first
+/// repetition into such an extension, with the warning any element that holds one value gives.
+const SINGLE_EXTENSIONS: &[&str] = &[
+    "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+    "http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName",
+    "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+    "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+    "http://hl7.org/fhir/StructureDefinition/patient-congregation",
+    "http://hl7.org/fhir/StructureDefinition/patient-animal",
+    "http://hl7.org/fhir/StructureDefinition/observation-v2-subid",
+    "http://hl7.org/fhir/StructureDefinition/identifier-checkDigit",
+    "http://hl7.org/fhir/StructureDefinition/humanname-own-prefix",
+    "http://hl7.org/fhir/StructureDefinition/humanname-own-name",
+    "http://hl7.org/fhir/StructureDefinition/humanname-partner-prefix",
+    "http://hl7.org/fhir/StructureDefinition/humanname-partner-name",
+    "http://hl7.org/fhir/StructureDefinition/encounter-modeOfArrival",
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.value",
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedStartDate",
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate",
+];
+
+/// Rows into an extension of [`SINGLE_EXTENSIONS`] (its `url` row a constant of the list) whose
+/// first repeating element is that extension: one element, the field's first repetition.
+fn one_per_extension(model: &Model, rows: &mut [Row]) {
+    let mut singles: Vec<Vec<(ElemId, u16)>> = Vec::new();
+    for row in rows.iter() {
+        let (Action::Assign { expr, .. }, [.., ext, url]) =
+            (&row.action, row.path.steps.as_slice())
+        else {
+            continue;
+        };
+        let single = matches!(expr.0.as_slice(), [cond::Term::Lit(u)] if SINGLE_EXTENSIONS.contains(&u.as_str()));
+        if single
+            && ext.array
+            && model.elem(ext.elem).name == "extension"
+            && model.elem(url.elem).name == "url"
+        {
+            let n = row.path.steps.len() - 1;
+            singles.push(
+                row.path.steps[..n]
+                    .iter()
+                    .map(|s| (s.elem, s.slot))
+                    .collect(),
+            );
+        }
+    }
+    for row in rows.iter_mut() {
+        let steps = &row.path.steps;
+        let into_single = singles.iter().any(|p| {
+            steps.len() >= p.len()
+                && steps
+                    .iter()
+                    .zip(p)
+                    .all(|(s, (e, slot))| s.elem == *e && s.slot == *slot)
+                && steps.iter().position(|s| s.array) == Some(p.len() - 1)
+        });
+        if into_single {
+            row.repeats = false;
+        }
+    }
+}
+
 fn share_conditions(rows: &mut [Row]) {
     let mut seen: Vec<(usize, Option<u16>)> = Vec::new();
     let mut next = 0u16;
@@ -1412,6 +1476,7 @@ impl Compiler<'_> {
             },
         );
         share_conditions(&mut rows);
+        one_per_extension(self.model, &mut rows);
         self.in_progress.remove(&key);
         let i = self.maps.len();
         self.maps.push(CMap {
