@@ -3822,7 +3822,10 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
            OBX|2|ED|11502-2^Report^LN|2|LAB^AP^PDF^base64^JVBERi0xLjQK||||||F\n\
            OBX|3|ED|11502-2^Report^LN|3|LAB^AP^PDF^^not base64!||||||F\n\
            OBX|4|NM|2345-7^Glucose^LN||98^|mg/dL^^UCUM|||||F\n\
-           OBX|5|NM|2345-8^Other^LN||<0.5^|mmol/L^^UCUM|||||F\n";
+           OBX|5|NM|2345-8^Other^LN||<0.5^|mmol/L^^UCUM|||||F\n\
+           OBX|6|NM|2345-9^Third^LN||7.5&|mmol/L^^UCUM|||||F\n\
+           OBX|7|ED|11502-2^Report^LN|7|LAB^TEXT^PLAIN^^POSITIVE||||||F\n\
+           OBX|8|NM^|2345-6^Fourth^LN||42|mmol/L^^UCUM|||||F\n";
     let (m, b) = map_bytes(&n, oru.as_bytes());
     let obs = resources(&b, "Observation");
     let data = |o: &Value| o["extension"][0]["valueAttachment"]["data"].clone();
@@ -3834,6 +3837,11 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
     // `98^` is the number 98 (a trailing empty component is no part of the value).
     assert_eq!(obs[3]["valueQuantity"]["value"], 98, "{}", obs[3]);
     assert_eq!(obs[4]["valueString"], "<0.5 mmol/L", "{}", obs[4]);
+    assert_eq!(obs[5]["valueQuantity"]["value"], 7.5, "{}", obs[5]);
+    // Text sent without ED.4 is text (as A), not bytes its letters happen to spell in Base64.
+    assert_eq!(data(obs[6]), "UE9TSVRJVkU=", "{}", obs[6]);
+    // A value type sent with an empty part after it (`NM^`) is NM to a comparison.
+    assert_eq!(obs[7]["valueQuantity"]["value"], 42, "{}", obs[7]);
 
     // A narrative of more lines than `max_repetitions` (100) is gathered whole: its lines make
     // one text, bounded by bytes, not by a count.
@@ -3856,10 +3864,13 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
     // Tables HL7 defines by an external system, and NCI Thesaurus routes (the CDC's RXR-1).
     let vxu = msh("VXU^V04^VXU_V04")
         + "ORC|RE||X1^DCS\n\
-           RXA|0|1|20240110||03^MMR^HL70292|0.5|mL^^UCUM||||||||L123||MSD^Merck^HL70227|||CP\n\
+           RXA|0|1|20240110||03^MMR^HL70292|0.5|mL^^UCUM||01^Historical^NIP001~00^New^NIP001||||||L123||MSD^Merck^HL70227|||CP\n\
            RXR|C28161^Intramuscular^NCIT|LA^Left Arm^HL70163\n";
-    let (_, b) = map_bytes(&n, vxu.as_bytes());
+    let (m, b) = map_bytes(&n, vxu.as_bytes());
     let imm = one(&b, "Immunization");
+    // A constant whose condition read the repetition (RXA-9.1) names the ones left.
+    assert_eq!(imm["primarySource"], false, "{imm}");
+    assert_warned(&m, "RXA-9: only the first repetition maps");
     assert_eq!(
         imm["vaccineCode"]["coding"][0]["system"], "http://hl7.org/fhir/sid/cvx",
         "{imm}"
@@ -3899,10 +3910,19 @@ fn sensitive_diagnoses_are_labelled_as_older_senders_send_them() {
                PV1|1|I\n\
                DG1|1|I10|B20^HIV disease^|HIV disease||F\n\
                DG1|2|I9|042^HIV disease^I9C|||F\n\
-               DG1|3||f32.9^Depression^I10|||F\n";
+               DG1|3||f32.9^Depression^I10|||F\n\
+               DG1|4||07953^HIV-2^I9C|||F\n\
+               DG1|5||ZZ1^Local^I10|||F\n";
+    // A site's row written in lower case matches a code sent in capitals, and the reverse.
+    let site = tempdir_with(&[(
+        "tables/security-labels.csv",
+        "system,code,label\nhttp://hl7.org/fhir/sid/icd-10,zz1,ETH\n",
+    )]);
+    let n = Normalizer::load(&with_site(&site)).unwrap();
+    let _ = std::fs::remove_dir_all(site);
     let (_, b) = map_bytes(&n, adt.as_bytes());
     let conds = resources(&b, "Condition");
-    assert_eq!(conds.len(), 3);
+    assert_eq!(conds.len(), 5);
     assert_eq!(
         conds[0]["code"]["coding"][0]["system"], "http://hl7.org/fhir/sid/icd-10",
         "{}",
@@ -3912,6 +3932,8 @@ fn sensitive_diagnoses_are_labelled_as_older_senders_send_them() {
     assert_eq!(label(conds[0]), "HIV", "{}", conds[0]);
     assert_eq!(label(conds[1]), "HIV", "{}", conds[1]);
     assert_eq!(label(conds[2]), "PSY", "{}", conds[2]);
+    assert_eq!(label(conds[3]), "HIV", "{}", conds[3]);
+    assert_eq!(label(conds[4]), "ETH", "{}", conds[4]);
 }
 
 /// `8859/1` (named, or guessed for a message that says ASCII and is not UTF-8) is read as

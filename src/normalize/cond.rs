@@ -106,6 +106,16 @@ impl Cond {
         }
     }
 
+    /// Whether the condition reads field `field` of segment `id`, the one it is asked about.
+    pub fn reads_field(&self, id: [u8; 3], field: u16) -> bool {
+        let mut found = false;
+        self.refs(&mut |r| {
+            found |= matches!(r, Ref::Field { seg, field: f, .. }
+                if *f == field && seg.is_none_or(|s| s == id));
+        });
+        found
+    }
+
     /// Every reference the condition reads.
     pub fn refs(&self, f: &mut dyn FnMut(&Ref)) {
         match self {
@@ -128,7 +138,7 @@ impl Cond {
                 _ => env.valued(r),
             },
             Cond::In(r, set) => matched(env, r, set).is_some(),
-            Cond::Length(r, cmp, n) => cmp.holds(trim(&env.text(r)).chars().count(), *n),
+            Cond::Length(r, cmp, n) => cmp.holds(trim(&env.whole(r)).chars().count(), *n),
             Cond::Count(r, cmp, n) => cmp.holds(env.count(r), *n),
             Cond::Numeric(r) => super::value::is_decimal(&env.whole(r)),
             Cond::Time(r) => super::value::parse_v2_time(&env.whole(r)).is_ok(),
@@ -140,9 +150,14 @@ impl Cond {
 pub fn matched(env: &dyn Env, r: &Ref, set: &[String]) -> Option<usize> {
     if let Some(raw) = env.plain(r) {
         let raw = raw.trim_ascii();
-        return set.iter().position(|s| s.as_bytes() == raw);
+        let found = set.iter().position(|s| s.as_bytes() == raw);
+        // A value ending in a separator may have left empty parts (`POS^` is POS): asked
+        // again without them; other values are settled by their bytes.
+        if found.is_some() || !raw.last().is_some_and(u8::is_ascii_punctuation) {
+            return found;
+        }
     }
-    let t = env.text(r);
+    let t = env.whole(r);
     let t = trim(&t);
     set.iter().position(|s| s == t)
 }

@@ -1592,9 +1592,13 @@ impl<'p> Mapper<'p> {
                             continue;
                         }
                         if r > 0 && !row.repeats {
-                            // A constant (an extension's url) loses nothing: the row that
-                            // writes the value names the repetitions left.
-                            if matches!(&row.action, Action::Assign { expr, .. } if !expr.reads_message())
+                            // A constant no repetition decided (an extension's url) loses
+                            // nothing: the row that writes the value names the repetitions
+                            // left. One whose condition reads the repetition (RXA-9's source
+                            // code) does.
+                            let constant = matches!(&row.action, Action::Assign { expr, .. } if !expr.reads_message());
+                            if constant
+                                && !row.cond.as_ref().is_some_and(|c| c.reads_field(id, field))
                             {
                                 break;
                             }
@@ -1890,8 +1894,10 @@ impl<'p> Mapper<'p> {
                 };
                 let (text, lost) = match whole {
                     Some(t) => (t, false),
+                    // Without the empty parts a sender left at its end, as a condition read it:
+                    // an NM `98&` that `IS NUMERIC` found to be 98 is written as 98.
                     None => (
-                        walk.text(first_part(v, level)),
+                        walk.whole(first_part(v, level)),
                         (*xform == Xform::Lines || *rest == Rest::Named)
                             && later_parts_valued(v, level),
                     ),

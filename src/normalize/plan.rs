@@ -466,8 +466,7 @@ pub struct MessageMap {
 pub struct Labels {
     /// Label codes (v3 ActCode), index = bit.
     pub names: Vec<String>,
-    /// code (upper-cased) → (system, bits): looked up by the code, allocating only for a code
-    /// sent in lower case.
+    /// code (upper-cased) → (system, bits): looked up by the code without allocating.
     exact: TableMap<String, Vec<(String, u64)>>,
     /// system → (code prefix, upper-cased; bits); the empty system applies to every coding.
     prefixes: TableMap<String, Vec<(String, u64)>>,
@@ -476,14 +475,21 @@ pub struct Labels {
 impl Labels {
     /// Label bits for a coding. Codes compare without regard to ASCII case (kept upper-cased):
     /// a sender's `f32.9` is ICD-10's F32.9, and a label missed costs more than one too many.
+    /// Upper-cased on the stack: many codes the mapper writes are lower case (`final`).
     pub fn lookup(&self, system: &str, code: &str) -> u64 {
         let mut bits = 0;
-        let upper;
-        let code = if code.bytes().any(|c| c.is_ascii_lowercase()) {
-            upper = code.to_ascii_uppercase();
-            upper.as_str()
-        } else {
+        let mut buf = [0u8; 64];
+        let long;
+        let code = if !code.bytes().any(|c| c.is_ascii_lowercase()) {
             code
+        } else if let Some(b) = buf.get_mut(..code.len()) {
+            b.copy_from_slice(code.as_bytes());
+            b.make_ascii_uppercase();
+            // ASCII case changes keep UTF-8 valid (only bytes below 0x80 change).
+            std::str::from_utf8(b).unwrap_or(code)
+        } else {
+            long = code.to_ascii_uppercase();
+            long.as_str()
         };
         if let Some(v) = self.exact.get(code) {
             for (s, b) in v {

@@ -260,10 +260,19 @@ pub fn parse_v2_time(s: &str) -> Result<V2Time<'_>, &'static str> {
     }
     if num(t.hour).is_some_and(|h| h > 23)
         || num(t.minute).is_some_and(|m| m > 59)
-        // 60: a leap second, which FHIR's time, dateTime and instant allow.
         || num(t.second).is_some_and(|s| s > 60)
     {
         return Err("time of day out of range");
+    }
+    // 60: a leap second, which FHIR's time, dateTime and instant allow. One falls only in the
+    // last minute of a UTC hour (23:59:60Z; 18:59:60-05:00), so a 60 elsewhere is a sender's
+    // rounding slip, refused as before. (Without a zone in the value, minute 59 as sent.)
+    if num(t.second) == Some(60) {
+        let minute = num(t.minute).unwrap_or(0) as i32;
+        let offset = t.offset.map_or(0, |o| i32::from(o.0));
+        if (minute - offset).rem_euclid(60) != 59 {
+            return Err("time of day out of range");
+        }
     }
     Ok(t)
 }
@@ -378,7 +387,8 @@ pub fn write_tm(s: &str, out: &mut String) -> Result<(), &'static str> {
         return Err("time is not HH[MM[SS]]");
     }
     let p = |a: usize| digits.get(a..a + 2).unwrap_or("00");
-    if p(0) > "23" || p(2) > "59" || p(4) > "60" {
+    // A leap second (60) only in a minute 59; a TM's zone is left off above.
+    if p(0) > "23" || p(2) > "59" || p(4) > "60" || (p(4) == "60" && p(2) != "59") {
         return Err("time of day out of range");
     }
     out.push_str(p(0));
@@ -870,14 +880,26 @@ mod tests {
             time("20161231185960", DateTime, ny).unwrap().0,
             "2016-12-31T18:59:60-05:00"
         );
+        for not_leap in [
+            "20161231235961+0000",
+            "20240315103060-0500",
+            "20240315103060",
+        ] {
+            assert_eq!(
+                time(not_leap, DateTime, None),
+                Err("time of day out of range"),
+                "{not_leap}"
+            );
+        }
         assert_eq!(
-            time("20161231235961+0000", DateTime, None),
-            Err("time of day out of range")
+            time("20170101052960+0530", DateTime, None).unwrap().0,
+            "2017-01-01T05:29:60+05:30"
         );
         let mut tm = String::new();
         assert!(write_tm("235960", &mut tm).is_ok());
         assert_eq!(tm, "23:59:60");
         assert!(write_tm("235961", &mut String::new()).is_err());
+        assert!(write_tm("103060", &mut String::new()).is_err());
         for not_a_zone in [
             "Mars/Olympus",
             "../etc/passwd",
