@@ -3904,7 +3904,6 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
 /// coding system named only by DG1-2 (the v2.3 coding method).
 #[test]
 fn sensitive_diagnoses_are_labelled_as_older_senders_send_them() {
-    let n = normalizer();
     let adt = "MSH|^~\\&|S|F|R|F|20250312081500-0500||ADT^A08^ADT_A01|1|P|2.3\n\
                PID|1||T1^^^NWH^MR||Test^Pat||19800101|F\n\
                PV1|1|I\n\
