@@ -3825,7 +3825,8 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
            OBX|5|NM|2345-8^Other^LN||<0.5^|mmol/L^^UCUM|||||F\n\
            OBX|6|NM|2345-9^Third^LN||7.5&|mmol/L^^UCUM|||||F\n\
            OBX|7|ED|11502-2^Report^LN|7|LAB^TEXT^PLAIN^^POSITIVE||||||F\n\
-           OBX|8|NM^|2345-6^Fourth^LN||42|mmol/L^^UCUM|||||F\n";
+           OBX|8|NM^|2345-6^Fourth^LN||42|mmol/L^^UCUM|||||F\n\
+           OBX|9|ED|11502-2^Report^LN|9|LAB^AP^PDF^BAse64^JVBERi0xLjQK||||||F\n";
     let (m, b) = map_bytes(&n, oru.as_bytes());
     let obs = resources(&b, "Observation");
     let data = |o: &Value| o["extension"][0]["valueAttachment"]["data"].clone();
@@ -3842,6 +3843,8 @@ fn documents_numbers_and_code_systems_as_senders_spell_them() {
     assert_eq!(data(obs[6]), "UE9TSVRJVkU=", "{}", obs[6]);
     // A value type sent with an empty part after it (`NM^`) is NM to a comparison.
     assert_eq!(obs[7]["valueQuantity"]["value"], 42, "{}", obs[7]);
+    // An encoding of another spelling: the data as sent when it is Base64.
+    assert_eq!(data(obs[8]), "JVBERi0xLjQK", "{}", obs[8]);
 
     // A narrative of more lines than `max_repetitions` (100) is gathered whole: its lines make
     // one text, bounded by bytes, not by a count.
