@@ -4005,3 +4005,36 @@ fn a_repeated_field_maps_once_into_an_extension_of_one() {
         m.warnings
     );
 }
+
+/// R4 app-1: an appointment participant names its actor or its type. An AIG sent with its
+/// resource and type empty makes no participant (with a warning), and the Appointment keeps the
+/// ones that are named; inbound FHIR breaking it is refused.
+#[test]
+fn a_participant_with_neither_actor_nor_type_is_left_out() {
+    let n = normalizer();
+    let siu = "MSH|^~\\&|EPIC|NC|MED|HUB|20240312143000-0500||SIU^S12|X12|P|2.5.1\n\
+               SCH|APT114^EPIC||||||||||^^30^20240320090000-0500^20240320093000-0500||||||||||||||Booked\n\
+               PID|1||MRN1001^^^NCH^MR||Okafor^Adaeze\n\
+               RGS|1|A\n\
+               AIG|1|A|^^^^^^^^^^|\n\
+               AIP|1|A|1234^Smith^John\n";
+    let (m, b) = map_bytes(&n, siu.as_bytes());
+    let appt = one(&b, "Appointment");
+    let parts = appt["participant"].as_array().expect("participants");
+    assert!(
+        parts
+            .iter()
+            .all(|p| p.get("actor").is_some() || p.get("type").is_some()),
+        "{appt}"
+    );
+    // The patient and the practitioner, not the empty AIG.
+    assert_eq!(parts.len(), 2, "{appt}");
+    assert_warned(&m, "Appointment.participant: left out");
+    // Inbound, the same rule refuses the resource.
+    let sent = br#"{"resourceType":"Appointment","status":"proposed","participant":[{"status":"accepted"}]}"#;
+    let issues = Validator::shared().validate_bytes(sent).unwrap_err();
+    assert!(
+        issues.iter().any(|i| i.message.contains("app-1")),
+        "{issues:#?}"
+    );
+}

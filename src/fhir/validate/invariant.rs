@@ -110,6 +110,11 @@ pub(crate) const ONE_OF: &[(&str, &[&str], &str)] = &[
         &["low", "high", "text"],
         "obs-3: a reference range must have at least a low or a high or text",
     ),
+    (
+        "Appointment_Participant",
+        &["type", "actor"],
+        "app-1: either the type or actor on the participant shall be specified",
+    ),
 ];
 
 /// When the mapper's check, which knows the keys it writes but not the codes, leaves an object
