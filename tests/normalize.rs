@@ -4038,3 +4038,18 @@ fn a_participant_with_neither_actor_nor_type_is_left_out() {
         "{issues:#?}"
     );
 }
+
+/// A code sent in another case than its table spells it (`BOOKED` for table 0278's `Booked`,
+/// `f` for 0001's `F`) is that code; codes a table tells apart only by case stay exact.
+#[test]
+fn codes_match_their_table_in_any_case() {
+    let n = normalizer();
+    let siu = "MSH|^~\\&|EPIC|NC|MED|HUB|20240312143000-0500||SIU^S12|X12|P|2.5.1\n\
+               SCH|APT109^EPIC||||||||||^^30^20240320090000-0500^20240320093000-0500||||||||||||||BOOKED\n\
+               PID|1||MRN1001^^^NCH^MR||Okafor^Adaeze||19810704|f\n\
+               RGS|1|A\n\
+               AIP|1|A|1234^Smith^John\n";
+    let (_, b) = map_bytes(&n, siu.as_bytes());
+    assert_eq!(one(&b, "Appointment")["status"], "booked");
+    assert_eq!(one(&b, "Patient")["gender"], "female");
+}

@@ -320,6 +320,9 @@ impl Target {
 pub struct Vocab {
     pub rows: Vec<VRow>,
     exact: TableMap<String, Vec<usize>>,
+    /// `exact` by code upper-cased, for codes no other code of the file folds to: a sender's
+    /// `BOOKED` is table 0278's `Booked` (asked only when the code as sent is not listed).
+    folded: TableMap<String, Vec<usize>>,
     prefixes: Vec<(String, usize)>,
     default: Option<usize>,
     /// A `*` row without a target: codes not listed give no value (rather than being copied as
@@ -347,6 +350,19 @@ impl Vocab {
         if let Some(ix) = self.exact.get(code) {
             if let Some(&i) = ix.iter().find(|&&i| sys_ok(&self.rows[i])) {
                 return Some(fill(&self.rows[i], code));
+            }
+        }
+        if !self.folded.is_empty() && code.len() <= 64 {
+            let mut buf = [0u8; 64];
+            let b = &mut buf[..code.len()];
+            b.copy_from_slice(code.as_bytes());
+            b.make_ascii_uppercase();
+            // ASCII case changes keep UTF-8 valid (only bytes below 0x80 change).
+            let upper = std::str::from_utf8(b).unwrap_or(code);
+            if let Some(ix) = self.folded.get(upper) {
+                if let Some(&i) = ix.iter().find(|&&i| sys_ok(&self.rows[i])) {
+                    return Some(fill(&self.rows[i], code));
+                }
             }
         }
         for (p, i) in &self.prefixes {
@@ -1089,6 +1105,19 @@ impl Compiler<'_> {
             }
             // Longest prefix first.
             v.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+            // Codes that differ only in case (`M` and `m` in a table of units) stay exact.
+            let mut folds: TableMap<String, Vec<&String>> = TableMap::default();
+            for code in v.exact.keys() {
+                folds
+                    .entry(code.to_ascii_uppercase())
+                    .or_default()
+                    .push(code);
+            }
+            v.folded = folds
+                .into_iter()
+                .filter(|(_, codes)| codes.len() == 1)
+                .map(|(upper, codes)| (upper, v.exact[codes[0]].clone()))
+                .collect();
             self.vocab_index.insert(n, out.len());
             out.push(v);
         }
