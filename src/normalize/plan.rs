@@ -316,6 +316,26 @@ impl Target {
     }
 }
 
+/// `code` in ASCII upper case without allocating for codes of up to 64 bytes (in `buf`; a
+/// longer one in `long`): lookups that fold case run on many codes a message.
+fn upper_case<'a>(code: &'a str, buf: &'a mut [u8; 64], long: &'a mut String) -> &'a str {
+    if !code.bytes().any(|c| c.is_ascii_lowercase()) {
+        return code;
+    }
+    match buf.get_mut(..code.len()) {
+        Some(b) => {
+            b.copy_from_slice(code.as_bytes());
+            b.make_ascii_uppercase();
+            // ASCII case changes keep UTF-8 valid (only bytes below 0x80 change).
+            std::str::from_utf8(b).unwrap_or(code)
+        }
+        None => {
+            *long = code.to_ascii_uppercase();
+            long
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Vocab {
     pub rows: Vec<VRow>,
@@ -352,13 +372,10 @@ impl Vocab {
                 return Some(fill(&self.rows[i], code));
             }
         }
-        if !self.folded.is_empty() && code.len() <= 64 {
+        if !self.folded.is_empty() {
             let mut buf = [0u8; 64];
-            let b = &mut buf[..code.len()];
-            b.copy_from_slice(code.as_bytes());
-            b.make_ascii_uppercase();
-            // ASCII case changes keep UTF-8 valid (only bytes below 0x80 change).
-            let upper = std::str::from_utf8(b).unwrap_or(code);
+            let mut long = String::new();
+            let upper = upper_case(code, &mut buf, &mut long);
             if let Some(ix) = self.folded.get(upper) {
                 if let Some(&i) = ix.iter().find(|&&i| sys_ok(&self.rows[i])) {
                     return Some(fill(&self.rows[i], code));
@@ -495,18 +512,8 @@ impl Labels {
     pub fn lookup(&self, system: &str, code: &str) -> u64 {
         let mut bits = 0;
         let mut buf = [0u8; 64];
-        let long;
-        let code = if !code.bytes().any(|c| c.is_ascii_lowercase()) {
-            code
-        } else if let Some(b) = buf.get_mut(..code.len()) {
-            b.copy_from_slice(code.as_bytes());
-            b.make_ascii_uppercase();
-            // ASCII case changes keep UTF-8 valid (only bytes below 0x80 change).
-            std::str::from_utf8(b).unwrap_or(code)
-        } else {
-            long = code.to_ascii_uppercase();
-            long.as_str()
-        };
+        let mut long = String::new();
+        let code = upper_case(code, &mut buf, &mut long);
         if let Some(v) = self.exact.get(code) {
             for (s, b) in v {
                 if s.is_empty() || s == system {
