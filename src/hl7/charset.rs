@@ -69,7 +69,7 @@ impl Charset {
         match self {
             Charset::Ascii => match std::str::from_utf8(raw) {
                 Ok(s) => Cow::Borrowed(s),
-                Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(raw).0,
+                Err(_) => Charset::Latin1.decode(raw),
             },
             Charset::Latin1 => encoding_rs::WINDOWS_1252.decode_without_bom_handling(raw).0,
             Charset::Utf8 => String::from_utf8_lossy(raw),

@@ -650,8 +650,6 @@ struct Compiler<'a> {
     max_fields: usize,
 }
 
-/// Numbers the conditions that more than one row of a map has (what remains after the guard;
-/// `Const(true)` is no condition to ask).
 /// Extensions the rows write whose definitions allow one per element (0..1). A server that
 /// knows the definition refuses a second one, and the check knows only R4's own
 /// cardinalities, so a repeated field (PID-6, an OBX-5 of several ED) maps its first
@@ -716,6 +714,8 @@ fn one_per_extension(model: &Model, rows: &mut [Row]) {
     }
 }
 
+/// Numbers the conditions that more than one row of a map has (what remains after the guard;
+/// `Const(true)` is no condition to ask).
 fn share_conditions(rows: &mut [Row]) {
     let mut seen: Vec<(usize, Option<u16>)> = Vec::new();
     let mut next = 0u16;
