@@ -461,6 +461,18 @@ impl<'m> Field<'m> {
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
+    /// Whether it holds a byte that is neither blank nor a delimiter: `^^^` or `~&` is a value
+    /// of empty parts, sent, but with nothing in it.
+    pub fn holds_data(&self) -> bool {
+        let raw = self.raw();
+        if self.flat {
+            return raw.iter().any(|b| !b.is_ascii_whitespace());
+        }
+        raw.iter().zip(self.start..).any(|(b, p)| {
+            let word = self.index.bits[(p / 64) as usize * KINDS + BELOW_FIELD];
+            !b.is_ascii_whitespace() && word & (1u64 << (p % 64)) == 0
+        })
+    }
     #[inline]
     fn split(&self, kind: usize) -> Parts<'m> {
         let kind = if self.flat { WHOLE } else { kind };
@@ -635,6 +647,22 @@ mod tests {
             assert_eq!(fast, expected, "seed {seed}");
             assert_eq!(portable, expected, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn only_delimiters_and_blanks_hold_no_data() {
+        // The PID field that holds the padding crosses a 64-byte word of the index.
+        let pad = "^".repeat(70);
+        let text = format!(
+            "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|^^^|~&^ |{pad}|{pad}x|a|\\F\\|\"\"\r"
+        );
+        let msg = Message::parse(text.as_bytes()).unwrap();
+        let pid = msg.segment(b"PID").unwrap();
+        let holds: Vec<bool> = (1..=7).map(|n| pid.field(n).holds_data()).collect();
+        assert_eq!(holds, [false, false, false, true, true, true, true]);
+        // A component of a field with data is judged on its own bytes.
+        assert!(!pid.field(4).component(3).holds_data());
+        assert!(pid.field(4).component(71).holds_data());
     }
 
     #[test]

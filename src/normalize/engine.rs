@@ -332,10 +332,10 @@ fn first_valued(f: Field<'_>) -> Option<Field<'_>> {
     Some(any.unwrap_or(first))
 }
 
-/// Whether a part holds a value: something other than blanks, and not HL7's `""` null.
+/// Whether a part holds a value: something other than blanks and delimiters (`^^^^` is a value
+/// of empty components: `IF IN1-4 NOT VALUED` holds for it), and not HL7's `""` null.
 fn valued(f: Field<'_>) -> bool {
-    let raw = f.raw();
-    raw != b"\"\"" && raw.iter().any(|b| !b.is_ascii_whitespace())
+    f.raw() != b"\"\"" && f.holds_data()
 }
 
 /// One segment's fields, by number (`fields[n-1]` is SEG-n).
@@ -949,8 +949,7 @@ impl<'p> Mapper<'p> {
                 }
             }
             for (i, f) in fields.iter().enumerate() {
-                if !used[i + 1] && !f.is_empty() && f.raw().iter().any(|c| !c.is_ascii_whitespace())
-                {
+                if !used[i + 1] && valued(*f) {
                     b.unmapped_field(&id, i + 1, &walk, *f);
                 }
             }
@@ -2481,7 +2480,7 @@ impl Build {
             return;
         }
         // `""` is HL7's explicit null: it says "delete", which is data, but there is nothing to map.
-        if f.raw() == b"\"\"" || value::trim(&walk.text(f)).is_empty() {
+        if !valued(f) || value::trim(&walk.text(f)).is_empty() {
             return;
         }
         self.unmapped_keys.insert((*id, n));
