@@ -102,8 +102,9 @@ const KNOWN_DIFFERENCES: &[KnownDifference] = &[
                     and disability (DB1) segments are added to the Patient",
         guide: "the message maps give GT1, IN2 and DB1 no target (ADT_A01 rows ADT_A01.GT1, \
                 ADT_A01.INSURANCE.IN2, ADT_A01.DB1 are empty) and IN1 makes a Coverage \
-                (IN1[Coverage]; IN1-16 only points Coverage.subscriber at the Patient), so a \
-                value found only there is not expected in the Patient (not compared)",
+                (IN1[Coverage]) whose subscriber is the Patient for IN1-17 SEL, else a \
+                RelatedPerson of IN1-16 to IN1-19 and IN1-43, so a value found only there is not \
+                expected in the Patient (not compared)",
     },
     KnownDifference {
         id: "KD9 called-by name",

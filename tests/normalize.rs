@@ -4053,3 +4053,104 @@ fn codes_match_their_table_in_any_case() {
     assert_eq!(one(&b, "Appointment")["status"], "booked");
     assert_eq!(one(&b, "Patient")["gender"], "female");
 }
+
+/// Coverage.subscriber (guide IN1-16): the Patient when the insured is the patient (IN1-17
+/// SEL), else a RelatedPerson of the insured's own fields (IN1-16 name, IN1-17 relationship,
+/// IN1-18 birth date, IN1-19 address, IN1-43 sex) that belongs to the patient. The same spouse
+/// sent as NK1 and as the insured is one RelatedPerson.
+#[test]
+fn the_insured_is_the_coverage_subscriber() {
+    let n = normalizer();
+    let own = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01^ADT_A01|1|P|2.5\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+PV1|1|I\r\
+IN1|1|GOLD|PAYER1^^^NAIC|Acme Health||||||||||||DOE^JANE|SEL^Self^HL70063|19800101\r";
+    let (m, b) = map_bytes(&n, own);
+    check_shown_valid(&m);
+    let cov = one(&b, "Coverage");
+    assert_eq!(
+        deref(&b, &cov["subscriber"])["id"],
+        one(&b, "Patient")["id"]
+    );
+    assert!(resources(&b, "RelatedPerson").is_empty());
+
+    let spouse = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01^ADT_A01|1|P|2.5\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+NK1|1|DOE^JOHN|SPO^Spouse^HL70063\r\
+PV1|1|I\r\
+IN1|1|GOLD|PAYER1^^^NAIC|Acme Health||||||||||||DOE^JOHN|SPO^Spouse^HL70063|19790505|1 Main St^^Springfield^IL^62701||||||||||||||||||||||||M||||||W123\r";
+    let (m, b) = map_bytes(&n, spouse);
+    check_shown_valid(&m);
+    let cov = one(&b, "Coverage");
+    let insured = deref(&b, &cov["subscriber"]);
+    assert_eq!(insured["resourceType"], "RelatedPerson");
+    assert_eq!(insured["name"][0]["family"], "DOE");
+    assert_eq!(insured["name"][0]["given"][0], "JOHN");
+    assert_eq!(insured["birthDate"], "1979-05-05");
+    assert_eq!(insured["gender"], "male");
+    assert_eq!(insured["address"][0]["city"], "Springfield");
+    assert_eq!(
+        deref(&b, &insured["patient"])["id"],
+        one(&b, "Patient")["id"]
+    );
+    assert_eq!(cov["subscriberId"], "W123");
+    assert_eq!(
+        resources(&b, "RelatedPerson").len(),
+        1,
+        "the NK1 spouse and the insured spouse are one person"
+    );
+    for f in ["IN1-16", "IN1-18", "IN1-19", "IN1-43"] {
+        assert_not_unmapped(&m, f);
+    }
+}
+
+/// A field of delimiters only (`^^^^`, `~`) was sent with nothing in it: it is not VALUED to a
+/// condition and not listed as unmapped. An IN1-4 of `^^^^` made the payor row skip IN1-3
+/// (`IF IN1-4 NOT VALUED`) and the Coverage, left without a payor, was lost.
+#[test]
+fn a_field_of_delimiters_only_holds_no_value() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01^ADT_A01|1|P|2.5\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F|||^^^^||~^^^\r\
+PV1|1|I\r\
+IN1|1||PAYER1^^^NAIC|^^^^\r";
+    let (m, b) = map_bytes(&n, msg);
+    check_shown_valid(&m);
+    let cov = one(&b, "Coverage");
+    let payor = deref(&b, &cov["payor"][0]);
+    assert_eq!(payor["identifier"][0]["value"], "PAYER1");
+    for f in ["PID-11", "PID-13", "IN1-4"] {
+        assert_not_unmapped(&m, f);
+    }
+    assert!(one(&b, "Patient").get("address").is_none());
+}
+
+/// A schedule timed only in its AIS (start AIS-4, duration AIS-7 in minutes AIS-8) keeps its
+/// Appointment: the end is the start plus the duration (R4 app-3). A duration in other units
+/// is listed, and the Appointment, a start without an end, is left out with a warning.
+#[test]
+fn an_appointment_timed_in_its_ais_has_an_end() {
+    let n = normalizer();
+    let msg = |units: &str| {
+        format!(
+            "MSH|^~\\&|S|H|R|H|20240101120000+0000||SIU^S12|1|P|2.5.1\r\
+SCH|A1^S|F1\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+RGS|1\r\
+AIS|1||CONSULT^Consultation^L|20240105100000-0500|||30|{units}\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, msg("min^minutes^UCUM").as_bytes());
+    check_shown_valid(&m);
+    let a = one(&b, "Appointment");
+    assert_eq!(a["start"], "2024-01-05T10:00:00-05:00");
+    assert_eq!(a["end"], "2024-01-05T10:30:00-05:00");
+    assert_eq!(a["minutesDuration"], 30);
+    assert_not_unmapped(&m, "AIS-7");
+    assert_not_unmapped(&m, "AIS-8");
+
+    let (m, b) = map_bytes(&n, msg("h^hours^UCUM").as_bytes());
+    assert!(resources(&b, "Appointment").is_empty());
+    assert_unmapped(&m, "AIS-7");
+    assert_warned(&m, "Appointment: left out");
+}

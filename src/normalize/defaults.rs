@@ -66,6 +66,7 @@ const FILES: &[(&str, &str)] = &[
     ("segments/DG1[Encounter_Diagnosis].csv", include_str!("../../adapters/segments/DG1[Encounter_Diagnosis].csv")),
     ("segments/FT1[ChargeItem].csv", include_str!("../../adapters/segments/FT1[ChargeItem].csv")),
     ("segments/IN1[Coverage].csv", include_str!("../../adapters/segments/IN1[Coverage].csv")),
+    ("segments/IN1[RelatedPerson].csv", include_str!("../../adapters/segments/IN1[RelatedPerson].csv")),
     ("segments/MRG[Account].csv", include_str!("../../adapters/segments/MRG[Account].csv")),
     ("segments/MRG[Patient-Survivor].csv", include_str!("../../adapters/segments/MRG[Patient-Survivor].csv")),
     ("segments/MRG[Patient].csv", include_str!("../../adapters/segments/MRG[Patient].csv")),
