@@ -4154,3 +4154,40 @@ AIS|1||CONSULT^Consultation^L|20240105100000-0500|||30|{units}\r"
     assert_unmapped(&m, "AIS-7");
     assert_warned(&m, "Appointment: left out");
 }
+
+/// v2.5+ senders type ED data with table 0834's lower-case media types (`application^pdf`),
+/// not only table 0191's codes: the attachment keeps its type. SCH-6 is why the event happened:
+/// a cancel's reason, not the visit's; in other events it is listed.
+#[test]
+fn lower_case_media_types_and_event_reasons_keep_their_meaning() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101120000||MDM^T02^MDM_T02|1|P|2.5.1\r\
+EVN|T02|20240101120000\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+PV1|1|O\r\
+TXA|1|CN|AP|20240101120000||||||||DOC1^EHR||||||AU\r\
+OBX|1|ED|PDF^Document^L||^application^pdf^Base64^JVBERi0xLjQK||||||F\r";
+    let (m, b) = map_bytes(&n, msg);
+    check_shown_valid(&m);
+    let doc = one(&b, "DocumentReference");
+    assert_eq!(
+        doc["content"][0]["attachment"]["contentType"],
+        "application/pdf"
+    );
+
+    let siu = |event: &str| {
+        format!(
+            "MSH|^~\\&|S|H|R|H|20240101120000+0000||SIU^{event}|1|P|2.5.1\r\
+SCH|A1^S|F1||||PTCANC^Patient cancelled^L|FOLLOWUP^Follow-up^L||||^^^20240105080000+0000^20240105083000+0000\r\
+PID|1||42^^^H^MR||Doe^Jo\r\
+RGS|1\r"
+        )
+    };
+    let (_, b) = map_bytes(&n, siu("S15").as_bytes());
+    let a = one(&b, "Appointment");
+    assert_eq!(a["cancelationReason"]["coding"][0]["code"], "PTCANC");
+    assert_eq!(a["reasonCode"].as_array().map(Vec::len), Some(1));
+    let (m, b) = map_bytes(&n, siu("S14").as_bytes());
+    assert!(one(&b, "Appointment").get("cancelationReason").is_none());
+    assert_unmapped(&m, "SCH-6");
+}
