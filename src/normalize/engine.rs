@@ -2475,12 +2475,14 @@ impl Build {
         }
     }
 
+    /// Lists field `n` of segment `id`, a [`valued`] field no row used (`""`, HL7's explicit
+    /// null, says "delete", which is data, but there is nothing to map), unless its text is
+    /// blank once decoded.
     fn unmapped_field(&mut self, id: &[u8; 3], n: usize, walk: &Walk<'_>, f: Field<'_>) {
         if self.unmapped_keys.contains(&(*id, n)) {
             return;
         }
-        // `""` is HL7's explicit null: it says "delete", which is data, but there is nothing to map.
-        if !valued(f) || value::trim(&walk.text(f)).is_empty() {
+        if value::trim(&walk.text(f)).is_empty() {
             return;
         }
         self.unmapped_keys.insert((*id, n));
