@@ -290,8 +290,11 @@ impl<'a> Message<'a> {
         for end in memchr::memchr2_iter(b'\r', b'\n', bytes).chain(std::iter::once(bytes.len())) {
             if end > start {
                 index += 1;
-                if !is_segment_id(bytes.get(start..start + 3).unwrap_or(&[]))
-                    || bytes.get(start + 3).is_some_and(|&b| b != field)
+                // A segment id alone (`PID`, every field omitted) is a segment; the byte after
+                // the id, when the segment has one, must be the field separator.
+                if end < start + 3
+                    || !is_segment_id(&bytes[start..start + 3])
+                    || (end > start + 3 && bytes[start + 3] != field)
                 {
                     return Err(ParseError::BadSegmentId(index));
                 }
@@ -691,6 +694,28 @@ mod tests {
                     assert_eq!(subs, c.raw().split(|&b| b == b'&').collect::<Vec<_>>());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_segment_id_alone_is_a_segment_and_a_short_or_glued_one_is_refused() {
+        let m = Message::parse(b"MSH|^~\\&|A|B\rPD1\rPID|1||X\rNTE").unwrap();
+        let ids: Vec<&[u8]> = m.segments().map(|s| s.id()).collect();
+        assert_eq!(ids, [&b"MSH"[..], b"PD1", b"PID", b"NTE"]);
+        let pd1 = m.segment(b"PD1").unwrap();
+        assert!(!pd1.field(1).holds_data());
+        assert_eq!(pd1.fields().count(), 1);
+        assert_eq!(m.segment(b"PID").unwrap().field(3).raw(), b"X");
+        for (bad, at) in [
+            (&b"MSH|^~\\&|A\rPI\rPID|1"[..], 2),
+            (b"MSH|^~\\&|A\rPID|1\rNTEX|1", 3),
+            (b"MSH|^~\\&|A\rpid|1", 2),
+        ] {
+            assert!(
+                matches!(Message::parse(bad), Err(ParseError::BadSegmentId(n)) if n == at),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
