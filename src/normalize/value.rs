@@ -496,7 +496,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 
 /// Text as a FHIR string or markdown holds it: white space other than space, tab, CR and LF
 /// (a no-break space from Latin-1 data, a vertical tab, U+2028) becomes a space, and any other
-/// control character (`\X00\`, `\X1B\` sent as hex) U+FFFD. The R4 pattern `^[ \r\n\t\S]+$`
+/// control character (`\X00\`, `\X1B\` sent as hex, a C1 control) U+FFFD. The R4 pattern `^[ \r\n\t\S]+$`
 /// refuses those white spaces and the spec every control character, and one of them would make
 /// the whole Bundle invalid. Returns whether a control character was replaced (the sender's
 /// text changed, not only its spacing).
@@ -515,7 +515,12 @@ pub fn push_text_scanned(s: &str, out: &mut String) -> (bool, Scan) {
     out.extend(s.chars().map(|c| {
         if c.is_whitespace() && !matches!(c, ' ' | '\t' | '\r' | '\n') {
             ' '
-        } else if c.is_ascii() && Scan::class(c as u8) & Scan::CONTROL != 0 {
+        } else if (c.is_ascii() && Scan::class(c as u8) & Scan::CONTROL != 0)
+            || ('\u{80}'..='\u{9f}').contains(&c)
+        {
+            // C1 controls too: FHIR lets them by, but no sender means one. They are what
+            // windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D in a Latin-1 message)
+            // or a UTF-8 sender's mojibake, and a reader sees nothing where text was.
             replaced = true;
             char::REPLACEMENT_CHARACTER
         } else {
