@@ -28,6 +28,9 @@ PRIMITIVE = set(TEXT) | set(NAMED) | {"DT", "DTM", "TM"}
 # Where the guide's sheets are wrong: its EIP sheet gives the placer's and filler's parts as
 # ST and IS; in the standard both are an EI (whose parts are subcomponents).
 OVERRIDE = {"EIP.1": "EI", "EIP.2": "EI"}
+# Types the guide has no sheet for, laid out as another: PPN (TXA-22) is XCN with the time of
+# the action (DTM) inserted as its 15th component, XCN.15 and later one place on.
+DERIVED = {"PPN": ("XCN", 15, "DTM")}
 
 
 def main():
@@ -53,6 +56,13 @@ def main():
                     if not words or not re.fullmatch(r"[A-Z][A-Z0-9]{1,3}", words[0]):
                         continue
                     seen.setdefault(part, []).append(words[0])
+    for new, (base, at, inserted) in DERIVED.items():
+        for part in list(seen):
+            owner, _, n = part.partition(".")
+            if owner == base and n.isdigit():
+                n = int(n)
+                seen[f"{new}.{n if n < at else n + 1}"] = seen[part]
+        seen[f"{new}.{at}"] = [inserted]
     out = []
     for part in sorted(seen):
         counts = {}

@@ -32,6 +32,7 @@ const FILES: &[(&str, &str)] = &[
     ("datatypes/PL[Location-PointOfCare].csv", include_str!("../../adapters/datatypes/PL[Location-PointOfCare].csv")),
     ("datatypes/PL[Location-Room].csv", include_str!("../../adapters/datatypes/PL[Location-Room].csv")),
     ("datatypes/PL[Location].csv", include_str!("../../adapters/datatypes/PL[Location].csv")),
+    ("datatypes/PPN[Practitioner].csv", include_str!("../../adapters/datatypes/PPN[Practitioner].csv")),
     ("datatypes/RP[Attachment].csv", include_str!("../../adapters/datatypes/RP[Attachment].csv")),
     ("datatypes/SAD[Address].csv", include_str!("../../adapters/datatypes/SAD[Address].csv")),
     ("datatypes/SN[Quantity].csv", include_str!("../../adapters/datatypes/SN[Quantity].csv")),
