@@ -4191,3 +4191,54 @@ RGS|1\r"
     assert!(one(&b, "Appointment").get("cancelationReason").is_none());
     assert_unmapped(&m, "SCH-6");
 }
+
+#[test]
+fn an_authenticator_sent_as_ppn_keeps_its_suffix_and_its_identity() {
+    let n = normalizer();
+    // TXA-22 is a PPN: XCN with the time of authentication as its 15th component, so its
+    // expiry date is PPN.21 and its professional suffix PPN.22 (XCN.20 and XCN.21).
+    let mdm = |author: &str| {
+        format!(
+            "MSH|^~\\&|A|B|C|D|20240101120000||MDM^T02^MDM_T02|1|P|2.5.1\r\
+EVN|T02|20240101120000\r\
+PID|1||123^^^HOSP^MR||DOE^JANE||19800101|F\r\
+PV1|1|O\r\
+TXA|1|CN|TX|20240101120000|||||{author}|||DOC2^EHR|||||AU|||||\
+ID1^Smith^John^^^^^^^^^^^^20240102^^^^^^20301231^MD\r\
+OBX|1|TX|DOC^Document^L||Signed note||||||F\r"
+        )
+    };
+    let (m, b) = map_bytes(&n, mdm("ID2^Jones^Ann").as_bytes());
+    let doc = one(&b, "DocumentReference");
+    let auth = deref(&b, &doc["authenticator"]);
+    assert_eq!(auth["identifier"][0]["value"], "ID1");
+    assert_eq!(auth["name"][0]["family"], "Smith");
+    assert_eq!(auth["name"][0]["suffix"], serde_json::json!(["MD"]));
+    assert!(!String::from_utf8_lossy(&m.bundle).contains("20301231"));
+    assert_ne!(
+        deref(&b, &doc["author"][0])["identifier"][0]["value"],
+        "ID1"
+    );
+
+    // The same practitioner named by TXA-9 (XCN) and TXA-22 (PPN) is one resource.
+    let (_, b) = map_bytes(&n, mdm("ID1^Smith^John").as_bytes());
+    let doc = one(&b, "DocumentReference");
+    assert_eq!(doc["author"][0], doc["authenticator"]);
+    assert_eq!(resources(&b, "Practitioner").len(), 1);
+}
+
+#[test]
+fn undefined_windows_1252_bytes_become_replacement_characters_with_a_warning() {
+    let n = normalizer();
+    // 0x81 and 0x8D are undefined in windows-1252, which decodes them to the C1 controls
+    // U+0081 and U+008D; 0x92 is its right single quote.
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101120000||ADT^A01|1|P|2.5.1|||||||8859/1\r\
+EVN|A01|20240101120000\r\
+PID|1||123^^^HOSP^MR||O\x92NE\x81IL^JA\x8DNE||19800101|F\r\
+PV1|1|O\r";
+    let (m, b) = map_bytes(&n, msg);
+    let name = &one(&b, "Patient")["name"][0];
+    assert_eq!(name["family"], "O\u{2019}NE\u{FFFD}IL");
+    assert_eq!(name["given"][0], "JA\u{FFFD}NE");
+    assert_warned(&m, "control characters replaced with U+FFFD");
+}
