@@ -581,7 +581,13 @@ pub struct Build {
     too_many: bool,
     /// (resource, segment id, segment number) for segments that occur once where they belong
     /// (OBR in an order): a second such segment mapping into the same resource is found here.
-    once_into: Vec<(u32, [u8; 3], u32)>,
+    /// (A map: a flood of such segments made a list's scan cost resources × segments.
+    /// Seeded per process, as the segment ids are the sender's to choose.)
+    once_into: HashMap<(u32, [u8; 3]), u32, foldhash::fast::RandomState>,
+    /// The resources of each type, in the order made (indexed by type): the latest one of a
+    /// type that the segment can see (`@Patient` in a key, a `Link`) is found among its own
+    /// type's, not by scanning every resource the message made.
+    of_type: Vec<Vec<u32>>,
     /// Values not written because the element held another one (first write wins): counted,
     /// so that a later mention of a merged resource can tell that it lost something.
     lost: u32,
@@ -590,7 +596,7 @@ pub struct Build {
     /// (resource, group instance): a second segment where one belongs named another resource
     /// than this one, so what follows it in that group instance (the NTE and OBX of a second
     /// OBR) is not mapped into this one, nor linked to it.
-    closed: Vec<(u32, u32)>,
+    closed: TableMap<u32, Vec<u32>>,
     /// Nodes an `override` row has written: they are not overridden again.
     overridden: Vec<u32>,
 }
@@ -719,10 +725,11 @@ impl<'p> Mapper<'p> {
             cur_field: (*b"MSH", 0),
             left_out: Vec::new(),
             too_many: false,
-            once_into: Vec::new(),
+            once_into: HashMap::default(),
+            of_type: Vec::new(),
             lost: 0,
             keyed: Vec::new(),
-            closed: Vec::new(),
+            closed: TableMap::default(),
             overridden: Vec::new(),
         };
         if !msg.charset().holds(msg.bytes()) {
@@ -862,15 +869,13 @@ impl<'p> Mapper<'p> {
                 let mut again = again;
                 if !*repeats && !again {
                     let n = seg_index as u32;
-                    if let Some(&(_, _, k)) =
-                        b.once_into.iter().find(|(i, s, _)| *i == inst && *s == id)
-                    {
+                    if let Some(&k) = b.once_into.get(&(inst, id)) {
                         // Only where the segment names resources that stay apart (`distinct`):
                         // a second IN1 or PV1 naming the same Coverage or Encounter (`merge`),
                         // or AIS adding participants to the Appointment, is as it should be.
                         again = k != n && self.names_distinct(b.insts[inst as usize].ty, &id);
                     } else {
-                        b.once_into.push((inst, id, n));
+                        b.once_into.insert((inst, id), n);
                     }
                     if again && second_into != Some(inst) {
                         second_into = Some(inst);
@@ -909,7 +914,7 @@ impl<'p> Mapper<'p> {
                         String::from_utf8_lossy(&id)
                     ));
                     other_identity = true;
-                    b.closed.push((inst, scope));
+                    b.closed.entry(inst).or_default().push(scope);
                     continue;
                 }
                 if b.too_many {
@@ -1299,11 +1304,7 @@ impl<'p> Mapper<'p> {
                     }
                     KeyPart::Empty | KeyPart::Or | KeyPart::Label(_) => false,
                     KeyPart::Context(t) => {
-                        let found = b
-                            .insts
-                            .iter()
-                            .rev()
-                            .find(|x| x.ty == *t && walk.visible(x.scope, x.group))?;
+                        let found = &b.insts[b.latest(walk, *t)? as usize];
                         key.push_str(std::str::from_utf8(&found.id).unwrap_or(""));
                         true
                     }
@@ -1376,6 +1377,11 @@ impl<'p> Mapper<'p> {
             val: Val::Obj,
         });
         b.by_id.insert(id, inst);
+        let t = usize::from(ty);
+        if b.of_type.len() <= t {
+            b.of_type.resize_with(t + 1, Vec::new);
+        }
+        b.of_type[t].push(inst);
         b.insts.push(Inst {
             ty,
             root,
@@ -1753,15 +1759,13 @@ impl<'p> Mapper<'p> {
             }
             Action::Ignore => true,
             Action::Link(t) => {
-                let found = b
-                    .insts
-                    .iter()
-                    .rposition(|x| x.ty == *t && walk.visible(x.scope, x.group));
-                let Some(target) = found else { return false };
-                if target as u32 == inst {
+                let Some(target) = b.latest(walk, *t) else {
+                    return false;
+                };
+                if target == inst {
                     return false;
                 }
-                self.point_at(b, anchor, path, rep, inst, target as u32);
+                self.point_at(b, anchor, path, rep, inst, target);
                 false
             }
             Action::Copy {
@@ -2404,11 +2408,20 @@ impl Build {
         self.open_head[label] = at;
     }
 
+    /// The latest resource of type `ty` the segment being mapped can see.
+    fn latest(&self, walk: &Walk<'_>, ty: TypeId) -> Option<u32> {
+        let of_type = self.of_type.get(usize::from(ty))?;
+        of_type.iter().rev().copied().find(|&i| {
+            let x = &self.insts[i as usize];
+            walk.visible(x.scope, x.group)
+        })
+    }
+
     /// Whether `inst` is closed to the segment being mapped ([`Build::closed`]).
     fn is_closed(&self, walk: &Walk<'_>, inst: u32) -> bool {
         self.closed
-            .iter()
-            .any(|&(i, scope)| i == inst && walk.is_open(scope))
+            .get(&inst)
+            .is_some_and(|scopes| scopes.iter().any(|&s| walk.is_open(s)))
     }
 
     /// Adds a warning, once.
