@@ -584,10 +584,11 @@ pub struct Build {
     /// (A map: a flood of such segments made a list's scan cost resources × segments.
     /// Seeded per process, as the segment ids are the sender's to choose.)
     once_into: HashMap<(u32, [u8; 3]), u32, foldhash::fast::RandomState>,
-    /// The resources of each type, in the order made (indexed by type): the latest one of a
-    /// type that the segment can see (`@Patient` in a key, a `Link`) is found among its own
-    /// type's, not by scanning every resource the message made.
-    of_type: Vec<Vec<u32>>,
+    /// The resources of each type, in the order made: the latest one of a type that the
+    /// segment can see (`@Patient` in a key, a `Link`) is found among its own type's, not by
+    /// scanning every resource the message made. (A map: a message names a few of the
+    /// model's hundreds of types, and a table indexed by type cost more to grow than it saved.)
+    of_type: TableMap<TypeId, Vec<u32>>,
     /// Values not written because the element held another one (first write wins): counted,
     /// so that a later mention of a merged resource can tell that it lost something.
     lost: u32,
@@ -726,7 +727,7 @@ impl<'p> Mapper<'p> {
             left_out: Vec::new(),
             too_many: false,
             once_into: HashMap::default(),
-            of_type: Vec::new(),
+            of_type: TableMap::default(),
             lost: 0,
             keyed: Vec::new(),
             closed: TableMap::default(),
@@ -1377,11 +1378,7 @@ impl<'p> Mapper<'p> {
             val: Val::Obj,
         });
         b.by_id.insert(id, inst);
-        let t = usize::from(ty);
-        if b.of_type.len() <= t {
-            b.of_type.resize_with(t + 1, Vec::new);
-        }
-        b.of_type[t].push(inst);
+        b.of_type.entry(ty).or_default().push(inst);
         b.insts.push(Inst {
             ty,
             root,
@@ -2410,7 +2407,7 @@ impl Build {
 
     /// The latest resource of type `ty` the segment being mapped can see.
     fn latest(&self, walk: &Walk<'_>, ty: TypeId) -> Option<u32> {
-        let of_type = self.of_type.get(usize::from(ty))?;
+        let of_type = self.of_type.get(&ty)?;
         of_type.iter().rev().copied().find(|&i| {
             let x = &self.insts[i as usize];
             walk.visible(x.scope, x.group)
