@@ -152,6 +152,7 @@ pub fn parse_rejection(e: &hl7::ParseError) -> Rejection {
     let label = match e {
         hl7::ParseError::UnsupportedCharset => "unsupported_charset",
         hl7::ParseError::Empty => "empty",
+        hl7::ParseError::SecondMsh(_) => "second_msh",
         _ => "not_hl7",
     };
     let code = match e {

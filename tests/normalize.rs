@@ -4242,3 +4242,50 @@ PV1|1|O\r";
     assert_eq!(name["given"][0], "JA\u{FFFD}NE");
     assert_warned(&m, "control characters replaced with U+FFFD");
 }
+
+#[test]
+fn a_field_whose_resource_gets_nothing_is_listed_not_used() {
+    let n = normalizer();
+    // TXA-22 with only its time (PPN.15), PV1-7 with only the assigning facility (XCN.14):
+    // each makes an empty Practitioner, which is left out, so the field is unmapped.
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101||MDM^T02|1|P|2.6\r\
+PID|||1234^^^H^MR||DOE^JANE\r\
+PV1|1|O|||||^^^^^^^^^^^^^GHH\r\
+TXA|1|OP|TX|||||||||DOC1|||||||AV|||^^^^^^^^^^^^^^20240101120000\r";
+    let (m, b) = map_bytes(&n, msg);
+    assert!(one(&b, "DocumentReference").get("authenticator").is_none());
+    assert!(resources(&b, "Practitioner").is_empty());
+    assert_unmapped(&m, "TXA-22");
+    assert_unmapped(&m, "PV1-7");
+}
+
+#[test]
+fn c1_controls_leave_a_code_or_uri_out_with_a_warning() {
+    let n = normalizer();
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5||||||8859/1\r\
+PID|1||123^^^H&urn:a\x81b&URI^MR||Doe^John|||F||||||||M\x81^^HL70002\r\
+PV1|1|I\r";
+    let (m, b) = map_bytes(&n, msg);
+    let text = String::from_utf8_lossy(&m.bundle).into_owned();
+    assert!(!text.contains('\u{81}'), "{text}");
+    let p = one(&b, "Patient");
+    assert!(p["identifier"][0].get("system").is_none());
+    assert!(m.warnings.iter().any(|w| w.contains("control character")), "{:?}", m.warnings);
+}
+
+#[test]
+fn the_resource_cap_holds_for_the_last_segment_too() {
+    let site = tempdir_with(&[("settings.csv", "key,value\nmax_resources,10\n")]);
+    let n = Normalizer::load(&with_site(&site)).expect("site set");
+    let doctors: Vec<String> = (0..60).map(|i| format!("D{i}^Doc{i}")).collect();
+    let msg = format!(
+        "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||123^^^H^MR||Doe^John\rPV1|1|I|||||{}\r",
+        doctors.join("~")
+    );
+    let parsed = Message::parse(msg.as_bytes()).unwrap();
+    let e = n.map(&parsed, &link()).expect_err("over the cap");
+    assert_eq!(e.label, "too_many_resources");
+    let few = msg.replace(&doctors[3..].join("~"), "").replace("~\r", "\r");
+    let parsed = Message::parse(few.as_bytes()).unwrap();
+    assert!(n.map(&parsed, &link()).is_ok());
+}

@@ -18,6 +18,10 @@ pub enum ParseError {
     BadEncodingCharacters,
     #[error("segment {0} does not start with a three-character segment id")]
     BadSegmentId(usize),
+    /// One message per parse: a second header is a second message (batches are split first,
+    /// `super::split_batch`), and its fields would be read as the first one's.
+    #[error("segment {0} is a second MSH: one message expected (send a batch to send several)")]
+    SecondMsh(usize),
     /// The value is not kept: reasons name fields, never what a sender put in them.
     #[error("MSH-18 character set is not one this gateway supports (see docs/sources/mllp.md)")]
     UnsupportedCharset,
@@ -262,7 +266,7 @@ fn is_segment_id(id: &[u8]) -> bool {
 
 impl<'a> Message<'a> {
     /// Tokenizes `bytes` (one message; see [`super::split_batch`] for batches). Segments may end
-    /// in CR, LF or CRLF; blank lines are ignored; a UTF-8 byte order mark is skipped.
+    /// in CR, LF or CRLF; blank lines (and lines of spaces and tabs) are ignored; a second MSH is refused; a UTF-8 byte order mark is skipped.
     pub fn parse(bytes: &'a [u8]) -> Result<Message<'a>, ParseError> {
         let bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -288,7 +292,11 @@ impl<'a> Message<'a> {
         let mut start = 0usize;
         let mut index = 0usize;
         for end in memchr::memchr2_iter(b'\r', b'\n', bytes).chain(std::iter::once(bytes.len())) {
-            if end > start {
+            // Lines of blanks only (a trailing space or tab, a DOS end-of-file ^Z) are blank.
+            if bytes[start.min(end)..end]
+                .iter()
+                .any(|b| !matches!(b, b' ' | b'\t' | 0x0B | 0x0C | 0x1A))
+            {
                 index += 1;
                 // A segment id alone (`PID`, every field omitted) is a segment; the byte after
                 // the id, when the segment has one, must be the field separator.
@@ -297,6 +305,9 @@ impl<'a> Message<'a> {
                     || (end > start + 3 && bytes[start + 3] != field)
                 {
                     return Err(ParseError::BadSegmentId(index));
+                }
+                if index > 1 && &bytes[start..start + 3] == b"MSH" {
+                    return Err(ParseError::SecondMsh(index));
                 }
                 segments.push((start as u32, end as u32));
             }
@@ -434,7 +445,8 @@ impl<'m> Segment<'m> {
             return empty;
         }
         if is_msh && n == 1 {
-            return self.part(3, 4);
+            let len = self.end - self.start;
+            return self.part(3.min(len), 4.min(len));
         }
         let skip = if is_msh { n - 2 } else { n - 1 };
         self.fields().nth(skip).unwrap_or(empty)
@@ -715,6 +727,24 @@ mod tests {
                 matches!(Message::parse(bad), Err(ParseError::BadSegmentId(n)) if n == at),
                 "{}",
                 String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn blank_lines_are_skipped_and_a_second_header_is_refused() {
+        let m = Message::parse(b"MSH|^~\\&|A|B\r \rPID|1\r\t \r\n\x1a").unwrap();
+        let ids: Vec<&[u8]> = m.segments().map(|s| s.id()).collect();
+        assert_eq!(ids, [&b"MSH"[..], b"PID"]);
+        for (two, at) in [
+            (&b"MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B\rPID|2"[..], 3),
+            (b"MSH|^~\\&|A\rPID|1\rMSH", 3),
+            (b"MSH|^~\\&|A\n\nMSH|^~\\&|B", 2),
+        ] {
+            assert!(
+                matches!(Message::parse(two), Err(ParseError::SecondMsh(n)) if n == at),
+                "{}",
+                String::from_utf8_lossy(two)
             );
         }
     }

@@ -919,13 +919,7 @@ impl<'p> Mapper<'p> {
                     continue;
                 }
                 if b.too_many {
-                    return Err(MapError {
-                        label: "too_many_resources",
-                        detail: format!(
-                            "more than {} resources from one message",
-                            self.plan.settings.max_resources
-                        ),
-                    });
+                    return Err(self.too_many());
                 }
                 if let Some(map) = row.map {
                     let root = b.insts[inst as usize].root;
@@ -960,7 +954,22 @@ impl<'p> Mapper<'p> {
                 }
             }
         }
+        // Asked before each row, the cap is crossed by the rows of the last segment (a PV1-7
+        // of a hundred doctors): the message is refused all the same.
+        if b.too_many {
+            return Err(self.too_many());
+        }
         Ok(b)
+    }
+
+    fn too_many(&self) -> MapError {
+        MapError {
+            label: "too_many_resources",
+            detail: format!(
+                "more than {} resources from one message",
+                self.plan.settings.max_resources
+            ),
+        }
     }
 
     /// Finds the member for segment `id` and moves the open groups accordingly. The flag says
@@ -1818,6 +1827,13 @@ impl<'p> Mapper<'p> {
                             depth,
                             typed,
                         );
+                        if fresh && !filled {
+                            // A value whose parts the map does not read (a PPN with only its
+                            // time, an XCN with only its assigning facility) made an empty
+                            // resource, which is left out: the field is unmapped, not used
+                            // (and the same value again finds nothing filled from it).
+                            return false;
+                        }
                         if fresh {
                             b.insts[new as usize].filled_from = Some((v.span(), level));
                         }

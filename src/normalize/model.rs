@@ -117,8 +117,10 @@ impl ElemDef {
     /// mapper asks it of every code it writes, and lint of every constant code.
     pub fn refuses_code(&self, code: &mut str) -> Option<CodeRefused> {
         // Normalized, the code's only white space is single spaces: any byte below a space
-        // left is a control character.
-        if code.bytes().any(|c| c < b' ') {
+        // left is a control character, and so is a C1 one.
+        if code.bytes().any(|c| c < b' ')
+            || (!code.is_ascii() && code.chars().any(super::value::is_refused_control))
+        {
             return Some(CodeRefused::Control);
         }
         if !self.codes.is_empty() && !self.codes.iter().any(|c| c == code) {

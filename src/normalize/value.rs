@@ -515,12 +515,7 @@ pub fn push_text_scanned(s: &str, out: &mut String) -> (bool, Scan) {
     out.extend(s.chars().map(|c| {
         if c.is_whitespace() && !matches!(c, ' ' | '\t' | '\r' | '\n') {
             ' '
-        } else if (c.is_ascii() && Scan::class(c as u8) & Scan::CONTROL != 0)
-            || ('\u{80}'..='\u{9f}').contains(&c)
-        {
-            // C1 controls too: FHIR lets them by, but no sender means one. They are what
-            // windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D in a Latin-1 message)
-            // or a UTF-8 sender's mojibake, and a reader sees nothing where text was.
+        } else if is_refused_control(c) {
             replaced = true;
             char::REPLACEMENT_CHARACTER
         } else {
@@ -528,6 +523,14 @@ pub fn push_text_scanned(s: &str, out: &mut String) -> (bool, Scan) {
         }
     }));
     (replaced, scan)
+}
+
+/// A control character no value the mapper writes may hold: C0 other than tab, LF and CR
+/// (the spec refuses those in every string), and C1, which FHIR lets by but no sender means:
+/// they are what windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D in a Latin-1
+/// message) or a UTF-8 sender's mojibake, and a reader sees nothing where text was.
+pub fn is_refused_control(c: char) -> bool {
+    (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || ('\u{80}'..='\u{9f}').contains(&c)
 }
 
 /// Why `s` is not a URI to write (`None`: it is): white space, which no URI holds, or a
@@ -539,7 +542,9 @@ pub fn uri_problem(s: &str) -> Option<&'static str> {
         scan.has(Scan::SPACE) || (scan.has(Scan::NON_ASCII) && s.chars().any(char::is_whitespace));
     if space {
         Some("white space in a URI")
-    } else if scan.has(Scan::CONTROL) {
+    } else if scan.has(Scan::CONTROL)
+        || (scan.has(Scan::NON_ASCII) && s.chars().any(is_refused_control))
+    {
         Some("a control character in a URI")
     } else if s.starts_with("urn:oid:") && !primitive::is_urn_oid(s) {
         Some("not an OID after urn:oid:")
@@ -742,6 +747,14 @@ mod tests {
             uri_problem("urn:x\u{1}"),
             Some("a control character in a URI")
         );
+        assert_eq!(
+            uri_problem("urn:a\u{81}b"),
+            Some("a control character in a URI")
+        );
+        assert_eq!(uri_problem("urn:caf\u{e9}"), None);
+        out.clear();
+        assert!(push_text("O\u{2019}NE\u{81}IL\u{9f}", &mut out));
+        assert_eq!(out, "O\u{2019}NE\u{fffd}IL\u{fffd}");
     }
 
     fn time(
