@@ -86,6 +86,11 @@ pub struct Inst {
     /// The group instance it belongs to (label scope) and that group's definition.
     pub scope: u32,
     pub group: usize,
+    /// The resource of the same type made before it (`NONE`: the first), a list that
+    /// [`Build::latest`] walks from `Build::type_heads`.
+    prev_of_type: u32,
+    /// Its latest entry in `Build::once_into` (`NONE`: none).
+    once_head: u32,
 }
 
 /// What a second segment where one belongs says of the resource the first one made.
@@ -579,16 +584,18 @@ pub struct Build {
     /// The segment field rows are reading now (`PID`, 7), named in warnings.
     cur_field: ([u8; 3], u16),
     too_many: bool,
-    /// (resource, segment id, segment number) for segments that occur once where they belong
-    /// (OBR in an order): a second such segment mapping into the same resource is found here.
-    /// (A map: a flood of such segments made a list's scan cost resources × segments.
-    /// Seeded per process, as the segment ids are the sender's to choose.)
-    once_into: HashMap<(u32, [u8; 3]), u32, foldhash::fast::RandomState>,
-    /// The resources of each type, in the order made: the latest one of a type that the
-    /// segment can see (`@Patient` in a key, a `Link`) is found among its own type's, not by
-    /// scanning every resource the message made. (A map: a message names a few of the
-    /// model's hundreds of types, and a table indexed by type cost more to grow than it saved.)
-    of_type: TableMap<TypeId, Vec<u32>>,
+    /// (segment id, segment number, the resource's entry before) for segments that occur once
+    /// where they belong (OBR in an order): a second such segment mapping into the same
+    /// resource is found here. Each resource's own entries are chained from `Inst::once_head`:
+    /// one list of all of them made a flood of such segments cost resources × segments, and
+    /// a resource gets segments of the few ids its message map sends into it.
+    once_into: Vec<([u8; 3], u32, u32)>,
+    /// Per type, the latest resource made (the others by `Inst::prev_of_type`): the latest
+    /// one of a type that the segment can see (`@Patient` in a key, a `Link`) is found among
+    /// its own type's, not by scanning every resource the message made. A message names a few
+    /// of the model's hundreds of types, so a short list, not a table indexed by type (whose
+    /// growth cost more than it saved) nor a map with a vector per type.
+    type_heads: Vec<(TypeId, u32)>,
     /// Values not written because the element held another one (first write wins): counted,
     /// so that a later mention of a merged resource can tell that it lost something.
     lost: u32,
@@ -726,8 +733,8 @@ impl<'p> Mapper<'p> {
             cur_field: (*b"MSH", 0),
             left_out: Vec::new(),
             too_many: false,
-            once_into: HashMap::default(),
-            of_type: TableMap::default(),
+            once_into: Vec::new(),
+            type_heads: Vec::new(),
             lost: 0,
             keyed: Vec::new(),
             closed: TableMap::default(),
@@ -870,13 +877,15 @@ impl<'p> Mapper<'p> {
                 let mut again = again;
                 if !*repeats && !again {
                     let n = seg_index as u32;
-                    if let Some(&k) = b.once_into.get(&(inst, id)) {
+                    if let Some(k) = b.once_into_of(inst, id) {
                         // Only where the segment names resources that stay apart (`distinct`):
                         // a second IN1 or PV1 naming the same Coverage or Encounter (`merge`),
                         // or AIS adding participants to the Appointment, is as it should be.
                         again = k != n && self.names_distinct(b.insts[inst as usize].ty, &id);
                     } else {
-                        b.once_into.insert((inst, id), n);
+                        let head = &mut b.insts[inst as usize].once_head;
+                        b.once_into.push((id, n, *head));
+                        *head = b.once_into.len() as u32 - 1;
                     }
                     if again && second_into != Some(inst) {
                         second_into = Some(inst);
@@ -1387,7 +1396,13 @@ impl<'p> Mapper<'p> {
             val: Val::Obj,
         });
         b.by_id.insert(id, inst);
-        b.of_type.entry(ty).or_default().push(inst);
+        let prev_of_type = match b.type_heads.iter_mut().find(|(t, _)| *t == ty) {
+            Some((_, head)) => std::mem::replace(head, inst),
+            None => {
+                b.type_heads.push((ty, inst));
+                NONE
+            }
+        };
         b.insts.push(Inst {
             ty,
             root,
@@ -1399,6 +1414,8 @@ impl<'p> Mapper<'p> {
             labels: 0,
             scope,
             group,
+            prev_of_type,
+            once_head: NONE,
         });
         inst
     }
@@ -2421,13 +2438,30 @@ impl Build {
         self.open_head[label] = at;
     }
 
+    /// The number of the segment with id `id` that first mapped into `inst` where one belongs.
+    fn once_into_of(&self, inst: u32, id: [u8; 3]) -> Option<u32> {
+        let mut at = self.insts[inst as usize].once_head;
+        while at != NONE {
+            let (s, n, prev) = self.once_into[at as usize];
+            if s == id {
+                return Some(n);
+            }
+            at = prev;
+        }
+        None
+    }
+
     /// The latest resource of type `ty` the segment being mapped can see.
     fn latest(&self, walk: &Walk<'_>, ty: TypeId) -> Option<u32> {
-        let of_type = self.of_type.get(&ty)?;
-        of_type.iter().rev().copied().find(|&i| {
-            let x = &self.insts[i as usize];
-            walk.visible(x.scope, x.group)
-        })
+        let mut at = self.type_heads.iter().find(|(t, _)| *t == ty)?.1;
+        while at != NONE {
+            let x = &self.insts[at as usize];
+            if walk.visible(x.scope, x.group) {
+                return Some(at);
+            }
+            at = x.prev_of_type;
+        }
+        None
     }
 
     /// Whether `inst` is closed to the segment being mapped ([`Build::closed`]).
