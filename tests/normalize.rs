@@ -4270,7 +4270,11 @@ PV1|1|I\r";
     assert!(!text.contains('\u{81}'), "{text}");
     let p = one(&b, "Patient");
     assert!(p["identifier"][0].get("system").is_none());
-    assert!(m.warnings.iter().any(|w| w.contains("control character")), "{:?}", m.warnings);
+    assert!(
+        m.warnings.iter().any(|w| w.contains("control character")),
+        "{:?}",
+        m.warnings
+    );
 }
 
 #[test]
@@ -4285,7 +4289,9 @@ fn the_resource_cap_holds_for_the_last_segment_too() {
     let parsed = Message::parse(msg.as_bytes()).unwrap();
     let e = n.map(&parsed, &link()).expect_err("over the cap");
     assert_eq!(e.label, "too_many_resources");
-    let few = msg.replace(&doctors[3..].join("~"), "").replace("~\r", "\r");
+    let few = msg
+        .replace(&doctors[3..].join("~"), "")
+        .replace("~\r", "\r");
     let parsed = Message::parse(few.as_bytes()).unwrap();
     assert!(n.map(&parsed, &link()).is_ok());
 }
