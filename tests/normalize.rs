@@ -1725,6 +1725,12 @@ AIL|1|D|ROOM1^^^CLINIC\r";
     assert!(resources(&b, "Location").is_empty());
     assert_unmapped(&m, "AIP-3");
     assert_unmapped(&m, "AIL-3");
+    // The action code of one that is added was read (by the message map's condition).
+    let added = msg.replace("|D|", "|A|");
+    let (m, _) = map_bytes(&n, added.as_bytes());
+    assert_not_unmapped(&m, "AIP-2");
+    assert_not_unmapped(&m, "AIL-2");
+    assert_not_unmapped(&m, "AIP-3");
 }
 
 /// A discharge (PV1-45) before the admission (PV1-44) would make a Period R4 refuses (per-1),
