@@ -863,10 +863,27 @@ fn patient_ids_of(payload: &Bytes) -> Vec<String> {
             .map(|m| m.patient_ids)
             .unwrap_or_default();
     }
-    with_message(payload, |msg| {
-        crate::record::hl7_patient_ids(msg).unwrap_or_default()
-    })
-    .unwrap_or_default()
+    let ids_of = |raw: &[u8]| {
+        with_message(raw, |msg| {
+            crate::record::hl7_patient_ids(msg).unwrap_or_default()
+        })
+    };
+    match ids_of(payload) {
+        Ok(ids) => ids,
+        // Two messages back to back, refused for that: the patient both name, so that
+        // erasing that patient reaches this input too; none when they name different ones.
+        Err(crate::hl7::ParseError::SecondMsh(_)) => {
+            let parts = crate::hl7::split_batch(payload).unwrap_or_default();
+            let mut ids = parts.iter().map(|p| ids_of(p).unwrap_or_default());
+            let first = ids.next().unwrap_or_default();
+            if ids.all(|i| i == first) {
+                first
+            } else {
+                Vec::new()
+            }
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Takes the envelopes whose source withdrew them out of `queued` into `withdrawn`, keeping the
@@ -1109,6 +1126,24 @@ mod tests {
 
     use super::*;
     use crate::envelope::RejectKind;
+
+    /// Two messages back to back are refused (`second_msh`), and kept under the key of the
+    /// patient both name, as one message would be; under the gateway's when they name two.
+    #[test]
+    fn refused_messages_back_to_back_name_the_patient_both_name() {
+        let msg = |pid: &str| {
+            format!("MSH|^~\\&|A|B|C|D|20240101||ADT^A08|{pid}|P|2.5\rPID|1||{pid}^^^H^MR\r")
+        };
+        let two = |a: &str, b: &str| Bytes::from(format!("{}{}", msg(a), msg(b)));
+        assert!(matches!(
+            Message::parse(&two("1", "1")),
+            Err(crate::hl7::ParseError::SecondMsh(3))
+        ));
+        let one = patient_ids_of(&Bytes::from(msg("1")));
+        assert!(!one.is_empty());
+        assert_eq!(patient_ids_of(&two("1", "1")), one);
+        assert!(patient_ids_of(&two("1", "2")).is_empty());
+    }
 
     const ADT: &[u8] = include_bytes!("../tests/fixtures/hl7/microsoft/ADT-A01-01.hl7");
     const ORU: &[u8] = include_bytes!("../tests/fixtures/hl7/microsoft/ORU-R01-01.hl7");

@@ -267,3 +267,18 @@ fn every_microsoft_sample_parses_and_matches_hl7_parser() {
     }
     assert!(compared > 100, "hl7-parser compared on {compared} samples");
 }
+
+/// The batch splitter skips the lines the tokenizer skips: a file ending in a DOS ^Z, a blank
+/// line before the first header or after the trailer, still splits.
+#[test]
+fn batches_skip_the_blank_lines_messages_skip() {
+    let batch = b" \r\nFHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|A|B\rPID|1\r\t\rMSH|^~\\&|A|C\rPID|2\rBTS|2\rFTS|1\r\x1a";
+    let msgs = split_batch(batch).expect("splits");
+    assert_eq!(msgs.len(), 2);
+    for m in msgs {
+        let parsed = Message::parse(m).expect("each part is one message");
+        assert_eq!(parsed.segments().count(), 2);
+    }
+    // A line of text is still no blank line.
+    assert!(split_batch(b"MSH|^~\\&|A\rPID|1\rFTS|0\rX").is_err());
+}

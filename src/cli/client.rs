@@ -53,7 +53,8 @@ impl MllpClient {
 /// What an ACK said.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct AckSummary {
-    /// MSA-1 (AA, AE, AR, CA, CE, CR), or BATCH for a batch acknowledgement.
+    /// MSA-1 (AA, AE, AR, CA, CE, CR); of a batch acknowledgement, its first ACK's;
+    /// `unreadable` when no ACK could be read.
     pub code: String,
     /// MSA-2: the control id acknowledged.
     pub control_id: String,
@@ -69,7 +70,14 @@ pub struct AckSummary {
 pub fn parse_ack(ack: &[u8]) -> AckSummary {
     let mut s = AckSummary::default();
     let start = memchr::memmem::find(ack, b"MSH").unwrap_or(0);
-    let Ok(msg) = Message::parse(&ack[start..]) else {
+    let ack = &ack[start..];
+    // A batch ACK (one ACK per message, as a server that splits a batch answers) is read by
+    // its first message: one message is all the tokenizer reads.
+    let first = split_batch(ack)
+        .ok()
+        .and_then(|m| m.first().copied())
+        .unwrap_or(ack);
+    let Ok(msg) = Message::parse(first) else {
         s.code = "unreadable".into();
         return s;
     };
@@ -180,4 +188,18 @@ pub async fn send_files(
     }
     pb.finish_and_clear();
     Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_acknowledgement_is_read_by_its_first_ack() {
+        let ack = b"BHS|^~\\&|R|H\rMSH|^~\\&|R|H|S|H|20240101||ACK|A1|P|2.5\rMSA|AA|M1\r\
+MSH|^~\\&|R|H|S|H|20240101||ACK|A2|P|2.5\rMSA|AE|M2|bad\rBTS|2\r";
+        let s = parse_ack(ack);
+        assert_eq!((s.code.as_str(), s.control_id.as_str()), ("AA", "M1"));
+        assert_eq!(parse_ack(b"garbage").code, "unreadable");
+    }
 }

@@ -54,7 +54,7 @@ pub fn split_batch<'a>(bytes: &'a [u8]) -> Result<Vec<&'a [u8]>, BatchError> {
     };
     let bounds = memchr::memchr2_iter(b'\r', b'\n', bytes).chain(std::iter::once(bytes.len()));
     for end in bounds {
-        if end <= start {
+        if end <= start || super::tokenizer::is_blank_line(&bytes[start..end]) {
             start = end + 1;
             continue;
         }

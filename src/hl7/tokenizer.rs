@@ -264,9 +264,17 @@ fn is_segment_id(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
+/// A line that is no segment: empty, or blanks only (a trailing space or tab, a DOS
+/// end-of-file ^Z). The tokenizer and the batch splitter skip the same lines.
+pub(super) fn is_blank_line(line: &[u8]) -> bool {
+    line.iter()
+        .all(|b| matches!(b, b' ' | b'\t' | 0x0B | 0x0C | 0x1A))
+}
+
 impl<'a> Message<'a> {
     /// Tokenizes `bytes` (one message; see [`super::split_batch`] for batches). Segments may end
-    /// in CR, LF or CRLF; blank lines (and lines of spaces and tabs) are ignored; a second MSH is refused; a UTF-8 byte order mark is skipped.
+    /// in CR, LF or CRLF; blank lines ([`is_blank_line`]) are ignored; a second MSH is refused
+    /// (two messages back to back are a batch); a UTF-8 byte order mark is skipped.
     pub fn parse(bytes: &'a [u8]) -> Result<Message<'a>, ParseError> {
         let bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
         if bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -292,11 +300,7 @@ impl<'a> Message<'a> {
         let mut start = 0usize;
         let mut index = 0usize;
         for end in memchr::memchr2_iter(b'\r', b'\n', bytes).chain(std::iter::once(bytes.len())) {
-            // Lines of blanks only (a trailing space or tab, a DOS end-of-file ^Z) are blank.
-            if bytes[start.min(end)..end]
-                .iter()
-                .any(|b| !matches!(b, b' ' | b'\t' | 0x0B | 0x0C | 0x1A))
-            {
+            if !is_blank_line(&bytes[start..end]) {
                 index += 1;
                 // A segment id alone (`PID`, every field omitted) is a segment; the byte after
                 // the id, when the segment has one, must be the field separator.

@@ -1844,11 +1844,11 @@ impl<'p> Mapper<'p> {
                             depth,
                             typed,
                         );
-                        if fresh && !filled {
+                        if !b.insts[new as usize].has_data {
                             // A value whose parts the map does not read (a PPN with only its
                             // time, an XCN with only its assigning facility) made an empty
-                            // resource, which is left out: the field is unmapped, not used
-                            // (and the same value again finds nothing filled from it).
+                            // resource, which is left out: the field is unmapped, not used,
+                            // and the same value named again is no other value.
                             return false;
                         }
                         if fresh {

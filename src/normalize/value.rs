@@ -526,7 +526,8 @@ pub fn push_text_scanned(s: &str, out: &mut String) -> (bool, Scan) {
 }
 
 /// A control character no value the mapper writes may hold: C0 other than tab, LF and CR
-/// (the spec refuses those in every string), and C1, which FHIR lets by but no sender means:
+/// (the spec refuses those in every string), and C1, which FHIR lets by but no sender means
+/// (NEL, U+0085, is also white space: text makes it a space before asking this):
 /// they are what windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D in a Latin-1
 /// message) or a UTF-8 sender's mojibake, and a reader sees nothing where text was.
 pub fn is_refused_control(c: char) -> bool {
