@@ -601,9 +601,9 @@ pub struct Build {
     lost: u32,
     /// Fields of the segment being mapped that the key of a resource it names was read from.
     keyed: Vec<u16>,
-    /// (resource, group instance): a second segment where one belongs named another resource
-    /// than this one, so what follows it in that group instance (the NTE and OBX of a second
-    /// OBR) is not mapped into this one, nor linked to it.
+    /// Per resource, the group instances in which a second segment where one belongs named
+    /// another resource than it, so what follows that segment there (the NTE and OBX of a
+    /// second OBR) is not mapped into it, nor linked to it.
     closed: TableMap<u32, Vec<u32>>,
     /// Nodes an `override` row has written: they are not overridden again.
     overridden: Vec<u32>,

@@ -117,10 +117,14 @@ impl ElemDef {
     /// mapper asks it of every code it writes, and lint of every constant code.
     pub fn refuses_code(&self, code: &mut str) -> Option<CodeRefused> {
         // Normalized, the code's only white space is single spaces: any byte below a space
-        // left is a control character, and so is a C1 one.
-        if code.bytes().any(|c| c < b' ')
-            || (!code.is_ascii() && code.chars().any(super::value::is_refused_control))
-        {
+        // left is a control character, and so is a C1 one (read by character only where the
+        // code is not ASCII).
+        let control = if code.is_ascii() {
+            code.bytes().any(|c| c < b' ')
+        } else {
+            code.chars().any(super::value::is_refused_control)
+        };
+        if control {
             return Some(CodeRefused::Control);
         }
         if !self.codes.is_empty() && !self.codes.iter().any(|c| c == code) {

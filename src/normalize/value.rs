@@ -531,7 +531,8 @@ pub fn push_text_scanned(s: &str, out: &mut String) -> (bool, Scan) {
 /// they are what windows-1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D in a Latin-1
 /// message) or a UTF-8 sender's mojibake, and a reader sees nothing where text was.
 pub fn is_refused_control(c: char) -> bool {
-    (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || ('\u{80}'..='\u{9f}').contains(&c)
+    (c.is_ascii() && Scan::class(c as u8) & Scan::CONTROL != 0)
+        || ('\u{80}'..='\u{9f}').contains(&c)
 }
 
 /// Why `s` is not a URI to write (`None`: it is): white space, which no URI holds, or a
