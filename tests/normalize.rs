@@ -4300,3 +4300,21 @@ fn the_resource_cap_holds_for_the_last_segment_too() {
     let parsed = Message::parse(few.as_bytes()).unwrap();
     assert!(n.map(&parsed, &link()).is_ok());
 }
+
+#[test]
+fn a_segment_that_holds_nothing_maps_nothing() {
+    let n = normalizer();
+    // An empty PID before the real one was the Patient the real one had to be: its identifier
+    // "differed" and the message was refused as naming two patients.
+    let msg = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\r\
+EVN|A01\r\
+PID\r\
+PID|1||123^^^H^MR||Doe^John\r\
+PV1|||\r\
+PV1|1|I\r";
+    let (m, b) = map_bytes(&n, msg);
+    let p = one(&b, "Patient");
+    assert_eq!(p["identifier"][0]["value"], "123");
+    assert_eq!(one(&b, "Encounter")["class"]["code"], "IMP");
+    assert_not_warned(&m, "a second one");
+}

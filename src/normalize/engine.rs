@@ -797,6 +797,13 @@ impl<'p> Mapper<'p> {
                 }
                 continue;
             };
+            // A segment that holds nothing (`PID` alone, `PV1|||`) places its group and is
+            // there for conditions, but maps nothing: mapped, it made the resource a later
+            // segment of its kind had to be (an empty PID, then the real one, read as two
+            // patients and the message refused).
+            if !fields.iter().any(|f| valued(*f)) {
+                continue;
+            }
             let Member::Seg { rows, repeats, .. } = &self.mm.groups[g].members[m] else {
                 continue;
             };
