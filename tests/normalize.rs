@@ -1713,7 +1713,7 @@ fn a_resource_marked_for_deletion_is_no_participant() {
     let msg = "MSH|^~\\&|S|H|R|H|20240101120000+0000||SIU^S14|1|P|2.5.1\r\
 SCH|A1^S||||||||||^^^20240105080000+0000|||||||||||||||BOOKED\r\
 PID|1||42^^^H^MR||Doe^Jo\r\
-RGS|1\r\
+RGS|1|A|G7\r\
 AIS|1||X^X\r\
 AIP|1|D|1234^SMITH^JOHN|ATND\r\
 AIP|2|A|5678^JONES^MARY|ATND\r\
@@ -1731,6 +1731,10 @@ AIL|1|D|ROOM1^^^CLINIC\r";
     assert_not_unmapped(&m, "AIP-2");
     assert_not_unmapped(&m, "AIL-2");
     assert_not_unmapped(&m, "AIP-3");
+    // The resource group's set id carries nothing; its action code and id are not mapped.
+    assert_not_unmapped(&m, "RGS-1");
+    assert_unmapped(&m, "RGS-2");
+    assert_unmapped(&m, "RGS-3");
 }
 
 /// A discharge (PV1-45) before the admission (PV1-44) would make a Period R4 refuses (per-1),

@@ -89,6 +89,7 @@ const FILES: &[(&str, &str)] = &[
     ("segments/PR1[Procedure].csv", include_str!("../../adapters/segments/PR1[Procedure].csv")),
     ("segments/PV1[Encounter].csv", include_str!("../../adapters/segments/PV1[Encounter].csv")),
     ("segments/PV2[Encounter].csv", include_str!("../../adapters/segments/PV2[Encounter].csv")),
+    ("segments/RGS[Appointment].csv", include_str!("../../adapters/segments/RGS[Appointment].csv")),
     ("segments/RXA[Immunization].csv", include_str!("../../adapters/segments/RXA[Immunization].csv")),
     ("segments/RXR[Immunization].csv", include_str!("../../adapters/segments/RXR[Immunization].csv")),
     ("segments/SCH[Appointment].csv", include_str!("../../adapters/segments/SCH[Appointment].csv")),
