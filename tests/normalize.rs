@@ -4322,3 +4322,171 @@ PV1|1|I\r";
     assert_eq!(one(&b, "Encounter")["class"]["code"], "IMP");
     assert_not_warned(&m, "a second one");
 }
+
+const M: &str = "MSH|^~\\&|S|F|R|X|20240101120000+0000||";
+
+fn msg_of(ty: &str, control_id: &str, body: &str) -> String {
+    format!("{M}{ty}|{control_id}|P|2.6\r{body}")
+}
+
+/// What `map_bytes` maps, as the record `raw_record_id` (an id of its own is made from it).
+fn map_as_record(n: &Normalizer, bytes: &[u8], raw_record_id: &str) -> Value {
+    let msg = Message::parse(bytes).expect("parses");
+    let link = Link {
+        raw_record_id,
+        ..link()
+    };
+    let m = n.map(&msg, &link).expect("maps");
+    check_shown_valid(&m);
+    serde_json::from_slice(&m.bundle).expect("bundle is JSON")
+}
+
+fn ids_of(b: &Value, ty: &str) -> Vec<String> {
+    resources(b, ty)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_payment_coded_as_a_cwe_or_in_lower_case_is_no_charge() {
+    let n = normalizer();
+    for code in ["PY^Payment^HL70017", "py", "CD^Credit^HL70017"] {
+        let body = format!(
+            "PID|||P1^^^H^MR||DOE^JANE\rFT1|1|T1||20240101||{code}|PAY^Payment^L||||-50.00&USD\r"
+        );
+        let msg = msg_of("DFT^P03^DFT_P03", "1", &body);
+        let (m, b) = map_bytes(&n, msg.as_bytes());
+        assert!(resources(&b, "ChargeItem").is_empty(), "{code}");
+        assert_unmapped(&m, "FT1-7");
+    }
+    let msg = msg_of(
+        "DFT^P03^DFT_P03",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rFT1|1|T1||20240101||CG^Charge^HL70017|99213^OV^C4\r",
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    assert_eq!(resources(&b, "ChargeItem").len(), 1);
+}
+
+#[test]
+fn observations_of_an_immunization_or_order_keep_their_ids_across_messages() {
+    let n = normalizer();
+    let vxu = |id: &str| {
+        msg_of(
+            "VXU^V04^VXU_V04",
+            id,
+            "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR\r\
+RXA|0|1|20240101||08^HepB^CVX||||||||||||||CP\r\
+OBX|1|CE|64994-7^Elig^LN|1|V02^VFC^HL70064||||||F\r",
+        )
+    };
+    let a = map_as_record(&n, vxu("1").as_bytes(), "00000000000000000000000000000001");
+    let b = map_as_record(&n, vxu("2").as_bytes(), "00000000000000000000000000000002");
+    assert_eq!(ids_of(&a, "Observation").len(), 1);
+    assert_eq!(ids_of(&a, "Observation"), ids_of(&b, "Observation"));
+    assert_eq!(ids_of(&a, "Immunization"), ids_of(&b, "Immunization"));
+    let oml = |id: &str| {
+        msg_of(
+            "OML^O21^OML_O21",
+            id,
+            "PID|||P1^^^H^MR||DOE^JANE\rORC|NW|PL1^EHR\rOBR|1|PL1^EHR||2345-7^Glucose^LN\r\
+OBX|1|NM|1234-5^Fasting^LN||12|h\r",
+        )
+    };
+    let a = map_as_record(&n, oml("1").as_bytes(), "00000000000000000000000000000001");
+    let b = map_as_record(&n, oml("2").as_bytes(), "00000000000000000000000000000002");
+    assert_eq!(ids_of(&a, "Observation").len(), 1);
+    assert_eq!(ids_of(&a, "Observation"), ids_of(&b, "Observation"));
+}
+
+#[test]
+fn a_specimen_is_its_placers_number_from_the_order_to_the_result() {
+    let n = normalizer();
+    let oml = msg_of(
+        "OML^O21^OML_O21",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rORC|NW|PL1^EHR\rOBR|1|PL1^EHR||2345-7^Glucose^LN\r\
+SPM|1|SP1&EHR||BLD^Blood^HL70487\r",
+    );
+    let oru = msg_of(
+        "ORU^R01^ORU_R01",
+        "2",
+        "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|PL1^EHR|F1^LAB\rOBR|1|PL1^EHR|F1^LAB|2345-7^Glucose^LN\r\
+OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|||||F\rSPM|1|SP1&EHR^SF9&LAB||BLD^Blood^HL70487\r",
+    );
+    let (_, a) = map_bytes(&n, oml.as_bytes());
+    let (_, b) = map_bytes(&n, oru.as_bytes());
+    assert_eq!(ids_of(&a, "Specimen").len(), 1);
+    assert_eq!(ids_of(&a, "Specimen"), ids_of(&b, "Specimen"));
+    // A filler's number alone is another key than a placer's of the same value.
+    let filler = oru.replace("SP1&EHR^SF9&LAB", "^SP1&EHR");
+    let (_, c) = map_bytes(&n, filler.as_bytes());
+    assert_ne!(ids_of(&a, "Specimen"), ids_of(&c, "Specimen"));
+}
+
+#[test]
+fn an_immunizations_id_reads_the_date_not_its_precision() {
+    let n = normalizer();
+    let vxu = |date: &str| {
+        msg_of(
+            "VXU^V04^VXU_V04",
+            "1",
+            &format!(
+                "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR\r\
+RXA|0|1|{date}||08^HepB^CVX||||||||||||||CP\r"
+            ),
+        )
+    };
+    let (_, a) = map_bytes(&n, vxu("202401011230+0530^D").as_bytes());
+    let (_, b) = map_bytes(&n, vxu("202401011230+0530").as_bytes());
+    assert_eq!(ids_of(&a, "Immunization"), ids_of(&b, "Immunization"));
+}
+
+#[test]
+fn a_documents_confidentiality_is_coded_in_its_table() {
+    let n = normalizer();
+    let msg = msg_of(
+        "MDM^T02^MDM_T02",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rTXA|1|CN|TX|||||||||D1^EHR|||||AU|V|AV\r\
+OBX|1|TX|||Line one\r",
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    let label = &one(&b, "DocumentReference")["securityLabel"][0]["coding"][0];
+    assert_eq!(label["code"], "V");
+    assert_eq!(
+        label["system"],
+        "http://terminology.hl7.org/CodeSystem/v2-0272"
+    );
+}
+
+#[test]
+fn an_hl7_null_asserts_nothing() {
+    let n = normalizer();
+    let msg = msg_of(
+        "VXU^V04^VXU_V04",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE||||||||\"\"|\"\"\rORC|RE|O1^EHR\r\
+RXA|0|1|20240101||08^HepB^CVX||||\"\"||||||||||CP\r",
+    );
+    let (_, b) = map_bytes(&n, msg.as_bytes());
+    assert!(one(&b, "Patient").get("telecom").is_none());
+    assert!(one(&b, "Immunization").get("primarySource").is_none());
+}
+
+#[test]
+fn a_url_a_browser_would_run_is_left_out() {
+    let n = normalizer();
+    let msg = msg_of(
+        "MDM^T02^MDM_T02",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rTXA|1|CN|TX|||||||||D1^EHR|||||AU||AV\r\
+OBX|1|RP|N^N^L||JaVaScRiPt:alert(document.cookie)^EHR||||||F\r",
+    );
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let text = String::from_utf8_lossy(&m.bundle).to_lowercase();
+    assert!(!text.contains("javascript:"), "{text}");
+    assert!(resources(&b, "DocumentReference").len() <= 1);
+    assert_warned(&m, "a URI a browser would run");
+}

@@ -1260,7 +1260,7 @@ impl<'p> Mapper<'p> {
         let mut key = String::with_capacity(96);
         // The first alternative (`… OR …`) with an identifying part valued is the key; a later
         // one is marked, so that it never equals an earlier one's key.
-        for (alt, parts) in rule
+        'alternatives: for (alt, parts) in rule
             .parts
             .split(|(p, _)| matches!(p, KeyPart::Or))
             .enumerate()
@@ -1329,8 +1329,13 @@ impl<'p> Mapper<'p> {
                         }
                     }
                     KeyPart::Empty | KeyPart::Or | KeyPart::Label(_) => false,
+                    // A resource of the type not there fails the alternative, not the key:
+                    // an OBX's report, else its immunization, else its order.
                     KeyPart::Context(t) => {
-                        let found = &b.insts[b.latest(walk, *t)? as usize];
+                        let Some(found) = b.latest(walk, *t) else {
+                            continue 'alternatives;
+                        };
+                        let found = &b.insts[found as usize];
                         key.push_str(std::str::from_utf8(&found.id).unwrap_or(""));
                         true
                     }
@@ -1594,7 +1599,11 @@ impl<'p> Mapper<'p> {
                             ));
                             break;
                         }
-                        if rep.is_empty() {
+                        // HL7's `""` (delete the value) and a repetition of empty components
+                        // hold nothing: no row fires on them, not even one that assigns a
+                        // constant (`primarySource` false for an RXA-9 of `""`, a telecom `use`
+                        // without a number).
+                        if !valued(rep) {
                             continue;
                         }
                         let view = SegView {

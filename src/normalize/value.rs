@@ -548,6 +548,8 @@ pub fn uri_problem(s: &str) -> Option<&'static str> {
         || (scan.has(Scan::NON_ASCII) && s.chars().any(is_refused_control))
     {
         Some("a control character in a URI")
+    } else if runs_in_a_browser(s) {
+        Some("a URI a browser would run (javascript:, vbscript:, data:)")
     } else if s.starts_with("urn:oid:") && !primitive::is_urn_oid(s) {
         Some("not an OID after urn:oid:")
     } else if s.starts_with("urn:uuid:") && !primitive::is_urn_uuid(s) {
@@ -555,6 +557,18 @@ pub fn uri_problem(s: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Whether a URI's scheme is one a browser runs or renders as a page when the URI is followed
+/// (an attachment's url shown as a link): `javascript:`, `vbscript:`, `data:`. A scheme is
+/// compared in any case, as browsers compare it; an attachment's data has its own element.
+fn runs_in_a_browser(s: &str) -> bool {
+    let Some((scheme, _)) = s.split_once(':') else {
+        return false;
+    };
+    ["javascript", "vbscript", "data"]
+        .iter()
+        .any(|k| scheme.eq_ignore_ascii_case(k))
 }
 
 /// Collapses whitespace runs and trims (FHIR `code` allows single inner spaces only).
@@ -754,6 +768,19 @@ mod tests {
             Some("a control character in a URI")
         );
         assert_eq!(uri_problem("urn:caf\u{e9}"), None);
+        for bad in [
+            "javascript:alert(1)",
+            "JaVaScRiPt:x",
+            "vbscript:x",
+            "data:text/html,<b>",
+        ] {
+            assert_eq!(
+                uri_problem(bad),
+                Some("a URI a browser would run (javascript:, vbscript:, data:)"),
+                "{bad}"
+            );
+        }
+        assert_eq!(uri_problem("http://h/javascript:x"), None);
         out.clear();
         assert!(push_text("O\u{2019}NE\u{81}IL\u{9f}", &mut out));
         assert_eq!(out, "O\u{2019}NE\u{fffd}IL\u{fffd}");
