@@ -4521,3 +4521,28 @@ fn a_survivor_of_two_merges_in_one_message_replaces_both() {
         assert_eq!(by_mrn(old)["active"], false);
     }
 }
+
+#[test]
+fn an_immunization_whose_date_is_no_date_keeps_it_as_text() {
+    let n = normalizer();
+    let vxu = |date: &str| {
+        msg_of(
+            "VXU^V04^VXU_V04",
+            "1",
+            &format!(
+                "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR\r\
+RXA|0|1|{date}||08^HepB^CVX|0.5|mL^^UCUM||||||||LOT1|||||CP\r"
+            ),
+        )
+    };
+    let (m, b) = map_bytes(&n, vxu("20240101240000+0000").as_bytes());
+    let imm = one(&b, "Immunization");
+    assert_eq!(imm["occurrenceString"], "20240101240000+0000");
+    assert!(imm.get("occurrenceDateTime").is_none());
+    assert_eq!(imm["lotNumber"], "LOT1");
+    assert_warned(&m, "RXA-3");
+    let (_, b) = map_bytes(&n, vxu("20240101").as_bytes());
+    let imm = one(&b, "Immunization");
+    assert_eq!(imm["occurrenceDateTime"], "2024-01-01");
+    assert!(imm.get("occurrenceString").is_none());
+}
