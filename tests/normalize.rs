@@ -4546,3 +4546,48 @@ RXA|0|1|{date}||08^HepB^CVX|0.5|mL^^UCUM||||||||LOT1|||||CP\r"
     assert_eq!(imm["occurrenceDateTime"], "2024-01-01");
     assert!(imm.get("occurrenceString").is_none());
 }
+
+#[test]
+fn a_second_value_for_a_resource_never_splices_into_the_firsts_elements() {
+    let n = normalizer();
+    // Two PATIENT groups of a BAR^P02 naming one patient with other names and addresses: the
+    // first's stand whole (a middle name or a state added to them made a person who is
+    // neither), with a warning.
+    let msg = msg_of(
+        "BAR^P02^BAR_P02",
+        "1",
+        "EVN|P02\rPID|||P1^^^HOSP^MR||DOE^JANE||||||1 Main St^^Boston\rPV1||I|||||||||||||||||1\r\
+PID|||P1^^^HOSP^MR||ROE^RICH^Q||||||9 Oak Ave^^Springfield^IL^62701\rPV1||O|||||||||||||||||2\r",
+    );
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    let p = one(&b, "Patient");
+    assert_eq!(p["name"][0]["family"], "DOE");
+    assert_eq!(p["name"][0]["given"], serde_json::json!(["JANE"]));
+    assert_eq!(p["address"][0]["line"], serde_json::json!(["1 Main St"]));
+    assert!(p["address"][0].get("state").is_none(), "{p}");
+    assert_warned(&m, "PID: names the Patient an earlier PID named");
+    // A practitioner named by the same id with another name keeps the first name whole.
+    let vxu = msg_of(
+        "VXU^V04^VXU_V04",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR||||||||||7^Doc^Ann\r\
+RXA|0|1|20240101||08^HepB^CVX|||||7^Roe^Bob^Q^^^MD||||||||||CP\r",
+    );
+    let (m, b) = map_bytes(&n, vxu.as_bytes());
+    let doc = one(&b, "Practitioner");
+    assert_eq!(doc["name"][0]["family"], "Doc");
+    assert_eq!(doc["name"][0]["given"], serde_json::json!(["Ann"]));
+    assert!(doc["name"][0].get("suffix").is_none(), "{doc}");
+    assert_warned(&m, "the first mention's are kept");
+    assert_unmapped(&m, "RXA-10");
+    // The same value again, or one that only adds what the first lacked, loses nothing.
+    let same = vxu.replace("7^Roe^Bob^Q^^^MD", "7^Doc^Ann");
+    let (m, _) = map_bytes(&n, same.as_bytes());
+    assert_not_warned(&m, "the first mention's are kept");
+    let more = vxu
+        .replace("|7^Doc^Ann\r", "|7\r")
+        .replace("7^Roe^Bob^Q^^^MD", "7^Doc^Ann");
+    let (m, b) = map_bytes(&n, more.as_bytes());
+    assert_eq!(one(&b, "Practitioner")["name"][0]["family"], "Doc");
+    assert_not_warned(&m, "the first mention's are kept");
+}

@@ -311,7 +311,7 @@ fn one_type_per_choice(plan: &Plan, b: &mut Build) {
             if (c as usize) < i
                 && s.elem != elem
                 && plan.model.elem(s.elem).choice == choice
-                && holds_value(b, c)
+                && b.holds_value(c)
             {
                 taken = true;
                 break;
@@ -319,40 +319,8 @@ fn one_type_per_choice(plan: &Plan, b: &mut Build) {
             c = s.next;
         }
         if taken {
-            empty(b, i as u32);
+            b.empty(i as u32);
         }
-    }
-}
-
-/// Whether node `n` or a node under it holds a value.
-fn holds_value(b: &Build, n: u32) -> bool {
-    let mut todo = vec![n];
-    while let Some(c) = todo.pop() {
-        let node = &b.nodes[c as usize];
-        if node.val != Val::Obj {
-            return true;
-        }
-        let mut k = node.first;
-        while k != NONE {
-            todo.push(k);
-            k = b.nodes[k as usize].next;
-        }
-    }
-    false
-}
-
-/// Makes node `n` and what is under it objects without values: not live, so not written.
-fn empty(b: &mut Build, n: u32) {
-    b.nodes[n as usize].val = Val::Obj;
-    let mut todo = vec![b.nodes[n as usize].first];
-    while let Some(c) = todo.pop() {
-        if c == NONE {
-            continue;
-        }
-        let node = &mut b.nodes[c as usize];
-        node.val = Val::Obj;
-        todo.push(node.first);
-        todo.push(node.next);
     }
 }
 
@@ -378,7 +346,7 @@ fn drop_reversed_ranges(plan: &Plan, b: &mut Build) {
             continue;
         }
         // Values made objects without children are not live, nor is what holds only them.
-        empty(b, i as u32);
+        b.empty(i as u32);
         let owner = &plan.model.ty(b.insts[b.nodes[i].inst as usize].ty).name;
         let elem = &plan.model.elem(b.nodes[i].elem).name;
         b.warn(format_args!(

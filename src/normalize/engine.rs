@@ -841,6 +841,11 @@ impl<'p> Mapper<'p> {
             // A row skipped for naming another resource: the key fields it read are lost too.
             let mut other_identity = false;
             let mut after_other = false;
+            // Nodes made before this segment: what an earlier segment wrote.
+            let seg_mark = b.nodes.len();
+            // A resource an earlier segment of this kind named by the same key, when it made
+            // this one's elements (its name, its address) into another's.
+            let mut spliced_into: Option<u32> = None;
             for &ri in rows {
                 let row = &self.mm.rows[ri];
                 let view = SegView {
@@ -882,9 +887,14 @@ impl<'p> Mapper<'p> {
                     self.rekey(&walk, &mut b, inst, &view);
                 }
                 let mut again = again;
+                // An earlier segment of this kind named this resource by its own key (a second
+                // PATIENT group of a BAR^P02 naming the same patient): what this one writes
+                // inside the elements that one made is taken back below.
+                let mut named_again = again;
                 if !*repeats && !again {
                     let n = seg_index as u32;
                     if let Some(k) = b.once_into_of(inst, id) {
+                        named_again = k != n;
                         // Only where the segment names resources that stay apart (`distinct`):
                         // a second IN1 or PV1 naming the same Coverage or Encounter (`merge`),
                         // or AIS adding participants to the Appointment, is as it should be.
@@ -952,6 +962,23 @@ impl<'p> Mapper<'p> {
                         ),
                     };
                     self.segmap(&walk, &mut b, map, anchor, inst, id, &fields, &mut used);
+                    if named_again
+                        && spliced_into != Some(inst)
+                        && std::str::from_utf8(&id)
+                            .ok()
+                            .and_then(|v2| self.rule(b.insts[inst as usize].ty, v2))
+                            .is_some()
+                        && b.keep_first_elements(inst, seg_mark)
+                    {
+                        spliced_into = Some(inst);
+                        let name = &self.plan.model.ty(b.insts[inst as usize].ty).name;
+                        b.warn(format_args!(
+                            "{}: names the {name} an earlier {} named (same key) with other \
+                             values inside the elements it made; the first one's are kept",
+                            String::from_utf8_lossy(&id),
+                            String::from_utf8_lossy(&id)
+                        ));
+                    }
                 }
                 for rr in &row.refs {
                     self.link_ref(&walk, &mut b, rr.from, &rr.path, rr.to);
@@ -1849,6 +1876,7 @@ impl<'p> Mapper<'p> {
                         true
                     } else {
                         let lost = b.lost;
+                        let mark = b.nodes.len();
                         let filled = self.dtmap(
                             walk,
                             b,
@@ -1869,6 +1897,11 @@ impl<'p> Mapper<'p> {
                         }
                         if fresh {
                             b.insts[new as usize].filled_from = Some((v.span(), level));
+                        } else if b.keep_first_elements(new, mark) {
+                            // Another value for it (`7^Roe^Bob^Q` after `7^Doc^Ann`) adds
+                            // whole elements the first lacked, never parts of the first's: a
+                            // name of two people is neither's.
+                            b.lost += 1;
                         }
                         fresh || (filled && b.lost == lost)
                     };
@@ -2436,6 +2469,82 @@ fn materialize(model: &Model, b: &mut Build, a: Anchor) -> u32 {
 }
 
 impl Build {
+    /// Takes back what was written, since node `mark`, inside the elements resource `inst`
+    /// already had (a middle name added to another value's name): each such node is left
+    /// without a value, so it is not written. Whole elements added beside them stay. Returns
+    /// whether anything was taken back.
+    fn keep_first_elements(&mut self, inst: u32, mark: usize) -> bool {
+        let root = self.insts[inst as usize].root;
+        let mut taken = false;
+        for c in mark..self.nodes.len() {
+            let n = &self.nodes[c];
+            let p = n.parent;
+            if n.inst != inst || p == NONE || p == root || p as usize >= mark {
+                continue;
+            }
+            // An element the first left empty is the second's to fill.
+            if !self.held_before(p, mark) {
+                continue;
+            }
+            if self.holds_value(c as u32) {
+                taken = true;
+            }
+            self.empty(c as u32);
+        }
+        taken
+    }
+
+    /// Whether node `n` or a node under it made before node `mark` holds a value.
+    fn held_before(&self, n: u32, mark: usize) -> bool {
+        let mut todo = vec![n];
+        while let Some(c) = todo.pop() {
+            let node = &self.nodes[c as usize];
+            if node.val != Val::Obj {
+                return true;
+            }
+            let mut k = node.first;
+            while k != NONE {
+                if (k as usize) < mark {
+                    todo.push(k);
+                }
+                k = self.nodes[k as usize].next;
+            }
+        }
+        false
+    }
+
+    /// Whether node `n` or a node under it holds a value.
+    pub fn holds_value(&self, n: u32) -> bool {
+        let mut todo = vec![n];
+        while let Some(c) = todo.pop() {
+            let node = &self.nodes[c as usize];
+            if node.val != Val::Obj {
+                return true;
+            }
+            let mut k = node.first;
+            while k != NONE {
+                todo.push(k);
+                k = self.nodes[k as usize].next;
+            }
+        }
+        false
+    }
+
+    /// Makes node `n` and what is under it objects without values: not live, so not written.
+    pub fn empty(&mut self, n: u32) {
+        self.nodes[n as usize].val = Val::Obj;
+        let mut todo = vec![self.nodes[n as usize].first];
+        while let Some(c) = todo.pop() {
+            if c == NONE {
+                continue;
+            }
+            let node = &mut self.nodes[c as usize];
+            node.val = Val::Obj;
+            todo.push(node.first);
+            todo.push(node.next);
+        }
+    }
+
     /// Records that `label` stands for `inst` in `scope`.
     fn bind(&mut self, label: usize, inst: u32, scope: u32, group: usize) {
         if self.head.len() <= label {
