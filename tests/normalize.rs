@@ -4492,37 +4492,6 @@ OBX|1|RP|N^N^L||JaVaScRiPt:alert(document.cookie)^EHR||||||F\r",
 }
 
 #[test]
-fn a_survivor_of_two_merges_in_one_message_replaces_both() {
-    let n = normalizer();
-    let msg = msg_of(
-        "ADT^A40^ADT_A39",
-        "1",
-        "EVN|A40\rPID|||NEW1^^^H^MR\rMRG|OLD1^^^H^MR\rPID|||NEW1^^^H^MR\rMRG|OLD2^^^H^MR\r",
-    );
-    let (_, b) = map_bytes(&n, msg.as_bytes());
-    let patients = resources(&b, "Patient");
-    let by_mrn = |mrn: &str| {
-        *patients
-            .iter()
-            .find(|p| p["identifier"][0]["value"] == mrn)
-            .unwrap()
-    };
-    let links = by_mrn("NEW1")["link"].as_array().unwrap().clone();
-    let replaced: Vec<&Value> = links
-        .iter()
-        .map(|l| {
-            assert_eq!(l["type"], "replaces");
-            &deref(&b, &l["other"])["identifier"][0]["value"]
-        })
-        .collect();
-    assert_eq!(replaced, ["OLD1", "OLD2"]);
-    for old in ["OLD1", "OLD2"] {
-        assert_eq!(by_mrn(old)["link"][0]["type"], "replaced-by");
-        assert_eq!(by_mrn(old)["active"], false);
-    }
-}
-
-#[test]
 fn an_immunization_whose_date_is_no_date_keeps_it_as_text() {
     let n = normalizer();
     let vxu = |date: &str| {

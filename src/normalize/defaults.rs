@@ -69,7 +69,7 @@ const FILES: &[(&str, &str)] = &[
     ("segments/IN1[Coverage].csv", include_str!("../../adapters/segments/IN1[Coverage].csv")),
     ("segments/IN1[RelatedPerson].csv", include_str!("../../adapters/segments/IN1[RelatedPerson].csv")),
     ("segments/MRG[Account].csv", include_str!("../../adapters/segments/MRG[Account].csv")),
-    ("segments/MRG[Patient_Link].csv", include_str!("../../adapters/segments/MRG[Patient_Link].csv")),
+    ("segments/MRG[Patient-Survivor].csv", include_str!("../../adapters/segments/MRG[Patient-Survivor].csv")),
     ("segments/MRG[Patient].csv", include_str!("../../adapters/segments/MRG[Patient].csv")),
     ("segments/NK1[Patient_Contact].csv", include_str!("../../adapters/segments/NK1[Patient_Contact].csv")),
     ("segments/NK1[RelatedPerson].csv", include_str!("../../adapters/segments/NK1[RelatedPerson].csv")),
