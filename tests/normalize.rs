@@ -4438,9 +4438,20 @@ RXA|0|1|{date}||08^HepB^CVX||||||||||||||CP\r"
             ),
         )
     };
-    let (_, a) = map_bytes(&n, vxu("202401011230+0530^D").as_bytes());
-    let (_, b) = map_bytes(&n, vxu("202401011230+0530").as_bytes());
-    assert_eq!(ids_of(&a, "Immunization"), ids_of(&b, "Immunization"));
+    let ids = |date: &str, record: &str| {
+        ids_of(
+            &map_as_record(&n, vxu(date).as_bytes(), record),
+            "Immunization",
+        )
+    };
+    let a = ids("202401011230+0530^D", "00000000000000000000000000000001");
+    let b = ids("202401011230+0530", "00000000000000000000000000000002");
+    assert_eq!(a, b);
+    // Keyed, not an id of the record's own: another date is another immunization.
+    assert_ne!(
+        a,
+        ids("202401021230+0530", "00000000000000000000000000000001")
+    );
 }
 
 #[test]
@@ -4482,12 +4493,18 @@ fn a_url_a_browser_would_run_is_left_out() {
         "MDM^T02^MDM_T02",
         "1",
         "PID|||P1^^^H^MR||DOE^JANE\rTXA|1|CN|TX|||||||||D1^EHR|||||AU||AV\r\
-OBX|1|RP|N^N^L||JaVaScRiPt:alert(document.cookie)^EHR||||||F\r",
+OBX|1|TX|||The report\r\
+OBX|2|RP|N^N^L||JaVaScRiPt:alert(document.cookie)^EHR^AP^PDF||||||F\r",
     );
     let (m, b) = map_bytes(&n, msg.as_bytes());
     let text = String::from_utf8_lossy(&m.bundle).to_lowercase();
     assert!(!text.contains("javascript:"), "{text}");
-    assert!(resources(&b, "DocumentReference").len() <= 1);
+    let doc = one(&b, "DocumentReference");
+    assert!(doc["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["attachment"].get("url").is_none()));
     assert_warned(&m, "a URI a browser would run");
 }
 
@@ -4559,4 +4576,38 @@ RXA|0|1|20240101||08^HepB^CVX|||||7^Roe^Bob^Q^^^MD||||||||||CP\r",
     let (m, b) = map_bytes(&n, more.as_bytes());
     assert_eq!(one(&b, "Practitioner")["name"][0]["family"], "Doc");
     assert_not_warned(&m, "the first mention's are kept");
+}
+
+#[test]
+fn a_fuller_mention_of_the_same_doctor_adds_to_it() {
+    let n = normalizer();
+    let vxu = msg_of(
+        "VXU^V04^VXU_V04",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR||||||||||1234^SMITH^JOHN\r\
+RXA|0|1|20240101||08^HepB^CVX|||||1234^SMITH^JOHN^^^DR^^^^^^^NPI||||||||||CP\r",
+    );
+    let (m, b) = map_bytes(&n, vxu.as_bytes());
+    let doc = one(&b, "Practitioner");
+    assert_eq!(doc["name"][0]["family"], "SMITH");
+    assert_eq!(doc["name"][0]["prefix"], serde_json::json!(["DR"]));
+    assert_not_warned(&m, "the first mention's are kept");
+    assert_not_unmapped(&m, "RXA-10");
+}
+
+#[test]
+fn an_empty_orc_is_no_order() {
+    let n = normalizer();
+    let msg = msg_of(
+        "ORU^R01^ORU_R01",
+        "1",
+        "PID|||P1^^^H^MR||DOE^JANE\rORC|\rOBR|1|PL1^EHR|F1^LAB|2345-7^Glucose^LN\r\
+OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|||||F\r",
+    );
+    let (m, b) = map_bytes(&n, msg.as_bytes());
+    // As an ORU without an ORC: the report, and no order begun for want of its ORC's patient
+    // (an `IF ORC VALUED` row that saw the empty ORC made one, then left it out).
+    assert!(resources(&b, "ServiceRequest").is_empty());
+    assert_not_warned(&m, "ServiceRequest: left out");
+    assert_eq!(resources(&b, "DiagnosticReport").len(), 1);
 }

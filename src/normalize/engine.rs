@@ -783,9 +783,17 @@ impl<'p> Mapper<'p> {
             }
             let member = self.place(&mut walk, id, &mut next_group);
             let scope = walk.stack.last().map(|f| f.inst).unwrap_or(0);
-            let at = walk.segs.len() as u32;
-            let before = walk.by_id.get_mut().insert(id, at).unwrap_or(NONE);
-            walk.segs.push((seg, scope, before));
+            // A segment that holds nothing (`PID` alone, `ORC|`, `PV1|||`) places its group
+            // but is not there, for conditions (`IF ORC VALUED`) as for its rows: mapped, it
+            // made the resource a later segment of its kind had to be (an empty PID, then the
+            // real one, read as two patients); seen, it made an OBR map an order whose ORC
+            // row, which gives it its patient, did not run.
+            let holds = id == *b"MSH" || fields.iter().any(|f| valued(*f));
+            if holds {
+                let at = walk.segs.len() as u32;
+                let before = walk.by_id.get_mut().insert(id, at).unwrap_or(NONE);
+                walk.segs.push((seg, scope, before));
+            }
             walk.seg_scope = walk.new_scope(&mut next_group, usize::MAX);
             // MSH is the envelope: its fields go into the record's metadata and the Provenance.
             if id == *b"MSH" {
@@ -797,11 +805,7 @@ impl<'p> Mapper<'p> {
                 }
                 continue;
             };
-            // A segment that holds nothing (`PID` alone, `PV1|||`) places its group and is
-            // there for conditions, but maps nothing: mapped, it made the resource a later
-            // segment of its kind had to be (an empty PID, then the real one, read as two
-            // patients and the message refused).
-            if !fields.iter().any(|f| valued(*f)) {
+            if !holds {
                 continue;
             }
             let Member::Seg { rows, repeats, .. } = &self.mm.groups[g].members[m] else {
@@ -888,8 +892,9 @@ impl<'p> Mapper<'p> {
                 }
                 let mut again = again;
                 // An earlier segment of this kind named this resource by its own key (a second
-                // PATIENT group of a BAR^P02 naming the same patient): what this one writes
-                // inside the elements that one made is taken back below.
+                // PATIENT group of a BAR^P02 naming the same patient): when a value of this one
+                // differs from that one's, what this one writes inside the elements that one
+                // made is taken back below (a fuller mention of the same values adds to them).
                 let mut named_again = again;
                 if !*repeats && !again {
                     let n = seg_index as u32;
@@ -948,6 +953,7 @@ impl<'p> Mapper<'p> {
                     return Err(self.too_many());
                 }
                 if let Some(map) = row.map {
+                    let lost = b.lost;
                     let root = b.insts[inst as usize].root;
                     let anchor = match &row.at {
                         None => Anchor::Node(root),
@@ -963,6 +969,7 @@ impl<'p> Mapper<'p> {
                     };
                     self.segmap(&walk, &mut b, map, anchor, inst, id, &fields, &mut used);
                     if named_again
+                        && b.lost > lost
                         && spliced_into != Some(inst)
                         && std::str::from_utf8(&id)
                             .ok()
@@ -1897,10 +1904,11 @@ impl<'p> Mapper<'p> {
                         }
                         if fresh {
                             b.insts[new as usize].filled_from = Some((v.span(), level));
-                        } else if b.keep_first_elements(new, mark) {
-                            // Another value for it (`7^Roe^Bob^Q` after `7^Doc^Ann`) adds
-                            // whole elements the first lacked, never parts of the first's: a
-                            // name of two people is neither's.
+                        } else if b.lost > lost && b.keep_first_elements(new, mark) {
+                            // Another value for it that differs where both have a value
+                            // (`7^Roe^Bob^Q` after `7^Doc^Ann`) adds whole elements the first
+                            // lacked, never parts of the first's: a name of two people is
+                            // neither's. One that only adds (an NPI's system) adds.
                             b.lost += 1;
                         }
                         fresh || (filled && b.lost == lost)
