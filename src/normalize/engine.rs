@@ -2523,19 +2523,7 @@ impl Build {
 
     /// Whether node `n` or a node under it holds a value.
     pub fn holds_value(&self, n: u32) -> bool {
-        let mut todo = vec![n];
-        while let Some(c) = todo.pop() {
-            let node = &self.nodes[c as usize];
-            if node.val != Val::Obj {
-                return true;
-            }
-            let mut k = node.first;
-            while k != NONE {
-                todo.push(k);
-                k = self.nodes[k as usize].next;
-            }
-        }
-        false
+        self.held_before(n, self.nodes.len())
     }
 
     /// Makes node `n` and what is under it objects without values: not live, so not written.
