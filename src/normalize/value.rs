@@ -563,6 +563,13 @@ pub fn uri_problem(s: &str) -> Option<&'static str> {
 /// (an attachment's url shown as a link): `javascript:`, `vbscript:`, `data:`. A scheme is
 /// compared in any case, as browsers compare it; an attachment's data has its own element.
 fn runs_in_a_browser(s: &str) -> bool {
+    // Asked of every URI written: the first byte settles most (`http`, `urn`).
+    if !matches!(
+        s.as_bytes().first(),
+        Some(b'j' | b'J' | b'v' | b'V' | b'd' | b'D')
+    ) {
+        return false;
+    }
     let Some((scheme, _)) = s.split_once(':') else {
         return false;
     };
