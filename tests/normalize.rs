@@ -4341,6 +4341,15 @@ fn map_as_record(n: &Normalizer, bytes: &[u8], raw_record_id: &str) -> Value {
     serde_json::from_slice(&m.bundle).expect("bundle is JSON")
 }
 
+/// A VXU of one dose for patient P1, order O1: `rxa` is RXA from its third field on.
+fn vxu_given(rxa: &str) -> String {
+    msg_of(
+        "VXU^V04^VXU_V04",
+        "1",
+        &format!("PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR\rRXA|0|1|{rxa}\r"),
+    )
+}
+
 fn ids_of(b: &Value, ty: &str) -> Vec<String> {
     resources(b, ty)
         .iter()
@@ -4428,16 +4437,7 @@ OBX|1|NM|2345-7^Glucose^LN||95|mg/dL|||||F\rSPM|1|SP1&EHR^SF9&LAB||BLD^Blood^HL7
 #[test]
 fn an_immunizations_id_reads_the_date_not_its_precision() {
     let n = normalizer();
-    let vxu = |date: &str| {
-        msg_of(
-            "VXU^V04^VXU_V04",
-            "1",
-            &format!(
-                "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR\r\
-RXA|0|1|{date}||08^HepB^CVX||||||||||||||CP\r"
-            ),
-        )
-    };
+    let vxu = |date: &str| vxu_given(&format!("{date}||08^HepB^CVX||||||||||||||CP"));
     let ids = |date: &str, record: &str| {
         ids_of(
             &map_as_record(&n, vxu(date).as_bytes(), record),
@@ -4512,14 +4512,9 @@ OBX|2|RP|N^N^L||JaVaScRiPt:alert(document.cookie)^EHR^AP^PDF||||||F\r",
 fn an_immunization_whose_date_is_no_date_keeps_it_as_text() {
     let n = normalizer();
     let vxu = |date: &str| {
-        msg_of(
-            "VXU^V04^VXU_V04",
-            "1",
-            &format!(
-                "PID|||P1^^^H^MR||DOE^JANE\rORC|RE|O1^EHR\r\
-RXA|0|1|{date}||08^HepB^CVX|0.5|mL^^UCUM||||||||LOT1|||||CP\r"
-            ),
-        )
+        vxu_given(&format!(
+            "{date}||08^HepB^CVX|0.5|mL^^UCUM||||||||LOT1|||||CP"
+        ))
     };
     let (m, b) = map_bytes(&n, vxu("20240101240000+0000").as_bytes());
     let imm = one(&b, "Immunization");

@@ -971,19 +971,15 @@ impl<'p> Mapper<'p> {
                     if named_again
                         && b.lost > lost
                         && spliced_into != Some(inst)
-                        && std::str::from_utf8(&id)
-                            .ok()
-                            .and_then(|v2| self.rule(b.insts[inst as usize].ty, v2))
-                            .is_some()
+                        && self.segment_rule(b.insts[inst as usize].ty, &id).is_some()
                         && b.keep_first_elements(inst, seg_mark)
                     {
                         spliced_into = Some(inst);
                         let name = &self.plan.model.ty(b.insts[inst as usize].ty).name;
+                        let seg = String::from_utf8_lossy(&id);
                         b.warn(format_args!(
-                            "{}: names the {name} an earlier {} named (same key) with other \
-                             values inside the elements it made; the first one's are kept",
-                            String::from_utf8_lossy(&id),
-                            String::from_utf8_lossy(&id)
+                            "{seg}: names the {name} an earlier {seg} named (same key) with \
+                             other values inside the elements it made; the first one's are kept"
                         ));
                     }
                 }
@@ -1227,8 +1223,12 @@ impl<'p> Mapper<'p> {
 
     /// Whether segment `id` names resources of type `ty` by a `distinct` key (OBR, an order).
     fn names_distinct(&self, ty: TypeId, id: &[u8; 3]) -> bool {
-        let v2 = std::str::from_utf8(id).unwrap_or("");
-        self.rule(ty, v2).is_some_and(|r| !r.merge)
+        self.segment_rule(ty, id).is_some_and(|r| !r.merge)
+    }
+
+    /// [`Self::rule`] for a segment id.
+    fn segment_rule(&self, ty: TypeId, id: &[u8; 3]) -> Option<&'p IdRule> {
+        self.rule(ty, std::str::from_utf8(id).unwrap_or(""))
     }
 
     /// The id rule for resources of type `ty` that segment or data type `v2` makes.
@@ -1904,12 +1904,13 @@ impl<'p> Mapper<'p> {
                         }
                         if fresh {
                             b.insts[new as usize].filled_from = Some((v.span(), level));
-                        } else if b.lost > lost && b.keep_first_elements(new, mark) {
+                        } else if b.lost > lost {
                             // Another value for it that differs where both have a value
                             // (`7^Roe^Bob^Q` after `7^Doc^Ann`) adds whole elements the first
                             // lacked, never parts of the first's: a name of two people is
-                            // neither's. One that only adds (an NPI's system) adds.
-                            b.lost += 1;
+                            // neither's. One that only adds (an NPI's system) adds. The loss
+                            // already counted makes the field unmapped and warned.
+                            b.keep_first_elements(new, mark);
                         }
                         fresh || (filled && b.lost == lost)
                     };
@@ -2494,9 +2495,7 @@ impl Build {
             if !self.held_before(p, mark) {
                 continue;
             }
-            if self.holds_value(c as u32) {
-                taken = true;
-            }
+            taken |= self.holds_value(c as u32);
             self.empty(c as u32);
         }
         taken
